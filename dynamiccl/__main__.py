@@ -1,0 +1,3 @@
+from dynamiccl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,301 @@
+"""The ``dynamiccl`` command line. Each sub-command is a thin wrapper over a module's function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from dynamiccl import __version__
+from dynamiccl.errors import DynamicclError, InputError
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate a Megatron-style training step as a trace",
+                       description="Generate one training step of a model under a parallel layout (Megatron-LM "
+                                   "rank order and communication), one representative rank per pipeline stage.")
+    p.add_argument("--model", required=True, help="built-in model name (see `dynamiccl models`) or a model TOML file")
+    p.add_argument("--tp", type=int, required=True, help="tensor-parallel size")
+    p.add_argument("--pp", type=int, required=True, help="pipeline-parallel size")
+    p.add_argument("--dp", type=int, required=True, help="data-parallel size")
+    p.add_argument("--cp", type=int, default=1, help="context-parallel size (p2p ring)")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel size (MoE models)")
+    p.add_argument("--etp", type=int, default=0, help="expert tensor-parallel size: 1 or TP (default TP)")
+    p.add_argument("--sp", action="store_true", help="sequence parallelism")
+    p.add_argument("--vpp", type=int, default=1, help="virtual pipeline stages per rank (interleaved 1F1B)")
+    p.add_argument("--micro-batch", type=int, default=1, help="sequences per micro-batch")
+    p.add_argument("--global-batch", type=int, default=0, help="sequences per step (default: the model's)")
+    p.add_argument("--seq-len", type=int, default=0, help="tokens per sequence (default: the model's)")
+    p.add_argument("--dp-mode", default="distopt", choices=["ddp", "megatron", "distopt", "fsdp"],
+                   help="data-parallel scheme (default distopt: Megatron's distributed optimizer)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="activation/parameter dtype")
+    p.add_argument("--grad-reduce-dtype", default="", choices=["", "fp32", "bf16", "fp16"],
+                   help="dtype of DP gradient reduction (default fp32, Megatron's default for bf16 runs)")
+    p.add_argument("--no-overlap-grad-reduce", action="store_true",
+                   help="reduce gradients after the pipeline drains instead of during the last backward")
+    p.add_argument("--no-reshard-after-forward", action="store_true",
+                   help="FSDP keeps gathered parameters from forward to backward")
+    p.add_argument("--first-stage-layers", type=int, default=0, help="layers on the first pipeline stage (uneven split)")
+    p.add_argument("--last-stage-layers", type=int, default=0, help="layers on the last pipeline stage (uneven split)")
+    hw = p.add_argument_group("hardware (compute time and node placement)")
+    hw.add_argument("--env", help="environment spec TOML: its [cluster] gives the GPU and GPUs per node")
+    hw.add_argument("--gpu", help="GPU name (default H100-SXM unless --env)")
+    hw.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 8 unless --env)")
+    hw.add_argument("--peak-tflops", type=float, default=0.0, help="dense BF16 peak TFLOPS (overrides the GPU's)")
+    hw.add_argument("--efficiency", type=float, default=0.45,
+                    help="fraction of peak the GEMMs achieve (default 0.45, a typical MFU)")
+    p.add_argument("--all-ranks", action="store_true", help="generate every rank, not one per pipeline stage")
+    p.add_argument("-o", "--output", required=True, help="trace file to write (.parquet)")
+    p.set_defaults(func=cmd_generate)
+
+
+def _compute_rate(args) -> tuple:
+    from dynamiccl.cluster import load_cluster
+    from dynamiccl.gpus import DEFAULT_GPU, gpu_spec
+    from dynamiccl.workload.context import ComputeRate
+
+    if args.gpus_per_node < 0:
+        raise InputError("--gpus-per-node", None, "expected a positive integer")
+    gpus_per_node = 8
+    if args.env:
+        cluster = load_cluster(args.env)
+        spec, gpus_per_node = cluster.gpu, cluster.gpus_per_node
+        if args.gpu:
+            spec = gpu_spec(args.gpu)
+    else:
+        spec = gpu_spec(args.gpu or DEFAULT_GPU)
+    if args.gpus_per_node:
+        gpus_per_node = args.gpus_per_node
+    if args.peak_tflops < 0:
+        raise InputError("--peak-tflops", None, "expected a positive number")
+    if not 0 < args.efficiency <= 1:
+        raise InputError("--efficiency", None, f"expected a fraction in (0, 1], got {args.efficiency}")
+    peak = args.peak_tflops or spec.peak_bf16_tflops
+    return ComputeRate(spec.name, peak, args.efficiency, spec.hbm_gbytes_per_s), gpus_per_node
+
+
+def cmd_generate(args) -> int:
+    from dynamiccl.workload.generator import generate
+    from dynamiccl.workload.layout import ParallelLayout
+    from dynamiccl.workload.models import load_model
+
+    output = Path(args.output)
+    if output.suffix != ".parquet":
+        raise InputError("-o", None, f"expected a .parquet file name, got {args.output!r}")
+    model = load_model(args.model)
+    rate, gpus_per_node = _compute_rate(args)
+    layout = ParallelLayout(
+        tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, ep=args.ep, etp=args.etp, vpp=args.vpp, sp=args.sp,
+        micro_batch=args.micro_batch, global_batch=args.global_batch, seq_len=args.seq_len,
+        dp_mode=args.dp_mode, dtype=args.dtype, grad_reduce_dtype=args.grad_reduce_dtype,
+        overlap_grad_reduce=not args.no_overlap_grad_reduce, first_stage_layers=args.first_stage_layers,
+        last_stage_layers=args.last_stage_layers, reshard_after_forward=not args.no_reshard_after_forward,
+        gpus_per_node=gpus_per_node)
+    started = time.perf_counter()
+    command = "dynamiccl " + " ".join(shlex.quote(a) for a in args.argv)
+    trace = generate(model, layout, rate, all_ranks=args.all_ranks, command=command)
+    trace.write(output)
+    elapsed = time.perf_counter() - started
+    print(f"wrote {output}: {trace.meta.description}; {len(trace.ops)} ops on {len(trace.meta.roles)} rank(s) "
+          f"in {elapsed:.1f} s")
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the built-in models")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args) -> int:
+    from dataclasses import asdict
+
+    from dynamiccl.workload.models import builtin_models
+
+    models = builtin_models()
+    if args.json:
+        print(json.dumps({name: asdict(cfg) | {"total_params": cfg.total_params()} for name, cfg in models.items()},
+                         indent=2))
+        return 0
+    print(f"{'model':<16} {'params':>9} {'layers':>6} {'hidden':>6} {'heads/kv':>9} {'seq':>6} {'gbs':>6}  experts")
+    for name, m in models.items():
+        experts = f"{m.moe.num_experts} top-{m.moe.top_k}" if m.moe else "-"
+        print(f"{name:<16} {m.total_params() / 1e9:>8.1f}B {m.num_layers:>6} {m.hidden_size:>6} "
+              f"{m.num_attention_heads:>4}/{m.num_kv_heads:<4} {m.seq_length:>6} {m.global_batch:>6}  {experts}")
+    print("\nUser models: a TOML file with a [model] table (copy one from dynamiccl/workload/models/).")
+    return 0
+
+
+def _add_trace(sub) -> None:
+    p = sub.add_parser("trace", help="inspect and check trace files")
+    tsub = p.add_subparsers(dest="trace_command", required=True)
+    s = tsub.add_parser("summary", help="collectives per group kind and op, sizes, compute vs communication")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="machine-readable: {group_kind: {op: {count, total_bytes, ...}}}")
+    s.add_argument("--rank", type=int, help="rank to detail (default: the first in the file)")
+    s.add_argument("--all-ranks", action="store_true", help="with --json: an object per rank")
+    s.add_argument("--step", type=int, default=0, help="step to summarise (default 0)")
+    s.set_defaults(func=cmd_trace_summary)
+    c = tsub.add_parser("check", help="validate the schema and the cross-rank consistency (no deadlock)")
+    c.add_argument("file")
+    c.add_argument("--step", type=int, default=0)
+    c.set_defaults(func=cmd_trace_check)
+
+
+def cmd_trace_summary(args) -> int:
+    from dynamiccl.trace.store import Trace
+    from dynamiccl.trace.summary import rank_summary, render_text
+
+    trace = Trace.read(args.file)
+    if args.rank is not None and args.rank not in trace.ranks:
+        raise InputError(args.file, "--rank", f"rank {args.rank} is not in the trace (ranks: {trace.ranks})")
+    try:
+        if args.json:
+            if args.all_ranks:
+                obj = {str(r): rank_summary(trace, r, args.step) for r in trace.ranks}
+            else:
+                obj = rank_summary(trace, args.rank if args.rank is not None else trace.ranks[0], args.step)
+            print(json.dumps(obj, indent=2))
+        else:
+            print(render_text(trace, args.file, args.rank, args.step))
+    except KeyError as exc:
+        raise InputError(args.file, "--step", str(exc.args[0])) from None
+    return 0
+
+
+def cmd_trace_check(args) -> int:
+    from dynamiccl.trace.consistency import check_consistency
+    from dynamiccl.trace.store import Trace
+
+    trace = Trace.read(args.file)  # schema validation
+    report = check_consistency(trace, args.step)
+    print(f"{args.file}: schema OK; {len(trace.ops)} ops on ranks {trace.ranks}")
+    print(f"  cross-rank checks on {len(report.checked_groups)} group(s) with all members present"
+          + (f", {len(report.skipped_groups)} skipped (members not in the file)" if report.skipped_groups else ""))
+    print(f"  replay: {report.completed_ops} of {report.total_ops} ops complete")
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    print("  OK" if report.ok else "  FAILED")
+    return 0 if report.ok else 1
+
+
+def _add_table(sub) -> None:
+    p = sub.add_parser("table", help="decision tables: show, convert JSON <-> NCCL example CSV, look up")
+    tsub = p.add_subparsers(dest="table_command", required=True)
+    s = tsub.add_parser("show", help="print a table's rules")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_table_show)
+    c = tsub.add_parser("convert", help="convert between .json and NCCL's example-plugin .csv/.conf")
+    c.add_argument("file")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--lossy", action="store_true",
+                   help="drop rules the CSV cannot express (position-specific, keep-NCCL algorithm/protocol)")
+    c.set_defaults(func=cmd_table_convert)
+    lk = tsub.add_parser("lookup", help="which rule applies to a call (first match wins)")
+    lk.add_argument("file")
+    lk.add_argument("--coll", required=True, help="allreduce, allgather, reducescatter, broadcast or reduce")
+    lk.add_argument("--bytes", type=int, required=True, help="NCCL's nBytes for the call")
+    lk.add_argument("--nranks", type=int, required=True)
+    lk.add_argument("--nnodes", type=int, required=True)
+    lk.add_argument("--position", type=int, default=-1, help="call's position in the step on its communicator")
+    lk.add_argument("--num-pipe-ops", type=int, default=1)
+    lk.add_argument("--reg-buff", type=int, default=0)
+    lk.set_defaults(func=cmd_table_lookup)
+
+
+def cmd_table_show(args) -> int:
+    from dynamiccl.decision_table import DecisionTable
+
+    table = DecisionTable.load(args.file)
+    print(f"{args.file}: {len(table.rules)} rule(s), format version {table.version}")
+    if table.provenance:
+        print(f"provenance: {json.dumps(table.provenance, sort_keys=True)}")
+    print(table.describe(), end="")
+    return 0
+
+
+def cmd_table_convert(args) -> int:
+    from dynamiccl.decision_table import DecisionTable
+
+    table = DecisionTable.load(args.file)
+    table.save(args.output, lossy=args.lossy)
+    print(f"wrote {args.output} ({len(table.rules)} rule(s) read from {args.file})")
+    return 0
+
+
+def cmd_table_lookup(args) -> int:
+    from dynamiccl import nccl
+    from dynamiccl.decision_table import DecisionTable
+
+    table = DecisionTable.load(args.file)
+    func = nccl.parse_func(args.coll, "--coll")
+    rule = table.lookup(func, args.bytes, args.nranks, args.nnodes, args.position, args.num_pipe_ops, args.reg_buff)
+    if rule is None:
+        print("no rule matches: NCCL's own choice")
+        return 0
+    index = table.rules.index(rule)
+    algo = rule.algorithm.name_lower if rule.algorithm is not None else "nccl's"
+    proto = rule.protocol.name_lower if rule.protocol is not None else "nccl's"
+    channels = "nccl's" if rule.channels == nccl.KEEP else str(rule.channels)
+    print(f"rule {index}: algorithm {algo}, protocol {proto}, channels {channels}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run the end-to-end demo on a built-in default")
+    p.add_argument("--out", default="demo-output", help="directory for the demo's files (default ./demo-output)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from dynamiccl.demo import run_demo
+
+    return run_demo(Path(args.out))
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run benchmarks and record their figures under experiments/")
+    p.add_argument("names", nargs="*", help="benchmarks to run (default: all); see --list")
+    p.add_argument("--list", action="store_true", help="list the benchmarks")
+    p.add_argument("--repeat", type=int, default=3, help="runs per benchmark (median reported)")
+    p.add_argument("--record", metavar="DIR", help="write each result as DIR/<name>.json (e.g. experiments/bench)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from dynamiccl.bench import BENCHMARKS, run_benchmarks
+
+    if args.list:
+        for name, bench in BENCHMARKS.items():
+            print(f"{name:<20} {bench.description}")
+        return 0
+    return run_benchmarks(args.names or list(BENCHMARKS), repeat=args.repeat,
+                          record_dir=Path(args.record) if args.record else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynamiccl", description="Learned NCCL algorithm/protocol/channel choices "
+                                     "for large-transformer training.")
+    parser.add_argument("--version", action="version", version=f"dynamiccl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_generate, _add_models, _add_trace, _add_table, _add_bench):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except DynamicclError as exc:
+        print(f"dynamiccl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dynamiccl: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,292 @@
+"""NCCL's vocabulary, with NCCL's own numbers: algorithms, protocols, functions, data types.
+
+Everything here is a fact about NCCL that the rest of dynamiccl (and the C tuner plugin) must agree
+on; the plugin's header is checked against this module by a test. Sources:
+
+- enums: NVIDIA/nccl ``src/include/plugin/nccl_tuner.h`` and ``src/nccl.h.in``
+  (``../shared/reference/nccl-tuner-abi.md`` §4.3, ``trace-formats.md`` §2.2);
+- which (function, algorithm, protocol) NCCL can run: ``src/graph/tuning.cc`` protocol/algorithm
+  enablement (``nccl-cost-model.md`` §1.6) and the per-version availability table of NCCL's env docs;
+- bus-bandwidth factors: NVIDIA/nccl-tests ``doc/PERFORMANCE.md`` (``nccl-cost-model.md`` §2).
+
+What depends on the cluster (NVLS needs NVSwitch and sm90, CollNet needs SHARP, LL128 needs safe
+paths, PAT needs one GPU per node...) is decided by the cost model from an environment spec; this
+module only says what NCCL can express at all.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Iterable
+
+from dynamiccl.errors import InputError
+
+
+class Algorithm(enum.IntEnum):
+    """``NCCL_ALGO_*``; ``name_lower`` is the spelling of NCCL's example tuner CSV."""
+
+    TREE = 0
+    RING = 1
+    COLLNET_DIRECT = 2
+    COLLNET_CHAIN = 3
+    NVLS = 4
+    NVLS_TREE = 5
+    PAT = 6
+
+    @property
+    def name_lower(self) -> str:
+        return self.name.lower()
+
+
+class Protocol(enum.IntEnum):
+    """``NCCL_PROTO_*``."""
+
+    LL = 0
+    LL128 = 1
+    SIMPLE = 2
+
+    @property
+    def name_lower(self) -> str:
+        return self.name.lower()
+
+
+NUM_ALGORITHMS = len(Algorithm)  # NCCL_NUM_ALGORITHMS = 7
+NUM_PROTOCOLS = len(Protocol)  # NCCL_NUM_PROTOCOLS = 3
+ALGO_PROTO_IGNORE = -1.0  # NCCL_ALGO_PROTO_IGNORE: a cost-table entry NCCL cannot use
+MAX_CHANNELS = 64  # MAXCHANNELS in NCCL's device.h
+KEEP = -1  # "keep NCCL's choice" / "any" in decision tables and NCCL's example CSV
+
+
+class Func(enum.IntEnum):
+    """``ncclFunc_t``. 0..7 are in the tuner plugin header; 8..10 only in NCCL's core header."""
+
+    BROADCAST = 0
+    REDUCE = 1
+    ALLGATHER = 2
+    REDUCESCATTER = 3
+    ALLREDUCE = 4
+    SENDRECV = 5
+    SEND = 6
+    RECV = 7
+    ALLTOALL = 8
+    SCATTER = 9
+    GATHER = 10
+
+
+# The tuner's getCollInfo is only called for these (NCCL_NUM_FUNCTIONS = 5 in the plugin header).
+TUNABLE_FUNCS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE)
+
+
+class DataType(enum.IntEnum):
+    """``ncclDataType_t`` (fp8 types from NCCL 2.24)."""
+
+    INT8 = 0
+    UINT8 = 1
+    INT32 = 2
+    UINT32 = 3
+    INT64 = 4
+    UINT64 = 5
+    FP16 = 6
+    FP32 = 7
+    FP64 = 8
+    BF16 = 9
+    FP8E4M3 = 10
+    FP8E5M2 = 11
+
+    @property
+    def size_bytes(self) -> int:
+        return _DTYPE_SIZE_BYTES[self]
+
+    @property
+    def name_lower(self) -> str:
+        return self.name.lower()
+
+
+_DTYPE_SIZE_BYTES = {
+    DataType.INT8: 1, DataType.UINT8: 1, DataType.INT32: 4, DataType.UINT32: 4,
+    DataType.INT64: 8, DataType.UINT64: 8, DataType.FP16: 2, DataType.FP32: 4,
+    DataType.FP64: 8, DataType.BF16: 2, DataType.FP8E4M3: 1, DataType.FP8E5M2: 1,
+}
+
+# Spellings met in the wild, mapped to NCCL's type: torch (``torch.bfloat16``, ``c10::toString``
+# names in Flight Recorder / Kineto such as "BFloat16", "Float", "Long"), NCCL's own names.
+_DTYPE_ALIASES = {
+    "char": DataType.INT8, "byte": DataType.UINT8, "int": DataType.INT32, "long": DataType.INT64,
+    "half": DataType.FP16, "float": DataType.FP32, "double": DataType.FP64,
+    "bfloat16": DataType.BF16, "float16": DataType.FP16, "float32": DataType.FP32,
+    "float64": DataType.FP64, "bool": DataType.UINT8,
+    "float8_e4m3fn": DataType.FP8E4M3, "float8_e5m2": DataType.FP8E5M2,
+    "fp8_e4m3": DataType.FP8E4M3, "fp8_e5m2": DataType.FP8E5M2,
+}
+
+DTYPE_NAMES = tuple(d.name_lower for d in DataType)
+
+
+def parse_dtype(name: str, source: str | None = None, field: str | None = None) -> DataType:
+    """Map a dtype spelling ("bf16", "BFloat16", "torch.float32", "ncclFloat16", 9) to ``DataType``.
+
+    Raises:
+        InputError: for an unknown spelling, naming ``source`` and ``field``.
+    """
+    if isinstance(name, int) and not isinstance(name, bool):
+        try:
+            return DataType(name)
+        except ValueError:
+            raise InputError(source, field, f"unknown ncclDataType_t {name}; expected 0..11") from None
+    key = str(name).strip()
+    for prefix in ("torch.", "nccl"):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    key = key.lower()
+    if key in DTYPE_NAMES:
+        return DataType[key.upper()]
+    found = _DTYPE_ALIASES.get(key)
+    if found is None:
+        raise InputError(source, field, f"unknown dtype {name!r}; expected one of {', '.join(DTYPE_NAMES)}")
+    return found
+
+
+class RedOp(enum.IntEnum):
+    """``ncclRedOp_t`` built-in reductions."""
+
+    SUM = 0
+    PROD = 1
+    MAX = 2
+    MIN = 3
+    AVG = 4
+
+
+# --- Operations as dynamiccl traces name them ----------------------------------------------------
+
+COLLECTIVE_OPS = ("allreduce", "allgather", "reducescatter", "broadcast", "reduce", "alltoall",
+                  "gather", "scatter")
+P2P_OPS = ("send", "recv")
+
+OP_FUNC = {
+    "broadcast": Func.BROADCAST, "reduce": Func.REDUCE, "allgather": Func.ALLGATHER,
+    "reducescatter": Func.REDUCESCATTER, "allreduce": Func.ALLREDUCE, "send": Func.SEND,
+    "recv": Func.RECV, "alltoall": Func.ALLTOALL, "scatter": Func.SCATTER, "gather": Func.GATHER,
+}
+FUNC_OP = {func: op for op, func in OP_FUNC.items()}
+
+# Ops whose per-rank contribution is 1/n of the full buffer (NCCL's count is per rank: AllGather's
+# sendcount, ReduceScatter's recvcount; AlltoAll's per-peer count).
+SHARDED_OPS = frozenset({"allgather", "reducescatter", "alltoall", "gather", "scatter"})
+
+
+def busbw_factor(op: str, nranks: int) -> float:
+    """nccl-tests' busbw = algbw × factor (``doc/PERFORMANCE.md``).
+
+    AllReduce 2(n-1)/n; ReduceScatter, AllGather, AlltoAll (n-1)/n; Broadcast, Reduce, SendRecv 1.
+    """
+    if nranks < 1:
+        raise ValueError(f"nranks must be >= 1, got {nranks}")
+    if op == "allreduce":
+        return 2.0 * (nranks - 1) / nranks
+    if op in ("allgather", "reducescatter", "alltoall", "gather", "scatter"):
+        return (nranks - 1) / nranks
+    if op in ("broadcast", "reduce", "send", "recv", "sendrecv"):
+        return 1.0
+    raise ValueError(f"no bus-bandwidth factor for op {op!r}")
+
+
+# --- Which (function, algorithm, protocol) NCCL can run -----------------------------------------
+
+_ALL_PROTOCOLS = (Protocol.LL, Protocol.LL128, Protocol.SIMPLE)
+_SIMPLE_ONLY = (Protocol.SIMPLE,)
+
+# tuning.cc: Broadcast/Reduce run Ring only; AllGather/ReduceScatter run Ring, PAT, NVLS and
+# CollNetDirect; AllReduce runs everything but PAT. CollNet has no LL/LL128 bandwidth (0), NVLS,
+# NVLSTree and PAT are Simple only.
+_SUPPORTED: dict[Func, dict[Algorithm, tuple[Protocol, ...]]] = {
+    Func.BROADCAST: {Algorithm.RING: _ALL_PROTOCOLS},
+    Func.REDUCE: {Algorithm.RING: _ALL_PROTOCOLS},
+    Func.ALLGATHER: {
+        Algorithm.RING: _ALL_PROTOCOLS, Algorithm.COLLNET_DIRECT: _SIMPLE_ONLY,
+        Algorithm.NVLS: _SIMPLE_ONLY, Algorithm.PAT: _SIMPLE_ONLY,
+    },
+    Func.REDUCESCATTER: {
+        Algorithm.RING: _ALL_PROTOCOLS, Algorithm.COLLNET_DIRECT: _SIMPLE_ONLY,
+        Algorithm.NVLS: _SIMPLE_ONLY, Algorithm.PAT: _SIMPLE_ONLY,
+    },
+    Func.ALLREDUCE: {
+        Algorithm.TREE: _ALL_PROTOCOLS, Algorithm.RING: _ALL_PROTOCOLS,
+        Algorithm.COLLNET_DIRECT: _SIMPLE_ONLY, Algorithm.COLLNET_CHAIN: _SIMPLE_ONLY,
+        Algorithm.NVLS: _SIMPLE_ONLY, Algorithm.NVLS_TREE: _SIMPLE_ONLY,
+    },
+}
+
+# First NCCL release with each algorithm (NCCL env docs: Ring/Tree 2.5, CollNet 2.14, NVLS 2.17,
+# NVLSTree 2.18, PAT 2.23).
+ALGORITHM_SINCE = {
+    Algorithm.TREE: (2, 5, 0), Algorithm.RING: (2, 5, 0), Algorithm.COLLNET_DIRECT: (2, 14, 0),
+    Algorithm.COLLNET_CHAIN: (2, 14, 0), Algorithm.NVLS: (2, 17, 0),
+    Algorithm.NVLS_TREE: (2, 18, 0), Algorithm.PAT: (2, 23, 0),
+}
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """"2.23.4" (or "2.23.4-1", "v2.23.4") -> (2, 23, 4).
+
+    Raises:
+        ValueError: if it is not of the form MAJOR.MINOR[.PATCH].
+    """
+    text = version.strip().lstrip("v").split("-", 1)[0].split("+", 1)[0]
+    parts = text.split(".")
+    if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"not an NCCL version: {version!r} (expected e.g. 2.23.4)")
+    nums = [int(p) for p in parts] + [0] * (3 - len(parts))
+    return nums[0], nums[1], nums[2]
+
+
+def is_supported(func: Func, algo: Algorithm, proto: Protocol,
+                 nccl_version: str | tuple[int, int, int] | None = None) -> bool:
+    """Whether NCCL (optionally: this NCCL version) can run ``func`` with ``algo``/``proto`` at all."""
+    protocols = _SUPPORTED.get(Func(func), {}).get(Algorithm(algo))
+    if protocols is None or Protocol(proto) not in protocols:
+        return False
+    if nccl_version is not None:
+        version = parse_version(nccl_version) if isinstance(nccl_version, str) else nccl_version
+        if version < ALGORITHM_SINCE[Algorithm(algo)]:
+            return False
+    return True
+
+
+def supported_configs(func: Func, nccl_version: str | None = None) -> list[tuple[Algorithm, Protocol]]:
+    """All (algorithm, protocol) pairs NCCL can express for ``func``, algorithm-major."""
+    return [(a, p) for a in Algorithm for p in Protocol if is_supported(func, a, p, nccl_version)]
+
+
+def _parse_enum(enum_type, text: str, aliases: dict[str, str], what: str, source, field):
+    key = str(text).strip().lower()
+    key = aliases.get(key, key)
+    for member in enum_type:
+        if member.name.lower() == key:
+            return member
+    names = ", ".join(m.name.lower() for m in enum_type)
+    raise InputError(source, field, f"unknown {what} {text!r}; expected one of {names}")
+
+
+def parse_algorithm(text: str, source: str | None = None, field: str | None = None) -> Algorithm:
+    """"ring", "RING", "collnetdirect" (NCCL_ALGO spelling) or "collnet_direct" -> ``Algorithm``."""
+    aliases = {"collnetdirect": "collnet_direct", "collnetchain": "collnet_chain",
+               "nvlstree": "nvls_tree"}
+    return _parse_enum(Algorithm, text, aliases, "algorithm", source, field)
+
+
+def parse_protocol(text: str, source: str | None = None, field: str | None = None) -> Protocol:
+    """"ll", "LL128", "simple" -> ``Protocol``."""
+    return _parse_enum(Protocol, text, {}, "protocol", source, field)
+
+
+def parse_func(text: str, source: str | None = None, field: str | None = None) -> Func:
+    """A trace op name or NCCL spelling ("allreduce", "AllReduce", "all_reduce") -> ``Func``."""
+    key = str(text).strip().lower().replace("_", "")
+    if key in OP_FUNC:
+        return OP_FUNC[key]
+    raise InputError(source, field, f"unknown collective {text!r}; expected one of {', '.join(OP_FUNC)}")
+
+
+def tunable_op_names() -> Iterable[str]:
+    """The op names NCCL consults the tuner for, in ncclFunc_t order."""
+    return [FUNC_OP[f] for f in TUNABLE_FUNCS]

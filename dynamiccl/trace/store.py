@@ -1,0 +1,122 @@
+"""``Trace``: the ops table plus its metadata, stored as one Parquet file.
+
+The metadata travels as JSON in the Parquet schema's key/value metadata (key ``dynamiccl.trace``), so
+a trace is a single self-describing file that pandas, pyarrow, DuckDB or Spark can read directly.
+Writes are validated first and atomic; reads are validated before anything is returned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dynamiccl import __version__, atomic
+from dynamiccl.errors import InputError
+from dynamiccl.trace.schema import (
+    ARROW_SCHEMA, COLUMN_NAMES, COLUMNS, METADATA_KEY, TraceMeta, check_arrow_schema, validate_ops,
+)
+
+
+@dataclass
+class Trace:
+    """One training step (or several, by ``step``) of one or more ranks.
+
+    ``ops`` has the columns of ``dynamiccl.trace.schema.COLUMNS``, sorted by (step, rank, op_index).
+    """
+
+    ops: pd.DataFrame
+    meta: TraceMeta
+
+    @property
+    def ranks(self) -> list[int]:
+        """The ranks present in the trace, ascending."""
+        return sorted(int(r) for r in self.ops["rank"].unique())
+
+    def rank_ops(self, rank: int, step: int | None = None) -> pd.DataFrame:
+        """The ops of one rank (and optionally one step), in issue order."""
+        mask = self.ops["rank"] == rank
+        if step is not None:
+            mask &= self.ops["step"] == step
+        return self.ops[mask]
+
+    def validate(self, source: str = "<trace>") -> None:
+        """Check the ops against the schema and the metadata; raises ``InputError``."""
+        validate_ops(_canonical(self.ops, source), self.meta, source)
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Validate, then write atomically as Parquet (zstd); raises ``InputError`` if invalid."""
+        path = Path(path)
+        ops = _canonical(self.ops, str(path))
+        validate_ops(ops, self.meta, str(path))
+        meta = dict(self.meta.to_json_obj())
+        meta["created_by"] = meta["created_by"] or f"dynamiccl {__version__}"
+        table = pa.Table.from_pandas(ops, schema=ARROW_SCHEMA, preserve_index=False)
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta, separators=(",", ":"))})
+        atomic.write_with(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Trace":
+        """Read and validate a trace file.
+
+        Raises:
+            InputError: the file is missing, not Parquet, lacks dynamiccl metadata, or a column or
+                row is wrong — the message names the file, the column and the row.
+        """
+        source = os.fspath(path)
+        if not Path(source).is_file():
+            raise InputError(source, None, "no such trace file")
+        try:
+            table = pq.read_table(source)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(source, None, f"not a readable Parquet file ({exc})") from None
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise InputError(source, f"metadata '{METADATA_KEY.decode()}'",
+                             "missing: this Parquet file is not a dynamiccl trace "
+                             "(import other formats with `dynamiccl import`)")
+        try:
+            meta_obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputError(source, f"metadata '{METADATA_KEY.decode()}'", f"not valid JSON ({exc})") from None
+        meta = TraceMeta.from_json_obj(meta_obj, source)
+        check_arrow_schema(table.schema, source)
+        ops = _canonical(table.select(list(COLUMN_NAMES)).to_pandas(), source)
+        validate_ops(ops, meta, source)
+        return cls(ops=ops, meta=meta)
+
+
+def _canonical(ops: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Columns in schema order and dtype, rows sorted by (step, rank, op_index), fresh index.
+
+    Raises:
+        InputError: a column is missing or holds values of the wrong type.
+    """
+    missing = [name for name in COLUMN_NAMES if name not in ops.columns]
+    if missing:
+        raise InputError(source, f"column '{missing[0]}'",
+                         f"missing (required columns missing: {', '.join(missing)})")
+    out = {}
+    for name, typ, _ in COLUMNS:
+        col = ops[name]
+        try:
+            if pa.types.is_integer(typ):
+                if col.isna().any():
+                    raise ValueError("null values")
+                out[name] = pd.to_numeric(col, errors="raise").astype(typ.to_pandas_dtype())
+            elif pa.types.is_floating(typ):
+                out[name] = pd.to_numeric(col, errors="raise").astype(np.float64)
+            elif pa.types.is_list(typ):
+                out[name] = col.map(lambda d: np.asarray(d if d is not None else (), dtype=np.int32))
+            else:
+                out[name] = col.astype(object).where(col.notna(), "").astype(str)
+        except (TypeError, ValueError) as exc:
+            raise InputError(source, f"column '{name}'", f"expected values of type {typ} ({exc})") from None
+    frame = pd.DataFrame(out, index=range(len(ops)))
+    return frame.sort_values(["step", "rank", "op_index"], kind="stable").reset_index(drop=True)

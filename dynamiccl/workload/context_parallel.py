@@ -1,0 +1,62 @@
+"""Context parallelism (Megatron-LM ``--cp-comm-type p2p``): a ring exchange of key/value chunks.
+
+The sequence is split over cp ranks; attention needs every rank's keys and values, so each layer's
+attention runs cp steps: step i computes attention against the KV chunk received in step i-1 while
+the ring passes that chunk on (``docs/user-guide/features/context_parallel.md``; Transformer
+Engine's ``AttnFuncWithCPAndKVP2P``). Forward: cp-1 exchanges of the local KV chunk,
+2·b·(s/cp)·g·(h/a)·w bytes with GQA (here per TP rank: g/t KV heads). Backward: cp-1 exchanges of
+KV and of the dKV being accumulated — twice the forward volume (``trace-formats.md`` §4.3).
+"""
+
+from __future__ import annotations
+
+from dynamiccl.workload.context import StepContext
+
+
+def kv_chunk_bytes(ctx: StepContext) -> int:
+    """Bytes of one rank's key + value chunk for one micro-batch."""
+    m, lay = ctx.model, ctx.layout
+    tokens = lay.micro_batch * (lay.seq_len // lay.cp)
+    if m.mla:  # MLA attention runs on per-head keys (nope + rope dims) and values
+        heads = m.num_attention_heads // lay.tp
+        width = heads * (m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim + m.mla.v_head_dim)
+    else:
+        width = (m.num_kv_heads // lay.tp) * 2 * m.head_dim
+    return tokens * width * ctx.act_size
+
+
+def _ring_peers(ctx: StepContext) -> tuple[int, int]:
+    ranks = ctx.group("cp").ranks
+    me = ranks.index(ctx.rank)
+    return ranks[(me + 1) % len(ranks)], ranks[(me - 1) % len(ranks)]
+
+
+def attention_forward(ctx: StepContext, core_flops: float) -> None:
+    """Attention core over the ring: cp compute chunks, each overlapping the next KV exchange."""
+    cp = ctx.layout.cp
+    if cp == 1:
+        ctx.compute("attn.core", core_flops)
+        return
+    nxt, prev = _ring_peers(ctx)
+    nbytes = kv_chunk_bytes(ctx)
+    for step in range(cp - 1):
+        ring = ctx.p2p_group("cp", [(nxt, nbytes)], [(prev, nbytes)], name=f"attn.cp_ring{step}", blocking=False)
+        ctx.compute(f"attn.core_chunk{step}", core_flops / cp)
+        ctx.wait(*ring)
+    ctx.compute(f"attn.core_chunk{cp - 1}", core_flops / cp)
+
+
+def attention_backward(ctx: StepContext, core_backward_flops: float) -> None:
+    """Attention backward over the ring: each step passes KV on and the partial dKV back."""
+    cp = ctx.layout.cp
+    if cp == 1:
+        ctx.compute("attn.core_bwd", core_backward_flops)
+        return
+    nxt, prev = _ring_peers(ctx)
+    nbytes = kv_chunk_bytes(ctx)
+    for step in range(cp - 1):
+        ring = ctx.p2p_group("cp", [(nxt, nbytes), (nxt, nbytes)], [(prev, nbytes), (prev, nbytes)],
+                             name=f"attn.cp_ring_bwd{step}", blocking=False)
+        ctx.compute(f"attn.core_bwd_chunk{step}", core_backward_flops / cp)
+        ctx.wait(*ring)
+    ctx.compute(f"attn.core_bwd_chunk{cp - 1}", core_backward_flops / cp)

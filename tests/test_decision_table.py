@@ -1,0 +1,561 @@
+"""Tests of dynamiccl.decision_table: lookup and choose semantics, JSON and NCCL-CSV formats, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dynamiccl.decision_table import FORMAT_VERSION, Choice, DecisionTable, Rule
+from dynamiccl.errors import InputError
+from dynamiccl.nccl import MAX_CHANNELS, Algorithm, Func, Protocol
+
+A, P = Algorithm, Protocol
+MAX_BYTES = 2**64 - 1
+
+# NVIDIA's plugins/tuner example README config, verbatim (line 11 asks for broadcast + tree).
+NVIDIA_README_CONFIG = """\
+# Single-node, small allreduce: use tree algorithm, registered buffers only
+allreduce,0,65536,tree,simple,2,1,-1,-1,1
+
+# 4-node, 32-rank setup: medium allreduce, single pipeline op, non-registered buffers
+allreduce,65537,1048576,ring,simple,4,4,32,1,0
+
+# Any topology: large allreduce with LL128, multiple pipeline ops, any buffer type
+allreduce,1048577,4294967295,ring,ll128,-1,-1,-1,4,-1
+
+# Single-node broadcast: prefer tree, any pipeOps, registered buffers (backward compatible)
+broadcast,0,32768,tree,simple,-1,1,-1
+"""
+
+
+def rule(**kwargs) -> Rule:
+    """A Rule with defaults: allreduce over all sizes, everything else 'any' / 'keep'."""
+    base = dict(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES)
+    base.update(kwargs)
+    return Rule(**base)
+
+
+def costs(**cells: float) -> list[list[float]]:
+    """A 7x3 cost table with every cell disabled (-1) except ``ring_ll=3.0`` style arguments."""
+    table = [[-1.0] * 3 for _ in Algorithm]
+    for name, value in cells.items():
+        algo, proto = name.rsplit("_", 1)
+        table[A[algo.upper()]][P[proto.upper()]] = value
+    return table
+
+
+def sample_table() -> DecisionTable:
+    return DecisionTable(
+        rules=(
+            rule(max_bytes=65535, nranks=8, nnodes=1, algorithm=A.RING, protocol=P.LL),
+            rule(min_bytes=65536, max_bytes=1 << 20, nranks=16, nnodes=2, num_pipe_ops=1,
+                 reg_buff=0, algorithm=A.TREE, protocol=P.LL128, channels=8),
+            rule(coll=Func.ALLGATHER, min_bytes=1 << 20, algorithm=A.PAT, protocol=P.SIMPLE,
+                 channels=MAX_CHANNELS),
+            rule(coll=Func.BROADCAST, max_bytes=4294967295, algorithm=A.RING, protocol=P.SIMPLE,
+                 reg_buff=1),
+        ),
+        provenance={"policy": "ppo", "cost_model": "simulated", "nccl_version": "2.23.4",
+                    "nested": {"seeds": [1, 2, 3]}},
+    )
+
+
+
+# --- Rule ------------------------------------------------------------------------------------------
+
+def test_rule_normalises_integers_and_numpy_values():
+    r = Rule(coll=4, min_bytes=np.int64(0), max_bytes=np.uint64(1024), algorithm=1, protocol=-1)
+    assert r.coll is Func.ALLREDUCE and r.algorithm is A.RING and r.protocol is None
+    assert type(r.max_bytes) is int and r.max_bytes == 1024
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(min_bytes=True), "min_bytes"),
+    (dict(nranks=2.0), "nranks"),
+    (dict(coll=Func.SEND), "coll"),
+    (dict(min_bytes=10, max_bytes=9), "min_bytes"),
+    (dict(max_bytes=2**64), "max_bytes"),
+    (dict(nranks=4, nnodes=8), "nnodes"),
+    (dict(nranks=0), "nranks"),
+    (dict(position=-2), "position"),
+    (dict(num_pipe_ops=0), "num_pipe_ops"),
+    (dict(reg_buff=2), "reg_buff"),
+    (dict(channels=0), "channels"),
+    (dict(channels=65), "channels"),
+    (dict(coll=Func.ALLGATHER, algorithm=A.TREE), "algorithm"),
+    (dict(algorithm=A.NVLS, protocol=P.LL), "protocol"),
+    (dict(coll=Func.BROADCAST, algorithm=A.TREE, protocol=P.SIMPLE), "algorithm"),
+])
+def test_rule_rejects_bad_values_naming_the_field(kwargs, field):
+    with pytest.raises(InputError) as info:
+        rule(**kwargs)
+    assert info.value.field == field
+
+
+# --- lookup ---------------------------------------------------------------------------------------
+
+def test_lookup_first_match_wins_and_order_matters():
+    small = rule(max_bytes=1000, algorithm=A.TREE, protocol=P.LL)
+    everything = rule(algorithm=A.RING, protocol=P.SIMPLE)
+    table = DecisionTable((small, everything))
+    assert table.lookup(Func.ALLREDUCE, 500, 8, 1) is small
+    assert table.lookup(Func.ALLREDUCE, 1000, 8, 1) is small  # inclusive upper bound
+    assert table.lookup(Func.ALLREDUCE, 1001, 8, 1) is everything
+    reversed_table = DecisionTable((everything, small))
+    assert reversed_table.lookup(Func.ALLREDUCE, 500, 8, 1) is everything
+
+
+def test_lookup_keys_and_wildcards():
+    exact = rule(min_bytes=100, max_bytes=200, nranks=8, nnodes=1, algorithm=A.RING, protocol=P.LL)
+    table = DecisionTable((exact,))
+    assert table.lookup(Func.ALLREDUCE, 100, 8, 1) is exact  # inclusive lower bound
+    assert table.lookup(Func.ALLREDUCE, 99, 8, 1) is None
+    assert table.lookup(Func.ALLREDUCE, 150, 16, 1) is None
+    assert table.lookup(Func.ALLREDUCE, 150, 8, 2) is None
+    assert table.lookup(Func.ALLGATHER, 150, 8, 1) is None
+    wildcard = DecisionTable((rule(algorithm=A.RING, protocol=P.LL),))
+    for nranks, nnodes in ((1, 1), (8, 1), (512, 64)):
+        assert wildcard.lookup(Func.ALLREDUCE, 0, nranks, nnodes) is not None
+        assert wildcard.lookup(Func.ALLREDUCE, MAX_BYTES, nranks, nnodes) is not None
+
+
+def test_lookup_position_semantics():
+    at_two = rule(position=2, algorithm=A.TREE, protocol=P.SIMPLE)
+    anywhere = rule(algorithm=A.RING, protocol=P.SIMPLE)
+    table = DecisionTable((at_two, anywhere))
+    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, position=2) is at_two
+    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, position=3) is anywhere
+    # An unknown position (-1) matches only rules whose position is -1.
+    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, position=-1) is anywhere
+    assert table.lookup(Func.ALLREDUCE, 10, 8, 1) is anywhere
+    assert DecisionTable((at_two,)).lookup(Func.ALLREDUCE, 10, 8, 1) is None
+
+
+def test_lookup_num_pipe_ops_and_reg_buff():
+    pipelined = rule(num_pipe_ops=4, algorithm=A.RING, protocol=P.LL128)
+    registered = rule(reg_buff=1, algorithm=A.NVLS, protocol=P.SIMPLE)
+    table = DecisionTable((pipelined, registered))
+    assert table.lookup(Func.ALLREDUCE, 10, 8, 1) is None  # defaults: numPipeOps 1, regBuff 0
+    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=4) is pipelined
+    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, reg_buff=1) is registered
+    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=4, reg_buff=1) is pipelined
+    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=2, reg_buff=0) is None
+
+
+# --- choose ---------------------------------------------------------------------------------------
+
+def test_choose_skips_rule_whose_cell_nccl_disabled():
+    table = DecisionTable((
+        rule(algorithm=A.NVLS, protocol=P.SIMPLE, channels=4),  # NVLS disabled below
+        rule(algorithm=A.TREE, protocol=P.LL, channels=2),
+    ))
+    cost_table = costs(ring_ll=5.0, ring_simple=3.0, tree_ll=9.0)
+    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.TREE, P.LL, 2, 1)
+    # With NVLS enabled the first rule applies even though it is NCCL's most expensive cell.
+    cost_table[A.NVLS][P.SIMPLE] = 50.0
+    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.NVLS, P.SIMPLE, 4, 0)
+
+
+def test_choose_protocol_only_rule_picks_cheapest_enabled_candidate():
+    table = DecisionTable((rule(protocol=P.SIMPLE),))
+    cost_table = costs(tree_simple=7.0, ring_simple=4.0, nvls_simple=-1.0, ring_ll=1.0)
+    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.SIMPLE, 0, 0)
+    # Ties go to the lowest algorithm index (NCCL's scan order): tree (0) before ring (1).
+    tie = costs(tree_simple=4.0, ring_simple=4.0, ring_ll=1.0)
+    assert table.choose(tie, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.TREE, P.SIMPLE, 0, 0)
+
+
+def test_choose_algorithm_only_rule_picks_cheapest_enabled_protocol():
+    table = DecisionTable((rule(algorithm=A.RING, channels=16),))
+    cost_table = costs(ring_ll=6.0, ring_ll128=2.5, ring_simple=-1.0, tree_ll=0.5)
+    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.LL128, 16, 0)
+    tie = costs(ring_ll=2.0, ring_ll128=2.0, tree_ll=0.5)
+    assert table.choose(tie, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.LL, 16, 0)
+
+
+def test_choose_algorithm_only_rule_with_no_enabled_cell_is_skipped():
+    table = DecisionTable((rule(algorithm=A.COLLNET_DIRECT), rule(protocol=P.LL)))
+    cost_table = costs(ring_ll=6.0, tree_ll=8.0, ring_simple=1.0)
+    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.LL, 0, 1)
+
+
+def test_choose_channels_only_rule_applies_to_nccl_argmin():
+    table = DecisionTable((rule(channels=2),))
+    cost_table = costs(tree_ll=9.0, ring_ll128=3.0, ring_simple=4.0)
+    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.LL128, 2, 0)
+
+
+def test_choose_without_matching_rule_is_nccl_argmin_with_channels_zero():
+    table = DecisionTable((rule(coll=Func.ALLGATHER, algorithm=A.RING, protocol=P.LL, channels=4),))
+    cost_table = costs(tree_ll=2.0, ring_ll=2.0, ring_simple=7.0)
+    # Tie between tree/ll and ring/ll: the lowest algorithm index wins, as in NCCL.
+    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.TREE, P.LL, 0, None)
+    assert DecisionTable().choose(np.array(cost_table), Func.BROADCAST, 1, 2, 1) == \
+        Choice(A.TREE, P.LL, 0, None)
+
+
+def test_choose_uses_the_call_keys():
+    table = DecisionTable((rule(position=1, algorithm=A.TREE, protocol=P.SIMPLE, channels=3),))
+    cost_table = costs(tree_simple=9.0, ring_simple=1.0)
+    assert table.choose(cost_table, Func.ALLREDUCE, 8, 4, 1, position=1).rule_index == 0
+    assert table.choose(cost_table, Func.ALLREDUCE, 8, 4, 1, position=0) == \
+        Choice(A.RING, P.SIMPLE, 0, None)
+
+
+def test_choose_with_every_cell_disabled_raises():
+    table = DecisionTable((rule(algorithm=A.RING, protocol=P.LL),))
+    with pytest.raises(ValueError, match="disabled"):
+        table.choose(costs(), Func.ALLREDUCE, 1024, 8, 1)
+
+
+def test_choose_rejects_misshaped_cost_table():
+    with pytest.raises(ValueError, match="7x3"):
+        DecisionTable().choose([[1.0, 2.0, 3.0]] * 6, Func.ALLREDUCE, 1, 2, 1)
+
+
+# --- JSON -----------------------------------------------------------------------------------------
+
+def test_json_round_trip_through_a_file(tmp_path):
+    table = sample_table()
+    path = tmp_path / "table.json"
+    table.save(path)
+    loaded = DecisionTable.load(path)
+    assert loaded == table
+    assert loaded.version == FORMAT_VERSION
+    assert loaded.to_json() == path.read_text(encoding="utf-8")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["format"] == "dynamiccl-decision-table" and data["version"] == 1
+    assert data["rules"][0] == {
+        "coll": "allreduce", "min_bytes": 0, "max_bytes": 65535, "nranks": 8, "nnodes": 1,
+        "position": -1, "num_pipe_ops": -1, "reg_buff": -1, "algorithm": "ring",
+        "protocol": "ll", "channels": -1}
+
+
+def test_json_keep_values_and_optional_keys_default():
+    text = json.dumps({
+        "format": "dynamiccl-decision-table", "version": 1, "provenance": {},
+        "rules": [{"coll": "reducescatter", "min_bytes": 0, "max_bytes": 10,
+                   "algorithm": -1, "protocol": "simple", "position": 3}]})
+    table = DecisionTable.from_json(text, source="t.json")
+    assert table.rules == (Rule(Func.REDUCESCATTER, 0, 10, position=3, protocol=P.SIMPLE),)
+    again = DecisionTable.from_json(table.to_json())
+    assert again == table and again.to_json() == table.to_json()
+
+
+def valid_json_doc() -> dict:
+    return {"format": "dynamiccl-decision-table", "version": 1, "provenance": {"policy": "x"},
+            "rules": [{"coll": "allreduce", "min_bytes": 0, "max_bytes": 65535, "nranks": 8,
+                       "nnodes": 1, "algorithm": "ring", "protocol": "ll", "channels": 4}]}
+
+
+def _set_rule(key, value):
+    def mutate(doc):
+        doc["rules"][0][key] = value
+    return mutate
+
+
+def _set_top(key, value):
+    def mutate(doc):
+        doc[key] = value
+    return mutate
+
+
+def _del_rule(key):
+    def mutate(doc):
+        del doc["rules"][0][key]
+    return mutate
+
+
+@pytest.mark.parametrize("mutate, field, problem", [
+    (_set_top("format", "nccl-tuner"), "format", "dynamiccl-decision-table"),
+    (_del_rule("algorithm"), "rules[0].algorithm", "missing"),
+    (_set_top("version", 2), "version", "newer"),
+    (_set_top("version", True), "version", "format version"),
+    (_set_top("version", "1"), "version", "format version"),
+    (_set_top("provenance", [1]), "provenance", "object"),
+    (_set_top("rules", {}), "rules", "list"),
+    (_set_top("extra", 1), "extra", "unknown key"),
+    (_set_rule("min_bytes", "0"), "rules[0].min_bytes", "integer"),
+    (_set_rule("nranks", True), "rules[0].nranks", "integer"),
+    (_set_rule("channels", 4.0), "rules[0].channels", "integer"),
+    (_set_rule("min_bytes", 70000), "rules[0].min_bytes", "max_bytes"),
+    (_set_rule("max_bytes", 2**64), "rules[0].max_bytes", "range"),
+    (_set_rule("channels", 65), "rules[0].channels", "1 .. 64"),
+    (_set_rule("channels", 0), "rules[0].channels", "1 .. 64"),
+    (_set_rule("nnodes", 9), "rules[0].nnodes", "nranks"),
+    (_set_rule("reg_buff", 2), "rules[0].reg_buff", "0 or 1"),
+    (_set_rule("colour", "red"), "rules[0].colour", "unknown key"),
+    (_set_rule("algorithm", "Ring"), "rules[0].algorithm", "expected one of"),
+    (_set_rule("protocol", "LL"), "rules[0].protocol", "expected one of"),
+    (_set_rule("coll", "send"), "rules[0].coll", "expected one of"),
+    (_set_rule("algorithm", None), "rules[0].algorithm", "null"),
+])
+def test_bad_json_names_file_and_field(tmp_path, mutate, field, problem):
+    doc = valid_json_doc()
+    mutate(doc)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        DecisionTable.load(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert info.value.field == field
+    assert problem in info.value.problem
+
+
+@pytest.mark.parametrize("coll, algorithm, protocol, field", [
+    ("allgather", "tree", "simple", "algorithm"),
+    ("allreduce", "nvls", "ll", "protocol"),
+    ("broadcast", "tree", "simple", "algorithm"),
+    ("allreduce", "collnet_chain", "ll128", "protocol"),
+])
+def test_json_unsupported_combination(tmp_path, coll, algorithm, protocol, field):
+    doc = valid_json_doc()
+    doc["rules"].append({"coll": coll, "min_bytes": 0, "max_bytes": 1, "algorithm": algorithm,
+                         "protocol": protocol})
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        DecisionTable.load(path)
+    assert str(path) in str(info.value)
+    assert info.value.field == f"rules[1].{field}"
+    assert "cannot run" in info.value.problem
+
+
+@pytest.mark.parametrize("text, field, problem", [
+    ('{"format": "dynamiccl-decision-table", "version": 1,', "line 1 column", "not valid JSON"),
+    ('[1, 2]', None, "JSON object"),
+    ('{"format": "dynamiccl-decision-table", "format": "x", "version": 1, "rules": []}', None,
+     "duplicate key"),
+    ('{"format": "dynamiccl-decision-table", "version": 1, "provenance": {"x": NaN}, "rules": []}',
+     None, "NaN"),
+])
+def test_malformed_json_names_file(tmp_path, text, field, problem):
+    path = tmp_path / "bad.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        DecisionTable.load(path)
+    assert info.value.source == str(path)
+    if field is None:
+        assert info.value.field is None
+    else:
+        assert info.value.field.startswith(field)
+    assert problem in info.value.problem
+
+
+# --- CSV ------------------------------------------------------------------------------------------
+
+def test_json_to_csv_to_json_round_trip(tmp_path):
+    table = sample_table()
+    json_path, csv_path = tmp_path / "t.json", tmp_path / "nccl_tuner.conf"
+    table.save(json_path)
+    DecisionTable.load(json_path).save(csv_path)
+    from_csv = DecisionTable.load(csv_path)
+    assert from_csv.rules == table.rules
+    back = tmp_path / "back.json"
+    from_csv.save(back)
+    assert DecisionTable.load(back).rules == table.rules
+    assert from_csv.provenance["source"] == str(csv_path)
+
+
+def test_csv_field_order_is_nnodes_then_nranks():
+    text = DecisionTable((rule(max_bytes=65535, nranks=8, nnodes=1, algorithm=A.RING,
+                               protocol=P.LL),)).to_csv()
+    data = [line for line in text.splitlines() if not line.startswith("#")]
+    assert data == ["allreduce,0,65535,ring,ll,0,1,8,-1,-1"]
+    parsed = DecisionTable.from_csv("allreduce,0,65535,ring,ll,-1,1,8").rules[0]
+    assert (parsed.nnodes, parsed.nranks, parsed.num_pipe_ops, parsed.reg_buff) == (1, 8, -1, -1)
+
+
+def test_csv_keep_channels_is_written_as_zero_and_read_from_zero_or_minus_one():
+    # NVIDIA's example plugin forces 1 channel for -1; 0 hands the choice back to NCCL.
+    assert DecisionTable.from_csv("allreduce,0,1024,ring,ll,0,1,8").rules[0].channels == -1
+    assert DecisionTable.from_csv("allreduce,0,1024,ring,ll,-1,1,8").rules[0].channels == -1
+    assert DecisionTable.from_csv("allreduce,0,1024,ring,ll,3,1,8").rules[0].channels == 3
+
+
+def test_csv_header_has_provenance_and_channels_warning_within_line_limit():
+    long_provenance = {"policy": "ppo", "notes": "x" * 700, "list": list(range(200))}
+    text = DecisionTable((rule(algorithm=A.RING, protocol=P.SIMPLE),), long_provenance).to_csv()
+    lines = text.splitlines()
+    assert all(len(line.encode()) <= 255 for line in lines)
+    header = "\n".join(line for line in lines if line.startswith("#"))
+    assert "dynamiccl" in header and "provenance" in header and '"policy": "ppo"' in header
+    assert "initialises nChannels to 1" in header and "-1" in header
+    # The wrapped header reads back as comments only: exactly the one rule.
+    assert len(DecisionTable.from_csv(text).rules) == 1
+
+
+def test_nvidia_readme_config_valid_lines_parse():
+    valid = NVIDIA_README_CONFIG.split("\n# Single-node broadcast")[0]
+    table = DecisionTable.from_csv(valid, source="nccl_tuner.conf")
+    assert table.rules == (
+        Rule(Func.ALLREDUCE, 0, 65536, nranks=-1, nnodes=1, num_pipe_ops=-1, reg_buff=1,
+             algorithm=A.TREE, protocol=P.SIMPLE, channels=2),
+        Rule(Func.ALLREDUCE, 65537, 1048576, nranks=32, nnodes=4, num_pipe_ops=1, reg_buff=0,
+             algorithm=A.RING, protocol=P.SIMPLE, channels=4),
+        Rule(Func.ALLREDUCE, 1048577, 4294967295, nranks=-1, nnodes=-1, num_pipe_ops=4,
+             reg_buff=-1, algorithm=A.RING, protocol=P.LL128, channels=-1),
+    )
+    # Registered small allreduce on one node gets tree/simple; unregistered matches nothing.
+    assert table.lookup(Func.ALLREDUCE, 4096, 8, 1, reg_buff=1) is table.rules[0]
+    assert table.lookup(Func.ALLREDUCE, 4096, 8, 1, reg_buff=0) is None
+
+
+def test_nvidia_readme_config_broadcast_tree_is_rejected(tmp_path):
+    path = tmp_path / "nccl_tuner.conf"
+    path.write_text(NVIDIA_README_CONFIG, encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        DecisionTable.load(path)
+    assert info.value.source == str(path)
+    assert info.value.field == "line 11, field algorithm"
+    assert "broadcast" in info.value.problem and "ring" in info.value.problem
+
+
+GOOD_LINE = "allreduce,0,1024,ring,ll,4,1,8,-1,-1"
+
+
+@pytest.mark.parametrize("bad_line, field, problem", [
+    ("allreduce,0,1024,Tree,ll,4,1,8", "field algorithm", "unknown algorithm"),
+    ("allreduce,0,1024,ring,LL,4,1,8", "field protocol", "unknown protocol"),
+    ("all_reduce,0,1024,ring,ll,4,1,8", "field collective_type", "unknown collective_type"),
+    ("allreduce,0,1024,-1,ll,4,1,8", "field algorithm", "-1"),
+    ("allreduce,0,1024,ring,-1,4,1,8", "field protocol", "-1"),
+    ("allreduce,0,64K,ring,ll,4,1,8", "field max_bytes", "integer"),
+    ("allreduce,-1,1024,ring,ll,4,1,8", "field min_bytes", "non-negative"),
+    ("allreduce,0,1024,ring,ll,1.5,1,8", "field channels", "integer"),
+    ("allreduce,0,1024,ring,ll,4,1,x", "field nRanks", "integer"),
+    ("allreduce,0,1024,ring,ll,4,1", None, "7 fields"),
+    ("allreduce,0,1024,ring,ll,4,1,8,1,0,9", None, "11 fields"),
+    ("allreduce,0,1024,ring,,4,1,8", "field protocol", "empty"),
+    ("allreduce,0,1024,ring,ll,4,1,8,", "field numPipeOps", "empty"),
+    ("allreduce,0,1024,ring,ll,-2,1,8", "field channels", "1 .. 64"),
+    ("allreduce,0,1024,ring,ll,65,1,8", "field channels", "1 .. 64"),
+    ("allreduce,2048,1024,ring,ll,4,1,8", "field min_bytes", "max_bytes"),
+    ("allreduce,0,18446744073709551616,ring,ll,4,1,8", "field max_bytes", "range"),
+    ("allreduce,0,1024,ring,ll,4,4,2", "field nNodes", "nranks"),
+    ("allreduce,0,1024,ring,ll,4,1,8,0", "field numPipeOps", "range"),
+    ("allreduce,0,1024,ring,ll,4,1,8,1,2", "field regBuff", "0 or 1"),
+    ("broadcast,0,1024,tree,simple,4,1,8", "field algorithm", "cannot run"),
+    ("allgather,0,1024,tree,simple,4,1,8", "field algorithm", "cannot run"),
+    ("allreduce,0,1024,nvls,ll,4,1,8", "field protocol", "cannot run"),
+    ("  # indented comment", None, "first column"),
+    ("allreduce,0,1024,ring,ll,4,1,8,-1,-1" + " " * 220, None, "bytes long"),
+    ("# " + "c" * 254, None, "bytes long"),
+])
+def test_bad_csv_names_file_line_and_field(tmp_path, bad_line, field, problem):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"# header\n{GOOD_LINE}\n{bad_line}\n{GOOD_LINE}\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        DecisionTable.load(path)
+    message = str(info.value)
+    assert str(path) in message
+    expected_field = "line 3" + (f", {field}" if field else "")
+    assert info.value.field == expected_field
+    assert problem in info.value.problem
+
+
+def test_csv_line_length_limit_is_255_bytes():
+    line = "allreduce,0,1024,ring,ll,4,1,8,-1,-1"
+    assert len(DecisionTable.from_csv(line + " " * (255 - len(line))).rules) == 1
+    with pytest.raises(InputError, match="256 bytes long"):
+        DecisionTable.from_csv(line + " " * (256 - len(line)))
+
+
+def test_csv_trims_spaces_and_tabs_and_accepts_crlf():
+    text = "# comment\r\n\r\n allreduce ,\t0, 1024 ,ring,ll , 4,1,8,-1,1\r\n"
+    table = DecisionTable.from_csv(text)
+    assert table.rules == (Rule(Func.ALLREDUCE, 0, 1024, nranks=8, nnodes=1, reg_buff=1,
+                                algorithm=A.RING, protocol=P.LL, channels=4),)
+
+
+def test_to_csv_refuses_inexpressible_rules_unless_lossy():
+    table = DecisionTable((
+        rule(max_bytes=100, algorithm=A.RING, protocol=P.LL),
+        rule(position=2, algorithm=A.TREE, protocol=P.SIMPLE),
+        rule(algorithm=A.RING, protocol=P.SIMPLE),
+        rule(protocol=P.SIMPLE),
+        rule(channels=4),
+    ))
+    with pytest.raises(InputError) as info:
+        table.to_csv()
+    problem = info.value.problem
+    assert "3 of 5 rules" in problem
+    assert "rules[1]" in problem and "rules[3]" in problem and "rules[4]" in problem
+    assert "rules[0]" not in problem and "rules[2]" not in problem
+    text = table.to_csv(lossy=True)
+    assert "Dropped 3 of 5 rules" in text and "rules 1, 3, 4" in text
+    assert DecisionTable.from_csv(text).rules == (table.rules[0], table.rules[2])
+
+
+def test_failed_save_leaves_existing_file_untouched(tmp_path):
+    path = tmp_path / "nccl_tuner.conf"
+    old = b"allreduce,0,1024,ring,ll,4,1,8\n"
+    path.write_bytes(old)
+    table = DecisionTable((rule(position=0, algorithm=A.RING, protocol=P.LL),))
+    with pytest.raises(InputError) as info:
+        table.save(path)
+    assert info.value.source == str(path)
+    assert "1 of 1 rules" in info.value.problem
+    assert path.read_bytes() == old
+    assert sorted(os.listdir(tmp_path)) == ["nccl_tuner.conf"]  # no temporary file left behind
+    table.save(path, lossy=True)
+    assert DecisionTable.load(path).rules == ()
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+def test_load_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.json"
+    with pytest.raises(InputError) as info:
+        DecisionTable.load(missing)
+    assert info.value.source == str(missing) and "cannot read" in info.value.problem
+    wrong_ext = tmp_path / "table.yaml"
+    wrong_ext.write_text("{}", encoding="utf-8")
+    with pytest.raises(InputError, match=r"table\.yaml.*unknown extension"):
+        DecisionTable.load(wrong_ext)
+    with pytest.raises(InputError, match="unknown extension"):
+        sample_table().save(tmp_path / "table.txt")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"allreduce,\xff\xfe\n")
+    with pytest.raises(InputError, match="not UTF-8"):
+        DecisionTable.load(binary)
+
+
+def test_save_replaces_existing_file(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text("old", encoding="utf-8")
+    sample_table().save(path)
+    assert DecisionTable.load(path) == sample_table()
+
+
+def test_table_rejects_bad_construction():
+    with pytest.raises(TypeError):
+        DecisionTable(("not a rule",))
+    with pytest.raises(TypeError):
+        DecisionTable((), provenance={"x": float("nan")})
+    with pytest.raises(ValueError):
+        DecisionTable((), version=FORMAT_VERSION + 1)
+
+
+# --- describe -------------------------------------------------------------------------------------
+
+def test_describe_is_a_readable_fixed_width_table():
+    text = sample_table().describe()
+    lines = text.splitlines()
+    assert lines[0].split() == ["#", "coll", "bytes", "nranks", "nnodes", "position", "pipe_ops",
+                                "reg_buff", "algorithm", "protocol", "channels"]
+    assert lines[1].split() == ["0", "allreduce", "0..64K-1", "8", "1", "any", "any", "any",
+                                "ring", "ll", "nccl"]
+    assert lines[2].split()[2] == "64K..1M"
+    assert lines[3].split()[2] == "1M..max"
+    assert lines[4].split()[2] == "0..4G-1"
+    # Fixed width: the byte column starts at the same offset on every line.
+    offsets = {line.index(line.split()[2]) for line in lines}
+    assert len(offsets) == 1
+    keep = DecisionTable((rule(protocol=P.LL),)).describe().splitlines()[1].split()
+    assert keep[-3:] == ["nccl", "ll", "nccl"]
+    assert "no rules" in DecisionTable().describe()
