@@ -63,7 +63,7 @@ def run_benchmark(bench: Benchmark, repeat: int) -> dict:
     median = statistics.median(times)
     return {
         "benchmark": bench.name, "description": bench.description,
-        "command": "dynamiccl " + shlex.join(bench.args).replace("{tmp}", "OUT"),
+        "command": "dynamiccl " + shlex.join(a.replace("{tmp}", "OUT") for a in bench.args),
         "runs": repeat, "wall_s": {"median": median, "min": min(times), "max": max(times), "all": times},
         "target_s": bench.target_s, "within_target": median <= bench.target_s,
         "last_output": output, "dynamiccl": __version__, "machine": _machine(),

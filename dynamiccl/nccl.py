@@ -117,6 +117,7 @@ _DTYPE_ALIASES = {
     "float64": DataType.FP64, "bool": DataType.UINT8,
     "float8_e4m3fn": DataType.FP8E4M3, "float8_e5m2": DataType.FP8E5M2,
     "fp8_e4m3": DataType.FP8E4M3, "fp8_e5m2": DataType.FP8E5M2,
+    "float8e4m3": DataType.FP8E4M3, "float8e5m2": DataType.FP8E5M2,  # ncclFloat8e4m3 / e5m2
 }
 
 DTYPE_NAMES = tuple(d.name_lower for d in DataType)

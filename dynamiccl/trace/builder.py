@@ -7,6 +7,7 @@ bookkeeping columns (op_index, stream, group_seq, group size and nodes, per-rank
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections import defaultdict
 from typing import Iterable, Iterator
@@ -18,6 +19,11 @@ from dynamiccl.trace.schema import (
     COLUMN_NAMES, COMPUTE_STREAM, Group, RankRole, TraceMeta, bytes_per_rank_of, comm_stream, ranges_of,
 )
 from dynamiccl.trace.store import Trace
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_name(dtype: str) -> str:
+    return nccl.parse_dtype(dtype).name_lower
 
 
 class TraceBuilder:
@@ -127,7 +133,7 @@ class RankRecorder:
 
     def _comm(self, kind: str, op: str, group: Group, bytes_total: int, dtype: str, peer: int, *,
               phase: str, label: str, deps, microbatch: int, layer: int, **measured) -> int:
-        dtype_name = nccl.parse_dtype(dtype).name_lower
+        dtype_name = _dtype_name(dtype)
         seq_key = (group.group_id, kind == "p2p")
         seq = self._seq[seq_key]
         self._seq[seq_key] = seq + 1

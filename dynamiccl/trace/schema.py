@@ -356,9 +356,9 @@ def validate_ops(df: pd.DataFrame, meta: TraceMeta, source: str) -> None:
 
     # deps: earlier ops of the same rank and step.
     deps = df["deps"].to_numpy(dtype=object)
-    lengths = np.fromiter((len(d) for d in deps), dtype=np.int64, count=len(deps))
+    lengths = np.fromiter(map(len, deps), dtype=np.int64, count=len(deps))
     if lengths.sum():
-        flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in deps if len(d)])
+        flat = np.concatenate(list(deps)).astype(np.int64)
         owner = np.repeat(np.arange(len(df)), lengths)
         bad_owner = np.zeros(len(df), dtype=bool)
         bad_owner[owner[(flat < 0) | (flat >= op_index[owner])]] = True
@@ -377,31 +377,27 @@ def validate_ops(df: pd.DataFrame, meta: TraceMeta, source: str) -> None:
     chk.fail("flops", np.isfinite(flops) & (flops < 0), "expected >= 0")
 
     # Communication rows against the group table.
-    known = np.array([g in meta.groups for g in gid], dtype=bool)
+    known = np.isin(gid, list(meta.groups))
     chk.fail("group_id", is_comm & ~known, "group not described in the metadata 'groups'")
-    comm_rows = np.flatnonzero(is_comm)
     gkind = df["group_kind"].to_numpy(dtype=object)
     gsize = df["group_size"].to_numpy()
     gnodes = df["group_nnodes"].to_numpy()
     peer = df["peer"].to_numpy()
-    bad_kind = np.zeros(len(df), bool)
-    bad_size = np.zeros(len(df), bool)
-    bad_nodes = np.zeros(len(df), bool)
-    bad_member = np.zeros(len(df), bool)
-    bad_peer = np.zeros(len(df), bool)
-    members = {g: frozenset(grp.ranks) for g, grp in meta.groups.items()}
-    for i in comm_rows:
-        grp = meta.groups[gid[i]]
-        bad_kind[i] = gkind[i] != grp.kind
-        bad_size[i] = gsize[i] != grp.size
-        bad_nodes[i] = gnodes[i] != grp.nnodes
-        bad_member[i] = rank[i] not in members[gid[i]]
-        if is_p2p[i]:
-            bad_peer[i] = peer[i] not in members[gid[i]] or peer[i] == rank[i]
-        elif op[i] in ("broadcast", "reduce", "gather", "scatter"):
-            bad_peer[i] = peer[i] not in members[gid[i]]
-        else:
-            bad_peer[i] = peer[i] != -1
+    codes, uniques = pd.factorize(gid)
+    groups = [meta.groups.get(g) for g in uniques]
+    kinds = np.array([g.kind if g else "" for g in groups], dtype=object)[codes]
+    sizes = np.array([g.size if g else -1 for g in groups])[codes]
+    nodes = np.array([g.nnodes if g else -1 for g in groups])[codes]
+    members = pd.MultiIndex.from_tuples([(g, r) for g, grp in meta.groups.items() for r in grp.ranks])
+    rank_in = pd.MultiIndex.from_arrays([gid, rank]).isin(members)
+    peer_in = pd.MultiIndex.from_arrays([gid, peer]).isin(members)
+    rooted = np.isin(op, ["broadcast", "reduce", "gather", "scatter"])
+    bad_kind = is_comm & known & (gkind != kinds)
+    bad_size = is_comm & known & (gsize != sizes)
+    bad_nodes = is_comm & known & (gnodes != nodes)
+    bad_member = is_comm & known & ~rank_in
+    bad_peer = known & ((is_p2p & (~peer_in | (peer == rank))) | (is_coll & rooted & ~peer_in)
+                        | (is_coll & ~rooted & (peer != -1)))
     chk.fail("group_kind", bad_kind, "does not match the kind of the group in the metadata")
     chk.fail("group_size", bad_size, "does not match the number of ranks of the group in the metadata")
     chk.fail("group_nnodes", bad_nodes, "does not match the group's node count in the metadata")
@@ -425,7 +421,9 @@ def validate_ops(df: pd.DataFrame, meta: TraceMeta, source: str) -> None:
              "bytes_total must be group_size × bytes_per_rank for allgather/reducescatter/gather/scatter")
     chk.fail("bytes_per_rank", is_comm & (op == "alltoall") & (np.abs(per_rank * gsize - total) >= gsize),
              "bytes_per_rank must be bytes_total / group_size for alltoall")
-    esize = np.array([nccl.DataType[d.upper()].size_bytes if d in nccl.DTYPE_NAMES else 1 for d in dtype])
+    dcodes, dnames = pd.factorize(dtype)
+    esize = np.array([nccl.DataType[d.upper()].size_bytes if d in nccl.DTYPE_NAMES else 1
+                      for d in dnames], dtype=np.int64)[dcodes] if len(dnames) else np.ones(len(df), np.int64)
     chk.fail("bytes_per_rank", exact & (per_rank % esize != 0), "not a whole number of dtype elements")
 
     # group_seq is the position among this rank's collectives (p2p separately) on the group.

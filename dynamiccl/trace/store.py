@@ -57,6 +57,7 @@ class Trace:
         validate_ops(ops, self.meta, str(path))
         meta = dict(self.meta.to_json_obj())
         meta["created_by"] = meta["created_by"] or f"dynamiccl {__version__}"
+        TraceMeta.from_json_obj(json.loads(json.dumps(meta)), str(path))  # never write what read refuses
         table = pa.Table.from_pandas(ops, schema=ARROW_SCHEMA, preserve_index=False)
         table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta, separators=(",", ":"))})
         atomic.write_with(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
@@ -113,9 +114,14 @@ def _canonical(ops: pd.DataFrame, source: str) -> pd.DataFrame:
             elif pa.types.is_floating(typ):
                 out[name] = pd.to_numeric(col, errors="raise").astype(np.float64)
             elif pa.types.is_list(typ):
-                out[name] = col.map(lambda d: np.asarray(d if d is not None else (), dtype=np.int32))
+                values = list(col)
+                if not all(type(d) is np.ndarray and d.dtype == np.int32 for d in values):
+                    values = [np.asarray(d if d is not None else (), dtype=np.int32) for d in values]
+                out[name] = pd.Series(values, index=col.index, dtype=object)
             else:
-                out[name] = col.astype(object).where(col.notna(), "").astype(str)
+                if col.isna().any():
+                    col = col.astype(object).where(col.notna(), "")
+                out[name] = col if pd.api.types.is_string_dtype(col) else col.astype(str)
         except (TypeError, ValueError) as exc:
             raise InputError(source, f"column '{name}'", f"expected values of type {typ} ({exc})") from None
     frame = pd.DataFrame(out, index=range(len(ops)))

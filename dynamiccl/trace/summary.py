@@ -7,8 +7,6 @@ segments, FLOPs and modelled compute time against communication volume.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
@@ -20,13 +18,14 @@ def human_bytes(n: float) -> str:
     """1536 -> '1.5K', 64 MiB -> '64M', 3 significant digits (binary units)."""
     for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if n >= scale:
-            return f"{n / scale:.3g}{unit}"
+            value = n / scale
+            return f"{value:.0f}{unit}" if value >= 999.5 else f"{value:.3g}{unit}"  # no 1e+03
     return f"{int(n)}"
 
 
 def size_bucket(nbytes: int) -> int:
     """The power of two at or above ``nbytes`` (histogram bin upper bound)."""
-    return 1 << max(0, math.ceil(math.log2(nbytes))) if nbytes > 0 else 0
+    return 1 << (int(nbytes) - 1).bit_length() if nbytes > 0 else 0  # exact for any size
 
 
 def rank_summary(trace: Trace, rank: int, step: int = 0) -> dict:

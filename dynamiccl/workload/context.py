@@ -141,26 +141,27 @@ class StepContext:
         """The next compute waits for ``ops``."""
         self.waits.extend(op for op in ops if op is not None)
 
-    def p2p_group(self, kind: str, sends: list[tuple[int, int]], recvs: list[tuple[int, int]],
-                  name: str, dtype: str | None = None, blocking: bool = True) -> list[int]:
-        """One ncclGroupStart/End of sends and receives ((peer global rank, bytes) each).
+    def p2p_group(self, kind: str, sends: list[tuple], recvs: list[tuple], name: str, dtype: str | None = None,
+                  blocking: bool = True) -> list[int]:
+        """One ncclGroupStart/End of sends and receives.
 
-        Blocking (pipeline p2p): the compute stream waits for all of them, as Megatron waits on every
-        request it posts. Non-blocking (context-parallel ring): call ``wait`` after the overlapped
-        compute.
+        Each entry is (peer global rank, bytes) or (peer, bytes, phase, microbatch) when the ops of
+        one group belong to different passes (a pipeline exchange sends one pass's activation and
+        receives another pass's gradient). Blocking (pipeline p2p): the compute stream waits for all
+        of them, as Megatron waits on every request it posts. Non-blocking (context-parallel ring):
+        call ``wait`` after the overlapped compute.
         """
         group = self.group(kind)
         deps = self._deps()
         ops = []
         with self.rec.nccl_group():
-            for peer, nbytes in sends:
-                ops.append(self.rec.send(peer, group, nbytes, dtype or self.act_dtype, phase=self.phase,
-                                         label=self._label(f"{name}.send"), deps=deps,
-                                         microbatch=self.microbatch, layer=self.layer))
-            for peer, nbytes in recvs:
-                ops.append(self.rec.recv(peer, group, nbytes, dtype or self.act_dtype, phase=self.phase,
-                                         label=self._label(f"{name}.recv"), deps=deps,
-                                         microbatch=self.microbatch, layer=self.layer))
+            for entries, record, verb in ((sends, self.rec.send, "send"), (recvs, self.rec.recv, "recv")):
+                for entry in entries:
+                    peer, nbytes = entry[0], entry[1]
+                    phase, microbatch = (entry[2], entry[3]) if len(entry) > 2 else (self.phase, self.microbatch)
+                    ops.append(record(peer, group, nbytes, dtype or self.act_dtype, phase=phase,
+                                      label=self._label(f"{name}.{verb}"), deps=deps, microbatch=microbatch,
+                                      layer=self.layer))
         if blocking:
             self.waits = list(ops)
         return ops

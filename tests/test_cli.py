@@ -1,0 +1,152 @@
+"""The dynamiccl command line, run as users run it (a real process), and in-process for details."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynamiccl.cli import main
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dynamiccl", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_generate_then_summary_json(tmp_path):
+    out = tmp_path / "t.parquet"
+    done = run("generate", "--model", "llama3-8b", "--tp", "2", "--pp", "2", "--dp", "2", "--sp",
+               "--global-batch", "8", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and out.is_file()
+    summary = run("trace", "summary", str(out), "--json")
+    assert summary.returncode == 0, summary.stderr
+    obj = json.loads(summary.stdout)
+    m = 8 // 2  # micro-batches
+    assert obj["tp"]["allgather"]["count"] == (6 * 16 + 1) * m  # 16 layers on stage 0 + embedding bwd
+    assert obj["tp"]["allgather"]["total_bytes"] == obj["tp"]["allgather"]["count"] * 8192 * 4096 * 2
+    assert obj["pp"]["send"]["count"] == m
+    assert obj["compute"]["compute"]["flops"] > 0
+    text = run("trace", "summary", str(out))
+    assert "rank 0, step 0" in text.stdout and "pipeline stage 1 of 2" in text.stdout
+
+
+def test_generate_bad_layout_is_a_clear_error_and_writes_nothing(tmp_path):
+    out = tmp_path / "t.parquet"
+    done = run("generate", "--model", "llama3-8b", "--tp", "3", "--pp", "1", "--dp", "1", "-o", str(out))
+    assert done.returncode == 2
+    assert "32 attention heads are not divisible by TP 3" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_unknown_model_lists_the_builtins(tmp_path, capsys):
+    assert main(["generate", "--model", "llama-7", "--tp", "1", "--pp", "1", "--dp", "1",
+                 "-o", str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'llama-7'" in err and "llama3-8b" in err and "gpt3-175b" in err
+
+
+def test_user_model_toml_and_env_spec(tmp_path, capsys):
+    model = tmp_path / "tiny.toml"
+    model.write_text('[model]\nname = "tiny"\nnum_layers = 4\nhidden_size = 512\nffn_hidden_size = 2048\n'
+                     'num_attention_heads = 8\nvocab_size = 32000\nseq_length = 1024\nglobal_batch = 8\n')
+    env = Path(__file__).resolve().parent.parent / "envs" / "h100-ib-2x8.toml"
+    out = tmp_path / "tiny.parquet"
+    assert main(["generate", "--model", str(model), "--tp", "2", "--pp", "2", "--dp", "4", "--env", str(env),
+                 "-o", str(out)]) == 0
+    from dynamiccl.trace.store import Trace
+
+    trace = Trace.read(out)
+    assert trace.meta.gpus_per_node == 8 and trace.meta.compute["gpu"] == "H100-SXM"
+    dp_group = next(g for g in trace.meta.groups.values() if g.kind == "dp")
+    assert dp_group.ranks == (0, 2, 4, 6) and dp_group.nnodes == 1
+    pp_group = next(g for g in trace.meta.groups.values() if g.kind == "pp")
+    assert pp_group.ranks == (0, 8) and pp_group.nnodes == 2
+
+
+def test_summary_of_a_broken_file_names_it(tmp_path, capsys):
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    assert main(["trace", "summary", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "not a readable Parquet file" in err
+
+
+def test_trace_check_reports_ok(tmp_path, capsys):
+    out = tmp_path / "t.parquet"
+    assert main(["generate", "--model", "llama3-8b", "--tp", "2", "--pp", "2", "--dp", "1", "--global-batch", "2",
+                 "--all-ranks", "-o", str(out)]) == 0
+    assert main(["trace", "check", str(out)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_table_convert_roundtrip_and_lookup(tmp_path, capsys):
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({
+        "format": "dynamiccl-decision-table", "version": 1, "provenance": {"by": "test"},
+        "rules": [
+            {"coll": "allreduce", "min_bytes": 0, "max_bytes": 65535, "nranks": 8, "nnodes": 1,
+             "algorithm": "ring", "protocol": "ll", "channels": 4},
+            {"coll": "allreduce", "min_bytes": 0, "max_bytes": 18446744073709551615, "algorithm": "tree",
+             "protocol": "simple", "channels": -1},
+        ]}))
+    csv = tmp_path / "t.csv"
+    assert main(["table", "convert", str(table), "-o", str(csv)]) == 0
+    assert "allreduce,0,65535,ring,ll,4,1,8,-1,-1" in csv.read_text()
+    back = tmp_path / "back.json"
+    assert main(["table", "convert", str(csv), "-o", str(back)]) == 0
+    capsys.readouterr()
+    assert main(["table", "lookup", str(back), "--coll", "allreduce", "--bytes", "1024", "--nranks", "8",
+                 "--nnodes", "1"]) == 0
+    assert "rule 0: algorithm ring, protocol ll, channels 4" in capsys.readouterr().out
+    assert main(["table", "lookup", str(back), "--coll", "allreduce", "--bytes", "1048576", "--nranks", "16",
+                 "--nnodes", "2"]) == 0
+    assert "rule 1: algorithm tree, protocol simple, channels nccl's" in capsys.readouterr().out
+    assert main(["table", "lookup", str(back), "--coll", "allgather", "--bytes", "10", "--nranks", "8",
+                 "--nnodes", "1"]) == 0
+    assert "NCCL's own choice" in capsys.readouterr().out
+
+
+def test_table_with_bad_row_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("allreduce,0,1024,ring,ll,4,1,8\nallgather,0,1024,tree,simple,4,1,8\n")
+    assert main(["table", "show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "line 2" in err and "tree" in err
+
+
+def test_models_lists_builtins_with_param_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("gpt3-175b", "llama3-8b", "llama3-70b", "llama3.1-405b", "mixtral-8x7b", "deepseek-v3"):
+        assert name in out
+    assert "405.9B" in out
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    done = run("demo", "--out", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr
+    assert "OK" in done.stdout and "rank 0, step 0" in done.stdout
+    assert list((tmp_path / "demo").glob("*.parquet"))
+
+
+def test_bench_lists_its_benchmarks(capsys):
+    assert main(["bench", "--list"]) == 0
+    assert "generate-405b" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["generate", "--model", "llama3-8b", "--tp", "1", "--pp", "1", "--dp", "1", "-o", "x.csv"], ".parquet"),
+    (["generate", "--model", "llama3-8b", "--tp", "1", "--pp", "1", "--dp", "1", "--efficiency", "2",
+      "-o", "x.parquet"], "--efficiency"),
+    (["generate", "--model", "llama3-8b", "--tp", "1", "--pp", "1", "--dp", "1", "--gpu", "V100",
+      "-o", "x.parquet"], "unknown GPU"),
+])
+def test_bad_flags_are_clear_errors(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert fragment in capsys.readouterr().err
