@@ -17,8 +17,6 @@ module only says what NCCL can express at all.
 from __future__ import annotations
 
 import enum
-from typing import Iterable
-
 from dynamiccl.errors import InputError
 
 
@@ -286,8 +284,3 @@ def parse_func(text: str, source: str | None = None, field: str | None = None) -
     if key in OP_FUNC:
         return OP_FUNC[key]
     raise InputError(source, field, f"unknown collective {text!r}; expected one of {', '.join(OP_FUNC)}")
-
-
-def tunable_op_names() -> Iterable[str]:
-    """The op names NCCL consults the tuner for, in ncclFunc_t order."""
-    return [FUNC_OP[f] for f in TUNABLE_FUNCS]

@@ -145,6 +145,8 @@ def test_bench_lists_its_benchmarks(capsys):
       "-o", "x.parquet"], "--efficiency"),
     (["generate", "--model", "llama3-8b", "--tp", "1", "--pp", "1", "--dp", "1", "--gpu", "V100",
       "-o", "x.parquet"], "unknown GPU"),
+    (["generate", "--model", "llama3-8b", "--tp", "1", "--pp", "1", "--dp", "4096", "--global-batch", "4096",
+      "--all-ranks", "-o", "x.parquet"], "--all-ranks is limited to 2048 ranks"),
 ])
 def test_bad_flags_are_clear_errors(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

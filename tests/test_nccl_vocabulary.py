@@ -62,7 +62,7 @@ def test_name_lower_is_the_csv_spelling():
 def test_tunable_funcs_are_the_five_collectives():
     # The plugin header's NCCL_NUM_FUNCTIONS = 5: Broadcast, Reduce, AllGather, ReduceScatter, AllReduce.
     assert [int(f) for f in nccl.TUNABLE_FUNCS] == [0, 1, 2, 3, 4]
-    assert list(nccl.tunable_op_names()) == ["broadcast", "reduce", "allgather", "reducescatter", "allreduce"]
+    assert [nccl.FUNC_OP[f] for f in nccl.TUNABLE_FUNCS] == ["broadcast", "reduce", "allgather", "reducescatter", "allreduce"]
 
 
 # --- what NCCL can run (nccl-cost-model.md §1.6, item 6 and the CollNet LL/LL128 = 0 rule) -------

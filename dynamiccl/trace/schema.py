@@ -52,7 +52,6 @@ pipeline stage) when all other ranks are symmetric to it, and says so here.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +69,6 @@ METADATA_KEY = b"dynamiccl.trace"
 KINDS = ("compute", "coll", "p2p")
 PHASES = ("setup", "forward", "backward", "step", "other")
 GROUP_KINDS = ("dp", "tp", "pp", "cp", "ep", "edp", "fsdp", "embd", "mp", "world", "unknown")
-SOURCES_PREFIXES = ("generator", "profiler", "import:")
 COMPUTE_STREAM = "compute"
 
 _STR = pa.string()
@@ -475,13 +473,3 @@ def check_arrow_schema(schema: pa.Schema, source: str) -> None:
         )
         if not ok:
             raise InputError(source, f"column '{name}'", f"expected type {typ}, found {actual}")
-
-
-def empty_row() -> dict:
-    """A row with every column at its default (required columns at None)."""
-    return {name: (list(default) if isinstance(default, tuple) else default) for name, _, default in COLUMNS}
-
-
-def replace_meta(meta: TraceMeta, **changes) -> TraceMeta:
-    """A copy of ``meta`` with some fields changed."""
-    return dataclasses.replace(meta, **changes)

@@ -102,13 +102,13 @@ def render_text(trace: Trace, source: str, rank: int | None = None, step: int = 
     lines.append(f"rank {show}, step {step}: communication per group kind and op "
                  f"(bytes = nccl-tests size; critical = nothing overlaps it)")
     lines.append(f"  {'group':<6} {'op':<14} {'count':>7} {'total':>9} {'min':>7} {'median':>7} {'max':>7} "
-                 f"{'critical':>9}  sizes (count per power-of-two bucket)")
+                 f"{'critical':>9}  sizes (count per power-of-two bucket, labelled by upper bound)")
     for kind in sorted(k for k in s if k != "compute"):
         for op, e in sorted(s[kind].items()):
             hist = " ".join(f"{human_bytes(int(b))}:{n}" for b, n in e["size_histogram"].items())
             lines.append(f"  {kind:<6} {op:<14} {e['count']:>7} {human_bytes(e['total_bytes']):>9} "
                          f"{human_bytes(e['min_bytes']):>7} {human_bytes(e['median_bytes']):>7} "
-                         f"{human_bytes(e['max_bytes']):>7} {e['critical_count']:>9}  {hist}")
+                         f"{human_bytes(e['max_bytes']):>7} {e["critical_count"]:>9}  {hist}")
     c = s["compute"]["compute"]
     comm_total = sum(e["total_bytes"] for k, ops in s.items() if k != "compute" for e in ops.values())
     crit_total = sum(e["critical_bytes"] for k, ops in s.items() if k != "compute" for e in ops.values())

@@ -31,32 +31,27 @@ def _ring_peers(ctx: StepContext) -> tuple[int, int]:
     return ranks[(me + 1) % len(ranks)], ranks[(me - 1) % len(ranks)]
 
 
-def attention_forward(ctx: StepContext, core_flops: float) -> None:
-    """Attention core over the ring: cp compute chunks, each overlapping the next KV exchange."""
+def _ring(ctx: StepContext, name: str, flops: float, messages_per_step: int) -> None:
+    """cp compute chunks; chunk i overlaps ring exchange i (``messages_per_step`` chunks each way)."""
     cp = ctx.layout.cp
     if cp == 1:
-        ctx.compute("attn.core", core_flops)
+        ctx.compute(name, flops)
         return
     nxt, prev = _ring_peers(ctx)
     nbytes = kv_chunk_bytes(ctx)
     for step in range(cp - 1):
-        ring = ctx.p2p_group("cp", [(nxt, nbytes)], [(prev, nbytes)], name=f"attn.cp_ring{step}", blocking=False)
-        ctx.compute(f"attn.core_chunk{step}", core_flops / cp)
+        ring = ctx.p2p_group("cp", [(nxt, nbytes)] * messages_per_step, [(prev, nbytes)] * messages_per_step,
+                             name=f"{name}.cp_ring{step}", blocking=False)
+        ctx.compute(f"{name}_chunk{step}", flops / cp)
         ctx.wait(*ring)
-    ctx.compute(f"attn.core_chunk{cp - 1}", core_flops / cp)
+    ctx.compute(f"{name}_chunk{cp - 1}", flops / cp)
+
+
+def attention_forward(ctx: StepContext, core_flops: float) -> None:
+    """Attention core over the ring: each step passes the KV chunk on."""
+    _ring(ctx, "attn.core", core_flops, messages_per_step=1)
 
 
 def attention_backward(ctx: StepContext, core_backward_flops: float) -> None:
     """Attention backward over the ring: each step passes KV on and the partial dKV back."""
-    cp = ctx.layout.cp
-    if cp == 1:
-        ctx.compute("attn.core_bwd", core_backward_flops)
-        return
-    nxt, prev = _ring_peers(ctx)
-    nbytes = kv_chunk_bytes(ctx)
-    for step in range(cp - 1):
-        ring = ctx.p2p_group("cp", [(nxt, nbytes), (nxt, nbytes)], [(prev, nbytes), (prev, nbytes)],
-                             name=f"attn.cp_ring_bwd{step}", blocking=False)
-        ctx.compute(f"attn.core_bwd_chunk{step}", core_backward_flops / cp)
-        ctx.wait(*ring)
-    ctx.compute(f"attn.core_bwd_chunk{cp - 1}", core_backward_flops / cp)
+    _ring(ctx, "attn.core_bwd", core_backward_flops, messages_per_step=2)

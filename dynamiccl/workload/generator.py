@@ -25,6 +25,7 @@ from dataclasses import asdict
 from tqdm import tqdm
 
 from dynamiccl import __version__
+from dynamiccl.errors import InputError
 from dynamiccl.trace.builder import TraceBuilder
 from dynamiccl.trace.store import Trace
 from dynamiccl.workload import context_parallel, expert_parallel, tensor_parallel
@@ -35,7 +36,7 @@ from dynamiccl.workload.layout import ParallelLayout
 from dynamiccl.workload.models import ModelConfig
 from dynamiccl.workload.pipeline_parallel import Pass, run_passes, schedule
 
-PROGRESS_MIN_RANKS = 64  # show a progress bar when generating at least this many ranks
+MAX_ALL_RANKS = 2048  # beyond this --all-ranks is refused: gigabytes of identical per-stage copies
 
 
 class RankStep:
@@ -206,21 +207,27 @@ def generate(model: ModelConfig, layout: ParallelLayout, rate: ComputeRate, *, a
         model: the model; layout: the parallel layout (model defaults are filled in).
         rate: GPU peak and efficiency that turn FLOPs into durations.
         all_ranks: every rank instead of one representative per pipeline stage.
-        progress: show a progress bar when many ranks are generated.
+        progress: show a progress bar when generation takes more than two seconds.
         command: the command line that produced it, recorded in the metadata.
 
     Raises:
         LayoutError: the layout cannot run the model (checked before any work).
+        InputError: ``all_ranks`` for more than MAX_ALL_RANKS ranks.
     """
     layout = layout.resolved(model)
+    if all_ranks and layout.world_size > MAX_ALL_RANKS:
+        raise InputError("--all-ranks", None,
+                         f"{layout.world_size} ranks would each get a full copy of their stage's step; every rank of "
+                         f"a stage is symmetric, so the default trace (one rank per stage) holds the same "
+                         f"information (--all-ranks is limited to {MAX_ALL_RANKS} ranks)")
     builder = TraceBuilder(source="generator", world_size=layout.world_size, gpus_per_node=layout.gpus_per_node,
                            description=f"{model.name} {layout.describe()}, one training step")
     if all_ranks:
         jobs = [(rank, None, stage_role(layout, layout.coords(rank)["pp"])) for rank in range(layout.world_size)]
     else:
         jobs = representatives(layout)
-    for rank, represents, role in tqdm(jobs, desc="generating ranks", unit="rank",
-                                       disable=not progress or len(jobs) < PROGRESS_MIN_RANKS):
+    # The bar appears only if generation takes more than a couple of seconds.
+    for rank, represents, role in tqdm(jobs, desc="generating ranks", unit="rank", disable=not progress, delay=2.0):
         RankStep(builder, model, layout, rate, rank, represents, role).run()
     workload = {
         "generator": f"dynamiccl {__version__}",

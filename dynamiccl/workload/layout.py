@@ -268,9 +268,5 @@ class ParallelLayout:
         return asdict(self)
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def round_up(value: int, multiple: int) -> int:
     return math.ceil(value / multiple) * multiple

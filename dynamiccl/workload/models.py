@@ -230,6 +230,22 @@ def _int(table: dict, key: str, path: str, source: str, minimum: int = 1) -> int
     return value
 
 
+def _subtable(table: dict, name: str, keys: tuple, required: tuple, source: str,
+              optional_minimum: int = 1) -> dict[str, int]:
+    """The integer keys of ``[model.<name>]``; optional keys may go down to ``optional_minimum``."""
+    sub = table[name]
+    if not isinstance(sub, dict):
+        raise InputError(source, f"model.{name}", f"expected a table [model.{name}]")
+    for key in sub:
+        if key not in keys:
+            raise InputError(source, f"model.{name}.{key}", f"unknown key; expected some of {', '.join(keys)}")
+    for key in required:
+        if key not in sub:
+            raise InputError(source, f"model.{name}.{key}", f"missing (required in [model.{name}])")
+    return {k: _int(sub, k, f"model.{name}.{k}", source, minimum=1 if k in required else optional_minimum)
+            for k in sub}
+
+
 def model_from_dict(obj: dict[str, Any], source: str) -> ModelConfig:
     """Build a ``ModelConfig`` from a parsed TOML document.
 
@@ -275,31 +291,12 @@ def model_from_dict(obj: dict[str, Any], source: str) -> ModelConfig:
     if "source" in table:
         kwargs["source"] = str(table["source"])
     if "moe" in table:
-        moe = table["moe"]
-        if not isinstance(moe, dict):
-            raise InputError(source, "model.moe", "expected a table [model.moe]")
-        for key in moe:
-            if key not in _MOE_KEYS:
-                raise InputError(source, f"model.moe.{key}", f"unknown key; expected some of {', '.join(_MOE_KEYS)}")
-        for key in _MOE_REQUIRED:
-            if key not in moe:
-                raise InputError(source, f"model.moe.{key}", "missing (required in [model.moe])")
-        vals = {k: _int(moe, k, f"model.moe.{k}", source, minimum=0 if k in _MOE_KEYS[3:] else 1)
-                for k in moe}
+        vals = _subtable(table, "moe", _MOE_KEYS, _MOE_REQUIRED, source, optional_minimum=0)
         if vals["top_k"] > vals["num_experts"]:
             raise InputError(source, "model.moe.top_k", f"top_k {vals['top_k']} exceeds num_experts {vals['num_experts']}")
         kwargs["moe"] = MoEConfig(**vals)
     if "mla" in table:
-        mla = table["mla"]
-        if not isinstance(mla, dict):
-            raise InputError(source, "model.mla", "expected a table [model.mla]")
-        for key in mla:
-            if key not in _MLA_KEYS:
-                raise InputError(source, f"model.mla.{key}", f"unknown key; expected {', '.join(_MLA_KEYS)}")
-        for key in _MLA_KEYS:
-            if key not in mla:
-                raise InputError(source, f"model.mla.{key}", "missing (required in [model.mla])")
-        kwargs["mla"] = MLAConfig(**{k: _int(mla, k, f"model.mla.{k}", source) for k in _MLA_KEYS})
+        kwargs["mla"] = MLAConfig(**_subtable(table, "mla", _MLA_KEYS, _MLA_KEYS, source))
     cfg = ModelConfig(**kwargs)
     if cfg.hidden_size % cfg.num_attention_heads and "head_dim" not in table:
         raise InputError(source, "model.hidden_size",
