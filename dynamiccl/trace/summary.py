@@ -108,7 +108,7 @@ def render_text(trace: Trace, source: str, rank: int | None = None, step: int = 
             hist = " ".join(f"{human_bytes(int(b))}:{n}" for b, n in e["size_histogram"].items())
             lines.append(f"  {kind:<6} {op:<14} {e['count']:>7} {human_bytes(e['total_bytes']):>9} "
                          f"{human_bytes(e['min_bytes']):>7} {human_bytes(e['median_bytes']):>7} "
-                         f"{human_bytes(e['max_bytes']):>7} {e["critical_count"]:>9}  {hist}")
+                         f"{human_bytes(e['max_bytes']):>7} {e['critical_count']:>9}  {hist}")
     c = s["compute"]["compute"]
     comm_total = sum(e["total_bytes"] for k, ops in s.items() if k != "compute" for e in ops.values())
     crit_total = sum(e["critical_bytes"] for k, ops in s.items() if k != "compute" for e in ops.values())
