@@ -84,6 +84,10 @@ class StepContext:
             self._groups[kind] = found
         return found
 
+    def group_size(self, kind: str) -> int:
+        """Size of this rank's group of ``kind`` (without declaring the group in the trace)."""
+        return len(self.layout.group_ranks(kind, self.rank))
+
     def at(self, phase: str, microbatch: int = -1, layer: int = -1) -> None:
         self.phase, self.microbatch, self.layer = phase, microbatch, layer
 

@@ -106,9 +106,6 @@ class DataParallel:
                 out.append(Param(t.name, numel * t.count, event, "dp"))
         return out
 
-    def group_size(self, kind: str) -> int:
-        return len(self.ctx.group(kind).ranks) if kind else 1
-
     # --- bucketing ---------------------------------------------------------------------------------
 
     def _bucketize(self, params: list[Param]) -> list[Bucket]:
@@ -120,7 +117,8 @@ class DataParallel:
             group_params = [p for p in reversed(params) if p.group_kind == kind]
             if not group_params:
                 continue
-            size = self.group_size(kind)
+            first = len(out)
+            size = self.ctx.group_size(kind)
             if self.mode == "ddp":
                 limits = [DDP_FIRST_BUCKET_BYTES // self.ctx.grad_size, DDP_BUCKET_CAP_BYTES // self.ctx.grad_size]
             elif self.ctx.layout.overlap_grad_reduce:
@@ -132,7 +130,7 @@ class DataParallel:
             for p in group_params:
                 current.append(p)
                 numel += p.numel
-                if numel >= limits[min(len(out), len(limits) - 1)]:
+                if numel >= limits[min(len(out) - first, len(limits) - 1)]:
                     out.append(self._bucket(current, kind, numel, size))
                     current, numel = [], 0
             if current:
@@ -146,7 +144,7 @@ class DataParallel:
     # --- collectives -------------------------------------------------------------------------------
 
     def _reduce(self, bucket: Bucket, name: str) -> int | None:
-        if self.group_size(bucket.group_kind) == 1:
+        if self.ctx.group_size(bucket.group_kind) == 1:
             return None
         if self.mode == "distopt":
             return self.ctx.start("reducescatter", bucket.group_kind, bucket.padded_numel * self.ctx.grad_size,
@@ -155,7 +153,7 @@ class DataParallel:
                               dtype=self.ctx.layout.grad_reduce_dtype, name=name)
 
     def _gather_params(self, bucket: Bucket, name: str) -> int | None:
-        if self.group_size(bucket.group_kind) == 1:
+        if self.ctx.group_size(bucket.group_kind) == 1:
             return None
         return self.ctx.start("allgather", bucket.group_kind, bucket.padded_numel * self.ctx.act_size, name=name)
 
@@ -178,10 +176,10 @@ class DataParallel:
         key = (chunk, unit, microbatch, direction)
         if key not in self._fsdp_gathers:
             numel = sum(p.numel for p in self._fsdp_unit(chunk, unit))
-            if numel == 0 or self.group_size("fsdp") == 1:
+            if numel == 0 or self.ctx.group_size("fsdp") == 1:
                 return None
             self._fsdp_gathers[key] = self.ctx.start(
-                "allgather", "fsdp", round_up(numel, self.group_size("fsdp")) * self.ctx.act_size,
+                "allgather", "fsdp", round_up(numel, self.ctx.group_size("fsdp")) * self.ctx.act_size,
                 name=f"fsdp.{direction}_allgather")
         return self._fsdp_gathers[key]
 
@@ -229,9 +227,9 @@ class DataParallel:
 
     def _fsdp_reduce(self, chunk: int, unit) -> None:
         numel = sum(p.numel for p in self._fsdp_unit(chunk, unit))
-        if numel and self.group_size("fsdp") > 1:
+        if numel and self.ctx.group_size("fsdp") > 1:
             self.outstanding.append(self.ctx.start(
-                "reducescatter", "fsdp", round_up(numel, self.group_size("fsdp")) * self.ctx.grad_size,
+                "reducescatter", "fsdp", round_up(numel, self.ctx.group_size("fsdp")) * self.ctx.grad_size,
                 dtype=self.ctx.layout.grad_reduce_dtype, name="fsdp.grad_reducescatter"))
 
     def finish_backward(self) -> None:
@@ -268,5 +266,5 @@ class DataParallel:
         local = self.local_params()
         if self.mode in ("distopt", "fsdp"):
             kinds = {"dp": "fsdp" if self.mode == "fsdp" else "dp", "edp": "edp"}
-            return sum(math.ceil(n / self.group_size(kinds[k])) for k, n in local.items() if n)
+            return sum(math.ceil(n / self.ctx.group_size(kinds[k])) for k, n in local.items() if n)
         return sum(local.values())

@@ -180,11 +180,11 @@ class RankStep:
             ctx.blocking("allreduce", "embd", numel * ctx.grad_size, dtype=lay.grad_reduce_dtype,
                          name="finalize.embedding_grads")
         norm_group = "world" if lay.dp_mode in ("distopt", "fsdp") else "mp"
-        if len(ctx.group(norm_group).ranks) > 1:
+        if ctx.group_size(norm_group) > 1:
             ctx.blocking("allreduce", norm_group, 4, dtype="fp32", name="optimizer.grad_norm")
         ctx.compute_memory_bound("optimizer.step", self.dp.optimizer_params() * ADAM_BYTES_PER_PARAM)
         self.dp.after_optimizer()
-        if self.last_stage and len(ctx.group("dp").ranks) > 1:
+        if self.last_stage and ctx.group_size("dp") > 1:
             ctx.blocking("allreduce", "dp", 8, dtype="fp32", name="loss.report_allreduce")
 
 
