@@ -70,6 +70,12 @@ def rank_summary(trace: Trace, rank: int, step: int = 0) -> dict:
     return out
 
 
+def _comm_totals(summary: dict) -> tuple[int, int]:
+    """(total bytes, bytes on the critical path) of a ``rank_summary``'s communication."""
+    entries = [e for kind, ops in summary.items() if kind != "compute" for e in ops.values()]
+    return sum(e["total_bytes"] for e in entries), sum(e["critical_bytes"] for e in entries)
+
+
 def render_text(trace: Trace, source: str, rank: int | None = None, step: int = 0) -> str:
     """The human-readable summary: trace header, per-rank overview, one rank in detail."""
     meta = trace.meta
@@ -89,8 +95,7 @@ def render_text(trace: Trace, source: str, rank: int | None = None, step: int = 
     for r in trace.ranks:
         s = rank_summary(trace, r, step)
         summaries[r] = s
-        comm_bytes = sum(e["total_bytes"] for k, ops in s.items() if k != "compute" for e in ops.values())
-        crit = sum(e["critical_bytes"] for k, ops in s.items() if k != "compute" for e in ops.values())
+        comm_bytes, crit = _comm_totals(s)
         n_ops = sum(e["count"] for ops in s.values() for e in ops.values())
         role = meta.roles[r]
         lines.append(f"  {r:>6}  {role.count:>10}  {role.role[:24]:<24} {n_ops:>7} "
@@ -110,8 +115,7 @@ def render_text(trace: Trace, source: str, rank: int | None = None, step: int = 
                          f"{human_bytes(e['min_bytes']):>7} {human_bytes(e['median_bytes']):>7} "
                          f"{human_bytes(e['max_bytes']):>7} {e['critical_count']:>9}  {hist}")
     c = s["compute"]["compute"]
-    comm_total = sum(e["total_bytes"] for k, ops in s.items() if k != "compute" for e in ops.values())
-    crit_total = sum(e["critical_bytes"] for k, ops in s.items() if k != "compute" for e in ops.values())
+    comm_total, crit_total = _comm_totals(s)
     lines.append("")
     lines.append(f"  step volume: compute {c['count']} segments, {c['flops'] / 1e12:.1f} TFLOP, "
                  f"{c['time_us'] / 1e3:.1f} ms modelled; communication {human_bytes(comm_total)}B, "
