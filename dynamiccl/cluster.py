@@ -17,6 +17,7 @@ Keys (contract)::
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ class ClusterSpec:
 
 def _number(table: dict, key: str, source: str, integer: bool) -> float:
     value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value <= 0
+            or not math.isfinite(value)):  # TOML allows nan and inf
         kind = "a positive integer" if integer else "a positive number"
         raise InputError(source, f"cluster.{key}", f"expected {kind}, got {value!r}")
     return value
@@ -90,6 +92,8 @@ def load_cluster(path: str | os.PathLike) -> ClusterSpec:
         obj = tomllib.loads(Path(source).read_text(encoding="utf-8"))
     except OSError as exc:
         raise InputError(source, None, f"cannot read environment spec ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(source, None, f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(source, None, f"not valid TOML ({exc})") from None
     return cluster_from_dict(obj, source)

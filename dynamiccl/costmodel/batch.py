@@ -1,0 +1,114 @@
+"""A batch of collective calls to cost: the numpy arrays every cost model takes.
+
+One row per call. ``algo``/``proto`` = -1 and ``channels`` = 0 mean "NCCL's own choice" (what NCCL
+does without a tuner). Conditions describe what runs beside the call; they only matter to the
+world simulator:
+
+- ``overlap``: fraction (0..1) of the call's time with compute running on the same GPU;
+- ``compute_hbm_share``: share of HBM bandwidth that compute consumes while it overlaps;
+- ``congestion``: share (0..0.95) of each NIC's bandwidth taken by background traffic;
+- ``noise``: multiplicative run-to-run factor (1 = none), drawn by the caller (see ``dynamics``).
+
+``func`` holds NCCL's ``ncclFunc_t`` numbers (Broadcast 0 .. AllReduce 4, Send 5, Recv 6, AlltoAll
+8); "sendrecv" is costed as one Send of ``size_bytes`` to a peer. ``size_bytes`` follows nccl-tests
+and NCCL's ``nBytes``: the whole ``n x count`` buffer for AllGather/ReduceScatter/AlltoAll, ``count``
+bytes for AllReduce/Broadcast/Reduce, the bytes sent for Send/Recv.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from dynamiccl.errors import InputError
+from dynamiccl.nccl import OP_FUNC, Func
+
+# Names accepted for ``coll`` (nccl-tests binaries and dynamiccl trace ops).
+COLL_NAMES = {**OP_FUNC, "sendrecv": Func.SEND, "all_reduce": Func.ALLREDUCE, "all_gather": Func.ALLGATHER,
+              "reduce_scatter": Func.REDUCESCATTER, "alltoall": Func.ALLTOALL}
+
+
+def parse_coll(name: str, source: str = "--coll", field: str | None = None) -> Func:
+    """Collective name -> ``Func`` (allreduce, allgather, reducescatter, broadcast, reduce, alltoall,
+    sendrecv, send, recv; nccl-tests' underscore spellings too).
+
+    Raises:
+        InputError: for an unknown name, listing the known ones.
+    """
+    key = str(name).strip().lower().replace("-", "_")
+    if key in COLL_NAMES:
+        return Func(COLL_NAMES[key])
+    if key.replace("_", "") in COLL_NAMES:
+        return Func(COLL_NAMES[key.replace("_", "")])
+    known = "allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv"
+    raise InputError(source, field, f"unknown collective {name!r}; expected one of {known}")
+
+
+@dataclass
+class CollBatch:
+    """Columns of a batch of calls (all the same length)."""
+
+    func: np.ndarray          # int: ncclFunc_t
+    size_bytes: np.ndarray    # float64: NCCL's nBytes
+    nranks: np.ndarray        # int
+    nnodes: np.ndarray        # int
+    algo: np.ndarray          # int: Algorithm, -1 = NCCL's choice
+    proto: np.ndarray         # int: Protocol, -1 = NCCL's choice
+    channels: np.ndarray      # int: 1..64, 0 = NCCL's choice
+    num_pipe_ops: np.ndarray  # int: ops fused in one ncclGroup (NCCL's numPipeOps)
+    overlap: np.ndarray       # float 0..1
+    compute_hbm_share: np.ndarray  # float 0..1
+    congestion: np.ndarray    # float 0..0.95
+    noise: np.ndarray         # float > 0
+
+    def __len__(self) -> int:
+        return len(self.func)
+
+    def subset(self, index) -> "CollBatch":
+        return CollBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+_DTYPES = {"func": np.int64, "size_bytes": np.float64, "nranks": np.int64, "nnodes": np.int64,
+           "algo": np.int64, "proto": np.int64, "channels": np.int64, "num_pipe_ops": np.int64,
+           "overlap": np.float64, "compute_hbm_share": np.float64, "congestion": np.float64,
+           "noise": np.float64}
+
+
+def make_batch(func, size_bytes, nranks, nnodes, algo=-1, proto=-1, channels=0, num_pipe_ops=1,
+               overlap=0.0, compute_hbm_share=0.0, congestion=0.0, noise=1.0) -> CollBatch:
+    """Build a :class:`CollBatch`, broadcasting scalars and arrays against each other.
+
+    Raises:
+        InputError: a value out of range (naming the column).
+    """
+    values = dict(func=func, size_bytes=size_bytes, nranks=nranks, nnodes=nnodes, algo=algo, proto=proto,
+                  channels=channels, num_pipe_ops=num_pipe_ops, overlap=overlap,
+                  compute_hbm_share=compute_hbm_share, congestion=congestion, noise=noise)
+    arrays = np.broadcast_arrays(*(np.asarray(v) for v in values.values()))
+    columns = {name: np.ascontiguousarray(array, dtype=_DTYPES[name]).reshape(-1)
+               for name, array in zip(values, arrays)}
+    batch = CollBatch(**columns)
+    _check(batch)
+    return batch
+
+
+def _check(b: CollBatch) -> None:
+    def bad(column: str, mask: np.ndarray, expected: str) -> None:
+        if mask.any():
+            row = int(np.argmax(mask))
+            raise InputError("cost batch", f"{column}[{row}]",
+                             f"expected {expected}, got {getattr(b, column)[row]!r}")
+
+    bad("size_bytes", ~(b.size_bytes >= 0), "a byte count >= 0")
+    bad("nranks", b.nranks < 1, "at least 1 rank")
+    bad("nnodes", (b.nnodes < 1) | (b.nnodes > b.nranks) | (b.nranks % np.maximum(b.nnodes, 1) != 0),
+        "a node count that divides nranks")
+    bad("algo", (b.algo < -1) | (b.algo > 6), "an algorithm 0..6 or -1")
+    bad("proto", (b.proto < -1) | (b.proto > 2), "a protocol 0..2 or -1")
+    bad("channels", (b.channels < 0) | (b.channels > 64), "0 (NCCL's choice) or 1..64 channels")
+    bad("num_pipe_ops", b.num_pipe_ops < 1, "at least 1")
+    bad("overlap", ~((b.overlap >= 0) & (b.overlap <= 1)), "a fraction in [0, 1]")
+    bad("compute_hbm_share", ~((b.compute_hbm_share >= 0) & (b.compute_hbm_share <= 1)), "a fraction in [0, 1]")
+    bad("congestion", ~((b.congestion >= 0) & (b.congestion <= 0.95)), "a share in [0, 0.95]")
+    bad("noise", ~(b.noise > 0), "a positive factor")

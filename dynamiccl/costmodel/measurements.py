@@ -1,0 +1,154 @@
+"""Measured nccl-tests tables (``../shared/calibration/measurements.csv`` format) and the mapping of
+each table to an environment spec.
+
+A table's rows share ``table``, ``system``, ``nccl_version``, ``coll``, ``algo``, ``proto``,
+``gpus_per_node`` and ``nodes``. A table maps to the spec in ``--env-dir`` whose GPU appears in the
+``system`` text (whole word: ``GH200`` is not ``H200``) and whose GPUs per node match; among those,
+the one whose fabric agrees with the text (PCIe or NVLink), without congestion or overlap dynamics,
+with the fewest nodes that still hold the table's nodes. The table's own NCCL version (when it gives one) replaces the spec's, because NCCL's
+choices depend on it; a table measured with one process driving ``k`` GPUs (``-g k``) is costed
+with that launch mode.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from dynamiccl.costmodel.batch import parse_coll
+from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, load_env
+from dynamiccl.errors import InputError
+from dynamiccl.nccl import Func, parse_version
+
+COLUMNS = ("table", "system", "nccl_version", "coll", "algo", "proto", "gpus_per_node", "nodes", "size_bytes",
+           "time_us", "algbw_gbps", "busbw_gbps", "how")
+_ALGOS = {"default": -1, "tree": 0, "ring": 1, "collnetdirect": 2, "collnetchain": 3, "nvls": 4, "nvlstree": 5,
+          "pat": 6, "p2p": -1}
+_PROTOS = {"default": -1, "ll": 0, "ll128": 1, "simple": 2}
+
+
+@dataclass
+class MeasuredTable:
+    """One measured table: its description and per-size arrays."""
+
+    table: str
+    system: str
+    nccl_version: str
+    coll: str
+    func: int
+    algo: int             # forced algorithm, -1 = NCCL's choice
+    proto: int
+    gpus_per_node: int
+    nodes: int
+    how: str
+    size_bytes: np.ndarray
+    time_us: np.ndarray
+    busbw_gbps: np.ndarray
+
+    @property
+    def nranks(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    @property
+    def launch_gpus(self) -> int:
+        """GPUs driven by one process (nccl-tests ``-g k``); 1 for one rank per GPU."""
+        match = re.search(r"-g\s*(\d+)", self.how)
+        return int(match.group(1)) if match else 1
+
+
+def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
+    """Read a measurements CSV into tables (in file order).
+
+    Raises:
+        InputError: naming the file, the line and the column of a missing or bad value.
+    """
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(source, None, f"cannot read measurements ({exc.strerror})") from None
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(source, None, f"missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
+    groups: dict[str, dict] = {}
+    for line, row in enumerate(reader, start=2):
+        where = f"line {line}"
+
+        def number(column: str, integer: bool = False) -> float:
+            try:
+                value = float(row[column])
+            except (TypeError, ValueError):
+                raise InputError(source, f"{where}, column {column}", f"expected a number, got {row[column]!r}") from None
+            if not value > 0 and column != "busbw_gbps" or (integer and value != int(value)):
+                raise InputError(source, f"{where}, column {column}", f"expected a positive "
+                                 f"{'integer' if integer else 'number'}, got {row[column]!r}")
+            return value
+
+        key = row["table"]
+        algo = row["algo"].strip().lower()
+        proto = row["proto"].strip().lower()
+        if algo not in _ALGOS:
+            raise InputError(source, f"{where}, column algo", f"expected one of {', '.join(_ALGOS)}, got {algo!r}")
+        if proto not in _PROTOS:
+            raise InputError(source, f"{where}, column proto", f"expected one of {', '.join(_PROTOS)}, got {proto!r}")
+        func = parse_coll(row["coll"], source, f"{where}, column coll")
+        table = groups.setdefault(key, dict(
+            table=key, system=row["system"], nccl_version=row["nccl_version"], coll=row["coll"].strip().lower(),
+            func=int(func), algo=_ALGOS[algo], proto=_PROTOS[proto], gpus_per_node=int(number("gpus_per_node", True)),
+            nodes=int(number("nodes", True)), how=row["how"], size_bytes=[], time_us=[], busbw_gbps=[]))
+        table["size_bytes"].append(number("size_bytes", True))
+        table["time_us"].append(number("time_us"))
+        table["busbw_gbps"].append(float(row["busbw_gbps"] or 0.0))
+    if not groups:
+        raise InputError(source, None, "no measurement rows")
+    return [MeasuredTable(**{**g, "size_bytes": np.array(g["size_bytes"]), "time_us": np.array(g["time_us"]),
+                             "busbw_gbps": np.array(g["busbw_gbps"])}) for g in groups.values()]
+
+
+def _gpu_token(name: str) -> str:
+    return name.split("-")[0].upper()
+
+
+def load_env_dir(env_dir: str | os.PathLike) -> list[EnvSpec]:
+    """Every ``*.toml`` spec of a directory (sorted by name). Raises InputError for a bad spec."""
+    specs = [load_env(p) for p in sorted(Path(env_dir).glob("*.toml"))]
+    if not specs:
+        raise InputError(os.fspath(env_dir), None, "no environment specs (*.toml) in this directory")
+    return specs
+
+
+def map_table(table: MeasuredTable, specs: list[EnvSpec]) -> EnvSpec:
+    """The spec a measured table runs on (see the module docstring), with the table's NCCL version.
+
+    Raises:
+        InputError: no spec matches the table's GPU and GPUs per node.
+    """
+    quiet = DynamicsSpec()
+    candidates = [s for s in specs
+                  if re.search(rf"\b{re.escape(_gpu_token(s.cluster.gpu.name))}\b", table.system.upper())
+                  and s.gpus_per_node == table.gpus_per_node and s.nodes >= table.nodes]
+    if not candidates:
+        raise InputError(table.table, "system", f"no environment spec with a {table.system!r} GPU and "
+                                                f"{table.gpus_per_node} GPUs per node (and >= {table.nodes} nodes)")
+    pcie_system = "PCIE" in table.system.upper() and "NVLINK" not in table.system.upper()
+    candidates.sort(key=lambda s: ((s.intra.fabric == "pcie") != pcie_system, s.dynamics != quiet, s.nodes, s.name))
+    spec = candidates[0]
+    try:
+        version = parse_version(table.nccl_version)
+    except ValueError:
+        return spec
+    if OLDEST_NCCL <= version <= NEWEST_NCCL:
+        spec = replace(spec, nccl_version=".".join(map(str, version)))
+    return spec
+
+
+def table_kind(table: MeasuredTable) -> str:
+    """A short label: ``allreduce nvls`` or ``sendrecv``."""
+    forced = [name for name, value in _ALGOS.items() if value == table.algo and value >= 0]
+    return table.coll + (f" {forced[0]}" if forced else "") + (" p2p" if table.func == Func.SEND else "")

@@ -1,0 +1,54 @@
+"""How many collective evaluations per second the simulated cost models sustain on one core.
+
+The tuning environment and the oracle search cost many (collective, config, conditions) rows per
+decision, so this is the number that bounds training speed. A batch of ``rows`` random calls on the
+spec's own topologies (every collective, sizes 8 B .. 8 GiB, forced algorithm/protocol/channels
+as an agent picks them, random overlap and congestion) is evaluated ``repeat`` times; the median
+is reported. ``mixed`` leaves a third of the rows to NCCL's choice (the baseline's path).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from dynamiccl.costmodel.batch import make_batch
+from dynamiccl.costmodel.nccl_model import NcclModel
+from dynamiccl.costmodel.world import WorldModel
+from dynamiccl.envspec import EnvSpec
+from dynamiccl.nccl import Func
+
+
+def random_batch(env: EnvSpec, rows: int, seed: int = 0, mixed: bool = False):
+    """Random calls an agent could make on ``env``: valid (algo, proto) pairs for each collective."""
+    rng = np.random.default_rng(seed)
+    nodes = np.array(sorted({1, env.nodes, max(1, env.nodes // 2)}))
+    nnodes = rng.choice(nodes, rows)
+    nranks = nnodes * env.gpus_per_node
+    func = rng.choice([Func.ALLREDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.SEND], rows)
+    algo = np.where(func == Func.ALLREDUCE, rng.choice([0, 1], rows), 1)
+    proto = rng.integers(0, 3, rows)
+    channels = rng.integers(1, 33, rows)
+    if mixed:
+        leave = rng.random(rows) < 1 / 3
+        algo, proto, channels = np.where(leave, -1, algo), np.where(leave, -1, proto), np.where(leave, 0, channels)
+    return make_batch(func, 2.0 ** rng.integers(3, 34, rows), nranks, nnodes, algo=algo, proto=proto,
+                      channels=channels, overlap=rng.random(rows), compute_hbm_share=rng.random(rows) * 0.6,
+                      congestion=rng.random(rows) * 0.5, noise=rng.lognormal(0, 0.02, rows))
+
+
+def measure(env: EnvSpec, rows: int = 1_000_000, repeat: int = 5, mixed: bool = False) -> dict:
+    """Median evaluations per second of the world simulator and of NCCL's model (one process)."""
+    batch = random_batch(env, rows, mixed=mixed)
+    result = {"env": env.name, "rows": rows, "repeat": repeat, "mixed": mixed}
+    for name, run in (("world", WorldModel(env).evaluate), ("nccl", NcclModel(env).choose)):
+        run(batch.subset(np.arange(min(rows, 1000))))  # build the per-topology tables first
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            run(batch)
+            times.append(time.perf_counter() - started)
+        result[f"{name}_evals_per_s"] = rows / statistics.median(times)
+    return result

@@ -1,0 +1,188 @@
+"""What NCCL's topology detection and search conclude for a communicator on a described cluster.
+
+NCCL's tuning model (``tuning.cc``) does not see datasheets: it sees the graphs its search found
+(``search.cc``): per algorithm a channel count and a per-channel bandwidth inside the node
+(``bwIntra``) and across nodes (``bwInter``), plus which paths allow LL128, NVLS, CollNet and PAT.
+This module derives those from an :class:`~dynamiccl.envspec.EnvSpec` for a communicator of
+``nranks`` GPUs on ``nnodes`` nodes (ranks spread evenly).
+
+The search is emulated, not run (``nccl-cost-model.md`` §1.8, §1.10):
+
+- per-GPU bandwidth as NCCL models it: NVLinks x NCCL's per-link constant (20.6 GB/s on sm90, not
+  the datasheet's 25), PCIe ``width x GT/s / 80`` capped by the CPU link when a ring crosses sockets,
+  NICs ``Mb/s / 8000`` capped by the GPU's PCIe path;
+- the search tries the speed array from high to low and keeps the first graph with the highest
+  ``nChannels x speed`` that the links carry (one channel per NIC per ``speed`` it fits);
+- ``ncclTopoDupChannels``: ``bwIntra >= 25`` doubles channels and halves per-channel bandwidth,
+  except on cc > 80 with ``bwIntra < 50`` and more than 4 channels;
+- the NVLS graph has one channel per local GPU (its heads);
+- at init, channels double again (``nChannels = min(64, 2 x search)``), and once more on sm90+
+  multi-node rings with ``bwIntra > 45`` and fewer than 16 channels; this runtime count is what
+  ``topoGetAlgoInfo`` starts shrinking from.
+
+Emulation limits, stated once: the search's time budget, PXN, cross-NIC rings and the unbalanced
+tree pattern are not modelled (the tree graph is the ring graph, as NCCL limits it to the ring's
+channels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from dynamiccl.costmodel.nccl_constants import (
+    CPU_LINK_GBPS, NVLINK_MODEL_GBPS, SEARCH_SPEEDS_INTER, SEARCH_SPEEDS_INTRA,
+)
+from dynamiccl.envspec import EnvSpec
+from dynamiccl.errors import InputError
+
+RING_MAX_CHANNELS = 32  # MAXCHANNELS / 2 for the ring graph search
+NVLS_MAX_ARITY = 32     # NCCL_MAX_NVLS_ARITY
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One search result: ``n_channels`` channels at ``bw_intra`` / ``bw_inter`` GB/s each."""
+
+    n_channels: int
+    bw_intra: float
+    bw_inter: float
+
+
+@dataclass(frozen=True)
+class NcclTopology:
+    """NCCL's view of one communicator: the inputs of ``ncclTopoTuneModel``."""
+
+    nranks: int
+    nnodes: int
+    ppn: int
+    compute_capability: int
+    arch: str
+    cpu_vendor: str
+    intra_hw: int             # NVLINK_HW or PCI_HW: the hardware-latency row of intra-node hops
+    nvswitch: bool
+    ring: Graph
+    tree: Graph
+    nvls: Graph | None        # None: NVLS/NVLSTree unavailable
+    collnet: Graph | None     # None: CollNet unavailable
+    comm_channels: int        # comm->nChannels at run time (after the init-time doubling)
+    nvls_channels: int        # runtime NVLS channels (NCCL_NVLS_NCHANNELS default)
+    ll128_enabled: bool
+    pat_enabled: bool
+    latency_inter_us: float   # NIC latency from the topology (0 unless given)
+    ring_bw_total: float      # ring nChannels x bwIntra (sets Ring/Simple's 256 or 512 threads)
+
+
+def _search(total_gbps: float, speeds, max_channels: int, nic_count: int = 0, nic_gbps: float = 0.0,
+            ) -> tuple[int, float]:
+    """Best (channels, speed): highest channels x speed, first (fastest) speed on ties."""
+    best = (0, 0.0)
+    for speed in speeds:
+        channels = min(max_channels, int(total_gbps // speed + 1e-9))
+        if nic_count:
+            channels = min(channels, nic_count * int(nic_gbps // speed + 1e-9))
+        if channels >= 1 and channels * speed > best[0] * best[1] + 1e-9:
+            best = (channels, float(speed))
+    if best[0] == 0:  # slower than the slowest speed: one channel at what the links give
+        best = (1, float(min(total_gbps, nic_gbps) if nic_count else total_gbps))
+    return best
+
+
+def _dup_channels(channels: int, bw: float, cc: int) -> tuple[int, float]:
+    if bw >= 25 and not (cc > 80 and bw < 50 and channels > 4):
+        return min(2 * channels, RING_MAX_CHANNELS * 2), bw / 2
+    return channels, bw
+
+
+def intra_gbps_model(env: EnvSpec, ppn: int) -> tuple[float, int]:
+    """Per-GPU intra-node bandwidth NCCL's topology assumes, and the hardware row (NVLink or PCI)."""
+    from dynamiccl.costmodel.nccl_constants import NVLINK_HW, PCI_HW
+
+    cc = env.compute_capability
+    if env.intra.fabric in ("nvswitch", "nvlink"):
+        return env.intra.nvlink_links * NVLINK_MODEL_GBPS[cc], NVLINK_HW
+    pci = pci_gbps_model(env)
+    # A PCIe-only node with more than 4 GPUs spans two CPU sockets; the ring crosses their link.
+    if ppn > 4:
+        pci = min(pci, CPU_LINK_GBPS[env.cpu_vendor])
+    return pci, PCI_HW
+
+
+def pci_gbps_model(env: EnvSpec) -> float:
+    """NCCL's PCI bandwidth: width x GT/s-code / 80 (gen3 x16 = 12, gen4 24, gen5 48 GB/s)."""
+    gts_code = {2: 30, 3: 60, 4: 120, 5: 240, 6: 480}[env.intra.pcie_gen]
+    return env.intra.pcie_lanes * gts_code / 80
+
+
+def nic_gbps_model(env: EnvSpec) -> float:
+    """NCCL's NIC bandwidth (Mb/s / 8000), capped by the GPU-NIC path (PCIe, or host memory)."""
+    nic = env.inter.nic_gbits_per_s * 1000 / 8000
+    path = pci_gbps_model(env) if env.inter.gpudirect else min(pci_gbps_model(env), CPU_LINK_GBPS[env.cpu_vendor])
+    return min(nic, path)
+
+
+def _cc_key(cc: int, table: dict) -> int:
+    return 100 if cc >= 100 and 100 in table else (90 if cc >= 90 else 0)
+
+
+def topology(env: EnvSpec, nranks: int, nnodes: int) -> NcclTopology:
+    """NCCL's view of a communicator of ``nranks`` GPUs over ``nnodes`` nodes of ``env``.
+
+    Raises:
+        InputError: ``nranks``/``nnodes`` do not fit the cluster (uneven spread, too many GPUs per node).
+    """
+    return _topology(env, int(nranks), int(nnodes))
+
+
+@lru_cache(maxsize=4096)
+def _topology(env: EnvSpec, nranks: int, nnodes: int) -> NcclTopology:
+    if nranks < 1 or nnodes < 1 or nranks % nnodes:
+        raise InputError(env.source, None, f"a communicator of {nranks} ranks cannot spread evenly over "
+                                           f"{nnodes} nodes")
+    ppn = nranks // nnodes
+    if ppn > env.gpus_per_node:
+        raise InputError(env.source, "cluster.gpus_per_node",
+                         f"a communicator with {ppn} ranks per node needs that many GPUs per node, "
+                         f"the spec has {env.gpus_per_node}")
+    cc = env.compute_capability
+    intra_total, intra_hw = intra_gbps_model(env, ppn)
+    nic_gbps = nic_gbps_model(env)
+    # Each node's NICs serve its GPUs; a sub-communicator with fewer local ranks reaches as many NICs
+    # as it has GPUs (rail-aligned), at least one.
+    nics = max(1, min(env.inter.nics_per_node, ppn * max(1, env.inter.nics_per_node // env.gpus_per_node)))
+    if nnodes == 1:
+        speeds = SEARCH_SPEEDS_INTRA[_cc_key(cc, SEARCH_SPEEDS_INTRA)]
+        channels, speed = _search(intra_total if ppn > 1 else 5000.0, speeds, RING_MAX_CHANNELS)
+    else:
+        speeds = SEARCH_SPEEDS_INTER[_cc_key(cc, SEARCH_SPEEDS_INTER)]
+        channels, speed = _search(intra_total if ppn > 1 else 5000.0, speeds, RING_MAX_CHANNELS,
+                                  nic_count=nics, nic_gbps=nic_gbps)
+    channels, speed = _dup_channels(channels, speed, cc)
+    ring = Graph(channels, speed, speed)
+    comm_channels = min(64, 2 * channels)
+    if cc >= 90 and nnodes > 1 and speed > 45 and comm_channels < 16:
+        comm_channels = min(64, 2 * comm_channels)
+
+    nvls = None
+    nvls_capable = (env.intra.nvls and env.intra.fabric == "nvswitch" and cc >= 90 and 2 <= ppn <= NVLS_MAX_ARITY)
+    if nvls_capable:
+        # One NVLS channel per local GPU (its heads), at the fastest speed all of them fit.
+        nvls_speed = next((s for s in SEARCH_SPEEDS_INTRA[_cc_key(cc, SEARCH_SPEEDS_INTRA)]
+                           if s * ppn <= intra_total + 1e-9), intra_total / ppn)
+        inter = (min(nvls_speed, nic_gbps * nics / ppn) if nnodes > 1 else nvls_speed)
+        nvls = Graph(ppn, float(nvls_speed), float(inter))
+    collnet = None
+    if env.collnet and nnodes > 1:
+        collnet = Graph(channels, speed, min(speed, nic_gbps))
+
+    ll128 = cc >= 70 and intra_hw == 0 or ppn == 1
+    if nnodes > 1 and not (env.inter.gpudirect and env.inter.transport != "tcp"):
+        ll128 = False  # sm90+ needs the GPU-NIC path within PXN: no GPUDirect/sockets put it behind the CPU
+    nvls_channels = 16 if cc < 100 else (24 if nnodes == 1 else 32)
+    return NcclTopology(
+        nranks=nranks, nnodes=nnodes, ppn=ppn, compute_capability=cc, arch=env.arch,
+        cpu_vendor=env.cpu_vendor, intra_hw=intra_hw, nvswitch=env.intra.fabric == "nvswitch",
+        ring=ring, tree=ring, nvls=nvls, collnet=collnet, comm_channels=comm_channels,
+        nvls_channels=nvls_channels, ll128_enabled=ll128,
+        pat_enabled=ppn == 1 and env.nccl_version_tuple >= (2, 23, 0),
+        latency_inter_us=env.inter.nic_latency_us, ring_bw_total=ring.n_channels * ring.bw_intra)
