@@ -9,8 +9,8 @@ world simulator:
 - ``congestion``: share (0..0.95) of each NIC's bandwidth taken by background traffic;
 - ``noise``: multiplicative run-to-run factor (1 = none), drawn by the caller (see ``dynamics``).
 
-``func`` holds NCCL's ``ncclFunc_t`` numbers (Broadcast 0 .. AllReduce 4, Send 5, Recv 6, AlltoAll
-8); "sendrecv" is costed as one Send of ``size_bytes`` to a peer. ``size_bytes`` follows nccl-tests
+``func`` holds NCCL's ``ncclFunc_t`` numbers (Broadcast 0 .. AllReduce 4, SendRecv 5, Send 6,
+Recv 7, AlltoAll 8); a send/recv is costed as one transfer of ``size_bytes`` to a peer. ``size_bytes`` follows nccl-tests
 and NCCL's ``nBytes``: the whole ``n x count`` buffer for AllGather/ReduceScatter/AlltoAll, ``count``
 bytes for AllReduce/Broadcast/Reduce, the bytes sent for Send/Recv.
 """
@@ -25,8 +25,12 @@ from dynamiccl.errors import InputError
 from dynamiccl.nccl import OP_FUNC, Func
 
 # Names accepted for ``coll`` (nccl-tests binaries and dynamiccl trace ops).
-COLL_NAMES = {**OP_FUNC, "sendrecv": Func.SEND, "all_reduce": Func.ALLREDUCE, "all_gather": Func.ALLGATHER,
-              "reduce_scatter": Func.REDUCESCATTER, "alltoall": Func.ALLTOALL}
+COLL_NAMES = {op: func for op, func in OP_FUNC.items() if op not in ("gather", "scatter")}
+COLL_NAMES.update({"sendrecv": Func.SEND, "all_reduce": Func.ALLREDUCE, "all_gather": Func.ALLGATHER,
+                   "reduce_scatter": Func.REDUCESCATTER, "alltoall": Func.ALLTOALL})
+# What the cost models can cost (NCCL runs Gather/Scatter as grouped send/recv; not modelled).
+COSTED_FUNCS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE, Func.SENDRECV,
+                Func.SEND, Func.RECV, Func.ALLTOALL)
 
 
 def parse_coll(name: str, source: str = "--coll", field: str | None = None) -> Func:
@@ -100,6 +104,7 @@ def _check(b: CollBatch) -> None:
             raise InputError("cost batch", f"{column}[{row}]",
                              f"expected {expected}, got {getattr(b, column)[row]!r}")
 
+    bad("func", ~np.isin(b.func, COSTED_FUNCS), "a collective 0..8 (ncclFunc_t; Gather/Scatter are not costed)")
     bad("size_bytes", ~(b.size_bytes >= 0), "a byte count >= 0")
     bad("nranks", b.nranks < 1, "at least 1 rank")
     bad("nnodes", (b.nnodes < 1) | (b.nnodes > b.nranks) | (b.nranks % np.maximum(b.nnodes, 1) != 0),

@@ -48,10 +48,10 @@ class CongestionProcess:
         if not self._active:
             return np.zeros_like(times)
         horizon = float(times.max(initial=0.0))
-        while True:
+        # Periods are drawn in order, each exactly once, only as far as asked: the timeline of a
+        # seed is the same however (and in whatever chunks) it is queried.
+        while self._edges[-1] <= horizon:
             end = self._edges[-1] + self._period_us(bool(self._congested[-1]))
-            if self._edges[-1] > horizon:
-                break
             self._edges = np.append(self._edges, end)
             self._congested = np.append(self._congested, ~self._congested[-1])
         index = np.searchsorted(self._edges, times, side="right") - 1

@@ -253,15 +253,14 @@ class NcclModel:
         Includes the per-size Tree correction, the Ring plateau factor and numPipeOps.
         """
         index = index or self.topology_index(batch)
-        return self._times(batch, index, np.arange(21)).reshape(len(batch), 7, 3)
+        return self._times(batch, index, np.arange(21), per_row=False).reshape(len(batch), 7, 3)
 
-    def _times(self, batch: CollBatch, index: "TopoIndex", columns: np.ndarray) -> np.ndarray:
-        """Times of the flat (algo * 3 + proto) ``columns`` per row ([rows, len(columns)] or, for a
-        per-row column array, [rows]); -1 where disabled."""
+    def _times(self, batch: CollBatch, index: "TopoIndex", columns: np.ndarray, per_row: bool) -> np.ndarray:
+        """Times of the flat (algo * 3 + proto) ``columns``: with ``per_row`` one column per row
+        ([rows]), else every listed column for every row ([rows, len(columns)]); -1 where disabled."""
         c = self.constants
         func = np.where(batch.func < NUM_TUNED_FUNCS, batch.func, F.ALLREDUCE)  # p2p rows are not tuned
         row = index.codes * NUM_TUNED_FUNCS + func
-        per_row = columns.ndim == 1 and len(columns) == len(batch) and len(batch) != 21
         if per_row:
             lat = index.lat[row, columns]
             bw = index.bw[row, columns]
@@ -315,12 +314,12 @@ class NcclModel:
         if forced.any():  # one entry per row: no arg-min needed
             sub = batch if forced.all() else batch.subset(forced)
             sub_index = index if forced.all() else index.subset(forced)
-            t = self._times(sub, sub_index, (sub.algo * 3 + sub.proto).astype(np.intp))
+            t = self._times(sub, sub_index, (sub.algo * 3 + sub.proto).astype(np.intp), per_row=True)
             time[forced] = np.where(t >= 0, t, np.inf)
         free = ~forced
         if free.any():
             sub = batch.subset(free)
-            table = self._times(sub, index.subset(free), np.arange(21))
+            table = self._times(sub, index.subset(free), np.arange(21), per_row=False)
             allowed = table >= 0
             cols = np.arange(21)
             allowed &= (sub.algo[:, None] < 0) | (cols[None, :] // 3 == sub.algo[:, None])

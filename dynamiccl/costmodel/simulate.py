@@ -46,7 +46,7 @@ def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:
         InputError: a bad collective, dtype, layout, or a forced pair NCCL cannot run.
     """
     func = parse_coll(req.coll)
-    op = "sendrecv" if func in (Func.SEND, Func.RECV) else FUNC_OP[func]
+    op = "sendrecv" if func in (Func.SENDRECV, Func.SEND, Func.RECV) else FUNC_OP[func]
     dtype = parse_dtype(req.dtype, "--dtype")
     if req.model not in MODELS:
         raise InputError("--model", None, f"expected one of {', '.join(MODELS)}, got {req.model!r}")

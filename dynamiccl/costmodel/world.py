@@ -20,7 +20,10 @@ Each effect names its evidence (``../shared/reference/``):
    channels x per-channel throughput: channels beyond what the links carry add nothing, too few
    cannot fill them. Per-channel throughput per architecture comes from NCCL's own per-channel caps
    (``perChMaxTreeBw`` for Simple, ``perChMaxRingLL128Bw`` for LL128, ``llMaxBws``/16 for LL);
-   NVLSTree and NVLS reach peak with 16 SMs (NVIDIA/nccl#1649).
+   NVLSTree and NVLS reach peak with 16 SMs (NVIDIA/nccl#1649). With channels left to NCCL, its
+   runtime count steps up with the size (``topoGetAlgoInfo``), so a channel-bound call just above
+   a step can finish sooner than one just below it: NCCL's thresholds, not the links, decide
+   that, and it is one of the things a tuner that sets channels fixes.
 5. **Latency.** Per-hop latency per protocol (fitted; "LL ~1 µs per hop, LL128 ~2, Simple highest",
    Demystifying NCCL §3) over NCCL's step structure; NVLS a fixed intra-node latency; network hops
    add the transport's latency plus the spec's ``nic_latency_us``; one process driving k GPUs
@@ -152,7 +155,7 @@ class WorldModel:
         """
         index = self.nccl.topology_index(batch)
         algo, proto, channels = batch.algo.copy(), batch.proto.copy(), batch.channels.copy()
-        p2p = (batch.func == F.SEND) | (batch.func == F.RECV) | (batch.func == F.ALLTOALL)
+        p2p = (batch.func == F.SENDRECV) | (batch.func == F.SEND) | (batch.func == F.RECV) | (batch.func == F.ALLTOALL)
         algo[p2p], proto[p2p] = RING, SIMPLE
         # NCCL's own choice where the row leaves it open, and its runtime channel count where the
         # row forces a pair but not channels (NCCL_ALGO/NCCL_PROTO leave channels to NCCL).
