@@ -140,7 +140,7 @@ def test_shipped_dynamics():
     assert congested.dynamics == DynamicsSpec(congestion="markov", congested_share=0.6, congested_fraction=0.4,
                                               mean_period_ms=10.0)
     heavy = resolve_env("h100-ib-2x8-heavy-compute")
-    assert heavy.dynamics == DynamicsSpec(overlap_fraction=0.8, compute_hbm_share=0.6)
+    assert heavy.dynamics == DynamicsSpec(overlap_fraction=0.8, compute_hbm_share=0.85)
 
 
 @pytest.mark.parametrize("variant, base", [("h100-ib-4x8-congested", "h100-ib-4x8"),

@@ -150,8 +150,9 @@ class WorldModel:
     def evaluate(self, batch: CollBatch, launch_gpus: int = 1) -> dict[str, np.ndarray]:
         """Simulate every row. ``launch_gpus`` > 1 models one process driving that many GPUs.
 
-        Returns a dict of arrays: ``algo``, ``proto``, ``channels``, ``time_us`` (inf where the
-        forced pair cannot run), ``algbw_gbps`` and ``compute_slowdown``.
+        Returns a dict of arrays: ``algo``, ``proto`` (-1 for send/recv and AlltoAll, which NCCL
+        runs as point-to-point transfers, and where the forced pair cannot run), ``channels``,
+        ``time_us`` (inf where the forced pair cannot run), ``algbw_gbps`` and ``compute_slowdown``.
         """
         index = self.nccl.topology_index(batch)
         algo, proto, channels = batch.algo.copy(), batch.proto.copy(), batch.channels.copy()
@@ -191,7 +192,7 @@ class WorldModel:
         # overlapped share of the call runs at the contended rate.
         hbm = self.env.cluster.gpu.hbm_gbytes_per_s
         comm_demand = np.minimum(bus, keys["intra_raw"][k]) * keys["hbm_per_byte"][k]
-        compute_demand = batch.overlap * batch.compute_hbm_share * hbm
+        compute_demand = batch.compute_hbm_share * hbm  # while the compute runs
         contention = 1.0 + batch.overlap * (np.maximum(1.0, (compute_demand + comm_demand) / hbm) - 1.0)
         t_bw = np.maximum(t_intra, t_net) * contention
         net_hop = self._net_hop_us / (1.0 - congestion)
@@ -205,7 +206,8 @@ class WorldModel:
         share = batch.compute_hbm_share
         compute_slowdown = np.where(batch.overlap > 0, (1 - share) * sm_slow + share * mem_slow, 1.0)
         algbw = np.where(runnable, size / (1000.0 * time), 0.0)
-        return {"algo": np.where(runnable, algo, -1), "proto": np.where(runnable, proto, -1),
+        shown = runnable & ~p2p  # send/recv and AlltoAll have no algorithm or protocol to report
+        return {"algo": np.where(shown, algo, -1), "proto": np.where(shown, proto, -1),
                 "channels": channels.astype(np.int64), "time_us": time, "algbw_gbps": algbw,
                 "compute_slowdown": compute_slowdown}
 
