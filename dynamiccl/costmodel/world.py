@@ -72,7 +72,16 @@ _HBM_BYTES_PER_LINK_BYTE = {True: 3.0, False: 2.0}  # reduction / copy
 
 @dataclass
 class WorldParams:
-    """Fitted and prior parameters of the world, by hardware class. See ``world_params.json``."""
+    """Fitted and prior parameters of the world, by hardware class. See ``world_params.json``.
+
+    ``dynamiccl calibrate`` fits link and p2p efficiency per class present in the measured tables,
+    the per-protocol latencies, NVLS latency, the ``-g k`` launch gap and the protocol efficiencies.
+    The rest are priors the single-node measurements cannot inform: network efficiency per
+    transport (IB ~0.92 of line rate, RoCE and Slingshot lower, EFA lower still, TCP sockets about
+    half) and network hop latency (a few µs on RDMA fabrics, ~15 µs EFA, tens of µs TCP;
+    nccl-tests#214 measures ~31-34 µs for a small cross-node sendrecv on A40 incl. software),
+    CPU-link bandwidth for PCIe rings that cross sockets (UPI, xGMI, NVLink-C2C), PCIe hop cost.
+    """
 
     link_efficiency: dict[str, float]     # "arch/fabric" (or "arch", "pcie"): share of datasheet link bw
     p2p_efficiency: dict[str, float]      # send/recv share of datasheet link bw, by arch
@@ -141,11 +150,6 @@ class WorldModel:
 
     def describe(self) -> str:
         return f"world simulator ({self.params.provenance or 'world_params.json'}) on {self.env.describe()}"
-
-    def with_params(self, params: WorldParams) -> "WorldModel":
-        model = WorldModel(self.env, params)
-        model.nccl = self.nccl
-        return model
 
     def evaluate(self, batch: CollBatch, launch_gpus: int = 1) -> dict[str, np.ndarray]:
         """Simulate every row. ``launch_gpus`` > 1 models one process driving that many GPUs.
