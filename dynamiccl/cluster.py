@@ -85,15 +85,23 @@ def cluster_from_dict(obj: dict, source: str) -> ClusterSpec:
                        nodes=int(_number(table, "nodes", source, integer=True)))
 
 
-def load_cluster(path: str | os.PathLike) -> ClusterSpec:
-    """Read the ``[cluster]`` table of an environment spec file; raises ``InputError``."""
+def read_spec_toml(path: str | os.PathLike) -> tuple[dict, str]:
+    """Parse an environment spec file; returns (document, source name).
+
+    Raises:
+        InputError: the file cannot be read, is not UTF-8 or is not TOML.
+    """
     source = os.fspath(path)
     try:
-        obj = tomllib.loads(Path(source).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(source).read_text(encoding="utf-8")), source
     except OSError as exc:
         raise InputError(source, None, f"cannot read environment spec ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         raise InputError(source, None, f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(source, None, f"not valid TOML ({exc})") from None
-    return cluster_from_dict(obj, source)
+
+
+def load_cluster(path: str | os.PathLike) -> ClusterSpec:
+    """Read the ``[cluster]`` table of an environment spec file; raises ``InputError``."""
+    return cluster_from_dict(*read_spec_toml(path))

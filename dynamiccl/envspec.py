@@ -32,11 +32,10 @@ unknown keys and bad values are errors that name the file and the ``section.key`
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynamiccl.cluster import ClusterSpec, cluster_from_dict
+from dynamiccl.cluster import ClusterSpec, cluster_from_dict, read_spec_toml
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import parse_version
 
@@ -266,16 +265,7 @@ def load_env(path: str | os.PathLike) -> EnvSpec:
     Raises:
         InputError: the file cannot be read, is not TOML, or a key is missing, unknown or wrong.
     """
-    source = os.fspath(path)
-    try:
-        obj = tomllib.loads(Path(source).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(source, None, f"cannot read environment spec ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(source, None, f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(source, None, f"not valid TOML ({exc})") from None
-    return env_from_dict(obj, source)
+    return env_from_dict(*read_spec_toml(path))
 
 
 def env_dir() -> Path:
