@@ -1,0 +1,176 @@
+"""Live capture on real gloo processes: the explicit API, zero-code mode, merge errors, fail-open."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dynamiccl.cli import main
+from dynamiccl.errors import InputError
+from dynamiccl.profiler.merge import group_kind, merge_capture
+from dynamiccl.trace.store import Trace
+
+JOB = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    from dynamiccl.profiler.capture import capture
+    dist.init_process_group("gloo")
+    r, n = dist.get_rank(), dist.get_world_size()
+    tp = dist.new_group([0, 1], group_desc="TENSOR_MODEL_PARALLEL_GROUP")
+    with capture(sys.argv[1]) as cap:
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(32, 32))
+        dist.barrier()
+        for _ in range(2):
+            with cap.step():
+                y = model(torch.randn(4, 32))
+                dist.all_reduce(y.detach(), group=tp)                                  # 4*32*4 = 512 B
+                out = torch.empty(8, 32, dtype=torch.bfloat16)
+                dist.all_gather_into_tensor(out, torch.ones(4, 32, dtype=torch.bfloat16), group=tp)  # 512 B
+                rs = torch.empty(2, 32)
+                dist.reduce_scatter_tensor(rs, torch.ones(4, 32), group=tp)          # full input 512 B
+                dist.broadcast(torch.ones(10), src=1)                                 # root 1, 40 B
+                a2a = torch.empty(8)
+                dist.all_to_all_single(a2a, torch.ones(8))                            # 32 B
+                peer = 1 - r
+                ops = [dist.P2POp(dist.isend, torch.ones(6), peer), dist.P2POp(dist.irecv, torch.empty(6), peer)]
+                for w in dist.batch_isend_irecv(ops):
+                    w.wait()
+                y.sum().backward()                                                   # DDP bucket: 32*33*4 B
+    dist.destroy_process_group()
+""")
+
+
+def torchrun(tmp_path: Path, script: str, *args: str, env: dict | None = None, nprocs: int = 2):
+    path = tmp_path / "job.py"
+    path.write_text(script)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}",
+                           "--standalone", str(path), *args], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, **(env or {})}, cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("capture")
+    done = torchrun(tmp, JOB, str(tmp / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return merge_capture(tmp / "out")
+
+
+def comm(trace: Trace, rank: int, step: int):
+    df = trace.ops
+    return df[(df["rank"] == rank) & (df["step"] == step) & (df["kind"] != "compute")]
+
+
+def test_every_op_is_recorded_with_bytes_group_and_peer(captured):
+    captured.validate()
+    ops = comm(captured, 0, 1)
+    rows = [(o.op, o.group_kind, int(o.bytes_total)) for o in ops.itertuples()]
+    assert rows[:5] == [("allreduce", "tp", 512), ("allgather", "tp", 512), ("reducescatter", "tp", 512),
+                        ("broadcast", "world", 40), ("alltoall", "world", 32)]
+    assert [(o.op, int(o.peer)) for o in ops.itertuples()][5:7] == [("send", 1), ("recv", 1)]
+    assert int(ops.iloc[5]["nccl_group"]) == int(ops.iloc[6]["nccl_group"]) >= 0  # one batch_isend_irecv
+    assert int(ops.iloc[3]["peer"]) == 1  # broadcast root, global rank
+    assert ops.iloc[1]["dtype"] == "bf16"
+    ddp = ops.iloc[7]
+    assert (ddp.op, ddp.phase, int(ddp.bytes_total)) == ("allreduce", "backward", 32 * 33 * 4)
+    assert set(comm(captured, 1, 1)["op"]) == set(ops["op"])
+
+
+def test_setup_traffic_and_steps(captured):
+    setup = comm(captured, 0, 0)
+    assert set(setup["phase"]) == {"setup"}
+    assert "broadcast" in set(setup["op"])  # DDP's parameter broadcast at construction
+    assert "barrier" in set(setup["label"])
+    assert sorted(captured.ops["step"].unique()) == [0, 1, 2]
+    compute = captured.ops[(captured.ops["kind"] == "compute") & (captured.ops["step"] == 1)]
+    assert (compute["duration_us"] > 0).all() and len(compute) >= 1
+
+
+def test_measured_timestamps_are_ordered(captured):
+    ops = captured.ops[(captured.ops["rank"] == 0) & (captured.ops["step"] == 1)]
+    assert ops["start_us"].notna().all()
+    assert (ops["end_us"] >= ops["start_us"]).all()
+    assert ops["start_us"].is_monotonic_increasing
+
+
+PLAIN = textwrap.dedent("""
+    import torch, torch.distributed as dist
+    dist.init_process_group("gloo")
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(16, 16))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        model(torch.randn(4, 16)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    dist.destroy_process_group()
+""")
+
+
+def test_zero_code_profile_command(tmp_path, capsys, monkeypatch):
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN)
+    monkeypatch.chdir(tmp_path)
+    status = main(["profile", "-o", str(tmp_path / "prof"), "--", sys.executable, "-m", "torch.distributed.run",
+                   "--nproc-per-node=2", "--standalone", str(script)])
+    assert status == 0
+    trace = Trace.read(tmp_path / "prof" / "trace.parquet")
+    assert sorted(trace.ops["step"].unique()) == [0, 1, 2, 3]  # setup + one step per optimizer step
+    for step in (1, 2, 3):
+        ops = comm(trace, 0, step)
+        assert list(ops[ops["phase"] == "backward"]["bytes_total"]) == [16 * 17 * 4]
+    assert "setup" in set(comm(trace, 0, 0)["phase"])
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_profile_fails_open_when_capture_cannot_be_written(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    done = torchrun(tmp_path, PLAIN, env={"DYNAMICCL_PROFILE_DIR": str(blocker / "capture"),
+                                          "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] /
+                                                                             "dynamiccl" / "profiler" / "autostart"),
+                                                                         os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dynamiccl: could not write the capture" in done.stderr
+
+
+def write_rank(directory: Path, rank: int, **changes) -> None:
+    doc = {"format": "dynamiccl-capture", "version": 1, "rank": rank, "world_size": 2, "groups":
+           {"0": {"desc": "default_pg", "ranks": [0, 1]}},
+           "ops": [{"op": "allreduce", "pg": "0", "bytes_total": 64, "dtype": "float32", "peer": -1, "start_ns": 0,
+                    "end_ns": 1000, "step": 0, "async": False, "backward": False}]}
+    doc.update(changes)
+    directory.mkdir(exist_ok=True)
+    (directory / f"rank{rank}.json").write_text(json.dumps(doc))
+
+
+def test_merge_reports_bad_captures(tmp_path):
+    with pytest.raises(InputError, match="no capture files"):
+        merge_capture(tmp_path)
+    write_rank(tmp_path, 0)
+    with pytest.raises(InputError, match=r"missing for rank\(s\) \[1\]"):
+        merge_capture(tmp_path)
+    write_rank(tmp_path, 1, format="other")
+    with pytest.raises(InputError, match="rank1.json: format"):
+        merge_capture(tmp_path)
+    write_rank(tmp_path, 1, ops=[{"op": "allreduce"}])
+    with pytest.raises(InputError, match=r"rank1.json: ops\[0\].pg: missing"):
+        merge_capture(tmp_path)
+    (tmp_path / "rank1.json").write_text("{not json")
+    with pytest.raises(InputError, match="rank1.json: not valid JSON"):
+        merge_capture(tmp_path)
+    write_rank(tmp_path, 1)
+    assert len(merge_capture(tmp_path).ops) == 2
+
+
+@pytest.mark.parametrize("desc, kind", [("TENSOR_MODEL_PARALLEL_GROUP", "tp"), ("DATA_PARALLEL_GROUP", "dp"),
+                                        ("PIPELINE_MODEL_PARALLEL_GROUP", "pp"), ("EXPERT_DATA_PARALLEL_GROUP", "edp"),
+                                        ("EXPERT_MODEL_PARALLEL_GROUP", "ep"), ("CONTEXT_PARALLEL_GROUP", "cp"),
+                                        ("DATA_PARALLEL_GROUP_WITH_CP", "dp"), ("tp", "tp"), ("default_pg", "world"),
+                                        ("EMBEDDING_GROUP", "embd"), ("", "unknown")])
+def test_group_kinds_from_descriptions(desc, kind):
+    assert group_kind(desc, [0, 1], 4) == kind
