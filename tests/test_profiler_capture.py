@@ -18,6 +18,7 @@ from dynamiccl.trace.store import Trace
 
 JOB = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
+    import torch.distributed._functional_collectives as fc
     from dynamiccl.profiler.capture import capture
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
@@ -41,6 +42,7 @@ JOB = textwrap.dedent("""
                 for w in dist.batch_isend_irecv(ops):
                     w.wait()
                 y.sum().backward()                                                   # DDP bucket: 32*33*4 B
+                fc.all_reduce(torch.ones(16), "sum", tp).wait()                       # functional, 64 B
     dist.destroy_process_group()
 """)
 
@@ -78,6 +80,9 @@ def test_every_op_is_recorded_with_bytes_group_and_peer(captured):
     assert ops.iloc[1]["dtype"] == "bf16"
     ddp = ops.iloc[7]
     assert (ddp.op, ddp.phase, int(ddp.bytes_total)) == ("allreduce", "backward", 32 * 33 * 4)
+    functional = ops.iloc[8]
+    assert (functional.op, functional.group_kind, int(functional.bytes_total), functional.label) == \
+        ("allreduce", "tp", 64, "all_reduce")
     assert set(comm(captured, 1, 1)["op"]) == set(ops["op"])
 
 
