@@ -389,6 +389,79 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="run a training command with capture on and merge its trace",
+                       description="Run CMD (torchrun ..., python ..., srun ...) unchanged with dynamiccl's capture "
+                                   "on in every process, then merge the per-rank records into one trace. Steps end "
+                                   "at each optimizer step; DDP construction and barriers are marked setup.")
+    p.add_argument("-o", "--output", default="dynamiccl-profile", help="output directory (default dynamiccl-profile)")
+    p.add_argument("--gpus-per-node", type=int, default=0, help="for node counts (default: torchrun's local world size)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.set_defaults(func=cmd_profile)
+
+
+def cmd_profile(args) -> int:
+    from dynamiccl.profiler.merge import merge_capture
+    from dynamiccl.profiler.run import run_profiled
+    from dynamiccl.trace.summary import render_text
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    status, capture_dir = run_profiled(command, args.output)
+    if status != 0:
+        print(f"dynamiccl profile: the command exited with status {status}; merging what was recorded",
+              file=sys.stderr)
+    trace = merge_capture(capture_dir, gpus_per_node=args.gpus_per_node, description=shlex.join(command))
+    out = Path(args.output) / "trace.parquet"
+    trace.write(out)
+    steps = int(trace.ops["step"].max())
+    print(render_text(trace, str(out), step=steps))  # the last training step; step 0 is setup
+    print(f"wrote {out} ({steps} training step(s) after setup)")
+    return status
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="convert traces people already have into a dynamiccl trace",
+                       description="Import PyTorch profiler (Kineto) JSON, Flight Recorder dumps, NCCL_DEBUG=INFO "
+                                   "logs (COLL, TUNING) or NCCL Inspector JSON into the trace format.")
+    p.add_argument("format", choices=["kineto", "flight-recorder", "nccl-log", "inspector"])
+    p.add_argument("files", nargs="+", help="input files (one per rank, or merged)")
+    p.add_argument("-o", "--output", required=True, help="trace file to write (.parquet)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node, for node counts (default 8)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow pickled Flight Recorder dumps (only for files you trust: unpickling runs code)")
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args) -> int:
+    from dynamiccl.profiler.importers import import_files
+
+    trace = import_files(args.format, args.files, gpus_per_node=args.gpus_per_node, trust_pickle=args.trust_pickle)
+    trace.write(args.output)
+    comm = trace.ops[trace.ops["kind"] != "compute"]
+    print(f"wrote {args.output}: {len(comm)} communication ops on {trace.ops['rank'].nunique()} rank(s) "
+          f"from {len(args.files)} {args.format} file(s)")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a trace for other simulators (Chakra ET, PARAM)",
+                       description="Export a trace as Chakra execution traces (one protobuf file per rank, what "
+                                   "ASTRA-sim reads) or PARAM comms-replay JSON.")
+    p.add_argument("format", choices=["chakra", "param"])
+    p.add_argument("trace", help="trace file (.parquet)")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from dynamiccl.profiler.exporters import export_trace
+    from dynamiccl.trace.store import Trace
+
+    written = export_trace(args.format, Trace.read(args.trace), args.output)
+    print(f"wrote {len(written)} {args.format} file(s) to {args.output}")
+    return 0
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo on a built-in default")
     p.add_argument("--out", default="demo-output", help="directory for the demo's files (default ./demo-output)")
@@ -427,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dynamiccl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_generate, _add_models, _add_trace, _add_table, _add_simulate, _add_calibrate,
-                _add_validate, _add_bench):
+                _add_validate, _add_profile, _add_import, _add_export, _add_bench):
         add(sub)
     return parser
 

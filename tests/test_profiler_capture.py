@@ -178,4 +178,4 @@ def test_merge_reports_bad_captures(tmp_path):
                                         ("DATA_PARALLEL_GROUP_WITH_CP", "dp"), ("tp", "tp"), ("default_pg", "world"),
                                         ("EMBEDDING_GROUP", "embd"), ("", "unknown")])
 def test_group_kinds_from_descriptions(desc, kind):
-    assert group_kind(desc, [0, 1], 4) == kind
+    assert group_kind(desc, 2, 4) == kind

@@ -22,25 +22,11 @@ import re
 from pathlib import Path
 
 from dynamiccl.errors import InputError
+from dynamiccl.profiler.importers._common import group_kind
 from dynamiccl.trace.builder import TraceBuilder
 from dynamiccl.trace.store import Trace
 
-_KIND_RULES = (  # first match wins; matched against the group description, lower case
-    (r"expert_data|edp", "edp"), (r"expert|\bep\b|_ep_|^ep", "ep"), (r"context|\bcp\b|^cp", "cp"),
-    (r"tensor|\btp\b|^tp", "tp"), (r"pipeline|\bpp\b|^pp", "pp"), (r"embedding|embd", "embd"),
-    (r"fsdp|shard", "fsdp"), (r"data|\bdp\b|^dp", "dp"), (r"model_parallel|\bmp\b", "mp"),
-    (r"default_pg|world", "world"),
-)
 MIN_GAP_US = 1.0  # shorter host gaps are bookkeeping, not compute
-
-
-def group_kind(desc: str, ranks: list[int], world_size: int) -> str:
-    """The trace's group kind for a PyTorch process-group description."""
-    text = desc.lower()
-    for pattern, kind in _KIND_RULES:
-        if re.search(pattern, text):
-            return kind
-    return "world" if len(ranks) == world_size else "unknown"
 
 
 def _load(path: Path) -> dict:
@@ -88,7 +74,7 @@ def merge_capture(capture_dir: str | os.PathLike, *, gpus_per_node: int = 0, des
     for doc in docs:
         for name, g in doc["groups"].items():
             if name not in groups:
-                kind = group_kind(g["desc"], g["ranks"], world)
+                kind = group_kind(g["desc"], len(g["ranks"]), world)
                 groups[name] = builder.add_group(f"pg{name}", kind, g["ranks"], desc=g["desc"] or f"pg {name}")
     for doc in sorted(docs, key=lambda d: d["rank"]):
         _rank_ops(builder, doc, groups)

@@ -23,7 +23,8 @@ microbatch, layer         -1 when not applicable
 stream                    ``compute`` or ``comm:<group_id>``
 deps                      op_index values (same rank, smaller than this op's) that must finish
                           before this op starts, beyond the stream order
-duration_us               compute: modelled or measured duration (µs); NaN for communication
+duration_us               compute: modelled or measured duration (µs); communication: the measured
+                          duration when a source gives one without timestamps (NCCL Inspector), else NaN
 flops                     compute: floating-point operations on this rank; NaN when unknown
 group_id                  process group ("" for compute); described in the metadata ``groups``
 group_kind                dp, tp, pp, cp, ep, edp, fsdp, embd, mp, world or unknown
