@@ -23,7 +23,7 @@ JOB = textwrap.dedent("""
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
     tp = dist.new_group([0, 1], group_desc="TENSOR_MODEL_PARALLEL_GROUP")
-    with capture(sys.argv[1]) as cap:
+    with capture(sys.argv[1], mode=sys.argv[2]) as cap:
         model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(32, 32))
         dist.barrier()
         for _ in range(2):
@@ -55,10 +55,11 @@ def torchrun(tmp_path: Path, script: str, *args: str, env: dict | None = None, n
                           env={**os.environ, **(env or {})}, cwd=tmp_path)
 
 
-@pytest.fixture(scope="module")
-def captured(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("capture")
-    done = torchrun(tmp, JOB, str(tmp / "out"))
+@pytest.fixture(scope="module", params=["api", "dispatch"])
+def captured(request, tmp_path_factory):
+    """The same job recorded by each capture mode: every test below must hold for both."""
+    tmp = tmp_path_factory.mktemp(f"capture-{request.param}")
+    done = torchrun(tmp, JOB, str(tmp / "out"), request.param)
     assert done.returncode == 0, done.stderr[-3000:]
     return merge_capture(tmp / "out")
 

@@ -1,11 +1,18 @@
 """Live capture: record every collective and point-to-point op of a PyTorch job, per rank.
 
-``with capture(out_dir) as cap:`` enters a ``TorchDispatchMode`` that sees every op of the ``c10d``
-and ``_c10d_functional`` namespaces (``trace-formats.md`` §1.1): eager collectives, DDP's bucket
-all-reduces (issued from C++ through the dispatcher), FSDP2's all-gathers and reduce-scatters,
-send/recv and ``batch_isend_irecv``, and DTensor/TP functional collectives. Backend-level names are
-not used: gloo runs ``reduce_scatter_tensor`` as an all-reduce, the c10d op still says what the
-program asked for.
+``with capture(out_dir) as cap:`` records, in one of two modes:
+
+- ``api`` (default, :mod:`.api_hooks`): wraps the ``torch.distributed`` and functional-collective
+  API and gives DDP models an equivalent communication hook; only collectives pay for it;
+- ``dispatch``: a ``TorchDispatchMode`` that sees every op of the ``c10d`` and
+  ``_c10d_functional`` namespaces (``trace-formats.md`` §1.1), including calls made from C++ or
+  through names imported before the capture; it costs a Python call on every tensor op (11%
+  slower steps on the CPU reference job, ``experiments/profiler/``).
+
+Both see eager collectives, DDP's bucket all-reduces, FSDP2's all-gathers and reduce-scatters,
+send/recv and ``batch_isend_irecv``, and DTensor/TP functional collectives, and record what the
+program asked for, not the backend's implementation (gloo runs ``reduce_scatter_tensor`` as an
+all-reduce).
 
 For each op it records: the op (trace vocabulary), the process group (uid, description, global
 ranks), the full buffer in bytes (nccl-tests' size: AllGather output, ReduceScatter input),
@@ -17,11 +24,10 @@ warm-up) are marked ``setup``.
 
 Each rank writes ``<out_dir>/rank<R>.json`` atomically when the capture closes: nothing is left
 half-written if the job dies. :func:`dynamiccl.profiler.merge.merge_capture` turns the directory
-into one trace. Caveat (§1.1): a dispatch mode is thread-local. On CPU, backward runs on the
-calling thread and DDP's bucket all-reduces are seen (tested). On CUDA autograd runs backward on
-device threads; PyTorch carries the thread-local dispatch-mode state into them with the rest of
-its ThreadLocalState, but that path has not been run on a GPU here — where a GPU trace lacks
-backward traffic, import a Flight Recorder dump instead.
+into one trace. Caveat for ``dispatch`` (§1.1): a dispatch mode is thread-local. On CPU, backward
+runs on the calling thread and DDP's bucket all-reduces are seen (tested). On CUDA autograd runs
+backward on device threads; PyTorch carries the dispatch-mode state into them with the rest of its
+ThreadLocalState, but that path has not been run on a GPU here.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dynamiccl import atomic
 
 FORMAT_VERSION = 1
+MODES = ("api", "dispatch")  # api: wrap torch.distributed (low overhead); dispatch: every c10d op
 
 # c10d op -> (trace op, how its bytes are read). "buffer": the tensors' bytes; "output": the output
 # tensor (AllGather's full buffer); "input": the input (ReduceScatter's, AlltoAll's full buffer).
@@ -97,8 +104,11 @@ def _dtype_name(t) -> str:
 class Capture(TorchDispatchMode):
     """The recorder; use :func:`capture`. ``step()`` marks one training step."""
 
-    def __init__(self, out_dir: str | os.PathLike):
+    def __init__(self, out_dir: str | os.PathLike, mode: str = "api"):
         super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"capture mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode = mode
         self.out_dir = Path(out_dir)
         self.ops: list[dict] = []
         self.groups: dict[str, dict] = {}
@@ -148,6 +158,12 @@ class Capture(TorchDispatchMode):
     # --- batched p2p ----------------------------------------------------------------------------
 
     def __enter__(self):
+        if self.mode == "api":
+            from dynamiccl.profiler.api_hooks import ApiHooks
+
+            self._hooks = ApiHooks(self)
+            self._hooks.install()
+            return self
         # batch_isend_irecv is one ncclGroup on NCCL; gloo issues its ops one by one, so the
         # grouping is only visible at the Python call: wrap it while capturing.
         import torch.distributed.distributed_c10d as c10d
@@ -167,6 +183,9 @@ class Capture(TorchDispatchMode):
         return super().__enter__()
 
     def __exit__(self, *exc):
+        if self.mode == "api":
+            self._hooks.remove()
+            return False
         module, original, public = self._unpatch
         module.batch_isend_irecv, dist.batch_isend_irecv = original, public
         return super().__exit__(*exc)
@@ -190,7 +209,7 @@ class Capture(TorchDispatchMode):
             rec["start_ns"], rec["end_ns"] = start - self.t0_ns, end - self.t0_ns
             if start_events:
                 self._pending_events.append((rec, start_events[i], self._cuda_event()))
-            self._append(rec)
+            self.append(rec)
         return out
 
     def _cuda_event(self):
@@ -198,7 +217,7 @@ class Capture(TorchDispatchMode):
         event.record()
         return event
 
-    def _append(self, rec: dict) -> None:
+    def append(self, rec: dict) -> None:
         if self.rank is None and dist.is_initialized():  # kept for writing after the group is gone
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
             self.backend = str(dist.get_backend())
@@ -207,7 +226,8 @@ class Capture(TorchDispatchMode):
             rec["step"] = self.step_index
             self.ops.append(rec)
 
-    def _group(self, pg) -> dict:
+    def group_info(self, pg) -> dict:
+        """{pg, desc, ranks} of a process group (remembered for the file's group table)."""
         name = pg.group_name
         if name not in self.groups:
             self.groups[name] = {"desc": getattr(pg, "group_desc", "") or "",
@@ -222,7 +242,7 @@ class Capture(TorchDispatchMode):
             pg = next((p for p in map(_unbox, args) if p is not None), None)
             if pg is None:
                 return []
-            group = self._group(pg)
+            group = self.group_info(pg)
             # Which argument holds the bytes: the first (buffers, outputs) or the second (inputs).
             source = args[1] if how in ("input", "input_lists", "coalesced_inputs", "input_list", "input_list_n") \
                 else args[0]
@@ -243,7 +263,7 @@ class Capture(TorchDispatchMode):
                 nbytes = _nbytes(piece)
                 if how in ("input_list_n", "output_list_n"):  # gather/scatter: the full buffer is n shards
                     nbytes *= len(group["ranks"])
-                records.append(self._record(op, group, nbytes, piece, peer, async_op, backward, name))
+                records.append(self.record_bytes(op, group, nbytes, piece, peer, async_op, backward, name))
             if len(records) > 1:
                 self._coalesce_count += 1
                 for r in records:
@@ -255,13 +275,13 @@ class Capture(TorchDispatchMode):
             return []
         group_name = kwargs.get("group_name", args[-1] if name != "batch_p2p_ops" else args[4])
         pg = dist.distributed_c10d._resolve_process_group(group_name)
-        group = self._group(pg)
+        group = self.group_info(pg)
         if op == "batch_p2p":
             op_list, peers, _, tensors = args[0], args[1], args[2], args[3]
             self._coalesce_count += 1
             records = []
             for kind, peer, t in zip(op_list, peers, tensors):
-                r = self._record("send" if "send" in kind else "recv", group, _nbytes([t]), [t],
+                r = self.record_bytes("send" if "send" in kind else "recv", group, _nbytes([t]), [t],
                                  group["ranks"][int(peer)], True, backward, name)
                 r["nccl_group"] = self._coalesce_count
                 records.append(r)
@@ -275,20 +295,33 @@ class Capture(TorchDispatchMode):
                 peer = group["ranks"][int(args[1])]
             elif op == "broadcast":
                 peer = group["ranks"][int(args[1])]
-            records.append(self._record(op, group, nbytes, [t], peer, True, backward, name))
+            records.append(self.record_bytes(op, group, nbytes, [t], peer, True, backward, name))
         if len(records) > 1:
             self._coalesce_count += 1
             for r in records:
                 r["nccl_group"] = self._coalesce_count
         return records
 
-    def _record(self, op, group, nbytes, tensors, peer, async_op, backward, call) -> dict:
+    def record_bytes(self, op, group, nbytes, tensors, peer, async_op, backward, call) -> dict:
         first = tensors
         while not isinstance(first, torch.Tensor):
             first = first[0]
         return {"op": op, "call": call, "pg": group["pg"], "bytes_total": int(nbytes),
                 "dtype": _dtype_name(tensors), "peer": int(peer), "async": bool(async_op or self._batch_group >= 0),
                 "backward": bool(backward), "nccl_group": self._batch_group, "cuda": first.is_cuda}
+
+    def record(self, op, group, tensors, peer, async_op, backward, call) -> dict:
+        """A record for ``op`` moving ``tensors`` (their bytes are the nccl-tests size)."""
+        return self.record_bytes(op, group, _nbytes(tensors), tensors, peer, async_op, backward, call)
+
+    def group_records(self, records: list[dict]) -> None:
+        """Mark records issued together (one coalesced call / batch) as one NCCL group."""
+        self._coalesce_count += 1
+        for r in records:
+            r["nccl_group"] = self._coalesce_count
+
+    def now_ns(self) -> int:
+        return time.perf_counter_ns() - self.t0_ns
 
     def _resolve_events(self) -> None:
         if not self._pending_events:
@@ -308,7 +341,7 @@ class Capture(TorchDispatchMode):
             return None
         rank = self.rank
         doc = {
-            "format": "dynamiccl-capture", "version": FORMAT_VERSION, "rank": rank,
+            "format": "dynamiccl-capture", "version": FORMAT_VERSION, "rank": rank, "mode": self.mode,
             "world_size": self.world_size, "backend": self.backend,
             "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0),
             "hostname": os.uname().nodename, "torch": torch.__version__, "steps": self.steps_seen, "step_times_ns": self.step_times_ns,
@@ -320,12 +353,15 @@ class Capture(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def capture(out_dir: str | os.PathLike) -> Iterator[Capture]:
+def capture(out_dir: str | os.PathLike, mode: str = "api") -> Iterator[Capture]:
     """Record this rank's collectives while the block runs; writes ``<out_dir>/rank<R>.json``.
 
     Use ``with cap.step():`` around each training step; traffic outside steps is marked setup.
+    ``mode="api"`` (default) wraps the ``torch.distributed`` API (:mod:`.api_hooks`: collectives
+    only pay); ``mode="dispatch"`` is a TorchDispatchMode over every c10d op (sees calls the API
+    wrappers cannot, costs a Python call per tensor op).
     """
-    cap = Capture(out_dir)
+    cap = Capture(out_dir, mode)
     with cap:
         yield cap
     cap.write()
