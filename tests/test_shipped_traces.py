@@ -1,4 +1,5 @@
-"""The traces in traces/ are valid, fit together, and are exactly what their README line regenerates."""
+"""The traces in traces/ are valid, fit together, and are exactly what their README line regenerates
+(generated traces; recorded ones are measurements, checked for validity and shape only)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,31 @@ from dynamiccl.trace.store import Trace
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "traces" / "README.md"
 COMMANDS = re.findall(r"`(dynamiccl generate [^`]+)`", README.read_text(encoding="utf-8"))
+# Recorded with the reference job (dynamiccl/profiler/reference_job.py): `torchrun ... --trace FILE`.
+RECORDED = re.findall(r"`(\S*torchrun [^`]*-m dynamiccl\.profiler\.reference_job [^`]+)`",
+                      README.read_text(encoding="utf-8"))
 
 
 def test_every_shipped_trace_has_a_readme_line():
-    listed = {Path(shlex.split(cmd)[-1]).name for cmd in COMMANDS}
+    listed = {Path(shlex.split(cmd)[-1]).name for cmd in COMMANDS + RECORDED}
     shipped = {p.name for p in (ROOT / "traces").glob("*.parquet")}
-    assert len(shipped) >= 4
+    assert len(shipped) >= 4 and len(RECORDED) >= 3
     assert shipped == listed
+    assert all(shlex.split(cmd)[-2] == "--trace" for cmd in RECORDED)
+
+
+@pytest.mark.parametrize("command", RECORDED, ids=[Path(shlex.split(c)[-1]).stem for c in RECORDED])
+def test_recorded_trace_is_valid_with_setup_and_training_steps(command):
+    shipped = ROOT / shlex.split(command)[-1]
+    trace = Trace.read(shipped)
+    assert trace.meta.source == "profiler" and trace.meta.world_size == 4
+    steps = sorted(trace.ops["step"].unique())
+    assert steps == [0, 1, 2, 3, 4]
+    assert set(trace.ops[trace.ops["step"] == 0]["phase"]) == {"setup"}
+    assert trace.ops["start_us"].notna().all()  # measured
+    for step in steps:
+        report = check_consistency(trace, step=step)
+        assert report.ok, (step, report.problems)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[Path(shlex.split(c)[-1]).stem for c in COMMANDS])

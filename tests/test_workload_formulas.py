@@ -226,6 +226,55 @@ def test_fsdp_without_resharding_skips_backward_gathers():
     assert len(ops_of(trace, 0, "fsdp", "allgather")) == model.num_layers + 1
 
 
+def test_fsdp_root_is_gathered_first_on_every_stage_and_reduced_last():
+    # FSDP2 gathers the root module's parameters in its pre-forward (before any layer), keeps them
+    # through the pipeline warm-up's consecutive forwards, reshards them after each backward (so the
+    # first stage's cool-down backward gathers them again) and reduce-scatters them last.
+    d, m_micro = 2, 4
+    model, trace = gen("gpt-tiny", all_ranks=True, tp=1, pp=2, dp=d, dp_mode="fsdp", dtype="fp32",
+                       global_batch=d * m_micro)
+    h, vocab = model.hidden_size, model.padded_vocab(1)
+    first_root = (vocab + model.seq_length) * h * FP32     # word + position embedding
+    last_root = (vocab + 2) * h * FP32                     # tied output copy + final LayerNorm
+    last = ops_of(trace, 2, "fsdp")
+    assert last.iloc[0]["op"] == "allgather" and last.iloc[0]["bytes_total"] == last_root
+    assert list(last["op"])[-1] == "reducescatter" and last.iloc[-1]["bytes_total"] == last_root
+    first = ops_of(trace, 0, "fsdp")
+    root_gathers = first[(first["op"] == "allgather") & (first["bytes_total"] == first_root)]
+    # Forwards of micro-batches 0, 2, 3 (micro-batch 1 follows 0 without a backward in between) and
+    # the cool-down backward of micro-batch 3.
+    assert len(root_gathers) == m_micro
+    assert list(root_gathers["phase"]) == ["forward"] * (m_micro - 1) + ["backward"]
+    assert first.iloc[-1]["bytes_total"] == first_root and first.iloc[-1]["op"] == "reducescatter"
+
+
+def test_ddp_buckets_close_between_a_weight_and_its_bias():
+    # PyTorch DDP closes a bucket after any tensor (gradient-ready order: a linear's weight, then
+    # its bias): with TP 2, gpt-tiny's first 1 MiB bucket ends after layer 1's fc1 weight, before
+    # its bias (checked against a real run in test_profiler_crossvalidation.py).
+    tp = 2
+    model, trace = gen("gpt-tiny", tp=tp, pp=1, dp=2, dp_mode="ddp", dtype="fp32", grad_reduce_dtype="fp32",
+                       global_batch=2)
+    h, f, s, vocab = model.hidden_size, model.ffn_hidden_size, model.seq_length, model.padded_vocab(tp)
+    layer = (4 * h * h + 2 * h * f + 3 * h + f) // tp + 6 * h  # weights, QKV/fc1 biases split; norms, row biases not
+    first = 2 * h + 2 * layer + h + f * h // tp + h * f // tp  # final norm, layers 3-2, layer 1's fc2 bias+weight, fc1 weight
+    assert first * FP32 >= 2**20 > (first - h * f // tp) * FP32
+    local = vocab * h // tp + s * h + 2 * h + 4 * layer
+    buckets = ops_of(trace, 0, "dp", "allreduce")
+    buckets = buckets[buckets["bytes_total"] > 8]
+    assert list(buckets["bytes_total"]) == [first * FP32, (local - first) * FP32]
+
+
+@pytest.mark.parametrize("model_name, op", [("gpt3-175b", "allreduce"), ("llama3-70b", "reducescatter")])
+def test_sequence_parallel_embedding_all_reduces_with_learned_positions(model_name, op):
+    # Megatron LanguageModelEmbedding: reduce-scatter into the sequence-parallel layout only without
+    # learned positions; with them, all-reduce, add the positions, split the sequence locally.
+    model, trace = gen(model_name, tp=8, pp=2, dp=1, sp=True, global_batch=1)
+    embedding = ops_of(trace, 0, "tp", label_has="embedding.")
+    assert list(embedding["op"]) == [op, "allgather"]  # forward; backward (the split's or RS's)
+    assert set(embedding["bytes_total"]) == {model.seq_length * model.hidden_size * BF16}
+
+
 # --- context and expert parallelism ----------------------------------------------------------------
 
 

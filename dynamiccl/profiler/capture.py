@@ -85,7 +85,11 @@ _FUNCTIONAL = {
 
 
 def _nbytes(t) -> int:
-    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else sum(_nbytes(x) for x in t)
+    if isinstance(t, torch.Tensor):
+        return t.numel() * t.element_size()
+    if len(t) == 1 and isinstance(t[0], torch.Tensor):  # the common case, without recursion
+        return t[0].numel() * t[0].element_size()
+    return sum(_nbytes(x) for x in t)
 
 
 def _unbox(obj) -> Any:
@@ -221,9 +225,9 @@ class Capture(TorchDispatchMode):
         if self.rank is None and dist.is_initialized():  # kept for writing after the group is gone
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
             self.backend = str(dist.get_backend())
-        with self._lock:
+        rec["step"] = self.step_index
+        with self._lock:  # DDP hooks record from autograd's threads too
             rec["index"] = len(self.ops)
-            rec["step"] = self.step_index
             self.ops.append(rec)
 
     def group_info(self, pg) -> dict:

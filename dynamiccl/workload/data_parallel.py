@@ -2,9 +2,14 @@
 
 Four modes (``trace-formats.md`` §4.5):
 
-- ``ddp``: PyTorch DDP. Gradients of one model chunk in reverse parameter order fill buckets of
-  25 MiB (the first 1 MiB, ``dist._DEFAULT_FIRST_BUCKET_BYTES``); each bucket is all-reduced as
-  soon as its last gradient is ready, during the last micro-batch's backward (``no_sync`` before).
+- ``ddp``: PyTorch DDP in its steady state. Gradients of one model chunk, in the order they become
+  ready (reverse parameter order; a layer's weight before its bias), fill buckets of 25 MiB (the
+  first 1 MiB, ``dist._DEFAULT_FIRST_BUCKET_BYTES``), a bucket closing after any tensor; each bucket
+  is all-reduced as soon as its last gradient is ready, during the last micro-batch's backward
+  (``no_sync`` before). These are the buckets DDP rebuilds after its first iteration: in torch 2.13
+  the first iteration reduces every gradient in one all-reduce (no initial bucketing without
+  ``find_unused_parameters``) and the second starts with two int32 broadcasts of the new bucket
+  assignment from DP rank 0 (checked against real runs in ``tests/test_profiler_crossvalidation.py``).
 - ``megatron``: Megatron DDP. One buffer per reduction group (dense params over DP×CP, expert
   params over expert-DP); with ``overlap_grad_reduce`` buckets of max(40M, 1M·dp) parameters fire
   during the last micro-batch's backward, otherwise each buffer is one all-reduce after the
@@ -14,10 +19,13 @@ Four modes (``trace-formats.md`` §4.5):
   bf16 parameters are all-gathered — with overlap, during the next step's forward, so a
   steady-state step begins with them.
 - ``fsdp``: ZeRO-3 / FSDP2 with one unit per transformer layer and a root unit (embedding, output
-  layer). Every micro-batch all-gathers each unit before its forward (the next unit prefetched
-  while the current one computes) and, with ``reshard_after_forward``, again before its backward;
-  gradients are reduce-scattered once, in the last micro-batch's backward (gradient accumulation
-  without resharding gradients in between).
+  layer, final norm), following FSDP2's unshard state: a layer is all-gathered before each forward
+  (the next unit prefetched while the current one computes) and, with ``reshard_after_forward``,
+  again before each backward; the root is gathered by the root module's pre-forward (before any
+  layer, on every pipeline stage), stays unsharded through forward and is resharded at the end of
+  every backward, so consecutive forwards (pipeline warm-up) gather it once and a backward right
+  after a backward (cool-down) gathers it again. Gradients are reduce-scattered once, in the last
+  micro-batch's backward (``set_requires_gradient_sync``), the root's last.
 
 Gradients are reduced in ``layout.grad_reduce_dtype`` (fp32 by default for bf16 runs, Megatron's
 ``accumulate_allreduce_grads_in_fp32``); parameters are gathered in the activation dtype.
@@ -40,12 +48,19 @@ ADAM_BYTES_PER_PARAM = 30  # read fp32 grad, master, m, v; write master, m, v an
 
 @dataclass
 class Param:
-    """One parameter tensor as this rank holds it: when its gradient is ready, over which group."""
+    """One parameter entry as this rank holds it: when its gradient is ready, over which group."""
 
     name: str
     numel: int
     event: tuple  # ("embedding",), (layer, "attn"), (layer, "mlp"), ("head",)
     group_kind: str  # "dp" (dense, over DP×CP) or "edp" (experts, over expert-DP)
+    parts: tuple[int, ...] = ()  # the tensors it stands for (weight, bias, ...), gradient-ready order
+
+    def tensors(self) -> list["Param"]:
+        """One Param per real tensor (PyTorch DDP closes a bucket after any tensor)."""
+        if len(self.parts) <= 1:
+            return [self]
+        return [Param(f"{self.name}[{i}]", n, self.event, self.group_kind) for i, n in enumerate(self.parts)]
 
 
 @dataclass
@@ -61,9 +76,11 @@ class Bucket:
 class DataParallel:
     """Places one rank's data-parallel collectives in its step; see the module docstring.
 
-    The generator calls ``step_start`` once, ``before_forward`` / ``before_backward`` around every
-    layer (or embedding/head unit), ``grads_ready`` after each backward block, ``finish_backward``
-    when the pipeline has drained and ``after_optimizer`` after the optimizer step.
+    The generator calls ``step_start`` once, ``before_forward`` / ``after_forward`` /
+    ``before_backward`` around every layer (or the "root" unit), ``root_pre_backward`` where FSDP2's
+    root pre-backward hook fires, ``grads_ready`` after each backward block, ``after_backward`` at the
+    end of each micro-batch's backward, ``finish_backward`` when the pipeline has drained and
+    ``after_optimizer`` after the optimizer step.
     """
 
     def __init__(self, ctx: StepContext, chunks: list[list[int]], first_stage: bool, last_stage: bool,
@@ -92,29 +109,36 @@ class DataParallel:
                 for event in dict.fromkeys(p.event for p in bucket.params):
                     self._bucket_of_event.setdefault((chunk, event), []).append(bucket)
         self._gathered_units: set[tuple] = set()
-        self._fsdp_gathers: dict[tuple, int] = {}
+        self._fsdp_unsharded: dict[tuple, int | None] = {}  # FSDP units gathered now -> their gather
 
     def _wrap(self, tensors, event) -> list[Param]:
         lay = self.ctx.layout
         out = []
         for t in tensors:
             numel = t.per_rank_numel(lay.tp, lay.etp)
-            if t.expert:
-                numel *= t.count // lay.ep  # this rank's experts
-                out.append(Param(t.name, numel, event, "edp"))
-            else:
-                out.append(Param(t.name, numel * t.count, event, "dp"))
+            copies = t.count // lay.ep if t.expert else t.count  # this rank's experts
+            parts = t.per_rank_parts(lay.tp, lay.etp) * copies
+            out.append(Param(t.name, numel * copies, event, "edp" if t.expert else "dp", parts))
         return out
 
     # --- bucketing ---------------------------------------------------------------------------------
 
     def _bucketize(self, params: list[Param]) -> list[Bucket]:
-        """Buckets in reverse parameter order (the order gradients become ready)."""
+        """Buckets in reverse parameter order (the order gradients become ready).
+
+        PyTorch DDP (after its first iteration) fills buckets in the order gradients became ready
+        and closes one as soon as it reaches the cap, after any tensor: a layer's weight and bias
+        may land in different buckets. Within one backward node autograd accumulates gradients in
+        the node's input order (weight before bias), so each entry is expanded into its tensors in
+        that order. Megatron's buckets are modelled per entry.
+        """
         if self.mode == "fsdp":
             return []
         out: list[Bucket] = []
         for kind in ("dp", "edp"):
             group_params = [p for p in reversed(params) if p.group_kind == kind]
+            if self.mode == "ddp":
+                group_params = [t for p in group_params for t in p.tensors()]
             if not group_params:
                 continue
             first = len(out)
@@ -172,16 +196,18 @@ class DataParallel:
             return [p for p in self.params[chunk] if p.event in (("embedding",), ("head",))]
         return [p for p in self.params[chunk] if p.event[0] == unit]
 
-    def _fsdp_gather(self, chunk: int, unit, microbatch: int, direction: str) -> int | None:
-        key = (chunk, unit, microbatch, direction)
-        if key not in self._fsdp_gathers:
+    def _fsdp_gather(self, chunk: int, unit, direction: str) -> int | None:
+        """All-gather ``unit`` unless it is still unsharded (FSDP2 unshards a module only when its
+        parameters are sharded); returns the gather the unit's compute waits for."""
+        key = (chunk, unit)
+        if key not in self._fsdp_unsharded:
             numel = sum(p.numel for p in self._fsdp_unit(chunk, unit))
-            if numel == 0 or self.ctx.group_size("fsdp") == 1:
-                return None
-            self._fsdp_gathers[key] = self.ctx.start(
-                "allgather", "fsdp", round_up(numel, self.ctx.group_size("fsdp")) * self.ctx.act_size,
-                name=f"fsdp.{direction}_allgather")
-        return self._fsdp_gathers[key]
+            op = None
+            if numel and self.ctx.group_size("fsdp") > 1:
+                op = self.ctx.start("allgather", "fsdp", round_up(numel, self.ctx.group_size("fsdp")) * self.ctx.act_size,
+                                    name=f"fsdp.{direction}_allgather")
+            self._fsdp_unsharded[key] = op
+        return self._fsdp_unsharded[key]
 
     def before_forward(self, chunk: int, unit, microbatch: int, next_unit=None) -> None:
         """Wait for the parameters ``unit`` (a layer index or "root") needs in forward."""
@@ -192,27 +218,49 @@ class DataParallel:
             self.ctx.wait(*(b.gather_op for b in buckets.values() if b.gather_op is not None))
             self._gathered_units.add((chunk, unit))
         if self.mode == "fsdp":
-            self.ctx.wait(self._fsdp_gather(chunk, unit, microbatch, "fwd"))
+            self.ctx.wait(self._fsdp_gather(chunk, unit, "fwd"))
             if next_unit is not None:
-                self._fsdp_gather(chunk, next_unit, microbatch, "fwd")  # prefetch
+                self._fsdp_gather(chunk, next_unit, "fwd")  # prefetch
+
+    def after_forward(self, chunk: int, unit) -> None:
+        """FSDP2 reshards a layer after its forward (``reshard_after_forward``); the root stays
+        unsharded until the end of the next backward."""
+        if self.mode == "fsdp" and unit != "root" and self.ctx.layout.reshard_after_forward:
+            self._fsdp_unsharded.pop((chunk, unit), None)
 
     def before_backward(self, chunk: int, unit, microbatch: int, next_unit=None) -> None:
-        """FSDP with resharding: re-gather a layer's parameters for its backward (root stays)."""
-        if self.mode != "fsdp" or not self.ctx.layout.reshard_after_forward or unit == "root":
+        """FSDP: re-gather a resharded layer for its backward and prefetch the next one (the root
+        too when it was resharded by an earlier backward: a cool-down backward of the first stage)."""
+        if self.mode != "fsdp":
             return
-        self.ctx.wait(self._fsdp_gather(chunk, unit, microbatch, "bwd"))
-        if next_unit is not None and next_unit != "root":
-            self._fsdp_gather(chunk, next_unit, microbatch, "bwd")
+        self.ctx.wait(self._fsdp_gather(chunk, unit, "bwd"))
+        if next_unit is not None:
+            self._fsdp_gather(chunk, next_unit, "bwd")
+
+    def root_pre_backward(self, chunk: int, wait: bool) -> None:
+        """FSDP2's pre-backward hook of the root module (on the stage's output): gather the root's
+        parameters if a previous backward resharded them."""
+        if self.mode == "fsdp":
+            op = self._fsdp_gather(chunk, "root", "bwd")
+            if wait:
+                self.ctx.wait(op)
+
+    def after_backward(self, chunk: int, microbatch: int) -> None:
+        """End of one micro-batch's backward: FSDP2 reduce-scatters the root's gradients last (its
+        post-backward runs when the backward reaches the stage's input) and reshards every unit."""
+        if self.mode != "fsdp":
+            return
+        if microbatch == self.last_backward_mb[chunk]:
+            self._fsdp_reduce(chunk, "root")
+        for key in [k for k in self._fsdp_unsharded if k[0] == chunk]:
+            del self._fsdp_unsharded[key]
 
     def grads_ready(self, chunk: int, event: tuple, microbatch: int) -> None:
         """Gradients of ``event``'s parameters are complete for this micro-batch."""
         if microbatch != self.last_backward_mb[chunk]:
             return
         if self.mode == "fsdp":
-            if event[0] in ("embedding", "head"):
-                if event == ("embedding",) or not any(p.event == ("embedding",) for p in self.params[chunk]):
-                    self._fsdp_reduce(chunk, "root")
-            elif event[1] == "attn":
+            if event[0] not in ("embedding", "head") and event[1] == "attn":
                 self._fsdp_reduce(chunk, event[0])
             return
         if not self.ctx.layout.overlap_grad_reduce:

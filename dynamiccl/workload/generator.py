@@ -62,11 +62,17 @@ class RankStep:
     def holds_head(self, chunk: int) -> bool:
         return self.last_stage and chunk == len(self.chunks) - 1
 
+    def root_first(self, chunk: int) -> bool:
+        """Whether forward needs the "root" parameters (embedding, output layer, final norm) before
+        the layers: on the first stage, and under FSDP on the last too (FSDP2 gathers the root
+        module's parameters in its pre-forward, before any layer)."""
+        return self.holds_embedding(chunk) or (self.holds_head(chunk) and self.layout.dp_mode == "fsdp")
+
     def forward_units(self, chunk: int) -> list:
-        """FSDP units in forward order: "root" (embedding/output) and layer indices."""
-        units: list = ["root"] if self.holds_embedding(chunk) else []
+        """Units in the order forward needs them: "root" and layer indices."""
+        units: list = ["root"] if self.root_first(chunk) else []
         units += self.chunks[chunk]
-        if self.holds_head(chunk) and not self.holds_embedding(chunk):
+        if self.holds_head(chunk) and not self.root_first(chunk):
             units.append("root")
         return units
 
@@ -88,16 +94,18 @@ class RankStep:
         units = self.forward_units(chunk)
         following = {u: units[i + 1] if i + 1 < len(units) else None for i, u in enumerate(units)}
         ctx.at("forward", mb)
-        if self.holds_embedding(chunk):
+        if self.root_first(chunk):
             self.dp.before_forward(chunk, "root", mb, following["root"])
+        if self.holds_embedding(chunk):
             tensor_parallel.embedding_forward(ctx)
         for layer in self.chunks[chunk]:
             ctx.at("forward", mb, layer)
             self.dp.before_forward(chunk, layer, mb, following[layer])
             self.layer_forward(layer)
+            self.dp.after_forward(chunk, layer)
         if self.holds_head(chunk):
             ctx.at("forward", mb)
-            if not self.holds_embedding(chunk):
+            if not self.root_first(chunk):
                 self.dp.before_forward(chunk, "root", mb)
             tensor_parallel.output_forward(ctx, self.flops.lm_head())
             if self.layout.cp > 1:  # Megatron's loss_func sums (loss, tokens) over the CP group
@@ -108,16 +116,23 @@ class RankStep:
         layers = list(reversed(self.chunks[chunk]))
         ctx.at("backward", mb)
         if self.holds_head(chunk):
+            self.dp.root_pre_backward(chunk, wait=True)
             tensor_parallel.output_backward(ctx, self.flops.lm_head())
             self.dp.grads_ready(chunk, ("head",), mb)
         for i, layer in enumerate(layers):
             ctx.at("backward", mb, layer)
-            self.dp.before_backward(chunk, layer, mb, layers[i + 1] if i + 1 < len(layers) else None)
+            following = layers[i + 1] if i + 1 < len(layers) else ("root" if self.holds_embedding(chunk) else None)
+            self.dp.before_backward(chunk, layer, mb, following)
+            if i == 0 and self.holds_embedding(chunk) and not self.holds_head(chunk):
+                # The root's pre-backward hook sits on the stage output, after the last layer's.
+                self.dp.root_pre_backward(chunk, wait=False)
             self.layer_backward(chunk, layer, mb)
         if self.holds_embedding(chunk):
             ctx.at("backward", mb)
+            self.dp.root_pre_backward(chunk, wait=True)
             tensor_parallel.embedding_backward(ctx)
             self.dp.grads_ready(chunk, ("embedding",), mb)
+        self.dp.after_backward(chunk, mb)
 
     # --- one transformer layer ---------------------------------------------------------------------
 
@@ -160,23 +175,35 @@ class RankStep:
 
     # --- end of step -------------------------------------------------------------------------------
 
-    def replicated_grad_numel(self) -> int:
-        """Parameters replicated over TP whose gradients differ per TP rank under SP."""
-        numel = sum(t.numel * t.count for chunk in self.chunks for layer in chunk
-                    for t in self.model.layer_tensors(layer) if t.tp == "replicated")
+    def replicated_grad_tensors(self) -> list[int]:
+        """Sizes of the parameter tensors replicated over TP whose gradients differ per TP rank
+        under SP (norms, row-parallel biases; Megatron marks them ``sequence_parallel``)."""
+        sizes = [part for chunk in self.chunks for layer in chunk for t in self.model.layer_tensors(layer)
+                 if t.tp == "replicated" for _ in range(t.count) for part in (t.parts or (t.numel,))]
         if self.last_stage:
-            numel += self.model.norm_params
-        return numel
+            sizes += list(self.model.head_tensors(self.layout.tp, self.layout.pp)[0].parts or (self.model.norm_params,))
+        return sizes
+
+    def local_grad_numel(self, rows: int, row_numel: int = 1) -> int:
+        """Elements of a gradient of ``rows`` x ``row_numel`` this rank holds: all of it, or under
+        FSDP its dim-0 shard (FSDP2 shards like torch.chunk: ceil(rows / n) rows, the last ranks
+        fewer); finalisation reduces these local shards."""
+        if self.layout.dp_mode != "fsdp":
+            return rows * row_numel
+        ranks = self.layout.group_ranks("fsdp", self.ctx.rank)
+        chunk = -(-rows // len(ranks))
+        return max(0, min(chunk, rows - ranks.index(self.ctx.rank) * chunk)) * row_numel
 
     def finish_step(self) -> None:
         ctx, lay = self.ctx, self.layout
         ctx.at("step")
         self.dp.finish_backward()
-        if lay.sp and lay.tp > 1:
-            ctx.blocking("allreduce", "tp", self.replicated_grad_numel() * ctx.grad_size,
-                         dtype=lay.grad_reduce_dtype, name="finalize.sp_replicated_grads")
+        if lay.sp and lay.tp > 1:  # one flat buffer of every such gradient (_allreduce_layernorm_grads)
+            numel = sum(self.local_grad_numel(n) for n in self.replicated_grad_tensors())
+            ctx.blocking("allreduce", "tp", numel * ctx.grad_size, dtype=lay.grad_reduce_dtype,
+                         name="finalize.sp_replicated_grads")
         if self.model.tied_embeddings and lay.pp > 1 and (self.first_stage or self.last_stage):
-            numel = self.model.padded_vocab(lay.tp) // lay.tp * self.model.hidden_size
+            numel = self.local_grad_numel(self.model.padded_vocab(lay.tp) // lay.tp, self.model.hidden_size)
             ctx.blocking("allreduce", "embd", numel * ctx.grad_size, dtype=lay.grad_reduce_dtype,
                          name="finalize.embedding_grads")
         norm_group = "world" if lay.dp_mode in ("distopt", "fsdp") else "mp"

@@ -109,6 +109,19 @@ class ModelConfig:
     def norm_params(self) -> int:
         return self.hidden_size * (2 if self.norm == "layernorm" else 1)
 
+    def _norm_tensor(self, name: str, width: int | None = None) -> "ParamTensor":
+        """A norm's parameters: LayerNorm's weight and bias (two tensors), or RMSNorm's weight."""
+        width = self.hidden_size if width is None else width
+        if self.norm == "layernorm":
+            return ParamTensor(name, 2 * width, "replicated", parts=(width, width))
+        return ParamTensor(name, width, "replicated")
+
+    @staticmethod
+    def _linear_parts(weight: int, bias: int) -> tuple[int, ...]:
+        """A linear layer's weight then its bias: the order autograd accumulates their gradients
+        (one backward node, inputs in forward order)."""
+        return (weight, bias) if bias else ()
+
     def padded_vocab(self, tp: int) -> int:
         """Megatron pads the vocabulary to a multiple of 128 × TP (make-vocab-size-divisible-by)."""
         multiple = 128 * tp
@@ -123,7 +136,7 @@ class ModelConfig:
     def layer_tensors(self, layer: int) -> list["ParamTensor"]:
         """The parameters of one transformer layer, in forward order, full (unsharded) sizes."""
         h, b = self.hidden_size, self.bias
-        out: list[ParamTensor] = [ParamTensor("attn.norm", self.norm_params, "replicated")]
+        out: list[ParamTensor] = [self._norm_tensor("attn.norm")]
         if self.mla:
             m = self.mla
             a = self.num_attention_heads
@@ -138,11 +151,12 @@ class ModelConfig:
             ]
         else:
             qkv_width = (self.num_attention_heads + 2 * self.num_kv_heads) * self.head_dim
-            out.append(ParamTensor("attn.qkv", h * qkv_width + (qkv_width if b else 0), "column"))
+            out.append(ParamTensor("attn.qkv", h * qkv_width + (qkv_width if b else 0), "column",
+                                   parts=self._linear_parts(h * qkv_width, qkv_width if b else 0)))
         out.append(ParamTensor("attn.out", self.attn_q_width * h, "row"))
         if b:
             out.append(ParamTensor("attn.out.bias", h, "replicated"))
-        out.append(ParamTensor("mlp.norm", self.norm_params, "replicated"))
+        out.append(self._norm_tensor("mlp.norm"))
         if self.is_moe_layer(layer):
             moe = self.moe
             out.append(ParamTensor("moe.router", h * moe.num_experts, "replicated"))
@@ -158,7 +172,8 @@ class ModelConfig:
         fc1_width = 2 * ffn if self.activation == "swiglu" else ffn
         count = self.moe.num_experts if expert else 1
         tensors = [
-            ParamTensor(f"{prefix}.fc1", h * fc1_width + (fc1_width if b else 0), "column", expert, count),
+            ParamTensor(f"{prefix}.fc1", h * fc1_width + (fc1_width if b else 0), "column", expert, count,
+                        parts=self._linear_parts(h * fc1_width, fc1_width if b else 0)),
             ParamTensor(f"{prefix}.fc2", ffn * h, "row", expert, count),
         ]
         if b:
@@ -175,7 +190,7 @@ class ModelConfig:
     def head_tensors(self, tp: int, pp: int) -> list["ParamTensor"]:
         """Last-stage parameters: the final norm and the output layer (a copy of the word embedding
         on the last stage when tied and PP > 1; none of its own when tied on one stage)."""
-        out = [ParamTensor("final_norm", self.norm_params, "replicated")]
+        out = [self._norm_tensor("final_norm")]
         if not self.tied_embeddings or pp > 1:
             out.append(ParamTensor("output", self.padded_vocab(tp) * self.hidden_size, "column"))
         return out
@@ -201,12 +216,22 @@ class ParamTensor:
     tp: str
     expert: bool = False
     count: int = 1
+    parts: tuple[int, ...] = ()  # the tensors of one copy (e.g. weight, bias), gradient-ready order
 
     def per_rank_numel(self, tp: int, etp: int = 1) -> int:
         """Elements of one copy on one rank (experts sharded by the expert TP size ``etp``)."""
         if self.tp == "replicated":
             return self.numel
         return self.numel // (etp if self.expert else tp)
+
+    def per_rank_parts(self, tp: int, etp: int = 1) -> tuple[int, ...]:
+        """The tensors of one copy on one rank, in the order their gradients become ready; a
+        column-parallel linear's weight and bias are both split over TP."""
+        parts = self.parts or (self.numel,)
+        if self.tp == "replicated":
+            return parts
+        split = etp if self.expert else tp
+        return tuple(p // split for p in parts)
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -72,16 +72,21 @@ def column_backward(ctx: StepContext, name: str, column_flops: float) -> None:
 
 def embedding_forward(ctx: StepContext) -> None:
     """Vocab-parallel embedding: each TP rank looks up its vocabulary slice, then the partial
-    embeddings are summed: AllReduce, or ReduceScatter into the sequence-parallel layout."""
+    embeddings are summed: AllReduce, or ReduceScatter into the sequence-parallel layout. With
+    learned position embeddings Megatron all-reduces even under SP (the positions are added to the
+    whole sequence first) and then splits the sequence locally (``LanguageModelEmbedding``:
+    ``reduce_scatter_embeddings`` only without learned positions; then
+    ``scatter_to_sequence_parallel_region``)."""
     ctx.compute_memory_bound("embedding", activation_bytes(ctx))
     if ctx.layout.tp > 1:
-        op = "reducescatter" if ctx.layout.sp else "allreduce"
+        reduce_scatter = ctx.layout.sp and ctx.model.position_embedding != "learned"
+        op = "reducescatter" if reduce_scatter else "allreduce"
         ctx.blocking(op, "tp", activation_bytes(ctx), name=f"embedding.{op}")
 
 
 def embedding_backward(ctx: StepContext) -> None:
     """The embedding's input gradient: the AllReduce's backward is the identity; under SP the
-    ReduceScatter's backward is an AllGather."""
+    ReduceScatter's backward (or, with learned positions, the sequence split's) is an AllGather."""
     if ctx.layout.tp > 1 and ctx.layout.sp:
         ctx.blocking("allgather", "tp", activation_bytes(ctx), name="embedding.sp_grad_allgather")
     ctx.compute_memory_bound("embedding_wgrad", activation_bytes(ctx))
