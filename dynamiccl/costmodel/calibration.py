@@ -152,9 +152,9 @@ def plot(results: list[TableResult], path: str | Path) -> None:
 
 # --- fitting ---------------------------------------------------------------------------------------
 
-def _free_parameters(results: list[TableResult], prior: WorldParams) -> list[tuple[str, str | int | None, float, float]]:
+def _free_parameters(results: list[TableResult]) -> list[tuple[str, str | int | None, float, float]]:
     """(field, key, low, high) of each parameter the data can inform."""
-    classes = sorted({f"{r.env.arch}/{r.env.intra.fabric}" for r in results if r.table.coll != "sendrecv"})
+    classes = sorted({_hardware_class(r.env) for r in results if r.table.coll != "sendrecv"})
     p2p_arches = sorted({r.env.arch for r in results if r.table.coll == "sendrecv"})
     free = [("link_efficiency", c, 0.4, 1.0) for c in classes]
     free += [("p2p_efficiency", a, 0.2, 1.0) for a in p2p_arches]
@@ -164,6 +164,11 @@ def _free_parameters(results: list[TableResult], prior: WorldParams) -> list[tup
     free += [("nvls_us", None, 2.0, 60.0), ("launch_gap_us", None, 0.0, 10.0),
              ("ll_efficiency", None, 0.3, 1.0), ("ll128_efficiency", None, 0.5, 1.0)]
     return free
+
+
+def _hardware_class(env: EnvSpec) -> str:
+    """The key of a fitted link efficiency: ``arch/fabric``."""
+    return f"{env.arch}/{env.intra.fabric}"
 
 
 def _with(params: WorldParams, free, values) -> WorldParams:
@@ -180,8 +185,13 @@ def _with(params: WorldParams, free, values) -> WorldParams:
 def _current(params: WorldParams, free) -> np.ndarray:
     values = []
     for name, key, low, high in free:
-        value = getattr(params, name) if key is None else getattr(params, name).get(key, (low + high) / 2) \
-            if isinstance(getattr(params, name), dict) else getattr(params, name)[key]
+        field_value = getattr(params, name)
+        if key is None:
+            value = field_value
+        elif isinstance(field_value, dict):  # a class the prior has no entry for starts mid-range
+            value = field_value.get(key, (low + high) / 2)
+        else:
+            value = field_value[key]
         values.append(min(max(value, low), high))
     return np.array(values, dtype=np.float64)
 
@@ -193,7 +203,7 @@ def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldPar
 
     prior = prior or default_params()
     first = predict(tables, specs, prior)
-    free = _free_parameters(first, prior)
+    free = _free_parameters(first)
     x0 = _current(prior, free)
     low = np.array([f[2] for f in free])
     high = np.array([f[3] for f in free])
@@ -234,9 +244,8 @@ def leave_one_out(tables: list[MeasuredTable], specs: list[EnvSpec], prior: Worl
     for held_out in tqdm(tables, desc="leave-one-table-out", unit="fit", disable=not progress):
         rest = [t for t in tables if t is not held_out]
         params, _ = calibrate(rest, specs, prior)
-        held_class = {f"{r.env.arch}/{r.env.intra.fabric}" for r in predict([held_out], specs, params)}
-        covered = {f"{r.env.arch}/{r.env.intra.fabric}" for r in predict(rest, specs, params)
-                   if r.table.coll != "sendrecv"}
+        held_class = {_hardware_class(map_table(held_out, specs))}
+        covered = {_hardware_class(map_table(t, specs)) for t in rest if t.coll != "sendrecv"}
         for cls in held_class - covered:  # never fitted: fall back as an unseen system would
             params.link_efficiency.pop(cls, None)
             arch = cls.split("/")[0]

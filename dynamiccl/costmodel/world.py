@@ -147,6 +147,7 @@ class WorldModel:
         self.params = params or default_params()
         self.nccl = NcclModel(env)
         self._key_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        self._batch_keys: dict[tuple, dict[str, np.ndarray]] = {}
 
     def describe(self) -> str:
         return f"world simulator ({self.params.provenance or 'world_params.json'}) on {self.env.describe()}"
@@ -221,13 +222,14 @@ class WorldModel:
 
     def _keys(self, index) -> dict[str, np.ndarray]:
         """Per (topology, collective slot, algorithm, protocol) constants, flattened; cached."""
-        tables = []
-        for topo in index.topologies:
-            key = (topo.nranks, topo.nnodes)
-            if key not in self._key_cache:
-                self._key_cache[key] = self._topology_keys(topo)
-            tables.append(self._key_cache[key])
-        return {name: np.concatenate([t[name] for t in tables]) for name in tables[0]}
+        keys = tuple((topo.nranks, topo.nnodes) for topo in index.topologies)
+        if keys not in self._batch_keys:  # batches repeat the same topologies: join them once
+            for key, topo in zip(keys, index.topologies):
+                if key not in self._key_cache:
+                    self._key_cache[key] = self._topology_keys(topo)
+            tables = [self._key_cache[key] for key in keys]
+            self._batch_keys[keys] = {name: np.concatenate([t[name] for t in tables]) for name in tables[0]}
+        return self._batch_keys[keys]
 
     def _topology_keys(self, topo) -> dict[str, np.ndarray]:
         """Everything about a (slot, algorithm, protocol) on one topology that does not depend on the

@@ -59,7 +59,6 @@ duration and rejects REDUCE/GATHER/SCATTER; those are still written (the schema 
 from __future__ import annotations
 
 import enum
-import gzip
 import json
 import os
 import struct
@@ -71,6 +70,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from dynamiccl.errors import InputError
+from dynamiccl.profiler.importers._common import read_bytes
 from dynamiccl.profiler.exporters.output import atomic_files, check_out_dir
 from dynamiccl.profiler.exporters.plan import ROOTED_OPS, ExportPlan, plan_export
 from dynamiccl.trace.store import Trace
@@ -772,15 +772,7 @@ def read_chakra(path: str | os.PathLike) -> ChakraFile:
             a message is not a valid GlobalMetadata / Node — naming the file and the message.
     """
     source = os.fspath(path)
-    try:
-        data = Path(source).read_bytes()
-    except OSError as exc:
-        raise InputError(source, None, f"cannot read ({exc.strerror or exc})") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise InputError(source, None, f"not a valid gzip file ({exc})") from None
+    data = read_bytes(source)
     try:
         messages = split_frames(data)
     except WireError as exc:
