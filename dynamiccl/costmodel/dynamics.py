@@ -42,6 +42,15 @@ class CongestionProcess:
         mean_ms = 2 * d.mean_period_ms * (d.congested_fraction if congested else 1 - d.congested_fraction)
         return float(self.rng.exponential(max(mean_ms, 1e-6) * 1000.0))
 
+    def period_at(self, time_us: float) -> tuple[bool, float]:
+        """(congested?, end of that period in µs) for the period holding ``time_us``; inactive
+        processes are one quiet period that never ends."""
+        if not self._active:
+            return False, float("inf")
+        self.share_at(time_us)  # draws periods up to time_us
+        index = int(np.searchsorted(self._edges, time_us, side="right")) - 1
+        return bool(self._congested[max(index, 0)]), float(self._edges[index + 1])
+
     def share_at(self, time_us) -> np.ndarray:
         """Background share of NIC bandwidth at each time (µs, any order), as an array."""
         times = np.asarray(time_us, dtype=np.float64)

@@ -1,0 +1,81 @@
+"""The tuning action space: which (algorithm, protocol, channels) a call may be given.
+
+Action 0 is "NCCL's default" (the tuner leaves the cost table and channels alone). Actions 1..N are
+every (algorithm, protocol) cell of NCCL's cost table crossed with ``CHANNEL_CHOICES``; channels 0
+there means "this algorithm and protocol, with NCCL's own runtime channel count for it".
+
+The channel choices are the counts a tuner can usefully ask for: NCCL caps ``*nChannels`` at the
+communicator's channel pool (``nvlsChannels`` for NVLS), fixed at init (nccl-tuner-abi.md
+"Channels"), so a count above the pool is masked rather than silently clipped; 1 and 2 are there
+for calls whose overlapped compute wants its SMs back (nccl#689).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Protocol
+
+CHANNEL_CHOICES = (0, 1, 2, 4, 8, 16, 24, 32)  # 0 = NCCL's runtime count for the chosen pair
+DEFAULT_ACTION = 0
+NUM_ACTIONS = 1 + NUM_ALGORITHMS * NUM_PROTOCOLS * len(CHANNEL_CHOICES)
+
+# Per action: algorithm / protocol (-1 = NCCL's) and channels (0 = NCCL's).
+ACTION_ALGO = np.full(NUM_ACTIONS, -1, dtype=np.int64)
+ACTION_PROTO = np.full(NUM_ACTIONS, -1, dtype=np.int64)
+ACTION_CHANNELS = np.zeros(NUM_ACTIONS, dtype=np.int64)
+for _a in range(NUM_ALGORITHMS):
+    for _p in range(NUM_PROTOCOLS):
+        for _c, _ch in enumerate(CHANNEL_CHOICES):
+            _i = 1 + (_a * NUM_PROTOCOLS + _p) * len(CHANNEL_CHOICES) + _c
+            ACTION_ALGO[_i], ACTION_PROTO[_i], ACTION_CHANNELS[_i] = _a, _p, _ch
+ACTION_CELL = np.where(ACTION_ALGO >= 0, ACTION_ALGO * NUM_PROTOCOLS + ACTION_PROTO, -1)  # flat 7x3 cell
+
+
+def action_index(algo: int, proto: int, channels: int) -> int:
+    """The action for (algorithm, protocol, channels); (-1, -1, 0) is the default action.
+
+    Raises:
+        ValueError: for a combination outside the catalogue (channels not in ``CHANNEL_CHOICES``,
+            or only one of algorithm/protocol set).
+    """
+    if algo < 0 and proto < 0 and channels == 0:
+        return DEFAULT_ACTION
+    if not (0 <= algo < NUM_ALGORITHMS and 0 <= proto < NUM_PROTOCOLS) or channels not in CHANNEL_CHOICES:
+        raise ValueError(f"no action for algorithm {algo}, protocol {proto}, channels {channels}; "
+                         f"expected both set and channels in {CHANNEL_CHOICES}")
+    return 1 + (algo * NUM_PROTOCOLS + proto) * len(CHANNEL_CHOICES) + CHANNEL_CHOICES.index(channels)
+
+
+def nearest_channels(channels: int) -> int:
+    """The largest catalogue channel count <= ``channels`` (0 stays 0: NCCL's)."""
+    if channels <= 0:
+        return 0
+    return max(c for c in CHANNEL_CHOICES if c <= channels) if channels >= 1 else 0
+
+
+def describe_action(action: int) -> str:
+    """``ring/simple/8ch``, ``tree/ll/nccl-ch`` or ``nccl-default``."""
+    action = int(action)
+    if action == DEFAULT_ACTION:
+        return "nccl-default"
+    algo, proto, ch = ACTION_ALGO[action], ACTION_PROTO[action], ACTION_CHANNELS[action]
+    channels = f"{ch}ch" if ch else "nccl-ch"
+    return f"{Algorithm(algo).name_lower}/{Protocol(proto).name_lower}/{channels}"
+
+
+def action_mask(enabled_cells: np.ndarray, channel_cap: int, nvls_channel_cap: int) -> np.ndarray:
+    """Valid actions for one call: its (algorithm, protocol) cell is enabled in NCCL's cost table
+    and the channel count fits the communicator's pool (NVLS: its NVLS pool). The default action is
+    always valid.
+
+    Args:
+        enabled_cells: bool[21] (flat [algorithm][protocol]), True where NCCL's cost is >= 0.
+        channel_cap, nvls_channel_cap: the communicator's channel pools.
+    """
+    cell = np.clip(ACTION_CELL, 0, None)
+    nvls = (ACTION_ALGO == Algorithm.NVLS) | (ACTION_ALGO == Algorithm.NVLS_TREE)
+    cap = np.where(nvls, nvls_channel_cap, channel_cap)
+    mask = enabled_cells[cell] & (ACTION_CHANNELS <= cap)
+    mask[DEFAULT_ACTION] = True
+    return mask

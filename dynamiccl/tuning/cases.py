@@ -1,0 +1,158 @@
+"""Episode sources: (trace step, environment spec) cases, and the caches that make resets cheap.
+
+A ``Case`` names a trace file (or a generator workload, see :func:`workload_trace`), the environment
+spec it runs on and the step to replay. Compiling a trace and costing its distinct calls happen
+once per process and case (``load_case``); the NCCL-default step time of a (case, dynamics state)
+once as well (``default_step_time``).
+
+A *dynamics state* is an integer: it seeds the background-traffic timeline and the run-to-run noise
+of one replay (:func:`dynamics_seed`), so "the same step under the same conditions" is a (case,
+state) pair, and a training split and a held-out split can use disjoint states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from dynamiccl.costmodel.dynamics import CongestionProcess, noise_factors
+from dynamiccl.envspec import EnvSpec, resolve_env
+from dynamiccl.errors import InputError
+from dynamiccl.trace.store import Trace
+from dynamiccl.tuning.costs import CostTable
+from dynamiccl.tuning.program import StepProgram
+from dynamiccl.tuning.timeline import Replay, latest_finish
+
+
+@dataclass(frozen=True)
+class Case:
+    """One (trace step, environment spec) pair. ``trace``: a trace file path; ``env``: a spec name
+    (``envs/NAME.toml``) or path; ``step``: the step to replay (None: the trace's last)."""
+
+    trace: str
+    env: str
+    step: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{Path(self.trace).stem}@{Path(self.env).stem}"
+
+
+@dataclass
+class LoadedCase:
+    case: Case
+    env: EnvSpec
+    program: StepProgram
+    costs: CostTable
+    obs: np.ndarray          # [calls, OBS_SIZE] observation of every call (see env.observe_calls)
+
+
+def dynamics_seed(case: Case, state: int) -> int:
+    """A stable 32-bit seed for (case, dynamics state): the same on every machine and run."""
+    return zlib.crc32(f"{case.trace}|{case.env}|{case.step}|{state}".encode())
+
+
+@lru_cache(maxsize=64)
+def _program(trace: str, step: int | None) -> StepProgram:
+    return StepProgram.from_trace(Trace.read(trace), step, source=trace)
+
+
+@lru_cache(maxsize=256)
+def load_case(case: Case, model: str = "world") -> LoadedCase:
+    """Compile and cost ``case`` (cached per process).
+
+    Raises:
+        InputError: unreadable trace or spec, a step not in the trace, or nodes smaller than the
+            trace's (see ``CostTable.build``).
+    """
+    from dynamiccl.tuning.observation import observe_calls
+
+    env = resolve_env(case.env)
+    program = _program(case.trace, case.step)
+    if not program.tunable_calls:
+        raise InputError(case.trace, "ops", "the step has no collective NCCL's tuner is asked about; nothing to tune")
+    costs = CostTable.build(program, env, model)
+    return LoadedCase(case, env, program, costs, observe_calls(program))
+
+
+def new_replay(loaded: LoadedCase, state: int, latest_finish_us: list[float] | None = None) -> Replay:
+    """A fresh replay of ``loaded`` under dynamics ``state`` (seeded congestion and noise);
+    ``latest_finish_us`` (from ``default_schedule``) lets it price a call's slack."""
+    seed = dynamics_seed(loaded.case, state)
+    dynamics = loaded.env.dynamics
+    congestion = CongestionProcess(dynamics, seed) if dynamics.congestion == "markov" else None
+    noise = noise_factors(dynamics, loaded.program.num_calls, np.random.default_rng(seed + 1))
+    return Replay(loaded.program, loaded.costs, congestion, noise, latest_finish_us)
+
+
+_DEFAULT_SCHEDULES: dict[tuple, tuple[float, list[float]]] = {}
+
+
+def default_schedule(loaded: LoadedCase, state: int) -> tuple[float, list[float]]:
+    """(step time in µs, latest finish of every call in µs) with NCCL's own choices for every
+    call, under dynamics ``state`` (cached per process)."""
+    key = (loaded.case, loaded.costs.model, state)
+    if key not in _DEFAULT_SCHEDULES:
+        replay = new_replay(loaded, state)
+        replay.run()
+        _DEFAULT_SCHEDULES[key] = (replay.makespan_us, latest_finish(replay))
+    return _DEFAULT_SCHEDULES[key]
+
+
+def default_step_time(loaded: LoadedCase, state: int) -> float:
+    """Step time (µs) with NCCL's own choices for every call, under dynamics ``state`` (cached)."""
+    return default_schedule(loaded, state)[0]
+
+
+# --- workloads from the generator --------------------------------------------------------------------
+
+_GENERATE_KEYS = {"model": str, "tp": int, "pp": int, "dp": int, "cp": int, "ep": int, "etp": int, "vpp": int,
+                  "sp": bool, "micro_batch": int, "global_batch": int, "seq_len": int, "dp_mode": str,
+                  "first_stage_layers": int, "last_stage_layers": int, "gpus_per_node": int,
+                  "gpu": str, "efficiency": float}
+
+
+def workload_trace(spec: dict, cache_dir: str | os.PathLike, source: str = "<workload>") -> str:
+    """Generate (once; cached by content under ``cache_dir``) the trace of a generator workload and
+    return its path. ``spec`` holds ``model`` plus any of the ``dynamiccl generate`` layout options
+    (tp, pp, dp, cp, ep, etp, vpp, sp, micro_batch, global_batch, seq_len, dp_mode,
+    first_stage_layers, last_stage_layers, gpus_per_node, gpu, efficiency).
+
+    Raises:
+        InputError: an unknown key or a wrong type (naming ``source``), or a layout the model cannot run.
+    """
+    from dynamiccl.gpus import gpu_spec
+    from dynamiccl.workload.context import ComputeRate
+    from dynamiccl.workload.generator import generate
+    from dynamiccl.workload.layout import ParallelLayout
+    from dynamiccl.workload.models import load_model
+
+    for key, value in spec.items():
+        if key not in _GENERATE_KEYS:
+            raise InputError(source, key, f"unknown workload key; expected some of {', '.join(_GENERATE_KEYS)}")
+        want = _GENERATE_KEYS[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise InputError(source, key, f"expected {want.__name__}, got {value!r}")
+    if "model" not in spec:
+        raise InputError(source, "model", "missing: which built-in model (see `dynamiccl models`)")
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir) / f"{spec['model']}-{digest}.parquet"
+    if path.is_file():
+        return str(path)
+    layout_args = {k: v for k, v in spec.items() if k not in ("model", "gpu", "efficiency")}
+    gpu = gpu_spec(spec.get("gpu", "H100-SXM"))
+    rate = ComputeRate(gpu.name, gpu.peak_bf16_tflops, spec.get("efficiency", 0.45), gpu.hbm_gbytes_per_s)
+    trace = generate(load_model(spec["model"]), ParallelLayout(**layout_args), rate, progress=False,
+                     command=f"workload {json.dumps(spec, sort_keys=True)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trace.write(path)
+    return str(path)

@@ -1,0 +1,190 @@
+"""``TuningEnv``: choose NCCL's algorithm, protocol and channels for every collective of a training step."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from dynamiccl.errors import InputError
+from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS
+from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay, workload_trace
+from dynamiccl.tuning.costs import COST_MODELS
+from dynamiccl.tuning.observation import OBS_SIZE
+from dynamiccl.tuning.timeline import Replay
+
+ENV_ID = "dynamiccl/Tuning-v0"
+
+# The built-in case (``gym.make(ENV_ID)`` with no arguments): Llama-3 8B with TP2 x DP8 on two
+# H100 nodes whose collectives mostly run beside memory-bound compute.
+DEFAULT_WORKLOAD = {"model": "llama3-8b", "tp": 2, "pp": 1, "dp": 8, "sp": True, "global_batch": 64}
+DEFAULT_ENV = "h100-ib-2x8-heavy-compute"
+
+
+def default_cases() -> list[Case]:
+    """The built-in case; its trace is generated once into the user's cache directory."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dynamiccl" / "workloads"
+    return [Case(workload_trace(DEFAULT_WORKLOAD, cache, "TuningEnv default"), DEFAULT_ENV)]
+
+
+class TuningEnv(gym.Env):
+    """Replay one training step of a trace; choose NCCL's configuration for each collective in it.
+
+    Each episode replays one step of one case (a trace on an environment spec) under one dynamics
+    state (a seed for the network's background traffic and the run-to-run noise) with the
+    timeline of :mod:`dynamiccl.tuning.timeline`: compute and communication streams, the trace's
+    dependencies, compute slowed by the SMs and HBM bandwidth of the collectives beside it,
+    concurrent collectives sharing links, congestion that comes and goes. Costs come from the
+    world simulator (``model="world"``), NCCL's own model (``"nccl"``) or live measurement
+    (``"live"``). Every collective NCCL's tuner is asked about (Broadcast, Reduce, AllGather,
+    ReduceScatter, AllReduce) is one decision when it is ready to start on all its ranks; one
+    decision per communicator call, applied on every rank alike. Send/recv and AlltoAll keep
+    NCCL's choice (the tuner never sees them).
+
+    ## Action space
+    ``Discrete(169)``: 0 = NCCL's default (leave the cost table and channels alone); 1..168 =
+    (algorithm, protocol, channels) over NCCL's 7 x 3 cells and channels in
+    ``(0 = NCCL's count for that pair, 1, 2, 4, 8, 16, 24, 32)``
+    (:mod:`dynamiccl.tuning.actions`). ``action_masks()`` gives the valid ones for the pending
+    call: the cell is enabled in NCCL's cost table for this collective and cluster (never an entry
+    NCCL marked -1), and the channels fit the communicator's pool (NVLS: its NVLS pool). An
+    invalid action is applied as the plugin applies a rule whose cell NCCL disabled: NCCL's
+    default is used (``info["invalid_action"]`` is True).
+
+    ## Observation space
+    ``Box(0, 1, (11,), float32)``: what the tuner plugin sees on every rank alike: collective
+    (one-hot), log2 bytes, log2 nranks, log2 nnodes, log2 numPipeOps, regBuff, log2 position of
+    the call among its communicator's collectives in the step
+    (:mod:`dynamiccl.tuning.observation`). No simulator state.
+
+    ## Reward
+    ``T0`` is the step time (makespan, µs) when every call keeps NCCL's default, in the same case
+    and dynamics state (same congestion timeline and noise); ``T`` the episode's step time. For the
+    call decided at step k, with ``C(a)`` = the time it adds to the step under action ``a`` in the
+    conditions when it starts (its duration -- congestion, overlap, links shared with running
+    calls, noise -- minus what compute left on its ranks can hide, plus
+    ``hidden x (compute slowdown - 1)``: the overlapped compute it stretches)::
+
+        r_k = 100 x (C(default) - C(a_k)) / T0
+
+    and the last step adds ``100 x (T0 - T) / T0 - sum of the r_k so far``, so the undiscounted
+    return is exactly the step time saved, in per cent of NCCL's default step time
+    (``100 x (1 - T / T0)``; 0 for NCCL's default, positive when faster).
+
+    ## Starting state
+    ``reset`` draws a case uniformly from ``cases`` and a dynamics state uniformly from
+    ``state_offset .. state_offset + states - 1`` with the environment's seeded generator;
+    ``options={"case": i, "state": s}`` pins them.
+
+    ## Episode end
+    Terminated when the step's last op ends (every call of the step decided). Never truncated.
+    ``info`` at the end holds ``step_time_us``, ``default_step_time_us``, ``speedup`` (T0 / T),
+    ``case`` and ``state``.
+
+    ## Arguments
+    - ``cases``: list of :class:`~dynamiccl.tuning.cases.Case` or ``(trace path, env spec)``
+      pairs; default the built-in case (Llama-3 8B TP2 x DP8 on ``h100-ib-2x8-heavy-compute``).
+    - ``model``: ``"world"`` (default), ``"nccl"`` or ``"live"``.
+    - ``states``: number of dynamics states to draw from (default 8); ``state_offset``: the first.
+    - ``reward_scale``: the 100 above.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, cases: Sequence[Case | tuple] | None = None, model: str = "world", states: int = 8,
+                 state_offset: int = 0, reward_scale: float = 100.0):
+        super().__init__()
+        if model not in COST_MODELS:
+            raise InputError(None, "model", f"unknown cost model {model!r}; expected one of {', '.join(COST_MODELS)}")
+        if states < 1 or state_offset < 0:
+            raise InputError(None, "states", f"expected states >= 1 and state_offset >= 0, got {states}, {state_offset}")
+        cases = default_cases() if cases is None else [c if isinstance(c, Case) else Case(*c) for c in cases]
+        if not cases:
+            raise InputError(None, "cases", "expected at least one (trace, env spec) case")
+        self.cases = cases
+        self.model = model
+        self.states = int(states)
+        self.state_offset = int(state_offset)
+        self.reward_scale = float(reward_scale)
+        self.observation_space = spaces.Box(0.0, 1.0, (OBS_SIZE,), dtype=np.float32)
+        self.action_space = spaces.Discrete(NUM_ACTIONS)
+        self._loaded = [load_case(c, model) for c in cases]
+        self.loaded: LoadedCase = self._loaded[0]
+        self.replay: Replay | None = None
+        self.pending: int | None = None
+        self.case_index = 0
+        self.state = state_offset
+
+    # --- gymnasium API ---
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        self.case_index = int(options["case"]) if "case" in options else int(self.np_random.integers(len(self.cases)))
+        self.state = int(options["state"]) if "state" in options else \
+            self.state_offset + int(self.np_random.integers(self.states))
+        if not 0 <= self.case_index < len(self.cases):
+            raise InputError(None, "options.case", f"expected 0..{len(self.cases) - 1}, got {self.case_index}")
+        self.loaded = self._loaded[self.case_index]
+        self.default_time_us, latest = default_schedule(self.loaded, self.state)
+        self.replay = new_replay(self.loaded, self.state, latest)
+        self.decisions = 0
+        self._reward_sum = 0.0
+        self.pending = self.replay.next_decision()
+        return self.loaded.obs[self.pending].copy(), {"case": self.loaded.case.label, "state": self.state}
+
+    def step(self, action):
+        if self.replay is None or self.pending is None:
+            raise RuntimeError("step() called before reset() or after the episode ended")
+        action = int(action)
+        call = self.pending
+        key = self.loaded.costs.call_key[call]
+        invalid = not (0 <= action < NUM_ACTIONS and self.loaded.costs.mask[key, action])
+        if invalid:
+            action = DEFAULT_ACTION
+        replay = self.replay
+        if action == DEFAULT_ACTION:
+            reward = 0.0
+        else:
+            default_cost, chosen_cost = replay.exposed_cost(call, (DEFAULT_ACTION, action))
+            reward = self.reward_scale * (default_cost - chosen_cost) / self.default_time_us
+        replay.decide(call, action)
+        self.decisions += 1
+        self.pending = replay.next_decision()
+        info: dict[str, Any] = {"invalid_action": True} if invalid else {}
+        if self.pending is None:
+            step_time = replay.makespan_us
+            total = self.reward_scale * (self.default_time_us - step_time) / self.default_time_us
+            reward += total - (self._reward_sum + reward)
+            info.update(step_time_us=step_time, default_step_time_us=self.default_time_us,
+                        speedup=self.default_time_us / step_time, case=self.loaded.case.label, state=self.state)
+            obs = self.loaded.obs[call].copy()  # terminal observation: the last call's
+            self._reward_sum = total
+            return obs, float(reward), True, False, info
+        self._reward_sum += reward
+        return self.loaded.obs[self.pending].copy(), float(reward), False, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions for the pending call (sb3-contrib's MaskablePPO calls this)."""
+        if self.pending is None:
+            mask = np.zeros(NUM_ACTIONS, dtype=bool)
+            mask[DEFAULT_ACTION] = True
+            return mask
+        return self.loaded.costs.mask[self.loaded.costs.call_key[self.pending]]
+
+    # --- for agents that may look further than a policy (baselines, evaluation) ---
+
+    def pending_key(self) -> tuple[int, int, int, int, int]:
+        """(func, nbytes, nranks, nnodes, position) of the pending call: what the plugin knows."""
+        p, c = self.loaded.program, self.pending
+        return (p.call_func[c], p.call_nbytes[c], p.call_nranks[c], p.call_nnodes[c], p.call_position[c])
+
+    def oracle_costs(self) -> np.ndarray:
+        """Per action, what the pending call adds to the step in the simulator's state now (inf:
+        invalid). Only baselines that are allowed to see the simulator (the per-call oracle) use it."""
+        costs = self.replay.exposed_costs(self.pending)
+        return np.where(self.action_masks(), costs, np.inf)

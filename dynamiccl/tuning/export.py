@@ -1,0 +1,397 @@
+"""Export a learned policy as a decision table that the NCCL tuner plugin applies.
+
+A policy (``decide``) maps a call -- the ``QUERY_COLUMNS`` -- to an action of
+``dynamiccl.tuning.actions``. The plugin cannot run the policy, so ``table_from_policy`` samples it
+and writes down what it chose as ``Rule``s, such that the table reproduces the policy *exactly* on
+every call it was built from and generalises to sizes it has not seen.
+
+Construction
+------------
+Calls are grouped by (coll, nranks, nnodes, num_pipe_ops, reg_buff); every rule of a group sets
+those keys to the group's values, so rules of different groups never match the same call. In a
+group:
+
+(a) Each distinct seen ``nbytes`` is queried at every position it was seen at. The majority action
+    over those positions (ties: the lowest action) is the size's position-free decision. Each
+    (position, nbytes) whose action differs gets an exact rule (min_bytes = max_bytes = nbytes,
+    that position). Exact rules of all groups come first in the table, so they win over the range
+    rules below.
+(b) To generalise to unseen sizes, the policy is also queried on a log2 grid of sizes,
+    ``grid_points_per_octave`` per octave from 1 byte to 2**40 bytes, at the group's *median seen
+    position* (the lower median of the positions of the group's calls, duplicates counted, so it
+    is a position that really occurs). A grid size that equals a seen size is dropped: the seen
+    size's majority decision is the one the calls need.
+(c) All (size, decision) points, sorted by size, are merged into runs of equal decisions, and each
+    run becomes one range rule (position -1 = any) whose bounds split the gap to the neighbouring
+    run at the integer geometric midpoint: with a the last size of one run and c the first of the
+    next, sizes <= isqrt(a*c) belong to the first. So an unseen size gets the decision of its
+    nearest point in log scale (ties: the smaller point), and a seen size always lies in its own
+    run (a <= isqrt(a*c) < c). The first run starts at 0 bytes, the last ends at 2**64-1, so the
+    group's range rules tile every size without overlap.
+
+Runs of action 0 are written as explicit "NCCL default" rules (algorithm and protocol None,
+channels -1) rather than left uncovered: that keeps ``lookup`` returning a rule for every call,
+and a table concatenated after this one (or a catch-all rule appended later) cannot take those
+calls over.
+
+Why this is exact on the calls it was built from: the policy is deterministic and sees only the
+query columns, so one (group, nbytes, position) always gets one action. A call whose action is its
+size's majority matches no exact rule (those exist only for differing actions) and falls to the
+range rule holding its size, whose decision is that majority; any other call matches its exact
+rule first.
+
+One difference under ``DecisionTable.choose`` (not ``lookup``): if NCCL has disabled the cell an
+exact position rule asks for, the plugin skips that rule and the call gets its size's range rule
+(the majority decision) instead of NCCL's default. A policy trained with action masking never
+picks a disabled cell on the calls it was built from.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule, _csv_inexpressible
+from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, is_supported
+from dynamiccl.tuning.actions import (
+    ACTION_ALGO,
+    ACTION_CHANNELS,
+    ACTION_PROTO,
+    DEFAULT_ACTION,
+    NUM_ACTIONS,
+    action_index,
+    describe_action,
+    nearest_channels,
+)
+
+QUERY_COLUMNS = ("coll", "nbytes", "nranks", "nnodes", "position", "num_pipe_ops", "reg_buff")
+GROUP_COLUMNS = ("coll", "nranks", "nnodes", "num_pipe_ops", "reg_buff")
+
+GRID_MAX_BYTES = 2**40  # top of the generalisation grid; larger sizes take the last run's decision
+# Rows per call of ``decide``: large enough to be "few batches" for any realistic call set, small
+# enough that a neural-network policy does not run out of (GPU) memory on one batch.
+DECIDE_BATCH_ROWS = 1 << 16
+_INT64_MAX = 2**63 - 1
+
+Policy = Callable[[pd.DataFrame], np.ndarray]
+
+
+# --- actions <-> rule choices ----------------------------------------------------------------------
+
+def _checked_action(action) -> int:
+    if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+        raise TypeError(f"an action is an integer, got {type(action).__name__} {action!r}")
+    action = int(action)
+    if not 0 <= action < NUM_ACTIONS:
+        raise ValueError(f"action {action} is out of range; expected 0 .. {NUM_ACTIONS - 1}")
+    return action
+
+
+def rule_choice(action: int) -> dict:
+    """The ``Rule`` choice fields for an action: ``{"algorithm", "protocol", "channels"}``.
+
+    Action 0 (NCCL's default) keeps everything: algorithm and protocol None, channels -1. Other
+    actions set algorithm and protocol; their channels 0 ("NCCL's runtime count for that pair")
+    becomes -1 (keep NCCL's). Use as ``Rule(coll=..., min_bytes=..., ..., **rule_choice(a))``.
+
+    Raises:
+        TypeError: if ``action`` is not an integer.
+        ValueError: if it is outside the action catalogue.
+    """
+    action = _checked_action(action)
+    if action == DEFAULT_ACTION:
+        return {"algorithm": None, "protocol": None, "channels": KEEP}
+    channels = int(ACTION_CHANNELS[action])
+    return {"algorithm": Algorithm(int(ACTION_ALGO[action])),
+            "protocol": Protocol(int(ACTION_PROTO[action])),
+            "channels": channels if channels else KEEP}
+
+
+def _rule_action(rule: Rule, index: int) -> int:
+    """The catalogue action a rule stands for (see ``decisions_of_table``)."""
+    if rule.algorithm is None and rule.protocol is None and rule.channels == KEEP:
+        return DEFAULT_ACTION
+    if rule.algorithm is None or rule.protocol is None:
+        # "Keep NCCL's algorithm (or protocol) but force the other one / the channels" has no
+        # action: every action 1.. fixes both. Guessing one would misreport what the plugin does.
+        raise ValueError(f"rules[{index}] keeps NCCL's "
+                         f"{'algorithm' if rule.algorithm is None else 'protocol'} but sets "
+                         "other choices; no action of the catalogue expresses that")
+    channels = 0 if rule.channels == KEEP else nearest_channels(rule.channels)
+    return action_index(int(rule.algorithm), int(rule.protocol), channels)
+
+
+def _is_default_rule(rule: Rule) -> bool:
+    return rule.algorithm is None and rule.protocol is None and rule.channels == KEEP
+
+
+# --- input checks ----------------------------------------------------------------------------------
+
+def _validated_calls(calls: pd.DataFrame, *, allow_unknown_position: bool) -> pd.DataFrame:
+    """The query columns of ``calls`` as int64, fresh 0..n-1 index; ValueError naming the column."""
+    if not isinstance(calls, pd.DataFrame):
+        raise TypeError(f"calls must be a pandas DataFrame, got {type(calls).__name__}")
+    missing = [col for col in QUERY_COLUMNS if col not in calls.columns]
+    if missing:
+        raise ValueError(f"calls lacks column(s) {', '.join(missing)}; expected {', '.join(QUERY_COLUMNS)}")
+    for col in QUERY_COLUMNS:
+        if not pd.api.types.is_integer_dtype(calls[col]) or pd.api.types.is_bool_dtype(calls[col]):
+            raise ValueError(f"calls column {col!r} must hold integers, has dtype {calls[col].dtype}")
+    if calls.empty:
+        return pd.DataFrame({col: np.zeros(0, dtype=np.int64) for col in QUERY_COLUMNS})
+    if calls["nbytes"].max() > _INT64_MAX:  # only reachable with a uint64 column
+        raise ValueError("calls column 'nbytes' holds values above 2**63-1 bytes")
+    frame = pd.DataFrame({col: calls[col].to_numpy().astype(np.int64) for col in QUERY_COLUMNS})
+
+    lowest_position = -1 if allow_unknown_position else 0
+    tunable = [int(func) for func in TUNABLE_FUNCS]
+    checks = (
+        ("coll", frame["coll"].isin(tunable), f"a tunable ncclFunc_t {tunable}"),
+        ("nbytes", frame["nbytes"] >= 0, "bytes >= 0"),
+        ("nranks", frame["nranks"] >= 1, ">= 1"),
+        ("nnodes", (frame["nnodes"] >= 1) & (frame["nnodes"] <= frame["nranks"]), "1 .. nranks"),
+        ("position", frame["position"] >= lowest_position,
+         ">= -1 (-1 = unknown)" if allow_unknown_position else
+         ">= 0 (a table can only reproduce a call whose position it can key on)"),
+        ("num_pipe_ops", frame["num_pipe_ops"] >= 1, ">= 1"),
+        ("reg_buff", frame["reg_buff"].isin([0, 1]), "0 or 1"),
+    )
+    for col, ok, expected in checks:
+        if not ok.all():
+            row = int(np.flatnonzero(~ok.to_numpy())[0])
+            raise ValueError(f"calls row {row}, column {col!r}: {frame[col].iloc[row]} is out of "
+                             f"range; expected {expected}")
+    return frame
+
+
+def _run_policy(decide: Policy, queries: pd.DataFrame) -> np.ndarray:
+    """``decide`` over ``queries`` in batches of DECIDE_BATCH_ROWS, checked: one valid action per row."""
+    parts = []
+    for start in range(0, len(queries), DECIDE_BATCH_ROWS):
+        batch = queries.iloc[start:start + DECIDE_BATCH_ROWS].reset_index(drop=True)
+        result = np.asarray(decide(batch))
+        if result.shape != (len(batch),):
+            raise ValueError(f"decide returned shape {result.shape} for {len(batch)} queries; "
+                             "expected one action per row")
+        if result.dtype.kind not in "iu":
+            raise TypeError(f"decide must return integer actions, got dtype {result.dtype}")
+        parts.append(result.astype(np.int64))
+    actions = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    bad = (actions < 0) | (actions >= NUM_ACTIONS)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"decide returned action {actions[row]} for query {queries.iloc[row].to_dict()}; "
+                         f"expected 0 .. {NUM_ACTIONS - 1}")
+    # Rule refuses (algorithm, protocol) pairs NCCL cannot run; say which policy output caused it.
+    for coll, action in {(int(c), int(a)) for c, a in zip(queries["coll"], actions)}:
+        if action != DEFAULT_ACTION and not is_supported(Func(coll), ACTION_ALGO[action], ACTION_PROTO[action]):
+            raise ValueError(f"decide chose action {action} ({describe_action(action)}) for "
+                             f"{FUNC_OP[Func(coll)]}, which NCCL cannot run")
+    return actions
+
+
+def size_grid(points_per_octave: int) -> np.ndarray:
+    """The generalisation grid: sorted distinct integer sizes round(2**(i/k)), 1 .. 2**40 bytes."""
+    if isinstance(points_per_octave, bool) or not isinstance(points_per_octave, (int, np.integer)) \
+            or points_per_octave < 1:
+        raise ValueError(f"grid_points_per_octave must be an integer >= 1, got {points_per_octave!r}")
+    octaves = int(math.log2(GRID_MAX_BYTES))
+    exponents = np.arange(octaves * points_per_octave + 1) / points_per_octave
+    # Below a few bytes neighbouring points round to the same integer; keep each size once.
+    return np.unique(np.rint(np.exp2(exponents)).astype(np.int64))
+
+
+# --- table construction ----------------------------------------------------------------------------
+
+def _majority(seen: pd.DataFrame) -> pd.Series:
+    """Per nbytes, the most frequent action over its distinct positions (ties: lowest action).
+
+    Counting distinct positions (not calls) minimises the number of exact rules, which is one per
+    (position, nbytes) whose action differs from the majority.
+    """
+    counts = seen.groupby(["nbytes", "action"]).size().reset_index(name="count")
+    counts = counts.sort_values(["nbytes", "count", "action"], ascending=[True, False, True])
+    return counts.drop_duplicates("nbytes").set_index("nbytes")["action"]
+
+
+def _range_bounds(sizes: np.ndarray, decisions: np.ndarray) -> list[tuple[int, int, int]]:
+    """(min_bytes, max_bytes, action) per run of equal decisions over the sorted points."""
+    starts = [0] + [i for i in range(1, len(sizes)) if decisions[i] != decisions[i - 1]]
+    runs = []
+    for number, first in enumerate(starts):
+        last = (starts[number + 1] if number + 1 < len(starts) else len(sizes)) - 1
+        if number + 1 < len(starts):
+            # Python ints: a*c overflows int64 above 2**31.5 bytes.
+            max_bytes = math.isqrt(int(sizes[last]) * int(sizes[last + 1]))
+        else:
+            max_bytes = MAX_BYTES
+        min_bytes = 0 if number == 0 else runs[-1][1] + 1
+        runs.append((min_bytes, max_bytes, int(decisions[first])))
+    return runs
+
+
+def table_from_policy(decide: Policy, calls: pd.DataFrame, *, provenance: dict,
+                      grid_points_per_octave: int = 2) -> DecisionTable:
+    """A decision table that reproduces ``decide`` on every call of ``calls`` (see the module docstring).
+
+    Args:
+        decide: the policy, vectorised and deterministic: given a DataFrame with ``QUERY_COLUMNS``
+            (int64) it returns one action per row. It is called once per DECIDE_BATCH_ROWS
+            queries (usually once): the distinct calls plus the grid queries of every group.
+        calls: one row per call the table must reproduce, with ``QUERY_COLUMNS`` as integers
+            (other columns are ignored; duplicates are fine). ``coll`` is a tunable ncclFunc_t
+            (0..4); ``position`` >= 0 is the call's index among the collectives on its
+            communicator within the step.
+        provenance: JSON-serialisable description of the policy (stored in the table); this
+            function adds a ``"policy_export"`` entry describing the construction.
+        grid_points_per_octave: density of the size grid queried to generalise to unseen sizes.
+
+    Returns:
+        Exact (position-specific) rules of every group first, then each group's range rules.
+
+    Raises:
+        ValueError / TypeError: for malformed ``calls``, a bad grid density, or a policy output
+            that is not one valid action per row, or an action NCCL cannot run for the collective.
+    """
+    frame = _validated_calls(calls, allow_unknown_position=False)
+    grid = size_grid(grid_points_per_octave)
+    group_cols = list(GROUP_COLUMNS)
+
+    # One query frame for every group: distinct seen calls, then each group's grid at its median
+    # seen position. Querying in one go lets a neural policy run on a few large batches.
+    seen = frame.drop_duplicates().sort_values(list(GROUP_COLUMNS) + ["nbytes", "position"],
+                                               ignore_index=True)
+    grid_parts = []
+    for keys, group in frame.groupby(group_cols, sort=True):
+        positions = np.sort(group["position"].to_numpy())
+        median_position = int(positions[(len(positions) - 1) // 2])  # lower median: a seen position
+        sizes = np.setdiff1d(grid, group["nbytes"].to_numpy())
+        part = pd.DataFrame({"nbytes": sizes, "position": median_position})
+        for col, value in zip(group_cols, keys):
+            part[col] = int(value)
+        grid_parts.append(part)
+    grid_queries = (pd.concat(grid_parts, ignore_index=True) if grid_parts
+                    else pd.DataFrame(columns=list(QUERY_COLUMNS), dtype=np.int64))
+    queries = pd.concat([seen, grid_queries[list(QUERY_COLUMNS)]], ignore_index=True)
+    queries = queries.astype(np.int64)[list(QUERY_COLUMNS)]
+    actions = _run_policy(decide, queries)
+    seen = seen.assign(action=actions[:len(seen)])
+    grid_queries = grid_queries.assign(action=actions[len(seen):])
+
+    exact_rules: list[Rule] = []
+    range_rules: list[Rule] = []
+    grid_by_group = {keys: part for keys, part in grid_queries.groupby(group_cols, sort=False)}
+    for keys, group_seen in seen.groupby(group_cols, sort=True):
+        keyed = dict(zip(group_cols, (int(value) for value in keys)))
+        majority = _majority(group_seen)
+
+        # (a) exact rules for the (position, nbytes) whose action is not the size's majority
+        differs = group_seen["action"].to_numpy() != majority.loc[group_seen["nbytes"]].to_numpy()
+        for row in group_seen[differs].itertuples(index=False):
+            exact_rules.append(Rule(min_bytes=int(row.nbytes), max_bytes=int(row.nbytes),
+                                    position=int(row.position), **keyed,
+                                    **rule_choice(int(row.action))))
+
+        # (b) + (c) range rules over seen sizes (majority) and grid sizes (median position)
+        grid_part = grid_by_group.get(keys)
+        sizes = majority.index.to_numpy(dtype=np.int64)
+        decisions = majority.to_numpy(dtype=np.int64)
+        if grid_part is not None and len(grid_part):
+            sizes = np.concatenate([sizes, grid_part["nbytes"].to_numpy(dtype=np.int64)])
+            decisions = np.concatenate([decisions, grid_part["action"].to_numpy(dtype=np.int64)])
+        order = np.argsort(sizes, kind="stable")  # seen and grid sizes are disjoint: no ties
+        for min_bytes, max_bytes, action in _range_bounds(sizes[order], decisions[order]):
+            range_rules.append(Rule(min_bytes=min_bytes, max_bytes=max_bytes, **keyed,
+                                    **rule_choice(action)))
+
+    info = {
+        "method": "dynamiccl.tuning.export.table_from_policy",
+        "calls": int(len(frame)),
+        "distinct_calls": int(len(seen)),
+        "groups": int(frame.groupby(group_cols).ngroups) if len(frame) else 0,
+        "grid_points_per_octave": int(grid_points_per_octave),
+        "grid_max_bytes": GRID_MAX_BYTES,
+        "grid_position": "lower median of the group's call positions",
+        "position_rules": len(exact_rules),
+        "range_rules": len(range_rules),
+    }
+    return DecisionTable(tuple(exact_rules + range_rules), {**provenance, "policy_export": info})
+
+
+# --- applying and converting tables ----------------------------------------------------------------
+
+def decisions_of_table(table: DecisionTable, calls: pd.DataFrame) -> np.ndarray:
+    """The action each call gets from ``table`` by ``lookup`` (first match wins), as int64[len(calls)].
+
+    No matching rule -> 0 (NCCL's default); an all-keep rule -> 0; otherwise the rule's
+    (algorithm, protocol) with channels -1 -> 0 and a count outside ``CHANNEL_CHOICES`` rounded
+    down by ``nearest_channels``. ``position`` -1 (unknown) is allowed and matches only rules with
+    position -1, as in ``lookup``.
+
+    Vectorised first-match: rules are walked in table order and each claims the calls it matches
+    among those still unclaimed -- the same result as ``table.lookup`` per call, in numpy time.
+
+    Raises:
+        ValueError: for malformed ``calls``, or a matching rule that keeps NCCL's algorithm or
+            protocol while setting the other (no catalogue action expresses it).
+    """
+    frame = _validated_calls(calls, allow_unknown_position=True)
+    cols = {col: frame[col].to_numpy(dtype=np.int64) for col in QUERY_COLUMNS}
+    actions = np.full(len(frame), DEFAULT_ACTION, dtype=np.int64)
+    unclaimed = np.ones(len(frame), dtype=bool)
+    for index, rule in enumerate(table.rules):
+        if not unclaimed.any():
+            break
+        if rule.min_bytes > _INT64_MAX:
+            continue  # no int64 size reaches it
+        match = (unclaimed & (cols["coll"] == int(rule.coll))
+                 & (cols["nbytes"] >= rule.min_bytes)
+                 & (cols["nbytes"] <= min(rule.max_bytes, _INT64_MAX)))
+        for key in ("nranks", "nnodes", "position", "num_pipe_ops", "reg_buff"):
+            value = getattr(rule, key)
+            if value != KEEP:
+                match &= cols[key] == value
+        if match.any():
+            actions[match] = _rule_action(rule, index)
+            unclaimed &= ~match
+    return actions
+
+
+def csv_compatible(table: DecisionTable) -> DecisionTable:
+    """The rules of ``table`` that NVIDIA's example CSV can express, in order (lossy).
+
+    The CSV has no position key and cannot say "keep NCCL's algorithm/protocol", so this drops
+    position-specific rules and every rule keeping NCCL's algorithm or protocol -- for tables of
+    ``table_from_policy``, that is the exact rules and the explicit NCCL-default range rules. The
+    result's ``to_csv()`` never raises. The JSON table is the faithful one; this CSV differs:
+
+    - calls whose action differed from their size's majority get the majority (the range rule);
+    - calls in a default run match no line. Under the dynamiccl plugin that is NCCL's default, so
+      it is equivalent: a group's range rules are disjoint and other groups' rules never match, so
+      no later line takes those calls. NVIDIA's example plugin, however, runs unmatched calls on
+      1 channel (see the warning ``to_csv`` writes).
+
+    For a table not built by ``table_from_policy``, dropping a rule may let a later rule match the
+    calls it covered. The returned provenance records how many rules were dropped.
+    """
+    kept = tuple(rule for rule in table.rules if not _csv_inexpressible(rule))
+    dropped_position = sum(1 for rule in table.rules if rule.position != KEEP)
+    dropped_default = sum(1 for rule in table.rules if rule.position == KEEP and _is_default_rule(rule))
+    note = {
+        "source_rules": len(table.rules),
+        "dropped_position_rules": dropped_position,
+        "dropped_default_rules": dropped_default,
+        "dropped_other_keep_rules": len(table.rules) - len(kept) - dropped_position - dropped_default,
+        "note": "lossy: the CSV has no position key and no 'keep NCCL's algorithm/protocol'; "
+                "the JSON table is the faithful one",
+    }
+    return DecisionTable(kept, {**table.provenance, "csv_compatible": note}, table.version)
+
+
+__all__ = [
+    "DECIDE_BATCH_ROWS", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
+    "csv_compatible", "decisions_of_table", "rule_choice", "size_grid", "table_from_policy",
+]

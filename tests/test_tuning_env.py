@@ -1,0 +1,232 @@
+"""Tests of the tuning environment: compiled steps, the timeline, costs, masks, rewards, gym API."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import dynamiccl.tuning  # noqa: F401  (registers the environment)
+from dynamiccl.costmodel.nccl_model import NcclModel
+from dynamiccl.envspec import resolve_env
+from dynamiccl.errors import InputError
+from dynamiccl.nccl import TUNABLE_FUNCS
+from dynamiccl.trace.store import Trace
+from dynamiccl.tuning.actions import (
+    ACTION_ALGO, ACTION_CELL, ACTION_CHANNELS, DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action,
+)
+from dynamiccl.tuning.cases import Case, default_schedule, load_case, new_replay
+from dynamiccl.tuning.env import ENV_ID, TuningEnv
+from dynamiccl.tuning.observation import encode
+from dynamiccl.tuning.program import StepProgram
+from dynamiccl.tuning.timeline import latest_finish
+
+PP = ("traces/ref-pp2-dp2.parquet", "dgx-h100")
+TP_SP = ("traces/ref-tp2-pp2-sp.parquet", "dgx-h100")
+LLAMA = ("traces/llama3-8b_tp1-pp1-dp8.parquet", "dgx-h100")
+LLAMA70 = ("traces/llama3-70b_tp4-pp4-cp2-dp2-sp.parquet", "h100-ib-4x8")
+
+
+def run(env: TuningEnv, choose, case: int = 0, state: int = 0):
+    obs, _ = env.reset(options={"case": case, "state": state})
+    total = 0.0
+    while True:
+        obs, reward, terminated, truncated, info = env.step(choose(env, obs))
+        total += reward
+        assert not truncated
+        if terminated:
+            return total, info
+
+
+# --- the compiled step ---------------------------------------------------------------------------
+
+def test_program_joins_ranks_and_pairs_sends_with_receives():
+    trace = Trace.read(PP[0])
+    program = StepProgram.from_trace(trace)
+    assert program.step == 4 and program.ranks == [0, 1, 2, 3]
+    sends = [c for c in range(program.num_calls) if not program.call_tunable[c]]
+    # Every pipeline transfer joins the sending and the receiving rank: one call, two members.
+    assert sends and all(len(program.call_ops[c]) == 2 for c in sends)
+    # DP all-reduces of a stage join both ranks of the DP group.
+    dp = [c for c in program.tunable_calls if program.call_kind[c] == "dp"]
+    assert dp and all(len(program.call_ranks[c]) == 2 for c in dp)
+    assert sum(program.op_npred) == sum(len(s) for s in program.op_succ)
+
+
+def test_program_rejects_a_missing_step():
+    with pytest.raises(InputError, match="step 9 is not in the trace"):
+        StepProgram.from_trace(Trace.read(PP[0]), 9, source=PP[0])
+
+
+def test_nodes_smaller_than_the_trace_are_refused():
+    with pytest.raises(InputError, match="GPUs per node"):
+        load_case(Case("traces/llama3-70b_tp4-pp4-cp2-dp2-sp.parquet", "gh200-4x4"))
+
+
+# --- the timeline ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", [PP, TP_SP, LLAMA])
+def test_default_replay_respects_dependencies_and_compute(case):
+    loaded = load_case(Case(*case))
+    replay = new_replay(loaded, 0)
+    makespan = replay.run()
+    program = loaded.program
+    assert all(not math.isnan(t) for t in replay.op_end_us)
+    for g in range(program.num_ops):
+        for s in program.op_succ[g]:
+            assert replay.op_start_us[s] >= replay.op_end_us[g] - 1e-6
+    for chain in program.compute_chain:  # compute never runs faster than its work
+        assert makespan >= sum(program.op_base_us[g] for g in chain) - 1e-6
+    for c in range(program.num_calls):  # a call never beats its duration alone and quiet
+        key = loaded.costs.call_key[c]
+        alone = loaded.costs.time_us[key, DEFAULT_ACTION, 0, 0] * replay.noise[c]
+        assert replay.call_end_us[c] - replay.call_start_us[c] >= alone * (1 - 1e-9)
+
+
+def test_channels_beside_compute_slow_the_compute():
+    loaded = load_case(Case(*LLAMA))
+    fast = new_replay(loaded, 0)
+    fast._slow = np.ones_like(fast._slow)  # the same step if channels cost compute nothing
+    assert new_replay(loaded, 0).run() > fast.run()
+
+
+def test_concurrent_calls_share_links():
+    loaded = load_case(Case(*LLAMA70))
+    shared = new_replay(loaded, 0)
+    shared.run()
+    durations = [(e - s) / t for s, e, t in zip(shared.call_start_us, shared.call_end_us, shared.call_time_at_start_us)]
+    # Some calls got slower after they started: other calls joined their links.
+    assert max(durations) > 1.05
+
+
+def test_congestion_lengthens_the_step_and_is_seeded():
+    quiet = default_schedule(load_case(Case(LLAMA70[0], "h100-ib-4x8")), 3)[0]
+    busy = load_case(Case(LLAMA70[0], "h100-ib-4x8-congested"))
+    assert default_schedule(busy, 3)[0] > quiet
+    assert new_replay(busy, 3).run() == new_replay(busy, 3).run()
+    assert new_replay(busy, 3).run() != new_replay(busy, 4).run()
+
+
+def test_latest_finish_is_never_before_the_default_end():
+    loaded = load_case(Case(*TP_SP))
+    replay = new_replay(loaded, 0)
+    replay.run()
+    finish = latest_finish(replay)
+    slack = [f - e for f, e in zip(finish, replay.call_end_us)]
+    assert min(slack) >= -1e-6
+    assert min(slack) < 1e-3  # something is on the critical path
+
+
+# --- actions and masks --------------------------------------------------------------------------
+
+def test_action_catalogue_round_trips():
+    assert describe_action(DEFAULT_ACTION) == "nccl-default"
+    for action in range(1, NUM_ACTIONS):
+        algo, proto, channels = ACTION_ALGO[action], ACTION_CELL[action] % 3, ACTION_CHANNELS[action]
+        assert action_index(int(algo), int(proto), int(channels)) == action
+    with pytest.raises(ValueError):
+        action_index(1, 2, 3)
+
+
+def test_masks_never_allow_a_cell_nccl_disabled():
+    loaded = load_case(Case(*LLAMA70))
+    costs = loaded.costs
+    nccl = NcclModel(loaded.env)
+    for key, (func, nbytes, nranks, nnodes, pipe) in enumerate(costs.keys):
+        mask = costs.mask[key]
+        assert mask[DEFAULT_ACTION]
+        if func not in [int(f) for f in TUNABLE_FUNCS]:
+            assert mask.sum() == 1
+            continue
+        topo = nccl.topology(nranks, nnodes)
+        for action in np.flatnonzero(mask[1:]) + 1:
+            assert costs.nccl_cost[key, ACTION_CELL[action]] >= 0
+            assert ACTION_CHANNELS[action] <= max(topo.comm_channels, topo.nvls_channels)
+            assert np.isfinite(costs.time_us[key, action]).all()
+
+
+# --- the gymnasium environment ---------------------------------------------------------------------
+
+def test_passes_gymnasium_and_sb3_checkers():
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = TuningEnv([PP, LLAMA], states=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(env)
+        sb3_check_env(env)
+
+
+def test_registered_under_the_dynamiccl_namespace():
+    env = gym.make(ENV_ID, cases=[PP])
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs) and info["case"] == "ref-pp2-dp2@dgx-h100"
+
+
+def test_nccl_default_scores_zero_and_speedup_one():
+    env = TuningEnv([PP, LLAMA])
+    for case in (0, 1):
+        total, info = run(env, lambda e, o: DEFAULT_ACTION, case=case)
+        assert total == 0.0 and info["speedup"] == 1.0
+        assert info["step_time_us"] == info["default_step_time_us"]
+
+
+def test_return_is_the_step_time_saved_in_percent():
+    env = TuningEnv([TP_SP, LLAMA])
+    rng = np.random.default_rng(0)
+    for case in (0, 1):
+        total, info = run(env, lambda e, o: int(rng.choice(np.flatnonzero(e.action_masks()))), case=case)
+        assert total == pytest.approx(100 * (1 - info["step_time_us"] / info["default_step_time_us"]), abs=1e-9)
+
+
+def test_invalid_action_falls_back_to_nccl_default():
+    env = TuningEnv([LLAMA])
+    env.reset(options={"case": 0, "state": 0})
+    invalid = int(np.flatnonzero(~env.action_masks())[0])
+    call = env.pending
+    _, reward, _, _, info = env.step(invalid)
+    assert info["invalid_action"] and reward == 0.0
+    assert env.replay.call_action[call] == DEFAULT_ACTION
+
+
+def test_observation_holds_only_what_the_plugin_sees():
+    env = TuningEnv([TP_SP])
+    obs, _ = env.reset(options={"case": 0, "state": 0})
+    for _ in range(50):
+        func, nbytes, nranks, nnodes, position = env.pending_key()
+        pipe = env.loaded.program.call_pipe_ops[env.pending]
+        assert np.array_equal(obs, encode([func], [nbytes], [nranks], [nnodes], [pipe], [0], [position])[0])
+        obs, *_ = env.step(DEFAULT_ACTION)
+
+
+def test_seeded_resets_draw_the_same_episodes():
+    def draws(seed):
+        env = TuningEnv([PP, LLAMA], states=5)
+        env.reset(seed=seed)
+        out = []
+        for _ in range(6):
+            _, info = env.reset()
+            out.append((info["case"], info["state"]))
+        return out
+
+    assert draws(7) == draws(7)
+    assert draws(7) != draws(8)
+
+
+def test_states_offset_selects_held_out_dynamics():
+    env = TuningEnv([PP], states=3, state_offset=1000)
+    env.reset(seed=0)
+    assert all(1000 <= env.reset()[1]["state"] < 1003 for _ in range(10))
+
+
+def test_oracle_costs_price_every_valid_action():
+    env = TuningEnv([LLAMA])
+    env.reset(options={"case": 0, "state": 0})
+    costs = env.oracle_costs()
+    mask = env.action_masks()
+    assert np.isfinite(costs[mask]).all() and np.isinf(costs[~mask]).all()
+    assert costs[DEFAULT_ACTION] >= 0
