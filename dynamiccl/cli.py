@@ -444,16 +444,30 @@ def cmd_import(args) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a trace for other simulators (Chakra ET, PARAM)",
-                       description="Export a trace as Chakra execution traces (one protobuf file per rank, what "
-                                   "ASTRA-sim reads) or PARAM comms-replay JSON.")
-    p.add_argument("format", choices=["chakra", "param"])
-    p.add_argument("trace", help="trace file (.parquet)")
-    p.add_argument("-o", "--output", required=True, help="output directory")
+    from dynamiccl.tuning.commands import add_policy_export
+
+    p = sub.add_parser("export", help="write a policy as a decision table, or a trace for other simulators",
+                       description="`dynamiccl export --policy policy.zip -o table.json [--nccl-csv table.csv]` "
+                                   "writes a trained policy as a decision table the tuner plugin applies. "
+                                   "`dynamiccl export {chakra,param} TRACE -o DIR` writes a trace as Chakra "
+                                   "execution traces (one protobuf file per rank, what ASTRA-sim reads) or "
+                                   "PARAM comms-replay JSON.")
+    p.add_argument("format", nargs="?", choices=["chakra", "param"], help="trace format (trace export)")
+    p.add_argument("trace", nargs="?", help="trace file (.parquet) (trace export)")
+    p.add_argument("-o", "--output", required=True, help="table file (.json) or output directory (trace export)")
+    add_policy_export(p)
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
+    if args.policy:
+        if args.format or args.trace:
+            raise InputError("export", None, "give either --policy (a decision table) or FORMAT TRACE (a trace)")
+        from dynamiccl.tuning.commands import export_policy
+
+        return export_policy(args)
+    if not args.format or not args.trace:
+        raise InputError("export", None, "expected --policy POLICY, or a format (chakra, param) and a trace file")
     from dynamiccl.profiler.exporters import export_trace
     from dynamiccl.trace.store import Trace
 
@@ -502,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_demo, _add_generate, _add_models, _add_trace, _add_table, _add_simulate, _add_calibrate,
                 _add_validate, _add_profile, _add_import, _add_export, _add_bench):
         add(sub)
+    from dynamiccl.tuning.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

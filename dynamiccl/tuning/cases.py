@@ -56,7 +56,9 @@ class LoadedCase:
 
 def dynamics_seed(case: Case, state: int) -> int:
     """A stable 32-bit seed for (case, dynamics state): the same on every machine and run."""
-    return zlib.crc32(f"{case.trace}|{case.env}|{case.step}|{state}".encode())
+    # File names, not paths: the same trace and spec give the same conditions wherever they live
+    # (generated workloads carry a content digest in their names).
+    return zlib.crc32(f"{Path(case.trace).name}|{Path(case.env).stem}|{case.step}|{state}".encode())
 
 
 @lru_cache(maxsize=64)

@@ -118,6 +118,19 @@ class CostTable:
             table._fill_model(env, model, params, nccl)
         return table
 
+    def rows(self) -> list[list[tuple | None]]:
+        """Per key and action: ``(time quiet/alone, quiet/overlap, congested/alone, congested/overlap,
+        latency quiet, latency congested, slowdown)`` as Python floats (None where masked); the
+        replay's scalar path. Built once and kept."""
+        rows = getattr(self, "_rows", None)  # never changed after build; tests may reset it
+        if rows is None:
+            t, lat, slow = self.time_us.tolist(), self.latency_us.tolist(), self.slowdown.tolist()
+            mask = self.mask.tolist()
+            rows = [[(t[k][a][0][0], t[k][a][0][1], t[k][a][1][0], t[k][a][1][1], lat[k][a][0], lat[k][a][1],
+                      slow[k][a]) if mask[k][a] else None for a in range(len(mask[k]))] for k in range(len(mask))]
+            self._rows = rows
+        return rows
+
     def _fill_model(self, env: EnvSpec, model: str, params, nccl: NcclModel) -> None:
         row_key, row_action = np.nonzero(self.mask)
         k = np.array(self.keys, dtype=np.int64).reshape(-1, 5)[row_key]

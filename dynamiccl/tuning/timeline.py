@@ -107,6 +107,7 @@ class Replay:
         self._time = costs.time_us
         self._lat = costs.latency_us
         self._slow = costs.slowdown
+        self._rows = costs.rows()
         self._call_cost: list[tuple] = [()] * n_calls
         self._congested = False
         if congestion is not None:
@@ -165,7 +166,9 @@ class Replay:
         congested, overlap, sharing = self.conditions(call)
         k = self._key[call]
         lat = self._lat[k, :, congested]
-        return (lat + (self._time[k, :, congested, overlap] - lat) * sharing) * self.noise[call]
+        with np.errstate(invalid="ignore"):  # masked actions: inf - inf
+            duration = (lat + (self._time[k, :, congested, overlap] - lat) * sharing) * self.noise[call]
+        return np.where(self.costs.mask[k], duration, np.inf)
 
     def hideable_us(self, call: int) -> float:
         """Compute work (µs at full speed) left on the call's ranks that does not wait for it: what
@@ -197,13 +200,16 @@ class Replay:
         channels and HBM traffic stretch. Relative to the default action the first part is 0.
         """
         congested, overlap, sharing = self.conditions(call)
-        k = self._key[call]
+        rows = self._rows[self._key[call]]
         hideable = self.hideable_us(call)
         noise = self.noise[call]
-        lat = self._lat[k, :, congested]
-        with np.errstate(invalid="ignore"):
-            duration = (lat + (self._time[k, :, congested, overlap] - lat) * sharing) * noise
-        base = float(duration[DEFAULT_ACTION])
+        col = 2 * congested + overlap
+
+        def duration_of(row) -> float:
+            lat = row[4 + congested]
+            return (lat + (row[col] - lat) * sharing) * noise
+
+        base = duration_of(rows[DEFAULT_ACTION])
         if self.latest_finish_us is not None:
             slack = self.latest_finish_us[call] - (self.now + base)
         else:
@@ -212,17 +218,18 @@ class Replay:
         slack = max(slack, 0.0)
         out = []
         for a in actions:
-            d = float(duration[a])
-            if not math.isfinite(d):
+            row = rows[a]
+            if row is None:
                 out.append(math.inf)
                 continue
+            d = duration_of(row)
             delta = d - base
             if delta > 0:
                 delay = max(0.0, delta - slack)
             else:  # a shorter call helps in proportion to how close it is to the critical path
                 delay = delta if critical else delta * max(0.0, 1.0 - slack / base) if base > 0 else 0.0
             hidden = d if d < hideable else hideable
-            out.append(delay + hidden * (float(self._slow[k, a]) - 1.0))
+            out.append(delay + hidden * (row[6] - 1.0))
         return out
 
     def exposed_costs(self, call: int) -> np.ndarray:
@@ -331,14 +338,11 @@ class Replay:
         self._push(now + self._comp_rem[r] / rate, _COMPUTE, r, self._comp_ver[r])
 
     def _start_call(self, call: int, action: int) -> None:
-        k = self._key[call]
+        row = self._rows[self._key[call]][action]
         noise = self.noise[call]
-        t = self._time[k, action]
-        lat = self._lat[k, action]
         # (time[cong][overlap] x noise as nested tuples, latency[cong] x noise, slowdown)
-        self._call_cost[call] = ((float(t[0, 0]) * noise, float(t[0, 1]) * noise),
-                                 (float(t[1, 0]) * noise, float(t[1, 1]) * noise),
-                                 (float(lat[0]) * noise, float(lat[1]) * noise), None, float(self._slow[k, action]))
+        self._call_cost[call] = ((row[0] * noise, row[1] * noise), (row[2] * noise, row[3] * noise),
+                                 (row[4] * noise, row[5] * noise), None, row[6])
         self.call_action[call] = action
         self.call_start_us[call] = self.now
         for g in self.program.call_ops[call]:

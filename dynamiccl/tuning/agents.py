@@ -1,0 +1,439 @@
+"""Agents: everything that chooses actions in :class:`~dynamiccl.tuning.env.TuningEnv`, behind one interface.
+
+An agent sees the unwrapped environment at every decision, so baselines may look further than a
+policy does (the per-call oracle reads the simulator's state); what each one is allowed to use is
+said in its docstring. :func:`dynamiccl.tuning.evaluate.evaluate` drives them all the same way::
+
+    agent.begin_episode(env)                       # after env.reset(...)
+    while the episode runs:
+        action = agent.act(env, obs, env.action_masks())
+        call = env.pending; env.step(action)
+        if agent.needs_measurements:               # online learners only
+            agent.observe(env, call, applied_action, env.replay.call_time_at_start_us[call])
+
+Agents:
+
+- ``NcclDefaultAgent`` ("nccl-default"): action 0 everywhere (NCCL's own choice).
+- ``RandomAgent`` ("random"): uniform over the valid actions.
+- ``OracleAgent`` ("oracle"): per call, the action that adds the least to the step in the
+  simulator's state now -- the per-call upper reference (greedy: it does not plan ahead).
+- ``StaticBestAgent`` ("static-best"): one action per (coll, floor(log2 nbytes), nranks, nnodes),
+  fitted offline on chosen episodes; what a hand-tuned static table could reach.
+- ``OnlineAgent``: an :class:`~dynamiccl.tuning.online.OnlineLearner` (UCB bandit, coordinate
+  descent) that learns from measured call durations while the job runs.
+- ``PolicyAgent``: a trained policy (anything with ``decide(obs_batch, masks)``).
+- ``TableAgent``: a :class:`~dynamiccl.decision_table.DecisionTable` applied as the tuner plugin
+  applies it.
+
+Per-call answers that cannot change within a case are cached per (loaded case, call key), so an
+evaluation of a 17,000-call step costs a dict lookup per call for the table-like agents.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from typing import Any, Protocol as TypingProtocol
+
+import numpy as np
+
+from dynamiccl.decision_table import DecisionTable
+from dynamiccl.errors import InputError
+from dynamiccl.nccl import KEEP, Func
+from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels
+from dynamiccl.tuning.observation import OBS_SIZE
+from dynamiccl.tuning.online import OnlineLearner
+
+STATIC_BEST_FORMAT = "dynamiccl-static-best"
+STATIC_BEST_VERSION = 1
+
+
+class Agent:
+    """The interface of everything that acts in ``TuningEnv`` (see the module docstring).
+
+    ``env`` is always the unwrapped ``TuningEnv``; ``obs`` is the pending call's observation
+    (float32[OBS_SIZE]) and ``mask`` its valid actions (bool[NUM_ACTIONS], ``mask[0]`` True).
+    """
+
+    name: str = "agent"
+    needs_measurements: bool = False  # online learners: evaluate() feeds them measured durations
+
+    @property
+    def measurements(self) -> int:
+        """How many call durations this agent has been given so far (0 for offline agents)."""
+        return 0
+
+    def begin_episode(self, env) -> None:
+        """Called once per episode, after ``env.reset`` and before the first ``act``."""
+
+    def act(self, env, obs: np.ndarray, mask: np.ndarray) -> int:
+        """The action for the pending call ``env.pending``."""
+        raise NotImplementedError
+
+    def observe(self, env, call: int, action: int, time_us: float) -> None:
+        """The measured duration (µs) of ``call``, which just started with ``action``."""
+
+
+class _CaseCache:
+    """Per loaded case, a dict of answers that cannot change within that case.
+
+    Keyed by ``id(loaded)``; the loaded case is kept alive here so that its id is never reused.
+    """
+
+    def __init__(self) -> None:
+        self._cases: dict[int, tuple[Any, dict]] = {}
+
+    def __call__(self, loaded) -> dict:
+        entry = self._cases.get(id(loaded))
+        if entry is None or entry[0] is not loaded:
+            entry = self._cases[id(loaded)] = (loaded, {})
+        return entry[1]
+
+    def __contains__(self, loaded) -> bool:
+        entry = self._cases.get(id(loaded))
+        return entry is not None and entry[0] is loaded
+
+
+def _call_key(env) -> tuple[int, int]:
+    """(cost-table key, position) of the pending call: everything the plugin sees about it."""
+    call = env.pending
+    return env.loaded.costs.call_key[call], env.loaded.program.call_position[call]
+
+
+# --- simple baselines ------------------------------------------------------------------------------
+
+
+class NcclDefaultAgent(Agent):
+    """NCCL's own choice for every call (action 0): the reference every speedup is measured against."""
+
+    name = "nccl-default"
+
+    def act(self, env, obs, mask) -> int:
+        return DEFAULT_ACTION
+
+
+class RandomAgent(Agent):
+    """Uniform over the valid actions of each call, from a seeded numpy ``Generator``.
+
+    Its draws continue across episodes, so a run is reproducible for a given seed and episode order.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+
+    def act(self, env, obs, mask) -> int:
+        return int(self.rng.choice(np.flatnonzero(mask)))
+
+
+class OracleAgent(Agent):
+    """Per call, the action that adds the least to the step (µs) in the simulator's state now.
+
+    It reads ``env.oracle_costs()``, i.e. the congestion, overlap and link sharing at the moment the
+    call starts and the call's run-to-run noise: information no deployed tuner has. It is greedy on
+    that per-call cost (it does not anticipate what a choice does to later calls or to the critical
+    path), so it is the per-call upper reference, not a bound on the step time: a static table can
+    beat it (``gap_to_oracle`` < 0, ``gain_share`` > 1). Ties go to the lowest action, so NCCL's
+    default wins when nothing is better.
+    """
+
+    name = "oracle"
+
+    def act(self, env, obs, mask) -> int:
+        with np.errstate(invalid="ignore"):  # masked actions are inf - inf inside the replay
+            costs = env.oracle_costs()
+        return int(np.argmin(costs))
+
+
+# --- static best table -----------------------------------------------------------------------------
+
+
+class _class_or_instance_method:
+    """A method that receives both the class and the instance (None when called on the class)."""
+
+    def __init__(self, func) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __get__(self, obj, cls):
+        return functools.partial(self.func, cls, obj)
+
+
+def size_bucket(nbytes: int) -> int:
+    """floor(log2 nbytes), 0 for nbytes < 1 (exact for integers)."""
+    nbytes = int(nbytes)
+    return nbytes.bit_length() - 1 if nbytes >= 1 else 0
+
+
+class StaticBestAgent(Agent):
+    """One fixed action per (coll, size bucket = floor(log2 nbytes), nranks, nnodes), fitted offline.
+
+    ``fit`` replays the given episodes with NCCL's default and, at every decision, adds the oracle
+    cost of every action (µs, in the simulator's state at that call) to the call's bucket. An
+    action that is invalid at any call of a bucket is never a candidate for it. Each bucket gets the
+    action with the lowest total (ties: the lowest action): the static table with this key that
+    minimises the summed per-call cost along NCCL's default trajectory in the fitted conditions
+    (a proxy for the step time, not the step time itself).
+
+    At run time an unseen bucket gets action 0, and so does a call where the bucket's action is
+    masked (counted in ``fallbacks``).
+    """
+
+    name = "static-best"
+
+    def __init__(self, table: dict[tuple[int, int, int, int], int] | None = None, name: str = "static-best",
+                 provenance: dict | None = None) -> None:
+        self.table = {tuple(int(v) for v in key): int(action) for key, action in (table or {}).items()}
+        self.name = name
+        self.provenance = dict(provenance or {})
+        self.fallbacks = 0
+        self._cache = _CaseCache()
+
+    @staticmethod
+    def bucket_key(env) -> tuple[int, int, int, int]:
+        """(coll, floor(log2 nbytes), nranks, nnodes) of the pending call."""
+        func, nbytes, nranks, nnodes, _ = env.pending_key()
+        return int(func), size_bucket(nbytes), int(nranks), int(nnodes)
+
+    @_class_or_instance_method
+    def fit(cls, self, env, episodes: list[tuple[int, int]]) -> "StaticBestAgent":
+        """Fit the table on ``episodes`` ((case index, dynamics state) pairs) of ``env``.
+
+        ``StaticBestAgent.fit(env, episodes)`` returns a new agent; ``agent.fit(env, episodes)``
+        replaces that agent's table (keeping its name) and returns it. ``env`` is reset for each
+        episode (its current episode is lost).
+
+        Raises:
+            ValueError: if ``episodes`` is empty.
+            InputError: a case index outside ``env.cases`` (from ``env.reset``).
+        """
+        if not episodes:
+            raise ValueError("StaticBestAgent.fit needs at least one (case, state) episode")
+        base = env.unwrapped
+        totals: dict[tuple[int, int, int, int], np.ndarray] = {}
+        calls: dict[tuple[int, int, int, int], int] = {}
+        for case, state in episodes:
+            base.reset(options={"case": int(case), "state": int(state)})
+            while base.pending is not None:
+                key = cls.bucket_key(base)
+                with np.errstate(invalid="ignore"):
+                    costs = base.oracle_costs()
+                # inf (invalid here) stays inf in the sum: the action is never a candidate.
+                totals[key] = totals.get(key, 0.0) + costs
+                calls[key] = calls.get(key, 0) + 1
+                base.step(DEFAULT_ACTION)
+        self = self if self is not None else cls()
+        self.table = {key: int(np.argmin(total)) for key, total in totals.items()}
+        self.provenance = {"method": "dynamiccl.tuning.agents.StaticBestAgent.fit",
+                           "episodes": [[base.cases[int(c)].label, int(s)] for c, s in episodes],
+                           "cost_model": base.model, "calls": int(sum(calls.values()))}
+        self.fallbacks = 0
+        self._cache = _CaseCache()
+        return self
+
+    def act(self, env, obs, mask) -> int:
+        cache = self._cache(env.loaded)
+        key = _call_key(env)
+        if key not in cache:
+            action = self.table.get(self.bucket_key(env), DEFAULT_ACTION)
+            cache[key] = (action, False) if mask[action] else (DEFAULT_ACTION, True)
+        action, fell_back = cache[key]
+        self.fallbacks += fell_back
+        return action
+
+    def to_json(self) -> str:
+        """The table as plain JSON: ``{"format", "version", "name", "provenance", "rules": [...]}``
+        with one ``{"coll", "size_bucket", "nranks", "nnodes", "action", "choice"}`` per bucket."""
+        rules = [{"coll": k[0], "size_bucket": k[1], "nranks": k[2], "nnodes": k[3], "action": a,
+                  "choice": describe_action(a)} for k, a in sorted(self.table.items())]
+        return json.dumps({"format": STATIC_BEST_FORMAT, "version": STATIC_BEST_VERSION, "name": self.name,
+                           "provenance": self.provenance, "rules": rules}, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<json>") -> "StaticBestAgent":
+        """Parse what ``to_json`` wrote.
+
+        Raises:
+            InputError: naming ``source`` and the field, for invalid JSON, a wrong format or
+                version, or a rule with a missing key or an action outside 0..NUM_ACTIONS-1.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(source, f"line {err.lineno} column {err.colno}", f"not valid JSON: {err.msg}") from None
+        if not isinstance(data, dict) or data.get("format") != STATIC_BEST_FORMAT:
+            raise InputError(source, "format", f"expected a JSON object with format {STATIC_BEST_FORMAT!r}")
+        if data.get("version") != STATIC_BEST_VERSION:
+            raise InputError(source, "version", f"expected {STATIC_BEST_VERSION}, got {data.get('version')!r}")
+        rules = data.get("rules")
+        if not isinstance(rules, list):
+            raise InputError(source, "rules", "expected a list of rule objects")
+        table = {}
+        for i, rule in enumerate(rules):
+            try:
+                key = tuple(int(rule[k]) for k in ("coll", "size_bucket", "nranks", "nnodes"))
+                action = int(rule["action"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise InputError(source, f"rules[{i}]", f"expected integer coll, size_bucket, nranks, nnodes "
+                                 f"and action ({err!r})") from None
+            if not 0 <= action < NUM_ACTIONS:
+                raise InputError(source, f"rules[{i}].action",
+                                 f"{action} is out of range; expected 0 .. {NUM_ACTIONS - 1}")
+            table[key] = action
+        return cls(table, name=str(data.get("name", "static-best")), provenance=data.get("provenance") or {})
+
+
+# --- online learners -------------------------------------------------------------------------------
+
+
+class OnlineAgent(Agent):
+    """An online learner acting on measured call durations (``needs_measurements``).
+
+    The learner sees what the plugin sees: key ``(coll, nbytes, nranks, nnodes)`` and the mask;
+    ``observe`` hands it the duration of the call under the conditions at its start (µs, noise
+    included), what NCCL's profiler plugin reports. ``fresh()`` returns a new agent with a copy of
+    the learner as it was when this agent was made, so an evaluation can start from scratch per
+    case.
+    """
+
+    needs_measurements = True
+
+    def __init__(self, learner: OnlineLearner, name: str | None = None) -> None:
+        self.learner = learner
+        self.name = name or learner.name
+        self._pristine = copy.deepcopy(learner)
+
+    @property
+    def measurements(self) -> int:
+        return int(self.learner.measurements)
+
+    def fresh(self) -> "OnlineAgent":
+        """A new agent whose learner is a copy of this one's at construction (nothing learnt)."""
+        return OnlineAgent(copy.deepcopy(self._pristine), name=self.name)
+
+    def act(self, env, obs, mask) -> int:
+        func, nbytes, nranks, nnodes, _ = env.pending_key()
+        return int(self.learner.act((func, nbytes, nranks, nnodes), mask))
+
+    def observe(self, env, call, action, time_us) -> None:
+        p = env.loaded.program
+        key = (p.call_func[call], p.call_nbytes[call], p.call_nranks[call], p.call_nnodes[call])
+        self.learner.observe(key, int(action), float(time_us))
+
+
+# --- trained policies --------------------------------------------------------------------------------
+
+
+class DecidingPolicy(TypingProtocol):
+    def decide(self, obs_batch: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
+
+
+class PolicyAgent(Agent):
+    """A deterministic policy over the plugin's observation.
+
+    ``policy.decide(obs_batch float32[n, OBS_SIZE], masks bool[n, NUM_ACTIONS]) -> int[n]`` (the
+    masked argmax of a trained network). As the answer depends only on (observation, mask), it is
+    cached on their bytes; ``begin_episode`` decides every distinct call of a new case in one batch.
+
+    Raises (from ``act`` / ``begin_episode``):
+        ValueError: the policy returned something other than one integer action in range per row.
+    """
+
+    def __init__(self, policy: DecidingPolicy, name: str = "policy") -> None:
+        self.policy = policy
+        self.name = name
+        self._cache: dict[bytes, int] = {}
+        self._seen = _CaseCache()
+
+    @staticmethod
+    def _key(obs: np.ndarray, mask: np.ndarray) -> bytes:
+        return np.asarray(obs, dtype=np.float32).tobytes() + np.packbits(np.asarray(mask, dtype=bool)).tobytes()
+
+    def _decide(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        actions = np.asarray(self.policy.decide(obs, masks))
+        if actions.shape != (len(obs),) or actions.dtype.kind not in "iu":
+            raise ValueError(f"{self.name}: decide must return int[{len(obs)}], "
+                             f"got {actions.dtype}{list(actions.shape)}")
+        if len(actions) and (actions.min() < 0 or actions.max() >= NUM_ACTIONS):
+            raise ValueError(f"{self.name}: decide returned an action outside 0 .. {NUM_ACTIONS - 1}")
+        return actions.astype(np.int64)
+
+    def begin_episode(self, env) -> None:
+        loaded = env.loaded
+        if loaded in self._seen:
+            return
+        self._seen(loaded)
+        costs, calls = loaded.costs, loaded.program.tunable_calls
+        obs = loaded.obs[calls].astype(np.float32)
+        masks = costs.mask[np.asarray(costs.call_key, dtype=np.int64)[calls]]
+        todo: dict[bytes, int] = {}
+        for row in range(len(calls)):
+            key = self._key(obs[row], masks[row])
+            if key not in self._cache and key not in todo:
+                todo[key] = row
+        if todo:
+            rows = np.fromiter(todo.values(), dtype=np.int64, count=len(todo))
+            for key, action in zip(todo, self._decide(obs[rows], masks[rows])):
+                self._cache[key] = int(action)
+
+    def act(self, env, obs, mask) -> int:
+        key = self._key(obs, mask)
+        if key not in self._cache:
+            obs_batch = np.asarray(obs, dtype=np.float32).reshape(1, OBS_SIZE)
+            self._cache[key] = int(self._decide(obs_batch, np.asarray(mask, dtype=bool).reshape(1, -1))[0])
+        return self._cache[key]
+
+
+# --- decision tables ----------------------------------------------------------------------------------
+
+
+class TableAgent(Agent):
+    """A decision table applied exactly as the tuner plugin applies it.
+
+    Per call: ``table.choose(NCCL's 7x3 cost table, coll, nbytes, nranks, nnodes, position,
+    num_pipe_ops, reg_buff=0)``. No rule applies -> action 0. A rule that keeps NCCL's algorithm,
+    protocol and channels -> action 0 too (the plugin then leaves NCCL's own arg-min cell and
+    channel count in place, which is what action 0 runs; ``decisions_of_table`` maps it the same
+    way). Otherwise the chosen (algorithm, protocol) with the rule's channels rounded down to the
+    catalogue (``nearest_channels``; 0 = NCCL's). An action the call's mask forbids (e.g. more
+    channels than the communicator's pool) -> action 0, counted in ``fallbacks`` (per call).
+    """
+
+    def __init__(self, table: DecisionTable, name: str = "table") -> None:
+        self.table = table
+        self.name = name
+        self.fallbacks = 0
+        self._cache = _CaseCache()
+
+    def _action(self, env, mask: np.ndarray) -> tuple[int, bool]:
+        costs = env.loaded.costs
+        k = costs.call_key[env.pending]
+        func, nbytes, nranks, nnodes, pipe_ops = costs.keys[k]
+        position = env.loaded.program.call_position[env.pending]
+        choice = self.table.choose(costs.nccl_cost[k].reshape(7, 3), Func(func), nbytes, nranks, nnodes,
+                                   position, pipe_ops, 0)
+        if choice.rule_index is None:
+            return DEFAULT_ACTION, False
+        rule = self.table.rules[choice.rule_index]
+        if rule.algorithm is None and rule.protocol is None and rule.channels == KEEP:
+            return DEFAULT_ACTION, False
+        action = action_index(int(choice.algorithm), int(choice.protocol), nearest_channels(choice.channels))
+        return (action, False) if mask[action] else (DEFAULT_ACTION, True)
+
+    def act(self, env, obs, mask) -> int:
+        cache = self._cache(env.loaded)
+        key = _call_key(env)
+        if key not in cache:
+            cache[key] = self._action(env, mask)
+        action, fell_back = cache[key]
+        self.fallbacks += fell_back
+        return action
+
+
+__all__ = [
+    "Agent", "NcclDefaultAgent", "OnlineAgent", "OracleAgent", "PolicyAgent", "RandomAgent",
+    "StaticBestAgent", "TableAgent", "size_bucket",
+]

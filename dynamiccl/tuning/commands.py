@@ -1,0 +1,253 @@
+"""The tuning commands: ``dynamiccl train``, ``evaluate``, ``export --policy`` and ``replay``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+
+from dynamiccl.errors import InputError
+
+AGENT_NAMES = ("nccl-default", "random", "oracle", "static-best", "ucb-bandit", "coordinate-descent", "policy")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a MaskablePPO policy from an experiment config (TOML)",
+                       description="Train a policy on the config's training cases. Writes policy.zip, checkpoints, "
+                                   "TensorBoard logs and the training curve to the output directory.")
+    p.add_argument("--config", required=True, help="experiment config, e.g. experiments/default.toml")
+    p.add_argument("--output-dir", help="default: experiments/<name>/run next to the config")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output directory")
+    p.add_argument("--timesteps", type=int, help="override [train] total_timesteps")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="compare a policy with NCCL's default, the oracle and the baselines",
+                       description="Replay held-out steps with every agent and write per-step and per-collective "
+                                   "results (RESULTS.parquet and RESULTS.calls.parquet).")
+    p.add_argument("--policy", help="policy.zip from `dynamiccl train`, or a decision table (.json/.csv)")
+    p.add_argument("--config", help="experiment config: evaluate its held-out split; static-best is fitted "
+                                    "on its training split")
+    p.add_argument("--traces", nargs="+", help="trace files (instead of --config)")
+    p.add_argument("--envs", nargs="+", help="environment specs, crossed with --traces")
+    p.add_argument("--agents", default=",".join(AGENT_NAMES),
+                   help=f"comma-separated agents (default all: {','.join(AGENT_NAMES)})")
+    p.add_argument("--states", type=int, default=4, help="dynamics states per case (with --traces)")
+    p.add_argument("--state-offset", type=int, default=1000, help="first dynamics state (with --traces)")
+    p.add_argument("--online-steps", type=int, default=20, help="training steps the online learners get per case")
+    p.add_argument("--model", default="world", choices=("world", "nccl", "live"), help="cost model")
+    p.add_argument("-o", "--output", required=True, help="results file (.parquet)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("replay", help="replay a trace step on an environment spec with NCCL's choices",
+                       description="Replay one step of a trace with NCCL's default choices on a cluster; print the "
+                                   "step time and where it goes. --random-steps measures environment throughput.")
+    p.add_argument("trace")
+    p.add_argument("--env", required=True, help="environment spec name or path")
+    p.add_argument("--state", type=int, default=0, help="dynamics state (seed of congestion and noise)")
+    p.add_argument("--model", default="world", choices=("world", "nccl"))
+    p.add_argument("--random-steps", type=int, default=0,
+                   help="also take this many environment steps with random valid actions and report steps/s")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_train(args) -> int:
+    from dynamiccl.tuning.train import load_config, train
+
+    config = load_config(args.config)
+    output = Path(args.output_dir) if args.output_dir else config.default_output_dir() / "run"
+    result = train(config, output, resume=args.resume, max_timesteps=args.timesteps)
+    print(f"trained {result.timesteps:,} steps in {result.wall_s:.0f} s; policy: {output / 'policy.zip'}")
+    print(f"TensorBoard: tensorboard --logdir {output / 'tensorboard'}")
+    return 0
+
+
+def _agents(names: list[str], policy: str | None, fit_env, fit_episodes, seed: int = 0):
+    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl.tuning import agents as ag
+    from dynamiccl.tuning.online import CoordinateDescent, UCBBandit
+
+    out = []
+    for name in names:
+        if name == "nccl-default":
+            out.append(ag.NcclDefaultAgent())
+        elif name == "random":
+            out.append(ag.RandomAgent(seed))
+        elif name == "oracle":
+            out.append(ag.OracleAgent())
+        elif name == "static-best":
+            agent = ag.StaticBestAgent()
+            agent.fit(fit_env, fit_episodes)
+            out.append(agent)
+        elif name == "ucb-bandit":
+            out.append(ag.OnlineAgent(UCBBandit()))
+        elif name == "coordinate-descent":
+            out.append(ag.OnlineAgent(CoordinateDescent()))
+        elif name == "policy":
+            if not policy:
+                continue
+            if Path(policy).suffix in (".json", ".csv", ".conf"):
+                out.append(ag.TableAgent(DecisionTable.load(policy), name="table"))
+            else:
+                from dynamiccl.tuning.policy_file import load_policy
+
+                out.append(ag.PolicyAgent(load_policy(policy), name="policy"))
+        else:
+            raise InputError("--agents", None, f"unknown agent {name!r}; expected some of {', '.join(AGENT_NAMES)}")
+    return out
+
+
+def cmd_evaluate(args) -> int:
+    from dynamiccl.tuning.cases import Case
+    from dynamiccl.tuning.env import TuningEnv
+    from dynamiccl.tuning.evaluate import evaluate
+
+    names = [n.strip() for n in args.agents.split(",") if n.strip()]
+    if "policy" in names and not args.policy:
+        names.remove("policy")
+    if args.config:
+        from dynamiccl.tuning.train import load_config
+
+        config = load_config(args.config)
+        where = config.default_output_dir() / "run"
+        cases = config.heldout_cases(where)
+        if not cases:
+            raise InputError(args.config, "heldout.cases", "the config has no held-out cases to evaluate")
+        states = list(range(config.heldout.state_offset, config.heldout.state_offset + config.heldout.states))
+        fit_cases, fit_states = config.train_cases(where), list(range(config.train.states))
+        model = config.model
+    else:
+        if not args.traces or not args.envs:
+            raise InputError("evaluate", None, "give --config, or --traces and --envs")
+        cases = [Case(t, e) for t in args.traces for e in args.envs]
+        states = list(range(args.state_offset, args.state_offset + args.states))
+        fit_cases, fit_states = cases, list(range(args.states))  # in-sample cases, other dynamics states
+        model = args.model
+    env = TuningEnv(cases, model=model)
+    fit_env = TuningEnv(fit_cases, model=model) if "static-best" in names else None
+    fit_episodes = [(c, s) for c in range(len(fit_cases)) for s in fit_states]
+    agents = _agents(names, args.policy, fit_env, fit_episodes)
+    started = time.perf_counter()
+    results = evaluate(agents, env, states, online_steps=args.online_steps)
+    results.write(args.output, command="dynamiccl " + shlex.join(args.argv))
+    summary = results.summary()
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print(f"wrote {args.output} and its .calls.parquet in {time.perf_counter() - started:.0f} s "
+          f"(cost model: {env.loaded.costs.description})")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    import numpy as np
+
+    from dynamiccl.tuning.cases import Case, load_case, new_replay
+    from dynamiccl.tuning.env import TuningEnv
+
+    started = time.perf_counter()
+    loaded = load_case(Case(args.trace, args.env), args.model)
+    compiled_s = time.perf_counter() - started
+    started = time.perf_counter()
+    replay = new_replay(loaded, args.state)
+    step_us = replay.run()
+    replay_s = time.perf_counter() - started
+    program = loaded.program
+    compute_us = max(sum(program.op_base_us[g] for g in chain) for chain in program.compute_chain)
+    out = {"trace": args.trace, "env": args.env, "state": args.state, "cost_model": loaded.costs.description,
+           "nccl_version": loaded.env.nccl_version, "ops": program.num_ops, "calls": program.num_calls,
+           "decisions": len(program.tunable_calls), "step_time_us": step_us,
+           "busiest_rank_compute_us": compute_us, "compile_and_cost_s": compiled_s, "replay_s": replay_s,
+           "replays_per_s": 1.0 / replay_s if replay_s > 0 else float("inf")}
+    if args.random_steps > 0:
+        env = TuningEnv([Case(args.trace, args.env)], model=args.model)
+        rng = np.random.default_rng(0)
+        env.reset(seed=0)
+        steps, started = 0, time.perf_counter()
+        while steps < args.random_steps:
+            valid = np.flatnonzero(env.action_masks())
+            _, _, terminated, _, _ = env.step(int(valid[rng.integers(len(valid))]))
+            steps += 1
+            if terminated:
+                env.reset()
+        out["env_steps_per_s"] = steps / (time.perf_counter() - started)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{args.trace} on {args.env} (state {args.state}); {out['cost_model']}")
+    print(f"  {out['ops']:,} ops, {out['calls']:,} calls of which {out['decisions']:,} tunable")
+    print(f"  step time {step_us / 1e3:,.1f} ms with NCCL's choices; busiest rank's compute alone "
+          f"{compute_us / 1e3:,.1f} ms")
+    print(f"  compiled and costed in {compiled_s:.2f} s, replayed in {replay_s:.2f} s")
+    if "env_steps_per_s" in out:
+        print(f"  environment: {out['env_steps_per_s']:,.0f} steps/s with random valid actions")
+    return 0
+
+
+def add_policy_export(parser) -> None:
+    """Options of ``dynamiccl export --policy`` (the trace formats share the command)."""
+    parser.add_argument("--policy", help="policy.zip to export as a decision table (-o table.json)")
+    parser.add_argument("--cases-config", help="experiment config whose train and held-out cases give the calls "
+                                               "the table must reproduce (default: the policy's training config)")
+    parser.add_argument("--env", help="environment spec the table is for (masks depend on the cluster); "
+                                      "default: every env of the config")
+    parser.add_argument("--nccl-csv", help="also write NVIDIA's example-plugin CSV (lossy: no position rules)")
+
+
+def export_policy(args) -> int:
+    """``dynamiccl export --policy P -o table.json [--nccl-csv table.csv]``."""
+    import numpy as np
+    import pandas as pd
+
+    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl.tuning.cases import load_case
+    from dynamiccl.tuning.export import QUERY_COLUMNS, csv_compatible, table_from_policy
+    from dynamiccl.tuning.observation import encode
+    from dynamiccl.tuning.policy_file import load_policy
+    from dynamiccl.tuning.train import load_config
+
+    policy = load_policy(args.policy)
+    config_path = args.cases_config or policy.provenance.get("config_path")
+    if not config_path:
+        raise InputError("--cases-config", None, "the policy does not name its training config; give one")
+    config = load_config(config_path)
+    where = config.default_output_dir() / "run"
+    cases = [c for c in config.train_cases(where) + config.heldout_cases(where) if not args.env or c.env == args.env]
+    if not cases:
+        raise InputError("--env", None, f"no case of {config_path} runs on {args.env!r}")
+    envs = sorted({c.env for c in cases})
+    if len(envs) > 1 and not args.env:
+        print(f"note: cases span {len(envs)} environment specs; the table is built over all of them "
+              "(masks are taken per call, so build one table per cluster with --env for deployment)")
+    rows, masks = [], []
+    for case in cases:
+        loaded = load_case(case, config.model)
+        p = loaded.program
+        for c in p.tunable_calls:
+            rows.append((p.call_func[c], p.call_nbytes[c], p.call_nranks[c], p.call_nnodes[c], p.call_position[c],
+                         p.call_pipe_ops[c], 0))
+            masks.append(loaded.costs.mask[loaded.costs.call_key[c]])
+    calls = pd.DataFrame(rows, columns=list(QUERY_COLUMNS))
+    mask_of = {}
+    for row, mask in zip(rows, masks):
+        key = (row[0], row[2], row[3], row[5])
+        mask_of[key] = mask_of.get(key, mask) & mask
+
+    def decide(frame: pd.DataFrame) -> np.ndarray:
+        obs = encode(frame["coll"], frame["nbytes"], frame["nranks"], frame["nnodes"], frame["num_pipe_ops"],
+                     frame["reg_buff"], frame["position"])
+        m = np.stack([mask_of[(a, b, c, d)] for a, b, c, d in
+                      zip(frame["coll"], frame["nranks"], frame["nnodes"], frame["num_pipe_ops"])])
+        return policy.decide(obs, m)
+
+    provenance = {"policy": str(args.policy), "config": str(config_path), "envs": envs,
+                  "cases": [c.label for c in cases], "policy_provenance": policy.provenance}
+    table = table_from_policy(decide, calls, provenance=provenance)
+    table.save(args.output)
+    print(f"wrote {args.output}: {len(table.rules)} rules reproducing the policy on {len(calls):,} calls "
+          f"of {len(cases)} case(s)")
+    if args.nccl_csv:
+        csv_table = csv_compatible(table)
+        csv_table.save(args.nccl_csv)
+        print(f"wrote {args.nccl_csv}: {len(csv_table.rules)} rules for NVIDIA's example plugin (lossy: no "
+              "position or explicit-default rules)")
+    return 0

@@ -1,0 +1,404 @@
+"""Evaluate agents on the cases of a ``TuningEnv``: step times against NCCL's default and the oracle.
+
+``evaluate(agents, env, states)`` runs, for every case of ``env`` and every dynamics state in
+``states``, one episode (one training step) per offline agent, plus the per-call oracle
+(:class:`~dynamiccl.tuning.agents.OracleAgent`, always run: it gives ``gap_to_oracle`` and
+``gain_share``). Online agents (``needs_measurements``) run instead ``online_steps`` consecutive
+episodes per case, states cycling through ``states``, with a fresh learner per case that keeps
+learning across those steps; after every decision it is given the call's duration under the
+conditions at its start, noise included (what NCCL's profiler plugin would report).
+
+``Results`` holds two tables:
+
+- ``steps``: one row per (agent, case, state[, iteration]) with the step times (µs) and ratios;
+- ``calls``: one row per decided call of the recorded episodes (every offline episode and the last
+  iteration of each online run), with the action, what NCCL really runs, and start/end times.
+
+``Results.write(path)`` stores them as two Parquet files (``x.parquet`` and ``x.calls.parquet``)
+with JSON metadata under the key ``dynamiccl.results``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from dynamiccl import __version__, atomic
+from dynamiccl.errors import InputError
+from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
+from dynamiccl.tuning.actions import ACTION_ALGO, ACTION_PROTO, describe_action
+from dynamiccl.tuning.agents import Agent, OracleAgent
+
+METADATA_KEY = b"dynamiccl.results"
+SLOWER_TOLERANCE = 0.01     # "slower than NCCL's default" means a step more than 1% longer
+CONVERGED_SHARE = 0.95      # sample efficiency: reaching 95% of the final gain
+FINAL_ITERATIONS = 3        # the final speedup of an online run: mean of its last 3 iterations
+_GAIN_EPS = 1e-9            # below this oracle gain, gain_share is undefined (NaN)
+
+STEP_COLUMNS = ("agent", "case", "trace", "env_spec", "state", "iteration", "step_time_us",
+                "default_step_time_us", "oracle_step_time_us", "speedup", "oracle_speedup",
+                "gap_to_oracle", "gain_share", "measurements", "decisions", "invalid_actions",
+                "cost_model", "nccl_version")
+CALL_COLUMNS = ("agent", "case", "state", "iteration", "call", "label", "group_kind", "coll", "nbytes",
+                "nranks", "nnodes", "position", "action", "choice", "algo", "proto", "channels",
+                "start_us", "end_us", "duration_us", "nccl_default_algo", "nccl_default_proto",
+                "nccl_default_channels")
+
+_ALGO_NAMES = np.array(["nccl"] + [a.name_lower for a in Algorithm], dtype=object)    # index: algo + 1
+_PROTO_NAMES = np.array(["nccl"] + [p.name_lower for p in Protocol], dtype=object)
+
+
+# --- one episode ----------------------------------------------------------------------------------
+
+
+def run_episode(env, agent: Agent, case: int, state: int, record_calls: bool = False) -> dict:
+    """Run one episode (one training step of ``case`` under dynamics ``state``) with ``agent``.
+
+    An agent that ``needs_measurements`` gets ``observe(env, call, action, duration_us)`` right
+    after each decision, with the action that really ran (NCCL's default if the chosen one was
+    invalid) and the call's duration under the conditions at its start.
+
+    Returns:
+        ``{"step": {...}, "calls": {column: array} or None}``: the step row (agent, case, trace,
+        env_spec, state, step_time_us, default_step_time_us, speedup, measurements, decisions,
+        invalid_actions, cost_model, nccl_version) and, with ``record_calls``, one entry per decided
+        call (see ``CALL_COLUMNS``; ``iteration`` is left for the caller).
+
+    Raises:
+        InputError: a case index outside ``env.cases`` (from ``env.reset``).
+    """
+    base = env.unwrapped
+    obs, _ = base.reset(options={"case": int(case), "state": int(state)})
+    agent.begin_episode(base)
+    decided: list[int] = []
+    invalid = 0
+    info: dict = {}
+    while base.pending is not None:
+        call = base.pending
+        action = int(agent.act(base, obs, base.action_masks()))
+        obs, _, terminated, truncated, info = base.step(action)
+        invalid += bool(info.get("invalid_action", False))
+        decided.append(call)
+        if agent.needs_measurements:
+            agent.observe(base, call, base.replay.call_action[call], base.replay.call_time_at_start_us[call])
+        if terminated or truncated:
+            break
+    loaded = base.loaded
+    step = {
+        "agent": agent.name, "case": loaded.case.label, "trace": loaded.case.trace, "env_spec": loaded.case.env,
+        "state": int(state), "step_time_us": float(info["step_time_us"]),
+        "default_step_time_us": float(info["default_step_time_us"]), "speedup": float(info["speedup"]),
+        "measurements": int(agent.measurements), "decisions": int(base.decisions), "invalid_actions": invalid,
+        "cost_model": loaded.costs.description, "nccl_version": loaded.env.nccl_version,
+    }
+    return {"step": step, "calls": _call_rows(base, agent.name, int(state), decided) if record_calls else None}
+
+
+def _call_rows(env, agent: str, state: int, calls: list[int]) -> dict[str, np.ndarray]:
+    """The ``calls`` columns (but ``iteration``) for the decided ``calls`` of the finished episode."""
+    loaded, replay = env.loaded, env.replay
+    program, costs = loaded.program, loaded.costs
+    c = np.asarray(calls, dtype=np.int64)
+    key = np.asarray(costs.call_key, dtype=np.int64)[c]
+    action = np.asarray(replay.call_action, dtype=np.int64)[c]
+    start = np.asarray(replay.call_start_us, dtype=np.float64)[c]
+    end = np.asarray(replay.call_end_us, dtype=np.float64)[c]
+    func = np.asarray(program.call_func, dtype=np.int64)[c]
+    n = len(c)
+    pick = lambda values: np.asarray(values, dtype=object)[c] if n else np.zeros(0, dtype=object)  # noqa: E731
+    return {
+        "agent": np.full(n, agent, dtype=object), "case": np.full(n, loaded.case.label, dtype=object),
+        "state": np.full(n, state, dtype=np.int64), "call": c,
+        "label": pick(program.call_label), "group_kind": pick(program.call_kind),
+        "coll": np.array([FUNC_OP[Func(f)] for f in func], dtype=object),
+        "nbytes": np.asarray(program.call_nbytes, dtype=np.int64)[c],
+        "nranks": np.asarray(program.call_nranks, dtype=np.int64)[c],
+        "nnodes": np.asarray(program.call_nnodes, dtype=np.int64)[c],
+        "position": np.asarray(program.call_position, dtype=np.int64)[c],
+        "action": action, "choice": np.array([describe_action(a) for a in action], dtype=object),
+        "algo": _ALGO_NAMES[ACTION_ALGO[action] + 1], "proto": _PROTO_NAMES[ACTION_PROTO[action] + 1],
+        "channels": costs.channels[key, action].astype(np.int64),
+        "start_us": start, "end_us": end, "duration_us": end - start,
+        "nccl_default_algo": _ALGO_NAMES[costs.algo[key, 0] + 1],
+        "nccl_default_proto": _PROTO_NAMES[costs.proto[key, 0] + 1],
+        "nccl_default_channels": costs.channels[key, 0].astype(np.int64),
+    }
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def calls_path(path: str | os.PathLike) -> Path:
+    """Where the per-call table of a results file goes: ``x.parquet`` -> ``x.calls.parquet``."""
+    path = Path(path)
+    stem = path.name[:-len(".parquet")] if path.name.endswith(".parquet") else path.name
+    return path.with_name(stem + ".calls.parquet")
+
+
+@dataclass
+class Results:
+    """The outcome of ``evaluate``: ``steps`` and ``calls`` DataFrames (see the module docstring)
+    and ``meta`` (JSON-serialisable: version, cost model, states, online_steps, agents, cases,
+    command)."""
+
+    steps: pd.DataFrame
+    calls: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    def write(self, path: str | os.PathLike, command: str | None = None) -> None:
+        """Write ``steps`` to ``path`` and ``calls`` to ``calls_path(path)``, each atomically
+        (zstd Parquet, metadata JSON under ``dynamiccl.results``). The calls file is written
+        first, so a reader that sees the new steps file also sees its calls.
+
+        Raises:
+            OSError: a file cannot be written (an existing file is then left untouched).
+            TypeError: ``meta`` is not JSON-serialisable.
+        """
+        meta = dict(self.meta)
+        meta.setdefault("dynamiccl_version", __version__)
+        if command is not None:
+            meta["command"] = command
+        for frame, dest, kind in ((self.calls, calls_path(path), "calls"), (self.steps, Path(path), "steps")):
+            text = json.dumps({**meta, "table": kind}, separators=(",", ":"), allow_nan=False)
+            table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata({METADATA_KEY: text})
+            atomic.write_with(dest, lambda tmp, table=table: pq.write_table(table, tmp, compression="zstd"))
+        self.meta = meta
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Results":
+        """Read what ``write`` wrote (``path`` and its ``.calls.parquet`` companion).
+
+        Raises:
+            InputError: a file is missing, not Parquet, lacks the ``dynamiccl.results`` metadata,
+                or lacks a column of ``STEP_COLUMNS`` / ``CALL_COLUMNS``.
+        """
+        frames, meta = [], {}
+        for dest, columns in ((Path(path), STEP_COLUMNS), (calls_path(path), CALL_COLUMNS)):
+            source = os.fspath(dest)
+            if not dest.is_file():
+                raise InputError(source, None, "no such results file (written by `Results.write`)")
+            try:
+                table = pq.read_table(source)
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(source, None, f"not a readable Parquet file ({exc})") from None
+            raw = (table.schema.metadata or {}).get(METADATA_KEY)
+            if raw is None:
+                raise InputError(source, f"metadata '{METADATA_KEY.decode()}'", "missing: not a dynamiccl results file")
+            try:
+                file_meta = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise InputError(source, f"metadata '{METADATA_KEY.decode()}'", f"not valid JSON ({exc})") from None
+            missing = [col for col in columns if col not in table.column_names]
+            if missing:
+                raise InputError(source, missing[0], f"missing column; expected {', '.join(columns)}")
+            frames.append(table.to_pandas())
+            if not meta:
+                meta = {k: v for k, v in file_meta.items() if k != "table"}
+        return cls(frames[0], frames[1], meta)
+
+    def summary(self, online: str = "all") -> pd.DataFrame:
+        """Per agent (in order of appearance): ``episodes``, ``geomean_speedup``, ``min_speedup``,
+        ``mean_gain_share`` (NaN rows skipped), ``mean_gap_to_oracle`` and ``slower_share``: the
+        share of cases whose geometric-mean speedup (over their episodes) is below 1/1.01, i.e.
+        whose step is more than 1% slower than NCCL's default.
+
+        Args:
+            online: which episodes of online agents count: ``"all"`` (every iteration, the cost
+                of learning included) or ``"last"`` (the last iteration per case).
+
+        Raises:
+            ValueError: for another ``online`` value.
+        """
+        if online not in ("all", "last"):
+            raise ValueError(f"online must be 'all' or 'last', got {online!r}")
+        steps = self.steps
+        if online == "last" and len(steps):
+            last = steps.groupby(["agent", "case"])["iteration"].transform("max")
+            steps = steps[steps["iteration"] == last]
+        rows = []
+        for agent, group in steps.groupby("agent", sort=False):
+            log_speedup = np.log(group["speedup"].to_numpy(dtype=np.float64))
+            per_case = group.assign(log_speedup=log_speedup).groupby("case", sort=False)["log_speedup"].mean()
+            rows.append({
+                "agent": agent, "episodes": len(group),
+                "geomean_speedup": float(np.exp(log_speedup.mean())),
+                "min_speedup": float(group["speedup"].min()),
+                "mean_gain_share": float(group["gain_share"].mean()),  # pandas skips NaN
+                "mean_gap_to_oracle": float(group["gap_to_oracle"].mean()),
+                "slower_share": float((per_case < -math.log1p(SLOWER_TOLERANCE)).mean()),
+            })
+        columns = ["agent", "episodes", "geomean_speedup", "min_speedup", "mean_gain_share",
+                   "mean_gap_to_oracle", "slower_share"]
+        return pd.DataFrame(rows, columns=columns)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def _finish_row(row: dict, iteration: int, oracle_time: float) -> dict:
+    """Add the oracle columns and the iteration to a step row of ``run_episode``."""
+    default = row["default_step_time_us"]
+    oracle_speedup = default / oracle_time
+    row.update(iteration=iteration, oracle_step_time_us=oracle_time, oracle_speedup=oracle_speedup,
+               gap_to_oracle=row["step_time_us"] / oracle_time - 1.0,
+               gain_share=(row["speedup"] - 1.0) / (oracle_speedup - 1.0)
+               if oracle_speedup - 1.0 >= _GAIN_EPS else math.nan)
+    return {col: row[col] for col in STEP_COLUMNS}
+
+
+def _calls_frame(parts: list[dict]) -> pd.DataFrame:
+    if not parts:
+        return pd.DataFrame({col: pd.Series(dtype=object if col in ("agent", "case", "label", "group_kind",
+                                                                    "coll", "choice", "algo", "proto",
+                                                                    "nccl_default_algo", "nccl_default_proto")
+                                            else np.float64 if col.endswith("_us") else np.int64)
+                             for col in CALL_COLUMNS})
+    columns = {col: np.concatenate([p[col] for p in parts]) for col in CALL_COLUMNS}
+    return pd.DataFrame(columns)
+
+
+def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int = 20,
+             progress: bool = True) -> Results:
+    """Evaluate ``agents`` on every case of ``env`` under every dynamics state of ``states``.
+
+    Offline agents and the oracle (added when ``agents`` has no ``OracleAgent``) run one episode
+    per (case, state). Online agents (``needs_measurements``) must have ``fresh()``, which gives a
+    learner that has learnt nothing: per case, a fresh one runs ``online_steps`` episodes, episode
+    ``i`` under ``states[i % len(states)]``; every one is a ``steps`` row with its ``iteration`` and
+    the cumulative ``measurements``. ``calls`` rows are recorded for offline episodes and the last
+    online iteration only. ``env`` is reset for every episode.
+
+    Raises:
+        ValueError: no states, ``online_steps`` < 1, or two agents with the same name.
+        TypeError: an online agent without ``fresh()``.
+        InputError: from the environment (e.g. a case that cannot be replayed).
+    """
+    states = [int(s) for s in states]
+    if not states:
+        raise ValueError("evaluate needs at least one dynamics state")
+    if online_steps < 1:
+        raise ValueError(f"online_steps must be >= 1, got {online_steps}")
+    oracle = next((a for a in agents if isinstance(a, OracleAgent)), None)
+    agents = ([] if oracle else [OracleAgent()]) + list(agents)
+    oracle = oracle or agents[0]
+    names = [a.name for a in agents]
+    if len(set(names)) != len(names):
+        raise ValueError(f"agent names must be unique, got {names}")
+    for agent in agents:
+        if agent.needs_measurements and not callable(getattr(agent, "fresh", None)):
+            raise TypeError(f"online agent {agent.name!r} needs a fresh() method (a new learner per case)")
+    offline = [a for a in agents if not a.needs_measurements and a is not oracle]
+    online = [a for a in agents if a.needs_measurements]
+
+    base = env.unwrapped
+    total = len(base.cases) * (len(states) * (1 + len(offline)) + online_steps * len(online))
+    bar = tqdm(total=total, disable=not progress, unit="episode", desc="evaluate")
+    step_rows: list[dict] = []
+    call_parts: list[dict] = []
+
+    def episode(agent: Agent, case: int, state: int, record: bool) -> dict:
+        bar.set_postfix_str(f"{agent.name} on {base.cases[case].label}", refresh=False)
+        out = run_episode(base, agent, case, state, record_calls=record)
+        bar.update()
+        return out
+
+    try:
+        for case in range(len(base.cases)):
+            oracle_time = {}
+            for state in states:
+                out = episode(oracle, case, state, True)
+                oracle_time[state] = out["step"]["step_time_us"]
+                step_rows.append(_finish_row(out["step"], -1, oracle_time[state]))
+                call_parts.append({**out["calls"], "iteration": np.full(len(out["calls"]["call"]), -1)})
+            for agent in offline:
+                for state in states:
+                    out = episode(agent, case, state, True)
+                    step_rows.append(_finish_row(out["step"], -1, oracle_time[state]))
+                    call_parts.append({**out["calls"], "iteration": np.full(len(out["calls"]["call"]), -1)})
+            for template in online:
+                agent = template.fresh()
+                for iteration in range(online_steps):
+                    state = states[iteration % len(states)]
+                    last = iteration == online_steps - 1
+                    out = episode(agent, case, state, last)
+                    step_rows.append(_finish_row(out["step"], iteration, oracle_time[state]))
+                    if last:
+                        call_parts.append({**out["calls"],
+                                           "iteration": np.full(len(out["calls"]["call"]), iteration)})
+    finally:
+        bar.close()
+
+    steps = pd.DataFrame(step_rows, columns=list(STEP_COLUMNS))
+    descriptions = sorted({row["cost_model"] for row in step_rows})
+    meta = {"dynamiccl_version": __version__, "cost_model": base.model, "cost_model_descriptions": descriptions,
+            "states": states, "online_steps": int(online_steps), "agents": [a.name for a in agents],
+            "cases": [c.label for c in base.cases]}
+    return Results(steps, _calls_frame(call_parts), meta)
+
+
+# --- sample efficiency ------------------------------------------------------------------------------
+
+
+def sample_efficiency(steps: pd.DataFrame, share: float = CONVERGED_SHARE,
+                      final_iterations: int = FINAL_ITERATIONS) -> pd.DataFrame:
+    """How fast each online agent reached its final gain, per case.
+
+    For the online rows (``iteration`` >= 0) of one (agent, case), in iteration order: the final
+    speedup is the mean over the last ``final_iterations`` iterations (all, if fewer), the final
+    gain ``g = final - 1``. An iteration is *at* the final gain when its ``speedup - 1 >= g -
+    (1 - share) x |g|`` (95% of a positive gain; for a loss, no more than 5% worse than the final
+    loss). The converged iteration is the first from which every later iteration is at the final
+    gain.
+
+    Returns:
+        One row per (agent, case): ``iterations_run``, ``final_speedup``, ``final_gain``,
+        ``converged_iteration`` (0-based), ``iterations`` (episodes run up to and including it),
+        ``measurements`` (cumulative measured collectives at the end of that iteration),
+        ``total_measurements``, ``reached`` (False when even the last iteration is below; then
+        the three counts are NaN).
+
+    Raises:
+        ValueError: ``steps`` lacks a needed column, or ``share`` is not in (0, 1].
+    """
+    needed = ("agent", "case", "iteration", "speedup", "measurements")
+    missing = [col for col in needed if col not in steps.columns]
+    if missing:
+        raise ValueError(f"steps lacks column(s) {', '.join(missing)}")
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    rows = []
+    online = steps[steps["iteration"] >= 0]
+    for (agent, case), group in online.groupby(["agent", "case"], sort=False):
+        group = group.sort_values("iteration")
+        gain = group["speedup"].to_numpy(dtype=np.float64) - 1.0
+        final_gain = float(gain[-final_iterations:].mean())
+        at_final = gain >= final_gain - (1.0 - share) * abs(final_gain)
+        # First index of the trailing run of True values (len(gain) when the last is False).
+        below = np.flatnonzero(~at_final)
+        first = int(below[-1]) + 1 if len(below) else 0
+        reached = first < len(gain)
+        measurements = group["measurements"].to_numpy()
+        rows.append({
+            "agent": agent, "case": case, "iterations_run": len(gain),
+            "final_speedup": 1.0 + final_gain, "final_gain": final_gain,
+            "converged_iteration": float(group["iteration"].iloc[first]) if reached else math.nan,
+            "iterations": float(first + 1) if reached else math.nan,
+            "measurements": float(measurements[first]) if reached else math.nan,
+            "total_measurements": int(measurements[-1]), "reached": bool(reached),
+        })
+    columns = ["agent", "case", "iterations_run", "final_speedup", "final_gain", "converged_iteration",
+               "iterations", "measurements", "total_measurements", "reached"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+__all__ = ["CALL_COLUMNS", "METADATA_KEY", "STEP_COLUMNS", "Results", "calls_path", "evaluate",
+           "run_episode", "sample_efficiency"]

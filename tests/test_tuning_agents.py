@@ -1,0 +1,367 @@
+"""Tests of dynamiccl.tuning.agents and dynamiccl.tuning.evaluate on a small real TuningEnv: two
+shipped traces on dgx-h100, two dynamics states (the whole module runs in a few seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from dynamiccl import __version__
+from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule
+from dynamiccl.errors import InputError
+from dynamiccl.nccl import Algorithm, Func, Protocol
+from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index
+from dynamiccl.tuning.agents import (
+    Agent, NcclDefaultAgent, OnlineAgent, OracleAgent, PolicyAgent, RandomAgent, StaticBestAgent, TableAgent,
+)
+from dynamiccl.tuning.env import TuningEnv
+from dynamiccl.tuning.evaluate import (
+    CALL_COLUMNS, METADATA_KEY, STEP_COLUMNS, Results, calls_path, evaluate, run_episode, sample_efficiency,
+)
+from dynamiccl.tuning.online import CoordinateDescent, UCBBandit
+
+CASES = [("traces/ref-pp2-dp2.parquet", "dgx-h100"), ("traces/llama3-8b_tp1-pp1-dp8.parquet", "dgx-h100")]
+STATES = [0, 1]
+RING_SIMPLE = action_index(Algorithm.RING, Protocol.SIMPLE, 0)
+
+
+@pytest.fixture(scope="module")
+def env() -> TuningEnv:
+    return TuningEnv(cases=CASES, states=len(STATES))
+
+
+class CheckingAgent(Agent):
+    """Wraps an agent and records whether every action it chose was valid under the mask."""
+
+    def __init__(self, inner: Agent) -> None:
+        self.inner, self.name = inner, inner.name
+        self.masked_picks = 0
+        self.actions: list[int] = []
+
+    def begin_episode(self, env) -> None:
+        self.inner.begin_episode(env)
+
+    def act(self, env, obs, mask) -> int:
+        action = self.inner.act(env, obs, mask)
+        self.masked_picks += not mask[action]
+        self.actions.append(action)
+        return action
+
+
+class ForcedAgent(Agent):
+    """``action`` on every call of collective ``func`` where it is valid, NCCL's default elsewhere."""
+
+    name = "forced"
+
+    def __init__(self, func: Func, action: int) -> None:
+        self.func, self.action = int(func), action
+
+    def act(self, env, obs, mask) -> int:
+        return self.action if env.pending_key()[0] == self.func and mask[self.action] else DEFAULT_ACTION
+
+
+def all_episodes(env, agent):
+    return [run_episode(env, agent, case, state, record_calls=True)
+            for case in range(len(env.cases)) for state in STATES]
+
+
+# --- agents -----------------------------------------------------------------------------------------
+
+
+def test_nccl_default_speedup_is_exactly_one(env):
+    for out in all_episodes(env, NcclDefaultAgent()):
+        assert out["step"]["speedup"] == 1.0
+        assert out["step"]["step_time_us"] == out["step"]["default_step_time_us"]
+        assert (out["calls"]["action"] == DEFAULT_ACTION).all()
+
+
+def test_oracle_is_valid_and_not_slower_than_default(env):
+    agent = CheckingAgent(OracleAgent())
+    for out in all_episodes(env, agent):
+        assert out["step"]["speedup"] >= 1.0 - 1e-9
+        assert out["step"]["invalid_actions"] == 0
+    assert agent.masked_picks == 0
+    assert any(a != DEFAULT_ACTION for a in agent.actions)  # it does find something better
+
+
+def test_random_picks_only_valid_actions(env):
+    agent = CheckingAgent(RandomAgent(seed=3))
+    outs = all_episodes(env, agent)
+    assert agent.masked_picks == 0
+    assert all(out["step"]["invalid_actions"] == 0 for out in outs)
+    assert len(set(agent.actions)) > 10
+    # Seeded: the same seed gives the same episode.
+    again = run_episode(env, RandomAgent(seed=3), 0, 0)
+    assert again["step"]["step_time_us"] == outs[0]["step"]["step_time_us"]
+
+
+def test_static_best_fit_and_json_round_trip(env):
+    agent = StaticBestAgent.fit(env, [(0, 0), (1, 0)])
+    assert agent.table and all(0 <= a < NUM_ACTIONS for a in agent.table.values())
+    assert any(a != DEFAULT_ACTION for a in agent.table.values())
+    fitted = [run_episode(env, agent, case, 0)["step"] for case in range(len(env.cases))]
+    assert agent.fallbacks == 0  # a fitted action is valid at every call of its bucket
+    assert all(step["speedup"] >= 1.0 - 1e-9 for step in fitted)
+
+    text = agent.to_json()
+    json.loads(text)  # plain JSON
+    loaded = StaticBestAgent.from_json(text)
+    assert loaded.table == agent.table and loaded.name == agent.name
+    assert loaded.provenance["episodes"] == [[env.cases[0].label, 0], [env.cases[1].label, 0]]
+    for case, step in enumerate(fitted):
+        assert run_episode(env, loaded, case, 0)["step"]["step_time_us"] == step["step_time_us"]
+
+    # Fitting an existing agent replaces its table in place.
+    named = StaticBestAgent(name="static-mine")
+    assert named.fit(env, [(0, 0), (1, 0)]) is named
+    assert named.table == agent.table and named.name == "static-mine"
+
+    # An unseen bucket gets NCCL's default.
+    assert run_episode(env, StaticBestAgent({}), 0, 0)["step"]["speedup"] == 1.0
+    with pytest.raises(InputError, match="format"):
+        StaticBestAgent.from_json('{"format": "other"}')
+    with pytest.raises(InputError, match=r"rules\[0\]"):
+        StaticBestAgent.from_json(json.dumps({"format": "dynamiccl-static-best", "version": 1,
+                                              "rules": [{"coll": 4, "size_bucket": 3, "action": 1}]}))
+    with pytest.raises(ValueError):
+        StaticBestAgent.fit(env, [])
+
+
+def test_empty_table_is_nccl_default(env):
+    agent = TableAgent(DecisionTable(()))
+    for out in all_episodes(env, agent):
+        assert out["step"]["speedup"] == 1.0
+        assert (out["calls"]["action"] == DEFAULT_ACTION).all()
+    assert agent.fallbacks == 0
+
+
+def test_table_forcing_ring_simple_equals_forced_action(env):
+    table = DecisionTable((Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES,
+                                algorithm=Algorithm.RING, protocol=Protocol.SIMPLE),))
+    agent = TableAgent(table, name="ring-simple")
+    forced = ForcedAgent(Func.ALLREDUCE, RING_SIMPLE)
+    for case in range(len(env.cases)):
+        for state in STATES:
+            got = run_episode(env, agent, case, state, record_calls=True)
+            want = run_episode(env, forced, case, state, record_calls=True)
+            assert got["step"]["step_time_us"] == want["step"]["step_time_us"]
+            np.testing.assert_array_equal(got["calls"]["action"], want["calls"]["action"])
+    # The reference case has allreduces, so the rule really applied.
+    out = run_episode(env, agent, 0, 0, record_calls=True)
+    assert (out["calls"]["action"] == RING_SIMPLE).any()
+    assert set(out["calls"]["algo"][out["calls"]["coll"] == "allreduce"]) == {"ring"}
+
+
+def test_table_keep_rule_is_default_and_masked_choice_falls_back(env):
+    keep = DecisionTable((Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES),))
+    assert run_episode(env, TableAgent(keep), 0, 0)["step"]["speedup"] == 1.0
+    # 64 channels round down to 32, more than the channel pool of these communicators (24 on
+    # dgx-h100): such calls fall back to NCCL's default and are counted.
+    wide = TableAgent(DecisionTable((Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES,
+                                          algorithm=Algorithm.RING, protocol=Protocol.SIMPLE, channels=64),)))
+    out = run_episode(env, wide, 0, 0, record_calls=True)
+    wide_action = action_index(Algorithm.RING, Protocol.SIMPLE, 32)
+    actions = out["calls"]["action"][out["calls"]["coll"] == "allreduce"]
+    assert set(actions) <= {DEFAULT_ACTION, wide_action}
+    assert wide.fallbacks == int((actions == DEFAULT_ACTION).sum()) > 0
+    assert out["step"]["invalid_actions"] == 0
+
+
+class ScorePolicy:
+    """A deterministic policy: masked argmax of a fixed score per action, counting its calls."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.scores = np.random.default_rng(seed).standard_normal(NUM_ACTIONS)
+        self.calls = 0
+        self.rows = 0
+
+    def decide(self, obs_batch: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        assert obs_batch.shape[0] == masks.shape[0] and masks.shape[1] == NUM_ACTIONS
+        self.calls += 1
+        self.rows += len(obs_batch)
+        return np.argmax(np.where(masks, self.scores, -np.inf), axis=1)
+
+
+def test_policy_agent_batches_and_caches(env):
+    policy = ScorePolicy()
+    agent = PolicyAgent(policy, name="score")
+    first = all_episodes(env, agent)
+    # One batched decide per case; the second state and a rerun hit the cache only.
+    assert policy.calls == len(env.cases)
+    second = all_episodes(env, agent)
+    assert policy.calls == len(env.cases)
+    for a, b in zip(first, second):
+        assert a["step"]["step_time_us"] == b["step"]["step_time_us"]
+    scores = policy.scores
+    for out in first:
+        for action in out["calls"]["action"]:
+            assert action == DEFAULT_ACTION or scores[action] >= scores[DEFAULT_ACTION]
+    with pytest.raises(ValueError, match="decide"):
+        bad = PolicyAgent(type("Bad", (), {"decide": lambda self, o, m: np.zeros(len(o) + 1, dtype=int)})())
+        run_episode(env, bad, 0, 0)
+
+
+class InvalidThenValid(Agent):
+    """An online stand-in: returns an invalid action first, then action 0; records observations."""
+
+    name = "recorder"
+    needs_measurements = True
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, float]] = []
+
+    @property
+    def measurements(self) -> int:
+        return len(self.seen)
+
+    def fresh(self) -> "InvalidThenValid":
+        return InvalidThenValid()
+
+    def act(self, env, obs, mask) -> int:
+        invalid = np.flatnonzero(~mask)
+        return int(invalid[0]) if not self.seen and len(invalid) else DEFAULT_ACTION
+
+    def observe(self, env, call, action, time_us) -> None:
+        assert time_us == env.replay.call_time_at_start_us[call] and time_us > 0
+        self.seen.append((call, action, time_us))
+
+
+def test_online_observe_gets_the_action_that_ran(env):
+    agent = InvalidThenValid()
+    out = run_episode(env, agent, 0, 0)
+    assert out["step"]["invalid_actions"] == 1
+    assert len(agent.seen) == out["step"]["decisions"] == out["step"]["measurements"]
+    assert [action for _, action, _ in agent.seen] == [DEFAULT_ACTION] * len(agent.seen)
+
+
+def test_online_agents_learn_across_iterations(env):
+    steps_per_case = 30
+    results = evaluate([OnlineAgent(UCBBandit()), OnlineAgent(CoordinateDescent())], env, STATES,
+                       online_steps=steps_per_case, progress=False)
+    online = results.steps[results.steps["iteration"] >= 0]
+    assert set(online["agent"]) == {"ucb-bandit", "coordinate-descent"}
+    for (_, _), group in online.groupby(["agent", "case"]):
+        group = group.sort_values("iteration")
+        assert list(group["iteration"]) == list(range(steps_per_case))
+        assert list(group["state"]) == [STATES[i % len(STATES)] for i in range(steps_per_case)]
+        # A fresh learner per case, kept across its iterations: one measurement per decision.
+        assert list(group["measurements"]) == list(np.cumsum(group["decisions"]))
+        speedup = group["speedup"].to_numpy()
+        assert speedup[-3:].mean() > speedup[:3].mean()     # exploration cost paid early
+        assert speedup[-1] >= 1.0 - 1e-5                    # and it ends near or above NCCL
+    # Calls are recorded for the last iteration only.
+    online_calls = results.calls[results.calls["agent"].isin(["ucb-bandit", "coordinate-descent"])]
+    assert set(online_calls["iteration"]) == {steps_per_case - 1}
+    with pytest.raises(TypeError, match="fresh"):
+        evaluate([type("NoFresh", (Agent,), {"name": "x", "needs_measurements": True})()], env, STATES,
+                 progress=False)
+
+
+# --- evaluation and results -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def results(env) -> Results:
+    agents = [NcclDefaultAgent(), RandomAgent(0), StaticBestAgent.fit(env, [(0, 0), (1, 0)]),
+              OnlineAgent(UCBBandit())]
+    return evaluate(agents, env, STATES, online_steps=4, progress=False)
+
+
+def test_evaluate_rows(env, results):
+    steps, calls = results.steps, results.calls
+    assert list(steps.columns) == list(STEP_COLUMNS) and list(calls.columns) == list(CALL_COLUMNS)
+    offline = steps[steps["iteration"] == -1]
+    # oracle (added), nccl-default, random, static-best: one row per (case, state).
+    assert offline.groupby("agent").size().to_dict() == {a: len(CASES) * len(STATES) for a in
+                                                         ("oracle", "nccl-default", "random", "static-best")}
+    assert (steps[steps["agent"] == "ucb-bandit"].groupby("case").size() == 4).all()
+    oracle = steps[steps["agent"] == "oracle"]
+    assert (oracle["gap_to_oracle"] == 0.0).all()
+    default = steps[steps["agent"] == "nccl-default"]
+    assert (default["speedup"] == 1.0).all() and (default["measurements"] == 0).all()
+    np.testing.assert_allclose(steps["speedup"], steps["default_step_time_us"] / steps["step_time_us"])
+    np.testing.assert_allclose(steps["gap_to_oracle"], steps["step_time_us"] / steps["oracle_step_time_us"] - 1)
+    defined = steps["oracle_speedup"] - 1 >= 1e-9
+    np.testing.assert_allclose(steps.loc[defined, "gain_share"],
+                               (steps.loc[defined, "speedup"] - 1) / (steps.loc[defined, "oracle_speedup"] - 1))
+    assert steps.loc[~defined, "gain_share"].isna().all()
+    assert (steps["cost_model"].str.startswith("world simulator")).all()
+    assert set(steps["nccl_version"]) == {env.loaded.env.nccl_version}
+    # Calls: one row per decided call of each recorded episode, consistent times and choices.
+    n_decisions = offline.set_index(["agent", "case", "state"])["decisions"]
+    per_episode = calls[calls["iteration"] == -1].groupby(["agent", "case", "state"]).size()
+    assert per_episode.sort_index().equals(n_decisions.sort_index().rename(None))
+    assert (calls["duration_us"] > 0).all()
+    np.testing.assert_allclose(calls["duration_us"], calls["end_us"] - calls["start_us"])
+    nccl = calls["action"] == DEFAULT_ACTION
+    assert (calls.loc[nccl, "algo"] == "nccl").all() and (calls.loc[~nccl, "algo"] != "nccl").all()
+    assert (calls["channels"] > 0).all() and (calls["nccl_default_channels"] > 0).all()
+    assert set(calls["coll"]) <= {"allreduce", "allgather", "reducescatter", "broadcast", "reduce"}
+
+
+def test_results_write_read_round_trip(tmp_path, results):
+    path = tmp_path / "out" / "results.parquet"
+    results.write(path, command="dynamiccl evaluate --test")
+    assert calls_path(path) == tmp_path / "out" / "results.calls.parquet" and calls_path(path).is_file()
+    for file, kind in ((path, "steps"), (calls_path(path), "calls")):
+        meta = json.loads(pq.read_schema(file).metadata[METADATA_KEY])
+        assert meta["dynamiccl_version"] == __version__
+        assert meta["cost_model"] == "world" and meta["states"] == STATES
+        assert meta["command"] == "dynamiccl evaluate --test" and meta["table"] == kind
+    back = Results.read(path)
+    pd.testing.assert_frame_equal(back.steps, results.steps, check_dtype=False)
+    pd.testing.assert_frame_equal(back.calls, results.calls, check_dtype=False)
+    assert back.meta["command"] == "dynamiccl evaluate --test"
+    with pytest.raises(InputError, match="no such results file"):
+        Results.read(tmp_path / "missing.parquet")
+
+
+def test_summary(results):
+    summary = results.summary()
+    assert list(summary.columns) == ["agent", "episodes", "geomean_speedup", "min_speedup", "mean_gain_share",
+                                     "mean_gap_to_oracle", "slower_share"]
+    assert list(summary["agent"]) == ["oracle", "nccl-default", "random", "static-best", "ucb-bandit"]
+    row = summary.set_index("agent")
+    assert row.loc["nccl-default", "geomean_speedup"] == 1.0 and row.loc["nccl-default", "slower_share"] == 0.0
+    assert row.loc["oracle", "mean_gap_to_oracle"] == 0.0
+    assert row.loc["ucb-bandit", "episodes"] == 4 * len(CASES)
+    assert results.summary(online="last").set_index("agent").loc["ucb-bandit", "episodes"] == len(CASES)
+    assert ((summary["slower_share"] >= 0) & (summary["slower_share"] <= 1)).all()
+
+
+def test_summary_slower_share_on_known_frame():
+    steps = pd.DataFrame({"agent": ["a"] * 4, "case": ["x", "x", "y", "z"], "iteration": -1,
+                          "speedup": [0.98, 0.98, 1.2, 0.995], "gain_share": [np.nan, 0.5, 1.0, 0.0],
+                          "gap_to_oracle": 0.0})
+    row = Results(steps, pd.DataFrame()).summary().iloc[0]
+    assert row["slower_share"] == pytest.approx(1 / 3)   # x only (z is within 1%)
+    assert row["min_speedup"] == 0.98 and row["mean_gain_share"] == pytest.approx(0.5)
+    assert row["geomean_speedup"] == pytest.approx((0.98 * 0.98 * 1.2 * 0.995) ** 0.25)
+
+
+def test_sample_efficiency_known_answer():
+    def run(agent, case, speedups):
+        return pd.DataFrame({"agent": agent, "case": case, "iteration": range(len(speedups)),
+                             "speedup": speedups, "measurements": [10 * (i + 1) for i in range(len(speedups))]})
+
+    steps = pd.concat([
+        run("learner", "a", [1.0, 1.10, 1.02, 1.096, 1.1, 1.1, 1.1]),  # reaches at 1, dips, stays from 3
+        run("learner", "b", [1.0, 1.1, 1.2, 1.0]),                       # last one below: never settles
+        run("learner", "c", [0.9, 0.95, 0.95, 0.95]),                    # a loss: within 5% of it from 1
+        pd.DataFrame({"agent": "static", "case": "a", "iteration": [-1], "speedup": [2.0], "measurements": [0]}),
+    ], ignore_index=True)
+    got = sample_efficiency(steps).set_index("case")
+    assert list(got.index) == ["a", "b", "c"] and set(got["agent"]) == {"learner"}
+    a = got.loc["a"]
+    assert a["final_speedup"] == pytest.approx(1.1) and a["reached"]
+    assert (a["converged_iteration"], a["iterations"], a["measurements"], a["total_measurements"]) == (3, 4, 40, 70)
+    b = got.loc["b"]
+    assert not b["reached"] and np.isnan(b["measurements"]) and b["final_gain"] == pytest.approx(0.1)
+    c = got.loc["c"]
+    assert c["reached"] and c["converged_iteration"] == 1 and c["measurements"] == 20
+    with pytest.raises(ValueError, match="measurements"):
+        sample_efficiency(steps.drop(columns="measurements"))
