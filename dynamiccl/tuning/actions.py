@@ -51,7 +51,7 @@ def nearest_channels(channels: int) -> int:
     """The largest catalogue channel count <= ``channels`` (0 stays 0: NCCL's)."""
     if channels <= 0:
         return 0
-    return max(c for c in CHANNEL_CHOICES if c <= channels) if channels >= 1 else 0
+    return max(c for c in CHANNEL_CHOICES if c <= channels)
 
 
 def describe_action(action: int) -> str:

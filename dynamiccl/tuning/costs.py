@@ -99,7 +99,6 @@ class CostTable:
         mask = np.zeros((len(keys), NUM_ACTIONS), dtype=bool)
         for i in range(len(keys)):
             if tunable[i]:
-                topo = index.topologies[index.codes[i]]
                 mask[i] = action_mask(nccl_cost[i] >= 0, int(index.comm_channels[index.codes[i]]),
                                       int(index.nvls_channels[index.codes[i]]))
             else:

@@ -23,6 +23,8 @@ the lowest action index.
 
 from __future__ import annotations
 
+import abc
+
 import math
 
 import numpy as np
@@ -65,7 +67,7 @@ def _enabled_cells(mask: np.ndarray) -> list[int]:
             if a != DEFAULT_ACTION and ACTION_CHANNELS[a] == 0]
 
 
-class OnlineLearner:
+class OnlineLearner(abc.ABC):
     """The interface shared by the online baselines (see the module docstring)."""
 
     name: str = "online"
@@ -73,18 +75,18 @@ class OnlineLearner:
     def __init__(self) -> None:
         self.measurements = 0  # observe() calls so far, i.e. how many collectives were timed
 
+    @abc.abstractmethod
     def act(self, key: tuple, mask: np.ndarray) -> int:
         """The action for one call. ``mask`` is bool[NUM_ACTIONS] with mask[0] True. The returned
         action is always valid under ``mask``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def observe(self, key: tuple, action: int, time_us: float) -> None:
         """The measured duration of the call that ran with ``action``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def state(self) -> dict:
         """A JSON-serialisable summary: for each bucket, the chosen action and the tries."""
-        raise NotImplementedError
 
 
 # --- UCB1 bandit (CS244C-style) ------------------------------------------------------------------

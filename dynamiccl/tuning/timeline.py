@@ -40,6 +40,13 @@ from dynamiccl.tuning.program import StepProgram
 _COMPUTE, _CALL, _CONGESTION = 0, 1, 2
 
 
+def _duration(cost, congested: int, overlap: int, sharing: int) -> float:
+    """A call's duration (µs) from its cost row (``CostTable.rows`` order) in given conditions:
+    concurrent calls on the same links share bandwidth, not latency."""
+    lat = cost[4 + congested]
+    return lat + (cost[2 * congested + overlap] - lat) * sharing
+
+
 class DeadlockError(RuntimeError):
     """The step cannot finish: some op waits on something that never happens."""
 
@@ -203,13 +210,7 @@ class Replay:
         rows = self._rows[self._key[call]]
         hideable = self.hideable_us(call)
         noise = self.noise[call]
-        col = 2 * congested + overlap
-
-        def duration_of(row) -> float:
-            lat = row[4 + congested]
-            return (lat + (row[col] - lat) * sharing) * noise
-
-        base = duration_of(rows[DEFAULT_ACTION])
+        base = _duration(rows[DEFAULT_ACTION], congested, overlap, sharing) * noise
         if self.latest_finish_us is not None:
             slack = self.latest_finish_us[call] - (self.now + base)
         else:
@@ -222,7 +223,7 @@ class Replay:
             if row is None:
                 out.append(math.inf)
                 continue
-            d = duration_of(row)
+            d = _duration(row, congested, overlap, sharing) * noise
             delta = d - base
             if delta > 0:
                 delay = max(0.0, delta - slack)
@@ -329,7 +330,7 @@ class Replay:
         rem = self._comp_rem[r] - (now - self._comp_t[r]) * self._comp_rate[r]
         slow = 1.0
         for c in self._rank_calls[r]:
-            slow += self._call_cost[c][4] - 1.0
+            slow += self._call_cost[c][6] - 1.0
         rate = 1.0 / slow
         self._comp_rem[r] = rem if rem > 0.0 else 0.0
         self._comp_t[r] = now
@@ -340,16 +341,12 @@ class Replay:
     def _start_call(self, call: int, action: int) -> None:
         row = self._rows[self._key[call]][action]
         noise = self.noise[call]
-        # (time[cong][overlap] x noise as nested tuples, latency[cong] x noise, slowdown)
-        self._call_cost[call] = ((row[0] * noise, row[1] * noise), (row[2] * noise, row[3] * noise),
-                                 (row[4] * noise, row[5] * noise), None, row[6])
+        self._call_cost[call] = tuple(x * noise for x in row[:6]) + (row[6],)  # times x noise, slowdown
         self.call_action[call] = action
         self.call_start_us[call] = self.now
         for g in self.program.call_ops[call]:
             self.op_start_us[g] = self.now
-        congested, overlap, sharing = self.conditions(call)
-        c = self._call_cost[call]
-        self.call_time_at_start_us[call] = c[2][congested] + (c[congested][overlap] - c[2][congested]) * sharing
+        self.call_time_at_start_us[call] = _duration(self._call_cost[call], *self.conditions(call))
         dom = self._call_domain[call]
         ranks = self.program.call_ranks[call]
         for r in ranks:
@@ -398,8 +395,7 @@ class Replay:
             n = self._rank_domain[r][dom]
             if n > sharing:
                 sharing = n
-        lat = c[2][congested]
-        duration = lat + (c[congested][overlap] - lat) * sharing
+        duration = _duration(c, congested, overlap, sharing)
         new_rate = 1.0 / duration if duration > 0 else math.inf
         self._call_rem[call] = rem if rem > 0.0 else 0.0
         self._call_t[call] = now
