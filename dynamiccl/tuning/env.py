@@ -113,6 +113,14 @@ class TuningEnv(gym.Env):
         self.observation_space = spaces.Box(0.0, 1.0, (OBS_SIZE,), dtype=np.float32)
         self.action_space = spaces.Discrete(NUM_ACTIONS)
         self._loaded = [load_case(c, model) for c in cases]
+        # Per case, for the scalar path of step(): per call, its mask as a Python list by action and
+        # its observation row; those of the episode's case are _call_valid and _call_obs.
+        self._case_valid, self._case_obs = [], []
+        for loaded in self._loaded:
+            masks = loaded.costs.mask.tolist()
+            self._case_valid.append([masks[k] for k in loaded.costs.call_key])
+            self._case_obs.append(list(loaded.obs))
+        self._call_valid, self._call_obs = self._case_valid[0], self._case_obs[0]
         self.loaded: LoadedCase = self._loaded[0]
         self.replay: Replay | None = None
         self.pending: int | None = None
@@ -130,6 +138,7 @@ class TuningEnv(gym.Env):
         if not 0 <= self.case_index < len(self.cases):
             raise InputError(None, "options.case", f"expected 0..{len(self.cases) - 1}, got {self.case_index}")
         self.loaded = self._loaded[self.case_index]
+        self._call_valid, self._call_obs = self._case_valid[self.case_index], self._case_obs[self.case_index]
         self.default_time_us, latest = default_schedule(self.loaded, self.state)
         self.replay = new_replay(self.loaded, self.state, latest)
         self.decisions = 0
@@ -138,15 +147,13 @@ class TuningEnv(gym.Env):
         return self.loaded.obs[self.pending].copy(), {"case": self.loaded.case.label, "state": self.state}
 
     def step(self, action):
-        if self.replay is None or self.pending is None:
+        replay, call = self.replay, self.pending
+        if replay is None or call is None:
             raise RuntimeError("step() called before reset() or after the episode ended")
         action = int(action)
-        call = self.pending
-        key = self.loaded.costs.call_key[call]
-        invalid = not (0 <= action < NUM_ACTIONS and self.loaded.costs.mask[key, action])
+        invalid = not (0 <= action < NUM_ACTIONS and self._call_valid[call][action])
         if invalid:
             action = DEFAULT_ACTION
-        replay = self.replay
         if action == DEFAULT_ACTION:
             reward = 0.0
         else:
@@ -154,19 +161,19 @@ class TuningEnv(gym.Env):
             reward = self.reward_scale * (default_cost - chosen_cost) / self.default_time_us
         replay.decide(call, action)
         self.decisions += 1
-        self.pending = replay.next_decision()
+        self.pending = pending = replay.next_decision()
         info: dict[str, Any] = {"invalid_action": True} if invalid else {}
-        if self.pending is None:
+        if pending is None:
             step_time = replay.makespan_us
             total = self.reward_scale * (self.default_time_us - step_time) / self.default_time_us
             reward += total - (self._reward_sum + reward)
             info.update(step_time_us=step_time, default_step_time_us=self.default_time_us,
                         speedup=self.default_time_us / step_time, case=self.loaded.case.label, state=self.state)
-            obs = self.loaded.obs[call].copy()  # terminal observation: the last call's
+            obs = self._call_obs[call].copy()  # terminal observation: the last call's
             self._reward_sum = total
             return obs, float(reward), True, False, info
         self._reward_sum += reward
-        return self.loaded.obs[self.pending].copy(), float(reward), False, False, info
+        return self._call_obs[pending].copy(), float(reward), False, False, info
 
     def action_masks(self) -> np.ndarray:
         """Valid actions for the pending call (sb3-contrib's MaskablePPO calls this)."""

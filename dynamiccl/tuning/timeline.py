@@ -27,8 +27,9 @@ id), which is the same on every replay of the same choices.
 
 from __future__ import annotations
 
-import heapq
 import math
+import weakref
+from heapq import heappop, heappush
 
 import numpy as np
 
@@ -51,6 +52,46 @@ class DeadlockError(RuntimeError):
     """The step cannot finish: some op waits on something that never happens."""
 
 
+class _ProgramIndex:
+    """What every replay of one program derives from it alone, built once per program: per op its
+    position in its rank's compute chain (-1: not compute) and ``block`` (see
+    ``_first_waiting_compute``); per rank the prefix sums of its chain's work; per call its link
+    domain (0 within a node, 1 across nodes) and member count; the ops ready at the start."""
+
+    def __init__(self, program: StepProgram):
+        self.chain_index = [-1] * program.num_ops
+        self.chain_prefix = []
+        for chain in program.compute_chain:
+            prefix = [0.0]
+            for i, g in enumerate(chain):
+                self.chain_index[g] = i
+                prefix.append(prefix[-1] + program.op_base_us[g])
+            self.chain_prefix.append(prefix)
+        self.block = _first_waiting_compute(program, self.chain_index)
+        self.call_domain = [1 if n > 1 else 0 for n in program.call_nnodes]
+        self.call_size = [len(ops) for ops in program.call_ops]
+        self.sources = [g for g, n in enumerate(program.op_npred) if n == 0]
+
+
+_INDEXES: dict[int, tuple[weakref.ref, _ProgramIndex]] = {}
+
+
+def _program_index(program: StepProgram) -> _ProgramIndex:
+    """The program's index, cached while the program lives (programs are never changed once compiled)."""
+    key = id(program)
+    entry = _INDEXES.get(key)
+    if entry is not None and entry[0]() is program:
+        return entry[1]
+
+    def forget(ref, key=key):
+        if _INDEXES.get(key, (None,))[0] is ref:
+            del _INDEXES[key]
+
+    index = _ProgramIndex(program)
+    _INDEXES[key] = (weakref.ref(program, forget), index)
+    return index
+
+
 class Replay:
     """One replay of ``program`` with costs from ``costs``.
 
@@ -62,6 +103,11 @@ class Replay:
 
     After ``next_decision()`` returns None the step is done: ``makespan_us``, and per call
     ``call_start_us``, ``call_end_us``, ``call_action``.
+
+    Events sit in a heap as ``(time, seq, kind, ident)``; ``seq`` counts pushes (ties run in push
+    order) and doubles as the version of the activity's finish event: an activity's entry in
+    ``_comp_ver`` / ``_call_ver`` is the ``seq`` of its one live event (0: none), so an event pushed
+    before its activity's rate last changed is stale and skipped.
     """
 
     def __init__(self, program: StepProgram, costs: CostTable, congestion: CongestionProcess | None = None,
@@ -71,7 +117,8 @@ class Replay:
         self.costs = costs
         self.congestion = congestion
         n_ops, n_calls, n_ranks = program.num_ops, program.num_calls, len(program.ranks)
-        self.noise = [1.0] * n_calls if noise is None else [float(x) for x in noise]
+        index = _program_index(program)
+        self.noise = [1.0] * n_calls if noise is None else np.asarray(noise, dtype=np.float64).tolist()
         self.now = 0.0
         self.makespan_us = 0.0
         self._npred = list(program.op_npred)
@@ -83,8 +130,10 @@ class Replay:
         self.call_time_at_start_us = [math.nan] * n_calls  # duration under the conditions at start
         self.op_start_us = [math.nan] * n_ops
         self.op_end_us = [math.nan] * n_ops
-        self._call_domain = [1 if program.call_nnodes[c] > 1 else 0 for c in range(n_calls)]
-        self._heap: list[tuple[float, int, int, int, int]] = []
+        self._call_domain = index.call_domain
+        self._call_size = index.call_size
+        self._call_ranks = program.call_ranks
+        self._heap: list[tuple[float, int, int, int]] = []
         self._seq = 0
         # Compute per rank: running op (-1 none), remaining work (µs at full speed), rate, last update, version.
         self._comp_op = [-1] * n_ranks
@@ -93,36 +142,33 @@ class Replay:
         self._comp_t = [0.0] * n_ranks
         self._comp_ver = [0] * n_ranks
         self._chain_pos = [0] * n_ranks          # compute-chain index of the running / next compute op
-        self._chain_index = {}                   # op id -> position in its rank's chain
-        self._chain_prefix = []                  # per rank: prefix sums of chain work
-        for r, chain in enumerate(program.compute_chain):
-            prefix = [0.0]
-            for i, g in enumerate(chain):
-                self._chain_index[g] = i
-                prefix.append(prefix[-1] + program.op_base_us[g])
-            self._chain_prefix.append(prefix)
-        self._block = _first_waiting_compute(program, self._chain_index)
-        # Calls: remaining fraction, rate, last update, version; running calls per rank and domain.
+        self._chain_index = index.chain_index    # op id -> position in its rank's chain
+        self._chain_prefix = index.chain_prefix  # per rank: prefix sums of chain work
+        self._block = index.block
+        # Calls: remaining fraction, rate, last update, version; running calls per rank, and their
+        # count per rank in each domain (within the node, across nodes).
         self._call_rem = [1.0] * n_calls
         self._call_rate = [0.0] * n_calls
         self._call_t = [0.0] * n_calls
         self._call_ver = [0] * n_calls
         self._rank_calls: list[list[int]] = [[] for _ in range(n_ranks)]
-        self._rank_domain = [[0, 0] for _ in range(n_ranks)]
-        # The cost rows of each call's key, as Python lists for scalar speed.
+        self._rank_domain = ([0] * n_ranks, [0] * n_ranks)
         self._key = costs.call_key
         self._time = costs.time_us
         self._lat = costs.latency_us
         self._slow = costs.slowdown
-        self._rows = costs.rows()
-        self._call_cost: list[tuple] = [()] * n_calls
+        # Per call, the cost rows of its key, as Python lists for scalar speed.
+        rows = costs.rows()
+        self._call_rows = [rows[k] for k in costs.call_key]
+        self._call_cost: list[tuple] = [()] * n_calls   # the running configuration's row, times x noise
+        self._call_slow = [0.0] * n_calls               # its compute slowdown - 1
         self._congested = False
         if congestion is not None:
             self._congested, end = congestion.period_at(0.0)
-            self._push(end, _CONGESTION, 0, 0)
+            self._push(end, _CONGESTION, 0)
         self._pending: list[int] = []   # calls ready and waiting for a decision, in readiness order
-        self._ready_ops: list[int] = [g for g in range(n_ops) if self._npred[g] == 0]
-        self._started = False
+        self._ready_ops: list[int] = list(index.sources)
+        self._events = None   # the event loop, suspended while a decision is pending
 
     # --- public ---
 
@@ -132,21 +178,15 @@ class Replay:
         Raises:
             DeadlockError: the step cannot finish (a call whose ranks never all arrive).
         """
-        while True:
-            if self._pending:
-                return self._pending[0]
-            if self._ready_ops:
-                self._start_ready_ops()
-                continue
-            if not self._advance_one_event():
-                if self._done_ops < self.program.num_ops:
-                    waiting = [c for c in range(self.program.num_calls)
-                               if 0 < self._ready_members[c] < len(self.program.call_ops[c])]
-                    what = (f"call {self.program.call_label[waiting[0]]!r} on group {self.program.call_group[waiting[0]]}"
-                            if waiting else "an op")
-                    raise DeadlockError(f"{self.program.source}: step {self.program.step} cannot finish: "
-                                        f"{what} waits for ranks that never reach it")
+        if not self._pending:
+            if self._events is None:
+                self._events = self._event_loop(False)
+            next(self._events, None)
+            if not self._pending:  # the loop has ended
+                self._events = None
+                self._check_finished()
                 return None
+        return self._pending[0]
 
     def decide(self, call: int, action: int) -> None:
         """Start the pending ``call`` with ``action`` (an index into the action catalogue)."""
@@ -155,18 +195,18 @@ class Replay:
 
     def run(self, choose=None) -> float:
         """Replay to the end; ``choose(call) -> action`` (default: NCCL's own). Returns the makespan."""
+        if choose is None:  # every call as it becomes ready, in the order next_decision would give
+            self._events = None
+            next(self._event_loop(True), None)
+            self._check_finished()
+            return self.makespan_us
         while (call := self.next_decision()) is not None:
-            self.decide(call, DEFAULT_ACTION if choose is None else choose(call))
+            self.decide(call, choose(call))
         return self.makespan_us
 
     def conditions(self, call: int) -> tuple[int, int, int]:
         """(congested 0/1, compute running beside it 0/1, calls sharing its links incl. itself) now."""
-        ranks = self.program.call_ranks[call]
-        dom = self._call_domain[call]
-        congested = 1 if (self._congested and dom) else 0
-        overlap = 1 if any(self._comp_op[r] >= 0 for r in ranks) else 0
-        sharing = 1 + max(self._rank_domain[r][dom] for r in ranks)
-        return congested, overlap, sharing
+        return self._exposure(call)[:3]
 
     def durations(self, call: int) -> np.ndarray:
         """Duration (µs) of the pending ``call`` under every action, in the conditions now (inf: masked)."""
@@ -180,17 +220,36 @@ class Replay:
     def hideable_us(self, call: int) -> float:
         """Compute work (µs at full speed) left on the call's ranks that does not wait for it: what
         can run beside it. The smallest over its ranks (where it is least hidden)."""
+        return self._exposure(call)[3]
+
+    def _exposure(self, call: int) -> tuple[int, int, int, float]:
+        """``conditions(call) + (hideable_us(call),)``, in one pass over the call's member ops (one
+        per rank)."""
+        dom = self._call_domain[call]
+        count = self._rank_domain[dom]
+        op_rank, op_base = self.program.op_rank, self.program.op_base_us
+        chain_prefix, chain_pos, block = self._chain_prefix, self._chain_pos, self._block
+        comp_op, comp_rem, comp_t, comp_rate = self._comp_op, self._comp_rem, self._comp_t, self._comp_rate
+        now = self.now
+        overlap = 0
+        most = 0
         best = math.inf
         for g in self.program.call_ops[call]:
-            r = self.program.op_rank[g]
-            prefix = self._chain_prefix[r]
-            done = prefix[self._chain_pos[r]]
-            if self._comp_op[r] >= 0:
-                base = self.program.op_base_us[self._comp_op[r]]
-                rem = self._comp_rem[r] - (self.now - self._comp_t[r]) * self._comp_rate[r]
-                done += base - max(rem, 0.0)
-            best = min(best, max(0.0, prefix[self._block[g]] - done))
-        return 0.0 if best == math.inf else best
+            r = op_rank[g]
+            if count[r] > most:
+                most = count[r]
+            prefix = chain_prefix[r]
+            done = prefix[chain_pos[r]]
+            running = comp_op[r]
+            if running >= 0:
+                overlap = 1
+                rem = comp_rem[r] - (now - comp_t[r]) * comp_rate[r]
+                done += op_base[running] - (0.0 if 0.0 > rem else rem)   # base - max(rem, 0)
+            left = prefix[block[g]] - done
+            left = left if left > 0.0 else 0.0                            # max(0, left)
+            if left < best:
+                best = left
+        return (1 if (self._congested and dom) else 0), overlap, 1 + most, (0.0 if best == math.inf else best)
 
     def exposed_cost(self, call: int, actions) -> list[float]:
         """What the pending ``call`` adds to the step (µs) under each of ``actions``, in the
@@ -206,9 +265,8 @@ class Replay:
         (2) *interference*: ``min(D(a), hideable) x (slowdown(a) - 1)``: the overlapped compute its
         channels and HBM traffic stretch. Relative to the default action the first part is 0.
         """
-        congested, overlap, sharing = self.conditions(call)
-        rows = self._rows[self._key[call]]
-        hideable = self.hideable_us(call)
+        congested, overlap, sharing, hideable = self._exposure(call)
+        rows = self._call_rows[call]
         noise = self.noise[call]
         base = _duration(rows[DEFAULT_ACTION], congested, overlap, sharing) * noise
         if self.latest_finish_us is not None:
@@ -216,7 +274,7 @@ class Replay:
         else:
             slack = hideable - base
         critical = slack <= 0.01 * base
-        slack = max(slack, 0.0)
+        slack = 0.0 if 0.0 > slack else slack  # max(slack, 0), as are the conditionals below
         out = []
         for a in actions:
             row = rows[a]
@@ -226,9 +284,15 @@ class Replay:
             d = _duration(row, congested, overlap, sharing) * noise
             delta = d - base
             if delta > 0:
-                delay = max(0.0, delta - slack)
-            else:  # a shorter call helps in proportion to how close it is to the critical path
-                delay = delta if critical else delta * max(0.0, 1.0 - slack / base) if base > 0 else 0.0
+                delay = delta - slack
+                delay = delay if delay > 0.0 else 0.0
+            elif critical:
+                delay = delta
+            elif base > 0:  # a shorter call helps in proportion to how close it is to the critical path
+                share = 1.0 - slack / base
+                delay = delta * (share if share > 0.0 else 0.0)
+            else:
+                delay = 0.0
             hidden = d if d < hideable else hideable
             out.append(delay + hidden * (row[6] - 1.0))
         return out
@@ -243,171 +307,241 @@ class Replay:
 
     # --- event loop ---
 
-    def _push(self, time: float, kind: int, ident: int, version: int) -> None:
+    def _push(self, time: float, kind: int, ident: int) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (time, self._seq, kind, ident, version))
+        heappush(self._heap, (time, self._seq, kind, ident))
 
-    def _start_ready_ops(self) -> None:
-        ready, self._ready_ops = self._ready_ops, []
+    def _check_finished(self) -> None:
+        if self._done_ops < self.program.num_ops:
+            program = self.program
+            waiting = [c for c in range(program.num_calls) if 0 < self._ready_members[c] < self._call_size[c]]
+            what = (f"call {program.call_label[waiting[0]]!r} on group {program.call_group[waiting[0]]}"
+                    if waiting else "an op")
+            raise DeadlockError(f"{program.source}: step {program.step} cannot finish: "
+                                f"{what} waits for ranks that never reach it")
+
+    def _event_loop(self, auto: bool):
+        """Run the timeline; whenever a tunable call is ready and undecided, yield (``auto``: start
+        such calls with NCCL's default, in readiness order, instead), and go on once no call is
+        pending; return when no event is left.
+
+        Ops made ready by one event start together, after it; a call starts when its last member op
+        does (a tunable one: once decided, after the whole batch). This loop is the replay's hot
+        path: the handlers of its events (compute ends, call ends, congestion changes) and the start
+        of compute are inline, and as a generator it keeps its locals from one decision to the next.
+        While suspended it holds no reference to the replay (only a weak one), so that a replay
+        left mid-step is freed at once rather than by the cycle collector.
+        """
+        replay = weakref.ref(self)
         program = self.program
-        for g in ready:
-            call = program.op_call[g]
-            if call < 0:
-                self._start_compute(g)
+        op_call, op_rank, op_succ, op_base = program.op_call, program.op_rank, program.op_succ, program.op_base_us
+        call_ops, call_ranks, tunable = program.call_ops, self._call_ranks, program.call_tunable
+        call_size, call_domain = self._call_size, self._call_domain
+        ready_members, npred, pending, heap, ready = (self._ready_members, self._npred, self._pending, self._heap,
+                                                      self._ready_ops)
+        comp_op, comp_rem, comp_rate, comp_t, comp_ver = (self._comp_op, self._comp_rem, self._comp_rate,
+                                                          self._comp_t, self._comp_ver)
+        chain_pos, chain_index = self._chain_pos, self._chain_index
+        call_rate, call_ver, call_slow, call_end = self._call_rate, self._call_ver, self._call_slow, self.call_end_us
+        rank_calls, rank_domain = self._rank_calls, self._rank_domain
+        op_start, op_end = self.op_start_us, self.op_end_us
+        update_call, update_compute, start_call = Replay._update_call, Replay._update_compute, Replay._start_call
+        num_ops = program.num_ops
+        done_ops, makespan, now = self._done_ops, self.makespan_us, self.now
+        while True:
+            if pending:
+                if not auto:
+                    self._done_ops, self.makespan_us = done_ops, makespan
+                    self = None
+                    yield
+                    self = replay()
+                    continue
+                for call in pending:
+                    start_call(self, call, DEFAULT_ACTION)
+                pending.clear()
+            if ready:  # starting ops releases none: the batch does not grow while it runs
+                for g in ready:
+                    call = op_call[g]
+                    if call < 0:  # compute starts, at the rate the calls beside it leave
+                        r = op_rank[g]
+                        comp_op[r] = g
+                        op_start[g] = now
+                        chain_pos[r] = chain_index[g]
+                        slow = 1.0
+                        calls = rank_calls[r]
+                        for c in calls:
+                            slow += call_slow[c]
+                        rate = 1.0 / slow
+                        rem = op_base[g]
+                        rem = rem if rem > 0.0 else 0.0
+                        comp_rem[r] = rem
+                        comp_t[r] = now
+                        comp_rate[r] = rate
+                        self._seq = seq = self._seq + 1
+                        comp_ver[r] = seq
+                        heappush(heap, (now + rem / rate, seq, _COMPUTE, r))
+                        for c in calls:
+                            update_call(self, c)
+                        continue
+                    n = ready_members[call] + 1
+                    ready_members[call] = n
+                    if n == call_size[call]:
+                        if tunable[call]:
+                            pending.append(call)
+                        else:
+                            start_call(self, call, DEFAULT_ACTION)
+                ready.clear()
                 continue
-            self._ready_members[call] += 1
-            if self._ready_members[call] == len(program.call_ops[call]):
-                if program.call_tunable[call]:
-                    self._pending.append(call)
-                else:
-                    self._start_call(call, DEFAULT_ACTION)
-
-    def _advance_one_event(self) -> bool:
-        heap = self._heap
-        while heap:
-            time, _, kind, ident, version = heapq.heappop(heap)
+            if not heap:
+                break
+            time, seq, kind, ident = heappop(heap)
             if kind == _COMPUTE:
-                if version != self._comp_ver[ident] or self._comp_op[ident] < 0:
+                if seq != comp_ver[ident]:  # stale: its rate changed since, or it ended
                     continue
-                self.now = time
-                self._finish_compute(ident)
+                self.now = now = time
+                g = comp_op[ident]
+                comp_op[ident] = -1
+                chain_pos[ident] = chain_index[g] + 1
+                comp_ver[ident] = 0
+                for c in rank_calls[ident]:
+                    update_call(self, c)
+                done_ops += 1
+                released = (g,)
             elif kind == _CALL:
-                if version != self._call_ver[ident] or self._call_rate[ident] == 0.0:
+                if seq != call_ver[ident]:
                     continue
-                self.now = time
-                self._finish_call(ident)
+                self.now = now = time
+                call_end[ident] = now
+                call_rate[ident] = 0.0
+                call_ver[ident] = 0
+                dom = call_domain[ident]
+                count = rank_domain[dom]
+                ranks = call_ranks[ident]
+                for r in ranks:
+                    rank_calls[r].remove(ident)
+                    count[r] -= 1
+                for r in ranks:
+                    if comp_op[r] >= 0:
+                        update_compute(self, r)
+                    for other in rank_calls[r]:
+                        if call_domain[other] == dom:
+                            update_call(self, other)
+                done_ops += call_size[ident]
+                released = call_ops[ident]
             else:
-                if self._done_ops >= self.program.num_ops:
+                if done_ops >= num_ops:
                     continue
-                self.now = time
+                self.now = now = time
                 self._congested, end = self.congestion.period_at(time + 1e-9)
-                self._push(end, _CONGESTION, 0, 0)
+                self._push(end, _CONGESTION, 0)
                 seen = set()
-                for calls in self._rank_calls:
+                for calls in rank_calls:
                     for c in calls:
-                        if self._call_domain[c] and c not in seen:
+                        if call_domain[c] and c not in seen:
                             seen.add(c)
-                            self._update_call(c)
-            return True
-        return False
-
-    def _release(self, g: int) -> None:
-        self._done_ops += 1
-        self.op_end_us[g] = self.now
-        if self.now > self.makespan_us:
-            self.makespan_us = self.now
-        npred = self._npred
-        for s in self.program.op_succ[g]:
-            npred[s] -= 1
-            if npred[s] == 0:
-                self._ready_ops.append(s)
-
-    def _start_compute(self, g: int) -> None:
-        r = self.program.op_rank[g]
-        self._comp_op[r] = g
-        self.op_start_us[g] = self.now
-        self._chain_pos[r] = self._chain_index[g]
-        self._comp_rem[r] = self.program.op_base_us[g]
-        self._comp_t[r] = self.now
-        self._comp_rate[r] = 0.0
-        self._update_compute(r)
-        for c in self._rank_calls[r]:
-            self._update_call(c)
-
-    def _finish_compute(self, r: int) -> None:
-        g = self._comp_op[r]
-        self._comp_op[r] = -1
-        self._chain_pos[r] = self._chain_index[g] + 1
-        self._comp_ver[r] += 1
-        for c in self._rank_calls[r]:
-            self._update_call(c)
-        self._release(g)
+                            update_call(self, c)
+                continue
+            if now > makespan:
+                makespan = now
+            for g in released:
+                op_end[g] = now
+                for s in op_succ[g]:
+                    n = npred[s] - 1
+                    npred[s] = n
+                    if n == 0:
+                        ready.append(s)
+        self._done_ops, self.makespan_us = done_ops, makespan
 
     def _update_compute(self, r: int) -> None:
-        if self._comp_op[r] < 0:
-            return
+        """New rate of the compute running on rank ``r`` (the callers check that one runs)."""
         now = self.now
         rem = self._comp_rem[r] - (now - self._comp_t[r]) * self._comp_rate[r]
         slow = 1.0
+        call_slow = self._call_slow
         for c in self._rank_calls[r]:
-            slow += self._call_cost[c][6] - 1.0
+            slow += call_slow[c]
         rate = 1.0 / slow
-        self._comp_rem[r] = rem if rem > 0.0 else 0.0
+        rem = rem if rem > 0.0 else 0.0
+        self._comp_rem[r] = rem
         self._comp_t[r] = now
         self._comp_rate[r] = rate
-        self._comp_ver[r] += 1
-        self._push(now + self._comp_rem[r] / rate, _COMPUTE, r, self._comp_ver[r])
+        self._seq = seq = self._seq + 1
+        self._comp_ver[r] = seq
+        heappush(self._heap, (now + rem / rate, seq, _COMPUTE, r))
 
     def _start_call(self, call: int, action: int) -> None:
-        row = self._rows[self._key[call]][action]
+        row = self._call_rows[call][action]
         noise = self.noise[call]
-        self._call_cost[call] = tuple(x * noise for x in row[:6]) + (row[6],)  # times x noise, slowdown
+        self._call_cost[call] = cost = (row[0] * noise, row[1] * noise, row[2] * noise, row[3] * noise,
+                                        row[4] * noise, row[5] * noise, row[6])
+        self._call_slow[call] = row[6] - 1.0
         self.call_action[call] = action
-        self.call_start_us[call] = self.now
+        now = self.now
+        self.call_start_us[call] = now
+        op_start = self.op_start_us
         for g in self.program.call_ops[call]:
-            self.op_start_us[g] = self.now
-        self.call_time_at_start_us[call] = _duration(self._call_cost[call], *self.conditions(call))
+            op_start[g] = now
+        # Its rate from now on: in the conditions now, counting itself among the calls on its links
+        # (``conditions`` as it joins its ranks).
         dom = self._call_domain[call]
-        ranks = self.program.call_ranks[call]
+        ranks = self._call_ranks[call]
+        rank_calls, count, comp_op = self._rank_calls, self._rank_domain[dom], self._comp_op
+        overlap = 0
+        sharing = 1
         for r in ranks:
-            self._rank_calls[r].append(call)
-            self._rank_domain[r][dom] += 1
+            if comp_op[r] >= 0:
+                overlap = 1
+            n = count[r] + 1
+            count[r] = n
+            if n > sharing:
+                sharing = n
+            rank_calls[r].append(call)
+        duration = _duration(cost, 1 if (self._congested and dom) else 0, overlap, sharing)
+        self.call_time_at_start_us[call] = duration
         self._call_rem[call] = 1.0
-        self._call_t[call] = self.now
-        self._call_rate[call] = 0.0
-        self._update_call(call)
+        self._call_t[call] = now
+        rate = 1.0 / duration if duration > 0 else math.inf
+        self._call_rate[call] = rate
+        if rate != 0.0:
+            self._seq = seq = self._seq + 1
+            self._call_ver[call] = seq
+            heappush(self._heap, (now + (1.0 / rate if rate != math.inf else 0.0), seq, _CALL, call))
+        call_domain = self._call_domain
         for r in ranks:
-            self._update_compute(r)
-            for other in self._rank_calls[r]:
-                if other != call and self._call_domain[other] == dom:
+            if comp_op[r] >= 0:
+                self._update_compute(r)
+            for other in rank_calls[r]:
+                if other != call and call_domain[other] == dom:
                     self._update_call(other)
-
-    def _finish_call(self, call: int) -> None:
-        self.call_end_us[call] = self.now
-        self._call_rate[call] = 0.0
-        self._call_ver[call] += 1
-        dom = self._call_domain[call]
-        ranks = self.program.call_ranks[call]
-        for r in ranks:
-            self._rank_calls[r].remove(call)
-            self._rank_domain[r][dom] -= 1
-        for r in ranks:
-            self._update_compute(r)
-            for other in self._rank_calls[r]:
-                if self._call_domain[other] == dom:
-                    self._update_call(other)
-        for g in self.program.call_ops[call]:
-            self._release(g)
 
     def _update_call(self, call: int) -> None:
         now = self.now
         rate = self._call_rate[call]
         rem = self._call_rem[call] - (now - self._call_t[call]) * rate
-        c = self._call_cost[call]
-        ranks = self.program.call_ranks[call]
         dom = self._call_domain[call]
-        congested = 1 if (self._congested and dom) else 0
+        count = self._rank_domain[dom]
+        comp_op = self._comp_op
         overlap = 0
         sharing = 1
-        for r in ranks:
-            if self._comp_op[r] >= 0:
+        for r in self._call_ranks[call]:
+            if comp_op[r] >= 0:
                 overlap = 1
-            n = self._rank_domain[r][dom]
-            if n > sharing:
-                sharing = n
-        duration = _duration(c, congested, overlap, sharing)
+            if count[r] > sharing:
+                sharing = count[r]
+        duration = _duration(self._call_cost[call], 1 if (self._congested and dom) else 0, overlap, sharing)
         new_rate = 1.0 / duration if duration > 0 else math.inf
-        self._call_rem[call] = rem if rem > 0.0 else 0.0
+        rem = rem if rem > 0.0 else 0.0
+        self._call_rem[call] = rem
         self._call_t[call] = now
         if new_rate == rate:
             return
         self._call_rate[call] = new_rate
-        self._call_ver[call] += 1
-        finish = now + (self._call_rem[call] / new_rate if new_rate != math.inf else 0.0)
-        self._push(finish, _CALL, call, self._call_ver[call])
+        self._seq = seq = self._seq + 1
+        self._call_ver[call] = seq
+        heappush(self._heap, (now + (rem / new_rate if new_rate != math.inf else 0.0), seq, _CALL, call))
 
 
-def _first_waiting_compute(program: StepProgram, chain_index: dict[int, int]) -> list[int]:
+def _first_waiting_compute(program: StepProgram, chain_index: list[int]) -> list[int]:
     """Per op: the chain position of the first compute op on its rank that waits for it (directly or
     through other ops of that rank); the chain length when none does."""
     n = program.num_ops
@@ -431,20 +565,21 @@ def latest_finish(replay: Replay) -> list[float]:
     ``replay``'s schedule (critical-path analysis over the ops, their predecessors and the calls
     that tie ranks together, with the durations the replay realised)."""
     program = replay.program
+    op_call, op_succ, call_ops = program.op_call, program.op_succ, program.call_ops
     start, end = replay.op_start_us, replay.op_end_us
     makespan = replay.makespan_us
     n = program.num_ops
     latest_start = [makespan] * n
     done = [False] * n
     call_finish = [makespan] * program.num_calls
-    for g in sorted(range(n), key=lambda g: (end[g], start[g], g), reverse=True):
+    for _, _, g in sorted(zip(end, start, range(n)), reverse=True):
         if done[g]:
             continue
-        call = program.op_call[g]
-        members = program.call_ops[call] if call >= 0 else (g,)
+        call = op_call[g]
+        members = call_ops[call] if call >= 0 else (g,)
         finish = makespan
         for m in members:
-            for s in program.op_succ[m]:
+            for s in op_succ[m]:
                 if latest_start[s] < finish:
                     finish = latest_start[s]
         for m in members:
