@@ -66,6 +66,12 @@ BENCHMARKS = {b.name: b for b in (
         "replays per second, target >= 0.5 (at most 2 s)",
         ("replay", "traces/llama3.1-405b_tp8-pp16-dp64.parquet", "--env", "h100-ib-16x8", "--json"),
         rate_key="replays_per_s", min_rate=0.5),
+    Benchmark(
+        "plugin-getcollinfo",
+        "tuner plugin getCollInfo with a 1,000-rule table (ABI v6, net of NCCL's cost-table copy): calls per "
+        "second, target >= 1e7 (median <= 100 ns); also table load time and binary size",
+        ("plugin", "bench", "--json"),
+        rate_key="getcollinfo_calls_per_s", min_rate=1e7),
 )}
 
 

@@ -2,8 +2,9 @@
 
 A table is an ordered tuple of ``Rule``s. Each rule has keys (collective, inclusive byte range,
 nranks, nnodes, position-in-step, numPipeOps, regBuff) and a choice (algorithm, protocol,
-channels). It is stored as versioned JSON (what the dynamiccl tuner plugin reads) and can be
-exported as the CSV of NVIDIA's example tuner plugin (``NCCL_TUNER_CONFIG_FILE``).
+channels). It is stored as versioned JSON (``dynamiccl launch`` turns it into the plain-text form
+the dynamiccl tuner plugin reads, see ``dynamiccl.plugin.table_text``) and can be exported as the
+CSV of NVIDIA's example tuner plugin (``NCCL_TUNER_CONFIG_FILE``).
 
 Lookup semantics
 ----------------
@@ -20,6 +21,19 @@ and each of nranks, nnodes, position, num_pipe_ops and reg_buff is -1 ("any") in
 to the call's value. So a call whose position is unknown (-1) matches only rules with position -1.
 
 ``DecisionTable.lookup`` returns the first matching rule in table (file) order, or None.
+
+Positions at run time
+---------------------
+NCCL never says where a call sits in a training step, so the plugin counts. A table's ``steps``
+hold ``StepShape`` lines for communicator shapes (nranks, nnodes): the number of tunable
+collectives per step and the step's first call (the *anchor*: collective and nBytes). Several
+communicators of one shape (a DP group and a world group of 8 ranks, say) get one line each,
+told apart by their anchors. ``PositionCounter`` is the counting rule, the same in Python and C:
+after a call that matches the anchor of one of its shape's lines (the first in table order) the
+position is 0 and counts up; once that line's ``calls_per_step`` calls have passed, the next call
+must be an anchor again, else the position is unknown (-1) until an anchor comes. Warm-up calls that no trace saw
+(DDP's initial broadcast, a bucket rebuild) so cost position rules at most one step. Every rank
+of a communicator sees the same sequence of collectives, so every rank decides alike.
 
 ``DecisionTable.choose`` applies the table to NCCL's cost table (predicted µs per
 [algorithm][protocol]; a negative or NaN entry is a cell NCCL disabled) exactly as the plugin does:
@@ -40,9 +54,12 @@ to the call's value. So a call whose position is unknown (-1) matches only rules
 
 Formats
 -------
-JSON: ``{"format": "dynamiccl-decision-table", "version": 1, "provenance": {...}, "rules": [...]}``
-with one object per rule (keys as the ``Rule`` fields; names in NCCL's example CSV spellings;
-``algorithm``/``protocol`` -1 = keep NCCL's).
+JSON: ``{"format": "dynamiccl-decision-table", "version": 2, "provenance": {...}, "rules": [...],
+"steps": [...], "nccl_env": {...}}`` with one object per rule (keys as the ``Rule`` fields; names
+in NCCL's example CSV spellings; ``algorithm``/``protocol`` -1 = keep NCCL's), one per step shape
+(keys as the ``StepShape`` fields) and the init-time Send/Recv settings (``NCCL_ENV_KEYS``) the
+launcher exports. ``steps`` and ``nccl_env`` are optional and need version 2; version 1 files
+(rules only) are still read.
 
 CSV (NVIDIA's example plugin): ``collective_type,min_bytes,max_bytes,algorithm,protocol,channels,
 nNodes,nRanks[,numPipeOps[,regBuff]]`` -- note nNodes before nRanks. NVIDIA's parser silently
@@ -77,7 +94,7 @@ from dynamiccl.nccl import (
 )
 
 FORMAT_NAME = "dynamiccl-decision-table"
-FORMAT_VERSION = 1  # newest JSON format version this module reads and writes
+FORMAT_VERSION = 2  # newest JSON format version this module reads and writes (2 adds steps, nccl_env)
 MAX_BYTES = 2**64 - 1  # NCCL's nBytes is a size_t
 _C_INT_MAX = 2**31 - 1  # the plugins store counts in C ints
 CSV_MAX_LINE_BYTES = 255  # NVIDIA's parser: fgets into a 256-byte buffer, so 255 bytes + NUL
@@ -92,7 +109,13 @@ _RULE_INT_FIELDS = ("min_bytes", "max_bytes", "nranks", "nnodes", "position", "n
 _JSON_KEYS = ("coll", "min_bytes", "max_bytes", "nranks", "nnodes", "position", "num_pipe_ops",
               "reg_buff", "algorithm", "protocol", "channels")
 _JSON_REQUIRED = ("coll", "min_bytes", "max_bytes", "algorithm", "protocol")
-_JSON_TOP_KEYS = ("format", "version", "provenance", "rules")
+_JSON_TOP_KEYS = ("format", "version", "provenance", "rules", "steps", "nccl_env")
+_STEP_KEYS = ("nranks", "nnodes", "calls_per_step", "anchor_coll", "anchor_bytes")
+
+# Init-time Send/Recv settings a table may carry for the launcher to export: NCCL reads them at
+# communicator init and the tuner ABI never sees point-to-point calls (nccl-tuner-abi.md 4.4, 4.6).
+NCCL_ENV_KEYS = ("NCCL_P2P_NET_CHUNKSIZE", "NCCL_P2P_NVL_CHUNKSIZE", "NCCL_P2P_PCI_CHUNKSIZE",
+                 "NCCL_NCHANNELS_PER_NET_PEER", "NCCL_P2P_LL_THRESHOLD")
 
 _CSV_FIELDS = ("collective_type", "min_bytes", "max_bytes", "algorithm", "protocol", "channels",
                "nNodes", "nRanks", "numPipeOps", "regBuff")
@@ -245,6 +268,66 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class StepShape:
+    """How the plugin counts positions on communicators of one shape (see the module docstring).
+
+    ``nranks`` and ``nnodes`` name the communicator shape (exact); ``calls_per_step`` (>= 1) is the
+    number of tunable collectives per training step on it; ``anchor_coll`` / ``anchor_bytes``
+    (bytes, NCCL's nBytes) are the step's first call.
+
+    Raises:
+        InputError: (source None, field = the StepShape field) for a wrong type or value.
+    """
+
+    nranks: int
+    nnodes: int
+    calls_per_step: int
+    anchor_coll: Func
+    anchor_bytes: int
+
+    def __post_init__(self) -> None:
+        for name in ("nranks", "nnodes", "calls_per_step", "anchor_bytes"):
+            object.__setattr__(self, name, _as_int(getattr(self, name), name))
+        coll = _as_enum(self.anchor_coll, Func, "anchor_coll", allow_keep=False)
+        if coll not in TUNABLE_FUNCS:
+            raise InputError(None, "anchor_coll", f"NCCL's tuner is never asked about {FUNC_OP[coll]}; "
+                             f"expected one of {', '.join(_COLL_BY_NAME)}")
+        object.__setattr__(self, "anchor_coll", coll)
+        for name in ("nranks", "nnodes", "calls_per_step"):
+            if not 1 <= getattr(self, name) <= _C_INT_MAX:
+                raise InputError(None, name, f"{getattr(self, name)} is out of range; expected 1 .. {_C_INT_MAX}")
+        if self.nnodes > self.nranks:
+            raise InputError(None, "nnodes", f"nnodes {self.nnodes} > nranks {self.nranks}")
+        if not 0 <= self.anchor_bytes <= MAX_BYTES:
+            raise InputError(None, "anchor_bytes", f"{self.anchor_bytes} is out of range; expected 0 .. 2**64-1")
+
+
+class PositionCounter:
+    """One communicator's position-in-step counter, as the plugin keeps it (module docstring).
+
+    ``lines``: the step lines of the communicator's shape, in table order (``steps_for``); with
+    none, every position is unknown (-1).
+    """
+
+    def __init__(self, lines: Sequence[StepShape]):
+        self.lines = tuple(lines)
+        self.line: StepShape | None = None
+        self.position = -1
+
+    def advance(self, coll: Func, nbytes: int) -> int:
+        """Count one tunable call; returns its position (-1 = unknown)."""
+        if self.line is not None and 0 <= self.position < self.line.calls_per_step - 1:
+            self.position += 1
+            return self.position
+        self.line, self.position = None, -1
+        for line in self.lines:
+            if coll == line.anchor_coll and nbytes == line.anchor_bytes:
+                self.line, self.position = line, 0
+                break
+        return self.position
+
+
+@dataclass(frozen=True)
 class Choice:
     """What the plugin makes NCCL run for one call.
 
@@ -288,12 +371,33 @@ class DecisionTable:
     rules: tuple[Rule, ...] = ()
     provenance: dict = field(default_factory=dict)
     version: int = FORMAT_VERSION
+    steps: tuple[StepShape, ...] = ()
+    nccl_env: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         rules = tuple(self.rules)
         for index, rule in enumerate(rules):
             if not isinstance(rule, Rule):
                 raise TypeError(f"rules[{index}] is a {type(rule).__name__}, expected a Rule")
+        steps = tuple(self.steps)
+        anchors = set()
+        for index, step in enumerate(steps):
+            if not isinstance(step, StepShape):
+                raise TypeError(f"steps[{index}] is a {type(step).__name__}, expected a StepShape")
+            key = (step.nranks, step.nnodes, step.anchor_coll, step.anchor_bytes)
+            if key in anchors:
+                raise InputError(None, f"steps[{index}]", f"a second step line for {step.nranks} ranks "
+                                 f"on {step.nnodes} nodes with the same anchor; expected one per anchor")
+            anchors.add(key)
+        nccl_env = dict(self.nccl_env)
+        for key, value in nccl_env.items():
+            if key not in NCCL_ENV_KEYS:
+                raise InputError(None, f"nccl_env.{key}", f"not a setting a table may carry; expected "
+                                 f"one of {', '.join(NCCL_ENV_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _C_INT_MAX:
+                raise InputError(None, f"nccl_env.{key}", f"expected a positive integer, got {value!r}")
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "nccl_env", nccl_env)
         if not isinstance(self.provenance, dict):
             raise TypeError(f"provenance must be a dict, got {type(self.provenance).__name__}")
         try:
@@ -303,8 +407,14 @@ class DecisionTable:
         if isinstance(self.version, bool) or not isinstance(self.version, int) \
                 or not 1 <= self.version <= FORMAT_VERSION:
             raise ValueError(f"version must be 1 .. {FORMAT_VERSION}, got {self.version!r}")
+        if (steps or nccl_env) and self.version < 2:
+            raise ValueError("steps and nccl_env need format version 2")
         object.__setattr__(self, "rules", rules)
         object.__setattr__(self, "provenance", provenance)
+
+    def steps_for(self, nranks: int, nnodes: int) -> tuple[StepShape, ...]:
+        """The step lines of communicators with ``nranks`` ranks on ``nnodes`` nodes, table order."""
+        return tuple(step for step in self.steps if step.nranks == nranks and step.nnodes == nnodes)
 
     # --- lookup ---
 
@@ -371,11 +481,17 @@ class DecisionTable:
             rules = "[\n" + lines + "\n  ]"
         else:
             rules = "[]"
+        extra = ""
+        if self.steps:
+            lines = ",\n".join("    " + json.dumps(_step_to_json(step)) for step in self.steps)
+            extra += ',\n  "steps": [\n' + lines + "\n  ]"
+        if self.nccl_env:
+            extra += ',\n  "nccl_env": ' + json.dumps(self.nccl_env, sort_keys=True)
         return ("{\n"
                 f'  "format": {json.dumps(FORMAT_NAME)},\n'
                 f'  "version": {self.version},\n'
                 f'  "provenance": {provenance},\n'
-                f'  "rules": {rules}\n'
+                f'  "rules": {rules}{extra}\n'
                 "}\n")
 
     @classmethod
@@ -421,7 +537,20 @@ class DecisionTable:
         if not isinstance(items, list):
             raise InputError(source, "rules", f"expected a list of rule objects, got {_json_type(items)}")
         rules = tuple(_rule_from_json(item, index, source) for index, item in enumerate(items))
-        return cls(rules, provenance, version)
+        for key in ("steps", "nccl_env"):
+            if key in data and version < 2:
+                raise InputError(source, key, f"needs format version 2; this file says version {version}")
+        steps_data = data.get("steps", [])
+        if not isinstance(steps_data, list):
+            raise InputError(source, "steps", f"expected a list of step objects, got {_json_type(steps_data)}")
+        steps = tuple(_step_from_json(item, index, source) for index, item in enumerate(steps_data))
+        nccl_env = data.get("nccl_env", {})
+        if not isinstance(nccl_env, dict):
+            raise InputError(source, "nccl_env", f"expected an object, got {_json_type(nccl_env)}")
+        try:
+            return cls(rules, provenance, version, steps, nccl_env)
+        except InputError as err:
+            raise InputError(source, err.field, err.problem) from None
 
     # --- NVIDIA example-plugin CSV ---
 
@@ -618,6 +747,32 @@ def _rule_to_json(rule: Rule) -> dict:
         "protocol": rule.protocol.name_lower if rule.protocol is not None else KEEP,
         "channels": rule.channels,
     }
+
+
+def _step_to_json(step: StepShape) -> dict:
+    return {"nranks": step.nranks, "nnodes": step.nnodes, "calls_per_step": step.calls_per_step,
+            "anchor_coll": FUNC_OP[step.anchor_coll], "anchor_bytes": step.anchor_bytes}
+
+
+def _step_from_json(item: Any, index: int, source) -> StepShape:
+    where = f"steps[{index}]"
+    if not isinstance(item, dict):
+        raise InputError(source, where, f"expected a step object, got {_json_type(item)}")
+    for key in item:
+        if key not in _STEP_KEYS:
+            raise InputError(source, f"{where}.{key}", f"unknown key; expected {', '.join(_STEP_KEYS)}")
+    for key in _STEP_KEYS:
+        if key not in item:
+            raise InputError(source, f"{where}.{key}", "missing required key")
+    values = {key: item[key] for key in _STEP_KEYS}
+    values["anchor_coll"] = _json_name(item, "anchor_coll", _COLL_BY_NAME, where, source, allow_keep=False)
+    for key in ("nranks", "nnodes", "calls_per_step", "anchor_bytes"):
+        if isinstance(values[key], bool) or not isinstance(values[key], int):
+            raise InputError(source, f"{where}.{key}", f"expected an integer, got {_json_type(values[key])}")
+    try:
+        return StepShape(**values)
+    except InputError as err:
+        raise InputError(source, f"{where}.{err.field}", err.problem) from None
 
 
 def _json_name(item: dict, key: str, table: dict, where: str, source, allow_keep: bool):

@@ -227,7 +227,7 @@ def test_json_round_trip_through_a_file(tmp_path):
     assert loaded.version == FORMAT_VERSION
     assert loaded.to_json() == path.read_text(encoding="utf-8")
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["format"] == "dynamiccl-decision-table" and data["version"] == 1
+    assert data["format"] == "dynamiccl-decision-table" and data["version"] == FORMAT_VERSION
     assert data["rules"][0] == {
         "coll": "allreduce", "min_bytes": 0, "max_bytes": 65535, "nranks": 8, "nnodes": 1,
         "position": -1, "num_pipe_ops": -1, "reg_buff": -1, "algorithm": "ring",
@@ -272,7 +272,7 @@ def _del_rule(key):
 @pytest.mark.parametrize("mutate, field, problem", [
     (_set_top("format", "nccl-tuner"), "format", "dynamiccl-decision-table"),
     (_del_rule("algorithm"), "rules[0].algorithm", "missing"),
-    (_set_top("version", 2), "version", "newer"),
+    (_set_top("version", FORMAT_VERSION + 1), "version", "newer"),
     (_set_top("version", True), "version", "format version"),
     (_set_top("version", "1"), "version", "format version"),
     (_set_top("provenance", [1]), "provenance", "object"),

@@ -162,10 +162,20 @@ def cmd_replay(args) -> int:
         env = TuningEnv([Case(args.trace, args.env)], model=args.model)
         rng = np.random.default_rng(0)
         env.reset(seed=0)
+        # The random agent: a uniform draw among the valid actions of env.action_masks(). It keeps
+        # its own cost out of the figure: uniform numbers drawn in blocks, the valid actions of each
+        # distinct mask listed once.
+        valid_of: dict[bytes, list[int]] = {}
+        draws: list[float] = []
         steps, started = 0, time.perf_counter()
         while steps < args.random_steps:
-            valid = np.flatnonzero(env.action_masks())
-            _, _, terminated, _, _ = env.step(int(valid[rng.integers(len(valid))]))
+            mask = env.action_masks()
+            valid = valid_of.get(mask.tobytes())
+            if valid is None:
+                valid = valid_of[mask.tobytes()] = np.flatnonzero(mask).tolist()
+            if not draws:
+                draws = rng.random(4096).tolist()
+            _, _, terminated, _, _ = env.step(valid[int(draws.pop() * len(valid))])
             steps += 1
             if terminated:
                 env.reset()
@@ -200,7 +210,7 @@ def export_policy(args) -> int:
 
     from dynamiccl.decision_table import DecisionTable
     from dynamiccl.tuning.cases import load_case
-    from dynamiccl.tuning.export import QUERY_COLUMNS, csv_compatible, table_from_policy
+    from dynamiccl.tuning.export import QUERY_COLUMNS, csv_compatible, step_shapes, table_from_policy
     from dynamiccl.tuning.observation import encode
     from dynamiccl.tuning.policy_file import load_policy
     from dynamiccl.tuning.train import load_config
@@ -218,10 +228,11 @@ def export_policy(args) -> int:
     if len(envs) > 1 and not args.env:
         print(f"note: cases span {len(envs)} environment specs; the table is built over all of them "
               "(masks are taken per call, so build one table per cluster with --env for deployment)")
-    rows, masks = [], []
+    rows, masks, programs = [], [], []
     for case in cases:
         loaded = load_case(case, config.model)
         p = loaded.program
+        programs.append(p)
         for c in p.tunable_calls:
             rows.append((p.call_func[c], p.call_nbytes[c], p.call_nranks[c], p.call_nnodes[c], p.call_position[c],
                          p.call_pipe_ops[c], 0))
@@ -241,8 +252,11 @@ def export_policy(args) -> int:
 
     provenance = {"policy": str(args.policy), "config": str(config_path), "envs": envs,
                   "cases": [c.label for c in cases], "policy_provenance": policy.provenance}
-    table = table_from_policy(decide, calls, provenance=provenance)
+    steps, left_out = step_shapes(programs)
+    table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
     table.save(args.output)
+    for reason in left_out:
+        print(f"note: no step line (position rules cannot apply) for {reason}")
     print(f"wrote {args.output}: {len(table.rules)} rules reproducing the policy on {len(calls):,} calls "
           f"of {len(cases)} case(s)")
     if args.nccl_csv:

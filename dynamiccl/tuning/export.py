@@ -54,7 +54,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule, _csv_inexpressible
+from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule, StepShape, _csv_inexpressible
 from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, is_supported
 from dynamiccl.tuning.actions import (
     ACTION_ALGO,
@@ -234,7 +234,7 @@ def _range_bounds(sizes: np.ndarray, decisions: np.ndarray) -> list[tuple[int, i
 
 
 def table_from_policy(decide: Policy, calls: pd.DataFrame, *, provenance: dict,
-                      grid_points_per_octave: int = 2) -> DecisionTable:
+                      grid_points_per_octave: int = 2, steps: tuple[StepShape, ...] = ()) -> DecisionTable:
     """A decision table that reproduces ``decide`` on every call of ``calls`` (see the module docstring).
 
     Args:
@@ -248,6 +248,7 @@ def table_from_policy(decide: Policy, calls: pd.DataFrame, *, provenance: dict,
         provenance: JSON-serialisable description of the policy (stored in the table); this
             function adds a ``"policy_export"`` entry describing the construction.
         grid_points_per_octave: density of the size grid queried to generalise to unseen sizes.
+        steps: the step lines the plugin counts positions with (``step_shapes``); stored in the table.
 
     Returns:
         Exact (position-specific) rules of every group first, then each group's range rules.
@@ -318,7 +319,53 @@ def table_from_policy(decide: Policy, calls: pd.DataFrame, *, provenance: dict,
         "position_rules": len(exact_rules),
         "range_rules": len(range_rules),
     }
-    return DecisionTable(tuple(exact_rules + range_rules), {**provenance, "policy_export": info})
+    shapes = {(step.nranks, step.nnodes) for step in steps}  # a rule's shape may count positions
+    info["position_rules_without_step_line"] = sum(
+        1 for rule in exact_rules if (rule.nranks, rule.nnodes) not in shapes)
+    return DecisionTable(tuple(exact_rules + range_rules), {**provenance, "policy_export": info}, steps=steps)
+
+
+def step_shapes(programs) -> tuple[tuple[StepShape, ...], list[str]]:
+    """The step lines that let the plugin count positions, from compiled step programs.
+
+    A communicator's line is its number of tunable calls per step and its step's first call (the
+    anchor). Groups of one shape (nranks, nnodes) with the same anchor must agree on the count,
+    else that anchor gets no line; a shape with a group that also runs collectives NCCL's tuner
+    never sees (AlltoAll) gets none, since the plugin's count would differ from the trace's
+    positions. Returns (step lines, reasons for what was left out).
+    """
+    per_shape: dict[tuple[int, int], set] = {}
+    broken: dict[tuple[int, int], str] = {}
+    for program in programs:
+        by_group: dict[str, list[int]] = {}
+        for call in range(program.num_calls):
+            if program.call_func[call] in TUNABLE_FUNCS or program.call_func[call] == Func.ALLTOALL:
+                by_group.setdefault(program.call_group[call], []).append(call)
+        for group, calls in by_group.items():
+            calls.sort(key=lambda c: program.call_position[c])
+            shape = (program.call_nranks[calls[0]], program.call_nnodes[calls[0]])
+            positions = [program.call_position[c] for c in calls]
+            if any(program.call_func[c] not in TUNABLE_FUNCS for c in calls) or positions != list(range(len(calls))):
+                broken[shape] = f"group {group} runs collectives NCCL's tuner never sees"
+                continue
+            first = calls[0]
+            per_shape.setdefault(shape, set()).add(
+                (len(calls), program.call_func[first], program.call_nbytes[first]))
+    steps, left_out = [], []
+    for shape, variants in sorted(per_shape.items()):
+        if shape in broken:
+            left_out.append(f"{shape[0]} ranks on {shape[1]} nodes: {broken[shape]}")
+            continue
+        counts: dict[tuple[int, int], set[int]] = {}
+        for count, func, nbytes in variants:
+            counts.setdefault((func, nbytes), set()).add(count)
+        for (func, nbytes), options in sorted(counts.items()):
+            if len(options) > 1:
+                left_out.append(f"{shape[0]} ranks on {shape[1]} nodes: groups whose steps start with "
+                                f"{FUNC_OP[Func(func)]} of {nbytes} bytes run {sorted(options)} calls per step")
+            else:
+                steps.append(StepShape(shape[0], shape[1], options.pop(), func, nbytes))
+    return tuple(steps), left_out
 
 
 # --- applying and converting tables ----------------------------------------------------------------
@@ -392,6 +439,7 @@ def csv_compatible(table: DecisionTable) -> DecisionTable:
 
 
 __all__ = [
+    "step_shapes",
     "DECIDE_BATCH_ROWS", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
     "csv_compatible", "decisions_of_table", "rule_choice", "size_grid", "table_from_policy",
 ]

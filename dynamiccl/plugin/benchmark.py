@@ -1,0 +1,186 @@
+"""``dynamiccl plugin bench``: getCollInfo per call with a 1,000-rule table, load time, binary size.
+
+Recorded result: ``experiments/plugin/bench.json``; also ``dynamiccl bench plugin-getcollinfo``::
+
+    dynamiccl plugin bench --record experiments/plugin/bench.json
+    dynamiccl plugin bench --json      # the record as JSON only
+
+It builds the plugin as shipped (``build_plugin``: -O2), writes a realistic 1,000-rule table
+(``realistic_table``: five collectives, four communicator shapes, power-of-two size buckets, a
+block of position rules for the training communicator and its step line), compiles
+``bench_getcollinfo.c`` and runs it (see its header for what is timed and how), and reports the
+plugin's file size (as built, and stripped). Target: getCollInfo median <= 100 ns per call with
+1,000 rules, net of NCCL's own per-call cost-table copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from dynamiccl import atomic
+from dynamiccl.bench import _machine
+from dynamiccl.decision_table import DecisionTable, Rule, StepShape
+from dynamiccl.nccl import KEEP, Algorithm, Func, Protocol, supported_configs
+from dynamiccl.plugin import table_text
+from dynamiccl.plugin.build import SOURCE_DIR, build_plugin, compile_sources
+
+TARGET_NS = 100.0
+RULES = 1000
+TRAINING_SHAPE = (16, 2)  # the communicator the benchmark's calls run on
+SHAPES = ((8, 1), TRAINING_SHAPE, (64, 8), (256, 32))
+STEP = StepShape(*TRAINING_SHAPE, calls_per_step=96, anchor_coll=Func.ALLREDUCE, anchor_bytes=1 << 20)
+COLLS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE)
+
+
+def _choice(rng: random.Random, coll: Func, log2_bytes: int) -> dict:
+    """A plausible choice for a size: LL for small messages, LL128 in between, Simple for large."""
+    protocol = Protocol.LL if log2_bytes < 16 else Protocol.LL128 if log2_bytes < 22 else Protocol.SIMPLE
+    pairs = [(a, p) for a, p in supported_configs(coll) if a in (Algorithm.RING, Algorithm.TREE, Algorithm.PAT)]
+    matching = [pair for pair in pairs if pair[1] == protocol] or pairs
+    algorithm, protocol = rng.choice(matching)
+    keep = rng.random()
+    return {"algorithm": None if keep < 0.1 else algorithm, "protocol": None if 0.1 <= keep < 0.2 else protocol,
+            "channels": rng.choice((KEEP, KEEP, KEEP, 2, 4, 8, 16, 32))}
+
+
+def realistic_table(n_rules: int = RULES, seed: int = 0) -> DecisionTable:
+    """A table shaped like an exported one, with exactly ``n_rules`` rules.
+
+    First the position rules of the training communicator (calls of a 96-call step, by collective
+    and size bucket), then per (collective, shape) rules over power-of-two size buckets (0 .. 1 KiB,
+    then half-octaves up to 16 GiB, then everything above), then catch-all rules for any shape.
+    """
+    rng = random.Random(seed)
+    rules: list[Rule] = []
+    for position in range(STEP.calls_per_step):  # about 20 % of the table
+        if len(rules) >= n_rules // 5:
+            break
+        coll = rng.choice(COLLS)
+        k = rng.randrange(12, 30)
+        rules.append(Rule(coll, 1 << k, (1 << (k + 1)) - 1, *TRAINING_SHAPE, position=position,
+                          **_choice(rng, coll, k)))
+    buckets = [(0, 1023, 9)]
+    for k in range(10, 34):  # half-octaves
+        buckets += [(1 << k, 3 << (k - 1), k), ((3 << (k - 1)) + 1, (1 << (k + 1)) - 1, k)]
+    buckets.append((1 << 34, 2**64 - 1, 34))
+    for coll in COLLS:
+        for nranks, nnodes in SHAPES:
+            for low, high, k in buckets:
+                if rng.random() < 0.15:  # merged with the neighbouring bucket in a real export
+                    continue
+                rules.append(Rule(coll, low, high, nranks, nnodes, **_choice(rng, coll, k)))
+    rules = rules[:n_rules - len(COLLS)]
+    while len(rules) < n_rules - len(COLLS):  # pad with more position rules, as a longer step would have
+        coll, k = rng.choice(COLLS), rng.randrange(12, 30)
+        rules.insert(0, Rule(coll, 1 << k, (1 << (k + 1)) - 1, *TRAINING_SHAPE,
+                             position=rng.randrange(STEP.calls_per_step), **_choice(rng, coll, k)))
+    rules += [Rule(coll, 0, 2**64 - 1, channels=rng.choice((KEEP, 8)), **{"algorithm": None, "protocol": None})
+              for coll in COLLS]
+    return DecisionTable(tuple(rules), {"generator": "dynamiccl plugin bench", "seed": seed}, steps=(STEP,))
+
+
+def _stripped_size(library: Path, work: Path) -> int | None:
+    strip = shutil.which("strip")
+    if strip is None:
+        return None
+    copy = work / "stripped.so"
+    subprocess.run([strip, "--strip-all", "-o", str(copy), str(library)], check=True, capture_output=True)
+    return copy.stat().st_size
+
+
+def run(calls_per_batch: int = 100, batches: int = 20000, n_rules: int = RULES) -> dict:
+    """Build, generate the table, run the benchmark; returns the measured numbers."""
+    with tempfile.TemporaryDirectory(prefix="dynamiccl-bench-") as tmp:
+        work = Path(tmp)
+        library = build_plugin()
+        program = compile_sources(work / "bench_getcollinfo", [SOURCE_DIR / "bench_getcollinfo.c"],
+                                  ("-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wl,--no-as-needed", "-ldl"))
+        table = realistic_table(n_rules)
+        table_path = table_text.write(table, work / "table.txt", "dynamiccl plugin bench")
+        command = [str(program), str(library), str(table_path), *map(str, TRAINING_SHAPE),
+                   str(int(STEP.anchor_coll)), str(STEP.anchor_bytes), str(calls_per_batch), str(batches)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"bench_getcollinfo failed ({done.returncode}):\n{done.stderr}")
+        result = json.loads(done.stdout)
+        result["plugin_bytes"] = library.stat().st_size
+        result["plugin_stripped_bytes"] = _stripped_size(library, work)
+        return result
+
+
+def _cpu_model() -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def record(result: dict, argv: list[str]) -> dict:
+    """The result with what the recorded JSON carries besides: command, target, verdict, machine."""
+    net = result["mixed"]["net"]["median"]
+    return {
+        "benchmark": "plugin-getcollinfo",
+        "description": "dynamiccl tuner plugin, ABI v6: getCollInfo ns per call with a 1,000-rule table "
+                       "(net of NCCL's per-call cost-table copy), table load time, binary size",
+        "command": "dynamiccl plugin bench " + shlex.join(argv),
+        "getcollinfo_median_ns": net,
+        "getcollinfo_calls_per_s": 1e9 / net if net > 0 else float("inf"),
+        "getcollinfo_p99_ns": result["mixed"]["net"]["p99"],
+        "target_median_ns": TARGET_NS,
+        "within_target": net <= TARGET_NS,
+        **result,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {**_machine(), "cpu_model": _cpu_model()},
+    }
+
+
+def print_table(rec: dict) -> None:
+    """An nccl-tests-like summary."""
+    print(f"# dynamiccl tuner plugin, ABI v6: getCollInfo with {rec['rules']} rules and {rec['step_lines']} step "
+          f"line on {rec['nranks']} ranks / {rec['nnodes']} nodes; {rec['calls_per_batch']} calls per timed batch")
+    print("# ns per call: 'with copy' = NCCL's fresh cost table + getCollInfo, 'copy' = the table alone, "
+          "'net' = the plugin")
+    print(f"# {'collective':>14} {'calls':>10} {'with copy':>10} {'copy':>7} {'net':>7} {'net p99':>8}")
+    rows = [("mixed", rec["mixed"])] + list(rec["per_collective"].items())
+    for name, row in rows:
+        print(f"  {name:>14} {row['calls']:>10} {row['measured']['median']:>10.1f} {row['overhead']['median']:>7.1f} "
+              f"{row['net']['median']:>7.1f} {row['net']['p99']:>8.1f}")
+    stripped = rec["plugin_stripped_bytes"]
+    print(f"# calls decided by a rule: {100 * rec['ruled_fraction']:.1f} %")
+    print(f"# table load ({rec['table_bytes']} bytes): parse {rec['parse_us']:.0f} us, first init (read, parse, "
+          f"index) {rec['first_init_us']:.0f} us, next init (index) {rec['next_init_us']:.0f} us")
+    print(f"# plugin: {rec['plugin_bytes']} bytes" + (f" ({stripped} stripped)" if stripped else ""))
+    print(f"# getCollInfo median {rec['getcollinfo_median_ns']:.1f} ns (target <= {TARGET_NS:.0f} ns): "
+          f"{'ok' if rec['within_target'] else 'MISSED'}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``dynamiccl plugin bench``."""
+    parser.add_argument("--json", action="store_true", help="print the record as JSON only")
+    parser.add_argument("--record", type=Path, help="also write the record (JSON) here")
+    parser.add_argument("--calls-per-batch", type=int, default=100, help="calls per timed batch (default 100)")
+    parser.add_argument("--batches", type=int, default=20000, help="timed batches (default 20000)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark; exit status 1 if the median misses the target."""
+    argv = [f"--calls-per-batch={args.calls_per_batch}", f"--batches={args.batches}"]
+    argv += [f"--record={args.record}"] if args.record else []
+    rec = record(run(args.calls_per_batch, args.batches), argv)
+    if args.record:
+        atomic.write_text(args.record, json.dumps(rec, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(rec))
+    else:
+        print_table(rec)
+    return 0 if rec["within_target"] else 1
+

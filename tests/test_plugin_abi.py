@@ -1,0 +1,344 @@
+"""The compiled tuner plugin, driven through ctypes exactly as NCCL drives it, for ABI v2..v6."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+
+import pytest
+from plugin_harness import use_table
+
+from dynamiccl.decision_table import DecisionTable, Rule, StepShape
+from dynamiccl.nccl import Algorithm as A
+from dynamiccl.nccl import Func, Protocol as P, is_supported
+from dynamiccl.plugin.binding import LOG_FLAG_TUNING, LOG_INFO, LOG_WARN, nccl_pick
+from dynamiccl.plugin.build import SOURCE_DIR
+
+COST_ABIS = (3, 4, 5, 6)
+ALL_ABIS = (2, 3, 4, 5, 6)
+OFF = -1.0
+
+
+def costs(**cells: float) -> list[list[float]]:
+    """A 7x3 NCCL cost table: every cell disabled except the named ones (e.g. ring_simple=12.5)."""
+    table = [[OFF] * 3 for _ in range(7)]
+    for name, value in cells.items():
+        algo, proto = name.rsplit("_", 1)
+        table[A[algo.upper()]][P[proto.upper()]] = value
+    return table
+
+
+# H100, 16 ranks on 2 nodes, 1 MiB AllReduce: Tree and Ring enabled, NVLS/CollNet not, LL128 on.
+H100 = costs(tree_ll=40.0, tree_ll128=22.0, tree_simple=30.0, ring_ll=55.0, ring_ll128=25.0,
+             ring_simple=35.0)
+
+
+def table(*rules: Rule, steps=()) -> DecisionTable:
+    return DecisionTable(tuple(rules), {"test": "abi"}, steps=tuple(steps))
+
+
+def rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=2**64 - 1, **keys) -> Rule:
+    return Rule(coll, min_bytes, max_bytes, **keys)
+
+
+def changed_cells(before, after) -> dict:
+    return {(a, p): after[a][p] for a in range(len(before)) for p in range(3) if before[a][p] != after[a][p]}
+
+
+# --- what the library exports -----------------------------------------------------------------------
+
+def test_exports_every_abi_version_nccl_looks_up(tuner):
+    assert tuner.exported_abi_versions() == [6, 5, 4, 3, 2]
+    for version in ALL_ABIS:
+        plugin = tuner.plugin(version)
+        assert plugin.name == b"dynamiccl"
+        assert plugin.init and plugin.getCollInfo
+    assert tuner.plugin(6).getChunkSize
+
+
+def test_header_enums_match_the_python_vocabulary():
+    header = (SOURCE_DIR / "tuner_abi.h").read_text()
+    defines = dict(re.findall(r"#define DCCL_((?:ALGO|PROTO)_[A-Z_0-9]+) \(?(-?\d+)\)?", header))
+    for algo in A:
+        assert int(defines[f"ALGO_{algo.name}"]) == algo.value
+    for proto in P:
+        assert int(defines[f"PROTO_{proto.name}"]) == proto.value
+    funcs = dict(re.findall(r"DCCL_FUNC_([A-Z]+) = (\d+)", header))
+    for name, value in funcs.items():
+        assert Func[name].value == int(value)
+    assert "DCCL_NUM_ALGORITHMS 7" in header and "DCCL_NUM_PROTOCOLS 3" in header
+
+
+def test_support_rule_matches_python(tuner):
+    for coll in range(5):
+        for algo in A:
+            for proto in P:
+                assert tuner.supported(coll, algo, proto) == is_supported(Func(coll), algo, proto)
+
+
+# --- cost-table ABIs (v3..v6) -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("abi", COST_ABIS)
+def test_rule_selects_its_cell_and_channels(tuner, tmp_path, monkeypatch, abi):
+    use_table(tuner, table(rule(max_bytes=1 << 20, nranks=16, nnodes=2, algorithm=A.RING,
+                                protocol=P.LL128, channels=8)), tmp_path, monkeypatch)
+    with tuner.open(abi, 16, 2, comm_id=0xABC) as comm:
+        assert comm.init_return_code == 0
+        result = comm.coll_info(Func.ALLREDUCE, 1 << 20, H100)
+        assert result.return_code == 0
+        assert changed_cells(H100, result.cost_table) == {(A.RING, P.LL128): 0.0}
+        assert (result.algorithm, result.protocol, result.n_channels) == (A.RING, P.LL128, 8)
+        # one byte more: no rule matches, so NCCL's table and channels are untouched
+        result = comm.coll_info(Func.ALLREDUCE, (1 << 20) + 1, H100)
+        assert result.cost_table == H100 and result.n_channels == 0
+        assert (result.algorithm, result.protocol) == nccl_pick(H100) == (A.TREE, P.LL128)
+
+
+@pytest.mark.parametrize("abi", COST_ABIS)
+def test_disabled_cell_is_never_revived(tuner, tmp_path, monkeypatch, abi):
+    # NVLS is -1 on this cluster; the first rule must be skipped, the second applies.
+    use_table(tuner, table(rule(algorithm=A.NVLS, protocol=P.SIMPLE, channels=4),
+                           rule(algorithm=A.RING, protocol=None)), tmp_path, monkeypatch)
+    with tuner.open(abi, 16, 2) as comm:
+        result = comm.coll_info(Func.ALLREDUCE, 4096, H100)
+        assert result.cost_table[A.NVLS][P.SIMPLE] == OFF
+        assert changed_cells(H100, result.cost_table) == {(A.RING, P.LL128): 0.0}  # ring's cheapest
+        assert result.n_channels == 0
+
+
+@pytest.mark.parametrize("abi", COST_ABIS)
+def test_user_masks_are_respected(tuner, tmp_path, monkeypatch, abi):
+    # NCCL_ALGO=ring and NCCL_PROTO=^LL128 turn those cells to -1 before the tuner sees the table.
+    masked = costs(ring_ll=55.0, ring_simple=35.0)
+    use_table(tuner, table(rule(algorithm=A.TREE, protocol=P.LL128, channels=2),
+                           rule(algorithm=None, protocol=P.LL128, channels=3)), tmp_path, monkeypatch)
+    with tuner.open(abi, 16, 2) as comm:
+        result = comm.coll_info(Func.ALLREDUCE, 4096, masked)
+        assert result.cost_table == masked and result.n_channels == 0
+        assert (result.algorithm, result.protocol) == (A.RING, P.SIMPLE)
+
+
+@pytest.mark.parametrize("abi", COST_ABIS)
+def test_channels_only_rule_keeps_nccls_cell(tuner, tmp_path, monkeypatch, abi):
+    use_table(tuner, table(rule(channels=4)), tmp_path, monkeypatch)
+    with tuner.open(abi, 16, 2) as comm:
+        result = comm.coll_info(Func.ALLREDUCE, 4096, H100)
+        assert result.cost_table == H100
+        assert result.n_channels == 4
+
+
+@pytest.mark.parametrize("abi", COST_ABIS)
+def test_calls_nccl_never_asks_about_are_left_alone(tuner, tmp_path, monkeypatch, abi):
+    use_table(tuner, table(rule(algorithm=A.RING, protocol=P.SIMPLE, channels=2)), tmp_path, monkeypatch)
+    with tuner.open(abi, 16, 2) as comm:
+        for coll in (Func.SENDRECV, Func.SEND, Func.RECV, 99, -3):
+            result = comm.coll_info(coll, 4096, H100)
+            assert result.return_code == 0 and result.cost_table == H100 and result.n_channels == 0
+    # a NULL context (init ran out of memory): success, nothing touched
+    flat = (ctypes.c_float * 21)(*[c for row in H100 for c in row])
+    channels = ctypes.c_int(0)
+    args = (None, int(Func.ALLREDUCE), 64, 1, ctypes.cast(flat, ctypes.c_void_p), 7, 3)
+    args += () if abi == 3 else (0,)
+    assert tuner.plugin(abi).getCollInfo(*args, ctypes.byref(channels)) == 0
+    assert list(flat) == [c for row in H100 for c in row] and channels.value == 0
+
+
+def test_flat_indexing_with_fewer_algorithms(tuner, tmp_path, monkeypatch):
+    # NCCL 2.22 has no PAT: numAlgo 6. The table is float[6][3]; a PAT rule cannot apply.
+    six = [row[:] for row in H100[:6]]
+    use_table(tuner, table(rule(coll=Func.ALLREDUCE, algorithm=A.RING, protocol=P.SIMPLE)), tmp_path, monkeypatch)
+    with tuner.open(3, 16, 2) as comm:
+        result = comm.coll_info(Func.ALLREDUCE, 4096, six, num_algo=6)
+        assert changed_cells(six, result.cost_table) == {(A.RING, P.SIMPLE): 0.0}
+    use_table(tuner, table(rule(coll=Func.ALLGATHER, algorithm=A.PAT, protocol=P.SIMPLE)), tmp_path, monkeypatch)
+    ag = [row[:] for row in costs(ring_ll=5.0, ring_simple=9.0)[:6]]
+    with tuner.open(3, 16, 2) as comm:
+        result = comm.coll_info(Func.ALLGATHER, 4096, ag, num_algo=6)
+        assert result.cost_table == ag
+
+
+def test_reg_buff_and_pipe_ops_keys(tuner, tmp_path, monkeypatch):
+    use_table(tuner, table(rule(reg_buff=1, algorithm=A.RING, protocol=P.SIMPLE),
+                           rule(num_pipe_ops=2, algorithm=A.TREE, protocol=P.SIMPLE)), tmp_path, monkeypatch)
+    with tuner.open(4, 16, 2) as comm:
+        assert comm.coll_info(Func.ALLREDUCE, 4096, H100, reg_buff=1).algorithm == A.RING
+        assert (comm.coll_info(Func.ALLREDUCE, 4096, H100, num_pipe_ops=2).protocol) == P.SIMPLE
+        assert comm.coll_info(Func.ALLREDUCE, 4096, H100).cost_table == H100
+    with tuner.open(3, 16, 2) as comm:  # v3 has no regBuff: NCCL means 0
+        assert comm.coll_info(Func.ALLREDUCE, 4096, H100).cost_table == H100
+
+
+def test_chunk_size_is_left_to_nccl(tuner, tmp_path, monkeypatch):
+    use_table(tuner, table(rule(algorithm=A.RING, protocol=P.SIMPLE)), tmp_path, monkeypatch)
+    with tuner.open(6, 16, 2) as comm:
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 20, A.RING, P.SIMPLE, 8, 131072) == (0, 131072)
+
+
+# --- ABI v2 (no cost table) ---------------------------------------------------------------------------
+
+def test_v2_applies_only_rules_it_can_check(tuner, tmp_path, monkeypatch):
+    monkeypatch.delenv("NCCL_ALGO", raising=False)
+    monkeypatch.delenv("NCCL_PROTO", raising=False)
+    use_table(tuner, table(rule(max_bytes=99, algorithm=A.RING, protocol=P.LL128),  # LL128: unknowable
+                           rule(max_bytes=99, algorithm=A.COLLNET_DIRECT, protocol=P.SIMPLE),
+                           rule(max_bytes=99, algorithm=A.TREE, protocol=None),  # needs the table
+                           rule(max_bytes=99, algorithm=A.RING, protocol=P.LL, channels=2),
+                           rule(min_bytes=100, channels=6)), tmp_path, monkeypatch)
+    with tuner.open(2, 16, 2) as comm:
+        result = comm.coll_info(Func.ALLREDUCE, 64)
+        assert (result.algorithm, result.protocol, result.n_channels) == (A.RING, P.LL, 2)
+        result = comm.coll_info(Func.ALLREDUCE, 64, coll_net_support=1)
+        assert (result.algorithm, result.protocol, result.n_channels) == (A.COLLNET_DIRECT, P.SIMPLE, 0)
+        result = comm.coll_info(Func.ALLREDUCE, 4096)  # channels only: NCCL keeps algo/proto
+        assert (result.algorithm, result.protocol, result.n_channels) == (-1, -1, 6)
+
+
+def test_v2_with_user_masks_sets_no_algorithm(tuner, tmp_path, monkeypatch):
+    monkeypatch.setenv("NCCL_ALGO", "ring")
+    use_table(tuner, table(rule(algorithm=A.RING, protocol=P.SIMPLE, channels=2)), tmp_path, monkeypatch)
+    with tuner.open(2, 16, 2) as comm:
+        result = comm.coll_info(Func.ALLREDUCE, 64)
+        assert (result.algorithm, result.protocol, result.n_channels) == (-1, -1, 0)
+
+
+# --- failing open ------------------------------------------------------------------------------------
+
+BAD_TABLES = {
+    "unknown algorithm": b"dynamiccl-tuner-table 1\nrule allreduce 0 10 -1 -1 -1 -1 -1 warp simple -1\n",
+    "no header": b"rule allreduce 0 10 -1 -1 -1 -1 -1 ring simple -1\n",
+    "empty": b"",
+    "binary": bytes(range(256)) * 4,
+    "min > max": b"dynamiccl-tuner-table 1\nrule allreduce 10 0 -1 -1 -1 -1 -1 ring simple -1\n",
+    "NVLS with LL": b"dynamiccl-tuner-table 1\nrule allreduce 0 10 -1 -1 -1 -1 -1 nvls ll -1\n",
+    "byte overflow": b"dynamiccl-tuner-table 1\nrule allreduce 0 18446744073709551616 -1 -1 -1 -1 -1 ring ll -1\n",
+    "long line": b"dynamiccl-tuner-table 1\n# " + b"x" * 600 + b"\n",
+}
+
+
+@pytest.mark.parametrize("abi", ALL_ABIS)
+@pytest.mark.parametrize("case", sorted(BAD_TABLES))
+def test_bad_table_warns_once_and_leaves_nccl_in_charge(tuner, tmp_path, monkeypatch, abi, case):
+    path = use_table(tuner, None, tmp_path, monkeypatch, text=BAD_TABLES[case])
+    comms = [tuner.open(abi, 16, 2, comm_id=i) for i in range(3)]
+    for comm in comms:
+        assert comm.init_return_code == 0
+        result = comm.coll_info(Func.ALLREDUCE, 64, None if abi == 2 else H100)
+        assert result.return_code == 0 and result.n_channels == 0
+        assert result.cost_table in (None, H100)
+        assert comm.close() == 0
+    warnings = [log for log in tuner.logs if log.level == LOG_WARN]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].flags == LOG_FLAG_TUNING
+    assert str(path) in warnings[0].message and "NCCL chooses every collective" in warnings[0].message
+
+
+def test_missing_file_and_unset_variable_warn_once(tuner, tmp_path, monkeypatch):
+    tuner.reset()
+    monkeypatch.setenv("DYNAMICCL_TUNER_TABLE", str(tmp_path / "nope.txt"))
+    with tuner.open(5, 8, 1) as comm:
+        assert comm.coll_info(Func.ALLREDUCE, 64, H100).cost_table == H100
+    assert [log.message for log in tuner.logs if log.level == LOG_WARN] == [
+        f"dynamiccl tuner: ignoring decision table {tmp_path / 'nope.txt'}: cannot open: No such file "
+        "or directory; NCCL chooses every collective"]
+    use_table(tuner, None, tmp_path, monkeypatch)
+    with tuner.open(5, 8, 1) as comm:
+        assert comm.coll_info(Func.ALLREDUCE, 64, H100).cost_table == H100
+    warnings = [log.message for log in tuner.logs if log.level == LOG_WARN]
+    assert len(warnings) == 1 and "DYNAMICCL_TUNER_TABLE is not set" in warnings[0]
+
+
+def test_loaded_table_is_reported_at_info(tuner, tmp_path, monkeypatch):
+    use_table(tuner, table(rule(channels=2), steps=[StepShape(16, 2, 4, Func.ALLREDUCE, 64)]), tmp_path, monkeypatch)
+    with tuner.open(6, 16, 2, comm_id=0x1234):
+        pass
+    infos = [log.message for log in tuner.logs if log.level == LOG_INFO]
+    assert any("loaded 1 rules and 1 step lines" in m for m in infos)
+    assert any("communicator 1234 with 16 ranks on 2 nodes (tuner ABI v6); position rules active" in m
+               for m in infos)
+
+
+def test_reset_is_refused_while_communicators_are_open(tuner, tmp_path, monkeypatch):
+    use_table(tuner, table(rule(channels=2)), tmp_path, monkeypatch)
+    comm = tuner.open(5, 8, 1)
+    with pytest.raises(RuntimeError, match="still open"):
+        tuner.reset()
+    comm.close()
+    tuner.reset()
+
+
+# --- positions, per communicator ---------------------------------------------------------------------
+
+def test_positions_are_counted_per_communicator(tuner, tmp_path, monkeypatch):
+    steps = [StepShape(8, 1, 3, Func.ALLREDUCE, 1000)]
+    use_table(tuner, table(rule(position=1, algorithm=A.RING, protocol=P.SIMPLE, channels=5), steps=steps),
+              tmp_path, monkeypatch)
+    a, b = tuner.open(5, 8, 1, comm_id=1), tuner.open(5, 8, 1, comm_id=2)
+    warmup = a.coll_info(Func.BROADCAST, 77, H100)  # before the first anchor: position unknown
+    assert warmup.n_channels == 0 and tuner.stats()["last"]["position"] == -1
+    for step in range(3):
+        for comm in (a, b):  # interleaved: each communicator keeps its own count
+            sizes = [1000, 2000, 3000]
+            results = [comm.coll_info(Func.ALLREDUCE, size, H100) for size in sizes]
+            assert [r.n_channels for r in results] == [0, 5, 0], (step, comm.context)
+    # a step that goes wrong: the call after a full step is not the anchor -> unknown until one is
+    assert a.coll_info(Func.ALLREDUCE, 5, H100).n_channels == 0
+    assert tuner.stats()["last"]["position"] == -1
+    assert a.coll_info(Func.ALLREDUCE, 2000, H100).n_channels == 0
+    assert [a.coll_info(Func.ALLREDUCE, s, H100).n_channels for s in (1000, 2000)] == [0, 5]
+    a.close()
+    b.close()
+
+
+def test_communicators_of_one_shape_are_told_apart_by_their_anchors(tuner, tmp_path, monkeypatch):
+    # A DP group (steps start with a 4 MiB bucket, 2 calls) and a world group (a 4-byte loss
+    # AllReduce, 1 call) both have 8 ranks on 1 node.
+    steps = [StepShape(8, 1, 2, Func.ALLREDUCE, 4 << 20), StepShape(8, 1, 1, Func.ALLREDUCE, 4)]
+    use_table(tuner, table(rule(position=1, channels=6), rule(position=0, channels=2), steps=steps),
+              tmp_path, monkeypatch)
+    with tuner.open(5, 8, 1, comm_id=1) as dp, tuner.open(5, 8, 1, comm_id=2) as world:
+        for _ in range(2):
+            assert [dp.coll_info(Func.ALLREDUCE, s, H100).n_channels for s in (4 << 20, 1 << 20)] == [2, 6]
+            assert world.coll_info(Func.ALLREDUCE, 4, H100).n_channels == 2
+
+
+def test_a_shape_without_step_line_has_unknown_positions(tuner, tmp_path, monkeypatch):
+    use_table(tuner, table(rule(position=0, channels=5), rule(channels=1),
+                           steps=[StepShape(8, 1, 3, Func.ALLREDUCE, 1000)]), tmp_path, monkeypatch)
+    with tuner.open(5, 16, 2) as comm:
+        assert [comm.coll_info(Func.ALLREDUCE, 1000, H100).n_channels for _ in range(4)] == [1, 1, 1, 1]
+
+
+# --- the live-measurement override -------------------------------------------------------------------
+
+@pytest.mark.parametrize("abi", COST_ABIS)
+def test_override_forces_the_next_calls(tuner, tmp_path, monkeypatch, abi):
+    use_table(tuner, table(rule(algorithm=A.TREE, protocol=P.SIMPLE)), tmp_path, monkeypatch)
+    with tuner.open(abi, 16, 2) as comm:
+        tuner.override(algorithm=A.RING, protocol=P.LL, channels=3, count=2)
+        for _ in range(2):
+            result = comm.coll_info(Func.ALLREDUCE, 64, H100)
+            assert (result.algorithm, result.protocol, result.n_channels) == (A.RING, P.LL, 3)
+        assert comm.coll_info(Func.ALLREDUCE, 64, H100).algorithm == A.TREE  # back to the table
+        tuner.override(algorithm=A.NVLS, protocol=P.SIMPLE, count=-1)  # disabled here: refused
+        result = comm.coll_info(Func.ALLREDUCE, 64, H100)
+        assert result.cost_table == H100 and result.n_channels == 0
+        assert comm.coll_info(Func.ALLREDUCE, 64, H100).cost_table == H100  # until cleared
+        tuner.clear_override()
+        assert comm.coll_info(Func.ALLREDUCE, 64, H100).algorithm == A.TREE
+    stats = tuner.stats()
+    assert (stats["calls"], stats["ruled"], stats["overridden"], stats["refused"]) == (6, 2, 2, 2)
+
+
+def test_override_works_without_a_table(tuner, tmp_path, monkeypatch):
+    use_table(tuner, None, tmp_path, monkeypatch)
+    with tuner.open(4, 16, 2) as comm:
+        tuner.override(channels=7, count=1)
+        result = comm.coll_info(Func.ALLGATHER, 64, costs(ring_ll=3.0, ring_simple=9.0))
+        assert result.n_channels == 7 and (result.algorithm, result.protocol) == (A.RING, P.LL)
+
+
+@pytest.mark.parametrize("args", [dict(algorithm=7), dict(protocol=3), dict(channels=0),
+                                  dict(channels=65), dict(count=-2), dict(algorithm=-2)])
+def test_override_rejects_out_of_range(tuner, args):
+    with pytest.raises(ValueError, match="out of range"):
+        tuner.override(**args)
