@@ -508,13 +508,113 @@ def cmd_bench(args) -> int:
                           record_dir=Path(args.record) if args.record else None)
 
 
+def _add_plugin(sub) -> None:
+    p = sub.add_parser("plugin", help="the NCCL tuner plugin: build it, check a table with its parser")
+    psub = p.add_subparsers(dest="plugin_command", required=True)
+    b = psub.add_parser("build", help="compile libnccl-tuner-dynamiccl.so (cached by source hash); print its path")
+    b.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
+    b.add_argument("--cache-dir", help="where builds live (default $DYNAMICCL_CACHE_DIR/plugin or "
+                                       "~/.cache/dynamiccl/plugin)")
+    b.set_defaults(func=cmd_plugin_build)
+    c = psub.add_parser("check", help="convert a table to the plugin's text and check it with the plugin's C parser")
+    c.add_argument("table", help="decision table: .json, NCCL example CSV (.csv/.conf) or plugin text (.txt)")
+    c.add_argument("--plugin", help="prebuilt plugin to check with (default: build or find the cached one)")
+    c.add_argument("-o", "--output", help="where to write the plugin text (default: the cache)")
+    c.set_defaults(func=cmd_plugin_check)
+    from dynamiccl.plugin.benchmark import add_arguments
+
+    bench = psub.add_parser("bench", help="time getCollInfo with a 1,000-rule table (median target <= 100 ns), "
+                                          "table load time and binary size")
+    add_arguments(bench)
+    bench.set_defaults(func=cmd_plugin_bench)
+
+
+def cmd_plugin_build(args) -> int:
+    from dynamiccl.launcher import open_plugin
+    from dynamiccl.plugin.build import build_plugin
+
+    path = build_plugin(Path(args.cache_dir) if args.cache_dir else None, force=args.force)
+    library = open_plugin(path)
+    versions = ", ".join(f"v{v}" for v in library.exported_abi_versions())
+    print(path)
+    print(f"  {path.stat().st_size} bytes; plugin version {library.version}; exports tuner ABI {versions}")
+    return 0
+
+
+def cmd_plugin_bench(args) -> int:
+    from dynamiccl.plugin.benchmark import main
+
+    return main(args)
+
+
+def cmd_plugin_check(args) -> int:
+    from dynamiccl.launcher import open_plugin, prepare_table, resolve_plugin
+
+    prepared = prepare_table(args.table, open_plugin(resolve_plugin(args.plugin)), args.output)
+    print(f"{args.table}: the plugin's parser accepts it: {prepared.rules} rule(s), {prepared.step_lines} "
+          f"step line(s)")
+    print(f"  plugin text: {prepared.text_path}")
+    return 0
+
+
+def _add_launch(sub) -> None:
+    p = sub.add_parser("launch", help="run a training command with the tuner plugin and a decision table",
+                       description="Run CMD (torchrun ..., srun ..., python ...) with NCCL_TUNER_PLUGIN and "
+                                   "DYNAMICCL_TUNER_TABLE set, the table's init-time NCCL settings exported and, "
+                                   "with --profile, dynamiccl's capture on. Fails open: if the plugin or the table "
+                                   "cannot be used, CMD runs with NCCL's own choices and one line says why. "
+                                   "Exits with CMD's status.")
+    p.add_argument("--table", help="decision table: .json, NCCL example CSV (.csv/.conf) or plugin text (.txt)")
+    p.add_argument("--plugin", help="prebuilt libnccl-tuner-dynamiccl.so (default: build or find the cached one)")
+    p.add_argument("--profile", metavar="DIR", help="also record the job; merged into DIR/trace.parquet")
+    p.add_argument("--gpus-per-node", type=int, default=0,
+                   help="with --profile: for node counts (default: torchrun's local world size)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be set and the command; run nothing")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.set_defaults(func=cmd_launch)
+
+
+def cmd_launch(args) -> int:
+    from dynamiccl.launcher import launch
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    return launch(command, table=args.table, plugin=args.plugin, profile_dir=args.profile, dry_run=args.dry_run,
+                  gpus_per_node=args.gpus_per_node)
+
+
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="check what tuning a job here needs: NCCL, tuner ABI, plugin, table, env",
+                       description="A checklist (ok / warn / missing / fail) that works without GPUs: the NCCL "
+                                   "libraries and their versions, the tuner ABI each looks up, the plugin build, "
+                                   "the table (--table), the environment, and what `dynamiccl launch` would set. "
+                                   "Exit status 1 if a check fails.")
+    p.add_argument("--table", help="decision table to check")
+    p.add_argument("--plugin", help="prebuilt plugin to check (default: build or find the cached one)")
+    p.add_argument("--nccl", action="append", default=[], metavar="PATH",
+                   help="an NCCL library to check besides those found (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args) -> int:
+    from dynamiccl.doctor import run_doctor
+
+    report = run_doctor(table=args.table, plugin=args.plugin, nccl=args.nccl)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print(report.render(), end="")
+    return report.exit_status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynamiccl", description="Learned NCCL algorithm/protocol/channel choices "
                                      "for large-transformer training.")
     parser.add_argument("--version", action="version", version=f"dynamiccl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_generate, _add_models, _add_trace, _add_table, _add_simulate, _add_calibrate,
-                _add_validate, _add_profile, _add_import, _add_export, _add_bench):
+                _add_validate, _add_profile, _add_import, _add_export, _add_bench, _add_plugin, _add_launch,
+                _add_doctor):
         add(sub)
     from dynamiccl.tuning.commands import add_commands
 

@@ -1,0 +1,482 @@
+"""``dynamiccl doctor``: can a job on this machine be tuned, and if not, what is missing?
+
+A checklist that runs anywhere, GPUs or not. Each check ends ``ok``, ``warn`` (works, but something
+may defeat tuning), ``missing`` (a prerequisite is not installed here) or ``fail`` (something given or
+built is broken; the exit status is then 1):
+
+- NCCL: the libraries a job may load -- ``--nccl PATH``, ``$LD_LIBRARY_PATH``, ``$NCCL_HOME/lib``,
+  ``$CUDA_HOME/lib64``, the usual system directories, the ``nvidia-nccl-cu12``/``-cu13`` wheels
+  (``site-packages/nvidia/nccl/lib/libnccl.so.2``) and the dynamic linker's cache -- and torch's NCCL
+  (``torch.cuda.nccl.version()``, absent from CPU builds of torch). Each library's version comes
+  from its ``ncclGetVersion``, called in a separate process (a broken library cannot take the
+  doctor down); if it cannot be loaded (no CUDA driver libraries, say), from the wheel's metadata
+  or the file name ``libnccl.so.2.X.Y``;
+- the tuner ABI each NCCL version looks up (``tuner_abi_for``) and whether the plugin exports it;
+- the plugin: a C compiler, the build (or ``--plugin PATH``) and its exported ABI versions;
+- the table (``--table``): read and checked by the plugin's C parser; rules, position rules, step
+  shapes, init-time settings;
+- the environment: ``NCCL_TUNER_PLUGIN`` naming another plugin, ``NCCL_ALGO`` / ``NCCL_PROTO``;
+- what ``dynamiccl launch`` would set (``dynamiccl.launcher.plan_launch``, the launcher's own code).
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from dynamiccl.errors import DynamicclError
+from dynamiccl.launcher import PLUGIN_ENV, load_table, mask_warnings, open_plugin, plan_launch, prepare_table, \
+    resolve_plugin
+from dynamiccl.nccl import FUNC_OP, KEEP
+from dynamiccl.plugin.build import PluginBuildError, find_compiler
+
+STATUSES = ("ok", "warn", "missing", "fail")
+# First NCCL release that looks up each tuner ABI (nccl-tuner-abi.md 4.2); NCCL tries the newest
+# symbol it knows first, then older ones.
+TUNER_ABI_SINCE = ((6, (2, 30, 3)), (5, (2, 28, 3)), (4, (2, 24, 3)), (3, (2, 22, 3)), (2, (2, 21, 5)))
+TUNER_V1_SINCE = (2, 19, 0)  # v1 only (2.19 - 2.20): no context; dynamiccl does not export it
+NCCL_FILE_NAMES = ("libnccl.so.2", "libnccl.so")
+SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                   "/usr/local/lib", "/usr/local/cuda/lib64", "/usr/local/nccl/lib", "/opt/nccl/lib")
+NCCL_WHEELS = ("nvidia-nccl-cu12", "nvidia-nccl-cu13")
+WHEEL_LIBRARY = "nvidia/nccl/lib/libnccl.so.2"
+DEBUG_TIP = ("NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,TUNING shows NCCL loading the plugin "
+             "(\"dynamiccl tuner: loaded N rules\") and the choices it makes")
+
+# Run in a fresh interpreter (-I: no site code, no sitecustomize): load one library, call
+# ncclGetVersion, and ask the dynamic linker which file it really loaded.
+_PROBE = r"""
+import ctypes, json, sys
+try:
+    lib = ctypes.CDLL(sys.argv[1])
+    get = lib.ncclGetVersion
+except (OSError, AttributeError) as exc:
+    print(json.dumps({"error": str(exc)}))
+    sys.exit(0)
+code = ctypes.c_int(0)
+rc = get(ctypes.byref(code))
+class Info(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p),
+                ("saddr", ctypes.c_void_p)]
+info, path = Info(), None
+try:
+    if ctypes.CDLL(None).dladdr(ctypes.cast(get, ctypes.c_void_p), ctypes.byref(info)) and info.fname:
+        path = info.fname.decode()
+except Exception:
+    pass
+print(json.dumps({"rc": rc, "code": code.value, "path": path}))
+"""
+_FILE_VERSION = re.compile(r"libnccl\.so\.(\d+)\.(\d+)\.(\d+)$")
+
+
+# --- versions -----------------------------------------------------------------------------------------
+
+def version_from_code(code: int) -> tuple[int, int, int]:
+    """Decode ``ncclGetVersion``'s integer: major*10000 + minor*100 + patch since NCCL 2.9,
+    major*1000 + minor*100 + patch before (22304 -> (2, 23, 4); 2708 -> (2, 7, 8))."""
+    if code >= 10000:
+        return code // 10000, code % 10000 // 100, code % 100
+    return code // 1000, code % 1000 // 100, code % 100
+
+
+def tuner_abi_for(version: Sequence[int]) -> int | None:
+    """The newest tuner ABI (``ncclTunerPlugin_v<N>``) NCCL ``version`` looks up, or None when it
+    has none dynamiccl exports (before 2.21.5: only v1, or no tuner plugins at all)."""
+    version = tuple(version)
+    for abi, since in TUNER_ABI_SINCE:
+        if version >= since:
+            return abi
+    return None
+
+
+def format_version(version: Sequence[int] | None) -> str:
+    """(2, 23, 4) -> "2.23.4"; None -> "unknown"."""
+    return ".".join(map(str, version)) if version else "unknown"
+
+
+def abi_story(version: Sequence[int]) -> str:
+    """One sentence: which symbol NCCL ``version`` looks up, or why dynamiccl cannot tune it."""
+    abi = tuner_abi_for(version)
+    text = format_version(version)
+    if abi is not None:
+        return f"NCCL {text} looks up ncclTunerPlugin_v{abi} first (then older ones)"
+    if tuple(version) >= TUNER_V1_SINCE:
+        return (f"NCCL {text} only loads tuner ABI v1, which dynamiccl does not support; "
+                "NCCL 2.21.5 or newer is needed")
+    return f"NCCL {text} has no tuner plugin interface (it came in 2.19); NCCL 2.21.5 or newer is needed"
+
+
+# --- what the report holds ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report: ``status`` is one of ``STATUSES``."""
+
+    name: str
+    status: str
+    detail: str
+
+
+@dataclass
+class NcclLibrary:
+    """One NCCL library found on this machine.
+
+    ``path``: the file (or the linker's name for it); ``source``: where it was found; ``version``:
+    (major, minor, patch) or None; ``version_from``: ``ncclGetVersion``, ``wheel metadata`` or
+    ``file name``; ``load_error``: why it could not be loaded, if it could not.
+    """
+
+    path: str
+    source: str
+    version: tuple[int, int, int] | None = None
+    version_from: str = ""
+    load_error: str | None = None
+
+    @property
+    def abi(self) -> int | None:
+        """The tuner ABI this library's NCCL looks up first (``tuner_abi_for``), None if unknown or none."""
+        return tuner_abi_for(self.version) if self.version else None
+
+
+@dataclass
+class Report:
+    """Everything the doctor found; ``exit_status`` is 1 if any check failed, else 0."""
+
+    checks: list[Check] = field(default_factory=list)
+    nccl: list[NcclLibrary] = field(default_factory=list)
+    torch_nccl: str | None = None
+    plugin: dict = field(default_factory=dict)
+    table: dict = field(default_factory=dict)
+    launch: dict = field(default_factory=dict)
+    tips: list[str] = field(default_factory=list)
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        """Append a check; ``status`` must be one of ``STATUSES``."""
+        assert status in STATUSES, status
+        self.checks.append(Check(name, status, detail))
+
+    def counts(self) -> dict[str, int]:
+        """How many checks ended in each status."""
+        return {status: sum(c.status == status for c in self.checks) for status in STATUSES}
+
+    @property
+    def exit_status(self) -> int:
+        """1 if any check failed, else 0."""
+        return 1 if any(c.status == "fail" for c in self.checks) else 0
+
+    def to_json(self) -> dict:
+        """The report as JSON-serialisable data."""
+        return {"checks": [asdict(c) for c in self.checks],
+                "nccl": [asdict(lib) | {"tuner_abi": lib.abi} for lib in self.nccl],
+                "torch_nccl": self.torch_nccl, "plugin": self.plugin, "table": self.table,
+                "launch": self.launch, "tips": self.tips, "summary": self.counts(),
+                "exit_status": self.exit_status}
+
+    def render(self) -> str:
+        """The report as text: one line per check, what a launch would set, tips, a summary."""
+        width = max((len(c.name) for c in self.checks), default=0)
+        lines = ["dynamiccl doctor"]
+        lines += [f"  {c.status:<8} {c.name:<{width}}  {c.detail}" for c in self.checks]
+        if self.launch.get("lines"):
+            lines.append("dynamiccl launch would say:")
+            lines += [f"  {line}" for line in self.launch["lines"]]
+        lines += [f"tip: {tip}" for tip in self.tips]
+        counts = self.counts()
+        lines.append("summary: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES)
+                     + ("" if self.exit_status == 0 else " -- fix the failed check(s) above"))
+        return "\n".join(lines) + "\n"
+
+
+# --- NCCL ---------------------------------------------------------------------------------------------
+
+def probe_library(path: str) -> dict:
+    """Load ``path`` in a fresh interpreter and call ``ncclGetVersion``.
+
+    Returns:
+        ``{"rc", "code", "path"}`` (``path``: the file the linker loaded, None if unknown) or
+        ``{"error": message}`` if it could not be loaded, has no ``ncclGetVersion`` or crashed.
+    """
+    try:
+        done = subprocess.run([sys.executable, "-I", "-c", _PROBE, path], capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        return {"error": "loading it took more than 60 s"}
+    if done.returncode != 0:
+        how = f"signal {-done.returncode}" if done.returncode < 0 else f"status {done.returncode}"
+        return {"error": f"loading it ended the process ({how}): {done.stderr.strip()[-200:]}"}
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"unexpected probe output {done.stdout[-200:]!r}"}
+
+
+def _wheel_library(dist) -> str | None:
+    for entry in dist.files or ():
+        if str(entry).replace("\\", "/").endswith(WHEEL_LIBRARY):
+            located = Path(dist.locate_file(entry))
+            if located.is_file():
+                return str(located)
+    located = Path(dist.locate_file(WHEEL_LIBRARY))
+    return str(located) if located.is_file() else None
+
+
+def _candidates(extra: Sequence[str | os.PathLike], env: Mapping[str, str]) -> list[tuple[str, str, str | None]]:
+    """(path or linker name, where it was found, the wheel's version or None), in search order."""
+    found: list[tuple[str, str, str | None]] = [(os.fspath(p), "--nccl", None) for p in extra]
+    directories = [(d, "LD_LIBRARY_PATH") for d in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
+    directories += [(os.path.join(env[var], sub), var) for var, sub in (("NCCL_HOME", "lib"), ("CUDA_HOME", "lib64"))
+                    if env.get(var)]
+    directories += [(d, "system") for d in SYSTEM_LIB_DIRS]
+    for directory, source in directories:
+        for name in NCCL_FILE_NAMES:
+            if os.path.isfile(os.path.join(directory, name)):
+                found.append((os.path.join(directory, name), source, None))
+                break
+    for wheel in NCCL_WHEELS:
+        try:
+            dist = importlib.metadata.distribution(wheel)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        path = _wheel_library(dist)
+        if path:
+            found.append((path, f"wheel {wheel}", dist.version))
+    linker_name = ctypes.util.find_library("nccl")
+    if linker_name:
+        found.append((linker_name, "linker cache", None))
+    return found
+
+
+def find_nccl(extra: Sequence[str | os.PathLike] = (), env: Mapping[str, str] | None = None) -> list[NcclLibrary]:
+    """Every NCCL library a job here might load (see the module docstring), one per file, with its
+    version. ``extra``: libraries named by ``--nccl``; ``env`` defaults to ``os.environ``."""
+    env = os.environ if env is None else env
+    libraries: dict[str, NcclLibrary] = {}
+    for path, source, wheel_version in _candidates(extra, env):
+        if source == "--nccl" and not os.path.isfile(path):
+            libraries[path] = NcclLibrary(path, source, load_error="not a file")
+            continue
+        key = os.path.realpath(path) if os.sep in path else path
+        if key in libraries:
+            continue
+        probe = probe_library(path)
+        if probe.get("path") and os.sep not in path:  # a linker name: name the file it found
+            path, key = probe["path"], os.path.realpath(probe["path"])
+            if key in libraries:
+                continue
+        lib = NcclLibrary(path, source)
+        if "error" in probe:
+            lib.load_error = probe["error"]
+        elif probe["rc"] != 0:
+            lib.load_error = f"ncclGetVersion returned {probe['rc']}"
+        else:
+            lib.version, lib.version_from = version_from_code(probe["code"]), "ncclGetVersion"
+        if lib.version is None:
+            _fallback_version(lib, wheel_version)
+        libraries[key] = lib
+    return list(libraries.values())
+
+
+def _fallback_version(lib: NcclLibrary, wheel_version: str | None) -> None:
+    from dynamiccl.nccl import parse_version
+
+    if wheel_version:
+        try:
+            lib.version, lib.version_from = parse_version(wheel_version), "wheel metadata"
+            return
+        except ValueError:
+            pass
+    match = _FILE_VERSION.search(os.path.realpath(lib.path))
+    if match:
+        lib.version, lib.version_from = tuple(int(g) for g in match.groups()), "file name"
+
+
+def _torch_build_info(version_file: Path):
+    """torch's generated ``version.py`` (``__version__``, ``cuda``) run on its own, or None."""
+    try:
+        spec = importlib.util.spec_from_file_location("_dynamiccl_torch_version", version_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module if hasattr(module, "cuda") and hasattr(module, "__version__") else None
+    except Exception:  # an unexpected layout: fall back to importing torch
+        return None
+
+
+def torch_nccl_version() -> tuple[str, str, tuple[int, int, int] | None]:
+    """(status, detail, version) of the NCCL that torch uses, without touching a GPU."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return "missing", "torch is not installed", None
+    build = _torch_build_info(Path(spec.origin).with_name("version.py"))
+    if build is not None and not build.cuda:  # a CPU build, known without importing torch (seconds)
+        return "missing", (f"torch {build.__version__} is a CPU build: it has no NCCL "
+                           "(GPU jobs need a CUDA build of torch)"), None
+    import torch
+
+    try:
+        raw = torch.cuda.nccl.version()
+    except Exception as exc:  # a broken CUDA install must not stop the report
+        return "warn", f"torch {torch.__version__} (CUDA {torch.version.cuda}): NCCL version unknown ({exc})", None
+    version = tuple(raw) if isinstance(raw, tuple) else version_from_code(int(raw))
+    return "ok", f"torch {torch.__version__} (CUDA {torch.version.cuda}) uses NCCL {format_version(version)}", version
+
+
+# --- the checks ---------------------------------------------------------------------------------------
+
+def _check_nccl(report: Report, extra: Sequence[str | os.PathLike], env: Mapping[str, str]) -> list:
+    report.nccl = find_nccl(extra, env)
+    for lib in report.nccl:
+        where = f"{lib.path} ({lib.source})"
+        if lib.version_from == "ncclGetVersion":
+            report.add("nccl", "ok", f"NCCL {format_version(lib.version)} at {where}")
+        elif lib.source == "--nccl" and lib.load_error == "not a file":
+            report.add("nccl", "fail", f"--nccl {lib.path}: not a file; expected a libnccl.so.2")
+        elif lib.version:
+            report.add("nccl", "warn", f"NCCL {format_version(lib.version)} (from the {lib.version_from}) at "
+                       f"{where}; could not load it here: {lib.load_error}")
+        else:
+            report.add("nccl", "warn", f"{where}: version unknown; could not load it: {lib.load_error}")
+    if not report.nccl:
+        report.add("nccl", "missing", "no libnccl.so.2 found (searched LD_LIBRARY_PATH, NCCL_HOME, CUDA_HOME, "
+                   f"{', '.join(SYSTEM_LIB_DIRS)}, the {' and '.join(NCCL_WHEELS)} wheels and the linker "
+                   "cache); GPU jobs bring their own (pip install nvidia-nccl-cu12, or a CUDA torch), "
+                   "or name one with --nccl PATH")
+    status, detail, version = torch_nccl_version()
+    report.torch_nccl = format_version(version) if version else None
+    report.add("torch nccl", status, detail)
+    versions = [lib.version for lib in report.nccl if lib.version] + ([version] if version else [])
+    return sorted(set(versions))
+
+
+def _check_plugin(report: Report, plugin: str | os.PathLike | None):
+    if plugin is None:
+        try:
+            report.add("compiler", "ok", find_compiler())
+        except PluginBuildError as exc:
+            report.add("compiler", "missing", str(exc))
+            report.add("plugin", "missing", "cannot be built without a C compiler (or give --plugin PATH)")
+            return None
+    try:
+        library = open_plugin(resolve_plugin(plugin))
+    except PluginBuildError as exc:
+        report.add("plugin", "fail", str(exc).replace("\n", " | "))
+        return None
+    except DynamicclError as exc:
+        report.add("plugin", "fail", str(exc))
+        return None
+    exported = library.exported_abi_versions()
+    report.plugin = {"path": str(library.path), "size_bytes": library.path.stat().st_size,
+                     "abi_versions": exported, "version": library.version}
+    names = ", ".join(f"v{v}" for v in exported) or "none"
+    report.add("plugin", "ok" if exported else "fail",
+               f"{library.path} ({report.plugin['size_bytes']} bytes, plugin version {library.version}): "
+               f"exports tuner ABI {names}")
+    return library
+
+
+def _check_abi(report: Report, versions: list, library) -> None:
+    if not versions:
+        report.add("tuner abi", "missing", "no NCCL found, so which ABI NCCL will look up is unknown; dynamiccl "
+                   "tunes NCCL 2.21.5 or newer (" + ", ".join(f"v{abi} from {format_version(since)}"
+                                                            for abi, since in reversed(TUNER_ABI_SINCE)) + ")")
+        return
+    for version in versions:
+        abi = tuner_abi_for(version)
+        story = abi_story(version)
+        if abi is None:
+            report.add("tuner abi", "warn", story)
+        elif library is None:
+            report.add("tuner abi", "warn", f"{story}; the plugin was not checked")
+        elif abi in report.plugin["abi_versions"]:
+            report.add("tuner abi", "ok", f"{story}: the plugin exports it")
+        else:
+            report.add("tuner abi", "fail", f"{story}: the plugin {report.plugin['path']} does not export it")
+
+
+def _check_table(report: Report, table_path: str | os.PathLike, library) -> None:
+    try:
+        if library is not None:
+            prepared = prepare_table(table_path, library)
+            table = prepared.table
+            parsed = (f"the plugin's parser accepts it ({prepared.rules} rule(s), {prepared.step_lines} step "
+                      f"line(s) in {prepared.text_path})")
+        else:
+            table = load_table(table_path)
+            parsed = "the plugin's parser was not run (no plugin)"
+    except DynamicclError as exc:
+        report.table = {"path": os.fspath(table_path), "error": str(exc)}
+        report.add("table", "fail", str(exc))
+        return
+    positional = sum(rule.position != KEEP for rule in table.rules)
+    report.table = {"path": os.fspath(table_path), "rules": len(table.rules), "position_rules": positional,
+                    "steps": [{"nranks": s.nranks, "nnodes": s.nnodes, "calls_per_step": s.calls_per_step,
+                               "anchor_coll": FUNC_OP[s.anchor_coll], "anchor_bytes": s.anchor_bytes}
+                              for s in table.steps], "nccl_env": dict(table.nccl_env)}
+    report.add("table", "ok", f"{table_path}: {len(table.rules)} rule(s), {positional} with a position; {parsed}")
+    for step in report.table["steps"]:
+        report.add("table step", "ok", f"{step['nranks']} rank(s) on {step['nnodes']} node(s): "
+                   f"{step['calls_per_step']} call(s) per step, anchor {step['anchor_coll']} "
+                   f"{step['anchor_bytes']} bytes")
+    if positional and not table.steps:
+        report.add("table step", "warn", f"{positional} rule(s) need a position but the table has no step "
+                   "shapes: the plugin never knows positions, so they never apply")
+    if table.nccl_env:
+        report.add("table nccl_env", "ok", " ".join(f"{k}={v}" for k, v in table.nccl_env.items())
+                   + " (init-time Send/Recv settings that launch exports)")
+
+
+def _check_environment(report: Report, env: Mapping[str, str], library) -> None:
+    current = env.get(PLUGIN_ENV)
+    ours = report.plugin.get("path")
+    if not current:
+        report.add(PLUGIN_ENV, "ok", "not set here; `dynamiccl launch` sets it")
+    elif ours and os.path.realpath(current) == os.path.realpath(ours):
+        report.add(PLUGIN_ENV, "ok", f"{current} (this plugin)")
+    else:
+        report.add(PLUGIN_ENV, "warn", f"set to {current}: outside `dynamiccl launch` NCCL loads that instead; "
+                   "launch replaces it")
+    warnings = mask_warnings(env)
+    for message in warnings:
+        report.add(message.split("=", 1)[0], "warn", message)
+    if not warnings:
+        report.add("NCCL_ALGO/NCCL_PROTO", "ok", "not set: the plugin sees every cell NCCL can run")
+    subsystems = env.get("NCCL_DEBUG_SUBSYS", "").upper().split(",")
+    if env.get("NCCL_DEBUG", "").upper() not in ("INFO", "TRACE") or not {"TUNING", "ALL"} & set(subsystems):
+        report.tips.append(DEBUG_TIP)
+
+
+def run_doctor(table: str | os.PathLike | None = None, plugin: str | os.PathLike | None = None,
+               nccl: Sequence[str | os.PathLike] = (), env: Mapping[str, str] | None = None) -> Report:
+    """Run every check (see the module docstring) and return the report.
+
+    Args:
+        table: a decision table to check (``--table``); plugin: a prebuilt plugin (``--plugin``);
+        nccl: NCCL libraries to check besides those found (``--nccl``); env: the environment a job
+            would start from (default ``os.environ``).
+
+    Never raises for what it checks: problems become ``fail`` / ``missing`` / ``warn`` checks.
+    """
+    env = dict(os.environ if env is None else env)
+    report = Report()
+    versions = _check_nccl(report, nccl, env)
+    library = _check_plugin(report, plugin)
+    _check_abi(report, versions, library)
+    if table is not None:
+        _check_table(report, table, library)
+    else:
+        report.tips.append("give --table T to check a decision table as the plugin will read it")
+    _check_environment(report, env, library)
+    plan = plan_launch(table, plugin, base_env=env)
+    report.launch = {"tuned": plan.tuned, "reason": plan.reason, "settings": plan.settings, "lines": plan.lines}
+    if table is not None:
+        report.add("launch", "ok" if plan.tuned else "warn",
+                   "would tune the job" if plan.tuned else f"would run the job untuned: {plan.reason}")
+    return report

@@ -1,0 +1,317 @@
+"""``dynamiccl launch -- CMD``: build the environment of a tuned job and run the job in it.
+
+What a launch does, in order:
+
+1. finds the tuner plugin: ``--plugin PATH`` (a prebuilt ``libnccl-tuner-dynamiccl.so``) or
+   ``dynamiccl.plugin.build.build_plugin`` (compiled once, cached by source hash);
+2. reads the decision table (``.json``, NVIDIA's example CSV ``.csv``/``.conf``, or the plugin's own
+   text ``.txt``), writes it in the plugin's text format to ``<cache root>/tables/<hash>.txt``
+   (atomically; the name is a hash of the text, so concurrent launches of one table share a file)
+   and has the plugin's own C parser check that file, exactly as the plugin's ``init`` will;
+3. sets ``NCCL_TUNER_PLUGIN`` to the plugin's absolute path (replacing a value the user had) and
+   ``DYNAMICCL_TUNER_TABLE`` to the text file, and exports the table's init-time Send/Recv settings
+   (``DecisionTable.nccl_env``) unless the user already set them -- the user's value wins;
+4. with ``--profile DIR``: the profiler's zero-code environment (``DIR/capture``), and after the job
+   the capture is merged into ``DIR/trace.parquet`` as ``dynamiccl profile`` does;
+5. runs the command (``torchrun ...``, ``srun ...``, ``python ...``) unchanged in its own process
+   group; the environment reaches every child. SIGINT and SIGTERM are forwarded to the group and
+   the launcher exits with the command's status (128 + N if signal N killed it).
+
+It fails open: if the plugin cannot be built or loaded, or the table cannot be read or is refused
+by the plugin's parser, the job still runs, without ``NCCL_TUNER_PLUGIN`` (NCCL's own choices), and
+the launcher says why in one line. Every line it prints starts with ``dynamiccl launch:`` and goes
+to stderr, so the job's own output stays clean.
+
+Paths are absolute. On a multi-node job the plugin, the table text and ``--profile DIR`` must be
+visible on every node: keep ``$DYNAMICCL_CACHE_DIR`` (default ``~/.cache/dynamiccl``) on a shared
+filesystem, or run ``dynamiccl launch`` on each node (``srun dynamiccl launch --table T -- python
+train.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from dynamiccl.decision_table import NCCL_ENV_KEYS, DecisionTable
+from dynamiccl.errors import DynamicclError, InputError
+from dynamiccl.plugin import TABLE_ENV, table_text
+from dynamiccl.plugin.binding import TunerLibrary
+from dynamiccl.plugin.build import build_plugin, cache_root
+from dynamiccl.profiler.auto import ENV_DIR as PROFILE_ENV
+from dynamiccl.profiler.run import fresh_capture_dir, profile_environment, run_forwarding_signals
+
+PREFIX = "dynamiccl launch: "
+PLUGIN_ENV = "NCCL_TUNER_PLUGIN"
+MASK_ENVS = ("NCCL_ALGO", "NCCL_PROTO")
+PLUGIN_TEXT_SUFFIX = ".txt"
+USAGE = "dynamiccl launch [--table T] [--plugin PATH] [--profile DIR] [--dry-run] -- CMD ..."
+
+
+@dataclass(frozen=True)
+class PreparedTable:
+    """A table converted for the plugin and accepted by the plugin's C parser.
+
+    ``source``: the user's file; ``text_path``: the plugin text (absolute) that
+    ``$DYNAMICCL_TUNER_TABLE`` names; ``rules`` / ``step_lines``: what the C parser counted.
+    """
+
+    source: Path
+    table: DecisionTable
+    text_path: Path
+    rules: int
+    step_lines: int
+
+
+@dataclass
+class LaunchPlan:
+    """The environment of a launch and what the launcher reports about it.
+
+    ``env``: the job's whole environment; ``settings``: the variables the launcher set (name ->
+    value) or removed (name -> None); ``lines``: the report, one line per variable or note, without
+    the ``dynamiccl launch:`` prefix; ``reason``: why the job runs untuned (None when it is tuned);
+    ``capture_dir``: where the profiler records (``--profile``), else None.
+    """
+
+    env: dict[str, str]
+    settings: dict[str, str | None] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+    plugin: Path | None = None
+    prepared: PreparedTable | None = None
+    reason: str | None = None
+    capture_dir: Path | None = None
+
+    @property
+    def tuned(self) -> bool:
+        """Whether the job gets the plugin and a table (NCCL_TUNER_PLUGIN is set)."""
+        return self.prepared is not None
+
+    def set(self, name: str, value: str, note: str = "") -> None:
+        """Set ``name`` in the job's environment and report it (``note`` in parentheses)."""
+        self.env[name] = value
+        self.settings[name] = value
+        self.lines.append(f"{name}={shlex.quote(value)}" + (f" ({note})" if note else ""))
+
+    def unset(self, name: str) -> None:
+        """Remove ``name`` from the job's environment, reporting the value it had, if it had one."""
+        if name in self.env:
+            self.lines.append(f"unset {name} (was {shlex.quote(self.env.pop(name))})")
+            self.settings[name] = None
+
+
+# --- the pieces --------------------------------------------------------------------------------------
+
+def resolve_plugin(plugin: str | os.PathLike | None = None) -> Path:
+    """The plugin library to use: ``plugin`` (``--plugin PATH``) if given, else the cached build.
+
+    Returns:
+        An absolute path.
+
+    Raises:
+        InputError: ``--plugin`` names no file.
+        PluginBuildError: no C compiler, or compiling failed (only when ``plugin`` is None).
+    """
+    if plugin is None:
+        return build_plugin()
+    path = Path(plugin)
+    if not path.is_file():
+        raise InputError("--plugin", None, f"{path} is not a file; expected a prebuilt "
+                         "libnccl-tuner-dynamiccl.so (see `dynamiccl plugin build`)")
+    return path.resolve()
+
+
+def open_plugin(path: str | os.PathLike) -> TunerLibrary:
+    """Load the plugin library with ctypes (as NCCL would dlopen it).
+
+    Raises:
+        InputError: naming the file, if it cannot be loaded or is not dynamiccl's tuner plugin.
+    """
+    try:
+        return TunerLibrary(path)
+    except OSError as exc:
+        raise InputError(path, None, f"cannot load the library ({exc}); expected a shared library "
+                         "built by `dynamiccl plugin build`") from None
+    except AttributeError as exc:
+        raise InputError(path, None, f"not dynamiccl's tuner plugin ({exc}); expected a "
+                         "libnccl-tuner-dynamiccl.so built by `dynamiccl plugin build`") from None
+
+
+def load_table(path: str | os.PathLike) -> DecisionTable:
+    """Read a decision table: ``.json``/``.csv``/``.conf`` (``DecisionTable.load``) or the plugin's
+    own text format (``.txt``, checked as the C plugin checks it).
+
+    Raises:
+        InputError: naming the file (and line or field) for anything unreadable or invalid.
+    """
+    path = Path(path)
+    if path.suffix.lower() != PLUGIN_TEXT_SUFFIX:
+        return DecisionTable.load(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(path, None, f"cannot read: {err.strerror or err}") from None
+    return table_text.read_text(data, path)
+
+
+def prepare_table(path: str | os.PathLike, library: TunerLibrary,
+                  text_path: str | os.PathLike | None = None) -> PreparedTable:
+    """Convert the table at ``path`` to the plugin's text and check it with the plugin's C parser.
+
+    Args:
+        path: the user's table (see ``load_table``).
+        library: the plugin whose parser checks the text (``open_plugin``).
+        text_path: where to write the text (default ``<cache root>/tables/<hash of the text>.txt``).
+
+    Raises:
+        InputError: naming ``path``: the table is unreadable or invalid, or the C parser refuses
+            it (a ``.txt`` file) or the converted text (its line and field in the message).
+        OSError: if the text cannot be written.
+    """
+    path = Path(path)
+    table = load_table(path)
+    if path.suffix.lower() == PLUGIN_TEXT_SUFFIX:
+        library.check_file(path)  # the user's own plugin text: the C parser's verdict on it, too
+    if text_path is None:
+        digest = hashlib.sha256(table_text.to_text(table, os.fspath(path)).encode()).hexdigest()[:16]
+        text_path = cache_root() / "tables" / f"{digest}{PLUGIN_TEXT_SUFFIX}"
+    text_path = table_text.write(table, Path(text_path).absolute(), os.fspath(path))
+    try:
+        rules, step_lines = library.check_file(text_path)
+    except InputError as err:
+        raise InputError(path, None, f"the plugin's parser refuses the converted text {text_path}: "
+                         f"{err.problem}") from None
+    return PreparedTable(path, table, text_path, rules, step_lines)
+
+
+def mask_warnings(env: Mapping[str, str]) -> list[str]:
+    """Why NCCL_ALGO / NCCL_PROTO in ``env`` defeat some of a table's rules (one message each)."""
+    return [f"{name}={shlex.quote(env[name])} is set: NCCL disables the cells it masks before the plugin "
+            "sees them, so rules asking for them do not apply (and under tuner ABI v2 the plugin then "
+            "applies no algorithm/protocol rule at all)" for name in MASK_ENVS if env.get(name)]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, DynamicclError) else f"{type(exc).__name__}: {exc}"
+    first, _, rest = text.strip().partition("\n")
+    return first + (" ... (run `dynamiccl plugin build` for the whole message)" if rest else "")
+
+
+# --- the plan and the run ---------------------------------------------------------------------------
+
+def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLike | None = None,
+                profile_dir: str | os.PathLike | None = None,
+                base_env: Mapping[str, str] | None = None) -> LaunchPlan:
+    """The environment a launch gives its job, and the report of what was set and why.
+
+    Builds or finds the plugin and writes the table's plugin text (see the module docstring), but
+    starts nothing and creates no capture directory. ``base_env`` defaults to ``os.environ``.
+
+    Never raises for a problem of ours (plugin, compiler, table): the plan then runs the job
+    untuned and ``reason`` says why.
+    """
+    plan = LaunchPlan(env=dict(os.environ if base_env is None else base_env))
+    if table is None:
+        plan.lines.append("no --table: NCCL chooses" + (" (--plugin is not used)" if plugin else ""))
+    else:
+        try:
+            plan.plugin = resolve_plugin(plugin)
+            plan.prepared = prepare_table(table, open_plugin(plan.plugin))
+        except Exception as exc:  # fail open: the job runs with NCCL's own choices
+            plan.reason = _one_line(exc)
+            plan.plugin = None
+            plan.lines.append(f"not tuning: {plan.reason}; NCCL chooses")
+            plan.unset(PLUGIN_ENV)
+            plan.unset(TABLE_ENV)
+        else:
+            _set_tuner(plan, plan.env.get(PLUGIN_ENV))
+    if profile_dir is not None:
+        plan.capture_dir = Path(profile_dir).absolute() / "capture"
+        profiled = profile_environment(plan.capture_dir, plan.env)
+        for name, value in profiled.items():
+            if plan.env.get(name) != value:
+                plan.set(name, value, "profiler")
+    return plan
+
+
+def _set_tuner(plan: LaunchPlan, previous_plugin: str | None) -> None:
+    prepared = plan.prepared
+    plugin = str(plan.plugin)
+    replaced = f"replaced {PLUGIN_ENV}={shlex.quote(previous_plugin)} from your environment" \
+        if previous_plugin not in (None, plugin) else ""
+    plan.set(PLUGIN_ENV, plugin, replaced)
+    plan.set(TABLE_ENV, str(prepared.text_path), f"{prepared.rules} rule(s), {prepared.step_lines} "
+             f"step line(s) from {prepared.source}")
+    for name in NCCL_ENV_KEYS:
+        if name not in prepared.table.nccl_env:
+            continue
+        wanted = str(prepared.table.nccl_env[name])
+        if name in plan.env and plan.env[name] != wanted:
+            plan.lines.append(f"{name}={shlex.quote(plan.env[name])} kept from your environment "
+                              f"(the table has {wanted})")
+        else:
+            plan.set(name, wanted, "from the table")
+    plan.lines.extend(f"warning: {message}" for message in mask_warnings(plan.env))
+
+
+def say(line: str) -> None:
+    """Print one launcher line (prefixed, to stderr)."""
+    print(PREFIX + line, file=sys.stderr, flush=True)
+
+
+def launch(command: Sequence[str], table: str | os.PathLike | None = None,
+           plugin: str | os.PathLike | None = None, profile_dir: str | os.PathLike | None = None,
+           dry_run: bool = False, gpus_per_node: int = 0) -> int:
+    """Run ``command`` in the environment of ``plan_launch``; returns its exit status.
+
+    Args:
+        command: the job (``torchrun ...``, ``srun ...``, ``python ...``), run without a shell.
+        table, plugin, profile_dir: as ``plan_launch``.
+        dry_run: print what would be set and the command (shell-quoted), run nothing, return 0.
+        gpus_per_node: for the node counts of the merged trace (0: torchrun's local world size).
+
+    Returns:
+        The command's exit status (128 + N if signal N killed it), 0 for a dry run. A capture
+        directory that cannot be created, or a capture that cannot be merged, is reported and
+        changes neither the run nor the status.
+
+    Raises:
+        InputError: an empty command, or one that cannot be started.
+    """
+    command = list(command)
+    if not command:
+        raise InputError("launch", None, f"no command given; usage: {USAGE}")
+    plan = plan_launch(table, plugin, profile_dir)
+    for line in plan.lines:
+        say(line)
+    if dry_run:
+        say(f"would run: {shlex.join(command)}")
+        return 0
+    if plan.capture_dir is not None:
+        try:
+            fresh_capture_dir(plan.capture_dir.parent)
+        except OSError as exc:  # fail open: the job runs unprofiled
+            say(f"not profiling: cannot create {plan.capture_dir}: {exc.strerror or exc}")
+            plan.env.pop(PROFILE_ENV, None)
+            plan.capture_dir = None
+    status = run_forwarding_signals(command, plan.env, "launch")
+    if plan.capture_dir is not None:
+        _merge(plan.capture_dir, command, gpus_per_node)
+    return status
+
+
+def _merge(capture_dir: Path, command: list[str], gpus_per_node: int) -> None:
+    from dynamiccl.profiler.merge import merge_capture
+
+    out = capture_dir.parent / "trace.parquet"
+    try:
+        trace = merge_capture(capture_dir, gpus_per_node=gpus_per_node, description=shlex.join(command))
+        trace.write(out)
+    except (DynamicclError, OSError) as exc:
+        say(f"no trace: {exc}")
+        return
+    say(f"wrote {out} ({int(trace.ops['step'].max())} training step(s) after setup)")
