@@ -62,6 +62,11 @@ def test_exported_table_reproduces_the_policy_step_time(tmp_path, monkeypatch, s
     table = DecisionTable.load(table_path)
     assert table.rules and DecisionTable.load(csv_path).rules
     assert json.loads(table_path.read_text())["provenance"]["policy"] == str(policy_path)
+    # Position rules only work at run time through the plugin's counter, which the step lines
+    # anchor; TableAgent takes positions from that counter, so this checks the whole path.
+    export_info = table.provenance["policy_export"]
+    assert export_info["position_rules"] > 0 and export_info["position_rules_without_step_line"] == 0
+    assert table.steps
 
     config = load_config(config_path)
     where = config.default_output_dir() / "run"

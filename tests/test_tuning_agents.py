@@ -156,6 +156,22 @@ def test_table_forcing_ring_simple_equals_forced_action(env):
     assert set(out["calls"]["algo"][out["calls"]["coll"] == "allreduce"]) == {"ring"}
 
 
+def test_table_position_rules_need_the_plugins_step_lines(env):
+    # A position-0 rule applies at run time only where a step line lets the plugin count.
+    from dynamiccl.decision_table import StepShape
+    from dynamiccl.tuning.export import step_shapes
+
+    rule = Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES, position=0,
+                algorithm=Algorithm.RING, protocol=Protocol.SIMPLE)
+    run_episode(env, NcclDefaultAgent(), 1, 0)  # loads the llama3-8b case
+    steps, _ = step_shapes([env.loaded.program])
+    assert steps and all(isinstance(step, StepShape) for step in steps)
+    counted = run_episode(env, TableAgent(DecisionTable((rule,), steps=steps)), 1, 0, record_calls=True)
+    uncounted = run_episode(env, TableAgent(DecisionTable((rule,))), 1, 0, record_calls=True)
+    assert (counted["calls"]["action"] == RING_SIMPLE).any()
+    assert (uncounted["calls"]["action"] == DEFAULT_ACTION).all()
+
+
 def test_table_keep_rule_is_default_and_masked_choice_falls_back(env):
     keep = DecisionTable((Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES),))
     assert run_episode(env, TableAgent(keep), 0, 0)["step"]["speedup"] == 1.0

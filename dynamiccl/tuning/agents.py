@@ -38,7 +38,7 @@ from typing import Any, Protocol as TypingProtocol
 
 import numpy as np
 
-from dynamiccl.decision_table import DecisionTable
+from dynamiccl.decision_table import DecisionTable, PositionCounter
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import KEEP, Func
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels
@@ -394,7 +394,11 @@ class TableAgent(Agent):
     """A decision table applied exactly as the tuner plugin applies it.
 
     Per call: ``table.choose(NCCL's 7x3 cost table, coll, nbytes, nranks, nnodes, position,
-    num_pipe_ops, reg_buff=0)``. No rule applies -> action 0. A rule that keeps NCCL's algorithm,
+    num_pipe_ops, reg_buff=0)``, where ``position`` is what the plugin's per-communicator counter
+    gives the call (``PositionCounter`` over the table's step lines, in steady state: the counter
+    runs over three consecutive steps of each group and the last one counts), not the trace's --
+    a shape without a step line has unknown positions (-1) at run time, so position rules do not
+    apply there. No rule applies -> action 0. A rule that keeps NCCL's algorithm,
     protocol and channels -> action 0 too (the plugin then leaves NCCL's own arg-min cell and
     channel count in place, which is what action 0 runs; ``decisions_of_table`` maps it the same
     way). Otherwise the chosen (algorithm, protocol) with the rule's channels rounded down to the
@@ -408,11 +412,25 @@ class TableAgent(Agent):
         self.fallbacks = 0
         self._cache = _CaseCache()
 
-    def _action(self, env, mask: np.ndarray) -> tuple[int, bool]:
+    def _plugin_positions(self, program) -> dict[int, int]:
+        """Tunable call -> the position the plugin's counter gives it at run time."""
+        by_group: dict[str, list[int]] = {}
+        for call in program.tunable_calls:
+            by_group.setdefault(program.call_group[call], []).append(call)
+        positions = {}
+        for calls in by_group.values():
+            calls.sort(key=program.call_position.__getitem__)
+            counter = PositionCounter(self.table.steps_for(program.call_nranks[calls[0]],
+                                                           program.call_nnodes[calls[0]]))
+            for _ in range(3):  # steady state: the counter enters each step from the previous one
+                for call in calls:
+                    positions[call] = counter.advance(Func(program.call_func[call]), program.call_nbytes[call])
+        return positions
+
+    def _action(self, env, mask: np.ndarray, position: int) -> tuple[int, bool]:
         costs = env.loaded.costs
         k = costs.call_key[env.pending]
         func, nbytes, nranks, nnodes, pipe_ops = costs.keys[k]
-        position = env.loaded.program.call_position[env.pending]
         choice = self.table.choose(costs.nccl_cost[k].reshape(7, 3), Func(func), nbytes, nranks, nnodes,
                                    position, pipe_ops, 0)
         if choice.rule_index is None:
@@ -425,9 +443,12 @@ class TableAgent(Agent):
 
     def act(self, env, obs, mask) -> int:
         cache = self._cache(env.loaded)
-        key = _call_key(env)
+        if "positions" not in cache:
+            cache["positions"] = self._plugin_positions(env.loaded.program)
+        position = cache["positions"][env.pending]
+        key = (env.loaded.costs.call_key[env.pending], position)
         if key not in cache:
-            cache[key] = self._action(env, mask)
+            cache[key] = self._action(env, mask, position)
         action, fell_back = cache[key]
         self.fallbacks += fell_back
         return action
