@@ -479,13 +479,15 @@ def cmd_export(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo on a built-in default")
     p.add_argument("--out", default="demo-output", help="directory for the demo's files (default ./demo-output)")
+    p.add_argument("--timesteps", type=int, default=None,
+                   help="training decisions (default 24576: a few minutes on 2 cores)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
     from dynamiccl.demo import run_demo
 
-    return run_demo(Path(args.out))
+    return run_demo(Path(args.out)) if args.timesteps is None else run_demo(Path(args.out), args.timesteps)
 
 
 def _add_bench(sub) -> None:
@@ -607,6 +609,35 @@ def cmd_doctor(args) -> int:
     return report.exit_status
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="HTML report, Markdown summary and plots from `dynamiccl evaluate` results",
+                       description="Read a results file of `dynamiccl evaluate` (and its .calls.parquet companion, "
+                                   "if present) and write DIR/report.html (self-contained: plots embedded, no "
+                                   "scripts or URLs), DIR/summary.md and DIR/plots/*.png: decision maps, speedup "
+                                   "per case, communication time by parallelism and collective, regret against "
+                                   "the oracle, training curve, simulator calibration and provenance.")
+    p.add_argument("results", help="results .parquet written by `dynamiccl evaluate -o`")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the report into")
+    p.add_argument("--training-curve", metavar="CSV", help="training_curve.csv of `dynamiccl train`")
+    p.add_argument("--calibration", metavar="JSON", help="error summary of `dynamiccl validate --json`")
+    p.add_argument("--table", help="decision table (.json/.csv) to list with its provenance")
+    p.add_argument("--agent", help="the agent compared with NCCL's default (default: policy, else the first "
+                                   "agent that is not a baseline)")
+    p.add_argument("--online", default="all", choices=["all", "last"],
+                   help="which iterations of online learners count (default all: the cost of learning included)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from dynamiccl.report import build_report
+
+    paths = build_report(args.results, args.output, training_curve=args.training_curve,
+                         calibration=args.calibration, table=args.table, agent=args.agent, online=args.online,
+                         command="dynamiccl " + shlex.join(args.argv), progress=sys.stderr.isatty())
+    print(f"wrote {paths['html']} (open this first), {paths['summary']} and {paths['plots']}/*.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynamiccl", description="Learned NCCL algorithm/protocol/channel choices "
                                      "for large-transformer training.")
@@ -614,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_generate, _add_models, _add_trace, _add_table, _add_simulate, _add_calibrate,
                 _add_validate, _add_profile, _add_import, _add_export, _add_bench, _add_plugin, _add_launch,
-                _add_doctor):
+                _add_doctor, _add_report):
         add(sub)
     from dynamiccl.tuning.commands import add_commands
 

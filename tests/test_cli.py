@@ -128,10 +128,21 @@ def test_models_lists_builtins_with_param_counts(capsys):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    done = run("demo", "--out", str(tmp_path / "demo"))
+    # A short training run (the default is 24,576 decisions); every stage still runs for real.
+    out = tmp_path / "demo"
+    done = run("demo", "--out", str(out), "--timesteps", "2048")
     assert done.returncode == 0, done.stderr
     assert "OK" in done.stdout and "rank 0, step 0" in done.stdout
-    assert list((tmp_path / "demo").glob("*.parquet"))
+    assert (out / "llama3-8b_tp2-pp2-dp2-sp.parquet").is_file()
+    assert (out / "run" / "policy.zip").is_file() and (out / "demo.toml").is_file()
+    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl.tuning.evaluate import Results
+
+    results = Results.read(out / "results.parquet")
+    agents = set(results.steps["agent"])
+    assert {"nccl-default", "oracle", "policy", "ucb-bandit", "coordinate-descent"} <= agents
+    assert DecisionTable.load(out / "table.json").provenance["policy"] == str(out / "run" / "policy.zip")
+    assert "What is where" in done.stdout and str(out / "table.json") in done.stdout
 
 
 def test_bench_lists_its_benchmarks(capsys):

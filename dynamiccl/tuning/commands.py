@@ -28,6 +28,8 @@ def add_commands(sub) -> None:
     p.add_argument("--policy", help="policy.zip from `dynamiccl train`, or a decision table (.json/.csv)")
     p.add_argument("--config", help="experiment config: evaluate its held-out split; static-best is fitted "
                                     "on its training split")
+    p.add_argument("--run-dir", help="with --config: the training run's directory, where its workloads are "
+                                     "generated (default experiments/<name>/run)")
     p.add_argument("--traces", nargs="+", help="trace files (instead of --config)")
     p.add_argument("--envs", nargs="+", help="environment specs, crossed with --traces")
     p.add_argument("--agents", default=",".join(AGENT_NAMES),
@@ -37,6 +39,7 @@ def add_commands(sub) -> None:
     p.add_argument("--online-steps", type=int, default=20, help="training steps the online learners get per case")
     p.add_argument("--model", default="world", choices=("world", "nccl", "live"), help="cost model")
     p.add_argument("-o", "--output", required=True, help="results file (.parquet)")
+    p.add_argument("--json", help="also write the per-agent summary as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("replay", help="replay a trace step on an environment spec with NCCL's choices",
@@ -110,7 +113,7 @@ def cmd_evaluate(args) -> int:
         from dynamiccl.tuning.train import load_config
 
         config = load_config(args.config)
-        where = config.default_output_dir() / "run"
+        where = Path(args.run_dir) if args.run_dir else config.default_output_dir() / "run"
         cases = config.heldout_cases(where)
         if not cases:
             raise InputError(args.config, "heldout.cases", "the config has no held-out cases to evaluate")
@@ -133,6 +136,13 @@ def cmd_evaluate(args) -> int:
     results.write(args.output, command="dynamiccl " + shlex.join(args.argv))
     summary = results.summary()
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    if args.json:
+        from dynamiccl import atomic
+
+        rows = {row["agent"]: {k: None if isinstance(v, float) and v != v else v  # NaN is not JSON
+                               for k, v in row.items() if k != "agent"} for row in summary.to_dict("records")}
+        atomic.write_text(args.json, json.dumps({"results": args.output, "summary": rows,
+                                                 "cost_model": env.loaded.costs.description}, indent=1) + "\n")
     print(f"wrote {args.output} and its .calls.parquet in {time.perf_counter() - started:.0f} s "
           f"(cost model: {env.loaded.costs.description})")
     return 0
@@ -201,6 +211,8 @@ def add_policy_export(parser) -> None:
     parser.add_argument("--env", help="environment spec the table is for (masks depend on the cluster); "
                                       "default: every env of the config")
     parser.add_argument("--nccl-csv", help="also write NVIDIA's example-plugin CSV (lossy: no position rules)")
+    parser.add_argument("--run-dir", help="the training run's directory, where the config's workloads are "
+                                          "generated (default experiments/<name>/run)")
 
 
 def export_policy(args) -> int:
@@ -220,7 +232,7 @@ def export_policy(args) -> int:
     if not config_path:
         raise InputError("--cases-config", None, "the policy does not name its training config; give one")
     config = load_config(config_path)
-    where = config.default_output_dir() / "run"
+    where = Path(args.run_dir) if args.run_dir else config.default_output_dir() / "run"
     cases = [c for c in config.train_cases(where) + config.heldout_cases(where) if not args.env or c.env == args.env]
     if not cases:
         raise InputError("--env", None, f"no case of {config_path} runs on {args.env!r}")
