@@ -143,6 +143,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert {"nccl-default", "oracle", "policy", "ucb-bandit", "coordinate-descent"} <= agents
     assert DecisionTable.load(out / "table.json").provenance["policy"] == str(out / "run" / "policy.zip")
     assert "What is where" in done.stdout and str(out / "table.json") in done.stdout
+    html = (out / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and (out / "report" / "summary.md").is_file()
 
 
 def test_bench_lists_its_benchmarks(capsys):

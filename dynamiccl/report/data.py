@@ -1,0 +1,343 @@
+"""Loading and aggregating the inputs of ``dynamiccl report``.
+
+Every number of the report comes from here: the ``steps`` / ``calls`` tables of a results file
+(``dynamiccl.tuning.evaluate.Results``), and optionally a training curve CSV, a calibration
+summary JSON (``dynamiccl validate --json``) and a decision table. Aggregates reuse
+``Results.summary`` (per-agent headline numbers) and ``sample_efficiency`` (online learners).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from dynamiccl import __version__
+from dynamiccl.errors import InputError
+from dynamiccl.tuning.evaluate import METADATA_KEY, Results, calls_path, sample_efficiency
+
+DEFAULT_AGENT = "nccl-default"
+ORACLE_AGENT = "oracle"
+# Agents that are baselines, not "the policy": the report's tuned agent is another one unless --agent says.
+BASELINES = ("oracle", "nccl-default", "random", "static-best", "ucb-bandit", "coordinate-descent")
+CURVE_COLUMNS = ("timesteps", "speedup")
+
+
+@dataclass
+class ReportData:
+    """What one report shows. ``calls`` is None when the results file has no calls companion."""
+
+    results_path: Path
+    steps: pd.DataFrame
+    calls: pd.DataFrame | None
+    meta: dict
+    agent: str
+    online: str = "all"
+    training_curve: pd.DataFrame | None = None
+    training_curve_path: Path | None = None
+    calibration: dict | None = None
+    calibration_path: Path | None = None
+    table: object | None = None  # a DecisionTable
+    table_path: Path | None = None
+    command: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def agents(self) -> list[str]:
+        """The agents in the order the results list them (meta order, then order of appearance)."""
+        seen = list(self.meta.get("agents") or [])
+        present = list(pd.unique(self.steps["agent"]))
+        return [a for a in seen if a in present] + [a for a in present if a not in seen]
+
+    def summary(self) -> pd.DataFrame:
+        """``Results.summary`` of the steps table (per agent: geomean, min, gain share, gap...)."""
+        return Results(self.steps, pd.DataFrame(), self.meta).summary(online=self.online)
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def load_results(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None, dict, str | None]:
+    """``(steps, calls or None, meta, note)``: ``Results.read(path)``, except that a missing calls
+    companion is tolerated (``calls`` None and ``note`` says what is missing).
+
+    Raises:
+        InputError: the results file is missing or invalid, or the calls file exists but is invalid.
+    """
+    companion = calls_path(path)
+    try:
+        results = Results.read(path)
+        return results.steps, results.calls, results.meta, None
+    except InputError as exc:
+        if exc.source != os.fspath(companion) or companion.exists():
+            raise
+    # Results.read checks the steps file first: it is valid, only the calls companion is absent.
+    table = pq.read_table(os.fspath(path))
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    meta.pop("table", None)
+    note = (f"{companion} is absent: the per-call sections (decision maps, where the time goes) need it; "
+            f"`dynamiccl evaluate ... -o {path}` writes it")
+    return table.to_pandas(), None, meta, note
+
+
+def load_training_curve(path: str | os.PathLike) -> pd.DataFrame:
+    """A training curve CSV (``dynamiccl train``'s ``training_curve.csv``): at least ``timesteps``
+    and ``speedup`` columns, optionally ``case``.
+
+    Raises:
+        InputError: unreadable, not CSV, or a needed column is missing.
+    """
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, None, f"not a readable training-curve CSV ({exc})") from None
+    for col in CURVE_COLUMNS:
+        if col not in frame.columns:
+            raise InputError(path, col, f"missing column; expected {', '.join(CURVE_COLUMNS)} (and optionally case)")
+    return frame
+
+
+def load_calibration(path: str | os.PathLike) -> dict:
+    """A calibration summary (``dynamiccl validate --json``): ``{"tables": {name: {...}}, "overall": {...}}``.
+
+    Raises:
+        InputError: unreadable, not JSON, or without the ``tables`` / ``overall`` keys.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, None, f"not a readable calibration JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, None, "expected a JSON object written by `dynamiccl validate --json`")
+    for key in ("tables", "overall"):
+        if not isinstance(data.get(key), dict):
+            raise InputError(path, key, "missing or not an object; expected the output of `dynamiccl validate --json`")
+    for name, entry in data["tables"].items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), dict) for k in ("world", "nccl_model")):
+            raise InputError(path, f"tables.{name}", "expected world and nccl_model error summaries")
+    return data
+
+
+def choose_agent(agents: list[str], wanted: str | None, source: str) -> str:
+    """The tuned agent the report compares with NCCL's default: ``wanted``, else ``policy``, else the
+    first agent that is not a baseline, else the first that is neither the oracle nor the default.
+
+    Raises:
+        InputError: ``wanted`` is not among the results' agents, or there is no such agent.
+    """
+    if wanted is not None:
+        if wanted not in agents:
+            raise InputError("--agent", None, f"{wanted!r} is not an agent of {source}; expected one of "
+                             f"{', '.join(agents)}")
+        return wanted
+    if "policy" in agents:
+        return "policy"
+    for pool in ([a for a in agents if a not in BASELINES], [a for a in agents if a not in (ORACLE_AGENT, DEFAULT_AGENT)],
+                 agents):
+        if pool:
+            return pool[0]
+    raise InputError(source, "agent", "no steps rows: expected at least one evaluated agent")
+
+
+# --- aggregation --------------------------------------------------------------------------------------
+
+
+def counted_steps(steps: pd.DataFrame, online: str) -> pd.DataFrame:
+    """The steps rows that count (``online="last"``: the last iteration of each online run), as in
+    ``Results.summary``."""
+    if online == "last" and len(steps):
+        last = steps.groupby(["agent", "case"])["iteration"].transform("max")
+        return steps[steps["iteration"] == last]
+    return steps
+
+
+def _geomean(values: pd.Series) -> float:
+    return float(np.exp(np.log(values.to_numpy(dtype=np.float64)).mean()))
+
+
+def per_case(data: ReportData, column: str = "speedup", by_state: bool = True) -> pd.DataFrame:
+    """Rows (case[, state]) x columns agent: the geometric mean of ``column`` (a ratio, e.g.
+    ``speedup``) or, for ``gap_to_oracle``, the arithmetic mean, over the counted episodes."""
+    steps = counted_steps(data.steps, data.online)
+    keys = ["case", "state"] if by_state else ["case"]
+    agg = _geomean if column != "gap_to_oracle" else "mean"
+    table = steps.groupby(keys + ["agent"], sort=False)[column].agg(agg).unstack("agent")
+    return table[[a for a in data.agents if a in table.columns]]
+
+
+def default_step_ms(data: ReportData) -> pd.Series:
+    """NCCL default's step time (ms) per (case, state), from any agent's rows (they all carry it)."""
+    return data.steps.groupby(["case", "state"], sort=False)["default_step_time_us"].first() / 1e3
+
+
+def headline(data: ReportData) -> dict:
+    """The numbers at the top of the report and of summary.md."""
+    summary = data.summary().set_index("agent")
+    cases = per_case(data, by_state=False)
+    out = {"agent": data.agent, "episodes": int(summary.loc[data.agent, "episodes"]),
+           "geomean_speedup": float(summary.loc[data.agent, "geomean_speedup"]),
+           "min_speedup": float(summary.loc[data.agent, "min_speedup"]),
+           "slower_share": float(summary.loc[data.agent, "slower_share"]),
+           "mean_gap_to_oracle": float(summary.loc[data.agent, "mean_gap_to_oracle"]),
+           "cases": len(cases)}
+    worst = cases[data.agent].idxmin()
+    out.update(worst_case=worst, worst_case_speedup=float(cases[data.agent].min()))
+    if ORACLE_AGENT in summary.index:
+        out["oracle_geomean_speedup"] = float(summary.loc[ORACLE_AGENT, "geomean_speedup"])
+    return out
+
+
+def effective_choices(calls: pd.DataFrame) -> pd.DataFrame:
+    """The calls with what really ran: ``run_algo`` / ``run_proto`` (``nccl`` replaced by NCCL's
+    default choice), ``run_channels``; and NCCL default's ``nccl_*``; plus ``bucket`` = floor(log2 bytes)."""
+    algo = calls["algo"].where(calls["algo"] != "nccl", calls["nccl_default_algo"])
+    proto = calls["proto"].where(calls["proto"] != "nccl", calls["nccl_default_proto"])
+    bucket = np.floor(np.log2(calls["nbytes"].clip(lower=1).to_numpy(dtype=np.float64))).astype(np.int64)
+    return calls.assign(run_algo=algo, run_proto=proto, run_channels=calls["channels"], bucket=bucket)
+
+
+def _mode(values: pd.Series):
+    return values.value_counts().index[0]
+
+
+def decision_cells(data: ReportData, agent: str) -> pd.DataFrame:
+    """One row per (coll, nranks, nnodes, bucket) of ``agent``'s calls: ``calls``, the most common
+    choice that ran (``choice``: algo/proto/channels) and NCCL default's (``nccl``), ``changed``
+    (the share of the cell's calls whose choice differs from NCCL's)."""
+    if data.calls is None:
+        return pd.DataFrame()
+    calls = effective_choices(data.calls[data.calls["agent"] == agent])
+    if calls.empty:
+        return pd.DataFrame()
+    ran = calls["run_algo"] + "/" + calls["run_proto"] + "/" + calls["run_channels"].astype(str)
+    default = (calls["nccl_default_algo"] + "/" + calls["nccl_default_proto"] + "/"
+               + calls["nccl_default_channels"].astype(str))
+    calls = calls.assign(choice=ran, nccl=default, changed=(ran != default).astype(np.float64))
+    cells = calls.groupby(["coll", "nranks", "nnodes", "bucket"]).agg(
+        calls=("choice", "size"), choice=("choice", _mode), nccl=("nccl", _mode), changed=("changed", "mean"))
+    return cells.reset_index()
+
+
+def comm_time(data: ReportData, by: str) -> pd.DataFrame:
+    """Summed call durations (ms per recorded episode) by ``by`` (``group_kind`` or ``coll``), one
+    column per agent of (NCCL's default, the tuned agent) present in the calls table."""
+    if data.calls is None:
+        return pd.DataFrame()
+    columns = {}
+    for agent in dict.fromkeys((DEFAULT_AGENT, data.agent)):
+        calls = data.calls[data.calls["agent"] == agent]
+        if calls.empty:
+            continue
+        episodes = len(calls.groupby(["case", "state", "iteration"]).size())
+        columns[agent] = calls.groupby(by)["duration_us"].sum() / 1e3 / episodes
+    return pd.DataFrame(columns).fillna(0.0)
+
+
+def online_efficiency(data: ReportData) -> pd.DataFrame:
+    """``sample_efficiency`` of the online learners (empty when there are none)."""
+    return sample_efficiency(data.steps)
+
+
+# --- provenance --------------------------------------------------------------------------------------
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """``git rev-parse HEAD`` in ``cwd``, or None outside a checkout or without git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _find_seeds(value, prefix: str = "") -> dict:
+    """Every ``seed`` key in nested JSON data, by dotted path."""
+    found = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key == "seed" and not isinstance(item, (dict, list)):
+                found[path] = item
+            else:
+                found.update(_find_seeds(item, path))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found.update(_find_seeds(item, f"{prefix}[{index}]"))
+    return found
+
+
+def provenance(data: ReportData) -> list[tuple[str, str]]:
+    """(field, value) rows: where the results came from and how this report was made."""
+    meta, steps = data.meta, data.steps
+    rows = [("results file", os.fspath(data.results_path)),
+            ("results command", meta.get("command") or "(not recorded)"),
+            ("cost model", str(meta.get("cost_model", "(not recorded)")))]
+    for text in meta.get("cost_model_descriptions") or sorted(steps["cost_model"].unique()):
+        rows.append(("cost model description", text))
+    rows += [("NCCL version", ", ".join(sorted(map(str, steps["nccl_version"].unique())))),
+             ("environment specs", ", ".join(sorted(map(str, steps["env_spec"].unique())))),
+             ("traces", ", ".join(sorted(map(str, steps["trace"].unique())))),
+             ("dynamics states", ", ".join(map(str, meta.get("states") or sorted(steps["state"].unique())))),
+             ("online steps", str(meta.get("online_steps", "-"))),
+             ("agents", ", ".join(data.agents)),
+             ("dynamiccl version (results)", str(meta.get("dynamiccl_version", "(not recorded)"))),
+             ("dynamiccl version (report)", __version__),
+             ("git commit", git_commit() or "(not a git checkout)")]
+    seeds = _find_seeds(meta)
+    if data.table is not None:
+        seeds.update({f"table.{k}": v for k, v in _find_seeds(data.table.provenance).items()})
+    rows += [(f"seed ({path})", str(value)) for path, value in seeds.items()]
+    for label, path in (("training curve", data.training_curve_path), ("calibration", data.calibration_path),
+                        ("decision table", data.table_path)):
+        if path is not None:
+            rows.append((label, os.fspath(path)))
+    rows.append(("report command", data.command or "(library call)"))
+    return rows
+
+
+def fmt(value: float, digits: int = 4) -> str:
+    """A number for a table cell: fixed ``digits`` decimals, ``-`` for NaN."""
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+# --- text tables ---------------------------------------------------------------------------------------
+
+
+SUMMARY_HEADER = ("agent", "episodes", "geomean speedup", "min speedup", "mean gain share", "mean gap to oracle",
+                  "cases >1% slower")
+
+
+def summary_rows(data: ReportData) -> list[list[str]]:
+    """``Results.summary`` as text cells, one row per agent (``SUMMARY_HEADER``)."""
+    return [[row.agent, str(row.episodes), fmt(row.geomean_speedup), fmt(row.min_speedup), fmt(row.mean_gain_share, 3),
+             f"{100 * row.mean_gap_to_oracle:+.3f}%", f"{100 * row.slower_share:.0f}%"]
+            for row in data.summary().itertuples(index=False)]
+
+
+def speedup_text(data: ReportData) -> str:
+    """An nccl-tests-like fixed-width table: per (case, state), NCCL default's step time and every
+    agent's speedup (geomean over its counted episodes there), then the geomean per agent."""
+    table = per_case(data)
+    default_ms = default_step_ms(data)
+    agents = list(table.columns)
+    case_width = max([len("case")] + [len(str(c)) for c, _ in table.index])
+    widths = [max(9, len(a)) for a in agents]
+    lines = [f"# step-time speedup over NCCL's default (default / agent step time; online agents: "
+             f"{'all iterations' if data.online == 'all' else 'last iteration'})",
+             f"#{'case':<{case_width - 1}}  {'state':>6}  {'default':>11}  "
+             + "  ".join(f"{a:>{w}}" for a, w in zip(agents, widths)),
+             f"#{'':<{case_width - 1}}  {'':>6}  {'(ms)':>11}  " + "  ".join(f"{'':>{w}}" for w in widths)]
+    for (case, state), row in table.iterrows():
+        lines.append(f"{case:<{case_width}}  {state:>6}  {default_ms[(case, state)]:>11.3f}  "
+                     + "  ".join(f"{fmt(row[a]):>{w}}" for a, w in zip(agents, widths)))
+    geo = data.summary().set_index("agent")["geomean_speedup"]
+    lines.append(f"# {'geomean':<{case_width - 2}}  {'':>6}  {'':>11}  "
+                 + "  ".join(f"{fmt(geo.get(a, math.nan)):>{w}}" for a, w in zip(agents, widths)))
+    return "\n".join(lines)

@@ -1,0 +1,24 @@
+"""summary.md: the headline, the per-agent table and where the rest of the report is."""
+
+from __future__ import annotations
+
+from dynamiccl.report.data import SUMMARY_HEADER, ReportData, summary_rows
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def render(data: ReportData, headline: list[str], plots: list[str], sections: list[str]) -> str:
+    """The Markdown summary; ``plots`` are paths relative to the report directory."""
+    lines = [f"# dynamiccl report: {data.results_path}", "", "## Headline", ""]
+    lines += [f"- {line}" for line in headline]
+    lines += ["", "## Per agent", "", _row(SUMMARY_HEADER), _row(["---"] * len(SUMMARY_HEADER))]
+    lines += [_row(row) for row in summary_rows(data)]
+    online = "every online iteration counts" if data.online == "all" else "online agents: last iteration per case"
+    lines += ["", f"Speedup = NCCL default's step time / the agent's (geometric means; {online}).", ""]
+    if data.notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in data.notes] + [""]
+    lines += ["## Files", "", "- `report.html`: the full report (open it first): " + ", ".join(sections)]
+    lines += [f"- `{path}`" for path in plots]
+    return "\n".join(lines) + "\n"

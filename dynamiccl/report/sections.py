@@ -1,0 +1,170 @@
+"""The report's sections, each a list of blocks that ``html`` renders: ``("p", text)``, ``("note", text)``,
+``("headline", [lines])``, ``("pre", text)``, ``("table", (header, rows))`` or ``("plot", (name, png, caption))``.
+A section appears only when its data is present; otherwise a note says what is missing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dynamiccl.report import plots
+from dynamiccl.report.data import (
+    DEFAULT_AGENT, ORACLE_AGENT, SUMMARY_HEADER, ReportData, comm_time, decision_cells, fmt, headline,
+    online_efficiency, per_case, provenance, speedup_text, summary_rows,
+)
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list[tuple[str, object]] = field(default_factory=list)
+
+    def plots(self) -> list[tuple[str, bytes]]:
+        return [(payload[0], payload[1]) for kind, payload in self.blocks if kind == "plot"]
+
+
+def headline_lines(data: ReportData) -> list[str]:
+    """The headline, shared by the HTML page and summary.md."""
+    h = headline(data)
+    lines = [f"{h['agent']}: geomean step-time speedup {h['geomean_speedup']:.4f}x over NCCL's default "
+             f"({h['episodes']} episodes, {h['cases']} cases)",
+             f"worst case: {h['worst_case']} at {h['worst_case_speedup']:.4f}x (geomean over its episodes); "
+             f"worst episode {h['min_speedup']:.4f}x; {100 * h['slower_share']:.0f}% of cases more than 1% slower",
+             f"mean gap to the oracle: {100 * h['mean_gap_to_oracle']:+.3f}% of the oracle's step time"]
+    if "oracle_geomean_speedup" in h:
+        lines.append(f"oracle (per-call greedy): geomean speedup {h['oracle_geomean_speedup']:.4f}x")
+    return lines
+
+
+def overview(data: ReportData) -> Section:
+    blocks: list = [("headline", headline_lines(data)), ("table", (list(SUMMARY_HEADER), summary_rows(data)))]
+    blocks += [("note", note) for note in data.notes]
+    return Section("overview", "Overview", blocks)
+
+
+def decision_maps(data: ReportData) -> Section:
+    section = Section("decision-maps", "Decision maps per collective")
+    cells = decision_cells(data, data.agent)
+    if cells.empty:
+        section.blocks.append(("note", data.notes[0] if data.calls is None and data.notes else
+                               f"no recorded calls of {data.agent}: the decision maps need them"))
+        return section
+    section.blocks.append(("p", f"What ran per collective, message size (log2 bucket) and communicator shape: "
+                                f"NCCL's default choice beside {data.agent}'s (the most common choice of the "
+                                f"bucket's calls over all recorded episodes)."))
+    for coll, group in cells.groupby("coll"):
+        changed = float((group["changed"] * group["calls"]).sum() / group["calls"].sum())
+        section.blocks.append(("plot", (f"decisions-{coll}", plots.decision_map(group, coll, data.agent),
+                                        f"{coll}: {int(group['calls'].sum())} calls, {100 * changed:.1f}% "
+                                        f"differ from NCCL's default")))
+    rows = [[r.coll, str(r.nranks), str(r.nnodes), plots.human_bytes(int(r.bucket)), str(r.calls), r.nccl, r.choice,
+             f"{100 * r.changed:.0f}%"] for r in cells.itertuples(index=False)]
+    section.blocks.append(("table", (["collective", "nranks", "nnodes", "size >=", "calls", "NCCL default",
+                                      data.agent, "changed"], rows)))
+    return section
+
+
+def speedup(data: ReportData) -> Section:
+    table = per_case(data)
+    return Section("speedup", "Step-time speedup per case", [
+        ("p", "Per case (workload@cluster) and dynamics state: NCCL default's step time divided by the agent's. "
+              "Bars show the change in % on a symmetric-log axis."),
+        ("plot", ("speedup", plots.grouped_bars(table, "step-time change vs NCCL default (%)",
+                                                "speedup per case and dynamics state"),
+                  "speedup over NCCL's default per case | state, every agent")),
+        ("pre", speedup_text(data))])
+
+
+def time_breakdown(data: ReportData) -> Section:
+    section = Section("time", "Where the time goes")
+    if data.calls is None:
+        section.blocks.append(("note", data.notes[0] if data.notes else "no calls table"))
+        return section
+    section.blocks.append(("p", f"Summed durations of the recorded collectives (ms per recorded step; "
+                                f"overlapped with compute or not), {DEFAULT_AGENT} before and {data.agent} after."))
+    if DEFAULT_AGENT not in set(data.calls["agent"]):
+        section.blocks.append(("note", f"no {DEFAULT_AGENT} calls recorded: only {data.agent}'s times are shown"))
+    for by, what in (("group_kind", "parallelism"), ("coll", "collective")):
+        frame = comm_time(data, by)
+        if frame.empty:
+            continue
+        section.blocks.append(("plot", (f"time-by-{by}", plots.comm_time_bars(frame, what),
+                                        f"communication time by {what}")))
+        rows = [[str(k)] + [fmt(v, 3) for v in row] for k, row in zip(frame.index, frame.to_numpy())]
+        section.blocks.append(("table", ([what] + [f"{a} (ms)" for a in frame.columns], rows)))
+    return section
+
+
+def regret(data: ReportData) -> Section:
+    section = Section("regret", "Regret against the oracle")
+    if ORACLE_AGENT not in data.agents:
+        section.blocks.append(("note", "no oracle rows in the results"))
+        return section
+    gap = per_case(data, "gap_to_oracle", by_state=False)
+    gap = gap[[a for a in gap.columns if a != ORACLE_AGENT]]
+    section.blocks.append(("p", "gap_to_oracle = agent step time / oracle step time - 1 (mean over the counted "
+                                "episodes of each case); negative: faster than the per-call greedy oracle."))
+    section.blocks.append(("plot", ("regret", plots.grouped_bars(gap, "gap to oracle (%)", "gap to the oracle per case",
+                                                                 percent_of_one=False),
+                                    "gap to the oracle per case")))
+    rows = [[str(case)] + [f"{100 * v:+.3f}%" for v in row] for case, row in zip(gap.index, gap.to_numpy())]
+    section.blocks.append(("table", (["case"] + list(gap.columns), rows)))
+    online = data.steps[data.steps["iteration"] >= 0]
+    if not online.empty:
+        eff = online_efficiency(data)
+        section.blocks.append(("plot", ("online", plots.online_curves(online), "online learners per iteration")))
+        rows = [[r.agent, r.case, str(r.iterations_run), fmt(r.final_speedup), fmt(r.iterations, 0),
+                 fmt(r.measurements, 0), str(r.total_measurements), "yes" if r.reached else "no"]
+                for r in eff.itertuples(index=False)]
+        section.blocks.append(("table", (["agent", "case", "iterations", "final speedup", "iterations to 95%",
+                                          "measurements to 95%", "measurements", "reached"], rows)))
+    return section
+
+
+def training(data: ReportData) -> Section:
+    curve = data.training_curve
+    last = curve.sort_values("timesteps").tail(50)
+    return Section("training", "Training curve", [
+        ("plot", ("training-curve", plots.training_curve(curve), f"episode speedups during training "
+                                                                 f"({len(curve)} episodes)")),
+        ("p", f"{len(curve)} training episodes up to {int(curve['timesteps'].max()):,} timesteps; mean speedup "
+              f"of the last {len(last)}: {last['speedup'].mean():.4f}x.")])
+
+
+def calibration(data: ReportData) -> Section:
+    from dynamiccl.costmodel.calibration import format_summary
+
+    return Section("calibration", "Simulator calibration", [
+        ("p", "Median relative error of the world simulator's predicted collective time (busbw) against the "
+              "measured nccl-tests tables, NCCL's own model beside it. The calibration JSON holds per-table "
+              "error summaries, not per-point busbw, so this is a per-table comparison rather than a scatter."),
+        ("plot", ("calibration", plots.calibration_errors(data.calibration), "calibration error per measured table")),
+        ("pre", format_summary(data.calibration))])
+
+
+def table_section(data: ReportData) -> Section:
+    table = data.table
+    return Section("table", "Decision table", [
+        ("p", f"{len(table.rules)} rules, format version {table.version}, {len(table.steps)} step lines, "
+              f"NCCL settings: {table.nccl_env or 'none'}."),
+        ("pre", table.describe())])
+
+
+def provenance_section(data: ReportData) -> Section:
+    return Section("provenance", "Provenance", [("table", (["field", "value"], [list(r) for r in provenance(data)]))])
+
+
+def builders(data: ReportData) -> list[Callable[[ReportData], Section]]:
+    """The section builders that apply to ``data``, in page order."""
+    out = [overview, decision_maps, speedup, time_breakdown, regret]
+    if data.training_curve is not None:
+        out.append(training)
+    if data.calibration is not None:
+        out.append(calibration)
+    if data.table is not None:
+        out.append(table_section)
+    return out + [provenance_section]
+
+
+__all__ = ["Section", "builders", "headline_lines"]

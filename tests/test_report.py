@@ -1,0 +1,134 @@
+"""Tests of ``dynamiccl report`` (dynamiccl.report) on a small real evaluation: the shipped reference
+trace on dgx-h100, one dynamics state, NCCL's default, random, a decision table and a UCB bandit."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dynamiccl.cli import main
+from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule
+from dynamiccl.nccl import Algorithm, Func, Protocol
+from dynamiccl.tuning.agents import NcclDefaultAgent, OnlineAgent, RandomAgent, TableAgent
+from dynamiccl.tuning.env import TuningEnv
+from dynamiccl.tuning.evaluate import Results, calls_path, evaluate
+from dynamiccl.tuning.online import UCBBandit
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = [("traces/ref-pp2-dp2.parquet", "dgx-h100")]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+HEADINGS = ("Overview", "Decision maps per collective", "Step-time speedup per case", "Where the time goes",
+            "Regret against the oracle", "Provenance")
+
+
+@pytest.fixture(scope="module")
+def results_file(tmp_path_factory) -> Path:
+    env = TuningEnv(cases=CASES, states=1)
+    table = DecisionTable((Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES,
+                                algorithm=Algorithm.RING, protocol=Protocol.SIMPLE),))
+    agents = [NcclDefaultAgent(), RandomAgent(0), TableAgent(table, name="table"), OnlineAgent(UCBBandit())]
+    results = evaluate(agents, env, [0], online_steps=2, progress=False)
+    path = tmp_path_factory.mktemp("results") / "results.parquet"
+    results.write(path, command="dynamiccl evaluate (test)")
+    table.save(path.with_name("table.json"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def report_dir(results_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert main(["report", str(results_file), "-o", str(out), "--table",
+                 str(results_file.with_name("table.json"))]) == 0
+    return out
+
+
+def embedded_pngs(html: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in DATA_URI.findall(html)]
+
+
+def test_html_is_self_contained_with_sections_and_plots(report_dir):
+    html = (report_dir / "report.html").read_text(encoding="utf-8")
+    for heading in HEADINGS + ("Decision table",):
+        assert f"<h2>{heading}</h2>" in html
+    pngs = embedded_pngs(html)
+    # decision map(s), speedup, time by parallelism and by collective, regret, online learners
+    assert len(pngs) >= 6
+    assert all(png.startswith(PNG_MAGIC) for png in pngs)
+    for forbidden in ("http://", "https://", 'src="/', "<script", "<link"):
+        assert forbidden not in html
+    assert sorted(p.name for p in (report_dir / "plots").glob("*.png"))
+    assert len(list((report_dir / "plots").glob("*.png"))) == len(pngs)
+
+
+def test_summary_headline_matches_results(results_file, report_dir):
+    results = Results.read(results_file)
+    summary = results.summary().set_index("agent")
+    text = (report_dir / "summary.md").read_text(encoding="utf-8")
+    steps = results.steps[results.steps["agent"] == "table"]
+    geomean = math.exp(np.log(steps["speedup"]).mean())
+    assert math.isclose(geomean, summary.loc["table", "geomean_speedup"])
+    assert f"table: geomean step-time speedup {geomean:.4f}x over NCCL's default" in text
+    assert f"worst episode {steps['speedup'].min():.4f}x" in text
+    assert f"oracle (per-call greedy): geomean speedup {summary.loc['oracle', 'geomean_speedup']:.4f}x" in text
+    for agent in ("oracle", "nccl-default", "random", "table", "ucb-bandit"):
+        row = summary.loc[agent]
+        assert f"| {agent} | {int(row.episodes)} | {row.geomean_speedup:.4f} | {row.min_speedup:.4f} |" in text
+
+
+def test_missing_calls_file_still_reports(results_file, tmp_path, capsys):
+    lone = tmp_path / "lone.parquet"
+    shutil.copy(results_file, lone)
+    out = tmp_path / "report"
+    assert main(["report", str(lone), "-o", str(out)]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert f"{calls_path(lone)} is absent" in html and "Step-time speedup per case" in html
+    assert "per-call sections" in (out / "summary.md").read_text(encoding="utf-8")
+    assert "open this first" in capsys.readouterr().out
+
+
+def test_bad_inputs_exit_2_naming_the_file(results_file, tmp_path, capsys):
+    missing = tmp_path / "nope.parquet"
+    assert main(["report", str(missing), "-o", str(tmp_path / "r")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_text("not parquet")
+    assert main(["report", str(garbage), "-o", str(tmp_path / "r")]) == 2
+    assert f"{garbage}: not a readable Parquet file" in capsys.readouterr().err
+    curve = tmp_path / "curve.csv"
+    curve.write_text("episode,case\n1,x\n")
+    assert main(["report", str(results_file), "-o", str(tmp_path / "r"), "--training-curve", str(curve)]) == 2
+    assert f"{curve}: timesteps: missing column" in capsys.readouterr().err
+    assert main(["report", str(results_file), "-o", str(tmp_path / "r"), "--agent", "nobody"]) == 2
+    assert "'nobody' is not an agent" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "report.html").exists()
+
+
+RECORDED = ROOT / "experiments" / "default" / "results.parquet"
+CURVE = ROOT / "experiments" / "default" / "run" / "training_curve.csv"
+CALIBRATION = ROOT / "experiments" / "calibration" / "validation.json"
+
+
+@pytest.mark.skipif(not (RECORDED.exists() and CURVE.exists() and CALIBRATION.exists()),
+                    reason="the recorded default experiment is not in this checkout")
+def test_recorded_experiment(tmp_path):
+    # The calls companion is gitignored: without it the report covers the steps table only (fast).
+    lone = tmp_path / "results.parquet"
+    shutil.copy(RECORDED, lone)
+    out = tmp_path / "report"
+    assert main(["report", str(lone), "-o", str(out), "--training-curve", str(CURVE),
+                 "--calibration", str(CALIBRATION)]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for heading in ("Training curve", "Simulator calibration", "Step-time speedup per case", "Provenance"):
+        assert f"<h2>{heading}</h2>" in html
+    assert "azure-ndv5-h100" in html and "NCCL version" in html and "2.23.4" in html
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    summary = Results(pd.read_parquet(RECORDED), pd.DataFrame(), {}).summary().set_index("agent")
+    assert f"policy: geomean step-time speedup {summary.loc['policy', 'geomean_speedup']:.4f}x" in text
