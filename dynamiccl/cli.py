@@ -385,7 +385,9 @@ def cmd_validate(args) -> int:
         plot(results, args.plot)
         print(f"# plot: {args.plot}")
     if args.json:
-        atomic.write_text(args.json, json.dumps(summary, indent=1) + "\n")
+        from dynamiccl.costmodel.calibration import points
+
+        atomic.write_text(args.json, json.dumps({**summary, "points": points(results)}, indent=1) + "\n")
     return 0
 
 

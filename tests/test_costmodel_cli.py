@@ -148,6 +148,11 @@ def test_validate_meets_the_calibration_targets(tmp_path, capsys):
     tables = {row["table"] for row in csv.DictReader(MEASUREMENTS.open())}
     assert set(summary["tables"]) == tables
     assert summary["overall"]["world"]["rows"] == sum(1 for _ in csv.DictReader(MEASUREMENTS.open()))
+    # The rows behind the summary, for the report's predicted-versus-measured scatter.
+    assert set(summary["points"]) == tables
+    assert sum(len(p["size_bytes"]) for p in summary["points"].values()) == summary["overall"]["world"]["rows"]
+    for table in summary["points"].values():
+        assert len(table["measured_busbw_gbps"]) == len(table["predicted_busbw_gbps"]) == len(table["size_bytes"])
 
 
 @pytest.fixture(scope="module")

@@ -129,6 +129,7 @@ def test_recorded_experiment(tmp_path):
     for heading in ("Training curve", "Simulator calibration", "Step-time speedup per case", "Provenance"):
         assert f"<h2>{heading}</h2>" in html
     assert "azure-ndv5-h100" in html and "NCCL version" in html and "2.23.4" in html
+    assert (out / "plots" / "calibration-scatter.png").is_file()  # the recorded JSON has per-row points
     text = (out / "summary.md").read_text(encoding="utf-8")
     summary = Results(pd.read_parquet(RECORDED), pd.DataFrame(), {}).summary().set_index("agent")
     assert f"policy: geomean step-time speedup {summary.loc['policy', 'geomean_speedup']:.4f}x" in text

@@ -99,6 +99,20 @@ def summarize(results: list[TableResult]) -> dict:
                                              "nccl_model": classes(results, "nccl_error")}}
 
 
+def points(results: list[TableResult]) -> dict:
+    """Per measured table, the rows behind the summary: size (bytes) and busbw (GB/s) measured,
+    predicted by the world simulator and believed by NCCL's model (``dynamiccl validate --json``)."""
+    out = {}
+    for r in results:
+        op = "sendrecv" if r.table.coll == "sendrecv" else r.table.coll
+        nccl_busbw = r.table.size_bytes / (1000.0 * r.nccl_time_us) * busbw_factor(op, r.table.nranks)
+        out[r.table.table] = {"size_bytes": [int(v) for v in r.table.size_bytes],
+                             "measured_busbw_gbps": [float(v) for v in r.measured_busbw_gbps()],
+                             "predicted_busbw_gbps": [float(v) for v in r.predicted_busbw_gbps()],
+                             "nccl_model_busbw_gbps": [float(v) for v in nccl_busbw]}
+    return out
+
+
 def format_summary(summary: dict) -> str:
     """The per-table and overall error table ``dynamiccl validate`` prints."""
     def pct(x):

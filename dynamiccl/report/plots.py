@@ -171,3 +171,31 @@ def calibration_errors(calibration: dict) -> bytes:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     return png(fig)
+
+
+def calibration_scatter(points: dict) -> bytes:
+    """Predicted against measured busbw (GB/s), one marker per measured row, coloured by table: the
+    world simulator (filled) and NCCL's model (hollow); the diagonal is a perfect prediction."""
+    fig = Figure(figsize=(7.5, 6.0))
+    ax = fig.subplots()
+    low, high = np.inf, 0.0
+    for i, (name, table) in enumerate(points.items()):
+        measured = np.asarray(table["measured_busbw_gbps"], dtype=float)
+        for key, style in (("predicted_busbw_gbps", dict(marker="o", color=f"C{i % 10}", label=name)),
+                           ("nccl_model_busbw_gbps", dict(marker="o", facecolors="none", edgecolors=f"C{i % 10}"))):
+            predicted = np.asarray(table[key], dtype=float)
+            ax.scatter(measured, predicted, s=14, lw=0.8, **style)
+            positive = np.concatenate([measured, predicted])
+            positive = positive[positive > 0]
+            if len(positive):
+                low, high = min(low, positive.min()), max(high, positive.max())
+    if high > 0:
+        ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured busbw (GB/s)")
+    ax.set_ylabel("predicted busbw (GB/s)")
+    ax.set_title("world simulator (filled) and NCCL's model (hollow) against nccl-tests", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, loc="upper left")
+    return png(fig)

@@ -135,12 +135,18 @@ def training(data: ReportData) -> Section:
 def calibration(data: ReportData) -> Section:
     from dynamiccl.costmodel.calibration import format_summary
 
-    return Section("calibration", "Simulator calibration", [
+    parts = [
         ("p", "Median relative error of the world simulator's predicted collective time (busbw) against the "
-              "measured nccl-tests tables, NCCL's own model beside it. The calibration JSON holds per-table "
-              "error summaries, not per-point busbw, so this is a per-table comparison rather than a scatter."),
-        ("plot", ("calibration", plots.calibration_errors(data.calibration), "calibration error per measured table")),
-        ("pre", format_summary(data.calibration))])
+              "measured nccl-tests tables, NCCL's own model beside it."),
+        ("plot", ("calibration", plots.calibration_errors(data.calibration), "calibration error per measured table"))]
+    if data.calibration.get("points"):
+        parts.append(("plot", ("calibration-scatter", plots.calibration_scatter(data.calibration["points"]),
+                               "predicted against measured busbw, every measured row")))
+    else:
+        parts.append(("p", "This calibration JSON has no per-row points (written by an older `dynamiccl validate "
+                           "--json`), so there is no predicted-versus-measured scatter."))
+    parts.append(("pre", format_summary(data.calibration)))
+    return Section("calibration", "Simulator calibration", parts)
 
 
 def table_section(data: ReportData) -> Section:
