@@ -178,12 +178,10 @@ def _format_value(value: float) -> str:
 
 def _row(result: dict) -> tuple[str, ...]:
     """(benchmark, figure, value, target, median wall s, verdict) of a recorded result."""
-    figure = next((key for key in result if key not in ("value",) and key in
-                   {b.rate_key for b in BENCHMARKS.values() if b.rate_key}), "wall time (s)")
-    value = result.get("value", result.get(figure, result["wall_s"]["median"]))
-    target = result.get("target") or (f">= {result['min_rate']:g}" if result.get("min_rate") is not None
-                                       and figure != "wall time (s)" else f"<= {result.get('target_s', 0):g} s")
-    return (result["benchmark"], figure, _format_value(value), target,
+    bench = BENCHMARKS[result["benchmark"]]
+    figure = bench.rate_key or "wall time (s)"
+    value = result[bench.rate_key] if bench.rate_key else result["wall_s"]["median"]
+    return (result["benchmark"], figure, _format_value(value), bench.target_text,
             f"{result['wall_s']['median']:.1f}", "ok" if result["within_target"] else "MISSED")
 
 
@@ -192,7 +190,7 @@ def write_summary(record_dir: Path) -> Path:
     results = []
     for path in sorted(record_dir.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and "benchmark" in data and "within_target" in data:
+        if isinstance(data, dict) and data.get("benchmark") in BENCHMARKS and "within_target" in data:
             results.append(data)
     lines = ["# Benchmarks", "",
              "Written by `dynamiccl bench --record` from the JSON files beside it (one per benchmark, with "

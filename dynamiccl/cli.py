@@ -489,7 +489,7 @@ def _add_demo(sub) -> None:
 def cmd_demo(args) -> int:
     from dynamiccl.demo import run_demo
 
-    return run_demo(Path(args.out)) if args.timesteps is None else run_demo(Path(args.out), args.timesteps)
+    return run_demo(Path(args.out), args.timesteps)
 
 
 def _add_bench(sub) -> None:

@@ -117,8 +117,11 @@ def _generate_trace(out_dir: Path) -> tuple[Path, bool]:
     return path, report.ok
 
 
-def run_demo(out_dir: Path, timesteps: int = DEMO_TIMESTEPS) -> int:
-    """Run the demo, writing its files under ``out_dir``; returns the process exit status."""
+def run_demo(out_dir: Path, timesteps: int | None = None) -> int:
+    """Run the demo, writing its files under ``out_dir``; returns the process exit status.
+
+    ``timesteps``: training decisions (default ``DEMO_TIMESTEPS``)."""
+    timesteps = timesteps or DEMO_TIMESTEPS
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     trace_path, ok = _generate_trace(out_dir)

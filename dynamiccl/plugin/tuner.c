@@ -913,6 +913,14 @@ DCCL_EXPORT int dynamiccl_tuner_supported(int coll, int algorithm, int protocol)
   return (kSupported[coll][algorithm] >> protocol) & 1;
 }
 
+/* The rule count (and step lines into ``n_steps`` if not NULL) of a checked table, then free it. */
+static long counts_and_free(dccl_table_t* t, long* n_steps) {
+  long n = (long)t->n_rules;
+  if (n_steps) *n_steps = (long)t->n_steps;
+  table_free(t);
+  return n;
+}
+
 /* Parse a table held in memory (the fuzzing entry point).  Returns the rule count, or -1 with
  * the reason in ``err``.  ``n_steps`` may be NULL. */
 DCCL_EXPORT long dynamiccl_tuner_parse(const char* data, size_t len, char* err, size_t errlen,
@@ -926,10 +934,7 @@ DCCL_EXPORT long dynamiccl_tuner_parse(const char* data, size_t len, char* err, 
   err[0] = '\0';
   if (!data && len) return -1;
   if (table_parse(data ? data : "", len, &t, err, errlen) != 0) return -1;
-  long n = (long)t.n_rules;
-  if (n_steps) *n_steps = (long)t.n_steps;
-  table_free(&t);
-  return n;
+  return counts_and_free(&t, n_steps);
 }
 
 /* Read and check a table file exactly as init would.  Returns the rule count, or -1. */
@@ -946,10 +951,7 @@ DCCL_EXPORT long dynamiccl_tuner_check_file(const char* path, char* err, size_t 
     return -1;
   }
   if (table_load(path, &t, err, errlen) != 0) return -1;
-  long n = (long)t.n_rules;
-  if (n_steps) *n_steps = (long)t.n_steps;
-  table_free(&t);
-  return n;
+  return counts_and_free(&t, n_steps);
 }
 
 /* Forget the loaded table so that the next init reads DYNAMICCL_TUNER_TABLE again (tests and

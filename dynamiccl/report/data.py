@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from dynamiccl import __version__
 from dynamiccl.errors import InputError
-from dynamiccl.tuning.evaluate import METADATA_KEY, Results, calls_path, sample_efficiency
+from dynamiccl.tuning.evaluate import METADATA_KEY, Results, calls_path, counted_steps, sample_efficiency
 
 DEFAULT_AGENT = "nccl-default"
 ORACLE_AGENT = "oracle"
@@ -147,15 +147,6 @@ def choose_agent(agents: list[str], wanted: str | None, source: str) -> str:
 
 
 # --- aggregation --------------------------------------------------------------------------------------
-
-
-def counted_steps(steps: pd.DataFrame, online: str) -> pd.DataFrame:
-    """The steps rows that count (``online="last"``: the last iteration of each online run), as in
-    ``Results.summary``."""
-    if online == "last" and len(steps):
-        last = steps.groupby(["agent", "case"])["iteration"].transform("max")
-        return steps[steps["iteration"] == last]
-    return steps
 
 
 def _geomean(values: pd.Series) -> float:

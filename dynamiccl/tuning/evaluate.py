@@ -144,6 +144,21 @@ def calls_path(path: str | os.PathLike) -> Path:
     return path.with_name(stem + ".calls.parquet")
 
 
+def counted_steps(steps: pd.DataFrame, online: str = "all") -> pd.DataFrame:
+    """The rows of a steps table that count: every one (``online="all"``: an online learner's cost
+    of learning included), or only the last iteration of each (agent, case) (``"last"``).
+
+    Raises:
+        ValueError: for another ``online`` value.
+    """
+    if online not in ("all", "last"):
+        raise ValueError(f"online must be 'all' or 'last', got {online!r}")
+    if online == "last" and len(steps):
+        last = steps.groupby(["agent", "case"])["iteration"].transform("max")
+        return steps[steps["iteration"] == last]
+    return steps
+
+
 @dataclass
 class Results:
     """The outcome of ``evaluate``: ``steps`` and ``calls`` DataFrames (see the module docstring)
@@ -218,12 +233,7 @@ class Results:
         Raises:
             ValueError: for another ``online`` value.
         """
-        if online not in ("all", "last"):
-            raise ValueError(f"online must be 'all' or 'last', got {online!r}")
-        steps = self.steps
-        if online == "last" and len(steps):
-            last = steps.groupby(["agent", "case"])["iteration"].transform("max")
-            steps = steps[steps["iteration"] == last]
+        steps = counted_steps(self.steps, online)
         rows = []
         for agent, group in steps.groupby("agent", sort=False):
             log_speedup = np.log(group["speedup"].to_numpy(dtype=np.float64))
