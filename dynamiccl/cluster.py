@@ -17,16 +17,26 @@ Keys (contract)::
 
 from __future__ import annotations
 
-import math
 import os
-import tomllib
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
-from dynamiccl.errors import InputError
+from dynamiccl import schema
 from dynamiccl.gpus import GPUSpec, gpu_spec
 
 ARCHS = ("volta", "ampere", "hopper", "blackwell")
+
+CLUSTER = schema.Schema(
+    schema.string("gpu", expect="a GPU name string (see dynamiccl.gpus)",
+                  help="GPU model; gives the defaults of the other GPU fields"),
+    schema.choice("arch", ARCHS, None, help="GPU architecture (default: the GPU's)"),
+    schema.integer("sm_count", None, low=0, low_inclusive=False, help="streaming multiprocessors per GPU"),
+    schema.number("hbm_gbytes_per_s", None, low=0, low_inclusive=False, help="HBM bandwidth, GB/s"),
+    schema.integer("gpus_per_node", low=0, low_inclusive=False, help="GPUs per node"),
+    schema.integer("nodes", low=0, low_inclusive=False, help="nodes"),
+    schema.number("peak_bf16_tflops", None, low=0, low_inclusive=False,
+                  help="dense BF16 peak (default: the GPU's datasheet figure)"),
+)
+_CLUSTER_ONLY = schema.Schema(schema.table("cluster", CLUSTER))
 
 
 @dataclass(frozen=True)
@@ -40,49 +50,26 @@ class ClusterSpec:
         return self.gpus_per_node * self.nodes
 
 
-def _number(table: dict, key: str, source: str, integer: bool) -> float:
-    value = table[key]
-    if (isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value <= 0
-            or not math.isfinite(value)):  # TOML allows nan and inf
-        kind = "a positive integer" if integer else "a positive number"
-        raise InputError(source, f"cluster.{key}", f"expected {kind}, got {value!r}")
-    return value
-
-
 def cluster_from_dict(obj: dict, source: str) -> ClusterSpec:
-    """Parse the ``[cluster]`` table of a parsed environment spec.
+    """Parse the ``[cluster]`` table of a parsed environment spec (other tables are not looked at).
 
     Raises:
         InputError: naming ``source`` and the ``cluster.<key>`` that is missing or wrong.
     """
-    table = obj.get("cluster")
-    if not isinstance(table, dict):
-        raise InputError(source, "cluster", "missing [cluster] table")
-    known = {"gpu", "arch", "sm_count", "hbm_gbytes_per_s", "gpus_per_node", "nodes", "peak_bf16_tflops"}
-    for key in table:
-        if key not in known:
-            raise InputError(source, f"cluster.{key}", f"unknown key; expected some of {', '.join(sorted(known))}")
-    for key in ("gpu", "gpus_per_node", "nodes"):
-        if key not in table:
-            raise InputError(source, f"cluster.{key}", "missing (required)")
-    if not isinstance(table["gpu"], str):
-        raise InputError(source, "cluster.gpu", f"expected a GPU name string, got {table['gpu']!r}")
-    spec = gpu_spec(table["gpu"], source, "cluster.gpu")
-    if "arch" in table and table["arch"] not in ARCHS:
-        raise InputError(source, "cluster.arch", f"expected one of {', '.join(ARCHS)}, got {table['arch']!r}")
-    changes = {}
-    if "arch" in table:
-        changes["arch"] = table["arch"]
-    if "sm_count" in table:
-        changes["sm_count"] = int(_number(table, "sm_count", source, integer=True))
-    if "hbm_gbytes_per_s" in table:
-        changes["hbm_gbytes_per_s"] = float(_number(table, "hbm_gbytes_per_s", source, integer=False))
-    if "peak_bf16_tflops" in table:
-        changes["peak_bf16_tflops"] = float(_number(table, "peak_bf16_tflops", source, integer=False))
-    if changes:
-        spec = GPUSpec(**{**spec.__dict__, **changes})
-    return ClusterSpec(gpu=spec, gpus_per_node=int(_number(table, "gpus_per_node", source, integer=True)),
-                       nodes=int(_number(table, "nodes", source, integer=True)))
+    return cluster_from_values(_CLUSTER_ONLY.parse({"cluster": obj["cluster"]} if "cluster" in obj else {},
+                                                   source)["cluster"], source)
+
+
+def cluster_from_values(values: dict, source: str) -> ClusterSpec:
+    """The :class:`ClusterSpec` of ``[cluster]`` values checked by :data:`CLUSTER`.
+
+    Raises:
+        InputError: an unknown GPU name (naming ``source`` and ``cluster.gpu``).
+    """
+    spec = gpu_spec(values["gpu"], source, "cluster.gpu")
+    changes = {key: values[key] for key in ("arch", "sm_count", "hbm_gbytes_per_s", "peak_bf16_tflops")
+               if key in values}
+    return ClusterSpec(gpu=replace(spec, **changes), gpus_per_node=values["gpus_per_node"], nodes=values["nodes"])
 
 
 def read_spec_toml(path: str | os.PathLike) -> tuple[dict, str]:
@@ -91,15 +78,7 @@ def read_spec_toml(path: str | os.PathLike) -> tuple[dict, str]:
     Raises:
         InputError: the file cannot be read, is not UTF-8 or is not TOML.
     """
-    source = os.fspath(path)
-    try:
-        return tomllib.loads(Path(source).read_text(encoding="utf-8")), source
-    except OSError as exc:
-        raise InputError(source, None, f"cannot read environment spec ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(source, None, f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(source, None, f"not valid TOML ({exc})") from None
+    return schema.read_toml(path, "environment spec"), os.fspath(path)
 
 
 def load_cluster(path: str | os.PathLike) -> ClusterSpec:

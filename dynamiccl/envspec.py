@@ -35,7 +35,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynamiccl.cluster import ClusterSpec, cluster_from_dict, read_spec_toml
+from dynamiccl import schema
+from dynamiccl.cluster import CLUSTER, ClusterSpec, cluster_from_values, read_spec_toml
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import parse_version
 
@@ -147,45 +148,52 @@ class EnvSpec:
                 f"NCCL {self.nccl_version}")
 
 
-class _Table:
-    """One TOML table being parsed: typed getters that name ``section.key`` in every error."""
+_D = DynamicsSpec()
 
-    def __init__(self, obj: dict, section: str, source: str, known: set[str]):
-        table = obj.get(section, {})
-        if not isinstance(table, dict):
-            raise InputError(source, section, f"expected a [{section}] table")
-        for key in table:
-            if key not in known:
-                raise InputError(source, f"{section}.{key}",
-                                 f"unknown key; expected some of {', '.join(sorted(known))}")
-        self.table, self.section, self.source = table, section, source
-
-    def _fail(self, key: str, expected: str, value) -> InputError:
-        return InputError(self.source, f"{self.section}.{key}", f"expected {expected}, got {value!r}")
-
-    def number(self, key: str, default: float, *, integer: bool = False, low: float = 0.0,
-               high: float | None = None, low_inclusive: bool = False) -> float:
-        value = self.table.get(key, default)
-        numeric = (not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
-                   and value == value)  # value == value: TOML's nan is not a number here
-        too_low = numeric and (value < low if low_inclusive else value <= low)
-        if not numeric or too_low or (high is not None and value > high):
-            kind = "an integer" if integer else "a number"
-            bounds = (f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else ""))
-            raise self._fail(key, f"{kind} {bounds}", value)
-        return int(value) if integer else float(value)
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.table.get(key, default)
-        if value not in choices:
-            raise self._fail(key, f"one of {', '.join(choices)}", value)
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            raise self._fail(key, "true or false", value)
-        return value
+# None defaults are derived when the spec is read (from the GPU's architecture, the node size or
+# the fabric); see env_from_dict.
+INTRA = schema.Schema(
+    schema.choice("fabric", FABRICS, "nvswitch", help="nvlink: GPUs wired to each other directly"),
+    schema.integer("nvlink_links", None, low=0, high=36, help="NVLinks per GPU (default: the architecture's)"),
+    schema.number("nvlink_link_gbytes_per_s", None, low=0, low_inclusive=False, high=200,
+                  help="per link, per direction (datasheet)"),
+    schema.flag("nvls", None, help="NVLink SHARP (needs nvswitch, hopper+; default on there)"),
+    schema.integer("pcie_gen", None, low=2, high=6, help="default: the architecture's"),
+    schema.integer("pcie_lanes", 16, low=0, low_inclusive=False, high=16),
+)
+INTER = schema.Schema(
+    schema.integer("nics_per_node", None, low=0, low_inclusive=False, help="default: one per GPU"),
+    schema.number("nic_gbits_per_s", 400.0, low=0, low_inclusive=False, high=3200),
+    schema.choice("transport", TRANSPORTS, "ib"),
+    schema.number("nic_latency_us", 0.0, low=0, high=1e4, help="extra NIC latency (NCCL's topo-XML `latency`)"),
+    schema.flag("gpudirect", True, help="GPUDirect RDMA between GPU and NIC"),
+)
+HOST = schema.Schema(schema.choice("cpu_vendor", CPU_VENDORS, "intel"))
+NCCL = schema.Schema(
+    schema.string("version", DEFAULT_NCCL_VERSION,
+                  expect='an NCCL version between 2.18 and 2.30 as a string like "2.23.4"',
+                  help="the NCCL whose model is the baseline"),
+    schema.flag("collnet", False, help="a SHARP (CollNet) network plugin is loaded"),
+)
+DYNAMICS = schema.Schema(
+    schema.choice("congestion", CONGESTION_PROCESSES, _D.congestion, help="background traffic on the network"),
+    schema.number("congested_share", _D.congested_share, low=0, high=0.95,
+                  help="share of NIC bandwidth background traffic takes when congested"),
+    schema.number("congested_fraction", _D.congested_fraction, low=0, high=1.0,
+                  help="long-run share of time the network is congested"),
+    schema.number("mean_period_ms", _D.mean_period_ms, low=0, low_inclusive=False, high=1e6,
+                  help="mean length of one congested (or quiet) period"),
+    schema.number("overlap_fraction", _D.overlap_fraction, low=0, high=1.0,
+                  help="share of a collective's time with compute beside it, when a caller does not say"),
+    schema.number("compute_hbm_share", _D.compute_hbm_share, low=0, high=1.0,
+                  help="share of HBM bandwidth that overlapped compute consumes"),
+    schema.number("noise_cv", _D.noise_cv, low=0, high=0.5, help="run-to-run coefficient of variation"),
+)
+ENV_SPEC = schema.Schema(
+    schema.table("cluster", CLUSTER), schema.table("intra", INTRA, {}), schema.table("inter", INTER, {}),
+    schema.table("host", HOST, {}), schema.table("nccl", NCCL, {}), schema.table("dynamics", DYNAMICS, {}),
+    sections=True,
+)
 
 
 def env_from_dict(obj: dict, source: str, name: str | None = None) -> EnvSpec:
@@ -194,27 +202,21 @@ def env_from_dict(obj: dict, source: str, name: str | None = None) -> EnvSpec:
     Raises:
         InputError: naming ``source`` and the ``section.key`` that is missing, unknown or wrong.
     """
-    for section in obj:
-        if section not in ("cluster", "intra", "inter", "host", "nccl", "dynamics"):
-            raise InputError(source, section, "unknown section; expected [cluster], [intra], [inter], [host], "
-                                              "[nccl] or [dynamics]")
-    cluster = cluster_from_dict(obj, source)
+    doc = ENV_SPEC.parse(obj, source)
+    cluster = cluster_from_values(doc["cluster"], source)
     arch = cluster.gpu.arch
 
-    t = _Table(obj, "intra", source, {"fabric", "nvlink_links", "nvlink_link_gbytes_per_s", "nvls", "pcie_gen",
-                                      "pcie_lanes"})
+    values = doc["intra"]
+    fabric = values["fabric"]
     links, link_gbps = _NVLINK_DEFAULTS[arch]
-    fabric = t.choice("fabric", "nvswitch", FABRICS)
-    nvls_default = fabric == "nvswitch" and arch in ("hopper", "blackwell")
-    intra = IntraSpec(fabric=fabric,
-                      nvlink_links=int(t.number("nvlink_links", links, integer=True, high=36,
-                                                low_inclusive=fabric == "pcie")),  # a PCIe box may have 0
-                      nvlink_link_gbytes_per_s=t.number("nvlink_link_gbytes_per_s", link_gbps, high=200),
-                      nvls=t.flag("nvls", nvls_default),
-                      pcie_gen=int(t.number("pcie_gen", _PCIE_GEN_DEFAULT[arch], integer=True, low=2, high=6,
-                                            low_inclusive=True)),
-                      pcie_lanes=int(t.number("pcie_lanes", 16, integer=True, high=16)))
-    if intra.nvls and not (fabric == "nvswitch" and arch in ("hopper", "blackwell")):
+    nvls_possible = fabric == "nvswitch" and arch in ("hopper", "blackwell")
+    intra = IntraSpec(fabric=fabric, nvlink_links=values.get("nvlink_links", links),
+                      nvlink_link_gbytes_per_s=values.get("nvlink_link_gbytes_per_s", link_gbps),
+                      nvls=values.get("nvls", nvls_possible), pcie_gen=values.get("pcie_gen", _PCIE_GEN_DEFAULT[arch]),
+                      pcie_lanes=values["pcie_lanes"])
+    if fabric != "pcie" and intra.nvlink_links == 0:  # only a PCIe box may have no NVLink
+        raise schema.expected(source, "intra.nvlink_links", "an integer > 0 and <= 36 (0 only with fabric pcie)", 0)
+    if intra.nvls and not nvls_possible:
         raise InputError(source, "intra.nvls", f"NVLS needs an NVSwitch fabric and a Hopper or newer GPU "
                                                f"(this spec has fabric={fabric!r}, arch={arch!r}); set nvls = false")
     if fabric == "nvlink" and cluster.gpus_per_node > 1 and intra.nvlink_links < cluster.gpus_per_node - 1:
@@ -222,41 +224,21 @@ def env_from_dict(obj: dict, source: str, name: str | None = None) -> EnvSpec:
                          f"a direct NVLink fabric needs at least one link to each of the other "
                          f"{cluster.gpus_per_node - 1} GPUs of a node, got {intra.nvlink_links}")
 
-    t = _Table(obj, "inter", source, {"nics_per_node", "nic_gbits_per_s", "transport", "nic_latency_us",
-                                      "gpudirect"})
-    inter = InterSpec(nics_per_node=int(t.number("nics_per_node", cluster.gpus_per_node, integer=True)),
-                      nic_gbits_per_s=t.number("nic_gbits_per_s", 400.0, high=3200),
-                      transport=t.choice("transport", "ib", TRANSPORTS),
-                      nic_latency_us=t.number("nic_latency_us", 0.0, low_inclusive=True, high=1e4),
-                      gpudirect=t.flag("gpudirect", True))
+    values = doc["inter"]
+    inter = InterSpec(nics_per_node=values.get("nics_per_node", cluster.gpus_per_node),
+                      nic_gbits_per_s=values["nic_gbits_per_s"], transport=values["transport"],
+                      nic_latency_us=values["nic_latency_us"], gpudirect=values["gpudirect"])
 
-    t = _Table(obj, "host", source, {"cpu_vendor"})
-    cpu_vendor = t.choice("cpu_vendor", "intel", CPU_VENDORS)
-
-    t = _Table(obj, "nccl", source, {"version", "collnet"})
-    version = t.table.get("version", DEFAULT_NCCL_VERSION)
+    version = doc["nccl"]["version"]
     try:
-        version_tuple = parse_version(version) if isinstance(version, str) else None
+        version_tuple = parse_version(version)
     except ValueError:
         version_tuple = None
     if version_tuple is None or not OLDEST_NCCL <= version_tuple <= NEWEST_NCCL:
-        raise InputError(source, "nccl.version", f"expected an NCCL version between 2.18 and 2.30 as a string "
-                                                 f"like \"2.23.4\", got {version!r}")
-    collnet = t.flag("collnet", False)
-
-    t = _Table(obj, "dynamics", source, set(DynamicsSpec.__dataclass_fields__))
-    d = DynamicsSpec()
-    dynamics = DynamicsSpec(
-        congestion=t.choice("congestion", d.congestion, CONGESTION_PROCESSES),
-        congested_share=t.number("congested_share", d.congested_share, low_inclusive=True, high=0.95),
-        congested_fraction=t.number("congested_fraction", d.congested_fraction, low_inclusive=True, high=1.0),
-        mean_period_ms=t.number("mean_period_ms", d.mean_period_ms, high=1e6),
-        overlap_fraction=t.number("overlap_fraction", d.overlap_fraction, low_inclusive=True, high=1.0),
-        compute_hbm_share=t.number("compute_hbm_share", d.compute_hbm_share, low_inclusive=True, high=1.0),
-        noise_cv=t.number("noise_cv", d.noise_cv, low_inclusive=True, high=0.5))
+        raise schema.expected(source, "nccl.version", NCCL["version"].expectation(), version)
     return EnvSpec(name=name or Path(source).stem, source=source, cluster=cluster, intra=intra, inter=inter,
-                   cpu_vendor=cpu_vendor, nccl_version=".".join(map(str, version_tuple)), collnet=collnet,
-                   dynamics=dynamics)
+                   cpu_vendor=doc["host"]["cpu_vendor"], nccl_version=".".join(map(str, version_tuple)),
+                   collnet=doc["nccl"]["collnet"], dynamics=DynamicsSpec(**doc["dynamics"]))
 
 
 def load_env(path: str | os.PathLike) -> EnvSpec:

@@ -44,9 +44,9 @@ import os
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
+from dynamiccl import schema
 from dynamiccl.errors import InputError
 
 
@@ -236,39 +236,37 @@ class ParamTensor:
 
 # --- loading -------------------------------------------------------------------------------------
 
-_REQUIRED = ("name", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size",
-             "seq_length", "global_batch")
-_INT_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_kv_heads",
-             "head_dim", "vocab_size", "seq_length", "global_batch")
-_BOOL_KEYS = ("bias", "tied_embeddings")
-_CHOICES = {"norm": ("rmsnorm", "layernorm"), "activation": ("swiglu", "gelu"),
-            "position_embedding": ("rope", "learned")}
-_MOE_REQUIRED = ("num_experts", "top_k", "expert_ffn_hidden_size")
-_MOE_KEYS = _MOE_REQUIRED + ("shared_expert_ffn_hidden_size", "first_dense_layers")
-_MLA_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
-
-
-def _int(table: dict, key: str, path: str, source: str, minimum: int = 1) -> int:
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(source, path, f"expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _subtable(table: dict, name: str, keys: tuple, required: tuple, source: str,
-              optional_minimum: int = 1) -> dict[str, int]:
-    """The integer keys of ``[model.<name>]``; optional keys may go down to ``optional_minimum``."""
-    sub = table[name]
-    if not isinstance(sub, dict):
-        raise InputError(source, f"model.{name}", f"expected a table [model.{name}]")
-    for key in sub:
-        if key not in keys:
-            raise InputError(source, f"model.{name}.{key}", f"unknown key; expected some of {', '.join(keys)}")
-    for key in required:
-        if key not in sub:
-            raise InputError(source, f"model.{name}.{key}", f"missing (required in [model.{name}])")
-    return {k: _int(sub, k, f"model.{name}.{k}", source, minimum=1 if k in required else optional_minimum)
-            for k in sub}
+MOE = schema.Schema(
+    schema.integer("num_experts", low=1),
+    schema.integer("top_k", low=1),
+    schema.integer("expert_ffn_hidden_size", low=1),
+    schema.integer("shared_expert_ffn_hidden_size", 0, low=0, help="always-on shared expert width (0 = none)"),
+    schema.integer("first_dense_layers", 0, low=0, help="the first k layers keep a dense MLP"),
+)
+MLA = schema.Schema(*(schema.integer(name, low=1) for name in (
+    "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")))
+MODEL = schema.Schema(
+    schema.string("name", non_empty=True),
+    schema.integer("num_layers", low=1, help="transformer layers"),
+    schema.integer("hidden_size", low=1, help="h"),
+    schema.integer("ffn_hidden_size", low=1, help="f (per dense MLP)"),
+    schema.integer("num_attention_heads", low=1, help="a"),
+    schema.integer("num_kv_heads", None, low=1, help="g (GQA groups); default a"),
+    schema.integer("head_dim", None, low=1, help="default h / a"),
+    schema.integer("vocab_size", low=1, help="V (padded to a multiple of 128 x TP, as Megatron does)"),
+    schema.integer("seq_length", low=1, help="default training sequence length s"),
+    schema.integer("global_batch", low=1, help="default global batch, sequences"),
+    schema.choice("norm", ("rmsnorm", "layernorm"), "rmsnorm"),
+    schema.choice("activation", ("swiglu", "gelu"), "swiglu", help="gelu: fc1 of width f instead of 2f"),
+    schema.flag("bias", False, help="biases on linear layers"),
+    schema.choice("position_embedding", ("rope", "learned"), "rope"),
+    schema.flag("tied_embeddings", False, help="output layer shares the word embedding"),
+    schema.table("moe", MOE, None, help="mixture of experts in place of the dense MLP"),
+    schema.table("mla", MLA, None, help="multi-head latent attention (DeepSeek-V2/V3)"),
+    schema.number("reference_params", 0.0, low=0, help="published parameter count, for the tests"),
+    schema.string("source", "", help="where the configuration comes from"),
+)
+MODEL_FILE = schema.Schema(schema.table("model", MODEL), sections=True)
 
 
 def model_from_dict(obj: dict[str, Any], source: str) -> ModelConfig:
@@ -278,52 +276,17 @@ def model_from_dict(obj: dict[str, Any], source: str) -> ModelConfig:
         InputError: naming ``source`` and the key (e.g. ``model.hidden_size``) that is missing,
             unknown or of the wrong type or value.
     """
-    unknown_top = [k for k in obj if k != "model"]
-    if unknown_top or "model" not in obj or not isinstance(obj["model"], dict):
-        raise InputError(source, unknown_top[0] if unknown_top else "model",
-                         "expected a single [model] table (with optional [model.moe] and [model.mla])")
-    table = obj["model"]
-    allowed = set(_REQUIRED) | set(_INT_KEYS) | set(_BOOL_KEYS) | set(_CHOICES) | {
-        "moe", "mla", "reference_params", "source"}
-    for key in table:
-        if key not in allowed:
-            raise InputError(source, f"model.{key}", f"unknown key; expected some of {', '.join(sorted(allowed))}")
-    for key in _REQUIRED:
-        if key not in table:
-            raise InputError(source, f"model.{key}", "missing (required)")
-    kwargs: dict[str, Any] = {}
-    if not isinstance(table["name"], str) or not table["name"].strip():
-        raise InputError(source, "model.name", "expected a non-empty string")
-    kwargs["name"] = table["name"].strip()
-    for key in _INT_KEYS:
-        if key in table:
-            kwargs[key] = _int(table, key, f"model.{key}", source)
-    for key in _BOOL_KEYS:
-        if key in table:
-            if not isinstance(table[key], bool):
-                raise InputError(source, f"model.{key}", f"expected true or false, got {table[key]!r}")
-            kwargs[key] = table[key]
-    for key, choices in _CHOICES.items():
-        if key in table:
-            if table[key] not in choices:
-                raise InputError(source, f"model.{key}", f"expected one of {', '.join(choices)}, got {table[key]!r}")
-            kwargs[key] = table[key]
-    if "reference_params" in table:
-        value = table["reference_params"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise InputError(source, "model.reference_params", f"expected a number >= 0, got {value!r}")
-        kwargs["reference_params"] = float(value)
-    if "source" in table:
-        kwargs["source"] = str(table["source"])
-    if "moe" in table:
-        vals = _subtable(table, "moe", _MOE_KEYS, _MOE_REQUIRED, source, optional_minimum=0)
-        if vals["top_k"] > vals["num_experts"]:
-            raise InputError(source, "model.moe.top_k", f"top_k {vals['top_k']} exceeds num_experts {vals['num_experts']}")
-        kwargs["moe"] = MoEConfig(**vals)
-    if "mla" in table:
-        kwargs["mla"] = MLAConfig(**_subtable(table, "mla", _MLA_KEYS, _MLA_KEYS, source))
-    cfg = ModelConfig(**kwargs)
-    if cfg.hidden_size % cfg.num_attention_heads and "head_dim" not in table:
+    values = MODEL_FILE.parse(obj, source)["model"]
+    values["name"] = values["name"].strip()
+    if "moe" in values:
+        moe = values["moe"]
+        if moe["top_k"] > moe["num_experts"]:
+            raise InputError(source, "model.moe.top_k", f"top_k {moe['top_k']} exceeds num_experts {moe['num_experts']}")
+        values["moe"] = MoEConfig(**moe)
+    if "mla" in values:
+        values["mla"] = MLAConfig(**values["mla"])
+    cfg = ModelConfig(**values)
+    if cfg.hidden_size % cfg.num_attention_heads and "head_dim" not in values:
         raise InputError(source, "model.hidden_size",
                          f"{cfg.hidden_size} is not divisible by num_attention_heads {cfg.num_attention_heads}; "
                          "set model.head_dim explicitly")
@@ -338,16 +301,7 @@ def model_from_dict(obj: dict[str, Any], source: str) -> ModelConfig:
 
 def load_model_file(path: str | os.PathLike) -> ModelConfig:
     """Read a model TOML file; raises ``InputError`` naming the file and key on any problem."""
-    source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(source, None, f"cannot read model file ({exc.strerror})") from None
-    try:
-        obj = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(source, None, f"not valid TOML ({exc})") from None
-    return model_from_dict(obj, source)
+    return model_from_dict(schema.read_toml(path, "model"), os.fspath(path))
 
 
 def _normal(name: str) -> str:

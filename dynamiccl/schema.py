@@ -1,0 +1,374 @@
+"""One schema helper for every TOML and JSON file dynamiccl reads.
+
+A file format is declared once as a :class:`Schema`: its fields with their types, ranges, defaults
+and help. ``Schema.parse`` checks a parsed document against it and returns plain values; every
+problem is an :class:`~dynamiccl.errors.InputError` in one format, naming the file, the field (as a
+dotted path: ``intra.pcie_gen``, ``train.cases[0].env``, ``rules[3].algorithm``) and what was
+expected::
+
+    envs/bad.toml: intra.pcie_gen: expected an integer >= 2 and <= 6, got 7
+    envs/bad.toml: cluster.gpus: unknown key; expected some of arch, gpu, gpus_per_node, ...
+    envs/bad.toml: cluster.nodes: missing (required)
+
+Checks that relate two fields (a batch no larger than a rollout, NVLS only on an NVSwitch fabric)
+stay with the format's own code, which raises through :func:`expected` so that they read the same.
+``read_toml`` and ``read_json`` turn unreadable, non-UTF-8 and malformed files into the same kind
+of error; JSON is read strictly (no NaN or Infinity, no key given twice in one object).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dynamiccl.errors import InputError
+
+REQUIRED: Any = object()  # a field without a default: missing is an error
+
+_KINDS = ("int", "float", "bool", "str", "choice", "int_list", "table", "tables", "mapping", "json")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One declared field. Build with :func:`integer`, :func:`number`, :func:`flag`, :func:`string`,
+    :func:`choice`, :func:`int_list`, :func:`table`, :func:`tables`, :func:`mapping` or
+    :func:`json_value`; ``default`` is :data:`REQUIRED` or the value a missing field takes."""
+
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    choices: tuple = ()
+    max_len: int | None = None
+    non_empty: bool = False
+    schema: "Schema | None" = None  # tables: the schema of the sub-table (or of each list item)
+    values: "Field | None" = None   # mapping: the field every value is checked against
+    expect: str = ""                # overrides the generated expectation text of errors
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"unknown field kind {self.kind!r}")
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def expectation(self) -> str:
+        """What a valid value looks like, in words (the ``expected ...`` of an error)."""
+        if self.expect:
+            return self.expect
+        if self.kind in ("int", "float"):
+            if self.low == 0 and not self.low_inclusive and self.high is None:
+                return "a positive number (> 0)" if self.kind == "float" else "a positive integer (an integer > 0)"
+            return f"{'an integer' if self.kind == 'int' else 'a number'}{_bounds(self)}"
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "str":
+            return "a non-empty string" if self.non_empty else "a string"
+        if self.kind == "choice":
+            return f"one of {', '.join(str(c) for c in self.choices)}"
+        if self.kind == "int_list":
+            return f"a list of at most {self.max_len} integers in {self.low:g}..{self.high:g}"
+        if self.kind == "table":
+            return f"a [{self.name}] table"
+        if self.kind == "tables":
+            return f"a list of [[{self.name}]] tables"
+        if self.kind == "mapping":
+            return f"a table of names to {self.values.expectation()}"
+        return "a JSON object"
+
+
+def _bounds(f: Field) -> str:
+    parts = []
+    if f.low is not None:
+        parts.append(f"{'>=' if f.low_inclusive else '>'} {f.low:g}")
+    if f.high is not None:
+        parts.append(f"<= {f.high:g}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def integer(name: str, default: Any = REQUIRED, *, low: int | None = None, high: int | None = None,
+            low_inclusive: bool = True, help: str = "") -> Field:
+    """An integer (TOML/JSON integers only: no booleans, no 2.0) within ``low``..``high``."""
+    return Field(name, "int", default, help, low, high, low_inclusive)
+
+
+def number(name: str, default: Any = REQUIRED, *, low: float | None = None, high: float | None = None,
+           low_inclusive: bool = True, help: str = "") -> Field:
+    """A finite number (integers accepted, returned as float) within ``low``..``high``."""
+    return Field(name, "float", default, help, low, high, low_inclusive)
+
+
+def flag(name: str, default: Any = REQUIRED, *, help: str = "") -> Field:
+    """``true`` or ``false``."""
+    return Field(name, "bool", default, help)
+
+
+def string(name: str, default: Any = REQUIRED, *, non_empty: bool = False, help: str = "", expect: str = "") -> Field:
+    """A string (``non_empty``: not blank); ``expect`` words what a valid one is in errors."""
+    return Field(name, "str", default, help, non_empty=non_empty, expect=expect)
+
+
+def choice(name: str, choices: tuple, default: Any = REQUIRED, *, help: str = "") -> Field:
+    """One of ``choices`` (compared with ``==``, so only values of the choices' type match)."""
+    return Field(name, "choice", default, help, choices=tuple(choices))
+
+
+def int_list(name: str, default: Any = REQUIRED, *, low: int, high: int, max_len: int, help: str = "") -> Field:
+    """A list of at most ``max_len`` integers in ``low``..``high``; returned as a tuple."""
+    return Field(name, "int_list", default, help, low, high, max_len=max_len)
+
+
+def table(name: str, schema: "Schema", default: Any = REQUIRED, *, help: str = "") -> Field:
+    """A sub-table parsed with ``schema`` (a missing optional one parses as ``{}`` when its default is
+    ``{}``, giving every sub-field its default)."""
+    return Field(name, "table", default, help, schema=schema)
+
+
+def tables(name: str, schema: "Schema", default: Any = REQUIRED, *, help: str = "") -> Field:
+    """A list of tables (TOML ``[[name]]``, a JSON list of objects), each parsed with ``schema``;
+    fields are named ``name[i].key``. Returned as a list of dicts."""
+    return Field(name, "tables", default, help, schema=schema)
+
+
+def mapping(name: str, values: Field, default: Any = REQUIRED, *, help: str = "") -> Field:
+    """A table of free names, each value checked against ``values`` (whose name is ignored)."""
+    return Field(name, "mapping", default, help, values=values)
+
+
+def json_value(name: str, default: Any = REQUIRED, *, help: str = "") -> Field:
+    """A JSON object kept as it is (free-form provenance)."""
+    return Field(name, "json", default, help)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The declared fields of one table (or of a whole document).
+
+    ``sections``: the fields are a document's top-level tables, so an unknown one is an "unknown
+    section" listed as ``[name]``.
+    """
+
+    fields: tuple[Field, ...]
+    sections: bool = False
+    by_name: dict[str, Field] = field(init=False, repr=False, compare=False)
+
+    def __init__(self, *fields: Field, sections: bool = False):
+        object.__setattr__(self, "fields", tuple(fields))
+        object.__setattr__(self, "sections", sections)
+        object.__setattr__(self, "by_name", {f.name: f for f in fields})
+        if len(self.by_name) != len(fields):
+            raise ValueError("a schema declares a field twice")
+
+    def __getitem__(self, name: str) -> Field:
+        return self.by_name[name]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.by_name)
+
+    def replace(self, name: str, **changes) -> "Schema":
+        """This schema with field ``name`` changed (e.g. a default or bound known only at parse time)."""
+        return Schema(*(replace(f, **changes) if f.name == name else f for f in self.fields), sections=self.sections)
+
+    def parse(self, obj: Any, source: str | os.PathLike | None, prefix: str = "") -> dict[str, Any]:
+        """Check ``obj`` (a parsed TOML table or JSON object) and return ``{name: value}`` for every
+        declared field: the given value, or the default (optional fields without one are absent).
+
+        ``prefix`` is prepended to field names in errors (``"train."``, ``"rules[3]."``).
+
+        Raises:
+            InputError: ``obj`` is not a table, or a field is unknown, missing or wrong.
+        """
+        if not isinstance(obj, dict):
+            raise InputError(source, prefix.rstrip(".: ") or None, f"expected a table of keys, got {show(obj)}")
+        for key in obj:
+            if key not in self.by_name:
+                if self.sections:
+                    known = ", ".join(f"[{n}]" for n in self.names)
+                    raise InputError(source, f"{prefix}{key}", f"unknown section; expected {known}")
+                raise InputError(source, f"{prefix}{key}", f"unknown key; expected some of {', '.join(self.names)}")
+        out: dict[str, Any] = {}
+        for f in self.fields:
+            name = f"{prefix}{f.name}"
+            if f.name not in obj:
+                if f.required:
+                    problem = f"missing [{name}] table" if f.kind == "table" else "missing (required)"
+                    raise InputError(source, name, problem)
+                if f.default is None:
+                    continue
+                if f.kind in ("table", "tables") and f.default in ({}, []):
+                    value = f.default
+                else:
+                    out[f.name] = f.default
+                    continue
+            else:
+                value = obj[f.name]
+            out[f.name] = _check(f, value, source, name)
+        return out
+
+    def help_text(self, prefix: str = "") -> str:
+        """One line per field: name, expectation, default and help (for docs and ``--help``)."""
+        lines = []
+        for f in self.fields:
+            default = "" if f.required or f.kind in ("table", "tables") else f" (default {show(f.default)})"
+            lines.append(f"{prefix}{f.name}: {f.expectation()}{default}" + (f" -- {f.help}" if f.help else ""))
+            if f.schema is not None:
+                sub = f"{prefix}{f.name}[]." if f.kind == "tables" else f"{prefix}{f.name}."
+                lines.append(f.schema.help_text(sub))
+        return "\n".join(lines)
+
+
+def _check(f: Field, value: Any, source, name: str) -> Any:
+    """The checked (and normalised) value of field ``f`` named ``name`` in errors."""
+    def bad() -> InputError:
+        if f.kind == "table":
+            return InputError(source, name, f"missing [{name}] table; got {show(value)}")
+        return expected(source, name, f.expectation(), value)
+
+    if f.kind in ("int", "float"):
+        if f.kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (f.low is not None and (value < f.low if f.low_inclusive else value <= f.low)) \
+                or (f.high is not None and value > f.high):
+            raise bad()
+        return int(value) if f.kind == "int" else float(value)
+    if f.kind == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if f.kind == "str":
+        if not isinstance(value, str) or (f.non_empty and not value.strip()):
+            raise bad()
+        return value
+    if f.kind == "choice":
+        if not any(value == c and type(value) is type(c) for c in f.choices):
+            raise bad()
+        return value
+    if f.kind == "int_list":
+        if not (isinstance(value, (list, tuple)) and len(value) <= f.max_len
+                and all(isinstance(v, int) and not isinstance(v, bool) and f.low <= v <= f.high for v in value)):
+            raise bad()
+        return tuple(value)
+    if f.kind == "table":
+        if not isinstance(value, dict):
+            raise bad()
+        return f.schema.parse(value, source, f"{name}.")
+    if f.kind == "tables":
+        if not isinstance(value, list):
+            raise bad()
+        return [f.schema.parse(item, source, f"{name}[{i}].") for i, item in enumerate(value)]
+    if f.kind == "mapping":
+        if not isinstance(value, dict):
+            raise bad()
+        return {key: _check(f.values, item, source, f"{name}.{key}") for key, item in value.items()}
+    if not isinstance(value, dict):  # json
+        raise bad()
+    return value
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """A value as an error shows it: TOML/JSON spellings for booleans and null, repr otherwise."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def expected(source: str | os.PathLike | None, field_name: str | None, expectation: str, value: Any) -> InputError:
+    """The one error format: ``SOURCE: FIELD: expected EXPECTATION, got VALUE`` (to raise)."""
+    return InputError(source, field_name, f"expected {expectation}, got {show(value)}")
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A UTF-8 file's text; ``what`` names the kind of file in errors ("environment spec").
+
+    Raises:
+        InputError: naming the file: it cannot be read (with the reason) or is not UTF-8.
+    """
+    source = os.fspath(path)
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(source, None, f"not UTF-8 text (byte {exc.start}); {what} files are UTF-8") from None
+    except OSError as exc:
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
+        raise InputError(source, None, f"cannot read {what} ({reason})") from None
+
+
+def read_toml(path: str | os.PathLike, what: str) -> dict:
+    """Parse a TOML file.
+
+    Raises:
+        InputError: naming the file: unreadable, not UTF-8, or not valid TOML (with TOML's message).
+    """
+    text = read_text(path, what)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(os.fspath(path), None, f"not valid TOML ({exc})") from None
+
+
+class _Refused(ValueError):
+    """Valid JSON syntax that we refuse: a key given twice in one object, NaN or Infinity."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise _Refused(f"duplicate key {key!r} in one object")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON number")
+
+
+def parse_json(text: str | bytes, source: str | os.PathLike | None, field_name: str | None = None) -> Any:
+    """Parse JSON strictly: no NaN/Infinity, no key given twice in one object.
+
+    Raises:
+        InputError: naming ``source`` (and ``field_name``, e.g. a zip member), with the line and
+            column of a syntax error.
+    """
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise InputError(source, field_name, f"not UTF-8 text (byte {exc.start})") from None
+    except _Refused as exc:
+        raise InputError(source, field_name, f"not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        where = f"{field_name}: " if field_name else ""
+        raise InputError(source, f"{where}line {exc.lineno} column {exc.colno}",
+                         f"not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise InputError(source, field_name, "not valid JSON: nested too deeply") from None
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Read and parse a JSON file strictly (see :func:`parse_json`).
+
+    Raises:
+        InputError: naming the file, for an unreadable, non-UTF-8 or invalid file.
+    """
+    return parse_json(read_text(path, what), os.fspath(path))
+
+__all__ = ["REQUIRED", "Field", "Schema", "integer", "number", "flag", "string", "choice", "int_list", "table",
+           "tables", "mapping", "json_value", "show", "expected", "read_text", "read_toml", "parse_json",
+           "read_json"]
