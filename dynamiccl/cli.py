@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dynamiccl import __version__
 from dynamiccl.errors import DynamicclError, InputError
+from dynamiccl.workload.spec import DEFAULT_EFFICIENCY
 
 
 def _add_generate(sub) -> None:
@@ -41,62 +42,38 @@ def _add_generate(sub) -> None:
     p.add_argument("--first-stage-layers", type=int, default=0, help="layers on the first pipeline stage (uneven split)")
     p.add_argument("--last-stage-layers", type=int, default=0, help="layers on the last pipeline stage (uneven split)")
     hw = p.add_argument_group("hardware (compute time and node placement)")
-    hw.add_argument("--env", help="environment spec TOML: its [cluster] gives the GPU and GPUs per node")
+    hw.add_argument("--env", help="environment spec (file or shipped name, e.g. dgx-a100): its GPU and GPUs per node")
     hw.add_argument("--gpu", help="GPU name (default H100-SXM unless --env)")
     hw.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 8 unless --env)")
     hw.add_argument("--peak-tflops", type=float, default=0.0, help="dense BF16 peak TFLOPS (overrides the GPU's)")
-    hw.add_argument("--efficiency", type=float, default=0.45,
+    hw.add_argument("--efficiency", type=float, default=DEFAULT_EFFICIENCY,
                     help="fraction of peak the GEMMs achieve (default 0.45, a typical MFU)")
     p.add_argument("--all-ranks", action="store_true", help="generate every rank, not one per pipeline stage")
     p.add_argument("-o", "--output", required=True, help="trace file to write (.parquet)")
     p.set_defaults(func=cmd_generate)
 
 
-def _compute_rate(args) -> tuple:
-    from dynamiccl.cluster import load_cluster
-    from dynamiccl.gpus import DEFAULT_GPU, gpu_spec
-    from dynamiccl.workload.context import ComputeRate
-
-    if args.gpus_per_node < 0:
-        raise InputError("--gpus-per-node", None, "expected a positive integer")
-    gpus_per_node = 8
-    if args.env:
-        cluster = load_cluster(args.env)
-        spec, gpus_per_node = cluster.gpu, cluster.gpus_per_node
-        if args.gpu:
-            spec = gpu_spec(args.gpu)
-    else:
-        spec = gpu_spec(args.gpu or DEFAULT_GPU)
-    if args.gpus_per_node:
-        gpus_per_node = args.gpus_per_node
-    if args.peak_tflops < 0:
-        raise InputError("--peak-tflops", None, "expected a positive number")
-    if not 0 < args.efficiency <= 1:
-        raise InputError("--efficiency", None, f"expected a fraction in (0, 1], got {args.efficiency}")
-    peak = args.peak_tflops or spec.peak_bf16_tflops
-    return ComputeRate(spec.name, peak, args.efficiency, spec.hbm_gbytes_per_s), gpus_per_node
-
-
 def cmd_generate(args) -> int:
-    from dynamiccl.workload.generator import generate
-    from dynamiccl.workload.layout import ParallelLayout
-    from dynamiccl.workload.models import load_model
+    from dynamiccl.envspec import resolve_env
+    from dynamiccl.workload.spec import WorkloadSpec, workload_field_flag
 
     output = Path(args.output)
     if output.suffix != ".parquet":
         raise InputError("-o", None, f"expected a .parquet file name, got {args.output!r}")
-    model = load_model(args.model)
-    rate, gpus_per_node = _compute_rate(args)
-    layout = ParallelLayout(
-        tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, ep=args.ep, etp=args.etp, vpp=args.vpp, sp=args.sp,
-        micro_batch=args.micro_batch, global_batch=args.global_batch, seq_len=args.seq_len,
-        dp_mode=args.dp_mode, dtype=args.dtype, grad_reduce_dtype=args.grad_reduce_dtype,
-        overlap_grad_reduce=not args.no_overlap_grad_reduce, first_stage_layers=args.first_stage_layers,
-        last_stage_layers=args.last_stage_layers, reshard_after_forward=not args.no_reshard_after_forward,
-        gpus_per_node=gpus_per_node)
+    values = {key: getattr(args, key) for key in (
+        "model", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "sp", "micro_batch", "global_batch", "seq_len", "dp_mode",
+        "dtype", "grad_reduce_dtype", "first_stage_layers", "last_stage_layers", "gpus_per_node", "peak_tflops",
+        "efficiency")}
+    values.update(gpu=args.gpu or "", overlap_grad_reduce=not args.no_overlap_grad_reduce,
+                  reshard_after_forward=not args.no_reshard_after_forward)
+    try:
+        spec = WorkloadSpec.from_dict(values, "dynamiccl generate")
+    except InputError as exc:
+        raise workload_field_flag(exc) from None
     started = time.perf_counter()
     command = "dynamiccl " + " ".join(shlex.quote(a) for a in args.argv)
-    trace = generate(model, layout, rate, all_ranks=args.all_ranks, command=command)
+    trace = spec.generate(resolve_env(args.env).cluster if args.env else None, all_ranks=args.all_ranks, progress=True,
+                          command=command)
     trace.write(output)
     elapsed = time.perf_counter() - started
     print(f"wrote {output}: {trace.meta.description}; {len(trace.ops)} ops on {len(trace.meta.roles)} rank(s) "

@@ -20,19 +20,17 @@ import shlex
 import time
 from pathlib import Path
 
-from dynamiccl.gpus import gpu_spec
+from dynamiccl.envspec import resolve_env
 from dynamiccl.trace.consistency import check_consistency
 from dynamiccl.trace.store import Trace
 from dynamiccl.trace.summary import render_text
-from dynamiccl.workload.context import ComputeRate
-from dynamiccl.workload.generator import generate
 from dynamiccl.workload.layout import ParallelLayout
-from dynamiccl.workload.models import load_model
+from dynamiccl.workload.spec import WorkloadSpec
 
-DEMO_MODEL = "llama3-8b"
-DEMO_LAYOUT = ParallelLayout(tp=2, pp=2, dp=2, sp=True, global_batch=16, dp_mode="distopt", gpus_per_node=8)
-DEMO_GPU = "H100-SXM"
-DEMO_EFFICIENCY = 0.45
+# The generated step, on the cluster of the held-out case that replays it (its GPU and node size).
+DEMO_WORKLOAD = WorkloadSpec("llama3-8b", ParallelLayout(tp=2, pp=2, dp=2, sp=True, global_batch=16,
+                                                         dp_mode="distopt", gpus_per_node=0))
+DEMO_ENV = "dgx-h100"
 TRACE_NAME = "llama3-8b_tp2-pp2-dp2-sp.parquet"
 
 # The demo's experiment: small enough for minutes on 2 cores, with overlap, congestion and a quiet
@@ -75,7 +73,7 @@ state_offset = 1000
 
 [[heldout.cases]]
 trace = "{trace}"
-env = "dgx-h100"
+env = "{env}"
 
 [[heldout.cases]]
 workload = {{ model = "llama3-8b", tp = 4, pp = 1, dp = 8, sp = true, global_batch = 16 }}
@@ -96,13 +94,13 @@ def _run(step: str, argv: list[str]) -> None:
 
 
 def _generate_trace(out_dir: Path) -> tuple[Path, bool]:
-    model = load_model(DEMO_MODEL)
-    gpu = gpu_spec(DEMO_GPU)
-    rate = ComputeRate(gpu.name, gpu.peak_bf16_tflops, DEMO_EFFICIENCY, gpu.hbm_gbytes_per_s)
-    print(f"[1/5] generating one training step: {model.name}, {DEMO_LAYOUT.describe()}, on {gpu.name}")
-    trace = generate(model, DEMO_LAYOUT, rate, all_ranks=True,
-                     command="dynamiccl generate --model llama3-8b --tp 2 --pp 2 --dp 2 --sp --global-batch 16 "
-                             "--all-ranks")
+    env = resolve_env(DEMO_ENV)
+    workload = DEMO_WORKLOAD
+    print(f"[1/5] generating one training step: {workload.model}, {workload.placed_layout(env.cluster).describe()}, "
+          f"on {env.name} ({workload.compute_rate(env.cluster).gpu})")
+    trace = workload.generate(env.cluster, all_ranks=True,
+                              command=f"dynamiccl generate --model llama3-8b --tp 2 --pp 2 --dp 2 --sp --global-batch 16 "
+                                      f"--env {DEMO_ENV} --all-ranks")
     path = out_dir / TRACE_NAME
     trace.write(path)
     trace = Trace.read(path)
@@ -128,7 +126,7 @@ def run_demo(out_dir: Path, timesteps: int | None = None) -> int:
     if not ok:
         return 1
     run_dir, config = out_dir / "run", out_dir / "demo.toml"
-    config.write_text(DEMO_CONFIG.format(config=config, run=run_dir, trace=trace_path.resolve(),
+    config.write_text(DEMO_CONFIG.format(config=config, run=run_dir, trace=trace_path.resolve(), env=DEMO_ENV,
                                          timesteps=timesteps), encoding="utf-8")
     results, table = out_dir / "results.parquet", out_dir / "table.json"
     print(f"[2/5] training a small policy ({timesteps:,} decisions) on the cases of {config}")

@@ -12,8 +12,6 @@ state) pair, and a training split and a held-out split can use disjoint states.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import zlib
 from dataclasses import dataclass
@@ -115,46 +113,17 @@ def default_step_time(loaded: LoadedCase, state: int) -> float:
 
 # --- workloads from the generator --------------------------------------------------------------------
 
-_GENERATE_KEYS = {"model": str, "tp": int, "pp": int, "dp": int, "cp": int, "ep": int, "etp": int, "vpp": int,
-                  "sp": bool, "micro_batch": int, "global_batch": int, "seq_len": int, "dp_mode": str,
-                  "first_stage_layers": int, "last_stage_layers": int, "gpus_per_node": int,
-                  "gpu": str, "efficiency": float}
 
-
-def workload_trace(spec: dict, cache_dir: str | os.PathLike, source: str = "<workload>") -> str:
-    """Generate (once; cached by content under ``cache_dir``) the trace of a generator workload and
-    return its path. ``spec`` holds ``model`` plus any of the ``dynamiccl generate`` layout options
-    (tp, pp, dp, cp, ep, etp, vpp, sp, micro_batch, global_batch, seq_len, dp_mode,
-    first_stage_layers, last_stage_layers, gpus_per_node, gpu, efficiency).
+def workload_trace(workload: dict, cache_dir: str | os.PathLike, source: str, *, env: str) -> str:
+    """The trace of a ``workload = {...}`` case table (:class:`~dynamiccl.workload.spec.WorkloadSpec`
+    keys) on environment spec ``env`` (its GPU and node size unless the workload names them),
+    generated once into ``cache_dir`` and cached by content; returns its path.
 
     Raises:
-        InputError: an unknown key or a wrong type (naming ``source``), or a layout the model cannot run.
+        InputError: an unknown key or a wrong type (naming ``source``), an unknown spec, or a layout
+            the model cannot run.
     """
-    from dynamiccl.gpus import gpu_spec
-    from dynamiccl.workload.context import ComputeRate
-    from dynamiccl.workload.generator import generate
-    from dynamiccl.workload.layout import ParallelLayout
-    from dynamiccl.workload.models import load_model
+    from dynamiccl.workload.spec import WorkloadSpec
 
-    for key, value in spec.items():
-        if key not in _GENERATE_KEYS:
-            raise InputError(source, key, f"unknown workload key; expected some of {', '.join(_GENERATE_KEYS)}")
-        want = _GENERATE_KEYS[key]
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise InputError(source, key, f"expected {want.__name__}, got {value!r}")
-    if "model" not in spec:
-        raise InputError(source, "model", "missing: which built-in model (see `dynamiccl models`)")
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(cache_dir) / f"{spec['model']}-{digest}.parquet"
-    if path.is_file():
-        return str(path)
-    layout_args = {k: v for k, v in spec.items() if k not in ("model", "gpu", "efficiency")}
-    gpu = gpu_spec(spec.get("gpu", "H100-SXM"))
-    rate = ComputeRate(gpu.name, gpu.peak_bf16_tflops, spec.get("efficiency", 0.45), gpu.hbm_gbytes_per_s)
-    trace = generate(load_model(spec["model"]), ParallelLayout(**layout_args), rate, progress=False,
-                     command=f"workload {json.dumps(spec, sort_keys=True)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trace.write(path)
-    return str(path)
+    spec = WorkloadSpec.from_dict(workload, source)
+    return str(spec.cached_trace(cache_dir, resolve_env(env).cluster))

@@ -28,7 +28,7 @@ DEFAULT_ENV = "h100-ib-2x8-heavy-compute"
 def default_cases() -> list[Case]:
     """The built-in case; its trace is generated once into the user's cache directory."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dynamiccl" / "workloads"
-    return [Case(workload_trace(DEFAULT_WORKLOAD, cache, "TuningEnv default"), DEFAULT_ENV)]
+    return [Case(workload_trace(DEFAULT_WORKLOAD, cache, "TuningEnv default", env=DEFAULT_ENV), DEFAULT_ENV)]
 
 
 class TuningEnv(gym.Env):

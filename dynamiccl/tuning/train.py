@@ -116,7 +116,7 @@ class CaseSpec:
         if self.trace is not None:
             return Case(self.trace, self.env, self.step)
         try:
-            trace = workload_trace(self.workload, workload_dir, source)
+            trace = workload_trace(self.workload, workload_dir, source, env=self.env)
         except InputError as e:
             key = f"{self.where}.workload" + (f".{e.field}" if e.field else "")
             raise InputError(source, key, e.problem) from None
