@@ -15,10 +15,11 @@ import pytest
 
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.actions import NUM_ACTIONS
+from dynamiccl.tuning.callbacks import latest_checkpoint
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.policy_file import PolicyNetwork, load_policy, save_policy
 from dynamiccl.tuning.config import load_config
-from dynamiccl.tuning.train import latest_checkpoint, train
+from dynamiccl.tuning.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 TRACE = str(REPO / "traces" / "ref-pp2-dp2.parquet")

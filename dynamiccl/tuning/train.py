@@ -1,10 +1,15 @@
-"""Train a MaskablePPO policy for :class:`~dynamiccl.tuning.env.TuningEnv` from a TOML experiment config.
+"""Train a MaskablePPO policy for :class:`~dynamiccl.tuning.env.TuningEnv` from an experiment config.
 
-Read top to bottom, CleanRL style: ``train`` builds the env, builds or resumes the agent, learns
-with three callbacks (checkpoints, the speedup curve, a progress bar), then writes the policy file
-and a summary.
+:func:`train` reads top to bottom: check the output directory (a fresh run, or the checkpoint a
+resume continues from), build the env, build or resume the agent, learn with the callbacks of
+:mod:`dynamiccl.tuning.callbacks`, then write the policy file and the summary. The config and its
+keys: :mod:`dynamiccl.tuning.config`.
 
-The config and its keys: :mod:`dynamiccl.tuning.config`.
+The trainer is sb3-contrib's MaskablePPO (on stable-baselines3), not a hand-written PPO: the
+project's users know SB3 and the developers' guide names it as the trainer; running N environments
+is SB3's ``SubprocVecEnv`` with sb3-contrib's action masks; and a PPO of our own would be a second
+RL implementation to validate and maintain. This module uses SB3's public API only (the
+constructor, ``load``, ``set_random_seed``, ``set_logger``, ``learn``, ``save``).
 
 Outputs in ``output_dir``: ``policy.zip`` (:mod:`dynamiccl.tuning.policy_file`, safe to share),
 ``train.json`` (summary), ``training_curve.csv`` (timesteps, episode, case, speedup, wall_s per
@@ -16,128 +21,28 @@ and ``workloads/``.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
-import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-import numpy as np
+import torch
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.utils import configure_logger
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 import dynamiccl
-from dynamiccl.atomic import write_text, write_with
+from dynamiccl.atomic import write_text
 from dynamiccl.errors import InputError
+from dynamiccl.tuning.callbacks import (CHECKPOINT_PREFIX, FINAL_EPISODES, Checkpoint, Checkpoints, ProgressBar,
+                                        SpeedupCurve, latest_checkpoint)
 from dynamiccl.tuning.config import ExperimentConfig
+from dynamiccl.tuning.env import TuningEnv
 from dynamiccl.tuning.policy_file import save_policy
 
-CHECKPOINT_PREFIX = "ppo"
-CURVE_COLUMNS = ("timesteps", "episode", "case", "speedup", "wall_s")
-FINAL_EPISODES = 50        # train.json's final mean speedup is over this many last episodes
-
-
-# === 1. Callbacks ===================================================================================
-
-
-def _callbacks():
-    """SB3 callback classes (imported lazily: stable-baselines3 is slow to import)."""
-    from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
-    from stable_baselines3.common.logger import TensorBoardOutputFormat
-    from tqdm.auto import tqdm
-
-    class SpeedupCurve(BaseCallback):
-        """Per finished episode: ``info["speedup"]`` (NCCL default step time / the episode's) to
-        TensorBoard (``episode/speedup`` at the current timestep; ``rollout/speedup_mean`` per
-        rollout) and to ``rows`` for ``training_curve.csv``. ``wall_s``: seconds since the run
-        started, counting the time before a resume."""
-
-        def __init__(self, rows: list[dict], clock: Callable[[], float]):
-            super().__init__()
-            self.rows, self.clock, self.writer = rows, clock, None
-
-        def _on_training_start(self) -> None:
-            self.writer = next((f.writer for f in self.logger.output_formats
-                                if isinstance(f, TensorBoardOutputFormat)), None)
-
-        def _on_step(self) -> bool:
-            for done, info in zip(self.locals["dones"], self.locals["infos"]):
-                if done and "speedup" in info:
-                    speedup = float(info["speedup"])
-                    self.rows.append({"timesteps": self.num_timesteps, "episode": len(self.rows) + 1,
-                                      "case": info.get("case", ""), "speedup": speedup,
-                                      "wall_s": round(self.clock(), 3)})
-                    self.logger.record_mean("rollout/speedup_mean", speedup)
-                    if self.writer is not None:
-                        self.writer.add_scalar("episode/speedup", speedup, self.num_timesteps)
-            return True
-
-        def recent_mean(self, n: int = FINAL_EPISODES) -> float | None:
-            tail = [r["speedup"] for r in self.rows[-n:]]
-            return float(np.mean(tail)) if tail else None
-
-    class Checkpoints(CheckpointCallback):
-        """SB3's CheckpointCallback, taken at rollout boundaries: at the first rollout start at or
-        after every multiple of ``every`` timesteps (so a checkpoint holds the policy after its last
-        update and no half-collected rollout), written atomically, then ``on_save(timesteps)``."""
-
-        def __init__(self, every: int, directory: Path, on_save: Callable[[int], None]):
-            super().__init__(save_freq=every, save_path=str(directory), name_prefix=CHECKPOINT_PREFIX)
-            self.on_save = on_save
-            self.next_due = every
-
-        def _on_training_start(self) -> None:
-            self.next_due = (self.num_timesteps // self.save_freq + 1) * self.save_freq
-
-        def _on_step(self) -> bool:
-            return True
-
-        def _on_rollout_start(self) -> None:
-            if self.num_timesteps >= self.next_due:
-                self.save_now()
-                self.next_due = (self.num_timesteps // self.save_freq + 1) * self.save_freq
-
-        def save_now(self) -> Path:
-            self.num_timesteps = self.model.num_timesteps
-            path = Path(self._checkpoint_path(extension="zip"))
-            buffer = io.BytesIO()
-            self.model.save(buffer)
-            write_with(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
-            self.on_save(self.num_timesteps)
-            return path
-
-    class Progress(BaseCallback):
-        """A tqdm bar over timesteps (SB3's own progress bar needs ``rich``); shows the mean
-        speedup of the last episodes after every rollout."""
-
-        def __init__(self, total: int, curve: SpeedupCurve, enabled: bool):
-            super().__init__()
-            self.total, self.curve, self.enabled, self.bar = total, curve, enabled, None
-
-        def _on_training_start(self) -> None:
-            self.bar = tqdm(total=self.total, initial=self.num_timesteps, unit="step", desc="train",
-                            disable=not self.enabled, dynamic_ncols=True)
-
-        def _on_step(self) -> bool:
-            self.bar.update(self.training_env.num_envs)
-            return True
-
-        def _on_rollout_end(self) -> None:
-            mean = self.curve.recent_mean()
-            if mean is not None:
-                self.bar.set_postfix(speedup=f"{mean:.4f}", refresh=False)
-
-        def close(self) -> None:
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-    return SpeedupCurve, Checkpoints, Progress
-
-
-# === 2. Training ====================================================================================
+ACTIVATION_FUNCTIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
 
 @dataclass(frozen=True)
@@ -160,7 +65,7 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
     """Train MaskablePPO on the config's training cases; write the policy and the run's records.
 
     Args:
-        config: from :func:`load_config`.
+        config: from :func:`dynamiccl.tuning.config.load_config`.
         output_dir: the run's directory (created).
         resume: continue from the latest checkpoint in ``output_dir/checkpoints`` up to
             ``train.total_timesteps``. The config must match the run's (``run.json``) except for
@@ -186,173 +91,111 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
             config that differs from the run's; a fresh run into a directory that already holds
             one; ``max_timesteps`` < 1.
     """
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3.common.callbacks import CallbackList
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    from dynamiccl.tuning.env import TuningEnv
-
     output_dir = Path(output_dir)
     t = config.train
     if max_timesteps is not None and max_timesteps < 1:
         raise InputError("--max-timesteps", None, f"expected an integer >= 1, got {max_timesteps}")
     target = t.total_timesteps if max_timesteps is None else min(t.total_timesteps, max_timesteps)
-    checkpoint_dir = output_dir / "checkpoints"
-    fingerprint = config.resume_fingerprint()
-
-    start = None
-    if resume:
-        start = latest_checkpoint(checkpoint_dir)
-        if start is None:
-            raise InputError(checkpoint_dir, None, "no checkpoint to resume from (expected "
-                                                   f"{CHECKPOINT_PREFIX}_<timesteps>_steps.zip)")
-        _check_same_run(config, fingerprint, output_dir / "run.json")
-    else:
-        if latest_checkpoint(checkpoint_dir) is not None or (output_dir / "policy.zip").exists():
-            raise InputError(output_dir, None, "already holds a training run; resume it or choose another "
-                                               "output directory")
-        write_text(output_dir / "run.json", json.dumps({"config_path": config.source, "fingerprint": fingerprint},
-                                                       indent=2) + "\n")
-
+    start = _resume_point(config, output_dir) if resume else _fresh_run(config, output_dir)
     cases = config.train_cases(output_dir)
-    rows: list[dict] = []
-    wall_before = 0.0
-    if start is not None:
-        rows, wall_before = _resume_records(output_dir, start[1])
-    began = time.monotonic()
 
-    def clock() -> float:
-        return wall_before + time.monotonic() - began
-
-    SpeedupCurve, Checkpoints, Progress = _callbacks()
-    curve = SpeedupCurve(rows, clock)
-
-    def on_save(timesteps: int) -> None:
-        _write_curve(output_dir / "training_curve.csv", rows)
-        write_text(checkpoint_dir / f"{CHECKPOINT_PREFIX}_{timesteps}_steps.json",
-                   json.dumps({"timesteps": timesteps, "episodes": len(rows), "wall_s": round(clock(), 3)}) + "\n")
-
-    checkpoints = Checkpoints(t.checkpoint_every, checkpoint_dir, on_save)
-    bar = Progress(target, curve, progress)
+    curve_path = output_dir / "training_curve.csv"
+    curve = SpeedupCurve() if start is None else SpeedupCurve.resumed(curve_path, start)
+    checkpoints = Checkpoints(t.checkpoint_every, output_dir / "checkpoints", curve, curve_path)
+    bar = ProgressBar(target, curve, progress)
     env = DummyVecEnv([lambda: Monitor(TuningEnv(cases, config.model, t.states))])
-    tensorboard_dir = str(output_dir / "tensorboard")
-    model = None
-    try:
-        with _torch_threads(1):
-            if start is None:
-                import torch
+    with contextlib.closing(env), contextlib.closing(bar), _torch_threads(1):
+        agent = _new_agent(config, env) if start is None else _resumed_agent(config, env, start)
+        remaining = target - agent.num_timesteps
+        if remaining > 0:
+            # The logger SB3 would make itself (tensorboard/ppo_<n>, continued on resume), made
+            # here so that this function owns it and closes it.
+            with contextlib.closing(configure_logger(0, str(output_dir / "tensorboard"), CHECKPOINT_PREFIX,
+                                                     reset_num_timesteps=start is None)) as logger:
+                agent.set_logger(logger)
+                agent.learn(remaining, callback=[curve, checkpoints, bar], reset_num_timesteps=start is None)
+        checkpoints.save(agent)  # the final state, for a later resume with more timesteps
 
-                model = MaskablePPO(
-                    "MlpPolicy", env, learning_rate=t.learning_rate, n_steps=t.n_steps, batch_size=t.batch_size,
-                    n_epochs=t.n_epochs, gamma=t.gamma, gae_lambda=t.gae_lambda, ent_coef=t.ent_coef,
-                    clip_range=t.clip_range, vf_coef=t.vf_coef, max_grad_norm=t.max_grad_norm,
-                    policy_kwargs={"net_arch": list(t.net_arch),
-                                   "activation_fn": torch.nn.Tanh if t.activation == "tanh" else torch.nn.ReLU},
-                    tensorboard_log=tensorboard_dir, seed=config.seed, device="cpu", verbose=0)
-            else:
-                # Our own checkpoint (see the docstring): SB3's loader unpickles it.
-                model = MaskablePPO.load(start[0], env=env, device="cpu", tensorboard_log=tensorboard_dir)
-                model.set_random_seed(config.seed + start[1])
-                model._last_obs = None  # the saved observation belongs to the old env: start a fresh episode
-            remaining = target - model.num_timesteps
-            if remaining > 0:
-                model.learn(remaining, callback=CallbackList([curve, checkpoints, bar]),
-                            reset_num_timesteps=start is None, tb_log_name=CHECKPOINT_PREFIX)
-            checkpoints.init_callback(model)
-            checkpoints.save_now()  # the final state, for a later resume with more timesteps
-    finally:
-        bar.close()
-        if model is not None and getattr(model, "_logger", None) is not None:
-            model.logger.close()
-        env.close()
-
-    wall_s = clock()
+    wall_s = curve.wall_s()
     final = curve.recent_mean()
+    resumed_from = start.timesteps if start else None
     provenance = {
         "experiment": config.name, "description": config.description, "config_path": config.source,
-        "config": config.raw, "seed": config.seed, "timesteps": int(model.num_timesteps),
-        "episodes": len(rows), "wall_s": round(wall_s, 3), "final_mean_speedup": final,
+        "config": config.raw, "seed": config.seed, "timesteps": int(agent.num_timesteps),
+        "episodes": len(curve.rows), "wall_s": round(wall_s, 3), "final_mean_speedup": final,
         "dynamiccl_version": dynamiccl.__version__, "cost_model": config.model, "states": t.states,
         "training_cases": [{"trace": c.trace, "env": c.env, "step": c.step, "label": c.label} for c in cases],
-        "algorithm": "MaskablePPO", "library_versions": _library_versions(),
-        "resumed_from": start[1] if start else None,
+        "algorithm": "MaskablePPO", "library_versions": _library_versions(), "resumed_from": resumed_from,
     }
-    policy_path = save_policy(output_dir / "policy.zip", model, provenance)
-    result = TrainResult(output_dir, policy_path, int(model.num_timesteps), len(rows), wall_s, final, config.seed,
-                         start[1] if start else None)
+    policy_path = save_policy(output_dir / "policy.zip", agent, provenance)
+    result = TrainResult(output_dir, policy_path, int(agent.num_timesteps), len(curve.rows), wall_s, final,
+                         config.seed, resumed_from)
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
     summary.update(experiment=config.name, wall_s=round(wall_s, 3), policy="policy.zip",
-                   final_mean_speedup_episodes=min(FINAL_EPISODES, len(rows)))
+                   final_mean_speedup_episodes=min(FINAL_EPISODES, len(curve.rows)))
     write_text(output_dir / "train.json", json.dumps(summary, indent=2) + "\n")
     return result
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> tuple[Path, int] | None:
-    """The checkpoint with the most timesteps in ``directory`` and that count; None when there is none."""
-    pattern = re.compile(rf"{CHECKPOINT_PREFIX}_(\d+)_steps\.zip")
-    found = [(int(m.group(1)), p) for p in Path(directory).glob(f"{CHECKPOINT_PREFIX}_*_steps.zip")
-             if (m := pattern.fullmatch(p.name))]
-    if not found:
-        return None
-    steps, path = max(found)
-    return path, steps
+def _fresh_run(config: ExperimentConfig, output_dir: Path) -> None:
+    """Refuse a directory that holds a run; record what a later resume must match (``run.json``)."""
+    if latest_checkpoint(output_dir / "checkpoints") is not None or (output_dir / "policy.zip").exists():
+        raise InputError(output_dir, None, "already holds a training run; resume it or choose another output directory")
+    write_text(output_dir / "run.json", json.dumps({"config_path": config.source,
+                                                    "fingerprint": config.resume_fingerprint()}, indent=2) + "\n")
+
+
+def _resume_point(config: ExperimentConfig, output_dir: Path) -> Checkpoint:
+    """The latest checkpoint, once ``config`` is known to continue the run recorded in ``run.json``."""
+    checkpoint_dir = output_dir / "checkpoints"
+    start = latest_checkpoint(checkpoint_dir)
+    if start is None:
+        raise InputError(checkpoint_dir, None, f"no checkpoint to resume from (expected "
+                                               f"{CHECKPOINT_PREFIX}_<timesteps>_steps.zip)")
+    run_file = output_dir / "run.json"
+    try:
+        saved = json.loads(run_file.read_text(encoding="utf-8"))["fingerprint"]
+    except FileNotFoundError:
+        return start  # a run from before run.json existed: nothing to compare with
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(run_file, None, f"unreadable run record: {e}") from None
+    fingerprint = config.resume_fingerprint()
+    for key in sorted(set(fingerprint) | set(saved)):
+        if fingerprint.get(key) != saved.get(key):
+            raise InputError(config.source, key, f"{fingerprint.get(key)!r} differs from the run being resumed "
+                                                 f"({saved.get(key)!r} in {run_file}); restore it or start a new run")
+    return start
+
+
+def _new_agent(config: ExperimentConfig, env: DummyVecEnv) -> MaskablePPO:
+    """A fresh MaskablePPO with the config's hyperparameters, seeded with ``experiment.seed``."""
+    t = config.train
+    return MaskablePPO(
+        "MlpPolicy", env, learning_rate=t.learning_rate, n_steps=t.n_steps, batch_size=t.batch_size,
+        n_epochs=t.n_epochs, gamma=t.gamma, gae_lambda=t.gae_lambda, ent_coef=t.ent_coef,
+        clip_range=t.clip_range, vf_coef=t.vf_coef, max_grad_norm=t.max_grad_norm,
+        policy_kwargs={"net_arch": list(t.net_arch), "activation_fn": ACTIVATION_FUNCTIONS[t.activation]},
+        seed=config.seed, device="cpu", verbose=0)
+
+
+def _resumed_agent(config: ExperimentConfig, env: DummyVecEnv, start: Checkpoint) -> MaskablePPO:
+    """The agent of ``start`` (our own checkpoint, see :func:`train`: SB3's loader unpickles it) on
+    ``env``, reseeded with ``seed + timesteps``. ``force_reset`` drops the observation saved with
+    it (it belongs to the old env), so learning starts with a fresh episode."""
+    agent = MaskablePPO.load(start.path, env=env, device="cpu", force_reset=True)
+    agent.set_random_seed(config.seed + start.timesteps)
+    return agent
 
 
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     """torch on ``n`` threads inside the block (determinism, and small MLPs gain nothing from more)."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _check_same_run(config: ExperimentConfig, fingerprint: dict, run_file: Path) -> None:
-    try:
-        saved = json.loads(run_file.read_text(encoding="utf-8"))["fingerprint"]
-    except FileNotFoundError:
-        return  # a run from before run.json existed: nothing to compare with
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(run_file, None, f"unreadable run record: {e}") from None
-    for key in sorted(set(fingerprint) | set(saved)):
-        if fingerprint.get(key) != saved.get(key):
-            raise InputError(config.source, key, f"{fingerprint.get(key)!r} differs from the run being resumed "
-                                                 f"({saved.get(key)!r} in {run_file}); restore it or start a new run")
-
-
-def _resume_records(output_dir: Path, timesteps: int) -> tuple[list[dict], float]:
-    """Curve rows up to the checkpoint and the wall time (s) spent before it."""
-    rows: list[dict] = []
-    curve = output_dir / "training_curve.csv"
-    if curve.exists():
-        with open(curve, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                try:
-                    parsed = {"timesteps": int(row["timesteps"]), "episode": int(row["episode"]),
-                              "case": row["case"], "speedup": float(row["speedup"]), "wall_s": float(row["wall_s"])}
-                except (KeyError, TypeError, ValueError) as e:
-                    raise InputError(curve, f"row {len(rows) + 2}", f"unreadable training curve row: {e}") from None
-                if parsed["timesteps"] <= timesteps:
-                    rows.append(parsed)
-    sidecar = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}_{timesteps}_steps.json"
-    try:
-        wall = float(json.loads(sidecar.read_text(encoding="utf-8"))["wall_s"])
-    except (OSError, ValueError, KeyError, TypeError):
-        wall = rows[-1]["wall_s"] if rows else 0.0
-    return rows, wall
-
-
-def _write_curve(path: Path, rows: list[dict]) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CURVE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, out.getvalue())
 
 
 def _library_versions() -> dict[str, str]:
