@@ -76,7 +76,7 @@ class Field:
         if self.kind == "choice":
             return f"one of {', '.join(str(c) for c in self.choices)}"
         if self.kind == "int_list":
-            return f"a list of at most {self.max_len} integers in {self.low:g}..{self.high:g}"
+            return f"a list of at most {self.max_len} integers in {self.low}..{self.high}"
         if self.kind == "table":
             return f"a [{self.name}] table"
         if self.kind == "tables":
@@ -87,11 +87,14 @@ class Field:
 
 
 def _bounds(f: Field) -> str:
+    def number(value: float) -> str:  # integers in full (a seed's 4294967295, not 4.29497e+09)
+        return str(int(value)) if float(value).is_integer() and abs(value) < 2**63 else f"{value:g}"
+
     parts = []
     if f.low is not None:
-        parts.append(f"{'>=' if f.low_inclusive else '>'} {f.low:g}")
+        parts.append(f"{'>=' if f.low_inclusive else '>'} {number(f.low)}")
     if f.high is not None:
-        parts.append(f"<= {f.high:g}")
+        parts.append(f"<= {number(f.high)}")
     return (" " + " and ".join(parts)) if parts else ""
 
 
@@ -232,6 +235,8 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
     def bad() -> InputError:
         if f.kind == "table":
             return InputError(source, name, f"missing [{name}] table; got {show(value)}")
+        if f.kind == "tables":  # named by its whole path: [[train.cases]]
+            return expected(source, name, f"a list of [[{name}]] tables", value)
         return expected(source, name, f.expectation(), value)
 
     if f.kind in ("int", "float"):

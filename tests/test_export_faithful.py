@@ -17,7 +17,7 @@ from dynamiccl.tuning.actions import NUM_ACTIONS
 from dynamiccl.tuning.env import TuningEnv
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.policy_file import PolicyNetwork, save_policy
-from dynamiccl.tuning.train import load_config
+from dynamiccl.tuning.config import load_config
 
 CONFIG = """\
 [experiment]

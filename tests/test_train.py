@@ -1,6 +1,6 @@
-"""Tests of dynamiccl.tuning.train (config validation, a tiny seeded MaskablePPO run, resume,
-determinism) and dynamiccl.tuning.policy_file (a pickle-free policy format whose ``decide``
-reproduces ``MaskablePPO.predict``)."""
+"""Tests of dynamiccl.tuning.config (config validation), dynamiccl.tuning.train (a tiny seeded
+MaskablePPO run, resume, determinism) and dynamiccl.tuning.policy_file (a pickle-free policy
+format whose ``decide`` reproduces ``MaskablePPO.predict``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import pytest
 
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.actions import NUM_ACTIONS
+from dynamiccl.tuning.callbacks import latest_checkpoint
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.policy_file import PolicyNetwork, load_policy, save_policy
-from dynamiccl.tuning.train import latest_checkpoint, load_config, train
+from dynamiccl.tuning.config import load_config
+from dynamiccl.tuning.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 TRACE = str(REPO / "traces" / "ref-pp2-dp2.parquet")
@@ -64,6 +66,30 @@ def test_config_parses_with_defaults(tmp_path):
     assert config.train.cases[0].trace == TRACE and config.train.cases[0].env == "dgx-h100"
     assert config.heldout.states == 2 and config.heldout.state_offset == 100 and config.heldout.cases == ()
     assert config.default_output_dir() == Path("experiments") / "tiny"
+
+
+def test_config_docstring_shows_every_declared_key_with_its_default():
+    """The module docstring is the config's reference: its example must not drift from the schema."""
+    import itertools
+    import textwrap
+    import tomllib
+
+    from dynamiccl.tuning import config as config_module
+
+    doc = config_module.__doc__
+    lines = doc.split("::\n\n", 1)[1].splitlines()
+    example = textwrap.dedent("\n".join(line for line in itertools.takewhile(
+        lambda line: not line or line.startswith("    "), lines)))
+    shown = tomllib.loads(example)
+    for section, declared in (("experiment", config_module.EXPERIMENT), ("train", config_module.TRAIN),
+                              ("heldout", config_module.HELDOUT)):
+        assert set(shown[section]) == set(declared.names), section
+        for f in declared.fields:
+            if f.name not in ("name", "cases"):  # name defaults to the file's stem; cases have none
+                value = shown[section][f.name]
+                assert (tuple(value) if isinstance(value, list) else value) == f.default, f"{section}.{f.name}"
+    for f in config_module.CASE.fields:
+        assert f"{f.name} = " in example, f"cases: {f.name}"
 
 
 def test_relative_trace_resolves_against_repository_root(tmp_path, monkeypatch):
@@ -121,9 +147,8 @@ def test_config_bad_toml_and_missing_file(tmp_path):
 def test_workload_key_errors_name_the_workload_key(tmp_path):
     text = TINY.replace(f'trace = "{TRACE}"', 'workload = {model = "llama3-8b", tensor_parallel = 2}')
     path = write_config(tmp_path, text)
-    config = load_config(path)  # the generator checks keys when the trace is made
-    with pytest.raises(InputError) as info:
-        config.train_cases(tmp_path / "out")
+    with pytest.raises(InputError) as info:  # checked when the config is read, before any trace is made
+        load_config(path).train_cases(tmp_path / "out")
     assert (info.value.source, info.value.field) == (str(path), "train.cases[0].workload.tensor_parallel")
 
 

@@ -15,8 +15,7 @@ from dynamiccl.cli import main
 from dynamiccl.envspec import resolve_env
 from dynamiccl.errors import InputError, LayoutError
 from dynamiccl.trace.store import Trace
-from dynamiccl.tuning.cases import workload_trace
-from dynamiccl.tuning.train import load_config  # moves to tuning.config
+from dynamiccl.tuning.config import load_config
 from dynamiccl.workload.layout import ParallelLayout
 from dynamiccl.workload.spec import WORKLOAD, WorkloadSpec
 
@@ -29,8 +28,9 @@ def compute_us(trace: Trace) -> float:
 
 
 def test_a_case_on_an_a100_cluster_gets_a100_compute(tmp_path):
-    a100 = Trace.read(workload_trace(SMALL, tmp_path, "test", env="dgx-a100"))
-    h100 = Trace.read(workload_trace(SMALL, tmp_path, "test", env="dgx-h100"))
+    spec = WorkloadSpec.from_dict(SMALL, "test")
+    a100 = Trace.read(spec.cached_trace(tmp_path, resolve_env("dgx-a100").cluster))
+    h100 = Trace.read(spec.cached_trace(tmp_path, resolve_env("dgx-h100").cluster))
     assert a100.meta.compute["gpu"] == "A100-SXM" and a100.meta.compute["peak_bf16_tflops"] == 312
     assert h100.meta.compute["gpu"] == "H100-SXM" and h100.meta.compute["peak_bf16_tflops"] == pytest.approx(989.4)
     # The GEMM-bound part scales with the peak; memory-bound optimizer work with HBM bandwidth.

@@ -1,6 +1,6 @@
 """Episode sources: (trace step, environment spec) cases, and the caches that make resets cheap.
 
-A ``Case`` names a trace file (or a generator workload, see :func:`workload_trace`), the environment
+A ``Case`` names a trace file (generated workloads are cached traces, see ``WorkloadSpec``), the environment
 spec it runs on and the step to replay. Compiling a trace and costing its distinct calls happen
 once per process and case (``load_case``); the NCCL-default step time of a (case, dynamics state)
 once as well (``default_step_time``).
@@ -12,7 +12,6 @@ state) pair, and a training split and a held-out split can use disjoint states.
 
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -109,21 +108,3 @@ def default_schedule(loaded: LoadedCase, state: int) -> tuple[float, list[float]
 def default_step_time(loaded: LoadedCase, state: int) -> float:
     """Step time (µs) with NCCL's own choices for every call, under dynamics ``state`` (cached)."""
     return default_schedule(loaded, state)[0]
-
-
-# --- workloads from the generator --------------------------------------------------------------------
-
-
-def workload_trace(workload: dict, cache_dir: str | os.PathLike, source: str, *, env: str) -> str:
-    """The trace of a ``workload = {...}`` case table (:class:`~dynamiccl.workload.spec.WorkloadSpec`
-    keys) on environment spec ``env`` (its GPU and node size unless the workload names them),
-    generated once into ``cache_dir`` and cached by content; returns its path.
-
-    Raises:
-        InputError: an unknown key or a wrong type (naming ``source``), an unknown spec, or a layout
-            the model cannot run.
-    """
-    from dynamiccl.workload.spec import WorkloadSpec
-
-    spec = WorkloadSpec.from_dict(workload, source)
-    return str(spec.cached_trace(cache_dir, resolve_env(env).cluster))

@@ -56,7 +56,8 @@ def add_commands(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from dynamiccl.tuning.train import load_config, train
+    from dynamiccl.tuning.config import load_config
+    from dynamiccl.tuning.train import train
 
     config = load_config(args.config)
     output = Path(args.output_dir) if args.output_dir else config.default_output_dir() / "run"
@@ -110,7 +111,7 @@ def cmd_evaluate(args) -> int:
     if "policy" in names and not args.policy:
         names.remove("policy")
     if args.config:
-        from dynamiccl.tuning.train import load_config
+        from dynamiccl.tuning.config import load_config
 
         config = load_config(args.config)
         where = Path(args.run_dir) if args.run_dir else config.default_output_dir() / "run"
@@ -225,7 +226,7 @@ def export_policy(args) -> int:
     from dynamiccl.tuning.export import QUERY_COLUMNS, csv_compatible, step_shapes, table_from_policy
     from dynamiccl.tuning.observation import encode
     from dynamiccl.tuning.policy_file import load_policy
-    from dynamiccl.tuning.train import load_config
+    from dynamiccl.tuning.config import load_config
 
     policy = load_policy(args.policy)
     config_path = args.cases_config or policy.provenance.get("config_path")

@@ -12,23 +12,26 @@ from gymnasium import spaces
 
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS
-from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay, workload_trace
+from dynamiccl.envspec import resolve_env
+from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay
 from dynamiccl.tuning.costs import COST_MODELS
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.timeline import Replay
+from dynamiccl.workload.spec import WorkloadSpec
 
 ENV_ID = "dynamiccl/Tuning-v0"
 
 # The built-in case (``gym.make(ENV_ID)`` with no arguments): Llama-3 8B with TP2 x DP8 on two
 # H100 nodes whose collectives mostly run beside memory-bound compute.
-DEFAULT_WORKLOAD = {"model": "llama3-8b", "tp": 2, "pp": 1, "dp": 8, "sp": True, "global_batch": 64}
+DEFAULT_WORKLOAD = WorkloadSpec.from_dict({"model": "llama3-8b", "tp": 2, "pp": 1, "dp": 8, "sp": True,
+                                           "global_batch": 64}, "TuningEnv default")
 DEFAULT_ENV = "h100-ib-2x8-heavy-compute"
 
 
 def default_cases() -> list[Case]:
     """The built-in case; its trace is generated once into the user's cache directory."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dynamiccl" / "workloads"
-    return [Case(workload_trace(DEFAULT_WORKLOAD, cache, "TuningEnv default", env=DEFAULT_ENV), DEFAULT_ENV)]
+    return [Case(str(DEFAULT_WORKLOAD.cached_trace(cache, resolve_env(DEFAULT_ENV).cluster)), DEFAULT_ENV)]
 
 
 class TuningEnv(gym.Env):

@@ -95,7 +95,11 @@ class WorkloadSpec:
         Raises:
             InputError: naming ``source`` and the key that is unknown, missing or wrong.
         """
-        values = WORKLOAD.parse(obj, source)
+        return cls.from_values(WORKLOAD.parse(obj, source))
+
+    @classmethod
+    def from_values(cls, values: dict) -> "WorkloadSpec":
+        """A workload from values already checked by :data:`WORKLOAD` (``WORKLOAD.parse``)."""
         layout = ParallelLayout(**{k: v for k, v in values.items() if k not in _HARDWARE_KEYS},
                                 gpus_per_node=values["gpus_per_node"])
         return cls(values["model"], layout, values["gpu"], values["peak_tflops"], values["efficiency"])
