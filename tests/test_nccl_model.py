@@ -1,7 +1,10 @@
 """NCCL's own cost model (``dynamiccl.costmodel.NcclModel``) against values computed by hand from
-``/work/shared/reference/nccl-cost-model.md``: the §1.7 small-message latency table, the §1.10b
-8-GPU Hopper example and its crossovers, the §1.2 time formula (Tree correction, Ring plateau,
-numPipeOps), the §1.8 runtime channel choice, the §1.3-§1.6 version history and enablement rules.
+NVIDIA/nccl ``src/graph/tuning.cc`` (``ncclTopoTuneModel``, ``ncclTopoGetAlgoTime``; older constants
+from the same file at each release tag) and ``src/enqueue.cc`` (``topoGetAlgoInfo``): the
+small-message latency table, the 8-GPU Hopper example and its crossovers, the time formula (Tree
+correction, Ring plateau, numPipeOps), the runtime channel choice, the version history and the
+enablement rules. ``docs/nccl-model-worked-examples.md`` shows how the hand-computed numbers are
+derived.
 
 Expected numbers are written out here (not read from ``nccl_constants``), so a wrong constant or a
 wrong rule in the model fails a test.
@@ -31,7 +34,7 @@ def h100(gpus_per_node: int = 8, nodes: int = 1, cpu: str = "intel", version: st
     return env_from_dict(obj, f"mem-{gpus_per_node}x{nodes}.toml", "mem")
 
 
-# --- §1.7 "Model small-message latencies" (HEAD constants, latencyInter = 0) --------------------------
+# --- small-message latencies (HEAD constants, latencyInter = 0; docs/nccl-model-worked-examples.md §2) ---
 
 # (nodes, GPUs per node, CPU): (Ring AR LL/LL128/Simple), (Tree AR ...), (Ring AG ...)
 LATENCY_TABLE = {
@@ -80,7 +83,7 @@ def test_nic_latency_from_the_spec_is_added_per_network_hop():
     assert slow[ALLREDUCE][TREE][LL] - base[ALLREDUCE][TREE][LL] == pytest.approx(2 * 1 * 3.0)
 
 
-# --- §1.10b: 8 GPUs, one Hopper node, Ring AllReduce -----------------------------------------------
+# --- 8 GPUs, one Hopper node, Ring AllReduce (docs/nccl-model-worked-examples.md §3) ---------------
 
 def _crossover(lat1, bw1, lat2, bw2) -> float:
     return (lat2 - lat1) / (1 / (1000 * bw1) - 1 / (1000 * bw2))
@@ -113,9 +116,9 @@ def test_ring_protocol_crossovers_8gpu_hopper():
     assert ring[2, LL128] < ring[2, SIMPLE] and ring[3, SIMPLE] < ring[3, LL128]
 
 
-# --- §1.2 time formula through the cost table ------------------------------------------------------
+# --- time formula through the cost table (tuning.cc ncclTopoGetAlgoTime) -----------------------------
 
-# treeCorrectionFactor[proto][log2(nBytes/64)], idx 0..22 (§1.2)
+# treeCorrectionFactor[proto][log2(nBytes/64)], idx 0..22 (tuning.cc)
 TREE_CORRECTION = {
     LL: [1, 1, 1, 1, .9, .8, .7, .7, .7, .7, .6, .5, .4, .4, .5, .6, .7, .8, .9, 1, 1, 1, 1],
     LL128: [1, 1, 1, 1, 1, .9, .8, .8, .8, .7, .6, .6, .6, .6, .6, .6, .8, .9, .9, .9, .9, 1, 1],
@@ -325,7 +328,7 @@ def test_nvls_channels_on_blackwell_single_node_is_24():
     assert got["algo"][0] == NVLS and got["channels"][0] == 24
 
 
-# --- versions (§1.3-§1.6 history) ---------------------------------------------------------------
+# --- versions (tuning.cc at the tags v2.18.5 .. v2.30.7) -------------------------------------------
 
 @pytest.mark.parametrize("version,expected", [("2.18.5", 2 * 7 * 4.0), ("2.19.3", 2 * 7 * 28.0),
                                               ("2.21.5", 2 * 7 * 28.0), ("2.22.3", 2 * 7 * 28.0),
@@ -407,7 +410,7 @@ def test_pat_factor_and_latency():
     assert bw23[ALLGATHER][PAT][SIMPLE] / bw25[ALLGATHER][PAT][SIMPLE] == pytest.approx(0.85 / 0.75)
 
 
-# --- enablement (§1.6 item 6) -------------------------------------------------------------------
+# --- enablement (tuning.cc ncclTopoTuneModel, protocol and algorithm enablement) -----------------
 
 def test_no_nvls_on_a100_or_pcie():
     for spec in ("dgx-a100", "pcie-h100-1x8"):

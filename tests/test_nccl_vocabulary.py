@@ -1,8 +1,9 @@
 """Tests of dynamiccl.nccl: NCCL's numbering, what NCCL can run, version gating, busbw, parsers.
 
-Expected values come from the reference notes, not from the code under test:
-``nccl-tuner-abi.md`` §4.3 (enums, availability by version), ``trace-formats.md`` §2.2 (data types
-and their sizes) and ``nccl-cost-model.md`` §1.6 (protocol/algorithm enablement) and §2 (busbw).
+Expected values come from NVIDIA/nccl, not from the code under test: ``src/include/plugin/nccl_tuner.h``
+and ``src/include/nccl_common.h`` (enums), ``docs/userguide/source/env.rst`` (algorithm availability by
+version, ``NCCL_ALGO``), ``src/nccl.h.in`` (data types and their sizes), ``src/graph/tuning.cc``
+(protocol/algorithm enablement); and from NVIDIA/nccl-tests ``doc/PERFORMANCE.md`` (busbw).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dynamiccl import nccl
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import Algorithm, DataType, Func, Protocol
 
-# --- numbering (nccl-tuner-abi.md §4.3, trace-formats.md §2.2) -----------------------------------
+# --- numbering (NVIDIA/nccl src/include/plugin/nccl_tuner.h, src/include/nccl_common.h, src/nccl.h.in)
 
 ALGORITHM_NUMBERS = {"TREE": 0, "RING": 1, "COLLNET_DIRECT": 2, "COLLNET_CHAIN": 3, "NVLS": 4,
                      "NVLS_TREE": 5, "PAT": 6}
@@ -49,7 +50,7 @@ def test_nccl_constants():
     assert nccl.NUM_ALGORITHMS == 7  # NCCL_NUM_ALGORITHMS
     assert nccl.NUM_PROTOCOLS == 3  # NCCL_NUM_PROTOCOLS
     assert nccl.ALGO_PROTO_IGNORE == -1.0  # NCCL_ALGO_PROTO_IGNORE
-    assert nccl.MAX_CHANNELS == 64  # MAXCHANNELS (nccl-cost-model.md §1.8)
+    assert nccl.MAX_CHANNELS == 64  # MAXCHANNELS (NVIDIA/nccl src/include/device.h)
 
 
 def test_name_lower_is_the_csv_spelling():
@@ -65,7 +66,7 @@ def test_tunable_funcs_are_the_five_collectives():
     assert [nccl.FUNC_OP[f] for f in nccl.TUNABLE_FUNCS] == ["broadcast", "reduce", "allgather", "reducescatter", "allreduce"]
 
 
-# --- what NCCL can run (nccl-cost-model.md §1.6, item 6 and the CollNet LL/LL128 = 0 rule) -------
+# --- what NCCL can run (NVIDIA/nccl src/graph/tuning.cc: protocol enablement, CollNet LL/LL128 = 0) --
 
 ALL = {"LL", "LL128", "SIMPLE"}
 SIMPLE = {"SIMPLE"}
@@ -131,8 +132,8 @@ def test_supported_configs_for_broadcast_is_ring_with_every_protocol():
         (Algorithm.RING, Protocol.LL), (Algorithm.RING, Protocol.LL128), (Algorithm.RING, Protocol.SIMPLE)]
 
 
-# --- version gating (nccl-tuner-abi.md §4.3: Ring/Tree 2.5, CollNet 2.14, NVLS 2.17, NVLSTree 2.18,
-# PAT 2.23) -----------------------------------------------------------------------------------------
+# --- version gating (NVIDIA/nccl docs/userguide/source/env.rst, NCCL_ALGO: Ring/Tree 2.5, CollNet 2.14,
+# NVLS 2.17, NVLSTree 2.18, PAT 2.23) ---------------------------------------------------------------
 
 @pytest.mark.parametrize("func, algo, version, expected", [
     ("ALLGATHER", "PAT", "2.22.3", False),
@@ -167,7 +168,7 @@ def test_is_supported_rejects_a_bad_version():
         nccl.is_supported(Func.ALLREDUCE, Algorithm.RING, Protocol.SIMPLE, "two.twenty")
 
 
-# --- bus-bandwidth factors (nccl-tests doc/PERFORMANCE.md, nccl-cost-model.md §2) ---------------
+# --- bus-bandwidth factors (NVIDIA/nccl-tests doc/PERFORMANCE.md) ---------------------------------
 
 def _reference_busbw(op: str, n: int) -> float:
     if op == "allreduce":
@@ -218,7 +219,7 @@ def test_parse_dtype_spellings(spelling, expected):
     assert nccl.parse_dtype(spelling) is DataType[expected]
 
 
-# Every ncclDataType_t name of NCCL's nccl.h.in (trace-formats.md §2.2), with the "nccl" prefix.
+# Every ncclDataType_t name of NCCL's src/nccl.h.in, with the "nccl" prefix.
 NCCL_HEADER_NAMES = [
     ("ncclInt8", 0), ("ncclChar", 0), ("ncclUint8", 1), ("ncclInt32", 2), ("ncclInt", 2),
     ("ncclUint32", 3), ("ncclInt64", 4), ("ncclUint64", 5), ("ncclFloat16", 6), ("ncclHalf", 6),

@@ -1,4 +1,5 @@
-"""The generator's counts and bytes against the closed forms of trace-formats.md §4.
+"""The generator's counts and bytes against closed forms from the papers and NVIDIA/Megatron-LM files
+cited at each test.
 
 Each expected value is computed here from the model dimensions and the formula, not read back
 from the generator's own helpers.
@@ -44,8 +45,9 @@ def ops_of(trace, rank, kind=None, op=None, label_has=None):
 
 
 def test_tp_without_sp_allreduce_counts_and_bytes():
-    # §4.1: per layer per micro-batch 2 AR forward + 2 AR backward of b·s·h; embedding +1 AR fwd,
-    # output layer +1 AR bwd, vocab-parallel cross entropy 3 fp32 AR of b·s.
+    # Shoeybi et al. arXiv:1909.08053; Megatron-LM tensor_parallel/layers.py and cross_entropy.py: per
+    # layer per micro-batch 2 AR forward + 2 AR backward of b·s·h; embedding +1 AR fwd, output layer
+    # +1 AR bwd, vocab-parallel cross entropy 3 fp32 AR of b·s.
     m_micro, b = 4, 1
     model, trace = gen("llama3-8b", tp=2, pp=1, dp=1, global_batch=m_micro)
     s, h, L = model.seq_length, model.hidden_size, model.num_layers
@@ -59,7 +61,8 @@ def test_tp_without_sp_allreduce_counts_and_bytes():
 
 
 def test_tp_with_sp_allgather_and_reducescatter_counts():
-    # §4.2: forward 2 AG + 2 RS, backward 4 AG + 2 RS per layer per micro-batch, each b·s·h total.
+    # Korthikanti et al. arXiv:2205.05198; Megatron-LM LinearWithGradAccumulationAndAsyncCommunication:
+    # forward 2 AG + 2 RS, backward 4 AG + 2 RS per layer per micro-batch, each b·s·h total.
     # Embedding: RS forward, AG backward; output layer: AG forward, AG (re-gather) + RS backward.
     m_micro, tp = 2, 4
     model, trace = gen("llama3-70b", tp=tp, pp=1, dp=1, sp=True, global_batch=m_micro)
@@ -94,7 +97,8 @@ def test_tp_backward_reduction_overlaps_the_wgrad_gemm():
 
 @pytest.mark.parametrize("sp", [False, True])
 def test_pp_sends_and_receives_m_per_boundary_per_direction(sp):
-    # §4.4: per step per boundary m forward activations and m backward gradients of b·s·h
+    # Megatron-LM pipeline_parallel/schedules.py (1F1B): per step per boundary m forward activations
+    # and m backward gradients of b·s·h
     # (÷t with SP).
     m_micro, pp, tp = 8, 4, 2
     model, trace = gen("llama3-8b", tp=tp, pp=pp, dp=1, sp=sp, global_batch=m_micro)
@@ -113,7 +117,8 @@ def test_pp_sends_and_receives_m_per_boundary_per_direction(sp):
 
 
 def test_interleaved_pipeline_boundary_crossings():
-    # §4.4: interleaved: ≈ m·v crossings each direction per rank incl. the last→first wrap, minus the
+    # Interleaved 1F1B (Narayanan et al. arXiv:2104.04473; Megatron-LM schedules.py): ≈ m·v crossings
+    # each direction per rank incl. the last→first wrap, minus the
     # two pipeline ends (first rank's chunk-0 backward, last rank's last-chunk forward).
     m_micro, pp, v = 8, 4, 2
     _, trace = gen("llama3-8b", pp=pp, tp=1, dp=1, vpp=v, global_batch=m_micro)
@@ -124,7 +129,8 @@ def test_interleaved_pipeline_boundary_crossings():
 
 
 def test_tied_embedding_gradient_allreduce_between_first_and_last_stage():
-    # §4.4: tied embeddings with p>1: one AllReduce of the word-embedding grad (V/t·h, fp32) per step.
+    # Megatron-LM finalize_model_grads.py: tied embeddings with p>1: one AllReduce of the
+    # word-embedding grad (V/t·h, fp32) per step over EMBEDDING_GROUP.
     model, trace = gen("gpt3-175b", tp=8, pp=4, dp=1, global_batch=4)
     padded_vocab = math.ceil(model.vocab_size / (128 * 8)) * 128 * 8
     for rank in (0, 3 * 8):
@@ -138,8 +144,9 @@ def test_tied_embedding_gradient_allreduce_between_first_and_last_stage():
 
 
 def test_ddp_buckets_carry_every_gradient_once_in_fp32():
-    # §4.5: DP gradient bytes = parameters per rank × gradient dtype size (fp32 for bf16 runs);
-    # PyTorch DDP buckets: first 1 MiB, then 25 MiB caps (a bucket closes once it reaches its cap).
+    # DP gradient bytes = parameters per rank × gradient dtype size (fp32 for bf16 runs, Megatron-LM
+    # training/arguments.py); PyTorch DDP buckets (torch/nn/parallel/distributed.py): first 1 MiB,
+    # then 25 MiB caps (a bucket closes once it reaches its cap).
     model, trace = gen("llama3-8b", tp=1, pp=1, dp=8, dp_mode="ddp", global_batch=8)
     ar = ops_of(trace, 0, "dp", "allreduce", "grad_bucket")
     assert ar["bytes_total"].sum() == model.total_params() * FP32
@@ -160,7 +167,8 @@ def test_gradient_reduce_dtype_can_be_bf16():
 
 
 def test_megatron_buckets_gpt3_175b_matches_reference_volume():
-    # §4.5: GPT-3 175B, t=8, p=16 -> 1.36 B params/rank -> 5.46 GB fp32 grads per step.
+    # GPT-3 175B (arXiv:2005.14165), t=8, p=16 -> 174.6 B / 128 = 1.36 B params/rank -> 5.46 GB fp32
+    # grads per step.
     model, trace = gen("gpt3-175b", tp=8, pp=16, dp=8, dp_mode="megatron", global_batch=16)
     h, t = model.hidden_size, 8
     # GPT layer: 12h²+7h sharded over TP (QKV, out-proj, fc1, fc2 and their column biases),
@@ -180,7 +188,8 @@ def test_megatron_without_overlap_reduces_after_the_pipeline():
 
 
 def test_distributed_optimizer_reduce_scatter_and_all_gather_volumes():
-    # §4.5: RS of fp32 grads then AG of bf16 params: 6 bytes/param before the 1/d sharding; buckets
+    # Megatron-LM docs/user-guide/features/dist_optimizer.md: RS of fp32 grads then AG of bf16 params:
+    # 6 bytes/param before the 1/d sharding; buckets
     # are padded to a multiple of lcm(dp, 128) elements.
     d = 8
     model, trace = gen("llama3-8b", tp=1, pp=1, dp=d, dp_mode="distopt", global_batch=8)
@@ -198,8 +207,9 @@ def test_distributed_optimizer_reduce_scatter_and_all_gather_volumes():
 
 
 def test_fsdp_volume_is_three_psi_minus_the_unsharded_root():
-    # §4.5 ZeRO-3 = AG(fwd) + AG(bwd) + RS = 3Ψ per micro-batch for the resharded layers; FSDP2's
-    # root unit (embedding, output) is not resharded after forward, so it is gathered once.
+    # ZeRO-3 (arXiv:1910.02054) = AG(fwd) + AG(bwd) + RS = 3Ψ per micro-batch for the resharded
+    # layers; FSDP2's root unit (embedding, output) is not resharded after forward, so it is
+    # gathered once.
     d = 4
     model, trace = gen("llama3-8b", tp=1, pp=1, dp=d, dp_mode="fsdp", global_batch=d)
     ag = ops_of(trace, 0, "fsdp", "allgather")
@@ -279,7 +289,8 @@ def test_sequence_parallel_embedding_all_reduces_with_learned_positions(model_na
 
 
 def test_context_parallel_ring_counts_and_kv_chunk_size():
-    # §4.3: cp-1 send/recv steps of 2·b·(s/c)·g·(h/a)·w per layer forward; KV + dKV backward.
+    # Megatron-LM docs/user-guide/features/context_parallel.md: cp-1 send/recv steps of
+    # 2·b·(s/c)·g·(h/a)·w per layer forward; KV + dKV backward.
     tp, cp, m_micro = 4, 2, 1
     model, trace = gen("llama3-70b", tp=tp, pp=1, cp=cp, dp=1, sp=True, global_batch=m_micro)
     s, L = model.seq_length, model.num_layers
@@ -299,8 +310,9 @@ def test_context_parallel_ring_counts_and_kv_chunk_size():
 
 @pytest.mark.parametrize("dp,ep", [(8, 8), (16, 8)])
 def test_expert_parallel_alltoall_sizes_and_counts(dp, ep):
-    # §4.6: per MoE layer per micro-batch, dispatch and combine AlltoAll of T·k·h·w (Mixtral, b=1,
-    # s=4096: 64 MiB), probabilities T·k fp32, token-count AllGather; backward mirrors.
+    # Megatron-LM transformer/moe/token_dispatcher.py: per MoE layer per micro-batch, dispatch and
+    # combine AlltoAll of T·k·h·w (Mixtral, b=1, s=4096: 64 MiB), probabilities T·k fp32,
+    # token-count AllGather; backward mirrors.
     m_micro = 2
     model, trace = gen("mixtral-8x7b", tp=1, pp=1, dp=dp, ep=ep, global_batch=dp * m_micro)
     s, h, k, L = model.seq_length, model.hidden_size, model.moe.top_k, model.num_layers
@@ -334,7 +346,8 @@ def test_moe_with_tensor_parallel_and_sp_shards_tokens():
 
 
 def test_deepseek_v3_dispatch_size_matches_reference():
-    # §4.6: DeepSeek-V3 (h 7168, k 8), b=1, s=4096, bf16: 448 MiB per dispatch.
+    # DeepSeek-V3 (arXiv:2412.19437: h 7168, k 8), b=1, s=4096, bf16: 4096·8·7168·2 B = 448 MiB per
+    # dispatch.
     _, trace = gen("deepseek-v3", tp=1, pp=1, dp=8, ep=8, global_batch=8)
     dispatch = ops_of(trace, 0, "ep", "alltoall", "moe.dispatch")
     dispatch = dispatch[dispatch["dtype"] == "bf16"]

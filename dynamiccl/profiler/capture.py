@@ -5,9 +5,9 @@
 - ``api`` (default, :mod:`.api_hooks`): wraps the ``torch.distributed`` and functional-collective
   API and gives DDP models an equivalent communication hook; only collectives pay for it;
 - ``dispatch``: a ``TorchDispatchMode`` that sees every op of the ``c10d`` and
-  ``_c10d_functional`` namespaces (``trace-formats.md`` §1.1), including calls made from C++ or
-  through names imported before the capture; it costs a Python call on every tensor op (11%
-  slower steps on the CPU reference job, ``experiments/profiler/``).
+  ``_c10d_functional`` namespaces (PyTorch's dispatcher ops for collectives), including calls made
+  from C++ or through names imported before the capture; it costs a Python call on every tensor op
+  (11% slower steps on the CPU reference job, ``experiments/profiler/``).
 
 Both see eager collectives, DDP's bucket all-reduces, FSDP2's all-gathers and reduce-scatters,
 send/recv and ``batch_isend_irecv``, and DTensor/TP functional collectives, and record what the
@@ -24,9 +24,9 @@ warm-up) are marked ``setup``.
 
 Each rank writes ``<out_dir>/rank<R>.json`` atomically when the capture closes: nothing is left
 half-written if the job dies. :func:`dynamiccl.profiler.merge.merge_capture` turns the directory
-into one trace. Caveat for ``dispatch`` (§1.1): a dispatch mode is thread-local. On CPU, backward
-runs on the calling thread and DDP's bucket all-reduces are seen (tested). On CUDA autograd runs
-backward on device threads; PyTorch carries the dispatch-mode state into them with the rest of its
+into one trace. Caveat for ``dispatch``: a dispatch mode is thread-local. On CPU, backward runs on
+the calling thread and DDP's bucket all-reduces are seen (tested). On CUDA autograd runs backward on
+device threads; PyTorch carries the dispatch-mode state into them with the rest of its
 ThreadLocalState, but that path has not been run on a GPU here.
 """
 

@@ -2,8 +2,8 @@
 
 - Process groups are the union of what each rank saw (a rank only knows the groups it belongs to),
   keyed by PyTorch's group uid; their kind (dp, tp, pp, ...) comes from the group description
-  (Megatron-LM's names, ``trace-formats.md`` §1.1, or short ones like ``tp``/``DP``), the default
-  group is ``world``.
+  (Megatron-LM's names from ``megatron/core/parallel_state.py``, or short ones like ``tp``/``DP``),
+  the default group is ``world``.
 - Step 0 holds the setup traffic (ops outside ``cap.step()``: DDP construction broadcasts,
   barriers), phase ``setup``; training steps are 1..K. Inside a step an op is ``backward`` when it
   ran inside autograd's backward, ``step`` after the step's last backward op, else ``forward``.

@@ -8,7 +8,7 @@ It exists to check the workload generator against what PyTorch really issues: ru
 ``--profile DIR`` (every collective recorded by :mod:`dynamiccl.profiler.capture`, one ``cap.step()``
 per training step), merge the capture, and compare with ``dynamiccl generate`` for the same model and
 layout (``DIR/job.json`` holds the exact generator command; ``tests/test_profiler_crossvalidation.py``
-does the comparison). Everything follows Megatron-LM (``trace-formats.md`` §4):
+does the comparison). Everything follows NVIDIA/Megatron-LM:
 
 - process groups: Megatron's rank order (TP fastest, then DP, then PP) and group descriptions
   (``TENSOR_MODEL_PARALLEL_GROUP``, ``DATA_PARALLEL_GROUP_WITH_CP``, ...), created in the order of

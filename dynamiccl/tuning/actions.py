@@ -5,9 +5,10 @@ every (algorithm, protocol) cell of NCCL's cost table crossed with ``CHANNEL_CHO
 there means "this algorithm and protocol, with NCCL's own runtime channel count for it".
 
 The channel choices are the counts a tuner can usefully ask for: NCCL caps ``*nChannels`` at the
-communicator's channel pool (``nvlsChannels`` for NVLS), fixed at init (nccl-tuner-abi.md
-"Channels"), so a count above the pool is masked rather than silently clipped; 1 and 2 are there
-for calls whose overlapped compute wants its SMs back (nccl#689).
+communicator's channel pool (``nvlsChannels`` for NVLS), fixed at init by ``NCCL_MIN/MAX_NCHANNELS``
+or ``ncclConfig_t`` min/maxCTAs (NVIDIA/nccl ``src/enqueue.cc``, ``src/init.cc``), so a count above
+the pool is masked rather than silently clipped; 1 and 2 are there for calls whose overlapped
+compute wants its SMs back (nccl#689).
 """
 
 from __future__ import annotations

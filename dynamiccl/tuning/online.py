@@ -4,8 +4,9 @@ They are the baselines for our pre-trained policy, which picks an action from th
 description alone. These two have to try configurations on the live job and time them first:
 
 - ``UCBBandit``: a UCB1 bandit per size bucket over a few (algorithm, protocol) arms, like the
-  Stanford CS244C bandit tuner (landscape.md §3.4).
-- ``CoordinateDescent``: AutoCCL's search (NSDI'25, landscape.md §3.2). It searches each
+  Stanford CS244C bandit tuner (GitHub ``madanva/CS244C-project-repo``,
+  ``tuner/rl_bandit_tuner_v2.c``).
+- ``CoordinateDescent``: AutoCCL's search (NSDI'25; GitHub ``gbxu/autoccl``). It searches each
   (algorithm, protocol) subspace in turn, runs coordinate descent over the channel count inside it,
   and then exploits the best configuration it measured.
 

@@ -18,7 +18,8 @@
 
 Only the five collectives NCCL's tuner is asked about are *tunable*; send/recv and AlltoAll (which
 NCCL runs as grouped send/recv) always get NCCL's own configuration, as the tuner ABI does not route
-them (nccl-tuner-abi.md).
+them (NVIDIA/nccl ``src/enqueue.cc`` asks the tuner plugin only about the ``NCCL_NUM_FUNCTIONS`` = 5
+collectives of ``src/include/nccl_common.h``, "Send/Recv not included").
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 The sequence is split over cp ranks; attention needs every rank's keys and values, so each layer's
 attention runs cp steps: step i computes attention against the KV chunk received in step i-1 while
-the ring passes that chunk on (``docs/user-guide/features/context_parallel.md``; Transformer
-Engine's ``AttnFuncWithCPAndKVP2P``). Forward: cp-1 exchanges of the local KV chunk,
-2·b·(s/cp)·g·(h/a)·w bytes with GQA (here per TP rank: g/t KV heads). Backward: cp-1 exchanges of
-KV and of the dKV being accumulated — twice the forward volume (``trace-formats.md`` §4.3).
+the ring passes that chunk on (NVIDIA/Megatron-LM ``docs/user-guide/features/context_parallel.md``;
+Transformer Engine's ``AttnFuncWithCPAndKVP2P``). Forward: cp-1 exchanges of the local KV chunk,
+2·b·(s/cp)·g·(h/a)·w bytes with GQA (here per TP rank: g/t KV heads). Backward: cp-1 exchanges of KV
+and of the dKV being accumulated — twice the forward volume (same sources).
 """
 
 from __future__ import annotations

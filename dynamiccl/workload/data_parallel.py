@@ -1,31 +1,35 @@
 """Data parallelism: how gradients (and, sharded, parameters) cross the data-parallel group.
 
-Four modes (``trace-formats.md`` §4.5):
+Four modes:
 
-- ``ddp``: PyTorch DDP in its steady state. Gradients of one model chunk, in the order they become
-  ready (reverse parameter order; a layer's weight before its bias), fill buckets of 25 MiB (the
-  first 1 MiB, ``dist._DEFAULT_FIRST_BUCKET_BYTES``), a bucket closing after any tensor; each bucket
-  is all-reduced as soon as its last gradient is ready, during the last micro-batch's backward
-  (``no_sync`` before). These are the buckets DDP rebuilds after its first iteration: in torch 2.13
-  the first iteration reduces every gradient in one all-reduce (no initial bucketing without
-  ``find_unused_parameters``) and the second starts with two int32 broadcasts of the new bucket
-  assignment from DP rank 0 (checked against real runs in ``tests/test_profiler_crossvalidation.py``).
-- ``megatron``: Megatron DDP. One buffer per reduction group (dense params over DP×CP, expert
-  params over expert-DP); with ``overlap_grad_reduce`` buckets of max(40M, 1M·dp) parameters fire
-  during the last micro-batch's backward, otherwise each buffer is one all-reduce after the
-  pipeline has drained.
-- ``distopt``: Megatron's distributed optimizer (ZeRO-1). The same buckets, padded to a multiple of
+- ``ddp``: PyTorch DDP (``torch/nn/parallel/distributed.py``) in its steady state. Gradients of one
+  model chunk, in the order they become ready (reverse parameter order; a layer's weight before its
+  bias), fill buckets of 25 MiB (the first 1 MiB, ``dist._DEFAULT_FIRST_BUCKET_BYTES``), a bucket
+  closing after any tensor; each bucket is all-reduced as soon as its last gradient is ready, during
+  the last micro-batch's backward (``no_sync`` before). These are the buckets DDP rebuilds after its
+  first iteration: in torch 2.13 the first iteration reduces every gradient in one all-reduce (no
+  initial bucketing without ``find_unused_parameters``) and the second starts with two int32
+  broadcasts of the new bucket assignment from DP rank 0 (checked against real runs in
+  ``tests/test_profiler_crossvalidation.py``).
+- ``megatron``: Megatron DDP (NVIDIA/Megatron-LM
+  ``megatron/core/distributed/distributed_data_parallel{,_config}.py``). One buffer per reduction
+  group (dense params over DP×CP, expert params over expert-DP); with ``overlap_grad_reduce``
+  buckets of max(40M, 1M·dp) parameters fire during the last micro-batch's backward, otherwise each
+  buffer is one all-reduce after the pipeline has drained.
+- ``distopt``: Megatron's distributed optimizer (ZeRO-1, arXiv:1910.02054; Megatron-LM
+  ``docs/user-guide/features/dist_optimizer.md``). The same buckets, padded to a multiple of
   lcm(group size, 128) elements, are reduce-scattered; after the optimizer each bucket's updated
   bf16 parameters are all-gathered — with overlap, during the next step's forward, so a
   steady-state step begins with them.
-- ``fsdp``: ZeRO-3 / FSDP2 with one unit per transformer layer and a root unit (embedding, output
-  layer, final norm), following FSDP2's unshard state: a layer is all-gathered before each forward
-  (the next unit prefetched while the current one computes) and, with ``reshard_after_forward``,
-  again before each backward; the root is gathered by the root module's pre-forward (before any
-  layer, on every pipeline stage), stays unsharded through forward and is resharded at the end of
-  every backward, so consecutive forwards (pipeline warm-up) gather it once and a backward right
-  after a backward (cool-down) gathers it again. Gradients are reduce-scattered once, in the last
-  micro-batch's backward (``set_requires_gradient_sync``), the root's last.
+- ``fsdp``: ZeRO-3 / FSDP2 (``torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py``) with one
+  unit per transformer layer and a root unit (embedding, output layer, final norm), following
+  FSDP2's unshard state: a layer is all-gathered before each forward (the next unit prefetched while
+  the current one computes) and, with ``reshard_after_forward``, again before each backward; the
+  root is gathered by the root module's pre-forward (before any layer, on every pipeline stage),
+  stays unsharded through forward and is resharded at the end of every backward, so consecutive
+  forwards (pipeline warm-up) gather it once and a backward right after a backward (cool-down)
+  gathers it again. Gradients are reduce-scattered once, in the last micro-batch's backward
+  (``set_requires_gradient_sync``), the root's last.
 
 Gradients are reduced in ``layout.grad_reduce_dtype`` (fp32 by default for bf16 runs, Megatron's
 ``accumulate_allreduce_grads_in_fp32``); parameters are gathered in the activation dtype.

@@ -1,8 +1,8 @@
 """Expert parallelism (Megatron-LM MoE, ``--moe-token-dispatcher-type alltoall``).
 
-Per MoE layer and micro-batch (``megatron/core/transformer/moe/token_dispatcher.py``;
-``trace-formats.md`` §4.6), with T = this rank's tokens (b·s/cp, /t under sequence parallelism),
-k = top-k, w = activation bytes:
+Per MoE layer and micro-batch (NVIDIA/Megatron-LM
+``megatron/core/transformer/moe/token_dispatcher.py`` and the ``README.md`` beside it), with T =
+this rank's tokens (b·s/cp, /t under sequence parallelism), k = top-k, w = activation bytes:
 
 forward: shared expert (a dense TP region, if the model has one) → router → AllGather of per-expert
 token counts over EP (int64) → AlltoAll of tokens over EP (T·k·h·w) → AlltoAll of routing

@@ -1,6 +1,8 @@
 """The workload generator: a Megatron-style training step, per rank, from a model and a layout.
 
-Per rank and step, in issue order (``trace-formats.md`` §4.8):
+Per rank and step, in issue order (NVIDIA/Megatron-LM
+``megatron/core/pipeline_parallel/schedules.py`` and
+``megatron/core/distributed/finalize_model_grads.py``):
 
 1. distributed optimizer with overlap: parameter all-gathers per bucket (forward order);
 2. the pipeline schedule's forward and backward passes with their p2p exchanges; in each layer the

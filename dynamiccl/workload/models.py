@@ -33,8 +33,9 @@ built-ins live in ``dynamiccl/workload/models/*.toml`` and are the templates for
     qk_rope_head_dim = 64
     v_head_dim = 128
 
-Parameter counts follow the layer formulas of ``trace-formats.md`` §4.7 (Llama layer
-h(h+2gh/a) + h² + 3hf; GPT layer 12h² + 13h).
+Parameter counts follow the layer formulas: Llama layer h(h+2gh/a) + h² + 3hf (Q, K/V with g KV
+heads, output projection, SwiGLU MLP; Llama 3, arXiv:2407.21783 Tab. 3); GPT layer 12h² + 13h
+(Narayanan et al., arXiv:2104.04473 §5.1).
 """
 
 from __future__ import annotations

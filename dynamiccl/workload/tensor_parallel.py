@@ -1,7 +1,8 @@
 """Tensor parallelism (Megatron-LM): the communication of one column → row parallel region.
 
 A region is a column-parallel GEMM (QKV, fc1) → local work → a row-parallel GEMM (out-proj, fc2).
-Per region and micro-batch (Shoeybi et al. arXiv:1909.08053; ``trace-formats.md`` §4.1–4.2):
+Per region and micro-batch (Shoeybi et al. arXiv:1909.08053; NVIDIA/Megatron-LM
+``megatron/core/tensor_parallel/layers.py``):
 
 - without sequence parallelism: forward one AllReduce of the output (blocking); backward one
   AllReduce of the column GEMM's input gradient, issued async and overlapped with the wgrad GEMM

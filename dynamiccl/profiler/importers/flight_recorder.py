@@ -1,4 +1,7 @@
-"""Import PyTorch Flight Recorder dumps (``trace-formats.md`` §1.2), one file per rank.
+"""Import PyTorch Flight Recorder dumps, one file per rank.
+
+Format: pytorch/pytorch ``torch/csrc/distributed/c10d/FlightRecorder.hpp`` and its analyzer
+``torch/distributed/flight_recorder/``.
 
 Accepted: the JSON dump (``_dump_fr_trace_json`` / ``_dump_nccl_trace_json``, the
 ``TORCH_NCCL_DEBUG_INFO_*`` files when written as JSON) and — only with ``trust_pickle=True``

@@ -1,4 +1,4 @@
-"""Import NCCL Inspector JSON (``trace-formats.md`` §2.6; NVIDIA/nccl ``plugins/profiler/inspector``).
+"""Import NCCL Inspector JSON (NVIDIA/nccl ``plugins/profiler/inspector``).
 
 The plugin writes one file per process, ``<hostname>-pid<pid>.log``: a stream of JSON objects.
 

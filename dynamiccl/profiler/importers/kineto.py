@@ -1,4 +1,7 @@
-"""Import torch.profiler (Kineto) Chrome traces, one file per rank (``trace-formats.md`` §1.4).
+"""Import torch.profiler (Kineto) Chrome traces, one file per rank.
+
+Format: pytorch/pytorch ``torch/csrc/profiler/util.cpp`` (``saveNcclMeta``: the collective's args)
+and pytorch/kineto ``libkineto/src/output_json.cpp`` (copies them onto the NCCL kernel event).
 
 The file's rank is ``distributedInfo.rank``; else the ``Rank`` arg of a collective on the world
 group; else the last number in the file name. Process groups (id = PyTorch's group name, ranks,
@@ -14,9 +17,10 @@ execution time is the matched NCCL kernel's (``ncclDevKernel_*``/``ncclKernel_*`
 id``, else same group and ``Seq`` in the metadata Kineto copies onto the kernel, else the kernel
 launched between this call and the next); a kernel carrying that metadata without a CPU op is
 imported on its own. The kernel *name* gives the op only: its ``_RING_LL``-style suffix is a
-specialisation bucket, not the algorithm/protocol NCCL ran (§2.4), so ``nccl_algo``/``nccl_proto``
-stay unknown. Compute segments are the GPU kernels launched between two collectives (start/end =
-their span, duration = their busy time); without GPU kernels, the host gaps.
+specialisation bucket, not the algorithm/protocol NCCL ran (NVIDIA/nccl ``src/device/generate.py``
+builds only the "best kernel" specialisations), so ``nccl_algo``/``nccl_proto`` stay unknown.
+Compute segments are the GPU kernels launched between two collectives (start/end = their span,
+duration = their busy time); without GPU kernels, the host gaps.
 
 **gloo traces** (no ``record_param_comms``): ``c10d::*`` CPU ops (sizes from ``Input Dims``, root
 and peer from ``Concrete Inputs``; needs ``record_shapes=True``) matched to the ``gloo:*``

@@ -1,4 +1,7 @@
-"""Import ``NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,COLL[,TUNING]`` logs (``trace-formats.md`` §2.1-2.3).
+"""Import ``NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,COLL[,TUNING]`` logs.
+
+Format: NVIDIA/nccl ``src/enqueue.cc`` (COLL and TUNING lines), ``src/init.cc`` (INIT lines),
+``src/debug.cc`` (the line prefix).
 
 Lines used (any prefix before NCCL's own ``host:pid:tid [dev] NCCL INFO`` is ignored, so torchrun's
 ``[rank0]:`` and ``NCCL_DEBUG_TIMESTAMP_*`` stamps are fine):
