@@ -120,9 +120,10 @@ def string(name: str, default: Any = REQUIRED, *, non_empty: bool = False, help:
     return Field(name, "str", default, help, non_empty=non_empty, expect=expect)
 
 
-def choice(name: str, choices: tuple, default: Any = REQUIRED, *, help: str = "") -> Field:
-    """One of ``choices`` (compared with ``==``, so only values of the choices' type match)."""
-    return Field(name, "choice", default, help, choices=tuple(choices))
+def choice(name: str, choices: tuple, default: Any = REQUIRED, *, help: str = "", expect: str = "") -> Field:
+    """One of ``choices`` (equal and of the same type: ``True`` is not ``1``); ``expect`` words what a
+    valid one is in errors."""
+    return Field(name, "choice", default, help, choices=tuple(choices), expect=expect)
 
 
 def int_list(name: str, default: Any = REQUIRED, *, low: int, high: int, max_len: int, help: str = "") -> Field:

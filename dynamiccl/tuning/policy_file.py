@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from dynamiccl import schema
 from dynamiccl.atomic import write_with
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.actions import NUM_ACTIONS
@@ -284,48 +285,24 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, so
     return data
 
 
+_HEADER = schema.Schema(
+    schema.choice("format", (FORMAT,)),
+    schema.choice("version", (VERSION,), expect=f"{VERSION} (this dynamiccl reads only version {VERSION})"),
+    schema.choice("obs_size", (OBS_SIZE,), expect=f"{OBS_SIZE} (this dynamiccl's); the policy was trained for "
+                                                  "another observation space"),
+    schema.choice("num_actions", (NUM_ACTIONS,), expect=f"{NUM_ACTIONS} (this dynamiccl's); the policy was trained "
+                                                         "for another action space"),
+    schema.choice("observation", (list(OBS_NAMES),), expect=f"{list(OBS_NAMES)}; the policy was trained on another "
+                                                            "observation layout"),
+    schema.int_list("hidden_sizes", low=1, high=MAX_LAYER_SIZE, max_len=MAX_HIDDEN_LAYERS),
+    schema.choice("activation", ACTIVATIONS),
+    schema.json_value("provenance", help="what produced the policy"),
+)
+
+
 def _parse_header(data: bytes, source: str) -> dict[str, Any]:
-    def fail(key: str | None, problem: str) -> InputError:
-        return InputError(source, f"{POLICY_JSON}: {key}" if key else POLICY_JSON, problem)
-
-    try:
-        header = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise fail(None, f"not valid JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise fail(None, "expected a JSON object")
-    known = {"format", "version", "obs_size", "num_actions", "observation", "hidden_sizes", "activation",
-             "provenance"}
-    for key in sorted(known - set(header)):
-        raise fail(key, "missing")
-    for key in sorted(set(header) - known):
-        raise fail(key, f"unknown key; expected {', '.join(sorted(known))}")
-    if header["format"] != FORMAT:
-        raise fail("format", f"expected {FORMAT!r}, got {header['format']!r}")
-    if header["version"] != VERSION or isinstance(header["version"], bool):
-        raise fail("version", f"expected {VERSION} (this dynamiccl reads only version {VERSION}), "
-                              f"got {header['version']!r}")
-    for key, want in (("obs_size", OBS_SIZE), ("num_actions", NUM_ACTIONS)):
-        if header[key] != want or isinstance(header[key], bool):
-            raise fail(key, f"expected {want} (this dynamiccl's), got {header[key]!r}; the policy was "
-                            f"trained for another observation or action space")
-    if header["observation"] != list(OBS_NAMES):
-        raise fail("observation", f"expected {list(OBS_NAMES)}, got {header['observation']!r}; the policy "
-                                  f"was trained on another observation layout")
-    sizes = header["hidden_sizes"]
-    if (not isinstance(sizes, list) or len(sizes) > MAX_HIDDEN_LAYERS
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_LAYER_SIZE for s in sizes)):
-        raise fail("hidden_sizes", f"expected a list of at most {MAX_HIDDEN_LAYERS} integers in "
-                                   f"1..{MAX_LAYER_SIZE}, got {sizes!r}")
-    if header["activation"] not in ACTIVATIONS:
-        raise fail("activation", f"expected one of {', '.join(ACTIVATIONS)}, got {header['activation']!r}")
-    if not isinstance(header["provenance"], dict):
-        raise fail("provenance", f"expected a JSON object, got {type(header['provenance']).__name__}")
-    return header
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
+    header = schema.parse_json(data, source, POLICY_JSON)
+    return _HEADER.parse(header, source, f"{POLICY_JSON}: ")
 
 
 def _read_weights(data: bytes, shapes: dict[str, tuple[int, ...]], source: str) -> dict[str, np.ndarray]:
