@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dynamiccl.cli import main
-from dynamiccl.decision_table import DecisionTable
+from dynamiccl.table import load
 from dynamiccl.tuning.agents import PolicyAgent, TableAgent
 from dynamiccl.tuning.evaluate import run_episode
 from dynamiccl.tuning.actions import NUM_ACTIONS
@@ -59,8 +59,8 @@ def test_exported_table_reproduces_the_policy_step_time(tmp_path, monkeypatch, s
     save_policy(policy_path, network, network.provenance)
     table_path, csv_path = tmp_path / "table.json", tmp_path / "table.csv"
     assert main(["export", "--policy", str(policy_path), "-o", str(table_path), "--nccl-csv", str(csv_path)]) == 0
-    table = DecisionTable.load(table_path)
-    assert table.rules and DecisionTable.load(csv_path).rules
+    table = load(table_path)
+    assert table.rules and load(csv_path).rules
     assert json.loads(table_path.read_text())["provenance"]["policy"] == str(policy_path)
     # Position rules only work at run time through the plugin's counter, which the step lines
     # anchor; TableAgent takes positions from that counter, so this checks the whole path.

@@ -25,7 +25,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="compare a policy with NCCL's default, the oracle and the baselines",
                        description="Replay held-out steps with every agent and write per-step and per-collective "
                                    "results (RESULTS.parquet and RESULTS.calls.parquet).")
-    p.add_argument("--policy", help="policy.zip from `dynamiccl train`, or a decision table (.json/.csv)")
+    p.add_argument("--policy", help="policy.zip from `dynamiccl train`, or a decision table (.json/.csv/.conf/.txt)")
     p.add_argument("--config", help="experiment config: evaluate its held-out split; static-best is fitted "
                                     "on its training split")
     p.add_argument("--run-dir", help="with --config: the training run's directory, where its workloads are "
@@ -67,7 +67,7 @@ def cmd_train(args) -> int:
 
 
 def _agents(names: list[str], policy: str | None, fit_env, fit_episodes, seed: int = 0):
-    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl import table
     from dynamiccl.tuning import agents as ag
     from dynamiccl.tuning.online import CoordinateDescent, UCBBandit
 
@@ -90,8 +90,8 @@ def _agents(names: list[str], policy: str | None, fit_env, fit_episodes, seed: i
         elif name == "policy":
             if not policy:
                 continue
-            if Path(policy).suffix in (".json", ".csv", ".conf"):
-                out.append(ag.TableAgent(DecisionTable.load(policy), name="table"))
+            if Path(policy).suffix.lower() in table.FORMATS:
+                out.append(ag.TableAgent(table.load(policy), name="table"))
             else:
                 from dynamiccl.tuning.policy_file import load_policy
 
@@ -220,7 +220,7 @@ def export_policy(args) -> int:
     import numpy as np
     import pandas as pd
 
-    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl.table import save
     from dynamiccl.tuning.cases import load_case
     from dynamiccl.tuning.export import QUERY_COLUMNS, csv_compatible, step_shapes, table_from_policy
     from dynamiccl.tuning.observation import encode
@@ -266,14 +266,14 @@ def export_policy(args) -> int:
                   "cases": [c.label for c in cases], "policy_provenance": policy.provenance}
     steps, left_out = step_shapes(programs)
     table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
-    table.save(args.output)
+    save(table, args.output)
     for reason in left_out:
         print(f"note: no step line (position rules cannot apply) for {reason}")
     print(f"wrote {args.output}: {len(table.rules)} rules reproducing the policy on {len(calls):,} calls "
           f"of {len(cases)} case(s)")
     if args.nccl_csv:
         csv_table = csv_compatible(table)
-        csv_table.save(args.nccl_csv)
+        save(csv_table, args.nccl_csv)
         print(f"wrote {args.nccl_csv}: {len(csv_table.rules)} rules for NVIDIA's example plugin (lossy: no "
               "position or explicit-default rules)")
     return 0

@@ -54,8 +54,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule, StepShape, _csv_inexpressible
 from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, is_supported
+from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule, StepShape
+from dynamiccl.table.nvidia_csv import inexpressible
 from dynamiccl.tuning.actions import (
     ACTION_ALGO,
     ACTION_CHANNELS,
@@ -424,7 +425,7 @@ def csv_compatible(table: DecisionTable) -> DecisionTable:
     For a table not built by ``table_from_policy``, dropping a rule may let a later rule match the
     calls it covered. The returned provenance records how many rules were dropped.
     """
-    kept = tuple(rule for rule in table.rules if not _csv_inexpressible(rule))
+    kept = tuple(rule for rule in table.rules if not inexpressible(rule))
     dropped_position = sum(1 for rule in table.rules if rule.position != KEEP)
     dropped_default = sum(1 for rule in table.rules if rule.position == KEEP and _is_default_rule(rule))
     note = {
