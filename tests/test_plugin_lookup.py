@@ -174,8 +174,8 @@ def test_text_format_round_trips_through_both_parsers(tuner, seed):
 
 
 def test_exported_step_lines_make_the_plugin_count_the_traces_positions(tuner, tmp_path, monkeypatch):
+    from dynamiccl.table.policy_export import step_shapes
     from dynamiccl.trace.store import Trace
-    from dynamiccl.tuning.export import step_shapes
     from dynamiccl.tuning.program import StepProgram
 
     program = StepProgram.from_trace(Trace.read("traces/ref-tp2-pp2-sp.parquet"))

@@ -1,4 +1,4 @@
-"""Tests of dynamiccl.tuning.export: a policy exported as a decision table reproduces the policy
+"""Tests of dynamiccl.table.policy_export: a policy exported as a decision table reproduces the policy
 exactly on the calls it was built from, generalises to unseen sizes by the geometric-midpoint rule,
 stays small for smooth policies, and survives JSON and (lossy) CSV round trips."""
 
@@ -12,20 +12,20 @@ import pytest
 
 from dynamiccl.nccl import KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, supported_configs
 from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, json_format, nvidia_csv
-from dynamiccl.tuning.actions import (
-    ACTION_ALGO,
-    ACTION_CHANNELS,
-    ACTION_PROTO,
-    NUM_ACTIONS,
-    action_index,
-)
-from dynamiccl.tuning.export import (
+from dynamiccl.table.policy_export import (
     QUERY_COLUMNS,
     csv_compatible,
     decisions_of_table,
     rule_choice,
     size_grid,
     table_from_policy,
+)
+from dynamiccl.tuning.actions import (
+    ACTION_ALGO,
+    ACTION_CHANNELS,
+    ACTION_PROTO,
+    NUM_ACTIONS,
+    action_index,
 )
 
 PROVENANCE = {"policy": "test", "seed": 0}

@@ -159,7 +159,7 @@ def test_table_forcing_ring_simple_equals_forced_action(env):
 def test_table_position_rules_need_the_plugins_step_lines(env):
     # A position-0 rule applies at run time only where a step line lets the plugin count.
     from dynamiccl.table import StepShape
-    from dynamiccl.tuning.export import step_shapes
+    from dynamiccl.table.policy_export import step_shapes
 
     rule = Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES, position=0,
                 algorithm=Algorithm.RING, protocol=Protocol.SIMPLE)

@@ -4,7 +4,9 @@
   choose) -- the semantics the C plugin implements;
 - ``json_format``: versioned JSON, what users keep (``.json``);
 - ``nvidia_csv``: the CSV of NVIDIA's example tuner plugin (``.csv``, ``.conf``);
-- ``plugin_text``: the plain text the dynamiccl C plugin reads (``.txt``).
+- ``plugin_text``: the plain text the dynamiccl C plugin reads (``.txt``);
+- ``policy_export``: a learned policy written down as a table (imported on its own: it needs the
+  tuning stack).
 
 Every command that reads a table reads it with ``load``, so each accepts every format.
 """
