@@ -3,7 +3,7 @@
 Data flow (one module or package per stage):
 
     workload.generator / profiler  ->  trace (Parquet)  ->  cost model  ->  tuning env  ->  policy
-    ->  decision_table (JSON / NCCL example CSV)  ->  tuner plugin + launcher  ->  reports
+    ->  table (JSON / NCCL example CSV / plugin text)  ->  tuner plugin + launcher  ->  reports
 """
 
 __version__ = "0.1.0"

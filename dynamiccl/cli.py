@@ -160,16 +160,17 @@ def cmd_trace_check(args) -> int:
 
 
 def _add_table(sub) -> None:
-    p = sub.add_parser("table", help="decision tables: show, convert JSON <-> NCCL example CSV, look up")
+    p = sub.add_parser("table", help="decision tables: show, convert (JSON, NCCL example CSV, plugin text), look up")
     tsub = p.add_subparsers(dest="table_command", required=True)
     s = tsub.add_parser("show", help="print a table's rules")
     s.add_argument("file")
     s.set_defaults(func=cmd_table_show)
-    c = tsub.add_parser("convert", help="convert between .json and NCCL's example-plugin .csv/.conf")
+    c = tsub.add_parser("convert", help="convert between .json, NCCL's example-plugin .csv/.conf and the plugin's .txt")
     c.add_argument("file")
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--lossy", action="store_true",
-                   help="drop rules the CSV cannot express (position-specific, keep-NCCL algorithm/protocol)")
+                   help="drop what the output cannot express (CSV: position-specific and keep-NCCL "
+                        "algorithm/protocol rules; .txt: nccl_env)")
     c.set_defaults(func=cmd_table_convert)
     lk = tsub.add_parser("lookup", help="which rule applies to a call (first match wins)")
     lk.add_argument("file")
@@ -184,9 +185,9 @@ def _add_table(sub) -> None:
 
 
 def cmd_table_show(args) -> int:
-    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl.table import load
 
-    table = DecisionTable.load(args.file)
+    table = load(args.file)
     print(f"{args.file}: {len(table.rules)} rule(s), format version {table.version}")
     if table.provenance:
         print(f"provenance: {json.dumps(table.provenance, sort_keys=True)}")
@@ -195,19 +196,19 @@ def cmd_table_show(args) -> int:
 
 
 def cmd_table_convert(args) -> int:
-    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl.table import load, save
 
-    table = DecisionTable.load(args.file)
-    table.save(args.output, lossy=args.lossy)
+    table = load(args.file)
+    save(table, args.output, lossy=args.lossy)
     print(f"wrote {args.output} ({len(table.rules)} rule(s) read from {args.file})")
     return 0
 
 
 def cmd_table_lookup(args) -> int:
     from dynamiccl import nccl
-    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl.table import load
 
-    table = DecisionTable.load(args.file)
+    table = load(args.file)
     func = nccl.parse_func(args.coll, "--coll")
     rule = table.lookup(func, args.bytes, args.nranks, args.nnodes, args.position, args.num_pipe_ops, args.reg_buff)
     if rule is None:

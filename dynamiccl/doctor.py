@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from dynamiccl.errors import DynamicclError
-from dynamiccl.launcher import PLUGIN_ENV, load_table, mask_warnings, open_plugin, plan_launch, prepare_table, \
-    resolve_plugin
+from dynamiccl.launcher import PLUGIN_ENV, mask_warnings, open_plugin, plan_launch, prepare_table, resolve_plugin
 from dynamiccl.nccl import FUNC_OP, KEEP
 from dynamiccl.plugin.build import PluginBuildError, find_compiler
+from dynamiccl.table import load as load_table
 
 STATUSES = ("ok", "warn", "missing", "fail")
 # First NCCL release that looks up each tuner ABI (nccl-tuner-abi.md 4.2); NCCL tries the newest

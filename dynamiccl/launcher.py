@@ -38,13 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from dynamiccl.decision_table import NCCL_ENV_KEYS, DecisionTable
+from dynamiccl.atomic import write_text
 from dynamiccl.errors import DynamicclError, InputError
-from dynamiccl.plugin import TABLE_ENV, table_text
+from dynamiccl.plugin import TABLE_ENV
 from dynamiccl.plugin.binding import TunerLibrary
 from dynamiccl.plugin.build import build_plugin, cache_root
 from dynamiccl.profiler.auto import ENV_DIR as PROFILE_ENV
 from dynamiccl.profiler.run import fresh_capture_dir, profile_environment, run_forwarding_signals
+from dynamiccl.table import NCCL_ENV_KEYS, DecisionTable, format_of, load, plugin_text
 
 PREFIX = "dynamiccl launch: "
 PLUGIN_ENV = "NCCL_TUNER_PLUGIN"
@@ -141,29 +142,12 @@ def open_plugin(path: str | os.PathLike) -> TunerLibrary:
                          "libnccl-tuner-dynamiccl.so built by `dynamiccl plugin build`") from None
 
 
-def load_table(path: str | os.PathLike) -> DecisionTable:
-    """Read a decision table: ``.json``/``.csv``/``.conf`` (``DecisionTable.load``) or the plugin's
-    own text format (``.txt``, checked as the C plugin checks it).
-
-    Raises:
-        InputError: naming the file (and line or field) for anything unreadable or invalid.
-    """
-    path = Path(path)
-    if path.suffix.lower() != PLUGIN_TEXT_SUFFIX:
-        return DecisionTable.load(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise InputError(path, None, f"cannot read: {err.strerror or err}") from None
-    return table_text.read_text(data, path)
-
-
 def prepare_table(path: str | os.PathLike, library: TunerLibrary,
                   text_path: str | os.PathLike | None = None) -> PreparedTable:
     """Convert the table at ``path`` to the plugin's text and check it with the plugin's C parser.
 
     Args:
-        path: the user's table (see ``load_table``).
+        path: the user's table, any format ``dynamiccl.table.load`` reads.
         library: the plugin whose parser checks the text (``open_plugin``).
         text_path: where to write the text (default ``<cache root>/tables/<hash of the text>.txt``).
 
@@ -173,13 +157,15 @@ def prepare_table(path: str | os.PathLike, library: TunerLibrary,
         OSError: if the text cannot be written.
     """
     path = Path(path)
-    table = load_table(path)
-    if path.suffix.lower() == PLUGIN_TEXT_SUFFIX:
+    table = load(path)
+    if format_of(path) == "plugin-text":
         library.check_file(path)  # the user's own plugin text: the C parser's verdict on it, too
+    text = plugin_text.write(table, os.fspath(path))
     if text_path is None:
-        digest = hashlib.sha256(table_text.to_text(table, os.fspath(path)).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         text_path = cache_root() / "tables" / f"{digest}{PLUGIN_TEXT_SUFFIX}"
-    text_path = table_text.write(table, Path(text_path).absolute(), os.fspath(path))
+    text_path = Path(text_path).absolute()
+    write_text(text_path, text)
     try:
         rules, step_lines = library.check_file(text_path)
     except InputError as err:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dynamiccl.decision_table import DecisionTable
-from dynamiccl.plugin import TABLE_ENV, table_text
+from dynamiccl.plugin import TABLE_ENV
 from dynamiccl.plugin.binding import TunerLibrary
 from dynamiccl.plugin.build import PluginBuildError, build_plugin
+from dynamiccl.table import DecisionTable, save
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +39,6 @@ def use_table(tuner: TunerLibrary, table: DecisionTable | None, directory: Path,
     if text is not None:
         path.write_bytes(text)
     else:
-        table_text.write(table, path)
+        save(table, path)
     monkeypatch.setenv(TABLE_ENV, str(path))
     return path

@@ -111,6 +111,75 @@ def test_table_convert_roundtrip_and_lookup(tmp_path, capsys):
     assert "NCCL's own choice" in capsys.readouterr().out
 
 
+def plugin_text_table():
+    from dynamiccl.nccl import Algorithm, Func, Protocol
+    from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, StepShape
+
+    return DecisionTable((
+        Rule(Func.ALLREDUCE, 0, 65535, nranks=8, nnodes=1, algorithm=Algorithm.RING, protocol=Protocol.LL, channels=4),
+        Rule(Func.ALLREDUCE, 0, MAX_BYTES, position=2, protocol=Protocol.SIMPLE),
+    ), steps=(StepShape(8, 1, 3, Func.ALLREDUCE, 1024),))
+
+
+def test_table_show_convert_and_lookup_read_the_plugin_text(tmp_path, capsys):
+    from dynamiccl.table import load, plugin_text
+
+    table = plugin_text_table()
+    text = tmp_path / "t.txt"
+    text.write_text(plugin_text.write(table), encoding="utf-8")
+    assert main(["table", "show", str(text)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{text}: 2 rule(s), format version 2\n")
+    assert out.endswith(table.describe())
+    back = tmp_path / "back.json"
+    assert main(["table", "convert", str(text), "-o", str(back)]) == 0
+    assert f"wrote {back} (2 rule(s) read from {text})" in capsys.readouterr().out
+    assert (load(back).rules, load(back).steps) == (table.rules, table.steps)
+    again = tmp_path / "again.txt"
+    assert main(["table", "convert", str(back), "-o", str(again)]) == 0
+    assert again.read_text(encoding="utf-8") == text.read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(["table", "lookup", str(text), "--coll", "allreduce", "--bytes", "1024", "--nranks", "8",
+                 "--nnodes", "1"]) == 0
+    assert "rule 0: algorithm ring, protocol ll, channels 4" in capsys.readouterr().out
+    assert main(["table", "convert", str(text), "-o", str(tmp_path / "t.csv")]) == 2  # a position rule
+    assert "rules[1] (position 2, keeps NCCL's algorithm)" in capsys.readouterr().err
+
+
+def test_table_convert_to_plugin_text_refuses_to_drop_nccl_env_unless_lossy(tmp_path, capsys):
+    from dynamiccl.table import DecisionTable, load, save
+
+    source = tmp_path / "t.json"
+    save(DecisionTable(plugin_text_table().rules, nccl_env={"NCCL_P2P_LL_THRESHOLD": 8192}), source)
+    text = tmp_path / "t.txt"
+    assert main(["table", "convert", str(source), "-o", str(text)]) == 2
+    assert f"{text}: nccl_env: the plugin's text format has no nccl_env" in capsys.readouterr().err
+    assert not text.exists()
+    assert main(["table", "convert", str(source), "-o", str(text), "--lossy"]) == 0
+    assert load(text).rules == plugin_text_table().rules
+
+
+def test_evaluate_takes_a_plugin_text_table_as_the_policy(tmp_path, capsys):
+    from dynamiccl.table import plugin_text, save
+    from dynamiccl.tuning.evaluate import Results
+
+    table = plugin_text_table()
+    text, as_json = tmp_path / "t.txt", tmp_path / "t.json"
+    text.write_text(plugin_text.write(table), encoding="utf-8")
+    save(table, as_json)
+    steps = {}
+    for policy in (text, as_json):
+        out = tmp_path / f"{policy.suffix[1:]}.parquet"
+        assert main(["evaluate", "--policy", str(policy), "--traces", "traces/ref-pp2-dp2.parquet", "--envs",
+                     "dgx-h100", "--agents", "nccl-default,policy", "--states", "1", "--online-steps", "1",
+                     "-o", str(out)]) == 0
+        rows = Results.read(out).steps
+        steps[policy.suffix] = rows[rows["agent"] == "table"].reset_index(drop=True)
+        assert len(steps[policy.suffix]) == 1
+    capsys.readouterr()
+    assert steps[".txt"].equals(steps[".json"])
+
+
 def test_table_with_bad_row_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("allreduce,0,1024,ring,ll,4,1,8\nallgather,0,1024,tree,simple,4,1,8\n")
@@ -135,13 +204,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "OK" in done.stdout and "rank 0, step 0" in done.stdout
     assert (out / "llama3-8b_tp2-pp2-dp2-sp.parquet").is_file()
     assert (out / "run" / "policy.zip").is_file() and (out / "demo.toml").is_file()
-    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl.table import load
     from dynamiccl.tuning.evaluate import Results
 
     results = Results.read(out / "results.parquet")
     agents = set(results.steps["agent"])
     assert {"nccl-default", "oracle", "policy", "ucb-bandit", "coordinate-descent"} <= agents
-    assert DecisionTable.load(out / "table.json").provenance["policy"] == str(out / "run" / "policy.zip")
+    assert load(out / "table.json").provenance["policy"] == str(out / "run" / "policy.zip")
     assert "What is where" in done.stdout and str(out / "table.json") in done.stdout
     html = (out / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and (out / "report" / "summary.md").is_file()

@@ -1,4 +1,5 @@
-"""Tests of dynamiccl.decision_table: lookup and choose semantics, JSON and NCCL-CSV formats, errors."""
+"""Tests of dynamiccl.table: lookup and choose semantics, the JSON, NCCL-CSV and plugin-text formats,
+load/save, errors."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from dynamiccl.decision_table import FORMAT_VERSION, Choice, DecisionTable, Rule
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import MAX_CHANNELS, Algorithm, Func, Protocol
+from dynamiccl.table import FORMAT_VERSION, Choice, DecisionTable, Rule, StepShape, json_format, load, nvidia_csv, \
+    plugin_text, save
 
 A, P = Algorithm, Protocol
 MAX_BYTES = 2**64 - 1
@@ -221,11 +223,11 @@ def test_choose_rejects_misshaped_cost_table():
 def test_json_round_trip_through_a_file(tmp_path):
     table = sample_table()
     path = tmp_path / "table.json"
-    table.save(path)
-    loaded = DecisionTable.load(path)
+    save(table, path)
+    loaded = load(path)
     assert loaded == table
     assert loaded.version == FORMAT_VERSION
-    assert loaded.to_json() == path.read_text(encoding="utf-8")
+    assert json_format.write(loaded) == path.read_text(encoding="utf-8")
     data = json.loads(path.read_text(encoding="utf-8"))
     assert data["format"] == "dynamiccl-decision-table" and data["version"] == FORMAT_VERSION
     assert data["rules"][0] == {
@@ -239,10 +241,10 @@ def test_json_keep_values_and_optional_keys_default():
         "format": "dynamiccl-decision-table", "version": 1, "provenance": {},
         "rules": [{"coll": "reducescatter", "min_bytes": 0, "max_bytes": 10,
                    "algorithm": -1, "protocol": "simple", "position": 3}]})
-    table = DecisionTable.from_json(text, source="t.json")
+    table = json_format.read(text, source="t.json")
     assert table.rules == (Rule(Func.REDUCESCATTER, 0, 10, position=3, protocol=P.SIMPLE),)
-    again = DecisionTable.from_json(table.to_json())
-    assert again == table and again.to_json() == table.to_json()
+    again = json_format.read(json_format.write(table))
+    assert again == table and json_format.write(again) == json_format.write(table)
 
 
 def valid_json_doc() -> dict:
@@ -299,7 +301,7 @@ def test_bad_json_names_file_and_field(tmp_path, mutate, field, problem):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(InputError) as info:
-        DecisionTable.load(path)
+        load(path)
     message = str(info.value)
     assert str(path) in message
     assert info.value.field == field
@@ -319,7 +321,7 @@ def test_json_unsupported_combination(tmp_path, coll, algorithm, protocol, field
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(InputError) as info:
-        DecisionTable.load(path)
+        load(path)
     assert str(path) in str(info.value)
     assert info.value.field == f"rules[1].{field}"
     assert "cannot run" in info.value.problem
@@ -337,7 +339,7 @@ def test_malformed_json_names_file(tmp_path, text, field, problem):
     path = tmp_path / "bad.json"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(InputError) as info:
-        DecisionTable.load(path)
+        load(path)
     assert info.value.source == str(path)
     if field is None:
         assert info.value.field is None
@@ -351,47 +353,47 @@ def test_malformed_json_names_file(tmp_path, text, field, problem):
 def test_json_to_csv_to_json_round_trip(tmp_path):
     table = sample_table()
     json_path, csv_path = tmp_path / "t.json", tmp_path / "nccl_tuner.conf"
-    table.save(json_path)
-    DecisionTable.load(json_path).save(csv_path)
-    from_csv = DecisionTable.load(csv_path)
+    save(table, json_path)
+    save(load(json_path), csv_path)
+    from_csv = load(csv_path)
     assert from_csv.rules == table.rules
     back = tmp_path / "back.json"
-    from_csv.save(back)
-    assert DecisionTable.load(back).rules == table.rules
+    save(from_csv, back)
+    assert load(back).rules == table.rules
     assert from_csv.provenance["source"] == str(csv_path)
 
 
 def test_csv_field_order_is_nnodes_then_nranks():
-    text = DecisionTable((rule(max_bytes=65535, nranks=8, nnodes=1, algorithm=A.RING,
-                               protocol=P.LL),)).to_csv()
+    text = nvidia_csv.write(DecisionTable((rule(max_bytes=65535, nranks=8, nnodes=1, algorithm=A.RING,
+                                                protocol=P.LL),)))
     data = [line for line in text.splitlines() if not line.startswith("#")]
     assert data == ["allreduce,0,65535,ring,ll,0,1,8,-1,-1"]
-    parsed = DecisionTable.from_csv("allreduce,0,65535,ring,ll,-1,1,8").rules[0]
+    parsed = nvidia_csv.read("allreduce,0,65535,ring,ll,-1,1,8").rules[0]
     assert (parsed.nnodes, parsed.nranks, parsed.num_pipe_ops, parsed.reg_buff) == (1, 8, -1, -1)
 
 
 def test_csv_keep_channels_is_written_as_zero_and_read_from_zero_or_minus_one():
     # NVIDIA's example plugin forces 1 channel for -1; 0 hands the choice back to NCCL.
-    assert DecisionTable.from_csv("allreduce,0,1024,ring,ll,0,1,8").rules[0].channels == -1
-    assert DecisionTable.from_csv("allreduce,0,1024,ring,ll,-1,1,8").rules[0].channels == -1
-    assert DecisionTable.from_csv("allreduce,0,1024,ring,ll,3,1,8").rules[0].channels == 3
+    assert nvidia_csv.read("allreduce,0,1024,ring,ll,0,1,8").rules[0].channels == -1
+    assert nvidia_csv.read("allreduce,0,1024,ring,ll,-1,1,8").rules[0].channels == -1
+    assert nvidia_csv.read("allreduce,0,1024,ring,ll,3,1,8").rules[0].channels == 3
 
 
 def test_csv_header_has_provenance_and_channels_warning_within_line_limit():
     long_provenance = {"policy": "ppo", "notes": "x" * 700, "list": list(range(200))}
-    text = DecisionTable((rule(algorithm=A.RING, protocol=P.SIMPLE),), long_provenance).to_csv()
+    text = nvidia_csv.write(DecisionTable((rule(algorithm=A.RING, protocol=P.SIMPLE),), long_provenance))
     lines = text.splitlines()
     assert all(len(line.encode()) <= 255 for line in lines)
     header = "\n".join(line for line in lines if line.startswith("#"))
     assert "dynamiccl" in header and "provenance" in header and '"policy": "ppo"' in header
     assert "initialises nChannels to 1" in header and "-1" in header
     # The wrapped header reads back as comments only: exactly the one rule.
-    assert len(DecisionTable.from_csv(text).rules) == 1
+    assert len(nvidia_csv.read(text).rules) == 1
 
 
 def test_nvidia_readme_config_valid_lines_parse():
     valid = NVIDIA_README_CONFIG.split("\n# Single-node broadcast")[0]
-    table = DecisionTable.from_csv(valid, source="nccl_tuner.conf")
+    table = nvidia_csv.read(valid, source="nccl_tuner.conf")
     assert table.rules == (
         Rule(Func.ALLREDUCE, 0, 65536, nranks=-1, nnodes=1, num_pipe_ops=-1, reg_buff=1,
              algorithm=A.TREE, protocol=P.SIMPLE, channels=2),
@@ -409,7 +411,7 @@ def test_nvidia_readme_config_broadcast_tree_is_rejected(tmp_path):
     path = tmp_path / "nccl_tuner.conf"
     path.write_text(NVIDIA_README_CONFIG, encoding="utf-8")
     with pytest.raises(InputError) as info:
-        DecisionTable.load(path)
+        load(path)
     assert info.value.source == str(path)
     assert info.value.field == "line 11, field algorithm"
     assert "broadcast" in info.value.problem and "ring" in info.value.problem
@@ -450,7 +452,7 @@ def test_bad_csv_names_file_line_and_field(tmp_path, bad_line, field, problem):
     path = tmp_path / "bad.csv"
     path.write_text(f"# header\n{GOOD_LINE}\n{bad_line}\n{GOOD_LINE}\n", encoding="utf-8")
     with pytest.raises(InputError) as info:
-        DecisionTable.load(path)
+        load(path)
     message = str(info.value)
     assert str(path) in message
     expected_field = "line 3" + (f", {field}" if field else "")
@@ -460,14 +462,14 @@ def test_bad_csv_names_file_line_and_field(tmp_path, bad_line, field, problem):
 
 def test_csv_line_length_limit_is_255_bytes():
     line = "allreduce,0,1024,ring,ll,4,1,8,-1,-1"
-    assert len(DecisionTable.from_csv(line + " " * (255 - len(line))).rules) == 1
+    assert len(nvidia_csv.read(line + " " * (255 - len(line))).rules) == 1
     with pytest.raises(InputError, match="256 bytes long"):
-        DecisionTable.from_csv(line + " " * (256 - len(line)))
+        nvidia_csv.read(line + " " * (256 - len(line)))
 
 
 def test_csv_trims_spaces_and_tabs_and_accepts_crlf():
     text = "# comment\r\n\r\n allreduce ,\t0, 1024 ,ring,ll , 4,1,8,-1,1\r\n"
-    table = DecisionTable.from_csv(text)
+    table = nvidia_csv.read(text)
     assert table.rules == (Rule(Func.ALLREDUCE, 0, 1024, nranks=8, nnodes=1, reg_buff=1,
                                 algorithm=A.RING, protocol=P.LL, channels=4),)
 
@@ -481,14 +483,14 @@ def test_to_csv_refuses_inexpressible_rules_unless_lossy():
         rule(channels=4),
     ))
     with pytest.raises(InputError) as info:
-        table.to_csv()
+        nvidia_csv.write(table)
     problem = info.value.problem
     assert "3 of 5 rules" in problem
     assert "rules[1]" in problem and "rules[3]" in problem and "rules[4]" in problem
     assert "rules[0]" not in problem and "rules[2]" not in problem
-    text = table.to_csv(lossy=True)
+    text = nvidia_csv.write(table, lossy=True)
     assert "Dropped 3 of 5 rules" in text and "rules 1, 3, 4" in text
-    assert DecisionTable.from_csv(text).rules == (table.rules[0], table.rules[2])
+    assert nvidia_csv.read(text).rules == (table.rules[0], table.rules[2])
 
 
 def test_failed_save_leaves_existing_file_untouched(tmp_path):
@@ -497,13 +499,13 @@ def test_failed_save_leaves_existing_file_untouched(tmp_path):
     path.write_bytes(old)
     table = DecisionTable((rule(position=0, algorithm=A.RING, protocol=P.LL),))
     with pytest.raises(InputError) as info:
-        table.save(path)
+        save(table, path)
     assert info.value.source == str(path)
     assert "1 of 1 rules" in info.value.problem
     assert path.read_bytes() == old
     assert sorted(os.listdir(tmp_path)) == ["nccl_tuner.conf"]  # no temporary file left behind
-    table.save(path, lossy=True)
-    assert DecisionTable.load(path).rules == ()
+    save(table, path, lossy=True)
+    assert load(path).rules == ()
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -511,25 +513,61 @@ def test_failed_save_leaves_existing_file_untouched(tmp_path):
 def test_load_errors_name_the_file(tmp_path):
     missing = tmp_path / "missing.json"
     with pytest.raises(InputError) as info:
-        DecisionTable.load(missing)
+        load(missing)
     assert info.value.source == str(missing) and "cannot read" in info.value.problem
     wrong_ext = tmp_path / "table.yaml"
     wrong_ext.write_text("{}", encoding="utf-8")
     with pytest.raises(InputError, match=r"table\.yaml.*unknown extension"):
-        DecisionTable.load(wrong_ext)
-    with pytest.raises(InputError, match="unknown extension"):
-        sample_table().save(tmp_path / "table.txt")
+        load(wrong_ext)
+    with pytest.raises(InputError, match=r"table\.yaml.*unknown extension '\.yaml'; expected .*\.txt"):
+        save(sample_table(), wrong_ext)
+    assert wrong_ext.read_text(encoding="utf-8") == "{}"
+    with pytest.raises(InputError, match=r"table: unknown extension '\(none\)'"):
+        load(tmp_path / "table")
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"allreduce,\xff\xfe\n")
     with pytest.raises(InputError, match="not UTF-8"):
-        DecisionTable.load(binary)
+        load(binary)
+
+
+def test_plugin_text_round_trip_through_a_file(tmp_path):
+    table = DecisionTable(sample_table().rules, {"policy": "ppo"},
+                          steps=(StepShape(16, 2, 96, Func.ALLREDUCE, 1 << 20),))
+    path = tmp_path / "table.txt"
+    save(table, path)
+    assert path.read_text(encoding="utf-8") == plugin_text.write(table)
+    loaded = load(path)
+    assert loaded.rules == table.rules and loaded.steps == table.steps
+    assert loaded.provenance == {"imported_from": "dynamiccl-plugin-table", "source": str(path)}
+    upper = tmp_path / "TABLE.TXT"  # extensions are matched case-insensitively
+    save(loaded, upper)
+    assert load(upper).rules == table.rules
+
+
+def test_plugin_text_refuses_nccl_env_unless_lossy(tmp_path):
+    table = DecisionTable(sample_table().rules, nccl_env={"NCCL_P2P_NET_CHUNKSIZE": 524288})
+    path = tmp_path / "table.txt"
+    with pytest.raises(InputError) as info:
+        save(table, path)
+    assert info.value.source == str(path) and info.value.field == "nccl_env"
+    assert "NCCL_P2P_NET_CHUNKSIZE" in info.value.problem and not path.exists()
+    save(table, path, lossy=True)
+    assert load(path).rules == table.rules and load(path).nccl_env == {}
+
+
+def test_bad_plugin_text_names_file_line_and_field(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("dynamiccl-tuner-table 1\nrule allreduce 0 10 -1 -1 -1 -1 -1 ring ll 99\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load(path)
+    assert info.value.source == str(path) and info.value.field == "line 2, field channels"
 
 
 def test_save_replaces_existing_file(tmp_path):
     path = tmp_path / "t.json"
     path.write_text("old", encoding="utf-8")
-    sample_table().save(path)
-    assert DecisionTable.load(path) == sample_table()
+    save(sample_table(), path)
+    assert load(path) == sample_table()
 
 
 def test_table_rejects_bad_construction():

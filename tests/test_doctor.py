@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule, StepShape
 from dynamiccl.doctor import STATUSES, abi_story, find_nccl, run_doctor, tuner_abi_for, version_from_code
 from dynamiccl.nccl import Algorithm as A, Func, Protocol as P
 from dynamiccl.plugin.build import compile_sources, find_compiler
+from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, StepShape, save
 
 from test_launcher import cache  # noqa: F401  (a pytest fixture; tests/ is on sys.path)
 
@@ -48,10 +48,11 @@ def checks(report_json: dict, name: str) -> list[dict]:
 
 
 def good_table(path: Path) -> Path:
-    DecisionTable(rules=(Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES, position=1, algorithm=A.RING,
-                              protocol=P.LL128, channels=8),),
-                  steps=(StepShape(8, 1, 12, Func.ALLREDUCE, 4096),),
-                  nccl_env={"NCCL_NCHANNELS_PER_NET_PEER": 4}).save(path)
+    table = DecisionTable(rules=(Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES, position=1,
+                                      algorithm=A.RING, protocol=P.LL128, channels=8),),
+                          steps=(StepShape(8, 1, 12, Func.ALLREDUCE, 4096),),
+                          nccl_env={"NCCL_NCHANNELS_PER_NET_PEER": 4})
+    save(table, path)
     return path
 
 

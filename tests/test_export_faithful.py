@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from dynamiccl.cli import main
-from dynamiccl.decision_table import DecisionTable
+from dynamiccl.errors import InputError
+from dynamiccl.table import load
+from dynamiccl.table.policy_export import export_policy_tables
 from dynamiccl.tuning.agents import PolicyAgent, TableAgent
 from dynamiccl.tuning.evaluate import run_episode
 from dynamiccl.tuning.actions import NUM_ACTIONS
@@ -59,8 +61,8 @@ def test_exported_table_reproduces_the_policy_step_time(tmp_path, monkeypatch, s
     save_policy(policy_path, network, network.provenance)
     table_path, csv_path = tmp_path / "table.json", tmp_path / "table.csv"
     assert main(["export", "--policy", str(policy_path), "-o", str(table_path), "--nccl-csv", str(csv_path)]) == 0
-    table = DecisionTable.load(table_path)
-    assert table.rules and DecisionTable.load(csv_path).rules
+    table = load(table_path)
+    assert table.rules and load(csv_path).rules
     assert json.loads(table_path.read_text())["provenance"]["policy"] == str(policy_path)
     # Position rules only work at run time through the plugin's counter, which the step lines
     # anchor; TableAgent takes positions from that counter, so this checks the whole path.
@@ -82,6 +84,30 @@ def test_exported_table_reproduces_the_policy_step_time(tmp_path, monkeypatch, s
             changed += mine["step_time_us"] != mine["default_step_time_us"]
     assert exported.fallbacks == 0
     assert changed > 0  # the policy really departs from NCCL's choices
+
+
+def test_export_policy_tables_is_what_the_command_writes_and_prints(tmp_path, capsys):
+    config_path = tmp_path / "faithful.toml"
+    config_path.write_text(CONFIG)
+    policy_path = tmp_path / "policy.zip"
+    network = random_policy(0, str(config_path))
+    save_policy(policy_path, network, network.provenance)
+    exported = export_policy_tables(policy_path)
+    assert exported.cases == 3 and exported.calls > 0
+    assert exported.csv_table.rules and len(exported.csv_table.rules) < len(exported.table.rules)
+    table_path, csv_path = tmp_path / "table.json", tmp_path / "table.csv"
+    capsys.readouterr()
+    assert main(["export", "--policy", str(policy_path), "-o", str(table_path), "--nccl-csv", str(csv_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert load(table_path) == exported.table
+    assert load(csv_path).rules == exported.csv_table.rules
+    assert lines[:-2] == [f"note: {note}" for note in exported.notes]
+    assert lines[-2] == (f"wrote {table_path}: {len(exported.table.rules)} rules reproducing the policy on "
+                         f"{exported.calls:,} calls of 3 case(s)")
+    assert lines[-1].startswith(f"wrote {csv_path}: {len(exported.csv_table.rules)} rules for NVIDIA's example plugin")
+    with pytest.raises(InputError, match="no case of .* runs on 'nowhere'") as info:
+        export_policy_tables(policy_path, env="nowhere")
+    assert info.value.source == "--env"
 
 
 def test_export_needs_a_policy_or_a_trace(tmp_path, capsys):

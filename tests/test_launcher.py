@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from dynamiccl.cli import main
-from dynamiccl.decision_table import MAX_BYTES, NCCL_ENV_KEYS, DecisionTable, Rule, StepShape
 from dynamiccl.launcher import PREFIX, plan_launch
 from dynamiccl.nccl import Algorithm as A, Func, Protocol as P
-from dynamiccl.plugin import PLUGIN_FILE_NAME, TABLE_ENV, table_text
+from dynamiccl.plugin import PLUGIN_FILE_NAME, TABLE_ENV
 from dynamiccl.plugin.binding import TunerLibrary
 from dynamiccl.plugin.build import build_plugin
+from dynamiccl.table import MAX_BYTES, NCCL_ENV_KEYS, DecisionTable, Rule, StepShape, plugin_text, save
 from dynamiccl.trace.store import Trace
 
 # Cleared for the launches under test ($CC stays: the plugin's cache key includes the compiler).
@@ -63,7 +63,7 @@ def in_cache(cache, monkeypatch) -> Path:
 @pytest.fixture
 def table(tmp_path) -> Path:
     path = tmp_path / "table.json"
-    sample_table().save(path)
+    save(sample_table(), path)
     return path
 
 
@@ -97,7 +97,7 @@ def test_dry_run_prints_every_setting_and_the_command_and_runs_nothing(tmp_path,
     assert lines[1].startswith(f"{TABLE_ENV}=") and "2 rule(s), 1 step line(s) from" in lines[1]
     text_path = Path(lines[1].split("=", 1)[1].split(" ", 1)[0])
     assert text_path.is_absolute() and text_path.parent == cache / "tables"
-    assert table_text.read_text(text_path.read_bytes(), text_path).rules == sample_table().rules
+    assert plugin_text.read(text_path.read_bytes(), text_path).rules == sample_table().rules
     assert "NCCL_P2P_NET_CHUNKSIZE=524288 (from the table)" in lines
     assert "NCCL_P2P_LL_THRESHOLD=8192 (from the table)" in lines
     assert lines[-1] == f"would run: {shlex.join(command)}"

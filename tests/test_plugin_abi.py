@@ -8,11 +8,11 @@ import re
 import pytest
 from plugin_harness import use_table
 
-from dynamiccl.decision_table import DecisionTable, Rule, StepShape
 from dynamiccl.nccl import Algorithm as A
 from dynamiccl.nccl import Func, Protocol as P, is_supported
 from dynamiccl.plugin.binding import LOG_FLAG_TUNING, LOG_INFO, LOG_WARN, nccl_pick
 from dynamiccl.plugin.build import SOURCE_DIR
+from dynamiccl.table import DecisionTable, Rule, StepShape
 
 COST_ABIS = (3, 4, 5, 6)
 ALL_ABIS = (2, 3, 4, 5, 6)

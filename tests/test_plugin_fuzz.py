@@ -2,7 +2,7 @@
 
 ``experiments/plugin/fuzz.py`` builds ``tests/c/fuzz_table.c`` with ``tuner.c`` under
 AddressSanitizer + UBSan, mutates seed tables for a few seconds (fixed RNG seed) and keeps every
-seed and every N-th input with the C parser's verdict; ``table_text.read_text`` must agree on each
+seed and every N-th input with the C parser's verdict; ``dynamiccl.table.plugin_text.read`` must agree on each
 (accept/reject, rule and step counts, the line of the error), and on a table past the plugin's
 limit of 4,096 step lines. The recorded 5-minute run is
 ``experiments/plugin/fuzz.json``.

@@ -13,9 +13,9 @@ import random
 import pytest
 from plugin_harness import use_table
 
-from dynamiccl.decision_table import DecisionTable, PositionCounter, Rule, StepShape
 from dynamiccl.nccl import TUNABLE_FUNCS, Algorithm, Func, Protocol, supported_configs
 from dynamiccl.plugin.binding import nccl_pick
+from dynamiccl.table import DecisionTable, PositionCounter, Rule, StepShape
 
 MAX = 2**64 - 1
 BOUNDS = (0, 1, 63, 64, 65, 4095, 4096, 4097, 65535, 65536, 1 << 20, (1 << 20) + 1, 1 << 30, 1 << 40, MAX - 1, MAX)
@@ -162,20 +162,20 @@ def test_overlapping_table_falls_back_to_a_scan_and_agrees(tuner, tmp_path, monk
 
 @pytest.mark.parametrize("seed", range(3))
 def test_text_format_round_trips_through_both_parsers(tuner, seed):
-    from dynamiccl.plugin import table_text
+    from dynamiccl.table import plugin_text
 
     rng = random.Random(seed)
     for _ in range(100):
         table = random_table(rng, rng.randint(0, 40))
-        text = table_text.to_text(table).encode()
+        text = plugin_text.write(table).encode()
         assert tuner.parse(text) == (len(table.rules), len(table.steps))
-        back = table_text.read_text(text)
+        back = plugin_text.read(text)
         assert back.rules == table.rules and back.steps == table.steps
 
 
 def test_exported_step_lines_make_the_plugin_count_the_traces_positions(tuner, tmp_path, monkeypatch):
+    from dynamiccl.table.policy_export import step_shapes
     from dynamiccl.trace.store import Trace
-    from dynamiccl.tuning.export import step_shapes
     from dynamiccl.tuning.program import StepProgram
 
     program = StepProgram.from_trace(Trace.read("traces/ref-tp2-pp2-sp.parquet"))

@@ -1,4 +1,4 @@
-"""Tests of dynamiccl.tuning.export: a policy exported as a decision table reproduces the policy
+"""Tests of dynamiccl.table.policy_export: a policy exported as a decision table reproduces the policy
 exactly on the calls it was built from, generalises to unseen sizes by the geometric-midpoint rule,
 stays small for smooth policies, and survives JSON and (lossy) CSV round trips."""
 
@@ -10,22 +10,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule
 from dynamiccl.nccl import KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, supported_configs
-from dynamiccl.tuning.actions import (
-    ACTION_ALGO,
-    ACTION_CHANNELS,
-    ACTION_PROTO,
-    NUM_ACTIONS,
-    action_index,
-)
-from dynamiccl.tuning.export import (
+from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, json_format, nvidia_csv
+from dynamiccl.table.policy_export import (
     QUERY_COLUMNS,
     csv_compatible,
     decisions_of_table,
     rule_choice,
     size_grid,
     table_from_policy,
+)
+from dynamiccl.tuning.actions import (
+    ACTION_ALGO,
+    ACTION_CHANNELS,
+    ACTION_PROTO,
+    NUM_ACTIONS,
+    action_index,
 )
 
 PROVENANCE = {"policy": "test", "seed": 0}
@@ -337,7 +337,7 @@ def test_unseen_sizes_between_seen_ones_follow_the_policy_away_from_thresholds()
 def test_json_round_trip(name):
     calls = random_calls(9, n_calls=500)
     table = table_from_policy(POLICIES[name], calls, provenance=PROVENANCE)
-    again = DecisionTable.from_json(table.to_json())
+    again = json_format.read(json_format.write(table))
     assert again == table
     np.testing.assert_array_equal(decisions_of_table(again, calls), POLICIES[name](calls))
 
@@ -347,8 +347,8 @@ def test_csv_compatible_writes_and_reads_back(name):
     calls = random_calls(10, n_calls=500)
     table = table_from_policy(POLICIES[name], calls, provenance=PROVENANCE)
     compatible = csv_compatible(table)
-    text = compatible.to_csv()  # lossy=False: must not need to drop anything
-    back = DecisionTable.from_csv(text)
+    text = nvidia_csv.write(compatible)  # lossy=False: must not need to drop anything
+    back = nvidia_csv.read(text)
     assert back.rules == compatible.rules
     assert not any(_is_position_rule(rule) or rule.algorithm is None for rule in compatible.rules)
     note = compatible.provenance["csv_compatible"]
@@ -368,7 +368,7 @@ def test_csv_compatible_is_exact_for_a_position_free_policy():
     # a group's range rules are disjoint and other groups' rules never match.
     calls = random_calls(11)
     table = table_from_policy(threshold_policy, calls, provenance=PROVENANCE)
-    back = DecisionTable.from_csv(csv_compatible(table).to_csv())
+    back = nvidia_csv.read(nvidia_csv.write(csv_compatible(table)))
     assert csv_compatible(table).provenance["csv_compatible"]["dropped_default_rules"] > 0
     np.testing.assert_array_equal(decisions_of_table(back, calls), threshold_policy(calls))
 

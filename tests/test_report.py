@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from dynamiccl.cli import main
-from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule
 from dynamiccl.nccl import Algorithm, Func, Protocol
+from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, save
 from dynamiccl.tuning.agents import NcclDefaultAgent, OnlineAgent, RandomAgent, TableAgent
 from dynamiccl.tuning.env import TuningEnv
 from dynamiccl.tuning.evaluate import Results, calls_path, evaluate
@@ -38,7 +38,7 @@ def results_file(tmp_path_factory) -> Path:
     results = evaluate(agents, env, [0], online_steps=2, progress=False)
     path = tmp_path_factory.mktemp("results") / "results.parquet"
     results.write(path, command="dynamiccl evaluate (test)")
-    table.save(path.with_name("table.json"))
+    save(table, path.with_name("table.json"))
     return path
 
 

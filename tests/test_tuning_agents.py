@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dynamiccl import __version__
-from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import Algorithm, Func, Protocol
+from dynamiccl.table import MAX_BYTES, DecisionTable, Rule
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index
 from dynamiccl.tuning.agents import (
     Agent, NcclDefaultAgent, OnlineAgent, OracleAgent, PolicyAgent, RandomAgent, StaticBestAgent, TableAgent,
@@ -158,8 +158,8 @@ def test_table_forcing_ring_simple_equals_forced_action(env):
 
 def test_table_position_rules_need_the_plugins_step_lines(env):
     # A position-0 rule applies at run time only where a step line lets the plugin count.
-    from dynamiccl.decision_table import StepShape
-    from dynamiccl.tuning.export import step_shapes
+    from dynamiccl.table import StepShape
+    from dynamiccl.table.policy_export import step_shapes
 
     rule = Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES, position=0,
                 algorithm=Algorithm.RING, protocol=Protocol.SIMPLE)

@@ -27,10 +27,9 @@ from pathlib import Path
 
 from dynamiccl import atomic
 from dynamiccl.bench import _machine
-from dynamiccl.decision_table import DecisionTable, Rule, StepShape
 from dynamiccl.nccl import KEEP, Algorithm, Func, Protocol, supported_configs
-from dynamiccl.plugin import table_text
 from dynamiccl.plugin.build import SOURCE_DIR, build_plugin, compile_sources
+from dynamiccl.table import DecisionTable, Rule, StepShape, save
 
 TARGET_NS = 100.0
 RULES = 1000
@@ -104,7 +103,8 @@ def run(calls_per_batch: int = 100, batches: int = 20000, n_rules: int = RULES) 
         program = compile_sources(work / "bench_getcollinfo", [SOURCE_DIR / "bench_getcollinfo.c"],
                                   ("-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wl,--no-as-needed", "-ldl"))
         table = realistic_table(n_rules)
-        table_path = table_text.write(table, work / "table.txt", "dynamiccl plugin bench")
+        table_path = work / "table.txt"
+        save(table, table_path)
         command = [str(program), str(library), str(table_path), *map(str, TRAINING_SHAPE),
                    str(int(STEP.anchor_coll)), str(STEP.anchor_bytes), str(calls_per_batch), str(batches)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)

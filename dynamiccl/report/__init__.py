@@ -40,9 +40,9 @@ def load(results: str | os.PathLike, *, training_curve=None, calibration=None, t
     if calibration is not None:
         data.calibration, data.calibration_path = load_calibration(calibration), Path(calibration)
     if table is not None:
-        from dynamiccl.decision_table import DecisionTable
+        from dynamiccl.table import load as load_table
 
-        data.table, data.table_path = DecisionTable.load(table), Path(table)
+        data.table, data.table_path = load_table(table), Path(table)
     return data
 
 

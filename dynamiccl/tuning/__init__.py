@@ -1,6 +1,6 @@
 """Tuning: the gymnasium environment that replays trace steps against a cost model, the agents and
-baselines that choose NCCL configurations in it, their evaluation, and the export of a policy as a
-decision table."""
+baselines that choose NCCL configurations in it, and their evaluation (a policy is written down as a
+decision table by ``dynamiccl.table.policy_export``)."""
 
 import gymnasium as _gym
 

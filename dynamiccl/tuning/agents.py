@@ -22,7 +22,7 @@ Agents:
 - ``OnlineAgent``: an :class:`~dynamiccl.tuning.online.OnlineLearner` (UCB bandit, coordinate
   descent) that learns from measured call durations while the job runs.
 - ``PolicyAgent``: a trained policy (anything with ``decide(obs_batch, masks)``).
-- ``TableAgent``: a :class:`~dynamiccl.decision_table.DecisionTable` applied as the tuner plugin
+- ``TableAgent``: a :class:`~dynamiccl.table.model.DecisionTable` applied as the tuner plugin
   applies it.
 
 Per-call answers that cannot change within a case are cached per (loaded case, call key), so an
@@ -38,9 +38,9 @@ from typing import Any, Protocol as TypingProtocol
 
 import numpy as np
 
-from dynamiccl.decision_table import DecisionTable, PositionCounter
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import KEEP, Func
+from dynamiccl.table.model import DecisionTable, PositionCounter
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.online import OnlineLearner

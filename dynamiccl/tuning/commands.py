@@ -25,7 +25,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="compare a policy with NCCL's default, the oracle and the baselines",
                        description="Replay held-out steps with every agent and write per-step and per-collective "
                                    "results (RESULTS.parquet and RESULTS.calls.parquet).")
-    p.add_argument("--policy", help="policy.zip from `dynamiccl train`, or a decision table (.json/.csv)")
+    p.add_argument("--policy", help="policy.zip from `dynamiccl train`, or a decision table (.json/.csv/.conf/.txt)")
     p.add_argument("--config", help="experiment config: evaluate its held-out split; static-best is fitted "
                                     "on its training split")
     p.add_argument("--run-dir", help="with --config: the training run's directory, where its workloads are "
@@ -68,7 +68,7 @@ def cmd_train(args) -> int:
 
 
 def _agents(names: list[str], policy: str | None, fit_env, fit_episodes, seed: int = 0):
-    from dynamiccl.decision_table import DecisionTable
+    from dynamiccl import table
     from dynamiccl.tuning import agents as ag
     from dynamiccl.tuning.online import CoordinateDescent, UCBBandit
 
@@ -91,8 +91,8 @@ def _agents(names: list[str], policy: str | None, fit_env, fit_episodes, seed: i
         elif name == "policy":
             if not policy:
                 continue
-            if Path(policy).suffix in (".json", ".csv", ".conf"):
-                out.append(ag.TableAgent(DecisionTable.load(policy), name="table"))
+            if Path(policy).suffix.lower() in table.FORMATS:
+                out.append(ag.TableAgent(table.load(policy), name="table"))
             else:
                 from dynamiccl.tuning.policy_file import load_policy
 
@@ -218,63 +218,17 @@ def add_policy_export(parser) -> None:
 
 def export_policy(args) -> int:
     """``dynamiccl export --policy P -o table.json [--nccl-csv table.csv]``."""
-    import numpy as np
-    import pandas as pd
+    from dynamiccl.table import save
+    from dynamiccl.table.policy_export import export_policy_tables
 
-    from dynamiccl.decision_table import DecisionTable
-    from dynamiccl.tuning.cases import load_case
-    from dynamiccl.tuning.export import QUERY_COLUMNS, csv_compatible, step_shapes, table_from_policy
-    from dynamiccl.tuning.observation import encode
-    from dynamiccl.tuning.policy_file import load_policy
-    from dynamiccl.tuning.config import load_config
-
-    policy = load_policy(args.policy)
-    config_path = args.cases_config or policy.provenance.get("config_path")
-    if not config_path:
-        raise InputError("--cases-config", None, "the policy does not name its training config; give one")
-    config = load_config(config_path)
-    where = Path(args.run_dir) if args.run_dir else config.default_output_dir() / "run"
-    cases = [c for c in config.train_cases(where) + config.heldout_cases(where) if not args.env or c.env == args.env]
-    if not cases:
-        raise InputError("--env", None, f"no case of {config_path} runs on {args.env!r}")
-    envs = sorted({c.env for c in cases})
-    if len(envs) > 1 and not args.env:
-        print(f"note: cases span {len(envs)} environment specs; the table is built over all of them "
-              "(masks are taken per call, so build one table per cluster with --env for deployment)")
-    rows, masks, programs = [], [], []
-    for case in cases:
-        loaded = load_case(case, config.model)
-        p = loaded.program
-        programs.append(p)
-        for c in p.tunable_calls:
-            rows.append((p.call_func[c], p.call_nbytes[c], p.call_nranks[c], p.call_nnodes[c], p.call_position[c],
-                         p.call_pipe_ops[c], 0))
-            masks.append(loaded.costs.mask[loaded.costs.call_key[c]])
-    calls = pd.DataFrame(rows, columns=list(QUERY_COLUMNS))
-    mask_of = {}
-    for row, mask in zip(rows, masks):
-        key = (row[0], row[2], row[3], row[5])
-        mask_of[key] = mask_of.get(key, mask) & mask
-
-    def decide(frame: pd.DataFrame) -> np.ndarray:
-        obs = encode(frame["coll"], frame["nbytes"], frame["nranks"], frame["nnodes"], frame["num_pipe_ops"],
-                     frame["reg_buff"], frame["position"])
-        m = np.stack([mask_of[(a, b, c, d)] for a, b, c, d in
-                      zip(frame["coll"], frame["nranks"], frame["nnodes"], frame["num_pipe_ops"])])
-        return policy.decide(obs, m)
-
-    provenance = {"policy": str(args.policy), "config": str(config_path), "envs": envs,
-                  "cases": [c.label for c in cases], "policy_provenance": policy.provenance}
-    steps, left_out = step_shapes(programs)
-    table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
-    table.save(args.output)
-    for reason in left_out:
-        print(f"note: no step line (position rules cannot apply) for {reason}")
-    print(f"wrote {args.output}: {len(table.rules)} rules reproducing the policy on {len(calls):,} calls "
-          f"of {len(cases)} case(s)")
+    exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir)
+    save(exported.table, args.output)
+    for note in exported.notes:
+        print(f"note: {note}")
+    print(f"wrote {args.output}: {len(exported.table.rules)} rules reproducing the policy on {exported.calls:,} calls "
+          f"of {exported.cases} case(s)")
     if args.nccl_csv:
-        csv_table = csv_compatible(table)
-        csv_table.save(args.nccl_csv)
-        print(f"wrote {args.nccl_csv}: {len(csv_table.rules)} rules for NVIDIA's example plugin (lossy: no "
+        save(exported.csv_table, args.nccl_csv)
+        print(f"wrote {args.nccl_csv}: {len(exported.csv_table.rules)} rules for NVIDIA's example plugin (lossy: no "
               "position or explicit-default rules)")
     return 0

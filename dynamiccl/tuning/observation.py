@@ -4,7 +4,7 @@ NCCL hands ``getCollInfo`` the collective type, ``nBytes``, ``numPipeOps`` and `
 plugin's init gives ``nRanks`` and ``nNodes``; the plugin itself counts the calls on each
 communicator, which gives the call's position within the step. Nothing else goes in (no simulator
 state, no congestion, no future calls), so any policy over this observation is a function a
-decision table keyed by these fields can reproduce (:mod:`dynamiccl.tuning.export`).
+decision table keyed by these fields can reproduce (:mod:`dynamiccl.table.policy_export`).
 
 Layout (float32, every entry in [0, 1]):
 

@@ -4,17 +4,18 @@ Run from the repository root (recorded result: ``experiments/plugin/fuzz.json``)
 
     .venv/bin/python experiments/plugin/fuzz.py --seconds 300 --record experiments/plugin/fuzz.json
 
-1. Seeds: plugin-table texts written by ``table_text.to_text`` from random ``DecisionTable``s, plus
-   edge cases (long lines at the 511-byte limit, NUL bytes, huge numbers, CRLF, no header, 16 and
-   17 fields, unsupported algorithm/protocol pairs, duplicate step shapes, ...).
+1. Seeds: plugin-table texts written by ``dynamiccl.table.plugin_text.write`` from random
+   ``DecisionTable``s, plus edge cases (long lines at the 511-byte limit, NUL bytes, huge numbers,
+   CRLF, no header, 16 and 17 fields, unsupported algorithm/protocol pairs, duplicate step
+   shapes, ...).
 2. ``tests/c/fuzz_table.c``, compiled with AddressSanitizer and UBSan together with ``tuner.c``,
    mutates them for a bounded time with a fixed seed and calls ``dynamiccl_tuner_parse`` on each
    input. A memory error or undefined behaviour aborts it, so a zero exit status means no crash.
 3. Differential check: every seed and every N-th fuzzed input is kept with the C parser's verdict;
-   ``table_text.read_text`` must accept exactly those the C parser accepts, with the same rule and
-   step counts, and reject the others at the same line. The same for tables past the plugin's
-   size limits (4,097 step lines; with ``--limit-rules`` 1,000,001 rules), parsed by the built
-   plugin through ctypes.
+   ``dynamiccl.table.plugin_text.read`` must accept exactly those the C parser accepts, with the
+   same rule and step counts, and reject the others at the same line. The same for tables past the
+   plugin's size limits (4,097 step lines; with ``--limit-rules`` 1,000,001 rules), parsed by the
+   built plugin through ctypes.
 """
 
 from __future__ import annotations
@@ -34,12 +35,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from dynamiccl.bench import _machine
-from dynamiccl.decision_table import DecisionTable, Rule, StepShape
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import KEEP, MAX_CHANNELS, TUNABLE_FUNCS, supported_configs
-from dynamiccl.plugin import table_text
 from dynamiccl.plugin.binding import TunerLibrary
 from dynamiccl.plugin.build import SOURCE_DIR, build_plugin, compile_sources
+from dynamiccl.table import DecisionTable, Rule, StepShape, plugin_text
 
 ROOT = Path(__file__).resolve().parents[2]
 C_TESTS = ROOT / "tests" / "c"
@@ -166,7 +166,7 @@ def write_seeds(directory: Path, tables: int = 40, seed: int = 0) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for index in range(tables):
-        (directory / f"table-{index:03d}.txt").write_text(table_text.to_text(random_table(rng)))
+        (directory / f"table-{index:03d}.txt").write_text(plugin_text.write(random_table(rng)))
     cases = edge_cases()
     for name, data in cases.items():
         (directory / f"edge-{name}.txt").write_bytes(data)
@@ -194,9 +194,9 @@ def _line_of(message: str) -> int:
 
 
 def python_verdict(data: bytes) -> tuple[int, int, int, str]:
-    """(rules, step lines, 0, "") if read_text accepts ``data``, else (-1, 0, error line, message)."""
+    """(rules, step lines, 0, "") if plugin_text.read accepts ``data``, else (-1, 0, error line, message)."""
     try:
-        table = table_text.read_text(data)
+        table = plugin_text.read(data)
     except InputError as err:
         return -1, 0, _line_of(err.field or ""), str(err)
     except Exception as exc:  # anything but InputError is a bug of the mirror: never agrees
@@ -214,7 +214,7 @@ def sampled_cases(sample_dir: Path) -> Iterator[tuple[str, bytes, tuple]]:
 def limit_cases(with_rules: bool, plugin: Path | None = None) -> Iterator[tuple[str, bytes, tuple]]:
     """Tables past the plugin's size limits (too big for the fuzzer), with the verdict of the
     plugin (``plugin``, default ``build_plugin()``): 4,097 step lines, and with ``with_rules``
-    1,000,001 rules (read_text needs minutes for it)."""
+    1,000,001 rules (plugin_text.read needs minutes for it)."""
     library = TunerLibrary(plugin or build_plugin())
     cases = {"limit-steps-4097": HEADER + b"".join(b"step 8 1 4 allreduce %d\n" % i for i in range(4097))}
     if with_rules:
@@ -228,7 +228,7 @@ def limit_cases(with_rules: bool, plugin: Path | None = None) -> Iterator[tuple[
 
 
 def differential(cases: Iterable[tuple[str, bytes, tuple]], examples: int = 10) -> dict:
-    """Compare the C parser's verdicts with ``read_text``'s: accept/reject with the same rule and
+    """Compare the C parser's verdicts with ``plugin_text.read``'s: accept/reject with the same rule and
     step counts (a disagreement), and for a rejection the same line (an error-line disagreement)."""
     checked = accepted = 0
     disagreements, line_disagreements = [], []
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-samples", type=int, default=4000)
     parser.add_argument("--work-dir", type=Path, help="keep the fuzzer, seeds and samples here")
     parser.add_argument("--limit-rules", action="store_true",
-                        help="also check a 1,000,001-rule table (read_text takes minutes on it)")
+                        help="also check a 1,000,001-rule table (plugin_text.read takes minutes on it)")
     parser.add_argument("--record", type=Path, help="write the result JSON here")
     args = parser.parse_args(argv)
     result = fuzz(args.seconds, args.seed, args.every, args.max_samples, args.work_dir, limit_rules=args.limit_rules)
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "plugin-table-fuzz",
         "description": "mutation fuzzing of dynamiccl_tuner_parse under ASan+UBSan (tests/c/fuzz_table.c) "
-                       "and a differential check of table_text.read_text against it",
+                       "and a differential check of dynamiccl.table.plugin_text.read against it",
         "command": "python experiments/plugin/fuzz.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         **{k: result[k] for k in ("crashes", "seconds", "executions", "execs_per_second") if k in result},
         "accepted_fraction": result["accepted"] / executions if executions else None,

@@ -99,10 +99,9 @@ def main() -> int:
     if args.child:
         return child(args)
 
-    from dynamiccl.decision_table import DecisionTable, Rule
     from dynamiccl.nccl import Algorithm, Func, Protocol
-    from dynamiccl.plugin import table_text
     from dynamiccl.plugin.build import build_plugin
+    from dynamiccl.table import DecisionTable, Rule, save
 
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -114,7 +113,8 @@ def main() -> int:
         Rule(Func.REDUCESCATTER, 0, 2**64 - 1, algorithm=Algorithm.RING, protocol=Protocol.SIMPLE),
         Rule(Func.BROADCAST, 0, 2**64 - 1, algorithm=Algorithm.RING, protocol=Protocol.SIMPLE, channels=1),
     ), {"purpose": "gpu check"})
-    good = table_text.write(table, args.out / "table.txt", "gpu_check.py")
+    good = args.out / "table.txt"
+    save(table, good)
     bad = args.out / "bad.txt"
     bad.write_text("dynamiccl-tuner-table 1\nrule allreduce 0 100 -1 -1 -1 -1 -1 warp simple -1\n")
     base = {**os.environ, "NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,TUNING,ENV",

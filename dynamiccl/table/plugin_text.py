@@ -1,4 +1,4 @@
-"""The plain-text decision table that the C tuner plugin reads (``$DYNAMICCL_TUNER_TABLE``).
+"""A decision table as the plain text that the C tuner plugin reads (``$DYNAMICCL_TUNER_TABLE``).
 
 JSON is what users keep; this is what a few hundred lines of C can parse safely: a fixed header,
 one record per line, whitespace-separated fields, every field checked, lines of at most 511 bytes::
@@ -12,7 +12,7 @@ one record per line, whitespace-separated fields, every field checked, lines of 
     step 16 2 96 allreduce 1048576
 
 Names are the lower-case spellings of NCCL's example CSV; -1 is "any" for keys and "keep NCCL's"
-for algorithm, protocol and channels. Rules keep table order (first match wins). ``read_text`` is
+for algorithm, protocol and channels. Rules keep table order (first match wins). ``read`` is
 the Python mirror of the C parser: both accept and reject the same files (the fuzzing harness
 checks it), so ``dynamiccl doctor`` can name the line and field of a bad file.
 """
@@ -21,13 +21,20 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from dynamiccl import __version__
-from dynamiccl.atomic import write_text
-from dynamiccl.decision_table import DecisionTable, Rule, StepShape
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Algorithm, Protocol
+from dynamiccl.nccl import FUNC_OP, KEEP, MAX_CHANNELS
+from dynamiccl.table.model import (
+    ALGORITHM_BY_NAME,
+    COLL_BY_NAME,
+    C_INT_MAX,
+    MAX_BYTES,
+    PROTOCOL_BY_NAME,
+    DecisionTable,
+    Rule,
+    StepShape,
+)
 
 HEADER = "dynamiccl-tuner-table 1"
 MAX_LINE_BYTES = 511
@@ -36,15 +43,12 @@ MAX_STEPS = 4096
 RULE_FIELDS = ("coll", "min_bytes", "max_bytes", "nranks", "nnodes", "position", "num_pipe_ops",
                "reg_buff", "algorithm", "protocol", "channels")
 STEP_FIELDS = ("nranks", "nnodes", "calls_per_step", "anchor_coll", "anchor_bytes")
-_COLLS = {FUNC_OP[f]: f for f in TUNABLE_FUNCS}
-_ALGOS = {a.name_lower: a for a in Algorithm}
-_PROTOS = {p.name_lower: p for p in Protocol}
 _UNSIGNED = re.compile(r"[0-9]+")
 _SIGNED = re.compile(r"-?[0-9]+")
 
 
-def to_text(table: DecisionTable, source: str = "") -> str:
-    """The table in the plugin's text format (``source`` goes into a comment)."""
+def write(table: DecisionTable, source: str = "") -> str:
+    """The table in the plugin's text format (``source``, the file it came from, goes into a comment)."""
     lines = [HEADER, f"# written by dynamiccl {__version__}" + (f" from {source}" if source else ""),
              "# rule " + " ".join(RULE_FIELDS)]
     for rule in table.rules:
@@ -61,14 +65,7 @@ def to_text(table: DecisionTable, source: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(table: DecisionTable, path: str | os.PathLike, source: str = "") -> Path:
-    """Write ``table`` for the plugin to ``path``, atomically; returns the path."""
-    path = Path(path)
-    write_text(path, to_text(table, source))
-    return path
-
-
-def read_text(data: bytes, source: str | os.PathLike = "<plugin table>") -> DecisionTable:
+def read(data: bytes, source: str | os.PathLike = "<plugin table>") -> DecisionTable:
     """Parse the plugin's text format exactly as the C plugin does.
 
     Raises:
@@ -132,19 +129,18 @@ def _rule(words: list[str], where: str, source) -> Rule:
     if len(words) != 12:
         raise InputError(source, where, f"{len(words)} fields; a rule line has 12: rule {' '.join(RULE_FIELDS)}")
     f = dict(zip(RULE_FIELDS, words[1:]))
-    int_max = 2**31 - 1
     values = {
-        "coll": _name(f["coll"], _COLLS, "coll", where, source, False),
-        "min_bytes": _int(f["min_bytes"], "min_bytes", where, source, 0, 2**64 - 1, unsigned=True),
-        "max_bytes": _int(f["max_bytes"], "max_bytes", where, source, 0, 2**64 - 1, unsigned=True),
-        "nranks": _int(f["nranks"], "nranks", where, source, -1, int_max),
-        "nnodes": _int(f["nnodes"], "nnodes", where, source, -1, int_max),
-        "position": _int(f["position"], "position", where, source, -1, int_max),
-        "num_pipe_ops": _int(f["num_pipe_ops"], "num_pipe_ops", where, source, -1, int_max),
+        "coll": _name(f["coll"], COLL_BY_NAME, "coll", where, source, False),
+        "min_bytes": _int(f["min_bytes"], "min_bytes", where, source, 0, MAX_BYTES, unsigned=True),
+        "max_bytes": _int(f["max_bytes"], "max_bytes", where, source, 0, MAX_BYTES, unsigned=True),
+        "nranks": _int(f["nranks"], "nranks", where, source, -1, C_INT_MAX),
+        "nnodes": _int(f["nnodes"], "nnodes", where, source, -1, C_INT_MAX),
+        "position": _int(f["position"], "position", where, source, -1, C_INT_MAX),
+        "num_pipe_ops": _int(f["num_pipe_ops"], "num_pipe_ops", where, source, -1, C_INT_MAX),
         "reg_buff": _int(f["reg_buff"], "reg_buff", where, source, -1, 1),
-        "algorithm": _name(f["algorithm"], _ALGOS, "algorithm", where, source, True),
-        "protocol": _name(f["protocol"], _PROTOS, "protocol", where, source, True),
-        "channels": _int(f["channels"], "channels", where, source, -1, 64),
+        "algorithm": _name(f["algorithm"], ALGORITHM_BY_NAME, "algorithm", where, source, True),
+        "protocol": _name(f["protocol"], PROTOCOL_BY_NAME, "protocol", where, source, True),
+        "channels": _int(f["channels"], "channels", where, source, -1, MAX_CHANNELS),
     }
     for key in ("nranks", "nnodes", "num_pipe_ops", "channels"):
         if values[key] == 0:
@@ -159,16 +155,18 @@ def _step(words: list[str], where: str, source, steps: list[StepShape]) -> StepS
     if len(words) != 6:
         raise InputError(source, where, f"{len(words)} fields; a step line has 6: step {' '.join(STEP_FIELDS)}")
     f = dict(zip(STEP_FIELDS, words[1:]))
-    int_max = 2**31 - 1
-    nranks = _int(f["nranks"], "nranks", where, source, 1, int_max)
+    nranks = _int(f["nranks"], "nranks", where, source, 1, C_INT_MAX)
     nnodes = _int(f["nnodes"], "nnodes", where, source, 1, nranks)
     step = StepShape(
         nranks=nranks, nnodes=nnodes,
-        calls_per_step=_int(f["calls_per_step"], "calls_per_step", where, source, 1, int_max),
-        anchor_coll=_name(f["anchor_coll"], _COLLS, "anchor_coll", where, source, False),
-        anchor_bytes=_int(f["anchor_bytes"], "anchor_bytes", where, source, 0, 2**64 - 1, unsigned=True))
+        calls_per_step=_int(f["calls_per_step"], "calls_per_step", where, source, 1, C_INT_MAX),
+        anchor_coll=_name(f["anchor_coll"], COLL_BY_NAME, "anchor_coll", where, source, False),
+        anchor_bytes=_int(f["anchor_bytes"], "anchor_bytes", where, source, 0, MAX_BYTES, unsigned=True))
     if any((s.nranks, s.nnodes, s.anchor_coll, s.anchor_bytes) ==
            (nranks, nnodes, step.anchor_coll, step.anchor_bytes) for s in steps):
         raise InputError(source, f"{where}, field anchor_bytes", f"a second step line for {nranks} ranks on "
                          f"{nnodes} nodes with the same anchor")
     return step
+
+
+__all__ = ["HEADER", "MAX_LINE_BYTES", "MAX_RULES", "MAX_STEPS", "RULE_FIELDS", "STEP_FIELDS", "read", "write"]

@@ -44,17 +44,26 @@ One difference under ``DecisionTable.choose`` (not ``lookup``): if NCCL has disa
 exact position rule asks for, the plugin skips that rule and the call gets its size's range rule
 (the majority decision) instead of NCCL's default. A policy trained with action masking never
 picks a disabled cell on the calls it was built from.
+
+From a policy file
+------------------
+``export_policy_tables`` is the whole of ``dynamiccl export --policy``: it collects the calls of an
+experiment config's cases with their action masks, decides them with a saved policy, and returns
+the table, its CSV-compatible subset and the notes for the user.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from dynamiccl.decision_table import MAX_BYTES, DecisionTable, Rule, StepShape, _csv_inexpressible
+from dynamiccl.errors import InputError
 from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, is_supported
 from dynamiccl.tuning.actions import (
     ACTION_ALGO,
@@ -66,6 +75,8 @@ from dynamiccl.tuning.actions import (
     describe_action,
     nearest_channels,
 )
+from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule, StepShape
+from dynamiccl.table.nvidia_csv import inexpressible
 
 QUERY_COLUMNS = ("coll", "nbytes", "nranks", "nnodes", "position", "num_pipe_ops", "reg_buff")
 GROUP_COLUMNS = ("coll", "nranks", "nnodes", "num_pipe_ops", "reg_buff")
@@ -309,7 +320,7 @@ def table_from_policy(decide: Policy, calls: pd.DataFrame, *, provenance: dict,
                                     **rule_choice(action)))
 
     info = {
-        "method": "dynamiccl.tuning.export.table_from_policy",
+        "method": "dynamiccl.table.policy_export.table_from_policy",
         "calls": int(len(frame)),
         "distinct_calls": int(len(seen)),
         "groups": int(frame.groupby(group_cols).ngroups) if len(frame) else 0,
@@ -424,7 +435,7 @@ def csv_compatible(table: DecisionTable) -> DecisionTable:
     For a table not built by ``table_from_policy``, dropping a rule may let a later rule match the
     calls it covered. The returned provenance records how many rules were dropped.
     """
-    kept = tuple(rule for rule in table.rules if not _csv_inexpressible(rule))
+    kept = tuple(rule for rule in table.rules if not inexpressible(rule))
     dropped_position = sum(1 for rule in table.rules if rule.position != KEEP)
     dropped_default = sum(1 for rule in table.rules if rule.position == KEEP and _is_default_rule(rule))
     note = {
@@ -438,8 +449,99 @@ def csv_compatible(table: DecisionTable) -> DecisionTable:
     return DecisionTable(kept, {**table.provenance, "csv_compatible": note}, table.version)
 
 
+# --- from a policy file ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PolicyExport:
+    """What ``export_policy_tables`` built.
+
+    ``table``: the table that reproduces the policy on every call of the cases; ``csv_table``: its
+    rules that NVIDIA's example CSV can hold (``csv_compatible``, lossy); ``notes``: what the user
+    should know, one line each, in order; ``calls`` / ``cases``: how many calls of how many cases
+    ``table`` was built from.
+    """
+
+    table: DecisionTable
+    csv_table: DecisionTable
+    notes: tuple[str, ...]
+    calls: int
+    cases: int
+
+
+def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | os.PathLike | None = None,
+                         env: str | None = None, run_dir: str | os.PathLike | None = None) -> PolicyExport:
+    """A saved policy as a decision table for the calls of an experiment config's cases.
+
+    Every tunable call of the config's train and held-out cases (only those on environment spec
+    ``env`` if given) is a call the table must reproduce; the policy decides each under the
+    intersection of the action masks its (coll, nranks, nnodes, num_pipe_ops) gets in those cases,
+    and the step lines come from the cases' step programs (``step_shapes``).
+
+    Args:
+        policy_path: ``policy.zip`` from ``dynamiccl train``.
+        cases_config: the experiment config whose cases give the calls (default: the one the
+            policy names as its training config).
+        env: the environment spec name the table is for (default: every env of the config).
+        run_dir: the training run's directory, where the config's workloads are generated
+            (default ``experiments/<name>/run``).
+
+    Raises:
+        InputError: (naming ``--cases-config`` / ``--env``, the command's options) if the policy
+            names no config and none is given, or no case runs on ``env``; and whatever reading the
+            policy, the config or its cases raises.
+    """
+    from dynamiccl.tuning.cases import load_case
+    from dynamiccl.tuning.observation import encode
+    from dynamiccl.tuning.policy_file import load_policy
+    from dynamiccl.tuning.config import load_config
+
+    policy = load_policy(policy_path)
+    config_path = cases_config or policy.provenance.get("config_path")
+    if not config_path:
+        raise InputError("--cases-config", None, "the policy does not name its training config; give one")
+    config = load_config(config_path)
+    where = Path(run_dir) if run_dir else config.default_output_dir() / "run"
+    cases = [c for c in config.train_cases(where) + config.heldout_cases(where) if not env or c.env == env]
+    if not cases:
+        raise InputError("--env", None, f"no case of {config_path} runs on {env!r}")
+    envs = sorted({c.env for c in cases})
+    notes = []
+    if len(envs) > 1 and not env:
+        notes.append(f"cases span {len(envs)} environment specs; the table is built over all of them "
+                     "(masks are taken per call, so build one table per cluster with --env for deployment)")
+    rows, masks, programs = [], [], []
+    for case in cases:
+        loaded = load_case(case, config.model)
+        p = loaded.program
+        programs.append(p)
+        for c in p.tunable_calls:
+            rows.append((p.call_func[c], p.call_nbytes[c], p.call_nranks[c], p.call_nnodes[c], p.call_position[c],
+                         p.call_pipe_ops[c], 0))
+            masks.append(loaded.costs.mask[loaded.costs.call_key[c]])
+    calls = pd.DataFrame(rows, columns=list(QUERY_COLUMNS))
+    mask_of = {}
+    for row, mask in zip(rows, masks):
+        key = (row[0], row[2], row[3], row[5])
+        mask_of[key] = mask_of.get(key, mask) & mask
+
+    def decide(frame: pd.DataFrame) -> np.ndarray:
+        obs = encode(frame["coll"], frame["nbytes"], frame["nranks"], frame["nnodes"], frame["num_pipe_ops"],
+                     frame["reg_buff"], frame["position"])
+        m = np.stack([mask_of[(a, b, c, d)] for a, b, c, d in
+                      zip(frame["coll"], frame["nranks"], frame["nnodes"], frame["num_pipe_ops"])])
+        return policy.decide(obs, m)
+
+    provenance = {"policy": str(policy_path), "config": str(config_path), "envs": envs,
+                  "cases": [c.label for c in cases], "policy_provenance": policy.provenance}
+    steps, left_out = step_shapes(programs)
+    table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
+    notes += [f"no step line (position rules cannot apply) for {reason}" for reason in left_out]
+    return PolicyExport(table, csv_compatible(table), tuple(notes), len(calls), len(cases))
+
+
 __all__ = [
     "step_shapes",
     "DECIDE_BATCH_ROWS", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
-    "csv_compatible", "decisions_of_table", "rule_choice", "size_grid", "table_from_policy",
+    "PolicyExport", "csv_compatible", "decisions_of_table", "export_policy_tables", "rule_choice", "size_grid",
+    "table_from_policy",
 ]
