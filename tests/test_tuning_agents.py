@@ -381,3 +381,38 @@ def test_sample_efficiency_known_answer():
     assert c["reached"] and c["converged_iteration"] == 1 and c["measurements"] == 20
     with pytest.raises(ValueError, match="measurements"):
         sample_efficiency(steps.drop(columns="measurements"))
+
+
+# --- the agent registry ------------------------------------------------------------------------------
+
+
+def test_agent_registry_builds_each_agent_by_name():
+    from dynamiccl.tuning.agents import AGENTS, AgentInputs, make_agents
+
+    built = make_agents(["nccl-default", "random", "oracle", "ucb-bandit", "coordinate-descent", "policy"],
+                        AgentInputs(seed=3))
+    assert [a.name for a in built] == ["nccl-default", "random", "oracle", "ucb-bandit", "coordinate-descent"]
+    assert built[1].seed == 3  # "policy" without a policy file is not applicable: left out
+    assert set(AGENTS) >= {"nccl-default", "random", "oracle", "static-best", "ucb-bandit", "coordinate-descent",
+                           "policy"}
+    with pytest.raises(InputError, match="unknown agent 'greedy'; expected some of nccl-default"):
+        make_agents(["greedy"], AgentInputs())
+    with pytest.raises(InputError, match="static-best is fitted on training episodes"):
+        make_agents(["static-best"], AgentInputs())
+
+
+def test_a_new_agent_is_one_registry_entry(monkeypatch, capsys, tmp_path):
+    from dynamiccl.cli import main
+    from dynamiccl.tuning import agents
+
+    class Always(agents.Agent):
+        name = "always-ring"
+
+        def act(self, env, obs, mask):
+            return int(np.flatnonzero(mask)[-1])
+
+    monkeypatch.setitem(agents.AGENTS, "always-ring", agents.AgentEntry(lambda inputs: Always(), "test agent"))
+    out = tmp_path / "r.parquet"
+    assert main(["evaluate", "--traces", CASES[0][0], "--envs", "dgx-h100", "--states", "1", "--agents",
+                 "nccl-default,always-ring", "-o", str(out)]) == 0
+    assert "always-ring" in capsys.readouterr().out

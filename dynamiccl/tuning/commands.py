@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 
 from dynamiccl.errors import InputError
-
-AGENT_NAMES = ("nccl-default", "random", "oracle", "static-best", "ucb-bandit", "coordinate-descent", "policy")
-
+from dynamiccl.tuning.agents import AGENTS
 
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a MaskablePPO policy from an experiment config (TOML)",
@@ -32,8 +30,8 @@ def add_commands(sub) -> None:
                                      "generated (default experiments/<name>/run)")
     p.add_argument("--traces", nargs="+", help="trace files (instead of --config)")
     p.add_argument("--envs", nargs="+", help="environment specs, crossed with --traces")
-    p.add_argument("--agents", default=",".join(AGENT_NAMES),
-                   help=f"comma-separated agents (default all: {','.join(AGENT_NAMES)})")
+    p.add_argument("--agents", default=",".join(AGENTS),
+                   help=f"comma-separated agents (default all: {','.join(AGENTS)})")
     p.add_argument("--states", type=int, default=4, help="dynamics states per case (with --traces)")
     p.add_argument("--state-offset", type=int, default=1000, help="first dynamics state (with --traces)")
     p.add_argument("--online-steps", type=int, default=20, help="training steps the online learners get per case")
@@ -67,44 +65,10 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _agents(names: list[str], policy: str | None, fit_env, fit_episodes, seed: int = 0):
-    from dynamiccl import table
-    from dynamiccl.tuning import agents as ag
-    from dynamiccl.tuning.online import CoordinateDescent, UCBBandit
-
-    out = []
-    for name in names:
-        if name == "nccl-default":
-            out.append(ag.NcclDefaultAgent())
-        elif name == "random":
-            out.append(ag.RandomAgent(seed))
-        elif name == "oracle":
-            out.append(ag.OracleAgent())
-        elif name == "static-best":
-            agent = ag.StaticBestAgent()
-            agent.fit(fit_env, fit_episodes)
-            out.append(agent)
-        elif name == "ucb-bandit":
-            out.append(ag.OnlineAgent(UCBBandit()))
-        elif name == "coordinate-descent":
-            out.append(ag.OnlineAgent(CoordinateDescent()))
-        elif name == "policy":
-            if not policy:
-                continue
-            if Path(policy).suffix.lower() in table.FORMATS:
-                out.append(ag.TableAgent(table.load(policy), name="table"))
-            else:
-                from dynamiccl.tuning.policy_file import load_policy
-
-                out.append(ag.PolicyAgent(load_policy(policy), name="policy"))
-        else:
-            raise InputError("--agents", None, f"unknown agent {name!r}; expected some of {', '.join(AGENT_NAMES)}")
-    return out
-
-
 def cmd_evaluate(args) -> int:
     from dynamiccl.tuning.cases import Case
     from dynamiccl.tuning.env import TuningEnv
+    from dynamiccl.tuning.agents import AgentInputs, make_agents
     from dynamiccl.tuning.evaluate import evaluate
 
     names = [n.strip() for n in args.agents.split(",") if n.strip()]
@@ -129,9 +93,8 @@ def cmd_evaluate(args) -> int:
         fit_cases, fit_states = cases, list(range(args.states))  # in-sample cases, other dynamics states
         model = args.model
     env = TuningEnv(cases, model=model)
-    fit_env = TuningEnv(fit_cases, model=model) if "static-best" in names else None
-    fit_episodes = [(c, s) for c in range(len(fit_cases)) for s in fit_states]
-    agents = _agents(names, args.policy, fit_env, fit_episodes)
+    fit = lambda: (TuningEnv(fit_cases, model=model), [(c, s) for c in range(len(fit_cases)) for s in fit_states])  # noqa: E731
+    agents = make_agents(names, AgentInputs(policy=args.policy, fit=fit))
     started = time.perf_counter()
     results = evaluate(agents, env, states, online_steps=args.online_steps)
     results.write(args.output, command="dynamiccl " + shlex.join(args.argv))
