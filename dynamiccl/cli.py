@@ -206,11 +206,13 @@ def cmd_table_convert(args) -> int:
 
 def cmd_table_lookup(args) -> int:
     from dynamiccl import nccl
+    from dynamiccl.callkey import CallKey
     from dynamiccl.table import load
 
     table = load(args.file)
-    func = nccl.parse_func(args.coll, "--coll")
-    rule = table.lookup(func, args.bytes, args.nranks, args.nnodes, args.position, args.num_pipe_ops, args.reg_buff)
+    call = CallKey(nccl.parse_func(args.coll, "--coll"), args.bytes, args.nranks, args.nnodes, position=args.position,
+                   num_pipe_ops=args.num_pipe_ops, reg_buff=args.reg_buff)
+    rule = table.lookup(call)
     if rule is None:
         print("no rule matches: NCCL's own choice")
         return 0

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import MAX_CHANNELS, Algorithm, Func, Protocol
 from dynamiccl.table import FORMAT_VERSION, Choice, DecisionTable, Rule, StepShape, json_format, load, nvidia_csv, \
@@ -103,48 +104,48 @@ def test_lookup_first_match_wins_and_order_matters():
     small = rule(max_bytes=1000, algorithm=A.TREE, protocol=P.LL)
     everything = rule(algorithm=A.RING, protocol=P.SIMPLE)
     table = DecisionTable((small, everything))
-    assert table.lookup(Func.ALLREDUCE, 500, 8, 1) is small
-    assert table.lookup(Func.ALLREDUCE, 1000, 8, 1) is small  # inclusive upper bound
-    assert table.lookup(Func.ALLREDUCE, 1001, 8, 1) is everything
+    assert table.lookup(CallKey(Func.ALLREDUCE, 500, 8, 1)) is small
+    assert table.lookup(CallKey(Func.ALLREDUCE, 1000, 8, 1)) is small  # inclusive upper bound
+    assert table.lookup(CallKey(Func.ALLREDUCE, 1001, 8, 1)) is everything
     reversed_table = DecisionTable((everything, small))
-    assert reversed_table.lookup(Func.ALLREDUCE, 500, 8, 1) is everything
+    assert reversed_table.lookup(CallKey(Func.ALLREDUCE, 500, 8, 1)) is everything
 
 
 def test_lookup_keys_and_wildcards():
     exact = rule(min_bytes=100, max_bytes=200, nranks=8, nnodes=1, algorithm=A.RING, protocol=P.LL)
     table = DecisionTable((exact,))
-    assert table.lookup(Func.ALLREDUCE, 100, 8, 1) is exact  # inclusive lower bound
-    assert table.lookup(Func.ALLREDUCE, 99, 8, 1) is None
-    assert table.lookup(Func.ALLREDUCE, 150, 16, 1) is None
-    assert table.lookup(Func.ALLREDUCE, 150, 8, 2) is None
-    assert table.lookup(Func.ALLGATHER, 150, 8, 1) is None
+    assert table.lookup(CallKey(Func.ALLREDUCE, 100, 8, 1)) is exact  # inclusive lower bound
+    assert table.lookup(CallKey(Func.ALLREDUCE, 99, 8, 1)) is None
+    assert table.lookup(CallKey(Func.ALLREDUCE, 150, 16, 1)) is None
+    assert table.lookup(CallKey(Func.ALLREDUCE, 150, 8, 2)) is None
+    assert table.lookup(CallKey(Func.ALLGATHER, 150, 8, 1)) is None
     wildcard = DecisionTable((rule(algorithm=A.RING, protocol=P.LL),))
     for nranks, nnodes in ((1, 1), (8, 1), (512, 64)):
-        assert wildcard.lookup(Func.ALLREDUCE, 0, nranks, nnodes) is not None
-        assert wildcard.lookup(Func.ALLREDUCE, MAX_BYTES, nranks, nnodes) is not None
+        assert wildcard.lookup(CallKey(Func.ALLREDUCE, 0, nranks, nnodes)) is not None
+        assert wildcard.lookup(CallKey(Func.ALLREDUCE, MAX_BYTES, nranks, nnodes)) is not None
 
 
 def test_lookup_position_semantics():
     at_two = rule(position=2, algorithm=A.TREE, protocol=P.SIMPLE)
     anywhere = rule(algorithm=A.RING, protocol=P.SIMPLE)
     table = DecisionTable((at_two, anywhere))
-    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, position=2) is at_two
-    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, position=3) is anywhere
+    assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1, position=2)) is at_two
+    assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1, position=3)) is anywhere
     # An unknown position (-1) matches only rules whose position is -1.
-    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, position=-1) is anywhere
-    assert table.lookup(Func.ALLREDUCE, 10, 8, 1) is anywhere
-    assert DecisionTable((at_two,)).lookup(Func.ALLREDUCE, 10, 8, 1) is None
+    assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1, position=-1)) is anywhere
+    assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1)) is anywhere
+    assert DecisionTable((at_two,)).lookup(CallKey(Func.ALLREDUCE, 10, 8, 1)) is None
 
 
 def test_lookup_num_pipe_ops_and_reg_buff():
     pipelined = rule(num_pipe_ops=4, algorithm=A.RING, protocol=P.LL128)
     registered = rule(reg_buff=1, algorithm=A.NVLS, protocol=P.SIMPLE)
     table = DecisionTable((pipelined, registered))
-    assert table.lookup(Func.ALLREDUCE, 10, 8, 1) is None  # defaults: numPipeOps 1, regBuff 0
-    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=4) is pipelined
-    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, reg_buff=1) is registered
-    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=4, reg_buff=1) is pipelined
-    assert table.lookup(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=2, reg_buff=0) is None
+    assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1)) is None  # defaults: numPipeOps 1, regBuff 0
+    assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=4)) is pipelined
+    assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1, reg_buff=1)) is registered
+    assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=4, reg_buff=1)) is pipelined
+    assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=2, reg_buff=0)) is None
 
 
 # --- choose ---------------------------------------------------------------------------------------
@@ -155,67 +156,67 @@ def test_choose_skips_rule_whose_cell_nccl_disabled():
         rule(algorithm=A.TREE, protocol=P.LL, channels=2),
     ))
     cost_table = costs(ring_ll=5.0, ring_simple=3.0, tree_ll=9.0)
-    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.TREE, P.LL, 2, 1)
+    assert table.choose(cost_table, CallKey(Func.ALLREDUCE, 1024, 8, 1)) == Choice(A.TREE, P.LL, 2, 1)
     # With NVLS enabled the first rule applies even though it is NCCL's most expensive cell.
     cost_table[A.NVLS][P.SIMPLE] = 50.0
-    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.NVLS, P.SIMPLE, 4, 0)
+    assert table.choose(cost_table, CallKey(Func.ALLREDUCE, 1024, 8, 1)) == Choice(A.NVLS, P.SIMPLE, 4, 0)
 
 
 def test_choose_protocol_only_rule_picks_cheapest_enabled_candidate():
     table = DecisionTable((rule(protocol=P.SIMPLE),))
     cost_table = costs(tree_simple=7.0, ring_simple=4.0, nvls_simple=-1.0, ring_ll=1.0)
-    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.SIMPLE, 0, 0)
+    assert table.choose(cost_table, CallKey(Func.ALLREDUCE, 1024, 8, 1)) == Choice(A.RING, P.SIMPLE, 0, 0)
     # Ties go to the lowest algorithm index (NCCL's scan order): tree (0) before ring (1).
     tie = costs(tree_simple=4.0, ring_simple=4.0, ring_ll=1.0)
-    assert table.choose(tie, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.TREE, P.SIMPLE, 0, 0)
+    assert table.choose(tie, CallKey(Func.ALLREDUCE, 1024, 8, 1)) == Choice(A.TREE, P.SIMPLE, 0, 0)
 
 
 def test_choose_algorithm_only_rule_picks_cheapest_enabled_protocol():
     table = DecisionTable((rule(algorithm=A.RING, channels=16),))
     cost_table = costs(ring_ll=6.0, ring_ll128=2.5, ring_simple=-1.0, tree_ll=0.5)
-    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.LL128, 16, 0)
+    assert table.choose(cost_table, CallKey(Func.ALLREDUCE, 1024, 8, 1)) == Choice(A.RING, P.LL128, 16, 0)
     tie = costs(ring_ll=2.0, ring_ll128=2.0, tree_ll=0.5)
-    assert table.choose(tie, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.LL, 16, 0)
+    assert table.choose(tie, CallKey(Func.ALLREDUCE, 1024, 8, 1)) == Choice(A.RING, P.LL, 16, 0)
 
 
 def test_choose_algorithm_only_rule_with_no_enabled_cell_is_skipped():
     table = DecisionTable((rule(algorithm=A.COLLNET_DIRECT), rule(protocol=P.LL)))
     cost_table = costs(ring_ll=6.0, tree_ll=8.0, ring_simple=1.0)
-    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.LL, 0, 1)
+    assert table.choose(cost_table, CallKey(Func.ALLREDUCE, 1024, 8, 1)) == Choice(A.RING, P.LL, 0, 1)
 
 
 def test_choose_channels_only_rule_applies_to_nccl_argmin():
     table = DecisionTable((rule(channels=2),))
     cost_table = costs(tree_ll=9.0, ring_ll128=3.0, ring_simple=4.0)
-    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.RING, P.LL128, 2, 0)
+    assert table.choose(cost_table, CallKey(Func.ALLREDUCE, 1024, 8, 1)) == Choice(A.RING, P.LL128, 2, 0)
 
 
 def test_choose_without_matching_rule_is_nccl_argmin_with_channels_zero():
     table = DecisionTable((rule(coll=Func.ALLGATHER, algorithm=A.RING, protocol=P.LL, channels=4),))
     cost_table = costs(tree_ll=2.0, ring_ll=2.0, ring_simple=7.0)
     # Tie between tree/ll and ring/ll: the lowest algorithm index wins, as in NCCL.
-    assert table.choose(cost_table, Func.ALLREDUCE, 1024, 8, 1) == Choice(A.TREE, P.LL, 0, None)
-    assert DecisionTable().choose(np.array(cost_table), Func.BROADCAST, 1, 2, 1) == \
+    assert table.choose(cost_table, CallKey(Func.ALLREDUCE, 1024, 8, 1)) == Choice(A.TREE, P.LL, 0, None)
+    assert DecisionTable().choose(np.array(cost_table), CallKey(Func.BROADCAST, 1, 2, 1)) == \
         Choice(A.TREE, P.LL, 0, None)
 
 
 def test_choose_uses_the_call_keys():
     table = DecisionTable((rule(position=1, algorithm=A.TREE, protocol=P.SIMPLE, channels=3),))
     cost_table = costs(tree_simple=9.0, ring_simple=1.0)
-    assert table.choose(cost_table, Func.ALLREDUCE, 8, 4, 1, position=1).rule_index == 0
-    assert table.choose(cost_table, Func.ALLREDUCE, 8, 4, 1, position=0) == \
+    assert table.choose(cost_table, CallKey(Func.ALLREDUCE, 8, 4, 1, position=1)).rule_index == 0
+    assert table.choose(cost_table, CallKey(Func.ALLREDUCE, 8, 4, 1, position=0)) == \
         Choice(A.RING, P.SIMPLE, 0, None)
 
 
 def test_choose_with_every_cell_disabled_raises():
     table = DecisionTable((rule(algorithm=A.RING, protocol=P.LL),))
     with pytest.raises(ValueError, match="disabled"):
-        table.choose(costs(), Func.ALLREDUCE, 1024, 8, 1)
+        table.choose(costs(), CallKey(Func.ALLREDUCE, 1024, 8, 1))
 
 
 def test_choose_rejects_misshaped_cost_table():
     with pytest.raises(ValueError, match="7x3"):
-        DecisionTable().choose([[1.0, 2.0, 3.0]] * 6, Func.ALLREDUCE, 1, 2, 1)
+        DecisionTable().choose([[1.0, 2.0, 3.0]] * 6, CallKey(Func.ALLREDUCE, 1, 2, 1))
 
 
 # --- JSON -----------------------------------------------------------------------------------------
@@ -403,8 +404,8 @@ def test_nvidia_readme_config_valid_lines_parse():
              reg_buff=-1, algorithm=A.RING, protocol=P.LL128, channels=-1),
     )
     # Registered small allreduce on one node gets tree/simple; unregistered matches nothing.
-    assert table.lookup(Func.ALLREDUCE, 4096, 8, 1, reg_buff=1) is table.rules[0]
-    assert table.lookup(Func.ALLREDUCE, 4096, 8, 1, reg_buff=0) is None
+    assert table.lookup(CallKey(Func.ALLREDUCE, 4096, 8, 1, reg_buff=1)) is table.rules[0]
+    assert table.lookup(CallKey(Func.ALLREDUCE, 4096, 8, 1, reg_buff=0)) is None
 
 
 def test_nvidia_readme_config_broadcast_tree_is_rejected(tmp_path):

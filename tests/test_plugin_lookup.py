@@ -13,6 +13,7 @@ import random
 import pytest
 from plugin_harness import use_table
 
+from dynamiccl.callkey import CallKey
 from dynamiccl.nccl import TUNABLE_FUNCS, Algorithm, Func, Protocol, supported_configs
 from dynamiccl.plugin.binding import nccl_pick
 from dynamiccl.table import DecisionTable, PositionCounter, Rule, StepShape
@@ -72,7 +73,8 @@ def check_agreement(tuner, table: DecisionTable, calls_per_shape: int, rng: rand
             for coll, nbytes, pipe_ops, reg_buff, costs in random_calls(rng, calls_per_shape, anchors):
                 position = counter.advance(coll, nbytes)
                 reg_buff = 0 if abi == 3 else reg_buff  # v3 has no regBuff argument: NCCL means 0
-                expected = table.choose(costs, coll, nbytes, nranks, nnodes, position, pipe_ops, reg_buff)
+                expected = table.choose(costs, CallKey(coll, nbytes, nranks, nnodes, position=position, num_pipe_ops=pipe_ops,
+                                                         reg_buff=reg_buff))
                 got = comm.coll_info(coll, nbytes, costs, num_pipe_ops=pipe_ops, reg_buff=reg_buff)
                 last = tuner.stats()["last"]
                 context = (coll, nbytes, nranks, nnodes, position, pipe_ops, reg_buff, costs)
@@ -131,7 +133,7 @@ def test_large_indexed_table_agrees(tuner, tmp_path, monkeypatch):
             nbytes = rng.choice(seen) + rng.choice((-1, 0, 0))
             costs = random_costs(rng)
             position = counter.advance(coll, nbytes)
-            expected = table.choose(costs, coll, nbytes, 8, 1, position)
+            expected = table.choose(costs, CallKey(coll, nbytes, 8, 1, position=position))
             got = comm.coll_info(coll, nbytes, costs)
             assert (got.algorithm, got.protocol, got.n_channels) == (
                 expected.algorithm, expected.protocol, expected.channels), (coll, nbytes, position)
@@ -154,7 +156,7 @@ def test_overlapping_table_falls_back_to_a_scan_and_agrees(tuner, tmp_path, monk
             nbytes = rng.choice((rng.randrange(0, 7000), rng.randrange(0, MAX)))
             pipe_ops = rng.choice((1, 2, 3))
             costs = random_costs(rng)
-            expected = table.choose(costs, Func.ALLREDUCE, nbytes, 16, 2, -1, pipe_ops)
+            expected = table.choose(costs, CallKey(Func.ALLREDUCE, nbytes, 16, 2, position=-1, num_pipe_ops=pipe_ops))
             got = comm.coll_info(Func.ALLREDUCE, nbytes, costs, num_pipe_ops=pipe_ops)
             assert (got.algorithm, got.protocol, got.n_channels) == (
                 expected.algorithm, expected.protocol, expected.channels), (nbytes, pipe_ops)

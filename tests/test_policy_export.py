@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dynamiccl.callkey import CallKey
 from dynamiccl.nccl import KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, supported_configs
 from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, json_format, nvidia_csv
 from dynamiccl.table.policy_export import (
@@ -131,8 +132,9 @@ def random_calls(seed: int, n_calls: int = 2000, n_groups: int = 6, sizes_per_gr
 
 
 def _lookup(table: DecisionTable, row) -> Rule | None:
-    return table.lookup(Func(int(row.coll)), int(row.nbytes), int(row.nranks), int(row.nnodes),
-                        int(row.position), int(row.num_pipe_ops), int(row.reg_buff))
+    return table.lookup(CallKey(Func(int(row.coll)), int(row.nbytes), int(row.nranks), int(row.nnodes),
+                                position=int(row.position), num_pipe_ops=int(row.num_pipe_ops),
+                                reg_buff=int(row.reg_buff)))
 
 
 def _choice(rule: Rule) -> dict:
@@ -249,7 +251,7 @@ def test_majority_decides_position_free_rule_and_ties_take_lowest_action():
     table = table_from_policy(policy, calls, provenance=PROVENANCE)
     position_rules = [rule for rule in table.rules if _is_position_rule(rule)]
     assert sorted(rule.position for rule in position_rules) == [0, 1, 4]
-    size_rule = table.lookup(Func.ALLREDUCE, 1 << 20, 8, 1, position=77)  # an unseen position
+    size_rule = table.lookup(CallKey(Func.ALLREDUCE, 1 << 20, 8, 1, position=77))  # an unseen position
     assert _choice(size_rule) == rule_choice(ring[4])
     np.testing.assert_array_equal(decisions_of_table(table, calls), policy(calls))
 

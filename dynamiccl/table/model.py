@@ -14,10 +14,11 @@ Lookup semantics
 There is one semantics, implemented here and in the C plugin, and it is the one NCCL's example
 plugin uses: **first match wins**.
 
-A call is described by its collective (``ncclFunc_t``), ``nbytes`` (NCCL's ``nBytes``, in bytes),
-the ``nranks`` and ``nnodes`` of its communicator, its ``position`` (0-based index of the call
-among the collectives issued on the same communicator within one training step; -1 = unknown),
-``num_pipe_ops`` (NCCL's numPipeOps, >= 1) and ``reg_buff`` (0 or 1).
+A call is described by its :class:`~dynamiccl.callkey.CallKey`: its collective (``ncclFunc_t``),
+``nbytes`` (NCCL's ``nBytes``, in bytes), the ``nranks`` and ``nnodes`` of its communicator, its
+``position`` (0-based index of the call among the collectives issued on the same communicator
+within one training step; -1 = unknown), ``num_pipe_ops`` (NCCL's numPipeOps, >= 1) and
+``reg_buff`` (0 or 1).
 
 A rule *matches* a call when its collective is the call's, ``min_bytes <= nbytes <= max_bytes``,
 and each of nranks, nnodes, position, num_pipe_ops and reg_buff is -1 ("any") in the rule or equal
@@ -63,6 +64,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import (
     FUNC_OP,
@@ -217,20 +219,16 @@ class Rule:
             raise InputError(None, "protocol", f"NCCL cannot run {coll_name} with protocol "
                              f"{self.protocol.name_lower} under any algorithm")
 
-    def matches(self, coll: Func, nbytes: int, nranks: int, nnodes: int, position: int = -1,
-                num_pipe_ops: int = 1, reg_buff: int = 0) -> bool:
-        """Whether this rule's keys all match a call (see the module docstring).
-
-        ``nbytes`` is NCCL's nBytes in bytes; ``position`` -1 means unknown, which only rules with
-        position -1 match.
-        """
-        return (coll == self.coll
-                and self.min_bytes <= nbytes <= self.max_bytes
-                and (self.nranks == KEEP or self.nranks == nranks)
-                and (self.nnodes == KEEP or self.nnodes == nnodes)
-                and (self.position == KEEP or self.position == position)
-                and (self.num_pipe_ops == KEEP or self.num_pipe_ops == num_pipe_ops)
-                and (self.reg_buff == KEEP or self.reg_buff == reg_buff))
+    def matches(self, call: CallKey) -> bool:
+        """Whether this rule's keys all match ``call`` (see the module docstring); a call whose
+        position is unknown (-1) matches only rules with position -1."""
+        return (call.coll == self.coll
+                and self.min_bytes <= call.nbytes <= self.max_bytes
+                and (self.nranks == KEEP or self.nranks == call.nranks)
+                and (self.nnodes == KEEP or self.nnodes == call.nnodes)
+                and (self.position == KEEP or self.position == call.position)
+                and (self.num_pipe_ops == KEEP or self.num_pipe_ops == call.num_pipe_ops)
+                and (self.reg_buff == KEEP or self.reg_buff == call.reg_buff))
 
 
 @dataclass(frozen=True)
@@ -384,25 +382,20 @@ class DecisionTable:
 
     # --- lookup ---
 
-    def lookup(self, coll: Func, nbytes: int, nranks: int, nnodes: int, position: int = -1,
-               num_pipe_ops: int = 1, reg_buff: int = 0) -> Rule | None:
-        """The first rule (table order) whose keys all match the call, or None.
-
-        ``nbytes`` in bytes; ``position`` -1 = unknown (matches only rules with position -1).
-        """
+    def lookup(self, call: CallKey) -> Rule | None:
+        """The first rule (table order) whose keys all match ``call``, or None."""
         for rule in self.rules:
-            if rule.matches(coll, nbytes, nranks, nnodes, position, num_pipe_ops, reg_buff):
+            if rule.matches(call):
                 return rule
         return None
 
-    def choose(self, cost_table: Sequence[Sequence[float]], coll: Func, nbytes: int, nranks: int,
-               nnodes: int, position: int = -1, num_pipe_ops: int = 1, reg_buff: int = 0) -> Choice:
+    def choose(self, cost_table: Sequence[Sequence[float]], call: CallKey) -> Choice:
         """Apply the table to NCCL's cost table exactly as the tuner plugin does.
 
         Args:
             cost_table: 7x3 array-like, NCCL's predicted time in µs per [algorithm][protocol];
                 a negative (or NaN) entry is a cell NCCL disabled and is never chosen.
-            coll, nbytes (bytes), nranks, nnodes, position, num_pipe_ops, reg_buff: the call.
+            call: what the plugin sees about the call.
 
         Returns:
             The ``Choice`` of the first rule that applies (see the module docstring), else NCCL's
@@ -423,7 +416,7 @@ class DecisionTable:
 
         nccl_cell = min(enabled, key=cost_of)
         for index, rule in enumerate(self.rules):
-            if not rule.matches(coll, nbytes, nranks, nnodes, position, num_pipe_ops, reg_buff):
+            if not rule.matches(call):
                 continue
             if rule.algorithm is None and rule.protocol is None:
                 cell = nccl_cell  # channels-only rule

@@ -63,6 +63,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from dynamiccl.callkey import FIELDS as CALL_KEY_FIELDS
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, is_supported
 from dynamiccl.tuning.actions import (
@@ -78,7 +79,7 @@ from dynamiccl.tuning.actions import (
 from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule, StepShape
 from dynamiccl.table.nvidia_csv import inexpressible
 
-QUERY_COLUMNS = ("coll", "nbytes", "nranks", "nnodes", "position", "num_pipe_ops", "reg_buff")
+QUERY_COLUMNS = CALL_KEY_FIELDS  # one column per CallKey field
 GROUP_COLUMNS = ("coll", "nranks", "nnodes", "num_pipe_ops", "reg_buff")
 
 GRID_MAX_BYTES = 2**40  # top of the generalisation grid; larger sizes take the last run's decision

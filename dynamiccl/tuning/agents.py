@@ -41,6 +41,7 @@ from typing import Any, Callable, Protocol as TypingProtocol, Sequence
 
 import numpy as np
 
+from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import KEEP, Func
 from dynamiccl.table.model import DecisionTable, PositionCounter
@@ -396,8 +397,7 @@ class PolicyAgent(Agent):
 class TableAgent(Agent):
     """A decision table applied exactly as the tuner plugin applies it.
 
-    Per call: ``table.choose(NCCL's 7x3 cost table, coll, nbytes, nranks, nnodes, position,
-    num_pipe_ops, reg_buff=0)``, where ``position`` is what the plugin's per-communicator counter
+    Per call: ``table.choose(NCCL's 7x3 cost table, CallKey(...))`` with ``reg_buff`` 0, where ``position`` is what the plugin's per-communicator counter
     gives the call (``PositionCounter`` over the table's step lines, in steady state: the counter
     runs over three consecutive steps of each group and the last one counts), not the trace's --
     a shape without a step line has unknown positions (-1) at run time, so position rules do not
@@ -434,8 +434,8 @@ class TableAgent(Agent):
         costs = env.loaded.costs
         k = costs.call_key[env.pending]
         func, nbytes, nranks, nnodes, pipe_ops = costs.keys[k]
-        choice = self.table.choose(costs.nccl_cost[k].reshape(7, 3), Func(func), nbytes, nranks, nnodes,
-                                   position, pipe_ops, 0)
+        choice = self.table.choose(costs.nccl_cost[k].reshape(7, 3),
+                                   CallKey(func, nbytes, nranks, nnodes, position=position, num_pipe_ops=pipe_ops))
         if choice.rule_index is None:
             return DEFAULT_ACTION, False
         rule = self.table.rules[choice.rule_index]
