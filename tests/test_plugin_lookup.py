@@ -189,13 +189,13 @@ def test_exported_step_lines_make_the_plugin_count_the_traces_positions(tuner, t
         groups.setdefault(program.call_group[call], []).append(call)
     checked = 0
     for calls in groups.values():
-        calls.sort(key=lambda c: program.call_position[c])
-        with tuner.open(5, program.call_nranks[calls[0]], program.call_nnodes[calls[0]]) as comm:
+        keys = sorted((program.call_key[c] for c in calls), key=lambda key: key.position)
+        with tuner.open(5, keys[0].nranks, keys[0].nnodes) as comm:
             comm.coll_info(Func.BROADCAST, 12345, random_costs(random.Random(0)))  # setup: not in the step
             assert tuner.stats()["last"]["position"] == -1
             for _ in range(3):  # three training steps
-                for call in calls:
-                    comm.coll_info(program.call_func[call], program.call_nbytes[call], [[1.0] * 3] * 7)
-                    assert tuner.stats()["last"]["position"] == program.call_position[call]
+                for key in keys:
+                    comm.coll_info(key.coll, key.nbytes, [[1.0] * 3] * 7)
+                    assert tuner.stats()["last"]["position"] == key.position
                     checked += 1
     assert checked == 3 * len(program.tunable_calls)

@@ -61,7 +61,7 @@ class ForcedAgent(Agent):
         self.func, self.action = int(func), action
 
     def act(self, env, obs, mask) -> int:
-        return self.action if env.pending_key()[0] == self.func and mask[self.action] else DEFAULT_ACTION
+        return self.action if env.pending_call().coll == self.func and mask[self.action] else DEFAULT_ACTION
 
 
 def all_episodes(env, agent):
@@ -164,7 +164,7 @@ def test_table_position_rules_need_the_plugins_step_lines(env):
     rule = Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES, position=0,
                 algorithm=Algorithm.RING, protocol=Protocol.SIMPLE)
     run_episode(env, NcclDefaultAgent(), 1, 0)  # loads the llama3-8b case
-    steps, _ = step_shapes([env.loaded.program])
+    steps, _ = step_shapes([env.simulator.case.program])
     assert steps and all(isinstance(step, StepShape) for step in steps)
     counted = run_episode(env, TableAgent(DecisionTable((rule,), steps=steps)), 1, 0, record_calls=True)
     uncounted = run_episode(env, TableAgent(DecisionTable((rule,))), 1, 0, record_calls=True)
@@ -242,7 +242,7 @@ class InvalidThenValid(Agent):
         return int(invalid[0]) if not self.seen and len(invalid) else DEFAULT_ACTION
 
     def observe(self, env, call, action, time_us) -> None:
-        assert time_us == env.replay.call_time_at_start_us[call] and time_us > 0
+        assert time_us == env.measured(call)[1] and time_us > 0
         self.seen.append((call, action, time_us))
 
 
@@ -306,7 +306,7 @@ def test_evaluate_rows(env, results):
                                (steps.loc[defined, "speedup"] - 1) / (steps.loc[defined, "oracle_speedup"] - 1))
     assert steps.loc[~defined, "gain_share"].isna().all()
     assert (steps["cost_model"].str.startswith("world simulator")).all()
-    assert set(steps["nccl_version"]) == {env.loaded.env.nccl_version}
+    assert set(steps["nccl_version"]) == {env.simulator.case.env.nccl_version}
     # Calls: one row per decided call of each recorded episode, consistent times and choices.
     n_decisions = offline.set_index(["agent", "case", "state"])["decisions"]
     per_episode = calls[calls["iteration"] == -1].groupby(["agent", "case", "state"]).size()

@@ -20,7 +20,7 @@ from dynamiccl.tuning.actions import (
 )
 from dynamiccl.tuning.cases import Case, default_schedule, load_case, new_replay
 from dynamiccl.tuning.env import ENV_ID, TuningEnv
-from dynamiccl.tuning.observation import encode
+from dynamiccl.tuning.observation import encode, key_columns
 from dynamiccl.tuning.program import StepProgram
 from dynamiccl.tuning.timeline import latest_finish
 
@@ -196,16 +196,16 @@ def test_invalid_action_falls_back_to_nccl_default():
     call = env.pending
     _, reward, _, _, info = env.step(invalid)
     assert info["invalid_action"] and reward == 0.0
-    assert env.replay.call_action[call] == DEFAULT_ACTION
+    assert env.measured(call)[0] == DEFAULT_ACTION
 
 
 def test_observation_holds_only_what_the_plugin_sees():
     env = TuningEnv([TP_SP])
     obs, _ = env.reset(options={"case": 0, "state": 0})
     for _ in range(50):
-        func, nbytes, nranks, nnodes, position = env.pending_key()
-        pipe = env.loaded.program.call_pipe_ops[env.pending]
-        assert np.array_equal(obs, encode([func], [nbytes], [nranks], [nnodes], [pipe], [0], [position])[0])
+        call = env.pending_call()
+        assert np.array_equal(obs, encode(key_columns([call]))[0])
+        assert call.reg_buff == 0  # traces do not record buffer registration
         obs, *_ = env.step(DEFAULT_ACTION)
 
 
@@ -232,7 +232,7 @@ def test_states_offset_selects_held_out_dynamics():
 def test_oracle_costs_price_every_valid_action():
     env = TuningEnv([LLAMA])
     env.reset(options={"case": 0, "state": 0})
-    costs = env.oracle_costs()
+    costs = env.simulator.oracle_costs()
     mask = env.action_masks()
     assert np.isfinite(costs[mask]).all() and np.isinf(costs[~mask]).all()
     assert costs[DEFAULT_ACTION] >= 0

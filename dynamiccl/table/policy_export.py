@@ -351,18 +351,15 @@ def step_shapes(programs) -> tuple[tuple[StepShape, ...], list[str]]:
     for program in programs:
         by_group: dict[str, list[int]] = {}
         for call in range(program.num_calls):
-            if program.call_func[call] in TUNABLE_FUNCS or program.call_func[call] == Func.ALLTOALL:
+            if program.call_key[call].coll in TUNABLE_FUNCS or program.call_key[call].coll == Func.ALLTOALL:
                 by_group.setdefault(program.call_group[call], []).append(call)
         for group, calls in by_group.items():
-            calls.sort(key=lambda c: program.call_position[c])
-            shape = (program.call_nranks[calls[0]], program.call_nnodes[calls[0]])
-            positions = [program.call_position[c] for c in calls]
-            if any(program.call_func[c] not in TUNABLE_FUNCS for c in calls) or positions != list(range(len(calls))):
+            keys = sorted((program.call_key[c] for c in calls), key=lambda key: key.position)
+            shape = (keys[0].nranks, keys[0].nnodes)
+            if any(key.coll not in TUNABLE_FUNCS for key in keys) or [key.position for key in keys] != list(range(len(keys))):
                 broken[shape] = f"group {group} runs collectives NCCL's tuner never sees"
                 continue
-            first = calls[0]
-            per_shape.setdefault(shape, set()).add(
-                (len(calls), program.call_func[first], program.call_nbytes[first]))
+            per_shape.setdefault(shape, set()).add((len(keys), keys[0].coll, keys[0].nbytes))
     steps, left_out = [], []
     for shape, variants in sorted(per_shape.items()):
         if shape in broken:
@@ -516,8 +513,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         p = loaded.program
         programs.append(p)
         for c in p.tunable_calls:
-            rows.append((p.call_func[c], p.call_nbytes[c], p.call_nranks[c], p.call_nnodes[c], p.call_position[c],
-                         p.call_pipe_ops[c], 0))
+            rows.append(p.call_key[c].as_tuple())
             masks.append(loaded.costs.mask[loaded.costs.call_key[c]])
     calls = pd.DataFrame(rows, columns=list(QUERY_COLUMNS))
     mask_of = {}
@@ -526,8 +522,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         mask_of[key] = mask_of.get(key, mask) & mask
 
     def decide(frame: pd.DataFrame) -> np.ndarray:
-        obs = encode(frame["coll"], frame["nbytes"], frame["nranks"], frame["nnodes"], frame["num_pipe_ops"],
-                     frame["reg_buff"], frame["position"])
+        obs = encode(frame)
         m = np.stack([mask_of[(a, b, c, d)] for a, b, c, d in
                       zip(frame["coll"], frame["nranks"], frame["nnodes"], frame["num_pipe_ops"])])
         return policy.decide(obs, m)

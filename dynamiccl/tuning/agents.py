@@ -1,15 +1,15 @@
 """Agents: everything that chooses actions in :class:`~dynamiccl.tuning.env.TuningEnv`, behind one interface.
 
-An agent sees the unwrapped environment at every decision, so baselines may look further than a
-policy does (the per-call oracle reads the simulator's state); what each one is allowed to use is
-said in its docstring. :func:`dynamiccl.tuning.evaluate.evaluate` drives them all the same way::
+An agent sees the unwrapped environment at every decision: what the deployed plugin sees
+(``TuningEnv``'s "What agents may read"), and, for the baselines allowed to, the simulator's state
+(``env.simulator``); what each one uses is said in its docstring. :func:`dynamiccl.tuning.evaluate.evaluate` drives them all the same way::
 
     agent.begin_episode(env)                       # after env.reset(...)
     while the episode runs:
         action = agent.act(env, obs, env.action_masks())
         call = env.pending; env.step(action)
         if agent.needs_measurements:               # online learners only
-            agent.observe(env, call, applied_action, env.replay.call_time_at_start_us[call])
+            agent.observe(env, call, *env.measured(call))
 
 Agents:
 
@@ -25,17 +25,17 @@ Agents:
 - ``TableAgent``: a :class:`~dynamiccl.table.model.DecisionTable` applied as the tuner plugin
   applies it.
 
-Per-call answers that cannot change within a case are cached per (loaded case, call key), so an
+Per-call answers that cannot change within a case are cached per (case, call key), so an
 evaluation of a 17,000-call step costs a dict lookup per call for the table-like agents.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol as TypingProtocol, Sequence
 
@@ -43,7 +43,7 @@ import numpy as np
 
 from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import KEEP, Func
+from dynamiccl.nccl import KEEP
 from dynamiccl.table.model import DecisionTable, PositionCounter
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels
 from dynamiccl.tuning.observation import OBS_SIZE
@@ -80,29 +80,17 @@ class Agent:
 
 
 class _CaseCache:
-    """Per loaded case, a dict of answers that cannot change within that case.
-
-    Keyed by ``id(loaded)``; the loaded case is kept alive here so that its id is never reused.
-    """
+    """Per case (``env.case_id``: the case and its cost model), a dict of answers that cannot change
+    within that case."""
 
     def __init__(self) -> None:
-        self._cases: dict[int, tuple[Any, dict]] = {}
+        self._cases: dict[tuple, dict] = {}
 
-    def __call__(self, loaded) -> dict:
-        entry = self._cases.get(id(loaded))
-        if entry is None or entry[0] is not loaded:
-            entry = self._cases[id(loaded)] = (loaded, {})
-        return entry[1]
+    def __call__(self, env) -> dict:
+        return self._cases.setdefault(env.case_id, {})
 
-    def __contains__(self, loaded) -> bool:
-        entry = self._cases.get(id(loaded))
-        return entry is not None and entry[0] is loaded
-
-
-def _call_key(env) -> tuple[int, int]:
-    """(cost-table key, position) of the pending call: everything the plugin sees about it."""
-    call = env.pending
-    return env.loaded.costs.call_key[call], env.loaded.program.call_position[call]
+    def __contains__(self, env) -> bool:
+        return env.case_id in self._cases
 
 
 # --- simple baselines ------------------------------------------------------------------------------
@@ -136,7 +124,7 @@ class RandomAgent(Agent):
 class OracleAgent(Agent):
     """Per call, the action that adds the least to the step (µs) in the simulator's state now.
 
-    It reads ``env.oracle_costs()``, i.e. the congestion, overlap and link sharing at the moment the
+    It reads ``env.simulator.oracle_costs()``, i.e. the congestion, overlap and link sharing at the moment the
     call starts and the call's run-to-run noise: information no deployed tuner has. It is greedy on
     that per-call cost (it does not anticipate what a choice does to later calls or to the critical
     path), so it is the per-call upper reference, not a bound on the step time: a static table can
@@ -148,7 +136,7 @@ class OracleAgent(Agent):
 
     def act(self, env, obs, mask) -> int:
         with np.errstate(invalid="ignore"):  # masked actions are inf - inf inside the replay
-            costs = env.oracle_costs()
+            costs = env.simulator.oracle_costs()
         return int(np.argmin(costs))
 
 
@@ -199,8 +187,8 @@ class StaticBestAgent(Agent):
     @staticmethod
     def bucket_key(env) -> tuple[int, int, int, int]:
         """(coll, floor(log2 nbytes), nranks, nnodes) of the pending call."""
-        func, nbytes, nranks, nnodes, _ = env.pending_key()
-        return int(func), size_bucket(nbytes), int(nranks), int(nnodes)
+        call = env.pending_call()
+        return int(call.coll), size_bucket(call.nbytes), call.nranks, call.nnodes
 
     @_class_or_instance_method
     def fit(cls, self, env, episodes: list[tuple[int, int]]) -> "StaticBestAgent":
@@ -224,7 +212,7 @@ class StaticBestAgent(Agent):
             while base.pending is not None:
                 key = cls.bucket_key(base)
                 with np.errstate(invalid="ignore"):
-                    costs = base.oracle_costs()
+                    costs = base.simulator.oracle_costs()
                 # inf (invalid here) stays inf in the sum: the action is never a candidate.
                 totals[key] = totals.get(key, 0.0) + costs
                 calls[key] = calls.get(key, 0) + 1
@@ -239,8 +227,8 @@ class StaticBestAgent(Agent):
         return self
 
     def act(self, env, obs, mask) -> int:
-        cache = self._cache(env.loaded)
-        key = _call_key(env)
+        cache = self._cache(env)
+        key = env.pending_call()
         if key not in cache:
             action = self.table.get(self.bucket_key(env), DEFAULT_ACTION)
             cache[key] = (action, False) if mask[action] else (DEFAULT_ACTION, True)
@@ -318,14 +306,15 @@ class OnlineAgent(Agent):
         """A new agent whose learner is a copy of this one's at construction (nothing learnt)."""
         return OnlineAgent(copy.deepcopy(self._pristine), name=self.name)
 
+    @staticmethod
+    def _arm_key(call: CallKey) -> tuple[int, int, int, int]:
+        return int(call.coll), call.nbytes, call.nranks, call.nnodes
+
     def act(self, env, obs, mask) -> int:
-        func, nbytes, nranks, nnodes, _ = env.pending_key()
-        return int(self.learner.act((func, nbytes, nranks, nnodes), mask))
+        return int(self.learner.act(self._arm_key(env.pending_call()), mask))
 
     def observe(self, env, call, action, time_us) -> None:
-        p = env.loaded.program
-        key = (p.call_func[call], p.call_nbytes[call], p.call_nranks[call], p.call_nnodes[call])
-        self.learner.observe(key, int(action), float(time_us))
+        self.learner.observe(self._arm_key(env.call_key(call)), int(action), float(time_us))
 
 
 # --- trained policies --------------------------------------------------------------------------------
@@ -366,13 +355,10 @@ class PolicyAgent(Agent):
         return actions.astype(np.int64)
 
     def begin_episode(self, env) -> None:
-        loaded = env.loaded
-        if loaded in self._seen:
+        if env in self._seen:
             return
-        self._seen(loaded)
-        costs, calls = loaded.costs, loaded.program.tunable_calls
-        obs = loaded.obs[calls].astype(np.float32)
-        masks = costs.mask[np.asarray(costs.call_key, dtype=np.int64)[calls]]
+        self._seen(env)
+        calls, obs, masks = env.episode_calls()
         todo: dict[bytes, int] = {}
         for row in range(len(calls)):
             key = self._key(obs[row], masks[row])
@@ -397,8 +383,8 @@ class PolicyAgent(Agent):
 class TableAgent(Agent):
     """A decision table applied exactly as the tuner plugin applies it.
 
-    Per call: ``table.choose(NCCL's 7x3 cost table, CallKey(...))`` with ``reg_buff`` 0, where ``position`` is what the plugin's per-communicator counter
-    gives the call (``PositionCounter`` over the table's step lines, in steady state: the counter
+    Per call: ``table.choose(NCCL's 7x3 cost table, call)``, where the call's ``position`` is what
+    the plugin's per-communicator counter gives it (``PositionCounter`` over the table's step lines, in steady state: the counter
     runs over three consecutive steps of each group and the last one counts), not the trace's --
     a shape without a step line has unknown positions (-1) at run time, so position rules do not
     apply there. No rule applies -> action 0. A rule that keeps NCCL's algorithm,
@@ -415,27 +401,20 @@ class TableAgent(Agent):
         self.fallbacks = 0
         self._cache = _CaseCache()
 
-    def _plugin_positions(self, program) -> dict[int, int]:
+    def _plugin_positions(self, env) -> dict[int, int]:
         """Tunable call -> the position the plugin's counter gives it at run time."""
-        by_group: dict[str, list[int]] = {}
-        for call in program.tunable_calls:
-            by_group.setdefault(program.call_group[call], []).append(call)
         positions = {}
-        for calls in by_group.values():
-            calls.sort(key=program.call_position.__getitem__)
-            counter = PositionCounter(self.table.steps_for(program.call_nranks[calls[0]],
-                                                           program.call_nnodes[calls[0]]))
+        for calls in env.communicator_calls().values():
+            first = env.call_key(calls[0])
+            counter = PositionCounter(self.table.steps_for(first.nranks, first.nnodes))
             for _ in range(3):  # steady state: the counter enters each step from the previous one
                 for call in calls:
-                    positions[call] = counter.advance(Func(program.call_func[call]), program.call_nbytes[call])
+                    key = env.call_key(call)
+                    positions[call] = counter.advance(key.coll, key.nbytes)
         return positions
 
-    def _action(self, env, mask: np.ndarray, position: int) -> tuple[int, bool]:
-        costs = env.loaded.costs
-        k = costs.call_key[env.pending]
-        func, nbytes, nranks, nnodes, pipe_ops = costs.keys[k]
-        choice = self.table.choose(costs.nccl_cost[k].reshape(7, 3),
-                                   CallKey(func, nbytes, nranks, nnodes, position=position, num_pipe_ops=pipe_ops))
+    def _action(self, env, mask: np.ndarray, call: CallKey) -> tuple[int, bool]:
+        choice = self.table.choose(env.nccl_costs(), call)
         if choice.rule_index is None:
             return DEFAULT_ACTION, False
         rule = self.table.rules[choice.rule_index]
@@ -445,14 +424,14 @@ class TableAgent(Agent):
         return (action, False) if mask[action] else (DEFAULT_ACTION, True)
 
     def act(self, env, obs, mask) -> int:
-        cache = self._cache(env.loaded)
+        cache = self._cache(env)
         if "positions" not in cache:
-            cache["positions"] = self._plugin_positions(env.loaded.program)
-        position = cache["positions"][env.pending]
-        key = (env.loaded.costs.call_key[env.pending], position)
-        if key not in cache:
-            cache[key] = self._action(env, mask, position)
-        action, fell_back = cache[key]
+            cache["positions"] = self._plugin_positions(env)
+        # What the plugin sees: the call with the position its counter gives (reg_buff 0).
+        call = dataclasses.replace(env.pending_call(), position=cache["positions"][env.pending])
+        if call not in cache:
+            cache[call] = self._action(env, mask, call)
+        action, fell_back = cache[call]
         self.fallbacks += fell_back
         return action
 
@@ -460,7 +439,7 @@ class TableAgent(Agent):
 # --- the registry ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class AgentInputs:
     """What building an agent may need: the policy file (``policy``: policy.zip or a decision table),
     the seed of a random agent, and -- only called for agents fitted offline -- ``fit()``, which
@@ -471,7 +450,7 @@ class AgentInputs:
     fit: Callable[[], tuple[Any, list[tuple[int, int]]]] | None = None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class AgentEntry:
     """One registered agent: how to build it (None: not applicable, e.g. no policy given) and a line
     of help."""

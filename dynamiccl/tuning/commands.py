@@ -106,9 +106,9 @@ def cmd_evaluate(args) -> int:
         rows = {row["agent"]: {k: None if isinstance(v, float) and v != v else v  # NaN is not JSON
                                for k, v in row.items() if k != "agent"} for row in summary.to_dict("records")}
         atomic.write_text(args.json, json.dumps({"results": args.output, "summary": rows,
-                                                 "cost_model": env.loaded.costs.description}, indent=1) + "\n")
+                                                 "cost_model": env.simulator.case.costs.description}, indent=1) + "\n")
     print(f"wrote {args.output} and its .calls.parquet in {time.perf_counter() - started:.0f} s "
-          f"(cost model: {env.loaded.costs.description})")
+          f"(cost model: {env.simulator.case.costs.description})")
     return 0
 
 

@@ -79,8 +79,8 @@ class CostTable:
         key_of: dict[tuple, int] = {}
         call_key = []
         for c in range(program.num_calls):
-            key = (program.call_func[c], program.call_nbytes[c], program.call_nranks[c],
-                   program.call_nnodes[c], program.call_pipe_ops[c])
+            k = program.call_key[c]
+            key = (int(k.coll), k.nbytes, k.nranks, k.nnodes, k.num_pipe_ops)
             call_key.append(key_of.setdefault(key, len(key_of)))
         keys = list(key_of)
         for func, _, nranks, nnodes, _ in keys:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
+from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS
 from dynamiccl.envspec import resolve_env
 from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay
@@ -94,6 +97,16 @@ class TuningEnv(gym.Env):
     - ``model``: ``"world"`` (default), ``"nccl"`` or ``"live"``.
     - ``states``: number of dynamics states to draw from (default 8); ``state_offset``: the first.
     - ``reward_scale``: the 100 above.
+
+    ## What agents may read
+    Besides the observation and ``action_masks()``, what the deployed plugin sees:
+    ``pending_call()`` / ``call_key(call)`` (:class:`~dynamiccl.callkey.CallKey`), ``nccl_costs()``
+    (the cost table NCCL hands ``getCollInfo``), ``communicator_calls()`` (each communicator's
+    sequence of calls in the step, to emulate the plugin's position counter), ``episode_calls()``
+    (to decide a stateless policy's calls in one batch) and ``case_id`` (a cache key); once a call
+    has started, ``measured(call)`` (its action and duration, what NCCL's profiler plugin reports).
+    ``simulator`` is privileged -- congestion, overlap and link sharing now, the compiled step, the
+    timeline -- for the per-call oracle, the static-best fit and evaluation records only.
     """
 
     metadata = {"render_modes": []}
@@ -115,17 +128,17 @@ class TuningEnv(gym.Env):
         self.reward_scale = float(reward_scale)
         self.observation_space = spaces.Box(0.0, 1.0, (OBS_SIZE,), dtype=np.float32)
         self.action_space = spaces.Discrete(NUM_ACTIONS)
-        self._loaded = [load_case(c, model) for c in cases]
+        self._cases = [load_case(c, model) for c in cases]
         # Per case, for the scalar path of step(): per call, its mask as a Python list by action and
         # its observation row; those of the episode's case are _call_valid and _call_obs.
         self._case_valid, self._case_obs = [], []
-        for loaded in self._loaded:
+        for loaded in self._cases:
             masks = loaded.costs.mask.tolist()
             self._case_valid.append([masks[k] for k in loaded.costs.call_key])
             self._case_obs.append(list(loaded.obs))
         self._call_valid, self._call_obs = self._case_valid[0], self._case_obs[0]
-        self.loaded: LoadedCase = self._loaded[0]
-        self.replay: Replay | None = None
+        self._case: LoadedCase = self._cases[0]
+        self._replay: Replay | None = None
         self.pending: int | None = None
         self.case_index = 0
         self.state = state_offset
@@ -140,17 +153,17 @@ class TuningEnv(gym.Env):
             self.state_offset + int(self.np_random.integers(self.states))
         if not 0 <= self.case_index < len(self.cases):
             raise InputError(None, "options.case", f"expected 0..{len(self.cases) - 1}, got {self.case_index}")
-        self.loaded = self._loaded[self.case_index]
+        self._case = self._cases[self.case_index]
         self._call_valid, self._call_obs = self._case_valid[self.case_index], self._case_obs[self.case_index]
-        self.default_time_us, latest = default_schedule(self.loaded, self.state)
-        self.replay = new_replay(self.loaded, self.state, latest)
+        self.default_time_us, latest = default_schedule(self._case, self.state)
+        self._replay = new_replay(self._case, self.state, latest)
         self.decisions = 0
         self._reward_sum = 0.0
-        self.pending = self.replay.next_decision()
-        return self.loaded.obs[self.pending].copy(), {"case": self.loaded.case.label, "state": self.state}
+        self.pending = self._replay.next_decision()
+        return self._case.obs[self.pending].copy(), {"case": self._case.case.label, "state": self.state}
 
     def step(self, action):
-        replay, call = self.replay, self.pending
+        replay, call = self._replay, self.pending
         if replay is None or call is None:
             raise RuntimeError("step() called before reset() or after the episode ended")
         action = int(action)
@@ -171,7 +184,7 @@ class TuningEnv(gym.Env):
             total = self.reward_scale * (self.default_time_us - step_time) / self.default_time_us
             reward += total - (self._reward_sum + reward)
             info.update(step_time_us=step_time, default_step_time_us=self.default_time_us,
-                        speedup=self.default_time_us / step_time, case=self.loaded.case.label, state=self.state)
+                        speedup=self.default_time_us / step_time, case=self._case.case.label, state=self.state)
             obs = self._call_obs[call].copy()  # terminal observation: the last call's
             self._reward_sum = total
             return obs, float(reward), True, False, info
@@ -184,17 +197,81 @@ class TuningEnv(gym.Env):
             mask = np.zeros(NUM_ACTIONS, dtype=bool)
             mask[DEFAULT_ACTION] = True
             return mask
-        return self.loaded.costs.mask[self.loaded.costs.call_key[self.pending]]
+        return self._case.costs.mask[self._case.costs.call_key[self.pending]]
 
-    # --- for agents that may look further than a policy (baselines, evaluation) ---
+    # --- what the deployed tuner plugin sees (any agent may use it) ---------------------------------
 
-    def pending_key(self) -> tuple[int, int, int, int, int]:
-        """(func, nbytes, nranks, nnodes, position) of the pending call: what the plugin knows."""
-        p, c = self.loaded.program, self.pending
-        return (p.call_func[c], p.call_nbytes[c], p.call_nranks[c], p.call_nnodes[c], p.call_position[c])
+    def call_key(self, call: int) -> CallKey:
+        """What the plugin sees about ``call`` (an id of the episode's step; ``position`` is the
+        trace's)."""
+        return self._case.program.call_key[call]
+
+    def pending_call(self) -> CallKey:
+        """What the plugin sees about the pending call."""
+        return self.call_key(self.pending)
+
+    def nccl_costs(self, call: int | None = None) -> np.ndarray:
+        """NCCL's cost table for ``call`` (default: the pending one): predicted µs per
+        [algorithm][protocol], -1 where NCCL disabled the cell -- what ``getCollInfo`` is handed."""
+        costs = self._case.costs
+        row = costs.call_key[self.pending if call is None else call]
+        return costs.nccl_cost[row].reshape(NUM_ALGORITHMS, NUM_PROTOCOLS)
+
+    def communicator_calls(self) -> dict[str, list[int]]:
+        """Per communicator (process group) of the episode's step, its tunable calls in issue order:
+        the sequence the plugin's per-communicator context sees once per step."""
+        program = self._case.program
+        by_group: dict[str, list[int]] = {}
+        for call in program.tunable_calls:
+            by_group.setdefault(program.call_group[call], []).append(call)
+        for calls in by_group.values():
+            calls.sort(key=lambda c: program.call_key[c].position)
+        return by_group
+
+    def episode_calls(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(call ids, observations, masks) of every tunable call of the episode's step, for an agent
+        whose answer depends only on (observation, mask) and that decides them in one batch."""
+        calls = np.asarray(self._case.program.tunable_calls, dtype=np.int64)
+        rows = np.asarray(self._case.costs.call_key, dtype=np.int64)[calls]
+        return calls, self._case.obs[calls].astype(np.float32), self._case.costs.mask[rows]
+
+    @property
+    def case_id(self) -> tuple[Case, str]:
+        """The episode's case and cost model: answers that depend only on them can be cached on it."""
+        return self._case.case, self.model
+
+    # --- measured: what NCCL's profiler plugin reports once a call has started ---------------------
+
+    def measured(self, call: int) -> tuple[int, float]:
+        """(the action that ran, its duration in µs under the conditions at its start, noise
+        included) for a call of this episode that has been decided."""
+        return int(self._replay.call_action[call]), float(self._replay.call_time_at_start_us[call])
+
+    # --- privileged: the simulator's state ----------------------------------------------------------
+
+    @property
+    def simulator(self) -> "SimulatorView":
+        """What the simulator knows and no deployed tuner does. For the baselines that are allowed
+        to see it (the per-call oracle, static-best's offline fit) and for evaluation records;
+        never for a policy."""
+        return SimulatorView(self._case, self._replay, self.pending, self.action_masks())
+
+
+@dataclass(frozen=True)
+class SimulatorView:
+    """Privileged state of a :class:`TuningEnv` episode (see ``TuningEnv.simulator``).
+
+    ``case``: the compiled step (``program``), its cost table (``costs``) and environment spec
+    (``env``); ``replay``: the timeline as far as it has run; ``pending``/``mask``: the pending call.
+    """
+
+    case: LoadedCase
+    replay: Replay | None
+    pending: int | None
+    mask: np.ndarray
 
     def oracle_costs(self) -> np.ndarray:
-        """Per action, what the pending call adds to the step in the simulator's state now (inf:
-        invalid). Only baselines that are allowed to see the simulator (the per-call oracle) use it."""
+        """Per action, what the pending call adds to the step (µs) in the simulator's state now --
+        congestion, overlap, links shared with running calls, noise; inf where invalid."""
         costs = self.replay.exposed_costs(self.pending)
-        return np.where(self.action_masks(), costs, np.inf)
+        return np.where(self.mask, costs, np.inf)

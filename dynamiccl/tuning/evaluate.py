@@ -37,6 +37,7 @@ from dynamiccl.errors import InputError
 from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
 from dynamiccl.tuning.actions import ACTION_ALGO, ACTION_PROTO, describe_action
 from dynamiccl.tuning.agents import Agent, OracleAgent
+from dynamiccl.tuning.observation import key_columns
 
 METADATA_KEY = b"dynamiccl.results"
 SLOWER_TOLERANCE = 0.01     # "slower than NCCL's default" means a step more than 1% longer
@@ -89,10 +90,10 @@ def run_episode(env, agent: Agent, case: int, state: int, record_calls: bool = F
         invalid += bool(info.get("invalid_action", False))
         decided.append(call)
         if agent.needs_measurements:
-            agent.observe(base, call, base.replay.call_action[call], base.replay.call_time_at_start_us[call])
+            agent.observe(base, call, *base.measured(call))
         if terminated or truncated:
             break
-    loaded = base.loaded
+    loaded = base.simulator.case
     step = {
         "agent": agent.name, "case": loaded.case.label, "trace": loaded.case.trace, "env_spec": loaded.case.env,
         "state": int(state), "step_time_us": float(info["step_time_us"]),
@@ -105,25 +106,23 @@ def run_episode(env, agent: Agent, case: int, state: int, record_calls: bool = F
 
 def _call_rows(env, agent: str, state: int, calls: list[int]) -> dict[str, np.ndarray]:
     """The ``calls`` columns (but ``iteration``) for the decided ``calls`` of the finished episode."""
-    loaded, replay = env.loaded, env.replay
+    simulator = env.simulator
+    loaded, replay = simulator.case, simulator.replay
     program, costs = loaded.program, loaded.costs
     c = np.asarray(calls, dtype=np.int64)
     key = np.asarray(costs.call_key, dtype=np.int64)[c]
     action = np.asarray(replay.call_action, dtype=np.int64)[c]
     start = np.asarray(replay.call_start_us, dtype=np.float64)[c]
     end = np.asarray(replay.call_end_us, dtype=np.float64)[c]
-    func = np.asarray(program.call_func, dtype=np.int64)[c]
+    keys = key_columns([program.call_key[call] for call in calls])
     n = len(c)
     pick = lambda values: np.asarray(values, dtype=object)[c] if n else np.zeros(0, dtype=object)  # noqa: E731
     return {
         "agent": np.full(n, agent, dtype=object), "case": np.full(n, loaded.case.label, dtype=object),
         "state": np.full(n, state, dtype=np.int64), "call": c,
         "label": pick(program.call_label), "group_kind": pick(program.call_kind),
-        "coll": np.array([FUNC_OP[Func(f)] for f in func], dtype=object),
-        "nbytes": np.asarray(program.call_nbytes, dtype=np.int64)[c],
-        "nranks": np.asarray(program.call_nranks, dtype=np.int64)[c],
-        "nnodes": np.asarray(program.call_nnodes, dtype=np.int64)[c],
-        "position": np.asarray(program.call_position, dtype=np.int64)[c],
+        "coll": np.array([FUNC_OP[Func(f)] for f in keys["coll"]], dtype=object),
+        "nbytes": keys["nbytes"], "nranks": keys["nranks"], "nnodes": keys["nnodes"], "position": keys["position"],
         "action": action, "choice": np.array([describe_action(a) for a in action], dtype=object),
         "algo": _ALGO_NAMES[ACTION_ALGO[action] + 1], "proto": _PROTO_NAMES[ACTION_PROTO[action] + 1],
         "channels": costs.channels[key, action].astype(np.int64),

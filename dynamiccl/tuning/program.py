@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dynamiccl.costmodel.batch import COLL_NAMES
+from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import TUNABLE_FUNCS, Func
 from dynamiccl.trace.store import Trace
@@ -44,8 +45,8 @@ class StepProgram:
     full speed; 0 for communication), ``op_call`` (call id or -1), ``op_succ`` (ops that list this
     one as a predecessor), ``op_npred``.
 
-    Calls: ``call_func`` (ncclFunc_t), ``call_nbytes`` (NCCL's nBytes), ``call_nranks``,
-    ``call_nnodes``, ``call_pipe_ops`` (numPipeOps), ``call_position`` (index among the collectives
+    Calls: ``call_key`` (the :class:`~dynamiccl.callkey.CallKey` the tuner plugin sees: collective,
+    NCCL's nBytes, nranks, nnodes, numPipeOps and ``position``, the index among the collectives
     of its communicator in this step), ``call_ops`` (member op per file rank), ``call_ranks``,
     ``call_tunable``, ``call_group`` / ``call_kind`` (process group id and kind), ``call_label``.
     """
@@ -59,12 +60,7 @@ class StepProgram:
     op_call: list[int] = field(default_factory=list)
     op_succ: list[list[int]] = field(default_factory=list)
     op_npred: list[int] = field(default_factory=list)
-    call_func: list[int] = field(default_factory=list)
-    call_nbytes: list[int] = field(default_factory=list)
-    call_nranks: list[int] = field(default_factory=list)
-    call_nnodes: list[int] = field(default_factory=list)
-    call_pipe_ops: list[int] = field(default_factory=list)
-    call_position: list[int] = field(default_factory=list)
+    call_key: list[CallKey] = field(default_factory=list)
     call_ops: list[list[int]] = field(default_factory=list)
     call_ranks: list[list[int]] = field(default_factory=list)
     call_tunable: list[bool] = field(default_factory=list)
@@ -83,7 +79,7 @@ class StepProgram:
 
     @property
     def num_calls(self) -> int:
-        return len(self.call_func)
+        return len(self.call_key)
 
     @property
     def tunable_calls(self) -> list[int]:
@@ -132,19 +128,14 @@ class StepProgram:
 
 def _new_call(prog: StepProgram, func: int, nbytes: int, nranks: int, nnodes: int, pipe_ops: int,
               position: int, group: str, kind: str, label: str) -> int:
-    prog.call_func.append(func)
-    prog.call_nbytes.append(nbytes)
-    prog.call_nranks.append(nranks)
-    prog.call_nnodes.append(nnodes)
-    prog.call_pipe_ops.append(pipe_ops)
-    prog.call_position.append(position)
+    prog.call_key.append(CallKey(func, nbytes, nranks, nnodes, position=position, num_pipe_ops=pipe_ops))
     prog.call_ops.append([])
     prog.call_ranks.append([])
     prog.call_tunable.append(func in _TUNABLE)
     prog.call_group.append(group)
     prog.call_kind.append(kind)
     prog.call_label.append(label)
-    return len(prog.call_func) - 1
+    return len(prog.call_key) - 1
 
 
 def _compile_rank(prog, rows, ri, rank, rep_of, groups, coll_calls, sends, recvs, source) -> None:
@@ -284,8 +275,7 @@ def _pair_transfers(prog: StepProgram, sends: dict, recvs: dict) -> None:
     # Renumber calls without the emptied ones.
     keep = [c for c in range(prog.num_calls) if c not in dead]
     new_id = {c: i for i, c in enumerate(keep)}
-    for name in ("call_func", "call_nbytes", "call_nranks", "call_nnodes", "call_pipe_ops", "call_position",
-                 "call_ops", "call_ranks", "call_tunable", "call_group", "call_kind", "call_label"):
+    for name in ("call_key", "call_ops", "call_ranks", "call_tunable", "call_group", "call_kind", "call_label"):
         values = getattr(prog, name)
         setattr(prog, name, [values[c] for c in keep])
     prog.op_call = [new_id[c] if c >= 0 else -1 for c in prog.op_call]

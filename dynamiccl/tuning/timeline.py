@@ -68,7 +68,7 @@ class _ProgramIndex:
                 prefix.append(prefix[-1] + program.op_base_us[g])
             self.chain_prefix.append(prefix)
         self.block = _first_waiting_compute(program, self.chain_index)
-        self.call_domain = [1 if n > 1 else 0 for n in program.call_nnodes]
+        self.call_domain = [1 if key.nnodes > 1 else 0 for key in program.call_key]
         self.call_size = [len(ops) for ops in program.call_ops]
         self.sources = [g for g, n in enumerate(program.op_npred) if n == 0]
 
