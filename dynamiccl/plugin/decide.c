@@ -9,25 +9,24 @@
  */
 #include "tuner.h"
 
-static inline int cell_enabled(const dccl_call_t* k, int a, int p) {
-  return a < k->num_algo && p < k->num_proto && k->cost[a * k->num_proto + p] >= 0.0f;
-}
-
-/* The cheapest enabled cell among algorithm ``algo`` (-1 any) and protocol ``proto`` (-1 any),
- * scanning algorithm-major like NCCL (strict <: the first of equal costs wins).  num_proto is
- * NCCL's row stride; cells past ours (DCCL_NUM_ALGORITHMS x DCCL_NUM_PROTOCOLS) are never read. */
+/* The cheapest enabled (>= 0) cell among algorithm ``algo`` (-1 any) and protocol ``proto`` (-1 any),
+ * scanning algorithm-major like NCCL (strict <: the first of equal costs wins).  Cells past NCCL's
+ * table or past ours (DCCL_NUM_ALGORITHMS x DCCL_NUM_PROTOCOLS) are never read. */
 static int cheapest(const dccl_call_t* k, int algo, int proto, int* out_a, int* out_p) {
+  const float* cost = k->cost;
+  const int stride = k->num_proto; /* NCCL's row length */
+  int a_lo = algo < 0 ? 0 : algo, a_hi = algo < 0 ? k->num_algo - 1 : algo;
+  int p_lo = proto < 0 ? 0 : proto, p_hi = proto < 0 ? stride - 1 : proto;
+  if (a_hi > k->num_algo - 1) a_hi = k->num_algo - 1;
+  if (a_hi > DCCL_NUM_ALGORITHMS - 1) a_hi = DCCL_NUM_ALGORITHMS - 1;
+  if (p_hi > stride - 1) p_hi = stride - 1;
+  if (p_hi > DCCL_NUM_PROTOCOLS - 1) p_hi = DCCL_NUM_PROTOCOLS - 1;
   int found = 0;
   float best = 0.0f;
-  int a_lo = algo < 0 ? 0 : algo, a_hi = algo < 0 ? k->num_algo - 1 : algo;
-  int p_lo = proto < 0 ? 0 : proto, p_hi = proto < 0 ? k->num_proto - 1 : proto;
-  if (a_hi >= DCCL_NUM_ALGORITHMS) a_hi = DCCL_NUM_ALGORITHMS - 1;
-  if (p_hi >= DCCL_NUM_PROTOCOLS) p_hi = DCCL_NUM_PROTOCOLS - 1;
   for (int a = a_lo; a <= a_hi; a++)
     for (int p = p_lo; p <= p_hi; p++) {
-      if (!cell_enabled(k, a, p)) continue;
-      float v = k->cost[a * k->num_proto + p];
-      if (!found || v < best) {
+      float v = cost[a * stride + p];
+      if (v >= 0.0f && (!found || v < best)) {
         found = 1;
         best = v;
         *out_a = a;

@@ -114,10 +114,18 @@ static dccl_result_t get_coll_info(void* context, dccl_func_t collType, size_t n
   if (!context || !collCostTable || !nChannels || coll < 0 || coll >= DCCL_NUM_TUNABLE_FUNCS || numAlgo <= 0 ||
       numProto <= 0)
     return DCCL_SUCCESS;
-  dccl_call_t call = {.coll = coll, .nbytes = nBytes, .num_pipe_ops = numPipeOps, .reg_buff = regBuff,
-                      .n_channels = nChannels, .cost = (float*)collCostTable,
-                      .num_algo = numAlgo < DCCL_NUM_ALGORITHMS ? numAlgo : DCCL_NUM_ALGORITHMS,
-                      .num_proto = numProto};
+  dccl_call_t call; /* field by field: zero-initializing the whole struct costs a `rep stos` per call */
+  call.coll = coll;
+  call.nbytes = nBytes;
+  call.num_pipe_ops = numPipeOps;
+  call.reg_buff = regBuff;
+  call.n_channels = nChannels;
+  call.v2 = 0;
+  call.cost = (float*)collCostTable;
+  call.num_algo = numAlgo < DCCL_NUM_ALGORITHMS ? numAlgo : DCCL_NUM_ALGORITHMS;
+  call.num_proto = numProto;
+  call.collnet = call.nvls = call.masked = 0;
+  call.algorithm = call.protocol = NULL;
   dccl_decide(context, &call);
   return DCCL_SUCCESS;
 }
@@ -133,9 +141,20 @@ static dccl_result_t get_coll_info_v2(void* context, dccl_func_t collType, size_
   int coll = (int)collType;
   if (!context || !algorithm || !protocol || !nChannels || coll < 0 || coll >= DCCL_NUM_TUNABLE_FUNCS)
     return DCCL_SUCCESS;
-  dccl_call_t call = {.coll = coll, .nbytes = nBytes, .num_pipe_ops = numPipeOps, .n_channels = nChannels,
-                      .v2 = 1, .collnet = collNetSupport, .nvls = nvlsSupport, .masked = g_masked,
-                      .algorithm = algorithm, .protocol = protocol};
+  dccl_call_t call;
+  call.coll = coll;
+  call.nbytes = nBytes;
+  call.num_pipe_ops = numPipeOps;
+  call.reg_buff = 0;
+  call.n_channels = nChannels;
+  call.v2 = 1;
+  call.cost = NULL;
+  call.num_algo = call.num_proto = 0;
+  call.collnet = collNetSupport;
+  call.nvls = nvlsSupport;
+  call.masked = g_masked;
+  call.algorithm = algorithm;
+  call.protocol = protocol;
   dccl_decide(context, &call);
   return DCCL_SUCCESS;
 }
