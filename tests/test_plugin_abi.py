@@ -174,6 +174,7 @@ def test_c_names_and_limits_match_the_python_side():
     assert int(constants["DCCL_MAX_STEPS"]) == table_text.MAX_STEPS
     assert f'{constants["DCCL_TABLE_MAGIC"]} {constants["DCCL_TABLE_VERSION"]}'.replace('"', "") == table_text.HEADER
     assert int(constants["DCCL_ERR_BYTES"]) == binding._ERR_BYTES
+    assert constants["DCCL_TABLE_ENV"] == f'"{TABLE_ENV}"'
     sources = dict(re.findall(r"DCCL_SOURCE_([A-Z]+) = (-?\d+)", c_text("tuner.h")))
     assert {name: int(value) for name, value in sources.items()} == {s.name: s.value for s in DecisionSource}
 

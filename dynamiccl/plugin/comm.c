@@ -112,15 +112,12 @@ static int index_build(dccl_coll_index_t* x, const dccl_table_t* t, int coll, in
   return 0;
 }
 
-dccl_comm_t* dccl_comm_new(const dccl_table_t* table, uint64_t comm_id, size_t nranks, size_t nnodes, int abi,
-                           unsigned* unindexed) {
+dccl_comm_t* dccl_comm_new(const dccl_table_t* table, size_t nranks, size_t nnodes, unsigned* unindexed) {
   *unindexed = 0;
   dccl_comm_t* c = calloc(1, sizeof(dccl_comm_t));
   if (!c) return NULL;
-  c->comm_id = comm_id;
   c->nranks = nranks > INT_MAX ? INT_MAX : (int)nranks;
   c->nnodes = nnodes > INT_MAX ? INT_MAX : (int)nnodes;
-  c->abi = abi;
   c->table = table;
   c->position = -1;
   if (!table) return c;

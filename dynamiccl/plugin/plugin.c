@@ -69,7 +69,7 @@ static dccl_result_t init_common(int abi, uint64_t comm_id, size_t nranks, size_
   unsigned unindexed;
   pthread_mutex_lock(&g_lock);
   load_once();
-  dccl_comm_t* c = dccl_comm_new(g_table_ok ? &g_table : NULL, comm_id, nranks, nnodes, abi, &unindexed);
+  dccl_comm_t* c = dccl_comm_new(g_table_ok ? &g_table : NULL, nranks, nnodes, &unindexed);
   g_live_comms += c != NULL;
   pthread_mutex_unlock(&g_lock);
   *context = c;

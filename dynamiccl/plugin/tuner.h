@@ -68,9 +68,7 @@ typedef struct {
 } dccl_coll_index_t;
 
 typedef struct {
-  uint64_t comm_id;
   int nranks, nnodes;
-  int abi;                          /* the tuner ABI NCCL opened it with */
   const dccl_table_t* table;        /* NULL: no usable table, NCCL decides */
   const dccl_step_t** shape_steps;  /* the step lines of this communicator's shape */
   int n_shape_steps;
@@ -81,8 +79,7 @@ typedef struct {
 
 /* A communicator on ``table`` (NULL: none).  Bit c of *unindexed is set for each collective whose
  * index ran out of memory (NCCL decides it).  Returns NULL only when out of memory. */
-dccl_comm_t* dccl_comm_new(const dccl_table_t* table, uint64_t comm_id, size_t nranks, size_t nnodes, int abi,
-                           unsigned* unindexed);
+dccl_comm_t* dccl_comm_new(const dccl_table_t* table, size_t nranks, size_t nnodes, unsigned* unindexed);
 void dccl_comm_free(dccl_comm_t* comm);
 
 /* The position of this call in the training step (-1 unknown); advances the counter. */
