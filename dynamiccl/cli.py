@@ -495,14 +495,16 @@ def cmd_bench(args) -> int:
 def _add_plugin(sub) -> None:
     p = sub.add_parser("plugin", help="the NCCL tuner plugin: build it, check a table with its parser")
     psub = p.add_subparsers(dest="plugin_command", required=True)
-    b = psub.add_parser("build", help="compile libnccl-tuner-dynamiccl.so (cached by source hash); print its path")
+    b = psub.add_parser("build", help="compile libnccl-tuner-dynamiccl.so and its instrumented variant (cached by "
+                                      "source hash); print the path NCCL loads")
     b.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     b.add_argument("--cache-dir", help="where builds live (default $DYNAMICCL_CACHE_DIR/plugin or "
                                        "~/.cache/dynamiccl/plugin)")
     b.set_defaults(func=cmd_plugin_build)
     c = psub.add_parser("check", help="convert a table to the plugin's text and check it with the plugin's C parser")
     c.add_argument("table", help="decision table: .json, NCCL example CSV (.csv/.conf) or plugin text (.txt)")
-    c.add_argument("--plugin", help="prebuilt plugin to check with (default: build or find the cached one)")
+    c.add_argument("--plugin", help="prebuilt libnccl-tuner-dynamiccl.so whose build checks the table (the "
+                                    "instrumented library beside it; default: build or find the cached one)")
     c.add_argument("-o", "--output", help="where to write the plugin text (default: the cache)")
     c.set_defaults(func=cmd_plugin_check)
     from dynamiccl.plugin.benchmark import add_arguments
@@ -514,14 +516,16 @@ def _add_plugin(sub) -> None:
 
 
 def cmd_plugin_build(args) -> int:
-    from dynamiccl.launcher import open_plugin
+    from dynamiccl.launcher import open_checker, open_plugin
     from dynamiccl.plugin.build import build_plugin
 
     path = build_plugin(Path(args.cache_dir) if args.cache_dir else None, force=args.force)
-    library = open_plugin(path)
+    library, checker = open_plugin(path), open_checker(path)
     versions = ", ".join(f"v{v}" for v in library.exported_abi_versions())
     print(path)
-    print(f"  {path.stat().st_size} bytes; plugin version {library.version}; exports tuner ABI {versions}")
+    print(f"  {path.stat().st_size} bytes; plugin version {checker.version}; exports tuner ABI {versions}; "
+          f"beside it {checker.path.name} ({checker.path.stat().st_size} bytes) adds dynamiccl's test and "
+          "measurement entry points")
     return 0
 
 
@@ -532,9 +536,9 @@ def cmd_plugin_bench(args) -> int:
 
 
 def cmd_plugin_check(args) -> int:
-    from dynamiccl.launcher import open_plugin, prepare_table, resolve_plugin
+    from dynamiccl.launcher import open_checker, prepare_table, resolve_plugin
 
-    prepared = prepare_table(args.table, open_plugin(resolve_plugin(args.plugin)), args.output)
+    prepared = prepare_table(args.table, open_checker(resolve_plugin(args.plugin)), args.output)
     print(f"{args.table}: the plugin's parser accepts it: {prepared.rules} rule(s), {prepared.step_lines} "
           f"step line(s)")
     print(f"  plugin text: {prepared.text_path}")
@@ -549,7 +553,8 @@ def _add_launch(sub) -> None:
                                    "cannot be used, CMD runs with NCCL's own choices and one line says why. "
                                    "Exits with CMD's status.")
     p.add_argument("--table", help="decision table: .json, NCCL example CSV (.csv/.conf) or plugin text (.txt)")
-    p.add_argument("--plugin", help="prebuilt libnccl-tuner-dynamiccl.so (default: build or find the cached one)")
+    p.add_argument("--plugin", help="prebuilt libnccl-tuner-dynamiccl.so, with the -instrumented.so of its build "
+                                    "beside it (default: build or find the cached one)")
     p.add_argument("--profile", metavar="DIR", help="also record the job; merged into DIR/trace.parquet")
     p.add_argument("--gpus-per-node", type=int, default=0,
                    help="with --profile: for node counts (default: torchrun's local world size)")

@@ -12,7 +12,9 @@ built is broken; the exit status is then 1):
   doctor down); if it cannot be loaded (no CUDA driver libraries, say), from the wheel's metadata
   or the file name ``libnccl.so.2.X.Y``;
 - the tuner ABI each NCCL version looks up (``tuner_abi_for``) and whether the plugin exports it;
-- the plugin: a C compiler, the build (or ``--plugin PATH``) and its exported ABI versions;
+- the plugin: a C compiler, the build (or ``--plugin PATH``), the ABI versions the production library
+  exports (it must export nothing of dynamiccl's own: that is the instrumented library's job), and
+  the instrumented library beside it, whose C parser checks tables;
 - the table (``--table``): read and checked by the plugin's C parser; rules, position rules, step
   shapes, init-time settings;
 - the environment: ``NCCL_TUNER_PLUGIN`` naming another plugin, ``NCCL_ALGO`` / ``NCCL_PROTO``;
@@ -34,14 +36,15 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from dynamiccl.errors import DynamicclError
-from dynamiccl.launcher import PLUGIN_ENV, mask_warnings, open_plugin, plan_launch, prepare_table, resolve_plugin
+from dynamiccl.launcher import PLUGIN_ENV, mask_warnings, open_checker, open_plugin, plan_launch, prepare_table, \
+    resolve_plugin
 from dynamiccl.nccl import FUNC_OP, KEEP
 from dynamiccl.plugin.build import PluginBuildError, find_compiler
 from dynamiccl.table import load as load_table
 
 STATUSES = ("ok", "warn", "missing", "fail")
-# First NCCL release that looks up each tuner ABI (nccl-tuner-abi.md 4.2); NCCL tries the newest
-# symbol it knows first, then older ones.
+# First NCCL release that looks up each tuner ABI (the first NVIDIA/nccl tag with
+# src/include/plugin/tuner/tuner_vN.h); NCCL tries the newest symbol it knows first, then older ones.
 TUNER_ABI_SINCE = ((6, (2, 30, 3)), (5, (2, 28, 3)), (4, (2, 24, 3)), (3, (2, 22, 3)), (2, (2, 21, 5)))
 TUNER_V1_SINCE = (2, 19, 0)  # v1 only (2.19 - 2.20): no context; dynamiccl does not export it
 NCCL_FILE_NAMES = ("libnccl.so.2", "libnccl.so")
@@ -365,7 +368,9 @@ def _check_plugin(report: Report, plugin: str | os.PathLike | None):
             report.add("plugin", "missing", "cannot be built without a C compiler (or give --plugin PATH)")
             return None
     try:
-        library = open_plugin(resolve_plugin(plugin))
+        path = resolve_plugin(plugin)
+        library = open_plugin(path)
+        checker = open_checker(path)
     except PluginBuildError as exc:
         report.add("plugin", "fail", str(exc).replace("\n", " | "))
         return None
@@ -374,15 +379,18 @@ def _check_plugin(report: Report, plugin: str | os.PathLike | None):
         return None
     exported = library.exported_abi_versions()
     report.plugin = {"path": str(library.path), "size_bytes": library.path.stat().st_size,
-                     "abi_versions": exported, "version": library.version}
-    names = ", ".join(f"v{v}" for v in exported) or "none"
-    report.add("plugin", "ok" if exported else "fail",
-               f"{library.path} ({report.plugin['size_bytes']} bytes, plugin version {library.version}): "
-               f"exports tuner ABI {names}")
-    return library
+                     "abi_versions": exported, "version": checker.version,
+                     "instrumented_path": str(checker.path)}
+    names = ", ".join(f"v{v}" for v in exported)
+    report.add("plugin", "ok", f"{library.path} ({report.plugin['size_bytes']} bytes, plugin version "
+               f"{checker.version}): exports tuner ABI {names}; tables are checked with {checker.path}")
+    if hasattr(library.lib, "dynamiccl_tuner_override"):
+        report.add("plugin", "warn", f"{library.path} is the instrumented variant (test and measurement entry "
+                   "points, counters on every call); give NCCL the libnccl-tuner-dynamiccl.so beside it")
+    return checker
 
 
-def _check_abi(report: Report, versions: list, library) -> None:
+def _check_abi(report: Report, versions: list, checker) -> None:
     if not versions:
         report.add("tuner abi", "missing", "no NCCL found, so which ABI NCCL will look up is unknown; dynamiccl "
                    "tunes NCCL 2.21.5 or newer (" + ", ".join(f"v{abi} from {format_version(since)}"
@@ -393,7 +401,7 @@ def _check_abi(report: Report, versions: list, library) -> None:
         story = abi_story(version)
         if abi is None:
             report.add("tuner abi", "warn", story)
-        elif library is None:
+        elif checker is None:
             report.add("tuner abi", "warn", f"{story}; the plugin was not checked")
         elif abi in report.plugin["abi_versions"]:
             report.add("tuner abi", "ok", f"{story}: the plugin exports it")
@@ -401,10 +409,10 @@ def _check_abi(report: Report, versions: list, library) -> None:
             report.add("tuner abi", "fail", f"{story}: the plugin {report.plugin['path']} does not export it")
 
 
-def _check_table(report: Report, table_path: str | os.PathLike, library) -> None:
+def _check_table(report: Report, table_path: str | os.PathLike, checker) -> None:
     try:
-        if library is not None:
-            prepared = prepare_table(table_path, library)
+        if checker is not None:
+            prepared = prepare_table(table_path, checker)
             table = prepared.table
             parsed = (f"the plugin's parser accepts it ({prepared.rules} rule(s), {prepared.step_lines} step "
                       f"line(s) in {prepared.text_path})")
@@ -433,7 +441,7 @@ def _check_table(report: Report, table_path: str | os.PathLike, library) -> None
                    + " (init-time Send/Recv settings that launch exports)")
 
 
-def _check_environment(report: Report, env: Mapping[str, str], library) -> None:
+def _check_environment(report: Report, env: Mapping[str, str], checker) -> None:
     current = env.get(PLUGIN_ENV)
     ours = report.plugin.get("path")
     if not current:
@@ -467,13 +475,13 @@ def run_doctor(table: str | os.PathLike | None = None, plugin: str | os.PathLike
     env = dict(os.environ if env is None else env)
     report = Report()
     versions = _check_nccl(report, nccl, env)
-    library = _check_plugin(report, plugin)
-    _check_abi(report, versions, library)
+    checker = _check_plugin(report, plugin)
+    _check_abi(report, versions, checker)
     if table is not None:
-        _check_table(report, table, library)
+        _check_table(report, table, checker)
     else:
         report.tips.append("give --table T to check a decision table as the plugin will read it")
-    _check_environment(report, env, library)
+    _check_environment(report, env, checker)
     plan = plan_launch(table, plugin, base_env=env)
     report.launch = {"tuned": plan.tuned, "reason": plan.reason, "settings": plan.settings, "lines": plan.lines}
     if table is not None:

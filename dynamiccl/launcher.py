@@ -7,7 +7,9 @@ What a launch does, in order:
 2. reads the decision table (``.json``, NVIDIA's example CSV ``.csv``/``.conf``, or the plugin's own
    text ``.txt``), writes it in the plugin's text format to ``<cache root>/tables/<hash>.txt``
    (atomically; the name is a hash of the text, so concurrent launches of one table share a file)
-   and has the plugin's own C parser check that file, exactly as the plugin's ``init`` will;
+   and has the plugin's own C parser check that file, exactly as the plugin's ``init`` will. The
+   production library exports nothing but NCCL's symbols, so the parser run is the instrumented
+   library of the same build (``open_checker``: the one beside the plugin, else the cached build);
 3. sets ``NCCL_TUNER_PLUGIN`` to the plugin's absolute path (replacing a value the user had) and
    ``DYNAMICCL_TUNER_TABLE`` to the text file, and exports the table's init-time Send/Recv settings
    (``DecisionTable.nccl_env``) unless the user already set them -- the user's value wins;
@@ -40,9 +42,9 @@ from typing import Mapping, Sequence
 
 from dynamiccl.atomic import write_text
 from dynamiccl.errors import DynamicclError, InputError
-from dynamiccl.plugin import TABLE_ENV
-from dynamiccl.plugin.binding import TunerLibrary
-from dynamiccl.plugin.build import build_plugin, cache_root
+from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, TABLE_ENV
+from dynamiccl.plugin.binding import InstrumentedTunerLibrary, TunerLibrary
+from dynamiccl.plugin.build import PluginBuildError, build_plugin, cache_root, instrumented_beside
 from dynamiccl.profiler.auto import ENV_DIR as PROFILE_ENV
 from dynamiccl.profiler.run import fresh_capture_dir, profile_environment, run_forwarding_signals
 from dynamiccl.table import NCCL_ENV_KEYS, DecisionTable, format_of, load, plugin_text
@@ -127,28 +129,58 @@ def resolve_plugin(plugin: str | os.PathLike | None = None) -> Path:
 
 
 def open_plugin(path: str | os.PathLike) -> TunerLibrary:
-    """Load the plugin library with ctypes (as NCCL would dlopen it).
+    """Load the plugin library with ctypes (as NCCL would dlopen it) and check that it is dynamiccl's:
+    it exports ``ncclTunerPlugin_vN`` structs, each named ``dynamiccl``.
 
     Raises:
         InputError: naming the file, if it cannot be loaded or is not dynamiccl's tuner plugin.
     """
     try:
-        return TunerLibrary(path)
+        library = TunerLibrary(path)
     except OSError as exc:
         raise InputError(path, None, f"cannot load the library ({exc}); expected a shared library "
                          "built by `dynamiccl plugin build`") from None
+    versions = library.exported_abi_versions()
+    if not versions or any(library.plugin(v).name != b"dynamiccl" for v in versions):
+        raise InputError(path, None, "not dynamiccl's tuner plugin (no ncclTunerPlugin_vN named dynamiccl); "
+                         "expected a libnccl-tuner-dynamiccl.so built by `dynamiccl plugin build`")
+    return library
+
+
+def open_checker(plugin: str | os.PathLike) -> InstrumentedTunerLibrary:
+    """The instrumented library whose C parser checks tables for the production library ``plugin``:
+    the one beside it (``dynamiccl plugin build`` writes both into one directory), else the cached
+    build of this package's sources.
+
+    Raises:
+        InputError: naming the library, if it cannot be loaded or lacks dynamiccl's entry points.
+        PluginBuildError: none beside ``plugin``, and none can be built (no compiler, or it failed).
+    """
+    path = instrumented_beside(plugin)
+    if not path.is_file():
+        try:
+            path = instrumented_beside(build_plugin())
+        except PluginBuildError as exc:
+            raise PluginBuildError(f"no {INSTRUMENTED_FILE_NAME} beside {plugin} to check the table with "
+                                   f"(`dynamiccl plugin build` writes both), and none can be built here: "
+                                   f"{exc}") from None
+    try:
+        return InstrumentedTunerLibrary(path)
+    except OSError as exc:
+        raise InputError(path, None, f"cannot load the library ({exc}); expected the "
+                         f"{INSTRUMENTED_FILE_NAME} of `dynamiccl plugin build`") from None
     except AttributeError as exc:
-        raise InputError(path, None, f"not dynamiccl's tuner plugin ({exc}); expected a "
-                         "libnccl-tuner-dynamiccl.so built by `dynamiccl plugin build`") from None
+        raise InputError(path, None, f"not dynamiccl's instrumented plugin ({exc}); expected the "
+                         f"{INSTRUMENTED_FILE_NAME} of `dynamiccl plugin build`") from None
 
 
-def prepare_table(path: str | os.PathLike, library: TunerLibrary,
+def prepare_table(path: str | os.PathLike, library: InstrumentedTunerLibrary,
                   text_path: str | os.PathLike | None = None) -> PreparedTable:
     """Convert the table at ``path`` to the plugin's text and check it with the plugin's C parser.
 
     Args:
         path: the user's table, any format ``dynamiccl.table.load`` reads.
-        library: the plugin whose parser checks the text (``open_plugin``).
+        library: the instrumented plugin whose parser checks the text (``open_checker``).
         text_path: where to write the text (default ``<cache root>/tables/<hash of the text>.txt``).
 
     Raises:
@@ -206,7 +238,8 @@ def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLik
     else:
         try:
             plan.plugin = resolve_plugin(plugin)
-            plan.prepared = prepare_table(table, open_plugin(plan.plugin))
+            open_plugin(plan.plugin)
+            plan.prepared = prepare_table(table, open_checker(plan.plugin))
         except Exception as exc:  # fail open: the job runs with NCCL's own choices
             plan.reason = _one_line(exc)
             plan.plugin = None

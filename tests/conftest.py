@@ -1,3 +1,4 @@
 """Fixtures shared across test modules."""
 
-from plugin_harness import plugin_path, tuner  # noqa: F401  (pytest fixtures; tests/ is on sys.path)
+# pytest fixtures; tests/ is on sys.path
+from plugin_harness import instrumented_path, plugin_path, tuner  # noqa: F401

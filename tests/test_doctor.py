@@ -14,6 +14,7 @@ import pytest
 
 from dynamiccl.doctor import STATUSES, abi_story, find_nccl, run_doctor, tuner_abi_for, version_from_code
 from dynamiccl.nccl import Algorithm as A, Func, Protocol as P
+from dynamiccl.plugin import PLUGIN_FILE_NAME
 from dynamiccl.plugin.build import compile_sources, find_compiler
 from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, StepShape, save
 
@@ -120,6 +121,16 @@ def test_json_report(tmp_path, env):
     assert report["plugin"]["abi_versions"] == [6, 5, 4, 3, 2] and report["plugin"]["size_bytes"] > 0
     assert report["table"]["rules"] == 1 and report["table"]["nccl_env"] == {"NCCL_NCHANNELS_PER_NET_PEER": 4}
     assert report["launch"]["tuned"] and report["launch"]["settings"]["NCCL_TUNER_PLUGIN"] == report["plugin"]["path"]
+
+
+def test_the_plugin_given_to_nccl_must_be_the_production_library(env, plugin_path, instrumented_path):
+    report = run_doctor(plugin=plugin_path, env=env)
+    assert [c.status for c in report.checks if c.name == "plugin"] == ["ok"]
+    assert report.plugin["instrumented_path"] == str(instrumented_path)  # its parser checks tables
+    report = run_doctor(plugin=instrumented_path, env=env)
+    plugin_checks = [c for c in report.checks if c.name == "plugin"]
+    assert [c.status for c in plugin_checks] == ["ok", "warn"]
+    assert "is the instrumented variant" in plugin_checks[1].detail and PLUGIN_FILE_NAME in plugin_checks[1].detail
 
 
 # --- NCCL libraries we build -------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ import pytest
 from dynamiccl.cli import main
 from dynamiccl.launcher import PREFIX, plan_launch
 from dynamiccl.nccl import Algorithm as A, Func, Protocol as P
-from dynamiccl.plugin import PLUGIN_FILE_NAME, TABLE_ENV
-from dynamiccl.plugin.binding import TunerLibrary
-from dynamiccl.plugin.build import build_plugin
+from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, PLUGIN_FILE_NAME, TABLE_ENV
 from dynamiccl.table import MAX_BYTES, NCCL_ENV_KEYS, DecisionTable, Rule, StepShape, plugin_text, save
+from dynamiccl.plugin.binding import InstrumentedTunerLibrary
+from dynamiccl.plugin.build import build_plugin, instrumented_beside
 from dynamiccl.trace.store import Trace
 
 # Cleared for the launches under test ($CC stays: the plugin's cache key includes the compiler).
@@ -110,7 +110,7 @@ def test_the_variables_reach_the_job_and_the_users_settings_win(tmp_path, cache,
     assert done.returncode == 0, done.stderr
     child = json.loads(done.stdout)  # the launcher writes nothing to stdout
     assert child["NCCL_TUNER_PLUGIN"] == str(plugin)
-    assert TunerLibrary(plugin).check_file(child[TABLE_ENV]) == (2, 1)
+    assert InstrumentedTunerLibrary(instrumented_beside(plugin)).check_file(child[TABLE_ENV]) == (2, 1)
     assert child["NCCL_P2P_NET_CHUNKSIZE"] == "524288"
     assert child["NCCL_P2P_LL_THRESHOLD"] == "1"  # set by the user: theirs wins
     lines = said(done.stderr)
@@ -122,13 +122,29 @@ def test_the_variables_reach_the_job_and_the_users_settings_win(tmp_path, cache,
 def test_plugin_option_is_used_without_building(tmp_path, plugin, table):
     mine = tmp_path / "prebuilt" / PLUGIN_FILE_NAME
     mine.parent.mkdir()
-    shutil.copy(plugin, mine)
+    for name in (PLUGIN_FILE_NAME, INSTRUMENTED_FILE_NAME):  # a build is both (the second checks tables)
+        shutil.copy(plugin.with_name(name), mine.with_name(name))
     empty = tmp_path / "empty-cache"  # nothing cached and no compiler: only --plugin can work
     done = launch("--table", str(table), "--plugin", str(mine), "--", *PRINT_ENV, cache=empty, cwd=tmp_path,
                   CC="/nonexistent")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["NCCL_TUNER_PLUGIN"] == str(mine)
     assert not (empty / "plugin").exists()
+
+
+def test_a_prebuilt_plugin_alone_is_checked_by_the_cached_build_or_fails_open(tmp_path, in_cache, plugin, table,
+                                                                               monkeypatch):
+    mine = tmp_path / "alone" / PLUGIN_FILE_NAME
+    mine.parent.mkdir()
+    shutil.copy(plugin, mine)
+    plan = plan_launch(table, plugin=mine, base_env=clean_env(in_cache))  # the cache has the instrumented build
+    assert plan.tuned and plan.settings["NCCL_TUNER_PLUGIN"] == str(mine)
+    monkeypatch.setenv("CC", "/nonexistent")
+    monkeypatch.setenv("DYNAMICCL_CACHE_DIR", str(tmp_path / "empty-cache"))
+    plan = plan_launch(table, plugin=mine, base_env=clean_env(None))
+    assert not plan.tuned and "NCCL_TUNER_PLUGIN" not in plan.env
+    assert plan.reason.startswith(f"no {INSTRUMENTED_FILE_NAME} beside {mine} to check the table with")
+    assert "CC='/nonexistent' is not an executable" in plan.reason
 
 
 def test_masks_in_the_environment_are_reported(in_cache, table):

@@ -1,18 +1,30 @@
-"""The compiled tuner plugin, driven through ctypes exactly as NCCL drives it, for ABI v2..v6."""
+"""The compiled tuner plugin, driven through ctypes exactly as NCCL drives it, for ABI v2..v6: what each
+variant exports, the C side's vocabulary against dynamiccl.nccl, and the decisions (on the instrumented
+variant, whose counters and reset the checks need; the production one is the same code, less those)."""
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from plugin_harness import use_table
 
+from dynamiccl.nccl import ALGO_PROTO_IGNORE, FUNC_OP, MAX_CHANNELS, NUM_ALGORITHMS, NUM_PROTOCOLS, TUNABLE_FUNCS
 from dynamiccl.nccl import Algorithm as A
 from dynamiccl.nccl import Func, Protocol as P, is_supported
-from dynamiccl.plugin.binding import LOG_FLAG_TUNING, LOG_INFO, LOG_WARN, nccl_pick
+from dynamiccl.plugin import TABLE_ENV, binding
+from dynamiccl.plugin.binding import (LOG_FLAG_TUNING, LOG_INFO, LOG_WARN, DecisionSource, InstrumentedTunerLibrary,
+                                      TunerLibrary, nccl_pick)
 from dynamiccl.plugin.build import SOURCE_DIR
-from dynamiccl.table import DecisionTable, Rule, StepShape
+from dynamiccl.table import DecisionTable, Rule, StepShape, plugin_text
 
 COST_ABIS = (3, 4, 5, 6)
 ALL_ABIS = (2, 3, 4, 5, 6)
@@ -45,15 +57,78 @@ def changed_cells(before, after) -> dict:
     return {(a, p): after[a][p] for a in range(len(before)) for p in range(3) if before[a][p] != after[a][p]}
 
 
-# --- what the library exports -----------------------------------------------------------------------
+# --- what the libraries export ---------------------------------------------------------------------
 
-def test_exports_every_abi_version_nccl_looks_up(tuner):
-    assert tuner.exported_abi_versions() == [6, 5, 4, 3, 2]
-    for version in ALL_ABIS:
-        plugin = tuner.plugin(version)
-        assert plugin.name == b"dynamiccl"
-        assert plugin.init and plugin.getCollInfo
-    assert tuner.plugin(6).getChunkSize
+NCCL_SYMBOLS = {f"ncclTunerPlugin_v{v}" for v in ALL_ABIS}
+INSTRUMENTED_SYMBOLS = {"dynamiccl_tuner_version", "dynamiccl_tuner_override", "dynamiccl_tuner_stats",
+                        "dynamiccl_tuner_supported", "dynamiccl_tuner_parse", "dynamiccl_tuner_check_file",
+                        "dynamiccl_tuner_reset"}
+LINKER_SYMBOLS = {"_init", "_fini", "__bss_start", "_edata", "_end"}  # some linkers define these
+
+
+def exported_symbols(library) -> set[str]:
+    """What a shared library exports (``nm -D --defined-only``), less the linker's own symbols."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm is not installed (binutils)")
+    listing = subprocess.run([nm, "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
+    return {line.split()[-1] for line in listing.stdout.splitlines() if line.strip()} - LINKER_SYMBOLS
+
+
+def test_the_production_library_exports_only_what_nccl_looks_up(plugin_path, instrumented_path):
+    assert exported_symbols(plugin_path) == NCCL_SYMBOLS
+    assert exported_symbols(instrumented_path) == NCCL_SYMBOLS | INSTRUMENTED_SYMBOLS
+    production = TunerLibrary(plugin_path)
+    assert not hasattr(production.lib, "dynamiccl_tuner_override")
+    with pytest.raises(AttributeError):
+        InstrumentedTunerLibrary(plugin_path)
+
+
+def test_exports_every_abi_version_nccl_looks_up(plugin_path, tuner):
+    for library in (TunerLibrary(plugin_path), tuner):
+        assert library.exported_abi_versions() == [6, 5, 4, 3, 2]
+        for version in ALL_ABIS:
+            plugin = library.plugin(version)
+            assert plugin.name == b"dynamiccl"
+            assert plugin.init and plugin.getCollInfo
+        assert library.plugin(6).getChunkSize
+
+
+def test_the_production_library_decides_as_the_instrumented_one(plugin_path, tuner, tmp_path, monkeypatch):
+    # The production library reads its table once per process: a fresh process per check.
+    path = use_table(tuner, table(rule(max_bytes=1 << 20, algorithm=A.RING, protocol=P.LL128, channels=8),
+                                  rule(coll=Func.ALLGATHER, channels=3)), tmp_path, monkeypatch)
+    calls = [(Func.ALLREDUCE, 1 << 20), (Func.ALLREDUCE, (1 << 20) + 1), (Func.ALLGATHER, 64)]
+    with tuner.open(6, 16, 2) as comm:
+        expected = [dataclasses.astuple(comm.coll_info(coll, nbytes, H100)) for coll, nbytes in calls]
+    program = textwrap.dedent(f"""
+        import dataclasses, json, sys
+        from dynamiccl.plugin.binding import TunerLibrary
+        with TunerLibrary({str(plugin_path)!r}).open(6, 16, 2) as comm:
+            print(json.dumps([dataclasses.astuple(comm.coll_info(coll, nbytes, {H100!r}))
+                              for coll, nbytes in {[(int(c), n) for c, n in calls]!r}]))
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, TABLE_ENV: str(path)})
+    assert done.returncode == 0, done.stderr
+    assert [tuple(row) for row in json.loads(done.stdout)] == expected
+
+
+# --- one vocabulary: the C side's numbers and names against dynamiccl.nccl --------------------------
+
+def c_text(*names: str) -> str:
+    return "\n".join((SOURCE_DIR / name).read_text() for name in names)
+
+
+C_FILES = tuple(sorted(path.name for path in SOURCE_DIR.glob("*.[ch]") if path.name != "bench_getcollinfo.c"))
+
+
+def c_defines() -> dict[str, str]:
+    """Every ``#define DCCL_*`` of the plugin's C files and headers (each must be defined once)."""
+    found = re.findall(r"^#define (DCCL_[A-Z0-9_]+) (.+?)(?:\s*/\*.*)?$", c_text(*C_FILES), re.MULTILINE)
+    names = [name for name, _ in found]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    return dict(found)
 
 
 def test_header_enums_match_the_python_vocabulary():
@@ -67,6 +142,41 @@ def test_header_enums_match_the_python_vocabulary():
     for name, value in funcs.items():
         assert Func[name].value == int(value)
     assert "DCCL_NUM_ALGORITHMS 7" in header and "DCCL_NUM_PROTOCOLS 3" in header
+    assert {Func[name] for name in funcs} >= set(TUNABLE_FUNCS)
+    constants = c_defines()
+    assert int(constants["DCCL_NUM_ALGORITHMS"]) == NUM_ALGORITHMS and int(constants["DCCL_NUM_PROTOCOLS"]) == NUM_PROTOCOLS
+    assert int(constants["DCCL_NUM_TUNABLE_FUNCS"]) == len(TUNABLE_FUNCS)
+    assert int(constants["DCCL_MAX_CHANNELS"]) == MAX_CHANNELS
+    assert float(constants["DCCL_ALGO_PROTO_IGNORE"].strip("()f")) == ALGO_PROTO_IGNORE
+    levels = dict(re.findall(r"DCCL_LOG_([A-Z]+) = (\d+)", header))
+    assert (int(levels["WARN"]), int(levels["INFO"])) == (LOG_WARN, LOG_INFO)
+    assert int(constants["DCCL_LOG_FLAG_TUNING"].rstrip("UL"), 16) == LOG_FLAG_TUNING
+
+
+def test_c_names_and_limits_match_the_python_side():
+    header = (SOURCE_DIR / "tuner_abi.h").read_text()
+    numbers = {f"DCCL_{kind}_{name}": int(value)
+               for kind, name, value in re.findall(r"DCCL_(ALGO|PROTO)_([A-Z_0-9]+) \(?(-?\d+)\)?", header)}
+    numbers.update({f"DCCL_FUNC_{name}": int(value) for name, value in re.findall(r"DCCL_FUNC_([A-Z]+) = (\d+)", header)})
+    table_c = c_text("table.c")
+
+    def names(array: str) -> list[str]:
+        body = re.search(rf"{array}\[[A-Z_]+\] = {{(.*?)}};", table_c, re.DOTALL).group(1)
+        pairs = {numbers[key]: name for key, name in re.findall(r"\[(DCCL_[A-Z_0-9]+)\] = \"([a-z_0-9]+)\"", body)}
+        return [pairs[i] for i in range(len(pairs))]
+
+    assert names("dccl_coll_names") == [FUNC_OP[f] for f in TUNABLE_FUNCS]
+    assert names("dccl_algo_names") == [a.name_lower for a in A]
+    assert names("dccl_proto_names") == [p.name_lower for p in P]
+    constants = c_defines()
+    assert int(constants["DCCL_MAX_LINE_BYTES"]) == plugin_text.MAX_LINE_BYTES
+    assert int(constants["DCCL_MAX_RULES"]) == plugin_text.MAX_RULES
+    assert int(constants["DCCL_MAX_STEPS"]) == plugin_text.MAX_STEPS
+    assert f'{constants["DCCL_TABLE_MAGIC"]} {constants["DCCL_TABLE_VERSION"]}'.replace('"', "") == plugin_text.HEADER
+    assert int(constants["DCCL_ERR_BYTES"]) == binding._ERR_BYTES
+    assert constants["DCCL_TABLE_ENV"] == f'"{TABLE_ENV}"'
+    sources = dict(re.findall(r"DCCL_SOURCE_([A-Z]+) = (-?\d+)", c_text("tuner.h")))
+    assert {name: int(value) for name, value in sources.items()} == {s.name: s.value for s in DecisionSource}
 
 
 def test_support_rule_matches_python(tuner):

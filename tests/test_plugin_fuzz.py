@@ -1,6 +1,6 @@
 """A short bounded fuzzing run of the plugin's table parser, and the Python mirror against it.
 
-``experiments/plugin/fuzz.py`` builds ``tests/c/fuzz_table.c`` with ``tuner.c`` under
+``experiments/plugin/fuzz.py`` builds ``tests/c/fuzz_table.c`` with the plugin's C files under
 AddressSanitizer + UBSan, mutates seed tables for a few seconds (fixed RNG seed) and keeps every
 seed and every N-th input with the C parser's verdict; ``dynamiccl.table.plugin_text.read`` must agree on each
 (accept/reject, rule and step counts, the line of the error), and on a table past the plugin's
@@ -18,11 +18,11 @@ from test_plugin_memcheck import load_fuzz_module
 SECONDS = 5.0
 
 
-def test_fuzzing_finds_no_crash_and_no_disagreement(tmp_path, plugin_path):
+def test_fuzzing_finds_no_crash_and_no_disagreement(tmp_path, instrumented_path):
     fuzz = load_fuzz_module()
     try:
         result = fuzz.fuzz(SECONDS, rng_seed=7, every=40, max_samples=800, work_dir=tmp_path, tables=30,
-                           plugin=plugin_path)
+                           plugin=instrumented_path)
     except PluginBuildError as exc:
         pytest.fail(f"the sanitized fuzzer did not build: {exc}")
     assert result["crashes"] == 0, result.get("report")

@@ -1,12 +1,16 @@
 /* Benchmark of the dynamiccl tuner plugin: getCollInfo time per call, table load time.
  *
- *   bench_getcollinfo PLUGIN.so TABLE NRANKS NNODES ANCHOR_COLL ANCHOR_BYTES [CALLS_PER_BATCH BATCHES]
+ *   bench_getcollinfo PLUGIN.so INSTRUMENTED.so TABLE NRANKS NNODES ANCHOR_COLL ANCHOR_BYTES
+ *                     [CALLS_PER_BATCH BATCHES]
  *
- * dlopens the plugin as NCCL does, and (ABI v6):
+ * dlopens both variants as NCCL does (ABI v6).  The instrumented one (the same code plus dynamiccl's
+ * entry points) times the table's loading, which needs its parser and its reset:
  *   - parse: dynamiccl_tuner_parse on the table text held in memory (median of 21);
  *   - first init: reset, then init of the first communicator, which reads the file, parses it and
  *     builds the communicator's index (median of 21); next init: a second communicator on the
  *     already loaded table (the index only);
+ * and replays the timed calls afterwards to count the share a rule decided.  The production one,
+ * which NCCL loads, is timed:
  *   - getCollInfo: calls with (collective, nBytes) drawn from a precomputed array of 8,192 calls
  *     (log-uniform sizes 1 KiB .. 4 GiB; the step's anchor every 96th call, so that the position
  *     counter runs and position rules match).  As NCCL builds a fresh cost table for every call,
@@ -28,7 +32,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "tuner_abi.h"
+#include "tuner.h"
 
 #define NA DCCL_NUM_ALGORITHMS
 #define NP DCCL_NUM_PROTOCOLS
@@ -39,10 +43,9 @@
 
 typedef long (*parse_fn)(const char*, size_t, char*, size_t, long*);
 typedef int (*reset_fn)(void);
-typedef void (*stats_fn)(long long*, int*);
+typedef void (*stats_fn)(dccl_counters_t*, dccl_decision_t*);
 typedef int (*supported_fn)(int, int, int);
 
-static const dccl_tuner_v6_t* g_v6;
 static supported_fn g_supported;
 
 static void* need(void* lib, const char* name) {
@@ -120,7 +123,8 @@ static void make_calls(call_t* calls, int only_coll, int anchor_coll, uint64_t a
 }
 
 /* One batch of n calls from calls[start...]; with_plugin 0 = only NCCL's per-call table copy. */
-static uint64_t batch(void* ctx, const call_t* calls, unsigned start, int n, int with_plugin) {
+static uint64_t batch(const dccl_tuner_v6_t* v6, void* ctx, const call_t* calls, unsigned start, int n,
+                      int with_plugin) {
   float table[NA * NP];
   int nch;
   uint64_t t0 = now_ns();
@@ -129,7 +133,7 @@ static uint64_t batch(void* ctx, const call_t* calls, unsigned start, int n, int
     memcpy(table, c->cost, sizeof(table));
     nch = 0;
     if (with_plugin)
-      g_v6->getCollInfo(ctx, (dccl_func_t)c->coll, c->nbytes, 1, (float**)table, NA, NP, 0, &nch);
+      v6->getCollInfo(ctx, (dccl_func_t)c->coll, c->nbytes, 1, (float**)table, NA, NP, 0, &nch);
     __asm__ volatile("" : : "r"(table), "r"(&nch) : "memory"); /* keep the copy in both loops */
   }
   return now_ns() - t0;
@@ -150,23 +154,25 @@ static void print_stats(const char* name, double* v, int n) {
   printf("\"%s\": {\"median\": %.2f, \"p99\": %.2f}", name, quantile(v, n, 0.5), quantile(v, n, 0.99));
 }
 
+#define WARMUP_BATCHES 50
+
 /* Paired measured / overhead batches; prints {"measured": ..., "overhead": ..., "net": ...}. */
-static void measure(void* ctx, const call_t* calls, int per_batch, int batches) {
+static void measure(const dccl_tuner_v6_t* v6, void* ctx, const call_t* calls, int per_batch, int batches) {
   double* measured = malloc((size_t)batches * sizeof(double));
   double* overhead = malloc((size_t)batches * sizeof(double));
   double* net = malloc((size_t)batches * sizeof(double));
   if (!measured || !overhead || !net) exit(2);
   unsigned start = 0;
-  for (int w = 0; w < 50; w++) batch(ctx, calls, (unsigned)w * (unsigned)per_batch, per_batch, 1); /* warm up */
+  for (int w = 0; w < WARMUP_BATCHES; w++) batch(v6, ctx, calls, (unsigned)w * (unsigned)per_batch, per_batch, 1);
   for (int b = 0; b < batches; b++) {
     int plugin_first = b & 1; /* alternate the order, so that neither side always runs warm */
     uint64_t t_plugin, t_copy;
     if (plugin_first) {
-      t_plugin = batch(ctx, calls, start, per_batch, 1);
-      t_copy = batch(ctx, calls, start, per_batch, 0);
+      t_plugin = batch(v6, ctx, calls, start, per_batch, 1);
+      t_copy = batch(v6, ctx, calls, start, per_batch, 0);
     } else {
-      t_copy = batch(ctx, calls, start, per_batch, 0);
-      t_plugin = batch(ctx, calls, start, per_batch, 1);
+      t_copy = batch(v6, ctx, calls, start, per_batch, 0);
+      t_plugin = batch(v6, ctx, calls, start, per_batch, 1);
     }
     measured[b] = (double)t_plugin / per_batch;
     overhead[b] = (double)t_copy / per_batch;
@@ -188,11 +194,17 @@ static double median_of(double* v, int n) {
   return v[n / 2];
 }
 
-static void* open_comm(int nranks, int nnodes, uint64_t id) {
+/* The calls measure() hands the plugin, in its order, without the clock or the copy-only batches. */
+static void replay(const dccl_tuner_v6_t* v6, void* ctx, const call_t* calls, int per_batch, int batches) {
+  for (int w = 0; w < WARMUP_BATCHES; w++) batch(v6, ctx, calls, (unsigned)w * (unsigned)per_batch, per_batch, 1);
+  for (int b = 0; b < batches; b++) batch(v6, ctx, calls, (unsigned)b * (unsigned)per_batch, per_batch, 1);
+}
+
+static void* open_comm(const dccl_tuner_v6_t* v6, int nranks, int nnodes, uint64_t id) {
   void* ctx = NULL;
   dccl_nvl_domain_info_v5_t nvl = {nnodes, nranks / nnodes, nranks / nnodes};
   static unsigned char constants[4096]; /* opaque to the plugin */
-  if (g_v6->init(&ctx, id, (size_t)nranks, (size_t)nnodes, quiet_logger, &nvl,
+  if (v6->init(&ctx, id, (size_t)nranks, (size_t)nnodes, quiet_logger, &nvl,
                  (dccl_tuner_constants_v5_t*)constants) != DCCL_SUCCESS || !ctx) {
     fprintf(stderr, "bench_getcollinfo: init failed\n");
     exit(2);
@@ -200,22 +212,28 @@ static void* open_comm(int nranks, int nnodes, uint64_t id) {
   return ctx;
 }
 
-int main(int argc, char** argv) {
-  if (argc != 7 && argc != 9) {
-    fprintf(stderr, "usage: %s PLUGIN.so TABLE NRANKS NNODES ANCHOR_COLL ANCHOR_BYTES [CALLS_PER_BATCH BATCHES]\n",
-            argv[0]);
-    return 2;
-  }
-  const char* table_path = argv[2];
-  int nranks = atoi(argv[3]), nnodes = atoi(argv[4]), anchor_coll = atoi(argv[5]);
-  uint64_t anchor_bytes = strtoull(argv[6], NULL, 10);
-  int per_batch = argc == 9 ? atoi(argv[7]) : 100, batches = argc == 9 ? atoi(argv[8]) : 20000;
-  void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+static void* open_library(const char* path) {
+  void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
     fprintf(stderr, "bench_getcollinfo: dlopen: %s\n", dlerror());
+    exit(2);
+  }
+  return lib;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 8 && argc != 10) {
+    fprintf(stderr, "usage: %s PLUGIN.so INSTRUMENTED.so TABLE NRANKS NNODES ANCHOR_COLL ANCHOR_BYTES "
+            "[CALLS_PER_BATCH BATCHES]\n", argv[0]);
     return 2;
   }
-  g_v6 = need(lib, "ncclTunerPlugin_v6");
+  const char* table_path = argv[3];
+  int nranks = atoi(argv[4]), nnodes = atoi(argv[5]), anchor_coll = atoi(argv[6]);
+  uint64_t anchor_bytes = strtoull(argv[7], NULL, 10);
+  int per_batch = argc == 10 ? atoi(argv[8]) : 100, batches = argc == 10 ? atoi(argv[9]) : 20000;
+  const dccl_tuner_v6_t* production = need(open_library(argv[1]), "ncclTunerPlugin_v6");
+  void* lib = open_library(argv[2]);
+  const dccl_tuner_v6_t* instrumented = need(lib, "ncclTunerPlugin_v6");
   parse_fn parse;
   reset_fn reset;
   stats_fn stats;
@@ -236,7 +254,7 @@ int main(int argc, char** argv) {
   char* text = malloc((size_t)size + 1);
   if (!text || fread(text, 1, (size_t)size, f) != (size_t)size) return 2;
   fclose(f);
-  char err[512];
+  char err[DCCL_ERR_BYTES];
   long steps = 0, rules = parse(text, (size_t)size, err, sizeof(err), &steps);
   if (rules < 0) {
     fprintf(stderr, "bench_getcollinfo: the table is invalid: %s\n", err);
@@ -249,19 +267,20 @@ int main(int argc, char** argv) {
     parse_ns[r] = (double)(now_ns() - t0);
   }
 
-  setenv("DYNAMICCL_TUNER_TABLE", table_path, 1);
-  void* ctx = NULL;
+  setenv(DCCL_TABLE_ENV, table_path, 1);
+  void* counted = NULL; /* the instrumented communicator, for the share of calls a rule decided */
   for (int r = 0; r < REPEATS; r++) {
-    if (ctx) g_v6->finalize(ctx);
+    if (counted) instrumented->finalize(counted);
     if (reset() != 0) return 2;
     uint64_t t0 = now_ns();
-    ctx = open_comm(nranks, nnodes, 1);
+    counted = open_comm(instrumented, nranks, nnodes, 1);
     first_ns[r] = (double)(now_ns() - t0);
     t0 = now_ns();
-    void* second = open_comm(nranks, nnodes, 2);
+    void* second = open_comm(instrumented, nranks, nnodes, 2);
     next_ns[r] = (double)(now_ns() - t0);
-    g_v6->finalize(second);
+    instrumented->finalize(second);
   }
+  void* ctx = open_comm(production, nranks, nnodes, 1);
 
   make_costs(nranks);
   call_t* calls = malloc(N_CALLS * sizeof(call_t));
@@ -273,20 +292,22 @@ int main(int argc, char** argv) {
   printf("\"parse_us\": %.1f, \"first_init_us\": %.1f, \"next_init_us\": %.1f, ", median_of(parse_ns, REPEATS) / 1e3,
          median_of(first_ns, REPEATS) / 1e3, median_of(next_ns, REPEATS) / 1e3);
   make_calls(calls, -1, anchor_coll, anchor_bytes);
-  long long before[4], after[4];
-  stats(before, NULL);
   printf("\"mixed\": ");
-  measure(ctx, calls, per_batch, batches);
-  stats(after, NULL);
+  measure(production, ctx, calls, per_batch, batches);
+  dccl_counters_t before, after;
+  stats(&before, NULL);
+  replay(instrumented, counted, calls, per_batch, batches);
+  stats(&after, NULL);
   printf(", \"ruled_fraction\": %.4f, \"per_collective\": {",
-         (double)(after[1] - before[1]) / (double)(after[0] - before[0] ? after[0] - before[0] : 1));
+         (double)(after.ruled - before.ruled) / (double)(after.calls - before.calls ? after.calls - before.calls : 1));
   for (int c = 0; c < DCCL_NUM_TUNABLE_FUNCS; c++) {
     make_calls(calls, c, anchor_coll, anchor_bytes);
     printf("%s\"%s\": ", c ? ", " : "", names[c]);
-    measure(ctx, calls, per_batch, batches / 4);
+    measure(production, ctx, calls, per_batch, batches / 4);
   }
   printf("}}\n");
-  g_v6->finalize(ctx);
+  production->finalize(ctx);
+  instrumented->finalize(counted);
   free(calls);
   free(text);
   return 0;

@@ -1,16 +1,18 @@
-"""Load ``libnccl-tuner-dynamiccl.so`` with ctypes and drive it as NCCL does.
+"""Load the tuner plugin with ctypes and drive it as NCCL does.
 
 NCCL looks up ``ncclTunerPlugin_v6`` ... ``_v2`` with dlsym, calls ``init`` once per communicator,
 ``getCollInfo`` for each collective it plans (with its cost table, a ``float[7][3]`` passed as
 ``float**``, and ``*nChannels`` = 0), and ``finalize``/``destroy`` at the end. ``Communicator``
-does exactly that for any ABI version, so tests, ``dynamiccl doctor`` and live measurement use
-the very library NCCL would load. The plugin's own entry points (override, counters, table
-checks) are wrapped by ``TunerLibrary``.
+does exactly that for any ABI version, on either variant of the plugin: ``TunerLibrary`` is the
+production ``libnccl-tuner-dynamiccl.so`` (only NCCL's symbols), ``InstrumentedTunerLibrary`` the
+instrumented one, whose own entry points (override, counters, the table parser, reset) it wraps
+for tests, ``dynamiccl doctor``, table checks and live measurement.
 """
 
 from __future__ import annotations
 
 import ctypes
+import enum
 import math
 import os
 from dataclasses import dataclass
@@ -21,10 +23,11 @@ from dynamiccl.errors import InputError
 from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, Func
 from dynamiccl.plugin import ABI_VERSIONS
 
-_ERR_BYTES = 512
-LOG_WARN = 2
+# The C side's numbers (tuner.h, tuner_abi.h; tests/test_plugin_abi.py compares them).
+_ERR_BYTES = 512  # DCCL_ERR_BYTES: room for any parse error
+LOG_WARN = 2  # ncclDebugLogLevel
 LOG_INFO = 3
-LOG_FLAG_TUNING = 0x40
+LOG_FLAG_TUNING = 0x40  # NCCL_TUNING, the subsystem flag of every message the plugin logs
 
 # ncclDebugLogger_t is variadic; the plugin always logs through the format "%s", so the message is
 # the first variadic argument, which the x86-64 and AArch64 Linux ABIs pass like a sixth argument.
@@ -51,7 +54,8 @@ def _struct(name: str, fields: list[tuple[str, object]]):
     return type(name, (ctypes.Structure,), {"_fields_": [("name", ctypes.c_char_p), *fields]})
 
 
-# The struct layouts NCCL reads (nccl-tuner-abi.md 4.2): the field order is the ABI.
+# The struct layouts NCCL reads (NVIDIA/nccl src/include/plugin/tuner/tuner_v2.h .. tuner_v6.h): the
+# field order is the ABI.
 PLUGIN_STRUCTS = {
     2: _struct("TunerV2", [("init", _INIT_V2), ("getCollInfo", _GET_V2), ("destroy", _FINI)]),
     3: _struct("TunerV3", [("init", _INIT_V2), ("getCollInfo", _GET_V3), ("destroy", _FINI)]),
@@ -106,8 +110,32 @@ def nccl_pick(cost_table: Sequence[Sequence[float]]) -> tuple[int, int]:
     return pick
 
 
+class DecisionSource(enum.IntEnum):
+    """Who decided a call: ``dccl_source_t`` in tuner.h (a test compares them)."""
+
+    NONE = -1  # no call decided yet
+    NCCL = 0  # no rule applied
+    RULE = 1
+    OVERRIDE = 2
+    REFUSED = 3  # the override asked for a cell NCCL disabled
+
+
+class _Counters(ctypes.Structure):
+    """``dccl_counters_t``."""
+
+    _fields_ = [("calls", ctypes.c_longlong), ("ruled", ctypes.c_longlong), ("overridden", ctypes.c_longlong),
+                ("refused", ctypes.c_longlong)]
+
+
+class _Decision(ctypes.Structure):
+    """``dccl_decision_t``."""
+
+    _fields_ = [("algorithm", ctypes.c_int), ("protocol", ctypes.c_int), ("channels", ctypes.c_int),
+                ("rule", ctypes.c_int), ("position", ctypes.c_int), ("source", ctypes.c_int)]
+
+
 class TunerLibrary:
-    """The plugin library, loaded once per process (as NCCL does) from ``path``.
+    """A tuner plugin library as NCCL sees it, loaded once per process (as NCCL does) from ``path``.
 
     Raises:
         OSError: if the library cannot be loaded.
@@ -116,17 +144,6 @@ class TunerLibrary:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.lib = ctypes.CDLL(str(self.path))
-        self.lib.dynamiccl_tuner_override.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_longlong]
-        self.lib.dynamiccl_tuner_stats.argtypes = [ctypes.POINTER(ctypes.c_longlong), _INTP]
-        self.lib.dynamiccl_tuner_stats.restype = None
-        self.lib.dynamiccl_tuner_supported.argtypes = [ctypes.c_int] * 3
-        self.lib.dynamiccl_tuner_parse.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
-                                                   ctypes.c_size_t, ctypes.POINTER(ctypes.c_long)]
-        self.lib.dynamiccl_tuner_parse.restype = ctypes.c_long
-        self.lib.dynamiccl_tuner_check_file.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
-                                                        ctypes.POINTER(ctypes.c_long)]
-        self.lib.dynamiccl_tuner_check_file.restype = ctypes.c_long
-        self.lib.dynamiccl_tuner_version.restype = ctypes.c_char_p
         self.logs: list[LogRecord] = []
         # Kept referenced for the life of the library: the plugin stores the pointer.
         self._logger = LOGGER(self._log)
@@ -134,10 +151,6 @@ class TunerLibrary:
     def _log(self, level, flags, _file, _line, fmt, message) -> None:
         text = message.decode("utf-8", "replace") if fmt == b"%s" and message else (fmt or b"").decode()
         self.logs.append(LogRecord(level, flags, text))
-
-    @property
-    def version(self) -> str:
-        return self.lib.dynamiccl_tuner_version().decode()
 
     def exported_abi_versions(self) -> list[int]:
         """The ``ncclTunerPlugin_vN`` symbols the library exports, newest first."""
@@ -152,7 +165,35 @@ class TunerLibrary:
         """Call ``init`` as NCCL does at the end of communicator init; returns the communicator."""
         return Communicator(self, version, nranks, nnodes, comm_id, logger)
 
-    # --- dynamiccl's own entry points ---
+
+
+class InstrumentedTunerLibrary(TunerLibrary):
+    """``libnccl-tuner-dynamiccl-instrumented.so``: NCCL's view plus dynamiccl's own entry points.
+
+    Raises:
+        OSError: if the library cannot be loaded.
+        AttributeError: if it lacks an entry point (a production or foreign library).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self.lib.dynamiccl_tuner_override.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_longlong]
+        self.lib.dynamiccl_tuner_stats.argtypes = [ctypes.POINTER(_Counters), ctypes.POINTER(_Decision)]
+        self.lib.dynamiccl_tuner_stats.restype = None
+        self.lib.dynamiccl_tuner_supported.argtypes = [ctypes.c_int] * 3
+        self.lib.dynamiccl_tuner_parse.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                                   ctypes.c_size_t, ctypes.POINTER(ctypes.c_long)]
+        self.lib.dynamiccl_tuner_parse.restype = ctypes.c_long
+        self.lib.dynamiccl_tuner_check_file.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
+                                                        ctypes.POINTER(ctypes.c_long)]
+        self.lib.dynamiccl_tuner_check_file.restype = ctypes.c_long
+        self.lib.dynamiccl_tuner_version.restype = ctypes.c_char_p
+        self.lib.dynamiccl_tuner_reset.argtypes = []
+
+    @property
+    def version(self) -> str:
+        """The plugin's version string (the production library built with it is the same code)."""
+        return self.lib.dynamiccl_tuner_version().decode()
 
     def override(self, algorithm: int = -1, protocol: int = -1, channels: int = -1, count: int = 1) -> None:
         """Force the next ``count`` decisions of this process (-1: until cleared; 0: clear).
@@ -165,19 +206,21 @@ class TunerLibrary:
                              f"channels {channels}, count {count}")
 
     def clear_override(self) -> None:
+        """End a forced choice: NCCL and the table decide again."""
         self.override(count=0)
 
     def stats(self) -> dict:
-        """Counters since load/reset and the last decision (see tuner.c dynamiccl_tuner_stats)."""
-        counts = (ctypes.c_longlong * 4)()
-        last = (ctypes.c_int * 6)()
-        self.lib.dynamiccl_tuner_stats(counts, last)
-        return {"calls": counts[0], "ruled": counts[1], "overridden": counts[2], "refused": counts[3],
-                "last": {"algorithm": last[0], "protocol": last[1], "channels": last[2], "rule": last[3],
-                         "position": last[4], "source": ("nccl", "rule", "override", "refused")[last[5]]
-                         if 0 <= last[5] <= 3 else "none"}}
+        """Counters since load/reset (calls, ruled, overridden, refused) and the last decision
+        (``last``: algorithm, protocol, channels (0 = NCCL's), rule index (-1 none), position (-1
+        unknown), source: the lower-case ``DecisionSource`` name)."""
+        counters, last = _Counters(), _Decision()
+        self.lib.dynamiccl_tuner_stats(ctypes.byref(counters), ctypes.byref(last))
+        decision = {name: getattr(last, name) for name, _ in _Decision._fields_}
+        decision["source"] = DecisionSource(last.source).name.lower()
+        return {**{name: getattr(counters, name) for name, _ in _Counters._fields_}, "last": decision}
 
     def supported(self, coll: int, algorithm: int, protocol: int) -> bool:
+        """Whether NCCL can run (collective, algorithm, protocol) at all: the parser's support rule."""
         return bool(self.lib.dynamiccl_tuner_supported(coll, algorithm, protocol))
 
     def parse(self, data: bytes) -> tuple[int, int]:

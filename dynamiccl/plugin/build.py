@@ -1,8 +1,15 @@
-"""``dynamiccl plugin build``: compile the tuner plugin with the system C compiler, cached by hash.
+"""``dynamiccl plugin build``: compile the tuner plugin's two variants with the system C compiler, cached by hash.
 
-The cache key is the SHA-256 of the C source, the header, the compiler flags and the compiler's
+``PRODUCTION`` is ``libnccl-tuner-dynamiccl.so``, what NCCL loads: it exports only the
+``ncclTunerPlugin_vN`` symbols. ``INSTRUMENTED`` is the same C files plus ``instrumented.c``, built
+with ``-DDCCL_INSTRUMENTED``: ``libnccl-tuner-dynamiccl-instrumented.so``, which also exports
+dynamiccl's entry points (override, counters, the table parser, reset) for tests, table checks and
+live measurement. Both go into one directory, so the instrumented library of a build is always
+``instrumented_beside(plugin)``.
+
+The cache key is the SHA-256 of the C sources, the headers, the compiler flags and the compiler's
 own version line, so a changed source or compiler gives a fresh build and an unchanged one costs
-nothing. The library is compiled into a temporary file beside its final place and renamed, so a
+nothing. Each library is compiled into a temporary file beside its final place and renamed, so a
 crash never leaves a half-written ``.so`` that NCCL would then try to load.
 """
 
@@ -13,17 +20,36 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from dynamiccl.errors import DynamicclError
-from dynamiccl.plugin import PLUGIN_FILE_NAME
+from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, PLUGIN_FILE_NAME
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("tuner.c", "tuner_abi.h")
+HEADERS = ("tuner_abi.h", "tuner.h")
 CFLAGS = ("-O2", "-std=c11", "-D_GNU_SOURCE", "-fPIC", "-shared", "-fvisibility=hidden",
           "-Wall", "-Wextra", "-Werror")
 LDFLAGS = ("-lpthread",)
 COMPILER_CANDIDATES = ("cc", "gcc", "clang")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One library built from the plugin's C files: its file name, sources and extra flags."""
+
+    file_name: str
+    sources: tuple[str, ...]
+    defines: tuple[str, ...] = ()
+
+    def source_paths(self) -> list[Path]:
+        """The variant's C files (absolute), in compile order."""
+        return [SOURCE_DIR / name for name in self.sources]
+
+
+PRODUCTION = Variant(PLUGIN_FILE_NAME, ("table.c", "comm.c", "decide.c", "plugin.c"))
+INSTRUMENTED = Variant(INSTRUMENTED_FILE_NAME, PRODUCTION.sources + ("instrumented.c",), ("-DDCCL_INSTRUMENTED",))
+VARIANTS = (PRODUCTION, INSTRUMENTED)
 
 
 class PluginBuildError(DynamicclError):
@@ -67,12 +93,15 @@ def _compiler_identity(compiler: str) -> str:
     return (done.stdout or done.stderr).splitlines()[0] if (done.stdout or done.stderr) else compiler
 
 
-def source_hash(compiler_identity: str = "", extra_flags: tuple[str, ...] = ()) -> str:
-    """SHA-256 (hex, 16 digits) of the sources, the flags and the compiler's version line."""
+def source_hash(compiler_identity: str = "") -> str:
+    """SHA-256 (hex, 16 digits) of every variant's sources and flags, the headers and the compiler's
+    version line."""
     digest = hashlib.sha256()
-    for name in SOURCES:
+    for name in sorted(set(HEADERS).union(*(variant.sources for variant in VARIANTS))):
         digest.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes() + b"\0")
-    digest.update(" ".join(CFLAGS + tuple(extra_flags) + LDFLAGS).encode() + b"\0")
+    for variant in VARIANTS:
+        digest.update(" ".join((variant.file_name, *variant.sources, *variant.defines)).encode() + b"\0")
+    digest.update(" ".join(CFLAGS + LDFLAGS).encode() + b"\0")
     digest.update(compiler_identity.encode())
     return digest.hexdigest()[:16]
 
@@ -104,7 +133,8 @@ def compile_sources(output: Path, sources: list[Path], flags: tuple[str, ...], c
 
 
 def build_plugin(cache_dir: Path | None = None, force: bool = False) -> Path:
-    """Build (or find the cached build of) ``libnccl-tuner-dynamiccl.so``; returns its absolute path.
+    """Build (or find the cached build of) both variants; returns the absolute path of
+    ``libnccl-tuner-dynamiccl.so``, with ``instrumented_beside`` it in the same directory.
 
     Args:
         cache_dir: where builds live (default ``cache_root() / "plugin"``); each build is in a
@@ -115,9 +145,16 @@ def build_plugin(cache_dir: Path | None = None, force: bool = False) -> Path:
         PluginBuildError: no C compiler, or compilation failed.
     """
     compiler = find_compiler()
-    key = source_hash(_compiler_identity(compiler))
-    target = (cache_dir or cache_root() / "plugin") / key / PLUGIN_FILE_NAME
-    if target.is_file() and not force:
-        return target.resolve()
-    compile_sources(target, [SOURCE_DIR / "tuner.c"], CFLAGS, compiler)
-    return target.resolve()
+    directory = (cache_dir or cache_root() / "plugin") / source_hash(_compiler_identity(compiler))
+    for variant in VARIANTS:
+        target = directory / variant.file_name
+        if force or not target.is_file():
+            compile_sources(target, variant.source_paths(), CFLAGS + variant.defines, compiler)
+    return (directory / PRODUCTION.file_name).resolve()
+
+
+def instrumented_beside(plugin: str | os.PathLike) -> Path:
+    """The instrumented library of the build that ``plugin`` (a production library) belongs to:
+    the file ``libnccl-tuner-dynamiccl-instrumented.so`` in its directory (which may not exist for a
+    production library copied alone)."""
+    return Path(plugin).with_name(INSTRUMENTED.file_name)

@@ -1,8 +1,9 @@
 /* NCCL tuner plugin ABI, versions 2 to 6, as dynamiccl's plugin needs it.
  *
- * Written from the documented ABI (../shared/reference/nccl-tuner-abi.md §4, checked against
- * NVIDIA/nccl up to v2.30): enums with NCCL's numbers, the logger type and one struct per ABI
- * version.  Only the layout matters to NCCL, so every type carries a dccl_ prefix and this header
+ * Written from NVIDIA/nccl's plugin headers (src/include/plugin/nccl_tuner.h and
+ * src/include/plugin/tuner/tuner_v2.h .. tuner_v6.h, up to v2.30): enums with NCCL's numbers, the
+ * logger type and one struct per ABI version; tests/test_plugin_abi.py checks the enums against
+ * dynamiccl/nccl.py.  Only the layout matters to NCCL, so every type carries a dccl_ prefix and this header
  * can sit beside NCCL's own headers without clashing.  The symbol names NCCL looks up with dlsym
  * are ncclTunerPlugin_v6 ... ncclTunerPlugin_v2 (newest first).
  */

@@ -8,14 +8,14 @@ Run from the repository root (recorded result: ``experiments/plugin/fuzz.json``)
    ``DecisionTable``s, plus edge cases (long lines at the 511-byte limit, NUL bytes, huge numbers,
    CRLF, no header, 16 and 17 fields, unsupported algorithm/protocol pairs, duplicate step
    shapes, ...).
-2. ``tests/c/fuzz_table.c``, compiled with AddressSanitizer and UBSan together with ``tuner.c``,
-   mutates them for a bounded time with a fixed seed and calls ``dynamiccl_tuner_parse`` on each
+2. ``tests/c/fuzz_table.c``, compiled with AddressSanitizer and UBSan together with the instrumented
+   plugin's C files, mutates them for a bounded time with a fixed seed and calls ``dynamiccl_tuner_parse`` on each
    input. A memory error or undefined behaviour aborts it, so a zero exit status means no crash.
 3. Differential check: every seed and every N-th fuzzed input is kept with the C parser's verdict;
    ``dynamiccl.table.plugin_text.read`` must accept exactly those the C parser accepts, with the
    same rule and step counts, and reject the others at the same line. The same for tables past the
    plugin's size limits (4,097 step lines; with ``--limit-rules`` 1,000,001 rules), parsed by the
-   built plugin through ctypes.
+   built instrumented plugin through ctypes.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Iterable, Iterator
 from dynamiccl.bench import _machine
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import KEEP, MAX_CHANNELS, TUNABLE_FUNCS, supported_configs
-from dynamiccl.plugin.binding import TunerLibrary
-from dynamiccl.plugin.build import SOURCE_DIR, build_plugin, compile_sources
+from dynamiccl.plugin.binding import InstrumentedTunerLibrary
+from dynamiccl.plugin.build import INSTRUMENTED, build_plugin, compile_sources, instrumented_beside
 from dynamiccl.table import DecisionTable, Rule, StepShape, plugin_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +57,9 @@ def sanitizer_env() -> dict:
 
 
 def build_fuzzer(output: Path) -> Path:
-    """Compile fuzz_table.c with tuner.c under ASan + UBSan into ``output``."""
-    return compile_sources(output, [C_TESTS / "fuzz_table.c", SOURCE_DIR / "tuner.c"], SANITIZE_FLAGS)
+    """Compile fuzz_table.c with the instrumented plugin's C files under ASan + UBSan into ``output``."""
+    return compile_sources(output, [C_TESTS / "fuzz_table.c", *INSTRUMENTED.source_paths()],
+                           SANITIZE_FLAGS + INSTRUMENTED.defines)
 
 
 # --- seeds -----------------------------------------------------------------------------------------
@@ -213,9 +214,9 @@ def sampled_cases(sample_dir: Path) -> Iterator[tuple[str, bytes, tuple]]:
 
 def limit_cases(with_rules: bool, plugin: Path | None = None) -> Iterator[tuple[str, bytes, tuple]]:
     """Tables past the plugin's size limits (too big for the fuzzer), with the verdict of the
-    plugin (``plugin``, default ``build_plugin()``): 4,097 step lines, and with ``with_rules``
-    1,000,001 rules (plugin_text.read needs minutes for it)."""
-    library = TunerLibrary(plugin or build_plugin())
+    instrumented plugin (``plugin``, default the one of ``build_plugin()``): 4,097 step lines, and
+    with ``with_rules`` 1,000,001 rules (plugin_text.read needs minutes for it)."""
+    library = InstrumentedTunerLibrary(plugin or instrumented_beside(build_plugin()))
     cases = {"limit-steps-4097": HEADER + b"".join(b"step 8 1 4 allreduce %d\n" % i for i in range(4097))}
     if with_rules:
         cases["limit-rules-1000001"] = HEADER + b"rule allreduce 0 1 -1 -1 -1 -1 -1 -1 -1 -1\n" * 1_000_001
@@ -250,8 +251,8 @@ def differential(cases: Iterable[tuple[str, bytes, tuple]], examples: int = 10) 
 def fuzz(seconds: float, rng_seed: int = 1, every: int = 2000, max_samples: int = 4000,
          work_dir: Path | None = None, tables: int = 40, limit_rules: bool = False,
          plugin: Path | None = None) -> dict:
-    """Build, seed, fuzz for ``seconds`` and check the samples and the limit cases (on ``plugin``,
-    default ``build_plugin()``); returns the combined record."""
+    """Build, seed, fuzz for ``seconds`` and check the samples and the limit cases (on the instrumented
+    ``plugin``, default the one of ``build_plugin()``); returns the combined record."""
     with tempfile.TemporaryDirectory(prefix="dynamiccl-fuzz-") as tmp:
         work = Path(work_dir or tmp)
         binary = build_fuzzer(work / "fuzz_table")

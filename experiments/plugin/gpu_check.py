@@ -7,10 +7,12 @@ Run on a machine with a CUDA GPU and PyTorch built with NCCL (from the repositor
 It builds the plugin, writes a decision table, and for each scenario starts a fresh process that
 creates an NCCL process group with ``NCCL_TUNER_PLUGIN`` pointing at the plugin and
 ``NCCL_DEBUG=INFO``, runs AllReduce / AllGather / ReduceScatter / Broadcast at several sizes,
-checks the results, and reads the plugin's own counters through ctypes (the same library NCCL
-loaded, so the same counters). Scenarios: a good table; the live-measurement override; a broken
-table (NCCL must still run every collective, with one warning); no table at all. Each scenario's
-NCCL log is kept in DIR, and a summary in DIR/gpu_check.json.
+checks the results, and, where NCCL loaded the instrumented variant, reads the plugin's own
+counters through ctypes (the same library NCCL loaded, so the same counters). Scenarios: a good
+table, on the instrumented and on the production library (which has no counters: NCCL's log and
+the results are the evidence); the live-measurement override; a broken table (NCCL must still run
+every collective, with one warning); no table at all. Each scenario's NCCL log is kept in DIR, and
+a summary in DIR/gpu_check.json.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ def child(args) -> int:
     import torch
     import torch.distributed as dist
 
-    from dynamiccl.plugin.binding import TunerLibrary
+    from dynamiccl.plugin.binding import InstrumentedTunerLibrary
+    from dynamiccl.plugin.build import instrumented_beside
 
     rank, world = args.rank, args.world
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world,
                             device_id=torch.device("cuda", 0))
-    lib = TunerLibrary(os.environ["NCCL_TUNER_PLUGIN"]) if os.environ.get("NCCL_TUNER_PLUGIN") else None
+    loaded = os.environ.get("NCCL_TUNER_PLUGIN")
+    lib = InstrumentedTunerLibrary(loaded) if loaded and Path(loaded) == instrumented_beside(loaded) else None
     if lib is not None and args.override:
         lib.override(algorithm=1, protocol=2, channels=2, count=-1)  # ring / simple / 2 channels
     ok = True
@@ -100,12 +104,13 @@ def main() -> int:
         return child(args)
 
     from dynamiccl.nccl import Algorithm, Func, Protocol
-    from dynamiccl.plugin.build import build_plugin
+    from dynamiccl.plugin.build import build_plugin, instrumented_beside
     from dynamiccl.table import DecisionTable, Rule, save
 
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    plugin = build_plugin(cache_dir=args.out / "build")
+    production = build_plugin(cache_dir=args.out / "build")
+    plugin = instrumented_beside(production)  # the counters show what the plugin decided
     table = DecisionTable((
         Rule(Func.ALLREDUCE, 0, 65535, algorithm=Algorithm.RING, protocol=Protocol.LL, channels=2),
         Rule(Func.ALLREDUCE, 65536, 2**64 - 1, algorithm=Algorithm.RING, protocol=Protocol.SIMPLE, channels=4),
@@ -124,13 +129,15 @@ def main() -> int:
     runs = []
     for i, (name, extra, override) in enumerate((
             ("table", {"NCCL_TUNER_PLUGIN": str(plugin), "DYNAMICCL_TUNER_TABLE": str(good)}, False),
+            ("production", {"NCCL_TUNER_PLUGIN": str(production), "DYNAMICCL_TUNER_TABLE": str(good)}, False),
             ("override", {"NCCL_TUNER_PLUGIN": str(plugin), "DYNAMICCL_TUNER_TABLE": str(good)}, True),
             ("bad_table", {"NCCL_TUNER_PLUGIN": str(plugin), "DYNAMICCL_TUNER_TABLE": str(bad)}, False),
             ("no_table", {"NCCL_TUNER_PLUGIN": str(plugin)}, False),
             ("nccl_only", {}, False))):
         runs.append(scenario(name, {**base, **extra}, args.out, args.world, override, 29511 + i))
         print(json.dumps(runs[-1], indent=1), flush=True)
-    summary = {"plugin": str(plugin), "plugin_bytes": plugin.stat().st_size, "world": args.world,
+    summary = {"plugin": str(production), "plugin_bytes": production.stat().st_size,
+               "instrumented_plugin": str(plugin), "world": args.world,
                "scenarios": runs, "wall_s": round(time.perf_counter() - started, 1)}
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=1) + "\n")
     return 0

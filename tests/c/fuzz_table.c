@@ -1,7 +1,8 @@
 /* A mutation fuzzer for the tuner plugin's table parser (dynamiccl_tuner_parse).
  *
- * Built with -fsanitize=address,undefined -fno-sanitize-recover=all together with tuner.c, so any
- * memory error or undefined behaviour aborts the run: a run that exits 0 had no crash.
+ * Built with -fsanitize=address,undefined -fno-sanitize-recover=all together with the instrumented
+ * plugin's C files, so any memory error or undefined behaviour aborts the run: a run that exits 0
+ * had no crash.
  *
  *   fuzz_table SEED_DIR SECONDS RNG_SEED [SAMPLE_DIR SAMPLE_EVERY MAX_SAMPLES]
  *
@@ -29,11 +30,10 @@
 #include <string.h>
 #include <time.h>
 
-long dynamiccl_tuner_parse(const char* data, size_t len, char* err, size_t errlen, long* n_steps);
+#include "tuner.h"
 
 #define FUZZ_MAX_INPUT (1 << 16)
 #define POOL_SIZE 4096
-#define ERR_BYTES 512
 #define MAX_KINDS 4096
 
 typedef struct {
@@ -333,7 +333,7 @@ static void normalise(const char* err, char* out, size_t n) {
 }
 
 static void count_kind(const char* err) {
-  char text[ERR_BYTES + 8];
+  char text[DCCL_ERR_BYTES + 8];
   normalise(err, text, sizeof(text));
   uint64_t h = 1469598103934665603ULL;
   for (const char* p = text; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
@@ -375,7 +375,7 @@ static double now(void) {
 
 typedef struct {
   long rules, steps, line;
-  char err[ERR_BYTES];
+  char err[DCCL_ERR_BYTES];
 } verdict_t;
 
 /* One execution on an exactly sized heap copy, so that a read past the end is caught. */
@@ -404,7 +404,7 @@ static void write_sample(const char* name, const unsigned char* data, size_t len
     perror(path);
     exit(2);
   }
-  char err[ERR_BYTES];
+  char err[DCCL_ERR_BYTES];
   size_t i = 0;
   for (const char* p = v->err; *p && i + 1 < sizeof(err); p++) /* one line of printable ASCII */
     err[i++] = (*p < 0x20 || *p >= 0x7f) ? '?' : *p;

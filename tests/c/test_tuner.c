@@ -1,8 +1,13 @@
 /* Drives the dynamiccl tuner plugin exactly as NCCL does, for valgrind and AddressSanitizer runs.
  *
- *   test_tuner PLUGIN.so [WORKDIR [CALLS]]  dlopen the built plugin (the valgrind run)
- *   test_tuner --self [WORKDIR [CALLS]]     the plugin is linked into this program (-rdynamic),
- *                                           as the ASan/UBSan build does; the same dlsym path
+ *   test_tuner PLUGIN.so [WORKDIR [CALLS]]  dlopen the built instrumented plugin (valgrind run)
+ *   test_tuner --self [WORKDIR [CALLS]]     the instrumented plugin is linked into this program
+ *                                           (-rdynamic), as the ASan/UBSan build does; same dlsym path
+ *   test_tuner --production PLUGIN.so INSTRUMENTED.so [WORKDIR [CALLS]]
+ *                                           the production plugin, which exports nothing else and
+ *                                           has no reset: one random table for the whole process,
+ *                                           every ABI compared with the reference (the instrumented
+ *                                           library only answers which cells NCCL can run)
  * WORKDIR receives the table files (default: a new /tmp directory); CALLS is the number of
  * getCollInfo calls per table and ABI version (default 1500).
  *
@@ -14,8 +19,8 @@
  * variadic arguments, make many getCollInfo calls with realistic 7x3 (and NCCL 2.22's 6x3) cost
  * tables, -1 entries included, and finalize/destroy.  Every decision is compared with a reference
  * implementation of the lookup semantics written here (a linear first-match scan, the plain
- * reading of tuner.c's header comment): the whole cost table after the call, *nChannels, the rule
- * the plugin reports.  Plus direct checks: a -1 cell is never set to 0, nChannels stays 0 when no
+ * reading of decide.c's and comm.c's header comments): the whole cost table after the call,
+ * *nChannels, the rule the plugin reports.  Plus direct checks: a -1 cell is never set to 0, nChannels stays 0 when no
  * rule sets it, every return code is 0, one warning per bad table, the override, getChunkSize,
  * NULL and out-of-range arguments, reset refused while a communicator is open, and threads.
  *
@@ -35,7 +40,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "tuner_abi.h"
+#include "tuner.h"
 
 #define NA DCCL_NUM_ALGORITHMS
 #define NP DCCL_NUM_PROTOCOLS
@@ -70,7 +75,7 @@ static void die(const char* what) {
 typedef long (*parse_fn)(const char*, size_t, char*, size_t, long*);
 typedef long (*check_file_fn)(const char*, char*, size_t, long*);
 typedef int (*override_fn)(int, int, int, long long);
-typedef void (*stats_fn)(long long*, int*);
+typedef void (*stats_fn)(dccl_counters_t*, dccl_decision_t*);
 typedef int (*reset_fn)(void);
 typedef int (*supported_fn)(int, int, int);
 
@@ -97,23 +102,35 @@ static void* need(void* lib, const char* name) {
   return p;
 }
 
-static void load_plugin(const char* path) {
+static void* open_library(const char* path) {
   void* lib = dlopen(strcmp(path, "--self") == 0 ? NULL : path, RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
     fprintf(stderr, "test_tuner: dlopen(%s): %s\n", path, dlerror());
     exit(2);
   }
+  return lib;
+}
+
+/* The plugin at ``path``; ``instrumented`` NULL: it is the instrumented variant, else it is the
+ * production one and ``instrumented`` only answers which cells NCCL can run. */
+static void load_plugin(const char* path, const char* instrumented) {
+  void* lib = open_library(path);
   P.v6 = need(lib, "ncclTunerPlugin_v6");
   P.v5 = need(lib, "ncclTunerPlugin_v5");
   P.v4 = need(lib, "ncclTunerPlugin_v4");
   P.v3 = need(lib, "ncclTunerPlugin_v3");
   P.v2 = need(lib, "ncclTunerPlugin_v2");
-  *(void**)&P.parse = need(lib, "dynamiccl_tuner_parse");
-  *(void**)&P.check_file = need(lib, "dynamiccl_tuner_check_file");
-  *(void**)&P.override = need(lib, "dynamiccl_tuner_override");
-  *(void**)&P.stats = need(lib, "dynamiccl_tuner_stats");
-  *(void**)&P.reset = need(lib, "dynamiccl_tuner_reset");
-  *(void**)&P.supported = need(lib, "dynamiccl_tuner_supported");
+  if (instrumented) {
+    CHECK(dlsym(lib, "dynamiccl_tuner_reset") == NULL, "the production library exports dynamiccl_tuner_reset");
+    *(void**)&P.supported = need(open_library(instrumented), "dynamiccl_tuner_supported");
+  } else {
+    *(void**)&P.parse = need(lib, "dynamiccl_tuner_parse");
+    *(void**)&P.check_file = need(lib, "dynamiccl_tuner_check_file");
+    *(void**)&P.override = need(lib, "dynamiccl_tuner_override");
+    *(void**)&P.stats = need(lib, "dynamiccl_tuner_stats");
+    *(void**)&P.reset = need(lib, "dynamiccl_tuner_reset");
+    *(void**)&P.supported = need(lib, "dynamiccl_tuner_supported");
+  }
   const char* names[5] = {P.v2->name, P.v3->name, P.v4->name, P.v5->name, P.v6->name};
   for (int i = 0; i < 5; i++) CHECK(names[i] && strcmp(names[i], "dynamiccl") == 0, "v%d name", i + 2);
   CHECK(P.v6->getChunkSize != NULL, "v6 getChunkSize is NULL");
@@ -375,18 +392,17 @@ static void make_costs(uint64_t* s, int coll, uint64_t nbytes, int nranks, float
 }
 
 static long long stat_calls(void) {
-  long long counts[4];
-  int last[6];
-  P.stats(counts, last);
-  return counts[0];
+  dccl_counters_t counters;
+  P.stats(&counters, NULL);
+  return counters.calls;
 }
 
 static long long stat_ruled(int* last_rule) {
-  long long counts[4];
-  int last[6];
-  P.stats(counts, last);
-  if (last_rule) *last_rule = last[3];
-  return counts[1];
+  dccl_counters_t counters;
+  dccl_decision_t last;
+  P.stats(&counters, &last);
+  if (last_rule) *last_rule = last.rule;
+  return counters.ruled;
 }
 
 /* Sets DYNAMICCL_TUNER_TABLE (NULL: unset) and forgets the previous table. */
@@ -576,7 +592,8 @@ static void random_calls(int abi, const ttable_t* t, int calls, uint64_t seed) {
     ref[i] = plugin[i];
   }
   uint64_t s = seed;
-  long long calls_before = stat_calls(), ruled_before = stat_ruled(NULL), ruled = 0;
+  const int counted = P.stats != NULL; /* the production library has no counters */
+  long long calls_before = counted ? stat_calls() : 0, ruled_before = counted ? stat_ruled(NULL) : 0, ruled = 0;
   for (int k = 0; k < calls; k++) {
     int i = rnd_below(&s, 4);
     int coll;
@@ -598,17 +615,19 @@ static void random_calls(int abi, const ttable_t* t, int calls, uint64_t seed) {
     int reg = chance(&s, 70) ? 0 : 1;
     int collnet = chance(&s, 50), nvls = chance(&s, 50);
     long rule = call_and_compare(t, &plugin[i], &ref[i], coll, nbytes, npo, reg, collnet, nvls, &s);
-    if (rule >= 0) {
+    if (rule >= 0 && counted) {
       int last_rule;
       ruled++;
       stat_ruled(&last_rule);
       CHECK(last_rule == rule, "v%d: the plugin reports rule %d, the reference %ld", abi, last_rule, rule);
     }
   }
-  CHECK(stat_calls() - calls_before == calls, "v%d: calls counted %lld, made %d", abi, stat_calls() - calls_before,
-        calls);
-  CHECK(stat_ruled(NULL) - ruled_before == ruled, "v%d: ruled counted %lld, reference %lld", abi,
-        stat_ruled(NULL) - ruled_before, ruled);
+  if (counted) {
+    CHECK(stat_calls() - calls_before == calls, "v%d: calls counted %lld, made %d", abi,
+          stat_calls() - calls_before, calls);
+    CHECK(stat_ruled(NULL) - ruled_before == ruled, "v%d: ruled counted %lld, reference %lld", abi,
+          stat_ruled(NULL) - ruled_before, ruled);
+  }
   for (int i = 0; i < 4; i++) comm_close(&plugin[i]);
 }
 
@@ -808,9 +827,10 @@ static void scenario_override(int abi) {
     P.override(DCCL_ALGO_RING, DCCL_PROTO_SIMPLE, 2, -1);
     call_costs(&c, DCCL_FUNC_ALLREDUCE, 4096, 1, 0, cost, NA, &nch);
     CHECK(memcmp(cost, before, sizeof(cost)) == 0 && nch == 0, "v%d override revived a disabled cell", abi);
-    long long counts[4];
-    P.stats(counts, NULL);
-    CHECK(counts[2] == 2 && counts[3] == 1, "v%d override counters %lld/%lld", abi, counts[2], counts[3]);
+    dccl_counters_t counters;
+    P.stats(&counters, NULL);
+    CHECK(counters.overridden == 2 && counters.refused == 1, "v%d override counters %lld/%lld", abi,
+          counters.overridden, counters.refused);
     P.override(-1, -1, -1, 0);
   }
   comm_close(&c);
@@ -852,22 +872,44 @@ static void scenario_threads(int calls) {
   free(t.rules);
 }
 
+/* The production library: no reset, so one table for the whole process (the first init reads it);
+ * every ABI decides random calls exactly as the reference. */
+static void scenario_production(int calls) {
+  char path[4200];
+  ttable_t t = random_table(4242, 3000, 0, -1);
+  path_in_dir(path, sizeof(path), "production.txt");
+  table_write(path, &t, 0);
+  setenv("DYNAMICCL_TUNER_TABLE", path, 1);
+  for (int abi = 2; abi <= 6; abi++) random_calls(abi, &t, calls, 900 + (uint64_t)abi);
+  CHECK(g_warns == 0, "production: %s", g_last_warn);
+  CHECK(g_infos > 5, "production: %d info messages; expected the table's and one per communicator", g_infos);
+  free(t.rules);
+}
+
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    fprintf(stderr, "usage: %s PLUGIN.so|--self [WORKDIR] [CALLS]\n", argv[0]);
+  const int production = argc > 1 && strcmp(argv[1], "--production") == 0;
+  const int first = production ? 3 : 1; /* the plugin argument(s) come first */
+  if (argc < first + 1) {
+    fprintf(stderr, "usage: %s PLUGIN.so|--self|--production PLUGIN.so INSTRUMENTED.so [WORKDIR] [CALLS]\n",
+            argv[0]);
     return 2;
   }
-  load_plugin(argv[1]);
-  if (argc > 2) {
-    snprintf(g_dir, sizeof(g_dir), "%s", argv[2]);
+  load_plugin(argv[production ? 2 : 1], production ? argv[3] : NULL);
+  if (argc > first + 1) {
+    snprintf(g_dir, sizeof(g_dir), "%s", argv[first + 1]);
   } else {
     snprintf(g_dir, sizeof(g_dir), "/tmp/test_tuner.XXXXXX");
     if (!mkdtemp(g_dir)) die("mkdtemp");
   }
-  int calls = argc > 3 ? atoi(argv[3]) : 1500;
+  int calls = argc > first + 2 ? atoi(argv[first + 2]) : 1500;
   unsetenv("NCCL_ALGO");
   unsetenv("NCCL_PROTO");
 
+  if (production) {
+    scenario_production(calls);
+    printf("test_tuner: %ld checks, %ld failures\n", g_checks, g_failures);
+    return g_failures == 0 ? 0 : 1;
+  }
   char dir_path[4200];
   path_in_dir(dir_path, sizeof(dir_path), "a-directory");
   if (mkdir(dir_path, 0755) != 0 && errno != EEXIST) die("mkdir");
