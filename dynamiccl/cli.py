@@ -469,7 +469,7 @@ def _add_demo(sub) -> None:
 def cmd_demo(args) -> int:
     from dynamiccl.demo import run_demo
 
-    return run_demo(Path(args.out), args.timesteps)
+    return run_demo(Path(args.out), main, args.timesteps)
 
 
 def _add_bench(sub) -> None:

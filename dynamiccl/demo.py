@@ -19,6 +19,7 @@ from __future__ import annotations
 import shlex
 import time
 from pathlib import Path
+from typing import Callable
 
 from dynamiccl.envspec import resolve_env
 from dynamiccl.trace.consistency import check_consistency
@@ -83,16 +84,6 @@ DEMO_TIMESTEPS = 24576
 DEMO_ONLINE_STEPS = 10
 
 
-def _run(step: str, argv: list[str]) -> None:
-    """Run one ``dynamiccl`` command in-process, printing it first; raise if it fails."""
-    from dynamiccl.cli import main
-
-    print(f"{step} $ dynamiccl {shlex.join(argv)}", flush=True)
-    status = main(argv)
-    if status != 0:
-        raise SystemExit(status)
-
-
 def _generate_trace(out_dir: Path) -> tuple[Path, bool]:
     env = resolve_env(DEMO_ENV)
     workload = DEMO_WORKLOAD
@@ -115,10 +106,19 @@ def _generate_trace(out_dir: Path) -> tuple[Path, bool]:
     return path, report.ok
 
 
-def run_demo(out_dir: Path, timesteps: int | None = None) -> int:
+def run_demo(out_dir: Path, command: Callable[[list[str]], int], timesteps: int | None = None) -> int:
     """Run the demo, writing its files under ``out_dir``; returns the process exit status.
 
-    ``timesteps``: training decisions (default ``DEMO_TIMESTEPS``)."""
+    ``command``: runs one ``dynamiccl`` command line in-process and returns its status (the command
+    line's ``main``, handed in so that this module does not import it); ``timesteps``: training
+    decisions (default ``DEMO_TIMESTEPS``)."""
+
+    def _run(step: str, argv: list[str]) -> None:
+        print(f"{step} $ dynamiccl {shlex.join(argv)}", flush=True)
+        status = command(argv)
+        if status != 0:
+            raise SystemExit(status)
+
     timesteps = timesteps or DEMO_TIMESTEPS
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
