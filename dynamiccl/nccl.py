@@ -17,6 +17,8 @@ module only says what NCCL can express at all.
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
+
 from dynamiccl.errors import InputError
 
 
@@ -278,9 +280,28 @@ def parse_protocol(text: str, source: str | None = None, field: str | None = Non
     return _parse_enum(Protocol, text, {}, "protocol", source, field)
 
 
-def parse_func(text: str, source: str | None = None, field: str | None = None) -> Func:
-    """A trace op name or NCCL spelling ("allreduce", "AllReduce", "all_reduce") -> ``Func``."""
-    key = str(text).strip().lower().replace("_", "")
-    if key in OP_FUNC:
-        return OP_FUNC[key]
-    raise InputError(source, field, f"unknown collective {text!r}; expected one of {', '.join(OP_FUNC)}")
+# Collective spellings parse_func accepts, compared without case, "_" or "-": dynamiccl's trace ops,
+# NCCL's names ("AllReduce") and nccl-tests' ("all_reduce", "reduce_scatter", "sendrecv"). nccl-tests'
+# sendrecv is costed as one send of the bytes each rank sends.
+_FUNC_SPELLINGS = {**OP_FUNC, "sendrecv": Func.SEND}
+
+
+def parse_func(text: str, source: str | None = None, field: str | None = None,
+               allowed: Collection[Func] | None = None) -> Func:
+    """A collective's name -> ``Func``: a trace op ("allreduce", "send"), NCCL's spelling
+    ("AllReduce") or nccl-tests' ("all_reduce", "reduce-scatter", "sendrecv" -> ``Func.SEND``).
+
+    Args:
+        allowed: the functions the caller can handle (default: every one); a name of any other is
+            refused like an unknown one.
+
+    Raises:
+        InputError: an unknown or refused name, naming ``source`` and ``field`` and listing the
+            accepted names.
+    """
+    key = str(text).strip().lower().replace("_", "").replace("-", "")
+    func = _FUNC_SPELLINGS.get(key)
+    if func is None or (allowed is not None and func not in allowed):
+        names = [name for name, f in _FUNC_SPELLINGS.items() if allowed is None or f in allowed]
+        raise InputError(source, field, f"unknown collective {text!r}; expected one of {', '.join(names)}")
+    return func

@@ -13,8 +13,8 @@ Three faces, kept apart on purpose (``../shared/design.md``, CostModel):
 The simulated models take a :class:`CollBatch` (``batch``) and evaluate it with numpy.
 """
 
-from dynamiccl.costmodel.batch import CollBatch, make_batch, parse_coll
+from dynamiccl.costmodel.batch import CollBatch, make_batch
 from dynamiccl.costmodel.nccl_model import NcclModel
 from dynamiccl.costmodel.world import WorldModel, WorldParams
 
-__all__ = ["CollBatch", "make_batch", "parse_coll", "NcclModel", "WorldModel", "WorldParams"]
+__all__ = ["CollBatch", "make_batch", "NcclModel", "WorldModel", "WorldParams"]

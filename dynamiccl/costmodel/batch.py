@@ -22,31 +22,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import OP_FUNC, Func
+from dynamiccl.nccl import Func
 
-# Names accepted for ``coll`` (nccl-tests binaries and dynamiccl trace ops).
-COLL_NAMES = {op: func for op, func in OP_FUNC.items() if op not in ("gather", "scatter")}
-COLL_NAMES.update({"sendrecv": Func.SEND, "all_reduce": Func.ALLREDUCE, "all_gather": Func.ALLGATHER,
-                   "reduce_scatter": Func.REDUCESCATTER, "alltoall": Func.ALLTOALL})
 # What the cost models can cost (NCCL runs Gather/Scatter as grouped send/recv; not modelled).
 COSTED_FUNCS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE, Func.SENDRECV,
                 Func.SEND, Func.RECV, Func.ALLTOALL)
-
-
-def parse_coll(name: str, source: str = "--coll", field: str | None = None) -> Func:
-    """Collective name -> ``Func`` (allreduce, allgather, reducescatter, broadcast, reduce, alltoall,
-    sendrecv, send, recv; nccl-tests' underscore spellings too).
-
-    Raises:
-        InputError: for an unknown name, listing the known ones.
-    """
-    key = str(name).strip().lower().replace("-", "_")
-    if key in COLL_NAMES:
-        return Func(COLL_NAMES[key])
-    if key.replace("_", "") in COLL_NAMES:
-        return Func(COLL_NAMES[key.replace("_", "")])
-    known = "allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv"
-    raise InputError(source, field, f"unknown collective {name!r}; expected one of {known}")
 
 
 @dataclass

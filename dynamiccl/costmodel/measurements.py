@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import parse_coll
+from dynamiccl.costmodel.batch import COSTED_FUNCS
 from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, load_env
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import Func, parse_version
+from dynamiccl.nccl import Func, parse_func, parse_version
 
 COLUMNS = ("table", "system", "nccl_version", "coll", "algo", "proto", "gpus_per_node", "nodes", "size_bytes",
            "time_us", "algbw_gbps", "busbw_gbps", "how")
@@ -97,7 +97,7 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
             raise InputError(source, f"{where}, column algo", f"expected one of {', '.join(_ALGOS)}, got {algo!r}")
         if proto not in _PROTOS:
             raise InputError(source, f"{where}, column proto", f"expected one of {', '.join(_PROTOS)}, got {proto!r}")
-        func = parse_coll(row["coll"], source, f"{where}, column coll")
+        func = parse_func(row["coll"], source, f"{where}, column coll", allowed=COSTED_FUNCS)
         table = groups.setdefault(key, dict(
             table=key, system=row["system"], nccl_version=row["nccl_version"], coll=row["coll"].strip().lower(),
             func=int(func), algo=_ALGOS[algo], proto=_PROTOS[proto], gpus_per_node=int(number("gpus_per_node", True)),

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import make_batch, parse_coll
+from dynamiccl.costmodel.batch import COSTED_FUNCS, make_batch
 from dynamiccl.costmodel.nccl_model import NcclModel
 from dynamiccl.costmodel.table import Row, make_row
 from dynamiccl.costmodel.world import WorldModel
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol, parse_dtype, is_supported
+from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol, is_supported, parse_dtype, parse_func
 
 MODELS = ("world", "nccl", "live")
 
@@ -45,7 +45,7 @@ def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:
     Raises:
         InputError: a bad collective, dtype, layout, or a forced pair NCCL cannot run.
     """
-    func = parse_coll(req.coll)
+    func = parse_func(req.coll, "--coll", allowed=COSTED_FUNCS)
     op = "sendrecv" if func in (Func.SENDRECV, Func.SEND, Func.RECV) else FUNC_OP[func]
     dtype = parse_dtype(req.dtype, "--dtype")
     if req.model not in MODELS:
