@@ -3,11 +3,13 @@
 Everything here is a fact about NCCL that the rest of dynamiccl (and the C tuner plugin) must agree
 on; the plugin's header is checked against this module by a test. Sources:
 
-- enums: NVIDIA/nccl ``src/include/plugin/nccl_tuner.h`` and ``src/nccl.h.in``
-  (``../shared/reference/nccl-tuner-abi.md`` §4.3, ``trace-formats.md`` §2.2);
-- which (function, algorithm, protocol) NCCL can run: ``src/graph/tuning.cc`` protocol/algorithm
-  enablement (``nccl-cost-model.md`` §1.6) and the per-version availability table of NCCL's env docs;
-- bus-bandwidth factors: NVIDIA/nccl-tests ``doc/PERFORMANCE.md`` (``nccl-cost-model.md`` §2).
+- enums: NVIDIA/nccl ``src/include/plugin/nccl_tuner.h`` and ``src/include/nccl_common.h``
+  (algorithms, protocols, ``ncclFunc_t``; ``NCCL_NUM_FUNCTIONS`` = 5, "Send/Recv not included") and
+  ``src/nccl.h.in`` (data types, reductions);
+- which (function, algorithm, protocol) NCCL can run: NVIDIA/nccl ``src/graph/tuning.cc``
+  (``ncclTopoTuneModel``'s protocol/algorithm enablement) and the availability of each algorithm by
+  version in ``docs/userguide/source/env.rst`` (``NCCL_ALGO``);
+- bus-bandwidth factors: NVIDIA/nccl-tests ``doc/PERFORMANCE.md``.
 
 What depends on the cluster (NVLS needs NVSwitch and sm90, CollNet needs SHARP, LL128 needs safe
 paths, PAT needs one GPU per node...) is decided by the cost model from an environment spec; this
@@ -52,6 +54,7 @@ class Protocol(enum.IntEnum):
 
 NUM_ALGORITHMS = len(Algorithm)  # NCCL_NUM_ALGORITHMS = 7
 NUM_PROTOCOLS = len(Protocol)  # NCCL_NUM_PROTOCOLS = 3
+NUM_COST_CELLS = NUM_ALGORITHMS * NUM_PROTOCOLS  # cells of NCCL's cost table collCostTable[algorithm][protocol]
 ALGO_PROTO_IGNORE = -1.0  # NCCL_ALGO_PROTO_IGNORE: a cost-table entry NCCL cannot use
 MAX_CHANNELS = 64  # MAXCHANNELS in NCCL's device.h
 KEEP = -1  # "keep NCCL's choice" / "any" in decision tables and NCCL's example CSV
@@ -75,6 +78,7 @@ class Func(enum.IntEnum):
 
 # The tuner's getCollInfo is only called for these (NCCL_NUM_FUNCTIONS = 5 in the plugin header).
 TUNABLE_FUNCS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE)
+NUM_TUNABLE_FUNCS = len(TUNABLE_FUNCS)  # NCCL_NUM_FUNCTIONS; they are Func 0 .. NUM_TUNABLE_FUNCS - 1
 
 
 class DataType(enum.IntEnum):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import Func
+from dynamiccl.nccl import MAX_CHANNELS, NUM_ALGORITHMS, NUM_PROTOCOLS, Func
 
 # What the cost models can cost (NCCL runs Gather/Scatter as grouped send/recv; not modelled).
 COSTED_FUNCS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE, Func.SENDRECV,
@@ -89,9 +89,9 @@ def _check(b: CollBatch) -> None:
     bad("nranks", b.nranks < 1, "at least 1 rank")
     bad("nnodes", (b.nnodes < 1) | (b.nnodes > b.nranks) | (b.nranks % np.maximum(b.nnodes, 1) != 0),
         "a node count that divides nranks")
-    bad("algo", (b.algo < -1) | (b.algo > 6), "an algorithm 0..6 or -1")
-    bad("proto", (b.proto < -1) | (b.proto > 2), "a protocol 0..2 or -1")
-    bad("channels", (b.channels < 0) | (b.channels > 64), "0 (NCCL's choice) or 1..64 channels")
+    bad("algo", (b.algo < -1) | (b.algo >= NUM_ALGORITHMS), f"an algorithm 0..{NUM_ALGORITHMS - 1} or -1")
+    bad("proto", (b.proto < -1) | (b.proto >= NUM_PROTOCOLS), f"a protocol 0..{NUM_PROTOCOLS - 1} or -1")
+    bad("channels", (b.channels < 0) | (b.channels > MAX_CHANNELS), f"0 (NCCL's choice) or 1..{MAX_CHANNELS} channels")
     bad("num_pipe_ops", b.num_pipe_ops < 1, "at least 1")
     bad("overlap", ~((b.overlap >= 0) & (b.overlap <= 1)), "a fraction in [0, 1]")
     bad("compute_hbm_share", ~((b.compute_hbm_share >= 0) & (b.compute_hbm_share <= 1)), "a fraction in [0, 1]")

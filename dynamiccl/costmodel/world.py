@@ -3,17 +3,17 @@
 NCCL's model (:mod:`dynamiccl.costmodel.nccl_model`) is what NCCL believes. The world keeps NCCL's
 structure (ring/tree/NVLS step counts, latency + bytes / bandwidth) but takes its bandwidth from
 the datasheet (``[intra]``, ``[inter]`` of the env spec) and adds what NCCL's model leaves out.
-Each effect names its evidence (``../shared/reference/``):
+Each effect names its evidence:
 
 1. **Bytes on the busiest link.** Per GPU (NVLink/PCIe) and per node (NICs), by algorithm: Ring
    AllReduce moves 2(n-1)/n x S, Ring AllGather/ReduceScatter (n-1)/n x S, Broadcast/Reduce S; a
    Tree AllReduce moves 2S along the intra-node chain and S per node on the network on 2 nodes but
    2S beyond (the 2-node Tree effect: "on 2 nodes Tree puts 2x less traffic on the network",
    NVIDIA/nccl#946); NVLS AllReduce moves S(n+1)/n per GPU each way (algbw = wire x n/(n+1),
-   nccl-tests#239), NVLS AllGather/ReduceScatter S (the larger direction, NVIDIA/nccl#1083).
+   NVIDIA/nccl-tests#239), NVLS AllGather/ReduceScatter S (the larger direction, NVIDIA/nccl#1083).
 2. **Link efficiency per hardware class** (fitted): NVLink4 carries ~370 of 450 GB/s for NCCL's
-   Simple protocol ("protocol overhead ~20%", nccl-tests#212); NVLS runs at NCCL's ``nvlsEfficiency``
-   of that (0.85 Hopper, 0.74 Blackwell, ``tuning.cc`` 2.28+).
+   Simple protocol ("protocol overhead ~20%", NVIDIA/nccl-tests#212); NVLS runs at NCCL's
+   ``nvlsEfficiency`` of that (0.85 Hopper, 0.74 Blackwell, ``src/graph/tuning.cc`` 2.28+).
 3. **Protocol efficiency.** LL carries 8 data bytes per 16-byte line: never above 50% of the link
    (NVIDIA/nccl#281, ``device.h``); LL128 120 of 128 bytes (93.75%).
 4. **Channel saturation.** Bus bandwidth is the soft minimum of what the links carry and
@@ -25,9 +25,10 @@ Each effect names its evidence (``../shared/reference/``):
    a step can finish sooner than one just below it: NCCL's thresholds, not the links, decide
    that, and it is one of the things a tuner that sets channels fixes.
 5. **Latency.** Per-hop latency per protocol (fitted; "LL ~1 µs per hop, LL128 ~2, Simple highest",
-   Demystifying NCCL §3) over NCCL's step structure; NVLS a fixed intra-node latency; network hops
-   add the transport's latency plus the spec's ``nic_latency_us``; one process driving k GPUs
-   (nccl-tests ``-g k``) adds a launch gap per extra GPU (nccl-tests docs, §2 of the reference).
+   Demystifying NCCL, arXiv:2507.04786, §3) over NCCL's step structure; NVLS a fixed intra-node
+   latency; network hops add the transport's latency plus the spec's ``nic_latency_us``; one process
+   driving k GPUs (nccl-tests ``-g k``) adds a host-side launch gap per extra GPU (NVIDIA/nccl-tests
+   ``doc/PERFORMANCE.md``).
 6. **Network.** Per node: NICs x line rate x the transport's efficiency, times (1 - congestion);
    congestion also stretches network hop latency by 1/(1 - congestion) (queueing).
 7. **Compute interference.** NCCL CTAs never share an SM with compute (NVIDIA/nccl#689), so each
@@ -51,23 +52,24 @@ import numpy as np
 
 from dynamiccl.costmodel.batch import CollBatch
 from dynamiccl.costmodel.nccl_constants import ARCH_INDEX, nccl_constants
-from dynamiccl.costmodel.nccl_model import (
-    CN_CHAIN, CN_DIRECT, LL, LL128, NVLS, NVLS_TREE, PAT, RING, SIMPLE, TREE, NcclModel,
-)
+from dynamiccl.costmodel.nccl_model import NcclModel
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import Func as F
+from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, NUM_TUNABLE_FUNCS, Algorithm, Func, Protocol
 
 PARAMS_PATH = Path(__file__).with_name("world_params.json")
 
 # Per-channel throughput (bus GB/s) per architecture (volta, ampere, hopper, blackwell) from NCCL's
-# own caps (nccl-cost-model.md §1.5, HEAD): Simple = perChMaxTreeBw[N1], LL128 =
+# own caps (NVIDIA/nccl ``src/graph/tuning.cc``, v2.30): Simple = perChMaxTreeBw[N1], LL128 =
 # perChMaxRingLL128Bw, LL = llMaxBws[N1] / 16.
 _CH_SIMPLE = np.array([26.5, 24.0, 38.7, 70.0])
 _CH_LL128 = np.array([20.0, 20.0, 36.7, 40.0])
 _CH_LL = np.array([39.0, 87.7, 141.0, 282.0]) / 16
 _PROTO_DATA = np.array([0.5, 120 / 128, 1.0])  # LL, LL128, Simple payload per wire byte
 _HBM_BYTES_PER_LINK_BYTE = {True: 3.0, False: 2.0}  # reduction / copy
+# Per-topology tables have a slot per tunable collective, then send/recv, then AlltoAll.
+_SEND_SLOT, _ALLTOALL_SLOT = NUM_TUNABLE_FUNCS, NUM_TUNABLE_FUNCS + 1
+_NUM_SLOTS = NUM_TUNABLE_FUNCS + 2
 
 
 @dataclass
@@ -161,8 +163,8 @@ class WorldModel:
         """
         index = self.nccl.topology_index(batch)
         algo, proto, channels = batch.algo.copy(), batch.proto.copy(), batch.channels.copy()
-        p2p = (batch.func == F.SENDRECV) | (batch.func == F.SEND) | (batch.func == F.RECV) | (batch.func == F.ALLTOALL)
-        algo[p2p], proto[p2p] = RING, SIMPLE
+        p2p = (batch.func == Func.SENDRECV) | (batch.func == Func.SEND) | (batch.func == Func.RECV) | (batch.func == Func.ALLTOALL)
+        algo[p2p], proto[p2p] = Algorithm.RING, Protocol.SIMPLE
         # NCCL's own choice where the row leaves it open, and its runtime channel count where the
         # row forces a pair but not channels (NCCL_ALGO/NCCL_PROTO leave channels to NCCL).
         if (((algo < 0) | (proto < 0) | (channels == 0)) & ~p2p).any():
@@ -173,8 +175,10 @@ class WorldModel:
         # Send/recv and AlltoAll run on NCCL's p2p channels (half the collective channels per peer).
         channels = np.where(p2p & (channels == 0), index.comm_channels[index.codes] // 2, channels)
         keys = self._keys(index)
-        slot = np.where(batch.func < 5, batch.func, np.where(batch.func == F.ALLTOALL, 6, 5))
-        k = ((index.codes * 7 + slot) * 7 + np.clip(algo, 0, 6)) * 3 + np.clip(proto, 0, 2)
+        slot = np.where(batch.func < NUM_TUNABLE_FUNCS, batch.func,
+                        np.where(batch.func == Func.ALLTOALL, _ALLTOALL_SLOT, _SEND_SLOT))
+        k = (((index.codes * _NUM_SLOTS + slot) * NUM_ALGORITHMS + np.clip(algo, 0, NUM_ALGORITHMS - 1))
+             * NUM_PROTOCOLS + np.clip(proto, 0, NUM_PROTOCOLS - 1))
         runnable = keys["enabled"][k] & (algo >= 0)
 
         size = batch.size_bytes
@@ -233,8 +237,8 @@ class WorldModel:
 
     def _topology_keys(self, topo) -> dict[str, np.ndarray]:
         """Everything about a (slot, algorithm, protocol) on one topology that does not depend on the
-        call's size, channels or conditions. Slots 0..4 are NCCL's tuned functions, 5 send/recv, 6
-        AlltoAll."""
+        call's size, channels or conditions. Slots 0 .. NUM_TUNABLE_FUNCS - 1 are NCCL's tuned
+        functions, then send/recv and AlltoAll."""
         env, prm = self.env, self.params
         n, big_n = float(topo.nranks), float(topo.nnodes)
         ppn = n / big_n
@@ -259,29 +263,30 @@ class WorldModel:
         log_n = float(np.floor(np.log2(big_n)))
         names = ("enabled", "latency", "net_hops", "intra_volume", "net_volume", "link_cap", "per_channel",
                  "net_cap", "net_channel_factor", "hbm_per_byte", "intra_raw")
-        out = {name: np.zeros(7 * 7 * 3) for name in names}
-        out["enabled"] = np.zeros(7 * 7 * 3, dtype=bool)
-        for slot in range(7):
-            func = slot if slot < 5 else (F.SEND if slot == 5 else F.ALLTOALL)
-            steps = 2 * (n - 1) if func == F.ALLREDUCE else (n - 1 if func in (F.ALLGATHER, F.REDUCESCATTER) else n)
-            n_inter = 0.0 if big_n == 1 else (2 * (big_n - 1) if func == F.ALLREDUCE else big_n - 1)
-            ring_volume = (2 * (n - 1) / n if func == F.ALLREDUCE
-                           else (n - 1) / n if func in (F.ALLGATHER, F.REDUCESCATTER) else 1.0)
-            for a in range(7):
-                for p in range(3):
-                    i = (slot * 7 + a) * 3 + p
-                    proto_eff = _PROTO_DATA[p] * (prm.ll_efficiency if p == LL else
-                                                  prm.ll128_efficiency if p == LL128 else 1.0)
-                    per_channel = (_CH_LL if p == LL else _CH_LL128 if p == LL128 else _CH_SIMPLE)[arch]
-                    nvls = a in (NVLS, NVLS_TREE)
+        size = _NUM_SLOTS * NUM_ALGORITHMS * NUM_PROTOCOLS
+        out = {name: np.zeros(size) for name in names}
+        out["enabled"] = np.zeros(size, dtype=bool)
+        for slot in range(_NUM_SLOTS):
+            func = slot if slot < NUM_TUNABLE_FUNCS else (Func.SEND if slot == _SEND_SLOT else Func.ALLTOALL)
+            steps = 2 * (n - 1) if func == Func.ALLREDUCE else (n - 1 if func in (Func.ALLGATHER, Func.REDUCESCATTER) else n)
+            n_inter = 0.0 if big_n == 1 else (2 * (big_n - 1) if func == Func.ALLREDUCE else big_n - 1)
+            ring_volume = (2 * (n - 1) / n if func == Func.ALLREDUCE
+                           else (n - 1) / n if func in (Func.ALLGATHER, Func.REDUCESCATTER) else 1.0)
+            for a in range(NUM_ALGORITHMS):
+                for p in range(NUM_PROTOCOLS):
+                    i = (slot * NUM_ALGORITHMS + a) * NUM_PROTOCOLS + p
+                    proto_eff = _PROTO_DATA[p] * (prm.ll_efficiency if p == Protocol.LL else
+                                                  prm.ll128_efficiency if p == Protocol.LL128 else 1.0)
+                    per_channel = (_CH_LL if p == Protocol.LL else _CH_LL128 if p == Protocol.LL128 else _CH_SIMPLE)[arch]
+                    nvls = a in (Algorithm.NVLS, Algorithm.NVLS_TREE)
                     intra_bw = intra_raw * link_eff * (nvls_eff if nvls else 1.0)
                     if nvls:
-                        per_channel = intra_bw / 8.0  # NVLS peaks with 16 SMs (nccl#1649)
+                        per_channel = intra_bw / 8.0  # NVLS peaks with 16 SMs (NVIDIA/nccl#1649)
                     base, h = prm.base_us[p], hop[p] * hop_factor
-                    # Bytes per GPU on its intra-node links, and per node on the network (docstring §1).
-                    if slot >= 5:
-                        enabled = a == RING and p == SIMPLE
-                        if slot == 5:  # send/recv between two GPUs
+                    # Bytes per GPU on its intra-node links, and per node on the network (effect 1 above).
+                    if slot >= NUM_TUNABLE_FUNCS:
+                        enabled = a == Algorithm.RING and p == Protocol.SIMPLE
+                        if slot == _SEND_SLOT:  # send/recv between two GPUs
                             vi, vn = (0.0, 1.0) if big_n > 1 else (1.0, 0.0)
                             link = intra_raw * prm.p2p_efficiency.get(env.arch, prm.p2p_efficiency.get("default"))
                             net = nic_path * net_eff
@@ -292,18 +297,18 @@ class WorldModel:
                     else:
                         enabled = nccl_bw[slot, a, p] > 0
                         link, net = intra_bw * proto_eff, net_node * proto_eff
-                        if a == RING:
+                        if a == Algorithm.RING:
                             vi, vn = ring_volume, ring_volume
                             latency, net_hops = base + (steps - n_inter) * h, n_inter
-                        elif a == TREE:
-                            vi, vn = (2.0 if ppn > 1 else 0.0), (1.0 if big_n <= 2 else 2.0)  # nccl#946
+                        elif a == Algorithm.TREE:
+                            vi, vn = (2.0 if ppn > 1 else 0.0), (1.0 if big_n <= 2 else 2.0)  # NVIDIA/nccl#946
                             latency, net_hops = base + 2 * (ppn - 1) * h, 2 * log_n
                         elif nvls:
-                            vi = (ppn + 1) / ppn if func == F.ALLREDUCE else 1.0  # nccl-tests#239, nccl#1083
-                            vn = 1.0 if a == NVLS else (1.0 if big_n <= 2 else 2.0)
+                            vi = (ppn + 1) / ppn if func == Func.ALLREDUCE else 1.0  # nccl-tests#239, nccl#1083
+                            vn = 1.0 if a == Algorithm.NVLS else (1.0 if big_n <= 2 else 2.0)
                             latency = prm.nvls_us
-                            net_hops = (1.0 if big_n > 1 else 0.0) if a == NVLS else 2 * log_n
-                        elif a == PAT:
+                            net_hops = (1.0 if big_n > 1 else 0.0) if a == Algorithm.NVLS else 2 * log_n
+                        elif a == Algorithm.PAT:
                             vi, vn = 0.0, ring_volume
                             latency, net_hops = base + 0.5 * n * h, log_n
                         else:  # CollNet: SHARP reduces in the network, S per node each way
@@ -322,8 +327,8 @@ class WorldModel:
                     out["per_channel"][i] = per_channel
                     out["net_cap"][i] = net
                     out["net_channel_factor"][i] = proto_eff / _PROTO_DATA[p]
-                    out["hbm_per_byte"][i] = _HBM_BYTES_PER_LINK_BYTE[func in (F.ALLREDUCE, F.REDUCESCATTER,
-                                                                               F.REDUCE)]
+                    out["hbm_per_byte"][i] = _HBM_BYTES_PER_LINK_BYTE[func in (Func.ALLREDUCE, Func.REDUCESCATTER,
+                                                                               Func.REDUCE)]
                     out["intra_raw"][i] = intra_raw
         return out
 

@@ -27,7 +27,7 @@ from dynamiccl.costmodel.nccl_model import NcclModel
 from dynamiccl.costmodel.world import WorldModel, WorldParams
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
+from dynamiccl.nccl import FUNC_OP, NUM_COST_CELLS, TUNABLE_FUNCS, Algorithm, Func, Protocol
 from dynamiccl.tuning.actions import (
     ACTION_ALGO, ACTION_CHANNELS, ACTION_PROTO, DEFAULT_ACTION, NUM_ACTIONS, action_mask,
 )
@@ -47,7 +47,7 @@ class CostTable:
     [K, A, congestion 0/1, overlap 0/1] (inf where masked), ``latency_us`` [K, A, congestion] (the
     size-independent part, which concurrent calls do not share), ``slowdown`` [K, A] (factor on
     compute running beside the call), ``channels`` [K, A] (channels the call really runs on),
-    ``algo``/``proto`` [K, A] (the pair it really runs), and ``nccl_cost`` [K, 21] (NCCL's cost
+    ``algo``/``proto`` [K, A] (the pair it really runs), and ``nccl_cost`` [K, cells] (NCCL's cost
     table, -1 where disabled, what a tuner plugin is handed).
     """
 
@@ -93,9 +93,8 @@ class CostTable:
         nccl = NcclModel(env)
         base = make_batch(k[:, 0], k[:, 1], k[:, 2], k[:, 3], num_pipe_ops=k[:, 4])
         index = nccl.topology_index(base)
-        nccl_cost = nccl.cost_table(base, index).reshape(len(keys), 21)
-        tunable = np.isin(k[:, 0], [int(f) for f in (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER,
-                                                      Func.REDUCESCATTER, Func.ALLREDUCE)])
+        nccl_cost = nccl.cost_table(base, index).reshape(len(keys), NUM_COST_CELLS)
+        tunable = np.isin(k[:, 0], [int(f) for f in TUNABLE_FUNCS])
         mask = np.zeros((len(keys), NUM_ACTIONS), dtype=bool)
         for i in range(len(keys)):
             if tunable[i]:
@@ -160,7 +159,7 @@ class CostTable:
                                algo=tile(ACTION_ALGO[row_action]), proto=tile(ACTION_PROTO[row_action]),
                                channels=tile(ACTION_CHANNELS[row_action]), num_pipe_ops=tile(k[:, 4]))
             got = nccl.choose(batch)
-            p2p = ~np.isin(tile(k[:, 0]), np.arange(5))
+            p2p = ~np.isin(tile(k[:, 0]), [int(f) for f in TUNABLE_FUNCS])
             if p2p.any():  # NCCL's model has no send/recv cost: the world's, quiet and alone
                 world = WorldModel(env, params)
                 got["time_us"] = np.where(p2p, world.evaluate(batch)["time_us"], got["time_us"])
