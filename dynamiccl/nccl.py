@@ -179,6 +179,12 @@ FUNC_OP = {func: op for op, func in OP_FUNC.items()}
 SHARDED_OPS = frozenset({"allgather", "reducescatter", "alltoall", "gather", "scatter"})
 
 
+def nccl_tests_op(func: Func) -> str:
+    """The op name of ``func`` in nccl-tests style tables: its trace op name, but "sendrecv" for
+    SendRecv, Send and Recv (nccl-tests' ``sendrecv_perf`` times one send and one receive per rank)."""
+    return "sendrecv" if func in (Func.SENDRECV, Func.SEND, Func.RECV) else FUNC_OP[Func(func)]
+
+
 def busbw_factor(op: str, nranks: int) -> float:
     """nccl-tests' busbw = algbw × factor (``doc/PERFORMANCE.md``).
 

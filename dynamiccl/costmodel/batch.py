@@ -17,16 +17,22 @@ bytes for AllReduce/Broadcast/Reduce, the bytes sent for Send/Recv.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import MAX_CHANNELS, NUM_ALGORITHMS, NUM_PROTOCOLS, Func
+from dynamiccl.nccl import MAX_CHANNELS, NUM_ALGORITHMS, NUM_PROTOCOLS, NUM_TUNABLE_FUNCS, Func
 
 # What the cost models can cost (NCCL runs Gather/Scatter as grouped send/recv; not modelled).
 COSTED_FUNCS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE, Func.SENDRECV,
                 Func.SEND, Func.RECV, Func.ALLTOALL)
+
+
+def is_p2p(func: np.ndarray) -> np.ndarray:
+    """Per row, whether NCCL runs the call as point-to-point transfers (send/recv, AlltoAll): of the
+    costed functions, every one its tuner is never asked about (``Func`` >= ``NUM_TUNABLE_FUNCS``)."""
+    return func >= NUM_TUNABLE_FUNCS
 
 
 @dataclass
@@ -51,6 +57,11 @@ class CollBatch:
 
     def subset(self, index) -> "CollBatch":
         return CollBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def quiet(self) -> "CollBatch":
+        """The same calls, quiet and alone: no overlapped compute, congestion or noise."""
+        return replace(self, overlap=np.zeros(len(self)), compute_hbm_share=np.zeros(len(self)),
+                       congestion=np.zeros(len(self)), noise=np.ones(len(self)))
 
 
 _DTYPES = {"func": np.int64, "size_bytes": np.float64, "nranks": np.int64, "nnodes": np.int64,

@@ -73,8 +73,8 @@ def predict(tables: list[MeasuredTable], specs: list[EnvSpec], params: WorldPara
                            proto=table.proto)
         world = WorldModel(env, params).evaluate(batch, launch_gpus=table.launch_gpus)
         nccl = NcclModel(env).choose(batch)
-        results.append(TableResult(table, env, world["time_us"], nccl["time_us"], world["algo"], world["proto"],
-                                   world["channels"]))
+        results.append(TableResult(table, env, world.time_us, nccl["time_us"], world.algo, world.proto,
+                                   world.channels))
     return results
 
 

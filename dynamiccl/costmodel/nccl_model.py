@@ -27,6 +27,7 @@ from dynamiccl.costmodel.nccl_constants import (
     ARCH_INDEX, LL128_MAX_NTHREADS, LL_MAX_NTHREADS, MAX_DEV_WORK_BATCH_COLLS, MAX_NTHREADS, NET_HW, PCI_BW_GBPS,
     SIMPLE_MAX_NTHREADS, THREAD_THRESHOLD_BYTES, TREE_CORRECTION, WARP_SIZE, NcclConstants, nccl_constants,
 )
+from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
 from dynamiccl.costmodel.topology import NcclTopology, topology
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.nccl import (
@@ -196,24 +197,35 @@ def _bandwidth(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> 
 
 
 class NcclModel:
-    """NCCL's model of one cluster (an :class:`EnvSpec`), pinned to an NCCL version.
+    """NCCL's model of one cluster (an :class:`EnvSpec`), pinned to an NCCL version; a
+    :class:`~dynamiccl.costmodel.protocol.CostModel`.
 
     Args:
         env: the environment spec.
         version: NCCL version string; default the spec's ``[nccl] version``.
 
     ``tables`` gives NCCL's latency (µs) and algorithm bandwidth (GB/s) per (collective, algorithm,
-    protocol); ``cost_table`` the times NCCL hands a tuner plugin; ``choose`` and ``time_us`` work
-    on whole batches.
+    protocol); ``cost_table`` the times NCCL hands a tuner plugin; ``choose`` NCCL's decisions and
+    ``evaluate`` the cost-model answer, on whole batches.
     """
 
     name = "nccl"
+    # NCCL's model has no notion of compute beside the call, background traffic or noise, and no
+    # cost for send/recv or AlltoAll (its tuner is never asked about them).
+    models_conditions = False
+    applies_nccl_knobs = True
+    costs_p2p = False
 
     def __init__(self, env: EnvSpec, version: str | None = None):
         self.env = env
         self.version = ".".join(map(str, parse_version(version))) if version else env.nccl_version
         self.constants = nccl_constants(parse_version(self.version))
         self._tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, NcclTopology]] = {}
+
+    @classmethod
+    def from_options(cls, env: EnvSpec, options: CostModelOptions) -> "NcclModel":
+        """The registry's factory: NCCL's model of the spec's NCCL version (options are not used)."""
+        return cls(env)
 
     def describe(self) -> str:
         return f"NCCL {self.version} model (tuning.cc) on {self.env.describe()}"
@@ -243,6 +255,18 @@ class NcclModel:
         return self._tables[key]
 
     # --- evaluation -------------------------------------------------------------------------------
+
+    def evaluate(self, batch: CollBatch) -> CostResult:
+        """What NCCL believes each row costs with its (or the row's forced) algorithm and protocol:
+        :meth:`choose`'s pair, channels and time (inf, with algo = proto = -1, where no pair NCCL
+        can run is left). Overlap, congestion and noise are ignored (``compute_slowdown`` 1, no
+        separate latency part: ``latency_us`` 0). Send/recv and AlltoAll rows, which NCCL's model
+        has no cost for (``costs_p2p`` False), get what :meth:`choose` gives them: AllReduce's.
+        """
+        got = self.choose(batch)
+        return CostResult(algo=got["algo"], proto=got["proto"], channels=got["channels"], time_us=got["time_us"],
+                          latency_us=np.zeros(len(batch)), compute_slowdown=np.ones(len(batch)),
+                          size_bytes=batch.size_bytes, nranks=batch.nranks)
 
     def topology_index(self, batch: CollBatch) -> "TopoIndex":
         """Per-row index into the distinct (nranks, nnodes) of a batch, and per-topology constants."""

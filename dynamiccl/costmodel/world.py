@@ -50,9 +50,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import CollBatch
+from dynamiccl.costmodel.batch import CollBatch, is_p2p
 from dynamiccl.costmodel.nccl_constants import ARCH_INDEX, nccl_constants
 from dynamiccl.costmodel.nccl_model import NcclModel
+from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, NUM_TUNABLE_FUNCS, Algorithm, Func, Protocol
@@ -131,18 +132,22 @@ class WorldParams:
 
 
 class WorldModel:
-    """What a collective really costs on a described cluster (the simulator the policy trains on).
+    """What a collective really costs on a described cluster (the simulator the policy trains on);
+    a :class:`~dynamiccl.costmodel.protocol.CostModel`.
 
     Args:
         env: the environment spec (hardware, NCCL version for the default choice).
         params: fitted parameters; default the shipped ``world_params.json``.
 
     ``evaluate(batch)`` returns per row the algorithm, protocol and channels used (NCCL's choice
-    where the row says -1/0), ``time_us``, and ``compute_slowdown``: the factor by which compute
-    overlapped with the call runs slower (SMs held by channels, HBM shared).
+    where the row says -1/0), ``time_us`` and its latency part, and ``compute_slowdown``: the factor
+    by which compute overlapped with the call runs slower (SMs held by channels, HBM shared).
     """
 
     name = "world"
+    models_conditions = True
+    applies_nccl_knobs = True
+    costs_p2p = True
 
     def __init__(self, env: EnvSpec, params: WorldParams | None = None):
         self.env = env
@@ -151,19 +156,24 @@ class WorldModel:
         self._key_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self._batch_keys: dict[tuple, dict[str, np.ndarray]] = {}
 
+    @classmethod
+    def from_options(cls, env: EnvSpec, options: CostModelOptions) -> "WorldModel":
+        """The registry's factory: the world with ``options.world_params``."""
+        return cls(env, options.world_params)
+
     def describe(self) -> str:
         return f"world simulator ({self.params.provenance or 'world_params.json'}) on {self.env.describe()}"
 
-    def evaluate(self, batch: CollBatch, launch_gpus: int = 1) -> dict[str, np.ndarray]:
+    def evaluate(self, batch: CollBatch, launch_gpus: int = 1) -> CostResult:
         """Simulate every row. ``launch_gpus`` > 1 models one process driving that many GPUs.
 
-        Returns a dict of arrays: ``algo``, ``proto`` (-1 for send/recv and AlltoAll, which NCCL
-        runs as point-to-point transfers, and where the forced pair cannot run), ``channels``,
-        ``time_us`` (inf where the forced pair cannot run), ``algbw_gbps`` and ``compute_slowdown``.
+        ``algo`` and ``proto`` are -1 for send/recv and AlltoAll (which NCCL runs as point-to-point
+        transfers) and where the forced pair cannot run (``time_us`` inf there); ``latency_us`` is
+        the latency part of ``time_us`` (the same noise factor applied).
         """
         index = self.nccl.topology_index(batch)
         algo, proto, channels = batch.algo.copy(), batch.proto.copy(), batch.channels.copy()
-        p2p = (batch.func == Func.SENDRECV) | (batch.func == Func.SEND) | (batch.func == Func.RECV) | (batch.func == Func.ALLTOALL)
+        p2p = is_p2p(batch.func)
         algo[p2p], proto[p2p] = Algorithm.RING, Protocol.SIMPLE
         # NCCL's own choice where the row leaves it open, and its runtime channel count where the
         # row forces a pair but not channels (NCCL_ALGO/NCCL_PROTO leave channels to NCCL).
@@ -207,6 +217,7 @@ class WorldModel:
         net_hop = self._net_hop_us / (1.0 - congestion)
         t_lat = keys["latency"][k] + keys["net_hops"][k] * net_hop + self.params.launch_gap_us * (launch_gpus - 1)
         time = np.where(runnable, (t_lat + t_bw) * batch.noise, np.inf)
+        latency = np.where(runnable, t_lat * batch.noise, np.inf)
 
         # Compute beside the call loses one SM per channel (nccl#689) and shares HBM (nccl#1433).
         sm = self.env.cluster.gpu.sm_count
@@ -214,11 +225,10 @@ class WorldModel:
         mem_slow = np.maximum(1.0, (batch.compute_hbm_share * hbm + comm_demand) / hbm)
         share = batch.compute_hbm_share
         compute_slowdown = np.where(batch.overlap > 0, (1 - share) * sm_slow + share * mem_slow, 1.0)
-        algbw = np.where(runnable, size / (1000.0 * time), 0.0)
         shown = runnable & ~p2p  # send/recv and AlltoAll have no algorithm or protocol to report
-        return {"algo": np.where(shown, algo, -1), "proto": np.where(shown, proto, -1),
-                "channels": channels.astype(np.int64), "time_us": time, "algbw_gbps": algbw,
-                "compute_slowdown": compute_slowdown}
+        return CostResult(algo=np.where(shown, algo, -1), proto=np.where(shown, proto, -1),
+                          channels=channels.astype(np.int64), time_us=time, latency_us=latency,
+                          compute_slowdown=compute_slowdown, size_bytes=size, nranks=batch.nranks)
 
     @property
     def _net_hop_us(self) -> float:
