@@ -225,6 +225,8 @@ def cmd_table_lookup(args) -> int:
 
 
 def _add_simulate(sub) -> None:
+    from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL, cost_models_help
+
     p = sub.add_parser("simulate", help="nccl-tests-style table of a collective under a cost model",
                        description="Cost one collective over a size sweep, nccl-tests style, under the world "
                                    "simulator (default), NCCL's own model, or live on this machine. Each size "
@@ -242,8 +244,7 @@ def _add_simulate(sub) -> None:
     p.add_argument("--algo", help="force an algorithm (ring, tree, nvls, nvlstree, collnetdirect, collnetchain, pat)")
     p.add_argument("--proto", help="force a protocol (ll, ll128, simple)")
     p.add_argument("--channels", type=int, default=0, help="force a channel count (1..64)")
-    p.add_argument("--model", default="world", choices=["world", "nccl", "live"],
-                   help="world simulator (default), NCCL's own belief, or live measurement on this machine")
+    p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=list(COST_MODELS), help=cost_models_help())
     p.add_argument("--overlap", type=float, default=None,
                    help="share of each call's time with compute beside it (default: the spec's dynamics)")
     p.add_argument("--congestion", type=float, default=0.0, help="share of NIC bandwidth taken by other traffic")

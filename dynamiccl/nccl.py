@@ -3,11 +3,13 @@
 Everything here is a fact about NCCL that the rest of dynamiccl (and the C tuner plugin) must agree
 on; the plugin's header is checked against this module by a test. Sources:
 
-- enums: NVIDIA/nccl ``src/include/plugin/nccl_tuner.h`` and ``src/nccl.h.in``
-  (``../shared/reference/nccl-tuner-abi.md`` §4.3, ``trace-formats.md`` §2.2);
-- which (function, algorithm, protocol) NCCL can run: ``src/graph/tuning.cc`` protocol/algorithm
-  enablement (``nccl-cost-model.md`` §1.6) and the per-version availability table of NCCL's env docs;
-- bus-bandwidth factors: NVIDIA/nccl-tests ``doc/PERFORMANCE.md`` (``nccl-cost-model.md`` §2).
+- enums: NVIDIA/nccl ``src/include/plugin/nccl_tuner.h`` and ``src/include/nccl_common.h``
+  (algorithms, protocols, ``ncclFunc_t``; ``NCCL_NUM_FUNCTIONS`` = 5, "Send/Recv not included") and
+  ``src/nccl.h.in`` (data types, reductions);
+- which (function, algorithm, protocol) NCCL can run: NVIDIA/nccl ``src/graph/tuning.cc``
+  (``ncclTopoTuneModel``'s protocol/algorithm enablement) and the availability of each algorithm by
+  version in ``docs/userguide/source/env.rst`` (``NCCL_ALGO``);
+- bus-bandwidth factors: NVIDIA/nccl-tests ``doc/PERFORMANCE.md``.
 
 What depends on the cluster (NVLS needs NVSwitch and sm90, CollNet needs SHARP, LL128 needs safe
 paths, PAT needs one GPU per node...) is decided by the cost model from an environment spec; this
@@ -17,6 +19,8 @@ module only says what NCCL can express at all.
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
+
 from dynamiccl.errors import InputError
 
 
@@ -50,6 +54,7 @@ class Protocol(enum.IntEnum):
 
 NUM_ALGORITHMS = len(Algorithm)  # NCCL_NUM_ALGORITHMS = 7
 NUM_PROTOCOLS = len(Protocol)  # NCCL_NUM_PROTOCOLS = 3
+NUM_COST_CELLS = NUM_ALGORITHMS * NUM_PROTOCOLS  # cells of NCCL's cost table collCostTable[algorithm][protocol]
 ALGO_PROTO_IGNORE = -1.0  # NCCL_ALGO_PROTO_IGNORE: a cost-table entry NCCL cannot use
 MAX_CHANNELS = 64  # MAXCHANNELS in NCCL's device.h
 KEEP = -1  # "keep NCCL's choice" / "any" in decision tables and NCCL's example CSV
@@ -73,6 +78,7 @@ class Func(enum.IntEnum):
 
 # The tuner's getCollInfo is only called for these (NCCL_NUM_FUNCTIONS = 5 in the plugin header).
 TUNABLE_FUNCS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE)
+NUM_TUNABLE_FUNCS = len(TUNABLE_FUNCS)  # NCCL_NUM_FUNCTIONS; they are Func 0 .. NUM_TUNABLE_FUNCS - 1
 
 
 class DataType(enum.IntEnum):
@@ -171,6 +177,12 @@ FUNC_OP = {func: op for op, func in OP_FUNC.items()}
 # Ops whose per-rank contribution is 1/n of the full buffer (NCCL's count is per rank: AllGather's
 # sendcount, ReduceScatter's recvcount; AlltoAll's per-peer count).
 SHARDED_OPS = frozenset({"allgather", "reducescatter", "alltoall", "gather", "scatter"})
+
+
+def nccl_tests_op(func: Func) -> str:
+    """The op name of ``func`` in nccl-tests style tables: its trace op name, but "sendrecv" for
+    SendRecv, Send and Recv (nccl-tests' ``sendrecv_perf`` times one send and one receive per rank)."""
+    return "sendrecv" if func in (Func.SENDRECV, Func.SEND, Func.RECV) else FUNC_OP[Func(func)]
 
 
 def busbw_factor(op: str, nranks: int) -> float:
@@ -278,9 +290,28 @@ def parse_protocol(text: str, source: str | None = None, field: str | None = Non
     return _parse_enum(Protocol, text, {}, "protocol", source, field)
 
 
-def parse_func(text: str, source: str | None = None, field: str | None = None) -> Func:
-    """A trace op name or NCCL spelling ("allreduce", "AllReduce", "all_reduce") -> ``Func``."""
-    key = str(text).strip().lower().replace("_", "")
-    if key in OP_FUNC:
-        return OP_FUNC[key]
-    raise InputError(source, field, f"unknown collective {text!r}; expected one of {', '.join(OP_FUNC)}")
+# Collective spellings parse_func accepts, compared without case, "_" or "-": dynamiccl's trace ops,
+# NCCL's names ("AllReduce") and nccl-tests' ("all_reduce", "reduce_scatter", "sendrecv"). nccl-tests'
+# sendrecv is costed as one send of the bytes each rank sends.
+_FUNC_SPELLINGS = {**OP_FUNC, "sendrecv": Func.SEND}
+
+
+def parse_func(text: str, source: str | None = None, field: str | None = None,
+               allowed: Collection[Func] | None = None) -> Func:
+    """A collective's name -> ``Func``: a trace op ("allreduce", "send"), NCCL's spelling
+    ("AllReduce") or nccl-tests' ("all_reduce", "reduce-scatter", "sendrecv" -> ``Func.SEND``).
+
+    Args:
+        allowed: the functions the caller can handle (default: every one); a name of any other is
+            refused like an unknown one.
+
+    Raises:
+        InputError: an unknown or refused name, naming ``source`` and ``field`` and listing the
+            accepted names.
+    """
+    key = str(text).strip().lower().replace("_", "").replace("-", "")
+    func = _FUNC_SPELLINGS.get(key)
+    if func is None or (allowed is not None and func not in allowed):
+        names = [name for name, f in _FUNC_SPELLINGS.items() if allowed is None or f in allowed]
+        raise InputError(source, field, f"unknown collective {text!r}; expected one of {', '.join(names)}")
+    return func

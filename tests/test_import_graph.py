@@ -2,7 +2,8 @@
 
 Every import of one dynamiccl module by another counts -- at module level or inside a function (a
 lazy import only hides a cycle) -- and so does the package ``__init__`` that importing a submodule
-runs first. The graph is read from the source with ``ast``, so a cycle is caught even on a path no
+runs first. Imports under ``if TYPE_CHECKING:`` name types for annotations and never run; they do
+not count. The graph is read from the source with ``ast``, so a cycle is caught even on a path no
 test executes.
 """
 
@@ -27,6 +28,19 @@ def modules() -> dict[str, Path]:
     return out
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node but those under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
     """module -> the dynamiccl modules (and their enclosing packages) it imports."""
     def known(name: str) -> str | None:  # "dynamiccl.table.load" names the module dynamiccl.table
@@ -44,7 +58,7 @@ def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
 
     for name, path in mods.items():
         is_package = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.startswith("dynamiccl"):
@@ -109,6 +123,8 @@ def test_the_package_has_no_import_cycles():
     ({"a": "from dynamiccl.pkg.c import x\n", "pkg/__init__": "from dynamiccl.a import y\n", "pkg/c": ""},
      [["dynamiccl.a", "dynamiccl.pkg"]]),
     ({"a": "from dynamiccl import b\n", "b": "import json\n"}, []),
+    ({"a": "from dynamiccl import b\n", "b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from dynamiccl.a import x\n"},
+     []),
 ])
 def test_the_check_finds_lazy_and_package_cycles(tmp_path, sources, expected):
     mods = {}

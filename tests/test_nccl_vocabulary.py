@@ -278,6 +278,9 @@ def test_parse_enum_errors_name_source_field_and_choices(parser, text, listed):
 @pytest.mark.parametrize("text, expected", [
     ("allreduce", Func.ALLREDUCE), ("AllReduce", Func.ALLREDUCE), ("all_reduce", Func.ALLREDUCE),
     ("reduce_scatter", Func.REDUCESCATTER), ("AllGather", Func.ALLGATHER), ("send", Func.SEND),
+    # nccl-tests' spellings (the binaries' names): sendrecv is costed as one send
+    ("all-reduce", Func.ALLREDUCE), ("Reduce-Scatter", Func.REDUCESCATTER), (" alltoall ", Func.ALLTOALL),
+    ("all_to_all", Func.ALLTOALL), ("sendrecv", Func.SEND), ("recv", Func.RECV), ("gather", Func.GATHER),
 ])
 def test_parse_func(text, expected):
     assert nccl.parse_func(text) is expected
@@ -286,6 +289,16 @@ def test_parse_func(text, expected):
 def test_parse_func_unknown():
     with pytest.raises(InputError, match="barrier"):
         nccl.parse_func("barrier")
+
+
+def test_parse_func_refuses_what_the_caller_cannot_handle():
+    costed = (Func.ALLREDUCE, Func.ALLGATHER, Func.SEND)
+    assert nccl.parse_func("sendrecv", allowed=costed) is Func.SEND
+    with pytest.raises(InputError) as info:
+        nccl.parse_func("gather", "measurements.csv", "row 3, column coll", allowed=costed)
+    err = info.value
+    assert err.source == "measurements.csv" and err.field == "row 3, column coll"
+    assert "unknown collective 'gather'" in str(err) and "allgather" in str(err) and "scatter" not in str(err)
 
 
 @pytest.mark.parametrize("text, expected", [

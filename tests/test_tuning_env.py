@@ -11,7 +11,6 @@ import pytest
 
 import dynamiccl.tuning  # noqa: F401  (registers the environment)
 from dynamiccl.costmodel.nccl_model import NcclModel
-from dynamiccl.envspec import resolve_env
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import TUNABLE_FUNCS
 from dynamiccl.trace.store import Trace
@@ -81,7 +80,7 @@ def test_default_replay_respects_dependencies_and_compute(case):
     for chain in program.compute_chain:  # compute never runs faster than its work
         assert makespan >= sum(program.op_base_us[g] for g in chain) - 1e-6
     for c in range(program.num_calls):  # a call never beats its duration alone and quiet
-        key = loaded.costs.call_key[c]
+        key = loaded.costs.call_row[c]
         alone = loaded.costs.time_us[key, DEFAULT_ACTION, 0, 0] * replay.noise[c]
         assert replay.call_end_us[c] - replay.call_start_us[c] >= alone * (1 - 1e-9)
 
@@ -141,7 +140,8 @@ def test_masks_never_allow_a_cell_nccl_disabled():
     loaded = load_case(Case(*LLAMA70))
     costs = loaded.costs
     nccl = NcclModel(loaded.env)
-    for key, (func, nbytes, nranks, nnodes, pipe) in enumerate(costs.keys):
+    for key, call in enumerate(costs.keys):
+        func, nranks, nnodes = int(call.coll), call.nranks, call.nnodes
         mask = costs.mask[key]
         assert mask[DEFAULT_ACTION]
         if func not in [int(f) for f in TUNABLE_FUNCS]:

@@ -62,7 +62,7 @@ def runnable_pairs(model: WorldModel, func: int, n: int, nodes: int):
         return [(RING, SIMPLE)]
     pairs = [(a, p) for a in range(7) for p in range(3)] * 2  # 42 rows: see test_nccl_model's 21-row test
     out = model.evaluate(make_batch(func, 1 << 20, n, nodes, algo=[a for a, _ in pairs], proto=[p for _, p in pairs]))
-    return [pair for pair, t in zip(pairs[:21], out["time_us"][:21]) if np.isfinite(t)]
+    return [pair for pair, t in zip(pairs[:21], out.time_us[:21]) if np.isfinite(t)]
 
 
 # --- monotonicity in bytes -----------------------------------------------------------------------
@@ -77,7 +77,7 @@ def test_more_bytes_never_faster_with_fixed_channels(spec):
         for algo, proto in pairs:
             for channels in (1, 4, 16, 64):
                 t = model.evaluate(make_batch(func, SIZES, n, nodes, algo=algo, proto=proto,
-                                              channels=channels))["time_us"]
+                                              channels=channels)).time_us
                 assert np.isfinite(t).all()
                 worst = int(np.argmin(np.diff(t)))
                 assert np.diff(t)[worst] >= -1e-9 * t[worst], (
@@ -96,7 +96,7 @@ def test_with_nccls_channels_more_bytes_are_faster_only_at_a_channel_step(spec):
     for func in (ALLREDUCE, ALLGATHER, BROADCAST):
         for algo, proto in runnable_pairs(model, func, n, nodes):
             out = model.evaluate(make_batch(func, SIZES, n, nodes, algo=algo, proto=proto))
-            t, ch = out["time_us"], out["channels"]
+            t, ch = out.time_us, out.channels
             faster = np.flatnonzero((np.diff(t) < -1e-9) & (np.diff(ch) <= 0))
             for i in faster[:1]:
                 failures.append(f"{OP[func]} algo {algo} proto {proto}: {SIZES[i]:.0f} B -> {t[i]:.2f} us "
@@ -110,19 +110,19 @@ def test_nccl_channel_step_gives_the_larger_call_more_channels():
     model = world("dgx-h100")
     below, above = 2 * 32768.0 - 1, 2 * 32768.0
     out = model.evaluate(make_batch(ALLREDUCE, [below, above], 8, 1, algo=RING, proto=LL))
-    assert list(out["channels"]) == [1, 2]
-    assert out["time_us"][1] < out["time_us"][0]
+    assert list(out.channels) == [1, 2]
+    assert out.time_us[1] < out.time_us[0]
     fixed = model.evaluate(make_batch(ALLREDUCE, [below, above], 8, 1, algo=RING, proto=LL, channels=2))
-    assert fixed["time_us"][0] <= fixed["time_us"][1]
+    assert fixed.time_us[0] <= fixed.time_us[1]
 
 
 def test_algbw_is_size_over_time_and_unrunnable_pairs_are_inf():
     model = world("dgx-a100")
     out = model.evaluate(make_batch(ALLREDUCE, [1024.0, GiB], 8, 1, algo=[RING, NVLS], proto=[SIMPLE, SIMPLE]))
-    assert out["algbw_gbps"][0] == pytest.approx(1024 / (1000 * out["time_us"][0]))
-    assert out["algo"][1] == -1 and np.isinf(out["time_us"][1]) and out["algbw_gbps"][1] == 0
+    assert out.algbw_gbps[0] == pytest.approx(1024 / (1000 * out.time_us[0]))
+    assert out.algo[1] == -1 and np.isinf(out.time_us[1]) and out.algbw_gbps[1] == 0
     for key in ("algo", "proto", "channels", "time_us", "algbw_gbps", "compute_slowdown"):
-        assert len(out[key]) == 2, key
+        assert len(getattr(out, key)) == 2, key
 
 
 # --- channels ------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_algbw_is_size_over_time_and_unrunnable_pairs_are_inf():
 def test_channels_saturate(spec, n, nodes, proto):
     model = world(spec)
     channels = np.arange(1, 65)
-    t = model.evaluate(make_batch(ALLREDUCE, GiB, n, nodes, algo=RING, proto=proto, channels=channels))["time_us"]
+    t = model.evaluate(make_batch(ALLREDUCE, GiB, n, nodes, algo=RING, proto=proto, channels=channels)).time_us
     assert (np.diff(t) <= 1e-9 * t[1:]).all(), "more channels never slower"
     assert (np.diff(t[:8]) < 0).all(), "too few channels: each added channel helps"
     assert t[0] > 3 * t[-1], "one channel cannot fill the links"
@@ -166,7 +166,7 @@ def test_protocol_ceilings_ll_half_ll128_120_of_128(spec, params):
             ceiling = 0.5 if proto == LL else 120 / 128
             for channels in (0, 64):
                 out = model.evaluate(make_batch(func, sizes, n, nodes, algo=algo, proto=proto, channels=channels))
-                busbw = out["algbw_gbps"] * busbw_factor(OP[func], n)
+                busbw = out.algbw_gbps * busbw_factor(OP[func], n)
                 assert busbw.max() <= ceiling * link * (1 + 1e-9), (spec, OP[func], algo, proto, busbw.max())
                 if algo == RING and nodes > 1:  # a ring's bus bandwidth also crosses every node's NICs
                     assert busbw.max() <= ceiling * net_node * (1 + 1e-9), (spec, OP[func], proto, busbw.max())
@@ -182,10 +182,10 @@ def test_protocol_ceilings_ll_half_ll128_120_of_128(spec, params):
 def test_tree_beats_ring_for_large_allreduce_on_two_nodes_only(env_of):
     sizes = np.array([GiB, 4 * GiB])
     two = WorldModel(env_of(2))
-    t2 = two.evaluate(make_batch(ALLREDUCE, np.repeat(sizes, 2), 16, 2, algo=[TREE, RING] * 2, proto=SIMPLE))["time_us"]
+    t2 = two.evaluate(make_batch(ALLREDUCE, np.repeat(sizes, 2), 16, 2, algo=[TREE, RING] * 2, proto=SIMPLE)).time_us
     assert (t2[0::2] < 0.95 * t2[1::2]).all(), f"2 nodes: Tree {t2[0::2]} vs Ring {t2[1::2]}"
     four = WorldModel(env_of(4))
-    t4 = four.evaluate(make_batch(ALLREDUCE, np.repeat(sizes, 2), 32, 4, algo=[TREE, RING] * 2, proto=SIMPLE))["time_us"]
+    t4 = four.evaluate(make_batch(ALLREDUCE, np.repeat(sizes, 2), 32, 4, algo=[TREE, RING] * 2, proto=SIMPLE)).time_us
     assert (t4[1::2] < t4[0::2]).all(), f"4 nodes: Tree {t4[0::2]} vs Ring {t4[1::2]}"
 
 
@@ -199,15 +199,15 @@ def test_congestion_slows_multi_node_collectives_only():
     for algo, proto in ((RING, LL), (RING, SIMPLE), (TREE, SIMPLE), (-1, -1)):
         for func in (ALLREDUCE, ALLGATHER) if algo != TREE else (ALLREDUCE,):
             t = multi.evaluate(make_batch(func, size_col, 32, 4, algo=algo, proto=proto,
-                                          congestion=share_col))["time_us"].reshape(len(sizes), len(shares))
+                                          congestion=share_col)).time_us.reshape(len(sizes), len(shares))
             assert (np.diff(t, axis=1) > 0).all(), (OP[func], algo, proto, t)
-    t = multi.evaluate(make_batch(SEND, size_col, 32, 4, congestion=share_col))["time_us"].reshape(len(sizes), -1)
+    t = multi.evaluate(make_batch(SEND, size_col, 32, 4, congestion=share_col)).time_us.reshape(len(sizes), -1)
     assert (np.diff(t, axis=1) > 0).all()
     # the same communicator shape inside one node does not touch the network
     for spec, n in (("h100-ib-4x8", 8), ("dgx-h100", 8), ("pcie-h100-1x8", 8)):
         model = world(spec)
         for func in (ALLREDUCE, ALLGATHER, SEND):
-            t = model.evaluate(make_batch(func, size_col, n, 1, congestion=share_col))["time_us"]
+            t = model.evaluate(make_batch(func, size_col, n, 1, congestion=share_col)).time_us
             t = t.reshape(len(sizes), len(shares))
             np.testing.assert_allclose(t, t[:, :1].repeat(len(shares), axis=1), rtol=1e-12)
 
@@ -217,19 +217,19 @@ def test_congestion_slows_multi_node_collectives_only():
 def test_overlap_with_hbm_hungry_compute_slows_the_collective():
     model = world("h100-ib-2x8")
     sizes = np.array([256 << 20, GiB])
-    plain = model.evaluate(make_batch(ALLREDUCE, sizes, 8, 1, algo=RING, proto=SIMPLE))["time_us"]
+    plain = model.evaluate(make_batch(ALLREDUCE, sizes, 8, 1, algo=RING, proto=SIMPLE)).time_us
     heavy = model.evaluate(make_batch(ALLREDUCE, sizes, 8, 1, algo=RING, proto=SIMPLE, overlap=1.0,
-                                      compute_hbm_share=0.9))["time_us"]
+                                      compute_hbm_share=0.9)).time_us
     assert (heavy > 1.05 * plain).all()
     # no overlap: the HBM share of compute that is not running changes nothing
     idle = model.evaluate(make_batch(ALLREDUCE, sizes, 8, 1, algo=RING, proto=SIMPLE, overlap=0.0,
-                                     compute_hbm_share=0.9))["time_us"]
+                                     compute_hbm_share=0.9)).time_us
     np.testing.assert_allclose(idle, plain, rtol=1e-12)
     # more overlap and a larger HBM share never speed the collective up
     overlap = np.repeat([0.0, 0.25, 0.5, 1.0], 4)
     share = np.tile([0.0, 0.3, 0.6, 0.9], 4)
     t = model.evaluate(make_batch(ALLREDUCE, GiB, 8, 1, algo=RING, proto=SIMPLE, overlap=overlap,
-                                  compute_hbm_share=share))["time_us"].reshape(4, 4)
+                                  compute_hbm_share=share)).time_us.reshape(4, 4)
     assert (np.diff(t, axis=0) >= -1e-9 * t[1:]).all() and (np.diff(t, axis=1) >= -1e-9 * t[:, 1:]).all()
     assert t[-1, -1] > t[0, 0]
 
@@ -238,13 +238,13 @@ def test_compute_slowdown_grows_with_channels_and_is_one_without_overlap():
     model = world("dgx-h100")
     channels = np.arange(1, 65)
     on = model.evaluate(make_batch(ALLREDUCE, GiB, 8, 1, algo=RING, proto=SIMPLE, channels=channels, overlap=0.5,
-                                   compute_hbm_share=0.3))["compute_slowdown"]
+                                   compute_hbm_share=0.3)).compute_slowdown
     assert (on > 1).all()
     assert (np.diff(on) >= 0).all() and on[-1] > on[0]
     off = model.evaluate(make_batch(ALLREDUCE, GiB, 8, 1, algo=RING, proto=SIMPLE, channels=channels, overlap=0.0,
-                                    compute_hbm_share=0.3))["compute_slowdown"]
+                                    compute_hbm_share=0.3)).compute_slowdown
     np.testing.assert_array_equal(off, np.ones_like(off))
-    default = model.evaluate(make_batch([ALLREDUCE, ALLGATHER, SEND], [8.0, 1 << 20, GiB], 8, 1))["compute_slowdown"]
+    default = model.evaluate(make_batch([ALLREDUCE, ALLGATHER, SEND], [8.0, 1 << 20, GiB], 8, 1)).compute_slowdown
     np.testing.assert_array_equal(default, [1.0, 1.0, 1.0])
 
 
@@ -254,24 +254,24 @@ def test_noise_multiplies_time():
     model = world("h100-ib-2x8")
     sizes = np.array([8.0, 4096.0, 1 << 20, GiB])
     for func in (ALLREDUCE, ALLGATHER, SEND):
-        base = model.evaluate(make_batch(func, sizes, 16, 2))["time_us"]
+        base = model.evaluate(make_batch(func, sizes, 16, 2)).time_us
         for factor in (0.9, 1.0, 1.37):
-            t = model.evaluate(make_batch(func, sizes, 16, 2, noise=factor))["time_us"]
+            t = model.evaluate(make_batch(func, sizes, 16, 2, noise=factor)).time_us
             np.testing.assert_allclose(t, factor * base, rtol=1e-12)
     per_row = np.array([0.95, 1.0, 1.05, 1.2])
-    t = model.evaluate(make_batch(ALLREDUCE, sizes, 16, 2, noise=per_row))["time_us"]
-    np.testing.assert_allclose(t, per_row * model.evaluate(make_batch(ALLREDUCE, sizes, 16, 2))["time_us"], rtol=1e-12)
+    t = model.evaluate(make_batch(ALLREDUCE, sizes, 16, 2, noise=per_row)).time_us
+    np.testing.assert_allclose(t, per_row * model.evaluate(make_batch(ALLREDUCE, sizes, 16, 2)).time_us, rtol=1e-12)
 
 
 def test_launch_gpus_adds_a_constant_latency():
     model = world("dgx-h100")
     batch = make_batch([ALLREDUCE, ALLREDUCE, ALLGATHER, REDUCESCATTER, ALLREDUCE], [8.0, GiB, 1 << 20, 1 << 26, 4096.0],
                        8, 1, algo=[-1, RING, RING, NVLS, TREE], proto=[-1, SIMPLE, LL, SIMPLE, LL128])
-    t1 = model.evaluate(batch)["time_us"]
-    np.testing.assert_array_equal(model.evaluate(batch, launch_gpus=1)["time_us"], t1)
+    t1 = model.evaluate(batch).time_us
+    np.testing.assert_array_equal(model.evaluate(batch, launch_gpus=1).time_us, t1)
     deltas = []
     for k in (2, 4, 8):
-        d = model.evaluate(batch, launch_gpus=k)["time_us"] - t1
+        d = model.evaluate(batch, launch_gpus=k).time_us - t1
         assert (d > 0).all()
         np.testing.assert_allclose(d, d[0], rtol=1e-9, atol=1e-9)  # the same for every row: a latency
         deltas.append(d[0])

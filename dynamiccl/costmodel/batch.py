@@ -17,36 +17,22 @@ bytes for AllReduce/Broadcast/Reduce, the bytes sent for Send/Recv.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import OP_FUNC, Func
+from dynamiccl.nccl import MAX_CHANNELS, NUM_ALGORITHMS, NUM_PROTOCOLS, NUM_TUNABLE_FUNCS, Func
 
-# Names accepted for ``coll`` (nccl-tests binaries and dynamiccl trace ops).
-COLL_NAMES = {op: func for op, func in OP_FUNC.items() if op not in ("gather", "scatter")}
-COLL_NAMES.update({"sendrecv": Func.SEND, "all_reduce": Func.ALLREDUCE, "all_gather": Func.ALLGATHER,
-                   "reduce_scatter": Func.REDUCESCATTER, "alltoall": Func.ALLTOALL})
 # What the cost models can cost (NCCL runs Gather/Scatter as grouped send/recv; not modelled).
 COSTED_FUNCS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE, Func.SENDRECV,
                 Func.SEND, Func.RECV, Func.ALLTOALL)
 
 
-def parse_coll(name: str, source: str = "--coll", field: str | None = None) -> Func:
-    """Collective name -> ``Func`` (allreduce, allgather, reducescatter, broadcast, reduce, alltoall,
-    sendrecv, send, recv; nccl-tests' underscore spellings too).
-
-    Raises:
-        InputError: for an unknown name, listing the known ones.
-    """
-    key = str(name).strip().lower().replace("-", "_")
-    if key in COLL_NAMES:
-        return Func(COLL_NAMES[key])
-    if key.replace("_", "") in COLL_NAMES:
-        return Func(COLL_NAMES[key.replace("_", "")])
-    known = "allreduce, allgather, reducescatter, broadcast, reduce, alltoall, sendrecv"
-    raise InputError(source, field, f"unknown collective {name!r}; expected one of {known}")
+def is_p2p(func: np.ndarray) -> np.ndarray:
+    """Per row, whether NCCL runs the call as point-to-point transfers (send/recv, AlltoAll): of the
+    costed functions, every one its tuner is never asked about (``Func`` >= ``NUM_TUNABLE_FUNCS``)."""
+    return func >= NUM_TUNABLE_FUNCS
 
 
 @dataclass
@@ -71,6 +57,11 @@ class CollBatch:
 
     def subset(self, index) -> "CollBatch":
         return CollBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def quiet(self) -> "CollBatch":
+        """The same calls, quiet and alone: no overlapped compute, congestion or noise."""
+        return replace(self, overlap=np.zeros(len(self)), compute_hbm_share=np.zeros(len(self)),
+                       congestion=np.zeros(len(self)), noise=np.ones(len(self)))
 
 
 _DTYPES = {"func": np.int64, "size_bytes": np.float64, "nranks": np.int64, "nnodes": np.int64,
@@ -109,9 +100,9 @@ def _check(b: CollBatch) -> None:
     bad("nranks", b.nranks < 1, "at least 1 rank")
     bad("nnodes", (b.nnodes < 1) | (b.nnodes > b.nranks) | (b.nranks % np.maximum(b.nnodes, 1) != 0),
         "a node count that divides nranks")
-    bad("algo", (b.algo < -1) | (b.algo > 6), "an algorithm 0..6 or -1")
-    bad("proto", (b.proto < -1) | (b.proto > 2), "a protocol 0..2 or -1")
-    bad("channels", (b.channels < 0) | (b.channels > 64), "0 (NCCL's choice) or 1..64 channels")
+    bad("algo", (b.algo < -1) | (b.algo >= NUM_ALGORITHMS), f"an algorithm 0..{NUM_ALGORITHMS - 1} or -1")
+    bad("proto", (b.proto < -1) | (b.proto >= NUM_PROTOCOLS), f"a protocol 0..{NUM_PROTOCOLS - 1} or -1")
+    bad("channels", (b.channels < 0) | (b.channels > MAX_CHANNELS), f"0 (NCCL's choice) or 1..{MAX_CHANNELS} channels")
     bad("num_pipe_ops", b.num_pipe_ops < 1, "at least 1")
     bad("overlap", ~((b.overlap >= 0) & (b.overlap <= 1)), "a fraction in [0, 1]")
     bad("compute_hbm_share", ~((b.compute_hbm_share >= 0) & (b.compute_hbm_share <= 1)), "a fraction in [0, 1]")

@@ -26,7 +26,7 @@ from dynamiccl.costmodel.measurements import MeasuredTable, map_table, table_kin
 from dynamiccl.costmodel.nccl_model import NcclModel
 from dynamiccl.costmodel.world import WorldModel, WorldParams, default_params
 from dynamiccl.envspec import EnvSpec
-from dynamiccl.nccl import busbw_factor
+from dynamiccl.nccl import Protocol, busbw_factor
 
 SMALL_BYTES = 64 * 1024
 LARGE_BYTES = 64 * 1024 * 1024
@@ -73,8 +73,8 @@ def predict(tables: list[MeasuredTable], specs: list[EnvSpec], params: WorldPara
                            proto=table.proto)
         world = WorldModel(env, params).evaluate(batch, launch_gpus=table.launch_gpus)
         nccl = NcclModel(env).choose(batch)
-        results.append(TableResult(table, env, world["time_us"], nccl["time_us"], world["algo"], world["proto"],
-                                   world["channels"]))
+        results.append(TableResult(table, env, world.time_us, nccl["time_us"], world.algo, world.proto,
+                                   world.channels))
     return results
 
 
@@ -172,8 +172,8 @@ def _free_parameters(results: list[TableResult]) -> list[tuple[str, str | int | 
     p2p_arches = sorted({r.env.arch for r in results if r.table.coll == "sendrecv"})
     free = [("link_efficiency", c, 0.4, 1.0) for c in classes]
     free += [("p2p_efficiency", a, 0.2, 1.0) for a in p2p_arches]
-    free += [("hop_us", i, 0.1, 10.0) for i in range(3)]
-    free += [("base_us", i, 0.5, 40.0) for i in range(3)]
+    free += [("hop_us", int(p), 0.1, 10.0) for p in Protocol]
+    free += [("base_us", int(p), 0.5, 40.0) for p in Protocol]
     # p2p_us stays at its prior: the measured send/recv tables start at 128 MiB, where it is invisible.
     free += [("nvls_us", None, 2.0, 60.0), ("launch_gap_us", None, 0.0, 10.0),
              ("ll_efficiency", None, 0.3, 1.0), ("ll128_efficiency", None, 0.5, 1.0)]

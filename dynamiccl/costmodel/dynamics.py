@@ -4,8 +4,8 @@
 a two-state (quiet / congested) continuous-time Markov chain. Periods are exponential with mean
 ``mean_period_ms``, split so that the long-run congested share is ``congested_fraction``; while
 congested, background traffic takes ``congested_share`` of each NIC. Shared clusters show exactly
-this on/off pattern from other jobs' collectives and checkpoints ("mid-size RoCE/libfabric
-collapses", ``nccl-cost-model.md`` §4); the process is seeded, so a replay is reproducible.
+this on/off pattern from other jobs' collectives and checkpoints; the process is seeded, so a
+replay is reproducible.
 
 ``noise_factors`` draws the multiplicative run-to-run variation (log-normal with the spec's
 ``noise_cv``; nccl-tests repeats typically vary by a few percent).

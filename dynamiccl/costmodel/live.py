@@ -44,13 +44,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
 
 from dynamiccl import atomic
+from dynamiccl.costmodel.batch import CollBatch
+from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
 from dynamiccl.errors import DynamicclError, InputError
-from dynamiccl.nccl import (MAX_CHANNELS, OP_FUNC, SHARDED_OPS, Algorithm, DataType, Protocol,
-                            busbw_factor, is_supported, parse_algorithm, parse_dtype,
+from dynamiccl.nccl import (MAX_CHANNELS, OP_FUNC, SHARDED_OPS, Algorithm, DataType, Func, Protocol,
+                            busbw_factor, is_supported, nccl_tests_op, parse_algorithm, parse_dtype,
                             parse_protocol)
+
+if TYPE_CHECKING:
+    from dynamiccl.envspec import EnvSpec
 
 LIVE_OPS = ("allreduce", "allgather", "reducescatter", "broadcast", "reduce", "alltoall", "sendrecv")
 P2P_OPS = frozenset({"alltoall", "sendrecv"})  # NCCL runs these as send/recv: no knobs to set
@@ -101,7 +108,8 @@ class LiveResult:
 
 
 class LiveCostModel:
-    """Measures collectives live with ``nprocs`` worker processes (see the module docstring).
+    """Measures collectives live with ``nprocs`` worker processes (see the module docstring); a
+    :class:`~dynamiccl.costmodel.protocol.CostModel` through :meth:`evaluate`.
 
     Args:
         nprocs: ranks (processes; one GPU each on NCCL).
@@ -109,13 +117,18 @@ class LiveCostModel:
         warmup: untimed iterations per query; iters: timed iterations per query.
         timeout_s: wall-clock limit, in seconds, for each set of worker processes (one set per
             distinct NCCL configuration; one set in all on gloo).
+        dtype: element type of the buffers :meth:`evaluate` measures with.
 
     Raises:
         InputError: for a bad argument, or backend="nccl" without ``nprocs`` CUDA devices.
     """
 
+    # Conditions are whatever this machine has while it measures; none can be set.
+    models_conditions = False
+    costs_p2p = True
+
     def __init__(self, nprocs: int = 4, backend: str = "auto", warmup: int = 5, iters: int = 20,
-                 timeout_s: float = 300.0):
+                 timeout_s: float = 300.0, dtype: str = "float32"):
         for field, value, low in (("nprocs", nprocs, 1), ("warmup", warmup, 0), ("iters", iters, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InputError("LiveCostModel", field, f"must be an integer >= {low}, got {value!r}")
@@ -133,6 +146,47 @@ class LiveCostModel:
             backend = "nccl" if gpus >= nprocs else "gloo"
         self.nprocs, self.backend, self.warmup, self.iters = nprocs, backend, warmup, iters
         self.timeout_s = float(timeout_s)
+        self.dtype = parse_dtype(dtype, "LiveCostModel", "dtype").name_lower
+
+    @classmethod
+    def from_options(cls, env: EnvSpec, options: CostModelOptions) -> "LiveCostModel":
+        """The registry's factory: ``options.live_nprocs`` ranks measuring ``options.live_dtype``
+        buffers on this machine (``env`` is not used: the machine is what it is)."""
+        return cls(nprocs=options.live_nprocs, dtype=options.live_dtype)
+
+    @property
+    def applies_nccl_knobs(self) -> bool:
+        """Only NCCL reads NCCL_ALGO / NCCL_PROTO / the channel variables; gloo ignores them."""
+        return self.backend == "nccl"
+
+    def describe(self) -> str:
+        return (f"live measurement (torch.distributed): {self.nprocs} {self.backend} processes on this "
+                "machine")
+
+    def evaluate(self, batch: CollBatch) -> CostResult:
+        """Measure every row (:meth:`measure`, with progress on stderr). Each row runs on this
+        machine's ``nprocs`` ranks whatever its ``nranks``/``nnodes``; its conditions are ignored.
+        ``algo``/``proto``/``channels`` come back as the row forced them (-1/0: NCCL's own choice,
+        which a measurement does not see).
+
+        Raises:
+            InputError: a row ``measure`` refuses (e.g. 0 bytes, or a size that is not a whole
+                number of elements per rank).
+            LiveMeasurementError: a worker failed or timed out.
+        """
+        queries = [LiveQuery(coll=nccl_tests_op(Func(func)), size_bytes=int(size), dtype=self.dtype,
+                             algo=Algorithm(algo) if algo >= 0 else None,
+                             proto=Protocol(proto) if proto >= 0 else None,
+                             channels=int(channels) if channels > 0 else None)
+                   for func, size, algo, proto, channels in zip(batch.func.tolist(), batch.size_bytes.tolist(),
+                                                                batch.algo.tolist(), batch.proto.tolist(),
+                                                                batch.channels.tolist())]
+        results = self.measure(queries, progress=True)
+        notes = tuple(dict.fromkeys(r.note for r in results))  # distinct, in order
+        return CostResult(algo=batch.algo.copy(), proto=batch.proto.copy(), channels=batch.channels.copy(),
+                          time_us=np.array([r.time_us for r in results], dtype=np.float64),
+                          latency_us=np.zeros(len(batch)), compute_slowdown=np.ones(len(batch)),
+                          size_bytes=batch.size_bytes, nranks=np.full(len(batch), self.nprocs, dtype=np.int64), notes=notes)
 
     def measure(self, queries: Sequence[LiveQuery], progress: bool = False) -> list[LiveResult]:
         """Measure every query; results come back in query order.

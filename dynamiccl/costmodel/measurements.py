@@ -1,5 +1,5 @@
-"""Measured nccl-tests tables (``../shared/calibration/measurements.csv`` format) and the mapping of
-each table to an environment spec.
+"""Measured nccl-tests tables (a measurements CSV with the :data:`COLUMNS`) and the mapping of each
+table to an environment spec.
 
 A table's rows share ``table``, ``system``, ``nccl_version``, ``coll``, ``algo``, ``proto``,
 ``gpus_per_node`` and ``nodes``. A table maps to the spec in ``--env-dir`` whose GPU appears in the
@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import parse_coll
+from dynamiccl.costmodel.batch import COSTED_FUNCS
 from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, load_env
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import Func, parse_version
+from dynamiccl.nccl import Algorithm, Func, Protocol, parse_func, parse_version
 
 COLUMNS = ("table", "system", "nccl_version", "coll", "algo", "proto", "gpus_per_node", "nodes", "size_bytes",
            "time_us", "algbw_gbps", "busbw_gbps", "how")
-_ALGOS = {"default": -1, "tree": 0, "ring": 1, "collnetdirect": 2, "collnetchain": 3, "nvls": 4, "nvlstree": 5,
-          "pat": 6, "p2p": -1}
-_PROTOS = {"default": -1, "ll": 0, "ll128": 1, "simple": 2}
+# Column spellings (NCCL_ALGO / NCCL_PROTO's, lower case) -> Algorithm / Protocol; -1: NCCL's own choice.
+_ALGOS = {"default": -1, **{a.name_lower.replace("_", ""): int(a) for a in Algorithm}, "p2p": -1}
+_PROTOS = {"default": -1, **{p.name_lower: int(p) for p in Protocol}}
 
 
 @dataclass
@@ -97,7 +97,7 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
             raise InputError(source, f"{where}, column algo", f"expected one of {', '.join(_ALGOS)}, got {algo!r}")
         if proto not in _PROTOS:
             raise InputError(source, f"{where}, column proto", f"expected one of {', '.join(_PROTOS)}, got {proto!r}")
-        func = parse_coll(row["coll"], source, f"{where}, column coll")
+        func = parse_func(row["coll"], source, f"{where}, column coll", allowed=COSTED_FUNCS)
         table = groups.setdefault(key, dict(
             table=key, system=row["system"], nccl_version=row["nccl_version"], coll=row["coll"].strip().lower(),
             func=int(func), algo=_ALGOS[algo], proto=_PROTOS[proto], gpus_per_node=int(number("gpus_per_node", True)),

@@ -1,10 +1,10 @@
 """NCCL's tuning constants per NCCL version (2.18 .. 2.30), as ``src/graph/tuning.cc`` has them.
 
-Every table and every version change comes from ``../shared/reference/nccl-cost-model.md``
-(§1.3 base latencies, §1.4 hardware latencies and their history, §1.5 per-architecture caps and
-their history, §1.6 the bandwidth refinements that changed between versions, §1.7 the Ring
-AllReduce inter-node step count). Where the reference gives a change without the exact release, the
-choice made here is stated next to it.
+Every table and every version change is read from NVIDIA/nccl ``src/graph/tuning.cc`` at the
+release tags v2.18 .. v2.30 (``baseLat``, ``hwLat``, ``llMaxBws``, the ``perChMax*Bws`` caps,
+``nvlsEfficiency``, and the bandwidth refinements and Ring AllReduce inter-node step count of
+``ncclTopoTuneModel``). Where a change is known without the exact release, the choice made here is
+stated next to it.
 
 Arrays are indexed with NCCL's own numbers: ``[algorithm][protocol]`` (Tree=0 .. PAT=6; LL=0,
 LL128=1, Simple=2) and ``[hw]`` with NVLINK=0, PCI=1, NET=2 as in ``tuning.cc``.
@@ -20,8 +20,8 @@ import numpy as np
 NVLINK_HW, PCI_HW, NET_HW = 0, 1, 2
 ARCH_INDEX = {"volta": 0, "ampere": 1, "hopper": 2, "blackwell": 3}  # NCCL's compCapIndex
 
-# treeCorrectionFactor[proto][log2(nBytes/64)], entries 0..22 unchanged 2.18 -> HEAD, 23 added in
-# 2.29 for NVLSTree (§1.2).
+# treeCorrectionFactor[proto][log2(nBytes/64)] (tuning.cc), entries 0..22 unchanged 2.18 -> HEAD, 23
+# added in 2.29 for NVLSTree.
 TREE_CORRECTION = np.array([
     [1.0, 1.0, 1.0, 1.0, .9, .8, .7, .7, .7, .7, .6, .5, .4, .4, .5, .6, .7, .8, .9, 1.0, 1.0, 1.0, 1.0, 1.0],
     [1.0, 1.0, 1.0, 1.0, 1.0, .9, .8, .8, .8, .7, .6, .6, .6, .6, .6, .6, .8, .9, .9, .9, .9, 1.0, 1.0, 1.0],
@@ -29,13 +29,14 @@ TREE_CORRECTION = np.array([
 ])
 
 # Per-NVLink bandwidth NCCL's topology assumes, GB/s per link per direction, by compute capability
-# (§1.10: SM70 20.0, SM80 20.0, SM90 20.6, SM100 40.1). PCI: width x GT/s-code / 80 (gen3 x16 = 12,
-# gen4 24, gen5 48). NIC: Mb/s / 8000. CPU interconnects: AMD_BW 16, SRP_QPI 22 (Intel), ARM_BW 6.
+# (NVIDIA/nccl src/graph/topo.h: SM70 20.0, SM80 20.0, SM90 20.6, SM100 40.1). PCI: width x GT/s-code
+# / 80 (gen3 x16 = 12, gen4 24, gen5 48; topo.cc). NIC: Mb/s / 8000. CPU interconnects (topo.h):
+# AMD_BW 16, SRP_QPI 22 (Intel), ARM_BW 6.
 NVLINK_MODEL_GBPS = {70: 20.0, 80: 20.0, 90: 20.6, 100: 40.1}
-PCI_BW_GBPS = 12.0  # PCI_BW: Ring/Simple uses 256 threads at or below it (§1.8)
+PCI_BW_GBPS = 12.0  # PCI_BW (topo.h): Ring/Simple uses 256 threads at or below it (topoGetAlgoInfo)
 CPU_LINK_GBPS = {"intel": 22.0, "amd": 16.0, "arm": 6.0}
 
-# Per-channel speeds the topology search tries, high to low (§1.10).
+# Per-channel speeds the topology search tries, high to low (src/graph/search.cc speed arrays).
 SEARCH_SPEEDS_INTRA = {
     0: (40, 30, 20, 18, 15, 12, 10, 9, 7, 6, 5, 4, 3),
     90: (60, 50, 40, 30, 24, 20, 15, 12, 11, 6, 3),
@@ -47,7 +48,8 @@ SEARCH_SPEEDS_INTER = {
     100: (96, 86, 80, 48, 45.1, 42, 40, 30, 24, 22, 20, 17.5, 15, 12, 6, 3, 2.4, 1.2, .24, .12),
 }
 
-# Runtime constants (§1.8, §1.9).
+# Runtime constants (src/include/device.h; thread thresholds: src/include/comm.h; their use:
+# topoGetAlgoInfo in src/enqueue.cc).
 MAX_NTHREADS = 640
 SIMPLE_MAX_NTHREADS = 512
 LL_MAX_NTHREADS = 512
@@ -88,7 +90,7 @@ def _table(rows) -> np.ndarray:
 def nccl_constants(version: tuple[int, int, int]) -> NcclConstants:
     """The constants of NCCL ``version`` (a (major, minor, patch) tuple between 2.18 and 2.30)."""
     v = tuple(version)
-    # §1.3: Tree/Simple base 0 up to 2.22, 8.4 from 2.23; NVLS/NVLSTree base Simple 23 in 2.18 only;
+    # baseLat: Tree/Simple base 0 up to 2.22, 8.4 from 2.23; NVLS/NVLSTree base Simple 23 in 2.18 only;
     # PAT 8.0 (PAT exists from 2.23).
     tree_simple_base = 8.4 if v >= (2, 23, 0) else 0.0
     nvls_base = 23.0 if v < (2, 19, 0) else 0.0
@@ -101,7 +103,7 @@ def nccl_constants(version: tuple[int, int, int]) -> NcclConstants:
         [0.0, 0.0, nvls_base],          # NVLSTree
         [8.0, 8.0, 8.0],                # PAT
     ]
-    # §1.4 with its history. Tree Simple per hop (NVLink/PCI/NET): 4/6/14 in 2.18, 28/28/28 in
+    # hwLat with its history. Tree Simple per hop (NVLink/PCI/NET): 4/6/14 in 2.18, 28/28/28 in
     # 2.19-2.22, 4/4/14 from 2.23. NVLS NVLink: 23 in 2.19/2.20, 25 from 2.21; 2.18 keeps its 23 in
     # the base row, so its per-hop value is taken as 0 here. NET NVLSTree: 19 (2.18), 14 (2.19 ..
     # 2.28.3), 20.9 (2.28.9+; 2.28.4 .. 2.28.8 are taken as the later value). CollNet
@@ -127,7 +129,7 @@ def nccl_constants(version: tuple[int, int, int]) -> NcclConstants:
             [5.0, 8.5, tree_simple[2]], [2.7, 4.0, 14.0], [0, 0, cn_direct[1]], [0, 0, cn_chain[1]],
             [0, 0, 18.0], [0, 0, nvls_tree_net], [0, 0, 14.0]],
     ]
-    # §1.5. Hopper llMaxBws {87.7, 22.5, 19.0} in 2.18-2.20, {141, 45, 35} from 2.21. Blackwell rows
+    # Per-architecture caps. Hopper llMaxBws {87.7, 22.5, 19.0} in 2.18-2.20, {141, 45, 35} from 2.21. Blackwell rows
     # first appear in 2.25.1 as 2x Hopper; 2.28 gives Blackwell its own values.
     hopper_ll = [87.7, 22.5, 19.0] if v < (2, 21, 0) else [141.0, 45.0, 35.0]
     ll_max = [[39.0, 39.0, 20.4], [87.7, 22.5, 19.0], hopper_ll, [2 * x for x in hopper_ll]]
@@ -167,7 +169,7 @@ def nccl_constants(version: tuple[int, int, int]) -> NcclConstants:
         ring_ll_half=v >= (2, 21, 0),
         ring_ll128_ppn1_factor=0.7 if v < (2, 23, 0) else 0.92,
         ring_allreduce_inter_steps_2n=v < (2, 23, 0),
-        # §1.6: "PAT: x0.75 (it was x0.85 in 2.23)"; 2.24+ is taken as 0.75.
+        # ncclTopoTuneModel's PAT factor: x0.85 in 2.23, x0.75 later; 2.24+ is taken as 0.75.
         pat_factor=0.85 if v < (2, 24, 0) else 0.75,
         nvls_tree_correction=v >= (2, 29, 0),
     )

@@ -1,16 +1,16 @@
 """NCCL's own cost model: what NCCL believes each (algorithm, protocol) costs, and what it picks.
 
 This is the "NCCL default" baseline, pinned to the NCCL version of the environment spec (2.23.4
-unless the spec says otherwise; 2.18 .. 2.30 selectable). It reproduces, from
-``../shared/reference/nccl-cost-model.md``:
+unless the spec says otherwise; 2.18 .. 2.30 selectable). It reproduces from NVIDIA/nccl:
 
-- ``ncclTopoTuneModel`` (§1.6, §1.7): latency and algorithm bandwidth per (collective, algorithm,
-  protocol) from the topology search results (:mod:`dynamiccl.costmodel.topology`), with the
-  enablement rules for LL128, NVLS, NVLSTree, CollNet and PAT;
-- ``ncclTopoGetAlgoTime`` (§1.2): the per-size Tree correction, the Ring "plateau" latency factor
-  and the numPipeOps latency count;
-- the arg-min over enabled pairs (``updateCollCostTable`` / ``topoGetAlgoInfo``), and
-- the runtime channel and thread shrinking of ``topoGetAlgoInfo`` (§1.8).
+- ``ncclTopoTuneModel`` (``src/graph/tuning.cc``): latency and algorithm bandwidth per (collective,
+  algorithm, protocol) from the topology search results (:mod:`dynamiccl.costmodel.topology`), with
+  the enablement rules for LL128, NVLS, NVLSTree, CollNet and PAT;
+- ``ncclTopoGetAlgoTime`` (``tuning.cc``): the per-size Tree correction, the Ring "plateau" latency
+  factor and the numPipeOps latency count;
+- the arg-min over enabled pairs (``updateCollCostTable`` / ``topoGetAlgoInfo``, ``src/enqueue.cc``),
+  and
+- the runtime channel and thread shrinking of ``topoGetAlgoInfo``.
 
 Everything is vectorized: per distinct (nranks, nnodes) the (latency, bandwidth) tables are built
 once and cached, and a batch is evaluated with numpy indexing.
@@ -27,75 +27,79 @@ from dynamiccl.costmodel.nccl_constants import (
     ARCH_INDEX, LL128_MAX_NTHREADS, LL_MAX_NTHREADS, MAX_DEV_WORK_BATCH_COLLS, MAX_NTHREADS, NET_HW, PCI_BW_GBPS,
     SIMPLE_MAX_NTHREADS, THREAD_THRESHOLD_BYTES, TREE_CORRECTION, WARP_SIZE, NcclConstants, nccl_constants,
 )
+from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
 from dynamiccl.costmodel.topology import NcclTopology, topology
 from dynamiccl.envspec import EnvSpec
-from dynamiccl.nccl import Algorithm as A, Func as F, Protocol as P, parse_version
+from dynamiccl.nccl import (
+    NUM_ALGORITHMS, NUM_COST_CELLS, NUM_PROTOCOLS, NUM_TUNABLE_FUNCS, Algorithm, Func, Protocol, parse_version,
+)
 
-TREE, RING, CN_DIRECT, CN_CHAIN, NVLS, NVLS_TREE, PAT = range(7)
-LL, LL128, SIMPLE = range(3)
-NUM_TUNED_FUNCS = 5  # Broadcast, Reduce, AllGather, ReduceScatter, AllReduce (NCCL_NUM_FUNCTIONS)
+_COLLNETS = (Algorithm.COLLNET_DIRECT, Algorithm.COLLNET_CHAIN)
+_NVLS_ALGORITHMS = (Algorithm.NVLS, Algorithm.NVLS_TREE)
+_SHARDED = (Func.ALLGATHER, Func.REDUCESCATTER)
+_ALL_CELLS = np.arange(NUM_COST_CELLS)  # flat algorithm * NUM_PROTOCOLS + protocol
 
 
 def _log2i(x: int) -> int:
     return x.bit_length() - 1 if x > 0 else -1
 
 
-def nsteps(func: int, n: int) -> int:
+def nsteps(func: int, n: int | float) -> int | float:
     """Ring steps: 2(n-1) for AllReduce, n-1 for AllGather/ReduceScatter, n for Broadcast/Reduce."""
-    if func == F.ALLREDUCE:
+    if func == Func.ALLREDUCE:
         return 2 * (n - 1)
-    if func in (F.ALLGATHER, F.REDUCESCATTER):
+    if func in _SHARDED:
         return n - 1
     return n
 
 
 def enabled(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> bool:
-    """NCCL's enablement rules (§1.6 item 6) for one (collective, algorithm, protocol)."""
+    """NCCL's enablement rules (``ncclTopoTuneModel``) for one (collective, algorithm, protocol)."""
     v = c.version
-    if func in (F.BROADCAST, F.REDUCE) and a != RING:
+    if func in (Func.BROADCAST, Func.REDUCE) and a != Algorithm.RING:
         return False
-    if func in (F.ALLGATHER, F.REDUCESCATTER) and a not in (RING, PAT, NVLS, CN_DIRECT):
+    if func in _SHARDED and a not in (Algorithm.RING, Algorithm.PAT, Algorithm.NVLS, Algorithm.COLLNET_DIRECT):
         return False
-    if func == F.ALLREDUCE and a == PAT:
+    if func == Func.ALLREDUCE and a == Algorithm.PAT:
         return False
-    if a in (NVLS, NVLS_TREE, PAT, CN_DIRECT, CN_CHAIN) and p != SIMPLE:
+    if a in (*_NVLS_ALGORITHMS, Algorithm.PAT, *_COLLNETS) and p != Protocol.SIMPLE:
         return False
-    if p == LL128 and not t.ll128_enabled:
+    if p == Protocol.LL128 and not t.ll128_enabled:
         return False
-    if a == PAT:
+    if a == Algorithm.PAT:
         return v >= (2, 23, 0) and t.pat_enabled
-    if a in (NVLS, NVLS_TREE):
+    if a in _NVLS_ALGORITHMS:
         if t.nvls is None or t.nvls.n_channels < 2:
             return False
-        if a == NVLS_TREE:
+        if a == Algorithm.NVLS_TREE:
             return t.nnodes > 1 and v >= (2, 18, 0)
         return t.nnodes == 1 or t.collnet is not None  # multi-node NVLS needs CollNet (SHARP)
-    if a in (CN_DIRECT, CN_CHAIN):
+    if a in _COLLNETS:
         if t.collnet is None:
             return False
-        if a == CN_DIRECT:
+        if a == Algorithm.COLLNET_DIRECT:
             return t.nvswitch and t.ppn <= 8
     return True
 
 
 def _latency(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> float:
-    """``latencies[coll][a][p]`` in µs (§1.7)."""
+    """``latencies[coll][a][p]`` in µs (``ncclTopoTuneModel``)."""
     n, big_n, ppn = t.nranks, t.nnodes, t.ppn
     hw = c.hw_latency_us
     lat = float(c.base_latency_us[a][p])
     intra = float(hw[t.intra_hw][a][p])
-    inter = float(hw[NET_HW][TREE if ppn == 1 else a][p]) + t.latency_inter_us
-    if p == SIMPLE:
+    inter = float(hw[NET_HW][Algorithm.TREE if ppn == 1 else a][p]) + t.latency_inter_us
+    if p == Protocol.SIMPLE:
         inter += t.latency_inter_us  # flush
     steps = nsteps(func, n)
-    if a == RING:
-        if func in (F.ALLREDUCE, F.ALLGATHER, F.REDUCESCATTER):
+    if a == Algorithm.RING:
+        if func in (Func.ALLREDUCE, *_SHARDED):
             if big_n > 1:
-                overhead = (2.0 if t.cpu_vendor == "amd" else 1.0) * (3 if p == SIMPLE else 1)
+                overhead = (2.0 if t.cpu_vendor == "amd" else 1.0) * (3 if p == Protocol.SIMPLE else 1)
                 intra = max(intra, overhead)
             if big_n == 1:
                 n_inter = 0
-            elif func == F.ALLREDUCE:
+            elif func == Func.ALLREDUCE:
                 n_inter = 2 * big_n if c.ring_allreduce_inter_steps_2n else 2 * (big_n - 1)
             else:
                 n_inter = big_n - 1
@@ -103,49 +107,50 @@ def _latency(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> fl
         else:
             # Broadcast/Reduce: one latency per step, Tree's per-hop value for Simple (the rings of
             # different channels are taken as not identical).
-            if p == SIMPLE:
-                intra = float(hw[t.intra_hw][TREE][SIMPLE])
+            if p == Protocol.SIMPLE:
+                intra = float(hw[t.intra_hw][Algorithm.TREE][Protocol.SIMPLE])
             n_inter = big_n - 1 if big_n > 1 else 0
             lat += (steps - n_inter) * intra + n_inter * inter
-    elif a == TREE:
+    elif a == Algorithm.TREE:
         lat += 2 * ((ppn - 1) * intra + _log2i(big_n) * inter)
-    elif a == CN_DIRECT:
+    elif a == Algorithm.COLLNET_DIRECT:
         lat += 2 * (min(1, ppn - 1) * intra + (ppn - 1) * 0.4) + inter
-    elif a == CN_CHAIN:
+    elif a == Algorithm.COLLNET_CHAIN:
         lat += 2 * (ppn - 1) * intra + inter
-    elif a == NVLS:
+    elif a == Algorithm.NVLS:
         # HEAD ignores the base; 2.18 kept NVLS's 23 µs in the base row (per-hop 0), so it counts.
         lat = (lat if c.version < (2, 19, 0) else 0.0) + intra + (inter if big_n > 1 else 0.0)
-    elif a == NVLS_TREE:
+    elif a == Algorithm.NVLS_TREE:
         lat += intra + 2 * _log2i(big_n) * inter
-    elif a == PAT:
+    elif a == Algorithm.PAT:
         lat += _log2i(big_n) * inter / 3.5 + 2.8 * n
     return lat
 
 
 def _bandwidth(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> float:
-    """``bandwidths[coll][a][p]``: algorithm bandwidth in GB/s, 0 when NCCL cannot use it (§1.6)."""
+    """``bandwidths[coll][a][p]``: algorithm bandwidth in GB/s, 0 when NCCL cannot use it
+    (``ncclTopoTuneModel``)."""
     if not enabled(c, t, func, a, p):
         return 0.0
     n, big_n, ppn = t.nranks, t.nnodes, t.ppn
     idx2 = big_n - 1 if big_n <= 2 else 2
     arch = ARCH_INDEX[t.arch]
-    graph = {TREE: t.tree, RING: t.ring, NVLS: t.nvls, NVLS_TREE: t.nvls, CN_DIRECT: t.collnet,
-             CN_CHAIN: t.collnet, PAT: t.ring}[a]
+    graph = {Algorithm.TREE: t.tree, Algorithm.RING: t.ring, Algorithm.NVLS: t.nvls, Algorithm.NVLS_TREE: t.nvls,
+             Algorithm.COLLNET_DIRECT: t.collnet, Algorithm.COLLNET_CHAIN: t.collnet, Algorithm.PAT: t.ring}[a]
     nch = graph.n_channels
-    is_collnet = a in (CN_DIRECT, CN_CHAIN)
-    bw = graph.bw_intra if (big_n <= 2 or is_collnet) else graph.bw_inter
-    if a in (NVLS, NVLS_TREE):
+    bw = graph.bw_intra if (big_n <= 2 or a in _COLLNETS) else graph.bw_inter
+    if a in _NVLS_ALGORITHMS:
         if c.nvls_rules_2_28:
             intra_bw = graph.bw_intra * c.nvls_efficiency[arch] * (nch - 1) / nch
-            intra_bw *= 2 if func == F.ALLREDUCE else (ppn - 1) / ppn
+            intra_bw *= 2 if func == Func.ALLREDUCE else (ppn - 1) / ppn
             # A single node has no network to bound NVLS; the search's bwInter is its bwIntra.
-            inter_bw = math.inf if big_n == 1 else graph.bw_inter * (2 if a == NVLS_TREE and big_n <= 2 else 1)
-            cap = c.per_ch_max_nvls_tree_bw[arch][idx2] if a == NVLS_TREE else math.inf
+            inter_bw = (math.inf if big_n == 1
+                        else graph.bw_inter * (2 if a == Algorithm.NVLS_TREE and big_n <= 2 else 1))
+            cap = c.per_ch_max_nvls_tree_bw[arch][idx2] if a == Algorithm.NVLS_TREE else math.inf
             bw = min(intra_bw, inter_bw, cap)
-        elif a == NVLS and func == F.ALLREDUCE:
+        elif a == Algorithm.NVLS and func == Func.ALLREDUCE:
             bw = graph.bw_intra if big_n == 1 else min(graph.bw_intra, graph.bw_inter)
-        elif a == NVLS:
+        elif a == Algorithm.NVLS:
             bw = graph.bw_intra * (ppn - 1) / ppn
             if big_n > 1:
                 bw = min(bw, graph.bw_inter * 0.9)
@@ -154,62 +159,73 @@ def _bandwidth(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> 
     bus = nch * bw
     ll_row = arch if big_n == 1 else (1 if t.cpu_vendor == "amd" else 0)
     ll_max = c.ll_max_bw[ll_row][idx2]
-    if a == RING and p == LL:
+    if a == Algorithm.RING and p == Protocol.LL:
         if c.ring_ll_half:
             factor = 0.5
         else:
-            factor = 0.25 if big_n > 1 and func in (F.ALLREDUCE, F.REDUCE) else 1 / 3
+            factor = 0.25 if big_n > 1 and func in (Func.ALLREDUCE, Func.REDUCE) else 1 / 3
         bus = min(ll_max, bus * factor)
-    if a == RING and p == LL128:
+    if a == Algorithm.RING and p == Protocol.LL128:
         factor = c.ring_ll128_ppn1_factor if ppn < 2 else 0.92
         bus = min(bus * factor, nch * c.per_ch_max_ring_ll128_bw[arch][idx2])
-    if a == TREE and func == F.ALLREDUCE:
+    if a == Algorithm.TREE and func == Func.ALLREDUCE:
         bus = min(bus * 0.92, nch * c.per_ch_max_tree_bw[arch][idx2])
-    if a == TREE and p == LL:
+    if a == Algorithm.TREE and p == Protocol.LL:
         bus = min(bus / 3.8, ll_max)
-    if a == TREE and p == LL128:
+    if a == Algorithm.TREE and p == Protocol.LL128:
         bus = min(bus * (7 / 9 if big_n == 1 else 120 / 128), nch * c.per_ch_max_tree_ll128_bw[arch][idx2])
-    if a == PAT:
+    if a == Algorithm.PAT:
         bus *= c.pat_factor
-    if a == CN_DIRECT:
-        if func in (F.ALLGATHER, F.REDUCESCATTER):
+    if a == Algorithm.COLLNET_DIRECT:
+        if func in _SHARDED:
             bus = ppn * min(graph.bw_intra, 0.9 * graph.bw_inter)
         else:
             f = ppn / nch
             bus /= (f - (f - 1) / 2)
             if t.compute_capability >= 90:
                 bus *= 0.85
-    if func in (F.ALLGATHER, F.REDUCESCATTER) and a in (NVLS, CN_DIRECT) and big_n > 1 and t.collnet is None:
+    if func in _SHARDED and a in (Algorithm.NVLS, Algorithm.COLLNET_DIRECT) and big_n > 1 and t.collnet is None:
         bus = 0.0
     # Bus -> algorithm bandwidth; non-Ring AllGather/ReduceScatter are already algorithm-level.
-    if func in (F.ALLGATHER, F.REDUCESCATTER) and a != RING:
+    if func in _SHARDED and a != Algorithm.RING:
         return bus
-    if a == RING or (a in (NVLS, NVLS_TREE) and c.nvls_rules_2_28):
+    if a == Algorithm.RING or (a in _NVLS_ALGORITHMS and c.nvls_rules_2_28):
         return bus * n / nsteps(func, n)
-    if a in (NVLS, NVLS_TREE):
+    if a in _NVLS_ALGORITHMS:
         return bus * 5 / 6
     return bus * 0.5
 
 
 class NcclModel:
-    """NCCL's model of one cluster (an :class:`EnvSpec`), pinned to an NCCL version.
+    """NCCL's model of one cluster (an :class:`EnvSpec`), pinned to an NCCL version; a
+    :class:`~dynamiccl.costmodel.protocol.CostModel`.
 
     Args:
         env: the environment spec.
         version: NCCL version string; default the spec's ``[nccl] version``.
 
     ``tables`` gives NCCL's latency (µs) and algorithm bandwidth (GB/s) per (collective, algorithm,
-    protocol); ``cost_table`` the times NCCL hands a tuner plugin; ``choose`` and ``time_us`` work
-    on whole batches.
+    protocol); ``cost_table`` the times NCCL hands a tuner plugin; ``choose`` NCCL's decisions and
+    ``evaluate`` the cost-model answer, on whole batches.
     """
 
     name = "nccl"
+    # NCCL's model has no notion of compute beside the call, background traffic or noise, and no
+    # cost for send/recv or AlltoAll (its tuner is never asked about them).
+    models_conditions = False
+    applies_nccl_knobs = True
+    costs_p2p = False
 
     def __init__(self, env: EnvSpec, version: str | None = None):
         self.env = env
         self.version = ".".join(map(str, parse_version(version))) if version else env.nccl_version
         self.constants = nccl_constants(parse_version(self.version))
         self._tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, NcclTopology]] = {}
+
+    @classmethod
+    def from_options(cls, env: EnvSpec, options: CostModelOptions) -> "NcclModel":
+        """The registry's factory: NCCL's model of the spec's NCCL version (options are not used)."""
+        return cls(env)
 
     def describe(self) -> str:
         return f"NCCL {self.version} model (tuning.cc) on {self.env.describe()}"
@@ -218,7 +234,8 @@ class NcclModel:
         return self._get(nranks, nnodes)[2]
 
     def tables(self, nranks: int, nnodes: int) -> tuple[np.ndarray, np.ndarray]:
-        """(latency_us[func][algo][proto], algbw_gbps[func][algo][proto]) for funcs 0..4; bw 0 = off."""
+        """(latency_us[func][algo][proto], algbw_gbps[func][algo][proto]) for the tunable functions
+        (``Func`` 0 .. ``NUM_TUNABLE_FUNCS`` - 1); bw 0 = off."""
         lat, bw, _ = self._get(nranks, nnodes)
         return lat, bw
 
@@ -226,18 +243,30 @@ class NcclModel:
         key = (int(nranks), int(nnodes))
         if key not in self._tables:
             t = topology(self.env, *key)
-            lat = np.zeros((NUM_TUNED_FUNCS, 7, 3))
-            bw = np.zeros((NUM_TUNED_FUNCS, 7, 3))
+            lat = np.zeros((NUM_TUNABLE_FUNCS, NUM_ALGORITHMS, NUM_PROTOCOLS))
+            bw = np.zeros((NUM_TUNABLE_FUNCS, NUM_ALGORITHMS, NUM_PROTOCOLS))
             if key[0] > 1:
-                for func in range(NUM_TUNED_FUNCS):
-                    for a in range(7):
-                        for p in range(3):
+                for func in range(NUM_TUNABLE_FUNCS):
+                    for a in range(NUM_ALGORITHMS):
+                        for p in range(NUM_PROTOCOLS):
                             bw[func, a, p] = _bandwidth(self.constants, t, func, a, p)
                             lat[func, a, p] = _latency(self.constants, t, func, a, p) if bw[func, a, p] else 0.0
             self._tables[key] = (lat, bw, t)
         return self._tables[key]
 
     # --- evaluation -------------------------------------------------------------------------------
+
+    def evaluate(self, batch: CollBatch) -> CostResult:
+        """What NCCL believes each row costs with its (or the row's forced) algorithm and protocol:
+        :meth:`choose`'s pair, channels and time (inf, with algo = proto = -1, where no pair NCCL
+        can run is left). Overlap, congestion and noise are ignored (``compute_slowdown`` 1, no
+        separate latency part: ``latency_us`` 0). Send/recv and AlltoAll rows, which NCCL's model
+        has no cost for (``costs_p2p`` False), get what :meth:`choose` gives them: AllReduce's.
+        """
+        got = self.choose(batch)
+        return CostResult(algo=got["algo"], proto=got["proto"], channels=got["channels"], time_us=got["time_us"],
+                          latency_us=np.zeros(len(batch)), compute_slowdown=np.ones(len(batch)),
+                          size_bytes=batch.size_bytes, nranks=batch.nranks)
 
     def topology_index(self, batch: CollBatch) -> "TopoIndex":
         """Per-row index into the distinct (nranks, nnodes) of a batch, and per-topology constants."""
@@ -248,45 +277,49 @@ class NcclModel:
         return TopoIndex(codes.astype(np.intp), got)
 
     def cost_table(self, batch: CollBatch, index: "TopoIndex | None" = None) -> np.ndarray:
-        """The ``[rows, 7, 3]`` time table NCCL passes a tuner (µs; -1 where NCCL disabled the pair).
+        """The ``[rows, algorithm, protocol]`` time table NCCL passes a tuner (µs; -1 where NCCL
+        disabled the pair).
 
         Includes the per-size Tree correction, the Ring plateau factor and numPipeOps.
         """
         index = index or self.topology_index(batch)
-        return self._times(batch, index, np.arange(21), per_row=False).reshape(len(batch), 7, 3)
+        times = self._times(batch, index, _ALL_CELLS, per_row=False)
+        return times.reshape(len(batch), NUM_ALGORITHMS, NUM_PROTOCOLS)
 
     def _times(self, batch: CollBatch, index: "TopoIndex", columns: np.ndarray, per_row: bool) -> np.ndarray:
-        """Times of the flat (algo * 3 + proto) ``columns``: with ``per_row`` one column per row
-        ([rows]), else every listed column for every row ([rows, len(columns)]); -1 where disabled."""
+        """Times of the flat (algo * NUM_PROTOCOLS + proto) ``columns``: with ``per_row`` one column
+        per row ([rows]), else every listed column for every row ([rows, len(columns)]); -1 where
+        disabled."""
         c = self.constants
-        func = np.where(batch.func < NUM_TUNED_FUNCS, batch.func, F.ALLREDUCE)  # p2p rows are not tuned
-        row = index.codes * NUM_TUNED_FUNCS + func
+        func = np.where(batch.func < NUM_TUNABLE_FUNCS, batch.func, Func.ALLREDUCE)  # p2p rows are not tuned
+        row = index.codes * NUM_TUNABLE_FUNCS + func
         if per_row:
             lat = index.lat[row, columns]
             bw = index.bw[row, columns]
-            algo, proto = columns // 3, columns % 3
+            algo, proto = columns // NUM_PROTOCOLS, columns % NUM_PROTOCOLS
         else:
             lat = index.lat[row][:, columns]
             bw = index.bw[row][:, columns]
-            algo, proto = (columns // 3)[None, :], (columns % 3)[None, :]
+            algo, proto = (columns // NUM_PROTOCOLS)[None, :], (columns % NUM_PROTOCOLS)[None, :]
         size = batch.size_bytes if per_row else batch.size_bytes[:, None]
-        is_ar = (batch.func == F.ALLREDUCE) if per_row else (batch.func == F.ALLREDUCE)[:, None]
+        is_ar = (batch.func == Func.ALLREDUCE) if per_row else (batch.func == Func.ALLREDUCE)[:, None]
         chunks64 = np.floor_divide(size, 64)
         idx = np.where(chunks64 >= 1, np.log2(np.maximum(chunks64, 1)).astype(np.int64), -1)
-        tree = (algo == TREE) & is_ar & (idx >= 0) & (idx < 23)
+        tree = (algo == Algorithm.TREE) & is_ar & (idx >= 0) & (idx < 23)
         if tree.any():
-            bw = np.where(tree, bw * TREE_CORRECTION[np.clip(proto, 0, 2), np.clip(idx, 0, 23)], bw)
+            bw = np.where(tree, bw * TREE_CORRECTION[np.clip(proto, 0, NUM_PROTOCOLS - 1), np.clip(idx, 0, 23)], bw)
         if c.nvls_tree_correction:
-            nvls_tree = ((algo == NVLS_TREE) & is_ar & (idx >= 0) & (idx < 24)
+            nvls_tree = ((algo == Algorithm.NVLS_TREE) & is_ar & (idx >= 0) & (idx < 24)
                          & _col(index.cc >= 100, index.codes, per_row) & _col(index.x86, index.codes, per_row))
-            bw = np.where(nvls_tree, bw * TREE_CORRECTION[SIMPLE, np.clip(idx, 0, 23)], bw)
+            bw = np.where(nvls_tree, bw * TREE_CORRECTION[Protocol.SIMPLE, np.clip(idx, 0, 23)], bw)
         nranks = batch.nranks if per_row else batch.nranks[:, None]
         nnodes = batch.nnodes if per_row else batch.nnodes[:, None]
         comm_ch = _col(index.comm_channels, index.codes, per_row)
-        plateau = ((algo == RING) & (proto == SIMPLE) & is_ar & (nnodes > 1) & (size / (comm_ch * nranks) >= 64))
+        plateau = ((algo == Algorithm.RING) & (proto == Protocol.SIMPLE) & is_ar & (nnodes > 1)
+                   & (size / (comm_ch * nranks) >= 64))
         lat = np.where(plateau, lat * np.where(_col(index.cc, index.codes, per_row) < 80, 1.9, 1.4), lat)
         pipe = batch.num_pipe_ops if per_row else batch.num_pipe_ops[:, None]
-        lat_count = np.where(algo == RING, pipe, np.ceil(pipe / MAX_DEV_WORK_BATCH_COLLS))
+        lat_count = np.where(algo == Algorithm.RING, pipe, np.ceil(pipe / MAX_DEV_WORK_BATCH_COLLS))
         with np.errstate(divide="ignore", invalid="ignore"):
             time = lat * lat_count + size / (1000.0 * bw)
         return np.where(bw > 0, time, -1.0)
@@ -314,21 +347,20 @@ class NcclModel:
         if forced.any():  # one entry per row: no arg-min needed
             sub = batch if forced.all() else batch.subset(forced)
             sub_index = index if forced.all() else index.subset(forced)
-            t = self._times(sub, sub_index, (sub.algo * 3 + sub.proto).astype(np.intp), per_row=True)
+            t = self._times(sub, sub_index, (sub.algo * NUM_PROTOCOLS + sub.proto).astype(np.intp), per_row=True)
             time[forced] = np.where(t >= 0, t, np.inf)
         free = ~forced
         if free.any():
             sub = batch.subset(free)
-            table = self._times(sub, index.subset(free), np.arange(21), per_row=False)
+            table = self._times(sub, index.subset(free), _ALL_CELLS, per_row=False)
             allowed = table >= 0
-            cols = np.arange(21)
-            allowed &= (sub.algo[:, None] < 0) | (cols[None, :] // 3 == sub.algo[:, None])
-            allowed &= (sub.proto[:, None] < 0) | (cols[None, :] % 3 == sub.proto[:, None])
+            allowed &= (sub.algo[:, None] < 0) | (_ALL_CELLS[None, :] // NUM_PROTOCOLS == sub.algo[:, None])
+            allowed &= (sub.proto[:, None] < 0) | (_ALL_CELLS[None, :] % NUM_PROTOCOLS == sub.proto[:, None])
             flat = np.where(allowed, table, np.inf)
             best = np.argmin(flat, axis=1)  # first minimum: NCCL's strict "<" scan, algorithm-major
             time[free] = flat[np.arange(len(sub)), best]
-            algo[free] = best // 3
-            proto[free] = best % 3
+            algo[free] = best // NUM_PROTOCOLS
+            proto[free] = best % NUM_PROTOCOLS
         ok = np.isfinite(time)
         algo = np.where(ok, algo, -1)
         proto = np.where(ok, proto, -1)
@@ -339,31 +371,31 @@ class NcclModel:
 
     def runtime_channels(self, batch: CollBatch, algo: np.ndarray, proto: np.ndarray,
                          index: "TopoIndex | None" = None):
-        """``topoGetAlgoInfo``'s channel and thread counts for the chosen (algo, proto) (§1.8)."""
+        """``topoGetAlgoInfo``'s channel and thread counts for the chosen (algo, proto) (``src/enqueue.cc``)."""
         index = index or self.topology_index(batch)
         comm_ch = index.comm_channels[index.codes]
         nvls_ch = index.nvls_channels[index.codes]
         ring_bw = index.ring_bw_total[index.codes]
         size = batch.size_bytes
-        p = np.clip(proto, 0, 2)
+        p = np.clip(proto, 0, NUM_PROTOCOLS - 1)
         max_threads = np.select(
-            [p == LL, p == LL128, algo == RING, algo == TREE],
+            [p == Protocol.LL, p == Protocol.LL128, algo == Algorithm.RING, algo == Algorithm.TREE],
             [LL_MAX_NTHREADS, LL128_MAX_NTHREADS, np.where(ring_bw <= PCI_BW_GBPS, 256, SIMPLE_MAX_NTHREADS),
              SIMPLE_MAX_NTHREADS], MAX_NTHREADS).astype(np.int64)
         threshold = np.array(THREAD_THRESHOLD_BYTES, dtype=np.float64)[p]
-        threshold = np.where((algo == RING) & (p == LL), threshold * batch.nranks, threshold)
-        shrinks = (algo == RING) | (algo == TREE) | (algo == PAT)
+        threshold = np.where((algo == Algorithm.RING) & (p == Protocol.LL), threshold * batch.nranks, threshold)
+        shrinks = (algo == Algorithm.RING) | (algo == Algorithm.TREE) | (algo == Algorithm.PAT)
         nt = max_threads
         nc = np.where(shrinks, np.clip(np.floor(size / (nt * threshold)), 1, comm_ch), comm_ch).astype(np.int64)
         for _ in range(4):  # then halve threads while still too many, keeping warps of 128
             halve = shrinks & (size < nc * nt * threshold) & (nt % 128 == 0)
             nt = np.where(halve, nt // 2, nt)
-        nt = np.where((algo == RING) & (p == SIMPLE), nt + WARP_SIZE, nt)
-        nt = np.where((algo == TREE) | (algo == PAT), MAX_NTHREADS, nt)
+        nt = np.where((algo == Algorithm.RING) & (p == Protocol.SIMPLE), nt + WARP_SIZE, nt)
+        nt = np.where((algo == Algorithm.TREE) | (algo == Algorithm.PAT), MAX_NTHREADS, nt)
         nt = np.maximum(nt, 3 * WARP_SIZE)
-        nvls = (algo == NVLS) | (algo == NVLS_TREE)
+        nvls = (algo == Algorithm.NVLS) | (algo == Algorithm.NVLS_TREE)
         nc = np.where(nvls, nvls_ch, nc)
-        nt = np.where(nvls | (algo == CN_DIRECT) | (algo == CN_CHAIN), MAX_NTHREADS, nt)
+        nt = np.where(nvls | (algo == Algorithm.COLLNET_DIRECT) | (algo == Algorithm.COLLNET_CHAIN), MAX_NTHREADS, nt)
         nc = np.where(algo < 0, comm_ch, nc)
         return nc.astype(np.int64), nt.astype(np.int64)
 
@@ -400,8 +432,9 @@ class TopoIndex:
     def __init__(self, codes: np.ndarray, got: list):
         self.codes = codes
         self._got = got
-        self.lat = np.concatenate([g[0].reshape(NUM_TUNED_FUNCS, 21) for g in got]) if got else np.zeros((0, 21))
-        self.bw = np.concatenate([g[1].reshape(NUM_TUNED_FUNCS, 21) for g in got]) if got else np.zeros((0, 21))
+        rows = (0, NUM_COST_CELLS)  # per topology and tunable function, the flat cells
+        self.lat = np.concatenate([g[0].reshape(-1, NUM_COST_CELLS) for g in got]) if got else np.zeros(rows)
+        self.bw = np.concatenate([g[1].reshape(-1, NUM_COST_CELLS) for g in got]) if got else np.zeros(rows)
         self.topologies = [g[2] for g in got]
         t = self.topologies
         self.cc = np.array([x.compute_capability for x in t])
@@ -418,4 +451,4 @@ class TopoIndex:
         return out
 
 
-__all__ = ["NcclModel", "enabled", "nsteps", "A", "P"]
+__all__ = ["NcclModel", "enabled", "nsteps"]

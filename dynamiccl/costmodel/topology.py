@@ -6,7 +6,8 @@ NCCL's tuning model (``tuning.cc``) does not see datasheets: it sees the graphs 
 This module derives those from an :class:`~dynamiccl.envspec.EnvSpec` for a communicator of
 ``nranks`` GPUs on ``nnodes`` nodes (ranks spread evenly).
 
-The search is emulated, not run (``nccl-cost-model.md`` §1.8, §1.10):
+The search is emulated, not run (NVIDIA/nccl ``src/graph/topo.h``, ``topo.cc``, ``search.cc``,
+``connect.cc``):
 
 - per-GPU bandwidth as NCCL models it: NVLinks x NCCL's per-link constant (20.6 GB/s on sm90, not
   the datasheet's 25), PCIe ``width x GT/s / 80`` capped by the CPU link when a ring crosses sockets,

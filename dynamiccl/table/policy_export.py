@@ -514,7 +514,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         programs.append(p)
         for c in p.tunable_calls:
             rows.append(p.call_key[c].as_tuple())
-            masks.append(loaded.costs.mask[loaded.costs.call_key[c]])
+            masks.append(loaded.costs.mask[loaded.costs.call_row[c]])
     calls = pd.DataFrame(rows, columns=list(QUERY_COLUMNS))
     mask_of = {}
     for row, mask in zip(rows, masks):

@@ -11,6 +11,8 @@ from dynamiccl.errors import InputError
 from dynamiccl.tuning.agents import AGENTS
 
 def add_commands(sub) -> None:
+    from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL, cost_models_help, simulated_cost_models
+
     p = sub.add_parser("train", help="train a MaskablePPO policy from an experiment config (TOML)",
                        description="Train a policy on the config's training cases. Writes policy.zip, checkpoints, "
                                    "TensorBoard logs and the training curve to the output directory.")
@@ -35,7 +37,7 @@ def add_commands(sub) -> None:
     p.add_argument("--states", type=int, default=4, help="dynamics states per case (with --traces)")
     p.add_argument("--state-offset", type=int, default=1000, help="first dynamics state (with --traces)")
     p.add_argument("--online-steps", type=int, default=20, help="training steps the online learners get per case")
-    p.add_argument("--model", default="world", choices=("world", "nccl", "live"), help="cost model")
+    p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=list(COST_MODELS), help=cost_models_help())
     p.add_argument("-o", "--output", required=True, help="results file (.parquet)")
     p.add_argument("--json", help="also write the per-agent summary as JSON here")
     p.set_defaults(func=cmd_evaluate)
@@ -46,7 +48,8 @@ def add_commands(sub) -> None:
     p.add_argument("trace")
     p.add_argument("--env", required=True, help="environment spec name or path")
     p.add_argument("--state", type=int, default=0, help="dynamics state (seed of congestion and noise)")
-    p.add_argument("--model", default="world", choices=("world", "nccl"))
+    p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=simulated_cost_models(),
+                   help=cost_models_help(simulated_cost_models()))
     p.add_argument("--random-steps", type=int, default=0,
                    help="also take this many environment steps with random valid actions and report steps/s")
     p.add_argument("--json", action="store_true")

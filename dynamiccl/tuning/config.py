@@ -71,7 +71,7 @@ from dynamiccl import schema
 from dynamiccl.envspec import resolve_env
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.cases import Case
-from dynamiccl.tuning.costs import COST_MODELS
+from dynamiccl.costmodel.registry import COST_MODELS
 from dynamiccl.tuning.policy_file import ACTIVATIONS  # what a policy file can hold
 from dynamiccl.workload.spec import WORKLOAD, WorkloadSpec
 

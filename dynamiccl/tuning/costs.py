@@ -7,13 +7,12 @@ cost of every (distinct call, action, congestion state, overlap state) is evalua
 vectorized batch, and the replay only indexes it. Run-to-run noise is a per-call factor the
 replay draws and multiplies in.
 
-Cost models (``model``):
-
-- ``world`` (default): the calibrated simulator (:class:`~dynamiccl.costmodel.world.WorldModel`),
-  with compute slowdown from the SMs the channels hold and HBM sharing.
-- ``nccl``: NCCL's own model; it ignores channels, overlap and congestion (slowdown 1).
-- ``live``: real collectives on this machine (:class:`~dynamiccl.costmodel.live.LiveCostModel`),
-  one measurement per (distinct call, valid action); conditions are whatever the machine has.
+The model is any registered one (:data:`dynamiccl.costmodel.COST_MODELS`: ``world`` by default,
+``nccl``, ``live``, ...), asked through its one interface. What the model says about itself decides
+what is asked: a model without conditions (NCCL's, live measurement) is asked once per (call,
+action) and its answer holds in every condition; where NCCL's knobs do not apply (live measurement
+on gloo) only NCCL's default is valid, since any other "action" would measure the default again; a
+model without point-to-point costs (NCCL's) gets the world's for send/recv and AlltoAll.
 """
 
 from __future__ import annotations
@@ -22,40 +21,50 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import make_batch
+from dynamiccl.costmodel import COST_MODELS, DEFAULT_COST_MODEL, CostModel, CostModelOptions, cost_model_entry
+from dynamiccl.callkey import CallKey
+from dynamiccl.costmodel.batch import is_p2p, make_batch
 from dynamiccl.costmodel.nccl_model import NcclModel
-from dynamiccl.costmodel.world import WorldModel, WorldParams
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
+from dynamiccl.nccl import FUNC_OP, NUM_COST_CELLS, TUNABLE_FUNCS
 from dynamiccl.tuning.actions import (
     ACTION_ALGO, ACTION_CHANNELS, ACTION_PROTO, DEFAULT_ACTION, NUM_ACTIONS, action_mask,
 )
 from dynamiccl.tuning.program import StepProgram
 
-COST_MODELS = ("world", "nccl", "live")
 QUIET, CONGESTED = 0, 1
+
+
+def key_array(keys: list[CallKey]) -> np.ndarray:
+    """[key, (coll, nbytes, nranks, nnodes, num_pipe_ops)] as int64: the columns a cost batch takes."""
+    return np.array([(int(k.coll), k.nbytes, k.nranks, k.nnodes, k.num_pipe_ops) for k in keys],
+                    dtype=np.int64).reshape(-1, 5)
+# The conditions a call is costed in, as (network state, compute overlapped 0/1), in the order the
+# rows of the evaluated batch take them; the first two are the call alone.
+_CONDITIONS = ((QUIET, 0), (CONGESTED, 0), (QUIET, 1), (CONGESTED, 1))
 
 
 @dataclass
 class CostTable:
     """Costs of every action for the distinct calls of one step on one environment spec.
 
-    ``keys[k]`` = (func, nbytes, nranks, nnodes, pipe_ops); ``call_key[c]`` maps a call to its key.
+    ``keys[k]`` is a :class:`~dynamiccl.callkey.CallKey` without position (a call's cost does not
+    depend on where it sits in the step); ``call_row[c]`` maps call ``c`` to its key's row ``k``.
     Arrays by key and action (``NUM_ACTIONS``): ``mask`` (valid: NCCL enables the pair and the
     channels fit the pool; only the default for calls NCCL's tuner never sees), ``time_us``
     [K, A, congestion 0/1, overlap 0/1] (inf where masked), ``latency_us`` [K, A, congestion] (the
     size-independent part, which concurrent calls do not share), ``slowdown`` [K, A] (factor on
     compute running beside the call), ``channels`` [K, A] (channels the call really runs on),
-    ``algo``/``proto`` [K, A] (the pair it really runs), and ``nccl_cost`` [K, 21] (NCCL's cost
+    ``algo``/``proto`` [K, A] (the pair it really runs), and ``nccl_cost`` [K, cells] (NCCL's cost
     table, -1 where disabled, what a tuner plugin is handed).
     """
 
     model: str
     description: str
     congested_share: float
-    keys: list[tuple[int, int, int, int, int]]
-    call_key: list[int]
+    keys: list[CallKey]
+    call_row: list[int]
     mask: np.ndarray
     time_us: np.ndarray
     latency_us: np.ndarray
@@ -66,36 +75,32 @@ class CostTable:
     nccl_cost: np.ndarray
 
     @classmethod
-    def build(cls, program: StepProgram, env: EnvSpec, model: str = "world",
-              params: WorldParams | None = None, live=None) -> "CostTable":
-        """Evaluate every (distinct call, action, condition) of ``program`` on ``env``.
+    def build(cls, program: StepProgram, env: EnvSpec, model: str = DEFAULT_COST_MODEL,
+              options: CostModelOptions | None = None) -> "CostTable":
+        """Evaluate every (distinct call, action, condition) of ``program`` on ``env`` with the
+        registered cost model ``model`` (made with ``options``).
 
         Raises:
             InputError: an unknown ``model``, or a call whose ranks per node exceed the spec's
                 GPUs per node (the trace was made for bigger nodes).
         """
-        if model not in COST_MODELS:
-            raise InputError(None, "model", f"unknown cost model {model!r}; expected one of {', '.join(COST_MODELS)}")
-        key_of: dict[tuple, int] = {}
-        call_key = []
-        for c in range(program.num_calls):
-            k = program.call_key[c]
-            key = (int(k.coll), k.nbytes, k.nranks, k.nnodes, k.num_pipe_ops)
-            call_key.append(key_of.setdefault(key, len(key_of)))
-        keys = list(key_of)
-        for func, _, nranks, nnodes, _ in keys:
-            if -(-nranks // nnodes) > env.gpus_per_node:
+        entry = cost_model_entry(model)
+        row_of: dict[CallKey, int] = {}
+        call_row = [row_of.setdefault(key.cost_key(), len(row_of)) for key in program.call_key]
+        keys = list(row_of)
+        for key in keys:
+            ranks_per_node = -(-key.nranks // key.nnodes)
+            if ranks_per_node > env.gpus_per_node:
                 raise InputError(program.source, "groups",
-                                 f"a {FUNC_OP[Func(func)]} over {nranks} ranks on {nnodes} node(s) needs "
-                                 f"{-(-nranks // nnodes)} GPUs per node; {env.name} has {env.gpus_per_node} "
+                                 f"a {FUNC_OP[key.coll]} over {key.nranks} ranks on {key.nnodes} node(s) needs "
+                                 f"{ranks_per_node} GPUs per node; {env.name} has {env.gpus_per_node} "
                                  "(generate the trace for this cluster's node size)")
-        k = np.array(keys, dtype=np.int64).reshape(-1, 5)
+        k = key_array(keys)
         nccl = NcclModel(env)
         base = make_batch(k[:, 0], k[:, 1], k[:, 2], k[:, 3], num_pipe_ops=k[:, 4])
         index = nccl.topology_index(base)
-        nccl_cost = nccl.cost_table(base, index).reshape(len(keys), 21)
-        tunable = np.isin(k[:, 0], [int(f) for f in (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER,
-                                                      Func.REDUCESCATTER, Func.ALLREDUCE)])
+        nccl_cost = nccl.cost_table(base, index).reshape(len(keys), NUM_COST_CELLS)
+        tunable = np.isin(k[:, 0], [int(f) for f in TUNABLE_FUNCS])
         mask = np.zeros((len(keys), NUM_ACTIONS), dtype=bool)
         for i in range(len(keys)):
             if tunable[i]:
@@ -104,17 +109,14 @@ class CostTable:
             else:
                 mask[i, DEFAULT_ACTION] = True
         share = env.dynamics.congested_share if env.dynamics.congestion == "markov" else 0.0
-        table = cls(model=model, description="", congested_share=share, keys=keys, call_key=call_key,
+        table = cls(model=model, description="", congested_share=share, keys=keys, call_row=call_row,
                     mask=mask, time_us=np.full((len(keys), NUM_ACTIONS, 2, 2), np.inf),
                     latency_us=np.full((len(keys), NUM_ACTIONS, 2), np.inf),
                     slowdown=np.ones((len(keys), NUM_ACTIONS)),
                     channels=np.zeros((len(keys), NUM_ACTIONS), dtype=np.int64),
                     algo=np.full((len(keys), NUM_ACTIONS), -1, dtype=np.int64),
                     proto=np.full((len(keys), NUM_ACTIONS), -1, dtype=np.int64), nccl_cost=nccl_cost)
-        if model == "live":
-            table._fill_live(env, live)
-        else:
-            table._fill_model(env, model, params, nccl)
+        table._fill(entry.create(env, options), env, options)
         return table
 
     def rows(self) -> list[list[tuple | None]]:
@@ -130,93 +132,70 @@ class CostTable:
             self._rows = rows
         return rows
 
-    def _fill_model(self, env: EnvSpec, model: str, params, nccl: NcclModel) -> None:
+    def _fill(self, model: CostModel, env: EnvSpec, options: CostModelOptions | None) -> None:
+        """Cost every valid (key, action) with ``model``, in every condition it models."""
+        self.description = model.describe()
+        if not model.applies_nccl_knobs:
+            self.mask[:] = False
+            self.mask[:, DEFAULT_ACTION] = True
+            self.description += ": NCCL's knobs do not apply, only the default is valid"
         row_key, row_action = np.nonzero(self.mask)
-        k = np.array(self.keys, dtype=np.int64).reshape(-1, 5)[row_key]
+        k = key_array(self.keys)[row_key]
         n = len(row_key)
-        # Rows: each (key, action) under (quiet, congested) x (no overlap, overlap), then latency rows.
-        cong = np.repeat([0.0, self.congested_share, 0.0, self.congested_share], n)
-        over = np.repeat([0.0, 0.0, 1.0, 1.0], n)
-        tile = lambda a: np.tile(a, 4)  # noqa: E731
-        hbm = env.dynamics.compute_hbm_share
-        if model == "world":
-            world = WorldModel(env, params)
-            self.description = world.describe()
-            batch = make_batch(tile(k[:, 0]), tile(k[:, 1]), tile(k[:, 2]), tile(k[:, 3]),
-                               algo=tile(ACTION_ALGO[row_action]), proto=tile(ACTION_PROTO[row_action]),
-                               channels=tile(ACTION_CHANNELS[row_action]), num_pipe_ops=tile(k[:, 4]),
-                               overlap=over, compute_hbm_share=hbm, congestion=cong)
-            got = world.evaluate(batch)
-            lat_batch = make_batch(np.tile(k[:, 0], 2), 0, np.tile(k[:, 2], 2), np.tile(k[:, 3], 2),
-                                   algo=np.tile(ACTION_ALGO[row_action], 2),
-                                   proto=np.tile(ACTION_PROTO[row_action], 2),
-                                   channels=np.tile(ACTION_CHANNELS[row_action], 2), num_pipe_ops=np.tile(k[:, 4], 2),
-                                   congestion=np.repeat([0.0, self.congested_share], n))
-            lat = world.evaluate(lat_batch)["time_us"]
-            slow = got["compute_slowdown"][2 * n:3 * n]
-        else:  # NCCL's model: no channels, overlap or congestion effects
-            self.description = nccl.describe()
-            batch = make_batch(tile(k[:, 0]), tile(k[:, 1]), tile(k[:, 2]), tile(k[:, 3]),
-                               algo=tile(ACTION_ALGO[row_action]), proto=tile(ACTION_PROTO[row_action]),
-                               channels=tile(ACTION_CHANNELS[row_action]), num_pipe_ops=tile(k[:, 4]))
-            got = nccl.choose(batch)
-            p2p = ~np.isin(tile(k[:, 0]), np.arange(5))
-            if p2p.any():  # NCCL's model has no send/recv cost: the world's, quiet and alone
-                world = WorldModel(env, params)
-                got["time_us"] = np.where(p2p, world.evaluate(batch)["time_us"], got["time_us"])
-            lat = np.zeros(2 * n)
-            slow = np.ones(n)
-        times = got["time_us"].reshape(4, n)
-        self.time_us[row_key, row_action, 0, 0] = times[0]
-        self.time_us[row_key, row_action, 1, 0] = times[1]
-        self.time_us[row_key, row_action, 0, 1] = times[2]
-        self.time_us[row_key, row_action, 1, 1] = times[3]
-        lat = np.minimum(lat.reshape(2, n), times[:2])
-        self.latency_us[row_key, row_action, 0] = lat[0]
-        self.latency_us[row_key, row_action, 1] = lat[1]
-        self.slowdown[row_key, row_action] = slow
-        self.channels[row_key, row_action] = got["channels"][:n]
-        self.algo[row_key, row_action] = got["algo"][:n]
-        self.proto[row_key, row_action] = got["proto"][:n]
+        # Each (key, action) in every condition, condition-major; a model without conditions is
+        # asked once (quiet, alone) and its answer holds in all of them.
+        conditions = _CONDITIONS if model.models_conditions else _CONDITIONS[:1]
+        tile = lambda a: np.tile(a, len(conditions))  # noqa: E731
+        batch = make_batch(tile(k[:, 0]), tile(k[:, 1]), tile(k[:, 2]), tile(k[:, 3]),
+                           algo=tile(ACTION_ALGO[row_action]), proto=tile(ACTION_PROTO[row_action]),
+                           channels=tile(ACTION_CHANNELS[row_action]), num_pipe_ops=tile(k[:, 4]),
+                           overlap=np.repeat([overlap for _, overlap in conditions], n),
+                           compute_hbm_share=env.dynamics.compute_hbm_share if model.models_conditions else 0.0,
+                           congestion=np.repeat([self._congestion(state) for state, _ in conditions], n))
+        got = model.evaluate(batch)
+        time_us = got.time_us
+        p2p = np.flatnonzero(is_p2p(batch.func))
+        if not model.costs_p2p and len(p2p):
+            # As the first cost tables did: send/recv and AlltoAll take the world's time, quiet and
+            # alone, from a model without point-to-point costs (NCCL's); their algo/proto/channels
+            # stay that model's.
+            world = COST_MODELS["world"].create(env, options)
+            time_us = time_us.copy()
+            time_us[p2p] = world.evaluate(batch.subset(p2p).quiet()).time_us
+
+        def every(values: np.ndarray) -> np.ndarray:  # [condition, row] for all of _CONDITIONS
+            return np.tile(values.reshape(len(conditions), n), (len(_CONDITIONS) // len(conditions), 1))
+
+        times, latency = every(time_us), every(got.latency_us)[:2]  # latency: the two alone rows
+        default = np.flatnonzero(row_action == DEFAULT_ACTION)
+        if len(default) and latency[:, default].any():
+            latency[:, default] = self._default_latency_at_zero_bytes(model, k[default])
+        for row, (state, overlap) in enumerate(_CONDITIONS):
+            self.time_us[row_key, row_action, state, overlap] = times[row]
+        latency = np.minimum(latency, times[:2])
+        self.latency_us[row_key, row_action, QUIET] = latency[0]
+        self.latency_us[row_key, row_action, CONGESTED] = latency[1]
+        self.slowdown[row_key, row_action] = every(got.compute_slowdown)[_CONDITIONS.index((QUIET, 1))]
+        self.channels[row_key, row_action] = got.channels[:n]
+        self.algo[row_key, row_action] = got.algo[:n]
+        self.proto[row_key, row_action] = got.proto[:n]
         # A masked action NCCL cannot run stays inf; a valid one must have a finite cost.
-        bad = ~np.isfinite(self.time_us[row_key, row_action, 0, 0])
+        bad = ~np.isfinite(self.time_us[row_key, row_action, QUIET, 0])
         if bad.any():
             self.mask[row_key[bad], row_action[bad]] = False
             self.mask[:, DEFAULT_ACTION] = True
 
-    def _fill_live(self, env: EnvSpec, live) -> None:
-        """Measure NCCL's default for every key, then every other valid action where the backend
-        applies NCCL's knobs (NCCL on GPUs). On gloo the knobs do not exist, so only the default
-        stays valid: measuring other "actions" there would only re-measure the default."""
-        from dynamiccl.costmodel.live import LiveCostModel, LiveQuery
+    def _congestion(self, state: int) -> float:
+        """Share of NIC bandwidth background traffic takes in network ``state``."""
+        return self.congested_share if state == CONGESTED else 0.0
 
-        live = live or LiveCostModel()
-        self.description = "live measurement (torch.distributed)"
-
-        def query(key: int, action: int) -> LiveQuery:
-            func, nbytes = self.keys[key][0], self.keys[key][1]
-            a, p, ch = ACTION_ALGO[action], ACTION_PROTO[action], ACTION_CHANNELS[action]
-            return LiveQuery(coll=FUNC_OP[Func(func)] if func != Func.SEND else "sendrecv", size_bytes=int(nbytes),
-                             algo=Algorithm(a) if a >= 0 else None, proto=Protocol(p) if p >= 0 else None,
-                             channels=int(ch) if ch > 0 else None)
-
-        def store(key: int, action: int, result) -> None:
-            self.time_us[key, action] = result.time_us
-            self.latency_us[key, action] = 0.0
-            self.algo[key, action], self.proto[key, action] = ACTION_ALGO[action], ACTION_PROTO[action]
-            self.channels[key, action] = ACTION_CHANNELS[action]
-
-        defaults = live.measure([query(k, DEFAULT_ACTION) for k in range(len(self.keys))], progress=True)
-        for key, result in enumerate(defaults):
-            store(key, DEFAULT_ACTION, result)
-        if not all(r.config_applied for r in defaults):
-            self.mask[:] = False
-            self.mask[:, DEFAULT_ACTION] = True
-            self.description += f" on {defaults[0].backend}: NCCL's knobs do not apply, only the default is valid"
-            return
-        self.description += f" on {defaults[0].backend}"
-        row_key, row_action = np.nonzero(self.mask)
-        others = [(k, a) for k, a in zip(row_key, row_action) if a != DEFAULT_ACTION]
-        results = live.measure([query(k, a) for k, a in others], progress=True)
-        for (key, action), result in zip(others, results):
-            store(key, action, result)
+    def _default_latency_at_zero_bytes(self, model: CostModel, keys: np.ndarray) -> np.ndarray:
+        """The latency part of NCCL's default action, [quiet/congested, key], as the first cost
+        tables took it: the model's latency of the same call at 0 bytes, where NCCL may choose
+        another algorithm and protocol than at the call's size. (A forced action takes the latency
+        part of the pair it runs; the two agree wherever NCCL's choice does not change with size.)"""
+        states = (QUIET, CONGESTED)
+        batch = make_batch(np.tile(keys[:, 0], 2), 0, np.tile(keys[:, 2], 2), np.tile(keys[:, 3], 2),
+                           num_pipe_ops=np.tile(keys[:, 4], 2),
+                           congestion=np.repeat([self._congestion(state) for state in states], len(keys)))
+        return model.evaluate(batch).latency_us.reshape(len(states), len(keys))

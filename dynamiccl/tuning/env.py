@@ -17,7 +17,7 @@ from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS
 from dynamiccl.envspec import resolve_env
 from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay
-from dynamiccl.tuning.costs import COST_MODELS
+from dynamiccl.costmodel.registry import COST_MODELS
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.timeline import Replay
 from dynamiccl.workload.spec import WorkloadSpec
@@ -134,7 +134,7 @@ class TuningEnv(gym.Env):
         self._case_valid, self._case_obs = [], []
         for loaded in self._cases:
             masks = loaded.costs.mask.tolist()
-            self._case_valid.append([masks[k] for k in loaded.costs.call_key])
+            self._case_valid.append([masks[k] for k in loaded.costs.call_row])
             self._case_obs.append(list(loaded.obs))
         self._call_valid, self._call_obs = self._case_valid[0], self._case_obs[0]
         self._case: LoadedCase = self._cases[0]
@@ -197,7 +197,7 @@ class TuningEnv(gym.Env):
             mask = np.zeros(NUM_ACTIONS, dtype=bool)
             mask[DEFAULT_ACTION] = True
             return mask
-        return self._case.costs.mask[self._case.costs.call_key[self.pending]]
+        return self._case.costs.mask[self._case.costs.call_row[self.pending]]
 
     # --- what the deployed tuner plugin sees (any agent may use it) ---------------------------------
 
@@ -214,7 +214,7 @@ class TuningEnv(gym.Env):
         """NCCL's cost table for ``call`` (default: the pending one): predicted µs per
         [algorithm][protocol], -1 where NCCL disabled the cell -- what ``getCollInfo`` is handed."""
         costs = self._case.costs
-        row = costs.call_key[self.pending if call is None else call]
+        row = costs.call_row[self.pending if call is None else call]
         return costs.nccl_cost[row].reshape(NUM_ALGORITHMS, NUM_PROTOCOLS)
 
     def communicator_calls(self) -> dict[str, list[int]]:
@@ -232,7 +232,7 @@ class TuningEnv(gym.Env):
         """(call ids, observations, masks) of every tunable call of the episode's step, for an agent
         whose answer depends only on (observation, mask) and that decides them in one batch."""
         calls = np.asarray(self._case.program.tunable_calls, dtype=np.int64)
-        rows = np.asarray(self._case.costs.call_key, dtype=np.int64)[calls]
+        rows = np.asarray(self._case.costs.call_row, dtype=np.int64)[calls]
         return calls, self._case.obs[calls].astype(np.float32), self._case.costs.mask[rows]
 
     @property

@@ -110,7 +110,7 @@ def _call_rows(env, agent: str, state: int, calls: list[int]) -> dict[str, np.nd
     loaded, replay = simulator.case, simulator.replay
     program, costs = loaded.program, loaded.costs
     c = np.asarray(calls, dtype=np.int64)
-    key = np.asarray(costs.call_key, dtype=np.int64)[c]
+    key = np.asarray(costs.call_row, dtype=np.int64)[c]
     action = np.asarray(replay.call_action, dtype=np.int64)[c]
     start = np.asarray(replay.call_start_us, dtype=np.float64)[c]
     end = np.asarray(replay.call_end_us, dtype=np.float64)[c]

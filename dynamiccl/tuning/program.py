@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import COLL_NAMES
 from dynamiccl.callkey import CallKey
+from dynamiccl.costmodel.batch import COSTED_FUNCS
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import TUNABLE_FUNCS, Func
+from dynamiccl.nccl import OP_FUNC, TUNABLE_FUNCS, Func
 from dynamiccl.trace.store import Trace
 
 _TUNABLE = {int(f) for f in TUNABLE_FUNCS}
@@ -223,8 +223,8 @@ def _compile_rank(prog, rows, ri, rank, rep_of, groups, coll_calls, sends, recvs
         if is_compute:
             chain.append(g)
         else:
-            func = COLL_NAMES.get(opname[i])
-            if func is None:
+            func = OP_FUNC.get(opname[i])
+            if func not in COSTED_FUNCS:
                 raise InputError(source, f"rank {rank} op {op_index[i]}",
                                  f"cannot replay a {opname[i]!r} (the cost models do not cost it)")
             func = int(func)

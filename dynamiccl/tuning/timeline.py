@@ -153,13 +153,13 @@ class Replay:
         self._call_ver = [0] * n_calls
         self._rank_calls: list[list[int]] = [[] for _ in range(n_ranks)]
         self._rank_domain = ([0] * n_ranks, [0] * n_ranks)
-        self._key = costs.call_key
+        self._key = costs.call_row
         self._time = costs.time_us
         self._lat = costs.latency_us
         self._slow = costs.slowdown
         # Per call, the cost rows of its key, as Python lists for scalar speed.
         rows = costs.rows()
-        self._call_rows = [rows[k] for k in costs.call_key]
+        self._call_rows = [rows[k] for k in costs.call_row]
         self._call_cost: list[tuple] = [()] * n_calls   # the running configuration's row, times x noise
         self._call_slow = [0.0] * n_calls               # its compute slowdown - 1
         self._congested = False
