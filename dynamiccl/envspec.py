@@ -208,10 +208,10 @@ def env_from_dict(obj: dict, source: str, name: str | None = None) -> EnvSpec:
 
     values = doc["intra"]
     fabric = values["fabric"]
-    links, link_gbps = _NVLINK_DEFAULTS[arch]
+    links, link_gbytes_per_s = _NVLINK_DEFAULTS[arch]
     nvls_possible = fabric == "nvswitch" and arch in ("hopper", "blackwell")
     intra = IntraSpec(fabric=fabric, nvlink_links=values.get("nvlink_links", links),
-                      nvlink_link_gbytes_per_s=values.get("nvlink_link_gbytes_per_s", link_gbps),
+                      nvlink_link_gbytes_per_s=values.get("nvlink_link_gbytes_per_s", link_gbytes_per_s),
                       nvls=values.get("nvls", nvls_possible), pcie_gen=values.get("pcie_gen", _PCIE_GEN_DEFAULT[arch]),
                       pcie_lanes=values["pcie_lanes"])
     if fabric != "pcie" and intra.nvlink_links == 0:  # only a PCIe box may have no NVLink

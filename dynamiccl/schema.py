@@ -30,7 +30,7 @@ from dynamiccl.errors import InputError
 
 REQUIRED: Any = object()  # a field without a default: missing is an error
 
-_KINDS = ("int", "float", "bool", "str", "choice", "int_list", "table", "tables", "mapping", "json")
+_KINDS = ("int", "float", "bool", "str", "choice", "int_list", "float_list", "table", "tables", "mapping", "json")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class Field:
     schema: "Schema | None" = None  # tables: the schema of the sub-table (or of each list item)
     values: "Field | None" = None   # mapping: the field every value is checked against
     expect: str = ""                # overrides the generated expectation text of errors
+    aliases: tuple[str, ...] = ()   # older spellings of the name, still read (never two at once)
+    length: int | None = None       # float_list: exactly this many numbers
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -77,6 +79,8 @@ class Field:
             return f"one of {', '.join(str(c) for c in self.choices)}"
         if self.kind == "int_list":
             return f"a list of at most {self.max_len} integers in {self.low}..{self.high}"
+        if self.kind == "float_list":
+            return f"a list of {self.length} numbers{_bounds(self)}"
         if self.kind == "table":
             return f"a [{self.name}] table"
         if self.kind == "tables":
@@ -131,6 +135,12 @@ def int_list(name: str, default: Any = REQUIRED, *, low: int, high: int, max_len
     return Field(name, "int_list", default, help, low, high, max_len=max_len)
 
 
+def number_list(name: str, default: Any = REQUIRED, *, length: int, low: float | None = None,
+                high: float | None = None, help: str = "") -> Field:
+    """A list of exactly ``length`` finite numbers within ``low``..``high``; returned as a list of floats."""
+    return Field(name, "float_list", default, help, low, high, length=length)
+
+
 def table(name: str, schema: "Schema", default: Any = REQUIRED, *, help: str = "") -> Field:
     """A sub-table parsed with ``schema`` (a missing optional one parses as ``{}`` when its default is
     ``{}``, giving every sub-field its default)."""
@@ -146,6 +156,11 @@ def tables(name: str, schema: "Schema", default: Any = REQUIRED, *, help: str = 
 def mapping(name: str, values: Field, default: Any = REQUIRED, *, help: str = "") -> Field:
     """A table of free names, each value checked against ``values`` (whose name is ignored)."""
     return Field(name, "mapping", default, help, values=values)
+
+
+def formerly(field: Field, *old_names: str) -> Field:
+    """``field``, also read under its older names (a renamed key keeps reading old files)."""
+    return replace(field, aliases=field.aliases + old_names)
 
 
 def json_value(name: str, default: Any = REQUIRED, *, help: str = "") -> Field:
@@ -164,12 +179,14 @@ class Schema:
     fields: tuple[Field, ...]
     sections: bool = False
     by_name: dict[str, Field] = field(init=False, repr=False, compare=False)
+    alias_of: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __init__(self, *fields: Field, sections: bool = False):
         object.__setattr__(self, "fields", tuple(fields))
         object.__setattr__(self, "sections", sections)
         object.__setattr__(self, "by_name", {f.name: f for f in fields})
-        if len(self.by_name) != len(fields):
+        object.__setattr__(self, "alias_of", {alias: f.name for f in fields for alias in f.aliases})
+        if len(self.by_name) != len(fields) or set(self.alias_of) & set(self.by_name):
             raise ValueError("a schema declares a field twice")
 
     def __getitem__(self, name: str) -> Field:
@@ -194,6 +211,8 @@ class Schema:
         """
         if not isinstance(obj, dict):
             raise InputError(source, prefix.rstrip(".: ") or None, f"expected a table of keys, got {show(obj)}")
+        if self.alias_of:
+            obj = self._canonical(obj, source, prefix)
         for key in obj:
             if key not in self.by_name:
                 if self.sections:
@@ -219,6 +238,16 @@ class Schema:
             out[f.name] = _check(f, value, source, name)
         return out
 
+    def _canonical(self, obj: dict, source, prefix: str) -> dict:
+        """``obj`` with older spellings (``aliases``) renamed to the field names."""
+        out = {}
+        for key, value in obj.items():
+            name = self.alias_of.get(key, key)
+            if name in out:
+                raise InputError(source, f"{prefix}{key}", f"given twice: as {name} and as its older spelling {key}")
+            out[name] = value
+        return out
+
     def help_text(self, prefix: str = "") -> str:
         """One line per field: name, expectation, default and help (for docs and ``--help``)."""
         lines = []
@@ -241,12 +270,7 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
         return expected(source, name, f.expectation(), value)
 
     if f.kind in ("int", "float"):
-        if f.kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or (f.low is not None and (value < f.low if f.low_inclusive else value <= f.low)) \
-                or (f.high is not None and value > f.high):
+        if not _number_ok(f, value):
             raise bad()
         return int(value) if f.kind == "int" else float(value)
     if f.kind == "bool":
@@ -266,6 +290,11 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
                 and all(isinstance(v, int) and not isinstance(v, bool) and f.low <= v <= f.high for v in value)):
             raise bad()
         return tuple(value)
+    if f.kind == "float_list":
+        if not (isinstance(value, list) and len(value) == f.length
+                and all(_number_ok(f, v) for v in value)):
+            raise bad()
+        return [float(v) for v in value]
     if f.kind == "table":
         if not isinstance(value, dict):
             raise bad()
@@ -281,6 +310,16 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
     if not isinstance(value, dict):  # json
         raise bad()
     return value
+
+
+def _number_ok(f: Field, value: Any) -> bool:
+    """An integer (``int`` fields) or a finite number, within the field's bounds."""
+    if f.kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return ok and not ((f.low is not None and (value < f.low if f.low_inclusive else value <= f.low))
+                       or (f.high is not None and value > f.high))
 
 
 def show(value: Any, limit: int = 80) -> str:
@@ -344,8 +383,10 @@ def _no_constant(name: str) -> Any:
     raise _Refused(f"{name} is not a JSON number")
 
 
-def parse_json(text: str | bytes, source: str | os.PathLike | None, field_name: str | None = None) -> Any:
-    """Parse JSON strictly: no NaN/Infinity, no key given twice in one object.
+def parse_json(text: str | bytes, source: str | os.PathLike | None, field_name: str | None = None, *,
+               allow_nan: bool = False) -> Any:
+    """Parse JSON strictly: no NaN/Infinity (unless ``allow_nan``: files written before dynamiccl
+    wrote undefined numbers as null), no key given twice in one object.
 
     Raises:
         InputError: naming ``source`` (and ``field_name``, e.g. a zip member), with the line and
@@ -354,7 +395,7 @@ def parse_json(text: str | bytes, source: str | os.PathLike | None, field_name: 
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=None if allow_nan else _no_constant)
     except UnicodeDecodeError as exc:
         raise InputError(source, field_name, f"not UTF-8 text (byte {exc.start})") from None
     except _Refused as exc:
@@ -367,14 +408,29 @@ def parse_json(text: str | bytes, source: str | os.PathLike | None, field_name: 
         raise InputError(source, field_name, "not valid JSON: nested too deeply") from None
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
+def read_json(path: str | os.PathLike, what: str, *, allow_nan: bool = False) -> Any:
     """Read and parse a JSON file strictly (see :func:`parse_json`).
 
     Raises:
         InputError: naming the file, for an unreadable, non-UTF-8 or invalid file.
     """
-    return parse_json(read_text(path, what), os.fspath(path))
+    return parse_json(read_text(path, what), os.fspath(path), allow_nan=allow_nan)
 
-__all__ = ["REQUIRED", "Field", "Schema", "integer", "number", "flag", "string", "choice", "int_list", "table",
-           "tables", "mapping", "json_value", "show", "expected", "read_text", "read_toml", "parse_json",
-           "read_json"]
+
+def json_text(obj: Any, indent: int | None = 1) -> str:
+    """``obj`` as strict JSON text (newline-terminated): NaN and infinities, which JSON cannot
+    hold, become null."""
+    def strict(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: strict(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strict(item) for item in value]
+        return value
+
+    return json.dumps(strict(obj), indent=indent, allow_nan=False) + "\n"
+
+__all__ = ["REQUIRED", "Field", "Schema", "integer", "number", "flag", "string", "choice", "int_list", "number_list", "table",
+           "tables", "mapping", "json_value", "formerly", "show", "expected", "read_text", "read_toml", "parse_json",
+           "read_json", "json_text"]

@@ -19,7 +19,7 @@ from dynamiccl.envspec import resolve_env
 MEASUREMENTS = Path("/work/shared/calibration/measurements.csv")
 needs_measurements = pytest.mark.skipif(not MEASUREMENTS.is_file(), reason="shared calibration set not present")
 
-JSON_KEYS = {"size_bytes", "algo", "proto", "channels", "time_us", "algbw_gbps", "busbw_gbps"}
+JSON_KEYS = {"size_bytes", "algo", "proto", "channels", "time_us", "algbw_gbytes_per_s", "busbw_gbytes_per_s"}
 ALGO_NAMES = {"tree", "ring", "collnet_direct", "collnet_chain", "nvls", "nvls_tree", "pat"}
 PROTO_NAMES = {"ll", "ll128", "simple"}
 
@@ -65,8 +65,8 @@ def test_simulate_json_rows(capsys, coll, factor):
     for r in rows:
         assert JSON_KEYS <= set(r), set(r)
         assert r["time_us"] > 0 and np.isfinite(r["time_us"])
-        assert r["algbw_gbps"] == pytest.approx(r["size_bytes"] / (1000 * r["time_us"]), rel=1e-9)
-        assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] * factor(n), rel=1e-9)
+        assert r["algbw_gbytes_per_s"] == pytest.approx(r["size_bytes"] / (1000 * r["time_us"]), rel=1e-9)
+        assert r["busbw_gbytes_per_s"] == pytest.approx(r["algbw_gbytes_per_s"] * factor(n), rel=1e-9)
         assert isinstance(r["channels"], int) and 1 <= r["channels"] <= 64
         if coll != "sendrecv":
             assert r["algo"] in ALGO_NAMES and r["proto"] in PROTO_NAMES
@@ -152,7 +152,7 @@ def test_validate_meets_the_calibration_targets(tmp_path, capsys):
     assert set(summary["points"]) == tables
     assert sum(len(p["size_bytes"]) for p in summary["points"].values()) == summary["overall"]["world"]["rows"]
     for table in summary["points"].values():
-        assert len(table["measured_busbw_gbps"]) == len(table["predicted_busbw_gbps"]) == len(table["size_bytes"])
+        assert len(table["measured_busbw_gbytes_per_s"]) == len(table["predicted_busbw_gbytes_per_s"]) == len(table["size_bytes"])
 
 
 @pytest.fixture(scope="module")

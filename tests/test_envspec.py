@@ -204,7 +204,7 @@ def test_defaults_of_a_cluster_only_spec(tmp_path):
                                         noise_cv=0.02)
 
 
-@pytest.mark.parametrize("gpu, arch, links, link_gbps, nvls, pcie_gen", [
+@pytest.mark.parametrize("gpu, arch, links, link_gbytes_per_s, nvls, pcie_gen", [
     ("H100-SXM", "hopper", 18, 25.0, True, 5),
     ("H200-SXM", "hopper", 18, 25.0, True, 5),
     ("GH200", "hopper", 18, 25.0, True, 5),
@@ -213,10 +213,10 @@ def test_defaults_of_a_cluster_only_spec(tmp_path):
     ("B200", "blackwell", 18, 50.0, True, 5),
     ("GB200", "blackwell", 18, 50.0, True, 5),
 ])
-def test_arch_defaults(gpu, arch, links, link_gbps, nvls, pcie_gen):
+def test_arch_defaults(gpu, arch, links, link_gbytes_per_s, nvls, pcie_gen):
     env = env_from_dict(minimal(gpu), "env.toml")
     assert env.arch == arch
-    assert (env.intra.nvlink_links, env.intra.nvlink_link_gbytes_per_s) == (links, link_gbps)
+    assert (env.intra.nvlink_links, env.intra.nvlink_link_gbytes_per_s) == (links, link_gbytes_per_s)
     assert env.intra.nvls is nvls
     assert env.intra.pcie_gen == pcie_gen
 

@@ -49,9 +49,9 @@ def test_bandwidths_follow_nccl_tests_definitions(gloo_results):
                        "sendrecv": 1.0}  # 2(n-1)/n, (n-1)/n, 1 for n = 4
     for r in gloo_results:
         algbw = r.query.size_bytes / (r.time_us * 1e-6) / 1e9  # 1 GB = 1e9 B
-        assert r.algbw_gbps == pytest.approx(algbw, rel=1e-12)
+        assert r.algbw_gbytes_per_s == pytest.approx(algbw, rel=1e-12)
         assert busbw_factor(r.query.coll, NPROCS) == expected_factor[r.query.coll]
-        assert r.busbw_gbps == pytest.approx(algbw * expected_factor[r.query.coll], rel=1e-12)
+        assert r.busbw_gbytes_per_s == pytest.approx(algbw * expected_factor[r.query.coll], rel=1e-12)
 
 
 def test_gloo_says_nccl_config_was_not_applied(gloo_results):
@@ -78,7 +78,7 @@ def test_format_results_is_an_nccl_tests_table(gloo_results):
     assert rows[-1][-3:] == ["ring", "ll", "2"]
     for row, result in zip(rows, gloo_results):
         assert float(row[4]) == pytest.approx(result.time_us, abs=0.01)
-        assert float(row[6]) == pytest.approx(result.busbw_gbps, abs=0.01)
+        assert float(row[6]) == pytest.approx(result.busbw_gbytes_per_s, abs=0.01)
 
 
 @pytest.mark.parametrize("query, field, words", [

@@ -110,3 +110,25 @@ def test_file_readers_name_the_file(tmp_path):
     latin.write_bytes(b'{"a": "\xe9"}')
     with pytest.raises(InputError, match="not UTF-8 text"):
         schema.read_json(latin, "table")
+
+
+def test_renamed_keys_are_still_read():
+    fields = schema.Schema(schema.formerly(schema.number("busbw_gbytes_per_s", low=0), "busbw_gbps"))
+    assert fields.parse({"busbw_gbps": 3}, "old.json") == {"busbw_gbytes_per_s": 3.0}
+    assert fields.parse({"busbw_gbytes_per_s": 4}, "new.json") == {"busbw_gbytes_per_s": 4.0}
+    with pytest.raises(InputError, match="given twice"):
+        fields.parse({"busbw_gbps": 3, "busbw_gbytes_per_s": 4}, "both.json")
+
+
+def test_number_lists():
+    fields = schema.Schema(schema.number_list("hop_us", length=3, low=0))
+    assert fields.parse({"hop_us": [1, 2.5, 3]}, "p.json") == {"hop_us": [1.0, 2.5, 3.0]}
+    for bad in ([1, 2], [1, 2, -1], [1, 2, "3"], [1, 2, math.nan]):
+        with pytest.raises(InputError, match="expected a list of 3 numbers >= 0"):
+            fields.parse({"hop_us": bad}, "p.json")
+
+
+def test_json_written_strict_and_old_nan_files_still_read():
+    text = schema.json_text({"a": math.nan, "b": [math.inf, 1.5], "c": {"d": -math.inf}})
+    assert schema.parse_json(text, "x.json") == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+    assert math.isnan(schema.parse_json('{"a": NaN}', "old.json", allow_nan=True)["a"])

@@ -119,9 +119,9 @@ def test_nccl_channel_step_gives_the_larger_call_more_channels():
 def test_algbw_is_size_over_time_and_unrunnable_pairs_are_inf():
     model = world("dgx-a100")
     out = model.evaluate(make_batch(ALLREDUCE, [1024.0, GiB], 8, 1, algo=[RING, NVLS], proto=[SIMPLE, SIMPLE]))
-    assert out.algbw_gbps[0] == pytest.approx(1024 / (1000 * out.time_us[0]))
-    assert out.algo[1] == -1 and np.isinf(out.time_us[1]) and out.algbw_gbps[1] == 0
-    for key in ("algo", "proto", "channels", "time_us", "algbw_gbps", "compute_slowdown"):
+    assert out.algbw_gbytes_per_s[0] == pytest.approx(1024 / (1000 * out.time_us[0]))
+    assert out.algo[1] == -1 and np.isinf(out.time_us[1]) and out.algbw_gbytes_per_s[1] == 0
+    for key in ("algo", "proto", "channels", "time_us", "algbw_gbytes_per_s", "compute_slowdown"):
         assert len(getattr(out, key)) == 2, key
 
 
@@ -166,7 +166,7 @@ def test_protocol_ceilings_ll_half_ll128_120_of_128(spec, params):
             ceiling = 0.5 if proto == LL else 120 / 128
             for channels in (0, 64):
                 out = model.evaluate(make_batch(func, sizes, n, nodes, algo=algo, proto=proto, channels=channels))
-                busbw = out.algbw_gbps * busbw_factor(OP[func], n)
+                busbw = out.algbw_gbytes_per_s * busbw_factor(OP[func], n)
                 assert busbw.max() <= ceiling * link * (1 + 1e-9), (spec, OP[func], algo, proto, busbw.max())
                 if algo == RING and nodes > 1:  # a ring's bus bandwidth also crosses every node's NICs
                     assert busbw.max() <= ceiling * net_node * (1 + 1e-9), (spec, OP[func], proto, busbw.max())

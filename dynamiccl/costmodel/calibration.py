@@ -53,11 +53,11 @@ class TableResult:
     def nccl_error(self) -> np.ndarray:
         return self.nccl_time_us / self.table.time_us - 1.0
 
-    def predicted_busbw_gbps(self) -> np.ndarray:
+    def predicted_busbw_gbytes_per_s(self) -> np.ndarray:
         op = "sendrecv" if self.table.coll == "sendrecv" else self.table.coll
         return self.table.size_bytes / (1000.0 * self.world_time_us) * busbw_factor(op, self.table.nranks)
 
-    def measured_busbw_gbps(self) -> np.ndarray:
+    def measured_busbw_gbytes_per_s(self) -> np.ndarray:
         op = "sendrecv" if self.table.coll == "sendrecv" else self.table.coll
         return self.table.size_bytes / (1000.0 * self.table.time_us) * busbw_factor(op, self.table.nranks)
 
@@ -107,9 +107,9 @@ def points(results: list[TableResult]) -> dict:
         op = "sendrecv" if r.table.coll == "sendrecv" else r.table.coll
         nccl_busbw = r.table.size_bytes / (1000.0 * r.nccl_time_us) * busbw_factor(op, r.table.nranks)
         out[r.table.table] = {"size_bytes": [int(v) for v in r.table.size_bytes],
-                             "measured_busbw_gbps": [float(v) for v in r.measured_busbw_gbps()],
-                             "predicted_busbw_gbps": [float(v) for v in r.predicted_busbw_gbps()],
-                             "nccl_model_busbw_gbps": [float(v) for v in nccl_busbw]}
+                             "measured_busbw_gbytes_per_s": [float(v) for v in r.measured_busbw_gbytes_per_s()],
+                             "predicted_busbw_gbytes_per_s": [float(v) for v in r.predicted_busbw_gbytes_per_s()],
+                             "nccl_model_busbw_gbytes_per_s": [float(v) for v in nccl_busbw]}
     return out
 
 
@@ -145,8 +145,8 @@ def plot(results: list[TableResult], path: str | Path) -> None:
     rows = (len(results) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     for ax, r in zip(axes.flat, results):
-        ax.plot(r.table.size_bytes, r.measured_busbw_gbps(), "o-", label="measured", color="black", ms=3)
-        ax.plot(r.table.size_bytes, r.predicted_busbw_gbps(), "s--", label="world simulator", color="tab:blue", ms=3)
+        ax.plot(r.table.size_bytes, r.measured_busbw_gbytes_per_s(), "o-", label="measured", color="black", ms=3)
+        ax.plot(r.table.size_bytes, r.predicted_busbw_gbytes_per_s(), "s--", label="world simulator", color="tab:blue", ms=3)
         op = "sendrecv" if r.table.coll == "sendrecv" else r.table.coll
         nccl_bus = r.table.size_bytes / (1000.0 * r.nccl_time_us) * busbw_factor(op, r.table.nranks)
         ax.plot(r.table.size_bytes, nccl_bus, ":", label="NCCL model", color="tab:orange")

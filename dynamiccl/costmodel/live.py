@@ -101,8 +101,8 @@ class LiveResult:
     backend: str  # "gloo" or "nccl"
     time_us: float  # median of times_us
     times_us: tuple[float, ...]  # per timed iteration: the slowest rank's time
-    algbw_gbps: float  # size_bytes / time_us
-    busbw_gbps: float  # algbw_gbps * busbw_factor(coll, nranks)
+    algbw_gbytes_per_s: float  # size_bytes / time_us
+    busbw_gbytes_per_s: float  # algbw_gbytes_per_s * busbw_factor(coll, nranks)
     config_applied: bool  # False on gloo: NCCL's algo/proto/channels do not apply there
     note: str
 

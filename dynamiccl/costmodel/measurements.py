@@ -26,7 +26,9 @@ from dynamiccl.errors import InputError
 from dynamiccl.nccl import Algorithm, Func, Protocol, parse_func, parse_version
 
 COLUMNS = ("table", "system", "nccl_version", "coll", "algo", "proto", "gpus_per_node", "nodes", "size_bytes",
-           "time_us", "algbw_gbps", "busbw_gbps", "how")
+           "time_us", "algbw_gbytes_per_s", "busbw_gbytes_per_s", "how")
+# Older column spellings, still read (the public calibration set's CSV uses them).
+RENAMED_COLUMNS = {"algbw_gbps": "algbw_gbytes_per_s", "busbw_gbps": "busbw_gbytes_per_s"}
 # Column spellings (NCCL_ALGO / NCCL_PROTO's, lower case) -> Algorithm / Protocol; -1: NCCL's own choice.
 _ALGOS = {"default": -1, **{a.name_lower.replace("_", ""): int(a) for a in Algorithm}, "p2p": -1}
 _PROTOS = {"default": -1, **{p.name_lower: int(p) for p in Protocol}}
@@ -48,7 +50,7 @@ class MeasuredTable:
     how: str
     size_bytes: np.ndarray
     time_us: np.ndarray
-    busbw_gbps: np.ndarray
+    busbw_gbytes_per_s: np.ndarray
 
     @property
     def nranks(self) -> int:
@@ -73,6 +75,7 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
     except OSError as exc:
         raise InputError(source, None, f"cannot read measurements ({exc.strerror})") from None
     reader = csv.DictReader(text.splitlines())
+    reader.fieldnames = [RENAMED_COLUMNS.get(name, name) for name in reader.fieldnames or []]
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise InputError(source, None, f"missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
@@ -85,7 +88,7 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
                 value = float(row[column])
             except (TypeError, ValueError):
                 raise InputError(source, f"{where}, column {column}", f"expected a number, got {row[column]!r}") from None
-            if not value > 0 and column != "busbw_gbps" or (integer and value != int(value)):
+            if not value > 0 and column != "busbw_gbytes_per_s" or (integer and value != int(value)):
                 raise InputError(source, f"{where}, column {column}", f"expected a positive "
                                  f"{'integer' if integer else 'number'}, got {row[column]!r}")
             return value
@@ -101,14 +104,14 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
         table = groups.setdefault(key, dict(
             table=key, system=row["system"], nccl_version=row["nccl_version"], coll=row["coll"].strip().lower(),
             func=int(func), algo=_ALGOS[algo], proto=_PROTOS[proto], gpus_per_node=int(number("gpus_per_node", True)),
-            nodes=int(number("nodes", True)), how=row["how"], size_bytes=[], time_us=[], busbw_gbps=[]))
+            nodes=int(number("nodes", True)), how=row["how"], size_bytes=[], time_us=[], busbw_gbytes_per_s=[]))
         table["size_bytes"].append(number("size_bytes", True))
         table["time_us"].append(number("time_us"))
-        table["busbw_gbps"].append(float(row["busbw_gbps"] or 0.0))
+        table["busbw_gbytes_per_s"].append(float(row["busbw_gbytes_per_s"] or 0.0))
     if not groups:
         raise InputError(source, None, "no measurement rows")
     return [MeasuredTable(**{**g, "size_bytes": np.array(g["size_bytes"]), "time_us": np.array(g["time_us"]),
-                             "busbw_gbps": np.array(g["busbw_gbps"])}) for g in groups.values()]
+                             "busbw_gbytes_per_s": np.array(g["busbw_gbytes_per_s"])}) for g in groups.values()]
 
 
 def _gpu_token(name: str) -> str:

@@ -32,9 +32,9 @@ TREE_CORRECTION = np.array([
 # (NVIDIA/nccl src/graph/topo.h: SM70 20.0, SM80 20.0, SM90 20.6, SM100 40.1). PCI: width x GT/s-code
 # / 80 (gen3 x16 = 12, gen4 24, gen5 48; topo.cc). NIC: Mb/s / 8000. CPU interconnects (topo.h):
 # AMD_BW 16, SRP_QPI 22 (Intel), ARM_BW 6.
-NVLINK_MODEL_GBPS = {70: 20.0, 80: 20.0, 90: 20.6, 100: 40.1}
-PCI_BW_GBPS = 12.0  # PCI_BW (topo.h): Ring/Simple uses 256 threads at or below it (topoGetAlgoInfo)
-CPU_LINK_GBPS = {"intel": 22.0, "amd": 16.0, "arm": 6.0}
+NVLINK_MODEL_GBYTES_PER_S = {70: 20.0, 80: 20.0, 90: 20.6, 100: 40.1}
+PCI_BW_GBYTES_PER_S = 12.0  # PCI_BW (topo.h): Ring/Simple uses 256 threads at or below it (topoGetAlgoInfo)
+CPU_LINK_GBYTES_PER_S = {"intel": 22.0, "amd": 16.0, "arm": 6.0}
 
 # Per-channel speeds the topology search tries, high to low (src/graph/search.cc speed arrays).
 SEARCH_SPEEDS_INTRA = {

@@ -24,7 +24,7 @@ import numpy as np
 
 from dynamiccl.costmodel.batch import CollBatch
 from dynamiccl.costmodel.nccl_constants import (
-    ARCH_INDEX, LL128_MAX_NTHREADS, LL_MAX_NTHREADS, MAX_DEV_WORK_BATCH_COLLS, MAX_NTHREADS, NET_HW, PCI_BW_GBPS,
+    ARCH_INDEX, LL128_MAX_NTHREADS, LL_MAX_NTHREADS, MAX_DEV_WORK_BATCH_COLLS, MAX_NTHREADS, NET_HW, PCI_BW_GBYTES_PER_S,
     SIMPLE_MAX_NTHREADS, THREAD_THRESHOLD_BYTES, TREE_CORRECTION, WARP_SIZE, NcclConstants, nccl_constants,
 )
 from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
@@ -234,7 +234,7 @@ class NcclModel:
         return self._get(nranks, nnodes)[2]
 
     def tables(self, nranks: int, nnodes: int) -> tuple[np.ndarray, np.ndarray]:
-        """(latency_us[func][algo][proto], algbw_gbps[func][algo][proto]) for the tunable functions
+        """(latency_us[func][algo][proto], algbw_gbytes_per_s[func][algo][proto]) for the tunable functions
         (``Func`` 0 .. ``NUM_TUNABLE_FUNCS`` - 1); bw 0 = off."""
         lat, bw, _ = self._get(nranks, nnodes)
         return lat, bw
@@ -380,7 +380,7 @@ class NcclModel:
         p = np.clip(proto, 0, NUM_PROTOCOLS - 1)
         max_threads = np.select(
             [p == Protocol.LL, p == Protocol.LL128, algo == Algorithm.RING, algo == Algorithm.TREE],
-            [LL_MAX_NTHREADS, LL128_MAX_NTHREADS, np.where(ring_bw <= PCI_BW_GBPS, 256, SIMPLE_MAX_NTHREADS),
+            [LL_MAX_NTHREADS, LL128_MAX_NTHREADS, np.where(ring_bw <= PCI_BW_GBYTES_PER_S, 256, SIMPLE_MAX_NTHREADS),
              SIMPLE_MAX_NTHREADS], MAX_NTHREADS).astype(np.int64)
         threshold = np.array(THREAD_THRESHOLD_BYTES, dtype=np.float64)[p]
         threshold = np.where((algo == Algorithm.RING) & (p == Protocol.LL), threshold * batch.nranks, threshold)

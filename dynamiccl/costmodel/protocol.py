@@ -33,7 +33,7 @@ class CostResult:
     - ``latency_us``: the size-independent part of ``time_us`` (µs), which calls running at the same
       time on the same links do not share; 0 where the model does not separate it.
     - ``compute_slowdown``: factor by which compute overlapped with the call runs slower (1: none).
-    - ``size_bytes``: the batch's, so that bandwidths can be derived (``algbw_gbps``).
+    - ``size_bytes``: the batch's, so that bandwidths can be derived (``algbw_gbytes_per_s``).
     - ``nranks``: ranks the call ran on (the batch's; live measurement: its own processes).
     - ``notes``: what a reader of these numbers must know (e.g. which torch call ran); may be empty.
     """
@@ -49,7 +49,7 @@ class CostResult:
     notes: tuple[str, ...] = ()
 
     @property
-    def algbw_gbps(self) -> np.ndarray:
+    def algbw_gbytes_per_s(self) -> np.ndarray:
         """Algorithm bandwidth, ``size_bytes / time`` in GB/s (1 GB = 1e9 B); 0 where the call
         cannot run (``time_us`` inf)."""
         import numpy as np  # here, not at module level: the registry and CLI import this module

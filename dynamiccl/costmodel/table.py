@@ -57,8 +57,8 @@ class Row:
     dtype: str
     redop: str
     time_us: float
-    algbw_gbps: float
-    busbw_gbps: float
+    algbw_gbytes_per_s: float
+    busbw_gbytes_per_s: float
     algo: int
     proto: int
     channels: int
@@ -66,7 +66,7 @@ class Row:
     def to_json(self) -> dict:
         return {"size_bytes": self.size_bytes, "count": self.count, "type": self.dtype, "redop": self.redop,
                 "algo": _algo_name(self.algo), "proto": _proto_name(self.proto), "channels": self.channels,
-                "time_us": self.time_us, "algbw_gbps": self.algbw_gbps, "busbw_gbps": self.busbw_gbps}
+                "time_us": self.time_us, "algbw_gbytes_per_s": self.algbw_gbytes_per_s, "busbw_gbytes_per_s": self.busbw_gbytes_per_s}
 
 
 def _algo_name(algo: int) -> str:
@@ -96,6 +96,6 @@ def format_table(rows: list[Row], header: list[str]) -> str:
     lines.append(f"#{'(B)':>12} {'(elements)':>12} {'':>8} {'':>6} {'(us)':>10} {'(GB/s)':>8} {'(GB/s)':>8}")
     for r in rows:
         time = f"{r.time_us:10.2f}" if r.time_us != float("inf") else f"{'n/a':>10}"
-        lines.append(f" {r.size_bytes:>12} {r.count:>12} {r.dtype:>8} {r.redop:>6} {time} {r.algbw_gbps:8.2f} "
-                     f"{r.busbw_gbps:8.2f}  {_algo_name(r.algo):<14} {_proto_name(r.proto):<6} {r.channels:>8}")
+        lines.append(f" {r.size_bytes:>12} {r.count:>12} {r.dtype:>8} {r.redop:>6} {time} {r.algbw_gbytes_per_s:8.2f} "
+                     f"{r.busbw_gbytes_per_s:8.2f}  {_algo_name(r.algo):<14} {_proto_name(r.proto):<6} {r.channels:>8}")
     return "\n".join(lines)

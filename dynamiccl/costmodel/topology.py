@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from dynamiccl.costmodel.nccl_constants import (
-    CPU_LINK_GBPS, NVLINK_MODEL_GBPS, SEARCH_SPEEDS_INTER, SEARCH_SPEEDS_INTRA,
+    CPU_LINK_GBYTES_PER_S, NVLINK_MODEL_GBYTES_PER_S, SEARCH_SPEEDS_INTER, SEARCH_SPEEDS_INTRA,
 )
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
@@ -74,18 +74,18 @@ class NcclTopology:
     ring_bw_total: float      # ring nChannels x bwIntra (sets Ring/Simple's 256 or 512 threads)
 
 
-def _search(total_gbps: float, speeds, max_channels: int, nic_count: int = 0, nic_gbps: float = 0.0,
+def _search(total_gbytes_per_s: float, speeds, max_channels: int, nic_count: int = 0, nic_gbytes_per_s: float = 0.0,
             ) -> tuple[int, float]:
     """Best (channels, speed): highest channels x speed, first (fastest) speed on ties."""
     best = (0, 0.0)
     for speed in speeds:
-        channels = min(max_channels, int(total_gbps // speed + 1e-9))
+        channels = min(max_channels, int(total_gbytes_per_s // speed + 1e-9))
         if nic_count:
-            channels = min(channels, nic_count * int(nic_gbps // speed + 1e-9))
+            channels = min(channels, nic_count * int(nic_gbytes_per_s // speed + 1e-9))
         if channels >= 1 and channels * speed > best[0] * best[1] + 1e-9:
             best = (channels, float(speed))
     if best[0] == 0:  # slower than the slowest speed: one channel at what the links give
-        best = (1, float(min(total_gbps, nic_gbps) if nic_count else total_gbps))
+        best = (1, float(min(total_gbytes_per_s, nic_gbytes_per_s) if nic_count else total_gbytes_per_s))
     return best
 
 
@@ -95,30 +95,30 @@ def _dup_channels(channels: int, bw: float, cc: int) -> tuple[int, float]:
     return channels, bw
 
 
-def intra_gbps_model(env: EnvSpec, ppn: int) -> tuple[float, int]:
+def intra_model_gbytes_per_s(env: EnvSpec, ppn: int) -> tuple[float, int]:
     """Per-GPU intra-node bandwidth NCCL's topology assumes, and the hardware row (NVLink or PCI)."""
     from dynamiccl.costmodel.nccl_constants import NVLINK_HW, PCI_HW
 
     cc = env.compute_capability
     if env.intra.fabric in ("nvswitch", "nvlink"):
-        return env.intra.nvlink_links * NVLINK_MODEL_GBPS[cc], NVLINK_HW
-    pci = pci_gbps_model(env)
+        return env.intra.nvlink_links * NVLINK_MODEL_GBYTES_PER_S[cc], NVLINK_HW
+    pci = pci_model_gbytes_per_s(env)
     # A PCIe-only node with more than 4 GPUs spans two CPU sockets; the ring crosses their link.
     if ppn > 4:
-        pci = min(pci, CPU_LINK_GBPS[env.cpu_vendor])
+        pci = min(pci, CPU_LINK_GBYTES_PER_S[env.cpu_vendor])
     return pci, PCI_HW
 
 
-def pci_gbps_model(env: EnvSpec) -> float:
+def pci_model_gbytes_per_s(env: EnvSpec) -> float:
     """NCCL's PCI bandwidth: width x GT/s-code / 80 (gen3 x16 = 12, gen4 24, gen5 48 GB/s)."""
     gts_code = {2: 30, 3: 60, 4: 120, 5: 240, 6: 480}[env.intra.pcie_gen]
     return env.intra.pcie_lanes * gts_code / 80
 
 
-def nic_gbps_model(env: EnvSpec) -> float:
+def nic_model_gbytes_per_s(env: EnvSpec) -> float:
     """NCCL's NIC bandwidth (Mb/s / 8000), capped by the GPU-NIC path (PCIe, or host memory)."""
     nic = env.inter.nic_gbits_per_s * 1000 / 8000
-    path = pci_gbps_model(env) if env.inter.gpudirect else min(pci_gbps_model(env), CPU_LINK_GBPS[env.cpu_vendor])
+    path = pci_model_gbytes_per_s(env) if env.inter.gpudirect else min(pci_model_gbytes_per_s(env), CPU_LINK_GBYTES_PER_S[env.cpu_vendor])
     return min(nic, path)
 
 
@@ -146,8 +146,8 @@ def _topology(env: EnvSpec, nranks: int, nnodes: int) -> NcclTopology:
                          f"a communicator with {ppn} ranks per node needs that many GPUs per node, "
                          f"the spec has {env.gpus_per_node}")
     cc = env.compute_capability
-    intra_total, intra_hw = intra_gbps_model(env, ppn)
-    nic_gbps = nic_gbps_model(env)
+    intra_total, intra_hw = intra_model_gbytes_per_s(env, ppn)
+    nic_gbytes_per_s = nic_model_gbytes_per_s(env)
     # Each node's NICs serve its GPUs; a sub-communicator with fewer local ranks reaches as many NICs
     # as it has GPUs (rail-aligned), at least one.
     nics = max(1, min(env.inter.nics_per_node, ppn * max(1, env.inter.nics_per_node // env.gpus_per_node)))
@@ -157,7 +157,7 @@ def _topology(env: EnvSpec, nranks: int, nnodes: int) -> NcclTopology:
     else:
         speeds = SEARCH_SPEEDS_INTER[_cc_key(cc, SEARCH_SPEEDS_INTER)]
         channels, speed = _search(intra_total if ppn > 1 else 5000.0, speeds, RING_MAX_CHANNELS,
-                                  nic_count=nics, nic_gbps=nic_gbps)
+                                  nic_count=nics, nic_gbytes_per_s=nic_gbytes_per_s)
     channels, speed = _dup_channels(channels, speed, cc)
     ring = Graph(channels, speed, speed)
     comm_channels = min(64, 2 * channels)
@@ -170,11 +170,11 @@ def _topology(env: EnvSpec, nranks: int, nnodes: int) -> NcclTopology:
         # One NVLS channel per local GPU (its heads), at the fastest speed all of them fit.
         nvls_speed = next((s for s in SEARCH_SPEEDS_INTRA[_cc_key(cc, SEARCH_SPEEDS_INTRA)]
                            if s * ppn <= intra_total + 1e-9), intra_total / ppn)
-        inter = (min(nvls_speed, nic_gbps * nics / ppn) if nnodes > 1 else nvls_speed)
+        inter = (min(nvls_speed, nic_gbytes_per_s * nics / ppn) if nnodes > 1 else nvls_speed)
         nvls = Graph(ppn, float(nvls_speed), float(inter))
     collnet = None
     if env.collnet and nnodes > 1:
-        collnet = Graph(channels, speed, min(speed, nic_gbps))
+        collnet = Graph(channels, speed, min(speed, nic_gbytes_per_s))
 
     ll128 = cc >= 70 and intra_hw == 0 or ppn == 1
     if nnodes > 1 and not (env.inter.gpudirect and env.inter.transport != "tcp"):

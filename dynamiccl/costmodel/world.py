@@ -52,12 +52,14 @@ measured tables.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from dynamiccl import schema
 from dynamiccl.costmodel.batch import COSTED_FUNCS, CollBatch, is_p2p
 from dynamiccl.costmodel.nccl_constants import ARCH_INDEX, nccl_constants
 from dynamiccl.costmodel.nccl_model import NcclModel, nsteps
@@ -91,6 +93,33 @@ _SLOT_OF_FUNC = np.array([_SLOT_FUNCS.index(Func.SEND if f in (Func.SENDRECV, Fu
                           for f in map(Func, range(max(COSTED_FUNCS) + 1))])
 
 
+_SHARE = schema.number("share", low=0, low_inclusive=False, high=1.0)
+_MICROSECONDS = schema.number("us", low=0)
+_PER_PROTOCOL = dict(length=3, low=0)  # LL, LL128, Simple
+# The parameters file (``world_params.json``, written by ``dynamiccl calibrate``), declared once.
+WORLD_PARAMS = schema.Schema(
+    schema.mapping("link_efficiency", _SHARE, help='"arch/fabric", "arch" or "pcie": share of datasheet link bw'),
+    schema.mapping("p2p_efficiency", _SHARE, help="send/recv share of datasheet link bw, by arch"),
+    schema.mapping("net_efficiency", _SHARE, help="share of NIC line rate, by transport"),
+    schema.mapping("net_hop_us", _MICROSECONDS, help="one network hop, by transport"),
+    schema.number_list("hop_us", **_PER_PROTOCOL, help="one intra-node hop, LL / LL128 / Simple"),
+    schema.number_list("base_us", **_PER_PROTOCOL, help="fixed cost of one collective, LL / LL128 / Simple"),
+    schema.number("nvls_us", low=0, help="NVLS intra-node latency"),
+    schema.number("p2p_us", low=0, help="one send/recv"),
+    schema.number("launch_gap_us", low=0, help="per extra GPU when one process drives several (-g k)"),
+    schema.number("ll_efficiency", low=0, low_inclusive=False, high=1.0, help="LL's share of its 50% ceiling"),
+    schema.number("ll128_efficiency", low=0, low_inclusive=False, high=1.0,
+                  help="LL128's share of its 93.75% ceiling"),
+    schema.number("pci_hop_factor", 1.6, low=0, low_inclusive=False, help="PCIe hops vs NVLink hops"),
+    schema.formerly(schema.mapping("cpu_link_gbytes_per_s", schema.number("bw", low=0, low_inclusive=False),
+                                   {"intel": 40.0, "amd": 64.0, "arm": 100.0},
+                                   help="CPU link for PCIe rings that cross sockets, by vendor"),
+                    "cpu_link_gbps"),
+    schema.number("softmin_k", 4.0, low=0, low_inclusive=False, help="sharpness of min(links, channels)"),
+    schema.string("provenance", ""),
+)
+
+
 @dataclass
 class WorldParams:
     """Fitted and prior parameters of the world, by hardware class. See ``world_params.json``.
@@ -115,29 +144,19 @@ class WorldParams:
     launch_gap_us: float                  # per extra GPU when one process drives several (-g k)
     ll_efficiency: float                  # LL's achieved share of its 50% ceiling
     ll128_efficiency: float               # LL128's achieved share of its 93.75% ceiling
-    pci_hop_factor: float = 1.6           # PCIe hops vs NVLink hops
-    cpu_link_gbps: dict[str, float] = field(default_factory=lambda: {"intel": 40.0, "amd": 64.0, "arm": 100.0})
-    softmin_k: float = 4.0
-    provenance: str = ""
+    pci_hop_factor: float                 # PCIe hops vs NVLink hops
+    cpu_link_gbytes_per_s: dict[str, float]  # CPU link of PCIe rings that cross sockets, by vendor
+    softmin_k: float                      # sharpness of the soft minimum of link and channel bandwidth
+    provenance: str                       # what the parameters were fitted on (defaults: WORLD_PARAMS)
 
     @classmethod
     def load(cls, path: str | Path = PARAMS_PATH) -> "WorldParams":
-        """Read parameters from JSON (never pickle). Raises InputError naming the file and key."""
-        source = str(path)
-        try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InputError(source, None, f"cannot read world parameters ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(source, None, f"not valid JSON ({exc})") from None
-        known = set(cls.__dataclass_fields__)
-        for key in obj:
-            if key not in known:
-                raise InputError(source, key, f"unknown parameter; expected some of {', '.join(sorted(known))}")
-        try:
-            return cls(**obj)
-        except TypeError as exc:
-            raise InputError(source, None, f"missing parameters ({exc})") from None
+        """Read parameters from JSON (:data:`WORLD_PARAMS`; never pickle).
+
+        Raises:
+            InputError: naming the file and the parameter that is unknown, missing or out of range.
+        """
+        return cls(**WORLD_PARAMS.parse(schema.read_json(path, "world parameters"), os.fspath(path)))
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
@@ -424,7 +443,7 @@ class WorldModel:
         if env.intra.fabric == "pcie":
             intra = env.intra.pcie_gbytes_per_s
             if ranks_per_node > 4:  # more than 4 GPUs span two sockets: the ring crosses the CPU link
-                intra = min(intra, prm.cpu_link_gbps[env.cpu_vendor])
+                intra = min(intra, prm.cpu_link_gbytes_per_s[env.cpu_vendor])
         else:
             intra = env.intra.nvlink_gbytes_per_s
         link_eff = prm.link_eff(env.arch, env.intra.fabric)
@@ -433,7 +452,7 @@ class WorldModel:
                           ranks_per_node * max(1, env.inter.nics_per_node // env.gpus_per_node)))
         nic = min(env.inter.nic_gbytes_per_s, env.intra.pcie_gbytes_per_s)  # the GPU reaches its NIC over PCIe
         if not env.inter.gpudirect:
-            nic = min(nic, prm.cpu_link_gbps[env.cpu_vendor])
+            nic = min(nic, prm.cpu_link_gbytes_per_s[env.cpu_vendor])
         net_eff = prm.net_efficiency[env.inter.transport]
         return Links(intra_datasheet_gbytes_per_s=intra, intra_gbytes_per_s=intra * link_eff * 1.0,
                      nvls_gbytes_per_s=intra * link_eff * nvls_eff,

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from dynamiccl import __version__
+from dynamiccl import schema
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.evaluate import METADATA_KEY, Results, calls_path, counted_steps, sample_efficiency
 
@@ -110,10 +111,7 @@ def load_calibration(path: str | os.PathLike) -> dict:
     Raises:
         InputError: unreadable, not JSON, or without the ``tables`` / ``overall`` keys.
     """
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, None, f"not a readable calibration JSON ({exc})") from None
+    data = schema.read_json(path, "calibration summary", allow_nan=True)  # NaN: files of dynamiccl 0.1
     if not isinstance(data, dict):
         raise InputError(path, None, "expected a JSON object written by `dynamiccl validate --json`")
     for key in ("tables", "overall"):
@@ -122,6 +120,9 @@ def load_calibration(path: str | os.PathLike) -> dict:
     for name, entry in data["tables"].items():
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), dict) for k in ("world", "nccl_model")):
             raise InputError(path, f"tables.{name}", "expected world and nccl_model error summaries")
+    for table in (data.get("points") or {}).values():  # files written before the *_gbps keys were renamed
+        for old in [key for key in table if key.endswith("_busbw_gbps")]:
+            table.setdefault(old.removesuffix("_gbps") + "_gbytes_per_s", table.pop(old))
     return data
 
 

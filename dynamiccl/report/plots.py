@@ -180,9 +180,9 @@ def calibration_scatter(points: dict) -> bytes:
     ax = fig.subplots()
     low, high = np.inf, 0.0
     for i, (name, table) in enumerate(points.items()):
-        measured = np.asarray(table["measured_busbw_gbps"], dtype=float)
-        for key, style in (("predicted_busbw_gbps", dict(marker="o", color=f"C{i % 10}", label=name)),
-                           ("nccl_model_busbw_gbps", dict(marker="o", facecolors="none", edgecolors=f"C{i % 10}"))):
+        measured = np.asarray(table["measured_busbw_gbytes_per_s"], dtype=float)
+        for key, style in (("predicted_busbw_gbytes_per_s", dict(marker="o", color=f"C{i % 10}", label=name)),
+                           ("nccl_model_busbw_gbytes_per_s", dict(marker="o", facecolors="none", edgecolors=f"C{i % 10}"))):
             predicted = np.asarray(table[key], dtype=float)
             ax.scatter(measured, predicted, s=14, lw=0.8, **style)
             positive = np.concatenate([measured, predicted])
