@@ -41,9 +41,10 @@ from typing import Any, Callable, Protocol as TypingProtocol, Sequence
 
 import numpy as np
 
+from dynamiccl import schema
 from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import KEEP
+from dynamiccl.nccl import KEEP, TUNABLE_FUNCS
 from dynamiccl.table.model import DecisionTable, PositionCounter
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels
 from dynamiccl.tuning.observation import OBS_SIZE
@@ -51,6 +52,19 @@ from dynamiccl.tuning.online import CoordinateDescent, OnlineLearner, UCBBandit
 
 STATIC_BEST_FORMAT = "dynamiccl-static-best"
 STATIC_BEST_VERSION = 1
+_STATIC_BEST = schema.Schema(  # what StaticBestAgent.to_json writes
+    schema.choice("format", (STATIC_BEST_FORMAT,)),
+    schema.choice("version", (STATIC_BEST_VERSION,)),
+    schema.string("name", "static-best"),
+    schema.json_value("provenance", {}),
+    schema.tables("rules", schema.Schema(
+        schema.integer("coll", low=0, high=len(TUNABLE_FUNCS) - 1, help="a tunable ncclFunc_t"),
+        schema.integer("size_bucket", low=0, high=64, help="floor(log2 nbytes)"),
+        schema.integer("nranks", low=1), schema.integer("nnodes", low=1),
+        schema.integer("action", low=0, high=NUM_ACTIONS - 1),
+        schema.string("choice", "", help="the action in words (written for readers; not read)"),
+    )),
+)
 
 
 class Agent:
@@ -252,30 +266,9 @@ class StaticBestAgent(Agent):
             InputError: naming ``source`` and the field, for invalid JSON, a wrong format or
                 version, or a rule with a missing key or an action outside 0..NUM_ACTIONS-1.
         """
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(source, f"line {err.lineno} column {err.colno}", f"not valid JSON: {err.msg}") from None
-        if not isinstance(data, dict) or data.get("format") != STATIC_BEST_FORMAT:
-            raise InputError(source, "format", f"expected a JSON object with format {STATIC_BEST_FORMAT!r}")
-        if data.get("version") != STATIC_BEST_VERSION:
-            raise InputError(source, "version", f"expected {STATIC_BEST_VERSION}, got {data.get('version')!r}")
-        rules = data.get("rules")
-        if not isinstance(rules, list):
-            raise InputError(source, "rules", "expected a list of rule objects")
-        table = {}
-        for i, rule in enumerate(rules):
-            try:
-                key = tuple(int(rule[k]) for k in ("coll", "size_bucket", "nranks", "nnodes"))
-                action = int(rule["action"])
-            except (KeyError, TypeError, ValueError) as err:
-                raise InputError(source, f"rules[{i}]", f"expected integer coll, size_bucket, nranks, nnodes "
-                                 f"and action ({err!r})") from None
-            if not 0 <= action < NUM_ACTIONS:
-                raise InputError(source, f"rules[{i}].action",
-                                 f"{action} is out of range; expected 0 .. {NUM_ACTIONS - 1}")
-            table[key] = action
-        return cls(table, name=str(data.get("name", "static-best")), provenance=data.get("provenance") or {})
+        data = _STATIC_BEST.parse(schema.parse_json(text, source), source)
+        table = {(r["coll"], r["size_bucket"], r["nranks"], r["nnodes"]): r["action"] for r in data["rules"]}
+        return cls(table, name=data["name"], provenance=data["provenance"])
 
 
 # --- online learners -------------------------------------------------------------------------------
