@@ -30,7 +30,8 @@ from dynamiccl.errors import InputError
 
 REQUIRED: Any = object()  # a field without a default: missing is an error
 
-_KINDS = ("int", "float", "bool", "str", "choice", "int_list", "float_list", "table", "tables", "mapping", "json")
+_KINDS = ("int", "float", "bool", "str", "choice", "int_list", "float_list", "table", "tables", "mapping", "json",
+          "list")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class Field:
             return f"a list of [[{self.name}]] tables"
         if self.kind == "mapping":
             return f"a table of names to {self.values.expectation()}"
+        if self.kind == "list":
+            return "a list"
         return "a JSON object"
 
 
@@ -103,9 +106,9 @@ def _bounds(f: Field) -> str:
 
 
 def integer(name: str, default: Any = REQUIRED, *, low: int | None = None, high: int | None = None,
-            low_inclusive: bool = True, help: str = "") -> Field:
+            low_inclusive: bool = True, help: str = "", expect: str = "") -> Field:
     """An integer (TOML/JSON integers only: no booleans, no 2.0) within ``low``..``high``."""
-    return Field(name, "int", default, help, low, high, low_inclusive)
+    return Field(name, "int", default, help, low, high, low_inclusive, expect=expect)
 
 
 def number(name: str, default: Any = REQUIRED, *, low: float | None = None, high: float | None = None,
@@ -156,6 +159,11 @@ def tables(name: str, schema: "Schema", default: Any = REQUIRED, *, help: str = 
 def mapping(name: str, values: Field, default: Any = REQUIRED, *, help: str = "") -> Field:
     """A table of free names, each value checked against ``values`` (whose name is ignored)."""
     return Field(name, "mapping", default, help, values=values)
+
+
+def json_list(name: str, default: Any = REQUIRED, *, help: str = "", expect: str = "") -> Field:
+    """A JSON list whose items the format's own code checks (e.g. ``[first, last]`` pairs)."""
+    return Field(name, "list", default, help, expect=expect)
 
 
 def formerly(field: Field, *old_names: str) -> Field:
@@ -307,6 +315,10 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
         if not isinstance(value, dict):
             raise bad()
         return {key: _check(f.values, item, source, f"{name}.{key}") for key, item in value.items()}
+    if f.kind == "list":
+        if not isinstance(value, list):
+            raise bad()
+        return value
     if not isinstance(value, dict):  # json
         raise bad()
     return value
@@ -432,5 +444,5 @@ def json_text(obj: Any, indent: int | None = 1) -> str:
     return json.dumps(strict(obj), indent=indent, allow_nan=False) + "\n"
 
 __all__ = ["REQUIRED", "Field", "Schema", "integer", "number", "flag", "string", "choice", "int_list", "number_list", "table",
-           "tables", "mapping", "json_value", "formerly", "show", "expected", "read_text", "read_toml", "parse_json",
+           "tables", "mapping", "json_value", "json_list", "formerly", "show", "expected", "read_text", "read_toml", "parse_json",
            "read_json", "json_text"]

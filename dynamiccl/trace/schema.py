@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dynamiccl import nccl
+from dynamiccl import nccl, schema
 from dynamiccl.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -209,83 +209,87 @@ class TraceMeta:
 
     @classmethod
     def from_json_obj(cls, obj: Any, source: str) -> "TraceMeta":
-        """Parse and check the metadata object.
+        """Parse and check the metadata object (:data:`TRACE_METADATA`).
 
         Raises:
             InputError: naming ``source`` and the metadata key that is missing or wrong.
         """
-        where = "metadata"
-
-        def need(container: Any, key: str, typ, path: str):
-            if not isinstance(container, dict) or key not in container:
-                raise InputError(source, f"{where} '{path}'", "missing")
-            value = container[key]
-            if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise InputError(source, f"{where} '{path}'", f"expected an integer, got {value!r}")
-            if typ is not int and not isinstance(value, typ):
-                raise InputError(source, f"{where} '{path}'", f"expected {typ.__name__}, got {value!r}")
-            return value
-
-        version = need(obj, "schema_version", int, "schema_version")
-        if version > SCHEMA_VERSION or version < 1:
-            raise InputError(source, f"{where} 'schema_version'",
+        try:
+            values = TRACE_METADATA.parse(obj, source)
+        except InputError as err:
+            raise InputError(source, f"metadata '{err.field}'", err.problem) from None
+        version = values["schema_version"]
+        if not 1 <= version <= SCHEMA_VERSION:
+            raise InputError(source, "metadata 'schema_version'",
                              f"version {version} is not supported (this dynamiccl reads 1..{SCHEMA_VERSION}); "
                              "upgrade dynamiccl to read it")
-        src = need(obj, "source", str, "source")
-        world = need(obj, "world_size", int, "world_size")
-        gpn = need(obj, "gpus_per_node", int, "gpus_per_node")
-        if world < 1 or gpn < 1:
-            raise InputError(source, f"{where} 'world_size'/'gpus_per_node'", "must be >= 1")
+        world = values["world_size"]
         groups: dict[str, Group] = {}
-        for i, g in enumerate(need(obj, "groups", list, "groups")):
-            path = f"groups[{i}]"
-            gid = need(g, "group_id", str, f"{path}.group_id")
-            kind = need(g, "kind", str, f"{path}.kind")
-            if kind not in GROUP_KINDS:
-                raise InputError(source, f"{where} '{path}.kind'",
-                                 f"unknown group kind {kind!r}; expected one of {', '.join(GROUP_KINDS)}")
-            ranks = need(g, "ranks", list, f"{path}.ranks")
-            if not ranks or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < world
-                                    for r in ranks) or len(set(ranks)) != len(ranks):
-                raise InputError(source, f"{where} '{path}.ranks'",
-                                 f"expected distinct global ranks in 0..{world - 1}")
-            nnodes = need(g, "nnodes", int, f"{path}.nnodes")
-            if not 1 <= nnodes <= len(ranks):
-                raise InputError(source, f"{where} '{path}.nnodes'", f"expected 1..{len(ranks)}, got {nnodes}")
-            if gid in groups:
-                raise InputError(source, f"{where} '{path}.group_id'", f"duplicate group id {gid!r}")
-            groups[gid] = Group(gid, kind, tuple(ranks), nnodes, str(g.get("desc", "")))
+        for i, g in enumerate(values["groups"]):
+            where = f"metadata 'groups[{i}]"
+            if g["kind"] not in GROUP_KINDS:
+                raise InputError(source, f"{where}.kind'",
+                                 f"unknown group kind {g['kind']!r}; expected one of {', '.join(GROUP_KINDS)}")
+            ranks = g["ranks"]
+            if not ranks or any(r >= world for r in ranks) or len(set(ranks)) != len(ranks):
+                raise schema.expected(source, f"{where}.ranks'", f"distinct global ranks in 0..{world - 1}", ranks)
+            if g["nnodes"] > len(ranks):
+                raise schema.expected(source, f"{where}.nnodes'", f"1..{len(ranks)}", g["nnodes"])
+            if g["group_id"] in groups:
+                raise InputError(source, f"{where}.group_id'", f"duplicate group id {g['group_id']!r}")
+            groups[g["group_id"]] = Group(g["group_id"], g["kind"], tuple(ranks), g["nnodes"], g["desc"])
         roles: dict[int, RankRole] = {}
         covered: list[tuple[int, int, int]] = []
-        for i, r in enumerate(need(obj, "roles", list, "roles")):
-            path = f"roles[{i}]"
-            rank = need(r, "rank", int, f"{path}.rank")
-            reps = need(r, "represents", list, f"{path}.represents")
+        for i, r in enumerate(values["roles"]):
+            where, rank = f"metadata 'roles[{i}]", r["rank"]
             try:
-                ranges = tuple((int(lo), int(hi)) for lo, hi in reps)
+                ranges = tuple((int(lo), int(hi)) for lo, hi in r["represents"])
             except (TypeError, ValueError):
-                raise InputError(source, f"{where} '{path}.represents'",
-                                 "expected a list of [first, last] rank ranges") from None
+                raise schema.expected(source, f"{where}.represents'", "a list of [first, last] rank ranges",
+                                      r["represents"]) from None
             if not ranges or any(lo > hi or lo < 0 or hi >= world for lo, hi in ranges) or \
                     not any(lo <= rank <= hi for lo, hi in ranges):
-                raise InputError(source, f"{where} '{path}.represents'",
-                                 f"expected ranges within 0..{world - 1} that include rank {rank}")
+                raise schema.expected(source, f"{where}.represents'",
+                                      f"ranges within 0..{world - 1} that include rank {rank}", r["represents"])
             if rank in roles:
-                raise InputError(source, f"{where} '{path}.rank'", f"rank {rank} listed twice")
-            roles[rank] = RankRole(rank, ranges, str(r.get("role", "")))
+                raise InputError(source, f"{where}.rank'", f"rank {rank} listed twice")
+            roles[rank] = RankRole(rank, ranges, r["role"])
             covered.extend((lo, hi, rank) for lo, hi in ranges)
         covered.sort()
         for (lo1, hi1, r1), (lo2, hi2, r2) in zip(covered, covered[1:]):
             if lo2 <= hi1:
-                raise InputError(source, f"{where} 'roles'",
+                raise InputError(source, "metadata 'roles'",
                                  f"ranks {lo2}..{min(hi1, hi2)} are represented by both rank {r1} and rank {r2}")
-        workload = obj.get("workload", {})
-        compute = obj.get("compute", {})
-        if not isinstance(workload, dict) or not isinstance(compute, dict):
-            raise InputError(source, f"{where} 'workload'/'compute'", "expected JSON objects")
-        return cls(source=src, world_size=world, gpus_per_node=gpn, groups=groups, roles=roles,
-                   workload=workload, compute=compute, description=str(obj.get("description", "")),
-                   created_by=str(obj.get("created_by", "")), schema_version=version)
+        return cls(source=values["source"], world_size=world, gpus_per_node=values["gpus_per_node"], groups=groups,
+                   roles=roles, workload=values["workload"], compute=values["compute"],
+                   description=values["description"], created_by=values["created_by"],
+                   schema_version=values["schema_version"])
+
+
+# The metadata JSON a trace file carries (``TraceMeta.to_json_obj`` writes it), declared once.
+TRACE_METADATA = schema.Schema(
+    schema.integer("schema_version", help=f"trace format version; this dynamiccl reads 1..{SCHEMA_VERSION}"),
+    schema.string("source", help="what produced the trace (generator, profiler, an importer)"),
+    schema.string("created_by", ""),
+    schema.string("description", ""),
+    schema.integer("world_size", low=1),
+    schema.integer("gpus_per_node", low=1),
+    schema.flag("representative", False, help="written for readers: some rank stands for others"),
+    schema.tables("roles", schema.Schema(
+        schema.integer("rank", low=0),
+        schema.json_list("represents", expect="a list of [first, last] rank ranges"),
+        schema.string("role", ""),
+    )),
+    schema.tables("groups", schema.Schema(
+        schema.string("group_id"),
+        schema.string("kind", help=f"one of {', '.join(GROUP_KINDS)}"),
+        schema.int_list("ranks", low=0, high=2**31 - 1, max_len=2**31 - 1, help="global ranks"),
+        schema.integer("nnodes", low=1),
+        schema.string("desc", ""),
+    )),
+    schema.json_value("workload", {}, help="free-form provenance of the generator or capture"),
+    schema.json_value("compute", {}, help="free-form provenance of compute durations"),
+)
 
 
 # --- validation ----------------------------------------------------------------------------------
