@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from dynamiccl.envspec import EnvSpec
 
 DEFAULT_COST_MODEL = "world"
+# Where a model without send/recv and AlltoAll costs (``costs_p2p`` False: NCCL's, whose tuner never
+# sees them) takes those from: the world, quiet and alone, as the first cost tables did.
+P2P_REFERENCE_MODEL = "world"
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ for _a in range(NUM_ALGORITHMS):
         for _c, _ch in enumerate(CHANNEL_CHOICES):
             _i = 1 + (_a * NUM_PROTOCOLS + _p) * len(CHANNEL_CHOICES) + _c
             ACTION_ALGO[_i], ACTION_PROTO[_i], ACTION_CHANNELS[_i] = _a, _p, _ch
-ACTION_CELL = np.where(ACTION_ALGO >= 0, ACTION_ALGO * NUM_PROTOCOLS + ACTION_PROTO, -1)  # flat 7x3 cell
+ACTION_CELL = np.where(ACTION_ALGO >= 0, ACTION_ALGO * NUM_PROTOCOLS + ACTION_PROTO, -1)  # flat [algorithm][protocol] cell
 
 
 def action_index(algo: int, proto: int, channels: int) -> int:
@@ -71,7 +71,7 @@ def action_mask(enabled_cells: np.ndarray, channel_cap: int, nvls_channel_cap: i
     always valid.
 
     Args:
-        enabled_cells: bool[21] (flat [algorithm][protocol]), True where NCCL's cost is >= 0.
+        enabled_cells: bool[NUM_COST_CELLS] (flat [algorithm][protocol]), True where NCCL's cost is >= 0.
         channel_cap, nvls_channel_cap: the communicator's channel pools.
     """
     cell = np.clip(ACTION_CELL, 0, None)

@@ -376,7 +376,7 @@ class PolicyAgent(Agent):
 class TableAgent(Agent):
     """A decision table applied exactly as the tuner plugin applies it.
 
-    Per call: ``table.choose(NCCL's 7x3 cost table, call)``, where the call's ``position`` is what
+    Per call: ``table.choose(NCCL's [algorithm][protocol] cost table, call)``, where the call's ``position`` is what
     the plugin's per-communicator counter gives it (``PositionCounter`` over the table's step lines, in steady state: the counter
     runs over three consecutive steps of each group and the last one counts), not the trace's --
     a shape without a step line has unknown positions (-1) at run time, so position rules do not

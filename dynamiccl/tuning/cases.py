@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dynamiccl.costmodel.dynamics import CongestionProcess, noise_factors
+from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.envspec import EnvSpec, resolve_env
 from dynamiccl.errors import InputError
 from dynamiccl.trace.store import Trace
@@ -64,7 +65,7 @@ def _program(trace: str, step: int | None) -> StepProgram:
 
 
 @lru_cache(maxsize=256)
-def load_case(case: Case, model: str = "world") -> LoadedCase:
+def load_case(case: Case, model: str = DEFAULT_COST_MODEL) -> LoadedCase:
     """Compile and cost ``case`` (cached per process).
 
     Raises:

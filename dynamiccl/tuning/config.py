@@ -71,7 +71,7 @@ from dynamiccl import schema
 from dynamiccl.envspec import resolve_env
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.cases import Case
-from dynamiccl.costmodel.registry import COST_MODELS
+from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL
 from dynamiccl.tuning.policy_file import ACTIVATIONS  # what a policy file can hold
 from dynamiccl.workload.spec import WORKLOAD, WorkloadSpec
 
@@ -92,7 +92,7 @@ EXPERIMENT = schema.Schema(
     schema.string("description", ""),
     schema.integer("seed", 0, low=0, high=2**32 - 1,
                    help="seeds torch, numpy, the agent and the env's draws of (case, state)"),
-    schema.choice("model", tuple(COST_MODELS), "world", help="the cost model the environment replays with"),
+    schema.choice("model", tuple(COST_MODELS), DEFAULT_COST_MODEL, help="the cost model the environment replays with"),
 )
 TRAIN = schema.Schema(
     schema.tables("cases", CASE, [], help="one or more training cases"),

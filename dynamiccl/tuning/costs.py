@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dynamiccl.costmodel import COST_MODELS, DEFAULT_COST_MODEL, CostModel, CostModelOptions, cost_model_entry
+from dynamiccl.costmodel.registry import P2P_REFERENCE_MODEL
 from dynamiccl.callkey import CallKey
 from dynamiccl.costmodel.batch import is_p2p, make_batch
 from dynamiccl.costmodel.nccl_model import NcclModel
@@ -159,7 +160,7 @@ class CostTable:
             # As the first cost tables did: send/recv and AlltoAll take the world's time, quiet and
             # alone, from a model without point-to-point costs (NCCL's); their algo/proto/channels
             # stay that model's.
-            world = COST_MODELS["world"].create(env, options)
+            world = COST_MODELS[P2P_REFERENCE_MODEL].create(env, options)
             time_us = time_us.copy()
             time_us[p2p] = world.evaluate(batch.subset(p2p).quiet()).time_us
 

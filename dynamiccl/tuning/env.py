@@ -17,7 +17,7 @@ from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS
 from dynamiccl.envspec import resolve_env
 from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay
-from dynamiccl.costmodel.registry import COST_MODELS
+from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.timeline import Replay
 from dynamiccl.workload.spec import WorkloadSpec
@@ -111,7 +111,7 @@ class TuningEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, cases: Sequence[Case | tuple] | None = None, model: str = "world", states: int = 8,
+    def __init__(self, cases: Sequence[Case | tuple] | None = None, model: str = DEFAULT_COST_MODEL, states: int = 8,
                  state_offset: int = 0, reward_scale: float = 100.0):
         super().__init__()
         if model not in COST_MODELS:
