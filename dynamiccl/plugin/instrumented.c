@@ -108,14 +108,20 @@ static long counts_and_free(int rc, dccl_table_t* t, long* n_steps) {
   return n;
 }
 
+/* The caller's error buffer, or ``local`` when it gave none; emptied. */
+static char* error_buffer(char* err, size_t* errlen, char* local, size_t local_bytes) {
+  if (!err || *errlen == 0) {
+    err = local;
+    *errlen = local_bytes;
+  }
+  err[0] = '\0';
+  return err;
+}
+
 DCCL_EXPORT long dynamiccl_tuner_parse(const char* data, size_t len, char* err, size_t errlen, long* n_steps) {
   dccl_table_t t;
   char local[DCCL_ERR_BYTES];
-  if (!err || errlen == 0) {
-    err = local;
-    errlen = sizeof(local);
-  }
-  err[0] = '\0';
+  err = error_buffer(err, &errlen, local, sizeof(local));
   if (!data && len) return -1;
   return counts_and_free(dccl_table_parse(data ? data : "", len, &t, err, errlen), &t, n_steps);
 }
@@ -123,11 +129,7 @@ DCCL_EXPORT long dynamiccl_tuner_parse(const char* data, size_t len, char* err, 
 DCCL_EXPORT long dynamiccl_tuner_check_file(const char* path, char* err, size_t errlen, long* n_steps) {
   dccl_table_t t;
   char local[DCCL_ERR_BYTES];
-  if (!err || errlen == 0) {
-    err = local;
-    errlen = sizeof(local);
-  }
-  err[0] = '\0';
+  err = error_buffer(err, &errlen, local, sizeof(local));
   if (!path) {
     snprintf(err, errlen, "no path");
     return -1;
