@@ -387,7 +387,7 @@ def test_sample_efficiency_known_answer():
 
 
 def test_agent_registry_builds_each_agent_by_name():
-    from dynamiccl.tuning.agents import AGENTS, AgentInputs, make_agents
+    from dynamiccl.tuning.agent_registry import AGENTS, AgentInputs, make_agents
 
     built = make_agents(["nccl-default", "random", "oracle", "ucb-bandit", "coordinate-descent", "policy"],
                         AgentInputs(seed=3))
@@ -403,7 +403,7 @@ def test_agent_registry_builds_each_agent_by_name():
 
 def test_a_new_agent_is_one_registry_entry(monkeypatch, capsys, tmp_path):
     from dynamiccl.cli import main
-    from dynamiccl.tuning import agents
+    from dynamiccl.tuning import agent_registry, agents
 
     class Always(agents.Agent):
         name = "always-ring"
@@ -411,7 +411,8 @@ def test_a_new_agent_is_one_registry_entry(monkeypatch, capsys, tmp_path):
         def act(self, env, obs, mask):
             return int(np.flatnonzero(mask)[-1])
 
-    monkeypatch.setitem(agents.AGENTS, "always-ring", agents.AgentEntry(lambda inputs: Always(), "test agent"))
+    monkeypatch.setitem(agent_registry.AGENTS, "always-ring",
+                        agent_registry.AgentEntry(lambda inputs: Always(), "test agent"))
     out = tmp_path / "r.parquet"
     assert main(["evaluate", "--traces", CASES[0][0], "--envs", "dgx-h100", "--states", "1", "--agents",
                  "nccl-default,always-ring", "-o", str(out)]) == 0

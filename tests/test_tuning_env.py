@@ -9,7 +9,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import dynamiccl.tuning  # noqa: F401  (registers the environment)
 from dynamiccl.costmodel.nccl_model import NcclModel
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import TUNABLE_FUNCS
@@ -18,7 +17,7 @@ from dynamiccl.tuning.actions import (
     ACTION_ALGO, ACTION_CELL, ACTION_CHANNELS, DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action,
 )
 from dynamiccl.tuning.cases import Case, default_schedule, load_case, new_replay
-from dynamiccl.tuning.env import ENV_ID, TuningEnv
+from dynamiccl.tuning.env import ENV_ID, TuningEnv  # importing it registers ENV_ID with gymnasium
 from dynamiccl.tuning.observation import encode, key_columns
 from dynamiccl.tuning.program import StepProgram
 from dynamiccl.tuning.timeline import latest_finish

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from dynamiccl.errors import InputError
-from dynamiccl.tuning.agents import AGENTS
+from dynamiccl.tuning.agent_registry import AGENTS
 
 def add_commands(sub) -> None:
     from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL, cost_models_help, simulated_cost_models
@@ -71,7 +71,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from dynamiccl.tuning.cases import Case
     from dynamiccl.tuning.env import TuningEnv
-    from dynamiccl.tuning.agents import AgentInputs, make_agents
+    from dynamiccl.tuning.agent_registry import AgentInputs, make_agents
     from dynamiccl.tuning.evaluate import evaluate
 
     names = [n.strip() for n in args.agents.split(",") if n.strip()]
