@@ -16,6 +16,11 @@ conditions at its start, noise included (what NCCL's profiler plugin would repor
 
 ``Results.write(path)`` stores them as two Parquet files (``x.parquet`` and ``x.calls.parquet``)
 with JSON metadata under the key ``dynamiccl.results``.
+
+``EvaluationPlan`` says what ``dynamiccl evaluate`` replays (an experiment config's held-out split,
+or traces crossed with environment specs) and what static-best is fitted on; ``evaluate_plan``
+builds the registered agents and evaluates them on it. ``TuningEnv`` is imported only there, so
+that reading results (``dynamiccl report``) does not import gymnasium.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,6 +47,9 @@ from dynamiccl.tuning.actions import ACTION_ALGO, ACTION_PROTO, describe_action
 from dynamiccl.tuning.agents import Agent, OracleAgent
 from dynamiccl.tuning.cases import Case
 from dynamiccl.tuning.observation import key_columns
+
+if TYPE_CHECKING:
+    from dynamiccl.tuning.env import TuningEnv
 
 METADATA_KEY = b"dynamiccl.results"
 SLOWER_TOLERANCE = 0.01     # "slower than NCCL's default" means a step more than 1% longer
@@ -415,7 +423,7 @@ class EvaluationPlan:
         cases = tuple(Case(trace, env) for trace in traces for env in envs)
         return cls(cases, tuple(range(state_offset, state_offset + states)), cases, tuple(range(states)), model)
 
-    def env(self):
+    def env(self) -> TuningEnv:
         """A ``TuningEnv`` over the evaluated cases.
 
         Raises:
@@ -425,7 +433,7 @@ class EvaluationPlan:
 
         return TuningEnv(list(self.cases), model=self.model)
 
-    def fit_episodes(self) -> tuple[Any, list[tuple[int, int]]]:
+    def fit_episodes(self) -> tuple[TuningEnv, list[tuple[int, int]]]:
         """(a ``TuningEnv`` over the fit cases, every (case index, state) of the fit split): the
         episodes ``AgentInputs.fit`` hands to agents fitted offline."""
         from dynamiccl.tuning.env import TuningEnv
