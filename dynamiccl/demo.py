@@ -135,8 +135,8 @@ def run_demo(out_dir: Path, command: Callable[[list[str]], int], timesteps: int 
     _run("     ", ["evaluate", "--config", str(config), "--run-dir", str(run_dir), "--policy",
                    str(run_dir / "policy.zip"), "--online-steps", str(DEMO_ONLINE_STEPS), "-o", str(results)])
     print("[4/5] exporting the policy as a decision table for the tuner plugin")
-    _run("     ", ["export", "--policy", str(run_dir / "policy.zip"), "--cases-config", str(config), "--run-dir",
-                   str(run_dir), "-o", str(table), "--nccl-csv", str(out_dir / "nccl_tuner.conf")])
+    _run("     ", ["table", "export", "--policy", str(run_dir / "policy.zip"), "--cases-config", str(config),
+                   "--run-dir", str(run_dir), "-o", str(table), "--nccl-csv", str(out_dir / "nccl_tuner.conf")])
     report_dir = out_dir / "report"
     print("[5/5] writing the report")
     _run("     ", ["report", str(results), "--training-curve", str(run_dir / "training_curve.csv"),

@@ -324,13 +324,11 @@ def launch(command: Sequence[str], table: str | os.PathLike | None = None,
 
 
 def _merge(capture_dir: Path, command: list[str], gpus_per_node: int) -> None:
-    from dynamiccl.profiler.merge import merge_capture
+    from dynamiccl.profiler.merge import training_steps, write_merged_trace
 
-    out = capture_dir.parent / "trace.parquet"
     try:
-        trace = merge_capture(capture_dir, gpus_per_node=gpus_per_node, description=shlex.join(command))
-        trace.write(out)
+        out, trace = write_merged_trace(capture_dir, gpus_per_node=gpus_per_node, description=shlex.join(command))
     except (DynamicclError, OSError) as exc:
         say(f"no trace: {exc}")
         return
-    say(f"wrote {out} ({int(trace.ops['step'].max())} training step(s) after setup)")
+    say(f"wrote {out} ({training_steps(trace)} training step(s) after setup)")

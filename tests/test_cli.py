@@ -212,6 +212,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert {"nccl-default", "oracle", "policy", "ucb-bandit", "coordinate-descent"} <= agents
     assert load(out / "table.json").provenance["policy"] == str(out / "run" / "policy.zip")
     assert "What is where" in done.stdout and str(out / "table.json") in done.stdout
+    assert "$ dynamiccl table export --policy" in done.stdout and "note:" not in done.stderr  # the new spelling
     html = (out / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and (out / "report" / "summary.md").is_file()
 
@@ -234,3 +235,87 @@ def test_bad_flags_are_clear_errors(argv, fragment, capsys, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert fragment in capsys.readouterr().err
+
+
+# --- the command line's shape: thin handlers over the library ---------------------------------------
+
+def test_building_the_parser_imports_no_numerical_or_learning_library():
+    """`dynamiccl --help` and a mistyped flag answer at once: the handlers import the library when they run."""
+    code = ("import sys; from dynamiccl.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow', 'torch', 'gymnasium', 'stable_baselines3') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_format_choices_are_the_registered_importers_and_exporters():
+    from dynamiccl.cli.trace import EXPORT_FORMATS, IMPORT_FORMATS
+    from dynamiccl.profiler.exporters import EXPORTERS
+    from dynamiccl.profiler.importers import IMPORTERS
+
+    assert IMPORT_FORMATS == tuple(IMPORTERS) and EXPORT_FORMATS == tuple(EXPORTERS)
+
+
+@pytest.mark.parametrize("fmt", ["chakra", "param"])
+def test_trace_export_and_its_old_spelling_write_the_same_files(fmt, tmp_path, capsys):
+    new, old = tmp_path / "new", tmp_path / "old"
+    assert main(["trace", "export", fmt, "traces/ref-pp2-dp2.parquet", "-o", str(new)]) == 0
+    new_run = capsys.readouterr()
+    assert new_run.err == "" and new_run.out == f"wrote {len(list(new.iterdir()))} {fmt} file(s) to {new}\n"
+    assert main(["export", fmt, "traces/ref-pp2-dp2.parquet", "-o", str(old)]) == 0
+    old_run = capsys.readouterr()
+    assert old_run.err == (f"dynamiccl: note: 'dynamiccl export {fmt}' is now 'dynamiccl trace export {fmt}'; "
+                           "the old spelling goes in the next release\n")
+    assert old_run.out == new_run.out.replace(str(new), str(old))
+    names = sorted(path.name for path in new.iterdir())
+    assert names and names == sorted(path.name for path in old.iterdir())
+    assert all((new / name).read_bytes() == (old / name).read_bytes() for name in names)
+
+
+def test_export_spellings_refuse_what_they_cannot_do(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["trace", "export", "ascii", "traces/ref-pp2-dp2.parquet", "-o", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["table", "export", "-o", str(tmp_path / "t.json")])  # --policy is required
+    assert "--policy" in capsys.readouterr().err
+    assert main(["export", "param", "traces/ref-pp2-dp2.parquet", "--policy", "p.zip", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "give either --policy" in err and "note:" not in err and not any(tmp_path.iterdir())
+
+
+def test_replay_prints_the_library_figures(capsys):
+    from dynamiccl.tuning.cases import Case
+    from dynamiccl.tuning.throughput import replay_case
+
+    trace = "traces/ref-pp2-dp2.parquet"
+    assert main(["replay", trace, "--env", "dgx-h100", "--state", "2", "--random-steps", "50", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    figures = replay_case(Case(trace, "dgx-h100"), 2)
+    expected = figures.to_json()
+    assert list(out) == [*expected, "env_steps_per_s"] and out["env_steps_per_s"] > 0
+    assert {k: out[k] for k in ("ops", "calls", "decisions", "step_time_us", "busiest_rank_compute_us")} == \
+        {k: expected[k] for k in ("ops", "calls", "decisions", "step_time_us", "busiest_rank_compute_us")}
+    assert main(["replay", trace, "--env", "dgx-h100", "--state", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{trace} on dgx-h100 (state 2); {figures.cost_model}"
+    assert lines[1] == f"  {figures.ops:,} ops, {figures.calls:,} calls of which {figures.decisions:,} tunable"
+    assert lines[2] == (f"  step time {figures.step_time_us / 1e3:,.1f} ms with NCCL's choices; busiest rank's "
+                        f"compute alone {figures.busiest_rank_compute_us / 1e3:,.1f} ms")
+    assert lines[3].startswith("  compiled and costed in ") and len(lines) == 4
+
+
+def test_evaluate_json_is_the_results_summary_by_agent(tmp_path, capsys):
+    from dynamiccl.tuning.evaluate import Results
+
+    out, summary = tmp_path / "r.parquet", tmp_path / "summary.json"
+    assert main(["evaluate", "--traces", "traces/ref-pp2-dp2.parquet", "--envs", "dgx-h100", "--states", "1",
+                 "--agents", "nccl-default,random", "--online-steps", "1", "-o", str(out), "--json", str(summary)]) == 0
+    printed = capsys.readouterr().out
+    written = json.loads(summary.read_text())
+    assert written["results"] == str(out) and written["summary"] == Results.read(out).summary_by_agent()
+    assert list(written["summary"]) == ["oracle", "nccl-default", "random"]
+    assert printed.splitlines()[-1].endswith(f"(cost model: {written['cost_model']})")
+    assert written["cost_model"].startswith("world simulator")
+    assert main(["evaluate", "--traces", "traces/ref-pp2-dp2.parquet", "-o", str(out)]) == 2
+    assert "give --config, or --traces and --envs" in capsys.readouterr().err

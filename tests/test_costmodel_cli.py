@@ -211,3 +211,31 @@ def test_validate_missing_column_is_named(tmp_path, capsys):
 def test_validate_unreadable_measurements(tmp_path, capsys):
     assert main(["validate", "--measurements", str(tmp_path / "none.csv"), "--plot", str(tmp_path / "x.png")]) == 2
     assert "none.csv" in capsys.readouterr().err
+
+
+# --- the checks behind the flags --------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value,flag", [
+    ("channels", 65, "--channels"), ("channels", -1, "--channels"), ("nranks", -1, "--nranks"),
+    ("nnodes", -2, "--nnodes"), ("live_nprocs", -1, "--nprocs"), ("overlap", 1.5, "--overlap"),
+    ("overlap", -0.1, "--overlap"), ("congestion", 0.96, "--congestion"), ("congestion", -0.5, "--congestion"),
+])
+def test_sweep_request_refuses_out_of_range_values_naming_their_flag(field, value, flag):
+    from dynamiccl.costmodel.simulate import SweepRequest
+    from dynamiccl.errors import InputError
+
+    with pytest.raises(InputError, match="expected") as info:
+        SweepRequest("allreduce", [8], **{field: value})
+    assert info.value.source == flag
+    SweepRequest("allreduce", [8], channels=64, nranks=8, nnodes=1, live_nprocs=1, overlap=1.0, congestion=0.95)
+
+
+def test_throughput_needs_a_thousand_rows(capsys):
+    from dynamiccl.costmodel.throughput import measure
+    from dynamiccl.errors import InputError
+
+    with pytest.raises(InputError, match="expected at least 1000 rows, got 999") as info:
+        measure(resolve_env("dgx-h100"), 999)
+    assert info.value.source == "--throughput"
+    assert main(["simulate", "--env", "dgx-h100", "--coll", "allreduce", "--throughput", "10"]) == 2
+    assert "--throughput" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Export is faithful: the decision table `dynamiccl export --policy` writes gives, in the
+"""Export is faithful: the decision table `dynamiccl table export --policy` writes gives, in the
 environment, the policy's own step time on every evaluation case (required: within 0.5%)."""
 
 from __future__ import annotations
@@ -113,3 +113,27 @@ def test_export_policy_tables_is_what_the_command_writes_and_prints(tmp_path, ca
 def test_export_needs_a_policy_or_a_trace(tmp_path, capsys):
     assert main(["export", "-o", str(tmp_path / "x.json")]) == 2
     assert "expected --policy" in capsys.readouterr().err
+
+
+def test_table_export_and_its_old_spelling_write_the_same_tables(tmp_path, capsys):
+    config_path = tmp_path / "faithful.toml"
+    config_path.write_text(CONFIG)
+    policy_path = tmp_path / "policy.zip"
+    network = random_policy(1, str(config_path))
+    save_policy(policy_path, network, network.provenance)
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir()
+    old.mkdir()
+    capsys.readouterr()
+    assert main(["table", "export", "--policy", str(policy_path), "-o", str(new / "table.json"), "--nccl-csv",
+                 str(new / "table.csv")]) == 0
+    new_run = capsys.readouterr()
+    assert new_run.err == ""
+    assert main(["export", "--policy", str(policy_path), "-o", str(old / "table.json"), "--nccl-csv",
+                 str(old / "table.csv")]) == 0
+    old_run = capsys.readouterr()
+    assert old_run.err == ("dynamiccl: note: 'dynamiccl export --policy' is now 'dynamiccl table export --policy'; "
+                           "the old spelling goes in the next release\n")
+    assert old_run.out == new_run.out.replace(str(new), str(old))
+    for name in ("table.json", "table.csv"):
+        assert (new / name).read_bytes() == (old / name).read_bytes()

@@ -180,3 +180,21 @@ def test_merge_reports_bad_captures(tmp_path):
                                         ("EMBEDDING_GROUP", "embd"), ("", "unknown")])
 def test_group_kinds_from_descriptions(desc, kind):
     assert group_kind(desc, 2, 4) == kind
+
+
+def test_write_merged_trace_writes_beside_the_capture_and_counts_training_steps(tmp_path):
+    from dynamiccl.profiler.merge import training_steps, write_merged_trace
+
+    capture = tmp_path / "prof" / "capture"
+    op = {"op": "allreduce", "pg": "0", "bytes_total": 64, "dtype": "float32", "peer": -1, "async": False,
+          "backward": False}
+    # Capture steps: -1 is setup (merged as step 0), then two training steps.
+    ops = [{**op, "start_ns": 1000 * i, "end_ns": 1000 * i + 500, "step": step} for i, step in enumerate((-1, 0, 1))]
+    capture.parent.mkdir()
+    for rank in (0, 1):
+        write_rank(capture, rank, ops=ops)
+    out, trace = write_merged_trace(capture, description="job")
+    assert out == tmp_path / "prof" / "trace.parquet"
+    written = Trace.read(out)
+    assert len(written.ops) == len(trace.ops) == 6 and written.meta.description == "job"
+    assert training_steps(trace) == 2

@@ -504,3 +504,11 @@ def test_successful_overwrite_replaces_file_and_leaves_no_temp(trace_file):
     with_cell(build_trace(), 0, 0, "label", "renamed").write(trace_file)
     assert Trace.read(trace_file).rank_ops(0)["label"].iloc[0] == "renamed"
     assert sorted(p.name for p in trace_file.parent.iterdir()) == [trace_file.name]
+
+
+def test_communication_ops_are_every_op_but_compute():
+    trace = Trace.read(Path(__file__).resolve().parents[1] / "traces" / "ref-pp2-dp2.parquet")
+    comm = trace.communication_ops
+    assert len(comm) and (comm["kind"] != "compute").all()
+    assert len(comm) + int((trace.ops["kind"] == "compute").sum()) == len(trace.ops)
+    assert list(comm.index) == sorted(comm.index)  # trace order kept

@@ -391,3 +391,9 @@ def test_load_rejects_nan_pickles_and_extra_members(tmp_path, good_policy):
     path = _rewrite(tmp_path / "json.zip", {**members, "policy.json": b'{"format": NaN'})
     with pytest.raises(InputError, match="not valid JSON"):
         load_policy(path)
+
+
+def test_run_dir_is_the_given_directory_or_the_experiments_default(tmp_path):
+    config = load_config(write_config(tmp_path, TINY))
+    assert config.run_dir() == Path("experiments") / "tiny" / "run"
+    assert config.run_dir(tmp_path / "mine") == tmp_path / "mine" and config.run_dir(None) == config.run_dir("")

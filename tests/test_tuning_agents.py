@@ -4,6 +4,7 @@ shipped traces on dgx-h100, two dynamics states (the whole module runs in a few 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -387,7 +388,7 @@ def test_sample_efficiency_known_answer():
 
 
 def test_agent_registry_builds_each_agent_by_name():
-    from dynamiccl.tuning.agents import AGENTS, AgentInputs, make_agents
+    from dynamiccl.tuning.agent_registry import AGENTS, AgentInputs, make_agents
 
     built = make_agents(["nccl-default", "random", "oracle", "ucb-bandit", "coordinate-descent", "policy"],
                         AgentInputs(seed=3))
@@ -403,7 +404,7 @@ def test_agent_registry_builds_each_agent_by_name():
 
 def test_a_new_agent_is_one_registry_entry(monkeypatch, capsys, tmp_path):
     from dynamiccl.cli import main
-    from dynamiccl.tuning import agents
+    from dynamiccl.tuning import agent_registry, agents
 
     class Always(agents.Agent):
         name = "always-ring"
@@ -411,8 +412,77 @@ def test_a_new_agent_is_one_registry_entry(monkeypatch, capsys, tmp_path):
         def act(self, env, obs, mask):
             return int(np.flatnonzero(mask)[-1])
 
-    monkeypatch.setitem(agents.AGENTS, "always-ring", agents.AgentEntry(lambda inputs: Always(), "test agent"))
+    monkeypatch.setitem(agent_registry.AGENTS, "always-ring",
+                        agent_registry.AgentEntry(lambda inputs: Always(), "test agent"))
     out = tmp_path / "r.parquet"
     assert main(["evaluate", "--traces", CASES[0][0], "--envs", "dgx-h100", "--states", "1", "--agents",
                  "nccl-default,always-ring", "-o", str(out)]) == 0
     assert "always-ring" in capsys.readouterr().out
+
+
+# --- what an evaluation replays (dynamiccl evaluate) ------------------------------------------------
+
+
+def test_evaluation_plan_from_traces_crosses_traces_with_envs_and_fits_in_sample():
+    from dynamiccl.tuning.cases import Case
+    from dynamiccl.tuning.evaluate import EvaluationPlan
+
+    plan = EvaluationPlan.from_traces(["a.parquet", "b.parquet"], ["dgx-h100", "dgx-a100"], states=2,
+                                      state_offset=10, model="nccl")
+    assert plan.cases == (Case("a.parquet", "dgx-h100"), Case("a.parquet", "dgx-a100"),
+                          Case("b.parquet", "dgx-h100"), Case("b.parquet", "dgx-a100"))
+    assert plan.states == (10, 11) and plan.fit_cases == plan.cases and plan.fit_states == (0, 1)
+    assert plan.model == "nccl"
+    env, episodes = EvaluationPlan.from_traces([CASES[0][0]], ["dgx-h100"], states=3).fit_episodes()
+    assert env.cases == [Case(CASES[0][0], "dgx-h100")] and episodes == [(0, 0), (0, 1), (0, 2)]
+
+
+def test_evaluation_plan_from_config_takes_the_heldout_split_and_fits_on_training(tmp_path):
+    from dynamiccl.tuning.cases import Case
+    from dynamiccl.tuning.evaluate import EvaluationPlan
+
+    config = tmp_path / "plan.toml"
+    text = (f'[experiment]\nname = "plan"\nmodel = "nccl"\n[train]\nstates = 3\n'
+            f'[[train.cases]]\ntrace = "{CASES[0][0]}"\nenv = "dgx-h100"\n'
+            f'[heldout]\nstates = 2\nstate_offset = 100\n')
+    config.write_text(text + f'[[heldout.cases]]\ntrace = "{CASES[1][0]}"\nenv = "dgx-a100"\n')
+    plan = EvaluationPlan.from_config(config, tmp_path / "run")
+    assert [Path(c.trace).name for c in plan.cases] == [Path(CASES[1][0]).name]
+    assert [c.env for c in plan.cases] == ["dgx-a100"] and plan.states == (100, 101)
+    assert [Path(c.trace).name for c in plan.fit_cases] == [Path(CASES[0][0]).name]
+    assert plan.fit_states == (0, 1, 2) and plan.model == "nccl"
+    assert all(isinstance(c, Case) for c in plan.cases + plan.fit_cases)
+    config.write_text(text)
+    with pytest.raises(InputError, match="heldout.cases: the config has no held-out cases") as info:
+        EvaluationPlan.from_config(config)
+    assert info.value.source == str(config)
+
+
+def test_evaluate_plan_builds_the_registered_agents_and_names_the_cost_model():
+    from dynamiccl.tuning.cases import Case, load_case
+    from dynamiccl.tuning.evaluate import EvaluationPlan, evaluate_plan
+
+    plan = EvaluationPlan.from_traces([CASES[0][0]], ["dgx-h100"], states=1)
+    evaluation = evaluate_plan(plan, ["nccl-default", "static-best", "policy"], online_steps=1, progress=False)
+    # "policy" without a policy file is left out; the oracle always runs
+    assert list(evaluation.results.steps["agent"]) == ["oracle", "nccl-default", "static-best"]
+    assert evaluation.results.meta["states"] == [1000]
+    assert evaluation.cost_model == load_case(Case(CASES[0][0], "dgx-h100"), "world").costs.description
+    with pytest.raises(InputError, match="unknown agent 'greedy'"):
+        evaluate_plan(plan, ["greedy"], progress=False)
+
+
+def test_summary_by_agent_is_the_summary_as_json_with_nan_as_null():
+    steps = pd.DataFrame({"agent": ["a", "a", "b"], "case": ["x", "y", "x"], "iteration": [-1, -1, -1],
+                          "speedup": [1.0, 1.2, 0.9], "gain_share": [float("nan"), 0.5, float("nan")],
+                          "gap_to_oracle": [0.1, 0.0, 0.2]})
+    results = Results(steps, pd.DataFrame())
+    by_agent = results.summary_by_agent()
+    assert list(by_agent) == ["a", "b"]
+    assert by_agent["a"]["mean_gain_share"] == 0.5 and by_agent["b"]["mean_gain_share"] is None
+    assert by_agent["a"]["episodes"] == 2 and by_agent["b"]["min_speedup"] == 0.9
+    json.dumps(by_agent, allow_nan=False)  # strict JSON
+    summary = results.summary().set_index("agent")
+    for agent, row in by_agent.items():
+        assert set(row) == set(summary.columns)
+        assert all(v is None or v == summary.loc[agent, k] for k, v in row.items())

@@ -9,7 +9,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import dynamiccl.tuning  # noqa: F401  (registers the environment)
 from dynamiccl.costmodel.nccl_model import NcclModel
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import TUNABLE_FUNCS
@@ -18,7 +17,7 @@ from dynamiccl.tuning.actions import (
     ACTION_ALGO, ACTION_CELL, ACTION_CHANNELS, DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action,
 )
 from dynamiccl.tuning.cases import Case, default_schedule, load_case, new_replay
-from dynamiccl.tuning.env import ENV_ID, TuningEnv
+from dynamiccl.tuning.env import ENV_ID, TuningEnv  # importing it registers ENV_ID with gymnasium
 from dynamiccl.tuning.observation import encode, key_columns
 from dynamiccl.tuning.program import StepProgram
 from dynamiccl.tuning.timeline import latest_finish
@@ -236,3 +235,49 @@ def test_oracle_costs_price_every_valid_action():
     mask = env.action_masks()
     assert np.isfinite(costs[mask]).all() and np.isinf(costs[~mask]).all()
     assert costs[DEFAULT_ACTION] >= 0
+
+
+# --- replay figures and environment throughput (dynamiccl replay) ------------------------------------
+
+def test_busiest_rank_compute_is_the_rank_with_the_most_compute():
+    program = StepProgram.from_trace(Trace.read(TP_SP[0]))
+    per_rank = [0.0] * len(program.ranks)
+    for op in range(program.num_ops):
+        if program.op_is_compute[op]:
+            per_rank[program.op_rank[op]] += program.op_base_us[op]
+    assert len(set(per_rank)) > 1  # the stages differ, so "busiest" means something
+    assert program.busiest_rank_compute_us() == pytest.approx(max(per_rank), rel=1e-12)
+
+
+def test_replay_case_reports_the_default_replay_of_the_case():
+    from dynamiccl.tuning.throughput import replay_case
+
+    case = Case(*PP)
+    figures = replay_case(case, state=3)
+    loaded = load_case(case)
+    program = loaded.program
+    assert figures.step_time_us == new_replay(loaded, 3).run()
+    assert 0 < figures.busiest_rank_compute_us == program.busiest_rank_compute_us() < figures.step_time_us
+    assert (figures.ops, figures.calls, figures.decisions) == (program.num_ops, program.num_calls,
+                                                               len(program.tunable_calls))
+    assert figures.cost_model == loaded.costs.description and figures.nccl_version == loaded.env.nccl_version
+    assert figures.replay_s > 0 and figures.replays_per_s == 1.0 / figures.replay_s
+    assert list(figures.to_json()) == ["trace", "env", "state", "cost_model", "nccl_version", "ops", "calls",
+                                       "decisions", "step_time_us", "busiest_rank_compute_us", "compile_and_cost_s",
+                                       "replay_s", "replays_per_s"]
+    assert figures.to_json()["trace"] == PP[0] and figures.to_json()["state"] == 3
+    assert replay_case(case, state=4, model="nccl").cost_model.startswith("NCCL ")
+
+
+def test_env_steps_per_s_steps_the_environment_with_valid_random_actions():
+    from dynamiccl.tuning.throughput import _UniformValidActions, env_steps_per_s
+
+    assert env_steps_per_s(Case(*PP), 300) > 0  # more steps than one episode: it resets as episodes end
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        env_steps_per_s(Case(*PP), 0)
+    mask = np.zeros(NUM_ACTIONS, dtype=bool)
+    mask[[DEFAULT_ACTION, 5, 17]] = True
+    agent = _UniformValidActions(0)
+    drawn = [agent.act(mask) for _ in range(3000)]
+    counts = {action: drawn.count(action) for action in set(drawn)}
+    assert set(counts) == {DEFAULT_ACTION, 5, 17} and min(counts.values()) > 900

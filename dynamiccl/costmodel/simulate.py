@@ -19,11 +19,24 @@ from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL, cost_model_entry
 from dynamiccl.costmodel.table import Row, make_row
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import Algorithm, Func, Protocol, is_supported, nccl_tests_op, parse_dtype, parse_func
+from dynamiccl.nccl import (MAX_CHANNELS, Algorithm, Func, Protocol, is_supported, nccl_tests_op, parse_dtype,
+                            parse_func)
 
 
 @dataclass
 class SweepRequest:
+    """One ``dynamiccl simulate`` sweep: collective ``coll`` (a name ``parse_func`` reads) at every
+    size of ``sizes_bytes``, elements of ``dtype``, on ``nranks`` ranks over ``nnodes`` nodes,
+    forced ``algo``/``proto``/``channels`` (None/0: NCCL's choice), with compute ``overlap`` (share
+    of each call's time with compute beside it) and NIC ``congestion`` (share of its bandwidth
+    other traffic takes), priced by the cost model ``model``; ``live_nprocs``: processes of the
+    live model.
+
+    Raises (on construction):
+        InputError: a value out of range, naming the command-line flag that sets it
+            (``--channels``, ``--nranks``, ``--nnodes``, ``--nprocs``, ``--overlap``, ``--congestion``).
+    """
+
     coll: str
     sizes_bytes: list[int]
     dtype: str = "float32"
@@ -36,6 +49,17 @@ class SweepRequest:
     congestion: float = 0.0
     model: str = DEFAULT_COST_MODEL
     live_nprocs: int = 4
+
+    def __post_init__(self) -> None:
+        if self.channels < 0 or self.channels > MAX_CHANNELS:
+            raise InputError("--channels", None, f"expected 1..{MAX_CHANNELS}, got {self.channels}")
+        for flag, value in (("--nranks", self.nranks), ("--nnodes", self.nnodes), ("--nprocs", self.live_nprocs)):
+            if value < 0:
+                raise InputError(flag, None, f"expected a positive integer, got {value}")
+        if self.overlap is not None and not 0 <= self.overlap <= 1:
+            raise InputError("--overlap", None, f"expected a fraction in [0, 1], got {self.overlap}")
+        if not 0 <= self.congestion <= 0.95:  # as CollBatch accepts it
+            raise InputError("--congestion", None, f"expected a share in [0, 0.95], got {self.congestion}")
 
 
 def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:

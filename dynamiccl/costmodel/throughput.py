@@ -18,6 +18,7 @@ from dynamiccl.costmodel.batch import make_batch
 from dynamiccl.costmodel.nccl_model import NcclModel
 from dynamiccl.costmodel.world import WorldModel
 from dynamiccl.envspec import EnvSpec
+from dynamiccl.errors import InputError
 from dynamiccl.nccl import Func
 
 
@@ -39,12 +40,21 @@ def random_batch(env: EnvSpec, rows: int, seed: int = 0, mixed: bool = False):
                       congestion=rng.random(rows) * 0.5, noise=rng.lognormal(0, 0.02, rows))
 
 
+MIN_ROWS = 1000  # the smallest batch timed; its first MIN_ROWS rows, evaluated untimed, build the per-topology tables
+
+
 def measure(env: EnvSpec, rows: int = 1_000_000, repeat: int = 5, mixed: bool = False) -> dict:
-    """Median evaluations per second of the world simulator and of NCCL's model (one process)."""
+    """Median evaluations per second of the world simulator and of NCCL's model (one process).
+
+    Raises:
+        InputError: fewer than ``MIN_ROWS`` rows (named as ``dynamiccl simulate --throughput``).
+    """
+    if rows < MIN_ROWS:
+        raise InputError("--throughput", None, f"expected at least {MIN_ROWS} rows, got {rows}")
     batch = random_batch(env, rows, mixed=mixed)
     result = {"env": env.name, "rows": rows, "repeat": repeat, "mixed": mixed}
     for name, run in (("world", WorldModel(env).evaluate), ("nccl", NcclModel(env).choose)):
-        run(batch.subset(np.arange(min(rows, 1000))))  # build the per-topology tables first
+        run(batch.subset(np.arange(MIN_ROWS)))  # build the per-topology tables first
         times = []
         for _ in range(repeat):
             started = time.perf_counter()

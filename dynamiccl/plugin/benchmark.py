@@ -16,7 +16,6 @@ getCollInfo median <= 100 ns per call with 1,000 rules, net of NCCL's own per-ca
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import random
@@ -26,7 +25,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from dynamiccl import atomic
 from dynamiccl.bench import _machine
 from dynamiccl.nccl import KEEP, Algorithm, Func, Protocol, supported_configs
 from dynamiccl.plugin.build import SOURCE_DIR, build_plugin, compile_sources, instrumented_beside
@@ -166,26 +164,3 @@ def print_table(rec: dict) -> None:
         print(f"# {name}: {rec[f'{key}_bytes']} bytes" + (f" ({stripped} stripped)" if stripped else ""))
     print(f"# getCollInfo median {rec['getcollinfo_median_ns']:.1f} ns (target <= {TARGET_NS:.0f} ns): "
           f"{'ok' if rec['within_target'] else 'MISSED'}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``dynamiccl plugin bench``."""
-    parser.add_argument("--json", action="store_true", help="print the record as JSON only")
-    parser.add_argument("--record", type=Path, help="also write the record (JSON) here")
-    parser.add_argument("--calls-per-batch", type=int, default=100, help="calls per timed batch (default 100)")
-    parser.add_argument("--batches", type=int, default=20000, help="timed batches (default 20000)")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the benchmark; exit status 1 if the median misses the target."""
-    argv = [f"--calls-per-batch={args.calls_per_batch}", f"--batches={args.batches}"]
-    argv += [f"--record={args.record}"] if args.record else []
-    rec = record(run(args.calls_per_batch, args.batches), argv)
-    if args.record:
-        atomic.write_text(args.record, json.dumps(rec, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(rec))
-    else:
-        print_table(rec)
-    return 0 if rec["within_target"] else 1
-

@@ -81,6 +81,27 @@ def merge_capture(capture_dir: str | os.PathLike, *, gpus_per_node: int = 0, des
     return builder.build(workload={"captured_steps": max(d.get("steps", 0) for d in docs)})
 
 
+def write_merged_trace(capture_dir: str | os.PathLike, *, gpus_per_node: int = 0,
+                       description: str = "") -> tuple[Path, Trace]:
+    """Merge ``capture_dir`` (:func:`merge_capture`) into ``trace.parquet`` beside it, where
+    ``dynamiccl profile -o DIR`` and ``dynamiccl launch --profile DIR`` leave it (``DIR/capture``
+    -> ``DIR/trace.parquet``); returns that path and the trace.
+
+    Raises:
+        InputError: as :func:`merge_capture`, or a merged trace that fails validation.
+        OSError: the trace cannot be written.
+    """
+    out = Path(capture_dir).parent / "trace.parquet"
+    trace = merge_capture(capture_dir, gpus_per_node=gpus_per_node, description=description)
+    trace.write(out)
+    return out, trace
+
+
+def training_steps(trace: Trace) -> int:
+    """The training steps of a merged capture: step 0 is setup, steps 1..N end at optimizer steps."""
+    return int(trace.ops["step"].max())
+
+
 def _rank_ops(builder: TraceBuilder, doc: dict, groups: dict) -> None:
     by_step: dict[int, list[dict]] = {}
     for op in doc["ops"]:

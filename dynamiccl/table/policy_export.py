@@ -47,7 +47,7 @@ picks a disabled cell on the calls it was built from.
 
 From a policy file
 ------------------
-``export_policy_tables`` is the whole of ``dynamiccl export --policy``: it collects the calls of an
+``export_policy_tables`` is the whole of ``dynamiccl table export --policy``: it collects the calls of an
 experiment config's cases with their action masks, decides them with a saved policy, and returns
 the table, its CSV-compatible subset and the notes for the user.
 """
@@ -57,7 +57,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -498,7 +497,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
     if not config_path:
         raise InputError("--cases-config", None, "the policy does not name its training config; give one")
     config = load_config(config_path)
-    where = Path(run_dir) if run_dir else config.default_output_dir() / "run"
+    where = config.run_dir(run_dir)
     cases = [c for c in config.train_cases(where) + config.heldout_cases(where) if not env or c.env == env]
     if not cases:
         raise InputError("--env", None, f"no case of {config_path} runs on {env!r}")

@@ -39,6 +39,11 @@ class Trace:
         """The ranks present in the trace, ascending."""
         return sorted(int(r) for r in self.ops["rank"].unique())
 
+    @property
+    def communication_ops(self) -> pd.DataFrame:
+        """The ops that are not compute (collectives and point-to-point), in trace order."""
+        return self.ops[self.ops["kind"] != "compute"]
+
     def rank_ops(self, rank: int, step: int | None = None) -> pd.DataFrame:
         """The ops of one rank (and optionally one step), in issue order."""
         mask = self.ops["rank"] == rank

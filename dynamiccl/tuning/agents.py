@@ -27,6 +27,9 @@ Agents:
 
 Per-call answers that cannot change within a case are cached per (case, call key), so an
 evaluation of a 17,000-call step costs a dict lookup per call for the table-like agents.
+
+The names ``dynamiccl evaluate --agents`` accepts, and how each agent is built, are the registry
+:data:`dynamiccl.tuning.agent_registry.AGENTS`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Protocol as TypingProtocol, Sequence
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 
@@ -48,7 +51,7 @@ from dynamiccl.nccl import KEEP, TUNABLE_FUNCS
 from dynamiccl.table.model import DecisionTable, PositionCounter
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels
 from dynamiccl.tuning.observation import OBS_SIZE
-from dynamiccl.tuning.online import CoordinateDescent, OnlineLearner, UCBBandit
+from dynamiccl.tuning.online import OnlineLearner
 
 STATIC_BEST_FORMAT = "dynamiccl-static-best"
 STATIC_BEST_VERSION = 1
@@ -429,34 +432,7 @@ class TableAgent(Agent):
         return action
 
 
-# --- the registry ------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class AgentInputs:
-    """What building an agent may need: the policy file (``policy``: policy.zip or a decision table),
-    the seed of a random agent, and -- only called for agents fitted offline -- ``fit()``, which
-    returns the (env, [(case, state), ...]) episodes to fit on."""
-
-    policy: str | None = None
-    seed: int = 0
-    fit: Callable[[], tuple[Any, list[tuple[int, int]]]] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class AgentEntry:
-    """One registered agent: how to build it (None: not applicable, e.g. no policy given) and a line
-    of help."""
-
-    build: Callable[[AgentInputs], Agent | None]
-    help: str
-
-
-def _static_best(inputs: AgentInputs) -> Agent:
-    if inputs.fit is None:
-        raise InputError("--agents", None, "static-best is fitted on training episodes; none were given")
-    env, episodes = inputs.fit()
-    return StaticBestAgent.fit(env, episodes)
+# --- policies from files -------------------------------------------------------------------------
 
 
 def load_policy_agent(path: str | os.PathLike) -> Agent:
@@ -475,41 +451,7 @@ def load_policy_agent(path: str | os.PathLike) -> Agent:
     return PolicyAgent(load_policy(path), name="policy")
 
 
-def _online(learner: type) -> Callable[[AgentInputs], Agent]:
-    return lambda inputs: OnlineAgent(learner())
-
-
-AGENTS: dict[str, AgentEntry] = {
-    "nccl-default": AgentEntry(lambda inputs: NcclDefaultAgent(), "NCCL's own choice for every call"),
-    "random": AgentEntry(lambda inputs: RandomAgent(inputs.seed), "uniform over the valid actions"),
-    "oracle": AgentEntry(lambda inputs: OracleAgent(), "per call, the cheapest action in the simulator's state now"),
-    "static-best": AgentEntry(_static_best, "one action per (coll, log2 size, nranks, nnodes), fitted offline"),
-    "ucb-bandit": AgentEntry(_online(UCBBandit), "UCB1 bandit over measured call durations, online"),
-    "coordinate-descent": AgentEntry(_online(CoordinateDescent), "AutoCCL-style coordinate descent, online"),
-    "policy": AgentEntry(lambda inputs: load_policy_agent(inputs.policy) if inputs.policy else None,
-                         "the trained policy or decision table given with --policy"),
-}
-
-
-def make_agents(names: Sequence[str], inputs: AgentInputs) -> list[Agent]:
-    """The registered agents ``names``, in order (those not applicable, e.g. "policy" without a
-    policy file, are left out).
-
-    Raises:
-        InputError: an unknown name (listing the registered ones), or an agent that cannot be built.
-    """
-    agents = []
-    for name in names:
-        if name not in AGENTS:
-            raise InputError("--agents", None, f"unknown agent {name!r}; expected some of {', '.join(AGENTS)}")
-        agent = AGENTS[name].build(inputs)
-        if agent is not None:
-            agents.append(agent)
-    return agents
-
-
 __all__ = [
-    "AGENTS", "AgentEntry", "AgentInputs", "load_policy_agent", "make_agents",
-    "Agent", "NcclDefaultAgent", "OnlineAgent", "OracleAgent", "PolicyAgent", "RandomAgent",
+    "load_policy_agent", "Agent", "NcclDefaultAgent", "OnlineAgent", "OracleAgent", "PolicyAgent", "RandomAgent",
     "StaticBestAgent", "TableAgent", "size_bucket",
 ]

@@ -1,4 +1,4 @@
-"""Experiment configs: the TOML file that ``dynamiccl train``, ``evaluate`` and ``export`` read.
+"""Experiment configs: the TOML file that ``dynamiccl train``, ``evaluate`` and ``table export`` read.
 
 Every key but the cases has the default shown; the fields are declared once, below, with
 :mod:`dynamiccl.schema` (types, ranges, defaults, help), so a bad value is an error that names the
@@ -206,6 +206,11 @@ class ExperimentConfig:
     def default_output_dir(self) -> Path:
         """``experiments/<name>`` (relative to the current directory)."""
         return Path("experiments") / self.name
+
+    def run_dir(self, given: str | os.PathLike | None = None) -> Path:
+        """The training run's directory (policy, checkpoints, generated workloads): ``given`` if
+        set, else ``experiments/<name>/run``."""
+        return Path(given) if given else self.default_output_dir() / "run"
 
     def train_cases(self, output_dir: str | os.PathLike) -> list[Case]:
         """The training cases; workloads are generated into ``<output_dir>/workloads``.

@@ -275,3 +275,7 @@ class SimulatorView:
         congestion, overlap, links shared with running calls, noise; inf where invalid."""
         costs = self.replay.exposed_costs(self.pending)
         return np.where(self.mask, costs, np.inf)
+
+
+if ENV_ID not in gym.registry:  # gym.make(ENV_ID) once this module is imported
+    gym.register(id=ENV_ID, entry_point="dynamiccl.tuning.env:TuningEnv")

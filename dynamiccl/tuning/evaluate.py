@@ -16,6 +16,11 @@ conditions at its start, noise included (what NCCL's profiler plugin would repor
 
 ``Results.write(path)`` stores them as two Parquet files (``x.parquet`` and ``x.calls.parquet``)
 with JSON metadata under the key ``dynamiccl.results``.
+
+``EvaluationPlan`` says what ``dynamiccl evaluate`` replays (an experiment config's held-out split,
+or traces crossed with environment specs) and what static-best is fitted on; ``evaluate_plan``
+builds the registered agents and evaluates them on it. ``TuningEnv`` is imported only there, so
+that reading results (``dynamiccl report``) does not import gymnasium.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,11 +39,17 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from dynamiccl import __version__, atomic
+from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
+from dynamiccl.tuning.agent_registry import AgentInputs, make_agents
 from dynamiccl.tuning.actions import ACTION_ALGO, ACTION_PROTO, describe_action
 from dynamiccl.tuning.agents import Agent, OracleAgent
+from dynamiccl.tuning.cases import Case
 from dynamiccl.tuning.observation import key_columns
+
+if TYPE_CHECKING:
+    from dynamiccl.tuning.env import TuningEnv
 
 METADATA_KEY = b"dynamiccl.results"
 SLOWER_TOLERANCE = 0.01     # "slower than NCCL's default" means a step more than 1% longer
@@ -249,6 +261,17 @@ class Results:
                    "mean_gap_to_oracle", "slower_share"]
         return pd.DataFrame(rows, columns=columns)
 
+    def summary_by_agent(self, online: str = "all") -> dict[str, dict]:
+        """:meth:`summary` as JSON: ``{agent: {column: value}}``, an undefined figure (NaN, e.g.
+        ``mean_gain_share`` where the oracle gains nothing) as None.
+
+        Raises:
+            ValueError: for an ``online`` value other than ``"all"`` or ``"last"``.
+        """
+        return {row["agent"]: {key: None if isinstance(value, float) and math.isnan(value) else value
+                               for key, value in row.items() if key != "agent"}
+                for row in self.summary(online).to_dict("records")}
+
 
 # --- evaluation -----------------------------------------------------------------------------------
 
@@ -352,6 +375,95 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
             "states": states, "online_steps": int(online_steps), "agents": [a.name for a in agents],
             "cases": [c.label for c in base.cases]}
     return Results(steps, _calls_frame(call_parts), meta)
+
+
+# --- what to evaluate ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What an evaluation replays: ``cases`` under the dynamics ``states``, priced by the cost
+    model ``model`` (a :data:`~dynamiccl.costmodel.registry.COST_MODELS` name), and the episodes
+    the static-best table is fitted on (``fit_cases`` under ``fit_states``)."""
+
+    cases: tuple[Case, ...]
+    states: tuple[int, ...]
+    fit_cases: tuple[Case, ...]
+    fit_states: tuple[int, ...]
+    model: str
+
+    @classmethod
+    def from_config(cls, config_path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> "EvaluationPlan":
+        """An experiment config's held-out split (its held-out cases under states ``state_offset ..
+        state_offset + states - 1``), static-best fitted on its training split (training cases
+        under states ``0 .. train.states - 1``), priced by the config's cost model. Workloads are
+        generated into the training run's directory ``run_dir`` (default ``experiments/<name>/run``).
+
+        Raises:
+            InputError: an unreadable or invalid config, a workload the generator rejects, or a
+                config without held-out cases.
+        """
+        from dynamiccl.tuning.config import load_config
+
+        config = load_config(config_path)
+        where = config.run_dir(run_dir)
+        cases = config.heldout_cases(where)
+        if not cases:
+            raise InputError(str(config_path), "heldout.cases", "the config has no held-out cases to evaluate")
+        offset = config.heldout.state_offset
+        return cls(tuple(cases), tuple(range(offset, offset + config.heldout.states)),
+                   tuple(config.train_cases(where)), tuple(range(config.train.states)), config.model)
+
+    @classmethod
+    def from_traces(cls, traces: Sequence[str], envs: Sequence[str], states: int = 4, state_offset: int = 1000,
+                    model: str = DEFAULT_COST_MODEL) -> "EvaluationPlan":
+        """Every trace on every environment spec (trace-major), under states ``state_offset ..
+        state_offset + states - 1``; static-best is fitted in-sample, on the same cases under other
+        dynamics states (``0 .. states - 1``)."""
+        cases = tuple(Case(trace, env) for trace in traces for env in envs)
+        return cls(cases, tuple(range(state_offset, state_offset + states)), cases, tuple(range(states)), model)
+
+    def env(self) -> TuningEnv:
+        """A ``TuningEnv`` over the evaluated cases.
+
+        Raises:
+            InputError: an unknown cost model or no cases.
+        """
+        from dynamiccl.tuning.env import TuningEnv
+
+        return TuningEnv(list(self.cases), model=self.model)
+
+    def fit_episodes(self) -> tuple[TuningEnv, list[tuple[int, int]]]:
+        """(a ``TuningEnv`` over the fit cases, every (case index, state) of the fit split): the
+        episodes ``AgentInputs.fit`` hands to agents fitted offline."""
+        from dynamiccl.tuning.env import TuningEnv
+
+        episodes = [(case, state) for case in range(len(self.fit_cases)) for state in self.fit_states]
+        return TuningEnv(list(self.fit_cases), model=self.model), episodes
+
+
+@dataclass
+class Evaluation:
+    """The outcome of :func:`evaluate_plan`: the results, and what priced them (the description of
+    the cost model on the last case replayed, e.g. "world simulator (...) on 1 x 8 H100-SXM ...")."""
+
+    results: Results
+    cost_model: str
+
+
+def evaluate_plan(plan: EvaluationPlan, agent_names: Sequence[str], *, policy: str | None = None,
+                  online_steps: int = 20, progress: bool = True) -> Evaluation:
+    """Build the registered agents ``agent_names`` (``policy``: the file of the "policy" agent;
+    without it that agent is left out) and :func:`evaluate` them on ``plan``.
+
+    Raises:
+        InputError: an unknown agent name, an unreadable policy, or a case that cannot be replayed.
+        ValueError: no states, or ``online_steps`` < 1.
+    """
+    env = plan.env()
+    agents = make_agents(agent_names, AgentInputs(policy=policy, fit=plan.fit_episodes))
+    results = evaluate(agents, env, list(plan.states), online_steps=online_steps, progress=progress)
+    return Evaluation(results, env.simulator.case.costs.description)
 
 
 # --- sample efficiency ------------------------------------------------------------------------------

@@ -89,6 +89,11 @@ class StepProgram:
         """Total compute work of the step at full speed, summed over file ranks (µs)."""
         return float(sum(b for b, c in zip(self.op_base_us, self.op_is_compute) if c))
 
+    def busiest_rank_compute_us(self) -> float:
+        """Compute work at full speed (µs) of the file rank with the most: the step time if every
+        collective were free or hidden."""
+        return max(sum(self.op_base_us[op] for op in chain) for chain in self.compute_chain)
+
     @classmethod
     def from_trace(cls, trace: Trace, step: int | None = None, source: str = "<trace>") -> "StepProgram":
         """Compile ``step`` of ``trace`` (default: the last step, a steady-state one in recorded traces).

@@ -1,0 +1,142 @@
+"""Cost-model commands: ``dynamiccl simulate`` (an nccl-tests-style sweep), ``calibrate`` (fit the
+world simulator to measured tables) and ``validate`` (its error against them)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add(sub) -> None:
+    """Add ``simulate``, ``calibrate`` and ``validate`` to the sub-command parsers ``sub``."""
+    from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL, cost_models_help
+
+    p = sub.add_parser("simulate", help="nccl-tests-style table of a collective under a cost model",
+                       description="Cost one collective over a size sweep, nccl-tests style, under the world "
+                                   "simulator (default), NCCL's own model, or live on this machine. Each size "
+                                   "gets NCCL's choice unless --algo/--proto/--channels force one.")
+    p.add_argument("--env", required=True, help="environment spec TOML (or the name of a shipped one, e.g. dgx-h100)")
+    p.add_argument("--coll", required=True,
+                   help="allreduce, allgather, reducescatter, broadcast, reduce, alltoall or sendrecv")
+    p.add_argument("-b", "--minbytes", default="8", help="smallest size (nccl-tests suffixes: 8, 1K, 8M, 1G)")
+    p.add_argument("-e", "--maxbytes", default="8G", help="largest size")
+    p.add_argument("-f", "--stepfactor", type=float, default=2.0, help="multiply the size by this each step")
+    p.add_argument("-i", "--stepbytes", default="0", help="add this many bytes each step instead of -f")
+    p.add_argument("-d", "--dtype", default="float32", help="element type (count = size / its bytes)")
+    p.add_argument("--nranks", type=int, default=0, help="communicator size (default: every GPU of the spec)")
+    p.add_argument("--nnodes", type=int, default=0, help="nodes the communicator spans (default: all)")
+    p.add_argument("--algo", help="force an algorithm (ring, tree, nvls, nvlstree, collnetdirect, collnetchain, pat)")
+    p.add_argument("--proto", help="force a protocol (ll, ll128, simple)")
+    p.add_argument("--channels", type=int, default=0, help="force a channel count (1..64)")
+    p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=list(COST_MODELS), help=cost_models_help())
+    p.add_argument("--overlap", type=float, default=None,
+                   help="share of each call's time with compute beside it (default: the spec's dynamics)")
+    p.add_argument("--congestion", type=float, default=0.0, help="share of NIC bandwidth taken by other traffic")
+    p.add_argument("--nprocs", type=int, default=4, help="processes for --model live")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")
+    p.add_argument("--throughput", type=int, default=0, metavar="ROWS",
+                   help="benchmark instead: time ROWS random evaluations of the spec (JSON evaluations/s)")
+    p.add_argument("--mixed", action="store_true", help="with --throughput: leave a third of rows to NCCL's choice")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("calibrate", help="fit the world simulator's parameters to measured nccl-tests tables",
+                       description="Fit the world simulator's free parameters (per hardware class) to measured "
+                                   "nccl-tests tables and write them as JSON. Then run `dynamiccl validate`.")
+    p.add_argument("--measurements", required=True, help="measurements CSV (columns of ../shared/calibration)")
+    p.add_argument("--env-dir", default=None, help="directory of environment specs to map tables to (default envs/)")
+    p.add_argument("-o", "--output", default=None,
+                   help="parameters JSON to write (default: the package's world_params.json)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("validate", help="error of the world simulator against measured nccl-tests tables",
+                       description="Map each measured table to an environment spec, cost it with the world "
+                                   "simulator (NCCL's chosen or the table's forced algorithm) and print the error "
+                                   "of predicted against measured time per table and overall; plot predicted vs "
+                                   "measured busbw per table.")
+    p.add_argument("--measurements", required=True, help="measurements CSV")
+    p.add_argument("--env-dir", default=None, help="directory of environment specs (default envs/)")
+    p.add_argument("--params", default=None, help="world parameters JSON (default: the shipped calibration)")
+    p.add_argument("--plot", default="validation.png", help="PNG to write (default validation.png)")
+    p.add_argument("--json", default=None, help="also write the error summary as JSON here")
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="predict each table with parameters fitted on the other tables only (out-of-sample)")
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_simulate(args) -> int:
+    from dynamiccl.costmodel.simulate import SweepRequest, run_sweep
+    from dynamiccl.costmodel.table import format_table, parse_size, sweep_sizes
+    from dynamiccl.envspec import resolve_env
+    from dynamiccl.nccl import parse_algorithm, parse_protocol
+
+    env = resolve_env(args.env)
+    if args.throughput:
+        from dynamiccl.costmodel.throughput import measure
+
+        print(json.dumps(measure(env, args.throughput, mixed=args.mixed)))
+        return 0
+    sizes = sweep_sizes(parse_size(args.minbytes, "-b"), parse_size(args.maxbytes, "-e"), args.stepfactor,
+                        parse_size(args.stepbytes, "-i"))
+    req = SweepRequest(coll=args.coll, sizes_bytes=sizes, dtype=args.dtype, nranks=args.nranks, nnodes=args.nnodes,
+                       algo=parse_algorithm(args.algo, "--algo") if args.algo else None,
+                       proto=parse_protocol(args.proto, "--proto") if args.proto else None,
+                       channels=args.channels, overlap=args.overlap, congestion=args.congestion,
+                       model=args.model, live_nprocs=args.nprocs)
+    rows, header = run_sweep(env, req)
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=1))
+    else:
+        print(format_table(rows, header))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from dynamiccl import atomic
+    from dynamiccl.costmodel.calibration import calibrate, format_summary, predict, summarize
+    from dynamiccl.costmodel.measurements import load_env_dir, load_measurements
+    from dynamiccl.costmodel.world import PARAMS_PATH
+    from dynamiccl.envspec import env_dir
+
+    tables = load_measurements(args.measurements)
+    specs = load_env_dir(args.env_dir or env_dir())
+    print(f"calibrating on {len(tables)} tables, {sum(len(t.time_us) for t in tables)} rows ...", file=sys.stderr)
+    params, report = calibrate(tables, specs, source=args.measurements)
+    output = Path(args.output) if args.output else PARAMS_PATH
+    atomic.write_text(output, params.to_json())
+    print(f"# fitted parameters ({report['evaluations']} evaluations, rms log error "
+          f"{report['cost_rms_log_error']:.3f}) -> {output}")
+    for name, value in report["parameters"].items():
+        print(f"  {name:<40} {value:10.4f}")
+    print(format_summary(summarize(predict(tables, specs, params))))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from dynamiccl import atomic
+    from dynamiccl.costmodel.calibration import format_summary, plot, predict, summarize
+    from dynamiccl.costmodel.measurements import load_env_dir, load_measurements
+    from dynamiccl.costmodel.world import WorldParams, default_params
+    from dynamiccl.envspec import env_dir
+
+    tables = load_measurements(args.measurements)
+    specs = load_env_dir(args.env_dir or env_dir())
+    params = WorldParams.load(args.params) if args.params else default_params()
+    if args.leave_one_out:
+        from dynamiccl.costmodel.calibration import leave_one_out
+
+        results = leave_one_out(tables, specs, params)
+        print("# out-of-sample: each table predicted by parameters fitted on the other tables only")
+    else:
+        results = predict(tables, specs, params)
+        print(f"# world parameters: {params.provenance or args.params}")
+    summary = summarize(results)
+    print(format_summary(summary))
+    if args.plot:
+        plot(results, args.plot)
+        print(f"# plot: {args.plot}")
+    if args.json:
+        from dynamiccl.costmodel.calibration import points
+
+        atomic.write_text(args.json, json.dumps({**summary, "points": points(results)}, indent=1) + "\n")
+    return 0

@@ -1,0 +1,22 @@
+"""``dynamiccl demo``: the main job end to end on a built-in default (:mod:`dynamiccl.demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add(sub) -> None:
+    """Add ``demo`` to the sub-command parsers ``sub``."""
+    p = sub.add_parser("demo", help="run the end-to-end demo on a built-in default")
+    p.add_argument("--out", default="demo-output", help="directory for the demo's files (default ./demo-output)")
+    p.add_argument("--timesteps", type=int, default=None,
+                   help="training decisions (default 24576: a few minutes on 2 cores)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from dynamiccl.demo import run_demo
+
+    # Each step is a dynamiccl command run in-process by the command line's own entry point, which
+    # dynamiccl.cli.main hands over in args.run_command (this module does not import it back).
+    return run_demo(Path(args.out), args.run_command, args.timesteps)

@@ -1,0 +1,114 @@
+"""``dynamiccl table show|convert|lookup|export``: decision tables in every format ``dynamiccl.table``
+reads, and a trained policy written down as one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add(sub) -> None:
+    """Add ``table`` and its sub-commands to the sub-command parsers ``sub``."""
+    p = sub.add_parser("table", help="decision tables: show, convert (JSON, NCCL example CSV, plugin text), look up, "
+                                     "export a policy as one")
+    tsub = p.add_subparsers(dest="table_command", required=True)
+    s = tsub.add_parser("show", help="print a table's rules")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_table_show)
+    c = tsub.add_parser("convert", help="convert between .json, NCCL's example-plugin .csv/.conf and the plugin's .txt")
+    c.add_argument("file")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--lossy", action="store_true",
+                   help="drop what the output cannot express (CSV: position-specific and keep-NCCL "
+                        "algorithm/protocol rules; .txt: nccl_env)")
+    c.set_defaults(func=cmd_table_convert)
+    lk = tsub.add_parser("lookup", help="which rule applies to a call (first match wins)")
+    lk.add_argument("file")
+    lk.add_argument("--coll", required=True, help="allreduce, allgather, reducescatter, broadcast or reduce")
+    lk.add_argument("--bytes", type=int, required=True, help="NCCL's nBytes for the call")
+    lk.add_argument("--nranks", type=int, required=True)
+    lk.add_argument("--nnodes", type=int, required=True)
+    lk.add_argument("--position", type=int, default=-1, help="call's position in the step on its communicator")
+    lk.add_argument("--num-pipe-ops", type=int, default=1)
+    lk.add_argument("--reg-buff", type=int, default=0)
+    lk.set_defaults(func=cmd_table_lookup)
+    e = tsub.add_parser("export", help="write a trained policy as a decision table the tuner plugin applies",
+                        description="`dynamiccl table export --policy policy.zip -o table.json [--nccl-csv "
+                                    "table.csv]` decides every call of the policy's experiment cases with the "
+                                    "policy and writes the decisions as a decision table (and, lossy, NVIDIA's "
+                                    "example-plugin CSV).")
+    e.add_argument("-o", "--output", required=True, help="table file (.json)")
+    add_policy_export_arguments(e, policy_required=True)
+    e.set_defaults(func=cmd_table_export)
+
+
+def add_policy_export_arguments(parser: argparse.ArgumentParser, policy_required: bool) -> None:
+    """The options of ``table export`` but ``-o`` (``policy_required=False`` for the old ``export``
+    spelling, where ``--policy`` is what tells a table from a trace export)."""
+    parser.add_argument("--policy", required=policy_required, help="policy.zip to export as a decision table "
+                                                                   "(-o table.json)")
+    parser.add_argument("--cases-config", help="experiment config whose train and held-out cases give the calls "
+                                               "the table must reproduce (default: the policy's training config)")
+    parser.add_argument("--env", help="environment spec the table is for (masks depend on the cluster); "
+                                      "default: every env of the config")
+    parser.add_argument("--nccl-csv", help="also write NVIDIA's example-plugin CSV (lossy: no position rules)")
+    parser.add_argument("--run-dir", help="the training run's directory, where the config's workloads are "
+                                          "generated (default experiments/<name>/run)")
+
+
+def cmd_table_show(args) -> int:
+    from dynamiccl.table import load
+
+    table = load(args.file)
+    print(f"{args.file}: {len(table.rules)} rule(s), format version {table.version}")
+    if table.provenance:
+        print(f"provenance: {json.dumps(table.provenance, sort_keys=True)}")
+    print(table.describe(), end="")
+    return 0
+
+
+def cmd_table_convert(args) -> int:
+    from dynamiccl.table import load, save
+
+    table = load(args.file)
+    save(table, args.output, lossy=args.lossy)
+    print(f"wrote {args.output} ({len(table.rules)} rule(s) read from {args.file})")
+    return 0
+
+
+def cmd_table_lookup(args) -> int:
+    from dynamiccl import nccl
+    from dynamiccl.callkey import CallKey
+    from dynamiccl.table import load
+
+    table = load(args.file)
+    call = CallKey(nccl.parse_func(args.coll, "--coll"), args.bytes, args.nranks, args.nnodes, position=args.position,
+                   num_pipe_ops=args.num_pipe_ops, reg_buff=args.reg_buff)
+    rule = table.lookup(call)
+    if rule is None:
+        print("no rule matches: NCCL's own choice")
+        return 0
+    index = table.rules.index(rule)
+    algo = rule.algorithm.name_lower if rule.algorithm is not None else "nccl's"
+    proto = rule.protocol.name_lower if rule.protocol is not None else "nccl's"
+    channels = "nccl's" if rule.channels == nccl.KEEP else str(rule.channels)
+    print(f"rule {index}: algorithm {algo}, protocol {proto}, channels {channels}")
+    return 0
+
+
+def cmd_table_export(args) -> int:
+    """``dynamiccl table export --policy P -o table.json [--nccl-csv table.csv]``."""
+    from dynamiccl.table import save
+    from dynamiccl.table.policy_export import export_policy_tables
+
+    exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir)
+    save(exported.table, args.output)
+    for note in exported.notes:
+        print(f"note: {note}")
+    print(f"wrote {args.output}: {len(exported.table.rules)} rules reproducing the policy on {exported.calls:,} calls "
+          f"of {exported.cases} case(s)")
+    if args.nccl_csv:
+        save(exported.csv_table, args.nccl_csv)
+        print(f"wrote {args.nccl_csv}: {len(exported.csv_table.rules)} rules for NVIDIA's example plugin (lossy: no "
+              "position or explicit-default rules)")
+    return 0

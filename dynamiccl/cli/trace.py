@@ -1,0 +1,136 @@
+"""Trace commands: ``dynamiccl trace summary|check|export``, ``dynamiccl import`` (traces people
+already have) and ``dynamiccl profile`` (record a real job)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from dynamiccl.cli.common import wrapped_command
+from dynamiccl.errors import InputError
+
+# The keys of dynamiccl.profiler.importers.IMPORTERS and dynamiccl.profiler.exporters.EXPORTERS, listed here so
+# that building the parser imports neither (they need pandas); a test checks that they agree.
+IMPORT_FORMATS = ("kineto", "flight-recorder", "nccl-log", "inspector")
+EXPORT_FORMATS = ("chakra", "param")
+
+
+def add(sub) -> None:
+    """Add ``trace``, ``profile`` and ``import`` to the sub-command parsers ``sub``."""
+    p = sub.add_parser("trace", help="inspect, check and export trace files")
+    tsub = p.add_subparsers(dest="trace_command", required=True)
+    s = tsub.add_parser("summary", help="collectives per group kind and op, sizes, compute vs communication")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="machine-readable: {group_kind: {op: {count, total_bytes, ...}}}")
+    s.add_argument("--rank", type=int, help="rank to detail (default: the first in the file)")
+    s.add_argument("--all-ranks", action="store_true", help="with --json: an object per rank")
+    s.add_argument("--step", type=int, default=0, help="step to summarise (default 0)")
+    s.set_defaults(func=cmd_trace_summary)
+    c = tsub.add_parser("check", help="validate the schema and the cross-rank consistency (no deadlock)")
+    c.add_argument("file")
+    c.add_argument("--step", type=int, default=0)
+    c.set_defaults(func=cmd_trace_check)
+    e = tsub.add_parser("export", help="write a trace for other simulators: Chakra (ASTRA-sim) or PARAM comms replay",
+                        description="`dynamiccl trace export {chakra,param} TRACE -o DIR` writes a trace as Chakra "
+                                    "execution traces (one protobuf file per rank, what ASTRA-sim reads) or PARAM "
+                                    "comms-replay JSON.")
+    e.add_argument("format", choices=EXPORT_FORMATS, help="trace format")
+    e.add_argument("trace", help="trace file (.parquet)")
+    e.add_argument("-o", "--output", required=True, help="output directory")
+    e.set_defaults(func=cmd_trace_export)
+
+    p = sub.add_parser("profile", help="run a training command with capture on and merge its trace",
+                       description="Run CMD (torchrun ..., python ..., srun ...) unchanged with dynamiccl's capture "
+                                   "on in every process, then merge the per-rank records into one trace. Steps end "
+                                   "at each optimizer step; DDP construction and barriers are marked setup.")
+    p.add_argument("-o", "--output", default="dynamiccl-profile", help="output directory (default dynamiccl-profile)")
+    p.add_argument("--gpus-per-node", type=int, default=0, help="for node counts (default: torchrun's local world size)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("import", help="convert traces people already have into a dynamiccl trace",
+                       description="Import PyTorch profiler (Kineto) JSON, Flight Recorder dumps, NCCL_DEBUG=INFO "
+                                   "logs (COLL, TUNING) or NCCL Inspector JSON into the trace format.")
+    p.add_argument("format", choices=IMPORT_FORMATS)
+    p.add_argument("files", nargs="+", help="input files (one per rank, or merged)")
+    p.add_argument("-o", "--output", required=True, help="trace file to write (.parquet)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node, for node counts (default 8)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow pickled Flight Recorder dumps (only for files you trust: unpickling runs code)")
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_trace_summary(args) -> int:
+    from dynamiccl.trace.store import Trace
+    from dynamiccl.trace.summary import rank_summary, render_text
+
+    trace = Trace.read(args.file)
+    if args.rank is not None and args.rank not in trace.ranks:
+        raise InputError(args.file, "--rank", f"rank {args.rank} is not in the trace (ranks: {trace.ranks})")
+    try:
+        if args.json:
+            if args.all_ranks:
+                obj = {str(r): rank_summary(trace, r, args.step) for r in trace.ranks}
+            else:
+                obj = rank_summary(trace, args.rank if args.rank is not None else trace.ranks[0], args.step)
+            print(json.dumps(obj, indent=2))
+        else:
+            print(render_text(trace, args.file, args.rank, args.step))
+    except KeyError as exc:
+        raise InputError(args.file, "--step", str(exc.args[0])) from None
+    return 0
+
+
+def cmd_trace_check(args) -> int:
+    from dynamiccl.trace.consistency import check_consistency
+    from dynamiccl.trace.store import Trace
+
+    trace = Trace.read(args.file)  # schema validation
+    report = check_consistency(trace, args.step)
+    print(f"{args.file}: schema OK; {len(trace.ops)} ops on ranks {trace.ranks}")
+    print(f"  cross-rank checks on {len(report.checked_groups)} group(s) with all members present"
+          + (f", {len(report.skipped_groups)} skipped (members not in the file)" if report.skipped_groups else ""))
+    print(f"  replay: {report.completed_ops} of {report.total_ops} ops complete")
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    print("  OK" if report.ok else "  FAILED")
+    return 0 if report.ok else 1
+
+
+def cmd_trace_export(args) -> int:
+    """``dynamiccl trace export {chakra,param} TRACE -o DIR``."""
+    from dynamiccl.profiler.exporters import export_trace
+    from dynamiccl.trace.store import Trace
+
+    written = export_trace(args.format, Trace.read(args.trace), args.output)
+    print(f"wrote {len(written)} {args.format} file(s) to {args.output}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from dynamiccl.profiler.merge import training_steps, write_merged_trace
+    from dynamiccl.profiler.run import run_profiled
+    from dynamiccl.trace.summary import render_text
+
+    command = wrapped_command(args.cmd)
+    status, capture_dir = run_profiled(command, args.output)
+    if status != 0:
+        print(f"dynamiccl profile: the command exited with status {status}; merging what was recorded",
+              file=sys.stderr)
+    out, trace = write_merged_trace(capture_dir, gpus_per_node=args.gpus_per_node, description=shlex.join(command))
+    steps = training_steps(trace)
+    print(render_text(trace, str(out), step=steps))  # the last training step; step 0 is setup
+    print(f"wrote {out} ({steps} training step(s) after setup)")
+    return status
+
+
+def cmd_import(args) -> int:
+    from dynamiccl.profiler.importers import import_files
+
+    trace = import_files(args.format, args.files, gpus_per_node=args.gpus_per_node, trust_pickle=args.trust_pickle)
+    trace.write(args.output)
+    print(f"wrote {args.output}: {len(trace.communication_ops)} communication ops on {len(trace.ranks)} rank(s) "
+          f"from {len(args.files)} {args.format} file(s)")
+    return 0

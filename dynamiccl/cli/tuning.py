@@ -1,0 +1,116 @@
+"""Tuning commands: ``dynamiccl train`` (a policy from an experiment config), ``evaluate`` (agents
+against NCCL's default and the oracle) and ``replay`` (one step with NCCL's choices, and how fast)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from dynamiccl.cli.common import invocation
+from dynamiccl.errors import InputError
+
+
+def add(sub) -> None:
+    """Add ``train``, ``evaluate`` and ``replay`` to the sub-command parsers ``sub``."""
+    from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL, cost_models_help, simulated_cost_models
+    from dynamiccl.tuning.agent_registry import AGENTS
+
+    p = sub.add_parser("train", help="train a MaskablePPO policy from an experiment config (TOML)",
+                       description="Train a policy on the config's training cases. Writes policy.zip, checkpoints, "
+                                   "TensorBoard logs and the training curve to the output directory.")
+    p.add_argument("--config", required=True, help="experiment config, e.g. experiments/default.toml")
+    p.add_argument("--output-dir", help="default: experiments/<name>/run next to the config")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output directory")
+    p.add_argument("--timesteps", type=int, help="override [train] total_timesteps")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="compare a policy with NCCL's default, the oracle and the baselines",
+                       description="Replay held-out steps with every agent and write per-step and per-collective "
+                                   "results (RESULTS.parquet and RESULTS.calls.parquet).")
+    p.add_argument("--policy", help="policy.zip from `dynamiccl train`, or a decision table (.json/.csv/.conf/.txt)")
+    p.add_argument("--config", help="experiment config: evaluate its held-out split; static-best is fitted "
+                                    "on its training split")
+    p.add_argument("--run-dir", help="with --config: the training run's directory, where its workloads are "
+                                     "generated (default experiments/<name>/run)")
+    p.add_argument("--traces", nargs="+", help="trace files (instead of --config)")
+    p.add_argument("--envs", nargs="+", help="environment specs, crossed with --traces")
+    p.add_argument("--agents", default=",".join(AGENTS),
+                   help=f"comma-separated agents (default all: {','.join(AGENTS)})")
+    p.add_argument("--states", type=int, default=4, help="dynamics states per case (with --traces)")
+    p.add_argument("--state-offset", type=int, default=1000, help="first dynamics state (with --traces)")
+    p.add_argument("--online-steps", type=int, default=20, help="training steps the online learners get per case")
+    p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=list(COST_MODELS), help=cost_models_help())
+    p.add_argument("-o", "--output", required=True, help="results file (.parquet)")
+    p.add_argument("--json", help="also write the per-agent summary as JSON here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("replay", help="replay a trace step on an environment spec with NCCL's choices",
+                       description="Replay one step of a trace with NCCL's default choices on a cluster; print the "
+                                   "step time and where it goes. --random-steps measures environment throughput.")
+    p.add_argument("trace")
+    p.add_argument("--env", required=True, help="environment spec name or path")
+    p.add_argument("--state", type=int, default=0, help="dynamics state (seed of congestion and noise)")
+    p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=simulated_cost_models(),
+                   help=cost_models_help(simulated_cost_models()))
+    p.add_argument("--random-steps", type=int, default=0,
+                   help="also take this many environment steps with random valid actions and report steps/s")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_train(args) -> int:
+    from dynamiccl.tuning.config import load_config
+    from dynamiccl.tuning.train import train
+
+    config = load_config(args.config)
+    output = config.run_dir(args.output_dir)
+    result = train(config, output, resume=args.resume, max_timesteps=args.timesteps)
+    print(f"trained {result.timesteps:,} steps in {result.wall_s:.0f} s; policy: {output / 'policy.zip'}")
+    print(f"TensorBoard: tensorboard --logdir {output / 'tensorboard'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from dynamiccl import atomic
+    from dynamiccl.tuning.evaluate import EvaluationPlan, evaluate_plan
+
+    if args.config:
+        plan = EvaluationPlan.from_config(args.config, args.run_dir)
+    elif args.traces and args.envs:
+        plan = EvaluationPlan.from_traces(args.traces, args.envs, args.states, args.state_offset, args.model)
+    else:
+        raise InputError("evaluate", None, "give --config, or --traces and --envs")
+    names = [n.strip() for n in args.agents.split(",") if n.strip()]
+    started = time.perf_counter()
+    evaluation = evaluate_plan(plan, names, policy=args.policy, online_steps=args.online_steps)
+    results = evaluation.results
+    results.write(args.output, command=invocation(args.argv))
+    print(results.summary().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    if args.json:
+        atomic.write_text(args.json, json.dumps({"results": args.output, "summary": results.summary_by_agent(),
+                                                 "cost_model": evaluation.cost_model}, indent=1) + "\n")
+    print(f"wrote {args.output} and its .calls.parquet in {time.perf_counter() - started:.0f} s "
+          f"(cost model: {evaluation.cost_model})")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from dynamiccl.tuning.cases import Case
+    from dynamiccl.tuning.throughput import env_steps_per_s, replay_case
+
+    case = Case(args.trace, args.env)
+    figures = replay_case(case, args.state, args.model)
+    out = figures.to_json()
+    if args.random_steps > 0:
+        out["env_steps_per_s"] = env_steps_per_s(case, args.random_steps, args.model)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{args.trace} on {args.env} (state {args.state}); {figures.cost_model}")
+    print(f"  {figures.ops:,} ops, {figures.calls:,} calls of which {figures.decisions:,} tunable")
+    print(f"  step time {figures.step_time_us / 1e3:,.1f} ms with NCCL's choices; busiest rank's compute alone "
+          f"{figures.busiest_rank_compute_us / 1e3:,.1f} ms")
+    print(f"  compiled and costed in {figures.compile_and_cost_s:.2f} s, replayed in {figures.replay_s:.2f} s")
+    if "env_steps_per_s" in out:
+        print(f"  environment: {out['env_steps_per_s']:,.0f} steps/s with random valid actions")
+    return 0

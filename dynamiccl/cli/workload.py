@@ -1,0 +1,101 @@
+"""``dynamiccl generate`` (a training step as a trace) and ``dynamiccl models`` (the built-in models)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from dynamiccl.cli.common import invocation
+from dynamiccl.errors import InputError
+
+
+def add(sub) -> None:
+    """Add ``generate`` and ``models`` to the sub-command parsers ``sub``."""
+    p = sub.add_parser("generate", help="generate a Megatron-style training step as a trace",
+                       description="Generate one training step of a model under a parallel layout (Megatron-LM "
+                                   "rank order and communication), one representative rank per pipeline stage.")
+    p.add_argument("--model", required=True, help="built-in model name (see `dynamiccl models`) or a model TOML file")
+    p.add_argument("--tp", type=int, required=True, help="tensor-parallel size")
+    p.add_argument("--pp", type=int, required=True, help="pipeline-parallel size")
+    p.add_argument("--dp", type=int, required=True, help="data-parallel size")
+    p.add_argument("--cp", type=int, default=1, help="context-parallel size (p2p ring)")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel size (MoE models)")
+    p.add_argument("--etp", type=int, default=0, help="expert tensor-parallel size: 1 or TP (default TP)")
+    p.add_argument("--sp", action="store_true", help="sequence parallelism")
+    p.add_argument("--vpp", type=int, default=1, help="virtual pipeline stages per rank (interleaved 1F1B)")
+    p.add_argument("--micro-batch", type=int, default=1, help="sequences per micro-batch")
+    p.add_argument("--global-batch", type=int, default=0, help="sequences per step (default: the model's)")
+    p.add_argument("--seq-len", type=int, default=0, help="tokens per sequence (default: the model's)")
+    p.add_argument("--dp-mode", default="distopt", choices=["ddp", "megatron", "distopt", "fsdp"],
+                   help="data-parallel scheme (default distopt: Megatron's distributed optimizer)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="activation/parameter dtype")
+    p.add_argument("--grad-reduce-dtype", default="", choices=["", "fp32", "bf16", "fp16"],
+                   help="dtype of DP gradient reduction (default fp32, Megatron's default for bf16 runs)")
+    p.add_argument("--no-overlap-grad-reduce", action="store_true",
+                   help="reduce gradients after the pipeline drains instead of during the last backward")
+    p.add_argument("--no-reshard-after-forward", action="store_true",
+                   help="FSDP keeps gathered parameters from forward to backward")
+    p.add_argument("--first-stage-layers", type=int, default=0, help="layers on the first pipeline stage (uneven split)")
+    p.add_argument("--last-stage-layers", type=int, default=0, help="layers on the last pipeline stage (uneven split)")
+    hw = p.add_argument_group("hardware (compute time and node placement)")
+    hw.add_argument("--env", help="environment spec (file or shipped name, e.g. dgx-a100): its GPU and GPUs per node")
+    hw.add_argument("--gpu", help="GPU name (default H100-SXM unless --env)")
+    hw.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 8 unless --env)")
+    hw.add_argument("--peak-tflops", type=float, default=0.0, help="dense BF16 peak TFLOPS (overrides the GPU's)")
+    hw.add_argument("--efficiency", type=float,  # default: WorkloadSpec's, left to it
+                    help="fraction of peak the GEMMs achieve (default 0.45, a typical MFU)")
+    p.add_argument("--all-ranks", action="store_true", help="generate every rank, not one per pipeline stage")
+    p.add_argument("-o", "--output", required=True, help="trace file to write (.parquet)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("models", help="list the built-in models")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_generate(args) -> int:
+    from dynamiccl.envspec import resolve_env
+    from dynamiccl.workload.spec import WorkloadSpec, workload_field_flag
+
+    output = Path(args.output)
+    if output.suffix != ".parquet":
+        raise InputError("-o", None, f"expected a .parquet file name, got {args.output!r}")
+    values = {key: getattr(args, key) for key in (
+        "model", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "sp", "micro_batch", "global_batch", "seq_len", "dp_mode",
+        "dtype", "grad_reduce_dtype", "first_stage_layers", "last_stage_layers", "gpus_per_node", "peak_tflops")}
+    values.update(gpu=args.gpu or "", overlap_grad_reduce=not args.no_overlap_grad_reduce,
+                  reshard_after_forward=not args.no_reshard_after_forward)
+    if args.efficiency is not None:
+        values["efficiency"] = args.efficiency
+    try:
+        spec = WorkloadSpec.from_dict(values, "dynamiccl generate")
+    except InputError as exc:
+        raise workload_field_flag(exc) from None
+    started = time.perf_counter()
+    trace = spec.generate(resolve_env(args.env).cluster if args.env else None, all_ranks=args.all_ranks, progress=True,
+                          command=invocation(args.argv))
+    trace.write(output)
+    elapsed = time.perf_counter() - started
+    print(f"wrote {output}: {trace.meta.description}; {len(trace.ops)} ops on {len(trace.meta.roles)} rank(s) "
+          f"in {elapsed:.1f} s")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from dataclasses import asdict
+
+    from dynamiccl.workload.models import builtin_models
+
+    models = builtin_models()
+    if args.json:
+        print(json.dumps({name: asdict(cfg) | {"total_params": cfg.total_params()} for name, cfg in models.items()},
+                         indent=2))
+        return 0
+    print(f"{'model':<16} {'params':>9} {'layers':>6} {'hidden':>6} {'heads/kv':>9} {'seq':>6} {'gbs':>6}  experts")
+    for name, m in models.items():
+        experts = f"{m.moe.num_experts} top-{m.moe.top_k}" if m.moe else "-"
+        print(f"{name:<16} {m.total_params() / 1e9:>8.1f}B {m.num_layers:>6} {m.hidden_size:>6} "
+              f"{m.num_attention_heads:>4}/{m.num_kv_heads:<4} {m.seq_length:>6} {m.global_batch:>6}  {experts}")
+    print("\nUser models: a TOML file with a [model] table (copy one from dynamiccl/workload/models/).")
+    return 0

@@ -1,0 +1,128 @@
+"""How fast a case compiles, replays and steps: the figures of ``dynamiccl replay``.
+
+:func:`replay_case` compiles and costs a (trace, environment spec) case, replays one step of it with
+NCCL's own choice for every call, and reports the step time, the busiest rank's compute and how long
+each stage took (``dynamiccl bench replay-405b`` records ``replays_per_s``).
+:func:`env_steps_per_s` measures the tuning environment itself: ``TuningEnv.step`` calls per second
+with uniformly random valid actions (``dynamiccl bench env-steps``), the number that bounds training
+speed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
+from dynamiccl.tuning.cases import Case, load_case, new_replay
+from dynamiccl.tuning.env import TuningEnv
+
+RANDOM_BLOCK = 4096  # uniform numbers drawn per numpy call by the throughput loop's random agent
+
+
+@dataclass(frozen=True)
+class ReplayFigures:
+    """One step of a case replayed with NCCL's choices (times in µs, durations in s).
+
+    ``cost_model``: what priced the calls (the cost model's one-line description);
+    ``ops``/``calls``/``decisions``: the compiled step's ops, communication calls and the calls
+    NCCL's tuner is asked about; ``step_time_us``: the step's makespan; ``busiest_rank_compute_us``:
+    the compute of the rank with the most, alone (the step time if communication were free and
+    hidden); ``compile_and_cost_s``: reading, compiling and costing the case (0 when this process
+    had it cached); ``replay_s``: the replay alone.
+    """
+
+    case: Case
+    state: int
+    cost_model: str
+    nccl_version: str
+    ops: int
+    calls: int
+    decisions: int
+    step_time_us: float
+    busiest_rank_compute_us: float
+    compile_and_cost_s: float
+    replay_s: float
+
+    @property
+    def replays_per_s(self) -> float:
+        """Replays of the step per second (inf if the replay took no measurable time)."""
+        return 1.0 / self.replay_s if self.replay_s > 0 else float("inf")
+
+    def to_json(self) -> dict:
+        """The figures as ``dynamiccl replay --json`` prints them (the case as ``trace`` and ``env``)."""
+        return {"trace": self.case.trace, "env": self.case.env, "state": self.state, "cost_model": self.cost_model,
+                "nccl_version": self.nccl_version, "ops": self.ops, "calls": self.calls,
+                "decisions": self.decisions, "step_time_us": self.step_time_us,
+                "busiest_rank_compute_us": self.busiest_rank_compute_us,
+                "compile_and_cost_s": self.compile_and_cost_s, "replay_s": self.replay_s,
+                "replays_per_s": self.replays_per_s}
+
+
+def replay_case(case: Case, state: int = 0, model: str = DEFAULT_COST_MODEL) -> ReplayFigures:
+    """Compile and cost ``case`` under cost model ``model``, then replay it once with NCCL's choice
+    for every call under dynamics ``state``.
+
+    Raises:
+        InputError: an unreadable trace or spec, an unknown cost model, or a step without tunable
+            calls (see :func:`~dynamiccl.tuning.cases.load_case`).
+    """
+    started = time.perf_counter()
+    loaded = load_case(case, model)
+    compiled_s = time.perf_counter() - started
+    started = time.perf_counter()
+    replay = new_replay(loaded, state)
+    step_us = replay.run()
+    replay_s = time.perf_counter() - started  # before the replay is freed: freeing it is not replaying
+    program = loaded.program
+    return ReplayFigures(case, state, loaded.costs.description, loaded.env.nccl_version, program.num_ops,
+                         program.num_calls, len(program.tunable_calls), step_us, program.busiest_rank_compute_us(),
+                         compiled_s, replay_s)
+
+
+class _UniformValidActions:
+    """A uniform draw among the valid actions of ``env.action_masks()``, from ``np.random.default_rng(seed)``.
+
+    Not :class:`~dynamiccl.tuning.agents.RandomAgent`: a numpy ``choice`` per call would cost more
+    than the step being measured. This one keeps its own cost out of the figure: uniform numbers
+    are drawn in blocks of ``RANDOM_BLOCK``, and the valid actions of each distinct mask listed once.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.valid_of: dict[bytes, list[int]] = {}
+        self.draws: list[float] = []
+
+    def act(self, mask: np.ndarray) -> int:
+        key = mask.tobytes()
+        valid = self.valid_of.get(key)
+        if valid is None:
+            valid = self.valid_of[key] = np.flatnonzero(mask).tolist()
+        if not self.draws:
+            self.draws = self.rng.random(RANDOM_BLOCK).tolist()
+        return valid[int(self.draws.pop() * len(valid))]
+
+
+def env_steps_per_s(case: Case, steps: int, model: str = DEFAULT_COST_MODEL, seed: int = 0) -> float:
+    """``TuningEnv.step`` calls per second over ``steps`` steps on ``case``, each with a uniformly
+    random valid action (seeded by ``seed``); episodes restart as they end. Compiling and costing
+    the case, and the first reset, are not timed.
+
+    Raises:
+        InputError: as :func:`replay_case`.
+        ValueError: ``steps`` < 1.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    env = TuningEnv([case], model=model)
+    agent = _UniformValidActions(seed)
+    env.reset(seed=seed)
+    taken, started = 0, time.perf_counter()
+    while taken < steps:
+        _, _, terminated, _, _ = env.step(agent.act(env.action_masks()))
+        taken += 1
+        if terminated:
+            env.reset()
+    return taken / (time.perf_counter() - started)
