@@ -429,20 +429,21 @@ def read_json(path: str | os.PathLike, what: str, *, allow_nan: bool = False) ->
     return parse_json(read_text(path, what), os.fspath(path), allow_nan=allow_nan)
 
 
-def json_text(obj: Any, indent: int | None = 1) -> str:
-    """``obj`` as strict JSON text (newline-terminated): NaN and infinities, which JSON cannot
-    hold, become null."""
-    def strict(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {key: strict(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [strict(item) for item in value]
-        return value
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN and infinity, which JSON cannot hold, as None (tuples as lists)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
 
-    return json.dumps(strict(obj), indent=indent, allow_nan=False) + "\n"
+
+def json_text(obj: Any, indent: int | None = 1) -> str:
+    """``obj`` as strict JSON text (newline-terminated), NaN and infinities as null."""
+    return json.dumps(json_ready(obj), indent=indent, allow_nan=False) + "\n"
 
 __all__ = ["REQUIRED", "Field", "Schema", "integer", "number", "flag", "string", "choice", "int_list", "number_list", "table",
            "tables", "mapping", "json_value", "json_list", "formerly", "show", "expected", "read_text", "read_toml", "parse_json",
-           "read_json", "json_text"]
+           "read_json", "json_ready", "json_text"]

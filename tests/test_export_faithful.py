@@ -4,7 +4,6 @@ environment, the policy's own step time on every evaluation case (required: with
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest

@@ -15,7 +15,6 @@ from plugin_harness import use_table
 
 from dynamiccl.callkey import CallKey
 from dynamiccl.nccl import TUNABLE_FUNCS, Algorithm, Func, Protocol, supported_configs
-from dynamiccl.plugin.binding import nccl_pick
 from dynamiccl.table import DecisionTable, PositionCounter, Rule, StepShape
 
 MAX = 2**64 - 1

@@ -113,7 +113,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from dynamiccl import atomic
+    from dynamiccl import atomic, schema
     from dynamiccl.costmodel.calibration import format_summary, plot, predict, summarize
     from dynamiccl.costmodel.measurements import load_env_dir, load_measurements
     from dynamiccl.costmodel.world import WorldParams, default_params
@@ -138,5 +138,5 @@ def cmd_validate(args) -> int:
     if args.json:
         from dynamiccl.costmodel.calibration import points
 
-        atomic.write_text(args.json, json.dumps({**summary, "points": points(results)}, indent=1) + "\n")
+        atomic.write_text(args.json, schema.json_text({**summary, "points": points(results)}))  # NaN -> null
     return 0

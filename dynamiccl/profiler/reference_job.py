@@ -43,7 +43,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shlex
 import sys
 import time

@@ -46,7 +46,6 @@ import numpy as np
 
 from dynamiccl import schema
 from dynamiccl.callkey import CallKey
-from dynamiccl.errors import InputError
 from dynamiccl.nccl import KEEP, TUNABLE_FUNCS
 from dynamiccl.table.model import DecisionTable, PositionCounter
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from dynamiccl import __version__, atomic
+from dynamiccl import __version__, atomic, schema
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
@@ -268,8 +268,7 @@ class Results:
         Raises:
             ValueError: for an ``online`` value other than ``"all"`` or ``"last"``.
         """
-        return {row["agent"]: {key: None if isinstance(value, float) and math.isnan(value) else value
-                               for key, value in row.items() if key != "agent"}
+        return {row["agent"]: schema.json_ready({key: value for key, value in row.items() if key != "agent"})
                 for row in self.summary(online).to_dict("records")}
 
 

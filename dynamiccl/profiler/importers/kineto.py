@@ -371,7 +371,6 @@ def read_kineto(paths: list[str], *, gpus_per_node: int = 8) -> Trace:
 
 
 def _nccl_rank(doc: _Doc, timeline: _Timeline, groups: dict[str, GroupInfo], world: int, notes: Notes) -> list:
-    path = doc.path
     rpcs = sorted((e for e in doc.events if e.name == "record_param_comms"), key=lambda e: (e.ts, e.index))
     kernels = [e for e in doc.events if e.cat == "kernel" and KERNEL_RE.match(e.name)]
     launches = {e.args.get("correlation"): e for e in doc.events
