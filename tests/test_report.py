@@ -133,3 +133,22 @@ def test_recorded_experiment(tmp_path):
     text = (out / "summary.md").read_text(encoding="utf-8")
     summary = Results(pd.read_parquet(RECORDED), pd.DataFrame(), {}).summary().set_index("agent")
     assert f"policy: geomean step-time speedup {summary.loc['policy', 'geomean_speedup']:.4f}x" in text
+
+
+def test_provenance_names_the_compute_of_every_case(tmp_path):
+    """A case is replayed with the compute of its own cluster: the report says which, for the
+    evaluated cases (a generated workload on an A100 node: A100 compute) and a captured trace
+    (measured durations)."""
+    from dynamiccl.envspec import resolve_env
+    from dynamiccl.report import load
+    from dynamiccl.report.data import provenance
+    from dynamiccl.workload.spec import WorkloadSpec
+
+    workload = WorkloadSpec.from_dict({"model": "llama3-8b", "tp": 2, "dp": 4, "global_batch": 8}, "test")
+    generated = workload.cached_trace(tmp_path, resolve_env("dgx-a100").cluster)
+    results = tmp_path / "results.parquet"
+    assert main(["evaluate", "--traces", str(generated), "traces/ref-pp2-dp2.parquet", "--envs", "dgx-a100",
+                 "--states", "1", "--agents", "nccl-default", "-o", str(results)]) == 0
+    rows = dict(provenance(load(results)))
+    assert rows[f"compute of {generated.stem}@dgx-a100"].startswith("A100-SXM: 312 TFLOPS dense BF16 x 0.45")
+    assert rows["compute of ref-pp2-dp2@dgx-a100"].startswith("not recorded")

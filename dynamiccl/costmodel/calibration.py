@@ -115,8 +115,8 @@ def points(results: list[TableResult]) -> dict:
 
 def format_summary(summary: dict) -> str:
     """The per-table and overall error table ``dynamiccl validate`` prints."""
-    def pct(x):
-        return f"{100 * x:7.1f}%" if x == x else f"{'-':>8}"
+    def pct(x):  # undefined (no rows of that size): NaN here, null once written as JSON
+        return f"{100 * x:7.1f}%" if x is not None and x == x else f"{'-':>8}"
     lines = ["# median |predicted - measured| / measured time, world simulator (NCCL model's belief in brackets)",
              f"#{'table':<24} {'env':<14} {'nccl':<7} {'kind':<16} {'rows':>4} {'all':>8} {'<=64K':>8} "
              f"{'>=64M':>8} {'[nccl all]':>11}"]

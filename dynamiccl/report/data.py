@@ -23,6 +23,7 @@ from dynamiccl import __version__
 from dynamiccl import schema
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.evaluate import METADATA_KEY, Results, calls_path, counted_steps, sample_efficiency
+from dynamiccl.workload.context import describe_compute
 
 DEFAULT_AGENT = "nccl-default"
 ORACLE_AGENT = "oracle"
@@ -290,6 +291,13 @@ def provenance(data: ReportData) -> list[tuple[str, str]]:
                         ("decision table", data.table_path)):
         if path is not None:
             rows.append((label, os.fspath(path)))
+    # The compute each case was replayed with: the GPU of its environment spec unless the workload named one.
+    rows += [(f"compute of {label}", describe_compute(compute)) for label, compute in
+             (meta.get("case_compute") or {}).items()]
+    if data.table is not None:
+        training = (data.table.provenance.get("policy_provenance") or {}).get("training_cases") or []
+        rows += [(f"compute of training case {case.get('label', '?')}", describe_compute(case.get("compute") or {}))
+                 for case in training if isinstance(case, dict) and "compute" in case]
     rows.append(("report command", data.command or "(library call)"))
     return rows
 

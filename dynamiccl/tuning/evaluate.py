@@ -45,7 +45,7 @@ from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
 from dynamiccl.tuning.agent_registry import AgentInputs, make_agents
 from dynamiccl.tuning.actions import ACTION_ALGO, ACTION_PROTO, describe_action
 from dynamiccl.tuning.agents import Agent, OracleAgent
-from dynamiccl.tuning.cases import Case
+from dynamiccl.tuning.cases import Case, load_case
 from dynamiccl.tuning.observation import key_columns
 
 if TYPE_CHECKING:
@@ -372,7 +372,8 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
     descriptions = sorted({row["cost_model"] for row in step_rows})
     meta = {"dynamiccl_version": __version__, "cost_model": base.model, "cost_model_descriptions": descriptions,
             "states": states, "online_steps": int(online_steps), "agents": [a.name for a in agents],
-            "cases": [c.label for c in base.cases]}
+            "cases": [c.label for c in base.cases],
+            "case_compute": {c.label: load_case(c, base.model).program.compute for c in base.cases}}
     return Results(steps, _calls_frame(call_parts), meta)
 
 

@@ -72,6 +72,7 @@ class StepProgram:
     gpus_per_node: int = 1
     world_size: int = 1
     workload: dict = field(default_factory=dict)
+    compute: dict = field(default_factory=dict)  # the trace's compute provenance (GPU, peak, efficiency)
 
     @property
     def num_ops(self) -> int:
@@ -109,7 +110,8 @@ class StepProgram:
         if step not in steps:
             raise InputError(source, "step", f"step {step} is not in the trace (it has {steps})")
         prog = cls(source=source, step=step, ranks=[], gpus_per_node=trace.meta.gpus_per_node,
-                   world_size=trace.meta.world_size, workload=dict(trace.meta.workload))
+                   world_size=trace.meta.world_size, workload=dict(trace.meta.workload),
+                   compute=dict(trace.meta.compute))
         rep_of = {}
         for role in trace.meta.roles.values():
             for lo, hi in role.represents:

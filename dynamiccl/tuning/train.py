@@ -38,6 +38,7 @@ from dynamiccl.atomic import write_text
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.callbacks import (CHECKPOINT_PREFIX, FINAL_EPISODES, Checkpoint, Checkpoints, ProgressBar,
                                         SpeedupCurve, latest_checkpoint)
+from dynamiccl.tuning.cases import load_case
 from dynamiccl.tuning.config import ExperimentConfig
 from dynamiccl.tuning.env import TuningEnv
 from dynamiccl.tuning.policy_file import save_policy
@@ -124,7 +125,8 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
         "config": config.raw, "seed": config.seed, "timesteps": int(agent.num_timesteps),
         "episodes": len(curve.rows), "wall_s": round(wall_s, 3), "final_mean_speedup": final,
         "dynamiccl_version": dynamiccl.__version__, "cost_model": config.model, "states": t.states,
-        "training_cases": [{"trace": c.trace, "env": c.env, "step": c.step, "label": c.label} for c in cases],
+        "training_cases": [{"trace": c.trace, "env": c.env, "step": c.step, "label": c.label,
+                            "compute": load_case(c, config.model).program.compute} for c in cases],
         "algorithm": "MaskablePPO", "library_versions": _library_versions(), "resumed_from": resumed_from,
     }
     policy_path = save_policy(output_dir / "policy.zip", agent, provenance)

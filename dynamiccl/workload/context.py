@@ -46,6 +46,14 @@ class ComputeRate:
                                   "optimizer: bytes moved / hbm_gbytes_per_s"}
 
 
+def describe_compute(compute: dict) -> str:
+    """One line for a trace's compute provenance (what :meth:`ComputeRate.as_dict` recorded)."""
+    if not compute:
+        return "not recorded (a measured or imported trace: its durations are measured)"
+    return (f"{compute.get('gpu', '?')}: {compute['peak_bf16_tflops']:g} TFLOPS dense BF16 x "
+            f"{compute['efficiency']:g}, HBM {compute.get('hbm_gbytes_per_s', 0):g} GB/s")
+
+
 @dataclass
 class StepContext:
     """Emission helpers bound to one rank; see the module docstring for the dependency rules."""
