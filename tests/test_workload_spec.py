@@ -105,3 +105,32 @@ def test_generate_with_an_env_uses_its_gpu(tmp_path):
                  "--env", "dgx-a100", "-o", str(out)]) == 0
     meta = Trace.read(out).meta
     assert meta.compute["gpu"] == "A100-SXM" and meta.gpus_per_node == 8
+
+
+def test_unknown_model_or_gpu_in_a_config_names_the_config_and_key(tmp_path):
+    config = tmp_path / "exp.toml"
+    for workload, key, words in (('{ model = "llama-7" }', "model", "unknown model 'llama-7'"),
+                                 ('{ model = "llama3-8b", gpu = "Z100" }', "gpu", "unknown GPU 'Z100'")):
+        config.write_text(f'[train]\n[[train.cases]]\nworkload = {workload}\nenv = "dgx-h100"\n', encoding="utf-8")
+        with pytest.raises(InputError) as info:  # when the config is read, before any work
+            load_config(config)
+        assert (info.value.source, info.value.field) == (str(config), f"train.cases[0].workload.{key}")
+        assert words in str(info.value)
+
+
+def test_a_layout_the_model_cannot_run_names_the_case(tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text('[train]\n[[train.cases]]\nworkload = { model = "llama3-8b", tp = 3 }\nenv = "dgx-h100"\n',
+                      encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load_config(config).train_cases(tmp_path / "run")
+    assert (info.value.source, info.value.field) == (str(config), "train.cases[0].workload")
+    assert "not divisible by TP 3" in str(info.value)
+
+
+def test_a_model_file_error_names_the_model_file_not_a_flag(tmp_path, capsys):
+    model = tmp_path / "bad.toml"
+    model.write_text('[model]\nname = "bad"\n', encoding="utf-8")
+    assert main(["generate", "--model", str(model), "--tp", "1", "--pp", "1", "--dp", "1",
+                 "-o", str(tmp_path / "x.parquet")]) == 2
+    assert f"{model}: model.num_layers: missing" in capsys.readouterr().err

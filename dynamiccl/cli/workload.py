@@ -71,7 +71,7 @@ def cmd_generate(args) -> int:
     try:
         spec = WorkloadSpec.from_dict(values, "dynamiccl generate")
     except InputError as exc:
-        raise workload_field_flag(exc) from None
+        raise workload_field_flag(exc, "dynamiccl generate") from None
     started = time.perf_counter()
     trace = spec.generate(resolve_env(args.env).cluster if args.env else None, all_ranks=args.all_ranks, progress=True,
                           command=invocation(args.argv))

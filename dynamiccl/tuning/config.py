@@ -69,7 +69,7 @@ from pathlib import Path
 
 from dynamiccl import schema
 from dynamiccl.envspec import resolve_env
-from dynamiccl.errors import InputError
+from dynamiccl.errors import InputError, LayoutError
 from dynamiccl.tuning.cases import Case
 from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL
 from dynamiccl.tuning.policy_file import ACTIVATIONS  # what a policy file can hold
@@ -145,11 +145,15 @@ class CaseSpec:
         the first time.
 
         Raises:
-            InputError: a workload whose layout the model cannot run, naming ``source``.
+            InputError: a workload whose layout the model cannot run, naming ``source`` and
+                ``<where>.workload``.
         """
         if self.trace is not None:
             return Case(self.trace, self.env, self.step)
-        trace = self.workload.cached_trace(workload_dir, resolve_env(self.env).cluster)
+        try:
+            trace = self.workload.cached_trace(workload_dir, resolve_env(self.env).cluster)
+        except LayoutError as err:
+            raise InputError(source, f"{self.where}.workload", err.problem) from None
         return Case(str(trace), self.env, self.step)
 
     def describe(self) -> dict:
@@ -302,7 +306,7 @@ def _case_specs(cases: list[dict], where: str, source: str, repo_root: Path) -> 
             resolve_env(env_path)
         except InputError as e:
             raise InputError(source, f"{at}.env", str(e)) from None
-        workload = WorkloadSpec.from_values(values["workload"]) if "workload" in values else None
+        workload = WorkloadSpec.from_values(values["workload"], source, f"{at}.workload.") if "workload" in values else None
         specs.append(CaseSpec(at, env_path, trace, workload, values.get("step")))
     return tuple(specs)
 

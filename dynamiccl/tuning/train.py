@@ -95,7 +95,7 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
     output_dir = Path(output_dir)
     t = config.train
     if max_timesteps is not None and max_timesteps < 1:
-        raise InputError("--max-timesteps", None, f"expected an integer >= 1, got {max_timesteps}")
+        raise InputError("--timesteps", None, f"expected an integer >= 1, got {max_timesteps}")
     target = t.total_timesteps if max_timesteps is None else min(t.total_timesteps, max_timesteps)
     start = _resume_point(config, output_dir) if resume else _fresh_run(config, output_dir)
     cases = config.train_cases(output_dir)

@@ -319,11 +319,12 @@ def builtin_models() -> dict[str, ModelConfig]:
     return out
 
 
-def load_model(name_or_path: str) -> ModelConfig:
+def load_model(name_or_path: str, source: str = "--model", field: str | None = None) -> ModelConfig:
     """A built-in model by name (case, dashes and dots ignored: "Llama-3.1-405B"), or a TOML file.
 
     Raises:
-        InputError: unknown model name (listing the built-ins) or a bad model file.
+        InputError: an unknown model name (naming ``source``/``field``, listing the built-ins), or a
+            bad model file (naming that file and its key).
     """
     if name_or_path.endswith(".toml") or os.sep in name_or_path:
         return load_model_file(name_or_path)
@@ -331,7 +332,7 @@ def load_model(name_or_path: str) -> ModelConfig:
     by_normal = {_normal(n): cfg for n, cfg in models.items()}
     found = by_normal.get(_normal(name_or_path))
     if found is None:
-        raise InputError("--model", None,
+        raise InputError(source, field,
                          f"unknown model {name_or_path!r}; built-in models: {', '.join(models)} "
                          "(or give a path to a model TOML file)")
     return found

@@ -95,11 +95,21 @@ class WorkloadSpec:
         Raises:
             InputError: naming ``source`` and the key that is unknown, missing or wrong.
         """
-        return cls.from_values(WORKLOAD.parse(obj, source))
+        return cls.from_values(WORKLOAD.parse(obj, source), source)
 
     @classmethod
-    def from_values(cls, values: dict) -> "WorkloadSpec":
-        """A workload from values already checked by :data:`WORKLOAD` (``WORKLOAD.parse``)."""
+    def from_values(cls, values: dict, source: str | os.PathLike | None, prefix: str = "") -> "WorkloadSpec":
+        """A workload from values already checked by :data:`WORKLOAD` (``WORKLOAD.parse``); the model
+        and the GPU must be known (a built-in name or a model file; a catalogued GPU).
+
+        Raises:
+            InputError: an unknown model or GPU, naming ``source`` and ``<prefix>model`` / ``<prefix>gpu``.
+        """
+        from dynamiccl.workload.models import load_model
+
+        load_model(values["model"], source, f"{prefix}model")  # a model file's own errors name that file
+        if values["gpu"]:
+            gpu_spec(values["gpu"], source, f"{prefix}gpu")
         layout = ParallelLayout(**{k: v for k, v in values.items() if k not in _HARDWARE_KEYS},
                                 gpus_per_node=values["gpus_per_node"])
         return cls(values["model"], layout, values["gpu"], values["peak_tflops"], values["efficiency"])
@@ -142,7 +152,7 @@ class WorkloadSpec:
         from dynamiccl.workload.generator import generate
         from dynamiccl.workload.models import load_model
 
-        rate = self.compute_rate(cluster)  # an unknown GPU fails before the model file is read
+        rate = self.compute_rate(cluster)
         return generate(load_model(self.model), self.placed_layout(cluster), rate, all_ranks=all_ranks,
                         progress=progress, command=command or f"workload {json.dumps(self.to_dict(), sort_keys=True)}")
 
@@ -164,11 +174,13 @@ class WorkloadSpec:
         return path
 
 
-def workload_field_flag(error: InputError) -> InputError:
-    """``error`` from :meth:`WorkloadSpec.from_dict` on command-line values, re-worded to name the
-    flag (``efficiency`` -> ``--efficiency``)."""
-    name = (error.field or "").split(".")[-1]
-    return InputError(f"--{name.replace('_', '-')}" if name else error.source, None, error.problem)
+def workload_field_flag(error: InputError, source: str) -> InputError:
+    """``error`` from :meth:`WorkloadSpec.from_dict` on command-line values read as ``source``,
+    re-worded to name the flag (``efficiency`` -> ``--efficiency``); an error about another file (a
+    model file's key) is returned as it is."""
+    if error.source != source or not error.field:
+        return error
+    return InputError(f"--{error.field.replace('_', '-')}", None, error.problem)
 
 
 __all__ = ["WORKLOAD", "WorkloadSpec", "workload_field_flag", "DEFAULT_EFFICIENCY"]
