@@ -20,7 +20,8 @@ from dynamiccl.errors import InputError
 from dynamiccl.nccl import Algorithm, Func, Protocol
 from dynamiccl.tuning.actions import ACTION_ALGO, DEFAULT_ACTION
 from dynamiccl.tuning.cases import Case, load_case
-from dynamiccl.tuning.costs import CostTable, key_array
+from dynamiccl.tuning.costs import CostTable
+from dynamiccl.tuning.observation import key_columns
 from dynamiccl.tuning.env import TuningEnv
 from dynamiccl.tuning.program import StepProgram
 from dynamiccl.trace.store import Trace
@@ -126,8 +127,9 @@ def test_cost_tables_take_point_to_point_times_from_the_world_for_nccls_model():
     assert not COST_MODELS["nccl"].create(loaded.env).costs_p2p
     p2p = [key for key, call in enumerate(costs.keys) if call.coll in (Func.SEND, Func.ALLTOALL)]
     assert {costs.keys[key].coll for key in p2p} == {Func.SEND, Func.ALLTOALL}
-    k = key_array([costs.keys[key] for key in p2p])
-    quiet = world.evaluate(make_batch(k[:, 0], k[:, 1], k[:, 2], k[:, 3], num_pipe_ops=k[:, 4])).time_us
+    k = key_columns([costs.keys[key] for key in p2p])
+    quiet = world.evaluate(make_batch(k["coll"], k["nbytes"], k["nranks"], k["nnodes"],
+                                      num_pipe_ops=k["num_pipe_ops"])).time_us
     for state in (0, 1):
         for overlap in (0, 1):
             np.testing.assert_array_equal(costs.time_us[p2p, DEFAULT_ACTION, state, overlap], quiet)
@@ -161,8 +163,9 @@ def test_default_action_latency_is_taken_at_zero_bytes():
     choice for a 0-byte call, not of the pair it picks at the call's size."""
     loaded = load_case(Case("traces/llama3-70b_tp4-pp4-cp2-dp2-sp.parquet", "h100-ib-4x8"))
     costs, world = loaded.costs, WorldModel(loaded.env)
-    k = key_array(costs.keys)
-    zero = world.evaluate(make_batch(k[:, 0], 0, k[:, 2], k[:, 3], num_pipe_ops=k[:, 4])).time_us
-    at_size = world.evaluate(make_batch(k[:, 0], k[:, 1], k[:, 2], k[:, 3], num_pipe_ops=k[:, 4]))
+    k = key_columns(costs.keys)
+    zero = world.evaluate(make_batch(k["coll"], 0, k["nranks"], k["nnodes"], num_pipe_ops=k["num_pipe_ops"])).time_us
+    at_size = world.evaluate(make_batch(k["coll"], k["nbytes"], k["nranks"], k["nnodes"],
+                                        num_pipe_ops=k["num_pipe_ops"]))
     np.testing.assert_array_equal(costs.latency_us[:, DEFAULT_ACTION, 0], np.minimum(zero, at_size.time_us))
     assert (costs.latency_us[:, DEFAULT_ACTION, 0] != at_size.latency_us).any()  # the two differ somewhere

@@ -511,14 +511,13 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         loaded = load_case(case, config.model)
         p = loaded.program
         programs.append(p)
-        for c in p.tunable_calls:
-            rows.append(p.call_key[c].as_tuple())
-            masks.append(loaded.costs.mask[loaded.costs.call_row[c]])
-    calls = pd.DataFrame(rows, columns=list(QUERY_COLUMNS))
-    mask_of = {}
-    for row, mask in zip(rows, masks):
-        key = (row[0], row[2], row[3], row[5])
-        mask_of[key] = mask_of.get(key, mask) & mask
+        rows += [p.call_key[c] for c in p.tunable_calls]
+        masks += list(loaded.costs.call_masks(p.tunable_calls))
+    calls = pd.DataFrame([key.as_tuple() for key in rows], columns=list(QUERY_COLUMNS))
+    mask_of = {}  # the actions valid for every call of one (coll, nranks, nnodes, num_pipe_ops)
+    for key, mask in zip(rows, masks):
+        shape = (int(key.coll), key.nranks, key.nnodes, key.num_pipe_ops)
+        mask_of[shape] = mask_of.get(shape, mask) & mask
 
     def decide(frame: pd.DataFrame) -> np.ndarray:
         obs = encode(frame)

@@ -18,6 +18,7 @@ model without point-to-point costs (NCCL's) gets the world's for send/recv and A
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -32,15 +33,10 @@ from dynamiccl.nccl import FUNC_OP, NUM_COST_CELLS, TUNABLE_FUNCS
 from dynamiccl.tuning.actions import (
     ACTION_ALGO, ACTION_CHANNELS, ACTION_PROTO, DEFAULT_ACTION, NUM_ACTIONS, action_mask,
 )
+from dynamiccl.tuning.observation import key_columns
 from dynamiccl.tuning.program import StepProgram
 
 QUIET, CONGESTED = 0, 1
-
-
-def key_array(keys: list[CallKey]) -> np.ndarray:
-    """[key, (coll, nbytes, nranks, nnodes, num_pipe_ops)] as int64: the columns a cost batch takes."""
-    return np.array([(int(k.coll), k.nbytes, k.nranks, k.nnodes, k.num_pipe_ops) for k in keys],
-                    dtype=np.int64).reshape(-1, 5)
 # The conditions a call is costed in, as (network state, compute overlapped 0/1), in the order the
 # rows of the evaluated batch take them; the first two are the call alone.
 _CONDITIONS = ((QUIET, 0), (CONGESTED, 0), (QUIET, 1), (CONGESTED, 1))
@@ -96,12 +92,12 @@ class CostTable:
                                  f"a {FUNC_OP[key.coll]} over {key.nranks} ranks on {key.nnodes} node(s) needs "
                                  f"{ranks_per_node} GPUs per node; {env.name} has {env.gpus_per_node} "
                                  "(generate the trace for this cluster's node size)")
-        k = key_array(keys)
+        k = key_columns(keys)
         nccl = NcclModel(env)
-        base = make_batch(k[:, 0], k[:, 1], k[:, 2], k[:, 3], num_pipe_ops=k[:, 4])
+        base = make_batch(k["coll"], k["nbytes"], k["nranks"], k["nnodes"], num_pipe_ops=k["num_pipe_ops"])
         index = nccl.topology_index(base)
         nccl_cost = nccl.cost_table(base, index).reshape(len(keys), NUM_COST_CELLS)
-        tunable = np.isin(k[:, 0], [int(f) for f in TUNABLE_FUNCS])
+        tunable = np.isin(k["coll"], [int(f) for f in TUNABLE_FUNCS])
         mask = np.zeros((len(keys), NUM_ACTIONS), dtype=bool)
         for i in range(len(keys)):
             if tunable[i]:
@@ -119,6 +115,10 @@ class CostTable:
                     proto=np.full((len(keys), NUM_ACTIONS), -1, dtype=np.int64), nccl_cost=nccl_cost)
         table._fill(entry.create(env, options), env, options)
         return table
+
+    def call_masks(self, calls: Sequence[int]) -> np.ndarray:
+        """The valid actions of each of ``calls`` (call ids of the step), [len(calls), NUM_ACTIONS]."""
+        return self.mask[np.asarray(self.call_row, dtype=np.int64)[np.asarray(calls, dtype=np.int64)]]
 
     def rows(self) -> list[list[tuple | None]]:
         """Per key and action: ``(time quiet/alone, quiet/overlap, congested/alone, congested/overlap,
@@ -141,15 +141,15 @@ class CostTable:
             self.mask[:, DEFAULT_ACTION] = True
             self.description += ": NCCL's knobs do not apply, only the default is valid"
         row_key, row_action = np.nonzero(self.mask)
-        k = key_array(self.keys)[row_key]
+        k = {name: column[row_key] for name, column in key_columns(self.keys).items()}
         n = len(row_key)
         # Each (key, action) in every condition, condition-major; a model without conditions is
         # asked once (quiet, alone) and its answer holds in all of them.
         conditions = _CONDITIONS if model.models_conditions else _CONDITIONS[:1]
         tile = lambda a: np.tile(a, len(conditions))  # noqa: E731
-        batch = make_batch(tile(k[:, 0]), tile(k[:, 1]), tile(k[:, 2]), tile(k[:, 3]),
+        batch = make_batch(tile(k["coll"]), tile(k["nbytes"]), tile(k["nranks"]), tile(k["nnodes"]),
                            algo=tile(ACTION_ALGO[row_action]), proto=tile(ACTION_PROTO[row_action]),
-                           channels=tile(ACTION_CHANNELS[row_action]), num_pipe_ops=tile(k[:, 4]),
+                           channels=tile(ACTION_CHANNELS[row_action]), num_pipe_ops=tile(k["num_pipe_ops"]),
                            overlap=np.repeat([overlap for _, overlap in conditions], n),
                            compute_hbm_share=env.dynamics.compute_hbm_share if model.models_conditions else 0.0,
                            congestion=np.repeat([self._congestion(state) for state, _ in conditions], n))
@@ -170,7 +170,8 @@ class CostTable:
         times, latency = every(time_us), every(got.latency_us)[:2]  # latency: the two alone rows
         default = np.flatnonzero(row_action == DEFAULT_ACTION)
         if len(default) and latency[:, default].any():
-            latency[:, default] = self._default_latency_at_zero_bytes(model, k[default])
+            latency[:, default] = self._default_latency_at_zero_bytes(model, {name: column[default]
+                                                                             for name, column in k.items()})
         for row, (state, overlap) in enumerate(_CONDITIONS):
             self.time_us[row_key, row_action, state, overlap] = times[row]
         latency = np.minimum(latency, times[:2])
@@ -190,13 +191,13 @@ class CostTable:
         """Share of NIC bandwidth background traffic takes in network ``state``."""
         return self.congested_share if state == CONGESTED else 0.0
 
-    def _default_latency_at_zero_bytes(self, model: CostModel, keys: np.ndarray) -> np.ndarray:
+    def _default_latency_at_zero_bytes(self, model: CostModel, keys: dict[str, np.ndarray]) -> np.ndarray:
         """The latency part of NCCL's default action, [quiet/congested, key], as the first cost
         tables took it: the model's latency of the same call at 0 bytes, where NCCL may choose
         another algorithm and protocol than at the call's size. (A forced action takes the latency
         part of the pair it runs; the two agree wherever NCCL's choice does not change with size.)"""
-        states = (QUIET, CONGESTED)
-        batch = make_batch(np.tile(keys[:, 0], 2), 0, np.tile(keys[:, 2], 2), np.tile(keys[:, 3], 2),
-                           num_pipe_ops=np.tile(keys[:, 4], 2),
-                           congestion=np.repeat([self._congestion(state) for state in states], len(keys)))
-        return model.evaluate(batch).latency_us.reshape(len(states), len(keys))
+        states, n = (QUIET, CONGESTED), len(keys["coll"])
+        batch = make_batch(np.tile(keys["coll"], 2), 0, np.tile(keys["nranks"], 2), np.tile(keys["nnodes"], 2),
+                           num_pipe_ops=np.tile(keys["num_pipe_ops"], 2),
+                           congestion=np.repeat([self._congestion(state) for state in states], n))
+        return model.evaluate(batch).latency_us.reshape(len(states), n)

@@ -17,7 +17,7 @@ from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS
 from dynamiccl.envspec import resolve_env
 from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay
-from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL
+from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL, cost_model_entry
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.timeline import Replay
 from dynamiccl.workload.spec import WorkloadSpec
@@ -114,8 +114,7 @@ class TuningEnv(gym.Env):
     def __init__(self, cases: Sequence[Case | tuple] | None = None, model: str = DEFAULT_COST_MODEL, states: int = 8,
                  state_offset: int = 0, reward_scale: float = 100.0):
         super().__init__()
-        if model not in COST_MODELS:
-            raise InputError(None, "model", f"unknown cost model {model!r}; expected one of {', '.join(COST_MODELS)}")
+        cost_model_entry(model)  # an unknown name fails here, listing the registered models
         if states < 1 or state_offset < 0:
             raise InputError(None, "states", f"expected states >= 1 and state_offset >= 0, got {states}, {state_offset}")
         cases = default_cases() if cases is None else [c if isinstance(c, Case) else Case(*c) for c in cases]
@@ -232,8 +231,7 @@ class TuningEnv(gym.Env):
         """(call ids, observations, masks) of every tunable call of the episode's step, for an agent
         whose answer depends only on (observation, mask) and that decides them in one batch."""
         calls = np.asarray(self._case.program.tunable_calls, dtype=np.int64)
-        rows = np.asarray(self._case.costs.call_row, dtype=np.int64)[calls]
-        return calls, self._case.obs[calls].astype(np.float32), self._case.costs.mask[rows]
+        return calls, self._case.obs[calls].astype(np.float32), self._case.costs.call_masks(calls)
 
     @property
     def case_id(self) -> tuple[Case, str]:
