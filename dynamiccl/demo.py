@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.envspec import resolve_env
 from dynamiccl.trace.consistency import check_consistency
 from dynamiccl.trace.store import Trace
 from dynamiccl.trace.summary import render_text
 from dynamiccl.workload.layout import ParallelLayout
-from dynamiccl.workload.spec import WorkloadSpec
+from dynamiccl.workload.spec import WorkloadSpec, generate_argv
 
 # The generated step, on the cluster of the held-out case that replays it (its GPU and node size).
 DEMO_WORKLOAD = WorkloadSpec("llama3-8b", ParallelLayout(tp=2, pp=2, dp=2, sp=True, global_batch=16,
@@ -43,7 +44,7 @@ DEMO_CONFIG = """\
 name = "demo"
 description = "demo: Llama-3 8B on three clusters; held out: the generated TP2 PP2 DP2 step and a RoCE cluster"
 seed = 0
-model = "world"
+model = "{model}"
 
 [train]
 total_timesteps = {timesteps}
@@ -89,9 +90,8 @@ def _generate_trace(out_dir: Path) -> tuple[Path, bool]:
     workload = DEMO_WORKLOAD
     print(f"[1/5] generating one training step: {workload.model}, {workload.placed_layout(env.cluster).describe()}, "
           f"on {env.name} ({workload.compute_rate(env.cluster).gpu})")
-    trace = workload.generate(env.cluster, all_ranks=True,
-                              command=f"dynamiccl generate --model llama3-8b --tp 2 --pp 2 --dp 2 --sp --global-batch 16 "
-                                      f"--env {DEMO_ENV} --all-ranks")
+    argv = generate_argv(workload, DEMO_ENV, all_ranks=True)
+    trace = workload.generate(env.cluster, all_ranks=True, command=f"dynamiccl {shlex.join(argv)}")
     path = out_dir / TRACE_NAME
     trace.write(path)
     trace = Trace.read(path)
@@ -127,7 +127,7 @@ def run_demo(out_dir: Path, command: Callable[[list[str]], int], timesteps: int 
         return 1
     run_dir, config = out_dir / "run", out_dir / "demo.toml"
     config.write_text(DEMO_CONFIG.format(config=config, run=run_dir, trace=trace_path.resolve(), env=DEMO_ENV,
-                                         timesteps=timesteps), encoding="utf-8")
+                                         model=DEFAULT_COST_MODEL, timesteps=timesteps), encoding="utf-8")
     results, table = out_dir / "results.parquet", out_dir / "table.json"
     print(f"[2/5] training a small policy ({timesteps:,} decisions) on the cases of {config}")
     _run("     ", ["train", "--config", str(config), "--output-dir", str(run_dir)])

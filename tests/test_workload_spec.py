@@ -134,3 +134,18 @@ def test_a_model_file_error_names_the_model_file_not_a_flag(tmp_path, capsys):
     assert main(["generate", "--model", str(model), "--tp", "1", "--pp", "1", "--dp", "1",
                  "-o", str(tmp_path / "x.parquet")]) == 2
     assert f"{model}: model.num_layers: missing" in capsys.readouterr().err
+
+
+def test_generate_argv_reproduces_the_workload(tmp_path):
+    from dynamiccl.workload.spec import generate_argv
+
+    spec = WorkloadSpec.from_dict({"model": "llama3-8b", "tp": 2, "pp": 2, "dp": 2, "sp": True, "global_batch": 16,
+                                   "overlap_grad_reduce": False, "efficiency": 0.5}, "test")
+    argv = generate_argv(spec, "dgx-a100")
+    assert argv[:3] == ["generate", "--model", "llama3-8b"] and "--no-overlap-grad-reduce" in argv
+    out = tmp_path / "t.parquet"
+    assert main([*argv, "-o", str(out)]) == 0
+    expected = spec.generate(resolve_env("dgx-a100").cluster)
+    got = Trace.read(out)
+    assert got.meta.workload["layout"] == expected.meta.workload["layout"]
+    assert got.meta.compute == expected.meta.compute

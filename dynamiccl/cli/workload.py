@@ -12,6 +12,10 @@ from dynamiccl.errors import InputError
 
 def add(sub) -> None:
     """Add ``generate`` and ``models`` to the sub-command parsers ``sub``."""
+    from dynamiccl.gpus import DEFAULT_GPU
+    from dynamiccl.workload.layout import ACT_DTYPES, DP_MODES, GRAD_DTYPES
+    from dynamiccl.workload.spec import DEFAULT_EFFICIENCY, DEFAULT_GPUS_PER_NODE
+
     p = sub.add_parser("generate", help="generate a Megatron-style training step as a trace",
                        description="Generate one training step of a model under a parallel layout (Megatron-LM "
                                    "rank order and communication), one representative rank per pipeline stage.")
@@ -27,10 +31,10 @@ def add(sub) -> None:
     p.add_argument("--micro-batch", type=int, default=1, help="sequences per micro-batch")
     p.add_argument("--global-batch", type=int, default=0, help="sequences per step (default: the model's)")
     p.add_argument("--seq-len", type=int, default=0, help="tokens per sequence (default: the model's)")
-    p.add_argument("--dp-mode", default="distopt", choices=["ddp", "megatron", "distopt", "fsdp"],
+    p.add_argument("--dp-mode", default="distopt", choices=DP_MODES,
                    help="data-parallel scheme (default distopt: Megatron's distributed optimizer)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="activation/parameter dtype")
-    p.add_argument("--grad-reduce-dtype", default="", choices=["", "fp32", "bf16", "fp16"],
+    p.add_argument("--dtype", default="bf16", choices=ACT_DTYPES, help="activation/parameter dtype")
+    p.add_argument("--grad-reduce-dtype", default="", choices=("",) + GRAD_DTYPES,
                    help="dtype of DP gradient reduction (default fp32, Megatron's default for bf16 runs)")
     p.add_argument("--no-overlap-grad-reduce", action="store_true",
                    help="reduce gradients after the pipeline drains instead of during the last backward")
@@ -40,11 +44,12 @@ def add(sub) -> None:
     p.add_argument("--last-stage-layers", type=int, default=0, help="layers on the last pipeline stage (uneven split)")
     hw = p.add_argument_group("hardware (compute time and node placement)")
     hw.add_argument("--env", help="environment spec (file or shipped name, e.g. dgx-a100): its GPU and GPUs per node")
-    hw.add_argument("--gpu", help="GPU name (default H100-SXM unless --env)")
-    hw.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 8 unless --env)")
+    hw.add_argument("--gpu", help=f"GPU name (default {DEFAULT_GPU} unless --env)")
+    hw.add_argument("--gpus-per-node", type=int, default=0,
+                    help=f"GPUs per node (default {DEFAULT_GPUS_PER_NODE} unless --env)")
     hw.add_argument("--peak-tflops", type=float, default=0.0, help="dense BF16 peak TFLOPS (overrides the GPU's)")
-    hw.add_argument("--efficiency", type=float,  # default: WorkloadSpec's, left to it
-                    help="fraction of peak the GEMMs achieve (default 0.45, a typical MFU)")
+    hw.add_argument("--efficiency", type=float, default=DEFAULT_EFFICIENCY,
+                    help=f"fraction of peak the GEMMs achieve (default {DEFAULT_EFFICIENCY}, a typical MFU)")
     p.add_argument("--all-ranks", action="store_true", help="generate every rank, not one per pipeline stage")
     p.add_argument("-o", "--output", required=True, help="trace file to write (.parquet)")
     p.set_defaults(func=cmd_generate)
@@ -63,11 +68,10 @@ def cmd_generate(args) -> int:
         raise InputError("-o", None, f"expected a .parquet file name, got {args.output!r}")
     values = {key: getattr(args, key) for key in (
         "model", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "sp", "micro_batch", "global_batch", "seq_len", "dp_mode",
-        "dtype", "grad_reduce_dtype", "first_stage_layers", "last_stage_layers", "gpus_per_node", "peak_tflops")}
+        "dtype", "grad_reduce_dtype", "first_stage_layers", "last_stage_layers", "gpus_per_node", "peak_tflops",
+        "efficiency")}
     values.update(gpu=args.gpu or "", overlap_grad_reduce=not args.no_overlap_grad_reduce,
                   reshard_after_forward=not args.no_reshard_after_forward)
-    if args.efficiency is not None:
-        values["efficiency"] = args.efficiency
     try:
         spec = WorkloadSpec.from_dict(values, "dynamiccl generate")
     except InputError as exc:

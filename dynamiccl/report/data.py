@@ -23,12 +23,13 @@ from dynamiccl import __version__
 from dynamiccl import schema
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.evaluate import METADATA_KEY, Results, calls_path, counted_steps, sample_efficiency
+from dynamiccl.tuning.agent_registry import AGENTS
 from dynamiccl.workload.context import describe_compute
 
 DEFAULT_AGENT = "nccl-default"
 ORACLE_AGENT = "oracle"
 # Agents that are baselines, not "the policy": the report's tuned agent is another one unless --agent says.
-BASELINES = ("oracle", "nccl-default", "random", "static-best", "ucb-bandit", "coordinate-descent")
+BASELINES = tuple(name for name, entry in AGENTS.items() if entry.baseline)
 CURVE_COLUMNS = ("timesteps", "speedup")
 
 

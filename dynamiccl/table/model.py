@@ -219,6 +219,11 @@ class Rule:
             raise InputError(None, "protocol", f"NCCL cannot run {coll_name} with protocol "
                              f"{self.protocol.name_lower} under any algorithm")
 
+    @property
+    def keeps_nccl(self) -> bool:
+        """Whether the rule keeps NCCL's algorithm, protocol and channels (it then changes nothing)."""
+        return self.algorithm is None and self.protocol is None and self.channels == KEEP
+
     def matches(self, call: CallKey) -> bool:
         """Whether this rule's keys all match ``call`` (see the module docstring); a call whose
         position is unknown (-1) matches only rules with position -1."""

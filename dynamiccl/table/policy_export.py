@@ -123,7 +123,7 @@ def rule_choice(action: int) -> dict:
 
 def _rule_action(rule: Rule, index: int) -> int:
     """The catalogue action a rule stands for (see ``decisions_of_table``)."""
-    if rule.algorithm is None and rule.protocol is None and rule.channels == KEEP:
+    if rule.keeps_nccl:
         return DEFAULT_ACTION
     if rule.algorithm is None or rule.protocol is None:
         # "Keep NCCL's algorithm (or protocol) but force the other one / the channels" has no
@@ -133,10 +133,6 @@ def _rule_action(rule: Rule, index: int) -> int:
                          "other choices; no action of the catalogue expresses that")
     channels = 0 if rule.channels == KEEP else nearest_channels(rule.channels)
     return action_index(int(rule.algorithm), int(rule.protocol), channels)
-
-
-def _is_default_rule(rule: Rule) -> bool:
-    return rule.algorithm is None and rule.protocol is None and rule.channels == KEEP
 
 
 # --- input checks ----------------------------------------------------------------------------------
@@ -434,7 +430,7 @@ def csv_compatible(table: DecisionTable) -> DecisionTable:
     """
     kept = tuple(rule for rule in table.rules if not inexpressible(rule))
     dropped_position = sum(1 for rule in table.rules if rule.position != KEEP)
-    dropped_default = sum(1 for rule in table.rules if rule.position == KEEP and _is_default_rule(rule))
+    dropped_default = sum(1 for rule in table.rules if rule.position == KEEP and rule.keeps_nccl)
     note = {
         "source_rules": len(table.rules),
         "dropped_position_rules": dropped_position,

@@ -29,11 +29,13 @@ class AgentInputs:
 
 @dataclasses.dataclass(frozen=True)
 class AgentEntry:
-    """One registered agent: how to build it (None: not applicable, e.g. no policy given) and a line
-    of help."""
+    """One registered agent: how to build it (None: not applicable, e.g. no policy given), a line
+    of help, and whether it is a baseline a tuned agent is compared with (a report's subject is
+    an agent that is not)."""
 
     build: Callable[[AgentInputs], Agent | None]
     help: str
+    baseline: bool = True
 
 
 def _nccl_default(inputs: AgentInputs) -> Agent:
@@ -92,7 +94,7 @@ AGENTS: dict[str, AgentEntry] = {
     "static-best": AgentEntry(_static_best, "one action per (coll, log2 size, nranks, nnodes), fitted offline"),
     "ucb-bandit": AgentEntry(_ucb_bandit, "UCB1 bandit over measured call durations, online"),
     "coordinate-descent": AgentEntry(_coordinate_descent, "AutoCCL-style coordinate descent, online"),
-    "policy": AgentEntry(_policy, "the trained policy or decision table given with --policy"),
+    "policy": AgentEntry(_policy, "the trained policy or decision table given with --policy", baseline=False),
 }
 
 

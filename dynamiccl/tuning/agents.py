@@ -46,7 +46,7 @@ import numpy as np
 
 from dynamiccl import schema
 from dynamiccl.callkey import CallKey
-from dynamiccl.nccl import KEEP, TUNABLE_FUNCS
+from dynamiccl.nccl import TUNABLE_FUNCS
 from dynamiccl.table.model import DecisionTable, PositionCounter
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels
 from dynamiccl.tuning.observation import OBS_SIZE
@@ -413,7 +413,7 @@ class TableAgent(Agent):
         if choice.rule_index is None:
             return DEFAULT_ACTION, False
         rule = self.table.rules[choice.rule_index]
-        if rule.algorithm is None and rule.protocol is None and rule.channels == KEEP:
+        if rule.keeps_nccl:
             return DEFAULT_ACTION, False
         action = action_index(int(choice.algorithm), int(choice.protocol), nearest_channels(choice.channels))
         return (action, False) if mask[action] else (DEFAULT_ACTION, True)

@@ -174,6 +174,27 @@ class WorkloadSpec:
         return path
 
 
+def generate_argv(spec: WorkloadSpec, env: str | None = None, *, all_ranks: bool = False) -> list[str]:
+    """The ``dynamiccl generate`` arguments (without ``-o``) that make ``spec`` on ``env``: one flag per
+    key that differs from its default (``--sp``, ``--no-overlap-grad-reduce``, ``--tp 2``)."""
+    argv = ["generate", "--model", spec.model]
+    for name, value in spec.to_dict().items():
+        default = WORKLOAD[name].default
+        flag = "--" + name.replace("_", "-")
+        if name == "model":
+            continue
+        if name in ("tp", "pp", "dp"):  # generate requires them
+            argv += [flag, str(value)]
+        elif isinstance(value, bool):
+            if value != default:
+                argv.append(flag if value else f"--no-{name.replace('_', '-')}")
+        elif value != default:
+            argv += [flag, str(value)]
+    if env:
+        argv += ["--env", env]
+    return argv + (["--all-ranks"] if all_ranks else [])
+
+
 def workload_field_flag(error: InputError, source: str) -> InputError:
     """``error`` from :meth:`WorkloadSpec.from_dict` on command-line values read as ``source``,
     re-worded to name the flag (``efficiency`` -> ``--efficiency``); an error about another file (a
@@ -183,4 +204,4 @@ def workload_field_flag(error: InputError, source: str) -> InputError:
     return InputError(f"--{error.field.replace('_', '-')}", None, error.problem)
 
 
-__all__ = ["WORKLOAD", "WorkloadSpec", "workload_field_flag", "DEFAULT_EFFICIENCY"]
+__all__ = ["WORKLOAD", "WorkloadSpec", "generate_argv", "workload_field_flag", "DEFAULT_EFFICIENCY"]
