@@ -441,7 +441,7 @@ def _check_table(report: Report, table_path: str | os.PathLike, checker) -> None
                    + " (init-time Send/Recv settings that launch exports)")
 
 
-def _check_environment(report: Report, env: Mapping[str, str], checker) -> None:
+def _check_environment(report: Report, env: Mapping[str, str]) -> None:
     current = env.get(PLUGIN_ENV)
     ours = report.plugin.get("path")
     if not current:
@@ -481,7 +481,7 @@ def run_doctor(table: str | os.PathLike | None = None, plugin: str | os.PathLike
         _check_table(report, table, checker)
     else:
         report.tips.append("give --table T to check a decision table as the plugin will read it")
-    _check_environment(report, env, checker)
+    _check_environment(report, env)
     plan = plan_launch(table, plugin, base_env=env)
     report.launch = {"tuned": plan.tuned, "reason": plan.reason, "settings": plan.settings, "lines": plan.lines}
     if table is not None:

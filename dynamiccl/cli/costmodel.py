@@ -43,7 +43,7 @@ def add(sub) -> None:
     p = sub.add_parser("calibrate", help="fit the world simulator's parameters to measured nccl-tests tables",
                        description="Fit the world simulator's free parameters (per hardware class) to measured "
                                    "nccl-tests tables and write them as JSON. Then run `dynamiccl validate`.")
-    p.add_argument("--measurements", required=True, help="measurements CSV (columns of ../shared/calibration)")
+    p.add_argument("--measurements", required=True, help="measurements CSV (the columns of dynamiccl.costmodel.measurements.COLUMNS)")
     p.add_argument("--env-dir", default=None, help="directory of environment specs to map tables to (default envs/)")
     p.add_argument("-o", "--output", default=None,
                    help="parameters JSON to write (default: the package's world_params.json)")

@@ -19,7 +19,7 @@ def add(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the report into")
     p.add_argument("--training-curve", metavar="CSV", help="training_curve.csv of `dynamiccl train`")
     p.add_argument("--calibration", metavar="JSON", help="error summary of `dynamiccl validate --json`")
-    p.add_argument("--table", help="decision table (.json/.csv) to list with its provenance")
+    p.add_argument("--table", help="decision table (.json/.csv/.conf/.txt) to list with its provenance")
     p.add_argument("--agent", help="the agent compared with NCCL's default (default: policy, else the first "
                                    "agent that is not a baseline)")
     p.add_argument("--online", default="all", choices=["all", "last"],

@@ -417,13 +417,13 @@ def csv_compatible(table: DecisionTable) -> DecisionTable:
     The CSV has no position key and cannot say "keep NCCL's algorithm/protocol", so this drops
     position-specific rules and every rule keeping NCCL's algorithm or protocol -- for tables of
     ``table_from_policy``, that is the exact rules and the explicit NCCL-default range rules. The
-    result's ``to_csv()`` never raises. The JSON table is the faithful one; this CSV differs:
+    result always saves as CSV (``nvidia_csv.write``). The JSON table is the faithful one; this CSV differs:
 
     - calls whose action differed from their size's majority get the majority (the range rule);
     - calls in a default run match no line. Under the dynamiccl plugin that is NCCL's default, so
       it is equivalent: a group's range rules are disjoint and other groups' rules never match, so
       no later line takes those calls. NVIDIA's example plugin, however, runs unmatched calls on
-      1 channel (see the warning ``to_csv`` writes).
+      1 channel (see the warning ``nvidia_csv.write`` puts in the file).
 
     For a table not built by ``table_from_policy``, dropping a rule may let a later rule match the
     calls it covered. The returned provenance records how many rules were dropped.

@@ -3,7 +3,7 @@
 A ``Case`` names a trace file (generated workloads are cached traces, see ``WorkloadSpec``), the environment
 spec it runs on and the step to replay. Compiling a trace and costing its distinct calls happen
 once per process and case (``load_case``); the NCCL-default step time of a (case, dynamics state)
-once as well (``default_step_time``).
+once as well (``default_schedule``).
 
 A *dynamics state* is an integer: it seeds the background-traffic timeline and the run-to-run noise
 of one replay (:func:`dynamics_seed`), so "the same step under the same conditions" is a (case,
@@ -49,7 +49,7 @@ class LoadedCase:
     env: EnvSpec
     program: StepProgram
     costs: CostTable
-    obs: np.ndarray          # [calls, OBS_SIZE] observation of every call (see env.observe_calls)
+    obs: np.ndarray          # [calls, OBS_SIZE] observation of every call (tuning.observation.observe_calls)
 
 
 def dynamics_seed(case: Case, state: int) -> int:
@@ -104,8 +104,3 @@ def default_schedule(loaded: LoadedCase, state: int) -> tuple[float, list[float]
         replay.run()
         _DEFAULT_SCHEDULES[key] = (replay.makespan_us, latest_finish(replay))
     return _DEFAULT_SCHEDULES[key]
-
-
-def default_step_time(loaded: LoadedCase, state: int) -> float:
-    """Step time (µs) with NCCL's own choices for every call, under dynamics ``state`` (cached)."""
-    return default_schedule(loaded, state)[0]

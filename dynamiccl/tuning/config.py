@@ -315,8 +315,8 @@ def _resolve_path(value: str, repo_root: Path) -> str | None:
     """``value`` as written if it exists (absolute or relative to the current directory), else the
     path under ``repo_root`` if that exists, else None.
 
-    The string matters beyond finding the file: ``dynamics_seed`` hashes the trace path, so a path
-    spelled the same way gives the same dynamics states on every machine.
+    The string is kept as written where it resolves, so that provenance and resume checks compare
+    the config's own spelling (``dynamics_seed`` hashes only the file name).
     """
     path = Path(value).expanduser()
     if path.exists():

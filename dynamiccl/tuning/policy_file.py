@@ -353,12 +353,4 @@ def _read_weights(data: bytes, shapes: dict[str, tuple[int, ...]], source: str) 
     return arrays
 
 
-def describe_policy(network: PolicyNetwork) -> str:
-    """One line: layer sizes, activation and the provenance's experiment and timesteps where present."""
-    layers = " x ".join(str(s) for s in [OBS_SIZE, *network.hidden_sizes, NUM_ACTIONS])
-    p = network.provenance
-    extra = ", ".join(f"{k} {p[k]}" for k in ("experiment", "timesteps", "seed") if k in p)
-    return f"MLP {layers} ({network.activation})" + (f"; {extra}" if extra else "")
-
-
-__all__ = ["FORMAT", "VERSION", "PolicyNetwork", "save_policy", "load_policy", "describe_policy"]
+__all__ = ["FORMAT", "VERSION", "PolicyNetwork", "save_policy", "load_policy"]

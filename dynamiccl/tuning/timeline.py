@@ -217,14 +217,10 @@ class Replay:
             duration = (lat + (self._time[k, :, congested, overlap] - lat) * sharing) * self.noise[call]
         return np.where(self.costs.mask[k], duration, np.inf)
 
-    def hideable_us(self, call: int) -> float:
-        """Compute work (µs at full speed) left on the call's ranks that does not wait for it: what
-        can run beside it. The smallest over its ranks (where it is least hidden)."""
-        return self._exposure(call)[3]
-
     def _exposure(self, call: int) -> tuple[int, int, int, float]:
-        """``conditions(call) + (hideable_us(call),)``, in one pass over the call's member ops (one
-        per rank)."""
+        """``conditions(call)`` and the compute work (µs at full speed) left on the call's ranks that
+        does not wait for it -- what can run beside it, the smallest over its ranks (where it is least
+        hidden) -- in one pass over the call's member ops (one per rank)."""
         dom = self._call_domain[call]
         count = self._rank_domain[dom]
         op_rank, op_base = self.program.op_rank, self.program.op_base_us
@@ -261,7 +257,7 @@ class Replay:
         the step by ``max(0, dD - max(slack, 0))``, one that shortens it saves ``-dD`` only if the
         call is critical (slack <= 1% of its default duration), and ``-dD x (1 - slack / D(default))``
         of it when the call is near-critical (slack below its duration). Without ``latest_finish_us`` the
-        slack is the compute left on its ranks that does not wait for it (``hideable_us``).
+        slack is the compute left on its ranks that does not wait for it (``hideable``).
         (2) *interference*: ``min(D(a), hideable) x (slowdown(a) - 1)``: the overlapped compute its
         channels and HBM traffic stretch. Relative to the default action the first part is 0.
         """
