@@ -4,6 +4,7 @@ trace on dgx-h100, one dynamics state, NCCL's default, random, a decision table 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 import shutil
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 from dynamiccl.cli import main
+from dynamiccl.errors import InputError
 from dynamiccl.nccl import Algorithm, Func, Protocol
 from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, save
 from dynamiccl.tuning.agents import NcclDefaultAgent, OnlineAgent, RandomAgent, TableAgent
@@ -152,3 +154,29 @@ def test_provenance_names_the_compute_of_every_case(tmp_path):
     rows = dict(provenance(load(results)))
     assert rows[f"compute of {generated.stem}@dgx-a100"].startswith("A100-SXM: 312 TFLOPS dense BF16 x 0.45")
     assert rows["compute of ref-pp2-dp2@dgx-a100"].startswith("not recorded")
+
+
+def test_calibration_summaries_of_dynamiccl_0_1_are_still_read(tmp_path):
+    """Before the *_gbps keys were renamed, `validate --json` wrote them, and NaN for a size class
+    without rows; both still read (renamed keys, NaN kept as a float)."""
+    from dynamiccl.report.data import load_calibration
+
+    errors = {"all": 0.05, "small": float("nan"), "large": 0.04, "mid": float("nan"), "rows": 3}
+    old = {"tables": {"t": {"env": "dgx-h100", "nccl_version": "2.23.4", "kind": "allreduce ring",
+                            "world": errors, "nccl_model": errors}},
+           "overall": {"world": errors, "nccl_model": errors},
+           "points": {"t": {"size_bytes": [1, 2], "measured_busbw_gbps": [1.0, 2.0],
+                            "predicted_busbw_gbps": [1.1, 2.1], "nccl_model_busbw_gbps": [0.9, 1.9]}}}
+    path = tmp_path / "validation.json"
+    path.write_text(json.dumps(old), encoding="utf-8")  # json.dumps writes NaN, as 0.1 did
+    loaded = load_calibration(path)
+    assert loaded["points"]["t"]["predicted_busbw_gbytes_per_s"] == [1.1, 2.1]
+    assert math.isnan(loaded["tables"]["t"]["world"]["small"])
+    with pytest.raises(InputError) as info:
+        load_calibration(_write(tmp_path / "bad.json", {"tables": {}, "overall": {"world": {}}}))
+    assert info.value.field == "overall.nccl_model"
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return path

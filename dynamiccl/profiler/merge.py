@@ -16,11 +16,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
+from dynamiccl import schema
 from dynamiccl.errors import InputError
 from dynamiccl.profiler.importers._common import group_kind
 from dynamiccl.trace.builder import TraceBuilder
@@ -29,22 +29,36 @@ from dynamiccl.trace.store import Trace
 MIN_GAP_US = 1.0  # shorter host gaps are bookkeeping, not compute
 
 
+# A capture file (``rank<R>.json``, written by ``dynamiccl.profiler.capture``), declared once. Its
+# ``ops`` are bulk records (one per collective): each is checked for the keys the merge reads.
+CAPTURE = schema.Schema(
+    schema.choice("format", ("dynamiccl-capture",), expect="'dynamiccl-capture' (a dynamiccl capture file)"),
+    schema.integer("version", 1, low=1),
+    schema.integer("rank", low=0),
+    schema.string("mode", ""),
+    schema.integer("world_size", low=1),
+    schema.string("backend", ""),
+    schema.integer("local_world_size", 0, low=0),
+    schema.string("hostname", ""),
+    schema.string("torch", ""),
+    schema.integer("steps", 0, low=0),
+    schema.json_list("step_times_ns", []),
+    schema.json_value("groups", help="process group name -> {desc, ranks}"),
+    schema.json_list("ops"),
+)
+OP_KEYS = ("op", "pg", "bytes_total", "dtype", "peer", "start_ns", "end_ns", "step", "async", "backward")
+
+
 def _load(path: Path) -> dict:
     source = str(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(source, None, f"cannot read capture file ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(source, None, f"not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != "dynamiccl-capture":
-        raise InputError(source, "format", "not a dynamiccl capture file (expected format 'dynamiccl-capture')")
-    for key, typ in (("rank", int), ("world_size", int), ("groups", dict), ("ops", list)):
-        if not isinstance(doc.get(key), typ):
-            raise InputError(source, key, f"missing or not a {typ.__name__}")
+        data = schema.parse_json(schema.read_text(path, "capture file"), source)
+    except InputError as err:  # a capture's errors name the file only; the place goes in the message
+        raise InputError(source, None, f"{err.problem}" + (f" (at {err.field})" if err.field else "")) from None
+    doc = CAPTURE.parse(data, source)
     for i, op in enumerate(doc["ops"]):
-        for key in ("op", "pg", "bytes_total", "dtype", "peer", "start_ns", "end_ns", "step", "async", "backward"):
-            if key not in op:
+        for key in OP_KEYS:
+            if not isinstance(op, dict) or key not in op:
                 raise InputError(source, f"ops[{i}].{key}", "missing")
         if op["pg"] not in doc["groups"]:
             raise InputError(source, f"ops[{i}].pg", f"group {op['pg']!r} is not in 'groups'")

@@ -8,7 +8,6 @@ summary JSON (``dynamiccl validate --json``) and a decision table. Aggregates re
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -17,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from dynamiccl import __version__
 from dynamiccl import schema
 from dynamiccl.errors import InputError
-from dynamiccl.tuning.evaluate import METADATA_KEY, Results, calls_path, counted_steps, sample_efficiency
+from dynamiccl.tuning.evaluate import Results, calls_path, counted_steps, sample_efficiency
 from dynamiccl.tuning.agent_registry import AGENTS
 from dynamiccl.workload.context import describe_compute
 
@@ -74,20 +72,11 @@ def load_results(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | 
     Raises:
         InputError: the results file is missing or invalid, or the calls file exists but is invalid.
     """
-    companion = calls_path(path)
-    try:
-        results = Results.read(path)
-        return results.steps, results.calls, results.meta, None
-    except InputError as exc:
-        if exc.source != os.fspath(companion) or companion.exists():
-            raise
-    # Results.read checks the steps file first: it is valid, only the calls companion is absent.
-    table = pq.read_table(os.fspath(path))
-    meta = json.loads(table.schema.metadata[METADATA_KEY])
-    meta.pop("table", None)
-    note = (f"{companion} is absent: the per-call sections (decision maps, where the time goes) need it; "
-            f"`dynamiccl evaluate ... -o {path}` writes it")
-    return table.to_pandas(), None, meta, note
+    results = Results.read(path, require_calls=False)
+    note = None if results.calls is not None else (
+        f"{calls_path(path)} is absent: the per-call sections (decision maps, where the time goes) need it; "
+        f"`dynamiccl evaluate ... -o {path}` writes it")
+    return results.steps, results.calls, results.meta, note
 
 
 def load_training_curve(path: str | os.PathLike) -> pd.DataFrame:
@@ -107,25 +96,30 @@ def load_training_curve(path: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
+_SUMMARIES = schema.Schema(  # median |error| per size class (null: no rows of that size), and row counts
+    schema.json_value("world"), schema.json_value("nccl_model"))
+# What ``dynamiccl validate --json`` writes, declared once; files of dynamiccl 0.1 (``*_gbps`` keys,
+# NaN for undefined errors) are still read.
+CALIBRATION = schema.Schema(
+    schema.mapping("tables", schema.table("table", schema.Schema(
+        schema.string("env"), schema.string("nccl_version"), schema.string("kind"),
+        schema.json_value("world"), schema.json_value("nccl_model")))),
+    schema.table("overall", _SUMMARIES),
+    schema.mapping("points", schema.table("table", schema.Schema(
+        schema.json_list("size_bytes"),
+        *(schema.formerly(schema.json_list(f"{who}_busbw_gbytes_per_s"), f"{who}_busbw_gbps")
+          for who in ("measured", "predicted", "nccl_model")))), None,
+        help="per measured table, the rows behind the summary"),
+)
+
+
 def load_calibration(path: str | os.PathLike) -> dict:
-    """A calibration summary (``dynamiccl validate --json``): ``{"tables": {name: {...}}, "overall": {...}}``.
+    """A calibration summary (``dynamiccl validate --json``, :data:`CALIBRATION`).
 
     Raises:
-        InputError: unreadable, not JSON, or without the ``tables`` / ``overall`` keys.
+        InputError: unreadable, not JSON, or not what ``dynamiccl validate --json`` writes.
     """
-    data = schema.read_json(path, "calibration summary", allow_nan=True)  # NaN: files of dynamiccl 0.1
-    if not isinstance(data, dict):
-        raise InputError(path, None, "expected a JSON object written by `dynamiccl validate --json`")
-    for key in ("tables", "overall"):
-        if not isinstance(data.get(key), dict):
-            raise InputError(path, key, "missing or not an object; expected the output of `dynamiccl validate --json`")
-    for name, entry in data["tables"].items():
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), dict) for k in ("world", "nccl_model")):
-            raise InputError(path, f"tables.{name}", "expected world and nccl_model error summaries")
-    for table in (data.get("points") or {}).values():  # files written before the *_gbps keys were renamed
-        for old in [key for key in table if key.endswith("_busbw_gbps")]:
-            table.setdefault(old.removesuffix("_gbps") + "_gbytes_per_s", table.pop(old))
-    return data
+    return CALIBRATION.parse(schema.read_json(path, "calibration summary", allow_nan=True), os.fspath(path))
 
 
 def choose_agent(agents: list[str], wanted: str | None, source: str) -> str:

@@ -177,7 +177,7 @@ class Results:
     command)."""
 
     steps: pd.DataFrame
-    calls: pd.DataFrame
+    calls: pd.DataFrame | None  # None: read without its companion file (``require_calls=False``)
     meta: dict = field(default_factory=dict)
 
     def write(self, path: str | os.PathLike, command: str | None = None) -> None:
@@ -200,8 +200,9 @@ class Results:
         self.meta = meta
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "Results":
-        """Read what ``write`` wrote (``path`` and its ``.calls.parquet`` companion).
+    def read(cls, path: str | os.PathLike, *, require_calls: bool = True) -> "Results":
+        """Read what ``write`` wrote (``path`` and its ``.calls.parquet`` companion; without
+        ``require_calls``, a missing companion gives ``calls`` None).
 
         Raises:
             InputError: a file is missing, not Parquet, lacks the ``dynamiccl.results`` metadata,
@@ -210,6 +211,9 @@ class Results:
         frames, meta = [], {}
         for dest, columns in ((Path(path), STEP_COLUMNS), (calls_path(path), CALL_COLUMNS)):
             source = os.fspath(dest)
+            if not require_calls and columns is CALL_COLUMNS and not dest.exists():
+                frames.append(None)
+                continue
             if not dest.is_file():
                 raise InputError(source, None, "no such results file (written by `Results.write`)")
             try:
