@@ -19,13 +19,14 @@ module only says what NCCL can express at all.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from dynamiccl.errors import InputError
 
 
 class Algorithm(enum.IntEnum):
-    """``NCCL_ALGO_*``; ``name_lower`` is the spelling of NCCL's example tuner CSV."""
+    """``NCCL_ALGO_*``; ``name_lower`` is the spelling of NCCL's example tuner CSV, ``nccl_name``
+    NCCL's own."""
 
     TREE = 0
     RING = 1
@@ -39,9 +40,16 @@ class Algorithm(enum.IntEnum):
     def name_lower(self) -> str:
         return self.name.lower()
 
+    @property
+    def nccl_name(self) -> str:
+        """NCCL's name (``ncclAlgoStr``): what NCCL_ALGO takes and TUNING log lines print, e.g.
+        "CollNetDirect"."""
+        return _ALGORITHM_NCCL_NAMES[self]
+
 
 class Protocol(enum.IntEnum):
-    """``NCCL_PROTO_*``."""
+    """``NCCL_PROTO_*``; ``name_lower`` is the spelling of NCCL's example tuner CSV, ``nccl_name``
+    NCCL's own."""
 
     LL = 0
     LL128 = 1
@@ -50,6 +58,20 @@ class Protocol(enum.IntEnum):
     @property
     def name_lower(self) -> str:
         return self.name.lower()
+
+    @property
+    def nccl_name(self) -> str:
+        """NCCL's name (``ncclProtoStr``): what NCCL_PROTO takes, e.g. "Simple"."""
+        return _PROTOCOL_NCCL_NAMES[self]
+
+
+# ncclAlgoStr / ncclProtoStr (NVIDIA/nccl src/include/device.h, defined in src/init.cc).
+_ALGORITHM_NCCL_NAMES = {
+    Algorithm.TREE: "Tree", Algorithm.RING: "Ring", Algorithm.COLLNET_DIRECT: "CollNetDirect",
+    Algorithm.COLLNET_CHAIN: "CollNetChain", Algorithm.NVLS: "NVLS", Algorithm.NVLS_TREE: "NVLSTree",
+    Algorithm.PAT: "PAT",
+}
+_PROTOCOL_NCCL_NAMES = {Protocol.LL: "LL", Protocol.LL128: "LL128", Protocol.SIMPLE: "Simple"}
 
 
 NUM_ALGORITHMS = len(Algorithm)  # NCCL_NUM_ALGORITHMS = 7
@@ -151,16 +173,6 @@ def parse_dtype(name: str, source: str | None = None, field: str | None = None) 
     return found
 
 
-class RedOp(enum.IntEnum):
-    """``ncclRedOp_t`` built-in reductions."""
-
-    SUM = 0
-    PROD = 1
-    MAX = 2
-    MIN = 3
-    AVG = 4
-
-
 # --- Operations as dynamiccl traces name them ----------------------------------------------------
 
 COLLECTIVE_OPS = ("allreduce", "allgather", "reducescatter", "broadcast", "reduce", "alltoall",
@@ -177,6 +189,11 @@ FUNC_OP = {func: op for op, func in OP_FUNC.items()}
 # Ops whose per-rank contribution is 1/n of the full buffer (NCCL's count is per rank: AllGather's
 # sendcount, ReduceScatter's recvcount; AlltoAll's per-peer count).
 SHARDED_OPS = frozenset({"allgather", "reducescatter", "alltoall", "gather", "scatter"})
+# Ops whose NCCL call names a root rank (ncclBroadcast, ncclReduce, ncclGather, ncclScatter in
+# src/nccl.h.in); Send/Recv name a peer instead.
+ROOTED_OPS = frozenset({"broadcast", "reduce", "gather", "scatter"})
+# Functions that reduce (ncclAllReduce, ncclReduceScatter, ncclReduce take an ncclRedOp_t).
+REDUCING_FUNCS = frozenset({Func.ALLREDUCE, Func.REDUCESCATTER, Func.REDUCE})
 
 
 def nccl_tests_op(func: Func) -> str:
@@ -194,7 +211,7 @@ def busbw_factor(op: str, nranks: int) -> float:
         raise ValueError(f"nranks must be >= 1, got {nranks}")
     if op == "allreduce":
         return 2.0 * (nranks - 1) / nranks
-    if op in ("allgather", "reducescatter", "alltoall", "gather", "scatter"):
+    if op in SHARDED_OPS:
         return (nranks - 1) / nranks
     if op in ("broadcast", "reduce", "send", "recv", "sendrecv"):
         return 1.0
@@ -268,26 +285,58 @@ def supported_configs(func: Func, nccl_version: str | None = None) -> list[tuple
     return [(a, p) for a in Algorithm for p in Protocol if is_supported(func, a, p, nccl_version)]
 
 
-def _parse_enum(enum_type, text: str, aliases: dict[str, str], what: str, source, field):
+def nccl_argmin(cost_table: Sequence[Sequence[float]], algorithm: Algorithm | None = None,
+                protocol: Protocol | None = None) -> tuple[Algorithm, Protocol] | None:
+    """NCCL's pick from its cost table ``collCostTable[algorithm][protocol]`` (µs): the cheapest
+    enabled cell, scanning algorithm-major then protocol and keeping the first of equal costs (strict
+    ``<``). A cell < 0 (``NCCL_ALGO_PROTO_IGNORE``) or NaN is disabled. NVIDIA/nccl ``src/enqueue.cc``
+    (``topoGetAlgoInfo``); the tuner plugin's ``cheapest`` in ``decide.c`` scans the same way.
+
+    Args:
+        cost_table: rows of costs, one per algorithm (NCCL may pass fewer than ``NUM_ALGORITHMS``).
+        algorithm, protocol: scan only this row / column (a rule that names one of them).
+
+    Returns:
+        The cheapest (algorithm, protocol), or None when no enabled cell is left (NCCL fails the
+        call then).
+    """
+    best, pick = 0.0, None
+    for a, row in enumerate(cost_table):
+        if algorithm is not None and a != algorithm:
+            continue
+        for p, cost in enumerate(row):
+            if (protocol is None or p == protocol) and cost >= 0 and (pick is None or cost < best):
+                best, pick = cost, (Algorithm(a), Protocol(p))
+    return pick
+
+
+def _parse_enum(enum_type, text: str, what: str, source, field):
+    """The member whose ``name_lower`` or ``nccl_name`` is ``text`` (without case). Raises InputError."""
     key = str(text).strip().lower()
-    key = aliases.get(key, key)
     for member in enum_type:
-        if member.name.lower() == key:
+        if key in (member.name_lower, member.nccl_name.lower()):
             return member
-    names = ", ".join(m.name.lower() for m in enum_type)
+    names = ", ".join(m.name_lower for m in enum_type)
     raise InputError(source, field, f"unknown {what} {text!r}; expected one of {names}")
 
 
 def parse_algorithm(text: str, source: str | None = None, field: str | None = None) -> Algorithm:
-    """"ring", "RING", "collnetdirect" (NCCL_ALGO spelling) or "collnet_direct" -> ``Algorithm``."""
-    aliases = {"collnetdirect": "collnet_direct", "collnetchain": "collnet_chain",
-               "nvlstree": "nvls_tree"}
-    return _parse_enum(Algorithm, text, aliases, "algorithm", source, field)
+    """"ring", "RING", "collnetdirect" / "CollNetDirect" (NCCL's name, as NCCL_ALGO takes it) or
+    "collnet_direct" (the tuner CSV's) -> ``Algorithm``.
+
+    Raises:
+        InputError: an unknown name, naming ``source`` and ``field`` and listing the accepted names.
+    """
+    return _parse_enum(Algorithm, text, "algorithm", source, field)
 
 
 def parse_protocol(text: str, source: str | None = None, field: str | None = None) -> Protocol:
-    """"ll", "LL128", "simple" -> ``Protocol``."""
-    return _parse_enum(Protocol, text, {}, "protocol", source, field)
+    """"ll", "LL128", "simple" / "Simple" -> ``Protocol``.
+
+    Raises:
+        InputError: an unknown name, naming ``source`` and ``field`` and listing the accepted names.
+    """
+    return _parse_enum(Protocol, text, "protocol", source, field)
 
 
 # Collective spellings parse_func accepts, compared without case, "_" or "-": dynamiccl's trace ops,

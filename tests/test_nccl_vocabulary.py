@@ -60,6 +60,13 @@ def test_name_lower_is_the_csv_spelling():
     assert DataType.BF16.name_lower == "bf16"
 
 
+def test_nccl_name_is_ncclAlgoStr_and_ncclProtoStr():
+    # NVIDIA/nccl src/init.cc: ncclAlgoStr, ncclProtoStr (the names NCCL_ALGO / NCCL_PROTO take).
+    assert [a.nccl_name for a in Algorithm] == ["Tree", "Ring", "CollNetDirect", "CollNetChain", "NVLS",
+                                                "NVLSTree", "PAT"]
+    assert [p.nccl_name for p in Protocol] == ["LL", "LL128", "Simple"]
+
+
 def test_tunable_funcs_are_the_five_collectives():
     # The plugin header's NCCL_NUM_FUNCTIONS = 5: Broadcast, Reduce, AllGather, ReduceScatter, AllReduce.
     assert [int(f) for f in nccl.TUNABLE_FUNCS] == [0, 1, 2, 3, 4]
@@ -166,6 +173,46 @@ def test_supported_configs_before_pat():
 def test_is_supported_rejects_a_bad_version():
     with pytest.raises(ValueError, match="not an NCCL version"):
         nccl.is_supported(Func.ALLREDUCE, Algorithm.RING, Protocol.SIMPLE, "two.twenty")
+
+
+# --- NCCL's arg-min over its cost table (NVIDIA/nccl src/enqueue.cc topoGetAlgoInfo) -----------
+
+IGNORE = nccl.ALGO_PROTO_IGNORE
+
+
+def _table(cells: dict[tuple[int, int], float]) -> list[list[float]]:
+    return [[cells.get((a, p), IGNORE) for p in range(nccl.NUM_PROTOCOLS)] for a in range(nccl.NUM_ALGORITHMS)]
+
+
+def test_nccl_argmin_takes_the_cheapest_enabled_cell():
+    table = _table({(0, 0): 9.0, (1, 1): 3.0, (1, 2): 4.0, (4, 2): -2.0})
+    assert nccl.nccl_argmin(table) == (Algorithm.RING, Protocol.LL128)
+
+
+def test_nccl_argmin_keeps_the_first_of_equal_costs_algorithm_major():
+    table = _table({(0, 2): 5.0, (1, 0): 5.0, (1, 1): 5.0})
+    assert nccl.nccl_argmin(table) == (Algorithm.TREE, Protocol.SIMPLE)
+
+
+def test_nccl_argmin_never_picks_a_disabled_or_nan_cell():
+    table = _table({(0, 0): float("nan"), (1, 0): -0.5, (2, 2): 7.0})
+    assert nccl.nccl_argmin(table) == (Algorithm.COLLNET_DIRECT, Protocol.SIMPLE)
+    assert nccl.nccl_argmin(_table({(0, 0): float("nan")})) is None
+    assert nccl.nccl_argmin(_table({})) is None
+
+
+def test_nccl_argmin_restricted_to_a_row_or_column():
+    table = _table({(0, 0): 1.0, (1, 0): 2.0, (1, 2): 1.5, (4, 2): 3.0})
+    assert nccl.nccl_argmin(table, algorithm=Algorithm.RING) == (Algorithm.RING, Protocol.SIMPLE)
+    assert nccl.nccl_argmin(table, protocol=Protocol.SIMPLE) == (Algorithm.RING, Protocol.SIMPLE)
+    assert nccl.nccl_argmin(table, Algorithm.NVLS, Protocol.SIMPLE) == (Algorithm.NVLS, Protocol.SIMPLE)
+    assert nccl.nccl_argmin(table, Algorithm.PAT) is None
+
+
+def test_nccl_argmin_reads_a_shorter_table():
+    # NCCL before PAT (2.23) passes 6 algorithm rows.
+    table = _table({(1, 2): 2.0, (5, 2): 1.0})[:6]
+    assert nccl.nccl_argmin(table) == (Algorithm.NVLS_TREE, Protocol.SIMPLE)
 
 
 # --- bus-bandwidth factors (NVIDIA/nccl-tests doc/PERFORMANCE.md) ---------------------------------

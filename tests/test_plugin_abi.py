@@ -19,10 +19,10 @@ from plugin_harness import use_table
 
 from dynamiccl.nccl import ALGO_PROTO_IGNORE, FUNC_OP, MAX_CHANNELS, NUM_ALGORITHMS, NUM_PROTOCOLS, TUNABLE_FUNCS
 from dynamiccl.nccl import Algorithm as A
-from dynamiccl.nccl import Func, Protocol as P, is_supported
+from dynamiccl.nccl import Func, Protocol as P, is_supported, nccl_argmin
 from dynamiccl.plugin import TABLE_ENV, binding
 from dynamiccl.plugin.binding import (LOG_FLAG_TUNING, LOG_INFO, LOG_WARN, DecisionSource, InstrumentedTunerLibrary,
-                                      TunerLibrary, nccl_pick)
+                                      TunerLibrary)
 from dynamiccl.plugin.build import SOURCE_DIR
 from dynamiccl.table import DecisionTable, Rule, StepShape, plugin_text
 
@@ -201,7 +201,7 @@ def test_rule_selects_its_cell_and_channels(tuner, tmp_path, monkeypatch, abi):
         # one byte more: no rule matches, so NCCL's table and channels are untouched
         result = comm.coll_info(Func.ALLREDUCE, (1 << 20) + 1, H100)
         assert result.cost_table == H100 and result.n_channels == 0
-        assert (result.algorithm, result.protocol) == nccl_pick(H100) == (A.TREE, P.LL128)
+        assert (result.algorithm, result.protocol) == nccl_argmin(H100) == (A.TREE, P.LL128)
 
 
 @pytest.mark.parametrize("abi", COST_ABIS)

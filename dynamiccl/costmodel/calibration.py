@@ -53,13 +53,21 @@ class TableResult:
     def nccl_error(self) -> np.ndarray:
         return self.nccl_time_us / self.table.time_us - 1.0
 
+    def busbw_gbytes_per_s(self, time_us: np.ndarray) -> np.ndarray:
+        """nccl-tests' busbw (GB/s) of the table's sizes taking ``time_us`` (µs) per row."""
+        return self.table.size_bytes / (1000.0 * time_us) * busbw_factor(self.table.coll, self.table.nranks)
+
     def predicted_busbw_gbytes_per_s(self) -> np.ndarray:
-        op = "sendrecv" if self.table.coll == "sendrecv" else self.table.coll
-        return self.table.size_bytes / (1000.0 * self.world_time_us) * busbw_factor(op, self.table.nranks)
+        """busbw (GB/s) the world simulator predicts, per row."""
+        return self.busbw_gbytes_per_s(self.world_time_us)
 
     def measured_busbw_gbytes_per_s(self) -> np.ndarray:
-        op = "sendrecv" if self.table.coll == "sendrecv" else self.table.coll
-        return self.table.size_bytes / (1000.0 * self.table.time_us) * busbw_factor(op, self.table.nranks)
+        """busbw (GB/s) measured, per row."""
+        return self.busbw_gbytes_per_s(self.table.time_us)
+
+    def nccl_busbw_gbytes_per_s(self) -> np.ndarray:
+        """busbw (GB/s) NCCL's model believes, per row."""
+        return self.busbw_gbytes_per_s(self.nccl_time_us)
 
 
 def predict(tables: list[MeasuredTable], specs: list[EnvSpec], params: WorldParams | None = None,
@@ -104,12 +112,10 @@ def points(results: list[TableResult]) -> dict:
     predicted by the world simulator and believed by NCCL's model (``dynamiccl validate --json``)."""
     out = {}
     for r in results:
-        op = "sendrecv" if r.table.coll == "sendrecv" else r.table.coll
-        nccl_busbw = r.table.size_bytes / (1000.0 * r.nccl_time_us) * busbw_factor(op, r.table.nranks)
         out[r.table.table] = {"size_bytes": [int(v) for v in r.table.size_bytes],
                              "measured_busbw_gbytes_per_s": [float(v) for v in r.measured_busbw_gbytes_per_s()],
                              "predicted_busbw_gbytes_per_s": [float(v) for v in r.predicted_busbw_gbytes_per_s()],
-                             "nccl_model_busbw_gbytes_per_s": [float(v) for v in nccl_busbw]}
+                             "nccl_model_busbw_gbytes_per_s": [float(v) for v in r.nccl_busbw_gbytes_per_s()]}
     return out
 
 
@@ -147,9 +153,7 @@ def plot(results: list[TableResult], path: str | Path) -> None:
     for ax, r in zip(axes.flat, results):
         ax.plot(r.table.size_bytes, r.measured_busbw_gbytes_per_s(), "o-", label="measured", color="black", ms=3)
         ax.plot(r.table.size_bytes, r.predicted_busbw_gbytes_per_s(), "s--", label="world simulator", color="tab:blue", ms=3)
-        op = "sendrecv" if r.table.coll == "sendrecv" else r.table.coll
-        nccl_bus = r.table.size_bytes / (1000.0 * r.nccl_time_us) * busbw_factor(op, r.table.nranks)
-        ax.plot(r.table.size_bytes, nccl_bus, ":", label="NCCL model", color="tab:orange")
+        ax.plot(r.table.size_bytes, r.nccl_busbw_gbytes_per_s(), ":", label="NCCL model", color="tab:orange")
         ax.set_xscale("log", base=2)
         ax.set_title(f"{r.table.table}\n{table_kind(r.table)}, {r.env.name}, NCCL {r.env.nccl_version}", fontsize=9)
         ax.set_xlabel("size (bytes)")

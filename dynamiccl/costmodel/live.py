@@ -61,11 +61,6 @@ if TYPE_CHECKING:
 
 LIVE_OPS = ("allreduce", "allgather", "reducescatter", "broadcast", "reduce", "alltoall", "sendrecv")
 P2P_OPS = frozenset({"alltoall", "sendrecv"})  # NCCL runs these as send/recv: no knobs to set
-REDUCING_OPS = frozenset({"allreduce", "reducescatter", "reduce"})
-NCCL_ALGO_NAMES = {Algorithm.TREE: "Tree", Algorithm.RING: "Ring",
-                   Algorithm.COLLNET_DIRECT: "CollNetDirect", Algorithm.COLLNET_CHAIN: "CollNetChain",
-                   Algorithm.NVLS: "NVLS", Algorithm.NVLS_TREE: "NVLSTree", Algorithm.PAT: "PAT"}
-NCCL_PROTO_NAMES = {Protocol.LL: "LL", Protocol.LL128: "LL128", Protocol.SIMPLE: "Simple"}
 NCCL_CONFIG_ENV = ("NCCL_ALGO", "NCCL_PROTO", "NCCL_MIN_NCHANNELS", "NCCL_MAX_NCHANNELS")
 # torch has no distributed support for unsigned 32/64-bit tensors; gloo has none for fp8.
 TORCH_DTYPES = {DataType.INT8: "int8", DataType.UINT8: "uint8", DataType.INT32: "int32",
@@ -269,8 +264,8 @@ class LiveCostModel:
             raise bad("channels", f"must be an integer in 1..{MAX_CHANNELS} or None, got {q.channels!r}")
         return {"index": i, "coll": q.coll, "size_bytes": q.size_bytes,
                 "torch_dtype": TORCH_DTYPES[dtype], "dtype_size": dtype.size_bytes,
-                "algo": None if algo is None else NCCL_ALGO_NAMES[algo],
-                "proto": None if proto is None else NCCL_PROTO_NAMES[proto], "channels": q.channels}
+                "algo": None if algo is None else algo.nccl_name,  # NCCL_ALGO / NCCL_PROTO's spelling
+                "proto": None if proto is None else proto.nccl_name, "channels": q.channels}
 
     def _run_workers(self, spec: dict, nccl_env: dict[str, str]) -> dict:
         """Start one set of workers, wait for all of them, return rank 0's JSON."""

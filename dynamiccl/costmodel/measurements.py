@@ -23,15 +23,16 @@ import numpy as np
 from dynamiccl.costmodel.batch import COSTED_FUNCS
 from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, load_env
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import Algorithm, Func, Protocol, parse_func, parse_version
+from dynamiccl.nccl import KEEP, Algorithm, Func, parse_algorithm, parse_func, parse_protocol, parse_version
 
 COLUMNS = ("table", "system", "nccl_version", "coll", "algo", "proto", "gpus_per_node", "nodes", "size_bytes",
            "time_us", "algbw_gbytes_per_s", "busbw_gbytes_per_s", "how")
 # Older column spellings, still read (the public calibration set's CSV uses them).
 RENAMED_COLUMNS = {"algbw_gbps": "algbw_gbytes_per_s", "busbw_gbps": "busbw_gbytes_per_s"}
-# Column spellings (NCCL_ALGO / NCCL_PROTO's, lower case) -> Algorithm / Protocol; -1: NCCL's own choice.
-_ALGOS = {"default": -1, **{a.name_lower.replace("_", ""): int(a) for a in Algorithm}, "p2p": -1}
-_PROTOS = {"default": -1, **{p.name_lower: int(p) for p in Protocol}}
+# algo / proto values that leave the choice to NCCL (KEEP); any other value is an algorithm or protocol
+# name (nccl.parse_algorithm / parse_protocol: NCCL_ALGO's "collnetdirect" or the tuner CSV's).
+_NCCL_CHOICE = {"algo": ("default", "p2p"), "proto": ("default",)}
+_PARSERS = {"algo": parse_algorithm, "proto": parse_protocol}
 
 
 @dataclass
@@ -94,16 +95,11 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
             return value
 
         key = row["table"]
-        algo = row["algo"].strip().lower()
-        proto = row["proto"].strip().lower()
-        if algo not in _ALGOS:
-            raise InputError(source, f"{where}, column algo", f"expected one of {', '.join(_ALGOS)}, got {algo!r}")
-        if proto not in _PROTOS:
-            raise InputError(source, f"{where}, column proto", f"expected one of {', '.join(_PROTOS)}, got {proto!r}")
+        algo, proto = _forced(row, "algo", source, where), _forced(row, "proto", source, where)
         func = parse_func(row["coll"], source, f"{where}, column coll", allowed=COSTED_FUNCS)
         table = groups.setdefault(key, dict(
             table=key, system=row["system"], nccl_version=row["nccl_version"], coll=row["coll"].strip().lower(),
-            func=int(func), algo=_ALGOS[algo], proto=_PROTOS[proto], gpus_per_node=int(number("gpus_per_node", True)),
+            func=int(func), algo=algo, proto=proto, gpus_per_node=int(number("gpus_per_node", True)),
             nodes=int(number("nodes", True)), how=row["how"], size_bytes=[], time_us=[], busbw_gbytes_per_s=[]))
         table["size_bytes"].append(number("size_bytes", True))
         table["time_us"].append(number("time_us"))
@@ -112,6 +108,23 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
         raise InputError(source, None, "no measurement rows")
     return [MeasuredTable(**{**g, "size_bytes": np.array(g["size_bytes"]), "time_us": np.array(g["time_us"]),
                              "busbw_gbytes_per_s": np.array(g["busbw_gbytes_per_s"])}) for g in groups.values()]
+
+
+def _forced(row: dict, column: str, source: str, where: str) -> int:
+    """The algorithm or protocol a row's ``column`` ("algo" / "proto") forces, KEEP for NCCL's choice.
+
+    Raises:
+        InputError: an unknown name, naming the file, line and column.
+    """
+    text = row[column].strip().lower()
+    if text in _NCCL_CHOICE[column]:
+        return KEEP
+    field = f"{where}, column {column}"
+    try:
+        return int(_PARSERS[column](text, source, field))
+    except InputError as err:
+        raise InputError(source, field, f"{err.problem}, or {' / '.join(_NCCL_CHOICE[column])} for NCCL's "
+                                        "own choice") from None
 
 
 def _gpu_token(name: str) -> str:
@@ -153,5 +166,5 @@ def map_table(table: MeasuredTable, specs: list[EnvSpec]) -> EnvSpec:
 
 def table_kind(table: MeasuredTable) -> str:
     """A short label: ``allreduce nvls`` or ``sendrecv``."""
-    forced = [name for name, value in _ALGOS.items() if value == table.algo and value >= 0]
-    return table.coll + (f" {forced[0]}" if forced else "") + (" p2p" if table.func == Func.SEND else "")
+    forced = f" {Algorithm(table.algo).nccl_name.lower()}" if table.algo >= 0 else ""
+    return table.coll + forced + (" p2p" if table.func == Func.SEND else "")

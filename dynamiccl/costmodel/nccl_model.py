@@ -399,10 +399,6 @@ class NcclModel:
         nc = np.where(algo < 0, comm_ch, nc)
         return nc.astype(np.int64), nt.astype(np.int64)
 
-    def time_us(self, batch: CollBatch) -> np.ndarray:
-        """What NCCL believes each row costs with its (or the row's forced) algorithm and protocol."""
-        return self.choose(batch)["time_us"]
-
 
 def _distinct_rows(batch: CollBatch, topo_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(index of the first row of each distinct decision input, row -> distinct index)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import Algorithm, Protocol, busbw_factor
+from dynamiccl.nccl import OP_FUNC, REDUCING_FUNCS, SHARDED_OPS, Algorithm, Protocol, busbw_factor
 
 _SUFFIX = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
@@ -79,12 +79,12 @@ def _proto_name(proto: int) -> str:
 
 def make_row(op: str, nranks: int, size_bytes: int, dtype: str, dtype_bytes: int, time_us: float,
              algo: int, proto: int, channels: int) -> Row:
-    """A :class:`Row` with nccl-tests' count, algbw and busbw derived from ``time_us``."""
-    sharded = op in ("allgather", "reducescatter", "alltoall")
-    count = size_bytes // dtype_bytes // (nranks if sharded else 1)
+    """A :class:`Row` with nccl-tests' count, algbw and busbw derived from ``time_us``; ``op`` is a
+    trace op or "sendrecv" (``nccl.nccl_tests_op``)."""
+    count = size_bytes // dtype_bytes // (nranks if op in SHARDED_OPS else 1)
     algbw = size_bytes / (1000.0 * time_us) if time_us > 0 and time_us != float("inf") else 0.0
-    busbw = algbw * busbw_factor("sendrecv" if op in ("send", "recv") else op, nranks)
-    redop = "sum" if op in ("allreduce", "reducescatter", "reduce") else "none"
+    busbw = algbw * busbw_factor(op, nranks)
+    redop = "sum" if OP_FUNC.get(op) in REDUCING_FUNCS else "none"
     return Row(size_bytes, count, dtype, redop, time_us, algbw, busbw, algo, proto, channels)
 
 

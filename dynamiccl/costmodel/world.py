@@ -67,7 +67,7 @@ from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
 from dynamiccl.costmodel.topology import NcclTopology
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, TUNABLE_FUNCS, Algorithm, Func, Protocol
+from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, REDUCING_FUNCS, TUNABLE_FUNCS, Algorithm, Func, Protocol
 
 PARAMS_PATH = Path(__file__).with_name("world_params.json")
 
@@ -82,7 +82,6 @@ _PROTOCOL_PAYLOAD = {Protocol.LL: 0.5, Protocol.LL128: 120 / 128, Protocol.SIMPL
 # Channels at which NVLS and NVLSTree fill the link ("NVLSTree reaches peak bandwidth with 16 SMs",
 # NVIDIA/nccl#1649).
 _NVLS_PEAK_CHANNELS = 8.0
-_REDUCING = (Func.ALLREDUCE, Func.REDUCESCATTER, Func.REDUCE)
 _HBM_BYTES_PER_LINK_BYTE = {True: 3.0, False: 2.0}  # reduction / copy
 
 # The per-topology tables have one slot per function the world tells apart: NCCL's tunable
@@ -517,7 +516,7 @@ class WorldModel:
                     out["net_gbytes_per_s"][i] = net
                     # A channel's network share scales with what the protocol achieves of its ceiling.
                     out["channel_net_factor"][i] = proto_eff / _PROTOCOL_PAYLOAD[proto]
-                    out["hbm_bytes_per_link_byte"][i] = _HBM_BYTES_PER_LINK_BYTE[func in _REDUCING]
+                    out["hbm_bytes_per_link_byte"][i] = _HBM_BYTES_PER_LINK_BYTE[func in REDUCING_FUNCS]
                     out["intra_datasheet_gbytes_per_s"][i] = links.intra_datasheet_gbytes_per_s
         return out
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, Func
+from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, Func, nccl_argmin
 from dynamiccl.plugin import ABI_VERSIONS
 
 # The C side's numbers (tuner.h, tuner_abi.h; tests/test_plugin_abi.py compares them).
@@ -88,8 +87,9 @@ class CallResult:
 
     ``cost_table``: the 7x3 table after the plugin (None for ABI v2, which has none);
     ``n_channels``: ``*nChannels`` (0 = NCCL decides); ``algorithm``/``protocol``: what NCCL runs
-    -- its arg-min over the non-negative entries (algorithm-major, first wins) for v3+, the
-    plugin's outputs for v2 (-1 = NCCL decides); ``return_code``: getCollInfo's ncclResult_t.
+    -- its arg-min over the table (:func:`dynamiccl.nccl.nccl_argmin`; -1 if every cell is
+    disabled) for v3+, the plugin's outputs for v2 (-1 = NCCL decides); ``return_code``:
+    getCollInfo's ncclResult_t.
     """
 
     cost_table: list[list[float]] | None
@@ -97,17 +97,6 @@ class CallResult:
     algorithm: int
     protocol: int
     return_code: int
-
-
-def nccl_pick(cost_table: Sequence[Sequence[float]]) -> tuple[int, int]:
-    """NCCL's selection after the tuner: the minimum non-negative entry, algorithm-major then
-    protocol, the first of equal entries; (-1, -1) if every entry is negative (NCCL fails then)."""
-    best, pick = math.inf, (-1, -1)
-    for a, row in enumerate(cost_table):
-        for p, cost in enumerate(row):
-            if cost >= 0 and cost < best:
-                best, pick = cost, (a, p)
-    return pick
 
 
 class DecisionSource(enum.IntEnum):
@@ -312,7 +301,8 @@ class Communicator:
                                          ctypes.cast(flat, ctypes.c_void_p), num_algo, num_proto, reg_buff,
                                          ctypes.byref(n_channels))
         table = [[flat[a * num_proto + p] for p in range(num_proto)] for a in range(num_algo)]
-        algorithm, protocol = nccl_pick(table)
+        pick = nccl_argmin(table)  # None: every cell disabled, NCCL fails the call
+        algorithm, protocol = (int(pick[0]), int(pick[1])) if pick else (-1, -1)
         return CallResult(table, n_channels.value, algorithm, protocol, rc)
 
     def chunk_size(self, coll: int, nbytes: int, algorithm: int, protocol: int, n_channels: int,

@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dynamiccl import atomic
+from dynamiccl import atomic, nccl
 
 FORMAT_VERSION = 1
 MODES = ("api", "dispatch")  # api: wrap torch.distributed (low overhead); dispatch: every c10d op
@@ -256,9 +256,9 @@ class Capture(TorchDispatchMode):
                 pieces = [[source]]
             async_op = bool(kwargs.get("async_op", next((a for a in args if isinstance(a, bool)), False)))
             peer = -1
-            if op in ("send", "recv") and name != "recv_any_source_":
+            if op in nccl.P2P_OPS and name != "recv_any_source_":
                 peer = group["ranks"][int(args[2])]
-            elif op in ("broadcast", "reduce", "gather", "scatter"):
+            elif op in nccl.ROOTED_OPS:
                 # Root (group-local): broadcast_(tensors, pg, root, ...); reduce_, gather_,
                 # scatter_(..., pg, [op,] root, ...).
                 peer = group["ranks"][int(args[2] if op == "broadcast" else args[3])]

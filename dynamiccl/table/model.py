@@ -74,6 +74,7 @@ from dynamiccl.nccl import (
     Algorithm,
     Func,
     Protocol,
+    nccl_argmin,
     supported_configs,
 )
 
@@ -411,26 +412,16 @@ class DecisionTable:
                 itself errors out then).
         """
         costs = _cost_rows(cost_table)
-        # Algorithm-major, then protocol: NCCL's scan order; min() keeps the first of equal costs.
-        enabled = [(a, p) for a in Algorithm for p in Protocol if costs[a][p] >= 0]
-        if not enabled:
+        nccl_cell = nccl_argmin(costs)
+        if nccl_cell is None:
             raise ValueError("every cell of the cost table is disabled (< 0); NCCL fails the call")
-
-        def cost_of(cell: tuple[Algorithm, Protocol]) -> float:
-            return costs[cell[0]][cell[1]]
-
-        nccl_cell = min(enabled, key=cost_of)
         for index, rule in enumerate(self.rules):
             if not rule.matches(call):
                 continue
-            if rule.algorithm is None and rule.protocol is None:
-                cell = nccl_cell  # channels-only rule
-            else:
-                candidates = [(a, p) for a, p in enabled
-                              if rule.algorithm in (None, a) and rule.protocol in (None, p)]
-                if not candidates:
-                    continue  # every requested cell is disabled: never revive one, try the next rule
-                cell = min(candidates, key=cost_of)
+            # The rule's cheapest cell (NCCL's own for a channels-only rule).
+            cell = nccl_argmin(costs, rule.algorithm, rule.protocol)
+            if cell is None:
+                continue  # every requested cell is disabled: never revive one, try the next rule
             channels = 0 if rule.channels == KEEP else rule.channels
             return Choice(cell[0], cell[1], channels, index)
         return Choice(nccl_cell[0], nccl_cell[1], 0, None)

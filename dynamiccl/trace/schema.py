@@ -394,7 +394,7 @@ def validate_ops(df: pd.DataFrame, meta: TraceMeta, source: str) -> None:
     members = pd.MultiIndex.from_tuples([(g, r) for g, grp in meta.groups.items() for r in grp.ranks])
     rank_in = pd.MultiIndex.from_arrays([gid, rank]).isin(members)
     peer_in = pd.MultiIndex.from_arrays([gid, peer]).isin(members)
-    rooted = np.isin(op, ["broadcast", "reduce", "gather", "scatter"])
+    rooted = np.isin(op, list(nccl.ROOTED_OPS))
     bad_kind = is_comm & known & (gkind != kinds)
     bad_size = is_comm & known & (gsize != sizes)
     bad_nodes = is_comm & known & (gnodes != nodes)

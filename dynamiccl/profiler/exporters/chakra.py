@@ -70,9 +70,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from dynamiccl.errors import InputError
+from dynamiccl.nccl import ROOTED_OPS
 from dynamiccl.profiler.importers._common import read_bytes
 from dynamiccl.profiler.exporters.output import atomic_files, check_out_dir
-from dynamiccl.profiler.exporters.plan import ROOTED_OPS, ExportPlan, plan_export
+from dynamiccl.profiler.exporters.plan import ExportPlan, plan_export
 from dynamiccl.trace.store import Trace
 
 ET_VERSION = "1.0.0"

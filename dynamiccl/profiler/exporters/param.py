@@ -48,7 +48,7 @@ import numpy as np
 from dynamiccl import nccl
 from dynamiccl.errors import InputError
 from dynamiccl.profiler.exporters.output import atomic_files, check_out_dir
-from dynamiccl.profiler.exporters.plan import ROOTED_OPS, ExportPlan, plan_export
+from dynamiccl.profiler.exporters.plan import ExportPlan, plan_export
 from dynamiccl.trace.store import Trace
 
 COMPUTE_MODES = ("gemm", "none")
@@ -157,7 +157,7 @@ def param_records(plan: ExportPlan, rank: int, *, compute: str = "gemm", t0: flo
             other = peer[i]
             rec["src_rank"], rec["dst_rank"] = (rank, other) if o == "send" else (other, rank)
             rec["use_batch"] = nccl_group[i] >= 0
-        elif o in ROOTED_OPS:
+        elif o in nccl.ROOTED_OPS:
             rec["root"] = peer[i]
         if math.isfinite(start[i]):
             rec["startTime_ns"] = int(round((start[i] - t0) * 1000.0))

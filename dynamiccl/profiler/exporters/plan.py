@@ -38,8 +38,6 @@ from dynamiccl.errors import InputError
 from dynamiccl.trace.schema import GROUP_KINDS, Group, RankRole, TraceMeta, comm_stream, validate_ops
 from dynamiccl.trace.store import Trace, _canonical
 
-ROOTED_OPS = ("broadcast", "reduce", "gather", "scatter")
-
 
 @dataclass
 class RankPlan:

@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Iterable
+from typing import Any, Collection, Hashable, Iterable
 
 from dynamiccl import nccl
 from dynamiccl.errors import InputError
@@ -207,6 +207,17 @@ def dtype_name(value: Any, source: str, where: str) -> str:
         InputError: an unknown spelling, naming ``source`` and ``where``.
     """
     return nccl.parse_dtype(value, source, where).name_lower
+
+
+def nccl_op(name: str, allowed: Collection[nccl.Func] | None = None) -> str | None:
+    """The trace op of a function as NCCL names it ("AllReduce", "AlltoAll", "Send"; any spelling
+    :func:`dynamiccl.nccl.parse_func` reads), or None when ``name`` is none of ``allowed`` (default:
+    every function a trace has an op for): a call the importer skips and counts."""
+    try:
+        func = nccl.parse_func(name, allowed=allowed)
+    except InputError:
+        return None
+    return nccl.FUNC_OP[func]
 
 
 # --- groups ----------------------------------------------------------------------------------------

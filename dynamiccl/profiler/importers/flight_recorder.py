@@ -65,7 +65,6 @@ OPS = {
 }
 _SKIP = {"coalesced"}
 _P2P_NAME = re.compile(r"^(?P<op>send|recv) (?P<me>\d+)(?:->|<-)(?P<peer>\d+)$")
-_ROOTED = ("broadcast", "reduce", "gather", "scatter")
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -239,7 +238,7 @@ def read_flight_recorder(paths: list[str], *, gpus_per_node: int = 8, trust_pick
                                      f"{name!r}: peer {peer_local} is not another rank of group {gid!r} "
                                      f"(size {n})")
                 peer = group.ranks[peer_local]
-            elif op in _ROOTED:
+            elif op in nccl.ROOTED_OPS:
                 peer = group.ranks[0]
                 roots_assumed += 1
             out.append(CommRecord(kind="p2p" if op in nccl.P2P_OPS else "coll", op=op_, group_id=gid,

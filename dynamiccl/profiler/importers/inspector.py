@@ -37,16 +37,15 @@ from collections import defaultdict
 from dynamiccl import nccl
 from dynamiccl.errors import InputError
 from dynamiccl.profiler.importers._common import (
-    CommRecord, Notes, assemble, expand_paths, is_type, need, read_text,
+    CommRecord, Notes, assemble, expand_paths, is_type, nccl_op, need, read_text,
 )
 from dynamiccl.profiler.importers._comms import CommView, resolve
 from dynamiccl.trace.store import Trace
 
-COLLS = {"AllReduce": "allreduce", "AllGather": "allgather", "AllGatherV": "allgather",
-         "ReduceScatter": "reducescatter", "Broadcast": "broadcast", "Reduce": "reduce", "All2All": "alltoall",
-         "AlltoAll": "alltoall", "AllToAll": "alltoall", "Gather": "gather", "Scatter": "scatter"}
-P2PS = {"Send": "send", "Recv": "recv"}
-_ROOTED = ("broadcast", "reduce", "gather", "scatter")
+# Inspector's spellings that are not NCCL's, as NCCL names the function; the rest are NCCL's names.
+_INSPECTOR_NAMES = {"All2All": "AlltoAll", "AllGatherV": "AllGather"}
+_COLL_FUNCS = tuple(nccl.OP_FUNC[op] for op in nccl.COLLECTIVE_OPS)  # what a coll_perf record may name
+_P2P_FUNCS = tuple(nccl.OP_FUNC[op] for op in nccl.P2P_OPS)  # and a p2p_perf record
 
 
 def _objects(path: str):
@@ -138,10 +137,11 @@ def read_inspector(paths: list[str], *, gpus_per_node: int = 8) -> Trace:
                 body = need(obj, "coll_perf", dict, path, where)
                 w = f"{where} coll_perf"
                 name = need(body, "coll", str, path, w)
-                if name not in COLLS:
+                op = nccl_op(_INSPECTOR_NAMES.get(name, name), _COLL_FUNCS)
+                if op is None:
                     skipped[name] += 1
                     continue
-                rec = {"op": COLLS[name], "name": name, "sn": need(body, "coll_sn", int, path, w),
+                rec = {"op": op, "name": name, "sn": need(body, "coll_sn", int, path, w),
                        "bytes": need(body, "coll_msg_size_bytes", int, path, w),
                        "exec": need(body, "coll_exec_time_us", float, path, w),
                        "algo": _algo(body.get("coll_algo"), path, w, "coll_algo"),
@@ -152,10 +152,11 @@ def read_inspector(paths: list[str], *, gpus_per_node: int = 8) -> Trace:
                 body = need(obj, "p2p_perf", dict, path, where)
                 w = f"{where} p2p_perf"
                 name = need(body, "p2p", str, path, w)
-                if name not in P2PS:
+                op = nccl_op(name, _P2P_FUNCS)
+                if op is None:
                     skipped[name] += 1
                     continue
-                rec = {"op": P2PS[name], "name": name, "sn": need(body, "p2p_sn", int, path, w),
+                rec = {"op": op, "name": name, "sn": need(body, "p2p_sn", int, path, w),
                        "bytes": need(body, "p2p_msg_size_bytes", int, path, w),
                        "exec": need(body, "p2p_exec_time_us", float, path, w), "algo": "", "proto": "",
                        "peer": need(body, "p2p_peer", int, path, w), "source": body.get("p2p_timing_source", "")}
@@ -200,7 +201,7 @@ def read_inspector(paths: list[str], *, gpus_per_node: int = 8) -> Trace:
             peer = -1
             if r["op"] in nccl.P2P_OPS:
                 peer = group.ranks[r["peer"]]
-            elif r["op"] in _ROOTED:
+            elif r["op"] in nccl.ROOTED_OPS:
                 peer = group.ranks[0]
                 roots += 1
             start = r["start"]

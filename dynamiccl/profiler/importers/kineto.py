@@ -78,10 +78,6 @@ RPC_OPS = {
 }
 RPC_SKIP = {"wait", "init", "coalesced", "startCoalescing", "endCoalescing"}
 KERNEL_RE = re.compile(r"^(?:void )?nccl(?:Dev)?Kernel_(?P<func>[A-Za-z]+)")
-KERNEL_OPS = {"AllReduce": "allreduce", "AllGather": "allgather", "ReduceScatter": "reducescatter",
-              "Broadcast": "broadcast", "Reduce": "reduce", "SendRecv": "p2p", "Send": "send", "Recv": "recv",
-              "AllToAll": "alltoall", "AlltoAll": "alltoall"}
-_ROOTED = ("broadcast", "reduce", "gather", "scatter")
 STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
 BACKWARD_PREFIX = "autograd::engine::evaluate_function"
 
@@ -490,7 +486,7 @@ def _rpc_record(e: _Event, args: dict, doc: _Doc, groups: dict[str, GroupInfo], 
     esize = nccl.DataType[dtype.upper()].size_bytes
     numel = {"allgather": n_out, "recv": n_out, "gather": n_in * n, "scatter": n_out * n}.get(op, n_in)
     peer = -1
-    if op in _ROOTED or op in nccl.P2P_OPS:
+    if op in nccl.ROOTED_OPS or op in nccl.P2P_OPS:
         key = {"send": "Dst Rank", "recv": "Src Rank"}.get(op)
         value = args.get(key) if key else None
         if is_type(value, int) and value in group.ranks:

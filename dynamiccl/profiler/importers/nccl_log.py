@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from dynamiccl import nccl
 from dynamiccl.errors import InputError
 from dynamiccl.profiler.importers._common import (
-    CommRecord, Notes, assemble, expand_paths, read_text,
+    CommRecord, Notes, assemble, expand_paths, nccl_op, read_text,
 )
 from dynamiccl.profiler.importers._comms import CommView, resolve
 from dynamiccl.trace.store import Trace
@@ -49,12 +49,6 @@ _INIT = re.compile(r"\bcomm (?P<comm>0x[0-9a-fA-F]+|\(nil\)) (?P<fields>.*?) - I
 _TUNING = re.compile(r"^(?:(?P<op>\w+): )?(?P<bytes>\S+) Bytes -> Algo (?P<algo>\S+) proto (?P<proto>\S+)"
                      r"(?: channel\{Lo\.\.Hi\}=\{(?P<lo>\d+)\.\.(?P<hi>\d+)\})?(?: time (?P<time>\S+))?"
                      r"(?: comm (?P<comm>\S+))?")
-
-OPS = {"AllReduce": "allreduce", "AllGather": "allgather", "ReduceScatter": "reducescatter",
-       "Broadcast": "broadcast", "Reduce": "reduce", "AlltoAll": "alltoall", "AllToAll": "alltoall",
-       "Gather": "gather", "Scatter": "scatter", "Send": "send", "Recv": "recv"}
-_ROOTED = ("broadcast", "reduce", "gather", "scatter")
-
 
 @dataclass
 class _Comm:
@@ -135,7 +129,8 @@ def read_nccl_log(paths: list[str], *, gpus_per_node: int = 8) -> Trace:
                                                              "sendbuff .. recvbuff .. count N datatype T op O root R "
                                                              "comm 0x.. [nranks=N] stream ..')")
                 name = c["op"]
-                if name not in OPS:
+                op = nccl_op(name)
+                if op is None:
                     skipped[name] += 1
                     continue
                 comm = comms[proc].get(c["comm"])
@@ -153,8 +148,7 @@ def read_nccl_log(paths: list[str], *, gpus_per_node: int = 8) -> Trace:
                 root = _int(c["root"], path, lineno, "root")
                 if count < 0:
                     raise InputError(path, f"line {lineno} field 'count'", f"expected >= 0, got {count}")
-                op = OPS[name]
-                if (op in _ROOTED or op in nccl.P2P_OPS) and not 0 <= root < nranks:
+                if (op in nccl.ROOTED_OPS or op in nccl.P2P_OPS) and not 0 <= root < nranks:
                     raise InputError(path, f"line {lineno} field 'root'", f"expected 0..{nranks - 1}, got {root}")
                 record = _Op(proc, comm, op, name, count, dtype, root, c["opcount"], where)
                 ops[proc].append(record)
@@ -185,7 +179,7 @@ def read_nccl_log(paths: list[str], *, gpus_per_node: int = 8) -> Trace:
             n = len(group.ranks)
             size = o.dtype.size_bytes
             total = o.count * size * (n if o.op in nccl.SHARDED_OPS else 1)
-            peer = group.ranks[o.root] if (o.op in _ROOTED or o.op in nccl.P2P_OPS) else -1
+            peer = group.ranks[o.root] if (o.op in nccl.ROOTED_OPS or o.op in nccl.P2P_OPS) else -1
             if o.op in nccl.P2P_OPS and peer == rank:
                 raise InputError(o.where, "field 'root'", f"{o.name} to itself (peer {o.root} is this rank)")
             out.append(CommRecord(
@@ -244,7 +238,7 @@ def _apply_tuning(proc, t: re.Match, awaiting: deque, comms: dict, path: str, li
     except ValueError:
         raise InputError(path, f"{where} field 'Algo'/'proto'",
                          f"unknown algorithm/protocol number {algo_text}/{proto_text}") from None
-    op = OPS.get(t["op"]) if t["op"] else None
+    op = nccl_op(t["op"]) if t["op"] else None
     ptr_comm = comms.get(t["comm"]) if t["comm"] else None
     for i, record in enumerate(awaiting):
         if (op is None or record.op == op) and (ptr_comm is None or record.comm is ptr_comm):
