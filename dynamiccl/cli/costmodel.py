@@ -11,6 +11,7 @@ from pathlib import Path
 def add(sub) -> None:
     """Add ``simulate``, ``calibrate`` and ``validate`` to the sub-command parsers ``sub``."""
     from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL, cost_models_help
+    from dynamiccl.nccl import Algorithm, Protocol
 
     p = sub.add_parser("simulate", help="nccl-tests-style table of a collective under a cost model",
                        description="Cost one collective over a size sweep, nccl-tests style, under the world "
@@ -26,8 +27,8 @@ def add(sub) -> None:
     p.add_argument("-d", "--dtype", default="float32", help="element type (count = size / its bytes)")
     p.add_argument("--nranks", type=int, default=0, help="communicator size (default: every GPU of the spec)")
     p.add_argument("--nnodes", type=int, default=0, help="nodes the communicator spans (default: all)")
-    p.add_argument("--algo", help="force an algorithm (ring, tree, nvls, nvlstree, collnetdirect, collnetchain, pat)")
-    p.add_argument("--proto", help="force a protocol (ll, ll128, simple)")
+    p.add_argument("--algo", help=f"force an algorithm ({', '.join(a.nccl_name.lower() for a in Algorithm)})")
+    p.add_argument("--proto", help=f"force a protocol ({', '.join(p.nccl_name.lower() for p in Protocol)})")
     p.add_argument("--channels", type=int, default=0, help="force a channel count (1..64)")
     p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=list(COST_MODELS), help=cost_models_help())
     p.add_argument("--overlap", type=float, default=None,

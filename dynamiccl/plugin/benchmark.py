@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from dynamiccl.bench import _machine
-from dynamiccl.nccl import KEEP, Algorithm, Func, Protocol, supported_configs
+from dynamiccl.nccl import KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, supported_configs
 from dynamiccl.plugin.build import SOURCE_DIR, build_plugin, compile_sources, instrumented_beside
 from dynamiccl.table import DecisionTable, Rule, StepShape, save
 
@@ -35,7 +35,7 @@ RULES = 1000
 TRAINING_SHAPE = (16, 2)  # the communicator the benchmark's calls run on
 SHAPES = ((8, 1), TRAINING_SHAPE, (64, 8), (256, 32))
 STEP = StepShape(*TRAINING_SHAPE, calls_per_step=96, anchor_coll=Func.ALLREDUCE, anchor_bytes=1 << 20)
-COLLS = (Func.BROADCAST, Func.REDUCE, Func.ALLGATHER, Func.REDUCESCATTER, Func.ALLREDUCE)
+COLLS = TUNABLE_FUNCS
 
 
 def _choice(rng: random.Random, coll: Func, log2_bytes: int) -> dict:

@@ -132,6 +132,19 @@ def _names(members) -> str:
     return ", ".join(m.name_lower for m in members)
 
 
+def _tunable_func(value: Any, name: str) -> Func:
+    """``value`` as one of the collectives NCCL's tuner is asked about.
+
+    Raises:
+        InputError: naming ``name``, for another collective or something that is not one.
+    """
+    coll = _as_enum(value, Func, name, allow_keep=False)
+    if coll not in TUNABLE_FUNCS:
+        raise InputError(None, name, f"NCCL's tuner is never asked about {FUNC_OP[coll]}; "
+                         f"expected one of {', '.join(COLL_BY_NAME)}")
+    return coll
+
+
 @dataclass(frozen=True)
 class Rule:
     """One line of a decision table: keys that a call must match, and the choice to apply.
@@ -165,11 +178,7 @@ class Rule:
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen dataclass: normalise in place once, here
-        coll = _as_enum(self.coll, Func, "coll", allow_keep=False)
-        if coll not in TUNABLE_FUNCS:
-            raise InputError(None, "coll", f"NCCL's tuner is never asked about {FUNC_OP[coll]}; "
-                             f"expected one of {', '.join(COLL_BY_NAME)}")
-        set_field(self, "coll", coll)
+        set_field(self, "coll", _tunable_func(self.coll, "coll"))
         for name in RULE_INT_FIELDS:
             set_field(self, name, _as_int(getattr(self, name), name))
         set_field(self, "algorithm", _as_enum(self.algorithm, Algorithm, "algorithm", allow_keep=True))
@@ -258,11 +267,7 @@ class StepShape:
     def __post_init__(self) -> None:
         for name in ("nranks", "nnodes", "calls_per_step", "anchor_bytes"):
             object.__setattr__(self, name, _as_int(getattr(self, name), name))
-        coll = _as_enum(self.anchor_coll, Func, "anchor_coll", allow_keep=False)
-        if coll not in TUNABLE_FUNCS:
-            raise InputError(None, "anchor_coll", f"NCCL's tuner is never asked about {FUNC_OP[coll]}; "
-                             f"expected one of {', '.join(COLL_BY_NAME)}")
-        object.__setattr__(self, "anchor_coll", coll)
+        object.__setattr__(self, "anchor_coll", _tunable_func(self.anchor_coll, "anchor_coll"))
         for name in ("nranks", "nnodes", "calls_per_step"):
             if not 1 <= getattr(self, name) <= C_INT_MAX:
                 raise InputError(None, name, f"{getattr(self, name)} is out of range; expected 1 .. {C_INT_MAX}")
