@@ -8,9 +8,11 @@ Each effect names its evidence and has one place in this module:
 1. **Bytes on the busiest link** (one function per algorithm, :data:`ALGORITHM_TRAFFIC`, and per
    point-to-point function, :data:`P2P_TRAFFIC`). Per GPU (NVLink/PCIe) and per node (NICs): Ring
    AllReduce moves 2(n-1)/n x S, Ring AllGather/ReduceScatter (n-1)/n x S, Broadcast/Reduce S; a
-   Tree AllReduce moves 2S along the intra-node chain and S per node on the network on 2 nodes but
-   2S beyond (the 2-node Tree effect: "on 2 nodes Tree puts 2x less traffic on the network",
-   NVIDIA/nccl#946); NVLS AllReduce moves S(n+1)/n per GPU each way (algbw = wire x n/(n+1),
+   Tree AllReduce moves 2S along the intra-node chain and, per node on the network, S/2 per edge
+   its node has in NCCL's double binary tree (:func:`double_binary_tree_load`): S on 2 nodes ("on 2
+   nodes Tree puts 2x less traffic on the network", NVIDIA/nccl#946), 1.5S on 3 (why forced Tree
+   beats Ring by 23% on three GB200 NVL8 partitions over IB, NVIDIA/nccl#1801), 2S from 4 on;
+   NVLS AllReduce moves S(n+1)/n per GPU each way (algbw = wire x n/(n+1),
    NVIDIA/nccl-tests#239), NVLS AllGather/ReduceScatter S (the larger direction, NVIDIA/nccl#1083).
 2. **Link efficiency per hardware class** (fitted; :class:`Links`): NVLink4 carries ~370 of
    450 GB/s for NCCL's Simple protocol ("protocol overhead ~20%", NVIDIA/nccl-tests#212); NVLS runs
@@ -34,7 +36,12 @@ Each effect names its evidence and has one place in this module:
    adds a host-side launch gap per extra GPU (NVIDIA/nccl-tests ``doc/PERFORMANCE.md``).
 6. **Network** (:class:`Links`, and congestion in ``evaluate``). Per node: NICs x line rate x the
    transport's efficiency, times (1 - congestion); congestion also stretches network hop latency
-   by 1/(1 - congestion) (queueing).
+   by 1/(1 - congestion) (queueing). Where an algorithm makes several peers send into one node at
+   once (a tree's interior node hears its two children and its parent: ``Traffic.net_fan_in``),
+   the NICs keep the transport's incast share of that (``net_incast_efficiency``): lossless IB's
+   credit flow control loses little, RoCE's ECN/PFC congestion control more -- which is why Tree
+   trails Ring by ~21% on 5 nodes of H100 over RoCE (NVIDIA/nccl#1368) while Ring's one-peer flows
+   run near line rate.
 7. **Compute interference** (``evaluate``). NCCL CTAs never share an SM with compute
    (NVIDIA/nccl#689), so each channel takes one SM from overlapped compute; overlapped kernels
    contend for HBM ("slow down up to 2x through memory bandwidth", NVIDIA/nccl#1433): collective and
@@ -51,6 +58,7 @@ measured tables.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, replace
@@ -95,12 +103,27 @@ _SLOT_OF_FUNC = np.array([_SLOT_FUNCS.index(Func.SEND if f in (Func.SENDRECV, Fu
 _SHARE = schema.number("share", low=0, low_inclusive=False, high=1.0)
 _MICROSECONDS = schema.number("us", low=0)
 _PER_PROTOCOL = dict(length=3, low=0)  # LL, LL128, Simple
+# Network priors per transport, where no calibration table measures them (``dynamiccl calibrate``
+# refits those a table covers):
+# - RoCE: Ring AllReduce busbw 190 GB/s on 5 nodes x 8 H100 with 4 x 400G RoCE NICs (200 GB/s line
+#   rate per node): 0.95 of line rate; forced Tree 150 GB/s on the same nodes, where the busiest
+#   node carries 2S against Ring's 1.95S: Tree keeps 150/190 x 2/1.95 = 0.81 of it while three
+#   peers send into a node at once (NVIDIA/nccl#1368, NCCL 2.20).
+# - IB: lossless credit-based flow control; the GB200 NVL partition tables of NVIDIA/nccl#1801
+#   (Ring 393.7 GB/s busbw of 8 x 400G per partition, Tree 485.7 on 3 partitions) fit it.
+# - EFA (SRD spreads each flow over many paths), Slingshot (hardware congestion control that
+#   isolates incast) and TCP: no incast measurement; no penalty assumed (1.0).
+# - Hop latency: a few µs on RDMA fabrics, ~15 µs EFA, tens of µs TCP sockets; nccl-tests#214
+#   measures ~31-34 µs for a small cross-node sendrecv on A40 including software.
 # The parameters file (``world_params.json``, written by ``dynamiccl calibrate``), declared once.
 WORLD_PARAMS = schema.Schema(
     schema.mapping("link_efficiency", _SHARE, help='"arch/fabric", "arch" or "pcie": share of datasheet link bw'),
     schema.mapping("p2p_efficiency", _SHARE, help="send/recv share of datasheet link bw, by arch"),
     schema.mapping("net_efficiency", _SHARE, help="share of NIC line rate, by transport"),
     schema.mapping("net_hop_us", _MICROSECONDS, help="one network hop, by transport"),
+    schema.mapping("net_incast_efficiency", _SHARE,
+                   {"ib": 0.97, "roce": 0.81, "efa": 1.0, "slingshot": 1.0, "tcp": 1.0},
+                   help="share of net_efficiency a node keeps while several peers send into it, by transport"),
     schema.number_list("hop_us", **_PER_PROTOCOL, help="one intra-node hop, LL / LL128 / Simple"),
     schema.number_list("base_us", **_PER_PROTOCOL, help="fixed cost of one collective, LL / LL128 / Simple"),
     schema.number("nvls_us", low=0, help="NVLS intra-node latency"),
@@ -130,12 +153,16 @@ class WorldParams:
     half) and network hop latency (a few µs on RDMA fabrics, ~15 µs EFA, tens of µs TCP;
     nccl-tests#214 measures ~31-34 µs for a small cross-node sendrecv on A40 incl. software),
     CPU-link bandwidth for PCIe rings that cross sockets (UPI, xGMI, NVLink-C2C), PCIe hop cost.
+    Network efficiency, incast share and hop latency per transport are fitted where multi-node
+    tables measure them (``dynamiccl calibrate``); the comment above :data:`WORLD_PARAMS` gives the
+    source of each prior.
     """
 
     link_efficiency: dict[str, float]     # "arch/fabric" (or "arch", "pcie"): share of datasheet link bw
     p2p_efficiency: dict[str, float]      # send/recv share of datasheet link bw, by arch
     net_efficiency: dict[str, float]      # share of NIC line rate, by transport
     net_hop_us: dict[str, float]          # one network hop, by transport
+    net_incast_efficiency: dict[str, float]  # share of net_efficiency kept under incast, by transport
     hop_us: list[float]                   # one intra-node hop, LL / LL128 / Simple
     base_us: list[float]                  # fixed cost of one collective, LL / LL128 / Simple
     nvls_us: float                        # NVLS intra-node latency
@@ -197,6 +224,7 @@ class Traffic:
     net_volume_per_byte: float    # bytes on each node's network links
     latency_us: float             # fixed and intra-node hop latency
     net_hops: float               # network hops; each costs the transport's hop latency
+    net_fan_in: float = 1.0       # peers sending into one node at once (> 1: incast on its NICs)
 
 
 TrafficFunction = Callable[[Func, Communicator, HopLatency], Traffic]
@@ -224,13 +252,66 @@ def ring(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
                    net_steps)
 
 
+def _btree(nnodes: int, rank: int) -> tuple[int, list[int]]:
+    """(parent or -1, children) of ``rank`` in NCCL's binary tree over ``nnodes`` nodes, rooted at 0
+    (the bit-pattern tree of ``ncclGetBtree``, NVIDIA/nccl ``src/graph/trees.cc``)."""
+    bit = 1
+    while bit < nnodes and not bit & rank:
+        bit <<= 1
+    if rank == 0:
+        return -1, ([bit >> 1] if nnodes > 1 else [])
+    parent = (rank ^ bit) | (bit << 1)
+    if parent >= nnodes:
+        parent = rank ^ bit
+    low = bit >> 1
+    children = [rank - low] if low else []
+    right = rank + low if low else -1
+    while right >= nnodes:  # the right child, moved down a level until it exists
+        low >>= 1
+        right = rank + low if low else -1
+    return parent, children + ([right] if right >= 0 else [])
+
+
+@functools.lru_cache(maxsize=None)
+def double_binary_tree_load(nnodes: int) -> tuple[float, int]:
+    """(network bytes per byte, peers) of the busiest node of NCCL's double binary tree.
+
+    NCCL splits a Tree AllReduce over two binary trees (``ncclGetDtree``: the second mirrors the
+    first for an even node count, shifts it by one for an odd one) and pipelines reduce (up) and
+    broadcast (down), so every tree edge carries S/2 each way: a node sends and receives S/2 per
+    edge it has in either tree. The load is the largest edge count / 2 (1 on 2 nodes, 1.5 on 3, 2
+    from 4 on); peers is the largest number of distinct nodes that send into one node at once.
+    """
+    nnodes = int(nnodes)
+    if nnodes <= 1:
+        return 0.0, 0
+    worst_edges, worst_peers = 0, 0
+    for rank in range(nnodes):
+        neighbours = []
+        for tree_rank, unmap in ((rank, lambda r: r),
+                                 ((rank - 1) % nnodes, lambda r: (r + 1) % nnodes) if nnodes % 2 else
+                                 (nnodes - 1 - rank, lambda r: nnodes - 1 - r)):
+            parent, children = _btree(nnodes, tree_rank)
+            neighbours += [unmap(r) for r in ([parent] if parent >= 0 else []) + children]
+        worst_edges = max(worst_edges, len(neighbours))
+        worst_peers = max(worst_peers, len(set(neighbours)))
+    return worst_edges / 2.0, worst_peers
+
+
+def tree_net_traffic(comm: Communicator) -> tuple[float, float]:
+    """(network bytes per byte, fan-in) of a tree across ``comm``'s nodes (:func:`double_binary_tree_load`)."""
+    load, peers = double_binary_tree_load(int(comm.nnodes))
+    return load, float(max(peers, 1))
+
+
 def tree(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
-    """Tree AllReduce: 2S along the intra-node chain (reduce up, broadcast down); per node S on the
-    network on 2 nodes, where the two trees are complementary, and 2S beyond ("on 2 nodes Tree puts
-    2x less traffic on the network", NVIDIA/nccl#946). Hops: up and down the chain, and each level
-    of the tree across nodes both ways."""
-    return Traffic(2.0 if comm.ranks_per_node > 1 else 0.0, 1.0 if comm.nnodes <= 2 else 2.0,
-                   hop.base_us + 2 * (comm.ranks_per_node - 1) * hop.intra_hop_us, 2 * comm.log2_nnodes)
+    """Tree AllReduce: 2S along the intra-node chain (reduce up, broadcast down); on the network the
+    busiest node's share of NCCL's double binary tree (:func:`double_binary_tree_load`), its peers
+    sending into it at once. Hops: up and down the chain, and each level of the tree across nodes
+    both ways."""
+    net_volume, fan_in = tree_net_traffic(comm)
+    return Traffic(2.0 if comm.ranks_per_node > 1 else 0.0, net_volume,
+                   hop.base_us + 2 * (comm.ranks_per_node - 1) * hop.intra_hop_us, 2 * comm.log2_nnodes, fan_in)
 
 
 def nvls_intra_volume_per_byte(func: Func, comm: Communicator) -> float:
@@ -248,9 +329,9 @@ def nvls(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
 
 
 def nvls_tree(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
-    """NVLSTree: NVLS inside the node, a tree across nodes (network volume as :func:`tree`)."""
-    return Traffic(nvls_intra_volume_per_byte(func, comm), 1.0 if comm.nnodes <= 2 else 2.0, hop.nvls_us,
-                   2 * comm.log2_nnodes)
+    """NVLSTree: NVLS inside the node, a tree across nodes (network traffic as :func:`tree`)."""
+    net_volume, fan_in = tree_net_traffic(comm)
+    return Traffic(nvls_intra_volume_per_byte(func, comm), net_volume, hop.nvls_us, 2 * comm.log2_nnodes, fan_in)
 
 
 def pat(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
@@ -275,7 +356,8 @@ def send_recv(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
 
 def alltoall(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
     """AlltoAll: (p-1)/n of the buffer to the node's other GPUs, (n-p)/n out of the node, latency as
-    one send/recv."""
+    one send/recv. NCCL schedules the transfers in rounds, one peer to receive from per round, so
+    there is no incast (fan-in 1)."""
     transfer = send_recv(func, comm, hop)
     return Traffic((comm.ranks_per_node - 1) / comm.nranks, (comm.nranks - comm.ranks_per_node) / comm.nranks,
                    transfer.latency_us, transfer.net_hops)
@@ -501,6 +583,8 @@ class WorldModel:
                         nvls = algo in (Algorithm.NVLS, Algorithm.NVLS_TREE)
                         link = (links.nvls_gbytes_per_s if nvls else links.intra_gbytes_per_s) * proto_eff
                         net = links.net_per_node_gbytes_per_s * proto_eff
+                        if traffic.net_fan_in > 1:  # several peers into one node: the transport's incast share
+                            net *= self.params.net_incast_efficiency[self.env.inter.transport]
                     intra_volume, net_volume = traffic.intra_volume_per_byte, traffic.net_volume_per_byte
                     if comm.ranks_per_node <= 1:  # no peer inside the node: no intra-node link to load
                         intra_volume, link = 0.0, np.inf
