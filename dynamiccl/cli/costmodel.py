@@ -44,7 +44,9 @@ def add(sub) -> None:
     p = sub.add_parser("calibrate", help="fit the world simulator's parameters to measured nccl-tests tables",
                        description="Fit the world simulator's free parameters (per hardware class) to measured "
                                    "nccl-tests tables and write them as JSON. Then run `dynamiccl validate`.")
-    p.add_argument("--measurements", required=True, help="measurements CSV (the columns of dynamiccl.costmodel.measurements.COLUMNS)")
+    p.add_argument("--measurements", action="append", default=None, metavar="CSV",
+                   help="measurements CSV (the columns of dynamiccl.costmodel.measurements.COLUMNS); repeat for "
+                        "several (default: measurements.csv and more-systems.csv of ../shared/calibration)")
     p.add_argument("--env-dir", default=None, help="directory of environment specs to map tables to (default envs/)")
     p.add_argument("-o", "--output", default=None,
                    help="parameters JSON to write (default: the package's world_params.json)")
@@ -55,7 +57,9 @@ def add(sub) -> None:
                                    "simulator (NCCL's chosen or the table's forced algorithm) and print the error "
                                    "of predicted against measured time per table and overall; plot predicted vs "
                                    "measured busbw per table.")
-    p.add_argument("--measurements", required=True, help="measurements CSV")
+    p.add_argument("--measurements", action="append", default=None, metavar="CSV",
+                   help="measurements CSV; repeat for several (default: the calibration set, "
+                        "measurements.csv and more-systems.csv of ../shared/calibration)")
     p.add_argument("--env-dir", default=None, help="directory of environment specs (default envs/)")
     p.add_argument("--params", default=None, help="world parameters JSON (default: the shipped calibration)")
     p.add_argument("--plot", default="validation.png", help="PNG to write (default validation.png)")
@@ -92,17 +96,25 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _measurements(args) -> tuple[list[str], list]:
+    """(paths, tables) of ``--measurements`` (or the default calibration set). Raises InputError."""
+    from dynamiccl.costmodel.measurements import default_measurement_paths, load_measurement_files
+
+    paths = args.measurements or [str(p) for p in default_measurement_paths()]
+    return paths, load_measurement_files(paths)
+
+
 def cmd_calibrate(args) -> int:
     from dynamiccl import atomic
     from dynamiccl.costmodel.calibration import calibrate, format_summary, predict, summarize
-    from dynamiccl.costmodel.measurements import load_env_dir, load_measurements
+    from dynamiccl.costmodel.measurements import load_env_dir
     from dynamiccl.costmodel.world import PARAMS_PATH
     from dynamiccl.envspec import env_dir
 
-    tables = load_measurements(args.measurements)
+    sources, tables = _measurements(args)
     specs = load_env_dir(args.env_dir or env_dir())
     print(f"calibrating on {len(tables)} tables, {sum(len(t.time_us) for t in tables)} rows ...", file=sys.stderr)
-    params, report = calibrate(tables, specs, source=args.measurements)
+    params, report = calibrate(tables, specs, source=sources)
     output = Path(args.output) if args.output else PARAMS_PATH
     atomic.write_text(output, params.to_json())
     print(f"# fitted parameters ({report['evaluations']} evaluations, rms log error "
@@ -116,11 +128,11 @@ def cmd_calibrate(args) -> int:
 def cmd_validate(args) -> int:
     from dynamiccl import atomic, schema
     from dynamiccl.costmodel.calibration import format_summary, plot, predict, summarize
-    from dynamiccl.costmodel.measurements import load_env_dir, load_measurements
+    from dynamiccl.costmodel.measurements import load_env_dir
     from dynamiccl.costmodel.world import WorldParams, default_params
     from dynamiccl.envspec import env_dir
 
-    tables = load_measurements(args.measurements)
+    _, tables = _measurements(args)
     specs = load_env_dir(args.env_dir or env_dir())
     params = WorldParams.load(args.params) if args.params else default_params()
     if args.leave_one_out:

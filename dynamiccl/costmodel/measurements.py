@@ -6,8 +6,13 @@ A table's rows share ``table``, ``system``, ``nccl_version``, ``coll``, ``algo``
 ``system`` text (whole word: ``GH200`` is not ``H200``) and whose GPUs per node match; among those,
 the one whose fabric agrees with the text (PCIe or NVLink), without congestion or overlap dynamics,
 with the fewest nodes that still hold the table's nodes. The table's own NCCL version (when it gives one) replaces the spec's, because NCCL's
-choices depend on it; a table measured with one process driving ``k`` GPUs (``-g k``) is costed
-with that launch mode.
+choices depend on it; a table measured with one process driving ``k`` GPUs (``-g k``, in its
+``how`` or ``system`` text) is costed with that launch mode. A table without an NCCL version (the
+AWS g5 torch.distributed timings) runs with the spec's.
+
+The calibration set is every CSV of :data:`DEFAULT_MEASUREMENT_FILES` in the shared calibration
+directory beside the repository (``../shared/calibration``): the nccl-tests tables of
+``measurements.csv`` and the systems of ``more-systems.csv`` (PCIe, TCP-class and GB200 partitions).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from dynamiccl.costmodel.batch import COSTED_FUNCS
 from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, load_env
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import KEEP, Algorithm, Func, parse_algorithm, parse_func, parse_protocol, parse_version
+
+# The calibration set, in this order, in :func:`calibration_dir`.
+DEFAULT_MEASUREMENT_FILES = ("measurements.csv", "more-systems.csv")
 
 COLUMNS = ("table", "system", "nccl_version", "coll", "algo", "proto", "gpus_per_node", "nodes", "size_bytes",
            "time_us", "algbw_gbytes_per_s", "busbw_gbytes_per_s", "how")
@@ -59,9 +67,45 @@ class MeasuredTable:
 
     @property
     def launch_gpus(self) -> int:
-        """GPUs driven by one process (nccl-tests ``-g k``); 1 for one rank per GPU."""
-        match = re.search(r"-g\s*(\d+)", self.how)
+        """GPUs driven by one process (nccl-tests ``-g k`` in ``how`` or ``system``); 1 for one rank per GPU."""
+        match = re.search(r"(?<![\w-])-g\s*(\d+)", f"{self.how} {self.system}")
         return int(match.group(1)) if match else 1
+
+
+def calibration_dir() -> Path:
+    """The shared calibration directory beside the repository (``<repo>/../shared/calibration``)."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "calibration"
+
+
+def default_measurement_paths() -> list[Path]:
+    """The calibration set's CSVs (:data:`DEFAULT_MEASUREMENT_FILES` in :func:`calibration_dir`).
+
+    Raises:
+        InputError: naming the directory, when none of the files is there.
+    """
+    paths = [calibration_dir() / name for name in DEFAULT_MEASUREMENT_FILES]
+    present = [p for p in paths if p.is_file()]
+    if not present:
+        raise InputError(os.fspath(calibration_dir()), None, f"no calibration set ({', '.join(DEFAULT_MEASUREMENT_FILES)}); "
+                         "give --measurements FILE")
+    return present
+
+
+def load_measurement_files(paths: list[str | os.PathLike]) -> list[MeasuredTable]:
+    """Read several measurements CSVs into one list of tables (file order, then row order).
+
+    Raises:
+        InputError: a bad file (see :func:`load_measurements`), or a table id that two files use.
+    """
+    tables: list[MeasuredTable] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        for table in load_measurements(path):
+            if table.table in seen:
+                raise InputError(os.fspath(path), f"table {table.table}", f"table id already used in {seen[table.table]}")
+            seen[table.table] = os.fspath(path)
+            tables.append(table)
+    return tables
 
 
 def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:

@@ -115,14 +115,21 @@ _PER_PROTOCOL = dict(length=3, low=0)  # LL, LL128, Simple
 #   isolates incast) and TCP: no incast measurement; no penalty assumed (1.0).
 # - Hop latency: a few µs on RDMA fabrics, ~15 µs EFA, tens of µs TCP sockets; nccl-tests#214
 #   measures ~31-34 µs for a small cross-node sendrecv on A40 including software.
+PRIORS = {
+    "net_efficiency": {"ib": 0.92, "roce": 0.95, "slingshot": 0.85, "efa": 0.8, "tcp": 0.5},
+    "net_hop_us": {"ib": 3.0, "roce": 4.0, "slingshot": 4.0, "efa": 15.0, "tcp": 30.0},
+    "net_incast_efficiency": {"ib": 0.97, "roce": 0.81, "efa": 1.0, "slingshot": 1.0, "tcp": 1.0},
+    "pci_hop_factor": 1.6,
+}
+"""Literature priors of the parameters that only some tables inform (sources above); a fit that
+has no table for a key (``dynamiccl validate --leave-one-out``) falls back to these."""
 # The parameters file (``world_params.json``, written by ``dynamiccl calibrate``), declared once.
 WORLD_PARAMS = schema.Schema(
     schema.mapping("link_efficiency", _SHARE, help='"arch/fabric", "arch" or "pcie": share of datasheet link bw'),
     schema.mapping("p2p_efficiency", _SHARE, help="send/recv share of datasheet link bw, by arch"),
     schema.mapping("net_efficiency", _SHARE, help="share of NIC line rate, by transport"),
     schema.mapping("net_hop_us", _MICROSECONDS, help="one network hop, by transport"),
-    schema.mapping("net_incast_efficiency", _SHARE,
-                   {"ib": 0.97, "roce": 0.81, "efa": 1.0, "slingshot": 1.0, "tcp": 1.0},
+    schema.mapping("net_incast_efficiency", _SHARE, PRIORS["net_incast_efficiency"],
                    help="share of net_efficiency a node keeps while several peers send into it, by transport"),
     schema.number_list("hop_us", **_PER_PROTOCOL, help="one intra-node hop, LL / LL128 / Simple"),
     schema.number_list("base_us", **_PER_PROTOCOL, help="fixed cost of one collective, LL / LL128 / Simple"),
@@ -132,7 +139,7 @@ WORLD_PARAMS = schema.Schema(
     schema.number("ll_efficiency", low=0, low_inclusive=False, high=1.0, help="LL's share of its 50% ceiling"),
     schema.number("ll128_efficiency", low=0, low_inclusive=False, high=1.0,
                   help="LL128's share of its 93.75% ceiling"),
-    schema.number("pci_hop_factor", 1.6, low=0, low_inclusive=False, help="PCIe hops vs NVLink hops"),
+    schema.number("pci_hop_factor", PRIORS["pci_hop_factor"], low=0, low_inclusive=False, help="PCIe hops vs NVLink hops"),
     schema.formerly(schema.mapping("cpu_link_gbytes_per_s", schema.number("bw", low=0, low_inclusive=False),
                                    {"intel": 40.0, "amd": 64.0, "arm": 100.0},
                                    help="CPU link for PCIe rings that cross sockets, by vendor"),
