@@ -6,13 +6,15 @@ GPUs per node for the nodes each group spans). The cost model reads the rest of 
 Keys (contract)::
 
     [cluster]
-    gpu = "H100-SXM"           # a name from dynamiccl.gpus (its peak FLOPS and HBM bandwidth)
-    arch = "hopper"            # volta | ampere | hopper | blackwell
+    gpu = "H100-SXM"           # a name from dynamiccl.gpus (its peak FLOPS and HBM bandwidth), or any
+                               # name when arch, sm_count, hbm_gbytes_per_s and peak_bf16_tflops are given
+    arch = "hopper"            # volta | ampere | ada | hopper | blackwell
+    compute_capability = 90    # optional: x10 (86 for the GA10x parts); default the part's or the arch's
     sm_count = 132
     hbm_gbytes_per_s = 3350
     gpus_per_node = 8
     nodes = 2
-    peak_bf16_tflops = 989.4   # optional: overrides the catalog's dense BF16 peak
+    peak_bf16_tflops = 989.4   # optional for a catalog GPU: overrides its dense BF16 peak
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ import os
 from dataclasses import dataclass, replace
 
 from dynamiccl import schema
-from dynamiccl.gpus import GPUSpec, gpu_spec
+from dynamiccl.errors import InputError
+from dynamiccl.gpus import ARCHS, COMPUTE_CAPABILITIES, GPUS, GPUSpec, find_gpu
 
-ARCHS = ("volta", "ampere", "hopper", "blackwell")
+# What a GPU outside the catalog must give (the catalog supplies them for the parts it knows).
+GPU_KEYS = ("arch", "sm_count", "hbm_gbytes_per_s", "peak_bf16_tflops")
 
 CLUSTER = schema.Schema(
     schema.string("gpu", expect="a GPU name string (see dynamiccl.gpus)",
-                  help="GPU model; gives the defaults of the other GPU fields"),
+                  help="GPU model; a catalog part gives the defaults of the other GPU fields"),
     schema.choice("arch", ARCHS, None, help="GPU architecture (default: the GPU's)"),
+    schema.choice("compute_capability", COMPUTE_CAPABILITIES, None,
+                  help="compute capability x10 (default: the GPU's, else the architecture's)"),
     schema.integer("sm_count", None, low=0, low_inclusive=False, help="streaming multiprocessors per GPU"),
     schema.number("hbm_gbytes_per_s", None, low=0, low_inclusive=False, help="HBM bandwidth, GB/s"),
     schema.integer("gpus_per_node", low=0, low_inclusive=False, help="GPUs per node"),
@@ -63,12 +69,26 @@ def cluster_from_dict(obj: dict, source: str) -> ClusterSpec:
 def cluster_from_values(values: dict, source: str) -> ClusterSpec:
     """The :class:`ClusterSpec` of ``[cluster]`` values checked by :data:`CLUSTER`.
 
+    A GPU outside the catalog is described by the spec itself: it must give every key of
+    :data:`GPU_KEYS`; its NVLink and PCIe defaults are its architecture's.
+
     Raises:
-        InputError: an unknown GPU name (naming ``source`` and ``cluster.gpu``).
+        InputError: a GPU outside the catalog without all of :data:`GPU_KEYS` (naming ``source``,
+            ``cluster.gpu`` and the missing keys).
     """
-    spec = gpu_spec(values["gpu"], source, "cluster.gpu")
-    changes = {key: values[key] for key in ("arch", "sm_count", "hbm_gbytes_per_s", "peak_bf16_tflops")
-               if key in values}
+    spec = find_gpu(values["gpu"])
+    if spec is None:
+        missing = [f"cluster.{key}" for key in GPU_KEYS if key not in values]
+        if missing:
+            raise InputError(source, "cluster.gpu",
+                             f"unknown GPU {values['gpu']!r} (catalog: {', '.join(GPUS)}); describe it "
+                             f"with {', '.join('cluster.' + k for k in GPU_KEYS)} (missing: {', '.join(missing)})")
+        spec = GPUSpec(values["gpu"], **{key: values[key] for key in GPU_KEYS})
+    changes = {key: values[key] for key in GPU_KEYS if key in values}
+    if "arch" in changes and changes["arch"] != spec.arch:
+        changes["cc"] = None  # another architecture: its compute capability, not the part's
+    if "compute_capability" in values:
+        changes["cc"] = values["compute_capability"]
     return ClusterSpec(gpu=replace(spec, **changes), gpus_per_node=values["gpus_per_node"], nodes=values["nodes"])
 
 

@@ -6,7 +6,8 @@ The keys are a contract that users and external checks write files against. Ever
 unknown keys and bad values are errors that name the file and the ``section.key``::
 
     [cluster]   gpu = "H100-SXM"  arch = "hopper"  sm_count = 132  hbm_gbytes_per_s = 3350
-                gpus_per_node = 8  nodes = 2  (peak_bf16_tflops: optional)
+                gpus_per_node = 8  nodes = 2  (peak_bf16_tflops, compute_capability: optional)
+                # any GPU name when arch, sm_count, hbm_gbytes_per_s and peak_bf16_tflops are given
     [intra]     fabric = "nvswitch" | "nvlink" | "pcie"    # nvlink: GPUs wired to each other directly
                 nvlink_links = 18                          # NVLinks per GPU (0 allowed with fabric pcie)
                 nvlink_link_gbytes_per_s = 25              # per link, per direction (datasheet)
@@ -48,10 +49,12 @@ OLDEST_NCCL, NEWEST_NCCL = (2, 18, 0), (2, 30, 99)
 DEFAULT_NCCL_VERSION = "2.23.4"
 
 # Datasheet NVLink per GPU: links and GB/s per link per direction (hwloc#574: NVLink2-4 are 25 GB/s
-# per direction per link; NVLink5 50). Volta V100: 6 links, Ampere A100: 12, Hopper: 18, Blackwell: 18.
-_NVLINK_DEFAULTS = {"volta": (6, 25.0), "ampere": (12, 25.0), "hopper": (18, 25.0), "blackwell": (18, 50.0)}
-_PCIE_GEN_DEFAULT = {"volta": 3, "ampere": 4, "hopper": 5, "blackwell": 5}
-COMPUTE_CAPABILITY = {"volta": 70, "ampere": 80, "hopper": 90, "blackwell": 100}
+# per direction per link; NVLink5 50). Volta V100: 6 links, Ampere A100: 12, Hopper: 18, Blackwell: 18;
+# Ada has no NVLink (NVIDIA Ada GPU architecture whitepaper; L40S/L40/L4 datasheets: PCIe only). A
+# catalog part overrides these where it differs (dynamiccl.gpus: A40's bridge, the GA10x parts without).
+_NVLINK_DEFAULTS = {"volta": (6, 25.0), "ampere": (12, 25.0), "ada": (0, 25.0), "hopper": (18, 25.0),
+                    "blackwell": (18, 50.0)}
+_PCIE_GEN_DEFAULT = {"volta": 3, "ampere": 4, "ada": 4, "hopper": 5, "blackwell": 5}
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ class EnvSpec:
 
     @property
     def compute_capability(self) -> int:
-        return COMPUTE_CAPABILITY[self.arch]
+        """Compute capability x10 of the GPU (86 for an A40, 89 for an L40S)."""
+        return self.cluster.gpu.compute_capability
 
     @property
     def gpus_per_node(self) -> int:
@@ -153,7 +157,8 @@ _D = DynamicsSpec()
 # None defaults are derived when the spec is read (from the GPU's architecture, the node size or
 # the fabric); see env_from_dict.
 INTRA = schema.Schema(
-    schema.choice("fabric", FABRICS, "nvswitch", help="nvlink: GPUs wired to each other directly"),
+    schema.choice("fabric", FABRICS, None, help="nvlink: GPUs wired to each other directly (default: nvswitch, "
+                                                "pcie for a GPU without NVLink or with an NVLink bridge)"),
     schema.integer("nvlink_links", None, low=0, high=36, help="NVLinks per GPU (default: the architecture's)"),
     schema.number("nvlink_link_gbytes_per_s", None, low=0, low_inclusive=False, high=200,
                   help="per link, per direction (datasheet)"),
@@ -207,12 +212,15 @@ def env_from_dict(obj: dict, source: str, name: str | None = None) -> EnvSpec:
     arch = cluster.gpu.arch
 
     values = doc["intra"]
-    fabric = values["fabric"]
+    gpu = cluster.gpu
     links, link_gbytes_per_s = _NVLINK_DEFAULTS[arch]
+    links = links if gpu.nvlink_links is None else gpu.nvlink_links
+    link_gbytes_per_s = link_gbytes_per_s if gpu.nvlink_link_gbytes_per_s is None else gpu.nvlink_link_gbytes_per_s
+    fabric = values.get("fabric", "pcie" if links == 0 or gpu.nvlink_bridge else "nvswitch")
     nvls_possible = fabric == "nvswitch" and arch in ("hopper", "blackwell")
     intra = IntraSpec(fabric=fabric, nvlink_links=values.get("nvlink_links", links),
                       nvlink_link_gbytes_per_s=values.get("nvlink_link_gbytes_per_s", link_gbytes_per_s),
-                      nvls=values.get("nvls", nvls_possible), pcie_gen=values.get("pcie_gen", _PCIE_GEN_DEFAULT[arch]),
+                      nvls=values.get("nvls", nvls_possible), pcie_gen=values.get("pcie_gen", gpu.pcie_gen or _PCIE_GEN_DEFAULT[arch]),
                       pcie_lanes=values["pcie_lanes"])
     if fabric != "pcie" and intra.nvlink_links == 0:  # only a PCIe box may have no NVLink
         raise schema.expected(source, "intra.nvlink_links", "an integer > 0 and <= 36 (0 only with fabric pcie)", 0)

@@ -100,7 +100,7 @@ def test_other_gpus(gpu, name, tflops, hbm):
     pytest.param({"gpus_per_node": "8"}, "cluster.gpus_per_node", "positive integer", id="string-gpus"),
     pytest.param({"gpus_per_node": True}, "cluster.gpus_per_node", "positive integer", id="bool-gpus"),
     pytest.param({"gpus": 8}, "cluster.gpus", "unknown key", id="unknown-key"),
-    pytest.param({"arch": "pascal"}, "cluster.arch", "volta, ampere, hopper, blackwell", id="bad-arch"),
+    pytest.param({"arch": "pascal"}, "cluster.arch", "volta, ampere, ada, hopper, blackwell", id="bad-arch"),
     pytest.param({"peak_bf16_tflops": 0}, "cluster.peak_bf16_tflops", "positive number", id="zero-peak"),
     pytest.param({"peak_bf16_tflops": "fast"}, "cluster.peak_bf16_tflops", "positive number",
                  id="string-peak"),

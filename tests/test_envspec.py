@@ -29,6 +29,9 @@ SHIPPED = {
     "a100-hdr-2x8": ("A100-SXM", 2, 8, "nvswitch", "ib"),
     "gh200-4x4": ("GH200", 4, 4, "nvlink", "slingshot"),
     "gb200-nvl4": ("GB200", 1, 4, "nvswitch", "ib"),
+    "l40s-pcie-1x2": ("L40S", 1, 2, "pcie", "roce"),
+    "aws-g5-2x1": ("A10G", 2, 1, "pcie", "tcp"),
+    "gb200-nvl8-ib-3x8": ("GB200", 3, 8, "nvswitch", "ib"),
 }
 
 CONTRACT_KEYS = {
@@ -129,9 +132,13 @@ def test_shipped_hardware_figures():
     assert pcie.cluster.gpu.sm_count == 114
 
 
-@pytest.mark.parametrize("name", sorted(set(SHIPPED) - {"gb200-nvl4"}))
-def test_shipped_nccl_version_is_the_default(name):
-    assert resolve_env(name).nccl_version == "2.23.4"
+# Specs of a measured system carry the NCCL of the measurement (their header comment says which).
+MEASURED_NCCL = {"gb200-nvl4": "2.25.1", "l40s-pcie-1x2": "2.29.2", "gb200-nvl8-ib-3x8": "2.27.3"}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_nccl_version_is_the_default_or_the_measured_one(name):
+    assert resolve_env(name).nccl_version == MEASURED_NCCL.get(name, "2.23.4")
 
 
 def test_shipped_dynamics():
@@ -328,7 +335,7 @@ BAD = [
     ("transport-myrinet", {"inter": {"transport": "myrinet"}}, "inter.transport", "ib, roce, efa, slingshot, tcp"),
     ("cpu-vendor-ibm", {"host": {"cpu_vendor": "ibm"}}, "host.cpu_vendor", "intel, amd, arm"),
     ("congestion-poisson", {"dynamics": {"congestion": "poisson"}}, "dynamics.congestion", "none, markov"),
-    ("arch-pascal", {"cluster": {"arch": "pascal"}}, "cluster.arch", "volta, ampere, hopper, blackwell"),
+    ("arch-pascal", {"cluster": {"arch": "pascal"}}, "cluster.arch", "volta, ampere, ada, hopper, blackwell"),
     ("gpu-z100", {"cluster": {"gpu": "Z100"}}, "cluster.gpu", "unknown GPU"),
     # NVLS where there is none
     ("nvls-on-pcie", {"intra": {"fabric": "pcie", "nvls": True}}, "intra.nvls", "NVSwitch"),

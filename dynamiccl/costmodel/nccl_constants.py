@@ -18,7 +18,10 @@ from functools import lru_cache
 import numpy as np
 
 NVLINK_HW, PCI_HW, NET_HW = 0, 1, 2
-ARCH_INDEX = {"volta": 0, "ampere": 1, "hopper": 2, "blackwell": 3}  # NCCL's compCapIndex
+# NCCL's compCapIndex (src/graph/tuning.cc): Volta below 8.0, Ampere 8.0 up to 9.0, Hopper 9.x,
+# Blackwell 10.0+. Ada (compute capability 8.9) and the GA10x parts (8.6) therefore use Ampere's rows:
+# NCCL has no Ada tuning tables.
+ARCH_INDEX = {"volta": 0, "ampere": 1, "ada": 1, "hopper": 2, "blackwell": 3}
 
 # treeCorrectionFactor[proto][log2(nBytes/64)] (tuning.cc), entries 0..22 unchanged 2.18 -> HEAD, 23
 # added in 2.29 for NVLSTree.
@@ -29,10 +32,20 @@ TREE_CORRECTION = np.array([
 ])
 
 # Per-NVLink bandwidth NCCL's topology assumes, GB/s per link per direction, by compute capability
-# (NVIDIA/nccl src/graph/topo.h: SM70 20.0, SM80 20.0, SM90 20.6, SM100 40.1). PCI: width x GT/s-code
-# / 80 (gen3 x16 = 12, gen4 24, gen5 48; topo.cc). NIC: Mb/s / 8000. CPU interconnects (topo.h):
-# AMD_BW 16, SRP_QPI 22 (Intel), ARM_BW 6.
-NVLINK_MODEL_GBYTES_PER_S = {70: 20.0, 80: 20.0, 90: 20.6, 100: 40.1}
+# (NVIDIA/nccl src/graph/topo.h ncclTopoNVLinkBw: SM70 20.0, SM80 20.0, SM86 12.0, SM90 20.6, SM100+
+# 40.1; see nvlink_model_gbytes_per_s). PCI: width x GT/s-code / 80 (gen3 x16 = 12, gen4 24, gen5 48;
+# topo.cc). NIC: Mb/s / 8000. CPU interconnects (topo.h): AMD_BW 16, SRP_QPI 22 (Intel), ARM_BW 6.
+NVLINK_MODEL_GBYTES_PER_S = {70: 20.0, 80: 20.0, 86: 12.0, 90: 20.6, 100: 40.1}
+
+
+def nvlink_model_gbytes_per_s(cc: int) -> float:
+    """NCCL's per-link NVLink bandwidth for compute capability ``cc`` (x10), as ``ncclTopoNVLinkBw``:
+    10.0 and later 40.1, 9.0 20.6, 8.6 12.0, other 8.x and 7.x 20.0 GB/s."""
+    if cc >= 100:
+        return NVLINK_MODEL_GBYTES_PER_S[100]
+    if cc == 90 or cc == 86:
+        return NVLINK_MODEL_GBYTES_PER_S[cc]
+    return NVLINK_MODEL_GBYTES_PER_S[80 if cc >= 80 else 70]
 PCI_BW_GBYTES_PER_S = 12.0  # PCI_BW (topo.h): Ring/Simple uses 256 threads at or below it (topoGetAlgoInfo)
 CPU_LINK_GBYTES_PER_S = {"intel": 22.0, "amd": 16.0, "arm": 6.0}
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from dynamiccl.costmodel.nccl_constants import (
-    CPU_LINK_GBYTES_PER_S, NVLINK_MODEL_GBYTES_PER_S, SEARCH_SPEEDS_INTER, SEARCH_SPEEDS_INTRA,
+    CPU_LINK_GBYTES_PER_S, SEARCH_SPEEDS_INTER, SEARCH_SPEEDS_INTRA, nvlink_model_gbytes_per_s,
 )
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
@@ -101,7 +101,7 @@ def intra_model_gbytes_per_s(env: EnvSpec, ppn: int) -> tuple[float, int]:
 
     cc = env.compute_capability
     if env.intra.fabric in ("nvswitch", "nvlink"):
-        return env.intra.nvlink_links * NVLINK_MODEL_GBYTES_PER_S[cc], NVLINK_HW
+        return env.intra.nvlink_links * nvlink_model_gbytes_per_s(cc), NVLINK_HW
     pci = pci_model_gbytes_per_s(env)
     # A PCIe-only node with more than 4 GPUs spans two CPU sockets; the ring crosses their link.
     if ppn > 4:
