@@ -111,7 +111,9 @@ def summarize(results: list[TableResult]) -> dict:
     def classes(res_list, attr):
         size = np.concatenate([r.table.size_bytes for r in res_list])
         err = np.concatenate([getattr(r, attr) for r in res_list])
-        return {"all": _median_abs(err), "small": _median_abs(err[size <= SMALL_BYTES]),
+        unrunnable = int((~np.isfinite(err)).sum())  # a forced pair the model cannot run: no error to take
+        size, err = size[np.isfinite(err)], err[np.isfinite(err)]
+        return {"unrunnable_rows": unrunnable, "all": _median_abs(err), "small": _median_abs(err[size <= SMALL_BYTES]),
                 "large": _median_abs(err[size >= LARGE_BYTES]),
                 "mid": _median_abs(err[(size > SMALL_BYTES) & (size < LARGE_BYTES)]),
                 "rows": int(len(err)), "small_rows": int((size <= SMALL_BYTES).sum()),
@@ -133,8 +135,9 @@ def fastest_checks(results: list[TableResult], tolerance: float = FASTEST_TOLERA
     """Per set of tables that measured configurations of one call on one system (same spec,
     collective, GPUs per node and nodes; two or more tables), and per size all of them measured:
     whether the configuration the world finds fastest is measured within ``tolerance`` of the
-    measured fastest. Configurations the world ties (within 0.1%) count against it: the pick is the
-    tied one measured slowest."""
+    measured fastest. Where the world ties configurations (within 1%: it cannot tell them apart,
+    e.g. a forced pair that is also NCCL's choice), its pick costs the mean of their measured
+    times."""
     groups: dict[tuple, list[TableResult]] = {}
     for r in results:
         groups.setdefault((r.env.name, r.table.coll, r.table.gpus_per_node, r.table.nodes), []).append(r)
@@ -147,11 +150,10 @@ def fastest_checks(results: list[TableResult], tolerance: float = FASTEST_TOLERA
         for size in sizes:
             measured = np.array([r.table.time_us[r.table.size_bytes == size][0] for r in group])
             world = np.array([r.world_time_us[r.table.size_bytes == size][0] for r in group])
-            tied = np.flatnonzero(world <= world.min() * 1.001)
-            pick = int(tied[np.argmax(measured[tied])])
+            tied = np.flatnonzero(world <= world.min() * 1.01)
             best = int(np.argmin(measured))
-            excess = float(measured[pick] / measured[best] - 1.0)
-            rows.append({"size_bytes": int(size), "world_pick": group[pick].table.table,
+            excess = float(measured[tied].mean() / measured[best] - 1.0)
+            rows.append({"size_bytes": int(size), "world_pick": "=".join(group[i].table.table for i in tied),
                          "measured_fastest": group[best].table.table, "excess": excess, "ok": excess <= tolerance})
         checks.append({"env": env_name, "coll": coll, "gpus_per_node": gpus_per_node, "nodes": nodes,
                        "class": hardware_class(group[0].table, group[0].env),
@@ -186,6 +188,10 @@ def format_summary(summary: dict) -> str:
     w, n = summary["overall"]["world"], summary["overall"]["nccl_model"]
     lines.append(f" {'overall':<24} {'':<14} {'':<7} {'':<16} {w['rows']:>4} {pct(w['all'])} {pct(w['small'])} "
                  f"{pct(w['large'])} {'[' + pct(n['all']).strip() + ']':>11}")
+    if w.get("unrunnable_rows"):
+        lines.append(f"# {w['unrunnable_rows']} rows left out: a forced protocol the world does not run there, as NCCL's "
+                     "automatic enablement would not (NCCL_PROTO forces it on): "
+                     + ", ".join(name for name, t in summary["tables"].items() if t["world"].get("unrunnable_rows")))
 
     def verdict(value, target):
         return "-" if value is None or value != value else ("met" if value <= target else "MISSED")
@@ -254,8 +260,12 @@ def _free_parameters(results: list[TableResult]) -> list[tuple[str, str | int | 
     for transport in sorted({r.env.inter.transport for r in multi}):
         of_transport = [r for r in multi if r.env.inter.transport == transport]
         free.append(("net_efficiency", transport, 0.05, 1.0))
-        if any((r.table.size_bytes <= SMALL_BYTES).any() for r in of_transport):
-            free.append(("net_hop_us", transport, 0.5, 500.0))
+        # LL / LL128 over the network where a table forces the protocol on this transport.
+        forced = {int(r.table.proto) for r in of_transport if r.table.proto in (Protocol.LL, Protocol.LL128)}
+        free += [("net_protocol_efficiency", (transport, p), 0.02, 1.0) for p in sorted(forced)]
+        # Hop latency of each protocol that small rows of this transport run.
+        small_protos = {int(p) for r in of_transport for p in r.proto[(r.table.size_bytes <= SMALL_BYTES) & (r.proto >= 0)]}
+        free += [("net_hop_us", (transport, p), 0.5, 500.0) for p in sorted(small_protos)]
         # Incast: a tree (or NVLSTree) across 3 or more nodes has several peers sending into a node.
         if any(r.table.nodes >= 3 and np.isin(r.algo, (Algorithm.TREE, Algorithm.NVLS_TREE)).any() for r in of_transport):
             free.append(("net_incast_efficiency", transport, 0.3, 1.0))
@@ -265,6 +275,16 @@ def _free_parameters(results: list[TableResult]) -> list[tuple[str, str | int | 
     return free
 
 
+def parameter_name(field: str, key) -> str:
+    """How the fit report names a parameter: ``nvls_us``, ``link_efficiency[hopper/nvswitch]``,
+    ``net_hop_us[tcp/LL]`` (a transport's protocol)."""
+    if key is None:
+        return field
+    if isinstance(key, tuple):
+        return f"{field}[{key[0]}/{Protocol(key[1]).nccl_name}]"
+    return f"{field}[{key}]"
+
+
 def _hardware_class(env: EnvSpec) -> str:
     """The key of a fitted link efficiency: ``arch/fabric``."""
     return f"{env.arch}/{env.intra.fabric}"
@@ -272,12 +292,16 @@ def _hardware_class(env: EnvSpec) -> str:
 
 def _with(params: WorldParams, free, values) -> WorldParams:
     out = replace(params, link_efficiency=dict(params.link_efficiency), p2p_efficiency=dict(params.p2p_efficiency),
-                  net_efficiency=dict(params.net_efficiency), net_hop_us=dict(params.net_hop_us),
+                  net_efficiency=dict(params.net_efficiency),
+                  net_hop_us={k: list(v) for k, v in params.net_hop_us.items()},
+                  net_protocol_efficiency={k: list(v) for k, v in params.net_protocol_efficiency.items()},
                   net_incast_efficiency=dict(params.net_incast_efficiency),
                   hop_us=list(params.hop_us), base_us=list(params.base_us))
     for (name, key, _, _), value in zip(free, values):
         if key is None:
             setattr(out, name, float(value))
+        elif isinstance(key, tuple):  # (transport, protocol) of a per-protocol list
+            getattr(out, name)[key[0]][key[1]] = float(value)
         else:
             getattr(out, name)[key] = float(value)
     return out
@@ -289,6 +313,8 @@ def _current(params: WorldParams, free) -> np.ndarray:
         field_value = getattr(params, name)
         if key is None:
             value = field_value
+        elif isinstance(key, tuple):
+            value = field_value[key[0]][key[1]]
         elif isinstance(field_value, dict):  # a class the prior has no entry for starts mid-range
             value = field_value.get(key, (low + high) / 2)
         else:
@@ -323,9 +349,13 @@ def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldPar
     low = np.array([f[2] for f in free])
     high = np.array([f[3] for f in free])
 
+    # Rows the world cannot run (a protocol NCCL_PROTO forced where NCCL's automatic rules would
+    # not enable it, e.g. LL128 over PCIe) are left out of the fit.
+    runnable = [np.isfinite(r.world_time_us) for r in first]
+
     def residuals(x):
         res = predict(tables, specs, _with(prior, free, x))
-        return np.concatenate([np.log(r.world_time_us / r.table.time_us) for r in res])
+        return np.concatenate([np.log(r.world_time_us[ok] / r.table.time_us[ok]) for r, ok in zip(res, runnable)])
 
     # Robust loss: one anomalous row (e.g. a warm-up artefact) must not drag a whole class; steps of
     # 1% because channel counts make the cost piecewise.
@@ -344,7 +374,7 @@ def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldPar
     params.provenance = (f"calibrated {datetime.date.today().isoformat()} on {_describe_sources(source)} "
                          f"({len(tables)} tables, {sum(len(t.time_us) for t in tables)} rows)")
     report = {"cost_rms_log_error": float(np.sqrt(np.mean(fit.fun ** 2))), "evaluations": int(fit.nfev),
-              "parameters": {f"{n}[{k}]" if k is not None else n: float(v) for (n, k, _, _), v in zip(free, fit.x)}}
+              "parameters": {parameter_name(n, k): float(v) for (n, k, _, _), v in zip(free, fit.x)}}
     return params, report
 
 
@@ -364,14 +394,20 @@ def leave_one_out(tables: list[MeasuredTable], specs: list[EnvSpec], prior: Worl
         params, report = calibrate(rest, specs, prior)
         # What no other table informs falls back to the literature priors, not to a value fitted
         # on the held-out table itself.
-        for name in ("net_efficiency", "net_hop_us", "net_incast_efficiency"):
+        for name in ("net_efficiency", "net_incast_efficiency"):
             for key in list(getattr(params, name)):
-                if f"{name}[{key}]" not in report["parameters"] and key in PRIORS[name]:
+                if parameter_name(name, key) not in report["parameters"] and key in PRIORS[name]:
                     getattr(params, name)[key] = PRIORS[name][key]
+        for name in ("net_hop_us", "net_protocol_efficiency"):
+            for transport, values in getattr(params, name).items():
+                for proto in range(len(values)):
+                    if parameter_name(name, (transport, proto)) not in report["parameters"] \
+                            and transport in PRIORS[name]:
+                        values[proto] = PRIORS[name][transport][proto]
         if "pci_hop_factor" not in report["parameters"]:
             params.pci_hop_factor = PRIORS["pci_hop_factor"]
         for arch in list(params.p2p_efficiency):
-            if arch != "default" and f"p2p_efficiency[{arch}]" not in report["parameters"]:
+            if arch != "default" and parameter_name("p2p_efficiency", arch) not in report["parameters"]:
                 params.p2p_efficiency.pop(arch)
         held_class = {_hardware_class(map_table(held_out, specs))}
         covered = {_hardware_class(map_table(t, specs)) for t in rest if t.coll != "sendrecv" and t.gpus_per_node > 1}

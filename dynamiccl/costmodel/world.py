@@ -8,7 +8,8 @@ Each effect names its evidence and has one place in this module:
 1. **Bytes on the busiest link** (one function per algorithm, :data:`ALGORITHM_TRAFFIC`, and per
    point-to-point function, :data:`P2P_TRAFFIC`). Per GPU (NVLink/PCIe) and per node (NICs): Ring
    AllReduce moves 2(n-1)/n x S, Ring AllGather/ReduceScatter (n-1)/n x S, Broadcast/Reduce S; a
-   Tree AllReduce moves 2S along the intra-node chain and, per node on the network, S/2 per edge
+   Tree AllReduce moves 2S along the intra-node chain (S at its ends, so S with 2 GPUs per node)
+   and, per node on the network, S/2 per edge
    its node has in NCCL's double binary tree (:func:`double_binary_tree_load`): S on 2 nodes ("on 2
    nodes Tree puts 2x less traffic on the network", NVIDIA/nccl#946), 1.5S on 3 (why forced Tree
    beats Ring by 23% on three GB200 NVL8 partitions over IB, NVIDIA/nccl#1801), 2S from 4 on;
@@ -32,7 +33,7 @@ Each effect names its evidence and has one place in this module:
 5. **Latency** (the algorithm functions, with :class:`HopLatency`). Per-hop latency per protocol
    (fitted; "LL ~1 µs per hop, LL128 ~2, Simple highest", Demystifying NCCL, arXiv:2507.04786, §3)
    over NCCL's step structure; NVLS a fixed intra-node latency; network hops add the transport's
-   latency plus the spec's ``nic_latency_us``; one process driving k GPUs (nccl-tests ``-g k``)
+   latency for the protocol plus the spec's ``nic_latency_us``; one process driving k GPUs (nccl-tests ``-g k``)
    adds a host-side launch gap per extra GPU (NVIDIA/nccl-tests ``doc/PERFORMANCE.md``).
 6. **Network** (:class:`Links`, and congestion in ``evaluate``). Per node: NICs x line rate x the
    transport's efficiency, times (1 - congestion); congestion also stretches network hop latency
@@ -107,18 +108,24 @@ _PER_PROTOCOL = dict(length=3, low=0)  # LL, LL128, Simple
 # refits those a table covers):
 # - RoCE: Ring AllReduce busbw 190 GB/s on 5 nodes x 8 H100 with 4 x 400G RoCE NICs (200 GB/s line
 #   rate per node): 0.95 of line rate; forced Tree 150 GB/s on the same nodes, where the busiest
-#   node carries 2S against Ring's 1.95S: Tree keeps 150/190 x 2/1.95 = 0.81 of it while three
-#   peers send into a node at once (NVIDIA/nccl#1368, NCCL 2.20).
+#   node carries 2S against Ring's 1.95S and the tree's pipeline fill costs ~1% more at 1 GiB:
+#   Tree keeps ~0.82 of it while three peers send into a node at once (NVIDIA/nccl#1368, NCCL 2.20).
 # - IB: lossless credit-based flow control; the GB200 NVL partition tables of NVIDIA/nccl#1801
 #   (Ring 393.7 GB/s busbw of 8 x 400G per partition, Tree 485.7 on 3 partitions) fit it.
+# - LL / LL128 over the network: no loss beyond their payload ceilings (50%, 93.75%) assumed where
+#   no table measures a forced protocol across nodes; fitted where one does (AWS g5, TCP).
 # - EFA (SRD spreads each flow over many paths), Slingshot (hardware congestion control that
 #   isolates incast) and TCP: no incast measurement; no penalty assumed (1.0).
-# - Hop latency: a few µs on RDMA fabrics, ~15 µs EFA, tens of µs TCP sockets; nccl-tests#214
-#   measures ~31-34 µs for a small cross-node sendrecv on A40 including software.
+# - Hop latency per protocol (LL, LL128, Simple): on RDMA fabrics NCCL's own network hop latencies
+#   for Ring (hwLatencies[NET], NVIDIA/nccl src/graph/tuning.cc: 2.7 / 4.0 / 14 µs); ~15 µs on EFA
+#   and tens of µs on TCP sockets (nccl-tests#214 measures ~31-34 µs for a small cross-node
+#   sendrecv on A40 including software).
 PRIORS = {
     "net_efficiency": {"ib": 0.92, "roce": 0.95, "slingshot": 0.85, "efa": 0.8, "tcp": 0.5},
-    "net_hop_us": {"ib": 3.0, "roce": 4.0, "slingshot": 4.0, "efa": 15.0, "tcp": 30.0},
-    "net_incast_efficiency": {"ib": 0.97, "roce": 0.81, "efa": 1.0, "slingshot": 1.0, "tcp": 1.0},
+    "net_hop_us": {"ib": [2.7, 4.0, 14.0], "roce": [2.7, 4.0, 14.0], "slingshot": [2.7, 4.0, 14.0],
+                   "efa": [15.0, 15.0, 15.0], "tcp": [30.0, 30.0, 30.0]},
+    "net_incast_efficiency": {"ib": 0.97, "roce": 0.82, "efa": 1.0, "slingshot": 1.0, "tcp": 1.0},
+    "net_protocol_efficiency": {t: [1.0, 1.0, 1.0] for t in ("ib", "roce", "slingshot", "efa", "tcp")},
     "pci_hop_factor": 1.6,
 }
 """Literature priors of the parameters that only some tables inform (sources above); a fit that
@@ -128,7 +135,11 @@ WORLD_PARAMS = schema.Schema(
     schema.mapping("link_efficiency", _SHARE, help='"arch/fabric", "arch" or "pcie": share of datasheet link bw'),
     schema.mapping("p2p_efficiency", _SHARE, help="send/recv share of datasheet link bw, by arch"),
     schema.mapping("net_efficiency", _SHARE, help="share of NIC line rate, by transport"),
-    schema.mapping("net_hop_us", _MICROSECONDS, help="one network hop, by transport"),
+    schema.mapping("net_protocol_efficiency", schema.number_list("share", length=3, low=0, high=1.0),
+                   PRIORS["net_protocol_efficiency"],
+                   help="LL / LL128 / Simple: share of its payload ceiling a protocol gets over the network, by transport"),
+    schema.mapping("net_hop_us", schema.number_list("us", **_PER_PROTOCOL),
+                   help="one network hop, LL / LL128 / Simple, by transport"),
     schema.mapping("net_incast_efficiency", _SHARE, PRIORS["net_incast_efficiency"],
                    help="share of net_efficiency a node keeps while several peers send into it, by transport"),
     schema.number_list("hop_us", **_PER_PROTOCOL, help="one intra-node hop, LL / LL128 / Simple"),
@@ -168,8 +179,9 @@ class WorldParams:
     link_efficiency: dict[str, float]     # "arch/fabric" (or "arch", "pcie"): share of datasheet link bw
     p2p_efficiency: dict[str, float]      # send/recv share of datasheet link bw, by arch
     net_efficiency: dict[str, float]      # share of NIC line rate, by transport
-    net_hop_us: dict[str, float]          # one network hop, by transport
+    net_hop_us: dict[str, list[float]]    # one network hop, LL / LL128 / Simple, by transport
     net_incast_efficiency: dict[str, float]  # share of net_efficiency kept under incast, by transport
+    net_protocol_efficiency: dict[str, list[float]]  # LL / LL128 / Simple share of payload ceiling, by transport
     hop_us: list[float]                   # one intra-node hop, LL / LL128 / Simple
     base_us: list[float]                  # fixed cost of one collective, LL / LL128 / Simple
     nvls_us: float                        # NVLS intra-node latency
@@ -311,13 +323,64 @@ def tree_net_traffic(comm: Communicator) -> tuple[float, float]:
     return load, float(max(peers, 1))
 
 
+def tree_chain_volume_per_byte(ranks_per_node: float) -> float:
+    """Bytes each GPU of the intra-node chain sends per byte of a Tree AllReduce: S up (reduce) and
+    S down (broadcast) for a GPU inside the chain, S for its two ends -- so S with 2 GPUs per node,
+    where both are ends, and 2S beyond."""
+    if ranks_per_node <= 1:
+        return 0.0
+    return 1.0 if ranks_per_node <= 2 else 2.0
+
+
+def tree_pipeline_depth(comm: Communicator) -> float:
+    """Hops on the slowest link from the deepest GPU of a tree to its root, each costing one chunk
+    time while the pipeline fills: the levels of the tree across nodes (the network is the slow
+    link; the intra-node chain's hops are much faster), or the hops of the chain on one node."""
+    if comm.nnodes > 1:
+        return float(np.ceil(np.log2(comm.nnodes)))
+    return comm.ranks_per_node - 1
+
+
+# Tree chunk per channel, bytes of payload (NVIDIA/nccl ``src/enqueue.cc`` ``calcCollChunking``):
+# Simple starts at one 512 KiB step of its 4 MiB buffer; LL128 at one step of 576,000 payload bytes;
+# LL at one 64 KiB step, half of it payload.
+_TREE_CHUNK_BYTES = {Protocol.LL: 32768.0, Protocol.LL128: 576000.0, Protocol.SIMPLE: 524288.0}
+
+
+def tree_pipeline_factor(bytes_per_channel: np.ndarray, proto: np.ndarray, depth: np.ndarray,
+                         ranks_per_node: np.ndarray, nnodes: np.ndarray) -> np.ndarray:
+    """How much longer than its bandwidth term a Tree AllReduce takes while its pipeline fills.
+
+    A chunk climbs ``depth`` hops (reduce) and comes back down ``depth`` (broadcast); the last one
+    leaves 2 x depth - 1 chunk times after the first, so the bandwidth term stretches by
+    (2 x depth - 1) x chunk / bytes per channel. NCCL shrinks the chunk to keep enough of them
+    in flight (``calcCollChunking``: Simple halves from 512 KiB while there are fewer than 8 x depth
+    chunks down to 128 KiB, 4 x depth down to 64 KiB, depth down to 32 KiB; LL128 halves while
+    fewer than 64 (then 16) x (1 + log2 N + 0.1 ppn) / ppn, down to 128 KiB (then 32 KiB)). Rows
+    with ``depth`` 0 (other algorithms) get 1.
+    """
+    chunk = np.array([_TREE_CHUNK_BYTES[Protocol(int(p))] if p >= 0 else 1.0 for p in np.atleast_1d(proto)])
+    simple, ll128 = proto == Protocol.SIMPLE, proto == Protocol.LL128
+    ll128_steps = 1 + np.floor(np.log2(np.maximum(nnodes, 1))) + 0.1 * ranks_per_node
+    for is_proto, needed, floor in ((simple, 8 * depth, 131072), (simple, 4 * depth, 65536), (simple, depth, 32768),
+                                    (ll128, ll128_steps * 64 / ranks_per_node, 131072),
+                                    (ll128, ll128_steps * 16 / ranks_per_node, 32768)):
+        for _ in range(6):  # at most 512 KiB -> 32 KiB: a few halvings
+            shrink = is_proto & (np.floor(bytes_per_channel / chunk) < needed) & (chunk > floor)
+            chunk = np.where(shrink, chunk / 2, chunk)
+    # The fill costs 2 x depth - 1 chunk times (a partial last chunk still costs the rest), so time
+    # never falls as bytes grow: the chunk only grows with the bytes.
+    fill = np.maximum(2 * depth - 1, 0.0) * np.minimum(chunk, bytes_per_channel) / np.maximum(bytes_per_channel, 1.0)
+    return np.where(depth > 0, 1.0 + fill, 1.0)
+
+
 def tree(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
-    """Tree AllReduce: 2S along the intra-node chain (reduce up, broadcast down); on the network the
-    busiest node's share of NCCL's double binary tree (:func:`double_binary_tree_load`), its peers
-    sending into it at once. Hops: up and down the chain, and each level of the tree across nodes
-    both ways."""
+    """Tree AllReduce: along the intra-node chain :func:`tree_chain_volume_per_byte`; on the network
+    the busiest node's share of NCCL's double binary tree (:func:`double_binary_tree_load`), its
+    peers sending into it at once. Hops: up and down the chain, and each level of the tree across
+    nodes both ways."""
     net_volume, fan_in = tree_net_traffic(comm)
-    return Traffic(2.0 if comm.ranks_per_node > 1 else 0.0, net_volume,
+    return Traffic(tree_chain_volume_per_byte(comm.ranks_per_node), net_volume,
                    hop.base_us + 2 * (comm.ranks_per_node - 1) * hop.intra_hop_us, 2 * comm.log2_nnodes, fan_in)
 
 
@@ -480,6 +543,10 @@ class WorldModel:
         else:
             bus = (link_cap ** -softmin_k + chan_cap ** -softmin_k) ** (-1.0 / softmin_k)
         t_intra = size * keys["intra_volume_per_byte"][k] / (1000.0 * bus)
+        # 5. A tree's pipeline fills: its bandwidth term stretches with few chunks per channel.
+        depth = keys["pipeline_depth"][k]
+        pipeline = (tree_pipeline_factor(size / np.maximum(ch, 1.0), proto, depth, keys["ranks_per_node"][k],
+                                         keys["nnodes"][k]) if depth.any() else 1.0)
         # 6. The network: what congestion leaves of the NICs, and no more than the channels carry.
         net_cap = np.minimum(keys["net_gbytes_per_s"][k] * (1.0 - congestion),
                              chan_cap * keys["channel_net_factor"][k])
@@ -490,9 +557,9 @@ class WorldModel:
         comm_demand = np.minimum(bus, keys["intra_datasheet_gbytes_per_s"][k]) * keys["hbm_bytes_per_link_byte"][k]
         compute_demand = batch.compute_hbm_share * hbm  # while the compute runs
         contention = 1.0 + batch.overlap * (np.maximum(1.0, (compute_demand + comm_demand) / hbm) - 1.0)
-        t_bw = np.maximum(t_intra, t_net) * contention
+        t_bw = np.maximum(t_intra, t_net) * pipeline * contention
         # 5. Latency: the algorithm's, network hops stretched by congestion (queueing), -g k launches.
-        net_hop = self._net_hop_us / (1.0 - congestion)
+        net_hop = keys["net_hop_us"][k] / (1.0 - congestion)
         t_lat = keys["latency_us"][k] + keys["net_hops"][k] * net_hop + self.params.launch_gap_us * (launch_gpus - 1)
         # 8. Noise.
         time = np.where(runnable, (t_lat + t_bw) * batch.noise, np.inf)
@@ -509,10 +576,6 @@ class WorldModel:
         return CostResult(algo=np.where(shown, algo, -1), proto=np.where(shown, proto, -1),
                           channels=channels.astype(np.int64), time_us=time, latency_us=latency,
                           compute_slowdown=compute_slowdown, size_bytes=size, nranks=batch.nranks)
-
-    @property
-    def _net_hop_us(self) -> float:
-        return self.params.net_hop_us[self.env.inter.transport] + self.env.inter.nic_latency_us
 
     def _keys(self, index) -> dict[str, np.ndarray]:
         """Per (topology, function slot, algorithm, protocol) constants, flattened; cached."""
@@ -564,10 +627,14 @@ class WorldModel:
         arch = ARCH_INDEX[self.env.arch]
         _, nccl_bw = self.nccl.tables(topo.nranks, topo.nnodes)
         hops = {proto: self._hop_latency(proto) for proto in Protocol}
+        # One network hop per protocol: the transport's, plus the spec's extra NIC latency.
+        net_hop_us = [self.params.net_hop_us[self.env.inter.transport][proto] + self.env.inter.nic_latency_us
+                      for proto in Protocol]
         size = _NUM_SLOTS * NUM_ALGORITHMS * NUM_PROTOCOLS
         out = {name: np.zeros(size) for name in (
             "latency_us", "net_hops", "intra_volume_per_byte", "net_volume_per_byte", "intra_gbytes_per_s",
-            "channel_gbytes_per_s", "net_gbytes_per_s", "channel_net_factor", "hbm_bytes_per_link_byte",
+            "channel_gbytes_per_s", "net_gbytes_per_s", "channel_net_factor", "hbm_bytes_per_link_byte", "net_hop_us",
+            "pipeline_depth", "ranks_per_node", "nnodes",
             "intra_datasheet_gbytes_per_s")}
         out["enabled"] = np.zeros(size, dtype=bool)
         for slot, func in enumerate(_SLOT_FUNCS):
@@ -589,7 +656,10 @@ class WorldModel:
                         enabled = nccl_bw[slot, algo, proto] > 0
                         nvls = algo in (Algorithm.NVLS, Algorithm.NVLS_TREE)
                         link = (links.nvls_gbytes_per_s if nvls else links.intra_gbytes_per_s) * proto_eff
-                        net = links.net_per_node_gbytes_per_s * proto_eff
+                        # Over the network a protocol gets its payload ceiling times what it
+                        # achieves on this transport (the NICs' share of line rate is in Links).
+                        net = (links.net_per_node_gbytes_per_s * _PROTOCOL_PAYLOAD[proto]
+                               * self.params.net_protocol_efficiency[self.env.inter.transport][proto])
                         if traffic.net_fan_in > 1:  # several peers into one node: the transport's incast share
                             net *= self.params.net_incast_efficiency[self.env.inter.transport]
                     intra_volume, net_volume = traffic.intra_volume_per_byte, traffic.net_volume_per_byte
@@ -600,6 +670,12 @@ class WorldModel:
                     out["enabled"][i] = enabled
                     out["latency_us"][i] = traffic.latency_us
                     out["net_hops"][i] = traffic.net_hops
+                    out["net_hop_us"][i] = net_hop_us[proto]
+                    # Only Tree AllReduce pipelines up and down a tree (tree_pipeline_factor).
+                    is_tree = algo == Algorithm.TREE and func not in P2P_TRAFFIC
+                    out["pipeline_depth"][i] = tree_pipeline_depth(comm) if is_tree else 0.0
+                    out["ranks_per_node"][i] = comm.ranks_per_node
+                    out["nnodes"][i] = nnodes
                     out["intra_volume_per_byte"][i] = intra_volume
                     out["net_volume_per_byte"][i] = net_volume
                     out["intra_gbytes_per_s"][i] = link
