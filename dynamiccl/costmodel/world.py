@@ -34,7 +34,11 @@ Each effect names its evidence and has one place in this module:
    (fitted; "LL ~1 µs per hop, LL128 ~2, Simple highest", Demystifying NCCL, arXiv:2507.04786, §3)
    over NCCL's step structure; NVLS a fixed intra-node latency; network hops add the transport's
    latency for the protocol plus the spec's ``nic_latency_us``; one process driving k GPUs (nccl-tests ``-g k``)
-   adds a host-side launch gap per extra GPU (NVIDIA/nccl-tests ``doc/PERFORMANCE.md``).
+   adds a host-side launch gap per extra GPU (NVIDIA/nccl-tests ``doc/PERFORMANCE.md``). A Tree
+   AllReduce also waits for its pipeline to fill (:func:`tree_pipeline_factor`, from NCCL's tree
+   chunking): with few chunks per channel its reduce and broadcast barely overlap, which is why
+   forced Tree trails Ring from 256 KiB to 16 MiB on two PCIe L40S though both move S per GPU
+   (yumibyte/CS244C-Research phase1-baseline).
 6. **Network** (:class:`Links`, and congestion in ``evaluate``). Per node: NICs x line rate x the
    transport's efficiency, times (1 - congestion); congestion also stretches network hop latency
    by 1/(1 - congestion) (queueing). Where an algorithm makes several peers send into one node at
@@ -42,7 +46,10 @@ Each effect names its evidence and has one place in this module:
    the NICs keep the transport's incast share of that (``net_incast_efficiency``): lossless IB's
    credit flow control loses little, RoCE's ECN/PFC congestion control more -- which is why Tree
    trails Ring by ~21% on 5 nodes of H100 over RoCE (NVIDIA/nccl#1368) while Ring's one-peer flows
-   run near line rate.
+   run near line rate. Over the network a protocol gets its payload ceiling times what it achieves
+   on the transport (``net_protocol_efficiency``: LL over TCP sockets gets ~0.36 of its 50%, AWS
+   g5 tables), and each network hop costs the transport's latency for that protocol
+   (``net_hop_us``).
 7. **Compute interference** (``evaluate``). NCCL CTAs never share an SM with compute
    (NVIDIA/nccl#689), so each channel takes one SM from overlapped compute; overlapped kernels
    contend for HBM ("slow down up to 2x through memory bandwidth", NVIDIA/nccl#1433): collective and
