@@ -111,3 +111,13 @@ def test_tree_pipeline_fill_on_two_l40s_over_pcie():
     tree, ring = out[0::2], out[1::2]
     assert (tree[:4] > 1.05 * ring[:4]).all(), (tree, ring)
     assert 1.0 <= tree[4] / ring[4] <= 1.08, (tree[4], ring[4])
+
+
+def test_efa_share_of_line_rate_on_p4dn():
+    # NVIDIA/nccl#527: p4dn (8 x A100, 4 x 100G EFA), 1 GiB AllReduce busbw 29.6 GB/s on 4 nodes
+    # (Ring) and 57.2 on 2 (Tree). The world must land within 15% of both.
+    def p4dn(nodes):
+        return env_from_dict({"cluster": {"gpu": "A100-SXM", "gpus_per_node": 8, "nodes": nodes},
+                              "inter": {"nics_per_node": 4, "nic_gbits_per_s": 100, "transport": "efa"}}, "p4dn.toml")
+    four, two = busbw(p4dn(4), GiB, RING), busbw(p4dn(2), GiB, TREE)
+    assert abs(four / 29.6 - 1) <= 0.15 and abs(two / 57.2 - 1) <= 0.15, (four, two)

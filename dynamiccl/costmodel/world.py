@@ -119,6 +119,9 @@ _PER_PROTOCOL = dict(length=3, low=0)  # LL, LL128, Simple
 #   Tree keeps ~0.82 of it while three peers send into a node at once (NVIDIA/nccl#1368, NCCL 2.20).
 # - IB: lossless credit-based flow control; the GB200 NVL partition tables of NVIDIA/nccl#1801
 #   (Ring 393.7 GB/s busbw of 8 x 400G per partition, Tree 485.7 on 3 partitions) fit it.
+# - EFA: 4 x 100G EFA per p4dn node (50 GB/s): 1 GiB AllReduce busbw 31.8 / 29.6 GB/s on 3 / 4
+#   nodes and 57.2 on 2 (the 2-node Tree effect, 1.875x Ring's reach): 0.6 of line rate (NVIDIA/nccl#527,
+#   NCCL 2.9.9 with aws-ofi-nccl of 2022; newer stacks may do better).
 # - LL / LL128 over the network: no loss beyond their payload ceilings (50%, 93.75%) assumed where
 #   no table measures a forced protocol across nodes; fitted where one does (AWS g5, TCP).
 # - EFA (SRD spreads each flow over many paths), Slingshot (hardware congestion control that
@@ -128,7 +131,7 @@ _PER_PROTOCOL = dict(length=3, low=0)  # LL, LL128, Simple
 #   and tens of µs on TCP sockets (nccl-tests#214 measures ~31-34 µs for a small cross-node
 #   sendrecv on A40 including software).
 PRIORS = {
-    "net_efficiency": {"ib": 0.92, "roce": 0.95, "slingshot": 0.85, "efa": 0.8, "tcp": 0.5},
+    "net_efficiency": {"ib": 0.92, "roce": 0.95, "slingshot": 0.85, "efa": 0.6, "tcp": 0.5},
     "net_hop_us": {"ib": [2.7, 4.0, 14.0], "roce": [2.7, 4.0, 14.0], "slingshot": [2.7, 4.0, 14.0],
                    "efa": [15.0, 15.0, 15.0], "tcp": [30.0, 30.0, 30.0]},
     "net_incast_efficiency": {"ib": 0.97, "roce": 0.82, "efa": 1.0, "slingshot": 1.0, "tcp": 1.0},
