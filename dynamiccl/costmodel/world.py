@@ -354,7 +354,7 @@ def tree_pipeline_depth(comm: Communicator) -> float:
 # Tree chunk per channel, bytes of payload (NVIDIA/nccl ``src/enqueue.cc`` ``calcCollChunking``):
 # Simple starts at one 512 KiB step of its 4 MiB buffer; LL128 at one step of 576,000 payload bytes;
 # LL at one 64 KiB step, half of it payload.
-_TREE_CHUNK_BYTES = {Protocol.LL: 32768.0, Protocol.LL128: 576000.0, Protocol.SIMPLE: 524288.0}
+_TREE_CHUNK_BYTES = np.array([32768.0, 576000.0, 524288.0])  # LL, LL128, Simple
 
 
 def tree_pipeline_factor(bytes_per_channel: np.ndarray, proto: np.ndarray, depth: np.ndarray,
@@ -369,7 +369,13 @@ def tree_pipeline_factor(bytes_per_channel: np.ndarray, proto: np.ndarray, depth
     fewer than 64 (then 16) x (1 + log2 N + 0.1 ppn) / ppn, down to 128 KiB (then 32 KiB)). Rows
     with ``depth`` 0 (other algorithms) get 1.
     """
-    chunk = np.array([_TREE_CHUNK_BYTES[Protocol(int(p))] if p >= 0 else 1.0 for p in np.atleast_1d(proto)])
+    factor = np.ones(np.shape(bytes_per_channel))
+    rows = np.flatnonzero(depth > 0)  # only Tree rows pipeline; the rest keep 1
+    if not len(rows):
+        return factor
+    bytes_per_channel, proto, depth = bytes_per_channel[rows], proto[rows], depth[rows]
+    ranks_per_node, nnodes = ranks_per_node[rows], nnodes[rows]
+    chunk = _TREE_CHUNK_BYTES[np.clip(proto, 0, len(_TREE_CHUNK_BYTES) - 1)]
     simple, ll128 = proto == Protocol.SIMPLE, proto == Protocol.LL128
     ll128_steps = 1 + np.floor(np.log2(np.maximum(nnodes, 1))) + 0.1 * ranks_per_node
     for is_proto, needed, floor in ((simple, 8 * depth, 131072), (simple, 4 * depth, 65536), (simple, depth, 32768),
@@ -381,7 +387,8 @@ def tree_pipeline_factor(bytes_per_channel: np.ndarray, proto: np.ndarray, depth
     # The fill costs 2 x depth - 1 chunk times (a partial last chunk still costs the rest), so time
     # never falls as bytes grow: the chunk only grows with the bytes.
     fill = np.maximum(2 * depth - 1, 0.0) * np.minimum(chunk, bytes_per_channel) / np.maximum(bytes_per_channel, 1.0)
-    return np.where(depth > 0, 1.0 + fill, 1.0)
+    factor[rows] = 1.0 + fill
+    return factor
 
 
 def tree(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
@@ -555,8 +562,8 @@ class WorldModel:
         t_intra = size * keys["intra_volume_per_byte"][k] / (1000.0 * bus)
         # 5. A tree's pipeline fills: its bandwidth term stretches with few chunks per channel.
         depth = keys["pipeline_depth"][k]
-        pipeline = (tree_pipeline_factor(size / np.maximum(ch, 1.0), proto, depth, keys["ranks_per_node"][k],
-                                         keys["nnodes"][k]) if depth.any() else 1.0)
+        pipeline = tree_pipeline_factor(size / np.maximum(ch, 1.0), proto, depth, keys["ranks_per_node"][k],
+                                        keys["nnodes"][k])
         # 6. The network: what congestion leaves of the NICs, and no more than the channels carry.
         net_cap = np.minimum(keys["net_gbytes_per_s"][k] * (1.0 - congestion),
                              chan_cap * keys["channel_net_factor"][k])
