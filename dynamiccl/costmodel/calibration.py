@@ -86,14 +86,27 @@ def predict(tables: list[MeasuredTable], specs: list[EnvSpec], params: WorldPara
     params = params or default_params()
     results = []
     for table in tables:
-        env = map_table(table, specs)
-        batch = make_batch(table.func, table.size_bytes, table.nranks, table.nodes, algo=table.algo,
-                           proto=table.proto)
-        world = WorldModel(env, params).evaluate(batch, launch_gpus=table.launch_gpus)
-        nccl = NcclModel(env).choose(batch)
-        results.append(TableResult(table, env, world.time_us, nccl["time_us"], world.algo, world.proto,
+        env, batch, nccl_model, nccl_time_us = _setup(table, specs)
+        world = WorldModel(env, params, nccl_model).evaluate(batch, launch_gpus=table.launch_gpus)
+        results.append(TableResult(table, env, world.time_us, nccl_time_us, world.algo, world.proto,
                                    world.channels))
     return results
+
+
+_SETUPS: dict[tuple, tuple] = {}
+
+
+def _setup(table: MeasuredTable, specs: list[EnvSpec]) -> tuple:
+    """(spec, batch, NCCL's model, NCCL's believed time) of a table: what does not depend on the
+    world's parameters, so that a fit's hundreds of predictions build it once."""
+    env = map_table(table, specs)
+    key = (table.table, table.func, table.algo, table.proto, table.nranks, table.nodes, table.size_bytes.tobytes(), env)
+    if key not in _SETUPS:
+        batch = make_batch(table.func, table.size_bytes, table.nranks, table.nodes, algo=table.algo,
+                           proto=table.proto)
+        nccl_model = NcclModel(env)
+        _SETUPS[key] = (env, batch, nccl_model, nccl_model.choose(batch)["time_us"])
+    return _SETUPS[key]
 
 
 def hardware_class(table: MeasuredTable, env: EnvSpec) -> str:

@@ -494,6 +494,7 @@ class WorldModel:
     Args:
         env: the environment spec (hardware, NCCL version for the default choice).
         params: fitted parameters; default the shipped ``world_params.json``.
+        nccl: NCCL's model of ``env`` to take default choices from (default: a new one).
 
     ``evaluate(batch)`` returns per row the algorithm, protocol and channels used (NCCL's choice
     where the row says -1/0), ``time_us`` and its latency part, and ``compute_slowdown``: the factor
@@ -505,10 +506,10 @@ class WorldModel:
     applies_nccl_knobs = True
     costs_p2p = True
 
-    def __init__(self, env: EnvSpec, params: WorldParams | None = None):
+    def __init__(self, env: EnvSpec, params: WorldParams | None = None, nccl: NcclModel | None = None):
         self.env = env
         self.params = params or default_params()
-        self.nccl = NcclModel(env)
+        self.nccl = nccl or NcclModel(env)  # NCCL's choices do not depend on params: a fit shares one
         self._key_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self._batch_keys: dict[tuple, dict[str, np.ndarray]] = {}
 
