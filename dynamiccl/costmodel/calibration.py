@@ -347,11 +347,11 @@ def _describe_sources(source: str | list) -> str:
 
 
 def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldParams | None = None,
-              source: str | list = "") -> tuple[WorldParams, dict]:
+              source: str | list = "", max_evaluations: int = 400) -> tuple[WorldParams, dict]:
     """Fit the world's free parameters to measured tables. Returns (parameters, fit report).
 
     ``source``: the measurements file(s) the tables came from, named with their hash in the
-    parameters' provenance.
+    parameters' provenance; ``max_evaluations``: the fit's budget of cost evaluations.
     """
     from scipy.optimize import least_squares
 
@@ -373,7 +373,7 @@ def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldPar
     # Robust loss: one anomalous row (e.g. a warm-up artefact) must not drag a whole class; steps of
     # 1% because channel counts make the cost piecewise.
     fit = least_squares(residuals, x0, bounds=(low, high), x_scale=np.maximum(np.abs(x0), 0.1), loss="soft_l1",
-                        f_scale=0.1, diff_step=1e-2, max_nfev=400)
+                        f_scale=0.1, diff_step=1e-2, max_nfev=max_evaluations)
     params = _with(prior, free, fit.x)
     # Architecture-level fall-backs for fabrics the data did not cover, and a global default.
     fitted = {k: v for k, v in params.link_efficiency.items() if "/" in k}
@@ -404,7 +404,8 @@ def leave_one_out(tables: list[MeasuredTable], specs: list[EnvSpec], prior: Worl
     results = []
     for held_out in tqdm(tables, desc="leave-one-table-out", unit="fit", disable=not progress):
         rest = [t for t in tables if t is not held_out]
-        params, report = calibrate(rest, specs, prior)
+        # Each fit starts from the full fit's optimum and moves little: a smaller budget suffices.
+        params, report = calibrate(rest, specs, prior, max_evaluations=60)
         # What no other table informs falls back to the literature priors, not to a value fitted
         # on the held-out table itself.
         for name in ("net_efficiency", "net_incast_efficiency"):
