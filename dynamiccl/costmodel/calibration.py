@@ -405,7 +405,7 @@ def leave_one_out(tables: list[MeasuredTable], specs: list[EnvSpec], prior: Worl
     for held_out in tqdm(tables, desc="leave-one-table-out", unit="fit", disable=not progress):
         rest = [t for t in tables if t is not held_out]
         # Each fit starts from the full fit's optimum and moves little: a smaller budget suffices.
-        params, report = calibrate(rest, specs, prior, max_evaluations=60)
+        params, report = calibrate(rest, specs, prior, max_evaluations=15)
         # What no other table informs falls back to the literature priors, not to a value fitted
         # on the held-out table itself.
         for name in ("net_efficiency", "net_incast_efficiency"):
