@@ -36,9 +36,10 @@ SHIPPED = {
 
 CONTRACT_KEYS = {
     "cluster": {"gpu", "arch", "sm_count", "hbm_gbytes_per_s", "gpus_per_node", "nodes", "peak_bf16_tflops"},
-    "intra": {"fabric", "nvlink_links", "nvlink_link_gbytes_per_s", "nvls", "pcie_gen", "pcie_lanes"},
+    "intra": {"fabric", "nvlink_links", "nvlink_link_gbytes_per_s", "nvls", "pcie_gen", "pcie_lanes",
+              "gpus_per_pcie_switch", "nvlink_bridges"},
     "inter": {"nics_per_node", "nic_gbits_per_s", "transport", "nic_latency_us", "gpudirect"},
-    "host": {"cpu_vendor"},
+    "host": {"cpu_vendor", "sockets"},
     "nccl": {"version", "collnet"},
     "dynamics": {"congestion", "congested_share", "congested_fraction", "mean_period_ms", "overlap_fraction",
                  "compute_hbm_share", "noise_cv"},
