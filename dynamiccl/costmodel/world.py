@@ -457,19 +457,18 @@ class WorldModel:
             intra, link_eff = env.intra.nvlink_links * env.intra.nvlink_link_gbytes_per_s, prm.link_eff(env.arch, "nvlink")
         else:
             intra, link_eff = env.intra.pcie_gbytes_per_s, prm.link_eff(env.arch, "pcie")
-        achieved = intra * link_eff
-        if env.intra.fabric == "pcie" and not (env.intra.nvlink_bridges and ppn == 2) and env.crosses_sockets(ppn):
-            cpu_link = prm.cpu_link_gbytes_per_s[env.cpu_vendor]
-            intra, achieved = min(intra, cpu_link), min(achieved, cpu_link)
+        crosses = (env.intra.fabric == "pcie" and not (env.intra.nvlink_bridges and ppn == 2)
+                   and env.crosses_sockets(ppn))
+        cap = prm.cpu_link_gbytes_per_s[env.cpu_vendor] if crosses else np.inf  # achieved, not raw
+        p2p_eff = prm.p2p_efficiency.get(env.arch, prm.p2p_efficiency.get("default"))
         nvls_eff = nccl_constants((2, 28, 0)).nvls_efficiency[ARCH_INDEX[env.arch]]
         nics = env.nics_near(ppn)
         nic = min(env.inter.nic_gbytes_per_s, env.intra.pcie_gbytes_per_s)  # the GPU reaches its NIC over PCIe
         if not env.inter.gpudirect:
             nic = min(nic, prm.cpu_link_gbytes_per_s[env.cpu_vendor])
         net_eff = prm.net_efficiency[env.inter.transport]
-        return Links(intra_datasheet_gbytes_per_s=intra, intra_gbytes_per_s=achieved,
-                     nvls_gbytes_per_s=intra * link_eff * nvls_eff,
-                     p2p_gbytes_per_s=intra * prm.p2p_efficiency.get(env.arch, prm.p2p_efficiency.get("default")),
+        return Links(intra_datasheet_gbytes_per_s=min(intra, cap), intra_gbytes_per_s=min(intra * link_eff, cap),
+                     nvls_gbytes_per_s=intra * link_eff * nvls_eff, p2p_gbytes_per_s=min(intra * p2p_eff, cap),
                      nic_gbytes_per_s=nic * net_eff, net_per_node_gbytes_per_s=nics * nic * net_eff)
 
     def _hop_latency(self, proto: Protocol) -> HopLatency:
