@@ -54,8 +54,8 @@ ARCHS = ("volta", "ampere", "ada", "hopper", "blackwell")
 # Compute capability of an architecture's first part (A100 8.0, L40S 8.9, H100 9.0, B200 10.0); a
 # catalog entry overrides it where its part differs (GA10x 8.6, Blackwell Ultra 10.3).
 ARCH_COMPUTE_CAPABILITY = {"volta": 70, "ampere": 80, "ada": 89, "hopper": 90, "blackwell": 100}
-# The compute capabilities an env spec may give (Volta .. Blackwell Ultra).
-COMPUTE_CAPABILITIES = (70, 80, 86, 87, 89, 90, 100, 103)
+# The compute capabilities an env spec may give (Volta .. Blackwell Ultra and the sm_120 Blackwell parts).
+COMPUTE_CAPABILITIES = (70, 80, 86, 87, 89, 90, 100, 103, 120)
 
 
 @dataclass(frozen=True)

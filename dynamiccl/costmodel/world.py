@@ -111,7 +111,7 @@ WORLD_PARAMS = schema.Schema(
                   help="LL128's share of its 93.75% ceiling"),
     schema.number("pci_hop_factor", 1.6, low=0, low_inclusive=False, help="PCIe hops vs NVLink hops"),
     schema.formerly(schema.mapping("cpu_link_gbytes_per_s", schema.number("bw", low=0, low_inclusive=False),
-                                   {"intel": 32.0, "amd": 15.6, "arm": 100.0},
+                                   {"intel": 28.0, "amd": 15.6, "arm": 100.0},
                                    help="what GPU P2P achieves across CPU sockets, by vendor (see WorldModel._links)"),
                     "cpu_link_gbps"),
     schema.number("softmin_k", 4.0, low=0, low_inclusive=False, help="sharpness of min(links, channels)"),
@@ -129,8 +129,8 @@ class WorldParams:
     transport (IB ~0.92 of line rate, RoCE and Slingshot lower, EFA lower still, TCP sockets about
     half) and network hop latency (a few µs on RDMA fabrics, ~15 µs EFA, tens of µs TCP;
     nccl-tests#214 measures ~31-34 µs for a small cross-node sendrecv on A40 incl. software),
-    what GPU P2P achieves across CPU sockets (AMD measured, see ``_links``; Intel 32 GB/s and Arm 100
-    are unmeasured priors), PCIe hop cost.
+    what GPU traffic achieves across CPU sockets (AMD and Intel measured, see ``_links``; Arm 100 is an
+    unmeasured prior), PCIe hop cost.
     """
 
     link_efficiency: dict[str, float]     # "arch/fabric" (or "arch", "pcie"): share of datasheet link bw
@@ -443,9 +443,11 @@ class WorldModel:
         Inside a node: NVLink, or PCIe. On a PCIe node with NVLink bridge pairs (A40, H100 NVL) only a
         2-GPU communicator on one bridge runs on NVLink; a ring over more GPUs must also cross PCIe
         between pairs, and that slowest hop sets its speed. A ring that spans CPU sockets gets no more
-        than GPU P2P achieves across the CPU interconnect (``cpu_link_gbytes_per_s``, by vendor; AMD:
+        than GPU traffic achieves across the CPU interconnect (``cpu_link_gbytes_per_s``, by vendor; AMD:
         15.6 GB/s busbw for 2 L40S one per socket and 14.7 GB/s for 4 L40S two per socket, NCCL 2.29.2,
-        yumibyte/CS244C-Research phase1-baseline; NCCL's own model has AMD_BW = 16, topo.h). Between
+        yumibyte/CS244C-Research phase1-baseline; NCCL's own model has AMD_BW = 16, topo.h. Intel: 28
+        GB/s busbw for 8 PCIe Gen5 GPUs on two Xeon 8480+ sockets, NVIDIA/nccl#1639, where the
+        maintainer notes that on PCIe systems the CPU and memory decide; Arm: an unmeasured prior). Between
         nodes: the NICs near the communicator's GPUs (:meth:`EnvSpec.nics_near`), each as the GPU
         reaches it over PCIe.
         """
