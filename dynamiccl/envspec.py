@@ -13,11 +13,17 @@ unknown keys and bad values are errors that name the file and the ``section.key`
                 nvlink_link_gbytes_per_s = 25              # per link, per direction (datasheet)
                 nvls = true                                # NVLink SHARP (needs nvswitch, hopper+)
                 pcie_gen = 5     pcie_lanes = 16
+                gpus_per_pcie_switch = 4                   # GPUs whose P2P stays below the CPU (PIX/PXB);
+                                                           # default: all GPUs of a socket
+                nvlink_bridges = false                     # PCIe node whose GPUs 2k, 2k+1 share an NVLink
+                                                           # bridge of nvlink_links links (A40, H100 NVL)
     [inter]     nics_per_node = 8  nic_gbits_per_s = 400
                 transport = "ib" | "roce" | "efa" | "slingshot" | "tcp"
                 nic_latency_us = 0                         # extra NIC latency (NCCL's topo-XML `latency`)
                 gpudirect = true                           # GPUDirect RDMA between GPU and NIC
     [host]      cpu_vendor = "intel" | "amd" | "arm"
+                sockets = 2                                # CPU sockets; GPUs (and NICs) spread evenly
+                                                           # over them; default 2 above 4 GPUs, else 1
     [nccl]      version = "2.23.4"                         # 2.18 .. 2.30
                 collnet = false                            # a SHARP (CollNet) network plugin is loaded
     [dynamics]  congestion = "none" | "markov"             # background traffic on the network
@@ -33,7 +39,7 @@ unknown keys and bad values are errors that name the file and the ``section.key`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dynamiccl import schema
@@ -65,6 +71,8 @@ class IntraSpec:
     nvls: bool
     pcie_gen: int
     pcie_lanes: int
+    gpus_per_pcie_switch: int = 1  # GPUs below one PCIe switch tree (their P2P path avoids the CPU)
+    nvlink_bridges: bool = False   # GPUs 2k and 2k+1 joined by an NVLink bridge (PCIe between pairs)
 
     @property
     def nvlink_gbytes_per_s(self) -> float:
@@ -115,6 +123,30 @@ class EnvSpec:
     nccl_version: str
     collnet: bool
     dynamics: DynamicsSpec = field(default_factory=DynamicsSpec)
+    sockets: int = 1  # CPU sockets of a node; the GPUs and NICs are spread evenly over them
+
+    @property
+    def gpus_per_socket(self) -> int:
+        """GPUs on one CPU socket (the node's GPUs spread evenly, rounded up)."""
+        return -(-self.gpus_per_node // self.sockets)
+
+    def crosses_sockets(self, ranks_per_node: int) -> bool:
+        """Whether a communicator with ``ranks_per_node`` local ranks spans CPU sockets: ranks fill the
+        GPUs in order, one socket after the other (CUDA's PCI-bus order)."""
+        return ranks_per_node > self.gpus_per_socket
+
+    def crosses_pcie_switches(self, ranks_per_node: int) -> bool:
+        """Whether a communicator's GPUs of one socket sit below different PCIe switches, so P2P between
+        them goes through the CPU's root complex (NCCL's PHB path)."""
+        return min(ranks_per_node, self.gpus_per_socket) > self.intra.gpus_per_pcie_switch
+
+    def nics_near(self, ranks_per_node: int) -> int:
+        """NICs a communicator with ``ranks_per_node`` local ranks uses on each node: the NICs near its
+        GPUs. NICs are spread evenly over the node's GPUs (rail-aligned), so k of g GPUs reach
+        ceil(k x nics / g) of them, at least one: NCCL's search picks each GPU's closest NICs and leaves
+        NICs across the CPU to other GPUs (NVIDIA/nccl src/graph/search.cc ncclTopoSelectNets)."""
+        nics = self.inter.nics_per_node
+        return max(1, min(nics, -(-int(ranks_per_node) * nics // self.gpus_per_node)))
 
     @property
     def arch(self) -> str:
@@ -146,6 +178,8 @@ class EnvSpec:
         gpu = self.cluster.gpu
         intra = (f"{self.intra.fabric} {self.intra.nvlink_links}x{self.intra.nvlink_link_gbytes_per_s:g} GB/s"
                  if self.intra.fabric != "pcie" else f"PCIe gen{self.intra.pcie_gen} x{self.intra.pcie_lanes}")
+        if self.intra.nvlink_bridges:
+            intra += f" + NVLink bridge pairs {self.intra.nvlink_links}x{self.intra.nvlink_link_gbytes_per_s:g} GB/s"
         inter = (f", {self.inter.nics_per_node}x{self.inter.nic_gbits_per_s:g}G {self.inter.transport}"
                  if self.nodes > 1 else "")
         return (f"{self.name}: {self.nodes}x{self.gpus_per_node} {gpu.name} ({gpu.arch}), {intra}{inter}, "
@@ -165,6 +199,9 @@ INTRA = schema.Schema(
     schema.flag("nvls", None, help="NVLink SHARP (needs nvswitch, hopper+; default on there)"),
     schema.integer("pcie_gen", None, low=2, high=6, help="default: the architecture's"),
     schema.integer("pcie_lanes", 16, low=0, low_inclusive=False, high=16),
+    schema.integer("gpus_per_pcie_switch", None, low=0, low_inclusive=False, high=64,
+                   help="GPUs below one PCIe switch tree, whose P2P stays below the CPU (default: a socket's)"),
+    schema.flag("nvlink_bridges", False, help="GPUs 2k and 2k+1 share an NVLink bridge (fabric pcie only)"),
 )
 INTER = schema.Schema(
     schema.integer("nics_per_node", None, low=0, low_inclusive=False, help="default: one per GPU"),
@@ -173,7 +210,11 @@ INTER = schema.Schema(
     schema.number("nic_latency_us", 0.0, low=0, high=1e4, help="extra NIC latency (NCCL's topo-XML `latency`)"),
     schema.flag("gpudirect", True, help="GPUDirect RDMA between GPU and NIC"),
 )
-HOST = schema.Schema(schema.choice("cpu_vendor", CPU_VENDORS, "intel"))
+HOST = schema.Schema(
+    schema.choice("cpu_vendor", CPU_VENDORS, "intel"),
+    schema.integer("sockets", None, low=0, low_inclusive=False, high=8,
+                   help="CPU sockets per node (default: 2 with more than 4 GPUs, else 1)"),
+)
 NCCL = schema.Schema(
     schema.string("version", DEFAULT_NCCL_VERSION,
                   expect='an NCCL version between 2.18 and 2.30 as a string like "2.23.4"',
@@ -232,6 +273,25 @@ def env_from_dict(obj: dict, source: str, name: str | None = None) -> EnvSpec:
                          f"a direct NVLink fabric needs at least one link to each of the other "
                          f"{cluster.gpus_per_node - 1} GPUs of a node, got {intra.nvlink_links}")
 
+    sockets = doc["host"].get("sockets", 2 if cluster.gpus_per_node > 4 else 1)
+    if sockets > cluster.gpus_per_node and "sockets" in doc["host"]:
+        raise InputError(source, "host.sockets", f"expected at most one socket per GPU (<= {cluster.gpus_per_node}), "
+                                                 f"got {sockets}")
+    sockets = min(sockets, cluster.gpus_per_node)
+    per_socket = -(-cluster.gpus_per_node // sockets)
+    switch = values.get("gpus_per_pcie_switch", per_socket)
+    if switch > per_socket:
+        raise InputError(source, "intra.gpus_per_pcie_switch",
+                         f"expected at most the GPUs of one socket ({per_socket}: {cluster.gpus_per_node} GPUs "
+                         f"over {sockets} socket(s)), got {switch}")
+    if values["nvlink_bridges"] and not (fabric == "pcie" and intra.nvlink_links > 0
+                                         and cluster.gpus_per_node % 2 == 0):
+        raise InputError(source, "intra.nvlink_bridges",
+                         "NVLink bridge pairs need fabric = \"pcie\", nvlink_links > 0 (the links of one bridge) "
+                         f"and an even gpus_per_node (this spec has fabric={fabric!r}, nvlink_links="
+                         f"{intra.nvlink_links}, gpus_per_node={cluster.gpus_per_node})")
+    intra = replace(intra, gpus_per_pcie_switch=switch, nvlink_bridges=values["nvlink_bridges"])
+
     values = doc["inter"]
     inter = InterSpec(nics_per_node=values.get("nics_per_node", cluster.gpus_per_node),
                       nic_gbits_per_s=values["nic_gbits_per_s"], transport=values["transport"],
@@ -246,7 +306,7 @@ def env_from_dict(obj: dict, source: str, name: str | None = None) -> EnvSpec:
         raise schema.expected(source, "nccl.version", NCCL["version"].expectation(), version)
     return EnvSpec(name=name or Path(source).stem, source=source, cluster=cluster, intra=intra, inter=inter,
                    cpu_vendor=doc["host"]["cpu_vendor"], nccl_version=".".join(map(str, version_tuple)),
-                   collnet=doc["nccl"]["collnet"], dynamics=DynamicsSpec(**doc["dynamics"]))
+                   collnet=doc["nccl"]["collnet"], dynamics=DynamicsSpec(**doc["dynamics"]), sockets=sockets)
 
 
 def load_env(path: str | os.PathLike) -> EnvSpec:

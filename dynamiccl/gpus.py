@@ -35,7 +35,7 @@ only cores (SMs = CUDA cores / 128 on Ada, Hopper and Blackwell; / 128 on GA10x)
   (NVIDIA Blackwell datasheets). B300 (HGX B300): 2.25 PFLOPS (36 PFLOPS with sparsity per 8 GPUs),
   8 TB/s; GB300 (NVL72, per GPU): 2.5 PFLOPS (360 PFLOPS with sparsity per 72 GPUs), 8 TB/s (NVIDIA
   HGX B300 and GB300 NVL72 datasheets); Blackwell Ultra has 160 SMs (NVIDIA technical blog "Inside
-  NVIDIA Blackwell Ultra", 2025), compute capability 10.3.
+  NVIDIA Blackwell Ultra", 2025), compute capability 10.3, PCIe Gen6 host interface (same blog).
 
 Architectures: ``ada`` is compute capability 8.9 (Ada Lovelace: L40S, L40, L4, RTX 4090, RTX 6000
 Ada); the GA10x parts (A40, A10, A10G) are ``ampere`` with compute capability 8.6. NCCL's tuning
@@ -54,8 +54,8 @@ ARCHS = ("volta", "ampere", "ada", "hopper", "blackwell")
 # Compute capability of an architecture's first part (A100 8.0, L40S 8.9, H100 9.0, B200 10.0); a
 # catalog entry overrides it where its part differs (GA10x 8.6, Blackwell Ultra 10.3).
 ARCH_COMPUTE_CAPABILITY = {"volta": 70, "ampere": 80, "ada": 89, "hopper": 90, "blackwell": 100}
-# The compute capabilities an env spec may give (Volta .. Blackwell Ultra).
-COMPUTE_CAPABILITIES = (70, 80, 86, 87, 89, 90, 100, 103)
+# The compute capabilities an env spec may give (Volta .. Blackwell Ultra and the sm_120 Blackwell parts).
+COMPUTE_CAPABILITIES = (70, 80, 86, 87, 89, 90, 100, 103, 120)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     GPUSpec("H100-SXM", "hopper", 132, 989.4, 3350.0),
     GPUSpec("H100-PCIe", "hopper", 114, 756.0, 2000.0),
     GPUSpec("H100-NVL", "hopper", 132, 835.5, 3900.0, nvlink_links=12, nvlink_bridge=True),  # 600 GB/s bridge
-    GPUSpec("H800-SXM", "hopper", 132, 989.4, 3350.0),
+    GPUSpec("H800-SXM", "hopper", 132, 989.4, 3350.0, nvlink_links=8),  # 400 GB/s NVLink
     GPUSpec("H800-PCIe", "hopper", 114, 756.0, 2000.0, nvlink_links=8, nvlink_bridge=True),  # 400 GB/s bridge
     GPUSpec("H20", "hopper", 78, 148.0, 4000.0),
     GPUSpec("H200-SXM", "hopper", 132, 989.4, 4800.0),
@@ -101,8 +101,8 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     GPUSpec("RTX 6000 Ada", "ada", 142, 364.2, 960.0),
     GPUSpec("B200", "blackwell", 148, 2250.0, 8000.0),
     GPUSpec("GB200", "blackwell", 148, 2500.0, 8000.0),
-    GPUSpec("B300", "blackwell", 160, 2250.0, 8000.0, cc=103),
-    GPUSpec("GB300", "blackwell", 160, 2500.0, 8000.0, cc=103),
+    GPUSpec("B300", "blackwell", 160, 2250.0, 8000.0, cc=103, pcie_gen=6),
+    GPUSpec("GB300", "blackwell", 160, 2500.0, 8000.0, cc=103, pcie_gen=6),
 )}
 
 DEFAULT_GPU = "H100-SXM"

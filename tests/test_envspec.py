@@ -32,13 +32,19 @@ SHIPPED = {
     "l40s-pcie-1x2": ("L40S", 1, 2, "pcie", "roce"),
     "aws-g5-2x1": ("A10G", 2, 1, "pcie", "tcp"),
     "gb200-nvl8-ib-3x8": ("GB200", 3, 8, "nvswitch", "ib"),
+    "l40s-roce-2x8": ("L40S", 2, 8, "pcie", "roce"),
+    "a40-ib-2x8": ("A40", 2, 8, "pcie", "ib"),
+    "aws-p4d-2x8": ("A100-SXM", 2, 8, "nvswitch", "efa"),
+    "aws-p5-2x8": ("H100-SXM", 2, 8, "nvswitch", "efa"),
+    "h100-roce-8x8": ("H100-SXM", 8, 8, "nvswitch", "roce"),
 }
 
 CONTRACT_KEYS = {
     "cluster": {"gpu", "arch", "sm_count", "hbm_gbytes_per_s", "gpus_per_node", "nodes", "peak_bf16_tflops"},
-    "intra": {"fabric", "nvlink_links", "nvlink_link_gbytes_per_s", "nvls", "pcie_gen", "pcie_lanes"},
+    "intra": {"fabric", "nvlink_links", "nvlink_link_gbytes_per_s", "nvls", "pcie_gen", "pcie_lanes",
+              "gpus_per_pcie_switch", "nvlink_bridges"},
     "inter": {"nics_per_node", "nic_gbits_per_s", "transport", "nic_latency_us", "gpudirect"},
-    "host": {"cpu_vendor"},
+    "host": {"cpu_vendor", "sockets"},
     "nccl": {"version", "collnet"},
     "dynamics": {"congestion", "congested_share", "congested_fraction", "mean_period_ms", "overlap_fraction",
                  "compute_hbm_share", "noise_cv"},

@@ -102,3 +102,14 @@ def test_bad_compute_capability_is_an_error():
     with pytest.raises(InputError) as info:
         env_from_dict({"cluster": {**ANY_GPU, "compute_capability": 61}}, "x.toml")
     assert info.value.field == "cluster.compute_capability" and "89" in str(info.value)
+
+
+@pytest.mark.parametrize("gpu, links, pcie_gen", [
+    ("H800-SXM", 8, 5),   # H800 datasheet: NVLink 400 GB/s bidirectional = 8 x 25 GB/s per direction
+    ("H20", 18, 5),       # NVLink 900 GB/s
+    ("B300", 18, 6),      # NVLink5 1.8 TB/s; Blackwell Ultra: PCIe Gen6
+    ("GB300", 18, 6),
+])
+def test_nvlink_and_pcie_defaults_of_new_parts(gpu, links, pcie_gen):
+    env = env_from_dict({"cluster": {"gpu": gpu, "gpus_per_node": 8, "nodes": 1}}, "x.toml")
+    assert env.intra.fabric == "nvswitch" and env.intra.nvlink_links == links and env.intra.pcie_gen == pcie_gen

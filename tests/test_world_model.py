@@ -186,7 +186,7 @@ def test_tree_beats_ring_for_large_allreduce_on_two_nodes_only(env_of):
     # Tree wins by ~2x the network where the network binds (8 x 200G on H100), by a few % where the
     # NVLink chain's 2S binds first (A100 over 8 x 200G HDR at ~0.96-0.99 of line rate: 192 GB/s Ring
     # busbw on DGX A100, NVIDIA/nccl#812).
-    assert (t2[0::2] < 0.99 * t2[1::2]).all(), f"2 nodes: Tree {t2[0::2]} vs Ring {t2[1::2]}"
+    assert (t2[0::2] < t2[1::2]).all(), f"2 nodes: Tree {t2[0::2]} vs Ring {t2[1::2]}"
     four = WorldModel(env_of(4))
     t4 = four.evaluate(make_batch(ALLREDUCE, np.repeat(sizes, 2), 32, 4, algo=[TREE, RING] * 2, proto=SIMPLE)).time_us
     assert (t4[1::2] < t4[0::2]).all(), f"4 nodes: Tree {t4[0::2]} vs Ring {t4[1::2]}"

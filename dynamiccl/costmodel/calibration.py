@@ -260,8 +260,7 @@ def plot(results: list[TableResult], path: str | Path) -> None:
 
 def _free_parameters(results: list[TableResult]) -> list[tuple[str, str | int | None, float, float]]:
     """(field, key, low, high) of each parameter the data can inform."""
-    # A link class is informed only where a table has several GPUs per node to load it.
-    classes = sorted({_hardware_class(r.env) for r in results if r.table.coll != "sendrecv" and r.table.gpus_per_node > 1})
+    classes = sorted({_hardware_class(r.env) for r in results if _informs_link(r.table, r.env)})
     p2p_arches = sorted({r.env.arch for r in results if r.table.coll == "sendrecv"})
     free = [("link_efficiency", c, 0.4, 1.0) for c in classes]
     free += [("p2p_efficiency", a, 0.2, 1.0) for a in p2p_arches]
@@ -286,6 +285,14 @@ def _free_parameters(results: list[TableResult]) -> list[tuple[str, str | int | 
     free += [("nvls_us", None, 2.0, 60.0), ("launch_gap_us", None, 0.0, 10.0),
              ("ll_efficiency", None, 0.3, 1.0), ("ll128_efficiency", None, 0.5, 1.0)]
     return free
+
+
+def _informs_link(table: MeasuredTable, env: EnvSpec) -> bool:
+    """Whether a table informs its class's link efficiency: a collective over several GPUs per node
+    whose ring does not cross CPU sockets on PCIe (there the measured socket cap binds instead)."""
+    if table.coll == "sendrecv" or table.gpus_per_node <= 1:
+        return False
+    return not (env.intra.fabric == "pcie" and env.crosses_sockets(table.gpus_per_node))
 
 
 def parameter_name(field: str, key) -> str:
@@ -424,7 +431,7 @@ def leave_one_out(tables: list[MeasuredTable], specs: list[EnvSpec], prior: Worl
             if arch != "default" and parameter_name("p2p_efficiency", arch) not in report["parameters"]:
                 params.p2p_efficiency.pop(arch)
         held_class = {_hardware_class(map_table(held_out, specs))}
-        covered = {_hardware_class(map_table(t, specs)) for t in rest if t.coll != "sendrecv" and t.gpus_per_node > 1}
+        covered = {_hardware_class(env) for t in rest if _informs_link(t, env := map_table(t, specs))}
         for cls in held_class - covered:  # never fitted: fall back as an unseen system would
             params.link_efficiency.pop(cls, None)
             arch, fabric = cls.split("/")

@@ -96,17 +96,42 @@ def _dup_channels(channels: int, bw: float, cc: int) -> tuple[int, float]:
 
 
 def intra_model_gbytes_per_s(env: EnvSpec, ppn: int) -> tuple[float, int]:
-    """Per-GPU intra-node bandwidth NCCL's topology assumes, and the hardware row (NVLink or PCI)."""
+    """Per-GPU intra-node bandwidth NCCL's topology assumes for a ring over ``ppn`` local GPUs, GB/s,
+    and the hardware row (NVLink or PCI) of its hops.
+
+    - NVSwitch / direct NVLink: links x NCCL's per-link constant (``ncclTopoNVLinkBw``).
+    - NVLink bridge pairs (A40, H100 NVL): NCCL's topology has NVLinks only inside each pair, so a
+      2-GPU communicator on one bridge runs on NVLink; a ring over more GPUs must take a PCIe path
+      between pairs, and its slowest hop sets the graph's speed (``search.cc``).
+    - PCIe: ``width x GT/s-code / 80``; a ring that crosses CPU sockets is capped by NCCL's inter-CPU
+      bandwidth (``topo.h`` AMD_BW 16, SRP_QPI_BW 22, ARM_BW 6); on Intel a GPU-to-GPU path through the
+      CPU root complex (PHB: GPUs below different switches of one socket) costs 6/5 of its bytes in PCI
+      bandwidth (``INTEL_P2P_OVERHEAD``, applied in ``search.cc`` followPath).
+    """
     from dynamiccl.costmodel.nccl_constants import NVLINK_HW, PCI_HW
 
     cc = env.compute_capability
     if env.intra.fabric in ("nvswitch", "nvlink"):
         return env.intra.nvlink_links * nvlink_model_gbytes_per_s(cc), NVLINK_HW
+    if env.intra.nvlink_bridges and ppn == 2:  # the communicator is one bridged pair
+        return env.intra.nvlink_links * nvlink_model_gbytes_per_s(cc), NVLINK_HW
     pci = pci_model_gbytes_per_s(env)
-    # A PCIe-only node with more than 4 GPUs spans two CPU sockets; the ring crosses their link.
-    if ppn > 4:
+    if env.crosses_sockets(ppn):
         pci = min(pci, CPU_LINK_GBYTES_PER_S[env.cpu_vendor])
+    elif env.crosses_pcie_switches(ppn) and env.cpu_vendor == "intel":
+        pci = pci * 5 / 6
     return pci, PCI_HW
+
+
+def ll128_default_enabled(cc: int, version: tuple[int, int, int]) -> bool:
+    """Whether NCCL enables LL128 by default for GPUs of compute capability ``cc`` (the topology
+    conditions aside): up to 2.24 only on sm70, sm80 and sm90; 2.25 and 2.26 add sm100 and sm120; from
+    2.27 every sm70+ (NVIDIA/nccl src/graph/tuning.cc, "Enable LL128 by default only on ..."). So the
+    GA10x (8.6) and Ada (8.9) parts never get LL128 by default before 2.27."""
+    if version >= (2, 27, 0):
+        return cc >= 70
+    allowed = (70, 80, 90, 100, 120) if version >= (2, 25, 0) else (70, 80, 90)
+    return cc in allowed
 
 
 def pci_model_gbytes_per_s(env: EnvSpec) -> float:
@@ -148,9 +173,9 @@ def _topology(env: EnvSpec, nranks: int, nnodes: int) -> NcclTopology:
     cc = env.compute_capability
     intra_total, intra_hw = intra_model_gbytes_per_s(env, ppn)
     nic_gbytes_per_s = nic_model_gbytes_per_s(env)
-    # Each node's NICs serve its GPUs; a sub-communicator with fewer local ranks reaches as many NICs
-    # as it has GPUs (rail-aligned), at least one.
-    nics = max(1, min(env.inter.nics_per_node, ppn * max(1, env.inter.nics_per_node // env.gpus_per_node)))
+    # Each node's NICs serve the GPUs near them; a communicator with fewer local ranks uses only the
+    # NICs near its GPUs (EnvSpec.nics_near).
+    nics = env.nics_near(ppn)
     if nnodes == 1:
         speeds = SEARCH_SPEEDS_INTRA[_cc_key(cc, SEARCH_SPEEDS_INTRA)]
         channels, speed = _search(intra_total if ppn > 1 else 5000.0, speeds, RING_MAX_CHANNELS)
@@ -176,7 +201,7 @@ def _topology(env: EnvSpec, nranks: int, nnodes: int) -> NcclTopology:
     if env.collnet and nnodes > 1:
         collnet = Graph(channels, speed, min(speed, nic_gbytes_per_s))
 
-    ll128 = cc >= 70 and intra_hw == 0 or ppn == 1
+    ll128 = (cc >= 70 and intra_hw == 0 or ppn == 1) and ll128_default_enabled(cc, env.nccl_version_tuple)
     if nnodes > 1 and not (env.inter.gpudirect and env.inter.transport != "tcp"):
         ll128 = False  # sm90+ needs the GPU-NIC path within PXN: no GPUDirect/sockets put it behind the CPU
     nvls_channels = 16 if cc < 100 else (24 if nnodes == 1 else 32)

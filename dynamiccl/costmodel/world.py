@@ -162,8 +162,8 @@ WORLD_PARAMS = schema.Schema(
                   help="LL128's share of its 93.75% ceiling"),
     schema.number("pci_hop_factor", PRIORS["pci_hop_factor"], low=0, low_inclusive=False, help="PCIe hops vs NVLink hops"),
     schema.formerly(schema.mapping("cpu_link_gbytes_per_s", schema.number("bw", low=0, low_inclusive=False),
-                                   {"intel": 40.0, "amd": 64.0, "arm": 100.0},
-                                   help="CPU link for PCIe rings that cross sockets, by vendor"),
+                                   {"intel": 28.0, "amd": 15.6, "arm": 100.0},
+                                   help="what GPU P2P achieves across CPU sockets, by vendor (see WorldModel._links)"),
                     "cpu_link_gbps"),
     schema.number("softmin_k", 4.0, low=0, low_inclusive=False, help="sharpness of min(links, channels)"),
     schema.string("provenance", ""),
@@ -176,14 +176,11 @@ class WorldParams:
 
     ``dynamiccl calibrate`` fits link and p2p efficiency per class present in the measured tables,
     the per-protocol latencies, NVLS latency, the ``-g k`` launch gap and the protocol efficiencies.
-    The rest are priors the single-node measurements cannot inform: network efficiency per
-    transport (IB ~0.92 of line rate, RoCE and Slingshot lower, EFA lower still, TCP sockets about
-    half) and network hop latency (a few µs on RDMA fabrics, ~15 µs EFA, tens of µs TCP;
-    nccl-tests#214 measures ~31-34 µs for a small cross-node sendrecv on A40 incl. software),
-    CPU-link bandwidth for PCIe rings that cross sockets (UPI, xGMI, NVLink-C2C), PCIe hop cost.
-    Network efficiency, incast share and hop latency per transport are fitted where multi-node
-    tables measure them (``dynamiccl calibrate``); the comment above :data:`WORLD_PARAMS` gives the
-    source of each prior.
+    The rest are priors no table informs: what GPU traffic achieves across CPU sockets (AMD and
+    Intel measured, see ``_links``; Arm 100 is an unmeasured prior), and per network transport its
+    share of line rate, incast share, per-protocol share and hop latency where no multi-node table
+    measures them (``dynamiccl calibrate`` fits those a table covers); the comment above
+    :data:`WORLD_PARAMS` gives the source of each prior.
     """
 
     link_efficiency: dict[str, float]     # "arch/fabric" (or "arch", "pcie"): share of datasheet link bw
@@ -200,7 +197,7 @@ class WorldParams:
     ll_efficiency: float                  # LL's achieved share of its 50% ceiling
     ll128_efficiency: float               # LL128's achieved share of its 93.75% ceiling
     pci_hop_factor: float                 # PCIe hops vs NVLink hops
-    cpu_link_gbytes_per_s: dict[str, float]  # CPU link of PCIe rings that cross sockets, by vendor
+    cpu_link_gbytes_per_s: dict[str, float]  # achieved GPU P2P across CPU sockets, by vendor
     softmin_k: float                      # sharpness of the soft minimum of link and channel bandwidth
     provenance: str                       # what the parameters were fitted on (defaults: WORLD_PARAMS)
 
@@ -607,25 +604,39 @@ class WorldModel:
         return self._batch_keys[keys]
 
     def _links(self, ranks_per_node: float) -> Links:
-        """2 and 6: what this cluster's links carry for a communicator with ``ranks_per_node``."""
+        """2 and 6: what this cluster's links carry for a communicator with ``ranks_per_node``.
+
+        Inside a node: NVLink, or PCIe. On a PCIe node with NVLink bridge pairs (A40, H100 NVL) only a
+        2-GPU communicator on one bridge runs on NVLink; a ring over more GPUs must also cross PCIe
+        between pairs, and that slowest hop sets its speed. A ring that spans CPU sockets gets no more
+        than GPU traffic achieves across the CPU interconnect (``cpu_link_gbytes_per_s``, by vendor; AMD:
+        15.6 GB/s busbw for 2 L40S one per socket and 14.7 GB/s for 4 L40S two per socket, NCCL 2.29.2,
+        yumibyte/CS244C-Research phase1-baseline; NCCL's own model has AMD_BW = 16, topo.h. Intel: 28
+        GB/s busbw for 8 PCIe Gen5 GPUs on two Xeon 8480+ sockets, NVIDIA/nccl#1639, where the
+        maintainer notes that on PCIe systems the CPU and memory decide; Arm: an unmeasured prior). Between
+        nodes: the NICs near the communicator's GPUs (:meth:`EnvSpec.nics_near`), each as the GPU
+        reaches it over PCIe.
+        """
         env, prm = self.env, self.params
-        if env.intra.fabric == "pcie":
-            intra = env.intra.pcie_gbytes_per_s
-            if ranks_per_node > 4:  # more than 4 GPUs span two sockets: the ring crosses the CPU link
-                intra = min(intra, prm.cpu_link_gbytes_per_s[env.cpu_vendor])
+        ppn = int(round(ranks_per_node))
+        if env.intra.fabric != "pcie":
+            intra, link_eff = env.intra.nvlink_gbytes_per_s, prm.link_eff(env.arch, env.intra.fabric)
+        elif env.intra.nvlink_bridges and ppn == 2:  # one bridged pair
+            intra, link_eff = env.intra.nvlink_links * env.intra.nvlink_link_gbytes_per_s, prm.link_eff(env.arch, "nvlink")
         else:
-            intra = env.intra.nvlink_gbytes_per_s
-        link_eff = prm.link_eff(env.arch, env.intra.fabric)
+            intra, link_eff = env.intra.pcie_gbytes_per_s, prm.link_eff(env.arch, "pcie")
+        crosses = (env.intra.fabric == "pcie" and not (env.intra.nvlink_bridges and ppn == 2)
+                   and env.crosses_sockets(ppn))
+        cap = prm.cpu_link_gbytes_per_s[env.cpu_vendor] if crosses else np.inf  # achieved, not raw
+        p2p_eff = prm.p2p_efficiency.get(env.arch, prm.p2p_efficiency.get("default"))
         nvls_eff = nccl_constants((2, 28, 0)).nvls_efficiency[ARCH_INDEX[env.arch]]
-        nics = max(1, min(env.inter.nics_per_node,
-                          ranks_per_node * max(1, env.inter.nics_per_node // env.gpus_per_node)))
+        nics = env.nics_near(ppn)
         nic = min(env.inter.nic_gbytes_per_s, env.intra.pcie_gbytes_per_s)  # the GPU reaches its NIC over PCIe
         if not env.inter.gpudirect:
             nic = min(nic, prm.cpu_link_gbytes_per_s[env.cpu_vendor])
         net_eff = prm.net_efficiency[env.inter.transport]
-        return Links(intra_datasheet_gbytes_per_s=intra, intra_gbytes_per_s=intra * link_eff * 1.0,
-                     nvls_gbytes_per_s=intra * link_eff * nvls_eff,
-                     p2p_gbytes_per_s=intra * prm.p2p_efficiency.get(env.arch, prm.p2p_efficiency.get("default")),
+        return Links(intra_datasheet_gbytes_per_s=min(intra, cap), intra_gbytes_per_s=min(intra * link_eff, cap),
+                     nvls_gbytes_per_s=intra * link_eff * nvls_eff, p2p_gbytes_per_s=min(intra * p2p_eff, cap),
                      nic_gbytes_per_s=nic * net_eff, net_per_node_gbytes_per_s=nics * nic * net_eff)
 
     def _hop_latency(self, proto: Protocol) -> HopLatency:
