@@ -103,7 +103,12 @@ _SUMMARIES = schema.Schema(  # median |error| per size class (null: no rows of t
 CALIBRATION = schema.Schema(
     schema.mapping("tables", schema.table("table", schema.Schema(
         schema.string("env"), schema.string("nccl_version"), schema.string("kind"),
+        schema.string("class", "", help="hardware class (arch/fabric[+transport])"),
         schema.json_value("world"), schema.json_value("nccl_model")))),
+    schema.mapping("classes", schema.table("class", schema.Schema(
+        schema.json_list("tables"), schema.json_value("world"), schema.json_value("nccl_model"))), None,
+        help="per hardware class, its tables and summaries"),
+    schema.json_list("fastest", None, help="the fastest-configuration check per set of tables"),
     schema.table("overall", _SUMMARIES),
     schema.mapping("points", schema.table("table", schema.Schema(
         schema.json_list("size_bytes"),
