@@ -80,10 +80,15 @@ def test_nccl_default_speedup_is_exactly_one(env):
         assert (out["calls"]["action"] == DEFAULT_ACTION).all()
 
 
-def test_oracle_is_valid_and_not_slower_than_default(env):
+def test_oracle_is_valid_and_within_half_a_percent_of_default(env):
+    # Greedy per call, the oracle does not see what its choice does to later calls: with the launch
+    # delay (a call launched while a compute kernel runs waits for it, NVIDIA/nccl#1431) a call that
+    # ends sooner can make the next one on its stream wait for a kernel, and the step can end a
+    # little later than with NCCL's default (Llama-3 8B DP8 here: 0.07%). It is a baseline, not a
+    # bound; it stays within the 0.5% no policy may lose to NCCL's default.
     agent = CheckingAgent(OracleAgent())
     for out in all_episodes(env, agent):
-        assert out["step"]["speedup"] >= 1.0 - 1e-9
+        assert out["step"]["speedup"] >= 0.995
         assert out["step"]["invalid_actions"] == 0
     assert agent.masked_picks == 0
     assert any(a != DEFAULT_ACTION for a in agent.actions)  # it does find something better

@@ -6,6 +6,9 @@ world simulator:
 
 - ``overlap``: fraction (0..1) of the call's time with compute running on the same GPU;
 - ``compute_hbm_share``: share of HBM bandwidth that compute consumes while it overlaps;
+- ``compute_waves``: the overlapped kernel's grid in full waves of the GPU (grid CTAs / (SMs x CTAs
+  per SM)); 0 where not known (a stream of many-wave kernels). Decides the wave tail
+  (:func:`dynamiccl.costmodel.interference.sm_slowdown`);
 - ``congestion``: share (0..0.95) of each NIC's bandwidth taken by background traffic;
 - ``noise``: multiplicative run-to-run factor (1 = none), drawn by the caller (see ``dynamics``).
 
@@ -49,6 +52,7 @@ class CollBatch:
     num_pipe_ops: np.ndarray  # int: ops fused in one ncclGroup (NCCL's numPipeOps)
     overlap: np.ndarray       # float 0..1
     compute_hbm_share: np.ndarray  # float 0..1
+    compute_waves: np.ndarray  # float >= 0, 0 = not known
     congestion: np.ndarray    # float 0..0.95
     noise: np.ndarray         # float > 0
 
@@ -66,12 +70,13 @@ class CollBatch:
 
 _DTYPES = {"func": np.int64, "size_bytes": np.float64, "nranks": np.int64, "nnodes": np.int64,
            "algo": np.int64, "proto": np.int64, "channels": np.int64, "num_pipe_ops": np.int64,
-           "overlap": np.float64, "compute_hbm_share": np.float64, "congestion": np.float64,
+           "overlap": np.float64, "compute_hbm_share": np.float64, "compute_waves": np.float64,
+           "congestion": np.float64,
            "noise": np.float64}
 
 
 def make_batch(func, size_bytes, nranks, nnodes, algo=-1, proto=-1, channels=0, num_pipe_ops=1,
-               overlap=0.0, compute_hbm_share=0.0, congestion=0.0, noise=1.0) -> CollBatch:
+               overlap=0.0, compute_hbm_share=0.0, congestion=0.0, noise=1.0, compute_waves=0.0) -> CollBatch:
     """Build a :class:`CollBatch`, broadcasting scalars and arrays against each other.
 
     Raises:
@@ -79,7 +84,8 @@ def make_batch(func, size_bytes, nranks, nnodes, algo=-1, proto=-1, channels=0, 
     """
     values = dict(func=func, size_bytes=size_bytes, nranks=nranks, nnodes=nnodes, algo=algo, proto=proto,
                   channels=channels, num_pipe_ops=num_pipe_ops, overlap=overlap,
-                  compute_hbm_share=compute_hbm_share, congestion=congestion, noise=noise)
+                  compute_hbm_share=compute_hbm_share, compute_waves=compute_waves, congestion=congestion,
+                  noise=noise)
     arrays = np.broadcast_arrays(*(np.asarray(v) for v in values.values()))
     columns = {name: np.ascontiguousarray(array, dtype=_DTYPES[name]).reshape(-1)
                for name, array in zip(values, arrays)}
@@ -106,5 +112,6 @@ def _check(b: CollBatch) -> None:
     bad("num_pipe_ops", b.num_pipe_ops < 1, "at least 1")
     bad("overlap", ~((b.overlap >= 0) & (b.overlap <= 1)), "a fraction in [0, 1]")
     bad("compute_hbm_share", ~((b.compute_hbm_share >= 0) & (b.compute_hbm_share <= 1)), "a fraction in [0, 1]")
+    bad("compute_waves", ~(b.compute_waves >= 0), "a grid in waves >= 0 (0: not known)")
     bad("congestion", ~((b.congestion >= 0) & (b.congestion <= 0.95)), "a share in [0, 0.95]")
     bad("noise", ~(b.noise > 0), "a positive factor")

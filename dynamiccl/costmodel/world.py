@@ -50,11 +50,14 @@ Each effect names its evidence and has one place in this module:
    on the transport (``net_protocol_efficiency``: LL over TCP sockets gets ~0.36 of its 50%, AWS
    g5 tables), and each network hop costs the transport's latency for that protocol
    (``net_hop_us``).
-7. **Compute interference** (``evaluate``). NCCL CTAs never share an SM with compute
-   (NVIDIA/nccl#689), so each channel takes one SM from overlapped compute; overlapped kernels
-   contend for HBM ("slow down up to 2x through memory bandwidth", NVIDIA/nccl#1433): collective and
-   compute share HBM proportionally to their demand (a reduction step reads its input and the
-   peer's data and writes one result: ~3 HBM bytes per link byte; copies 2).
+7. **Compute interference** (``evaluate``, one function per effect in
+   :mod:`dynamiccl.costmodel.interference`). NCCL CTAs never share an SM with compute
+   (NVIDIA/nccl#689), so each channel takes one SM from overlapped compute, with the wave tail of a
+   kernel whose grid fills the GPU (a one-wave GEMM beside a 24-CTA AllGather takes two waves);
+   collective and compute share HBM in proportion to their traffic, a link byte costing 2 HBM bytes
+   (copy) or 3 (reduction) (NVIDIA/nccl#1428); the kernel runs at the scarcer of its SMs and its HBM
+   share. The launch delay of a collective launched while compute fills every SM is the replay's
+   (:mod:`dynamiccl.tuning.timeline`), which knows the kernel beside the call.
 8. **Noise**: a multiplicative run-to-run factor supplied with the batch (:mod:`.dynamics`).
 
 Everything that does not depend on a call's size, channels or conditions is computed once per
@@ -76,6 +79,7 @@ from typing import Callable
 import numpy as np
 
 from dynamiccl import schema
+from dynamiccl.costmodel import interference
 from dynamiccl.costmodel.batch import COSTED_FUNCS, CollBatch, is_p2p
 from dynamiccl.costmodel.nccl_constants import ARCH_INDEX, nccl_constants
 from dynamiccl.costmodel.nccl_model import NcclModel, nsteps
@@ -98,7 +102,6 @@ _PROTOCOL_PAYLOAD = {Protocol.LL: 0.5, Protocol.LL128: 120 / 128, Protocol.SIMPL
 # Channels at which NVLS and NVLSTree fill the link ("NVLSTree reaches peak bandwidth with 16 SMs",
 # NVIDIA/nccl#1649).
 _NVLS_PEAK_CHANNELS = 8.0
-_HBM_BYTES_PER_LINK_BYTE = {True: 3.0, False: 2.0}  # reduction / copy
 
 # The per-topology tables have one slot per function the world tells apart: NCCL's tunable
 # collectives, then send/recv (SendRecv, Send and Recv are each one transfer) and AlltoAll.
@@ -566,13 +569,13 @@ class WorldModel:
         net_cap = np.minimum(keys["net_gbytes_per_s"][k] * (1.0 - congestion),
                              chan_cap * keys["channel_net_factor"][k])
         t_net = size * keys["net_volume_per_byte"][k] / (1000.0 * net_cap)
-        # 7. HBM shared with overlapped compute, in proportion to demand (NVIDIA/nccl#1433); only the
+        # 7. HBM shared with overlapped compute in proportion to traffic (NVIDIA/nccl#1428); only the
         # overlapped share of the call runs at the contended rate.
         hbm = self.env.cluster.gpu.hbm_gbytes_per_s
-        comm_demand = np.minimum(bus, keys["intra_datasheet_gbytes_per_s"][k]) * keys["hbm_bytes_per_link_byte"][k]
-        compute_demand = batch.compute_hbm_share * hbm  # while the compute runs
-        contention = 1.0 + batch.overlap * (np.maximum(1.0, (compute_demand + comm_demand) / hbm) - 1.0)
-        t_bw = np.maximum(t_intra, t_net) * pipeline * contention
+        comm_demand = interference.comm_hbm_gbytes_per_s(np.minimum(bus, keys["intra_datasheet_gbytes_per_s"][k]),
+                                                         keys["hbm_bytes_per_link_byte"][k])
+        hbm_slow = interference.hbm_slowdown(batch.compute_hbm_share * hbm, comm_demand, hbm)
+        t_bw = np.maximum(t_intra, t_net) * pipeline * interference.collective_hbm_slowdown(batch.overlap, hbm_slow)
         # 5. Latency: the algorithm's, network hops stretched by congestion (queueing), -g k launches.
         net_hop = keys["net_hop_us"][k] / (1.0 - congestion)
         t_lat = keys["latency_us"][k] + keys["net_hops"][k] * net_hop + self.params.launch_gap_us * (launch_gpus - 1)
@@ -580,13 +583,10 @@ class WorldModel:
         time = np.where(runnable, (t_lat + t_bw) * batch.noise, np.inf)
         latency = np.where(runnable, t_lat * batch.noise, np.inf)
 
-        # 7. Compute beside the call loses one SM per channel (NVIDIA/nccl#689) and shares HBM
-        # (NVIDIA/nccl#1433).
-        sm = self.env.cluster.gpu.sm_count
-        sm_slow = sm / np.maximum(sm - ch, 1.0)
-        mem_slow = np.maximum(1.0, (batch.compute_hbm_share * hbm + comm_demand) / hbm)
-        share = batch.compute_hbm_share
-        compute_slowdown = np.where(batch.overlap > 0, (1 - share) * sm_slow + share * mem_slow, 1.0)
+        # 7. Compute beside the call loses one SM per channel (NVIDIA/nccl#689), with the wave tail of
+        # its grid, and shares HBM (NVIDIA/nccl#1428); the scarcer resource decides.
+        sm_slow = interference.sm_slowdown(ch, self.env.cluster.gpu.sm_count, batch.compute_waves)
+        compute_slowdown = np.where(batch.overlap > 0, interference.compute_slowdown(sm_slow, hbm_slow), 1.0)
         shown = runnable & ~p2p  # send/recv and AlltoAll have no algorithm or protocol to report
         return CostResult(algo=np.where(shown, algo, -1), proto=np.where(shown, proto, -1),
                           channels=channels.astype(np.int64), time_us=time, latency_us=latency,
@@ -712,7 +712,7 @@ class WorldModel:
                     out["net_gbytes_per_s"][i] = net
                     # A channel's network share scales with what the protocol achieves of its ceiling.
                     out["channel_net_factor"][i] = proto_eff / _PROTOCOL_PAYLOAD[proto]
-                    out["hbm_bytes_per_link_byte"][i] = _HBM_BYTES_PER_LINK_BYTE[func in REDUCING_FUNCS]
+                    out["hbm_bytes_per_link_byte"][i] = interference.hbm_bytes_per_link_byte(func in REDUCING_FUNCS)
                     out["intra_datasheet_gbytes_per_s"][i] = links.intra_datasheet_gbytes_per_s
         return out
 

@@ -8,7 +8,9 @@
   (same ``nccl_group`` on the same stream) are launched together: each waits for what preceded the
   group, and whatever follows the group waits for all of them. Consecutive compute ops that nothing
   else waits on in between are merged into one (exact for the replay: no event can fall between
-  them), which keeps the replay of a 405B step small.
+  them), which keeps the replay of a 405B step small; the merged op keeps the durations of the
+  trace's compute ops in it (``op_segments_us``: a collective launched beside one waits for it to
+  end, the launch delay of :mod:`dynamiccl.costmodel.interference`).
 - **calls**: one communication event shared by the ranks taking part. A collective is one call per
   (group, position on that group), joining that call's op on every rank of the group present in
   the file. A send and the matching receive (the k-th send from rank class A to class B with the
@@ -42,8 +44,9 @@ class StepProgram:
     """One compiled training step. Op and call ids index the parallel lists below.
 
     Ops: ``op_rank`` (index into ``ranks``), ``op_is_compute``, ``op_base_us`` (compute work in µs at
-    full speed; 0 for communication), ``op_call`` (call id or -1), ``op_succ`` (ops that list this
-    one as a predecessor), ``op_npred``.
+    full speed; 0 for communication), ``op_segments_us`` (the trace compute ops merged into it, µs at
+    full speed, in order, summing to ``op_base_us``; empty for communication), ``op_call`` (call id or
+    -1), ``op_succ`` (ops that list this one as a predecessor), ``op_npred``.
 
     Calls: ``call_key`` (the :class:`~dynamiccl.callkey.CallKey` the tuner plugin sees: collective,
     NCCL's nBytes, nranks, nnodes, numPipeOps and ``position``, the index among the collectives
@@ -57,6 +60,7 @@ class StepProgram:
     op_rank: list[int] = field(default_factory=list)
     op_is_compute: list[bool] = field(default_factory=list)
     op_base_us: list[float] = field(default_factory=list)
+    op_segments_us: list[list[float]] = field(default_factory=list)
     op_call: list[int] = field(default_factory=list)
     op_succ: list[list[int]] = field(default_factory=list)
     op_npred: list[int] = field(default_factory=list)
@@ -200,6 +204,7 @@ def _compile_rank(prog, rows, ri, rank, rep_of, groups, coll_calls, sends, recvs
             for d in preds[i]:
                 waited_by_comm[d] = True
     merged_into = list(range(n))
+    segments = [[max(0.0, d)] for d in duration]  # per head: the compute ops merged into it
     last_compute = -1
     for i in range(n):
         if kind[i] != "compute":
@@ -210,6 +215,7 @@ def _compile_rank(prog, rows, ri, rank, rep_of, groups, coll_calls, sends, recvs
             head = merged_into[last_compute]
             merged_into[i] = head
             duration[head] += duration[i]
+            segments[head].append(max(0.0, duration[i]))
         last_compute = i
 
     gid_of_row: dict[int, int] = {}
@@ -224,6 +230,7 @@ def _compile_rank(prog, rows, ri, rank, rep_of, groups, coll_calls, sends, recvs
         is_compute = kind[i] == "compute"
         prog.op_is_compute.append(is_compute)
         prog.op_base_us.append(max(0.0, duration[i]) if is_compute else 0.0)
+        prog.op_segments_us.append(segments[i] if is_compute else [])
         prog.op_succ.append([])
         prog.op_npred.append(0)
         call = -1

@@ -14,7 +14,13 @@ Running activities progress at rates that change whenever the set of running act
   network's state now (cross-node calls only), overlap says whether compute runs now on any of its
   ranks (HBM contention), and ``sharing`` counts the calls running at once on the same links (the
   same rank and the same domain: within the node, or across nodes): concurrent collectives split
-  the links' bandwidth, not their latency.
+  the links' bandwidth, not their latency;
+- a call launched while compute runs on one of its ranks first waits for that rank's running
+  compute kernel to end (the *launch delay*, :func:`dynamiccl.costmodel.interference.launch_delay_us`:
+  a training kernel fills every SM, and NCCL's CTAs get SMs only when it frees them,
+  NVIDIA/nccl#1431). The kernel is the trace compute op running then (``op_segments_us``: a
+  merged op keeps its parts); one that starts at the same instant as the call does not delay it;
+  while the call waits its channels hold no SMs.
 
 A call's remaining work is a fraction of it; when rates change, each activity keeps the work done
 so far and continues at its new rate (processor sharing). Congestion changes at the edges of the
@@ -34,11 +40,12 @@ from heapq import heappop, heappush
 import numpy as np
 
 from dynamiccl.costmodel.dynamics import CongestionProcess
+from dynamiccl.costmodel.interference import launch_delay_us
 from dynamiccl.tuning.actions import DEFAULT_ACTION
 from dynamiccl.tuning.costs import CostTable
 from dynamiccl.tuning.program import StepProgram
 
-_COMPUTE, _CALL, _CONGESTION = 0, 1, 2
+_COMPUTE, _CALL, _CONGESTION, _LAUNCH = 0, 1, 2, 3
 
 
 def _duration(cost, congested: int, overlap: int, sharing: int) -> float:
@@ -56,9 +63,18 @@ class _ProgramIndex:
     """What every replay of one program derives from it alone, built once per program: per op its
     position in its rank's compute chain (-1: not compute) and ``block`` (see
     ``_first_waiting_compute``); per rank the prefix sums of its chain's work; per call its link
-    domain (0 within a node, 1 across nodes) and member count; the ops ready at the start."""
+    domain (0 within a node, 1 across nodes) and member count; the ops ready at the start; per
+    compute op the work (µs at full speed) at which each of its trace compute ops ends."""
 
     def __init__(self, program: StepProgram):
+        self.segment_ends: list[list[float]] = []
+        for g, base in enumerate(program.op_base_us):
+            parts = program.op_segments_us[g] if g < len(program.op_segments_us) else []
+            ends, total = [], 0.0
+            for part in parts or [base]:
+                total += part
+                ends.append(total)
+            self.segment_ends.append(ends)
         self.chain_index = [-1] * program.num_ops
         self.chain_prefix = []
         for chain in program.compute_chain:
@@ -102,7 +118,8 @@ class Replay:
         noise: per-call multiplicative run-to-run factor (None: 1).
 
     After ``next_decision()`` returns None the step is done: ``makespan_us``, and per call
-    ``call_start_us``, ``call_end_us``, ``call_action``.
+    ``call_start_us`` (when it was launched), ``call_launch_delay_us`` (how long it then waited for
+    SMs held by the compute kernel beside it), ``call_end_us``, ``call_action``.
 
     Events sit in a heap as ``(time, seq, kind, ident)``; ``seq`` counts pushes (ties run in push
     order) and doubles as the version of the activity's finish event: an activity's entry in
@@ -128,6 +145,8 @@ class Replay:
         self.call_start_us = [math.nan] * n_calls
         self.call_end_us = [math.nan] * n_calls
         self.call_time_at_start_us = [math.nan] * n_calls  # duration under the conditions at start
+        self.call_launch_delay_us = [0.0] * n_calls
+        self._segment_ends = index.segment_ends
         self.op_start_us = [math.nan] * n_ops
         self.op_end_us = [math.nan] * n_ops
         self._call_domain = index.call_domain
@@ -424,6 +443,10 @@ class Replay:
                             update_call(self, other)
                 done_ops += call_size[ident]
                 released = call_ops[ident]
+            elif kind == _LAUNCH:  # the SMs a delayed call waited for are free: it runs from now
+                self.now = now = time
+                Replay._run_call(self, ident)
+                continue
             else:
                 if done_ops >= num_ops:
                     continue
@@ -466,10 +489,12 @@ class Replay:
         heappush(self._heap, (now + rem / rate, seq, _COMPUTE, r))
 
     def _start_call(self, call: int, action: int) -> None:
+        """Launch ``call`` with ``action`` now: it runs at once, or once the compute kernel running
+        on its ranks frees the SMs (:meth:`_launch_delay`)."""
         row = self._call_rows[call][action]
         noise = self.noise[call]
-        self._call_cost[call] = cost = (row[0] * noise, row[1] * noise, row[2] * noise, row[3] * noise,
-                                        row[4] * noise, row[5] * noise, row[6])
+        self._call_cost[call] = (row[0] * noise, row[1] * noise, row[2] * noise, row[3] * noise,
+                                 row[4] * noise, row[5] * noise, row[6])
         self._call_slow[call] = row[6] - 1.0
         self.call_action[call] = action
         now = self.now
@@ -477,6 +502,43 @@ class Replay:
         op_start = self.op_start_us
         for g in self.program.call_ops[call]:
             op_start[g] = now
+        delay = self._launch_delay(call)
+        if delay > 0.0:
+            self.call_launch_delay_us[call] = delay
+            self._push(now + delay, _LAUNCH, call)
+            return
+        self._run_call(call)
+
+    def _launch_delay(self, call: int) -> float:
+        """How long (µs) ``call`` waits for SMs: the longest, over its ranks, that the compute
+        kernel running there still runs at its present rate (NVIDIA/nccl#1431)."""
+        delay = 0.0
+        now = self.now
+        comp_op = self._comp_op
+        for r in self._call_ranks[call]:
+            g = comp_op[r]
+            if g < 0:
+                continue
+            rate = self._comp_rate[r]
+            left = self._comp_rem[r] - (now - self._comp_t[r]) * rate
+            done = self.program.op_base_us[g] - (left if left > 0.0 else 0.0)
+            begin = 0.0
+            for end in self._segment_ends[g]:
+                if end > done + 1e-9:  # the kernel running now began at ``begin`` and ends at ``end``
+                    # One starting at this instant is placed together with the call: neither holds
+                    # the SMs first, so the call does not wait.
+                    if done - begin > 1e-9:
+                        wait = launch_delay_us((end - done) / rate)
+                        if wait > delay:
+                            delay = wait
+                    break
+                begin = end
+        return delay
+
+    def _run_call(self, call: int) -> None:
+        """``call`` (launched, with its configuration set) takes its SMs and links now."""
+        cost = self._call_cost[call]
+        now = self.now
         # Its rate from now on: in the conditions now, counting itself among the calls on its links
         # (``conditions`` as it joins its ranks).
         dom = self._call_domain[call]
