@@ -59,10 +59,9 @@ import numpy as np
 from dynamiccl.callkey import CallKey
 from dynamiccl.costmodel.world import ALGORITHM_TRAFFIC, P2P_TRAFFIC, Communicator, HopLatency, WorldModel
 from dynamiccl.envspec import EnvSpec
-from dynamiccl.errors import InputError
-from dynamiccl.nccl import FUNC_OP, KEEP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Func
+from dynamiccl.nccl import FUNC_OP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Func
 from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule
-from dynamiccl.tuning.actions import DEFAULT_ACTION, describe_action
+from dynamiccl.tuning.actions import DEFAULT_ACTION
 from dynamiccl.tuning.cases import LoadedCase, default_schedule, new_replay
 from dynamiccl.tuning.costs import CostTable
 
