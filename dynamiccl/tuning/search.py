@@ -468,5 +468,32 @@ def step_bounds(loaded: LoadedCase, state: int) -> StepBounds:
     return _BOUNDS[cache_key]
 
 
+# --- text ----------------------------------------------------------------------------------------------
+
+
+def search_report_text(rows: Sequence[dict]) -> str:
+    """An nccl-tests-style table, one line per searched case: mean step times (ms) of NCCL's default,
+    the searched table, the line-rate bound and the no-communication ceiling, each bound's speedup
+    over the default, the rules the table changes and the search's work. ``rows``: ``SearchResult.to_json()``
+    with ``line_rate_bound_step_time_us`` and ``no_comm_step_time_us`` lists (per state) added."""
+    head = ("# case", "default", "search", "speedup", "line-rate", "speedup", "no-comm", "speedup", "rules",
+            "replays", "wall")
+    units = ("#", "(ms)", "(ms)", "", "(ms)", "", "(ms)", "", "changed", "", "(s)")
+    width = max([len("# case")] + [len(row["case"]) for row in rows])
+    fmt_row = f"{{:<{width}}}  {{:>11}}  {{:>11}}  {{:>8}}  {{:>11}}  {{:>8}}  {{:>11}}  {{:>8}}  {{:>8}}  {{:>8}}  {{:>6}}"
+    lines = ["# the searched decision table beside NCCL's default and the two bounds (mean over the states)",
+             fmt_row.format(*head), fmt_row.format(*units)]
+    for row in rows:
+        default = float(np.mean(row["default_step_time_us"]))
+        times = [float(np.mean(row[k])) for k in ("search_step_time_us", "line_rate_bound_step_time_us",
+                                                    "no_comm_step_time_us")]
+        cells = [row["case"], f"{default / 1e3:.3f}"]
+        for value in times:
+            cells += [f"{value / 1e3:.3f}", f"{default / value:.4f}"]
+        cells += [f"{row['changed_rules']}/{row['rules']}", str(row["replays"]), f"{row['wall_s']:.1f}"]
+        lines.append(fmt_row.format(*cells))
+    return "\n".join(lines)
+
+
 __all__ = ["DEFAULT_MAX_SWEEPS", "LineRates", "RuleKey", "SearchResult", "StepBounds", "StepScorer", "band_bytes",
-           "line_rate_time_us", "line_rate_times_us", "search_case", "step_bounds", "table_of"]
+           "line_rate_time_us", "line_rate_times_us", "search_case", "search_report_text", "step_bounds", "table_of"]
