@@ -54,10 +54,11 @@ def add(sub) -> None:
     p.add_argument("--split", choices=("heldout", "train"), default="heldout", help="with --config (default heldout)")
     p.add_argument("--case", help="with --config: only the cases whose label contains this text")
     p.add_argument("--run-dir", help="with --config: where its workloads are generated (default experiments/<name>/run)")
-    p.add_argument("--trace", help="a trace file (instead of --config), with --env")
+    p.add_argument("--trace", help="a trace file (instead of --config), with --env; with neither: the built-in "
+                                   "case (Llama-3 8B TP2 x DP8 on h100-ib-2x8-heavy-compute)")
     p.add_argument("--env", help="environment spec name or path, with --trace")
-    p.add_argument("--states", type=int, default=4, help="dynamics states (with --trace; --config uses its own)")
-    p.add_argument("--state-offset", type=int, default=1000, help="first dynamics state (with --trace)")
+    p.add_argument("--states", type=int, default=4, help="dynamics states (without --config, which has its own)")
+    p.add_argument("--state-offset", type=int, default=1000, help="first dynamics state (without --config)")
     p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=simulated_cost_models(),
                    help=cost_models_help(simulated_cost_models()))
     p.add_argument("--max-sweeps", type=int, default=4, help="coordinate-descent sweeps at most (default 4)")
@@ -117,7 +118,8 @@ def cmd_evaluate(args) -> int:
 
 
 def _search_cases(args):
-    """(cases, states, cost model) that ``dynamiccl search`` searches."""
+    """(cases, states, cost model) that ``dynamiccl search`` searches: a config's split, a trace on an
+    environment spec, or by default ``TuningEnv``'s built-in case (Llama-3 8B TP2 x DP8 on two H100 nodes)."""
     from dynamiccl.tuning.cases import Case
     from dynamiccl.tuning.evaluate import EvaluationPlan
 
@@ -129,12 +131,16 @@ def _search_cases(args):
             if not cases:
                 raise InputError("--case", None, f"no {args.split} case of {args.config} has {args.case!r} in its label")
         return list(cases), list(states), plan.model
+    if args.states < 1 or args.state_offset < 0:
+        raise InputError("--states", None, f"expected --states >= 1 and --state-offset >= 0, got "
+                         f"{args.states}, {args.state_offset}")
     if args.trace and args.env:
-        if args.states < 1 or args.state_offset < 0:
-            raise InputError("--states", None, f"expected --states >= 1 and --state-offset >= 0, got "
-                             f"{args.states}, {args.state_offset}")
         return [Case(args.trace, args.env)], list(range(args.state_offset, args.state_offset + args.states)), args.model
-    raise InputError("search", None, "give --config, or --trace and --env")
+    if args.trace or args.env:
+        raise InputError("--trace" if not args.trace else "--env", None, "give --trace and --env together")
+    from dynamiccl.tuning.env import default_cases
+
+    return default_cases(), list(range(args.state_offset, args.state_offset + args.states)), args.model
 
 
 def cmd_search(args) -> int:
