@@ -191,8 +191,10 @@ SUMMARY_COLUMNS = ["agent", "episodes", "geomean_speedup", "min_speedup", "mean_
                    "no_comm_geomean_speedup"]
 
 
-def _geomean_ratio(numerator: np.ndarray, denominator: np.ndarray) -> float:
-    """Geometric mean of numerator / denominator; NaN if any is NaN (not computed)."""
+def _geomean_ratio(numerator: np.ndarray | None, denominator: np.ndarray | None) -> float:
+    """Geometric mean of numerator / denominator; NaN if either is missing or any value is NaN (not computed)."""
+    if numerator is None or denominator is None:
+        return math.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = numerator / denominator
     if not len(ratio) or np.isnan(ratio).any():
@@ -310,15 +312,16 @@ class Results:
         for agent, group in steps.groupby("agent", sort=False):
             log_speedup = np.log(group["speedup"].to_numpy(dtype=np.float64))
             per_case = group.assign(log_speedup=log_speedup).groupby("case", sort=False)["log_speedup"].mean()
-            default = group["default_step_time_us"].to_numpy(dtype=np.float64)
+            column_of = lambda name: (group[name].to_numpy(dtype=np.float64)  # noqa: E731
+                                      if name in group.columns else None)
             rows.append({
                 "agent": agent, "episodes": len(group),
                 "geomean_speedup": float(np.exp(log_speedup.mean())),
                 "min_speedup": float(group["speedup"].min()),
                 "mean_gain_share": float(group["gain_share"].mean()),  # pandas skips NaN
-                "mean_gap_to_search": float(group["gap_to_search"].mean()),
+                "mean_gap_to_search": float(group["gap_to_search"].mean()) if "gap_to_search" in group else math.nan,
                 "slower_share": float((per_case < -math.log1p(SLOWER_TOLERANCE)).mean()),
-                **{f"{name}_geomean_speedup": _geomean_ratio(default, group[column].to_numpy(dtype=np.float64))
+                **{f"{name}_geomean_speedup": _geomean_ratio(column_of("default_step_time_us"), column_of(column))
                    for name, column in (("search", "search_step_time_us"),
                                         ("line_rate_bound", "line_rate_bound_step_time_us"),
                                         ("no_comm", "no_comm_step_time_us"))},
