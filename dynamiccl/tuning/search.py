@@ -257,7 +257,8 @@ class SearchResult:
 
 
 def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = DEFAULT_MAX_SWEEPS,
-                verify: int = DEFAULT_VERIFY, start: np.ndarray | None = None, progress=None) -> SearchResult:
+                verify: int = DEFAULT_VERIFY, start: np.ndarray | None = None, greedy_start: bool = True,
+                progress=None) -> SearchResult:
     """Search the best decision table for ``loaded`` over the dynamics ``states`` (module docstring).
 
     Args:
@@ -267,6 +268,8 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
         verify: candidates per key replayed on every state after screening on the first.
         start: an extra start (one action per key of ``StepScorer(loaded, states).keys``), tried
             beside NCCL's default and the greedy table.
+        greedy_start: whether the greedy table is a start (False: the descent starts from NCCL's
+            default, or ``start`` if better).
         progress: a tqdm-like bar (``update``, ``set_postfix_str``) advanced once per key visited.
 
     Raises:
@@ -278,7 +281,9 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
     scorer = StepScorer(loaded, states)
     n = len(scorer.keys)
     default = np.zeros(n, dtype=np.int64)
-    starts = {"nccl-default": default, "greedy": scorer.greedy_table()}
+    starts = {"nccl-default": default}
+    if greedy_start:
+        starts["greedy"] = scorer.greedy_table()
     if start is not None:
         start = np.asarray(start, dtype=np.int64)
         if start.shape != (n,):
