@@ -188,3 +188,24 @@ def test_search_command_writes_a_table_and_the_figures(tmp_path, capsys):
     assert len(load(table).rules) == row["rules"]
     assert main(["search", "--trace", CASE.trace, "-o", str(table)]) == 2
     assert "give --trace and --env together" in capsys.readouterr().err
+
+
+def test_incremental_scoring_is_exact(loaded):
+    """A replay continued from a fork of the common prefix gives the step time of a replay from the
+    start, bit for bit, and forking leaves the original untouched."""
+    scorer = StepScorer(loaded, STATES)
+    rng = np.random.default_rng(0)
+    for trial in range(4):
+        table = np.array([rng.choice(scorer.candidates(k)) for k in range(len(scorer.keys))], dtype=np.int64)
+        key = int(rng.integers(len(scorer.keys)))
+        prefix = scorer.prefix(table, STATES[trial % 2], key)
+        assert prefix is not None and scorer._key_of_call[prefix.next_decision()] == key
+        pending = prefix.next_decision()
+        fresh = StepScorer(loaded, STATES)  # no memo shared with the incremental one
+        assert scorer.step_time_us(table, STATES[trial % 2], prefix) == fresh.step_time_us(table, STATES[trial % 2])
+        assert prefix.next_decision() == pending and math.isnan(prefix.call_start_us[pending])  # not advanced
+
+
+def test_incremental_search_finds_what_the_full_replays_find(loaded, result):
+    full = search_case(loaded, STATES, incremental=False)
+    assert full.actions == result.actions and full.step_time_us == result.step_time_us
