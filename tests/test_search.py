@@ -202,7 +202,8 @@ def test_incremental_scoring_is_exact(loaded):
         assert prefix is not None and scorer._key_of_call[prefix.next_decision()] == key
         pending = prefix.next_decision()
         fresh = StepScorer(loaded, STATES)  # no memo shared with the incremental one
-        assert scorer.step_time_us(table, STATES[trial % 2], prefix) == fresh.step_time_us(table, STATES[trial % 2])
+        assert scorer.step_time_us(table, STATES[trial % 2], lambda: prefix) == \
+            fresh.step_time_us(table, STATES[trial % 2])
         assert prefix.next_decision() == pending and math.isnan(prefix.call_start_us[pending])  # not advanced
 
 

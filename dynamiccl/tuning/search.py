@@ -52,10 +52,11 @@ nothing (the ceiling).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -177,16 +178,19 @@ class StepScorer:
             per_call[call] = action
         return per_call
 
-    def step_time_us(self, table: np.ndarray, state: int, prefix: Replay | None = None) -> float:
+    def step_time_us(self, table: np.ndarray, state: int,
+                     prefix: Callable[[], Replay | None] | None = None) -> float:
         """The step time (µs) of one replay of the case under ``table`` in dynamics ``state``.
 
-        ``prefix`` (from :meth:`prefix`) is a replay of a table that agrees with ``table`` on every
-        call decided so far: the replay continues from a fork of it instead of from the start (the
-        same result, bit for bit, in a fraction of the time)."""
+        ``prefix``, called only when the table's step time is not memoised yet, returns a replay
+        (from :meth:`prefix`) of a table that agrees with ``table`` on every call decided so far,
+        or None: the replay continues from a fork of it instead of from the start (the same result,
+        bit for bit, in a fraction of the time)."""
         effective = self.effective(table)
         memo_key = (int(state), effective.tobytes())
         if memo_key not in self._memo:
-            replay = prefix.fork() if prefix is not None else new_replay(self.loaded, int(state))
+            start = prefix() if prefix is not None else None
+            replay = start.fork() if start is not None else new_replay(self.loaded, int(state))
             self._memo[memo_key] = float(replay.run(self._per_call(effective).__getitem__))
             self.replays += 1
         return self._memo[memo_key]
@@ -205,11 +209,10 @@ class StepScorer:
         return None
 
     def step_times_us(self, table: np.ndarray, states: Sequence[int] | None = None,
-                      prefixes: dict[int, Replay | None] | None = None) -> np.ndarray:
+                      prefix: Callable[[int], Replay | None] | None = None) -> np.ndarray:
         """``step_time_us`` in each of ``states`` (default: all the scorer's states), each continuing
-        from ``prefixes[state]`` where given."""
-        prefixes = prefixes or {}
-        return np.array([self.step_time_us(table, s, prefixes.get(s))
+        from ``prefix(state)`` where given (called only for a table not memoised in that state)."""
+        return np.array([self.step_time_us(table, s, None if prefix is None else functools.partial(prefix, s))
                          for s in (self.states if states is None else states)])
 
     def greedy_table(self) -> np.ndarray:
@@ -337,9 +340,16 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
             if progress is not None:
                 progress.set_postfix_str(f"sweep {sweep}, {scorer.keys[key].describe()}", refresh=False)
             current = scorer.effective(incumbent).tobytes()
-            prefix_of = scorer.prefix if incremental else (lambda table, state, key: None)
-            prefixes = {screen_state: prefix_of(incumbent, screen_state, key)}
-            incumbent_screen = scorer.step_time_us(incumbent, screen_state, prefixes[screen_state])
+            prefixes: dict[int, Replay | None] = {}
+
+            def prefix(state: int, key: int = key, incumbent: np.ndarray = incumbent) -> Replay | None:
+                # The incumbent's replay up to the key's first call, once per state, only if a
+                # candidate needs a replay (and only when scoring is incremental).
+                if incremental and state not in prefixes:
+                    prefixes[state] = scorer.prefix(incumbent, state, key)
+                return prefixes.get(state)
+
+            incumbent_screen = scorer.step_time_us(incumbent, screen_state, functools.partial(prefix, screen_state))
             screened = []
             for action in scorer.candidates(key).tolist():
                 if action == incumbent[key]:
@@ -348,18 +358,15 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
                 trial[key] = action
                 if scorer.effective(trial).tobytes() == current:
                     continue
-                time_us = scorer.step_time_us(trial, screen_state, prefixes[screen_state])
+                time_us = scorer.step_time_us(trial, screen_state, functools.partial(prefix, screen_state))
                 if time_us < incumbent_screen:
                     screened.append((time_us, action))
             screened.sort()
-            if screened:  # the other states' prefixes, only when a candidate is verified on them
-                prefixes.update({state: prefix_of(incumbent, state, key) for state in scorer.states
-                                 if state not in prefixes})
             better = None
             for _, action in screened[:verify]:
                 trial = incumbent.copy()
                 trial[key] = action
-                mean = float(scorer.step_times_us(trial, prefixes=prefixes).mean())
+                mean = float(scorer.step_times_us(trial, prefix=prefix).mean())
                 if mean < best * (1.0 - 1e-12):
                     best, better = mean, trial
             if better is not None:
