@@ -210,3 +210,30 @@ def test_incremental_scoring_is_exact(loaded):
 def test_incremental_search_finds_what_the_full_replays_find(loaded, result):
     full = search_case(loaded, STATES, incremental=False)
     assert full.actions == result.actions and full.step_time_us == result.step_time_us
+
+
+def test_a_fork_runs_on_without_touching_the_original(loaded):
+    from dynamiccl.tuning.cases import new_replay
+
+    replay = new_replay(loaded, 0)
+    for _ in range(len(loaded.program.tunable_calls) // 2):
+        replay.decide(replay.next_decision(), DEFAULT_ACTION)
+    pending = replay.next_decision()
+    before = {name: (list(map(list, value)) if name in ("_rank_calls", "_rank_domain") else
+                     list(value) if isinstance(value, list) else value)
+              for name, value in vars(replay).items() if name != "_events"}
+    fork = replay.fork()
+    valid = np.flatnonzero(loaded.costs.mask[loaded.costs.call_row[pending]])
+    fork.run(lambda call: int(valid[-1]) if call == pending else DEFAULT_ACTION)
+    after = {name: (list(map(list, value)) if name in ("_rank_calls", "_rank_domain") else
+                    list(value) if isinstance(value, list) else value)
+             for name, value in vars(replay).items() if name != "_events"}
+    assert after.keys() == before.keys()
+    for name in before:
+        assert after[name] is before[name] or after[name] == before[name] or (
+            # NaN != NaN: compare lists of floats position by position
+            isinstance(before[name], list) and all(a == b or (a != a and b != b)
+                                                   for a, b in zip(after[name], before[name]))), name
+    # and the original finishes as a replay that never forked
+    fresh = new_replay(loaded, 0)
+    assert replay.run() == fresh.run()

@@ -194,12 +194,6 @@ class Replay:
         self._pending.remove(call)
         self._start_call(call, int(action))
 
-    # What a replay changes as it runs: flat lists (copied by ``fork``), and nested containers.
-    _FLAT_STATE = ("_npred", "_ready_members", "call_action", "call_start_us", "call_end_us", "call_time_at_start_us",
-                   "op_start_us", "op_end_us", "_heap", "_comp_op", "_comp_rem", "_comp_rate", "_comp_t", "_comp_ver",
-                   "_chain_pos", "_call_rem", "_call_rate", "_call_t", "_call_ver", "_call_cost", "_call_slow",
-                   "_pending", "_ready_ops")
-
     def fork(self) -> "Replay":
         """An independent copy of this replay where it stands (at a pending decision, or before the
         first): deciding on the copy changes nothing here. The program, cost table, noise and the
@@ -210,9 +204,11 @@ class Replay:
         Raises:
             RuntimeError: while the event loop runs (only between ``next_decision`` / ``decide`` calls).
         """
-        clone = copy.copy(self)  # scalars (now, makespan, counters) by value, read-only state shared
-        for name in self._FLAT_STATE:
-            setattr(clone, name, list(getattr(self, name)))
+        clone = copy.copy(self)  # scalars (now, makespan, counters) by value; program, costs, noise shared
+        for name, value in vars(self).items():
+            if isinstance(value, list):  # every per-op / per-call / per-rank list, and the event heap
+                setattr(clone, name, list(value))
+        # The containers whose inner lists change as the replay runs.
         clone._rank_calls = [list(calls) for calls in self._rank_calls]
         clone._rank_domain = (list(self._rank_domain[0]), list(self._rank_domain[1]))
         # The suspended event loop keeps no state of its own between decisions (its locals are the
