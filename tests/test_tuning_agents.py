@@ -510,3 +510,12 @@ def test_summary_by_agent_is_the_summary_as_json_with_nan_as_null():
     for agent, row in by_agent.items():
         assert set(row) == set(summary.columns)
         assert all(v is None or v == summary.loc[agent, k] for k, v in row.items())
+
+
+def test_evaluate_uses_a_given_search_agent_as_its_reference(env):
+    search = SearchAgent(max_sweeps=0)  # the better of its starts, no descent
+    results = evaluate([NcclDefaultAgent(), search], env, [0], progress=False)
+    assert list(pd.unique(results.steps["agent"])) == ["search", "nccl-default"]  # not run twice
+    assert search.states == [0] and set(search.results) == {case.label for case in env.cases}
+    assert all(result.sweeps == 0 and result.states == [0] for result in search.results.values())
+    assert set(results.meta["search"]) == set(search.results)
