@@ -5,7 +5,10 @@
 (:class:`~dynamiccl.tuning.agents.SearchAgent`, always run: the best decision table for the case,
 searched over exactly those states; it gives ``search_step_time_us``, ``gap_to_search`` and
 ``gain_share``) and the two bounds of :func:`dynamiccl.tuning.search.step_bounds` (every call at
-its links' line rate with no interference, and communication costing nothing). Online agents (``needs_measurements``) run instead ``online_steps`` consecutive
+its links' line rate with no interference, and communication costing nothing). The search is
+the costly part: a few hundred whole-step replays per case (on 2 cores, seconds for most of the
+default experiment's held-out cases, about half a minute of CPU for its largest Llama-3 8B step);
+it runs always because every gain share needs it. Online agents (``needs_measurements``) run instead ``online_steps`` consecutive
 episodes per case, states cycling through ``states``, with a fresh learner per case that keeps
 learning across those steps; after every decision it is given the call's duration under the
 conditions at its start, noise included (what NCCL's profiler plugin would report).
