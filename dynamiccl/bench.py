@@ -113,6 +113,12 @@ BENCHMARKS = {b.name: b for b in (
         ("validate", "--measurements", "../shared/calibration/measurements.csv", "--plot", "{tmp}/v.png",
          "--json", "{tmp}/v.json"), json_file="{tmp}/v.json", rate_key="overall.world.small", max_value=0.25),
     Benchmark(
+        "search-8b",
+        "search the best decision table for one Llama-3 8B step (TuningEnv's built-in case: TP2 x DP8 on two "
+        "H100 nodes beside memory-bound compute, 4 dynamics states, whole-step replay per candidate); "
+        "target <= 300 s on 2 cores (issue 14)",
+        ("search", "-o", "{tmp}/table.json", "--json", "{tmp}/search.json"), target_s=300.0),
+    Benchmark(
         "heldout-speedup",
         "the default experiment's trained policy on its held-out split (world simulator): step-time "
         "geometric-mean speedup over NCCL's default; target >= 1.10 (issue 5)",

@@ -5,7 +5,9 @@
    summarise what it communicates;
 2. train a small MaskablePPO policy on three (workload, cluster, dynamics) cases;
 3. evaluate it on held-out cases (the generated trace among them) against NCCL's default, the
-   per-call oracle, the static best, a UCB bandit and coordinate descent;
+   search reference (the best decision table per case) with the line-rate bound and the
+   no-communication ceiling, the per-call greedy baseline, the static best, a UCB bandit and
+   coordinate descent;
 4. export the policy as a decision table (and NVIDIA's example-plugin CSV);
 5. write the report (HTML with plots, and a Markdown summary).
 
@@ -131,7 +133,7 @@ def run_demo(out_dir: Path, command: Callable[[list[str]], int], timesteps: int 
     results, table = out_dir / "results.parquet", out_dir / "table.json"
     print(f"[2/5] training a small policy ({timesteps:,} decisions) on the cases of {config}")
     _run("     ", ["train", "--config", str(config), "--output-dir", str(run_dir)])
-    print("[3/5] evaluating it on held-out cases against NCCL's default, the oracle and the online baselines")
+    print("[3/5] evaluating it on held-out cases against NCCL's default, the search reference and the baselines")
     _run("     ", ["evaluate", "--config", str(config), "--run-dir", str(run_dir), "--policy",
                    str(run_dir / "policy.zip"), "--online-steps", str(DEMO_ONLINE_STEPS), "-o", str(results)])
     print("[4/5] exporting the policy as a decision table for the tuner plugin")

@@ -209,7 +209,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
     results = Results.read(out / "results.parquet")
     agents = set(results.steps["agent"])
-    assert {"nccl-default", "oracle", "policy", "ucb-bandit", "coordinate-descent"} <= agents
+    assert {"nccl-default", "search", "greedy-per-call", "policy", "ucb-bandit", "coordinate-descent"} <= agents
     assert load(out / "table.json").provenance["policy"] == str(out / "run" / "policy.zip")
     assert "What is where" in done.stdout and str(out / "table.json") in done.stdout
     assert "$ dynamiccl table export --policy" in done.stdout and "note:" not in done.stderr  # the new spelling
@@ -314,7 +314,7 @@ def test_evaluate_json_is_the_results_summary_by_agent(tmp_path, capsys):
     printed = capsys.readouterr().out
     written = json.loads(summary.read_text())
     assert written["results"] == str(out) and written["summary"] == Results.read(out).summary_by_agent()
-    assert list(written["summary"]) == ["oracle", "nccl-default", "random"]
+    assert list(written["summary"]) == ["search", "nccl-default", "random"]
     assert printed.splitlines()[-1].endswith(f"(cost model: {written['cost_model']})")
     assert written["cost_model"].startswith("world simulator")
     assert main(["evaluate", "--traces", "traces/ref-pp2-dp2.parquet", "-o", str(out)]) == 2

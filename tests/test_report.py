@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = [("traces/ref-pp2-dp2.parquet", "dgx-h100")]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-HEADINGS = ("Overview", "Decision maps per collective", "Step-time speedup per case", "Where the time goes",
-            "Regret against the oracle", "Provenance")
+HEADINGS = ("Overview", "Headroom per case", "Decision maps per collective", "Step-time speedup per case",
+            "Where the time goes", "Gap to the search reference", "Provenance")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def test_html_is_self_contained_with_sections_and_plots(report_dir):
     for heading in HEADINGS + ("Decision table",):
         assert f"<h2>{heading}</h2>" in html
     pngs = embedded_pngs(html)
-    # decision map(s), speedup, time by parallelism and by collective, regret, online learners
-    assert len(pngs) >= 6
+    # headroom, decision map(s), speedup, time by parallelism and by collective, gap to search, online learners
+    assert len(pngs) >= 7
     assert all(png.startswith(PNG_MAGIC) for png in pngs)
     for forbidden in ("http://", "https://", 'src="/', "<script", "<link"):
         assert forbidden not in html
@@ -79,10 +79,20 @@ def test_summary_headline_matches_results(results_file, report_dir):
     assert math.isclose(geomean, summary.loc["table", "geomean_speedup"])
     assert f"table: geomean step-time speedup {geomean:.4f}x over NCCL's default" in text
     assert f"worst episode {steps['speedup'].min():.4f}x" in text
-    assert f"oracle (per-call greedy): geomean speedup {summary.loc['oracle', 'geomean_speedup']:.4f}x" in text
-    for agent in ("oracle", "nccl-default", "random", "table", "ucb-bandit"):
+    search = summary.loc["table"]
+    assert (f"search (the best decision table per case): geomean {search.search_geomean_speedup:.4f}x; line-rate "
+            f"bound {search.line_rate_bound_geomean_speedup:.4f}x; no-communication ceiling "
+            f"{search.no_comm_geomean_speedup:.4f}x") in text
+    for agent in ("search", "nccl-default", "random", "table", "ucb-bandit"):
         row = summary.loc[agent]
         assert f"| {agent} | {int(row.episodes)} | {row.geomean_speedup:.4f} | {row.min_speedup:.4f} |" in text
+    # The headroom table: per case default, agent, search, line-rate bound, ceiling, and a verdict.
+    case = results.steps["case"].iloc[0]
+    gain = search.search_geomean_speedup - 1
+    verdict = "nothing to gain" if gain < 0.005 else f"search gains {100 * gain:.2f}%"
+    assert re.search(rf"\| {re.escape(case)} \| [0-9.]+ \| {summary.loc['table', 'geomean_speedup']:.4f} \| "
+                     rf"{search.search_geomean_speedup:.4f} \| {search.line_rate_bound_geomean_speedup:.4f} \| "
+                     rf"{search.no_comm_geomean_speedup:.4f} \| [-0-9.]+ \| {verdict} \|", text)
 
 
 def test_missing_calls_file_still_reports(results_file, tmp_path, capsys):
@@ -135,6 +145,10 @@ def test_recorded_experiment(tmp_path):
     text = (out / "summary.md").read_text(encoding="utf-8")
     summary = Results(pd.read_parquet(RECORDED), pd.DataFrame(), {}).summary().set_index("agent")
     assert f"policy: geomean step-time speedup {summary.loc['policy', 'geomean_speedup']:.4f}x" in text
+    # Written before the search reference: its per-call greedy "oracle" reads as greedy-per-call, and no
+    # search number is made up for it.
+    assert "search reference: not in these results" in text and "| greedy-per-call |" in text
+    assert "| oracle |" not in text
 
 
 def test_provenance_names_the_compute_of_every_case(tmp_path):

@@ -228,10 +228,10 @@ def test_states_offset_selects_held_out_dynamics():
     assert all(1000 <= env.reset()[1]["state"] < 1003 for _ in range(10))
 
 
-def test_oracle_costs_price_every_valid_action():
+def test_exposed_costs_price_every_valid_action():
     env = TuningEnv([LLAMA])
     env.reset(options={"case": 0, "state": 0})
-    costs = env.simulator.oracle_costs()
+    costs = env.simulator.exposed_costs()
     mask = env.action_masks()
     assert np.isfinite(costs[mask]).all() and np.isinf(costs[~mask]).all()
     assert costs[DEFAULT_ACTION] >= 0

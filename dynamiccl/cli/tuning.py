@@ -1,5 +1,6 @@
 """Tuning commands: ``dynamiccl train`` (a policy from an experiment config), ``evaluate`` (agents
-against NCCL's default and the oracle) and ``replay`` (one step with NCCL's choices, and how fast)."""
+against NCCL's default and the search reference), ``search`` (the best decision table for a case,
+and the bounds beside it) and ``replay`` (one step with NCCL's choices, and how fast)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dynamiccl.errors import InputError
 
 
 def add(sub) -> None:
-    """Add ``train``, ``evaluate`` and ``replay`` to the sub-command parsers ``sub``."""
+    """Add ``train``, ``evaluate``, ``search`` and ``replay`` to the sub-command parsers ``sub``."""
     from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL, cost_models_help, simulated_cost_models
     from dynamiccl.tuning.agent_registry import AGENTS
 
@@ -24,7 +25,7 @@ def add(sub) -> None:
     p.add_argument("--timesteps", type=int, help="override [train] total_timesteps")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="compare a policy with NCCL's default, the oracle and the baselines",
+    p = sub.add_parser("evaluate", help="compare a policy with NCCL's default, the search reference and the baselines",
                        description="Replay held-out steps with every agent and write per-step and per-collective "
                                    "results (RESULTS.parquet and RESULTS.calls.parquet).")
     p.add_argument("--policy", help="policy.zip from `dynamiccl train`, or a decision table (.json/.csv/.conf/.txt)")
@@ -43,6 +44,28 @@ def add(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="results file (.parquet)")
     p.add_argument("--json", help="also write the per-agent summary as JSON here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("search", help="search the best decision table for a case (the reference of every gain share)",
+                       description="Search the decision table itself (one rule per collective, communicator shape and "
+                                   "size band of the step), scoring each candidate by replaying the whole step in every "
+                                   "dynamics state; write it as a table the plugin applies, and print it beside NCCL's "
+                                   "default, the line-rate bound and the no-communication ceiling.")
+    p.add_argument("--config", help="experiment config: search its held-out cases (--split train: its training cases)")
+    p.add_argument("--split", choices=("heldout", "train"), default="heldout", help="with --config (default heldout)")
+    p.add_argument("--case", help="with --config: only the cases whose label contains this text")
+    p.add_argument("--run-dir", help="with --config: where its workloads are generated (default experiments/<name>/run)")
+    p.add_argument("--trace", help="a trace file (instead of --config), with --env; with neither: the built-in "
+                                   "case (Llama-3 8B TP2 x DP8 on h100-ib-2x8-heavy-compute)")
+    p.add_argument("--env", help="environment spec name or path, with --trace")
+    p.add_argument("--states", type=int, default=4, help="dynamics states (without --config, which has its own)")
+    p.add_argument("--state-offset", type=int, default=1000, help="first dynamics state (without --config)")
+    p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=simulated_cost_models(),
+                   help=cost_models_help(simulated_cost_models()))
+    p.add_argument("--max-sweeps", type=int, default=4, help="coordinate-descent sweeps at most (default 4)")
+    p.add_argument("-o", "--output", required=True,
+                   help="the table (.json/.csv/.conf/.txt) for one case; for several, a directory of <case>.json")
+    p.add_argument("--json", help="also write the per-case figures as JSON here")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("replay", help="replay a trace step on an environment spec with NCCL's choices",
                        description="Replay one step of a trace with NCCL's default choices on a cluster; print the "
@@ -91,6 +114,70 @@ def cmd_evaluate(args) -> int:
                                                  "cost_model": evaluation.cost_model}, indent=1) + "\n")
     print(f"wrote {args.output} and its .calls.parquet in {time.perf_counter() - started:.0f} s "
           f"(cost model: {evaluation.cost_model})")
+    return 0
+
+
+def _search_cases(args):
+    """(cases, states, cost model) that ``dynamiccl search`` searches: a config's split, a trace on an
+    environment spec, or by default ``TuningEnv``'s built-in case (Llama-3 8B TP2 x DP8 on two H100 nodes)."""
+    from dynamiccl.tuning.cases import Case
+    from dynamiccl.tuning.evaluate import EvaluationPlan
+
+    if args.config:
+        plan = EvaluationPlan.from_config(args.config, args.run_dir)
+        cases, states = ((plan.cases, plan.states) if args.split == "heldout" else (plan.fit_cases, plan.fit_states))
+        if args.case:
+            cases = tuple(c for c in cases if args.case in c.label)
+            if not cases:
+                raise InputError("--case", None, f"no {args.split} case of {args.config} has {args.case!r} in its label")
+        return list(cases), list(states), plan.model
+    if args.states < 1 or args.state_offset < 0:
+        raise InputError("--states", None, f"expected --states >= 1 and --state-offset >= 0, got "
+                         f"{args.states}, {args.state_offset}")
+    if args.trace and args.env:
+        return [Case(args.trace, args.env)], list(range(args.state_offset, args.state_offset + args.states)), args.model
+    if args.trace or args.env:
+        raise InputError("--trace" if not args.trace else "--env", None, "give --trace and --env together")
+    from dynamiccl.tuning.env import default_cases
+
+    return default_cases(), list(range(args.state_offset, args.state_offset + args.states)), args.model
+
+
+def cmd_search(args) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from dynamiccl import atomic
+    from dynamiccl import table as table_io
+    from dynamiccl.tuning.cases import load_case
+    from dynamiccl.tuning.search import search_case, search_report_text, step_bounds
+
+    if args.max_sweeps < 0:
+        raise InputError("--max-sweeps", None, f"expected >= 0, got {args.max_sweeps}")
+    cases, states, model = _search_cases(args)
+    output = Path(args.output)
+    if len(cases) == 1 and output.suffix.lower() in table_io.FORMATS:
+        destinations = [output]
+    elif output.suffix.lower() in table_io.FORMATS:
+        raise InputError("--output", None, f"{len(cases)} cases give {len(cases)} tables: give a directory, "
+                         "or pick one case with --case")
+    else:
+        destinations = [output / f"{case.label}.json" for case in cases]
+    rows = []
+    for case, dest in zip(cases, destinations):
+        loaded = load_case(case, model)
+        with tqdm(desc=f"search {case.label}", unit="key", leave=False) as bar:
+            result = search_case(loaded, states, max_sweeps=args.max_sweeps, progress=bar)
+        bounds = [step_bounds(loaded, state) for state in states]
+        table_io.save(result.table, dest)
+        rows.append({**result.to_json(), "table": str(dest),
+                     "line_rate_bound_step_time_us": [b.line_rate_step_time_us for b in bounds],
+                     "no_comm_step_time_us": [b.no_comm_step_time_us for b in bounds]})
+    print(search_report_text(rows))
+    if args.json:
+        atomic.write_text(args.json, json.dumps({"cost_model": model, "cases": rows}, indent=1) + "\n")
+    print("wrote " + ", ".join(row["table"] for row in rows))
     return 0
 
 

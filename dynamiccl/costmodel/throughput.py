@@ -1,6 +1,6 @@
 """How many collective evaluations per second the simulated cost models sustain on one core.
 
-The tuning environment and the oracle search cost many (collective, config, conditions) rows per
+The tuning environment and the greedy-per-call baseline and the search reference cost many (collective, config, conditions) rows per
 decision, so this is the number that bounds training speed. Every registered model that does not
 run collectives (``registry.simulated_cost_models()``: today the world simulator and NCCL's model)
 is timed through its ``evaluate``, and reported as ``<name>_evals_per_s`` (``world_evals_per_s``

@@ -20,12 +20,14 @@ import pandas as pd
 from dynamiccl import __version__
 from dynamiccl import schema
 from dynamiccl.errors import InputError
-from dynamiccl.tuning.evaluate import Results, calls_path, counted_steps, sample_efficiency
+from dynamiccl.tuning.evaluate import (
+    GREEDY_AGENT, NOTHING_TO_GAIN, REFERENCE_AGENT, Results, calls_path, counted_steps, sample_efficiency,
+)
 from dynamiccl.tuning.agent_registry import AGENTS
 from dynamiccl.workload.context import describe_compute
 
 DEFAULT_AGENT = "nccl-default"
-ORACLE_AGENT = "oracle"
+SEARCH_AGENT = REFERENCE_AGENT  # the reference of every gain share
 # Agents that are baselines, not "the policy": the report's tuned agent is another one unless --agent says.
 BASELINES = tuple(name for name, entry in AGENTS.items() if entry.baseline)
 CURVE_COLUMNS = ("timesteps", "speedup")
@@ -129,7 +131,8 @@ def load_calibration(path: str | os.PathLike) -> dict:
 
 def choose_agent(agents: list[str], wanted: str | None, source: str) -> str:
     """The tuned agent the report compares with NCCL's default: ``wanted``, else ``policy``, else the
-    first agent that is not a baseline, else the first that is neither the oracle nor the default.
+    first agent that is not a baseline, else the first that is neither the search reference, the
+    greedy baseline nor the default.
 
     Raises:
         InputError: ``wanted`` is not among the results' agents, or there is no such agent.
@@ -141,7 +144,8 @@ def choose_agent(agents: list[str], wanted: str | None, source: str) -> str:
         return wanted
     if "policy" in agents:
         return "policy"
-    for pool in ([a for a in agents if a not in BASELINES], [a for a in agents if a not in (ORACLE_AGENT, DEFAULT_AGENT)],
+    for pool in ([a for a in agents if a not in BASELINES],
+                 [a for a in agents if a not in (SEARCH_AGENT, GREEDY_AGENT, DEFAULT_AGENT)],
                  agents):
         if pool:
             return pool[0]
@@ -157,10 +161,10 @@ def _geomean(values: pd.Series) -> float:
 
 def per_case(data: ReportData, column: str = "speedup", by_state: bool = True) -> pd.DataFrame:
     """Rows (case[, state]) x columns agent: the geometric mean of ``column`` (a ratio, e.g.
-    ``speedup``) or, for ``gap_to_oracle``, the arithmetic mean, over the counted episodes."""
+    ``speedup``) or, for ``gap_to_search``, the arithmetic mean, over the counted episodes."""
     steps = counted_steps(data.steps, data.online)
     keys = ["case", "state"] if by_state else ["case"]
-    agg = _geomean if column != "gap_to_oracle" else "mean"
+    agg = _geomean if column != "gap_to_search" else "mean"
     table = steps.groupby(keys + ["agent"], sort=False)[column].agg(agg).unstack("agent")
     return table[[a for a in data.agents if a in table.columns]]
 
@@ -178,13 +182,53 @@ def headline(data: ReportData) -> dict:
            "geomean_speedup": float(summary.loc[data.agent, "geomean_speedup"]),
            "min_speedup": float(summary.loc[data.agent, "min_speedup"]),
            "slower_share": float(summary.loc[data.agent, "slower_share"]),
-           "mean_gap_to_oracle": float(summary.loc[data.agent, "mean_gap_to_oracle"]),
+           "mean_gap_to_search": float(summary.loc[data.agent, "mean_gap_to_search"]),
+           "mean_gain_share": float(summary.loc[data.agent, "mean_gain_share"]),
            "cases": len(cases)}
     worst = cases[data.agent].idxmin()
     out.update(worst_case=worst, worst_case_speedup=float(cases[data.agent].min()))
-    if ORACLE_AGENT in summary.index:
-        out["oracle_geomean_speedup"] = float(summary.loc[ORACLE_AGENT, "geomean_speedup"])
+    for name in ("search", "line_rate_bound", "no_comm"):
+        out[f"{name}_geomean_speedup"] = float(summary.loc[data.agent, f"{name}_geomean_speedup"])
+    if GREEDY_AGENT in summary.index:
+        out["greedy_geomean_speedup"] = float(summary.loc[GREEDY_AGENT, "geomean_speedup"])
+    refs = headroom(data)
+    out["nothing_to_gain_cases"] = int(refs["nothing_to_gain"].sum()) if len(refs) else 0
     return out
+
+
+HEADROOM_COLUMNS = ("default_ms", "agent_speedup", "search_speedup", "line_rate_bound_speedup", "no_comm_speedup",
+                    "gain_share", "nothing_to_gain")
+
+
+def headroom(data: ReportData) -> pd.DataFrame:
+    """Per case: NCCL default's mean step time (ms), and the geometric-mean speedup over NCCL's
+    default (over the case's states) of the report's agent, the search reference, the line-rate
+    bound and the no-communication ceiling; the agent's share of the search's gain
+    (``(agent - 1) / (search - 1)``, NaN where the search gains less than ``NOTHING_TO_GAIN``) and
+    ``nothing_to_gain`` (True there). Empty when the results hold no search columns (files written
+    before the search reference: their values are NaN)."""
+    steps = counted_steps(data.steps, data.online)
+    agent = steps[steps["agent"] == data.agent]
+    if agent.empty:
+        return pd.DataFrame(columns=list(HEADROOM_COLUMNS))
+    rows = {}
+    for case, group in agent.groupby("case", sort=False):
+        default = group["default_step_time_us"].to_numpy(dtype=np.float64)
+
+        def ratio(column: str) -> float:
+            values = group[column].to_numpy(dtype=np.float64)
+            return math.nan if np.isnan(values).any() else float(np.exp(np.log(default / values).mean()))
+
+        agent_speedup, search_speedup = ratio("step_time_us"), ratio("search_step_time_us")
+        nothing = not (search_speedup - 1.0 >= NOTHING_TO_GAIN) if not math.isnan(search_speedup) else False
+        rows[case] = {"default_ms": float(default.mean() / 1e3), "agent_speedup": agent_speedup,
+                      "search_speedup": search_speedup,
+                      "line_rate_bound_speedup": ratio("line_rate_bound_step_time_us"),
+                      "no_comm_speedup": ratio("no_comm_step_time_us"),
+                      "gain_share": math.nan if nothing or math.isnan(search_speedup)
+                      else (agent_speedup - 1.0) / (search_speedup - 1.0),
+                      "nothing_to_gain": nothing}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(HEADROOM_COLUMNS))
 
 
 def effective_choices(calls: pd.DataFrame) -> pd.DataFrame:
@@ -310,15 +354,36 @@ def fmt(value: float, digits: int = 4) -> str:
 # --- text tables ---------------------------------------------------------------------------------------
 
 
-SUMMARY_HEADER = ("agent", "episodes", "geomean speedup", "min speedup", "mean gain share", "mean gap to oracle",
+SUMMARY_HEADER = ("agent", "episodes", "geomean speedup", "min speedup", "mean gain share", "mean gap to search",
                   "cases >1% slower")
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:+.3f}%"
 
 
 def summary_rows(data: ReportData) -> list[list[str]]:
     """``Results.summary`` as text cells, one row per agent (``SUMMARY_HEADER``)."""
     return [[row.agent, str(row.episodes), fmt(row.geomean_speedup), fmt(row.min_speedup), fmt(row.mean_gain_share, 3),
-             f"{100 * row.mean_gap_to_oracle:+.3f}%", f"{100 * row.slower_share:.0f}%"]
+             _percent(row.mean_gap_to_search), f"{100 * row.slower_share:.0f}%"]
             for row in data.summary().itertuples(index=False)]
+
+
+HEADROOM_HEADER = ("case", "default (ms)", "agent", "search", "line-rate bound", "no-comm ceiling", "gain share",
+                   "verdict")
+
+
+def headroom_rows(data: ReportData) -> list[list[str]]:
+    """``headroom`` as text cells (``HEADROOM_HEADER``; the agent's column is the report's agent),
+    with the verdict "nothing to gain" where the search's gain is inside the noise."""
+    rows = []
+    for case, r in headroom(data).iterrows():
+        verdict = ("nothing to gain" if r.nothing_to_gain else
+                   "search not computed" if math.isnan(r.search_speedup) else
+                   f"search gains {100 * (r.search_speedup - 1):.2f}%")
+        rows.append([str(case), fmt(r.default_ms, 3), fmt(r.agent_speedup), fmt(r.search_speedup),
+                     fmt(r.line_rate_bound_speedup), fmt(r.no_comm_speedup), fmt(r.gain_share, 3), verdict])
+    return rows
 
 
 def speedup_text(data: ReportData) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dynamiccl.report.data import SUMMARY_HEADER, ReportData, summary_rows
+from dynamiccl.report.data import HEADROOM_HEADER, SUMMARY_HEADER, ReportData, headroom_rows, summary_rows
 
 
 def _row(cells) -> str:
@@ -15,6 +15,11 @@ def render(data: ReportData, headline: list[str], plots: list[str], sections: li
     lines += [f"- {line}" for line in headline]
     lines += ["", "## Per agent", "", _row(SUMMARY_HEADER), _row(["---"] * len(SUMMARY_HEADER))]
     lines += [_row(row) for row in summary_rows(data)]
+    rows = headroom_rows(data)
+    if rows:
+        header = list(HEADROOM_HEADER[:2]) + [data.agent] + list(HEADROOM_HEADER[3:])
+        lines += ["", "## Headroom per case (speedup over NCCL's default)", "", _row(header), _row(["---"] * len(header))]
+        lines += [_row(row) for row in rows]
     online = "every online iteration counts" if data.online == "all" else "online agents: last iteration per case"
     lines += ["", f"Speedup = NCCL default's step time / the agent's (geometric means; {online}).", ""]
     if data.notes:

@@ -12,9 +12,10 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 DPI = 100
-_AGENT_COLORS = {"nccl-default": "#7f7f7f", "oracle": "#2ca02c", "policy": "#d62728", "static-best": "#1f77b4",
+_AGENT_COLORS = {"nccl-default": "#7f7f7f", "search": "#2ca02c", "greedy-per-call": "#98df8a", "policy": "#d62728",
+                 "static-best": "#1f77b4", "line-rate bound": "#17becf", "no-comm ceiling": "#000000",
                  "random": "#bcbd22", "ucb-bandit": "#9467bd", "coordinate-descent": "#8c564b"}
-_SPARE = ["#e377c2", "#17becf", "#ff7f0e", "#aec7e8", "#98df8a"]
+_SPARE = ["#e377c2", "#ff7f0e", "#aec7e8", "#c5b0d5", "#ffbb78"]
 
 
 def agent_color(agent: str, index: int) -> str:

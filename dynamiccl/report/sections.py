@@ -4,14 +4,18 @@ A section appears only when its data is present; otherwise a note says what is m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import pandas as pd
+
 from dynamiccl.report import plots
 from dynamiccl.report.data import (
-    DEFAULT_AGENT, ORACLE_AGENT, SUMMARY_HEADER, ReportData, comm_time, decision_cells, fmt, headline,
-    online_efficiency, per_case, provenance, speedup_text, summary_rows,
+    DEFAULT_AGENT, HEADROOM_HEADER, SEARCH_AGENT, SUMMARY_HEADER, ReportData, comm_time, decision_cells, fmt, headline,
+    headroom, headroom_rows, online_efficiency, per_case, provenance, speedup_text, summary_rows,
 )
+from dynamiccl.tuning.evaluate import NOTHING_TO_GAIN
 
 
 @dataclass
@@ -30,10 +34,19 @@ def headline_lines(data: ReportData) -> list[str]:
     lines = [f"{h['agent']}: geomean step-time speedup {h['geomean_speedup']:.4f}x over NCCL's default "
              f"({h['episodes']} episodes, {h['cases']} cases)",
              f"worst case: {h['worst_case']} at {h['worst_case_speedup']:.4f}x (geomean over its episodes); "
-             f"worst episode {h['min_speedup']:.4f}x; {100 * h['slower_share']:.0f}% of cases more than 1% slower",
-             f"mean gap to the oracle: {100 * h['mean_gap_to_oracle']:+.3f}% of the oracle's step time"]
-    if "oracle_geomean_speedup" in h:
-        lines.append(f"oracle (per-call greedy): geomean speedup {h['oracle_geomean_speedup']:.4f}x")
+             f"worst episode {h['min_speedup']:.4f}x; {100 * h['slower_share']:.0f}% of cases more than 1% slower"]
+    if math.isnan(h["search_geomean_speedup"]):
+        lines.append("search reference: not in these results (written before it existed); rerun `dynamiccl evaluate`")
+    else:
+        lines.append(f"search (the best decision table per case): geomean {h['search_geomean_speedup']:.4f}x; "
+                     f"line-rate bound {h['line_rate_bound_geomean_speedup']:.4f}x; no-communication ceiling "
+                     f"{h['no_comm_geomean_speedup']:.4f}x")
+        share = "-" if math.isnan(h["mean_gain_share"]) else f"{h['mean_gain_share']:.3f}"
+        lines.append(f"{h['agent']}: mean gap to the search {100 * h['mean_gap_to_search']:+.3f}% of its step time; "
+                     f"mean share of its gain {share}; nothing to gain (search gain < {100 * NOTHING_TO_GAIN:.1f}%, "
+                     f"inside run-to-run noise) on {h['nothing_to_gain_cases']} of {h['cases']} cases")
+    if "greedy_geomean_speedup" in h:
+        lines.append(f"greedy-per-call (a baseline, not an optimum): geomean speedup {h['greedy_geomean_speedup']:.4f}x")
     return lines
 
 
@@ -96,18 +109,46 @@ def time_breakdown(data: ReportData) -> Section:
     return section
 
 
-def regret(data: ReportData) -> Section:
-    section = Section("regret", "Regret against the oracle")
-    if ORACLE_AGENT not in data.agents:
-        section.blocks.append(("note", "no oracle rows in the results"))
+def headroom_section(data: ReportData) -> Section:
+    section = Section("headroom", "Headroom per case")
+    refs = headroom(data)
+    if refs.empty or refs["search_speedup"].isna().all():
+        section.blocks.append(("note", "no search reference in these results (written before it existed): rerun "
+                                       "`dynamiccl evaluate` to get the search, line-rate bound and ceiling columns"))
         return section
-    gap = per_case(data, "gap_to_oracle", by_state=False)
-    gap = gap[[a for a in gap.columns if a != ORACLE_AGENT]]
-    section.blocks.append(("p", "gap_to_oracle = agent step time / oracle step time - 1 (mean over the counted "
-                                "episodes of each case); negative: faster than the per-call greedy oracle."))
-    section.blocks.append(("plot", ("regret", plots.grouped_bars(gap, "gap to oracle (%)", "gap to the oracle per case",
+    section.blocks.append(("p", f"Per case, speedup over NCCL's default (geomean over its states) of {data.agent}, the "
+                                "search reference (the best decision table keyed like the deployed one, found by "
+                                "replaying the whole step), every collective at its links' datasheet line rate with no "
+                                "interference (the most any NCCL setting could give), and communication costing "
+                                f"nothing (the ceiling). Gain share = ({data.agent} - 1) / (search - 1); where the "
+                                f"search gains less than {100 * NOTHING_TO_GAIN:.1f}% (run-to-run noise) there is "
+                                "nothing to gain and no share."))
+    bars = pd.DataFrame({DEFAULT_AGENT: 1.0, data.agent: refs["agent_speedup"], SEARCH_AGENT: refs["search_speedup"],
+                         "line-rate bound": refs["line_rate_bound_speedup"],
+                         "no-comm ceiling": refs["no_comm_speedup"]}, index=refs.index)
+    bars = bars.loc[:, ~bars.columns.duplicated()]
+    section.blocks.append(("plot", ("headroom", plots.grouped_bars(bars, "step-time change vs NCCL default (%)",
+                                                                   "default, agent, search and the bounds per case"),
+                                    "speedup per case: NCCL default, the agent, the search, the line-rate bound and "
+                                    "the no-communication ceiling")))
+    section.blocks.append(("table", (list(HEADROOM_HEADER[:2]) + [data.agent] + list(HEADROOM_HEADER[3:]),
+                                     headroom_rows(data))))
+    return section
+
+
+def regret(data: ReportData) -> Section:
+    section = Section("regret", "Gap to the search reference")
+    if SEARCH_AGENT not in data.agents or data.steps["gap_to_search"].isna().all():
+        section.blocks.append(("note", "no search rows in the results"))
+        return section
+    gap = per_case(data, "gap_to_search", by_state=False)
+    gap = gap[[a for a in gap.columns if a != SEARCH_AGENT]]
+    section.blocks.append(("p", "gap_to_search = agent step time / search step time - 1 (mean over the counted "
+                                "episodes of each case); negative: faster than the best searched table (an agent that "
+                                "decides per call or per state can be)."))
+    section.blocks.append(("plot", ("regret", plots.grouped_bars(gap, "gap to search (%)", "gap to the search per case",
                                                                  percent_of_one=False),
-                                    "gap to the oracle per case")))
+                                    "gap to the search reference per case")))
     rows = [[str(case)] + [f"{100 * v:+.3f}%" for v in row] for case, row in zip(gap.index, gap.to_numpy())]
     section.blocks.append(("table", (["case"] + list(gap.columns), rows)))
     online = data.steps[data.steps["iteration"] >= 0]
@@ -163,7 +204,7 @@ def provenance_section(data: ReportData) -> Section:
 
 def builders(data: ReportData) -> list[Callable[[ReportData], Section]]:
     """The section builders that apply to ``data``, in page order."""
-    out = [overview, decision_maps, speedup, time_breakdown, regret]
+    out = [overview, headroom_section, decision_maps, speedup, time_breakdown, regret]
     if data.training_curve is not None:
         out.append(training)
     if data.calibration is not None:

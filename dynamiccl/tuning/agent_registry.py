@@ -50,10 +50,16 @@ def _random(inputs: AgentInputs) -> Agent:
     return RandomAgent(inputs.seed)
 
 
-def _oracle(inputs: AgentInputs) -> Agent:
-    from dynamiccl.tuning.agents import OracleAgent
+def _greedy_per_call(inputs: AgentInputs) -> Agent:
+    from dynamiccl.tuning.agents import GreedyPerCallAgent
 
-    return OracleAgent()
+    return GreedyPerCallAgent()
+
+
+def _search(inputs: AgentInputs) -> Agent:
+    from dynamiccl.tuning.agents import SearchAgent
+
+    return SearchAgent()
 
 
 def _static_best(inputs: AgentInputs) -> Agent:
@@ -87,10 +93,17 @@ def _policy(inputs: AgentInputs) -> Agent | None:
     return load_policy_agent(inputs.policy)
 
 
+# Names no longer registered, with what replaced them (said when someone asks for one).
+RENAMED_AGENTS = {"oracle": "greedy-per-call (the per-call greedy baseline; the reference of every gain share is "
+                            "now 'search')"}
+
 AGENTS: dict[str, AgentEntry] = {
     "nccl-default": AgentEntry(_nccl_default, "NCCL's own choice for every call"),
     "random": AgentEntry(_random, "uniform over the valid actions"),
-    "oracle": AgentEntry(_oracle, "per call, the cheapest action in the simulator's state now"),
+    "search": AgentEntry(_search, "the best decision table for the case, searched by whole-step replay: the "
+                                  "reference of every gain share (evaluate always runs it)"),
+    "greedy-per-call": AgentEntry(_greedy_per_call, "per call, the cheapest action in the simulator's state now "
+                                                    "(a greedy baseline, not an optimum)"),
     "static-best": AgentEntry(_static_best, "one action per (coll, log2 size, nranks, nnodes), fitted offline"),
     "ucb-bandit": AgentEntry(_ucb_bandit, "UCB1 bandit over measured call durations, online"),
     "coordinate-descent": AgentEntry(_coordinate_descent, "AutoCCL-style coordinate descent, online"),
@@ -108,11 +121,12 @@ def make_agents(names: Sequence[str], inputs: AgentInputs) -> list[Agent]:
     agents = []
     for name in names:
         if name not in AGENTS:
-            raise InputError("--agents", None, f"unknown agent {name!r}; expected some of {', '.join(AGENTS)}")
+            renamed = f" ({name!r} is now {RENAMED_AGENTS[name]})" if name in RENAMED_AGENTS else ""
+            raise InputError("--agents", None, f"unknown agent {name!r}{renamed}; expected some of {', '.join(AGENTS)}")
         agent = AGENTS[name].build(inputs)
         if agent is not None:
             agents.append(agent)
     return agents
 
 
-__all__ = ["AGENTS", "AgentEntry", "AgentInputs", "make_agents"]
+__all__ = ["AGENTS", "RENAMED_AGENTS", "AgentEntry", "AgentInputs", "make_agents"]

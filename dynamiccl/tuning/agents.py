@@ -15,8 +15,12 @@ Agents:
 
 - ``NcclDefaultAgent`` ("nccl-default"): action 0 everywhere (NCCL's own choice).
 - ``RandomAgent`` ("random"): uniform over the valid actions.
-- ``OracleAgent`` ("oracle"): per call, the action that adds the least to the step in the
-  simulator's state now -- the per-call upper reference (greedy: it does not plan ahead).
+- ``GreedyPerCallAgent`` ("greedy-per-call"): per call, the action that adds the least to the step
+  in the simulator's state now. A baseline, not an optimum: it does not plan ahead and can land
+  below NCCL's default (it was called "oracle" before issue 14).
+- ``SearchAgent`` ("search"): per case, the best decision table found by searching the table
+  itself, every candidate scored by replaying the whole step (:mod:`dynamiccl.tuning.search`);
+  the reference of every "share of the gain".
 - ``StaticBestAgent`` ("static-best"): one action per (coll, floor(log2 nbytes), nranks, nnodes),
   fitted offline on chosen episodes; what a hand-tuned static table could reach.
 - ``OnlineAgent``: an :class:`~dynamiccl.tuning.online.OnlineLearner` (UCB bandit, coordinate
@@ -137,22 +141,22 @@ class RandomAgent(Agent):
         return int(self.rng.choice(np.flatnonzero(mask)))
 
 
-class OracleAgent(Agent):
+class GreedyPerCallAgent(Agent):
     """Per call, the action that adds the least to the step (µs) in the simulator's state now.
 
-    It reads ``env.simulator.oracle_costs()``, i.e. the congestion, overlap and link sharing at the moment the
-    call starts and the call's run-to-run noise: information no deployed tuner has. It is greedy on
-    that per-call cost (it does not anticipate what a choice does to later calls or to the critical
-    path), so it is the per-call upper reference, not a bound on the step time: a static table can
-    beat it (``gap_to_oracle`` < 0, ``gain_share`` > 1). Ties go to the lowest action, so NCCL's
-    default wins when nothing is better.
+    It reads ``env.simulator.exposed_costs()``, i.e. the congestion, overlap and link sharing at the
+    moment the call starts and the call's run-to-run noise: information no deployed tuner has. It
+    is greedy on that per-call cost (it does not anticipate what a choice does to later calls or to
+    the critical path), so it is a baseline and no optimum: it can be slower than NCCL's default,
+    and a static table can beat it. The reference every gain is measured against is
+    :class:`SearchAgent`. Ties go to the lowest action, so NCCL's default wins when nothing is better.
     """
 
-    name = "oracle"
+    name = "greedy-per-call"
 
     def act(self, env, obs, mask) -> int:
         with np.errstate(invalid="ignore"):  # masked actions are inf - inf inside the replay
-            costs = env.simulator.oracle_costs()
+            costs = env.simulator.exposed_costs()
         return int(np.argmin(costs))
 
 
@@ -179,8 +183,8 @@ def size_bucket(nbytes: int) -> int:
 class StaticBestAgent(Agent):
     """One fixed action per (coll, size bucket = floor(log2 nbytes), nranks, nnodes), fitted offline.
 
-    ``fit`` replays the given episodes with NCCL's default and, at every decision, adds the oracle
-    cost of every action (µs, in the simulator's state at that call) to the call's bucket. An
+    ``fit`` replays the given episodes with NCCL's default and, at every decision, adds the exposed
+    cost (``SimulatorView.exposed_costs``, what :class:`GreedyPerCallAgent` minimises) of every action (µs, in the simulator's state at that call) to the call's bucket. An
     action that is invalid at any call of a bucket is never a candidate for it. Each bucket gets the
     action with the lowest total (ties: the lowest action): the static table with this key that
     minimises the summed per-call cost along NCCL's default trajectory in the fitted conditions
@@ -228,7 +232,7 @@ class StaticBestAgent(Agent):
             while base.pending is not None:
                 key = cls.bucket_key(base)
                 with np.errstate(invalid="ignore"):
-                    costs = base.simulator.oracle_costs()
+                    costs = base.simulator.exposed_costs()
                 # inf (invalid here) stays inf in the sum: the action is never a candidate.
                 totals[key] = totals.get(key, 0.0) + costs
                 calls[key] = calls.get(key, 0) + 1
@@ -431,6 +435,48 @@ class TableAgent(Agent):
         return action
 
 
+class SearchAgent(Agent):
+    """The searched decision table of each case (:func:`dynamiccl.tuning.search.search_case`), applied
+    as the plugin applies it (a :class:`TableAgent` per case).
+
+    The search runs once per case, at the first episode of that case, over ``states`` (the dynamics
+    states it is scored on; None: the state of that first episode) -- ``evaluate`` sets them to the
+    states it evaluates, so the table is the best one for exactly those episodes. It reads the
+    simulator (the whole step, every state): a reference, not a tuner. ``results`` holds each case's
+    :class:`~dynamiccl.tuning.search.SearchResult` by case label.
+    """
+
+    name = "search"
+
+    def __init__(self, states: list[int] | None = None, max_sweeps: int | None = None, progress=None) -> None:
+        self.states = None if states is None else [int(s) for s in states]
+        self.max_sweeps = max_sweeps
+        self.progress = progress
+        self.results: dict[str, object] = {}
+        self._tables: dict[tuple, TableAgent] = {}
+
+    @property
+    def fallbacks(self) -> int:
+        return sum(agent.fallbacks for agent in self._tables.values())
+
+    def begin_episode(self, env) -> None:
+        if env.case_id in self._tables:
+            return
+        from dynamiccl.tuning.search import DEFAULT_MAX_SWEEPS, search_case
+
+        loaded = env.simulator.case
+        states = self.states if self.states else [env.state]
+        sweeps = DEFAULT_MAX_SWEEPS if self.max_sweeps is None else self.max_sweeps
+        result = search_case(loaded, states, max_sweeps=sweeps, progress=self.progress)
+        self.results[loaded.case.label] = result
+        self._tables[env.case_id] = TableAgent(result.table, name=self.name)
+
+    def act(self, env, obs, mask) -> int:
+        if env.case_id not in self._tables:
+            self.begin_episode(env)
+        return self._tables[env.case_id].act(env, obs, mask)
+
+
 # --- policies from files -------------------------------------------------------------------------
 
 
@@ -451,6 +497,6 @@ def load_policy_agent(path: str | os.PathLike) -> Agent:
 
 
 __all__ = [
-    "load_policy_agent", "Agent", "NcclDefaultAgent", "OnlineAgent", "OracleAgent", "PolicyAgent", "RandomAgent",
-    "StaticBestAgent", "TableAgent", "size_bucket",
+    "load_policy_agent", "Agent", "GreedyPerCallAgent", "NcclDefaultAgent", "OnlineAgent", "PolicyAgent",
+    "RandomAgent", "SearchAgent", "StaticBestAgent", "TableAgent", "size_bucket",
 ]

@@ -106,7 +106,8 @@ class TuningEnv(gym.Env):
     (to decide a stateless policy's calls in one batch) and ``case_id`` (a cache key); once a call
     has started, ``measured(call)`` (its action and duration, what NCCL's profiler plugin reports).
     ``simulator`` is privileged -- congestion, overlap and link sharing now, the compiled step, the
-    timeline -- for the per-call oracle, the static-best fit and evaluation records only.
+    timeline -- for the baselines that may see it (greedy-per-call, static-best's fit, the search
+    reference) and evaluation records only.
     """
 
     metadata = {"render_modes": []}
@@ -250,7 +251,7 @@ class TuningEnv(gym.Env):
     @property
     def simulator(self) -> "SimulatorView":
         """What the simulator knows and no deployed tuner does. For the baselines that are allowed
-        to see it (the per-call oracle, static-best's offline fit) and for evaluation records;
+        to see it (greedy-per-call, static-best's offline fit, the search reference) and for evaluation records;
         never for a policy."""
         return SimulatorView(self._case, self._replay, self.pending, self.action_masks())
 
@@ -268,9 +269,10 @@ class SimulatorView:
     pending: int | None
     mask: np.ndarray
 
-    def oracle_costs(self) -> np.ndarray:
+    def exposed_costs(self) -> np.ndarray:
         """Per action, what the pending call adds to the step (µs) in the simulator's state now --
-        congestion, overlap, links shared with running calls, noise; inf where invalid."""
+        congestion, overlap, links shared with running calls, noise; inf where invalid (what the
+        greedy-per-call baseline minimises)."""
         costs = self.replay.exposed_costs(self.pending)
         return np.where(self.mask, costs, np.inf)
 

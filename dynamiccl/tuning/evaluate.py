@@ -1,21 +1,33 @@
-"""Evaluate agents on the cases of a ``TuningEnv``: step times against NCCL's default and the oracle.
+"""Evaluate agents on the cases of a ``TuningEnv``: step times against NCCL's default and the search reference.
 
 ``evaluate(agents, env, states)`` runs, for every case of ``env`` and every dynamics state in
-``states``, one episode (one training step) per offline agent, plus the per-call oracle
-(:class:`~dynamiccl.tuning.agents.OracleAgent`, always run: it gives ``gap_to_oracle`` and
-``gain_share``). Online agents (``needs_measurements``) run instead ``online_steps`` consecutive
+``states``, one episode (one training step) per offline agent, plus the search reference
+(:class:`~dynamiccl.tuning.agents.SearchAgent`, always run: the best decision table for the case,
+searched over exactly those states; it gives ``search_step_time_us``, ``gap_to_search`` and
+``gain_share``) and the two bounds of :func:`dynamiccl.tuning.search.step_bounds` (every call at
+its links' line rate with no interference, and communication costing nothing). The search is
+the costly part: a few hundred whole-step replays per case (on 2 cores, seconds for most of the
+default experiment's held-out cases, about half a minute of CPU for its largest Llama-3 8B step);
+it runs always because every gain share needs it. Online agents (``needs_measurements``) run instead ``online_steps`` consecutive
 episodes per case, states cycling through ``states``, with a fresh learner per case that keeps
 learning across those steps; after every decision it is given the call's duration under the
 conditions at its start, noise included (what NCCL's profiler plugin would report).
 
 ``Results`` holds two tables:
 
-- ``steps``: one row per (agent, case, state[, iteration]) with the step times (µs) and ratios;
+- ``steps``: one row per (agent, case, state[, iteration]) with the step times (µs) and ratios:
+  ``speedup`` = default / agent step time, ``search_speedup`` = default / search step time,
+  ``gap_to_search`` = agent / search step time - 1, ``gain_share`` = (speedup - 1) / (search_speedup
+  - 1) where the search gains at least ``NOTHING_TO_GAIN`` (else NaN: "nothing to gain"), and the
+  bounds' step times ``line_rate_bound_step_time_us`` and ``no_comm_step_time_us``;
 - ``calls``: one row per decided call of the recorded episodes (every offline episode and the last
   iteration of each online run), with the action, what NCCL really runs, and start/end times.
 
 ``Results.write(path)`` stores them as two Parquet files (``x.parquet`` and ``x.calls.parquet``)
-with JSON metadata under the key ``dynamiccl.results``.
+with JSON metadata under the key ``dynamiccl.results``. Files written before the search reference
+(issue 14) still load: their per-call greedy "oracle" rows become the agent ``greedy-per-call``, the
+columns relative to it are dropped, and the search and bound columns are NaN (never the greedy's
+numbers under the search's name).
 
 ``EvaluationPlan`` says what ``dynamiccl evaluate`` replays (an experiment config's held-out split,
 or traces crossed with environment specs) and what static-best is fitted on; ``evaluate_plan``
@@ -44,7 +56,7 @@ from dynamiccl.errors import InputError
 from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
 from dynamiccl.tuning.agent_registry import AgentInputs, make_agents
 from dynamiccl.tuning.actions import ACTION_ALGO, ACTION_PROTO, describe_action
-from dynamiccl.tuning.agents import Agent, OracleAgent
+from dynamiccl.tuning.agents import Agent, SearchAgent
 from dynamiccl.tuning.cases import Case, load_case
 from dynamiccl.tuning.observation import key_columns
 
@@ -55,12 +67,19 @@ METADATA_KEY = b"dynamiccl.results"
 SLOWER_TOLERANCE = 0.01     # "slower than NCCL's default" means a step more than 1% longer
 CONVERGED_SHARE = 0.95      # sample efficiency: reaching 95% of the final gain
 FINAL_ITERATIONS = 3        # the final speedup of an online run: mean of its last 3 iterations
-_GAIN_EPS = 1e-9            # below this oracle gain, gain_share is undefined (NaN)
+# A search gain below this share of the step is inside run-to-run noise ("nothing to gain"): the
+# step time's run-to-run SD on a quiet allocation is ~0.5% (A/B/A runs of the FastVideo GB200 FSDP2
+# report, hao-ai-lab/FastVideo PR #1630). gain_share is undefined (NaN) there.
+NOTHING_TO_GAIN = 0.005
+REFERENCE_AGENT = "search"
+LEGACY_ORACLE_AGENT = "oracle"          # the per-call greedy baseline's name in files written before issue 14
+GREEDY_AGENT = "greedy-per-call"
 
 STEP_COLUMNS = ("agent", "case", "trace", "env_spec", "state", "iteration", "step_time_us",
-                "default_step_time_us", "oracle_step_time_us", "speedup", "oracle_speedup",
-                "gap_to_oracle", "gain_share", "measurements", "decisions", "invalid_actions",
-                "cost_model", "nccl_version")
+                "default_step_time_us", "search_step_time_us", "line_rate_bound_step_time_us",
+                "no_comm_step_time_us", "speedup", "search_speedup", "gap_to_search", "gain_share",
+                "measurements", "decisions", "invalid_actions", "cost_model", "nccl_version")
+_LEGACY_STEP_COLUMNS = ("oracle_step_time_us", "oracle_speedup", "gap_to_oracle")
 CALL_COLUMNS = ("agent", "case", "state", "iteration", "call", "label", "group_kind", "coll", "nbytes",
                 "nranks", "nnodes", "position", "action", "choice", "algo", "proto", "channels",
                 "start_us", "end_us", "duration_us", "nccl_default_algo", "nccl_default_proto",
@@ -170,6 +189,32 @@ def counted_steps(steps: pd.DataFrame, online: str = "all") -> pd.DataFrame:
     return steps
 
 
+SUMMARY_COLUMNS = ["agent", "episodes", "geomean_speedup", "min_speedup", "mean_gain_share", "mean_gap_to_search",
+                   "slower_share", "search_geomean_speedup", "line_rate_bound_geomean_speedup",
+                   "no_comm_geomean_speedup"]
+
+
+def _geomean_ratio(numerator: np.ndarray | None, denominator: np.ndarray | None) -> float:
+    """Geometric mean of numerator / denominator; NaN if either is missing or any value is NaN (not computed)."""
+    if numerator is None or denominator is None:
+        return math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = numerator / denominator
+    if not len(ratio) or np.isnan(ratio).any():
+        return math.nan
+    return float(np.exp(np.log(ratio).mean()))
+
+
+def _from_legacy_steps(frame: pd.DataFrame) -> pd.DataFrame:
+    """A steps table written before issue 14 in today's columns: the greedy oracle's columns go,
+    search and bound columns and gain_share are NaN (they were relative to the greedy)."""
+    frame = frame.drop(columns=[c for c in _LEGACY_STEP_COLUMNS if c in frame.columns])
+    for col in ("search_step_time_us", "line_rate_bound_step_time_us", "no_comm_step_time_us", "search_speedup",
+                "gap_to_search", "gain_share"):
+        frame[col] = math.nan
+    return frame[list(STEP_COLUMNS) + [c for c in frame.columns if c not in STEP_COLUMNS]]
+
+
 @dataclass
 class Results:
     """The outcome of ``evaluate``: ``steps`` and ``calls`` DataFrames (see the module docstring)
@@ -227,19 +272,36 @@ class Results:
                 file_meta = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise InputError(source, f"metadata '{METADATA_KEY.decode()}'", f"not valid JSON ({exc})") from None
-            missing = [col for col in columns if col not in table.column_names]
+            names = table.column_names
+            legacy = columns is STEP_COLUMNS and "oracle_step_time_us" in names and "search_step_time_us" not in names
+            if legacy:
+                names = [c for c in names if c not in _LEGACY_STEP_COLUMNS] + [
+                    c for c in STEP_COLUMNS if c not in names]
+            missing = [col for col in columns if col not in names]
             if missing:
                 raise InputError(source, missing[0], f"missing column; expected {', '.join(columns)}")
-            frames.append(table.to_pandas())
+            frame = table.to_pandas()
+            if legacy:
+                frame = _from_legacy_steps(frame)
+                file_meta["legacy"] = ("written before the search reference: the per-call greedy 'oracle' is "
+                                       f"'{GREEDY_AGENT}'; search, bound and gain-share columns are NaN")
+            if "agent" in frame.columns:
+                frame["agent"] = frame["agent"].replace({LEGACY_ORACLE_AGENT: GREEDY_AGENT})
+            frames.append(frame)
             if not meta:
                 meta = {k: v for k, v in file_meta.items() if k != "table"}
+        if meta.get("agents"):
+            meta["agents"] = [GREEDY_AGENT if a == LEGACY_ORACLE_AGENT else a for a in meta["agents"]]
         return cls(frames[0], frames[1], meta)
 
     def summary(self, online: str = "all") -> pd.DataFrame:
         """Per agent (in order of appearance): ``episodes``, ``geomean_speedup``, ``min_speedup``,
-        ``mean_gain_share`` (NaN rows skipped), ``mean_gap_to_oracle`` and ``slower_share``: the
-        share of cases whose geometric-mean speedup (over their episodes) is below 1/1.01, i.e.
-        whose step is more than 1% slower than NCCL's default.
+        ``mean_gain_share`` (NaN rows -- nothing to gain -- skipped), ``mean_gap_to_search``,
+        ``slower_share``: the share of cases whose geometric-mean speedup (over their episodes) is
+        below 1/1.01, i.e. whose step is more than 1% slower than NCCL's default; and over the same
+        episodes the geometric-mean speedup of the search reference (``search_geomean_speedup``),
+        of the line-rate bound (``line_rate_bound_geomean_speedup``) and of the ceiling
+        (``no_comm_geomean_speedup``), NaN where not computed.
 
         Args:
             online: which episodes of online agents count: ``"all"`` (every iteration, the cost
@@ -253,21 +315,25 @@ class Results:
         for agent, group in steps.groupby("agent", sort=False):
             log_speedup = np.log(group["speedup"].to_numpy(dtype=np.float64))
             per_case = group.assign(log_speedup=log_speedup).groupby("case", sort=False)["log_speedup"].mean()
+            column_of = lambda name: (group[name].to_numpy(dtype=np.float64)  # noqa: E731
+                                      if name in group.columns else None)
             rows.append({
                 "agent": agent, "episodes": len(group),
                 "geomean_speedup": float(np.exp(log_speedup.mean())),
                 "min_speedup": float(group["speedup"].min()),
                 "mean_gain_share": float(group["gain_share"].mean()),  # pandas skips NaN
-                "mean_gap_to_oracle": float(group["gap_to_oracle"].mean()),
+                "mean_gap_to_search": float(group["gap_to_search"].mean()) if "gap_to_search" in group else math.nan,
                 "slower_share": float((per_case < -math.log1p(SLOWER_TOLERANCE)).mean()),
+                **{f"{name}_geomean_speedup": _geomean_ratio(column_of("default_step_time_us"), column_of(column))
+                   for name, column in (("search", "search_step_time_us"),
+                                        ("line_rate_bound", "line_rate_bound_step_time_us"),
+                                        ("no_comm", "no_comm_step_time_us"))},
             })
-        columns = ["agent", "episodes", "geomean_speedup", "min_speedup", "mean_gain_share",
-                   "mean_gap_to_oracle", "slower_share"]
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
     def summary_by_agent(self, online: str = "all") -> dict[str, dict]:
         """:meth:`summary` as JSON: ``{agent: {column: value}}``, an undefined figure (NaN, e.g.
-        ``mean_gain_share`` where the oracle gains nothing) as None.
+        ``mean_gain_share`` where the search gains nothing) as None.
 
         Raises:
             ValueError: for an ``online`` value other than ``"all"`` or ``"last"``.
@@ -279,14 +345,16 @@ class Results:
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-def _finish_row(row: dict, iteration: int, oracle_time: float) -> dict:
-    """Add the oracle columns and the iteration to a step row of ``run_episode``."""
+def _finish_row(row: dict, iteration: int, reference: dict) -> dict:
+    """Add the reference columns (``reference``: ``search_step_time_us``, ``line_rate_bound_step_time_us``,
+    ``no_comm_step_time_us`` of the row's (case, state)) and the iteration to a step row of ``run_episode``."""
     default = row["default_step_time_us"]
-    oracle_speedup = default / oracle_time
-    row.update(iteration=iteration, oracle_step_time_us=oracle_time, oracle_speedup=oracle_speedup,
-               gap_to_oracle=row["step_time_us"] / oracle_time - 1.0,
-               gain_share=(row["speedup"] - 1.0) / (oracle_speedup - 1.0)
-               if oracle_speedup - 1.0 >= _GAIN_EPS else math.nan)
+    search_time = reference["search_step_time_us"]
+    search_speedup = default / search_time
+    row.update(reference, iteration=iteration, search_speedup=search_speedup,
+               gap_to_search=row["step_time_us"] / search_time - 1.0,
+               gain_share=(row["speedup"] - 1.0) / (search_speedup - 1.0)
+               if search_speedup - 1.0 >= NOTHING_TO_GAIN else math.nan)
     return {col: row[col] for col in STEP_COLUMNS}
 
 
@@ -305,11 +373,13 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
              progress: bool = True) -> Results:
     """Evaluate ``agents`` on every case of ``env`` under every dynamics state of ``states``.
 
-    Offline agents and the oracle (added when ``agents`` has no ``OracleAgent``) run one episode
-    per (case, state). Online agents (``needs_measurements``) must have ``fresh()``, which gives a
-    learner that has learnt nothing: per case, a fresh one runs ``online_steps`` episodes, episode
-    ``i`` under ``states[i % len(states)]``; every one is a ``steps`` row with its ``iteration`` and
-    the cumulative ``measurements``. ``calls`` rows are recorded for offline episodes and the last
+    Offline agents and the search reference (a :class:`~dynamiccl.tuning.agents.SearchAgent`,
+    added when ``agents`` has none; its states are set to ``states``) run one episode per (case,
+    state); the bounds of :func:`~dynamiccl.tuning.search.step_bounds` are replayed once per (case,
+    state). Online agents (``needs_measurements``) must have ``fresh()``, which gives a learner
+    that has learnt nothing: per case, a fresh one runs ``online_steps`` episodes, episode ``i``
+    under ``states[i % len(states)]``; every one is a ``steps`` row with its ``iteration`` and the
+    cumulative ``measurements``. ``calls`` rows are recorded for offline episodes and the last
     online iteration only. ``env`` is reset for every episode.
 
     Raises:
@@ -317,21 +387,24 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
         TypeError: an online agent without ``fresh()``.
         InputError: from the environment (e.g. a case that cannot be replayed).
     """
+    from dynamiccl.tuning.search import step_bounds
+
     states = [int(s) for s in states]
     if not states:
         raise ValueError("evaluate needs at least one dynamics state")
     if online_steps < 1:
         raise ValueError(f"online_steps must be >= 1, got {online_steps}")
-    oracle = next((a for a in agents if isinstance(a, OracleAgent)), None)
-    agents = ([] if oracle else [OracleAgent()]) + list(agents)
-    oracle = oracle or agents[0]
+    search = next((a for a in agents if isinstance(a, SearchAgent)), None)
+    agents = ([] if search else [SearchAgent()]) + list(agents)
+    search = search or agents[0]
+    search.states = list(states)
     names = [a.name for a in agents]
     if len(set(names)) != len(names):
         raise ValueError(f"agent names must be unique, got {names}")
     for agent in agents:
         if agent.needs_measurements and not callable(getattr(agent, "fresh", None)):
             raise TypeError(f"online agent {agent.name!r} needs a fresh() method (a new learner per case)")
-    offline = [a for a in agents if not a.needs_measurements and a is not oracle]
+    offline = [a for a in agents if not a.needs_measurements and a is not search]
     online = [a for a in agents if a.needs_measurements]
 
     base = env.unwrapped
@@ -348,16 +421,19 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
 
     try:
         for case in range(len(base.cases)):
-            oracle_time = {}
+            reference = {}
             for state in states:
-                out = episode(oracle, case, state, True)
-                oracle_time[state] = out["step"]["step_time_us"]
-                step_rows.append(_finish_row(out["step"], -1, oracle_time[state]))
+                out = episode(search, case, state, True)  # the first one runs the case's search
+                bounds = step_bounds(base.simulator.case, state)
+                reference[state] = {"search_step_time_us": out["step"]["step_time_us"],
+                                    "line_rate_bound_step_time_us": bounds.line_rate_step_time_us,
+                                    "no_comm_step_time_us": bounds.no_comm_step_time_us}
+                step_rows.append(_finish_row(out["step"], -1, reference[state]))
                 call_parts.append({**out["calls"], "iteration": np.full(len(out["calls"]["call"]), -1)})
             for agent in offline:
                 for state in states:
                     out = episode(agent, case, state, True)
-                    step_rows.append(_finish_row(out["step"], -1, oracle_time[state]))
+                    step_rows.append(_finish_row(out["step"], -1, reference[state]))
                     call_parts.append({**out["calls"], "iteration": np.full(len(out["calls"]["call"]), -1)})
             for template in online:
                 agent = template.fresh()
@@ -365,7 +441,7 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
                     state = states[iteration % len(states)]
                     last = iteration == online_steps - 1
                     out = episode(agent, case, state, last)
-                    step_rows.append(_finish_row(out["step"], iteration, oracle_time[state]))
+                    step_rows.append(_finish_row(out["step"], iteration, reference[state]))
                     if last:
                         call_parts.append({**out["calls"],
                                            "iteration": np.full(len(out["calls"]["call"]), iteration)})
@@ -376,6 +452,7 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
     descriptions = sorted({row["cost_model"] for row in step_rows})
     meta = {"dynamiccl_version": __version__, "cost_model": base.model, "cost_model_descriptions": descriptions,
             "states": states, "online_steps": int(online_steps), "agents": [a.name for a in agents],
+            "search": {label: result.to_json() for label, result in search.results.items()},
             "cases": [c.label for c in base.cases],
             "case_compute": {c.label: load_case(c, base.model).program.compute for c in base.cases}}
     return Results(steps, _calls_frame(call_parts), meta)
@@ -525,5 +602,5 @@ def sample_efficiency(steps: pd.DataFrame, share: float = CONVERGED_SHARE,
     return pd.DataFrame(rows, columns=columns)
 
 
-__all__ = ["CALL_COLUMNS", "METADATA_KEY", "STEP_COLUMNS", "Results", "calls_path", "evaluate",
-           "run_episode", "sample_efficiency"]
+__all__ = ["CALL_COLUMNS", "METADATA_KEY", "NOTHING_TO_GAIN", "REFERENCE_AGENT", "STEP_COLUMNS", "SUMMARY_COLUMNS",
+           "Results", "calls_path", "evaluate", "run_episode", "sample_efficiency"]

@@ -33,6 +33,7 @@ id), which is the same on every replay of the same choices.
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 from heapq import heappop, heappush
@@ -211,6 +212,29 @@ class Replay:
         """Start the pending ``call`` with ``action`` (an index into the action catalogue)."""
         self._pending.remove(call)
         self._start_call(call, int(action))
+
+    def fork(self) -> "Replay":
+        """An independent copy of this replay where it stands (at a pending decision, or before the
+        first): deciding on the copy changes nothing here. The program, cost table, noise and the
+        congestion timeline are shared (never changed by a replay; the congestion process draws the
+        same timeline however it is queried). What makes incremental scoring cheap: replay the common
+        prefix of several candidates once, fork it per candidate.
+
+        Raises:
+            RuntimeError: while the event loop runs (only between ``next_decision`` / ``decide`` calls).
+        """
+        clone = copy.copy(self)  # scalars (now, makespan, counters) by value; program, costs, noise shared
+        for name, value in vars(self).items():
+            if isinstance(value, list):  # every per-op / per-call / per-rank list, and the event heap
+                setattr(clone, name, list(value))
+        # The containers whose inner lists change as the replay runs.
+        clone._rank_calls = [list(calls) for calls in self._rank_calls]
+        clone._rank_domain = (list(self._rank_domain[0]), list(self._rank_domain[1]))
+        # The suspended event loop keeps no state of its own between decisions (its locals are the
+        # lists above, and now / makespan / done ops, written back before it yields): a new loop on
+        # the copy starts where it stands.
+        clone._events = None
+        return clone
 
     def run(self, choose=None) -> float:
         """Replay to the end; ``choose(call) -> action`` (default: NCCL's own). Returns the makespan."""
