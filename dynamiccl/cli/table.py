@@ -54,6 +54,10 @@ def add_policy_export_arguments(parser: argparse.ArgumentParser, policy_required
     parser.add_argument("--nccl-csv", help="also write NVIDIA's example-plugin CSV (lossy: no position rules)")
     parser.add_argument("--run-dir", help="the training run's directory, where the config's workloads are "
                                           "generated (default experiments/<name>/run)")
+    parser.add_argument("--evidence-states", type=int, default=None,
+                        help="dynamics states per case replayed to confine every rule to the sizes where it beat "
+                             "NCCL's default (default 2); 0: write the policy down unconfined, every rule over "
+                             "all sizes (for comparison only, not for deployment)")
 
 
 def cmd_table_show(args) -> int:
@@ -89,6 +93,9 @@ def cmd_table_lookup(args) -> int:
         print("no rule matches: NCCL's own choice")
         return 0
     index = table.rules.index(rule)
+    if rule.keeps_nccl:
+        print(f"rule {index}: NCCL's own choice: no evidence here that another choice wins")
+        return 0
     algo = rule.algorithm.name_lower if rule.algorithm is not None else "nccl's"
     proto = rule.protocol.name_lower if rule.protocol is not None else "nccl's"
     channels = "nccl's" if rule.channels == nccl.KEEP else str(rule.channels)
@@ -101,7 +108,11 @@ def cmd_table_export(args) -> int:
     from dynamiccl.table import save
     from dynamiccl.table.policy_export import export_policy_tables
 
-    exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir)
+    from dynamiccl.table.policy_export import EVIDENCE_STATES
+
+    states = EVIDENCE_STATES if args.evidence_states is None else args.evidence_states
+    exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir,
+                                    evidence_states=states, progress=True)
     save(exported.table, args.output)
     for note in exported.notes:
         print(f"note: {note}")

@@ -85,6 +85,9 @@ GRID_MAX_BYTES = 2**40  # top of the generalisation grid; larger sizes take the 
 # Rows per call of ``decide``: large enough to be "few batches" for any realistic call set, small
 # enough that a neural-network policy does not run out of (GPU) memory on one batch.
 DECIDE_BATCH_ROWS = 1 << 16
+# Dynamics states per case replayed for a table's evidence (``export_policy_tables``): two, so that a
+# choice must win under two congestion/noise draws, at two replays per case.
+EVIDENCE_STATES = 2
 _INT64_MAX = 2**63 - 1
 
 Policy = Callable[[pd.DataFrame], np.ndarray]
@@ -462,7 +465,8 @@ class PolicyExport:
 
 
 def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | os.PathLike | None = None,
-                         env: str | None = None, run_dir: str | os.PathLike | None = None) -> PolicyExport:
+                         env: str | None = None, run_dir: str | os.PathLike | None = None,
+                         evidence_states: int = EVIDENCE_STATES, progress: bool = False) -> PolicyExport:
     """A saved policy as a decision table for the calls of an experiment config's cases.
 
     Every tunable call of the config's train and held-out cases (only those on environment spec
@@ -477,13 +481,20 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         env: the environment spec name the table is for (default: every env of the config).
         run_dir: the training run's directory, where the config's workloads are generated
             (default ``experiments/<name>/run``).
+        evidence_states: dynamics states per case replayed to confine the table to its evidence
+            (``dynamiccl.table.evidence``: the first of the config's training states for training
+            cases, of its held-out states for held-out ones); 0 writes the policy down unconfined
+            (every rule spans all sizes: for comparison only, not for deployment).
+        progress: show a progress bar while collecting evidence.
 
     Raises:
         InputError: (naming ``--cases-config`` / ``--env``, the command's options) if the policy
             names no config and none is given, or no case runs on ``env``; and whatever reading the
             policy, the config or its cases raises.
     """
+    from dynamiccl.table.evidence import confine_to_evidence
     from dynamiccl.tuning.cases import load_case
+    from dynamiccl.tuning.env import TuningEnv
     from dynamiccl.tuning.observation import encode
     from dynamiccl.tuning.policy_file import load_policy
     from dynamiccl.tuning.config import load_config
@@ -494,7 +505,10 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         raise InputError("--cases-config", None, "the policy does not name its training config; give one")
     config = load_config(config_path)
     where = config.run_dir(run_dir)
-    cases = [c for c in config.train_cases(where) + config.heldout_cases(where) if not env or c.env == env]
+    if isinstance(evidence_states, bool) or not isinstance(evidence_states, int) or evidence_states < 0:
+        raise InputError("--evidence-states", None, f"expected an integer >= 0, got {evidence_states!r}")
+    train_cases = [c for c in config.train_cases(where) if not env or c.env == env]
+    cases = train_cases + [c for c in config.heldout_cases(where) if not env or c.env == env]
     if not cases:
         raise InputError("--env", None, f"no case of {config_path} runs on {env!r}")
     envs = sorted({c.env for c in cases})
@@ -526,12 +540,27 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
     steps, left_out = step_shapes(programs)
     table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
     notes += [f"no step line (position rules cannot apply) for {reason}" for reason in left_out]
+    if evidence_states:
+        # Training cases under the first training states, held-out ones under the first held-out
+        # states: the conditions the policy was trained and evaluated in.
+        train_states = range(min(evidence_states, config.train.states))
+        offset = config.heldout.state_offset
+        heldout_states = range(offset, offset + min(evidence_states, config.heldout.states))
+        episodes = [(index, state) for index in range(len(cases))
+                    for state in (train_states if index < len(train_cases) else heldout_states)]
+        acting = sum(not rule.keeps_nccl for rule in table.rules)
+        table, _ = confine_to_evidence(table, TuningEnv(cases, model=config.model), episodes, progress=progress)
+        kept = sum(not rule.keeps_nccl for rule in table.rules)
+        notes.append(f"confined to evidence: {kept} acting rule(s) (from {acting}) over {len(episodes)} replayed "
+                     f"step(s); NCCL's own choice everywhere else")
+    else:
+        notes.append("not confined to evidence: every rule spans all sizes (for comparison only; do not deploy)")
     return PolicyExport(table, csv_compatible(table), tuple(notes), len(calls), len(cases))
 
 
 __all__ = [
     "step_shapes",
-    "DECIDE_BATCH_ROWS", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
+    "DECIDE_BATCH_ROWS", "EVIDENCE_STATES", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
     "PolicyExport", "csv_compatible", "decisions_of_table", "export_policy_tables", "rule_choice", "size_grid",
     "table_from_policy",
 ]
