@@ -54,6 +54,7 @@ the table, its CSV-compatible subset and the notes for the user.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -419,30 +420,69 @@ def csv_compatible(table: DecisionTable) -> DecisionTable:
 
     The CSV has no position key and cannot say "keep NCCL's algorithm/protocol", so this drops
     position-specific rules and every rule keeping NCCL's algorithm or protocol -- for tables of
-    ``table_from_policy``, that is the exact rules and the explicit NCCL-default range rules. The
-    result always saves as CSV (``nvidia_csv.write``). The JSON table is the faithful one; this CSV differs:
+    ``table_from_policy``, that is the exact rules and the explicit NCCL-default rules. A dropped
+    keep-NCCL rule must not hand its calls to a later acting rule (a table acts only where it has
+    evidence, ``dynamiccl.table.evidence``): its byte range is cut out of every later acting rule
+    that could match the same calls (position aside), leaving a hole there. The result always saves
+    as CSV (``nvidia_csv.write``). The JSON table is the faithful one; this CSV differs:
 
-    - calls whose action differed from their size's majority get the majority (the range rule);
-    - calls in a default run match no line. Under the dynamiccl plugin that is NCCL's default, so
-      it is equivalent: a group's range rules are disjoint and other groups' rules never match, so
-      no later line takes those calls. NVIDIA's example plugin, however, runs unmatched calls on
-      1 channel (see the warning ``nvidia_csv.write`` puts in the file).
+    - calls whose action differed from their size's majority get the majority (the range rule),
+      unless the differing action was NCCL's own (then the size is a hole at every position);
+    - calls in a hole or a default run match no line. Under the dynamiccl plugin that is NCCL's
+      own choice. NVIDIA's example plugin, however, runs unmatched calls on 1 channel (see the
+      warning ``nvidia_csv.write`` puts in the file): the CSV cannot express keep-NCCL bands for it.
 
-    For a table not built by ``table_from_policy``, dropping a rule may let a later rule match the
-    calls it covered. The returned provenance records how many rules were dropped.
+    For a table not built by ``table_from_policy`` or ``confine``, dropping an acting position rule
+    may let a later rule match the calls it covered. The returned provenance records how many rules
+    were dropped and how many holes were cut.
     """
-    kept = tuple(rule for rule in table.rules if not inexpressible(rule))
+    holes = 0
+    # Each dropped keep-NCCL rule's range is cut out of the expressible rules after it.
+    out: list[Rule] = []
+    dropped_keeps: list[Rule] = []
+    for rule in table.rules:
+        if inexpressible(rule):
+            if rule.keeps_nccl:
+                dropped_keeps.append(rule)
+            continue
+        pieces = [rule]
+        for keep in dropped_keeps:
+            pieces, cuts = _cut(pieces, keep)
+            holes += cuts
+        out += pieces
+    kept = out
     dropped_position = sum(1 for rule in table.rules if rule.position != KEEP)
     dropped_default = sum(1 for rule in table.rules if rule.position == KEEP and rule.keeps_nccl)
+    expressible = sum(1 for rule in table.rules if not inexpressible(rule))
     note = {
         "source_rules": len(table.rules),
         "dropped_position_rules": dropped_position,
         "dropped_default_rules": dropped_default,
-        "dropped_other_keep_rules": len(table.rules) - len(kept) - dropped_position - dropped_default,
-        "note": "lossy: the CSV has no position key and no 'keep NCCL's algorithm/protocol'; "
-                "the JSON table is the faithful one",
+        "dropped_other_keep_rules": len(table.rules) - expressible - dropped_position - dropped_default,
+        "keep_nccl_holes": holes,
+        "note": "lossy: the CSV has no position key and no 'keep NCCL's algorithm/protocol'; the JSON "
+                "table is the faithful one",
     }
-    return DecisionTable(kept, {**table.provenance, "csv_compatible": note}, table.version)
+    return DecisionTable(tuple(kept), {**table.provenance, "csv_compatible": note}, table.version)
+
+
+def _cut(pieces: list[Rule], keep: Rule) -> tuple[list[Rule], int]:
+    """``pieces`` with ``keep``'s byte range removed from those that could match its calls (position
+    aside); returns the new pieces and how many were cut."""
+    out, cuts = [], 0
+    for piece in pieces:
+        same_calls = piece.coll == keep.coll and all(
+            KEEP in (getattr(piece, key), getattr(keep, key)) or getattr(piece, key) == getattr(keep, key)
+            for key in ("nranks", "nnodes", "num_pipe_ops", "reg_buff"))
+        if not same_calls or keep.max_bytes < piece.min_bytes or piece.max_bytes < keep.min_bytes:
+            out.append(piece)
+            continue
+        cuts += 1
+        if piece.min_bytes < keep.min_bytes:
+            out.append(dataclasses.replace(piece, max_bytes=keep.min_bytes - 1))
+        if keep.max_bytes < piece.max_bytes:
+            out.append(dataclasses.replace(piece, min_bytes=keep.max_bytes + 1))
+    return out, cuts
 
 
 # --- from a policy file ---------------------------------------------------------------------------
