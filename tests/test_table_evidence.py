@@ -133,8 +133,11 @@ def test_the_csv_cuts_a_dropped_keep_band_out_of_the_later_rules_it_shadowed():
         csv_rule = back.lookup(CallKey(Func.ALLREDUCE, nbytes, nranks, 1))
         if json_rule.keeps_nccl:
             assert csv_rule is None, (nbytes, nranks)  # a hole: NCCL's own choice, never the tree rule
-        else:
+        elif csv_rule is not None:  # the CSV may keep NCCL's choice where the JSON acts, never the reverse
             assert (csv_rule.algorithm, csv_rule.protocol) == (json_rule.algorithm, json_rule.protocol)
+    # It cannot say "any nranks but 8", so the tree rule loses 8..16 MiB for every communicator.
+    assert back.lookup(CallKey(Func.ALLREDUCE, 12 * MIB, 16, 1)) is None
+    assert back.lookup(CallKey(Func.ALLREDUCE, 20 * MIB, 8, 1)).algorithm == Algorithm.TREE
 
 
 def test_the_plugin_falls_through_to_nccls_choice_in_keep_bands(tuner, tmp_path, monkeypatch):
