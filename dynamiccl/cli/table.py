@@ -137,11 +137,12 @@ def cmd_table_export(args) -> int:
 
     states = EVIDENCE_STATES if args.evidence_states is None else args.evidence_states
     exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir,
-                                    evidence_states=states, progress=True)
+                                    evidence_states=states, progress=sys.stderr.isatty())
     save(exported.table, args.output)
     for note in exported.notes:
         print(f"note: {note}")
-    print(f"wrote {args.output}: {len(exported.table.rules)} rules reproducing the policy on {exported.calls:,} calls "
+    what = "confined to where they beat NCCL's default" if states else "reproducing the policy"
+    print(f"wrote {args.output}: {len(exported.table.rules)} rules {what} on {exported.calls:,} calls "
           f"of {exported.cases} case(s)")
     if args.nccl_csv:
         save(exported.csv_table, args.nccl_csv)
