@@ -267,7 +267,16 @@ def test_a_sweep_writes_its_results_and_does_not_count_what_the_table_saw(tmp_pa
 
 # --- launch and doctor ---------------------------------------------------------------------------------
 
-def test_launch_runs_untuned_when_the_check_refuses_and_says_so_once(tp8_trace, tmp_path, cache):
+@pytest.fixture
+def plugin_cache(request, monkeypatch) -> Path:
+    """$DYNAMICCL_CACHE_DIR with the session's plugin build (``test_launcher.cache``): no second compile."""
+    root = request.getfixturevalue("cache")
+    monkeypatch.setenv("DYNAMICCL_CACHE_DIR", str(root))
+    return root
+
+
+@pytest.mark.usefixtures("plugin_cache")
+def test_launch_runs_untuned_when_the_check_refuses_and_says_so_once(tp8_trace, tmp_path):
     from dynamiccl.launcher import plan_launch
 
     bad = tmp_path / "bad.json"
@@ -284,7 +293,8 @@ def test_launch_runs_untuned_when_the_check_refuses_and_says_so_once(tp8_trace, 
     assert not plan.tuned and "--env" in plan.reason
 
 
-def test_doctor_fails_a_table_its_check_refuses(tp8_trace, tmp_path, cache):
+@pytest.mark.usefixtures("plugin_cache")
+def test_doctor_fails_a_table_its_check_refuses(tp8_trace, tmp_path):
     from dynamiccl.doctor import run_doctor
 
     bad = tmp_path / "bad.json"
