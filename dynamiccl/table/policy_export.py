@@ -48,8 +48,11 @@ picks a disabled cell on the calls it was built from.
 From a policy file
 ------------------
 ``export_policy_tables`` is the whole of ``dynamiccl table export --policy``: it collects the calls of an
-experiment config's cases with their action masks, decides them with a saved policy, and returns
-the table, its CSV-compatible subset and the notes for the user.
+experiment config's cases with their action masks, decides them with a saved policy, confines the
+table to its evidence (``dynamiccl.table.evidence``: each acting rule kept only on the call sizes
+where its choice beat NCCL's default when the cases were replayed; NCCL's own choice elsewhere) and
+returns the table, its CSV-compatible subset and the notes for the user. ``table_from_policy``
+alone is the unconfined write-down, exact on the calls and extrapolating to every size.
 """
 
 from __future__ import annotations
