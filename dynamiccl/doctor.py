@@ -17,6 +17,8 @@ built is broken; the exit status is then 1):
   the instrumented library beside it, whose C parser checks tables;
 - the table (``--table``): read and checked by the plugin's C parser; rules, position rules, step
   shapes, init-time settings;
+- with ``--trace T --env SPEC``: the table checked on the job's step (``dynamiccl table check``: the
+  step replayed with and without it; a table that makes it slower fails, with the calls responsible);
 - the environment: ``NCCL_TUNER_PLUGIN`` naming another plugin, ``NCCL_ALGO`` / ``NCCL_PROTO``;
 - what ``dynamiccl launch`` would set (``dynamiccl.launcher.plan_launch``, the launcher's own code).
 """
@@ -36,8 +38,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from dynamiccl.errors import DynamicclError
-from dynamiccl.launcher import PLUGIN_ENV, mask_warnings, open_checker, open_plugin, plan_launch, prepare_table, \
-    resolve_plugin
+from dynamiccl.launcher import PLUGIN_ENV, check_on_trace, check_verdict, mask_warnings, open_checker, open_plugin, \
+    plan_launch, prepare_table, resolve_plugin
 from dynamiccl.nccl import FUNC_OP, KEEP
 from dynamiccl.plugin.build import PluginBuildError, find_compiler
 from dynamiccl.table import load as load_table
@@ -461,14 +463,34 @@ def _check_environment(report: Report, env: Mapping[str, str]) -> None:
         report.tips.append(DEBUG_TIP)
 
 
+def _check_on_trace(report: Report, table_path, trace, env_spec):
+    """The table checked on the job's step (``dynamiccl table check``); None if it could not run."""
+    try:
+        checked = check_on_trace(table_path, trace, env_spec)
+    except DynamicclError as exc:
+        report.add("table check", "fail", f"cannot replay {trace}: {exc}")
+        return None
+    report.table["check"] = checked.to_json()
+    if checked.passed:
+        report.add("table check", "ok", check_verdict(checked))
+    else:
+        report.add("table check", "fail", check_verdict(checked) + "; launch would run the job with NCCL's own "
+                   "choices")
+        for call in checked.responsible[:5]:
+            report.add("table check", "fail", call.describe())
+    return checked
+
+
 def run_doctor(table: str | os.PathLike | None = None, plugin: str | os.PathLike | None = None,
-               nccl: Sequence[str | os.PathLike] = (), env: Mapping[str, str] | None = None) -> Report:
+               nccl: Sequence[str | os.PathLike] = (), env: Mapping[str, str] | None = None,
+               trace: str | os.PathLike | None = None, env_spec: str | None = None) -> Report:
     """Run every check (see the module docstring) and return the report.
 
     Args:
         table: a decision table to check (``--table``); plugin: a prebuilt plugin (``--plugin``);
         nccl: NCCL libraries to check besides those found (``--nccl``); env: the environment a job
-            would start from (default ``os.environ``).
+            would start from (default ``os.environ``); trace, env_spec: a trace of the job's step and
+            the spec of its cluster, to check the table there (``dynamiccl table check``).
 
     Never raises for what it checks: problems become ``fail`` / ``missing`` / ``warn`` checks.
     """
@@ -477,12 +499,19 @@ def run_doctor(table: str | os.PathLike | None = None, plugin: str | os.PathLike
     versions = _check_nccl(report, nccl, env)
     checker = _check_plugin(report, plugin)
     _check_abi(report, versions, checker)
+    checked = None
     if table is not None:
         _check_table(report, table, checker)
+        if trace is not None:
+            checked = _check_on_trace(report, table, trace, env_spec)
+        else:
+            report.tips.append("give --trace T --env SPEC to replay your step with and without the table")
     else:
         report.tips.append("give --table T to check a decision table as the plugin will read it")
     _check_environment(report, env)
-    plan = plan_launch(table, plugin, base_env=env)
+    # A check that could not run is left to the launch plan, which then runs the job untuned.
+    plan = plan_launch(table, plugin, base_env=env, checked=checked,
+                       trace=trace if checked is None else None, env_spec=env_spec)
     report.launch = {"tuned": plan.tuned, "reason": plan.reason, "settings": plan.settings, "lines": plan.lines}
     if table is not None:
         report.add("launch", "ok" if plan.tuned else "warn",

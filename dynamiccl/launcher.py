@@ -19,8 +19,11 @@ What a launch does, in order:
    group; the environment reaches every child. SIGINT and SIGTERM are forwarded to the group and
    the launcher exits with the command's status (128 + N if signal N killed it).
 
-It fails open: if the plugin cannot be built or loaded, or the table cannot be read or is refused
-by the plugin's parser, the job still runs, without ``NCCL_TUNER_PLUGIN`` (NCCL's own choices), and
+With ``--trace T --env SPEC`` the table is first checked on the job's step (``dynamiccl table
+check``: the step replayed with and without it); a table that makes the step slower is not used.
+
+It fails open: if the plugin cannot be built or loaded, the table cannot be read or is refused by
+the plugin's parser or by the check on the trace, the job still runs, without ``NCCL_TUNER_PLUGIN`` (NCCL's own choices), and
 the launcher says why in one line. Every line it prints starts with ``dynamiccl launch:`` and goes
 to stderr, so the job's own output stays clean.
 
@@ -53,7 +56,7 @@ PREFIX = "dynamiccl launch: "
 PLUGIN_ENV = "NCCL_TUNER_PLUGIN"
 MASK_ENVS = ("NCCL_ALGO", "NCCL_PROTO")
 PLUGIN_TEXT_SUFFIX = ".txt"
-USAGE = "dynamiccl launch [--table T] [--plugin PATH] [--profile DIR] [--dry-run] -- CMD ..."
+USAGE = "dynamiccl launch [--table T [--trace TRACE --env SPEC]] [--plugin PATH] [--profile DIR] [--dry-run] -- CMD ..."
 
 
 @dataclass(frozen=True)
@@ -221,22 +224,57 @@ def _one_line(exc: BaseException) -> str:
 
 # --- the plan and the run ---------------------------------------------------------------------------
 
+def check_on_trace(table: str | os.PathLike, trace: str | os.PathLike, env_spec: str | None):
+    """``dynamiccl table check`` of ``table`` on one step of ``trace`` replayed on ``env_spec``: the
+    :class:`~dynamiccl.table.check.CaseCheck` (``passed`` False: the table makes the step slower).
+
+    Raises:
+        InputError: no ``env_spec``, or an unreadable table, trace or spec.
+    """
+    from dynamiccl.table.check import check_cases
+    from dynamiccl.tuning.cases import Case
+
+    if not env_spec:
+        raise InputError("--env", None, "checking the table on --trace needs the environment spec the job runs on")
+    return check_cases(load(table), [Case(os.fspath(trace), env_spec)])[0]
+
+
+def check_verdict(check) -> str:
+    """One line: a table check's ratio and verdict, and the call that lost most when it was refused."""
+    line = (f"table check on {check.label}: NCCL's default {check.default_step_us / 1e3:,.1f} ms, with the table "
+            f"{check.table_step_us / 1e3:,.1f} ms ({check.ratio:.4f}x, noise {check.noise:.2%})")
+    if check.passed:
+        return line + ": passes"
+    worst = check.responsible[0].describe() if check.responsible else "no single call"
+    return f"{line}: refused, the table makes the step {1 - check.ratio:.2%} slower (worst: {worst})"
+
+
 def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLike | None = None,
                 profile_dir: str | os.PathLike | None = None,
-                base_env: Mapping[str, str] | None = None) -> LaunchPlan:
+                base_env: Mapping[str, str] | None = None, trace: str | os.PathLike | None = None,
+                env_spec: str | None = None, checked=None) -> LaunchPlan:
     """The environment a launch gives its job, and the report of what was set and why.
 
     Builds or finds the plugin and writes the table's plugin text (see the module docstring), but
     starts nothing and creates no capture directory. ``base_env`` defaults to ``os.environ``.
+    With ``trace`` (and ``env_spec``, the cluster it runs on) the table is first checked on the
+    job's step (``check_on_trace``; ``checked``: a check already run, e.g. by ``dynamiccl doctor``):
+    a table that makes the step slower is not used.
 
-    Never raises for a problem of ours (plugin, compiler, table): the plan then runs the job
-    untuned and ``reason`` says why.
+    Never raises for a problem of ours (plugin, compiler, table, the check): the plan then runs the
+    job untuned and ``reason`` says why.
     """
     plan = LaunchPlan(env=dict(os.environ if base_env is None else base_env))
     if table is None:
         plan.lines.append("no --table: NCCL chooses" + (" (--plugin is not used)" if plugin else ""))
     else:
         try:
+            if checked is None and trace is not None:
+                checked = check_on_trace(table, trace, env_spec)
+            if checked is not None:
+                if not checked.passed:  # said once, in the "not tuning" line
+                    raise InputError(table, None, check_verdict(checked))
+                plan.lines.append(check_verdict(checked))
             plan.plugin = resolve_plugin(plugin)
             open_plugin(plan.plugin)
             plan.prepared = prepare_table(table, open_checker(plan.plugin))
@@ -284,7 +322,8 @@ def say(line: str) -> None:
 
 def launch(command: Sequence[str], table: str | os.PathLike | None = None,
            plugin: str | os.PathLike | None = None, profile_dir: str | os.PathLike | None = None,
-           dry_run: bool = False, gpus_per_node: int = 0) -> int:
+           dry_run: bool = False, gpus_per_node: int = 0, trace: str | os.PathLike | None = None,
+           env_spec: str | None = None) -> int:
     """Run ``command`` in the environment of ``plan_launch``; returns its exit status.
 
     Args:
@@ -292,6 +331,8 @@ def launch(command: Sequence[str], table: str | os.PathLike | None = None,
         table, plugin, profile_dir: as ``plan_launch``.
         dry_run: print what would be set and the command (shell-quoted), run nothing, return 0.
         gpus_per_node: for the node counts of the merged trace (0: torchrun's local world size).
+        trace, env_spec: a trace of the job's step and the spec of its cluster: the table is used
+            only if ``dynamiccl table check`` passes it there (``plan_launch``).
 
     Returns:
         The command's exit status (128 + N if signal N killed it), 0 for a dry run. A capture
@@ -304,7 +345,7 @@ def launch(command: Sequence[str], table: str | os.PathLike | None = None,
     command = list(command)
     if not command:
         raise InputError("launch", None, f"no command given; usage: {USAGE}")
-    plan = plan_launch(table, plugin, profile_dir)
+    plan = plan_launch(table, plugin, profile_dir, trace=trace, env_spec=env_spec)
     for line in plan.lines:
         say(line)
     if dry_run:

@@ -1,5 +1,6 @@
-"""Export is faithful: the decision table `dynamiccl table export --policy` writes gives, in the
-environment, the policy's own step time on every evaluation case (required: within 0.5%)."""
+"""Export is faithful: the decision table `dynamiccl table export --policy --evidence-states 0` writes
+gives, in the environment, the policy's own step time on every evaluation case (required: within
+0.5%); confined to its evidence (the default), it is never slower than NCCL's default there."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def test_exported_table_reproduces_the_policy_step_time(tmp_path, monkeypatch, s
     network = random_policy(seed, str(config_path))
     save_policy(policy_path, network, network.provenance)
     table_path, csv_path = tmp_path / "table.json", tmp_path / "table.csv"
-    assert main(["export", "--policy", str(policy_path), "-o", str(table_path), "--nccl-csv", str(csv_path)]) == 0
+    assert main(["export", "--policy", str(policy_path), "-o", str(table_path), "--nccl-csv", str(csv_path),
+                 "--evidence-states", "0"]) == 0
     table = load(table_path)
     assert table.rules and load(csv_path).rules
     assert json.loads(table_path.read_text())["provenance"]["policy"] == str(policy_path)
@@ -85,6 +87,31 @@ def test_exported_table_reproduces_the_policy_step_time(tmp_path, monkeypatch, s
     assert changed > 0  # the policy really departs from NCCL's choices
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_confined_export_is_never_slower_than_nccl_where_it_was_evaluated(tmp_path, seed):
+    config_path = tmp_path / "faithful.toml"
+    config_path.write_text(CONFIG)
+    policy_path = tmp_path / "policy.zip"
+    network = random_policy(seed, str(config_path))
+    save_policy(policy_path, network, network.provenance)
+    confined = export_policy_tables(policy_path).table
+    unconfined = export_policy_tables(policy_path, evidence_states=0).table
+    acting = sum(not rule.keeps_nccl for rule in confined.rules)
+    assert 0 < acting < sum(not rule.keeps_nccl for rule in unconfined.rules)
+    config = load_config(config_path)
+    where = config.default_output_dir() / "run"
+    cases = config.train_cases(where) + config.heldout_cases(where)
+    env = TuningEnv(cases)
+    faster = 0
+    for case, states in ((0, (0, 1)), (1, (0, 1)), (2, (100, 101))):  # the states the evidence replayed
+        for state in states:
+            step = run_episode(env, TableAgent(confined), case, state)["step"]
+            assert step["speedup"] >= 1.0 - 1e-3, (case, state)
+            faster += step["speedup"] > 1.0
+    assert faster > 0
+    assert confined.provenance["evidence"]["acting_rules"]
+
+
 def test_export_policy_tables_is_what_the_command_writes_and_prints(tmp_path, capsys):
     config_path = tmp_path / "faithful.toml"
     config_path.write_text(CONFIG)
@@ -101,8 +128,8 @@ def test_export_policy_tables_is_what_the_command_writes_and_prints(tmp_path, ca
     assert load(table_path) == exported.table
     assert load(csv_path).rules == exported.csv_table.rules
     assert lines[:-2] == [f"note: {note}" for note in exported.notes]
-    assert lines[-2] == (f"wrote {table_path}: {len(exported.table.rules)} rules reproducing the policy on "
-                         f"{exported.calls:,} calls of 3 case(s)")
+    assert lines[-2] == (f"wrote {table_path}: {len(exported.table.rules)} rules confined to where they beat "
+                         f"NCCL's default on {exported.calls:,} calls of 3 case(s)")
     assert lines[-1].startswith(f"wrote {csv_path}: {len(exported.csv_table.rules)} rules for NVIDIA's example plugin")
     with pytest.raises(InputError, match="no case of .* runs on 'nowhere'") as info:
         export_policy_tables(policy_path, env="nowhere")

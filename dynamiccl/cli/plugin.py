@@ -43,6 +43,9 @@ def add(sub) -> None:
     p.add_argument("--table", help="decision table: .json, NCCL example CSV (.csv/.conf) or plugin text (.txt)")
     p.add_argument("--plugin", help="prebuilt libnccl-tuner-dynamiccl.so, with the -instrumented.so of its build "
                                     "beside it (default: build or find the cached one)")
+    p.add_argument("--trace", help="a trace of the job's step: use the table only if `dynamiccl table check` passes it "
+                                   "there (needs --env)")
+    p.add_argument("--env", dest="env_spec", help="with --trace: the environment spec of the job's cluster")
     p.add_argument("--profile", metavar="DIR", help="also record the job; merged into DIR/trace.parquet")
     p.add_argument("--gpus-per-node", type=int, default=0,
                    help="with --profile: for node counts (default: torchrun's local world size)")
@@ -56,6 +59,9 @@ def add(sub) -> None:
                                    "the table (--table), the environment, and what `dynamiccl launch` would set. "
                                    "Exit status 1 if a check fails.")
     p.add_argument("--table", help="decision table to check")
+    p.add_argument("--trace", help="a trace of the job's step: also replay it with and without the table "
+                                   "(`dynamiccl table check`; needs --env)")
+    p.add_argument("--env", dest="env_spec", help="with --trace: the environment spec of the job's cluster")
     p.add_argument("--plugin", help="prebuilt plugin to check (default: build or find the cached one)")
     p.add_argument("--nccl", action="append", default=[], metavar="PATH",
                    help="an NCCL library to check besides those found (repeatable)")
@@ -108,13 +114,15 @@ def cmd_launch(args) -> int:
     from dynamiccl.launcher import launch
 
     return launch(wrapped_command(args.cmd), table=args.table, plugin=args.plugin, profile_dir=args.profile,
-                  dry_run=args.dry_run, gpus_per_node=args.gpus_per_node)
+                  dry_run=args.dry_run, gpus_per_node=args.gpus_per_node, trace=args.trace,
+                  env_spec=args.env_spec)
 
 
 def cmd_doctor(args) -> int:
     from dynamiccl.doctor import run_doctor
 
-    report = run_doctor(table=args.table, plugin=args.plugin, nccl=args.nccl)
+    report = run_doctor(table=args.table, plugin=args.plugin, nccl=args.nccl, trace=args.trace,
+                        env_spec=args.env_spec)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from dynamiccl.cli.workload import add_workload_arguments, workload_from_args
+from dynamiccl.errors import InputError
 
 
 def add(sub) -> None:
@@ -40,6 +44,27 @@ def add(sub) -> None:
     e.add_argument("-o", "--output", required=True, help="table file (.json)")
     add_policy_export_arguments(e, policy_required=True)
     e.set_defaults(func=cmd_table_export)
+    ck = tsub.add_parser(
+        "check", help="replay a step with and without the table; refuse a table that makes it slower",
+        description="Replay one training step (a trace, or a workload given with the `dynamiccl generate` flags) "
+                    "on an environment spec with NCCL's own choices and with the table, under a few dynamics "
+                    "states; print both step times, the ratio and the run-to-run noise. Exit status 1 when the "
+                    "table makes the step slower than the tolerance allows, listing the calls responsible. With "
+                    "--sweep FILE: the same on every layout of a sweep file, with a results table.")
+    ck.add_argument("table", help="decision table (.json, .csv/.conf, .txt)")
+    ck.add_argument("--trace", help="trace file of the step (default: generate the workload the flags describe)")
+    ck.add_argument("--env", help="environment spec name or path (with --trace or a workload)")
+    ck.add_argument("--sweep", help="sweep file (TOML) of layouts to check instead, e.g. experiments/sweep/layouts.toml")
+    ck.add_argument("-o", "--output", help="with --sweep: results to write as OUTPUT.md and OUTPUT.json")
+    ck.add_argument("--states", type=int, default=None, help="dynamics states replayed (default 4; a sweep file "
+                                                            "sets its own)")
+    ck.add_argument("--tolerance", type=float, default=None,
+                    help="share of step time the table may lose before it is refused (default 0.005: run-to-run "
+                         "noise of a real step)")
+    ck.add_argument("--cost-model", default=None, help="registered cost model to replay with (default world)")
+    ck.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_workload_arguments(ck, required=False, with_env=False)
+    ck.set_defaults(func=cmd_table_check)
 
 
 def add_policy_export_arguments(parser: argparse.ArgumentParser, policy_required: bool) -> None:
@@ -54,6 +79,10 @@ def add_policy_export_arguments(parser: argparse.ArgumentParser, policy_required
     parser.add_argument("--nccl-csv", help="also write NVIDIA's example-plugin CSV (lossy: no position rules)")
     parser.add_argument("--run-dir", help="the training run's directory, where the config's workloads are "
                                           "generated (default experiments/<name>/run)")
+    parser.add_argument("--evidence-states", type=int, default=None,
+                        help="dynamics states per case replayed to confine every rule to the sizes where it beat "
+                             "NCCL's default (default 2); 0: write the policy down unconfined, every rule over "
+                             "all sizes (for comparison only, not for deployment)")
 
 
 def cmd_table_show(args) -> int:
@@ -89,6 +118,9 @@ def cmd_table_lookup(args) -> int:
         print("no rule matches: NCCL's own choice")
         return 0
     index = table.rules.index(rule)
+    if rule.keeps_nccl:
+        print(f"rule {index}: NCCL's own choice: no evidence here that another choice wins")
+        return 0
     algo = rule.algorithm.name_lower if rule.algorithm is not None else "nccl's"
     proto = rule.protocol.name_lower if rule.protocol is not None else "nccl's"
     channels = "nccl's" if rule.channels == nccl.KEEP else str(rule.channels)
@@ -101,14 +133,91 @@ def cmd_table_export(args) -> int:
     from dynamiccl.table import save
     from dynamiccl.table.policy_export import export_policy_tables
 
-    exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir)
+    from dynamiccl.table.policy_export import EVIDENCE_STATES
+
+    states = EVIDENCE_STATES if args.evidence_states is None else args.evidence_states
+    exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir,
+                                    evidence_states=states, progress=sys.stderr.isatty())
     save(exported.table, args.output)
     for note in exported.notes:
         print(f"note: {note}")
-    print(f"wrote {args.output}: {len(exported.table.rules)} rules reproducing the policy on {exported.calls:,} calls "
+    what = "confined to where they beat NCCL's default" if states else "reproducing the policy"
+    print(f"wrote {args.output}: {len(exported.table.rules)} rules {what} on {exported.calls:,} calls "
           f"of {exported.cases} case(s)")
     if args.nccl_csv:
         save(exported.csv_table, args.nccl_csv)
         print(f"wrote {args.nccl_csv}: {len(exported.csv_table.rules)} rules for NVIDIA's example plugin (lossy: no "
               "position or explicit-default rules)")
     return 0
+
+
+def cmd_table_check(args) -> int:
+    """``dynamiccl table check TABLE (--trace T | workload flags) --env SPEC`` or ``--sweep FILE``;
+    exit status 1 when the table is refused."""
+    from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL, cost_model_entry
+    from dynamiccl.table import load
+
+    model = args.cost_model or DEFAULT_COST_MODEL
+    cost_model_entry(model)  # an unknown name fails here, listing the registered ones
+    table = load(args.table)
+    if args.sweep:
+        return _check_sweep(args, table, model)
+    from dynamiccl.table.check import CHECK_STATE_OFFSET, CHECK_STATES, TOLERANCE, check_cases
+    from dynamiccl.tuning.cases import Case
+
+    case = check_case(args.trace, args.env, args, "dynamiccl table check")
+    states = range(CHECK_STATE_OFFSET, CHECK_STATE_OFFSET + (args.states or CHECK_STATES))
+    tolerance = TOLERANCE if args.tolerance is None else args.tolerance
+    result = check_cases(table, [Case(*case)], states=states, model=model, tolerance=tolerance, progress=True)[0]
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(f"{args.table} on {args.trace or 'the generated workload'} @ {args.env} ({model})")
+        print(result.render(), end="")
+    return 0 if result.passed else 1
+
+
+def check_case(trace: str | None, env: str | None, args, command: str) -> tuple[str, str]:
+    """(trace path, env spec) of a check: ``trace``, or the workload of the generate flags in ``args``
+    generated once into the workload cache.
+
+    Raises:
+        InputError: no --env, neither a trace nor --model/--tp/--pp/--dp, or a layout the model cannot run.
+    """
+    from dynamiccl.envspec import resolve_env
+    from dynamiccl.errors import LayoutError
+    from dynamiccl.table.sweep import workload_cache
+
+    if not env:
+        raise InputError("--env", None, "give the environment spec the step runs on")
+    if trace:
+        return trace, env
+    if not all(getattr(args, name) for name in ("model", "tp", "pp", "dp")):
+        raise InputError("--trace", None, "give a trace, or a workload with --model, --tp, --pp and --dp "
+                                          "(the flags of `dynamiccl generate`)")
+    spec = workload_from_args(args, command)
+    try:
+        return str(spec.cached_trace(workload_cache(), resolve_env(env).cluster)), env
+    except LayoutError as err:
+        raise InputError(command, "workload", err.problem) from None
+
+
+def _check_sweep(args, table, model: str) -> int:
+    from dataclasses import replace
+
+    from dynamiccl.table.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    if args.states:
+        sweep = replace(sweep, states=tuple(range(sweep.states[0], sweep.states[0] + args.states)))
+    if args.tolerance is not None:
+        sweep = replace(sweep, tolerance=args.tolerance)
+    result = run_sweep(table, sweep, table_path=args.table, model=model, progress=True)
+    if args.output:
+        md, js = result.write(args.output)
+        print(f"wrote {md} and {js}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(result.markdown(), end="")
+    return 0 if result.passed else 1

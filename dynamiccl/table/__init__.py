@@ -5,8 +5,10 @@
 - ``json_format``: versioned JSON, what users keep (``.json``);
 - ``nvidia_csv``: the CSV of NVIDIA's example tuner plugin (``.csv``, ``.conf``);
 - ``plugin_text``: the plain text the dynamiccl C plugin reads (``.txt``);
-- ``policy_export``: a learned policy written down as a table (imported on its own: it needs the
-  tuning stack).
+- ``policy_export``: a learned policy written down as a table, ``evidence``: each of its acting
+  rules confined to the call sizes where it beat NCCL's default, ``check``: ``dynamiccl table
+  check`` (a step replayed with and without a table), ``sweep``: that check over a sweep file
+  (these four are imported on their own: they need the tuning stack).
 
 Every command that reads a table reads it with ``load``, so each accepts every format.
 """

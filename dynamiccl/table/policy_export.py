@@ -48,12 +48,16 @@ picks a disabled cell on the calls it was built from.
 From a policy file
 ------------------
 ``export_policy_tables`` is the whole of ``dynamiccl table export --policy``: it collects the calls of an
-experiment config's cases with their action masks, decides them with a saved policy, and returns
-the table, its CSV-compatible subset and the notes for the user.
+experiment config's cases with their action masks, decides them with a saved policy, confines the
+table to its evidence (``dynamiccl.table.evidence``: each acting rule kept only on the call sizes
+where its choice beat NCCL's default when the cases were replayed; NCCL's own choice elsewhere) and
+returns the table, its CSV-compatible subset and the notes for the user. ``table_from_policy``
+alone is the unconfined write-down, exact on the calls and extrapolating to every size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -85,6 +89,9 @@ GRID_MAX_BYTES = 2**40  # top of the generalisation grid; larger sizes take the 
 # Rows per call of ``decide``: large enough to be "few batches" for any realistic call set, small
 # enough that a neural-network policy does not run out of (GPU) memory on one batch.
 DECIDE_BATCH_ROWS = 1 << 16
+# Dynamics states per case replayed for a table's evidence (``export_policy_tables``): two, so that a
+# choice must win under two congestion/noise draws, at two replays per case.
+EVIDENCE_STATES = 2
 _INT64_MAX = 2**63 - 1
 
 Policy = Callable[[pd.DataFrame], np.ndarray]
@@ -416,30 +423,69 @@ def csv_compatible(table: DecisionTable) -> DecisionTable:
 
     The CSV has no position key and cannot say "keep NCCL's algorithm/protocol", so this drops
     position-specific rules and every rule keeping NCCL's algorithm or protocol -- for tables of
-    ``table_from_policy``, that is the exact rules and the explicit NCCL-default range rules. The
-    result always saves as CSV (``nvidia_csv.write``). The JSON table is the faithful one; this CSV differs:
+    ``table_from_policy``, that is the exact rules and the explicit NCCL-default rules. A dropped
+    keep-NCCL rule must not hand its calls to a later acting rule (a table acts only where it has
+    evidence, ``dynamiccl.table.evidence``): its byte range is cut out of every later acting rule
+    that could match the same calls (position aside), leaving a hole there. The result always saves
+    as CSV (``nvidia_csv.write``). The JSON table is the faithful one; this CSV differs:
 
-    - calls whose action differed from their size's majority get the majority (the range rule);
-    - calls in a default run match no line. Under the dynamiccl plugin that is NCCL's default, so
-      it is equivalent: a group's range rules are disjoint and other groups' rules never match, so
-      no later line takes those calls. NVIDIA's example plugin, however, runs unmatched calls on
-      1 channel (see the warning ``nvidia_csv.write`` puts in the file).
+    - calls whose action differed from their size's majority get the majority (the range rule),
+      unless the differing action was NCCL's own (then the size is a hole at every position);
+    - calls in a hole or a default run match no line. Under the dynamiccl plugin that is NCCL's
+      own choice. NVIDIA's example plugin, however, runs unmatched calls on 1 channel (see the
+      warning ``nvidia_csv.write`` puts in the file): the CSV cannot express keep-NCCL bands for it.
 
-    For a table not built by ``table_from_policy``, dropping a rule may let a later rule match the
-    calls it covered. The returned provenance records how many rules were dropped.
+    For a table not built by ``table_from_policy`` or ``confine``, dropping an acting position rule
+    may let a later rule match the calls it covered. The returned provenance records how many rules
+    were dropped and how many holes were cut.
     """
-    kept = tuple(rule for rule in table.rules if not inexpressible(rule))
+    holes = 0
+    # Each dropped keep-NCCL rule's range is cut out of the expressible rules after it.
+    out: list[Rule] = []
+    dropped_keeps: list[Rule] = []
+    for rule in table.rules:
+        if inexpressible(rule):
+            if rule.keeps_nccl:
+                dropped_keeps.append(rule)
+            continue
+        pieces = [rule]
+        for keep in dropped_keeps:
+            pieces, cuts = _cut(pieces, keep)
+            holes += cuts
+        out += pieces
+    kept = out
     dropped_position = sum(1 for rule in table.rules if rule.position != KEEP)
     dropped_default = sum(1 for rule in table.rules if rule.position == KEEP and rule.keeps_nccl)
+    expressible = sum(1 for rule in table.rules if not inexpressible(rule))
     note = {
         "source_rules": len(table.rules),
         "dropped_position_rules": dropped_position,
         "dropped_default_rules": dropped_default,
-        "dropped_other_keep_rules": len(table.rules) - len(kept) - dropped_position - dropped_default,
-        "note": "lossy: the CSV has no position key and no 'keep NCCL's algorithm/protocol'; "
-                "the JSON table is the faithful one",
+        "dropped_other_keep_rules": len(table.rules) - expressible - dropped_position - dropped_default,
+        "keep_nccl_holes": holes,
+        "note": "lossy: the CSV has no position key and no 'keep NCCL's algorithm/protocol'; the JSON "
+                "table is the faithful one",
     }
-    return DecisionTable(kept, {**table.provenance, "csv_compatible": note}, table.version)
+    return DecisionTable(tuple(kept), {**table.provenance, "csv_compatible": note}, table.version)
+
+
+def _cut(pieces: list[Rule], keep: Rule) -> tuple[list[Rule], int]:
+    """``pieces`` with ``keep``'s byte range removed from those that could match its calls (position
+    aside); returns the new pieces and how many were cut."""
+    out, cuts = [], 0
+    for piece in pieces:
+        same_calls = piece.coll == keep.coll and all(
+            KEEP in (getattr(piece, key), getattr(keep, key)) or getattr(piece, key) == getattr(keep, key)
+            for key in ("nranks", "nnodes", "num_pipe_ops", "reg_buff"))
+        if not same_calls or keep.max_bytes < piece.min_bytes or piece.max_bytes < keep.min_bytes:
+            out.append(piece)
+            continue
+        cuts += 1
+        if piece.min_bytes < keep.min_bytes:
+            out.append(dataclasses.replace(piece, max_bytes=keep.min_bytes - 1))
+        if keep.max_bytes < piece.max_bytes:
+            out.append(dataclasses.replace(piece, min_bytes=keep.max_bytes + 1))
+    return out, cuts
 
 
 # --- from a policy file ---------------------------------------------------------------------------
@@ -462,7 +508,8 @@ class PolicyExport:
 
 
 def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | os.PathLike | None = None,
-                         env: str | None = None, run_dir: str | os.PathLike | None = None) -> PolicyExport:
+                         env: str | None = None, run_dir: str | os.PathLike | None = None,
+                         evidence_states: int = EVIDENCE_STATES, progress: bool = False) -> PolicyExport:
     """A saved policy as a decision table for the calls of an experiment config's cases.
 
     Every tunable call of the config's train and held-out cases (only those on environment spec
@@ -477,13 +524,20 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         env: the environment spec name the table is for (default: every env of the config).
         run_dir: the training run's directory, where the config's workloads are generated
             (default ``experiments/<name>/run``).
+        evidence_states: dynamics states per case replayed to confine the table to its evidence
+            (``dynamiccl.table.evidence``: the first of the config's training states for training
+            cases, of its held-out states for held-out ones); 0 writes the policy down unconfined
+            (every rule spans all sizes: for comparison only, not for deployment).
+        progress: show a progress bar while collecting evidence.
 
     Raises:
         InputError: (naming ``--cases-config`` / ``--env``, the command's options) if the policy
             names no config and none is given, or no case runs on ``env``; and whatever reading the
             policy, the config or its cases raises.
     """
+    from dynamiccl.table.evidence import confine_to_evidence
     from dynamiccl.tuning.cases import load_case
+    from dynamiccl.tuning.env import TuningEnv
     from dynamiccl.tuning.observation import encode
     from dynamiccl.tuning.policy_file import load_policy
     from dynamiccl.tuning.config import load_config
@@ -494,7 +548,10 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         raise InputError("--cases-config", None, "the policy does not name its training config; give one")
     config = load_config(config_path)
     where = config.run_dir(run_dir)
-    cases = [c for c in config.train_cases(where) + config.heldout_cases(where) if not env or c.env == env]
+    if isinstance(evidence_states, bool) or not isinstance(evidence_states, int) or evidence_states < 0:
+        raise InputError("--evidence-states", None, f"expected an integer >= 0, got {evidence_states!r}")
+    train_cases = [c for c in config.train_cases(where) if not env or c.env == env]
+    cases = train_cases + [c for c in config.heldout_cases(where) if not env or c.env == env]
     if not cases:
         raise InputError("--env", None, f"no case of {config_path} runs on {env!r}")
     envs = sorted({c.env for c in cases})
@@ -526,12 +583,27 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
     steps, left_out = step_shapes(programs)
     table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
     notes += [f"no step line (position rules cannot apply) for {reason}" for reason in left_out]
+    if evidence_states:
+        # Training cases under the first training states, held-out ones under the first held-out
+        # states: the conditions the policy was trained and evaluated in.
+        train_states = range(min(evidence_states, config.train.states))
+        offset = config.heldout.state_offset
+        heldout_states = range(offset, offset + min(evidence_states, config.heldout.states))
+        episodes = [(index, state) for index in range(len(cases))
+                    for state in (train_states if index < len(train_cases) else heldout_states)]
+        acting = sum(not rule.keeps_nccl for rule in table.rules)
+        table, _ = confine_to_evidence(table, TuningEnv(cases, model=config.model), episodes, progress=progress)
+        kept = sum(not rule.keeps_nccl for rule in table.rules)
+        notes.append(f"confined to evidence: {kept} acting rule(s) (from {acting}) over {len(episodes)} replayed "
+                     f"step(s); NCCL's own choice everywhere else")
+    else:
+        notes.append("not confined to evidence: every rule spans all sizes (for comparison only; do not deploy)")
     return PolicyExport(table, csv_compatible(table), tuple(notes), len(calls), len(cases))
 
 
 __all__ = [
     "step_shapes",
-    "DECIDE_BATCH_ROWS", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
+    "DECIDE_BATCH_ROWS", "EVIDENCE_STATES", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
     "PolicyExport", "csv_compatible", "decisions_of_table", "export_policy_tables", "rule_choice", "size_grid",
     "table_from_policy",
 ]
