@@ -94,7 +94,7 @@ def test_confined_export_is_never_slower_than_nccl_where_it_was_evaluated(tmp_pa
     policy_path = tmp_path / "policy.zip"
     network = random_policy(seed, str(config_path))
     save_policy(policy_path, network, network.provenance)
-    confined = export_policy_tables(policy_path).table
+    confined = export_policy_tables(policy_path, evidence_split="all").table
     unconfined = export_policy_tables(policy_path, evidence_states=0).table
     acting = sum(not rule.keeps_nccl for rule in confined.rules)
     assert 0 < acting < sum(not rule.keeps_nccl for rule in unconfined.rules)
@@ -110,6 +110,26 @@ def test_confined_export_is_never_slower_than_nccl_where_it_was_evaluated(tmp_pa
             faster += step["speedup"] > 1.0
     assert faster > 0
     assert confined.provenance["evidence"]["acting_rules"]
+    assert len(confined.provenance["evidence"]["cases"]) == 3
+
+
+def test_confined_export_takes_its_evidence_from_the_training_cases_by_default(tmp_path):
+    # The held-out case is not evidence, so its evaluation (and the layout sweep) judge the table
+    # out of sample; a wrong split name is refused.
+    config_path = tmp_path / "faithful.toml"
+    config_path.write_text(CONFIG)
+    policy_path = tmp_path / "policy.zip"
+    network = random_policy(0, str(config_path))
+    save_policy(policy_path, network, network.provenance)
+    exported = export_policy_tables(policy_path)
+    config = load_config(config_path)
+    where = config.default_output_dir() / "run"
+    train = {case.label for case in config.train_cases(where)}
+    assert set(exported.table.provenance["evidence"]["cases"]) == train
+    assert any("of the training cases" in note for note in exported.notes)
+    with pytest.raises(InputError, match="expected one of train, all") as info:
+        export_policy_tables(policy_path, evidence_split="heldout")
+    assert info.value.source == "--evidence-from"
 
 
 def test_export_policy_tables_is_what_the_command_writes_and_prints(tmp_path, capsys):
@@ -118,12 +138,13 @@ def test_export_policy_tables_is_what_the_command_writes_and_prints(tmp_path, ca
     policy_path = tmp_path / "policy.zip"
     network = random_policy(0, str(config_path))
     save_policy(policy_path, network, network.provenance)
-    exported = export_policy_tables(policy_path)
+    exported = export_policy_tables(policy_path, evidence_split="all")
     assert exported.cases == 3 and exported.calls > 0
     assert exported.csv_table.rules and len(exported.csv_table.rules) < len(exported.table.rules)
     table_path, csv_path = tmp_path / "table.json", tmp_path / "table.csv"
     capsys.readouterr()
-    assert main(["export", "--policy", str(policy_path), "-o", str(table_path), "--nccl-csv", str(csv_path)]) == 0
+    assert main(["export", "--policy", str(policy_path), "-o", str(table_path), "--nccl-csv", str(csv_path),
+                 "--evidence-from", "all"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert load(table_path) == exported.table
     assert load(csv_path).rules == exported.csv_table.rules

@@ -83,6 +83,10 @@ def add_policy_export_arguments(parser: argparse.ArgumentParser, policy_required
                         help="dynamics states per case replayed to confine every rule to the sizes where it beat "
                              "NCCL's default (default 2); 0: write the policy down unconfined, every rule over "
                              "all sizes (for comparison only, not for deployment)")
+    parser.add_argument("--evidence-from", choices=("train", "all"), default="train",
+                        help="cases whose replays are the evidence: train (default; held-out cases and the layout "
+                             "sweep then judge the table out of sample) or all (held-out cases too: for a table "
+                             "deployed after its evaluation)")
 
 
 def cmd_table_show(args) -> int:
@@ -137,7 +141,8 @@ def cmd_table_export(args) -> int:
 
     states = EVIDENCE_STATES if args.evidence_states is None else args.evidence_states
     exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir,
-                                    evidence_states=states, progress=sys.stderr.isatty())
+                                    evidence_states=states, evidence_split=args.evidence_from,
+                                    progress=sys.stderr.isatty())
     save(exported.table, args.output)
     for note in exported.notes:
         print(f"note: {note}")

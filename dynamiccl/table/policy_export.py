@@ -68,16 +68,16 @@ import pandas as pd
 
 from dynamiccl.callkey import FIELDS as CALL_KEY_FIELDS
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, is_supported
+from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Func, is_supported
 from dynamiccl.tuning.actions import (
     ACTION_ALGO,
-    ACTION_CHANNELS,
     ACTION_PROTO,
     DEFAULT_ACTION,
     NUM_ACTIONS,
     action_index,
     describe_action,
     nearest_channels,
+    rule_choice,
 )
 from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule, StepShape
 from dynamiccl.table.nvidia_csv import inexpressible
@@ -92,41 +92,13 @@ DECIDE_BATCH_ROWS = 1 << 16
 # Dynamics states per case replayed for a table's evidence (``export_policy_tables``): two, so that a
 # choice must win under two congestion/noise draws, at two replays per case.
 EVIDENCE_STATES = 2
+EVIDENCE_SPLITS = ("train", "all")  # which cases give a confined table its evidence
 _INT64_MAX = 2**63 - 1
 
 Policy = Callable[[pd.DataFrame], np.ndarray]
 
 
 # --- actions <-> rule choices ----------------------------------------------------------------------
-
-def _checked_action(action) -> int:
-    if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
-        raise TypeError(f"an action is an integer, got {type(action).__name__} {action!r}")
-    action = int(action)
-    if not 0 <= action < NUM_ACTIONS:
-        raise ValueError(f"action {action} is out of range; expected 0 .. {NUM_ACTIONS - 1}")
-    return action
-
-
-def rule_choice(action: int) -> dict:
-    """The ``Rule`` choice fields for an action: ``{"algorithm", "protocol", "channels"}``.
-
-    Action 0 (NCCL's default) keeps everything: algorithm and protocol None, channels -1. Other
-    actions set algorithm and protocol; their channels 0 ("NCCL's runtime count for that pair")
-    becomes -1 (keep NCCL's). Use as ``Rule(coll=..., min_bytes=..., ..., **rule_choice(a))``.
-
-    Raises:
-        TypeError: if ``action`` is not an integer.
-        ValueError: if it is outside the action catalogue.
-    """
-    action = _checked_action(action)
-    if action == DEFAULT_ACTION:
-        return {"algorithm": None, "protocol": None, "channels": KEEP}
-    channels = int(ACTION_CHANNELS[action])
-    return {"algorithm": Algorithm(int(ACTION_ALGO[action])),
-            "protocol": Protocol(int(ACTION_PROTO[action])),
-            "channels": channels if channels else KEEP}
-
 
 def _rule_action(rule: Rule, index: int) -> int:
     """The catalogue action a rule stands for (see ``decisions_of_table``)."""
@@ -509,7 +481,8 @@ class PolicyExport:
 
 def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | os.PathLike | None = None,
                          env: str | None = None, run_dir: str | os.PathLike | None = None,
-                         evidence_states: int = EVIDENCE_STATES, progress: bool = False) -> PolicyExport:
+                         evidence_states: int = EVIDENCE_STATES, evidence_split: str = "train",
+                         progress: bool = False) -> PolicyExport:
     """A saved policy as a decision table for the calls of an experiment config's cases.
 
     Every tunable call of the config's train and held-out cases (only those on environment spec
@@ -528,6 +501,11 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
             (``dynamiccl.table.evidence``: the first of the config's training states for training
             cases, of its held-out states for held-out ones); 0 writes the policy down unconfined
             (every rule spans all sizes: for comparison only, not for deployment).
+        evidence_split: ``"train"`` (default): evidence comes from the training cases only, so the
+            held-out cases and the layout sweep judge the table on steps it never saw (a rule whose
+            calls only the held-out cases make keeps NCCL's choice); ``"all"``: the held-out cases
+            count as evidence too (for a table deployed after its evaluation; its held-out numbers
+            are then in-sample).
         progress: show a progress bar while collecting evidence.
 
     Raises:
@@ -550,6 +528,8 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
     where = config.run_dir(run_dir)
     if isinstance(evidence_states, bool) or not isinstance(evidence_states, int) or evidence_states < 0:
         raise InputError("--evidence-states", None, f"expected an integer >= 0, got {evidence_states!r}")
+    if evidence_split not in EVIDENCE_SPLITS:
+        raise InputError("--evidence-from", None, f"expected one of {', '.join(EVIDENCE_SPLITS)}, got {evidence_split!r}")
     train_cases = [c for c in config.train_cases(where) if not env or c.env == env]
     cases = train_cases + [c for c in config.heldout_cases(where) if not env or c.env == env]
     if not cases:
@@ -584,18 +564,20 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
     table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
     notes += [f"no step line (position rules cannot apply) for {reason}" for reason in left_out]
     if evidence_states:
-        # Training cases under the first training states, held-out ones under the first held-out
-        # states: the conditions the policy was trained and evaluated in.
+        # Training cases under the first training states (and, with evidence_split "all", held-out
+        # ones under the first held-out states): the conditions the policy was trained (evaluated) in.
         train_states = range(min(evidence_states, config.train.states))
         offset = config.heldout.state_offset
         heldout_states = range(offset, offset + min(evidence_states, config.heldout.states))
         episodes = [(index, state) for index in range(len(cases))
+                    if index < len(train_cases) or evidence_split == "all"
                     for state in (train_states if index < len(train_cases) else heldout_states)]
         acting = sum(not rule.keeps_nccl for rule in table.rules)
         table, _ = confine_to_evidence(table, TuningEnv(cases, model=config.model), episodes, progress=progress)
         kept = sum(not rule.keeps_nccl for rule in table.rules)
         notes.append(f"confined to evidence: {kept} acting rule(s) (from {acting}) over {len(episodes)} replayed "
-                     f"step(s); NCCL's own choice everywhere else")
+                     f"step(s) of the {'training' if evidence_split == 'train' else 'training and held-out'} "
+                     "cases; NCCL's own choice everywhere else")
     else:
         notes.append("not confined to evidence: every rule spans all sizes (for comparison only; do not deploy)")
     return PolicyExport(table, csv_compatible(table), tuple(notes), len(calls), len(cases))
@@ -603,7 +585,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
 
 __all__ = [
     "step_shapes",
-    "DECIDE_BATCH_ROWS", "EVIDENCE_STATES", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
+    "DECIDE_BATCH_ROWS", "EVIDENCE_SPLITS", "EVIDENCE_STATES", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
     "PolicyExport", "csv_compatible", "decisions_of_table", "export_policy_tables", "rule_choice", "size_grid",
     "table_from_policy",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Protocol
+from dynamiccl.nccl import KEEP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Protocol
 
 CHANNEL_CHOICES = (0, 1, 2, 4, 8, 16, 24, 32)  # 0 = NCCL's runtime count for the chosen pair
 DEFAULT_ACTION = 0
@@ -80,3 +80,34 @@ def action_mask(enabled_cells: np.ndarray, channel_cap: int, nvls_channel_cap: i
     mask = enabled_cells[cell] & (ACTION_CHANNELS <= cap)
     mask[DEFAULT_ACTION] = True
     return mask
+
+
+# --- actions -> decision-table rule fields (the table package and the search both write rules) ---
+
+def _checked_action(action) -> int:
+    if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+        raise TypeError(f"an action is an integer, got {type(action).__name__} {action!r}")
+    action = int(action)
+    if not 0 <= action < NUM_ACTIONS:
+        raise ValueError(f"action {action} is out of range; expected 0 .. {NUM_ACTIONS - 1}")
+    return action
+
+
+def rule_choice(action: int) -> dict:
+    """The ``Rule`` choice fields for an action: ``{"algorithm", "protocol", "channels"}``.
+
+    Action 0 (NCCL's default) keeps everything: algorithm and protocol None, channels -1. Other
+    actions set algorithm and protocol; their channels 0 ("NCCL's runtime count for that pair")
+    becomes -1 (keep NCCL's). Use as ``Rule(coll=..., min_bytes=..., ..., **rule_choice(a))``.
+
+    Raises:
+        TypeError: if ``action`` is not an integer.
+        ValueError: if it is outside the action catalogue.
+    """
+    action = _checked_action(action)
+    if action == DEFAULT_ACTION:
+        return {"algorithm": None, "protocol": None, "channels": KEEP}
+    channels = int(ACTION_CHANNELS[action])
+    return {"algorithm": Algorithm(int(ACTION_ALGO[action])),
+            "protocol": Protocol(int(ACTION_PROTO[action])),
+            "channels": channels if channels else KEEP}

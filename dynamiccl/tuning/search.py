@@ -65,7 +65,7 @@ from dynamiccl.costmodel.world import ALGORITHM_TRAFFIC, P2P_TRAFFIC, Communicat
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.nccl import FUNC_OP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Func
 from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule
-from dynamiccl.tuning.actions import DEFAULT_ACTION
+from dynamiccl.tuning.actions import DEFAULT_ACTION, rule_choice
 from dynamiccl.tuning.cases import LoadedCase, default_schedule, new_replay
 from dynamiccl.tuning.costs import CostTable
 from dynamiccl.tuning.timeline import Replay
@@ -120,8 +120,7 @@ def band_bytes(band: int) -> tuple[int, int]:
 
 def table_of(actions: dict[RuleKey, int], provenance: dict) -> DecisionTable:
     """The decision table with one rule per key of ``actions`` (sorted by key), choosing that action
-    (``dynamiccl.table.policy_export.rule_choice``: action 0 keeps NCCL's choice, explicitly)."""
-    from dynamiccl.table.policy_export import rule_choice
+    (``dynamiccl.tuning.actions.rule_choice``: action 0 keeps NCCL's choice, explicitly)."""
 
     rules = []
     for key in sorted(actions):
