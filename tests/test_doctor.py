@@ -18,8 +18,6 @@ from dynamiccl.plugin import PLUGIN_FILE_NAME
 from dynamiccl.plugin.build import compile_sources, find_compiler
 from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, StepShape, save
 
-from test_launcher import cache  # noqa: F401  (a pytest fixture; tests/ is on sys.path)
-
 FAKE_NCCL = "int ncclGetVersion(int* v) { *v = %d; return 0; }\n"
 
 

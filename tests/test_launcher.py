@@ -31,14 +31,6 @@ PRINT_ENV = [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.en
 
 
 @pytest.fixture(scope="session")
-def cache(plugin_path, tmp_path_factory) -> Path:
-    """A $DYNAMICCL_CACHE_DIR whose plugin build is the session's (``plugin_path``): no second compile."""
-    root = tmp_path_factory.mktemp("dynamiccl-cache")
-    (root / "plugin").symlink_to(plugin_path.parent.parent, target_is_directory=True)
-    return root
-
-
-@pytest.fixture(scope="session")
 def plugin(cache) -> Path:
     """The plugin a launch with ``cache`` finds (build_plugin resolves the link: ``plugin_path``)."""
     return build_plugin(cache / "plugin")

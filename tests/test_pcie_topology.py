@@ -8,16 +8,17 @@ world (figures typed in from the source, with the range the source allows).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from dynamiccl.costmodel import WorldModel, make_batch
+from dynamiccl.costmodel import NcclModel, WorldModel, make_batch
 from dynamiccl.costmodel.nccl_constants import NVLINK_HW, PCI_HW
 from dynamiccl.costmodel.topology import ll128_default_enabled, topology
 from dynamiccl.envspec import env_from_dict, resolve_env
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import busbw_factor
 
-ALLREDUCE, RING, SIMPLE = 4, 1, 2
+ALLREDUCE, RING, NVLS, LL128, SIMPLE = 4, 1, 4, 1, 2
 MiB = 2.0 ** 20
 
 
@@ -29,8 +30,9 @@ def spec(gpu="L40S", gpus_per_node=8, nodes=1, intra=None, inter=None, host=None
     return env_from_dict(obj, "env.toml")
 
 
-def world_allreduce_busbw(env, nranks, nnodes, size_bytes, algo=-1, proto=-1):
-    result = WorldModel(env).evaluate(make_batch(ALLREDUCE, size_bytes, nranks, nnodes, algo=algo, proto=proto))
+def world_allreduce_busbw(env, nranks, nnodes, size_bytes, algo=-1, proto=-1, forced_by_env=False):
+    result = WorldModel(env).evaluate(make_batch(ALLREDUCE, size_bytes, nranks, nnodes, algo=algo, proto=proto,
+                                                 forced_by_env=forced_by_env))
     return size_bytes / (result.time_us[0] * 1e3) * busbw_factor("allreduce", nranks)
 
 
@@ -120,6 +122,33 @@ def test_bridged_pair_gets_ll128_only_where_nccl_enables_it():
     assert not topology(old, 2, 1).ll128_enabled
     new = spec(gpu="A40", intra={"nvlink_bridges": True}, nccl={"version": "2.27.3"})
     assert topology(new, 2, 1).ll128_enabled and not topology(new, 8, 1).ll128_enabled  # PCI hops: no LL128
+
+
+def test_ll128_forced_by_nccl_proto_runs_where_a_tuner_cannot_pick_it():
+    # tuning.cc applies the automatic LL128 rules only while NCCL_PROTO leaves LL128 at "auto" (2); a
+    # listed protocol skips them (NVIDIA/nccl#786). A tuner sees the table after the rules: -1 stays -1.
+    env = resolve_env("l40s-pcie-1x2")  # 2 L40S over PCIe, NCCL 2.29.2: no LL128 by default
+    nccl = NcclModel(env)
+    assert not nccl.topology(2, 1).ll128_enabled
+    assert (nccl.cost_table(make_batch(ALLREDUCE, [8.0, 128 * MiB], 2, 1))[:, :, LL128] < 0).all()
+    for model in (nccl, WorldModel(env)):
+        by_tuner = model.evaluate(make_batch(ALLREDUCE, 128 * MiB, 2, 1, algo=RING, proto=LL128))
+        assert by_tuner.algo[0] == -1 and np.isinf(by_tuner.time_us[0])
+        by_env = model.evaluate(make_batch(ALLREDUCE, 128 * MiB, 2, 1, proto=LL128, forced_by_env=True))
+        assert by_env.proto[0] == LL128 and np.isfinite(by_env.time_us[0])
+    # NCCL_ALGO cannot revive an algorithm the system lacks (NVLS over PCIe).
+    nvls = WorldModel(env).evaluate(make_batch(ALLREDUCE, 128 * MiB, 2, 1, algo=NVLS, proto=SIMPLE, forced_by_env=True))
+    assert np.isinf(nvls.time_us[0])
+
+
+def test_forced_ll128_on_two_l40s_runs_at_what_was_measured():
+    # yumibyte/CS244C-Research phase1-baseline, nvidial40s_2gpu_results/auto_ll128 (NCCL 2.29.2,
+    # nccl-tests -g 2, NCCL_PROTO=LL128): 8.89 GB/s busbw at 128 MiB, 0.57 of the default's 15.67
+    # (iteration_1): forced LL128 almost halves large-message busbw. +-10% (the large-size target).
+    env = resolve_env("l40s-pcie-1x2")
+    ll128 = world_allreduce_busbw(env, 2, 1, 128 * MiB, proto=LL128, forced_by_env=True)
+    assert ll128 == pytest.approx(8.89, rel=0.10)
+    assert ll128 / world_allreduce_busbw(env, 2, 1, 128 * MiB) == pytest.approx(8.89 / 15.67, rel=0.10)
 
 
 # --- which NICs a communicator uses ---------------------------------------------------------------

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 from plugin_harness import use_table
-from test_launcher import cache  # noqa: F401  (a pytest fixture; tests/ is on sys.path)
-
 from dynamiccl.callkey import CallKey
 from dynamiccl.cli import main
 from dynamiccl.nccl import TUNABLE_FUNCS, Algorithm, Func, Protocol, nccl_argmin
@@ -269,7 +267,7 @@ def test_a_sweep_writes_its_results_and_does_not_count_what_the_table_saw(tmp_pa
 
 @pytest.fixture
 def plugin_cache(request, monkeypatch) -> Path:
-    """$DYNAMICCL_CACHE_DIR with the session's plugin build (``test_launcher.cache``): no second compile."""
+    """$DYNAMICCL_CACHE_DIR with the session's plugin build (the ``cache`` fixture of conftest.py): no second compile."""
     root = request.getfixturevalue("cache")
     monkeypatch.setenv("DYNAMICCL_CACHE_DIR", str(root))
     return root

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 from dynamiccl.costmodel.protocol import CostModel, CostModelOptions, CostResult
 from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL, CostModelEntry, cost_model_entry
 
-if TYPE_CHECKING:
-    from dynamiccl.costmodel.batch import CollBatch, make_batch
-    from dynamiccl.costmodel.nccl_model import NcclModel
-    from dynamiccl.costmodel.world import WorldModel, WorldParams
+if TYPE_CHECKING:  # re-exported (``as`` the same name): the lazy names of ``__all__`` for type checkers
+    from dynamiccl.costmodel.batch import CollBatch as CollBatch, make_batch as make_batch
+    from dynamiccl.costmodel.nccl_model import NcclModel as NcclModel
+    from dynamiccl.costmodel.world import WorldModel as WorldModel, WorldParams as WorldParams
 
 _LAZY = {"CollBatch": "dynamiccl.costmodel.batch", "make_batch": "dynamiccl.costmodel.batch",
          "NcclModel": "dynamiccl.costmodel.nccl_model", "WorldModel": "dynamiccl.costmodel.world",

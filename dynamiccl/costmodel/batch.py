@@ -12,6 +12,13 @@ world simulator:
 - ``congestion``: share (0..0.95) of each NIC's bandwidth taken by background traffic;
 - ``noise``: multiplicative run-to-run factor (1 = none), drawn by the caller (see ``dynamics``).
 
+``forced_by_env`` says who forced a row's ``algo``/``proto``: True where they are ``NCCL_ALGO`` /
+``NCCL_PROTO`` settings (a measured nccl-tests run, ``dynamiccl simulate``), False where a tuner
+chose them (the policy, a decision table, ``search``). It matters for one cell: NCCL's automatic
+LL128 rules (off over PCIe, on Ada before 2.27, ...) apply only while ``NCCL_PROTO`` leaves LL128 at
+its default, so a protocol the user lists runs where a tuner could not pick it
+(:func:`dynamiccl.costmodel.nccl_model.enabled`).
+
 ``func`` holds NCCL's ``ncclFunc_t`` numbers (Broadcast 0 .. AllReduce 4, SendRecv 5, Send 6,
 Recv 7, AlltoAll 8); a send/recv is costed as one transfer of ``size_bytes`` to a peer. ``size_bytes`` follows nccl-tests
 and NCCL's ``nBytes``: the whole ``n x count`` buffer for AllGather/ReduceScatter/AlltoAll, ``count``
@@ -55,6 +62,7 @@ class CollBatch:
     compute_waves: np.ndarray  # float >= 0, 0 = not known
     congestion: np.ndarray    # float 0..0.95
     noise: np.ndarray         # float > 0
+    forced_by_env: np.ndarray  # bool: algo/proto forced by NCCL_ALGO/NCCL_PROTO (True) or by a tuner (False)
 
     def __len__(self) -> int:
         return len(self.func)
@@ -72,11 +80,12 @@ _DTYPES = {"func": np.int64, "size_bytes": np.float64, "nranks": np.int64, "nnod
            "algo": np.int64, "proto": np.int64, "channels": np.int64, "num_pipe_ops": np.int64,
            "overlap": np.float64, "compute_hbm_share": np.float64, "compute_waves": np.float64,
            "congestion": np.float64,
-           "noise": np.float64}
+           "noise": np.float64, "forced_by_env": np.bool_}
 
 
 def make_batch(func, size_bytes, nranks, nnodes, algo=-1, proto=-1, channels=0, num_pipe_ops=1,
-               overlap=0.0, compute_hbm_share=0.0, congestion=0.0, noise=1.0, compute_waves=0.0) -> CollBatch:
+               overlap=0.0, compute_hbm_share=0.0, congestion=0.0, noise=1.0, compute_waves=0.0,
+               forced_by_env=False) -> CollBatch:
     """Build a :class:`CollBatch`, broadcasting scalars and arrays against each other.
 
     Raises:
@@ -85,7 +94,7 @@ def make_batch(func, size_bytes, nranks, nnodes, algo=-1, proto=-1, channels=0, 
     values = dict(func=func, size_bytes=size_bytes, nranks=nranks, nnodes=nnodes, algo=algo, proto=proto,
                   channels=channels, num_pipe_ops=num_pipe_ops, overlap=overlap,
                   compute_hbm_share=compute_hbm_share, compute_waves=compute_waves, congestion=congestion,
-                  noise=noise)
+                  noise=noise, forced_by_env=forced_by_env)
     arrays = np.broadcast_arrays(*(np.asarray(v) for v in values.values()))
     columns = {name: np.ascontiguousarray(array, dtype=_DTYPES[name]).reshape(-1)
                for name, array in zip(values, arrays)}

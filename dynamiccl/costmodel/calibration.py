@@ -102,8 +102,9 @@ def _setup(table: MeasuredTable, specs: list[EnvSpec]) -> tuple:
     env = map_table(table, specs)
     key = (table.table, table.func, table.algo, table.proto, table.nranks, table.nodes, table.size_bytes.tobytes(), env)
     if key not in _SETUPS:
+        # A table's forced algorithm/protocol is an NCCL_ALGO/NCCL_PROTO setting, not a tuner's choice.
         batch = make_batch(table.func, table.size_bytes, table.nranks, table.nodes, algo=table.algo,
-                           proto=table.proto)
+                           proto=table.proto, forced_by_env=True)
         nccl_model = NcclModel(env)
         _SETUPS[key] = (env, batch, nccl_model, nccl_model.choose(batch)["time_us"])
     return _SETUPS[key]
@@ -202,8 +203,7 @@ def format_summary(summary: dict) -> str:
     lines.append(f" {'overall':<24} {'':<14} {'':<7} {'':<16} {w['rows']:>4} {pct(w['all'])} {pct(w['small'])} "
                  f"{pct(w['large'])} {'[' + pct(n['all']).strip() + ']':>11}")
     if w.get("unrunnable_rows"):
-        lines.append(f"# {w['unrunnable_rows']} rows left out: a forced protocol the world does not run there, as NCCL's "
-                     "automatic enablement would not (NCCL_PROTO forces it on): "
+        lines.append(f"# {w['unrunnable_rows']} rows left out: a forced algorithm/protocol NCCL cannot run there: "
                      + ", ".join(name for name, t in summary["tables"].items() if t["world"].get("unrunnable_rows")))
 
     def verdict(value, target):
@@ -369,8 +369,8 @@ def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldPar
     low = np.array([f[2] for f in free])
     high = np.array([f[3] for f in free])
 
-    # Rows the world cannot run (a protocol NCCL_PROTO forced where NCCL's automatic rules would
-    # not enable it, e.g. LL128 over PCIe) are left out of the fit.
+    # Rows the world cannot run (a forced pair NCCL has no graph for, e.g. NVLS over PCIe) are left
+    # out of the fit. A protocol NCCL_PROTO forces past NCCL's automatic rules (LL128 over PCIe) runs.
     runnable = [np.isfinite(r.world_time_us) for r in first]
 
     def residuals(x):

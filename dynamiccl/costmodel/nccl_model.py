@@ -53,8 +53,18 @@ def nsteps(func: int, n: int | float) -> int | float:
     return n
 
 
-def enabled(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> bool:
-    """NCCL's enablement rules (``ncclTopoTuneModel``) for one (collective, algorithm, protocol)."""
+def enabled(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int, proto_by_env: bool = False) -> bool:
+    """NCCL's enablement rules (``ncclTopoTuneModel``) for one (collective, algorithm, protocol).
+
+    ``proto_by_env``: the protocol is listed in ``NCCL_PROTO``. NCCL applies its automatic LL128
+    rules (``t.ll128_enabled``: NVLink paths, compute capability, version) only while LL128 keeps its
+    default "2 = auto"; a protocol the user lists gets ``protoEnable`` 1 and skips them
+    (``src/graph/tuning.cc``, ``if (pEnable == 2 && p == NCCL_PROTO_LL128)``; "you can enable it on
+    non-supported platforms with NCCL_PROTO=LL,LL128,SIMPLE", NVIDIA/nccl#786). ``NCCL_ALGO`` has no
+    such effect: ``tuning.cc`` disables the algorithms the system lacks (NVLSTree on one node,
+    CollNet without SHARP, ...) after reading it, and PAT follows ``NCCL_PAT_ENABLE``, not it. A
+    tuner sees the table after these rules and cannot revive a disabled cell.
+    """
     v = c.version
     if func in (Func.BROADCAST, Func.REDUCE) and a != Algorithm.RING:
         return False
@@ -64,7 +74,7 @@ def enabled(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> boo
         return False
     if a in (*_NVLS_ALGORITHMS, Algorithm.PAT, *_COLLNETS) and p != Protocol.SIMPLE:
         return False
-    if p == Protocol.LL128 and not t.ll128_enabled:
+    if p == Protocol.LL128 and not t.ll128_enabled and not proto_by_env:
         return False
     if a == Algorithm.PAT:
         return v >= (2, 23, 0) and t.pat_enabled
@@ -127,10 +137,10 @@ def _latency(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> fl
     return lat
 
 
-def _bandwidth(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> float:
+def _bandwidth(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int, proto_by_env: bool = False) -> float:
     """``bandwidths[coll][a][p]``: algorithm bandwidth in GB/s, 0 when NCCL cannot use it
-    (``ncclTopoTuneModel``)."""
-    if not enabled(c, t, func, a, p):
+    (``ncclTopoTuneModel``; ``proto_by_env``: as :func:`enabled`)."""
+    if not enabled(c, t, func, a, p, proto_by_env):
         return 0.0
     n, big_n, ppn = t.nranks, t.nnodes, t.ppn
     idx2 = big_n - 1 if big_n <= 2 else 2
@@ -233,25 +243,31 @@ class NcclModel:
     def topology(self, nranks: int, nnodes: int) -> NcclTopology:
         return self._get(nranks, nnodes)[2]
 
-    def tables(self, nranks: int, nnodes: int) -> tuple[np.ndarray, np.ndarray]:
+    def tables(self, nranks: int, nnodes: int, proto_by_env: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(latency_us[func][algo][proto], algbw_gbytes_per_s[func][algo][proto]) for the tunable functions
-        (``Func`` 0 .. ``NUM_TUNABLE_FUNCS`` - 1); bw 0 = off."""
-        lat, bw, _ = self._get(nranks, nnodes)
-        return lat, bw
+        (``Func`` 0 .. ``NUM_TUNABLE_FUNCS`` - 1); bw 0 = off. ``proto_by_env``: the tables for a protocol
+        listed in ``NCCL_PROTO`` (NCCL's automatic LL128 rules skipped, :func:`enabled`); else NCCL's
+        default tables, which are also what a tuner sees."""
+        got = self._get(nranks, nnodes)
+        return (got[3], got[4]) if proto_by_env else (got[0], got[1])
 
     def _get(self, nranks: int, nnodes: int):
         key = (int(nranks), int(nnodes))
         if key not in self._tables:
             t = topology(self.env, *key)
-            lat = np.zeros((NUM_TUNABLE_FUNCS, NUM_ALGORITHMS, NUM_PROTOCOLS))
-            bw = np.zeros((NUM_TUNABLE_FUNCS, NUM_ALGORITHMS, NUM_PROTOCOLS))
+            shape = (NUM_TUNABLE_FUNCS, NUM_ALGORITHMS, NUM_PROTOCOLS)
+            lat, bw, lat_env, bw_env = (np.zeros(shape) for _ in range(4))
             if key[0] > 1:
                 for func in range(NUM_TUNABLE_FUNCS):
                     for a in range(NUM_ALGORITHMS):
                         for p in range(NUM_PROTOCOLS):
                             bw[func, a, p] = _bandwidth(self.constants, t, func, a, p)
-                            lat[func, a, p] = _latency(self.constants, t, func, a, p) if bw[func, a, p] else 0.0
-            self._tables[key] = (lat, bw, t)
+                            bw_env[func, a, p] = _bandwidth(self.constants, t, func, a, p, proto_by_env=True)
+                            latency = _latency(self.constants, t, func, a, p) if bw_env[func, a, p] else 0.0
+                            lat[func, a, p] = latency if bw[func, a, p] else 0.0
+                            lat_env[func, a, p] = latency
+            # NCCL's default tables (what a tuner sees), then those of a protocol NCCL_PROTO lists.
+            self._tables[key] = (lat, bw, t, lat_env, bw_env)
         return self._tables[key]
 
     # --- evaluation -------------------------------------------------------------------------------
@@ -286,20 +302,29 @@ class NcclModel:
         times = self._times(batch, index, _ALL_CELLS, per_row=False)
         return times.reshape(len(batch), NUM_ALGORITHMS, NUM_PROTOCOLS)
 
-    def _times(self, batch: CollBatch, index: "TopoIndex", columns: np.ndarray, per_row: bool) -> np.ndarray:
+    def _times(self, batch: CollBatch, index: "TopoIndex", columns: np.ndarray, per_row: bool,
+               proto_by_env: np.ndarray | None = None) -> np.ndarray:
         """Times of the flat (algo * NUM_PROTOCOLS + proto) ``columns``: with ``per_row`` one column
         per row ([rows]), else every listed column for every row ([rows, len(columns)]); -1 where
-        disabled."""
+        disabled. ``proto_by_env`` (per row): the row's protocol is listed in ``NCCL_PROTO``, so its
+        cells come from the tables without NCCL's automatic LL128 rules (:func:`enabled`)."""
         c = self.constants
         func = np.where(batch.func < NUM_TUNABLE_FUNCS, batch.func, Func.ALLREDUCE)  # p2p rows are not tuned
         row = index.codes * NUM_TUNABLE_FUNCS + func
+        by_env = proto_by_env is not None and proto_by_env.any()
         if per_row:
             lat = index.lat[row, columns]
             bw = index.bw[row, columns]
+            if by_env:
+                lat = np.where(proto_by_env, index.lat_env[row, columns], lat)
+                bw = np.where(proto_by_env, index.bw_env[row, columns], bw)
             algo, proto = columns // NUM_PROTOCOLS, columns % NUM_PROTOCOLS
         else:
             lat = index.lat[row][:, columns]
             bw = index.bw[row][:, columns]
+            if by_env:
+                lat = np.where(proto_by_env[:, None], index.lat_env[row][:, columns], lat)
+                bw = np.where(proto_by_env[:, None], index.bw_env[row][:, columns], bw)
             algo, proto = (columns // NUM_PROTOCOLS)[None, :], (columns % NUM_PROTOCOLS)[None, :]
         size = batch.size_bytes if per_row else batch.size_bytes[:, None]
         is_ar = (batch.func == Func.ALLREDUCE) if per_row else (batch.func == Func.ALLREDUCE)[:, None]
@@ -329,8 +354,9 @@ class NcclModel:
         runtime count, always in ``nccl_channels``) and ``threads``, and the ``time_us`` NCCL
         believes it costs. Rows that force ``algo``/``proto`` (>= 0) are restricted
         to them, as ``NCCL_ALGO``/``NCCL_PROTO`` restrict NCCL; a forced ``channels`` (> 0) is kept.
-        Rows with no enabled pair (e.g. a forced pair NCCL cannot run) get algo = proto = -1 and
-        time_us = inf.
+        A protocol forced by ``NCCL_PROTO`` (``batch.forced_by_env``) runs where NCCL's automatic
+        LL128 rules would not enable it; one a tuner forced does not (:func:`enabled`). Rows with
+        no enabled pair (e.g. a forced pair NCCL cannot run) get algo = proto = -1 and time_us = inf.
         """
         index = index or self.topology_index(batch)
         if len(batch) > 4096:  # calls repeat (few sizes per trace): decide each distinct call once
@@ -344,15 +370,17 @@ class NcclModel:
         proto = batch.proto.copy()
         time = np.full(len(batch), np.inf)
         forced = (algo >= 0) & (proto >= 0)
+        proto_by_env = batch.forced_by_env & (proto >= 0)  # NCCL_PROTO set: LL128's automatic rules skipped
         if forced.any():  # one entry per row: no arg-min needed
             sub = batch if forced.all() else batch.subset(forced)
             sub_index = index if forced.all() else index.subset(forced)
-            t = self._times(sub, sub_index, (sub.algo * NUM_PROTOCOLS + sub.proto).astype(np.intp), per_row=True)
+            t = self._times(sub, sub_index, (sub.algo * NUM_PROTOCOLS + sub.proto).astype(np.intp), per_row=True,
+                            proto_by_env=proto_by_env[forced])
             time[forced] = np.where(t >= 0, t, np.inf)
         free = ~forced
         if free.any():
             sub = batch.subset(free)
-            table = self._times(sub, index.subset(free), _ALL_CELLS, per_row=False)
+            table = self._times(sub, index.subset(free), _ALL_CELLS, per_row=False, proto_by_env=proto_by_env[free])
             allowed = table >= 0
             allowed &= (sub.algo[:, None] < 0) | (_ALL_CELLS[None, :] // NUM_PROTOCOLS == sub.algo[:, None])
             allowed &= (sub.proto[:, None] < 0) | (_ALL_CELLS[None, :] % NUM_PROTOCOLS == sub.proto[:, None])
@@ -405,7 +433,10 @@ def _distinct_rows(batch: CollBatch, topo_codes: np.ndarray) -> tuple[np.ndarray
     import pandas as pd
 
     combined = topo_codes.astype(np.int64)
-    for column in (batch.func, batch.size_bytes, batch.num_pipe_ops, batch.algo, batch.proto):
+    columns = [batch.func, batch.size_bytes, batch.num_pipe_ops, batch.algo, batch.proto]
+    if batch.forced_by_env.any():  # a protocol NCCL_PROTO forces may run where a tuner's may not
+        columns.append(batch.forced_by_env)
+    for column in columns:
         codes, uniques = pd.factorize(column, sort=False)
         combined = combined * (len(uniques) + 1) + codes
         if len(uniques) > 1 and combined.max(initial=0) > 2 ** 52:  # re-pack before the radix overflows
@@ -431,6 +462,9 @@ class TopoIndex:
         rows = (0, NUM_COST_CELLS)  # per topology and tunable function, the flat cells
         self.lat = np.concatenate([g[0].reshape(-1, NUM_COST_CELLS) for g in got]) if got else np.zeros(rows)
         self.bw = np.concatenate([g[1].reshape(-1, NUM_COST_CELLS) for g in got]) if got else np.zeros(rows)
+        # The same with a protocol NCCL_PROTO lists (NCCL's automatic LL128 rules skipped).
+        self.lat_env = np.concatenate([g[3].reshape(-1, NUM_COST_CELLS) for g in got]) if got else np.zeros(rows)
+        self.bw_env = np.concatenate([g[4].reshape(-1, NUM_COST_CELLS) for g in got]) if got else np.zeros(rows)
         self.topologies = [g[2] for g in got]
         t = self.topologies
         self.cc = np.array([x.compute_capability for x in t])

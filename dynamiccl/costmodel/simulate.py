@@ -84,7 +84,8 @@ def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:
     batch = make_batch(int(func), sizes, nranks, nnodes,
                        algo=-1 if req.algo is None else int(req.algo),
                        proto=-1 if req.proto is None else int(req.proto), channels=req.channels,
-                       overlap=overlap, compute_hbm_share=env.dynamics.compute_hbm_share, congestion=req.congestion)
+                       overlap=overlap, compute_hbm_share=env.dynamics.compute_hbm_share, congestion=req.congestion,
+                       forced_by_env=True)  # --algo/--proto are NCCL_ALGO/NCCL_PROTO, not a tuner's choice
     out = model.evaluate(batch)
     if not np.isfinite(out.time_us).any():
         raise InputError("--algo/--proto", None, f"NCCL does not enable that algorithm/protocol for {op} on "

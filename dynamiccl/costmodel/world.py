@@ -544,7 +544,11 @@ class WorldModel:
         keys = self._keys(index)
         k = (((index.codes * _NUM_SLOTS + _SLOT_OF_FUNC[batch.func]) * NUM_ALGORITHMS
               + np.clip(algo, 0, NUM_ALGORITHMS - 1)) * NUM_PROTOCOLS + np.clip(proto, 0, NUM_PROTOCOLS - 1))
-        runnable = keys["enabled"][k] & (algo >= 0)
+        # A protocol NCCL_PROTO lists runs where NCCL's automatic LL128 rules would not enable it
+        # (nccl_model.enabled); one a tuner forced does not.
+        by_env = batch.forced_by_env & (batch.proto >= 0)
+        enabled = np.where(by_env, keys["enabled_by_env"][k], keys["enabled"][k]) if by_env.any() else keys["enabled"][k]
+        runnable = enabled & (algo >= 0)
 
         size = batch.size_bytes
         congestion = batch.congestion
@@ -655,6 +659,7 @@ class WorldModel:
         links = self._links(comm.ranks_per_node)
         arch = ARCH_INDEX[self.env.arch]
         _, nccl_bw = self.nccl.tables(topo.nranks, topo.nnodes)
+        _, nccl_bw_env = self.nccl.tables(topo.nranks, topo.nnodes, proto_by_env=True)
         hops = {proto: self._hop_latency(proto) for proto in Protocol}
         # One network hop per protocol: the transport's, plus the spec's extra NIC latency.
         net_hop_us = [self.params.net_hop_us[self.env.inter.transport][proto] + self.env.inter.nic_latency_us
@@ -666,6 +671,7 @@ class WorldModel:
             "pipeline_depth", "ranks_per_node", "nnodes",
             "intra_datasheet_gbytes_per_s")}
         out["enabled"] = np.zeros(size, dtype=bool)
+        out["enabled_by_env"] = np.zeros(size, dtype=bool)  # the protocol listed in NCCL_PROTO
         for slot, func in enumerate(_SLOT_FUNCS):
             for algo in Algorithm:
                 for proto in Protocol:
@@ -674,7 +680,7 @@ class WorldModel:
                     proto_eff = protocol_efficiency(proto, self.params)
                     if func in P2P_TRAFFIC:  # run as Ring/Simple transfers, on their own link shares
                         traffic = P2P_TRAFFIC[func](func, comm, hop)
-                        enabled = algo == Algorithm.RING and proto == Protocol.SIMPLE
+                        enabled = enabled_by_env = algo == Algorithm.RING and proto == Protocol.SIMPLE
                         if func == Func.SEND:
                             link, net = links.p2p_gbytes_per_s, links.nic_gbytes_per_s
                         else:  # AlltoAll: every rank of the node shares the node's NICs
@@ -683,6 +689,7 @@ class WorldModel:
                     else:
                         traffic = ALGORITHM_TRAFFIC[algo](func, comm, hop)
                         enabled = nccl_bw[slot, algo, proto] > 0
+                        enabled_by_env = nccl_bw_env[slot, algo, proto] > 0
                         nvls = algo in (Algorithm.NVLS, Algorithm.NVLS_TREE)
                         link = (links.nvls_gbytes_per_s if nvls else links.intra_gbytes_per_s) * proto_eff
                         # Over the network a protocol gets its payload ceiling times what it
@@ -697,6 +704,7 @@ class WorldModel:
                     if nnodes <= 1:  # no network
                         net_volume, net = 0.0, np.inf
                     out["enabled"][i] = enabled
+                    out["enabled_by_env"][i] = enabled_by_env
                     out["latency_us"][i] = traffic.latency_us
                     out["net_hops"][i] = traffic.net_hops
                     out["net_hop_us"][i] = net_hop_us[proto]
