@@ -90,7 +90,7 @@ DEMO_ONLINE_STEPS = 10
 def _generate_trace(out_dir: Path) -> tuple[Path, bool]:
     env = resolve_env(DEMO_ENV)
     workload = DEMO_WORKLOAD
-    print(f"[1/5] generating one training step: {workload.model}, {workload.placed_layout(env.cluster).describe()}, "
+    print(f"[1/6] generating one training step: {workload.model}, {workload.placed_layout(env.cluster).describe()}, "
           f"on {env.name} ({workload.compute_rate(env.cluster).gpu})")
     argv = generate_argv(workload, DEMO_ENV, all_ranks=True)
     trace = workload.generate(env.cluster, all_ranks=True, command=f"dynamiccl {shlex.join(argv)}")
@@ -131,16 +131,25 @@ def run_demo(out_dir: Path, command: Callable[[list[str]], int], timesteps: int 
     config.write_text(DEMO_CONFIG.format(config=config, run=run_dir, trace=trace_path.resolve(), env=DEMO_ENV,
                                          model=DEFAULT_COST_MODEL, timesteps=timesteps), encoding="utf-8")
     results, table = out_dir / "results.parquet", out_dir / "table.json"
-    print(f"[2/5] training a small policy ({timesteps:,} decisions) on the cases of {config}")
+    print(f"[2/6] training a small policy ({timesteps:,} decisions) on the cases of {config}")
     _run("     ", ["train", "--config", str(config), "--output-dir", str(run_dir)])
-    print("[3/5] evaluating it on held-out cases against NCCL's default, the search reference and the baselines")
+    print("[3/6] evaluating it on held-out cases against NCCL's default, the search reference and the baselines")
     _run("     ", ["evaluate", "--config", str(config), "--run-dir", str(run_dir), "--policy",
                    str(run_dir / "policy.zip"), "--online-steps", str(DEMO_ONLINE_STEPS), "-o", str(results)])
-    print("[4/5] exporting the policy as a decision table for the tuner plugin")
+    print("[4/6] exporting the policy as a decision table for the tuner plugin")
     _run("     ", ["table", "export", "--policy", str(run_dir / "policy.zip"), "--cases-config", str(config),
                    "--run-dir", str(run_dir), "-o", str(table), "--nccl-csv", str(out_dir / "nccl_tuner.conf")])
+    print("[5/6] checking the table on the demo's step: replayed with and without it (dynamiccl table check)")
+    check = ["table", "check", str(table), "--trace", str(trace_path), "--env", DEMO_ENV]
+    print(f"      $ dynamiccl {shlex.join(check)}", flush=True)
+    status = command(check)
+    if status == 1:  # refused: the table would slow this step, so launch would run NCCL's own choices
+        print("      the check refused the table: `dynamiccl launch --trace ... --env ...` would run this job "
+              "with NCCL's own choices")
+    elif status != 0:
+        raise SystemExit(status)
     report_dir = out_dir / "report"
-    print("[5/5] writing the report")
+    print("[6/6] writing the report")
     _run("     ", ["report", str(results), "--training-curve", str(run_dir / "training_curve.csv"),
                    "--table", str(table), "-o", str(report_dir)])
     print(f"\ndone in {time.perf_counter() - started:.0f} s. What is where:")
@@ -148,7 +157,8 @@ def run_demo(out_dir: Path, command: Callable[[list[str]], int], timesteps: int 
     print(f"  results:     {results} (per step) and its .calls.parquet (per collective)")
     print(f"  policy:      {run_dir / 'policy.zip'}  (training curve: {run_dir / 'training_curve.csv'}, "
           f"TensorBoard: {run_dir / 'tensorboard'})")
-    print(f"  table:       {table}  -> dynamiccl launch --table {table} -- torchrun ... train.py")
+    print(f"  table:       {table}  -> dynamiccl launch --table {table} --trace {trace_path} --env {DEMO_ENV} "
+          "-- torchrun ... train.py  (checks the table on the step first; runs NCCL's own choices if it refuses)")
     print(f"  trace:       {trace_path}")
     print(f"  experiment:  {config}")
     return 0

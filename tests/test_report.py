@@ -138,15 +138,26 @@ def test_recorded_experiment(tmp_path):
     assert main(["report", str(lone), "-o", str(out), "--training-curve", str(CURVE),
                  "--calibration", str(CALIBRATION)]) == 0
     html = (out / "report.html").read_text(encoding="utf-8")
-    for heading in ("Training curve", "Simulator calibration", "Step-time speedup per case", "Provenance"):
+    for heading in ("Training curve", "Simulator calibration", "Step-time speedup per case", "Headroom per case",
+                    "Provenance"):
         assert f"<h2>{heading}</h2>" in html
     assert "azure-ndv5-h100" in html and "NCCL version" in html and "2.23.4" in html
     assert (out / "plots" / "calibration-scatter.png").is_file()  # the recorded JSON has per-row points
     text = (out / "summary.md").read_text(encoding="utf-8")
     summary = Results(pd.read_parquet(RECORDED), pd.DataFrame(), {}).summary().set_index("agent")
     assert f"policy: geomean step-time speedup {summary.loc['policy', 'geomean_speedup']:.4f}x" in text
-    # Written before the search reference: its per-call greedy "oracle" reads as greedy-per-call, and no
-    # search number is made up for it.
+    assert f"search (the best decision table per case): geomean {summary.loc['search', 'geomean_speedup']:.4f}x" in text
+    assert "| greedy-per-call |" in text and "| oracle |" not in text
+
+
+def test_results_written_before_the_search_reference_still_report(tmp_path):
+    # experiments/default/results.parquet as recorded on 2026-12-02 (before issue 14): its per-call
+    # greedy "oracle" reads as greedy-per-call, and no search number is made up for it.
+    legacy = tmp_path / "results.parquet"
+    shutil.copy(ROOT / "tests" / "fixtures" / "results" / "before-search-2026-12-02.parquet", legacy)
+    out = tmp_path / "report"
+    assert main(["report", str(legacy), "-o", str(out)]) == 0
+    text = (out / "summary.md").read_text(encoding="utf-8")
     assert "search reference: not in these results" in text and "| greedy-per-call |" in text
     assert "| oracle |" not in text
 
