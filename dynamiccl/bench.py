@@ -121,12 +121,20 @@ BENCHMARKS = {b.name: b for b in (
         "target <= 300 s on 2 cores (issue 14)",
         ("search", "-o", "{tmp}/table.json", "--json", "{tmp}/search.json"), target_s=300.0),
     Benchmark(
-        "heldout-speedup",
-        "the default experiment's trained policy on its held-out split (world simulator): step-time "
-        "geometric-mean speedup over NCCL's default; target >= 1.10 (issue 5)",
+        "heldout-gain-share",
+        "the default experiment's trained policy on its held-out split (world simulator): on every case where "
+        "the searched table gains >= 2% over NCCL's default, the smallest share of that gain the policy "
+        "reaches; target >= 0.90 (issue 14)",
         ("evaluate", "--config", "experiments/default.toml", "--policy", "experiments/default/run/policy.zip",
          "--agents", "nccl-default,policy", "-o", "{tmp}/results.parquet", "--json", "{tmp}/summary.json"),
-        json_file="{tmp}/summary.json", rate_key="summary.policy.geomean_speedup", min_rate=1.10),
+        json_file="{tmp}/summary.json", rate_key="summary.policy.min_gain_share_on_headroom", min_rate=0.90),
+    Benchmark(
+        "heldout-worst",
+        "as heldout-gain-share: the policy's worst held-out episode, step-time speedup over NCCL's default; "
+        "target >= 0.995 (never more than 0.5% slower, issue 14)",
+        ("evaluate", "--config", "experiments/default.toml", "--policy", "experiments/default/run/policy.zip",
+         "--agents", "nccl-default,policy", "-o", "{tmp}/results.parquet", "--json", "{tmp}/summary.json"),
+        json_file="{tmp}/summary.json", rate_key="summary.policy.min_speedup", min_rate=0.995),
 )}
 
 

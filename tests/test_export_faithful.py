@@ -52,13 +52,20 @@ def random_policy(seed: int, config_path: str) -> PolicyNetwork:
     return PolicyNetwork(hidden=hidden, action=action, activation="tanh", provenance={"config_path": config_path})
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_exported_table_reproduces_the_policy_step_time(tmp_path, monkeypatch, seed):
+def _saved_policy(tmp_path, seed) -> tuple:
+    """The faithful-export config and a random policy trained on nothing, saved under ``tmp_path``:
+    (config path, policy path, the policy network)."""
     config_path = tmp_path / "faithful.toml"
     config_path.write_text(CONFIG)
     policy_path = tmp_path / "policy.zip"
     network = random_policy(seed, str(config_path))
     save_policy(policy_path, network, network.provenance)
+    return config_path, policy_path, network
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exported_table_reproduces_the_policy_step_time(tmp_path, monkeypatch, seed):
+    config_path, policy_path, network = _saved_policy(tmp_path, seed)
     table_path, csv_path = tmp_path / "table.json", tmp_path / "table.csv"
     assert main(["export", "--policy", str(policy_path), "-o", str(table_path), "--nccl-csv", str(csv_path),
                  "--evidence-states", "0"]) == 0
@@ -89,11 +96,7 @@ def test_exported_table_reproduces_the_policy_step_time(tmp_path, monkeypatch, s
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_confined_export_is_never_slower_than_nccl_where_it_was_evaluated(tmp_path, seed):
-    config_path = tmp_path / "faithful.toml"
-    config_path.write_text(CONFIG)
-    policy_path = tmp_path / "policy.zip"
-    network = random_policy(seed, str(config_path))
-    save_policy(policy_path, network, network.provenance)
+    config_path, policy_path, _ = _saved_policy(tmp_path, seed)
     confined = export_policy_tables(policy_path, evidence_split="all").table
     unconfined = export_policy_tables(policy_path, evidence_states=0).table
     acting = sum(not rule.keeps_nccl for rule in confined.rules)
@@ -116,11 +119,7 @@ def test_confined_export_is_never_slower_than_nccl_where_it_was_evaluated(tmp_pa
 def test_confined_export_takes_its_evidence_from_the_training_cases_by_default(tmp_path):
     # The held-out case is not evidence, so its evaluation (and the layout sweep) judge the table
     # out of sample; a wrong split name is refused.
-    config_path = tmp_path / "faithful.toml"
-    config_path.write_text(CONFIG)
-    policy_path = tmp_path / "policy.zip"
-    network = random_policy(0, str(config_path))
-    save_policy(policy_path, network, network.provenance)
+    config_path, policy_path, _ = _saved_policy(tmp_path, 0)
     exported = export_policy_tables(policy_path)
     config = load_config(config_path)
     where = config.default_output_dir() / "run"
@@ -133,11 +132,7 @@ def test_confined_export_takes_its_evidence_from_the_training_cases_by_default(t
 
 
 def test_export_policy_tables_is_what_the_command_writes_and_prints(tmp_path, capsys):
-    config_path = tmp_path / "faithful.toml"
-    config_path.write_text(CONFIG)
-    policy_path = tmp_path / "policy.zip"
-    network = random_policy(0, str(config_path))
-    save_policy(policy_path, network, network.provenance)
+    config_path, policy_path, _ = _saved_policy(tmp_path, 0)
     exported = export_policy_tables(policy_path, evidence_split="all")
     assert exported.cases == 3 and exported.calls > 0
     assert exported.csv_table.rules and len(exported.csv_table.rules) < len(exported.table.rules)
@@ -163,11 +158,7 @@ def test_export_needs_a_policy_or_a_trace(tmp_path, capsys):
 
 
 def test_table_export_and_its_old_spelling_write_the_same_tables(tmp_path, capsys):
-    config_path = tmp_path / "faithful.toml"
-    config_path.write_text(CONFIG)
-    policy_path = tmp_path / "policy.zip"
-    network = random_policy(1, str(config_path))
-    save_policy(policy_path, network, network.provenance)
+    config_path, policy_path, _ = _saved_policy(tmp_path, 1)
     new, old = tmp_path / "new", tmp_path / "old"
     new.mkdir()
     old.mkdir()

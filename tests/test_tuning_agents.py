@@ -4,6 +4,7 @@ shipped traces on dgx-h100, two dynamics states (the whole module runs in a few 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -352,11 +353,31 @@ def test_results_write_read_round_trip(tmp_path, results):
         Results.read(tmp_path / "missing.parquet")
 
 
+def test_min_gain_share_is_judged_only_where_the_search_gains_two_percent():
+    # Case a: search 1.04x, agent 1.03x (share 0.75); case b: search 1.05x, agent 1.045x (0.9); case c:
+    # search 1.01x, agent 1.0x -- under 2%, not judged.
+    rows = []
+    for case, search_speedup, agent_speedup in (("a", 1.04, 1.03), ("b", 1.05, 1.045), ("c", 1.01, 1.0)):
+        default = 1000.0
+        for agent, speedup in (("search", search_speedup), ("policy", agent_speedup)):
+            rows.append({"agent": agent, "case": case, "iteration": -1, "speedup": speedup,
+                         "step_time_us": default / speedup, "default_step_time_us": default,
+                         "search_step_time_us": default / search_speedup, "gain_share": math.nan,
+                         "gap_to_search": search_speedup / speedup - 1.0})
+    summary = Results(pd.DataFrame(rows), pd.DataFrame(), {}).summary().set_index("agent")
+    assert summary.loc["policy", "min_gain_share_on_headroom"] == pytest.approx(0.75)
+    assert summary.loc["search", "min_gain_share_on_headroom"] == pytest.approx(1.0)
+    flat = [dict(row, search_step_time_us=row["default_step_time_us"] / 1.01) for row in rows]
+    assert math.isnan(Results(pd.DataFrame(flat), pd.DataFrame(), {}).summary().set_index("agent").loc[
+        "policy", "min_gain_share_on_headroom"])
+
+
 def test_summary(results):
     summary = results.summary()
     assert list(summary.columns) == SUMMARY_COLUMNS == [
         "agent", "episodes", "geomean_speedup", "min_speedup", "mean_gain_share", "mean_gap_to_search", "slower_share",
-        "search_geomean_speedup", "line_rate_bound_geomean_speedup", "no_comm_geomean_speedup"]
+        "search_geomean_speedup", "line_rate_bound_geomean_speedup", "no_comm_geomean_speedup",
+        "min_gain_share_on_headroom"]
     assert list(summary["agent"]) == ["search", "nccl-default", "random", "static-best", "ucb-bandit"]
     row = summary.set_index("agent")
     assert row.loc["nccl-default", "geomean_speedup"] == 1.0 and row.loc["nccl-default", "slower_share"] == 0.0

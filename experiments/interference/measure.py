@@ -176,28 +176,27 @@ def measure(args: argparse.Namespace) -> dict:  # pragma: no cover - needs a GPU
             copy_alone = _median_us(copy, args.repeats, args.warmup, torch, copy_stream)
             train = max(1, int(3 * copy_alone / gemm_alone) + 1)
 
-            def gemm_beside():
-                with torch.cuda.stream(copy_stream):
-                    copy()
-                with torch.cuda.stream(gemm_stream):
+            def timed_beside(timed, timed_stream, other, other_stream) -> float:
+                """µs of ``timed`` on its stream, launched after ``other`` on the other stream."""
+                with torch.cuda.stream(other_stream):
+                    other()
+                with torch.cuda.stream(timed_stream):
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record(gemm_stream)
-                    gemm()
-                    end.record(gemm_stream)
+                    start.record(timed_stream)
+                    timed()
+                    end.record(timed_stream)
                 torch.cuda.synchronize()
                 return start.elapsed_time(end) * 1000.0
 
+            def gemm_train():
+                for _ in range(train):
+                    gemm()
+
+            def gemm_beside():
+                return timed_beside(gemm, gemm_stream, copy, copy_stream)
+
             def copy_beside():
-                with torch.cuda.stream(gemm_stream):
-                    for _ in range(train):
-                        gemm()
-                with torch.cuda.stream(copy_stream):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record(copy_stream)
-                    copy()
-                    end.record(copy_stream)
-                torch.cuda.synchronize()
-                return start.elapsed_time(end) * 1000.0
+                return timed_beside(copy, copy_stream, gemm_train, gemm_stream)
 
             for _ in range(args.warmup):
                 gemm_beside()
