@@ -535,7 +535,11 @@ class Replay:
 
     def _launch_delay(self, call: int) -> float:
         """How long (µs) ``call`` waits for SMs: the longest, over its ranks, that the compute
-        kernel running there still runs at its present rate (NVIDIA/nccl#1431)."""
+        kernel running there still runs at its present rate (NVIDIA/nccl#1431).
+
+        Known limit: the wait is fixed at launch. If that kernel's rate changes while the call waits
+        (another call on its rank starts or ends), the call starts a little before or after the
+        kernel really ends; waiting for that kernel's own end is the fix (issue 14's open items)."""
         delay = 0.0
         now = self.now
         comp_op = self._comp_op
