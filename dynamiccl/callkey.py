@@ -60,3 +60,10 @@ class CallKey:
 
 
 __all__ = ["CallKey", "FIELDS", "UNKNOWN_POSITION"]
+
+
+def size_band(nbytes: int) -> int:
+    """floor(log2 nbytes), 0 for nbytes < 1 (exact for integers): the size band of a call, as the
+    static-best agent, the online learners and the table search key rules."""
+    nbytes = int(nbytes)
+    return nbytes.bit_length() - 1 if nbytes >= 1 else 0

@@ -189,9 +189,7 @@ def check_case(trace: str | None, env: str | None, args, command: str) -> tuple[
     Raises:
         InputError: no --env, neither a trace nor --model/--tp/--pp/--dp, or a layout the model cannot run.
     """
-    from dynamiccl.envspec import resolve_env
-    from dynamiccl.errors import LayoutError
-    from dynamiccl.table.sweep import workload_cache
+    from dynamiccl.table.sweep import workload_trace
 
     if not env:
         raise InputError("--env", None, "give the environment spec the step runs on")
@@ -200,11 +198,7 @@ def check_case(trace: str | None, env: str | None, args, command: str) -> tuple[
     if not all(getattr(args, name) for name in ("model", "tp", "pp", "dp")):
         raise InputError("--trace", None, "give a trace, or a workload with --model, --tp, --pp and --dp "
                                           "(the flags of `dynamiccl generate`)")
-    spec = workload_from_args(args, command)
-    try:
-        return str(spec.cached_trace(workload_cache(), resolve_env(env).cluster)), env
-    except LayoutError as err:
-        raise InputError(command, "workload", err.problem) from None
+    return workload_trace(workload_from_args(args, command), env, command, "workload"), env
 
 
 def _check_sweep(args, table, model: str) -> int:

@@ -109,11 +109,20 @@ def layout_case(layout: SweepLayout, source: str = "<sweep>") -> Case:
     Raises:
         InputError: a layout the model cannot run, naming ``source`` and the layout.
     """
+    return Case(workload_trace(layout.workload, layout.env, source, f"layout {layout.name!r}"), layout.env)
+
+
+def workload_trace(workload, env: str, source: str, field: str) -> str:
+    """The trace of ``workload`` (a :class:`~dynamiccl.workload.spec.WorkloadSpec`) on the cluster of
+    ``env``, generated once into :func:`workload_cache`.
+
+    Raises:
+        InputError: a layout the model cannot run, naming ``source`` and ``field``.
+    """
     try:
-        trace = layout.workload.cached_trace(workload_cache(), resolve_env(layout.env).cluster)
+        return str(workload.cached_trace(workload_cache(), resolve_env(env).cluster))
     except LayoutError as err:
-        raise InputError(source, f"layout {layout.name!r}", err.problem) from None
-    return Case(str(trace), layout.env)
+        raise InputError(source, field, err.problem) from None
 
 
 @dataclass

@@ -49,7 +49,7 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 
 from dynamiccl import schema
-from dynamiccl.callkey import CallKey
+from dynamiccl.callkey import CallKey, size_band as size_bucket
 from dynamiccl.nccl import TUNABLE_FUNCS
 from dynamiccl.table.model import DecisionTable, PositionCounter
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels
@@ -172,12 +172,6 @@ class _class_or_instance_method:
 
     def __get__(self, obj, cls):
         return functools.partial(self.func, cls, obj)
-
-
-def size_bucket(nbytes: int) -> int:
-    """floor(log2 nbytes), 0 for nbytes < 1 (exact for integers)."""
-    nbytes = int(nbytes)
-    return nbytes.bit_length() - 1 if nbytes >= 1 else 0
 
 
 class StaticBestAgent(Agent):

@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 
+from dynamiccl.callkey import size_band
 from dynamiccl.nccl import NUM_PROTOCOLS
 from dynamiccl.tuning.actions import (
     ACTION_CELL, ACTION_CHANNELS, CHANNEL_CHOICES, DEFAULT_ACTION, NUM_ACTIONS, action_index,
@@ -178,8 +179,7 @@ class UCBBandit(OnlineLearner):
     @staticmethod
     def bucket_of(key: tuple) -> tuple[int, int, int, int]:
         coll, nbytes, nranks, nnodes = _check(key, None)
-        size_bucket = nbytes.bit_length() - 1 if nbytes >= 1 else 0  # floor(log2 nbytes), exact for ints
-        return coll, size_bucket, nranks, nnodes
+        return coll, size_band(nbytes), nranks, nnodes
 
     @staticmethod
     def arms(mask: np.ndarray) -> list[int]:

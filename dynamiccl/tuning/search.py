@@ -8,7 +8,7 @@ The table
 ---------
 One rule per :class:`RuleKey`: the keys the exported tables group calls by
 (``dynamiccl.table.policy_export.GROUP_COLUMNS``: collective, nranks, nnodes, numPipeOps, regBuff)
-and a size band, ``floor(log2 nbytes)`` (the bucket of :func:`dynamiccl.tuning.agents.size_bucket`),
+and a size band, ``floor(log2 nbytes)`` (:func:`dynamiccl.callkey.size_band`),
 written as the byte range ``[2**b, 2**(b+1) - 1]`` (band 0: ``[0, 1]``). Only the bands that occur
 in the step are searched and written; a band whose best action is NCCL's default gets an explicit
 "keep NCCL's" rule, and a size no rule covers keeps NCCL's choice too. Each rule's choice is one
@@ -60,7 +60,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dynamiccl.callkey import CallKey
+from dynamiccl.callkey import CallKey, size_band
 from dynamiccl.costmodel.world import ALGORITHM_TRAFFIC, P2P_TRAFFIC, Communicator, HopLatency, WorldModel
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.nccl import FUNC_OP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Func
@@ -95,10 +95,8 @@ class RuleKey:
     @classmethod
     def of(cls, call: CallKey) -> "RuleKey":
         """The key of the rule a call falls under."""
-        nbytes = int(call.nbytes)
-        band = nbytes.bit_length() - 1 if nbytes >= 1 else 0
         return cls(int(call.coll), int(call.nranks), int(call.nnodes), int(call.num_pipe_ops), int(call.reg_buff),
-                   band)
+                   size_band(call.nbytes))
 
     def describe(self) -> str:
         low, high = band_bytes(self.band)
