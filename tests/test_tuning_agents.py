@@ -500,6 +500,11 @@ def test_evaluation_plan_from_config_takes_the_heldout_split_and_fits_on_trainin
     assert [Path(c.trace).name for c in plan.fit_cases] == [Path(CASES[0][0]).name]
     assert plan.fit_states == (0, 1, 2) and plan.model == "nccl"
     assert all(isinstance(c, Case) for c in plan.cases + plan.fit_cases)
+    train = EvaluationPlan.from_config(config, tmp_path / "run", split="train")
+    assert [(Path(c.trace).name, c.env) for c in train.cases] == [(Path(CASES[0][0]).name, "dgx-h100")]
+    assert train.states == (100, 101) and train.fit_cases == plan.fit_cases and train.fit_states == (0, 1, 2)
+    with pytest.raises(InputError, match="split: expected 'heldout' or 'train'"):
+        EvaluationPlan.from_config(config, tmp_path / "run", split="test")
     config.write_text(text)
     with pytest.raises(InputError, match="heldout.cases: the config has no held-out cases") as info:
         EvaluationPlan.from_config(config)

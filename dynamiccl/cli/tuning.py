@@ -33,6 +33,9 @@ def add(sub) -> None:
                                     "on its training split")
     p.add_argument("--run-dir", help="with --config: the training run's directory, where its workloads are "
                                      "generated (default experiments/<name>/run)")
+    p.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                   help="with --config: heldout (default), or train: the training cases under the held-out "
+                        "dynamics states, to see how well the policy fits what it learned from")
     p.add_argument("--traces", nargs="+", help="trace files (instead of --config)")
     p.add_argument("--envs", nargs="+", help="environment specs, crossed with --traces")
     p.add_argument("--agents", default=",".join(AGENTS),
@@ -98,7 +101,7 @@ def cmd_evaluate(args) -> int:
     from dynamiccl.tuning.evaluate import EvaluationPlan, evaluate_plan
 
     if args.config:
-        plan = EvaluationPlan.from_config(args.config, args.run_dir)
+        plan = EvaluationPlan.from_config(args.config, args.run_dir, split=args.split)
     elif args.traces and args.envs:
         plan = EvaluationPlan.from_traces(args.traces, args.envs, args.states, args.state_offset, args.model)
     else:
@@ -124,7 +127,7 @@ def _search_cases(args):
     from dynamiccl.tuning.evaluate import EvaluationPlan
 
     if args.config:
-        plan = EvaluationPlan.from_config(args.config, args.run_dir)
+        plan = EvaluationPlan.from_config(args.config, args.run_dir, split=args.split)
         cases, states = ((plan.cases, plan.states) if args.split == "heldout" else (plan.fit_cases, plan.fit_states))
         if args.case:
             cases = tuple(c for c in cases if args.case in c.label)

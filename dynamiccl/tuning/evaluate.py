@@ -490,11 +490,16 @@ class EvaluationPlan:
     model: str
 
     @classmethod
-    def from_config(cls, config_path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> "EvaluationPlan":
+    def from_config(cls, config_path: str | os.PathLike, run_dir: str | os.PathLike | None = None,
+                    split: str = "heldout") -> "EvaluationPlan":
         """An experiment config's held-out split (its held-out cases under states ``state_offset ..
         state_offset + states - 1``), static-best fitted on its training split (training cases
         under states ``0 .. train.states - 1``), priced by the config's cost model. Workloads are
         generated into the training run's directory ``run_dir`` (default ``experiments/<name>/run``).
+
+        ``split="train"`` replays the *training* cases instead, under the same held-out states
+        (dynamics the training never drew): how well the policy fits the cases it learned from,
+        the in-sample side of the held-out numbers.
 
         Raises:
             InputError: an unreadable or invalid config, a workload the generator rejects, or a
@@ -502,14 +507,17 @@ class EvaluationPlan:
         """
         from dynamiccl.tuning.config import load_config
 
+        if split not in ("heldout", "train"):
+            raise InputError(str(config_path), "split", f"expected 'heldout' or 'train', got {split!r}")
         config = load_config(config_path)
         where = config.run_dir(run_dir)
-        cases = config.heldout_cases(where)
+        train_cases = tuple(config.train_cases(where))
+        cases = config.heldout_cases(where) if split == "heldout" else train_cases
         if not cases:
             raise InputError(str(config_path), "heldout.cases", "the config has no held-out cases to evaluate")
         offset = config.heldout.state_offset
         return cls(tuple(cases), tuple(range(offset, offset + config.heldout.states)),
-                   tuple(config.train_cases(where)), tuple(range(config.train.states)), config.model)
+                   train_cases, tuple(range(config.train.states)), config.model)
 
     @classmethod
     def from_traces(cls, traces: Sequence[str], envs: Sequence[str], states: int = 4, state_offset: int = 1000,
