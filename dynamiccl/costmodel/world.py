@@ -232,7 +232,7 @@ class Communicator:
     nranks: float
     nnodes: float
     ranks_per_node: float
-    log2_nnodes: float  # floor(log2(nnodes)): the levels of a tree across nodes
+    log2_nnodes: float  # floor(log2(nnodes)): PAT's network steps (a tree's levels are tree_depth(nnodes))
 
     @classmethod
     def of(cls, nranks: float, nnodes: float) -> "Communicator":
@@ -309,6 +309,31 @@ def _btree(nnodes: int, rank: int) -> tuple[int, list[int]]:
 
 
 @functools.lru_cache(maxsize=None)
+def tree_depth(nnodes: int) -> int:
+    """Levels of NCCL's binary tree over ``nnodes`` nodes: the most network hops from a node up to
+    the root in the bit-pattern tree of ``ncclGetBtree`` (:func:`_btree`); ``ncclGetDtree``'s second
+    tree, used by Tree and NVLSTree alike (NVIDIA/nccl ``src/graph/connect.cc``), mirrors or shifts
+    the first, so it has the same depth. That is ceil(log2 N): 1 on 2 nodes, 2 on 3-4, 3 on 5-8; 0 on
+    one node. (NCCL's own estimate, ``connectTrees``' "not an exact value", and its cost model use
+    floor(log2 N), one level short where N is not a power of two.)
+
+    Raises:
+        ValueError: ``nnodes`` < 1.
+    """
+    nnodes = int(nnodes)
+    if nnodes < 1:
+        raise ValueError(f"a tree needs at least one node, got {nnodes}")
+    depth = 0
+    for rank in range(1, nnodes):
+        hops = 0
+        while rank != 0:  # up to the root, node 0
+            rank, _ = _btree(nnodes, rank)
+            hops += 1
+        depth = max(depth, hops)
+    return depth
+
+
+@functools.lru_cache(maxsize=None)
 def double_binary_tree_load(nnodes: int) -> tuple[float, int]:
     """(network bytes per byte, peers) of the busiest node of NCCL's double binary tree.
 
@@ -351,10 +376,11 @@ def tree_chain_volume_per_byte(ranks_per_node: float) -> float:
 
 def tree_pipeline_depth(comm: Communicator) -> float:
     """Hops on the slowest link from the deepest GPU of a tree to its root, each costing one chunk
-    time while the pipeline fills: the levels of the tree across nodes (the network is the slow
-    link; the intra-node chain's hops are much faster), or the hops of the chain on one node."""
+    time while the pipeline fills: the levels of the tree across nodes (:func:`tree_depth`; the
+    network is the slow link, the intra-node chain's hops are much faster), or the hops of the
+    chain on one node."""
     if comm.nnodes > 1:
-        return float(np.ceil(np.log2(comm.nnodes)))
+        return float(tree_depth(int(comm.nnodes)))
     return comm.ranks_per_node - 1
 
 
@@ -384,6 +410,7 @@ def tree_pipeline_factor(bytes_per_channel: np.ndarray, proto: np.ndarray, depth
     ranks_per_node, nnodes = ranks_per_node[rows], nnodes[rows]
     chunk = _TREE_CHUNK_BYTES[np.clip(proto, 0, len(_TREE_CHUNK_BYTES) - 1)]
     simple, ll128 = proto == Protocol.SIMPLE, proto == Protocol.LL128
+    # NCCL's own step estimate, with its log2i (floor), as calcCollChunking computes it (not the tree's depth).
     ll128_steps = 1 + np.floor(np.log2(np.maximum(nnodes, 1))) + 0.1 * ranks_per_node
     for is_proto, needed, floor in ((simple, 8 * depth, 131072), (simple, 4 * depth, 65536), (simple, depth, 32768),
                                     (ll128, ll128_steps * 64 / ranks_per_node, 131072),
@@ -402,10 +429,11 @@ def tree(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
     """Tree AllReduce: along the intra-node chain :func:`tree_chain_volume_per_byte`; on the network
     the busiest node's share of NCCL's double binary tree (:func:`double_binary_tree_load`), its
     peers sending into it at once. Hops: up and down the chain, and each level of the tree across
-    nodes both ways."""
+    nodes (:func:`tree_depth`) both ways."""
     net_volume, fan_in = tree_net_traffic(comm)
     return Traffic(tree_chain_volume_per_byte(comm.ranks_per_node), net_volume,
-                   hop.base_us + 2 * (comm.ranks_per_node - 1) * hop.intra_hop_us, 2 * comm.log2_nnodes, fan_in)
+                   hop.base_us + 2 * (comm.ranks_per_node - 1) * hop.intra_hop_us,
+                   2.0 * tree_depth(int(comm.nnodes)), fan_in)
 
 
 def nvls_intra_volume_per_byte(func: Func, comm: Communicator) -> float:
@@ -423,9 +451,11 @@ def nvls(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
 
 
 def nvls_tree(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
-    """NVLSTree: NVLS inside the node, a tree across nodes (network traffic as :func:`tree`)."""
+    """NVLSTree: NVLS inside the node, NCCL's double binary tree across nodes (network traffic and
+    hops as :func:`tree`)."""
     net_volume, fan_in = tree_net_traffic(comm)
-    return Traffic(nvls_intra_volume_per_byte(func, comm), net_volume, hop.nvls_us, 2 * comm.log2_nnodes, fan_in)
+    return Traffic(nvls_intra_volume_per_byte(func, comm), net_volume, hop.nvls_us,
+                   2.0 * tree_depth(int(comm.nnodes)), fan_in)
 
 
 def pat(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
