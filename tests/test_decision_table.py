@@ -148,6 +148,18 @@ def test_lookup_num_pipe_ops_and_reg_buff():
     assert table.lookup(CallKey(Func.ALLREDUCE, 10, 8, 1, num_pipe_ops=2, reg_buff=0)) is None
 
 
+def test_overlaps_when_some_call_could_match_both_rules():
+    small = Rule(Func.ALLREDUCE, 0, 1023, nranks=8)
+    assert small.overlaps(Rule(Func.ALLREDUCE, 1023, 4096))  # one shared size; any nranks
+    assert not small.overlaps(Rule(Func.ALLREDUCE, 1024, 4096))
+    assert not small.overlaps(Rule(Func.ALLGATHER, 0, 1023))
+    assert not small.overlaps(Rule(Func.ALLREDUCE, 0, 1023, nranks=16))
+    assert small.overlaps(Rule(Func.ALLREDUCE, 0, 1023, reg_buff=1))  # small's reg_buff is -1: any
+    at_two, at_three = Rule(Func.ALLREDUCE, 0, 1023, position=2), Rule(Func.ALLREDUCE, 0, 1023, position=3)
+    assert not at_two.overlaps(at_three) and at_two.overlaps(at_three, position=False)
+    assert at_two.overlaps(small) and small.overlaps(at_two)
+
+
 # --- choose ---------------------------------------------------------------------------------------
 
 def test_choose_skips_rule_whose_cell_nccl_disabled():

@@ -12,7 +12,7 @@ import pytest
 
 from dynamiccl.callkey import CallKey
 from dynamiccl.cli import main
-from dynamiccl.costmodel.world import Communicator
+from dynamiccl.costmodel.world import WorldModel
 from dynamiccl.envspec import resolve_env
 from dynamiccl.nccl import Algorithm, Func
 from dynamiccl.table import load, save
@@ -22,7 +22,7 @@ from dynamiccl.tuning.cases import Case, load_case
 from dynamiccl.tuning.env import TuningEnv
 from dynamiccl.tuning.evaluate import run_episode
 from dynamiccl.tuning.search import (
-    LineRates, RuleKey, StepScorer, band_bytes, line_rate_time_us, line_rate_times_us, search_case, step_bounds,
+    RuleKey, StepScorer, band_bytes, line_rate_times_us, search_case, step_bounds,
 )
 from dynamiccl.workload.spec import WorkloadSpec
 
@@ -127,18 +127,28 @@ def test_search_rejects_bad_arguments(loaded):
 
 
 def test_line_rate_time_known_answers():
-    one_node = Communicator(nranks=8, nnodes=1, ranks_per_node=8, log2_nnodes=0)
-    rates = LineRates(intra_gbytes_per_s=450.0, nic_gbytes_per_s=50.0, net_per_node_gbytes_per_s=400.0)
-    # Ring AllReduce moves 2(n-1)/n of the buffer per GPU: 1 GB x 14/8 at 450 GB/s.
-    assert line_rate_time_us(Func.ALLREDUCE, 1e9, one_node, [Algorithm.RING], rates) == pytest.approx(1e9 * 14 / 8 / 450e3)
+    env = resolve_env("dgx-h100")
+    world = WorldModel(env)
+    nvlink_mbytes_per_us = env.intra.nvlink_gbytes_per_s * 1e3  # 18 x 25 GB/s per direction
+    # Ring AllReduce moves 2(n-1)/n of the buffer per GPU: 1 GB x 14/8 at NVLink's line rate.
+    assert world.line_rate_time_us(Func.ALLREDUCE, 1e9, 8, 1, [Algorithm.RING]) == \
+        pytest.approx(1e9 * 14 / 8 / nvlink_mbytes_per_us)
     # NVLS moves (n+1)/n: the cheaper of the two is the bound.
-    assert line_rate_time_us(Func.ALLREDUCE, 1e9, one_node, [Algorithm.RING, Algorithm.NVLS], rates) == \
-        pytest.approx(1e9 * 9 / 8 / 450e3)
-    # One GPU per node on two nodes: no intra-node link, the network carries the ring volume (1 x S).
-    two_nodes = Communicator(nranks=2, nnodes=2, ranks_per_node=1, log2_nnodes=1)
-    assert line_rate_time_us(Func.ALLREDUCE, 1e9, two_nodes, [Algorithm.RING], rates) == pytest.approx(1e9 / 400e3)
-    assert line_rate_time_us(Func.ALLREDUCE, 0, two_nodes, [Algorithm.RING], rates) == 0.0
-    assert math.isinf(line_rate_time_us(Func.ALLREDUCE, 1e9, two_nodes, [], rates))
+    assert world.line_rate_time_us(Func.ALLREDUCE, 1e9, 8, 1, [Algorithm.RING, Algorithm.NVLS]) == \
+        pytest.approx(1e9 * 9 / 8 / nvlink_mbytes_per_us)
+    # One GPU per node on two nodes: no intra-node link; the ring volume (1 x S) crosses the one NIC
+    # near the GPU at its datasheet rate (400 Gb/s), not at what the transport achieves of it.
+    nic_mbytes_per_us = env.nics_near(1) * min(env.inter.nic_gbytes_per_s, env.intra.pcie_gbytes_per_s) * 1e3
+    assert world.line_rate_time_us(Func.ALLREDUCE, 1e9, 2, 2, [Algorithm.RING]) == pytest.approx(1e9 / nic_mbytes_per_us)
+    slow = dataclasses.replace(world.params, net_efficiency={k: 0.5 for k in world.params.net_efficiency})
+    assert WorldModel(env, slow).line_rate_time_us(Func.ALLREDUCE, 1e9, 2, 2, [Algorithm.RING]) == \
+        world.line_rate_time_us(Func.ALLREDUCE, 1e9, 2, 2, [Algorithm.RING])
+    # Send/recv runs as one transfer whatever the algorithms: S over the NIC.
+    assert world.line_rate_time_us(Func.SEND, 1e9, 2, 2, []) == pytest.approx(1e9 / nic_mbytes_per_us)
+    assert world.line_rate_time_us(Func.ALLREDUCE, 0, 2, 2, [Algorithm.RING]) == 0.0
+    assert math.isinf(world.line_rate_time_us(Func.ALLREDUCE, 1e9, 2, 2, []))
+    with pytest.raises(ValueError, match="costs no GATHER"):
+        world.line_rate_time_us(Func.GATHER, 1e9, 2, 2, [Algorithm.RING])
 
 
 @pytest.mark.parametrize("which", ["one-node", "two-node"])

@@ -7,7 +7,10 @@ from __future__ import annotations
 import pytest
 
 from dynamiccl.costmodel import WorldModel, make_batch
-from dynamiccl.costmodel.world import double_binary_tree_load
+from dynamiccl.costmodel.world import (
+    Communicator, HopLatency, double_binary_tree_load, nvls_tree, tree, tree_depth, tree_pipeline_depth,
+)
+from dynamiccl.nccl import Func
 from dynamiccl.envspec import env_from_dict
 
 ALLREDUCE = 4
@@ -53,6 +56,25 @@ def test_double_binary_tree_has_two_spanning_trees(nnodes):
     load, peers = double_binary_tree_load(nnodes)
     assert 2 * load >= 4 * (nnodes - 1) / nnodes
     assert 1 <= peers <= min(nnodes - 1, 6)
+
+
+@pytest.mark.parametrize("nnodes, depth", [(1, 0), (2, 1), (3, 2), (4, 2), (5, 3), (8, 3), (9, 4), (14, 4), (16, 4),
+                                           (17, 5)])
+def test_tree_depth_is_the_levels_of_nccls_binary_tree(nnodes, depth):
+    # ncclGetBtree's own illustration (NVIDIA/nccl src/graph/trees.cc) on 14 ranks: 1 -> 2 -> 4 -> 8 -> 0,
+    # 4 levels: ceil(log2 N), where NCCL's estimate (connectTrees, "not an exact value") says floor(log2 N) = 3.
+    assert tree_depth(nnodes) == depth
+
+
+@pytest.mark.parametrize("nnodes", [2, 3, 5, 6, 8])
+def test_tree_hops_and_pipeline_depth_are_the_tree_depth(nnodes):
+    comm = Communicator.of(8 * nnodes, nnodes)
+    hop = HopLatency(base_us=0.0, intra_hop_us=0.0, nvls_us=0.0, p2p_us=0.0)
+    # Up and down every level of the tree across nodes; a chunk climbs the same levels as the pipeline fills.
+    assert tree(Func.ALLREDUCE, comm, hop).net_hops == nvls_tree(Func.ALLREDUCE, comm, hop).net_hops == 2 * tree_depth(nnodes)
+    assert tree_pipeline_depth(comm) == tree_depth(nnodes)
+    with pytest.raises(ValueError, match="at least one node"):
+        tree_depth(0)
 
 
 def test_ring_beats_tree_on_five_h100_nodes_over_roce():

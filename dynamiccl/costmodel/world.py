@@ -74,7 +74,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -232,7 +232,14 @@ class Communicator:
     nranks: float
     nnodes: float
     ranks_per_node: float
-    log2_nnodes: float  # floor(log2(nnodes)): the levels of a tree across nodes
+    log2_nnodes: float  # floor(log2(nnodes)): PAT's network steps (a tree's levels are tree_depth(nnodes))
+
+    @classmethod
+    def of(cls, nranks: float, nnodes: float) -> "Communicator":
+        """``nranks`` ranks spread evenly over ``nnodes`` nodes (both >= 1)."""
+        nranks, nnodes = float(nranks), float(nnodes)
+        return cls(nranks=nranks, nnodes=nnodes, ranks_per_node=nranks / nnodes,
+                   log2_nnodes=float(np.floor(np.log2(nnodes))))
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,31 @@ def _btree(nnodes: int, rank: int) -> tuple[int, list[int]]:
 
 
 @functools.lru_cache(maxsize=None)
+def tree_depth(nnodes: int) -> int:
+    """Levels of NCCL's binary tree over ``nnodes`` nodes: the most network hops from a node up to
+    the root in the bit-pattern tree of ``ncclGetBtree`` (:func:`_btree`); ``ncclGetDtree``'s second
+    tree, used by Tree and NVLSTree alike (NVIDIA/nccl ``src/graph/connect.cc``), mirrors or shifts
+    the first, so it has the same depth. That is ceil(log2 N): 1 on 2 nodes, 2 on 3-4, 3 on 5-8; 0 on
+    one node. (NCCL's own estimate, ``connectTrees``' "not an exact value", and its cost model use
+    floor(log2 N), one level short where N is not a power of two.)
+
+    Raises:
+        ValueError: ``nnodes`` < 1.
+    """
+    nnodes = int(nnodes)
+    if nnodes < 1:
+        raise ValueError(f"a tree needs at least one node, got {nnodes}")
+    depth = 0
+    for rank in range(1, nnodes):
+        hops = 0
+        while rank != 0:  # up to the root, node 0
+            rank, _ = _btree(nnodes, rank)
+            hops += 1
+        depth = max(depth, hops)
+    return depth
+
+
+@functools.lru_cache(maxsize=None)
 def double_binary_tree_load(nnodes: int) -> tuple[float, int]:
     """(network bytes per byte, peers) of the busiest node of NCCL's double binary tree.
 
@@ -344,10 +376,11 @@ def tree_chain_volume_per_byte(ranks_per_node: float) -> float:
 
 def tree_pipeline_depth(comm: Communicator) -> float:
     """Hops on the slowest link from the deepest GPU of a tree to its root, each costing one chunk
-    time while the pipeline fills: the levels of the tree across nodes (the network is the slow
-    link; the intra-node chain's hops are much faster), or the hops of the chain on one node."""
+    time while the pipeline fills: the levels of the tree across nodes (:func:`tree_depth`; the
+    network is the slow link, the intra-node chain's hops are much faster), or the hops of the
+    chain on one node."""
     if comm.nnodes > 1:
-        return float(np.ceil(np.log2(comm.nnodes)))
+        return float(tree_depth(int(comm.nnodes)))
     return comm.ranks_per_node - 1
 
 
@@ -377,6 +410,7 @@ def tree_pipeline_factor(bytes_per_channel: np.ndarray, proto: np.ndarray, depth
     ranks_per_node, nnodes = ranks_per_node[rows], nnodes[rows]
     chunk = _TREE_CHUNK_BYTES[np.clip(proto, 0, len(_TREE_CHUNK_BYTES) - 1)]
     simple, ll128 = proto == Protocol.SIMPLE, proto == Protocol.LL128
+    # NCCL's own step estimate, with its log2i (floor), as calcCollChunking computes it (not the tree's depth).
     ll128_steps = 1 + np.floor(np.log2(np.maximum(nnodes, 1))) + 0.1 * ranks_per_node
     for is_proto, needed, floor in ((simple, 8 * depth, 131072), (simple, 4 * depth, 65536), (simple, depth, 32768),
                                     (ll128, ll128_steps * 64 / ranks_per_node, 131072),
@@ -395,10 +429,11 @@ def tree(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
     """Tree AllReduce: along the intra-node chain :func:`tree_chain_volume_per_byte`; on the network
     the busiest node's share of NCCL's double binary tree (:func:`double_binary_tree_load`), its
     peers sending into it at once. Hops: up and down the chain, and each level of the tree across
-    nodes both ways."""
+    nodes (:func:`tree_depth`) both ways."""
     net_volume, fan_in = tree_net_traffic(comm)
     return Traffic(tree_chain_volume_per_byte(comm.ranks_per_node), net_volume,
-                   hop.base_us + 2 * (comm.ranks_per_node - 1) * hop.intra_hop_us, 2 * comm.log2_nnodes, fan_in)
+                   hop.base_us + 2 * (comm.ranks_per_node - 1) * hop.intra_hop_us,
+                   2.0 * tree_depth(int(comm.nnodes)), fan_in)
 
 
 def nvls_intra_volume_per_byte(func: Func, comm: Communicator) -> float:
@@ -416,9 +451,11 @@ def nvls(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
 
 
 def nvls_tree(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
-    """NVLSTree: NVLS inside the node, a tree across nodes (network traffic as :func:`tree`)."""
+    """NVLSTree: NVLS inside the node, NCCL's double binary tree across nodes (network traffic and
+    hops as :func:`tree`)."""
     net_volume, fan_in = tree_net_traffic(comm)
-    return Traffic(nvls_intra_volume_per_byte(func, comm), net_volume, hop.nvls_us, 2 * comm.log2_nnodes, fan_in)
+    return Traffic(nvls_intra_volume_per_byte(func, comm), net_volume, hop.nvls_us,
+                   2.0 * tree_depth(int(comm.nnodes)), fan_in)
 
 
 def pat(func: Func, comm: Communicator, hop: HopLatency) -> Traffic:
@@ -470,6 +507,8 @@ class Links:
     p2p_gbytes_per_s: float              # what one send/recv gets
     nic_gbytes_per_s: float              # one NIC as the GPU reaches it, x the transport's efficiency
     net_per_node_gbytes_per_s: float     # the NICs a node's ranks use, x the transport's efficiency
+    nic_datasheet_gbytes_per_s: float    # nic_gbytes_per_s before the transport's efficiency
+    net_per_node_datasheet_gbytes_per_s: float  # net_per_node_gbytes_per_s before it
 
 
 def protocol_efficiency(proto: Protocol, params: WorldParams) -> float:
@@ -596,6 +635,54 @@ class WorldModel:
                           channels=channels.astype(np.int64), time_us=time, latency_us=latency,
                           compute_slowdown=compute_slowdown, size_bytes=size, nranks=batch.nranks)
 
+    def line_rate_time_us(self, func: Func, size_bytes: float, nranks: int, nnodes: int,
+                          algorithms: Sequence[Algorithm]) -> float:
+        """The fastest any NCCL setting could run one call on this cluster (µs): the bytes on the
+        busiest link at that link's datasheet line rate, nothing else.
+
+        For each of ``algorithms`` (ignored for send/recv and AlltoAll, which run as point-to-point
+        transfers) the traffic function (:data:`ALGORITHM_TRAFFIC`, :data:`P2P_TRAFFIC`) gives the
+        bytes per call byte on each GPU's intra-node link and on each node's network links; the
+        time is the larger of (bytes / line rate) over the two, and the result the least over the
+        algorithms. The line rates are the links of :meth:`evaluate` before any efficiency
+        (``Links.*_datasheet_gbytes_per_s``): NVLink or PCIe (capped where a ring crosses CPU
+        sockets), the NICs near the communicator's GPUs as the GPU reaches them. No latency, no
+        protocol, link or transport efficiency, no congestion, no interference: a lower bound on
+        :meth:`evaluate`'s time for every action of the call.
+
+        Args:
+            func: the function (``Func``); size_bytes: NCCL's nBytes; nranks, nnodes: the
+                communicator (ranks spread evenly over nodes, nnodes >= 1); algorithms: the
+                algorithms NCCL enables for the call.
+
+        Returns:
+            Time in µs (0 for 0 bytes; inf for a collective when ``algorithms`` is empty).
+
+        Raises:
+            ValueError: a function the world does not cost (``COSTED_FUNCS``: Gather and Scatter).
+        """
+        if func not in COSTED_FUNCS:
+            raise ValueError(f"the world costs no {Func(func).name}; expected one of {[f.name for f in COSTED_FUNCS]}")
+        comm = Communicator.of(nranks, nnodes)
+        links = self._links(comm.ranks_per_node)
+        no_latency = HopLatency(base_us=0.0, intra_hop_us=0.0, nvls_us=0.0, p2p_us=0.0)
+        if is_p2p(func):
+            p2p = Func.ALLTOALL if func == Func.ALLTOALL else Func.SEND
+            traffics = [P2P_TRAFFIC[p2p](p2p, comm, no_latency)]
+            net_rate = (links.nic_datasheet_gbytes_per_s if p2p == Func.SEND
+                        else links.net_per_node_datasheet_gbytes_per_s / max(comm.ranks_per_node, 1.0))
+        else:
+            traffics = [ALGORITHM_TRAFFIC[Algorithm(a)](func, comm, no_latency) for a in algorithms]
+            net_rate = links.net_per_node_datasheet_gbytes_per_s
+        best = np.inf
+        for traffic in traffics:
+            # A communicator with no peer inside the node loads no intra-node link, one on a single node no network.
+            intra = (size_bytes * traffic.intra_volume_per_byte / (1000.0 * links.intra_datasheet_gbytes_per_s)
+                     if comm.ranks_per_node > 1 else 0.0)
+            net = size_bytes * traffic.net_volume_per_byte / (1000.0 * net_rate) if comm.nnodes > 1 else 0.0
+            best = min(best, max(intra, net))
+        return best
+
     def _keys(self, index) -> dict[str, np.ndarray]:
         """Per (topology, function slot, algorithm, protocol) constants, flattened; cached."""
         keys = tuple((topo.nranks, topo.nnodes) for topo in index.topologies)
@@ -641,7 +728,8 @@ class WorldModel:
         net_eff = prm.net_efficiency[env.inter.transport]
         return Links(intra_datasheet_gbytes_per_s=min(intra, cap), intra_gbytes_per_s=min(intra * link_eff, cap),
                      nvls_gbytes_per_s=intra * link_eff * nvls_eff, p2p_gbytes_per_s=min(intra * p2p_eff, cap),
-                     nic_gbytes_per_s=nic * net_eff, net_per_node_gbytes_per_s=nics * nic * net_eff)
+                     nic_gbytes_per_s=nic * net_eff, net_per_node_gbytes_per_s=nics * nic * net_eff,
+                     nic_datasheet_gbytes_per_s=nic, net_per_node_datasheet_gbytes_per_s=nics * nic)
 
     def _hop_latency(self, proto: Protocol) -> HopLatency:
         """5: the fitted latencies of ``proto`` on this cluster's intra-node fabric."""
@@ -653,9 +741,8 @@ class WorldModel:
     def _topology_keys(self, topo: NcclTopology) -> dict[str, np.ndarray]:
         """Everything about a (function slot, algorithm, protocol) on one topology that does not
         depend on the call's size, channels or conditions, flattened in that order."""
-        nranks, nnodes = float(topo.nranks), float(topo.nnodes)
-        comm = Communicator(nranks=nranks, nnodes=nnodes, ranks_per_node=nranks / nnodes,
-                            log2_nnodes=float(np.floor(np.log2(nnodes))))
+        comm = Communicator.of(topo.nranks, topo.nnodes)
+        nnodes = comm.nnodes
         links = self._links(comm.ranks_per_node)
         arch = ARCH_INDEX[self.env.arch]
         _, nccl_bw = self.nccl.tables(topo.nranks, topo.nnodes)

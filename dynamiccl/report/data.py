@@ -21,7 +21,8 @@ from dynamiccl import __version__
 from dynamiccl import schema
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.evaluate import (
-    GREEDY_AGENT, NOTHING_TO_GAIN, REFERENCE_AGENT, Results, calls_path, counted_steps, sample_efficiency,
+    GREEDY_AGENT, NOTHING_TO_GAIN, REFERENCE_AGENT, Results, calls_path, counted_steps, gain_share, geomean_ratio,
+    sample_efficiency,
 )
 from dynamiccl.tuning.agent_registry import AGENTS
 from dynamiccl.workload.context import describe_compute
@@ -204,7 +205,8 @@ def headroom(data: ReportData) -> pd.DataFrame:
     """Per case: NCCL default's mean step time (ms), and the geometric-mean speedup over NCCL's
     default (over the case's states) of the report's agent, the search reference, the line-rate
     bound and the no-communication ceiling; the agent's share of the search's gain
-    (``(agent - 1) / (search - 1)``, NaN where the search gains less than ``NOTHING_TO_GAIN``) and
+    (:func:`~dynamiccl.tuning.evaluate.gain_share`: ``(agent - 1) / (search - 1)``, NaN where the
+    search gains less than ``NOTHING_TO_GAIN``) and
     ``nothing_to_gain`` (True there). Empty when the results hold no search columns (files written
     before the search reference: their values are NaN)."""
     steps = counted_steps(data.steps, data.online)
@@ -216,8 +218,7 @@ def headroom(data: ReportData) -> pd.DataFrame:
         default = group["default_step_time_us"].to_numpy(dtype=np.float64)
 
         def ratio(column: str) -> float:
-            values = group[column].to_numpy(dtype=np.float64)
-            return math.nan if np.isnan(values).any() else float(np.exp(np.log(default / values).mean()))
+            return geomean_ratio(default, group[column].to_numpy(dtype=np.float64))
 
         agent_speedup, search_speedup = ratio("step_time_us"), ratio("search_step_time_us")
         nothing = not (search_speedup - 1.0 >= NOTHING_TO_GAIN) if not math.isnan(search_speedup) else False
@@ -225,8 +226,7 @@ def headroom(data: ReportData) -> pd.DataFrame:
                       "search_speedup": search_speedup,
                       "line_rate_bound_speedup": ratio("line_rate_bound_step_time_us"),
                       "no_comm_speedup": ratio("no_comm_step_time_us"),
-                      "gain_share": math.nan if nothing or math.isnan(search_speedup)
-                      else (agent_speedup - 1.0) / (search_speedup - 1.0),
+                      "gain_share": gain_share(agent_speedup, search_speedup),
                       "nothing_to_gain": nothing}
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(HEADROOM_COLUMNS))
 

@@ -42,7 +42,6 @@ from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule
 from dynamiccl.tuning.agents import TableAgent
 from dynamiccl.tuning.attribution import compare_with_default
 
-KEY_FIELDS = ("nranks", "nnodes", "position", "num_pipe_ops", "reg_buff")
 MAX_ROUNDS = 4  # collect-and-confine rounds; in practice the second round changes nothing
 
 
@@ -125,13 +124,6 @@ def catch_all_rules() -> tuple[Rule, ...]:
     return tuple(Rule(coll=func, min_bytes=0, max_bytes=MAX_BYTES) for func in TUNABLE_FUNCS)
 
 
-def _overlap(a: Rule, b: Rule) -> bool:
-    """Whether some call could match both rules."""
-    return (a.coll == b.coll and a.min_bytes <= b.max_bytes and b.min_bytes <= a.max_bytes
-            and all(KEEP in (getattr(a, key), getattr(b, key)) or getattr(a, key) == getattr(b, key)
-                    for key in KEY_FIELDS))
-
-
 def won_bands(rule: Rule, evidence: Evidence, index: int) -> list[tuple[int, int]]:
     """(min_bytes, max_bytes) of each run of consecutive won sizes of rule ``index`` (module docstring)."""
     bands: list[tuple[int, int]] = []
@@ -175,7 +167,7 @@ def _pruned(rules: list[Rule]) -> tuple[Rule, ...]:
     kept: list[Rule] = []
     for position, rule in enumerate(unique):
         if rule.keeps_nccl and rule not in catch_all and not any(
-                not later.keeps_nccl and _overlap(rule, later) for later in unique[position + 1:]):
+                not later.keeps_nccl and rule.overlaps(later) for later in unique[position + 1:]):
             continue
         kept.append(rule)
     return tuple(kept)

@@ -92,6 +92,8 @@ PROTOCOL_BY_NAME = {p.name_lower: p for p in Protocol}
 
 RULE_INT_FIELDS = ("min_bytes", "max_bytes", "nranks", "nnodes", "position", "num_pipe_ops",
                    "reg_buff", "channels")
+# The keys a rule matches a call by besides its collective and byte range (-1 = any).
+MATCH_KEYS = ("nranks", "nnodes", "position", "num_pipe_ops", "reg_buff")
 
 # Init-time Send/Recv settings a table may carry for the launcher to export. NCCL reads them at
 # communicator init, and its tuner is asked only about collectives (getCollInfo is called from
@@ -233,6 +235,15 @@ class Rule:
     def keeps_nccl(self) -> bool:
         """Whether the rule keeps NCCL's algorithm, protocol and channels (it then changes nothing)."""
         return self.algorithm is None and self.protocol is None and self.channels == KEEP
+
+    def overlaps(self, other: "Rule", *, position: bool = True) -> bool:
+        """Whether some call could match both rules: the same collective, byte ranges that share a
+        size, and each of nranks, nnodes, num_pipe_ops, reg_buff -- and position, unless
+        ``position`` is False -- -1 ("any") in either rule or equal in both."""
+        keys = MATCH_KEYS if position else tuple(key for key in MATCH_KEYS if key != "position")
+        return (self.coll == other.coll and self.min_bytes <= other.max_bytes and other.min_bytes <= self.max_bytes
+                and all(KEEP in (getattr(self, key), getattr(other, key))
+                        or getattr(self, key) == getattr(other, key) for key in keys))
 
     def matches(self, call: CallKey) -> bool:
         """Whether this rule's keys all match ``call`` (see the module docstring); a call whose

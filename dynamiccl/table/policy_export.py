@@ -446,10 +446,7 @@ def _cut(pieces: list[Rule], keep: Rule) -> tuple[list[Rule], int]:
     aside); returns the new pieces and how many were cut."""
     out, cuts = [], 0
     for piece in pieces:
-        same_calls = piece.coll == keep.coll and all(
-            KEEP in (getattr(piece, key), getattr(keep, key)) or getattr(piece, key) == getattr(keep, key)
-            for key in ("nranks", "nnodes", "num_pipe_ops", "reg_buff"))
-        if not same_calls or keep.max_bytes < piece.min_bytes or piece.max_bytes < keep.min_bytes:
+        if not piece.overlaps(keep, position=False):
             out.append(piece)
             continue
         cuts += 1

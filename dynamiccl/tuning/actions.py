@@ -82,6 +82,33 @@ def action_mask(enabled_cells: np.ndarray, channel_cap: int, nvls_channel_cap: i
     return mask
 
 
+
+# --- the best static action per key (the greedy search start and the static-best baseline) ---------
+
+class ActionCostTotals:
+    """Per key (any hashable: the keys a static table groups calls by), the summed cost (µs) of
+    every action over the calls added, and the action that minimises it: the static choice per key
+    with the least total cost along the trajectory the costs were taken on.
+
+    ``calls`` counts the calls added per key. An action invalid at any call of a key has cost inf
+    there, so its total is inf and it is never the key's choice.
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict = {}
+        self.calls: dict = {}
+
+    def add(self, key, costs: np.ndarray) -> None:
+        """Add one call's per-action costs (float[NUM_ACTIONS], µs; inf where invalid) to ``key``."""
+        self.totals[key] = self.totals.get(key, 0.0) + costs
+        self.calls[key] = self.calls.get(key, 0) + 1
+
+    def best(self) -> dict:
+        """Per key added, the action with the least total cost (a total that is not finite counts
+        as inf; ties: the lowest action, so NCCL's default where nothing is cheaper)."""
+        return {key: int(np.argmin(np.where(np.isfinite(total), total, np.inf)))
+                for key, total in self.totals.items()}
+
 # --- actions -> decision-table rule fields (the table package and the search both write rules) ---
 
 def _checked_action(action) -> int:

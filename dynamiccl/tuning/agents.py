@@ -52,7 +52,9 @@ from dynamiccl import schema
 from dynamiccl.callkey import CallKey, size_band as size_bucket
 from dynamiccl.nccl import TUNABLE_FUNCS
 from dynamiccl.table.model import DecisionTable, PositionCounter
-from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS, action_index, describe_action, nearest_channels
+from dynamiccl.tuning.actions import (
+    DEFAULT_ACTION, NUM_ACTIONS, ActionCostTotals, action_index, describe_action, nearest_channels,
+)
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.online import OnlineLearner
 
@@ -178,11 +180,13 @@ class StaticBestAgent(Agent):
     """One fixed action per (coll, size bucket = floor(log2 nbytes), nranks, nnodes), fitted offline.
 
     ``fit`` replays the given episodes with NCCL's default and, at every decision, adds the exposed
-    cost (``SimulatorView.exposed_costs``, what :class:`GreedyPerCallAgent` minimises) of every action (µs, in the simulator's state at that call) to the call's bucket. An
-    action that is invalid at any call of a bucket is never a candidate for it. Each bucket gets the
-    action with the lowest total (ties: the lowest action): the static table with this key that
-    minimises the summed per-call cost along NCCL's default trajectory in the fitted conditions
-    (a proxy for the step time, not the step time itself).
+    cost (``SimulatorView.exposed_costs``, what :class:`GreedyPerCallAgent` minimises) of every
+    action (µs, in the simulator's state at that call) to the call's bucket. An action that is
+    invalid at any call of a bucket is never a candidate for it. Each bucket gets the action with
+    the lowest total (:class:`~dynamiccl.tuning.actions.ActionCostTotals`, which the search's greedy
+    start uses too; ties: the lowest action): the static table with this key that minimises the
+    summed per-call cost along NCCL's default trajectory in the fitted conditions (a proxy for the
+    step time, not the step time itself).
 
     At run time an unseen bucket gets action 0, and so does a call where the bucket's action is
     masked (counted in ``fallbacks``).
@@ -219,23 +223,20 @@ class StaticBestAgent(Agent):
         if not episodes:
             raise ValueError("StaticBestAgent.fit needs at least one (case, state) episode")
         base = env.unwrapped
-        totals: dict[tuple[int, int, int, int], np.ndarray] = {}
-        calls: dict[tuple[int, int, int, int], int] = {}
+        totals = ActionCostTotals()
         for case, state in episodes:
             base.reset(options={"case": int(case), "state": int(state)})
             while base.pending is not None:
-                key = cls.bucket_key(base)
                 with np.errstate(invalid="ignore"):
                     costs = base.simulator.exposed_costs()
                 # inf (invalid here) stays inf in the sum: the action is never a candidate.
-                totals[key] = totals.get(key, 0.0) + costs
-                calls[key] = calls.get(key, 0) + 1
+                totals.add(cls.bucket_key(base), costs)
                 base.step(DEFAULT_ACTION)
         self = self if self is not None else cls()
-        self.table = {key: int(np.argmin(total)) for key, total in totals.items()}
+        self.table = totals.best()
         self.provenance = {"method": "dynamiccl.tuning.agents.StaticBestAgent.fit",
                            "episodes": [[base.cases[int(c)].label, int(s)] for c, s in episodes],
-                           "cost_model": base.model, "calls": int(sum(calls.values()))}
+                           "cost_model": base.model, "calls": int(sum(totals.calls.values()))}
         self.fallbacks = 0
         self._cache = _CaseCache()
         return self

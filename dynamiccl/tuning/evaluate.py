@@ -198,8 +198,9 @@ SUMMARY_COLUMNS = ["agent", "episodes", "geomean_speedup", "min_speedup", "mean_
                    "no_comm_geomean_speedup", "min_gain_share_on_headroom"]
 
 
-def _geomean_ratio(numerator: np.ndarray | None, denominator: np.ndarray | None) -> float:
-    """Geometric mean of numerator / denominator; NaN if either is missing or any value is NaN (not computed)."""
+def geomean_ratio(numerator: np.ndarray | None, denominator: np.ndarray | None) -> float:
+    """Geometric mean of numerator / denominator (e.g. step times, µs: a speedup); NaN if either is
+    missing or empty, or any value is NaN (not computed)."""
     if numerator is None or denominator is None:
         return math.nan
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -207,6 +208,14 @@ def _geomean_ratio(numerator: np.ndarray | None, denominator: np.ndarray | None)
     if not len(ratio) or np.isnan(ratio).any():
         return math.nan
     return float(np.exp(np.log(ratio).mean()))
+
+
+def gain_share(speedup: float, search_speedup: float, min_search_gain: float = NOTHING_TO_GAIN) -> float:
+    """The share of the search reference's gain over NCCL's default that ``speedup`` reaches:
+    ``(speedup - 1) / (search_speedup - 1)`` (speedups over NCCL's default, of one episode or the
+    geometric mean of a case's); NaN where the search gains less than ``min_search_gain`` (nothing
+    to gain, :data:`NOTHING_TO_GAIN` by default) or was not computed (NaN)."""
+    return (speedup - 1.0) / (search_speedup - 1.0) if search_speedup - 1.0 >= min_search_gain else math.nan
 
 
 def _from_legacy_steps(frame: pd.DataFrame) -> pd.DataFrame:
@@ -329,9 +338,9 @@ class Results:
                 ratio = group["default_step_time_us"].to_numpy(dtype=np.float64) / group["search_step_time_us"].to_numpy(
                     dtype=np.float64)
                 search_case = np.exp(group.assign(log_search=np.log(ratio)).groupby("case", sort=False)["log_search"].mean())
-                for case, search_speedup in search_case.items():
-                    if search_speedup - 1.0 >= HEADROOM_CASE_GAIN:
-                        headroom_shares.append((math.exp(per_case[case]) - 1.0) / (search_speedup - 1.0))
+                shares = [gain_share(math.exp(per_case[case]), search_speedup, HEADROOM_CASE_GAIN)
+                          for case, search_speedup in search_case.items()]
+                headroom_shares = [share for share in shares if not math.isnan(share)]
             rows.append({
                 "agent": agent, "episodes": len(group),
                 "geomean_speedup": float(np.exp(log_speedup.mean())),
@@ -339,7 +348,7 @@ class Results:
                 "mean_gain_share": float(group["gain_share"].mean()),  # pandas skips NaN
                 "mean_gap_to_search": float(group["gap_to_search"].mean()) if "gap_to_search" in group else math.nan,
                 "slower_share": float((per_case < -math.log1p(SLOWER_TOLERANCE)).mean()),
-                **{f"{name}_geomean_speedup": _geomean_ratio(column_of("default_step_time_us"), column_of(column))
+                **{f"{name}_geomean_speedup": geomean_ratio(column_of("default_step_time_us"), column_of(column))
                    for name, column in (("search", "search_step_time_us"),
                                         ("line_rate_bound", "line_rate_bound_step_time_us"),
                                         ("no_comm", "no_comm_step_time_us"))},
@@ -369,8 +378,7 @@ def _finish_row(row: dict, iteration: int, reference: dict) -> dict:
     search_speedup = default / search_time
     row.update(reference, iteration=iteration, search_speedup=search_speedup,
                gap_to_search=row["step_time_us"] / search_time - 1.0,
-               gain_share=(row["speedup"] - 1.0) / (search_speedup - 1.0)
-               if search_speedup - 1.0 >= NOTHING_TO_GAIN else math.nan)
+               gain_share=gain_share(row["speedup"], search_speedup))
     return {col: row[col] for col in STEP_COLUMNS}
 
 
@@ -627,4 +635,4 @@ def sample_efficiency(steps: pd.DataFrame, share: float = CONVERGED_SHARE,
 
 
 __all__ = ["CALL_COLUMNS", "METADATA_KEY", "NOTHING_TO_GAIN", "REFERENCE_AGENT", "STEP_COLUMNS", "SUMMARY_COLUMNS",
-           "Results", "calls_path", "evaluate", "run_episode", "sample_efficiency"]
+           "Results", "calls_path", "evaluate", "gain_share", "geomean_ratio", "run_episode", "sample_efficiency"]

@@ -44,16 +44,15 @@ actions, so a candidate that the masks make identical to one already replayed co
 
 The bounds
 ----------
-:func:`line_rate_time_us` and :func:`step_bounds` give the two bounds reported beside the search:
-every collective at its links' datasheet line rate with no interference, and communication costing
-nothing (the ceiling).
+:func:`step_bounds` gives the two bounds reported beside the search: every collective at its links'
+datasheet line rate with no interference (:meth:`~dynamiccl.costmodel.world.WorldModel.line_rate_time_us`),
+and communication costing nothing (the ceiling).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -61,11 +60,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dynamiccl.callkey import CallKey, size_band
-from dynamiccl.costmodel.world import ALGORITHM_TRAFFIC, P2P_TRAFFIC, Communicator, HopLatency, WorldModel
+from dynamiccl.costmodel.world import WorldModel
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.nccl import FUNC_OP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Func
 from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule
-from dynamiccl.tuning.actions import DEFAULT_ACTION, rule_choice
+from dynamiccl.tuning.actions import DEFAULT_ACTION, ActionCostTotals, rule_choice
 from dynamiccl.tuning.cases import LoadedCase, default_schedule, new_replay
 from dynamiccl.tuning.costs import CostTable
 from dynamiccl.tuning.timeline import Replay
@@ -214,21 +213,21 @@ class StepScorer:
 
     def greedy_table(self) -> np.ndarray:
         """Per key, the action with the least summed per-call exposed cost (µs, ``Replay.exposed_costs``)
-        along NCCL default's trajectory in every state: the per-call greedy choice as a table (ties:
-        the lowest action, so NCCL's default where nothing is cheaper)."""
-        costs = self.loaded.costs
-        totals = np.zeros((len(self.keys), costs.mask.shape[1]))
+        along NCCL default's trajectory in every state (:class:`~dynamiccl.tuning.actions.ActionCostTotals`):
+        the per-call greedy choice as a table (ties: the lowest action, so NCCL's default where
+        nothing is cheaper)."""
+        totals = ActionCostTotals()
         key_of = dict(zip(self.calls.tolist(), self.call_key_index.tolist()))
         for state in self.states:
             _, latest = default_schedule(self.loaded, state)
             replay = new_replay(self.loaded, state, latest)
             while (call := replay.next_decision()) is not None:
                 with np.errstate(invalid="ignore"):  # masked actions: inf - inf inside the replay
-                    totals[key_of[call]] += replay.exposed_costs(call)  # inf where masked: never chosen
+                    totals.add(key_of[call], replay.exposed_costs(call))  # inf where masked: never chosen
                 replay.decide(call, DEFAULT_ACTION)
             self.replays += 1
-        totals[~np.isfinite(totals)] = np.inf
-        return np.argmin(totals, axis=1).astype(np.int64)
+        best = totals.best()
+        return np.array([best.get(key, DEFAULT_ACTION) for key in range(len(self.keys))], dtype=np.int64)
 
     def key_weight_us(self) -> np.ndarray:
         """Per key, the summed quiet, alone duration (µs) of its calls under NCCL's default: the
@@ -395,83 +394,16 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
 # --- the bounds -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LineRates:
-    """Datasheet line rates (GB/s) of the links a communicator's traffic crosses, no efficiency
-    applied: per GPU inside the node (NVLink, or PCIe capped by the CPU link a ring crosses), one
-    NIC as the GPU reaches it, and the NICs a node's ranks use together."""
-
-    intra_gbytes_per_s: float
-    nic_gbytes_per_s: float
-    net_per_node_gbytes_per_s: float
-
-    @classmethod
-    def of(cls, world: WorldModel, ranks_per_node: float) -> "LineRates":
-        """The world's links for ``ranks_per_node`` (``WorldModel._links``) with the transport's
-        achieved share of line rate taken back out of the network figures."""
-        links = world._links(ranks_per_node)
-        share = world.params.net_efficiency[world.env.inter.transport]
-        return cls(links.intra_datasheet_gbytes_per_s, links.nic_gbytes_per_s / share,
-                   links.net_per_node_gbytes_per_s / share)
-
-
-_NO_LATENCY = HopLatency(base_us=0.0, intra_hop_us=0.0, nvls_us=0.0, p2p_us=0.0)
-
-
-def line_rate_time_us(func: Func, size_bytes: float, comm: Communicator, algorithms: Sequence[Algorithm],
-                      rates: LineRates) -> float:
-    """The fastest any NCCL setting could run one call: bytes on the busiest link at that link's
-    datasheet line rate, nothing else.
-
-    For each of ``algorithms`` (those NCCL can run for this call; ignored for send/recv and
-    AlltoAll, which run as point-to-point transfers), the world's traffic function
-    (:data:`~dynamiccl.costmodel.world.ALGORITHM_TRAFFIC`, :data:`~dynamiccl.costmodel.world.P2P_TRAFFIC`)
-    gives the bytes per call byte on each GPU's intra-node link and on each node's network links;
-    the time is the larger of (bytes / line rate) over the two, and the bound the least over the
-    algorithms. No latency, no protocol or link efficiency, no congestion, no compute beside it: a
-    lower bound on the world's time for every action of the call (``tests/test_search.py`` checks
-    it on every action of every case tested).
-
-    Args:
-        func: the collective (``Func``); size_bytes: NCCL's nBytes; comm: the communicator's shape;
-        algorithms: the algorithms NCCL enables for the call; rates: :class:`LineRates` of ``comm``.
-
-    Returns:
-        Time in µs (0 for 0 bytes; inf when no algorithm is given for a collective).
-    """
-    if func in P2P_TRAFFIC or func in (Func.SENDRECV, Func.RECV):
-        p2p = Func.ALLTOALL if func == Func.ALLTOALL else Func.SEND
-        traffics = [P2P_TRAFFIC[p2p](p2p, comm, _NO_LATENCY)]
-        net_rate = (rates.nic_gbytes_per_s if p2p == Func.SEND
-                    else rates.net_per_node_gbytes_per_s / max(comm.ranks_per_node, 1.0))
-    else:
-        traffics = [ALGORITHM_TRAFFIC[Algorithm(a)](func, comm, _NO_LATENCY) for a in algorithms]
-        net_rate = rates.net_per_node_gbytes_per_s
-    best = math.inf
-    for traffic in traffics:
-        # A communicator with no peer inside the node loads no intra-node link, one on a single node no network.
-        intra = (size_bytes * traffic.intra_volume_per_byte / (1000.0 * rates.intra_gbytes_per_s)
-                 if comm.ranks_per_node > 1 else 0.0)
-        net = size_bytes * traffic.net_volume_per_byte / (1000.0 * net_rate) if comm.nnodes > 1 else 0.0
-        best = min(best, max(intra, net))
-    return best
-
-
 def line_rate_times_us(costs: CostTable, env: EnvSpec) -> np.ndarray:
-    """:func:`line_rate_time_us` of every key of ``costs`` (µs, by key row), over the algorithms
-    NCCL's cost table enables for it (``costs.nccl_cost`` >= 0 for some protocol)."""
+    """The line-rate time (:meth:`~dynamiccl.costmodel.world.WorldModel.line_rate_time_us`, µs) of
+    every key of ``costs``, by key row, over the algorithms NCCL's cost table enables for it
+    (``costs.nccl_cost`` >= 0 for some protocol)."""
     world = WorldModel(env)
     out = np.zeros(len(costs.keys))
-    rates: dict[float, LineRates] = {}
     for row, key in enumerate(costs.keys):
-        nranks, nnodes = float(key.nranks), float(key.nnodes)
-        comm = Communicator(nranks=nranks, nnodes=nnodes, ranks_per_node=nranks / nnodes,
-                            log2_nnodes=float(np.floor(np.log2(nnodes))))
-        if comm.ranks_per_node not in rates:
-            rates[comm.ranks_per_node] = LineRates.of(world, comm.ranks_per_node)
         enabled = (costs.nccl_cost[row].reshape(NUM_ALGORITHMS, NUM_PROTOCOLS) >= 0).any(axis=1)
-        out[row] = line_rate_time_us(Func(key.coll), float(key.nbytes), comm,
-                                     [Algorithm(a) for a in np.flatnonzero(enabled)], rates[comm.ranks_per_node])
+        out[row] = world.line_rate_time_us(Func(key.coll), float(key.nbytes), key.nranks, key.nnodes,
+                                           [Algorithm(a) for a in np.flatnonzero(enabled)])
     return out
 
 
@@ -498,7 +430,7 @@ _BOUNDS: dict[tuple, StepBounds] = {}
 
 def step_bounds(loaded: LoadedCase, state: int) -> StepBounds:
     """The step replayed twice in dynamics ``state`` (the same noise): once with every call
-    (collectives and point-to-point alike) taking :func:`line_rate_time_us` -- no latency, no
+    (collectives and point-to-point alike) taking :func:`line_rate_times_us` -- no latency, no
     congestion, no slowdown of the compute beside it, concurrent calls still sharing their links --
     and once with every call taking 0 µs (the ceiling: compute alone, with its dependencies).
     Cached per (case, cost model, state)."""
@@ -542,5 +474,5 @@ def search_report_text(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_MAX_SWEEPS", "LineRates", "RuleKey", "SearchResult", "StepBounds", "StepScorer", "band_bytes",
-           "line_rate_time_us", "line_rate_times_us", "search_case", "search_report_text", "step_bounds", "table_of"]
+__all__ = ["DEFAULT_MAX_SWEEPS", "RuleKey", "SearchResult", "StepBounds", "StepScorer", "band_bytes",
+           "line_rate_times_us", "search_case", "search_report_text", "step_bounds", "table_of"]
