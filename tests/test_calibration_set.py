@@ -37,6 +37,19 @@ def test_torch_distributed_rows_without_busbw_or_version_load_and_map(tmp_path):
     assert hardware_class(table, env) == "ampere/pcie+tcp"
 
 
+def test_a_torch_distributed_allgather_is_sized_by_its_per_rank_input(tmp_path):
+    # dist.all_gather(tensor_list, t): the harness names the call by t's bytes; NCCL's nBytes (and
+    # nccl-tests' size) is the whole output, ranks x that. nccl-tests rows keep their size.
+    path = write(tmp_path / "g5.csv", [G5_ROW.format(size=8, time=150.0), G5_ROW.format(size=1024, time=230.0),
+                                       L40S_ROW.format(size=8, time=9.2)])
+    g5, l40s = load_measurements(path)
+    assert g5.nranks == 2 and g5.size_bytes.tolist() == [16, 2048]
+    assert l40s.size_bytes.tolist() == [8]
+    reduce_scatter = write(tmp_path / "rs.csv", [G5_ROW.format(size=64, time=150.0).replace("allgather",
+                                                                                              "reducescatter")])
+    assert load_measurements(reduce_scatter)[0].size_bytes.tolist() == [64]
+
+
 def test_launch_mode_read_from_the_system_text(tmp_path):
     (table,) = load_measurements(write(tmp_path / "l40s.csv", [L40S_ROW.format(size=8, time=9.2)]))
     assert table.launch_gpus == 2

@@ -2,7 +2,8 @@
 layer formulas, name lookup, user TOML files and their errors, and Megatron's vocabulary padding.
 
 Expected parameter counts are the papers' figures (GPT-3 arXiv:2005.14165; Llama 3 arXiv:2407.21783;
-Mixtral arXiv:2401.04088; DeepSeek-V3 arXiv:2412.19437, without the MTP module), written here
+Mixtral arXiv:2401.04088; DeepSeek-V3 arXiv:2412.19437, without the MTP module; OLMoE
+arXiv:2409.02060, Table 1), written here
 independently of the ``reference_params`` in the shipped TOML files.
 """
 
@@ -23,6 +24,7 @@ PUBLISHED_PARAMS = {
     "llama3.1-405b": 405.9e9,
     "mixtral-8x7b": 46.7e9,
     "deepseek-v3": 671e9,
+    "olmoe-1b-7b": 6.9e9,
 }
 # gpt-tiny: the reference job's model (dynamiccl/profiler/reference_job.py); its reference_params is
 # its exact count, not a published figure.

@@ -401,6 +401,38 @@ def test_nvls_tree_rules_before_and_from_2_28():
     assert NcclModel(env, "2.28.9").tables(16, 2)[0][ALLREDUCE][NVLS_TREE][SIMPLE] == pytest.approx(25 + 2 * 20.9)
 
 
+def test_ring_ll_factor_before_2_21_is_a_quarter_when_multi_node_or_allreduce():
+    # 2.18-2.20 tuning.cc: busBw * ((nNodes > 1 || coll == AllReduce || coll == Reduce) ? 1/4 : 1/3)
+    # A100 (llMaxBw 87.7 on one node, not binding here): one node AllReduce 1/4, AllGather 1/3.
+    a100 = env_from_dict({"cluster": {"gpu": "A100-SXM", "arch": "ampere", "gpus_per_node": 8, "nodes": 2},
+                          "intra": {"fabric": "nvswitch"}, "host": {"cpu_vendor": "amd"},
+                          "nccl": {"version": "2.18.5"}}, "mem-a100.toml", "mem")
+    model = NcclModel(a100)
+    ring = model.topology(8, 1).ring
+    bus = ring.n_channels * ring.bw_intra
+    assert bus / 4 < 87.7
+    bw = model.tables(8, 1)[1]
+    assert bw[ALLREDUCE][RING][LL] == pytest.approx(bus / 4 * 8 / 14)
+    assert bw[ALLGATHER][RING][LL] == pytest.approx(bus / 3 * 8 / 7)
+    # two nodes: AllGather gets 1/4 too (the AMD row's 22.5 cap binds only above 90 GB/s of bus)
+    ring2 = model.topology(16, 2).ring
+    bus2 = ring2.n_channels * min(ring2.bw_intra, ring2.bw_inter)
+    assert model.tables(16, 2)[1][ALLGATHER][RING][LL] == pytest.approx(min(22.5, bus2 / 4) * 16 / 15)
+    assert bus2 / 4 != pytest.approx(bus2 / 3)
+
+
+@pytest.mark.parametrize("version,ring_ll,ring_simple", [("2.18.5", 6.6 + 2.7, 8.4 + 14.0),
+                                                          ("2.21.5", 6.6 + 2.7, 8.4 + 14.0),
+                                                          ("2.23.4", 6.6 + 5.0, 8.4 + 14.0)])
+def test_one_gpu_per_node_takes_tree_net_latency_only_from_2_23(version, ring_ll, ring_simple):
+    # tuning.cc from v2.23.4-1: "With ppn=1 latencies are fully exposed, use the Tree network latency"
+    # (NET Tree LL 5.0 vs Ring LL 2.7; Tree Simple 28 in 2.19-2.22 would give 36.4). Before 2.23 every
+    # algorithm keeps its own NET row. 2 nodes x 1 GPU AllGather: one network step, latencyInter 0.
+    lat, _ = NcclModel(h100(gpus_per_node=1, nodes=2, cpu="amd", version=version)).tables(2, 2)
+    assert lat[ALLGATHER][RING][LL] == pytest.approx(ring_ll)
+    assert lat[ALLGATHER][RING][SIMPLE] == pytest.approx(ring_simple)
+
+
 def test_pat_factor_and_latency():
     # 2 nodes x 1 GPU: PAT AllGather, latency 8 + log2(2)·14/3.5 + 2.8·2; busBw ×0.85 (2.23) / ×0.75 (2.24+)
     env = h100(nodes=2)

@@ -10,6 +10,13 @@ choices depend on it; a table measured with one process driving ``k`` GPUs (``-g
 ``how`` or ``system`` text) is costed with that launch mode. A table without an NCCL version (the
 AWS g5 torch.distributed timings) runs with the spec's.
 
+``size_bytes`` is NCCL's ``nBytes`` once read: nccl-tests' size (for AllGather, the whole output
+buffer). A torch.distributed harness (``torch.distributed`` in the ``system`` text) names an
+AllGather by its per-rank input tensor instead (``dist.all_gather(tensor_list, t)`` with ``t`` of
+``size`` bytes, as the public g5 harness does: CS244C-project-repo
+``run_benchmark_aws_multinode_allgather.py``), so its sizes are multiplied by the ranks on reading
+(:func:`nccl_bytes`).
+
 The calibration set is every CSV of :data:`DEFAULT_MEASUREMENT_FILES` in the shared calibration
 directory beside the repository (``../shared/calibration``): the nccl-tests tables of
 ``measurements.csv`` and the systems of ``more-systems.csv`` (PCIe, TCP-class and GB200 partitions).
@@ -150,8 +157,24 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
         table["busbw_gbytes_per_s"].append(float(row["busbw_gbytes_per_s"] or 0.0))
     if not groups:
         raise InputError(source, None, "no measurement rows")
-    return [MeasuredTable(**{**g, "size_bytes": np.array(g["size_bytes"]), "time_us": np.array(g["time_us"]),
-                             "busbw_gbytes_per_s": np.array(g["busbw_gbytes_per_s"])}) for g in groups.values()]
+    tables = [MeasuredTable(**{**g, "size_bytes": np.array(g["size_bytes"]), "time_us": np.array(g["time_us"]),
+                               "busbw_gbytes_per_s": np.array(g["busbw_gbytes_per_s"])}) for g in groups.values()]
+    for table in tables:
+        table.size_bytes = nccl_bytes(table, table.size_bytes)
+    return tables
+
+
+def per_rank_input_sizes(table: MeasuredTable) -> bool:
+    """Whether a table's sizes are the per-rank input of an AllGather rather than nccl-tests' whole
+    output buffer: a torch.distributed harness (``torch.distributed`` in its ``system`` text) sizes
+    ``all_gather`` by the tensor each rank contributes."""
+    return table.func == Func.ALLGATHER and "TORCH.DISTRIBUTED" in table.system.upper()
+
+
+def nccl_bytes(table: MeasuredTable, sizes: np.ndarray) -> np.ndarray:
+    """NCCL's ``nBytes`` for a table's size column: the sizes as given (nccl-tests: the whole buffer),
+    times the ranks where they are per-rank inputs (:func:`per_rank_input_sizes`)."""
+    return sizes * table.nranks if per_rank_input_sizes(table) else sizes
 
 
 def _forced(row: dict, column: str, source: str, where: str) -> int:

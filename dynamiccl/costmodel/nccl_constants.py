@@ -86,7 +86,9 @@ class NcclConstants:
     per_ch_max_nvls_tree_bw: np.ndarray
     nvls_efficiency: np.ndarray       # [arch]
     nvls_rules_2_28: bool             # the 2.28 NVLS/NVLSTree bandwidth rules and n/nsteps conversion
-    ring_ll_half: bool                # 2.21+: Ring/LL busBw x 0.5 (before: x 1/4 multi-node AR/Reduce, else 1/3)
+    ring_ll_half: bool                # 2.21+: Ring/LL busBw x 0.5 (before: x 1/4 when multi-node or
+                                      # AllReduce/Reduce, else 1/3: `nNodes > 1 || coll == AllReduce || Reduce`)
+    ppn1_tree_net_latency: bool       # 2.23+: with one GPU per node every algorithm takes Tree's NET latency
     ring_ll128_ppn1_factor: float     # Ring/LL128 factor when ppn < 2 (0.7 up to 2.22, then 0.92)
     ring_allreduce_inter_steps_2n: bool  # before 2.23 Ring AllReduce counted 2N network steps, then 2(N-1)
     pat_factor: float                 # PAT busBw factor: 0.85 in 2.23, 0.75 later
@@ -180,6 +182,9 @@ def nccl_constants(version: tuple[int, int, int]) -> NcclConstants:
         nvls_efficiency=_table([0.0, 0.0, 0.85, 0.74]),
         nvls_rules_2_28=v >= (2, 28, 0),
         ring_ll_half=v >= (2, 21, 0),
+        # tuning.cc from v2.23.4-1: "With ppn=1 latencies are fully exposed, use the Tree network
+        # latency"; up to 2.22 interLat is hwLat[NET][a][p] for every ppn.
+        ppn1_tree_net_latency=v >= (2, 23, 0),
         ring_ll128_ppn1_factor=0.7 if v < (2, 23, 0) else 0.92,
         ring_allreduce_inter_steps_2n=v < (2, 23, 0),
         # ncclTopoTuneModel's PAT factor: x0.85 in 2.23, x0.75 later; 2.24+ is taken as 0.75.

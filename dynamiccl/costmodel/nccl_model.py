@@ -98,7 +98,8 @@ def _latency(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> fl
     hw = c.hw_latency_us
     lat = float(c.base_latency_us[a][p])
     intra = float(hw[t.intra_hw][a][p])
-    inter = float(hw[NET_HW][Algorithm.TREE if ppn == 1 else a][p]) + t.latency_inter_us
+    net_row = Algorithm.TREE if ppn == 1 and c.ppn1_tree_net_latency else a
+    inter = float(hw[NET_HW][net_row][p]) + t.latency_inter_us
     if p == Protocol.SIMPLE:
         inter += t.latency_inter_us  # flush
     steps = nsteps(func, n)
@@ -173,7 +174,7 @@ def _bandwidth(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int, pro
         if c.ring_ll_half:
             factor = 0.5
         else:
-            factor = 0.25 if big_n > 1 and func in (Func.ALLREDUCE, Func.REDUCE) else 1 / 3
+            factor = 0.25 if big_n > 1 or func in (Func.ALLREDUCE, Func.REDUCE) else 1 / 3
         bus = min(ll_max, bus * factor)
     if a == Algorithm.RING and p == Protocol.LL128:
         factor = c.ring_ll128_ppn1_factor if ppn < 2 else 0.92
