@@ -7,7 +7,8 @@ source's GPU and conditions, and the step replay (``Replay``) for the launch del
   Performance Degradation because of Tail Effect");
 - HBM shared by traffic: A100-SXM4-80GB, attention 0.18 -> 0.33 ms and GEMM 1.18 -> 2.08 ms beside an
   AllGather; maintainer: memory bandwidth, NVLink bytes x2-3 in HBM (NVIDIA/nccl#1428);
-- launch delay: the next communication kernel waits until the GEMM completes (NVIDIA/nccl#1431); a
+- launch delay: the next communication kernel waits until the GEMM completes (NVIDIA/nccl#1431) --
+  whenever that is, if the GEMM is slowed or sped up meanwhile, and not until a later kernel; a
   256 MB AllReduce 1.8 -> 4.2 ms and a 256 KB one ~30 us -> 4-5 ms on A100 beside compute
   (NVIDIA/nccl#1094);
 - cross-checks: compute slowed 18.9% on average, 40.0% at most, by overlapped collectives on 4 x A100
@@ -180,28 +181,49 @@ def test_gemm_with_spare_sms_beside_send_recv_competes_only_for_memory():
 
 # --- 4. launch delay, in the step replay -------------------------------------------------------------
 
+def step_program(ops: list[tuple], calls: dict[str, int]) -> StepProgram:
+    """A step on file ranks of one 8-GPU node, written op by op: ``(name, rank, what, preds)`` with
+    ``what`` the compute op's kernels (µs at full speed) or the name of the AllReduce it takes part
+    in (``calls``: name -> bytes, every call tunable). Ops run in the order given on each rank's
+    streams, as the trace compiler orders them."""
+    names = [name for name, *_ in ops]
+    call_names = list(calls)
+    prog = StepProgram(source="<interference test>", step=0, ranks=sorted({rank for _, rank, *_ in ops}),
+                       gpus_per_node=8, world_size=8)
+    prog.op_succ = [[] for _ in ops]
+    prog.compute_chain = [[] for _ in prog.ranks]
+    prog.call_ops = [[] for _ in calls]
+    prog.call_ranks = [[] for _ in calls]
+    for g, (name, rank, what, preds) in enumerate(ops):
+        compute = isinstance(what, list)
+        prog.op_rank.append(rank)
+        prog.op_is_compute.append(compute)
+        prog.op_base_us.append(sum(what) if compute else 0.0)
+        prog.op_segments_us.append(list(what) if compute else [])
+        prog.op_call.append(-1 if compute else call_names.index(what))
+        prog.op_npred.append(len(preds))
+        for pred in preds:
+            prog.op_succ[names.index(pred)].append(g)
+        if compute:
+            prog.compute_chain[rank].append(g)
+        else:
+            prog.call_ops[call_names.index(what)].append(g)
+            prog.call_ranks[call_names.index(what)].append(rank)
+    prog.call_key = [CallKey(Func.ALLREDUCE, nbytes, 8, 1, position=i) for i, nbytes in enumerate(calls.values())]
+    prog.call_tunable = [True] * len(calls)
+    prog.call_group = ["tp"] * len(calls)
+    prog.call_kind = ["tp"] * len(calls)
+    prog.call_label = [f"allreduce {name}" for name in calls]
+    return prog
+
+
 def program_with_kernel(nbytes: int, kernel_segments_us: list[float], other_rank_us: float) -> StepProgram:
     """Two file ranks of one 8-GPU node. Rank 0 runs a compute op made of ``kernel_segments_us``
     (trace compute ops merged into one) from t=0; rank 1 computes for ``other_rank_us`` and then
     both join one AllReduce of ``nbytes``, which is thus launched at ``other_rank_us`` beside rank 0's
     kernel."""
-    prog = StepProgram(source="<interference test>", step=0, ranks=[0, 1], gpus_per_node=8, world_size=8)
-    prog.op_rank = [0, 0, 1, 1]
-    prog.op_is_compute = [True, False, True, False]
-    prog.op_base_us = [sum(kernel_segments_us), 0.0, other_rank_us, 0.0]
-    prog.op_segments_us = [list(kernel_segments_us), [], [other_rank_us], []]
-    prog.op_call = [-1, 0, -1, 0]
-    prog.op_succ = [[], [], [3], []]
-    prog.op_npred = [0, 0, 0, 1]
-    prog.call_key = [CallKey(Func.ALLREDUCE, nbytes, 8, 1, position=0)]
-    prog.call_ops = [[1, 3]]
-    prog.call_ranks = [[0, 1]]
-    prog.call_tunable = [True]
-    prog.call_group = ["tp"]
-    prog.call_kind = ["tp"]
-    prog.call_label = ["allreduce"]
-    prog.compute_chain = [[0], [2]]
-    return prog
+    return step_program([("kernel", 0, list(kernel_segments_us), []), ("ar0", 0, "ar", []),
+                         ("other", 1, [other_rank_us], []), ("ar1", 1, "ar", ["other"])], {"ar": nbytes})
 
 
 def replay(prog: StepProgram, spec: str = "dgx-a100") -> tuple[Replay, float]:
@@ -249,3 +271,127 @@ def test_launch_delay_waits_for_the_running_kernel_only():
     with pytest.raises(ValueError):
         interference.launch_delay_us(-1.0)
     assert interference.launch_delay_us(250.0, fills_every_sm=False) == 0.0
+    assert interference.waits_for_kernel(5.0) and not interference.waits_for_kernel(0.0)
+    assert not interference.waits_for_kernel(5.0, fills_every_sm=False)
+    with pytest.raises(ValueError):
+        interference.waits_for_kernel(-1.0)
+
+
+def call_time_us(costs: CostTable, prog: StepProgram, name: str, overlap: int) -> float:
+    """Duration (µs) of call ``name`` with NCCL's default, quiet, alone on its links."""
+    return float(costs.time_us[costs.call_row[prog.call_label.index(f"allreduce {name}")], DEFAULT_ACTION, 0, overlap])
+
+
+def call_slowdown(costs: CostTable, prog: StepProgram, name: str) -> float:
+    """Factor by which call ``name`` (NCCL's default) slows the compute beside it."""
+    return float(costs.slowdown[costs.call_row[prog.call_label.index(f"allreduce {name}")], DEFAULT_ACTION])
+
+
+def kernel_slowed_while_a_waits(merged: bool) -> StepProgram:
+    """Rank 0 computes 100 µs, then kernel K (3000 µs; ``merged``: followed by a 1500 µs kernel in the
+    same op). AllReduce ``b`` (64 MiB, ranks 0 and 2) is launched at t=100 together with K -- placed
+    with it, so it does not wait on rank 0 -- but waits for rank 2's kernel (t=0..1000). AllReduce
+    ``a`` (16 MiB, ranks 0 and 1) is launched at t=200, when rank 1 arrives, beside K: it waits for K."""
+    return step_program([("k0", 0, [100.0], []), ("K", 0, [3000.0, 1500.0] if merged else [3000.0], ["k0"]),
+                         ("b0", 0, "b", ["k0"]), ("a0", 0, "a", []),
+                         ("c1", 1, [200.0], []), ("a1", 1, "a", ["c1"]),
+                         ("k2", 2, [1000.0], []), ("b2", 2, "b", [])],
+                        {"a": 16 * MiB, "b": 64 * MiB})
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_a_waiting_call_starts_at_its_kernels_end_when_the_kernel_is_slowed_meanwhile(merged):
+    """NVIDIA/nccl#1431: the waiting collective starts when the GEMM it waits for completes, however
+    long that takes. ``a`` waits for K from t=200; at t=1000 ``b`` starts beside K, whose rate drops
+    to 1 / slowdown(b) until ``b`` ends at 1000 + D(b); K, 900 µs into its 3000 then, ends at
+    1000 + D(b) + (2100 - D(b) / slowdown(b)), and ``a`` starts then, not at 3100 (K's end at the
+    rate it had when ``a`` was launched)."""
+    prog = kernel_slowed_while_a_waits(merged)
+    costs = CostTable.build(prog, resolve_env("dgx-a100"))
+    run = Replay(prog, costs)
+    run.run()
+    a, b = prog.call_label.index("allreduce a"), prog.call_label.index("allreduce b")
+    d_b, slow_b = call_time_us(costs, prog, "b", overlap=1), call_slowdown(costs, prog, "b")
+    assert slow_b > 1.0 and 0 < d_b / slow_b < 2100.0  # b ends while K runs
+    kernel_end = 1000.0 + d_b + (2100.0 - d_b / slow_b)
+    assert kernel_end > 3100.0 + 100.0  # far from the end foreseen at a's launch
+    # b waited for rank 2's kernel only, then ran its own time beside K.
+    assert (run.call_start_us[b], run.call_launch_delay_us[b]) == (100.0, 900.0)
+    assert run.call_end_us[b] == pytest.approx(1000.0 + d_b, rel=1e-12)
+    # a waited exactly until K ended.
+    assert run.call_start_us[a] == 200.0
+    assert run.call_start_us[a] + run.call_launch_delay_us[a] == pytest.approx(kernel_end, rel=1e-12)
+    if not merged:  # K is op 1 (ops are numbered in the order written)
+        assert run.op_end_us[1] == pytest.approx(kernel_end, rel=1e-12)
+        # nothing beside it once it runs: its own time, alone
+        assert run.call_end_us[a] == pytest.approx(kernel_end + call_time_us(costs, prog, "a", overlap=0),
+                                                    rel=1e-12)
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_a_waiting_call_starts_at_its_kernels_end_when_the_kernel_ends_early(merged):
+    """A kernel sped up while a collective waits for it frees the SMs early, and the collective takes
+    them before the next kernel on the rank does (its CTAs are queued behind the running kernel's
+    blocks, NVIDIA/nccl#1431), rather than at the end foreseen at launch, or after the next kernel.
+    Rank 0 runs kernel K (3000 µs) and then a 2000 µs kernel (``merged``: in the same op); AllReduce
+    ``b`` (64 MiB, ranks 0 and 2) is launched with K at t=0 and runs beside it (K at
+    1 / slowdown(b)); ``a`` (16 MiB, ranks 0 and 1) is launched at t=200 and waits for K. ``b`` ends
+    at D(b), K runs at full speed from then and ends at D(b) + 3000 - D(b) / slowdown(b), before
+    3000 x slowdown(b), its end had ``b`` kept running."""
+    after = [("K2", 0, [2000.0], ["K"])] if not merged else []
+    prog = step_program([("K", 0, [3000.0, 2000.0] if merged else [3000.0], []), *after,
+                         ("b0", 0, "b", []), ("a0", 0, "a", []),
+                         ("c1", 1, [200.0], []), ("a1", 1, "a", ["c1"]), ("b2", 2, "b", [])],
+                        {"a": 16 * MiB, "b": 64 * MiB})
+    costs = CostTable.build(prog, resolve_env("dgx-a100"))
+    run = Replay(prog, costs)
+    run.run()
+    a, b = prog.call_label.index("allreduce a"), prog.call_label.index("allreduce b")
+    d_b, slow_b = call_time_us(costs, prog, "b", overlap=1), call_slowdown(costs, prog, "b")
+    assert 200.0 < d_b < 3000.0 * slow_b  # b still runs when a is launched, and ends before K
+    kernel_end = d_b + 3000.0 - d_b / slow_b
+    assert kernel_end < 3000.0 * slow_b - 100.0
+    assert (run.call_start_us[b], run.call_launch_delay_us[b]) == (0.0, 0.0)
+    assert run.call_end_us[b] == pytest.approx(d_b, rel=1e-12)
+    assert run.call_start_us[a] == 200.0
+    assert run.call_start_us[a] + run.call_launch_delay_us[a] == pytest.approx(kernel_end, rel=1e-12)
+    # ... and so the next kernel runs beside a's channels, slower than its 2000 µs.
+    last = run.op_end_us[prog.compute_chain[0][-1]]
+    assert last > kernel_end + 2000.0 * (1 + 1e-6)
+    if not merged:  # K is op 0, the next kernel op 1
+        assert run.op_end_us[0] == pytest.approx(kernel_end, rel=1e-12)
+        assert run.op_start_us[1] == run.op_end_us[0]
+
+
+def test_a_fork_taken_while_a_call_waits_replays_like_a_full_replay():
+    """Incremental scoring (``Replay.fork``) stays exact with calls waiting for kernels: at a's
+    decision (t=200) b waits for rank 2's kernel and K runs; the fork, given another configuration
+    for a, ends bit for bit as a replay from the start with the same choices, and the original goes
+    on as if never forked."""
+    prog = kernel_slowed_while_a_waits(merged=True)
+    costs = CostTable.build(prog, resolve_env("dgx-a100"))
+    a, b = prog.call_label.index("allreduce a"), prog.call_label.index("allreduce b")
+    other = int(np.flatnonzero(costs.mask[costs.call_row[a]])[-1])
+    assert other != DEFAULT_ACTION
+
+    def choose(call):
+        return other if call == a else DEFAULT_ACTION
+
+    replay = Replay(prog, costs)
+    assert replay.next_decision() == b
+    replay.decide(b, DEFAULT_ACTION)
+    assert replay.next_decision() == a and replay.now == 200.0
+    fork = replay.fork()
+    fork.run(choose)
+    full = Replay(prog, costs)
+    full.run(choose)
+    untouched = Replay(prog, costs)
+    untouched.run()
+    replay.run()
+    for got, want in ((fork, full), (replay, untouched)):
+        assert got.makespan_us == want.makespan_us
+        for name in ("call_start_us", "call_launch_delay_us", "call_end_us", "call_action", "op_start_us",
+                     "op_end_us"):
+            assert getattr(got, name) == getattr(want, name), name
+    assert fork.call_launch_delay_us[b] == 900.0 and fork.call_launch_delay_us[a] > 2900.0
+    assert fork.call_end_us[a] != replay.call_end_us[a]  # the other configuration did change the step

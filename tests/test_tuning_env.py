@@ -124,6 +124,30 @@ def test_latest_finish_is_never_before_the_default_end():
     assert min(slack) < 1e-3  # something is on the critical path
 
 
+def test_a_fork_copies_what_a_replay_writes_and_shares_only_what_it_reads():
+    """``Replay.fork`` copies the lists a replay writes (``_STATE_LISTS``) and shares the others
+    (``_SHARED_LISTS``): every list a replay holds is one or the other, and replays from a fork to
+    the end leave the shared ones as they were."""
+    import copy
+
+    from dynamiccl.tuning.timeline import Replay
+
+    loaded = load_case(Case(LLAMA70[0], "h100-ib-4x8-congested"))
+    replay = new_replay(loaded, 0, default_schedule(loaded, 0)[1])
+    for _ in range(len(loaded.program.tunable_calls) // 3):
+        replay.decide(replay.next_decision(), DEFAULT_ACTION)
+    lists = {name for name, value in vars(replay).items() if isinstance(value, list)}
+    assert lists == set(Replay._STATE_LISTS) | set(Replay._SHARED_LISTS) | {"_rank_calls"}
+    assert not set(Replay._STATE_LISTS) & set(Replay._SHARED_LISTS)
+    shared = copy.deepcopy({name: getattr(replay, name) for name in Replay._SHARED_LISTS})
+    fork = replay.fork()
+    assert all(getattr(fork, name) is getattr(replay, name) for name in Replay._SHARED_LISTS)
+    assert not any(getattr(fork, name) is getattr(replay, name) for name in Replay._STATE_LISTS)
+    fork.run(lambda call: int(np.flatnonzero(loaded.costs.mask[loaded.costs.call_row[call]])[-1]))
+    replay.run()
+    assert {name: getattr(replay, name) for name in Replay._SHARED_LISTS} == shared
+
+
 # --- actions and masks --------------------------------------------------------------------------
 
 def test_action_catalogue_round_trips():

@@ -29,12 +29,15 @@ where it knows which compute a call is launched beside.
 3. **The kernel is limited by the scarcer resource** (:func:`compute_slowdown`): a kernel beside a
    call runs at the slower of what its SMs and its HBM share allow (the roofline: a kernel is bound
    by one resource at a time, so the two slowdowns do not add).
-4. **Launch delay** (:func:`launch_delay_us`). A collective launched while a compute kernel fills
-   every SM cannot place its CTAs until that kernel frees SMs: "after the first communication kernel
-   ends, the next communication kernel will be delayed until the gemm is completed because there are
-   not enough SM resources" (NVIDIA/nccl#1431); a 256 MB AllReduce on A100 1.8 -> 4.2 ms and a 256 KB
-   one ~30 us -> 4-5 ms beside another process's compute (NVIDIA/nccl#1094). The delay does not depend
-   on the call's size: it is the time left in the kernel it waits for.
+4. **Launch delay** (:func:`waits_for_kernel`, :func:`launch_delay_us`). A collective launched while
+   a compute kernel fills every SM cannot place its CTAs until that kernel frees SMs: "after the first
+   communication kernel ends, the next communication kernel will be delayed until the gemm is
+   completed because there are not enough SM resources" (NVIDIA/nccl#1431); a 256 MB AllReduce on
+   A100 1.8 -> 4.2 ms and a 256 KB one ~30 us -> 4-5 ms beside another process's compute
+   (NVIDIA/nccl#1094). The delay does not depend on the call's size: the collective starts when the
+   kernel it waits for ends -- that kernel's own end, wherever changes in its rate move it, and never
+   a later kernel's (the collective's CTAs queue behind the running kernel's blocks, and the freed SMs
+   go to them first).
 
 The figures this module is checked against (``tests/test_interference.py``): the wave tail above,
 #1428's slowdowns, #1094's delays, and the aggregates "overlapping computation and communication can
@@ -123,10 +126,37 @@ def compute_slowdown(sm_slow, hbm_slow) -> np.ndarray:
     return np.maximum(np.asarray(sm_slow, dtype=np.float64), np.asarray(hbm_slow, dtype=np.float64))
 
 
+# Work (µs at full speed) a kernel must have done before a collective is launched for the two not
+# to count as launched together: float noise, not a duration.
+LAUNCH_TIE_US = 1e-9
+
+
+def waits_for_kernel(kernel_done_us: float, fills_every_sm: bool = True) -> bool:
+    """Whether a collective launched beside a running compute kernel waits for that kernel to end
+    before its CTAs get SMs (NVIDIA/nccl#1431, #1094): when the kernel fills every SM and was running
+    before the collective was launched. A kernel that starts at the same instant (``kernel_done_us``
+    within :data:`LAUNCH_TIE_US` of 0) is placed together with the collective: neither holds the SMs
+    first, so the collective does not wait. The wait ends at that kernel's own end, however its rate
+    changes meanwhile, never at a later kernel's.
+
+    Args:
+        kernel_done_us: the kernel's work done when the collective is launched (µs at full speed).
+        fills_every_sm: whether the kernel's grid holds every SM.
+
+    Raises:
+        ValueError: a negative ``kernel_done_us``.
+    """
+    if kernel_done_us < 0:
+        raise ValueError(f"kernel_done_us must be >= 0, got {kernel_done_us}")
+    return fills_every_sm and kernel_done_us > LAUNCH_TIE_US
+
+
 def launch_delay_us(kernel_left_us: float, fills_every_sm: bool = True) -> float:
-    """How long (µs) a collective launched beside a running compute kernel waits for SMs: the time
-    left in that kernel when it fills every SM (NVIDIA/nccl#1431, #1094), else none. Independent of
-    the collective's size and configuration.
+    """How long (µs) a collective launched beside a running compute kernel waits for SMs when the
+    kernel keeps its rate: the time left in that kernel when it fills every SM (NVIDIA/nccl#1431,
+    #1094), else none. Independent of the collective's size and configuration. (The step replay
+    does not precompute it: it starts the collective at the kernel's actual end, see
+    :func:`waits_for_kernel`.)
 
     Raises:
         ValueError: a negative ``kernel_left_us``.

@@ -16,11 +16,15 @@ Running activities progress at rates that change whenever the set of running act
   same rank and the same domain: within the node, or across nodes): concurrent collectives split
   the links' bandwidth, not their latency;
 - a call launched while compute runs on one of its ranks first waits for that rank's running
-  compute kernel to end (the *launch delay*, :func:`dynamiccl.costmodel.interference.launch_delay_us`:
+  compute kernel to end (the *launch delay*, :func:`dynamiccl.costmodel.interference.waits_for_kernel`:
   a training kernel fills every SM, and NCCL's CTAs get SMs only when it frees them,
   NVIDIA/nccl#1431). The kernel is the trace compute op running then (``op_segments_us``: a
-  merged op keeps its parts); one that starts at the same instant as the call does not delay it;
-  while the call waits its channels hold no SMs.
+  merged op keeps its parts); one that starts at the same instant as the call does not delay it.
+  The call waits for that kernel's own end, an event of the timeline: if the kernel's rate changes
+  meanwhile (another call on its rank starts or ends), its end moves and the call's start with it;
+  the call takes the SMs the kernel frees before any later kernel on the rank does (its CTAs are
+  queued behind the running kernel's blocks, not behind later kernels). On several ranks it waits
+  for the last of their kernels. While the call waits its channels hold no SMs.
 
 A call's remaining work is a fraction of it; when rates change, each activity keeps the work done
 so far and continues at its new rate (processor sharing). Congestion changes at the edges of the
@@ -41,12 +45,14 @@ from heapq import heappop, heappush
 import numpy as np
 
 from dynamiccl.costmodel.dynamics import CongestionProcess
-from dynamiccl.costmodel.interference import launch_delay_us
+from dynamiccl.costmodel.interference import waits_for_kernel
 from dynamiccl.tuning.actions import DEFAULT_ACTION
 from dynamiccl.tuning.costs import CostTable
 from dynamiccl.tuning.program import StepProgram
 
-_COMPUTE, _CALL, _CONGESTION, _LAUNCH = 0, 1, 2, 3
+# Event kinds. ``_KERNEL_END``: a kernel that launched calls wait for ends inside its compute op
+# (the op's last kernel ends with the op, at its ``_COMPUTE`` event).
+_COMPUTE, _CALL, _CONGESTION, _KERNEL_END = 0, 1, 2, 3
 
 
 def _duration(cost, congested: int, overlap: int, sharing: int) -> float:
@@ -124,9 +130,22 @@ class Replay:
 
     Events sit in a heap as ``(time, seq, kind, ident)``; ``seq`` counts pushes (ties run in push
     order) and doubles as the version of the activity's finish event: an activity's entry in
-    ``_comp_ver`` / ``_call_ver`` is the ``seq`` of its one live event (0: none), so an event pushed
-    before its activity's rate last changed is stale and skipped.
+    ``_comp_ver`` / ``_call_ver`` / ``_wait_ver`` is the ``seq`` of its one live event (0: none), so
+    an event pushed before its activity's rate last changed is stale and skipped.
     """
+
+    # What a replay writes as it runs (per op / call / rank, the event heap, the queues): a fork
+    # copies these lists, and the nested ``_rank_calls`` and ``_rank_domain``. Every other attribute
+    # is written only in ``__init__`` and then read -- the program and its index, the cost table and
+    # its rows per call, noise, latest finishes, the congestion process (whose timeline does not
+    # depend on how it is queried) -- so forks share it (``_SHARED_LISTS``: the lists among them).
+    _STATE_LISTS = ("_npred", "_ready_members", "call_action", "call_start_us", "call_end_us",
+                    "call_time_at_start_us", "call_launch_delay_us", "op_start_us", "op_end_us", "_heap",
+                    "_comp_op", "_comp_rem", "_comp_rate", "_comp_t", "_comp_ver", "_chain_pos",
+                    "_call_rem", "_call_rate", "_call_t", "_call_ver", "_call_cost", "_call_slow",
+                    "_wait_kernel", "_wait_ver", "_waiting", "_call_awaits", "_pending", "_ready_ops")
+    _SHARED_LISTS = ("latest_finish_us", "noise", "_segment_ends", "_call_domain", "_call_size", "_call_ranks",
+                     "_chain_index", "_chain_prefix", "_block", "_key", "_call_rows")
 
     def __init__(self, program: StepProgram, costs: CostTable, congestion: CongestionProcess | None = None,
                  noise: np.ndarray | None = None, latest_finish_us: list[float] | None = None):
@@ -182,6 +201,14 @@ class Replay:
         self._call_rows = [rows[k] for k in costs.call_row]
         self._call_cost: list[tuple] = [()] * n_calls   # the running configuration's row, times x noise
         self._call_slow = [0.0] * n_calls               # its compute slowdown - 1
+        # Launch waits: per rank, the kernel (index into its running op's ``op_segments_us``) that
+        # launched calls wait for (-1: none) and the version of its end event (0: none, also when it is
+        # the op's last kernel, which ends with the op); the waiting calls in launch order; per call
+        # the ranks whose kernel it still waits for.
+        self._wait_kernel = [-1] * n_ranks
+        self._wait_ver = [0] * n_ranks
+        self._waiting: list[int] = []
+        self._call_awaits: list[tuple[int, ...]] = [()] * n_calls
         self._congested = False
         if congestion is not None:
             self._congested, end = congestion.period_at(0.0)
@@ -215,18 +242,15 @@ class Replay:
 
     def fork(self) -> "Replay":
         """An independent copy of this replay where it stands (at a pending decision, or before the
-        first): deciding on the copy changes nothing here. The program, cost table, noise and the
-        congestion timeline are shared (never changed by a replay; the congestion process draws the
-        same timeline however it is queried). What makes incremental scoring cheap: replay the common
-        prefix of several candidates once, fork it per candidate.
-
-        Raises:
-            RuntimeError: while the event loop runs (only between ``next_decision`` / ``decide`` calls).
+        first): deciding on the copy changes nothing here. What the replay writes as it runs
+        (``_STATE_LISTS``) is copied; what it only reads -- the program and its index, the cost table
+        and its rows, noise, latest finishes and the congestion timeline -- is shared. What makes
+        incremental scoring cheap: replay the common prefix of several candidates once, fork it per
+        candidate.
         """
-        clone = copy.copy(self)  # scalars (now, makespan, counters) by value; program, costs, noise shared
-        for name, value in vars(self).items():
-            if isinstance(value, list):  # every per-op / per-call / per-rank list, and the event heap
-                setattr(clone, name, list(value))
+        clone = copy.copy(self)  # scalars (now, makespan, counters) by value; read-only data shared
+        for name in Replay._STATE_LISTS:  # flat lists of numbers, or of tuples (never changed in place)
+            setattr(clone, name, list(getattr(self, name)))
         # The containers whose inner lists change as the replay runs.
         clone._rank_calls = [list(calls) for calls in self._rank_calls]
         clone._rank_domain = (list(self._rank_domain[0]), list(self._rank_domain[1]))
@@ -383,8 +407,10 @@ class Replay:
         chain_pos, chain_index = self._chain_pos, self._chain_index
         call_rate, call_ver, call_slow, call_end = self._call_rate, self._call_ver, self._call_slow, self.call_end_us
         rank_calls, rank_domain = self._rank_calls, self._rank_domain
+        wait_kernel, wait_ver = self._wait_kernel, self._wait_ver
         op_start, op_end = self.op_start_us, self.op_end_us
         update_call, update_compute, start_call = Replay._update_call, Replay._update_compute, Replay._start_call
+        kernel_ended = Replay._kernel_ended
         num_ops = program.num_ops
         done_ops, makespan, now = self._done_ops, self.makespan_us, self.now
         while True:
@@ -444,6 +470,8 @@ class Replay:
                 comp_ver[ident] = 0
                 for c in rank_calls[ident]:
                     update_call(self, c)
+                if wait_kernel[ident] >= 0:  # the op's last kernel: calls waiting for it take the SMs
+                    kernel_ended(self, ident)  # before the compute it releases starts
                 done_ops += 1
                 released = (g,)
             elif kind == _CALL:
@@ -467,9 +495,11 @@ class Replay:
                             update_call(self, other)
                 done_ops += call_size[ident]
                 released = call_ops[ident]
-            elif kind == _LAUNCH:  # the SMs a delayed call waited for are free: it runs from now
+            elif kind == _KERNEL_END:  # a kernel that calls wait for ends inside its op
+                if seq != wait_ver[ident]:
+                    continue
                 self.now = now = time
-                Replay._run_call(self, ident)
+                kernel_ended(self, ident)
                 continue
             else:
                 if done_ops >= num_ops:
@@ -511,10 +541,12 @@ class Replay:
         self._seq = seq = self._seq + 1
         self._comp_ver[r] = seq
         heappush(self._heap, (now + rem / rate, seq, _COMPUTE, r))
+        if self._wait_ver[r]:  # the kernel calls wait for ends at the new rate
+            self._push_kernel_end(r)
 
     def _start_call(self, call: int, action: int) -> None:
-        """Launch ``call`` with ``action`` now: it runs at once, or once the compute kernel running
-        on its ranks frees the SMs (:meth:`_launch_delay`)."""
+        """Launch ``call`` with ``action`` now: it runs at once, or once the compute kernels running
+        on its ranks have ended (:meth:`_await_kernels`)."""
         row = self._call_rows[call][action]
         noise = self.noise[call]
         self._call_cost[call] = (row[0] * noise, row[1] * noise, row[2] * noise, row[3] * noise,
@@ -526,42 +558,72 @@ class Replay:
         op_start = self.op_start_us
         for g in self.program.call_ops[call]:
             op_start[g] = now
-        delay = self._launch_delay(call)
-        if delay > 0.0:
-            self.call_launch_delay_us[call] = delay
-            self._push(now + delay, _LAUNCH, call)
+        awaited = self._await_kernels(call)
+        if awaited:
+            self._call_awaits[call] = awaited
+            self._waiting.append(call)
             return
         self._run_call(call)
 
-    def _launch_delay(self, call: int) -> float:
-        """How long (µs) ``call`` waits for SMs: the longest, over its ranks, that the compute
-        kernel running there still runs at its present rate (NVIDIA/nccl#1431).
+    def _await_kernels(self, call: int) -> tuple[int, ...]:
+        """The ranks of ``call`` (launched now) whose running compute kernel it must wait for
+        (:func:`~dynamiccl.costmodel.interference.waits_for_kernel`, NVIDIA/nccl#1431), each such
+        kernel marked on its rank so that its end releases the call; () when it runs at once.
 
-        Known limit: the wait is fixed at launch. If that kernel's rate changes while the call waits
-        (another call on its rank starts or ends), the call starts a little before or after the
-        kernel really ends; waiting for that kernel's own end is the fix (issue 14's open items)."""
-        delay = 0.0
+        A rank holds at most one such kernel: the one running now, which any call already waiting
+        there also waits for (a waiting kernel is released when it ends)."""
+        awaited = ()
         now = self.now
-        comp_op = self._comp_op
+        comp_op, wait_kernel = self._comp_op, self._wait_kernel
         for r in self._call_ranks[call]:
             g = comp_op[r]
             if g < 0:
                 continue
-            rate = self._comp_rate[r]
-            left = self._comp_rem[r] - (now - self._comp_t[r]) * rate
-            done = self.program.op_base_us[g] - (left if left > 0.0 else 0.0)
+            left = self._comp_rem[r] - (now - self._comp_t[r]) * self._comp_rate[r]
+            done = self.program.op_base_us[g] - (left if left > 0.0 else 0.0)  # the op's work done (µs)
             begin = 0.0
-            for end in self._segment_ends[g]:
+            for kernel, end in enumerate(self._segment_ends[g]):
                 if end > done + 1e-9:  # the kernel running now began at ``begin`` and ends at ``end``
-                    # One starting at this instant is placed together with the call: neither holds
-                    # the SMs first, so the call does not wait.
-                    if done - begin > 1e-9:
-                        wait = launch_delay_us((end - done) / rate)
-                        if wait > delay:
-                            delay = wait
+                    if waits_for_kernel(done - begin if done > begin else 0.0):
+                        awaited += (r,)
+                        if wait_kernel[r] < 0:
+                            wait_kernel[r] = kernel
+                            if end < self.program.op_base_us[g]:  # not the op's last: its own event
+                                self._push_kernel_end(r)
                     break
                 begin = end
-        return delay
+        return awaited
+
+    def _push_kernel_end(self, r: int) -> None:
+        """(Re)schedule the end of the kernel launched calls wait for on rank ``r``, inside its
+        compute op, at the op's rate now."""
+        g = self._comp_op[r]
+        rate = self._comp_rate[r]
+        left = self._comp_rem[r] - (self.now - self._comp_t[r]) * rate  # the op's work left (µs)
+        until = left - (self.program.op_base_us[g] - self._segment_ends[g][self._wait_kernel[r]])
+        self._seq = seq = self._seq + 1
+        self._wait_ver[r] = seq
+        heappush(self._heap, (self.now + (until / rate if until > 0.0 else 0.0), seq, _KERNEL_END, r))
+
+    def _kernel_ended(self, r: int) -> None:
+        """The kernel launched calls wait for on rank ``r`` has ended: those waiting for no other
+        rank's kernel run from now, in launch order (before any compute this end releases)."""
+        self._wait_kernel[r] = -1
+        self._wait_ver[r] = 0
+        awaits, waiting = self._call_awaits, self._waiting
+        free = []
+        for call in waiting:
+            ranks = awaits[call]
+            if r in ranks:
+                ranks = tuple(x for x in ranks if x != r)
+                awaits[call] = ranks
+                if not ranks:
+                    free.append(call)
+        now = self.now
+        for call in free:
+            waiting.remove(call)
+            self.call_launch_delay_us[call] = now - self.call_start_us[call]
+            self._run_call(call)
 
     def _run_call(self, call: int) -> None:
         """``call`` (launched, with its configuration set) takes its SMs and links now."""
