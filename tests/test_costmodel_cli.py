@@ -280,3 +280,10 @@ def test_throughput_needs_a_thousand_rows(capsys):
     assert info.value.source == "--throughput"
     assert main(["simulate", "--env", "dgx-h100", "--coll", "allreduce", "--throughput", "10"]) == 2
     assert "--throughput" in capsys.readouterr().err
+
+
+def test_leave_one_out_refuses_given_parameters(tmp_path, capsys):
+    # A fold fits the other tables from the unfitted priors; no parameters may seed it.
+    assert main(["validate", "--leave-one-out", "--params", str(tmp_path / "p.json"),
+                 "--plot", str(tmp_path / "x.png")]) == 2
+    assert "--params" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
