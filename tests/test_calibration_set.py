@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynamiccl.costmodel.calibration import TableResult, fastest_checks, hardware_class, leave_one_out, summarize
+from dynamiccl.costmodel import world
+from dynamiccl.costmodel.calibration import (TableResult, _free_parameters, calibrate, fastest_checks, hardware_class,
+                                             leave_one_out, predict, summarize)
 from dynamiccl.costmodel.measurements import (COLUMNS, MeasuredTable, load_measurement_files, load_measurements,
                                               map_table)
 from dynamiccl.envspec import resolve_env
@@ -100,6 +102,66 @@ def test_leave_one_out_keeps_the_tree_ring_order_on_gb200_partitions(tmp_path):
             '2900,370.2,646.87,"all_reduce_perf -g 4"']
     tables = load_measurements(write(tmp_path / "gb.csv", rows))
     specs = [resolve_env("gb200-nvl8-ib-3x8"), resolve_env("gb200-nvl4")]
-    results = {r.table.table: r for r in leave_one_out(tables, specs, progress=False)}
+    loo, folds = leave_one_out(tables, specs, progress=False)
+    results = {r.table.table: r for r in loo}
+    assert [fold["held_out"] for fold in folds] == ["gb200-ring", "gb200-tree", "gb200-4gpu"]
     assert np.isfinite(results["gb200-ring"].world_time_us).all()
     assert results["gb200-tree"].world_time_us[0] < results["gb200-ring"].world_time_us[0]
+
+
+# A fold must not see its held-out table: three small tables of three classes, and a planted H100
+# table whose 1 KiB row is far slower than the world's priors, so that fitting it pulls the latency
+# parameters every class shares (hop_us, base_us).
+FOLD_ROWS = [
+    'gb200-4gpu,"4x GB200 (Blackwell, NVLink5), 1 VM",2.25.1,allreduce,ring,default,4,1,8192,24.0,,,"-g 4"',
+    'gb200-4gpu,"4x GB200 (Blackwell, NVLink5), 1 VM",2.25.1,allreduce,ring,default,4,1,1073741824,2900,,,"-g 4"',
+    L40S_ROW.format(size=8, time=9.2), L40S_ROW.format(size=1 << 20, time=160.0),
+    'planted,"8x H100 SXM (DGX H100)",2.23.4,allreduce,ring,ll,8,1,1024,200.0,,,"one process per GPU"',
+]
+FOLD_EVALUATIONS = 4  # small: the test checks what a fold sees, not that it converges
+
+
+def _held_out_time_us(results, name: str) -> np.ndarray:
+    return next(r for r in results if r.table.table == name).world_time_us
+
+
+@pytest.fixture()
+def fold_tables(tmp_path):
+    tables = load_measurements(write(tmp_path / "folds.csv", FOLD_ROWS))
+    specs = [resolve_env("gb200-nvl4"), resolve_env("l40s-pcie-1x2"), resolve_env("dgx-h100")]
+    return tables, specs
+
+
+def test_a_fold_cannot_see_its_held_out_table(fold_tables, monkeypatch):
+    tables, specs = fold_tables
+    planted = next(t for t in tables if t.table == "planted")
+    rest = [t for t in tables if t is not planted]
+    loo, folds = leave_one_out(tables, specs, progress=False, max_evaluations=FOLD_EVALUATIONS)
+    held_out = _held_out_time_us(loo, "planted")
+    # The fold is calibrate on the other tables, and nothing else.
+    without, _ = calibrate(rest, specs, max_evaluations=FOLD_EVALUATIONS)
+    np.testing.assert_array_equal(held_out, predict([planted], specs, without)[0].world_time_us)
+    # The planted row does pull the shared latencies: a fit that saw it predicts it much slower.
+    with_planted, _ = calibrate(tables, specs, max_evaluations=FOLD_EVALUATIONS)
+    seen = predict([planted], specs, with_planted)[0].world_time_us
+    assert seen[0] > 1.5 * held_out[0]
+    # Nor does a fold start from the shipped parameters: poisoning them changes no fold.
+    poisoned = world.default_params()
+    poisoned.hop_us, poisoned.base_us, poisoned.nvls_us = [9.0, 9.0, 9.0], [39.0, 39.0, 39.0], 59.0
+    poisoned.link_efficiency = {k: 0.41 for k in poisoned.link_efficiency}
+    monkeypatch.setattr(world, "_DEFAULT", poisoned)
+    assert world.default_params().base_us == [39.0, 39.0, 39.0]
+    again, _ = leave_one_out(tables, specs, progress=False, max_evaluations=FOLD_EVALUATIONS)
+    for before, after in zip(loo, again):
+        np.testing.assert_array_equal(before.world_time_us, after.world_time_us)
+
+
+def test_every_fitted_parameter_starts_from_a_literature_prior(fold_tables):
+    tables, specs = fold_tables
+    start = world.prior_params()
+    free = _free_parameters(predict(tables, specs, start))
+    assert {"hop_us", "base_us", "launch_gap_us", "link_efficiency"} <= {name for name, *_ in free}
+    assert {name for name, *_ in free} <= set(world.PRIORS)
+    # The priors are NCCL's own Ring latencies (src/graph/tuning.cc), not a fitted set.
+    assert start.hop_us == [0.6, 1.9, 3.4] and start.base_us == [6.6, 14.0, 8.4] and start.nvls_us == 25.0
+    assert start.provenance.startswith("unfitted")

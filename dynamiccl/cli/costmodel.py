@@ -61,11 +61,14 @@ def add(sub) -> None:
                    help="measurements CSV; repeat for several (default: the calibration set, "
                         "measurements.csv and more-systems.csv of ../shared/calibration)")
     p.add_argument("--env-dir", default=None, help="directory of environment specs (default envs/)")
-    p.add_argument("--params", default=None, help="world parameters JSON (default: the shipped calibration)")
+    p.add_argument("--params", default=None,
+                   help="world parameters JSON (default: the shipped calibration); not with --leave-one-out, "
+                        "whose fits start from the unfitted priors")
     p.add_argument("--plot", default="validation.png", help="PNG to write (default validation.png)")
     p.add_argument("--json", default=None, help="also write the error summary as JSON here")
     p.add_argument("--leave-one-out", action="store_true",
-                   help="predict each table with parameters fitted on the other tables only (out-of-sample)")
+                   help="predict each table with parameters fitted on the other tables only, each fit "
+                        "started from the unfitted priors as `dynamiccl calibrate` is (out-of-sample)")
     p.set_defaults(func=cmd_validate)
 
 
@@ -104,6 +107,16 @@ def _measurements(args) -> tuple[list[str], list]:
     return paths, load_measurement_files(paths)
 
 
+def _convergence(report: dict) -> str:
+    """One fit's convergence, as ``dynamiccl calibrate`` and ``validate --leave-one-out`` print it."""
+    from dynamiccl.costmodel.calibration import CONVERGENCE_ITERATIONS
+
+    change = report["last_cost_change"]
+    last = (f"cost change over the last {CONVERGENCE_ITERATIONS} iterations {100 * change:.2g}%" if change == change
+            else f"{len(report['cost_history'])} iterations")
+    return f"{report['evaluations']} evaluations, {'converged' if report['converged'] else 'NOT converged'}, {last}"
+
+
 def cmd_calibrate(args) -> int:
     from dynamiccl import atomic
     from dynamiccl.costmodel.calibration import calibrate, format_summary, predict, summarize
@@ -114,11 +127,11 @@ def cmd_calibrate(args) -> int:
     sources, tables = _measurements(args)
     specs = load_env_dir(args.env_dir or env_dir())
     print(f"calibrating on {len(tables)} tables, {sum(len(t.time_us) for t in tables)} rows ...", file=sys.stderr)
-    params, report = calibrate(tables, specs, source=sources)
+    params, report = calibrate(tables, specs, source=sources, progress=True)
     output = Path(args.output) if args.output else PARAMS_PATH
     atomic.write_text(output, params.to_json())
-    print(f"# fitted parameters ({report['evaluations']} evaluations, rms log error "
-          f"{report['cost_rms_log_error']:.3f}) -> {output}")
+    print(f"# fitted from the unfitted priors ({_convergence(report)}: {report['status']}), rms log error "
+          f"{report['cost_rms_log_error']:.3f} -> {output}")
     for name, value in report["parameters"].items():
         print(f"  {name:<40} {value:10.4f}")
     print(format_summary(summarize(predict(tables, specs, params))))
@@ -132,15 +145,26 @@ def cmd_validate(args) -> int:
     from dynamiccl.costmodel.world import WorldParams, default_params
     from dynamiccl.envspec import env_dir
 
+    if args.leave_one_out and args.params:
+        from dynamiccl.errors import InputError
+
+        raise InputError("--params", None, "not with --leave-one-out: each fold fits the other tables from the "
+                                           "unfitted priors, never from given parameters")
     _, tables = _measurements(args)
     specs = load_env_dir(args.env_dir or env_dir())
-    params = WorldParams.load(args.params) if args.params else default_params()
+    folds = None
     if args.leave_one_out:
         from dynamiccl.costmodel.calibration import leave_one_out
 
-        results = leave_one_out(tables, specs, params)
-        print("# out-of-sample: each table predicted by parameters fitted on the other tables only")
+        results, reports = leave_one_out(tables, specs)
+        folds = [{key: r[key] for key in ("held_out", "evaluations", "converged", "status", "cost_rms_log_error",
+                                          "last_cost_change", "cost_history")} for r in reports]
+        print("# out-of-sample: each table predicted by parameters fitted on the other tables only, each fit "
+              "started from the unfitted priors (as `dynamiccl calibrate`)")
+        for r in reports:
+            print(f"#   without {r['held_out']:<24} {_convergence(r)}, rms log error {r['cost_rms_log_error']:.3f}")
     else:
+        params = WorldParams.load(args.params) if args.params else default_params()
         results = predict(tables, specs, params)
         print(f"# world parameters: {params.provenance or args.params}")
     summary = summarize(results)
@@ -151,5 +175,6 @@ def cmd_validate(args) -> int:
     if args.json:
         from dynamiccl.costmodel.calibration import points
 
-        atomic.write_text(args.json, schema.json_text({**summary, "points": points(results)}))  # NaN -> null
+        extra = {"folds": folds} if folds is not None else {}
+        atomic.write_text(args.json, schema.json_text({**summary, "points": points(results), **extra}))  # NaN -> null
     return 0

@@ -13,9 +13,14 @@ present in the data, per-hop and fixed latencies per protocol, NVLS latency, the
 gap, protocol efficiencies, p2p efficiency per architecture, the PCIe hop factor where a PCIe
 table has several GPUs per node, and per network transport of the multi-node tables its share of
 line rate, hop latency and -- where a tree spans 3 or more nodes -- its incast share) by least
-squares on log(time predicted / measured), every row weighted alike. Classes absent from the data
-keep their priors; architecture-level fall-backs (and ``pcie``) become the mean of the fitted
-classes they cover.
+squares on log(time predicted / measured), every row weighted alike. Every fit starts from the
+unfitted literature priors (:data:`~dynamiccl.costmodel.world.PRIORS`), never from a previous fit,
+so the same tables always give the same parameters. Parameters and classes no table informs keep
+their priors; architecture-level fall-backs (and ``pcie``) become the mean of the fitted classes
+they cover.
+
+``leave_one_out`` is the out-of-sample check: each table predicted by ``calibrate`` on the other
+tables alone (same start, same budget).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 from dynamiccl.costmodel.batch import make_batch
 from dynamiccl.costmodel.measurements import MeasuredTable, map_table, table_kind
 from dynamiccl.costmodel.nccl_model import NcclModel
-from dynamiccl.costmodel.world import PRIORS, WorldModel, WorldParams, default_params
+from dynamiccl.costmodel.world import WorldModel, WorldParams, default_params, prior_params
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.nccl import Algorithm, Protocol, busbw_factor
 
@@ -353,16 +358,29 @@ def _describe_sources(source: str | list) -> str:
     return " + ".join(parts) or "tables"
 
 
-def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldParams | None = None,
-              source: str | list = "", max_evaluations: int = 400) -> tuple[WorldParams, dict]:
-    """Fit the world's free parameters to measured tables. Returns (parameters, fit report).
+DEFAULT_MAX_EVALUATIONS = 400  # a fit from the priors converges in ~30 (the 288-row set: 26)
+CONVERGENCE_ITERATIONS = 3  # the report's cost change is taken over this many last iterations
+
+
+def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], source: str | list = "",
+              max_evaluations: int = DEFAULT_MAX_EVALUATIONS, progress: bool = False,
+              ) -> tuple[WorldParams, dict]:
+    """Fit the world's free parameters to measured tables, starting from the unfitted priors
+    (:func:`~dynamiccl.costmodel.world.prior_params`, never a previous fit). Returns (parameters,
+    fit report).
 
     ``source``: the measurements file(s) the tables came from, named with their hash in the
-    parameters' provenance; ``max_evaluations``: the fit's budget of cost evaluations.
+    parameters' provenance; ``max_evaluations``: the fit's budget of cost evaluations (the
+    finite-difference Jacobian's not counted: about one per iteration); ``progress``: a progress bar
+    of the iterations. The report gives the rms log error, the evaluations, whether the fit
+    converged (scipy's ``least_squares`` status > 0, its reason in ``status``), the cost after each
+    iteration (``cost_history``) and its relative fall over the last :data:`CONVERGENCE_ITERATIONS`
+    (``last_cost_change``; NaN with fewer iterations), and the fitted value of each free parameter.
     """
     from scipy.optimize import least_squares
+    from tqdm import tqdm
 
-    prior = prior or default_params()
+    prior = prior_params()
     first = predict(tables, specs, prior)
     free = _free_parameters(first)
     x0 = _current(prior, free)
@@ -377,12 +395,22 @@ def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldPar
         res = predict(tables, specs, _with(prior, free, x))
         return np.concatenate([np.log(r.world_time_us[ok] / r.table.time_us[ok]) for r, ok in zip(res, runnable)])
 
+    cost_history: list[float] = []
+    bar = tqdm(desc="calibrate", unit="it", total=None, disable=not progress, leave=False)
+
+    def iteration(intermediate_result):
+        cost_history.append(float(intermediate_result.cost))
+        bar.set_postfix(cost=f"{intermediate_result.cost:.5f}", refresh=False)
+        bar.update()
+
     # Robust loss: one anomalous row (e.g. a warm-up artefact) must not drag a whole class; steps of
     # 1% because channel counts make the cost piecewise.
     fit = least_squares(residuals, x0, bounds=(low, high), x_scale=np.maximum(np.abs(x0), 0.1), loss="soft_l1",
-                        f_scale=0.1, diff_step=1e-2, max_nfev=max_evaluations)
+                        f_scale=0.1, diff_step=1e-2, max_nfev=max_evaluations, callback=iteration)
+    bar.close()
     params = _with(prior, free, fit.x)
-    # Architecture-level fall-backs for fabrics the data did not cover, and a global default.
+    # Architecture-level fall-backs for fabrics the data did not cover, and a global default: means of
+    # this fit's classes (a class no table informs keeps the prior's entry).
     fitted = {k: v for k, v in params.link_efficiency.items() if "/" in k}
     for arch in {k.split("/")[0] for k in fitted}:
         params.link_efficiency[arch] = float(np.mean([v for k, v in fitted.items() if k.startswith(arch + "/")]))
@@ -394,50 +422,40 @@ def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldPar
     params.provenance = (f"calibrated {datetime.date.today().isoformat()} on {_describe_sources(source)} "
                          f"({len(tables)} tables, {sum(len(t.time_us) for t in tables)} rows)")
     report = {"cost_rms_log_error": float(np.sqrt(np.mean(fit.fun ** 2))), "evaluations": int(fit.nfev),
+              "converged": bool(fit.status > 0), "status": fit.message, "cost_history": cost_history,
+              "last_cost_change": _last_cost_change(cost_history),
               "parameters": {parameter_name(n, k): float(v) for (n, k, _, _), v in zip(free, fit.x)}}
     return params, report
 
 
-def leave_one_out(tables: list[MeasuredTable], specs: list[EnvSpec], prior: WorldParams | None = None,
-                  progress: bool = True) -> list[TableResult]:
-    """Out-of-sample check: each table predicted by parameters fitted on all the other tables.
+def _last_cost_change(cost_history: list[float]) -> float:
+    """Relative fall of the cost over the last :data:`CONVERGENCE_ITERATIONS` iterations (NaN with fewer)."""
+    if len(cost_history) <= CONVERGENCE_ITERATIONS:
+        return float("nan")
+    before = cost_history[-1 - CONVERGENCE_ITERATIONS]
+    return float((before - cost_history[-1]) / before) if before > 0 else 0.0
 
-    A table whose hardware class appears nowhere else is then predicted from its architecture's
-    (or the global) fall-back, and a transport no other table measures from its priors: the honest
-    test of predicting a system never calibrated on.
+
+def leave_one_out(tables: list[MeasuredTable], specs: list[EnvSpec], progress: bool = True,
+                  max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> tuple[list[TableResult], list[dict]]:
+    """Out-of-sample check: each table predicted by parameters fitted on all the other tables alone.
+
+    Each fold is exactly :func:`calibrate` on the other tables: it starts from the unfitted priors
+    with the same budget, so nothing the held-out table taught any other fit reaches it. A
+    parameter no other table informs keeps its literature prior (:data:`~dynamiccl.costmodel.world.PRIORS`),
+    and a hardware class no other table informs falls back to its architecture's mean, the ``pcie``
+    mean or the global mean of the fold's own fit: the honest test of predicting a system never
+    calibrated on. Returns (the held-out tables' results, each fold's fit report with the
+    held-out table's name under ``held_out``).
     """
     from tqdm import tqdm
 
-    results = []
-    for held_out in tqdm(tables, desc="leave-one-table-out", unit="fit", disable=not progress):
+    results, reports = [], []
+    bar = tqdm(tables, desc="leave-one-table-out", unit="fit", disable=not progress)
+    for held_out in bar:
+        bar.set_postfix(held_out=held_out.table)
         rest = [t for t in tables if t is not held_out]
-        # Each fit starts from the full fit's optimum and moves little: a smaller budget suffices.
-        params, report = calibrate(rest, specs, prior, max_evaluations=15)
-        # What no other table informs falls back to the literature priors, not to a value fitted
-        # on the held-out table itself.
-        for name in ("net_efficiency", "net_incast_efficiency"):
-            for key in list(getattr(params, name)):
-                if parameter_name(name, key) not in report["parameters"] and key in PRIORS[name]:
-                    getattr(params, name)[key] = PRIORS[name][key]
-        for name in ("net_hop_us", "net_protocol_efficiency"):
-            for transport, values in getattr(params, name).items():
-                for proto in range(len(values)):
-                    if parameter_name(name, (transport, proto)) not in report["parameters"] \
-                            and transport in PRIORS[name]:
-                        values[proto] = PRIORS[name][transport][proto]
-        if "pci_hop_factor" not in report["parameters"]:
-            params.pci_hop_factor = PRIORS["pci_hop_factor"]
-        for arch in list(params.p2p_efficiency):
-            if arch != "default" and parameter_name("p2p_efficiency", arch) not in report["parameters"]:
-                params.p2p_efficiency.pop(arch)
-        held_class = {_hardware_class(map_table(held_out, specs))}
-        covered = {_hardware_class(env) for t in rest if _informs_link(t, env := map_table(t, specs))}
-        for cls in held_class - covered:  # never fitted: fall back as an unseen system would
-            params.link_efficiency.pop(cls, None)
-            arch, fabric = cls.split("/")
-            if arch not in {c.split("/")[0] for c in covered}:
-                params.link_efficiency.pop(arch, None)
-            if fabric == "pcie" and not any(c.endswith("/pcie") for c in covered) and prior is not None:
-                params.link_efficiency["pcie"] = prior.link_efficiency.get("pcie", params.link_efficiency["pcie"])
+        params, report = calibrate(rest, specs, max_evaluations=max_evaluations, progress=progress)
         results.extend(predict([held_out], specs, params))
-    return results
+        reports.append({"held_out": held_out.table, **report})
+    return results, reports

@@ -69,6 +69,7 @@ measured tables.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -81,7 +82,7 @@ import numpy as np
 from dynamiccl import schema
 from dynamiccl.costmodel import interference
 from dynamiccl.costmodel.batch import COSTED_FUNCS, CollBatch, is_p2p
-from dynamiccl.costmodel.nccl_constants import ARCH_INDEX, nccl_constants
+from dynamiccl.costmodel.nccl_constants import ARCH_INDEX, NVLINK_HW, nccl_constants
 from dynamiccl.costmodel.nccl_model import NcclModel, nsteps
 from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
 from dynamiccl.costmodel.topology import NcclTopology
@@ -114,6 +115,22 @@ _SLOT_OF_FUNC = np.array([_SLOT_FUNCS.index(Func.SEND if f in (Func.SENDRECV, Fu
 _SHARE = schema.number("share", low=0, low_inclusive=False, high=1.0)
 _MICROSECONDS = schema.number("us", low=0)
 _PER_PROTOCOL = dict(length=3, low=0)  # LL, LL128, Simple
+# The unfitted starting point of every fit (``dynamiccl calibrate`` and each fold of
+# ``dynamiccl validate --leave-one-out`` start here, never from a previous fit), and what a
+# parameter keeps where no table informs it. Sources:
+# - Latency of the collectives inside a node: NCCL's own model of Ring (NVIDIA/nccl
+#   ``src/graph/tuning.cc``, unchanged 2.18 .. 2.30): base latency ``baseLat`` 6.6 / 14 / 8.4 µs and
+#   NVLink hop latency ``hwLat[NVLINK]`` 0.6 / 1.9 / 3.4 µs (LL / LL128 / Simple); NVLS
+#   ``hwLat[NVLINK][NVLS]`` 25 µs (2.21+). A PCIe hop costs ~1.6 NVLink hops (``hwLat[PCI]`` /
+#   ``hwLat[NVLINK]`` for Ring: 1.0 / 0.6 LL, 5.7 / 3.4 Simple).
+# - One process driving k GPUs (``-g k``): NCCL's model has no launch gap (0).
+# - Link efficiency: NVLink4 carries ~370 of 450 GB/s for NCCL's Simple protocol ("protocol
+#   overhead ~20%", NVIDIA/nccl-tests#212): 0.8 for every class until a table fits it.
+# - LL / LL128: no loss beyond their payload ceilings (50%, 93.75%; NVIDIA/nccl#281) until a table
+#   fits it (1.0), as over the network below.
+# - Send/recv: 0.65 of the datasheet link (a send/recv runs on fewer channels than a collective;
+#   an assumption, fitted where a send/recv table exists) and 8 µs per transfer, of the order of
+#   NCCL's Simple base latency (8.4 µs); no table informs it (the send/recv tables start at 128 MiB).
 # Network priors per transport, where no calibration table measures them (``dynamiccl calibrate``
 # refits those a table covers):
 # - RoCE: Ring AllReduce busbw 190 GB/s on 5 nodes x 8 H100 with 4 x 400G RoCE NICs (200 GB/s line
@@ -133,16 +150,26 @@ _PER_PROTOCOL = dict(length=3, low=0)  # LL, LL128, Simple
 #   for Ring (hwLatencies[NET], NVIDIA/nccl src/graph/tuning.cc: 2.7 / 4.0 / 14 µs); ~15 µs on EFA
 #   and tens of µs on TCP sockets (nccl-tests#214 measures ~31-34 µs for a small cross-node
 #   sendrecv on A40 including software).
+_NCCL_RING = nccl_constants((2, 30, 0))  # the newest NCCL reproduced (Ring's latencies are those of 2.18 on)
 PRIORS = {
+    "link_efficiency": {"default": 0.8, "pcie": 0.8, "volta": 0.8},
+    "p2p_efficiency": {"default": 0.65},
+    "hop_us": [float(v) for v in _NCCL_RING.hw_latency_us[NVLINK_HW][Algorithm.RING]],
+    "base_us": [float(v) for v in _NCCL_RING.base_latency_us[Algorithm.RING]],
+    "nvls_us": float(_NCCL_RING.hw_latency_us[NVLINK_HW][Algorithm.NVLS][Protocol.SIMPLE]),
+    "p2p_us": 8.0,
+    "launch_gap_us": 0.0,
+    "ll_efficiency": 1.0,
+    "ll128_efficiency": 1.0,
+    "pci_hop_factor": 1.6,
     "net_efficiency": {"ib": 0.92, "roce": 0.95, "slingshot": 0.85, "efa": 0.6, "tcp": 0.5},
     "net_hop_us": {"ib": [2.7, 4.0, 14.0], "roce": [2.7, 4.0, 14.0], "slingshot": [2.7, 4.0, 14.0],
                    "efa": [15.0, 15.0, 15.0], "tcp": [30.0, 30.0, 30.0]},
     "net_incast_efficiency": {"ib": 0.97, "roce": 0.82, "efa": 1.0, "slingshot": 1.0, "tcp": 1.0},
     "net_protocol_efficiency": {t: [1.0, 1.0, 1.0] for t in ("ib", "roce", "slingshot", "efa", "tcp")},
-    "pci_hop_factor": 1.6,
 }
-"""Literature priors of the parameters that only some tables inform (sources above); a fit that
-has no table for a key (``dynamiccl validate --leave-one-out``) falls back to these."""
+"""Literature priors of every fitted parameter (sources above): where every fit starts
+(:func:`prior_params`), and what a parameter keeps where no table of the fit informs it."""
 # The parameters file (``world_params.json``, written by ``dynamiccl calibrate``), declared once.
 WORLD_PARAMS = schema.Schema(
     schema.mapping("link_efficiency", _SHARE, help='"arch/fabric", "arch" or "pcie": share of datasheet link bw'),
@@ -810,6 +837,14 @@ class WorldModel:
                     out["hbm_bytes_per_link_byte"][i] = interference.hbm_bytes_per_link_byte(func in REDUCING_FUNCS)
                     out["intra_datasheet_gbytes_per_s"][i] = links.intra_datasheet_gbytes_per_s
         return out
+
+
+def prior_params() -> WorldParams:
+    """The unfitted world: :data:`PRIORS` for every fitted parameter, the schema's defaults for the
+    rest (measured constants no fit moves). Where every fit starts; it never reads the shipped
+    ``world_params.json``, so a fit cannot inherit what an earlier fit learnt."""
+    return WorldParams(**WORLD_PARAMS.parse({**copy.deepcopy(PRIORS), "provenance": "unfitted priors (world.PRIORS)"},
+                                            "world.PRIORS"))
 
 
 def default_params() -> WorldParams:
