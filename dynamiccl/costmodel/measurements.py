@@ -15,7 +15,7 @@ buffer). A torch.distributed harness (``torch.distributed`` in the ``system`` te
 AllGather by its per-rank input tensor instead (``dist.all_gather(tensor_list, t)`` with ``t`` of
 ``size`` bytes, as the public g5 harness does: CS244C-project-repo
 ``run_benchmark_aws_multinode_allgather.py``), so its sizes are multiplied by the ranks on reading
-(:func:`nccl_bytes`).
+(:func:`per_rank_input_sizes`).
 
 The calibration set is every CSV of :data:`DEFAULT_MEASUREMENT_FILES` in the shared calibration
 directory beside the repository (``../shared/calibration``): the nccl-tests tables of
@@ -159,8 +159,9 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
         raise InputError(source, None, "no measurement rows")
     tables = [MeasuredTable(**{**g, "size_bytes": np.array(g["size_bytes"]), "time_us": np.array(g["time_us"]),
                                "busbw_gbytes_per_s": np.array(g["busbw_gbytes_per_s"])}) for g in groups.values()]
-    for table in tables:
-        table.size_bytes = nccl_bytes(table, table.size_bytes)
+    for table in tables:  # NCCL's nBytes: per-rank inputs times the ranks
+        if per_rank_input_sizes(table):
+            table.size_bytes = table.size_bytes * table.nranks
     return tables
 
 
@@ -169,12 +170,6 @@ def per_rank_input_sizes(table: MeasuredTable) -> bool:
     output buffer: a torch.distributed harness (``torch.distributed`` in its ``system`` text) sizes
     ``all_gather`` by the tensor each rank contributes."""
     return table.func == Func.ALLGATHER and "TORCH.DISTRIBUTED" in table.system.upper()
-
-
-def nccl_bytes(table: MeasuredTable, sizes: np.ndarray) -> np.ndarray:
-    """NCCL's ``nBytes`` for a table's size column: the sizes as given (nccl-tests: the whole buffer),
-    times the ranks where they are per-rank inputs (:func:`per_rank_input_sizes`)."""
-    return sizes * table.nranks if per_rank_input_sizes(table) else sizes
 
 
 def _forced(row: dict, column: str, source: str, where: str) -> int:

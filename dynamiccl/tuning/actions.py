@@ -82,7 +82,6 @@ def action_mask(enabled_cells: np.ndarray, channel_cap: int, nvls_channel_cap: i
     return mask
 
 
-
 # --- the best static action per key (the greedy search start and the static-best baseline) ---------
 
 class ActionCostTotals:
