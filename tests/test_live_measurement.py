@@ -146,6 +146,19 @@ def test_worker_failure_raises_with_its_output_instead_of_hanging():
     assert "exited with status" in message and "allocate" in message.splitlines()[0]
 
 
+def test_a_dead_workers_summary_names_the_exception_not_the_teardown_noise():
+    # As seen in CI: gloo's threads abort after the traceback, so the output's last line is noise.
+    from dynamiccl.costmodel.live import _cause_line
+
+    tail = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+            "RuntimeError: [enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not enough "
+            "memory: you tried to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)\n"
+            "terminate called without an active exception\n")
+    assert _cause_line(tail).startswith("RuntimeError:") and "allocate" in _cause_line(tail)
+    assert _cause_line("warming up\nSegmentation fault\n") == "Segmentation fault"
+    assert _cause_line("") == "(no output)"
+
+
 def test_timeout_kills_the_workers_and_raises():
     model = LiveCostModel(nprocs=NPROCS, backend="gloo", warmup=1, iters=2, timeout_s=0.5)
     start = time.monotonic()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -298,7 +299,7 @@ class LiveCostModel:
                         r, tail = failed[0], _tail(logs[failed[0]])
                         raise LiveMeasurementError(
                             f"live measurement worker rank {r} of {self.nprocs} ({self.backend}) "
-                            f"exited with status {codes[r]}: {tail.splitlines()[-1]}\n"
+                            f"exited with status {codes[r]}: {_cause_line(tail)}\n"
                             f"its output ends with:\n{tail}")
                     if all(c == 0 for c in codes):
                         break
@@ -353,6 +354,23 @@ def _tail(path: Path, max_lines: int = 25, max_chars: int = 4000) -> str:
     except OSError:
         return "(no output)"
     return "\n".join(lines[-max_lines:])[-max_chars:] or "(no output)"
+
+
+def _cause_line(tail: str) -> str:
+    """The line of a dead worker's output that says why it died.
+
+    A Python exception's own line (``RuntimeError: ...``) wins over what the C++ runtime prints
+    while the process tears down afterwards (``terminate called without an active exception``,
+    which gloo's threads can add after the traceback), so the summary names the cause.
+    """
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.search(line):
+            return line
+    return lines[-1] if lines else "(no output)"
+
+
+_EXCEPTION_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception)\b")
 
 
 def format_results(results: Sequence[LiveResult]) -> str:
