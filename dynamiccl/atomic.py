@@ -7,33 +7,99 @@ and fsync'ed, then renamed over the destination with os.replace, which POSIX mak
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 
+# errno values that say the write itself failed (not a file the writer was reading): these become
+# an OutputError naming the destination, the one line a user gets for a full disk.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it over ``path``.
 
-    Write the whole file to the yielded path inside the ``with`` block. If the block raises, the
-    temporary file is removed and ``path`` is left untouched.
+    Write the whole file to the yielded path inside the ``with`` block. If the block raises
+    (KeyboardInterrupt and ``dynamiccl.outputs.Terminated`` included), the temporary file is
+    removed, so are the parent directories this call created, and ``path`` is left untouched.
+
+    Raises:
+        dynamiccl.outputs.OutputError: the destination's directory cannot be made or written, the
+            rename fails, or the block fails for want of space (ENOSPC, EDQUOT, EFBIG), on a
+            read-only filesystem (EROFS) or with an I/O error (EIO); the message names ``path``.
     """
+    from dynamiccl.outputs import OutputError
+
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, _mode_for(dest))  # mkstemp makes 0600; a replaced file keeps its mode
+    made = make_dirs(dest.parent, path)
+    tmp: Path | None = None
     try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, dest)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        except OSError as exc:
+            raise OutputError(path, exc.strerror or str(exc)) from None
+        tmp = Path(tmp_name)
+        os.close(fd)
+        os.chmod(tmp, _mode_for(dest))  # mkstemp makes 0600; a replaced file keeps its mode
+        try:
+            yield tmp
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise OutputError(path, exc.strerror or str(exc)) from exc
+            raise
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise OutputError(path, exc.strerror or str(exc)) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        remove_dirs(made)
         raise
+
+
+def make_dirs(directory: Path, path: str | os.PathLike) -> list[Path]:
+    """Create ``directory`` and its missing parents; return those this call created, deepest first
+    (for :func:`remove_dirs`). ``path``: the output they are for, named in the error.
+
+    Raises:
+        dynamiccl.outputs.OutputError: one cannot be created (a file in the way, no permission).
+    """
+    from dynamiccl.outputs import OutputError
+
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    made: list[Path] = []
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            if directory.is_dir():  # made by another process meanwhile
+                continue
+            remove_dirs(made)
+            raise OutputError(path, f"{directory} is a file, not a directory") from None
+        except OSError as exc:
+            remove_dirs(made)
+            raise OutputError(path, f"{directory}: {exc.strerror or exc}") from None
+        made.insert(0, directory)
+    return made
+
+
+def remove_dirs(made: list[Path]) -> None:
+    """Remove the directories of ``make_dirs`` (deepest first), stopping at the first not empty."""
+    for directory in made:
+        try:
+            directory.rmdir()
+        except OSError:
+            break  # another file is in it (or it is gone): leave it and its parents
 
 
 def _mode_for(dest: Path) -> int:

@@ -9,11 +9,14 @@ neither numpy, pandas, torch nor gymnasium.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from dynamiccl import __version__
 from dynamiccl.cli import bench, costmodel, demo, export_alias, plugin, report, table, trace, tuning, workload
 from dynamiccl.errors import DynamicclError
+from dynamiccl.outputs import Terminated, command_scope
 
 # The command groups, in the order `dynamiccl --help` lists their commands.
 COMMAND_MODULES = (demo, workload, trace, table, costmodel, tuning, plugin, report, bench, export_alias)
@@ -33,8 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one ``dynamiccl`` command line (default ``sys.argv[1:]``); returns the exit status.
 
-    A ``DynamicclError`` (bad input) is printed as ``dynamiccl: error: ...`` with status 2, an
-    interrupt with status 130; argparse exits with status 2 on a malformed command line.
+    A ``DynamicclError`` (bad input, an output it cannot write) is printed as ``dynamiccl: error:
+    ...`` with status 2; an interrupt (SIGINT, or SIGTERM/SIGHUP, which raise the same way while a
+    command runs: ``dynamiccl.outputs.command_scope``) as one line with status 128 + the signal
+    number, after the command's temporary files and half-written outputs are removed. When stdout's
+    reader goes away (``dynamiccl models | head -1``) the command ends quietly with status 141
+    (128 + SIGPIPE), as a C program killed by SIGPIPE would. argparse exits with status 2 on a
+    malformed command line.
     """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -42,10 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     args.run_command = main  # for handlers that run other commands in-process (the demo's steps)
     try:
-        return args.func(args)
+        with command_scope():
+            status = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # Python's recipe (docs: signal, "Note on SIGPIPE"): point stdout at /dev/null so that
+        # the flush at exit does not fail again and print a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     except DynamicclError as exc:
         print(f"dynamiccl: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("dynamiccl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"dynamiccl: {'interrupted' if signum == signal.SIGINT else 'terminated'} "
+              f"({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum

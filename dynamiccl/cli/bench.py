@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dynamiccl.cli.common import invocation
+from dynamiccl.outputs import claim_output_dir
+
 
 def add(sub) -> None:
     """Add ``bench`` to the sub-command parsers ``sub``."""
@@ -22,5 +25,7 @@ def cmd_bench(args) -> int:
         for name, bench in BENCHMARKS.items():
             print(f"{name:<20} {bench.description}")
         return 0
+    if args.record:
+        claim_output_dir(args.record, invocation(args.argv))
     return run_benchmarks(args.names or list(BENCHMARKS), repeat=args.repeat,
                           record_dir=Path(args.record) if args.record else None)

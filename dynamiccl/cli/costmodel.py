@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from dynamiccl.outputs import check_outputs
+
 
 def add(sub) -> None:
     """Add ``simulate``, ``calibrate`` and ``validate`` to the sub-command parsers ``sub``."""
@@ -124,6 +126,7 @@ def cmd_calibrate(args) -> int:
     from dynamiccl.costmodel.world import PARAMS_PATH
     from dynamiccl.envspec import env_dir
 
+    check_outputs(args.output)
     sources, tables = _measurements(args)
     specs = load_env_dir(args.env_dir or env_dir())
     print(f"calibrating on {len(tables)} tables, {sum(len(t.time_us) for t in tables)} rows ...", file=sys.stderr)
@@ -150,6 +153,7 @@ def cmd_validate(args) -> int:
 
         raise InputError("--params", None, "not with --leave-one-out: each fold fits the other tables from the "
                                            "unfitted priors, never from given parameters")
+    check_outputs(args.plot or None, args.json)
     _, tables = _measurements(args)
     specs = load_env_dir(args.env_dir or env_dir())
     folds = None

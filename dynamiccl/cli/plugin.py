@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from dynamiccl.cli.common import wrapped_command
+from dynamiccl.outputs import check_outputs
 
 
 def add(sub) -> None:
@@ -86,6 +87,7 @@ def cmd_plugin_build(args) -> int:
 def cmd_plugin_check(args) -> int:
     from dynamiccl.launcher import open_checker, prepare_table, resolve_plugin
 
+    check_outputs(args.output)
     prepared = prepare_table(args.table, open_checker(resolve_plugin(args.plugin)), args.output)
     print(f"{args.table}: the plugin's parser accepts it: {prepared.rules} rule(s), {prepared.step_lines} "
           f"step line(s)")
@@ -98,6 +100,7 @@ def cmd_plugin_bench(args) -> int:
     from dynamiccl import atomic
     from dynamiccl.plugin.benchmark import print_table, record, run
 
+    check_outputs(args.record)
     argv = [f"--calls-per-batch={args.calls_per_batch}", f"--batches={args.batches}"]
     argv += [f"--record={args.record}"] if args.record else []
     rec = record(run(args.calls_per_batch, args.batches), argv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from dynamiccl.cli.common import invocation
+from dynamiccl.outputs import claim_output_dir
 
 
 def add(sub) -> None:
@@ -32,6 +33,7 @@ def add(sub) -> None:
 def cmd_report(args) -> int:
     from dynamiccl.report import build_report
 
+    claim_output_dir(args.output, invocation(args.argv))
     paths = build_report(args.results, args.output, training_curve=args.training_curve,
                          calibration=args.calibration, table=args.table, agent=args.agent, online=args.online,
                          command=invocation(args.argv), progress=sys.stderr.isatty())

@@ -9,6 +9,7 @@ import sys
 
 from dynamiccl.cli.workload import add_workload_arguments, workload_from_args
 from dynamiccl.errors import InputError
+from dynamiccl.outputs import check_outputs
 
 
 def add(sub) -> None:
@@ -103,6 +104,7 @@ def cmd_table_show(args) -> int:
 def cmd_table_convert(args) -> int:
     from dynamiccl.table import load, save
 
+    check_outputs(args.output)
     table = load(args.file)
     save(table, args.output, lossy=args.lossy)
     print(f"wrote {args.output} ({len(table.rules)} rule(s) read from {args.file})")
@@ -139,6 +141,7 @@ def cmd_table_export(args) -> int:
 
     from dynamiccl.table.policy_export import EVIDENCE_STATES
 
+    check_outputs(args.output, args.nccl_csv)
     states = EVIDENCE_STATES if args.evidence_states is None else args.evidence_states
     exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir,
                                     evidence_states=states, evidence_split=args.evidence_from,
@@ -162,6 +165,10 @@ def cmd_table_check(args) -> int:
     from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL, cost_model_entry
     from dynamiccl.table import load
 
+    if args.sweep and args.output:
+        from dynamiccl.table.sweep import output_paths
+
+        check_outputs(*output_paths(args.output))
     model = args.cost_model or DEFAULT_COST_MODEL
     cost_model_entry(model)  # an unknown name fails here, listing the registered ones
     table = load(args.table)

@@ -8,8 +8,9 @@ import json
 import shlex
 import sys
 
-from dynamiccl.cli.common import wrapped_command
+from dynamiccl.cli.common import invocation, wrapped_command
 from dynamiccl.errors import InputError
+from dynamiccl.outputs import check_outputs, claim_output_dir
 
 # The keys of dynamiccl.profiler.importers.IMPORTERS and dynamiccl.profiler.exporters.EXPORTERS, listed here so
 # that building the parser imports neither (they need pandas); a test checks that they agree.
@@ -104,6 +105,7 @@ def cmd_trace_export(args) -> int:
     from dynamiccl.profiler.exporters import export_trace
     from dynamiccl.trace.store import Trace
 
+    claim_output_dir(args.output, invocation(args.argv))
     written = export_trace(args.format, Trace.read(args.trace), args.output)
     print(f"wrote {len(written)} {args.format} file(s) to {args.output}")
     return 0
@@ -129,6 +131,7 @@ def cmd_profile(args) -> int:
 def cmd_import(args) -> int:
     from dynamiccl.profiler.importers import import_files
 
+    check_outputs(args.output)
     trace = import_files(args.format, args.files, gpus_per_node=args.gpus_per_node, trust_pickle=args.trust_pickle)
     trace.write(args.output)
     print(f"wrote {args.output}: {len(trace.communication_ops)} communication ops on {len(trace.ranks)} rank(s) "

@@ -9,6 +9,7 @@ import time
 
 from dynamiccl.cli.common import invocation
 from dynamiccl.errors import InputError
+from dynamiccl.outputs import check_outputs, claim_output_dir
 
 
 def add(sub) -> None:
@@ -86,20 +87,29 @@ def add(sub) -> None:
 
 def cmd_train(args) -> int:
     from dynamiccl.tuning.config import load_config
-    from dynamiccl.tuning.train import train
 
     config = load_config(args.config)
     output = config.run_dir(args.output_dir)
+    # A failed run with a checkpoint is resumable (--resume); without one it is removed, whole.
+    claim_output_dir(output, invocation(args.argv), keep=_resumable)
+    from dynamiccl.tuning.train import train  # after the claim: loading torch takes seconds
     result = train(config, output, resume=args.resume, max_timesteps=args.timesteps)
     print(f"trained {result.timesteps:,} steps in {result.wall_s:.0f} s; policy: {output / 'policy.zip'}")
     print(f"TensorBoard: tensorboard --logdir {output / 'tensorboard'}")
     return 0
 
 
+def _resumable(run_dir) -> bool:
+    """Whether a stopped run holds a checkpoint (``tuning.callbacks.latest_checkpoint``'s files, each
+    written atomically), globbed here because that module loads torch, which a SIGTERM may have cut."""
+    return any((run_dir / "checkpoints").glob("*_steps.zip"))
+
+
 def cmd_evaluate(args) -> int:
     from dynamiccl import atomic
     from dynamiccl.tuning.evaluate import EvaluationPlan, evaluate_plan
 
+    check_outputs(args.output, args.json)
     if args.config:
         plan = EvaluationPlan.from_config(args.config, args.run_dir, split=args.split)
     elif args.traces and args.envs:
@@ -158,8 +168,13 @@ def cmd_search(args) -> int:
 
     if args.max_sweeps < 0:
         raise InputError("--max-sweeps", None, f"expected >= 0, got {args.max_sweeps}")
-    cases, states, model = _search_cases(args)
     output = Path(args.output)
+    check_outputs(args.json)
+    if output.suffix.lower() in table_io.FORMATS:
+        check_outputs(output)
+    else:
+        claim_output_dir(output, invocation(args.argv))
+    cases, states, model = _search_cases(args)
     if len(cases) == 1 and output.suffix.lower() in table_io.FORMATS:
         destinations = [output]
     elif output.suffix.lower() in table_io.FORMATS:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dynamiccl.cli.common import invocation
 from dynamiccl.errors import InputError
+from dynamiccl.outputs import check_outputs
 
 
 def add(sub) -> None:
@@ -96,6 +97,7 @@ def cmd_generate(args) -> int:
     output = Path(args.output)
     if output.suffix != ".parquet":
         raise InputError("-o", None, f"expected a .parquet file name, got {args.output!r}")
+    check_outputs(output)
     spec = workload_from_args(args, "dynamiccl generate")
     started = time.perf_counter()
     trace = spec.generate(resolve_env(args.env).cluster if args.env else None, all_ranks=args.all_ranks, progress=True,

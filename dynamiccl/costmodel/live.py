@@ -26,6 +26,9 @@ Workers are ``python -m dynamiccl.costmodel.live --worker SPEC OUT`` processes w
 variables (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK). Queries go in as JSON, rank 0
 writes results as JSON (atomically); nothing is pickled. A worker that fails or runs past the
 timeout takes its whole set down and raises ``LiveMeasurementError`` with its output's tail.
+The set runs in a process group of its own, killed whole when it fails or times out and when this
+process is interrupted (Ctrl-C, or SIGTERM, which raises while a ``dynamiccl`` command runs:
+``dynamiccl.outputs``); its temporary directory goes with it.
 Each result's ``note`` names the torch call that ran (e.g. ``reduce_scatter_single``, or the list
 form ``reduce_scatter (list)`` where a backend lacks the single-tensor call; torch 2.13's gloo has
 all of all_gather_single, reduce_scatter_single and all_to_all_single).
@@ -37,6 +40,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -289,7 +293,10 @@ class LiveCostModel:
                             [sys.executable, "-m", "dynamiccl.costmodel.live", "--worker",
                              str(spec_path), str(out_path)],
                             env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT))
+                            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                            # one process group for the set, apart from ours: a terminal's Ctrl-C
+                            # reaches only this process, which then stops the whole group
+                            process_group=procs[0].pid if procs else 0))
                 deadline = time.monotonic() + self.timeout_s
                 while True:
                     codes = [p.poll() for p in procs]
@@ -341,6 +348,12 @@ def _free_port() -> int:
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
+    """Kill the workers' process group (with whatever they started) and reap them."""
+    if any(p.poll() is None for p in procs):  # a live member keeps the group id ours (no reuse)
+        try:
+            os.killpg(procs[0].pid, signal.SIGKILL)  # the group id is the first worker's pid
+        except ProcessLookupError:
+            pass
     for p in procs:
         if p.poll() is None:
             p.kill()

@@ -125,6 +125,14 @@ def workload_trace(workload, env: str, source: str, field: str) -> str:
         raise InputError(source, field, err.problem) from None
 
 
+def output_paths(output: str | os.PathLike) -> tuple[Path, Path]:
+    """The two files a sweep's results go to: ``<output>.md`` and ``<output>.json`` (``output``
+    without a .md/.json suffix)."""
+    base = Path(output)
+    base = base.with_suffix("") if base.suffix in (".md", ".json") else base
+    return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
+
+
 @dataclass
 class SweepResult:
     """A table checked on a sweep: per layout its ``CaseCheck`` and whether the table saw it."""
@@ -198,11 +206,10 @@ class SweepResult:
         returns both paths.
 
         Raises:
-            OSError: a file cannot be written (an existing one is then left untouched).
+            dynamiccl.outputs.OutputError: a file cannot be written (an existing one is then left
+                untouched).
         """
-        base = Path(output)
-        base = base.with_suffix("") if base.suffix in (".md", ".json") else base
-        md, js = base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
+        md, js = output_paths(output)
         atomic.write_text(md, self.markdown())
         atomic.write_text(js, json.dumps(schema.json_ready(self.to_json()), indent=1) + "\n")
         return md, js
