@@ -47,8 +47,11 @@ PSEUDO_FILESYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup",
                                 "mqueue", "binfmt_misc", "autofs", "rpc_pipefs", "nsfs"})
 
 
-class OutputError(DynamicclError):
+class OutputError(DynamicclError, OSError):
     """An output path that cannot be written: ``PATH: cannot write (reason)``.
+
+    Also an ``OSError``, so that code written against the ``OSError`` of a failed write (a full
+    disk) still catches it.
 
     Args:
         path: the output as the user gave it.
