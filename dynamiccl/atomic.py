@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from dynamiccl.errors import OutputError
+
 
 # errno values that say the write itself failed (not a file the writer was reading): these become
 # an OutputError naming the destination, the one line a user gets for a full disk.
@@ -28,12 +30,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     removed, so are the parent directories this call created, and ``path`` is left untouched.
 
     Raises:
-        dynamiccl.outputs.OutputError: the destination's directory cannot be made or written, the
+        OutputError: the destination's directory cannot be made or written, the
             rename fails, or the block fails for want of space (ENOSPC, EDQUOT, EFBIG), on a
             read-only filesystem (EROFS) or with an I/O error (EIO); the message names ``path``.
     """
-    from dynamiccl.outputs import OutputError
-
     dest = Path(path)
     made = make_dirs(dest.parent, path)
     tmp: Path | None = None
@@ -69,10 +69,8 @@ def make_dirs(directory: Path, path: str | os.PathLike) -> list[Path]:
     (for :func:`remove_dirs`). ``path``: the output they are for, named in the error.
 
     Raises:
-        dynamiccl.outputs.OutputError: one cannot be created (a file in the way, no permission).
+        OutputError: one cannot be created (a file in the way, no permission).
     """
-    from dynamiccl.outputs import OutputError
-
     missing = []
     while not directory.exists() and directory != directory.parent:
         missing.append(directory)

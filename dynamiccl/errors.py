@@ -35,3 +35,20 @@ class LayoutError(InputError):
 
     def __init__(self, problem: str):
         super().__init__("layout", None, problem)
+
+
+class OutputError(DynamicclError, OSError):
+    """An output path that cannot be written: ``PATH: cannot write (reason)``.
+
+    Also an ``OSError``, so that code written against the ``OSError`` of a failed write (a full
+    disk) still catches it.
+
+    Args:
+        path: the output as the user gave it.
+        reason: why, naming the path component at fault where it is not ``path`` itself.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: cannot write ({reason})")

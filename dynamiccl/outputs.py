@@ -5,7 +5,7 @@ Every ``dynamiccl`` command that writes follows the same three rules, all of the
 - **Checked first.** :func:`check_outputs` (files) and :func:`claim_output_dir` (a directory) look
   at each output path before the command does any work, so that a path it cannot write fails in a
   second with ``PATH: cannot write (reason)`` rather than after an hour of training with a
-  traceback. :class:`OutputError` is that message; the command line prints it as
+  traceback. ``dynamiccl.errors.OutputError`` is that message; the command line prints it as
   ``dynamiccl: error: PATH: cannot write (reason)`` with exit status 2. ``dynamiccl.atomic`` raises
   it too when the disk fills up (or the filesystem turns read-only) in the middle of a write.
 - **One run per directory.** :func:`claim_output_dir` takes an exclusive ``flock`` on
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from dynamiccl import atomic
-from dynamiccl.errors import DynamicclError
+from dynamiccl.errors import OutputError
 
 LOCK_NAME = ".dynamiccl.lock"
 # Kernel filesystems that hold no user files (what /proc/self/mounts calls them): a path on one of
@@ -45,23 +45,6 @@ LOCK_NAME = ".dynamiccl.lock"
 PSEUDO_FILESYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs",
                                 "tracefs", "securityfs", "configfs", "bpf", "pstore", "efivarfs", "fusectl",
                                 "mqueue", "binfmt_misc", "autofs", "rpc_pipefs", "nsfs"})
-
-
-class OutputError(DynamicclError, OSError):
-    """An output path that cannot be written: ``PATH: cannot write (reason)``.
-
-    Also an ``OSError``, so that code written against the ``OSError`` of a failed write (a full
-    disk) still catches it.
-
-    Args:
-        path: the output as the user gave it.
-        reason: why, naming the path component at fault where it is not ``path`` itself.
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: cannot write ({reason})")
 
 
 class Terminated(KeyboardInterrupt):

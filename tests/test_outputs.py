@@ -17,7 +17,8 @@ import pytest
 
 from dynamiccl import atomic, outputs
 from dynamiccl.cli import main
-from dynamiccl.outputs import OutputError, claim_output_dir, command_scope
+from dynamiccl.errors import OutputError
+from dynamiccl.outputs import claim_output_dir, command_scope
 
 REPO = Path(__file__).resolve().parent.parent
 TRACE = str(REPO / "traces" / "ref-pp2-dp2.parquet")

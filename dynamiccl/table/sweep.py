@@ -206,7 +206,7 @@ class SweepResult:
         returns both paths.
 
         Raises:
-            dynamiccl.outputs.OutputError: a file cannot be written (an existing one is then left
+            dynamiccl.errors.OutputError: a file cannot be written (an existing one is then left
                 untouched).
         """
         md, js = output_paths(output)
