@@ -27,6 +27,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -44,7 +45,7 @@ LOCK_NAME = ".dynamiccl.lock"
 # them fails with a confusing errno (ENOENT under /proc), so the check names the filesystem instead.
 PSEUDO_FILESYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs",
                                 "tracefs", "securityfs", "configfs", "bpf", "pstore", "efivarfs", "fusectl",
-                                "mqueue", "binfmt_misc", "autofs", "rpc_pipefs", "nsfs"})
+                                "mqueue", "binfmt_misc", "rpc_pipefs", "nsfs"})
 
 
 class Terminated(KeyboardInterrupt):
@@ -131,7 +132,7 @@ def _pseudo_filesystem(directory: Path) -> tuple[str, str] | None:
         parts = line.split()
         if len(parts) < 3:
             continue
-        mount = parts[1].encode().decode("unicode_escape")  # the table escapes spaces as \040
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])  # a space is \040
         inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
         if inside and (best is None or len(mount) >= len(best[1])):
             best = (parts[2], mount)
@@ -166,12 +167,11 @@ class _Claim:
         try:
             mine = os.fstat(self.lock_fd)
             now = os.stat(self.lock_path)
-            if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+            if os.path.samestat(mine, now):
                 os.unlink(self.lock_path)  # under the lock: a waiting run re-checks the inode
         except OSError:
             pass
         os.close(self.lock_fd)
-
 
 
 @dataclass
