@@ -206,6 +206,20 @@ def test_disk_full_train_leaves_no_half_made_run(tmp_path, monkeypatch, capsys):
     assert not run.exists()  # not run.json, not an empty workloads/ or tensorboard/
 
 
+def test_disk_full_under_a_writer_of_its_own_is_one_line(tmp_path, monkeypatch, capsys):
+    # TensorBoard's event files, for one, are not written through dynamiccl.atomic
+    import dynamiccl.trace.store as store
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "events.out"))
+
+    monkeypatch.setattr(store.Trace, "write", full)
+    out = tmp_path / "t.parquet"
+    assert main(["generate", "--model", "llama3-8b", "--tp", "1", "--pp", "1", "--dp", "2", "-o", str(out)]) == 2
+    events = tmp_path / "events.out"
+    assert capsys.readouterr().err == f"dynamiccl: error: {events}: cannot write (No space left on device)\n"
+
+
 def test_a_failed_write_into_an_existing_directory_keeps_what_was_there(tmp_path, monkeypatch, capsys):
     out = tmp_path / "export"
     out.mkdir()

@@ -15,7 +15,8 @@ import sys
 
 from dynamiccl import __version__
 from dynamiccl.cli import bench, costmodel, demo, export_alias, plugin, report, table, trace, tuning, workload
-from dynamiccl.errors import DynamicclError
+from dynamiccl.atomic import WRITE_ERRNOS
+from dynamiccl.errors import DynamicclError, OutputError
 from dynamiccl.outputs import Terminated, command_scope
 
 # The command groups, in the order `dynamiccl --help` lists their commands.
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one ``dynamiccl`` command line (default ``sys.argv[1:]``); returns the exit status.
 
-    A ``DynamicclError`` (bad input, an output it cannot write) is printed as ``dynamiccl: error:
-    ...`` with status 2; an interrupt (SIGINT, or SIGTERM/SIGHUP, which raise the same way while a
+    A ``DynamicclError`` (bad input, an output it cannot write, a full disk) is printed as
+    ``dynamiccl: error: ...`` with status 2; an interrupt (SIGINT, or SIGTERM/SIGHUP, which raise the same way while a
     command runs: ``dynamiccl.outputs.command_scope``) as one line with status 128 + the signal
     number, after the command's temporary files and half-written outputs are removed. When stdout's
     reader goes away (``dynamiccl models | head -1``) the command ends quietly with status 141
@@ -63,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
     except DynamicclError as exc:
         print(f"dynamiccl: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        # a full disk under a writer that is not dynamiccl.atomic's (TensorBoard's event files)
+        print(f"dynamiccl: error: {OutputError(exc.filename or 'an output', exc.strerror or str(exc))}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
