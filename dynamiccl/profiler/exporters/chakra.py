@@ -6,8 +6,12 @@
   messages (varint byte length, then the message): one ``GlobalMetadata``, then one ``Node`` per
   trace row of that rank in issue order (all steps, in order), node ids 0, 1, 2, ...;
 - ``<prefix>.comm_groups.json``, for ``--comm-group-configuration``: ``{"<pg id>": [global ranks]}``
-  for every process group except the world group, which is ``pg_name`` "0" (ASTRA-sim's default group
-  of all NPUs). Group numbers are the same in every rank's file (``plan.number_groups``).
+  for every process group the export uses, the world group included. Ids are the job-wide group
+  numbers of ``plan.number_groups`` plus one, the same in every rank's file, so the world group is
+  "1": ASTRA-sim reserves id 0 (``CommunicatorGroup::set_id`` asserts id > 0) for an implicit
+  all-NPU group that it reaches for ``pg_name`` "" or "0" without a ``CommunicatorGroup``, and
+  exports that used it hung at the first world collective of pipeline/expert-parallel jobs, while
+  the same collectives on an explicit world group finish (issue 15, item 20).
 
 Each trace row becomes one node (field numbers and types of ``et_def.proto``):
 
@@ -16,7 +20,7 @@ row        ``type``          attributes (name: oneof member)
 =========  ================  ===================================================================
 compute    COMP_NODE         ``is_cpu_op``: bool_val false; ``num_ops``: int64_val FLOPs (when known)
 coll       COMM_COLL_NODE    ``is_cpu_op`` false; ``comm_type``: int64_val ``CollectiveCommType``;
-                             ``comm_size``: int64_val bytes; ``pg_name``: string_val group number;
+                             ``comm_size``: int64_val bytes; ``pg_name``: string_val group id;
                              ``comm_root``: int32_val global root (broadcast/reduce/gather/scatter)
 send       COMM_SEND_NODE    ``is_cpu_op`` false; ``comm_size``; ``comm_src`` (this rank),
                              ``comm_dst`` (peer), ``comm_tag``: int32_val each; ``pg_name``
@@ -288,14 +292,23 @@ def export_chakra(trace: Trace, out_dir: str | os.PathLike, *, prefix: str = "tr
     t0 = float(finite.min()) if finite.size else 0.0
     paths = [out / f"{prefix}.{rank}.et" for rank in plan.ranks]
     groups_path = out / f"{prefix}.comm_groups.json"
-    groups_json = {str(pg): list(plan.groups[gid].ranks)
-                   for gid, pg in sorted(plan.pg_ids.items(), key=lambda kv: kv[1]) if pg != 0}
+    pg_names = comm_group_ids(plan)
+    groups_json = {str(pg): list(plan.groups[gid].ranks) for gid, pg in sorted(pg_names.items(), key=lambda kv: kv[1])}
     with atomic_files(paths + [groups_path]) as tmps:
         for rank, tmp in zip(plan.ranks, tmps):
             _write_rank_file(plan, rank, tmp, comm_size, t0)
         lines = [f"  {json.dumps(pg)}: {json.dumps(ranks)}" for pg, ranks in groups_json.items()]
         tmps[-1].write_text("{\n" + ",\n".join(lines) + "\n}\n" if lines else "{}\n", encoding="utf-8")
     return paths + [groups_path]
+
+
+def comm_group_ids(plan: ExportPlan) -> dict[str, int]:
+    """The ``pg_name`` number of every process group of ``plan`` (group id -> integer >= 1).
+
+    ASTRA-sim keys ``comm_groups.json`` by integers and reserves 0 for its implicit group of all
+    NPUs, so every group, the world group included, gets ``plan.pg_ids`` + 1 (module docstring).
+    """
+    return {gid: pg + 1 for gid, pg in plan.pg_ids.items()}
 
 
 def _check_prefix(prefix: str) -> None:
@@ -385,7 +398,8 @@ def _rank_nodes(plan: ExportPlan, rank: int, comm_size: str, t0: float) -> Itera
                  for s in np.unique(step_arr)}
 
     tags = _p2p_tags(plan, rank, kind_arr, op_arr, gid_arr, peer_arr)
-    pg_attr = {g: _node_attr("pg_name", "string_val", str(plan.pg_ids[g])) for g in set(gid) if g}
+    pg_names = comm_group_ids(plan)
+    pg_attr = {g: _node_attr("pg_name", "string_val", str(pg_names[g])) for g in set(gid) if g}
     sizes = _AttrCache("comm_size", "int64_val")
     srcs = _AttrCache("comm_src", "int32_val")
     dsts = _AttrCache("comm_dst", "int32_val")
