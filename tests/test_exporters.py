@@ -259,6 +259,7 @@ def test_chakra_round_trip_every_node(dense_full, tmp_path):
         assert f.metadata.value("comm_size_convention") == "total"
         rows = dense_full.rank_ops(rank).sort_values(["step", "op_index"]).reset_index(drop=True)
         assert len(f.nodes) == len(rows)
+        memory_bound = 0
         expected_deps = _expected_deps(rows)
         for i, (node, row) in enumerate(zip(f.nodes, rows.itertuples(index=False))):
             assert node.id == i and node.name == (row.label or row.op)
@@ -270,8 +271,12 @@ def test_chakra_round_trip_every_node(dense_full, tmp_path):
                 assert node.duration_micros == round(row.duration_us)
                 if math.isfinite(row.flops):
                     assert node.attr("num_ops").member == "int64_val" and node.value("num_ops") == round(row.flops)
-                else:
+                    assert node.attr("tensor_size") is None  # a GEMM's bytes are not in the trace
+                else:  # memory-bound (optimizer, embedding): the bytes its duration was modelled from
                     assert node.attr("num_ops") is None
+                    assert node.attr("tensor_size").member == "uint64_val"
+                    assert RATE.memory_bound_us(node.value("tensor_size")) == pytest.approx(row.duration_us, abs=1e-6)
+                    memory_bound += 1
                 continue
             assert node.attr("comm_size").member == "int64_val" and node.value("comm_size") == row.bytes_total
             pg = node.attr("pg_name")
@@ -288,6 +293,7 @@ def test_chakra_round_trip_every_node(dense_full, tmp_path):
                 for name, value in (("comm_src", src), ("comm_dst", dst)):
                     assert node.attr(name).member == "int32_val" and node.value(name) == value
                 assert node.attr("comm_tag").member == "int32_val"
+        assert memory_bound > 0
     # The same pg number means the same group in every file.
     seen: dict[str, set] = defaultdict(set)
     for rank, f in files.items():
@@ -356,6 +362,7 @@ def test_chakra_measured_rooted_grouped_and_multi_step(measured, tmp_path):
         assert (fwd0.start_time_micros, fwd1.start_time_micros) == (rank, 100 + rank)  # from the earliest start
         assert fwd0.duration_micros == 13 and by_name["optim"][0].duration_micros == 0  # nearest µs
         assert by_name["flops-only"][0].value("num_ops") == 10 ** 9
+        assert by_name["optim"][0].attr("tensor_size") is None  # no compute model recorded: bytes unknown
         bcast = by_name["broadcast"][0]
         assert bcast.duration_micros == 7 and bcast.start_time_micros == 13 + rank
         for op, root, size in (("broadcast", 2, 4096), ("gather", 1, 1024), ("scatter", 0, 4096), ("reduce", 3, 4096)):
