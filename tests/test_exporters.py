@@ -391,7 +391,8 @@ def test_chakra_measured_rooted_grouped_and_multi_step(measured, tmp_path):
 # The AttributeProto member each attribute is read from: Chakra's ETFeederNode (mlcommons/chakra
 # src/feeder/et_feeder_node.cpp) reads num_ops/comm_type/comm_size with int64_val(), tensor_size with
 # uint64_val(), comm_src/comm_dst/comm_tag with int32_val(), pg_name with string_val(), is_cpu_op with
-# bool_val(); any other member reads as 0 there.
+# bool_val(); any other member reads as 0 there. comm_root, which no feeder reads, is an int32_val like
+# the other ranks.
 FEEDER_MEMBERS = {"is_cpu_op": "bool_val", "num_ops": "int64_val", "tensor_size": "uint64_val",
                   "comm_type": "int64_val", "comm_size": "int64_val", "comm_src": "int32_val",
                   "comm_dst": "int32_val", "comm_tag": "int32_val", "pg_name": "string_val",
@@ -432,7 +433,7 @@ def _attr_value(attr):
     return member, getattr(attr, member)
 
 
-@pytest.mark.parametrize("fixture", ["moe_rep", "measured"])
+@pytest.mark.parametrize("fixture", ["moe_rep", "cp_rep", "measured"])
 def test_chakra_export_reads_with_the_official_schema(fixture, et_def, request, tmp_path):
     trace = request.getfixturevalue(fixture)
     export_trace("chakra", trace, tmp_path)
