@@ -303,6 +303,20 @@ def test_first_training_step_skips_setup_and_steps_without_every_rank(tmp_path):
     assert first_training_step(saved(b, tmp_path)) == 2
 
 
+def test_a_trace_of_setup_traffic_only_has_no_training_step(tmp_path, capsys):
+    from dynamiccl.cli import main
+
+    b = new_builder()
+    world = b.add_group("w", "world", [0, 1])
+    for rank in (0, 1):
+        b.rank(rank, step=0).collective("broadcast", world, 64, "fp32", phase="setup", root=0)
+    path = tmp_path / "setup.parquet"
+    b.build().write(path)
+    assert first_training_step(Trace.read(path)) is None
+    assert main(["trace", "summary", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("step 0: the trace has no training step, only setup traffic")
+
+
 def test_first_training_step_of_imported_and_generated_traces(summary_trace):
     from dynamiccl.profiler.importers import import_files
 

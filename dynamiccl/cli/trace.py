@@ -72,6 +72,9 @@ def _step(args, trace) -> tuple[int, str | None]:
     if args.step is not None:
         return args.step, None
     step = first_training_step(trace)
+    if step is None:
+        step = int(trace.ops["step"].min()) if not trace.ops.empty else 0
+        return step, f"step {step}: the trace has no training step, only setup traffic (--step N for another)"
     return step, f"step {step}: the first full training step (--step N for another)"
 
 
