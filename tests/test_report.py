@@ -313,3 +313,14 @@ def test_calibration_summaries_of_dynamiccl_0_1_are_still_read(tmp_path):
 def _write(path, obj):
     path.write_text(json.dumps(obj), encoding="utf-8")
     return path
+
+
+def test_a_live_evaluation_is_called_measured(results_file):
+    """Results priced by a model that runs real collectives are not called simulated."""
+    from dynamiccl.report.data import ReportData, simulation_line
+
+    results = Results.read(results_file)
+    live = ReportData(results_file, results.steps, None, {**results.meta, "cost_model": "live"}, "table")
+    assert simulation_line(live).startswith("Measured, not simulated: step times from real collectives")
+    assert simulation_line(ReportData(results_file, results.steps, None, results.meta, "table")).startswith(
+        "Simulated, not measured")
