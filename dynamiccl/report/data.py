@@ -268,7 +268,7 @@ def gain_shares(data: ReportData) -> pd.DataFrame:
     = (the agent's geometric-mean speedup over those episodes - 1) / (the search's - 1), NaN where
     no case has that much to gain; ``cases``: how many cases count. (A mean of per-episode shares, as
     ``Results.summary``'s ``mean_gain_share``, divides by gains near the threshold and reads as
-    noise: -40 for an agent that is 40% slower where the search gains 1%.)"""
+    noise: -40 for an agent at speedup 0.6 where the search gains 1%.)"""
     steps = counted_steps(data.steps, data.online)
     rows = {}
     for agent, group in steps.groupby("agent", sort=False):
