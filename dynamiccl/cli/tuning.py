@@ -112,11 +112,17 @@ def cmd_evaluate(args) -> int:
     results = evaluation.results
     results.write(args.output, command=invocation(args.argv))
     print(results.summary().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    # Every cluster's description, not only the last case's: each names its cluster and its NCCL version.
+    descriptions = results.meta.get("cost_model_descriptions") or [evaluation.cost_model]
     if args.json:
         atomic.write_text(args.json, json.dumps({"results": args.output, "summary": results.summary_by_agent(),
-                                                 "cost_model": evaluation.cost_model}, indent=1) + "\n")
+                                                 "cost_model": evaluation.cost_model,
+                                                 "cost_model_descriptions": descriptions}, indent=1) + "\n")
+    clusters = list(dict.fromkeys(results.steps["env_spec"]))
+    priced_by = (evaluation.cost_model if len(clusters) == 1 else
+                 f"{results.meta.get('cost_model', plan.model)} on {len(clusters)} clusters: {', '.join(clusters)}")
     print(f"wrote {args.output} and its .calls.parquet in {time.perf_counter() - started:.0f} s "
-          f"(cost model: {evaluation.cost_model})")
+          f"(cost model: {priced_by})")
     return 0
 
 

@@ -13,7 +13,7 @@ state) pair, and a training split and a held-out split can use disjoint states.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -50,6 +50,32 @@ class LoadedCase:
     program: StepProgram
     costs: CostTable
     obs: np.ndarray          # [calls, OBS_SIZE] observation of every call (tuning.observation.observe_calls)
+
+    @property
+    def layout_label(self) -> str:
+        """The case for a reader: :func:`layout_label` of its trace's workload provenance."""
+        return layout_label(self.case, self.program.workload, self.program.world_size)
+
+
+def layout_label(case: Case, workload: dict, world_size: int) -> str:
+    """A readable name of ``case`` (whose ``label`` carries a digest, e.g.
+    ``mixtral-8x7b-3a5237e60398@aws-p5-2x8``): for a generated workload, its model and parallel layout
+    on its cluster ("mixtral-8x7b TP1 PP1 DP16 EP8 (16 GPUs, dp-mode distopt) on aws-p5-2x8"); for a
+    trace without that provenance (captured, imported), its file stem and GPU count on its cluster.
+    ``workload``: the trace's ``TraceMeta.workload`` (the generator records ``model`` and ``layout``)."""
+    from dynamiccl.workload.layout import ParallelLayout
+
+    cluster = Path(case.env).stem
+    model, layout = workload.get("model"), workload.get("layout")
+    if isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(layout, dict):
+        known = {f.name for f in fields(ParallelLayout)}
+        try:
+            described = ParallelLayout(**{k: v for k, v in layout.items() if k in known}).describe()
+        except (TypeError, ValueError):  # provenance of another generator version: fall back to the file
+            described = None
+        if described:
+            return f"{model['name']} {described} on {cluster}"
+    return f"{Path(case.trace).stem} ({world_size} GPUs) on {cluster}"
 
 
 def dynamics_seed(case: Case, state: int) -> int:

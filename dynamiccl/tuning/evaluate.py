@@ -478,7 +478,8 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
             "states": states, "online_steps": int(online_steps), "agents": [a.name for a in agents],
             "search": {label: result.to_json() for label, result in search.results.items()},
             "cases": [c.label for c in base.cases],
-            "case_compute": {c.label: load_case(c, base.model).program.compute for c in base.cases}}
+            "case_compute": {c.label: load_case(c, base.model).program.compute for c in base.cases},
+            "case_layout": {c.label: load_case(c, base.model).layout_label for c in base.cases}}
     return Results(steps, _calls_frame(call_parts), meta)
 
 
