@@ -456,6 +456,7 @@ GOOD_LINE = "allreduce,0,1024,ring,ll,4,1,8,-1,-1"
     ("allreduce,0,18446744073709551616,ring,ll,4,1,8", "field max_bytes", "range"),
     ("allreduce,0,1024,ring,ll,4,1,8,-1,-1" + " " * 220, None, "bytes long"),
     ("# " + "c" * 254, None, "bytes long"),
+    ("  #x,0,1024,ring,ll,4,1,8", "field collective_type", "unknown collective_type '#x'"),  # not a comment there
 ])
 def test_bad_csv_names_file_line_and_field(tmp_path, bad_line, field, problem):
     path = tmp_path / "bad.csv"

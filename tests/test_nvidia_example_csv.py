@@ -325,7 +325,8 @@ def test_lookup_as_nvidia_example_shows_first_match_and_channels(tmp_path, capsy
                  "--coll", "allreduce", "--bytes", "50"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "dynamiccl: rule 0: algorithm ring, protocol ll, channels nccl's"
-    assert out[1].startswith("nvidia-example (as `dynamiccl table convert --lossy` writes it; without --lossy: ")
+    assert out[1].startswith("nvidia-example (as `dynamiccl table convert --lossy` writes it: the CSV cannot hold "
+                             "this table exactly, `table convert` without --lossy says why): ")
     assert out[1].endswith("line 11 (allreduce,0,100,ring,ll,0,-1,-1,-1,-1): algorithm ring, protocol ll, "
                            "channels nccl's (0)")
     assert main(["table", "lookup", str(table), "--as", "nvidia-example", "--nranks", "8", "--nnodes", "1",

@@ -144,9 +144,10 @@ def cmd_table_lookup(args) -> int:
         else:
             try:
                 text, how = nvidia_csv.write(table), " (as `dynamiccl table convert` writes it)"
-            except InputError as err:
+            except InputError:
                 text = nvidia_csv.write(table, lossy=True)
-                how = f" (as `dynamiccl table convert --lossy` writes it; without --lossy: {err.problem})"
+                how = (" (as `dynamiccl table convert --lossy` writes it: the CSV cannot hold this table exactly, "
+                       "`table convert` without --lossy says why)")
         lines, _ = nvidia_csv.parse_example(text)
         print(_describe_example_choice(nvidia_csv.example_choice(lines, call), how))
     return 0

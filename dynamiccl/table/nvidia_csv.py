@@ -370,8 +370,9 @@ def _comment_lines(text: str) -> list[str]:
 def read(text: str, source: str | os.PathLike = "<csv>") -> DecisionTable:
     """Read NVIDIA's example-plugin CSV as NVIDIA's plugin reads it.
 
-    Comment (``#`` in the first column) and blank lines are skipped; fields are trimmed of spaces
-    and tabs; numPipeOps and regBuff default to -1. A line the plugin can never apply -- it skips
+    Comment (``#`` in the first column) and blank lines are skipped, and so is an indented comment
+    with fewer than 8 fields (the plugin reads one with more as a line); fields are trimmed of
+    spaces and tabs; numPipeOps and regBuff default to -1. A line the plugin can never apply -- it skips
     lines with fewer than 8 fields (a header row of names reads as nNodes 0), no call matches
     nNodes/nRanks 0, min_bytes > max_bytes and the like, and it passes over a pair NCCL never
     runs for the collective (broadcast with tree, say) -- is skipped with a warning naming the
@@ -393,10 +394,12 @@ def read(text: str, source: str | os.PathLike = "<csv>") -> DecisionTable:
             raise InputError(source, where, f"{len(line.encode('utf-8'))} bytes long; NVIDIA's "
                              f"parser reads at most {MAX_LINE_BYTES} bytes per line and "
                              "would read the rest as another line")
-        if line.startswith("#") or not line.strip(_C_SPACE) or line.lstrip(_C_SPACE).startswith("#"):
-            continue  # an indented comment has too few fields for the plugin: skipped there too
+        if line.startswith("#") or not line:
+            continue
         tokens = _strtok_fields(raw)  # with a CRLF's \r, as the plugin reads it ("...,8,\r" has 9 fields)
         if len(tokens) < _REQUIRED_FIELDS:
+            if not line.strip(_C_SPACE) or line.lstrip(_C_SPACE).startswith("#"):
+                continue  # blank, or an indented comment: the plugin skips it too, as intended
             warnings.append(f"{where}: never applies under NVIDIA's example plugin: {len(tokens)} field(s) once "
                             f"empty ones are dropped, and it skips lines with fewer than {_REQUIRED_FIELDS}; skipped")
             continue

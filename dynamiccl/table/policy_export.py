@@ -572,16 +572,20 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
                      "(masks are taken per call, so build one table per cluster with --env for deployment)")
     rows, masks, programs = [], [], []
     nccl_models, nccl_shapes = {}, {}  # NCCL's model per env; per call shape, the model of its first case's env
+    shape_envs: dict[tuple, set] = {}
     for case in cases:
         loaded = load_case(case, config.model)
         p = loaded.program
         programs.append(p)
         rows += [p.call_key[c] for c in p.tunable_calls]
         masks += list(loaded.costs.call_masks(p.tunable_calls))
-        model = nccl_models.setdefault(case.env, NcclModel(loaded.env))
+        if case.env not in nccl_models:
+            nccl_models[case.env] = NcclModel(loaded.env)
         for c in p.tunable_calls:
             key = p.call_key[c]
-            nccl_shapes.setdefault((key.coll, key.nranks, key.nnodes, key.num_pipe_ops), model)
+            shape = (key.coll, key.nranks, key.nnodes, key.num_pipe_ops)
+            nccl_shapes.setdefault(shape, nccl_models[case.env])
+            shape_envs.setdefault(shape, set()).add(case.env)
     calls = pd.DataFrame([key.as_tuple() for key in rows], columns=list(QUERY_COLUMNS))
     mask_of = {}  # the actions valid for every call of one (coll, nranks, nnodes, num_pipe_ops)
     for key, mask in zip(rows, masks):
@@ -596,6 +600,10 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
 
     provenance = {"policy": str(policy_path), "config": str(config_path), "envs": envs,
                   "cases": [c.label for c in cases], "policy_provenance": policy.provenance}
+    shared = sum(len(envs_of) > 1 for envs_of in shape_envs.values())
+    if shared:
+        notes.append(f"NVIDIA's CSV: {shared} call shape(s) occur on more than one environment spec; NCCL's choice "
+                     "is written out for them from the first spec's NCCL model (use --env for one cluster's CSV)")
     steps, left_out = step_shapes(programs)
     table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
     notes += [f"no step line (position rules cannot apply) for {reason}" for reason in left_out]
