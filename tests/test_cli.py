@@ -216,6 +216,10 @@ def test_demo_runs_end_to_end(tmp_path):
     agents = set(results.steps["agent"])
     assert {"nccl-default", "search", "greedy-per-call", "policy", "ucb-bandit", "coordinate-descent"} <= agents
     assert load(out / "table.json").provenance["policy"] == str(out / "run" / "policy.zip")
+    # NVIDIA's example plugin runs a call no line takes on 1 channel: the demo's CSV writes NCCL's own
+    # choice out for the demo's calls instead of leaving them unmatched (it had no data line).
+    conf = (out / "nccl_tuner.conf").read_text(encoding="utf-8")
+    assert [line for line in conf.splitlines() if line and not line.startswith("#")]
     assert "What is where" in done.stdout and str(out / "table.json") in done.stdout
     assert "$ dynamiccl table export --policy" in done.stdout and "note:" not in done.stderr  # the new spelling
     html = (out / "report" / "report.html").read_text()

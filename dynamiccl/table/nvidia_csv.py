@@ -1,7 +1,7 @@
 """A decision table as the CSV of NVIDIA's example tuner plugin (``NCCL_TUNER_CONFIG_FILE``).
 
 The example plugin is NVIDIA/nccl ``plugins/tuner/example/plugin.c`` (``ext-tuner/example`` before
-2.28; the CSV appeared in 2.27.5 and its parser and matching are unchanged up to 2.30.7). One
+2.29.7; the CSV appeared in 2.27.5 and its parser and matching are unchanged up to 2.30.7). One
 configuration per line::
 
     collective_type,min_bytes,max_bytes,algorithm,protocol,channels,nNodes,nRanks[,numPipeOps[,regBuff]]
@@ -23,7 +23,9 @@ configuration per line::
 So channels 0 = NCCL's count, channels -1 = **1 channel** (NVIDIA's README says -1 keeps NCCL's
 default; the code keeps the plugin's default of 1), and a call that no line takes runs NCCL's
 algorithm and protocol on **1 channel** (``*nChannels = 1`` is in the example from 2.22.3 to 2.30.7;
-RCCL changed its copy to 0, ROCm/rccl#1985).
+RCCL changed its copy to 0, ROCm/rccl#1985). Since 2.28 its init also edits NCCL's tuning constants
+(Blackwell Tree/Ring bandwidth at 4 nodes, NVLS network latency), so NCCL's own choice under it is
+not NCCL's choice without it; a line naming a cell is not affected.
 
 ``read`` makes that explicit in the table: every line the plugin can apply becomes a rule (-1
 channels as 1), every line it can never apply is skipped with a warning naming the line (in
@@ -346,9 +348,11 @@ def write(table: DecisionTable, *, lossy: bool = False) -> str:
             f"Dropped {len(refused)} of {len(table.rules)} rules that this format cannot express "
             f"(position-specific, or keeping NCCL's algorithm/protocol): rules {indices}. Later lines "
             "may now match calls that those rules handled.")
-    if open_colls:
+    dropped_catch_alls = [table.rules[index].coll for index in refused if _catches_all(table.rules[index])]
+    if open_colls or dropped_catch_alls:
+        colls = [coll for coll in TUNABLE_FUNCS if coll in open_colls or coll in dropped_catch_alls]
         lines += _comment_lines(
-            f"WARNING: {'/'.join(FUNC_OP[coll] for coll in open_colls)} calls that match no line run on 1 "
+            f"WARNING: {'/'.join(FUNC_OP[coll] for coll in colls)} calls that match no line run on 1 "
             "channel under NVIDIA's example plugin; the table left them to NCCL.")
     lines.append("# " + ",".join(FIELDS))
     for rule in written:
