@@ -23,8 +23,9 @@ def add(sub) -> None:
     c.add_argument("file")
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--lossy", action="store_true",
-                   help="drop what the output cannot express (CSV: position-specific and keep-NCCL "
-                        "algorithm/protocol rules; .txt: nccl_env)")
+                   help="write what the output can express and drop the rest (CSV: position-specific and "
+                        "keep-NCCL algorithm/protocol rules, and calls no rule takes run on NVIDIA's plugin's 1 "
+                        "channel; .txt: nccl_env)")
     c.set_defaults(func=cmd_table_convert)
     lk = tsub.add_parser("lookup", help="which rule applies to a call (first match wins)")
     lk.add_argument("file")
