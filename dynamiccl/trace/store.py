@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dynamiccl import __version__, atomic
+from dynamiccl import __version__, atomic, schema
 from dynamiccl.errors import InputError
 from dynamiccl.trace.schema import (
     ARROW_SCHEMA, COLUMN_NAMES, COLUMNS, METADATA_KEY, TraceMeta, check_arrow_schema, validate_ops,
@@ -87,10 +87,7 @@ class Trace:
             raise InputError(source, f"metadata '{METADATA_KEY.decode()}'",
                              "missing: this Parquet file is not a dynamiccl trace "
                              "(import other formats with `dynamiccl import`)")
-        try:
-            meta_obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InputError(source, f"metadata '{METADATA_KEY.decode()}'", f"not valid JSON ({exc})") from None
+        meta_obj = schema.parse_json(raw, source, f"metadata '{METADATA_KEY.decode()}'")
         meta = TraceMeta.from_json_obj(meta_obj, source)
         check_arrow_schema(table.schema, source)
         ops = _canonical(table.select(list(COLUMN_NAMES)).to_pandas(), source)
