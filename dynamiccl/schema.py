@@ -47,8 +47,9 @@ REQUIRED: Any = object()  # a field without a default: missing is an error
 # writes or ships (the largest, a 405B trace's decision table or measurement set, is a few MB), far
 # below what would exhaust memory.
 MAX_FILE_BYTES = 256 * 2**20
-# Integers are 64-bit wherever they go (numpy arrays, Parquet columns, NCCL's size_t / int64 sizes).
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+# Integers are 64-bit wherever they go (numpy arrays, Parquet columns, NCCL's int64 counts and size_t
+# sizes): a field without its own bound takes -2**63 .. 2**64 - 1 (int64 below, uint64 above).
+INT_MIN, INT_MAX, UINT_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 _KINDS = ("int", "float", "bool", "str", "choice", "int_list", "float_list", "table", "tables", "mapping", "json",
           "list")
@@ -295,7 +296,7 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
             return InputError(source, name, f"missing [{name}] table; got {show(value)}")
         if f.kind == "tables":  # named by its whole path: [[train.cases]]
             return expected(source, name, f"a list of [[{name}]] tables", value)
-        if f.kind == "int" and isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        if f.kind == "int" and isinstance(value, int) and not isinstance(value, bool) and not _fits(f, value):
             return expected(source, name, f"{f.expectation()} that fits in 64 bits", value)
         return expected(source, name, f.expectation(), value)
 
@@ -346,10 +347,16 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
     return value
 
 
+def _fits(f: Field, value: int) -> bool:
+    """An integer within 64 bits on each side the field leaves unbounded (a field bounded beyond,
+    such as a ``size_t`` up to 2**64 - 1, keeps its own bound)."""
+    return (f.low is not None or value >= INT_MIN) and (f.high is not None or value <= UINT_MAX)
+
+
 def _number_ok(f: Field, value: Any) -> bool:
     """An integer (``int`` fields) or a finite number, within the field's bounds."""
     if f.kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX
+        ok = isinstance(value, int) and not isinstance(value, bool) and _fits(f, value)
     else:  # an integer too large for a float (TOML's 1000...0) is not a finite number
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
               and (isinstance(value, float) or abs(value) < 2**1023) and math.isfinite(value))
@@ -583,4 +590,4 @@ def json_text(obj: Any, indent: int | None = 1) -> str:
 __all__ = ["REQUIRED", "Field", "Schema", "integer", "number", "flag", "string", "choice", "int_list", "number_list", "table",
            "tables", "mapping", "json_value", "json_list", "formerly", "show", "expected", "read_bytes", "read_text",
            "read_toml", "parse_json", "read_json", "read_csv", "parse_cell", "argument", "json_ready", "json_text",
-           "MAX_FILE_BYTES", "INT_MIN", "INT_MAX"]
+           "MAX_FILE_BYTES", "INT_MIN", "INT_MAX", "UINT_MAX"]

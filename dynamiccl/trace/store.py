@@ -77,7 +77,8 @@ class Trace:
         """
         source = os.fspath(path)
         if not Path(source).is_file():
-            raise InputError(source, None, "no such trace file")
+            raise InputError(source, None, "no such trace file" if not Path(source).exists()
+                             else "not a trace file (a directory or a device, not a regular file)")
         try:
             table = pq.read_table(source)
         except (pa.ArrowException, OSError) as exc:
