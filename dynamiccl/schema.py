@@ -44,9 +44,11 @@ from dynamiccl.errors import InputError
 REQUIRED: Any = object()  # a field without a default: missing is an error
 
 # The largest input file any reader takes, unless it says otherwise: far above every file dynamiccl
-# writes or ships (the largest, a 405B trace's decision table or measurement set, is a few MB), far
-# below what would exhaust memory.
-MAX_FILE_BYTES = 256 * 2**20
+# writes or ships (the largest, a 405B trace's decision table or a measurement set, is a few MB), far
+# below what would exhaust memory once parsed (Python objects take ~10x the text). TOML files
+# (specs, models, configs, sweeps) are written by hand: a few kB.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_TOML_BYTES = 4 * 2**20
 # Integers are 64-bit wherever they go (numpy arrays, Parquet columns, NCCL's int64 counts and size_t
 # sizes): a field without its own bound takes -2**63 .. 2**64 - 1 (int64 below, uint64 above).
 INT_MIN, INT_MAX, UINT_MAX = -(2**63), 2**63 - 1, 2**64 - 1
@@ -297,7 +299,7 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
         if f.kind == "tables":  # named by its whole path: [[train.cases]]
             return expected(source, name, f"a list of [[{name}]] tables", value)
         if f.kind == "int" and isinstance(value, int) and not isinstance(value, bool) and not _fits(f, value):
-            return expected(source, name, f"{f.expectation()} that fits in 64 bits", value)
+            return expected(source, name, f"{f.expectation()} in the 64-bit range ({INT_MIN} .. {UINT_MAX})", value)
         return expected(source, name, f.expectation(), value)
 
     if f.kind in ("int", "float"):
@@ -423,13 +425,14 @@ def read_text(path: str | os.PathLike, what: str, max_bytes: int = MAX_FILE_BYTE
         raise InputError(os.fspath(path), None, f"not UTF-8 text (byte {exc.start}); {what} files are UTF-8") from None
 
 
-def read_toml(path: str | os.PathLike, what: str) -> dict:
-    """Parse a TOML file.
+def read_toml(path: str | os.PathLike, what: str, max_bytes: int = MAX_TOML_BYTES) -> dict:
+    """Parse a TOML file of at most ``max_bytes``.
 
     Raises:
-        InputError: naming the file: unreadable, not UTF-8, or not valid TOML (with TOML's message).
+        InputError: naming the file: unreadable, too large, not UTF-8, or not valid TOML (with
+            TOML's message).
     """
-    text = read_text(path, what)
+    text = read_text(path, what, max_bytes)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -590,4 +593,4 @@ def json_text(obj: Any, indent: int | None = 1) -> str:
 __all__ = ["REQUIRED", "Field", "Schema", "integer", "number", "flag", "string", "choice", "int_list", "number_list", "table",
            "tables", "mapping", "json_value", "json_list", "formerly", "show", "expected", "read_bytes", "read_text",
            "read_toml", "parse_json", "read_json", "read_csv", "parse_cell", "argument", "json_ready", "json_text",
-           "MAX_FILE_BYTES", "INT_MIN", "INT_MAX", "UINT_MAX"]
+           "MAX_FILE_BYTES", "MAX_TOML_BYTES", "INT_MIN", "INT_MAX", "UINT_MAX"]

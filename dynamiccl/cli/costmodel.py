@@ -122,6 +122,13 @@ def live_plan(nprocs: int, largest_bytes: int, nprocs_flag: str | None = None) -
     worker_bytes = 2 * int(largest_bytes)
     text = (f"{nprocs} worker processes on {cores} core(s), each holding ~{worker_bytes / 2**30:.2f} GiB of buffers "
             f"({nprocs * worker_bytes / 2**30:.2f} GiB in all)")
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not every system says
+        available = None
+    if available is not None and nprocs * worker_bytes > available:
+        text += (f"; WARNING: more than the {available / 2**30:.2f} GiB of memory free now (the workers may be "
+                 "killed for memory, or swap)")
     if nprocs > cores:
         text += (f"; WARNING: {nprocs} ranks on {cores} cores time-share them, so the times include "
                  "scheduling delays of up to ms and the run is slow"

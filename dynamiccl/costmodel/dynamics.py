@@ -10,7 +10,8 @@ replay is reproducible.
 A replay visits every period boundary (the calls in flight change speed there), so its work grows
 with the periods in a step: a process draws at most ``max_periods`` of them (:data:`MAX_PERIODS`),
 and asking past that is an :class:`~dynamiccl.errors.InputError` naming the spec's
-``dynamics.mean_period_ms`` and the period the step needs, instead of a replay that runs for hours.
+``dynamics.mean_period_ms``, instead of a replay that runs for hours; :func:`check_period` refuses
+such a spec before a replay starts, from a lower bound of the step's length.
 Periods are drawn in bulk (a chunk at a time, each chunk twice the last), the same numbers in the
 same order as one at a time.
 
