@@ -100,6 +100,10 @@ def _bad_files():
         "cluster.nodes"
     yield "env-huge-float", "env", ENV.read_text().replace("nic_gbits_per_s = 400", "nic_gbits_per_s = 1" + "0" * 400
                                                            ).encode(), "inter.nic_gbits_per_s"
+    model = (ROOT / "dynamiccl" / "workload" / "models" / "llama3-8b.toml").read_text()
+    assert "\nhidden_size = 4096\n" in model
+    yield "model-huge-width", "model", model.replace("\nhidden_size = 4096\n", "\nhidden_size = 1000000000000000\n"
+                                                     ).encode(), "model.hidden_size"
     yield "measurements-cut-mid-row", "measurements", measurements().encode()[:-40], "line 3: expected 13 fields"
     yield "measurements-infinite-time", "measurements", measurements(time_us="inf").encode(), "column time_us"
     yield "measurements-nan-time", "measurements", measurements(time_us="nan").encode(), "column time_us"
@@ -330,10 +334,11 @@ class TestLargeWorkIsAnnounced:
     """Large work says how large before it starts."""
 
     @pytest.mark.parametrize("kind", ["chakra", "param"])
-    def test_an_export_says_its_size_first(self, tmp_path, capsys, kind):
-        from dynamiccl.profiler.exporters import export_trace
+    def test_an_export_says_its_size_first(self, tmp_path, capsys, monkeypatch, kind):
+        from dynamiccl.profiler.exporters import export_trace, progress
         from dynamiccl.trace.store import Trace
 
+        monkeypatch.setattr(progress, "ANNOUNCE_BYTES", 0)  # as the 405B trace's (2.2 GB) would
         written = export_trace(kind, Trace.read(SMALL_TRACE), tmp_path / "out")
         err = capsys.readouterr().err
         line = next(line for line in err.splitlines() if line.startswith(f"export {kind}: writing"))
