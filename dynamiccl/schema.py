@@ -506,16 +506,20 @@ def read_csv(path: str | os.PathLike, what: str, *, renamed: dict[str, str] | No
 
     Raises:
         InputError: naming the file (and the line): unreadable, too large, not UTF-8, not CSV (an
-            unterminated quote), no header, or a row of the wrong length.
+            unterminated quote), no header, a column named twice, or a row of the wrong length.
     """
     source = os.fspath(path)
-    text = read_text(path, what, max_bytes)
+    text = read_text(path, what, max_bytes).removeprefix("\ufeff")  # spreadsheets start UTF-8 CSVs with a BOM
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
         if not header:
             raise InputError(source, None, f"empty; expected a header row of {what} columns")
         columns = [(renamed or {}).get(name.strip(), name.strip()) for name in header]
+        twice = sorted({name for name in columns if columns.count(name) > 1})
+        if twice:
+            raise InputError(source, "line 1", f"column(s) {', '.join(twice)} given twice (or under an older "
+                                               "name as well)")
         rows = []
         line = reader.line_num + 1
         for cells in reader:

@@ -109,6 +109,8 @@ def _bad_files():
     yield "measurements-nan-time", "measurements", measurements(time_us="nan").encode(), "column time_us"
     yield "measurements-huge-size", "measurements", measurements(size_bytes="9" * 400).encode(), "column size_bytes"
     yield "measurements-huge-nodes", "measurements", measurements(nodes="1e400").encode(), "column nodes"
+    yield "measurements-column-twice", "measurements", \
+        measurements().replace("algbw_gbytes_per_s", "time_us", 1).encode(), "column(s) time_us given twice"
     yield "measurements-unquoted-comma", "measurements", \
         measurements().replace("all_reduce_perf -b", "all_reduce_perf, -b", 1).encode(), "line 2: expected 13"
 
