@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dynamiccl import schema
+from dynamiccl.cluster import MAX_GPUS_PER_NODE, MAX_NODES
 from dynamiccl.costmodel.batch import COSTED_FUNCS
 from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, load_env
 from dynamiccl.errors import InputError
@@ -118,8 +119,8 @@ def load_measurement_files(paths: list[str | os.PathLike]) -> list[MeasuredTable
 # The numeric columns of a row, declared once (dynamiccl.schema checks each cell as it checks TOML values):
 # finite, in range, integers where NCCL counts. busbw may be empty (torch.distributed timings have none).
 _CELLS = {
-    "gpus_per_node": schema.integer("gpus_per_node", low=1, high=1024),
-    "nodes": schema.integer("nodes", low=1, high=1 << 20),
+    "gpus_per_node": schema.integer("gpus_per_node", low=1, high=MAX_GPUS_PER_NODE),
+    "nodes": schema.integer("nodes", low=1, high=MAX_NODES),
     "size_bytes": schema.integer("size_bytes", low=1, high=schema.INT_MAX),
     "time_us": schema.number("time_us", low=0, low_inclusive=False, high=1e12),
     "busbw_gbytes_per_s": schema.number("busbw_gbytes_per_s", 0.0, low=0, high=1e6),
