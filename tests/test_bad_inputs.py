@@ -162,6 +162,18 @@ class TestNoTraceback:
             Trace.read(bad)
 
 
+    def test_a_results_file_whose_metadata_nests_too_deeply(self, tmp_path):
+        import pyarrow.parquet as pq
+
+        from dynamiccl.tuning.evaluate import METADATA_KEY, Results
+
+        fixture = ROOT / "tests" / "fixtures" / "results" / "before-search-2026-12-02.parquet"
+        bad = tmp_path / "deep.parquet"
+        pq.write_table(pq.read_table(fixture).replace_schema_metadata({METADATA_KEY: DEEP_JSON}), bad)
+        with pytest.raises(InputError, match="nested too deeply"):
+            Results.read(bad, require_calls=False)
+
+
 class TestNoHang:
     """Inputs that made the work unbounded are refused before (or while, boundedly) doing it."""
 
