@@ -250,7 +250,7 @@ def test_strict_with_a_good_table_runs_the_job_tuned(tmp_path, cache, plugin, ta
 
 
 @pytest.mark.parametrize("name, content, reason", [
-    ("missing.json", None, "missing.json: cannot read: No such file or directory"),
+    ("missing.json", None, "missing.json: cannot read decision table (no such file)"),
     ("bad.txt", "dynamiccl-tuner-table 1\nrule allreduce 0 10 -1 -1 -1 -1 -1 ring ll\n",
      "bad.txt: line 2: 11 fields; a rule line has 12"),
     ("table.yaml", "", "table.yaml: unknown extension '.yaml'"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dynamiccl import schema
 from dynamiccl.atomic import write_text
 from dynamiccl.errors import InputError
 from dynamiccl.table import json_format, nvidia_csv, plugin_text
@@ -60,10 +61,7 @@ def load(path: str | os.PathLike) -> DecisionTable:
             non-UTF-8 file, or any parse error with its line or key and field.
     """
     kind = format_of(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise InputError(path, None, f"cannot read: {err.strerror or err}") from None
+    data = schema.read_bytes(path, "decision table")  # capped: /dev/zero is an error, not a memory kill
     if kind == "plugin-text":
         return plugin_text.read(data, path)
     try:

@@ -87,6 +87,7 @@ from dynamiccl.errors import InputError
 from dynamiccl.nccl import ROOTED_OPS
 from dynamiccl.profiler.importers._common import read_bytes
 from dynamiccl.profiler.exporters.output import atomic_files, check_out_dir
+from dynamiccl.profiler.exporters.progress import announce, estimate_bytes, file_bar
 from dynamiccl.profiler.exporters.plan import ExportPlan, plan_export
 from dynamiccl.trace.store import Trace
 from dynamiccl.workload.context import ComputeRate
@@ -305,9 +306,12 @@ def export_chakra(trace: Trace, out_dir: str | os.PathLike, *, prefix: str = "tr
     groups_path = out / f"{prefix}.comm_groups.json"
     pg_names = comm_group_ids(plan)
     groups_json = {str(pg): list(plan.groups[gid].ranks) for gid, pg in sorted(pg_names.items(), key=lambda kv: kv[1])}
-    with atomic_files(paths + [groups_path]) as tmps:
+    announce("export chakra", len(paths) + 1,
+             estimate_bytes(plan, lambda rank: sum(map(len, _rank_chunks(plan, rank, comm_size, t0)))), out)
+    with atomic_files(paths + [groups_path]) as tmps, file_bar(len(paths), "export chakra") as bar:
         for rank, tmp in zip(plan.ranks, tmps):
             _write_rank_file(plan, rank, tmp, comm_size, t0)
+            bar.update()
         lines = [f"  {json.dumps(pg)}: {json.dumps(ranks)}" for pg, ranks in groups_json.items()]
         tmps[-1].write_text("{\n" + ",\n".join(lines) + "\n}\n" if lines else "{}\n", encoding="utf-8")
     return paths + [groups_path]
@@ -327,18 +331,24 @@ def _check_prefix(prefix: str) -> None:
         raise InputError("prefix", None, f"expected a file-name prefix without directories, got {prefix!r}")
 
 
+def _rank_chunks(plan: ExportPlan, rank: int, comm_size: str, t0: float) -> Iterator[bytes]:
+    """The bytes of ``rank``'s file, in pieces of about 1 MB: its framed metadata, then its framed nodes."""
+    chunk: list[bytes] = [frame(_metadata_message(plan, rank, comm_size))]
+    size = 0
+    for message in _rank_nodes(plan, rank, comm_size, t0):
+        chunk.append(encode_varint(len(message)))
+        chunk.append(message)
+        size += len(message)
+        if size > 1 << 20:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+    yield b"".join(chunk)
+
+
 def _write_rank_file(plan: ExportPlan, rank: int, path: Path, comm_size: str, t0: float) -> None:
     with open(path, "wb") as handle:
-        chunk: list[bytes] = [frame(_metadata_message(plan, rank, comm_size))]
-        size = 0
-        for message in _rank_nodes(plan, rank, comm_size, t0):
-            chunk.append(encode_varint(len(message)))
-            chunk.append(message)
-            size += len(message)
-            if size > 1 << 20:
-                handle.write(b"".join(chunk))
-                chunk, size = [], 0
-        handle.write(b"".join(chunk))
+        for chunk in _rank_chunks(plan, rank, comm_size, t0):
+            handle.write(chunk)
 
 
 def _metadata_message(plan: ExportPlan, rank: int, comm_size: str) -> bytes:
