@@ -81,14 +81,14 @@ BENCHMARKS = {b.name: b for b in (
     Benchmark(
         "env-steps",
         "TuningEnv steps per second with random valid actions (one core), on the Llama-3.1 405B step",
-        ("replay", "traces/llama3.1-405b_tp8-pp16-dp64.parquet", "--env", "h100-ib-16x8", "--random-steps",
+        ("replay", "traces/llama3.1-405b_tp8-pp16-dp64.parquet", "--env", "h100-ib-1024x8", "--random-steps",
          "200000", "--json"),
         rate_key="env_steps_per_s", min_rate=20000),
     Benchmark(
         "replay-405b",
         "replay one Llama-3.1 405B step (8192 GPUs, 17,080 tunable calls) with NCCL's choices: "
         "replays per second, target >= 0.5 (at most 2 s)",
-        ("replay", "traces/llama3.1-405b_tp8-pp16-dp64.parquet", "--env", "h100-ib-16x8", "--json"),
+        ("replay", "traces/llama3.1-405b_tp8-pp16-dp64.parquet", "--env", "h100-ib-1024x8", "--json"),
         rate_key="replays_per_s", min_rate=0.5),
     Benchmark(
         "plugin-getcollinfo",

@@ -29,6 +29,11 @@ from dynamiccl.gpus import ARCHS, COMPUTE_CAPABILITIES, GPUS, GPUSpec, find_gpu
 # What a GPU outside the catalog must give (the catalog supplies them for the parts it knows).
 GPU_KEYS = ("arch", "sm_count", "hbm_gbytes_per_s", "peak_bf16_tflops")
 
+# Upper bounds that keep per-rank arrays in memory, far above any cluster built: the largest published
+# training clusters hold 24,576 GPUs (Meta, "Building Meta's GenAI infrastructure", 2024), and the
+# largest NVLink domain announced is 576 GPUs (NVIDIA Vera Rubin NVL576, GTC 2025).
+MAX_GPUS_PER_NODE, MAX_NODES = 1024, 65536
+
 CLUSTER = schema.Schema(
     schema.string("gpu", expect="a GPU name string (see dynamiccl.gpus)",
                   help="GPU model; a catalog part gives the defaults of the other GPU fields"),
@@ -37,8 +42,10 @@ CLUSTER = schema.Schema(
                   help="compute capability x10 (default: the GPU's, else the architecture's)"),
     schema.integer("sm_count", None, low=0, low_inclusive=False, help="streaming multiprocessors per GPU"),
     schema.number("hbm_gbytes_per_s", None, low=0, low_inclusive=False, help="HBM bandwidth, GB/s"),
-    schema.integer("gpus_per_node", low=0, low_inclusive=False, help="GPUs per node"),
-    schema.integer("nodes", low=0, low_inclusive=False, help="nodes"),
+    schema.integer("gpus_per_node", low=1, high=MAX_GPUS_PER_NODE, help="GPUs per node",
+                   expect=f"a positive integer (an integer >= 1 and <= {MAX_GPUS_PER_NODE})"),
+    schema.integer("nodes", low=1, high=MAX_NODES, help="nodes",
+                   expect=f"a positive integer (an integer >= 1 and <= {MAX_NODES})"),
     schema.number("peak_bf16_tflops", None, low=0, low_inclusive=False,
                   help="dense BF16 peak (default: the GPU's datasheet figure)"),
 )

@@ -24,8 +24,10 @@ check``: the step replayed with and without it); a table that makes the step slo
 
 It fails open: if the plugin cannot be built or loaded, the table cannot be read or is refused by
 the plugin's parser or by the check on the trace, the job still runs, without ``NCCL_TUNER_PLUGIN`` (NCCL's own choices), and
-the launcher says why in one line. Every line it prints starts with ``dynamiccl launch:`` and goes
-to stderr, so the job's own output stays clean.
+the launcher says why in one line. Fail-open is for the job only: ``--dry-run`` (a CI gate) and
+``--strict`` exit with status 2 on a table they cannot apply, naming the file and the reason, and
+run nothing. Every line it prints starts with ``dynamiccl launch:`` and goes to stderr, so the
+job's own output stays clean.
 
 Paths are absolute. On a multi-node job the plugin, the table text and ``--profile DIR`` must be
 visible on every node: keep ``$DYNAMICCL_CACHE_DIR`` (default ``~/.cache/dynamiccl``) on a shared
@@ -38,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -49,14 +50,17 @@ from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, TABLE_ENV
 from dynamiccl.plugin.binding import InstrumentedTunerLibrary, TunerLibrary
 from dynamiccl.plugin.build import PluginBuildError, build_plugin, cache_root, instrumented_beside
 from dynamiccl.profiler.auto import ENV_DIR as PROFILE_ENV
-from dynamiccl.profiler.run import fresh_capture_dir, profile_environment, run_forwarding_signals
+from dynamiccl.profiler.run import create_capture_dir, merge_after_run, profile_environment, run_forwarding_signals
+from dynamiccl.profiler.run import say as say_as
 from dynamiccl.table import NCCL_ENV_KEYS, DecisionTable, format_of, load, plugin_text
 
 PREFIX = "dynamiccl launch: "
 PLUGIN_ENV = "NCCL_TUNER_PLUGIN"
 MASK_ENVS = ("NCCL_ALGO", "NCCL_PROTO")
 PLUGIN_TEXT_SUFFIX = ".txt"
-USAGE = "dynamiccl launch [--table T [--trace TRACE --env SPEC]] [--plugin PATH] [--profile DIR] [--dry-run] -- CMD ..."
+USAGE = ("dynamiccl launch [--table T [--trace TRACE --env SPEC]] [--plugin PATH] [--profile DIR] [--dry-run] "
+         "[--strict] -- CMD ...")
+NOT_APPLIED_STATUS = 2  # --dry-run / --strict with a table that cannot be applied: an input error
 
 
 @dataclass(frozen=True)
@@ -317,25 +321,37 @@ def _set_tuner(plan: LaunchPlan, previous_plugin: str | None) -> None:
 
 def say(line: str) -> None:
     """Print one launcher line (prefixed, to stderr)."""
-    print(PREFIX + line, file=sys.stderr, flush=True)
+    say_as("launch", line)
+
+
+def not_applied(table: str | os.PathLike, reason: str) -> str:
+    """The line ``--dry-run``/``--strict`` end with when ``table`` cannot be applied: the file and
+    the reason (``reason`` as ``LaunchPlan.reason``; a leading copy of the file name is dropped)."""
+    name = os.fspath(table)
+    return f"error: cannot apply the table {name}: {reason.removeprefix(name + ': ')}"
 
 
 def launch(command: Sequence[str], table: str | os.PathLike | None = None,
            plugin: str | os.PathLike | None = None, profile_dir: str | os.PathLike | None = None,
            dry_run: bool = False, gpus_per_node: int = 0, trace: str | os.PathLike | None = None,
-           env_spec: str | None = None) -> int:
+           env_spec: str | None = None, strict: bool = False) -> int:
     """Run ``command`` in the environment of ``plan_launch``; returns its exit status.
 
     Args:
         command: the job (``torchrun ...``, ``srun ...``, ``python ...``), run without a shell.
         table, plugin, profile_dir: as ``plan_launch``.
-        dry_run: print what would be set and the command (shell-quoted), run nothing, return 0.
+        dry_run: print what would be set and the command (shell-quoted), run nothing, return 0;
+            2 if ``table`` cannot be applied.
+        strict: a ``table`` that cannot be applied is an error (status 2, the job does not run)
+            instead of a job run with NCCL's own choices.
         gpus_per_node: for the node counts of the merged trace (0: torchrun's local world size).
         trace, env_spec: a trace of the job's step and the spec of its cluster: the table is used
             only if ``dynamiccl table check`` passes it there (``plan_launch``).
 
     Returns:
-        The command's exit status (128 + N if signal N killed it), 0 for a dry run. A capture
+        The command's exit status (128 + N if signal N killed it), 0 for a dry run, 2 when
+        ``dry_run`` or ``strict`` meets a table that cannot be applied (one line names the file
+        and the reason; nothing runs). A capture
         directory that cannot be created, or a capture that cannot be merged, is reported and
         changes neither the run nor the status.
 
@@ -346,30 +362,25 @@ def launch(command: Sequence[str], table: str | os.PathLike | None = None,
     if not command:
         raise InputError("launch", None, f"no command given; usage: {USAGE}")
     plan = plan_launch(table, plugin, profile_dir, trace=trace, env_spec=env_spec)
+    if table is not None and plan.reason is not None and (dry_run or strict):
+        say(not_applied(table, plan.reason))
+        return NOT_APPLIED_STATUS
     for line in plan.lines:
         say(line)
     if dry_run:
         say(f"would run: {shlex.join(command)}")
         return 0
     if plan.capture_dir is not None:
-        try:
-            fresh_capture_dir(plan.capture_dir.parent)
-        except OSError as exc:  # fail open: the job runs unprofiled
-            say(f"not profiling: cannot create {plan.capture_dir}: {exc.strerror or exc}")
+        problem = create_capture_dir(plan.capture_dir)
+        if problem is not None:  # fail open: the job runs unprofiled
+            say(problem)
             plan.env.pop(PROFILE_ENV, None)
             plan.capture_dir = None
     status = run_forwarding_signals(command, plan.env, "launch")
     if plan.capture_dir is not None:
-        _merge(plan.capture_dir, command, gpus_per_node)
+        merged = merge_after_run(plan.capture_dir, command, gpus_per_node, "launch")
+        if merged is not None:
+            from dynamiccl.profiler.merge import training_steps
+
+            say(f"wrote {merged[0]} ({training_steps(merged[1])} training step(s) after setup)")
     return status
-
-
-def _merge(capture_dir: Path, command: list[str], gpus_per_node: int) -> None:
-    from dynamiccl.profiler.merge import training_steps, write_merged_trace
-
-    try:
-        out, trace = write_merged_trace(capture_dir, gpus_per_node=gpus_per_node, description=shlex.join(command))
-    except (DynamicclError, OSError) as exc:
-        say(f"no trace: {exc}")
-        return
-    say(f"wrote {out} ({training_steps(trace)} training step(s) after setup)")

@@ -13,22 +13,45 @@ expected::
 Checks that relate two fields (a batch no larger than a rollout, NVLS only on an NVSwitch fabric)
 stay with the format's own code, which raises through :func:`expected` so that they read the same.
 ``read_toml`` and ``read_json`` turn unreadable, non-UTF-8 and malformed files into the same kind
-of error; JSON is read strictly (no NaN or Infinity, no key given twice in one object).
+of error; JSON is read strictly (no NaN or Infinity, no key given twice in one object). Every reader
+caps what it reads: a file larger than its ``max_bytes`` (default :data:`MAX_FILE_BYTES`; ``/dev/zero``
+never ends), an integer outside 64 bits, or a document nested deeper than the parser's stack is an
+error, never a memory kill, an ``OverflowError`` or a ``RecursionError``.
+
+CSV files (measurement tables) are read with :func:`read_csv`, whose rows must have exactly the
+header's fields (a file cut mid-row is an error naming its line), and their text cells are checked
+against the same :class:`Field` declarations with :func:`parse_cell`.
+
+Command-line values are checked against a :class:`Field` too: :func:`argument` makes an argparse
+``type`` whose errors argparse prints as one ``usage`` line with exit status 2.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
+import io
 import json
 import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from dynamiccl.errors import InputError
 
 REQUIRED: Any = object()  # a field without a default: missing is an error
+
+# The largest input file any reader takes, unless it says otherwise: far above every file dynamiccl
+# writes or ships (the largest, a 405B trace's decision table or a measurement set, is a few MB), far
+# below what would exhaust memory once parsed (Python objects take ~10x the text). TOML files
+# (specs, models, configs, sweeps) are written by hand: a few kB.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_TOML_BYTES = 4 * 2**20
+# Integers are 64-bit wherever they go (numpy arrays, Parquet columns, NCCL's int64 counts and size_t
+# sizes): a field without its own bound takes -2**63 .. 2**64 - 1 (int64 below, uint64 above).
+INT_MIN, INT_MAX, UINT_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 _KINDS = ("int", "float", "bool", "str", "choice", "int_list", "float_list", "table", "tables", "mapping", "json",
           "list")
@@ -275,6 +298,8 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
             return InputError(source, name, f"missing [{name}] table; got {show(value)}")
         if f.kind == "tables":  # named by its whole path: [[train.cases]]
             return expected(source, name, f"a list of [[{name}]] tables", value)
+        if f.kind == "int" and isinstance(value, int) and not isinstance(value, bool) and not _fits(f, value):
+            return expected(source, name, f"{f.expectation()} in the 64-bit range ({INT_MIN} .. {UINT_MAX})", value)
         return expected(source, name, f.expectation(), value)
 
     if f.kind in ("int", "float"):
@@ -324,12 +349,19 @@ def _check(f: Field, value: Any, source, name: str) -> Any:
     return value
 
 
+def _fits(f: Field, value: int) -> bool:
+    """An integer within 64 bits on each side the field leaves unbounded (a field bounded beyond,
+    such as a ``size_t`` up to 2**64 - 1, keeps its own bound)."""
+    return (f.low is not None or value >= INT_MIN) and (f.high is not None or value <= UINT_MAX)
+
+
 def _number_ok(f: Field, value: Any) -> bool:
     """An integer (``int`` fields) or a finite number, within the field's bounds."""
     if f.kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, int) and not isinstance(value, bool) and _fits(f, value)
+    else:  # an integer too large for a float (TOML's 1000...0) is not a finite number
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and (isinstance(value, float) or abs(value) < 2**1023) and math.isfinite(value))
     return ok and not ((f.low is not None and (value < f.low if f.low_inclusive else value <= f.low))
                        or (f.high is not None and value > f.high))
 
@@ -349,33 +381,64 @@ def expected(source: str | os.PathLike | None, field_name: str | None, expectati
     return InputError(source, field_name, f"expected {expectation}, got {show(value)}")
 
 
-def read_text(path: str | os.PathLike, what: str) -> str:
-    """A UTF-8 file's text; ``what`` names the kind of file in errors ("environment spec").
+def read_bytes(path: str | os.PathLike, what: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """A file's bytes, at most ``max_bytes`` of them; ``what`` names the kind of file in errors.
+
+    A regular file is refused by its size before it is read; anything else (``/dev/zero``, a pipe)
+    is read up to one byte past the cap.
 
     Raises:
-        InputError: naming the file: it cannot be read (with the reason) or is not UTF-8.
+        InputError: naming the file: it cannot be read (with the reason), is a directory, or is
+            larger than ``max_bytes``.
     """
     source = os.fspath(path)
+    too_large = InputError(source, None, f"larger than {max_bytes:,} bytes; not a {what} file (a reader never "
+                                         "takes more)")
     try:
-        return Path(source).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(source, None, f"not UTF-8 text (byte {exc.start}); {what} files are UTF-8") from None
+        with open(source, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(21, "is a directory")
+            if stat.S_ISREG(info.st_mode) and info.st_size > max_bytes:
+                raise too_large
+            data = handle.read(max_bytes + 1)
     except OSError as exc:
         reason = "no such file" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
         raise InputError(source, None, f"cannot read {what} ({reason})") from None
+    if len(data) > max_bytes:
+        raise too_large
+    return data
 
 
-def read_toml(path: str | os.PathLike, what: str) -> dict:
-    """Parse a TOML file.
+def read_text(path: str | os.PathLike, what: str, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """A UTF-8 file's text (at most ``max_bytes``); ``what`` names the kind of file in errors
+    ("environment spec").
 
     Raises:
-        InputError: naming the file: unreadable, not UTF-8, or not valid TOML (with TOML's message).
+        InputError: naming the file: it cannot be read (with the reason), is larger than
+            ``max_bytes`` or is not UTF-8.
     """
-    text = read_text(path, what)
+    data = read_bytes(path, what, max_bytes)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(os.fspath(path), None, f"not UTF-8 text (byte {exc.start}); {what} files are UTF-8") from None
+
+
+def read_toml(path: str | os.PathLike, what: str, max_bytes: int = MAX_TOML_BYTES) -> dict:
+    """Parse a TOML file of at most ``max_bytes``.
+
+    Raises:
+        InputError: naming the file: unreadable, too large, not UTF-8, or not valid TOML (with
+            TOML's message).
+    """
+    text = read_text(path, what, max_bytes)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(os.fspath(path), None, f"not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise InputError(os.fspath(path), None, "not valid TOML: nested too deeply") from None
 
 
 class _Refused(ValueError):
@@ -418,15 +481,102 @@ def parse_json(text: str | bytes, source: str | os.PathLike | None, field_name: 
                          f"not valid JSON: {exc.msg}") from None
     except RecursionError:
         raise InputError(source, field_name, "not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer literal of more digits than Python converts (sys.set_int_max_str_digits)
+        raise InputError(source, field_name, f"not valid JSON: {exc}") from None
 
 
-def read_json(path: str | os.PathLike, what: str, *, allow_nan: bool = False) -> Any:
-    """Read and parse a JSON file strictly (see :func:`parse_json`).
+def read_json(path: str | os.PathLike, what: str, *, allow_nan: bool = False,
+              max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """Read and parse a JSON file strictly (see :func:`parse_json`), at most ``max_bytes`` of it.
 
     Raises:
-        InputError: naming the file, for an unreadable, non-UTF-8 or invalid file.
+        InputError: naming the file, for an unreadable, too large, non-UTF-8 or invalid file.
     """
-    return parse_json(read_text(path, what), os.fspath(path), allow_nan=allow_nan)
+    return parse_json(read_text(path, what, max_bytes), os.fspath(path), allow_nan=allow_nan)
+
+
+def read_csv(path: str | os.PathLike, what: str, *, renamed: dict[str, str] | None = None,
+             max_bytes: int = MAX_FILE_BYTES) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Read a CSV file with a header row: ``(columns, [(line, {column: text}), ...])``.
+
+    ``renamed`` maps older column spellings to the current ones. Every row must have exactly the
+    header's fields: a row with fewer is a file cut mid-row (or a missing comma), one with more an
+    unquoted comma, and both are errors rather than cells silently left empty. Blank lines are
+    skipped. ``line`` is the 1-based line the row starts on.
+
+    Raises:
+        InputError: naming the file (and the line): unreadable, too large, not UTF-8, not CSV (an
+            unterminated quote), no header, a column named twice, or a row of the wrong length.
+    """
+    source = os.fspath(path)
+    text = read_text(path, what, max_bytes).removeprefix("\ufeff")  # spreadsheets start UTF-8 CSVs with a BOM
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if not header:
+            raise InputError(source, None, f"empty; expected a header row of {what} columns")
+        columns = [(renamed or {}).get(name.strip(), name.strip()) for name in header]
+        twice = sorted({name for name in columns if columns.count(name) > 1})
+        if twice:
+            raise InputError(source, "line 1", f"column(s) {', '.join(twice)} given twice (or under an older "
+                                               "name as well)")
+        rows = []
+        line = reader.line_num + 1
+        for cells in reader:
+            if cells and any(cell.strip() for cell in cells):
+                if len(cells) != len(columns):
+                    why = "a row cut short" if len(cells) < len(columns) else "an unquoted comma"
+                    raise InputError(source, f"line {line}", f"expected {len(columns)} fields (the header's), got "
+                                                             f"{len(cells)} ({why}?)")
+                rows.append((line, dict(zip(columns, cells))))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise InputError(source, f"line {reader.line_num}", f"not valid CSV ({exc})") from None
+    return columns, rows
+
+
+def parse_cell(f: Field, text: str | None, source: str | os.PathLike | None, name: str) -> Any:
+    """A CSV cell's ``text`` as field ``f`` declares it (``int`` / ``float`` / ``str`` / ``choice``
+    kinds), checked exactly as a TOML or JSON value is; ``name`` names it in errors (``line 7, column
+    time_us``). An empty cell is the field's default (an error when it is required).
+
+    Raises:
+        InputError: ``SOURCE: NAME: expected ..., got 'TEXT'``.
+    """
+    text = "" if text is None else text.strip()
+    if not text:
+        if f.required:
+            raise InputError(source, name, f"missing (expected {f.expectation()})")
+        return f.default
+    if f.kind not in ("int", "float"):
+        return _check(f, text, source, name)
+    try:
+        value: Any = int(text) if f.kind == "int" else float(text)
+    except ValueError:
+        value = None
+        if f.kind == "int":  # "8.0" and "1e3" are integers too, when they are whole
+            try:
+                number = float(text)
+                value = int(number) if math.isfinite(number) and number.is_integer() else None
+            except (ValueError, OverflowError):
+                value = None
+    if value is None or not _number_ok(f, value):
+        raise InputError(source, name, f"expected {f.expectation()}, got {show(text)}")
+    return value
+
+
+def argument(f: Field):
+    """An argparse ``type`` that checks a command-line value against ``f`` (an ``int`` or ``float``
+    field named after its flag, e.g. ``integer("--states", low=1)``): a bad value is argparse's
+    one-line ``error: argument --states: expected an integer >= 1, got '0'`` with exit status 2."""
+    def convert(text: str) -> Any:
+        try:
+            return parse_cell(replace(f, default=REQUIRED), text, None, f.name)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(exc.problem) from None
+
+    convert.__name__ = f.expectation()  # what argparse names in "invalid <type> value" messages
+    return convert
 
 
 def json_ready(value: Any) -> Any:
@@ -445,5 +595,6 @@ def json_text(obj: Any, indent: int | None = 1) -> str:
     return json.dumps(json_ready(obj), indent=indent, allow_nan=False) + "\n"
 
 __all__ = ["REQUIRED", "Field", "Schema", "integer", "number", "flag", "string", "choice", "int_list", "number_list", "table",
-           "tables", "mapping", "json_value", "json_list", "formerly", "show", "expected", "read_text", "read_toml", "parse_json",
-           "read_json", "json_ready", "json_text"]
+           "tables", "mapping", "json_value", "json_list", "formerly", "show", "expected", "read_bytes", "read_text",
+           "read_toml", "parse_json", "read_json", "read_csv", "parse_cell", "argument", "json_ready", "json_text",
+           "MAX_FILE_BYTES", "MAX_TOML_BYTES", "INT_MIN", "INT_MAX", "UINT_MAX"]

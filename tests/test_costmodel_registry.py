@@ -161,7 +161,7 @@ def test_world_latency_is_its_time_at_zero_bytes_for_a_forced_pair():
 def test_default_action_latency_is_taken_at_zero_bytes():
     """Kept from the first cost tables: NCCL's default action's latency part is that of NCCL's
     choice for a 0-byte call, not of the pair it picks at the call's size."""
-    loaded = load_case(Case("traces/llama3-70b_tp4-pp4-cp2-dp2-sp.parquet", "h100-ib-4x8"))
+    loaded = load_case(Case("traces/llama3-70b_tp4-pp4-cp2-dp2-sp.parquet", "h100-ib-16x8"))
     costs, world = loaded.costs, WorldModel(loaded.env)
     k = key_columns(costs.keys)
     zero = world.evaluate(make_batch(k["coll"], 0, k["nranks"], k["nnodes"], num_pipe_ops=k["num_pipe_ops"])).time_us

@@ -364,7 +364,8 @@ def test_malformed_json_names_file(tmp_path, text, field, problem):
 # --- CSV ------------------------------------------------------------------------------------------
 
 def test_json_to_csv_to_json_round_trip(tmp_path):
-    table = sample_table()
+    # Ending with NVIDIA's plugin default (1 channel for unmatched calls): the CSV can say it all.
+    table = DecisionTable(sample_table().rules + nvidia_csv.example_default_rules())
     json_path, csv_path = tmp_path / "t.json", tmp_path / "nccl_tuner.conf"
     save(table, json_path)
     save(load(json_path), csv_path)
@@ -378,30 +379,34 @@ def test_json_to_csv_to_json_round_trip(tmp_path):
 
 def test_csv_field_order_is_nnodes_then_nranks():
     text = nvidia_csv.write(DecisionTable((rule(max_bytes=65535, nranks=8, nnodes=1, algorithm=A.RING,
-                                                protocol=P.LL),)))
+                                                protocol=P.LL),)), lossy=True)
     data = [line for line in text.splitlines() if not line.startswith("#")]
     assert data == ["allreduce,0,65535,ring,ll,0,1,8,-1,-1"]
     parsed = nvidia_csv.read("allreduce,0,65535,ring,ll,-1,1,8").rules[0]
     assert (parsed.nnodes, parsed.nranks, parsed.num_pipe_ops, parsed.reg_buff) == (1, 8, -1, -1)
 
 
-def test_csv_keep_channels_is_written_as_zero_and_read_from_zero_or_minus_one():
+def test_csv_keep_channels_is_written_as_zero_and_read_from_zero_and_minus_one_is_one_channel():
     # NVIDIA's example plugin forces 1 channel for -1; 0 hands the choice back to NCCL.
     assert nvidia_csv.read("allreduce,0,1024,ring,ll,0,1,8").rules[0].channels == -1
-    assert nvidia_csv.read("allreduce,0,1024,ring,ll,-1,1,8").rules[0].channels == -1
+    minus_one = nvidia_csv.read("allreduce,0,1024,ring,ll,-1,1,8")
+    assert minus_one.rules[0].channels == 1
+    assert minus_one.provenance["warnings"][0].startswith("line 1: channels -1 keeps NVIDIA's example plugin's default")
     assert nvidia_csv.read("allreduce,0,1024,ring,ll,3,1,8").rules[0].channels == 3
 
 
 def test_csv_header_has_provenance_and_channels_warning_within_line_limit():
     long_provenance = {"policy": "ppo", "notes": "x" * 700, "list": list(range(200))}
-    text = nvidia_csv.write(DecisionTable((rule(algorithm=A.RING, protocol=P.SIMPLE),), long_provenance))
+    text = nvidia_csv.write(DecisionTable((rule(algorithm=A.RING, protocol=P.SIMPLE),)
+                                          + nvidia_csv.example_default_rules(), long_provenance))
     lines = text.splitlines()
     assert all(len(line.encode()) <= 255 for line in lines)
     header = "\n".join(line for line in lines if line.startswith("#"))
     assert "dynamiccl" in header and "provenance" in header and '"policy": "ppo"' in header
-    assert "initialises nChannels to 1" in header and "-1" in header
-    # The wrapped header reads back as comments only: exactly the one rule.
-    assert len(nvidia_csv.read(text).rules) == 1
+    assert "sets nChannels to 1 before matching" in header and "-1" in header
+    # The wrapped header reads back as comments only: exactly the one rule, then the plugin's default.
+    assert nvidia_csv.read(text).rules[0] == rule(algorithm=A.RING, protocol=P.SIMPLE)
+    assert nvidia_csv.read(text).rules[1:] == nvidia_csv.example_default_rules()
 
 
 def test_nvidia_readme_config_valid_lines_parse():
@@ -413,53 +418,45 @@ def test_nvidia_readme_config_valid_lines_parse():
         Rule(Func.ALLREDUCE, 65537, 1048576, nranks=32, nnodes=4, num_pipe_ops=1, reg_buff=0,
              algorithm=A.RING, protocol=P.SIMPLE, channels=4),
         Rule(Func.ALLREDUCE, 1048577, 4294967295, nranks=-1, nnodes=-1, num_pipe_ops=4,
-             reg_buff=-1, algorithm=A.RING, protocol=P.LL128, channels=-1),
-    )
-    # Registered small allreduce on one node gets tree/simple; unregistered matches nothing.
+             reg_buff=-1, algorithm=A.RING, protocol=P.LL128, channels=1),  # -1: the plugin's 1 channel
+    ) + nvidia_csv.example_default_rules()
+    # Registered small allreduce on one node gets tree/simple; unregistered matches no line: NCCL's
+    # algorithm and protocol on 1 channel, as NVIDIA's plugin runs it.
     assert table.lookup(CallKey(Func.ALLREDUCE, 4096, 8, 1, reg_buff=1)) is table.rules[0]
-    assert table.lookup(CallKey(Func.ALLREDUCE, 4096, 8, 1, reg_buff=0)) is None
+    assert table.lookup(CallKey(Func.ALLREDUCE, 4096, 8, 1, reg_buff=0)) is table.rules[-1]
 
 
-def test_nvidia_readme_config_broadcast_tree_is_rejected(tmp_path):
+def test_nvidia_readme_config_broadcast_tree_is_read_with_a_warning(tmp_path):
+    # NCCL never runs broadcast with tree: NVIDIA's plugin passes over the line; so does the table.
     path = tmp_path / "nccl_tuner.conf"
     path.write_text(NVIDIA_README_CONFIG, encoding="utf-8")
-    with pytest.raises(InputError) as info:
-        load(path)
-    assert info.value.source == str(path)
-    assert info.value.field == "line 11, field algorithm"
-    assert "broadcast" in info.value.problem and "ring" in info.value.problem
+    table = load(path)
+    assert len(table.rules) == 3 + 5
+    assert [w for w in table.provenance["warnings"] if "never applies" in w] == [
+        "line 11: never applies under NVIDIA's example plugin: NCCL never runs broadcast with tree/simple: it "
+        "marks that cell IGNORE and the plugin passes over the line; skipped"]
 
 
 GOOD_LINE = "allreduce,0,1024,ring,ll,4,1,8,-1,-1"
 
 
 @pytest.mark.parametrize("bad_line, field, problem", [
+    # Lines NVIDIA's plugin would apply but read differently from what they say.
     ("allreduce,0,1024,Tree,ll,4,1,8", "field algorithm", "unknown algorithm"),
     ("allreduce,0,1024,ring,LL,4,1,8", "field protocol", "unknown protocol"),
     ("all_reduce,0,1024,ring,ll,4,1,8", "field collective_type", "unknown collective_type"),
     ("allreduce,0,1024,-1,ll,4,1,8", "field algorithm", "-1"),
     ("allreduce,0,1024,ring,-1,4,1,8", "field protocol", "-1"),
     ("allreduce,0,64K,ring,ll,4,1,8", "field max_bytes", "integer"),
-    ("allreduce,-1,1024,ring,ll,4,1,8", "field min_bytes", "non-negative"),
     ("allreduce,0,1024,ring,ll,1.5,1,8", "field channels", "integer"),
-    ("allreduce,0,1024,ring,ll,4,1,x", "field nRanks", "integer"),
-    ("allreduce,0,1024,ring,ll,4,1", None, "7 fields"),
     ("allreduce,0,1024,ring,ll,4,1,8,1,0,9", None, "11 fields"),
-    ("allreduce,0,1024,ring,,4,1,8", "field protocol", "empty"),
-    ("allreduce,0,1024,ring,ll,4,1,8,", "field numPipeOps", "empty"),
+    ("allreduce,0,1024,ring,,4,1,8,-1,-1", "field protocol", "empty"),
     ("allreduce,0,1024,ring,ll,-2,1,8", "field channels", "1 .. 64"),
     ("allreduce,0,1024,ring,ll,65,1,8", "field channels", "1 .. 64"),
-    ("allreduce,2048,1024,ring,ll,4,1,8", "field min_bytes", "max_bytes"),
     ("allreduce,0,18446744073709551616,ring,ll,4,1,8", "field max_bytes", "range"),
-    ("allreduce,0,1024,ring,ll,4,4,2", "field nNodes", "nranks"),
-    ("allreduce,0,1024,ring,ll,4,1,8,0", "field numPipeOps", "range"),
-    ("allreduce,0,1024,ring,ll,4,1,8,1,2", "field regBuff", "0 or 1"),
-    ("broadcast,0,1024,tree,simple,4,1,8", "field algorithm", "cannot run"),
-    ("allgather,0,1024,tree,simple,4,1,8", "field algorithm", "cannot run"),
-    ("allreduce,0,1024,nvls,ll,4,1,8", "field protocol", "cannot run"),
-    ("  # indented comment", None, "first column"),
     ("allreduce,0,1024,ring,ll,4,1,8,-1,-1" + " " * 220, None, "bytes long"),
     ("# " + "c" * 254, None, "bytes long"),
+    ("  #x,0,1024,ring,ll,4,1,8", "field collective_type", "unknown collective_type '#x'"),  # not a comment there
 ])
 def test_bad_csv_names_file_line_and_field(tmp_path, bad_line, field, problem):
     path = tmp_path / "bad.csv"
@@ -473,18 +470,44 @@ def test_bad_csv_names_file_line_and_field(tmp_path, bad_line, field, problem):
     assert problem in info.value.problem
 
 
+@pytest.mark.parametrize("never_line, problem", [
+    # Lines NVIDIA's plugin can never apply: it skips them, and so does the table, with a warning.
+    ("allreduce,-1,1024,ring,ll,4,1,8", "min_bytes 18446744073709551615 > max_bytes 1024"),
+    ("allreduce,0,1024,ring,ll,4,1,x", "nRanks reads as 0 ('x')"),
+    ("allreduce,0,1024,ring,ll,4,1", "7 field(s)"),
+    ("allreduce,0,1024,ring,,4,1,8", "7 field(s)"),
+    ("allreduce,2048,1024,ring,ll,4,1,8", "min_bytes 2048 > max_bytes 1024"),
+    ("allreduce,0,1024,ring,ll,4,4,2", "nNodes 4 > nRanks 2"),
+    ("allreduce,0,1024,ring,ll,4,1,8,0", "numPipeOps reads as 0"),
+    ("allreduce,0,1024,ring,ll,4,1,8,1,2", "regBuff reads as 2"),
+    ("broadcast,0,1024,tree,simple,4,1,8", "NCCL never runs broadcast with tree/simple"),
+    ("allgather,0,1024,tree,simple,4,1,8", "NCCL never runs allgather with tree/simple"),
+    ("allreduce,0,1024,nvls,ll,4,1,8", "NCCL never runs allreduce with nvls/ll"),
+])
+def test_csv_lines_that_never_apply_are_skipped_with_a_warning(tmp_path, never_line, problem):
+    path = tmp_path / "never.csv"
+    path.write_text(f"# header\n{GOOD_LINE}\n  # indented comment\n{never_line}\n{GOOD_LINE}\n", encoding="utf-8")
+    table = load(path)
+    assert len(table.rules) == 2 + 5
+    [warning] = table.provenance["warnings"]
+    assert warning.startswith("line 4: never applies under NVIDIA's example plugin: ")
+    assert problem in warning
+
+
 def test_csv_line_length_limit_is_255_bytes():
     line = "allreduce,0,1024,ring,ll,4,1,8,-1,-1"
-    assert len(nvidia_csv.read(line + " " * (255 - len(line))).rules) == 1
+    assert len(nvidia_csv.read(line + " " * (255 - len(line))).rules) == 1 + 5  # and the plugin's default
     with pytest.raises(InputError, match="256 bytes long"):
         nvidia_csv.read(line + " " * (256 - len(line)))
 
 
 def test_csv_trims_spaces_and_tabs_and_accepts_crlf():
-    text = "# comment\r\n\r\n allreduce ,\t0, 1024 ,ring,ll , 4,1,8,-1,1\r\n"
+    text = "# comment\r\n\r\n allreduce ,\t0, 1024 ,ring,ll , 4,1,8,-1,1\r\nallgather,0,1,ring,ll,0,1,8,\n"
     table = nvidia_csv.read(text)
     assert table.rules == (Rule(Func.ALLREDUCE, 0, 1024, nranks=8, nnodes=1, reg_buff=1,
-                                algorithm=A.RING, protocol=P.LL, channels=4),)
+                                algorithm=A.RING, protocol=P.LL, channels=4),
+                           Rule(Func.ALLGATHER, 0, 1, nranks=8, nnodes=1, algorithm=A.RING, protocol=P.LL),
+                           ) + nvidia_csv.example_default_rules()
 
 
 def test_to_csv_refuses_inexpressible_rules_unless_lossy():
@@ -498,12 +521,14 @@ def test_to_csv_refuses_inexpressible_rules_unless_lossy():
     with pytest.raises(InputError) as info:
         nvidia_csv.write(table)
     problem = info.value.problem
-    assert "3 of 5 rules" in problem
-    assert "rules[1]" in problem and "rules[3]" in problem and "rules[4]" in problem
+    assert "rules[1] (position 2)" in problem and "rules[3] (keeps NCCL's algorithm)" in problem
+    assert "rules[4] (takes every remaining allreduce call with NCCL's algorithm and protocol on 4 channels)" in problem
     assert "rules[0]" not in problem and "rules[2]" not in problem
+    assert "broadcast/reduce/allgather/reducescatter calls that match no rule" in problem
+    assert "pass --lossy" in problem
     text = nvidia_csv.write(table, lossy=True)
     assert "Dropped 3 of 5 rules" in text and "rules 1, 3, 4" in text
-    assert nvidia_csv.read(text).rules == (table.rules[0], table.rules[2])
+    assert nvidia_csv.read(text).rules == (table.rules[0], table.rules[2]) + nvidia_csv.example_default_rules()
 
 
 def test_failed_save_leaves_existing_file_untouched(tmp_path):
@@ -514,11 +539,11 @@ def test_failed_save_leaves_existing_file_untouched(tmp_path):
     with pytest.raises(InputError) as info:
         save(table, path)
     assert info.value.source == str(path)
-    assert "1 of 1 rules" in info.value.problem
+    assert "rules[0] (position 0)" in info.value.problem
     assert path.read_bytes() == old
     assert sorted(os.listdir(tmp_path)) == ["nccl_tuner.conf"]  # no temporary file left behind
     save(table, path, lossy=True)
-    assert load(path).rules == ()
+    assert load(path).rules == nvidia_csv.example_default_rules()
 
 
 # --- files ----------------------------------------------------------------------------------------

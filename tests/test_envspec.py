@@ -20,6 +20,7 @@ SHIPPED = {
     "h100-ib-2x8": ("H100-SXM", 2, 8, "nvswitch", "ib"),
     "h100-ib-4x8": ("H100-SXM", 4, 8, "nvswitch", "ib"),
     "h100-ib-16x8": ("H100-SXM", 16, 8, "nvswitch", "ib"),
+    "h100-ib-1024x8": ("H100-SXM", 1024, 8, "nvswitch", "ib"),
     "h100-ib-4x8-congested": ("H100-SXM", 4, 8, "nvswitch", "ib"),
     "h100-ib-2x8-heavy-compute": ("H100-SXM", 2, 8, "nvswitch", "ib"),
     "h100-roce-4x8": ("H100-SXM", 4, 8, "nvswitch", "roce"),

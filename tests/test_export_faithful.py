@@ -11,7 +11,7 @@ import pytest
 
 from dynamiccl.cli import main
 from dynamiccl.errors import InputError
-from dynamiccl.table import load
+from dynamiccl.table import load, nvidia_csv
 from dynamiccl.table.policy_export import export_policy_tables
 from dynamiccl.tuning.agents import PolicyAgent, TableAgent
 from dynamiccl.tuning.evaluate import run_episode
@@ -137,7 +137,9 @@ def test_export_policy_tables_is_what_the_command_writes_and_prints(tmp_path, ca
     config_path, policy_path, _ = _saved_policy(tmp_path, 1)
     exported = export_policy_tables(policy_path, evidence_split="all")
     assert exported.cases == 3 and exported.calls > 0
-    assert exported.csv_table.rules and len(exported.csv_table.rules) < len(exported.table.rules)
+    # NVIDIA's CSV: the plugin's default (1 channel) only for shapes the cases do not have.
+    assert exported.csv_table.rules[-5:] == nvidia_csv.example_default_rules()
+    assert exported.csv_table.provenance["csv_compatible"]["shapes_with_nccl_choice"] > 0
     table_path, csv_path = tmp_path / "table.json", tmp_path / "table.csv"
     capsys.readouterr()
     assert main(["export", "--policy", str(policy_path), "-o", str(table_path), "--nccl-csv", str(csv_path),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from dynamiccl.workload.layout import ParallelLayout
 from dynamiccl.workload.models import load_model
 
 RATE = ComputeRate("H100-SXM", 989.4, 0.45, 3350.0)
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _gen(model: str, all_ranks: bool, **layout) -> Trace:
@@ -117,7 +120,6 @@ def _replay(files: dict[int, chakra.ChakraFile], groups: dict[str, list[int]]) -
     number of nodes that never finished (0 = the export replays to the end)."""
     world = sorted(files)
     members = {pg: set(r) for pg, r in groups.items()}
-    members["0"] = set(world)
     nodes = {r: {n.id: n for n in f.nodes} for r, f in files.items()}
     coll_key = {}
     for r, f in files.items():
@@ -236,7 +238,7 @@ def test_chakra_round_trip_every_node(dense_full, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
     files, groups = _read_all(tmp_path, world)
     ranks_of_pg = {pg: tuple(ranks) for pg, ranks in groups.items()}
-    assert "0" not in groups
+    assert groups["1"] == list(range(world))  # the world group is explicit: ASTRA-sim reserves 0
     comm_types = {"allreduce": CollectiveCommType.ALL_REDUCE, "allgather": CollectiveCommType.ALL_GATHER,
                   "reducescatter": CollectiveCommType.REDUCE_SCATTER}
     for rank in range(world):
@@ -257,6 +259,7 @@ def test_chakra_round_trip_every_node(dense_full, tmp_path):
         assert f.metadata.value("comm_size_convention") == "total"
         rows = dense_full.rank_ops(rank).sort_values(["step", "op_index"]).reset_index(drop=True)
         assert len(f.nodes) == len(rows)
+        memory_bound = 0
         expected_deps = _expected_deps(rows)
         for i, (node, row) in enumerate(zip(f.nodes, rows.itertuples(index=False))):
             assert node.id == i and node.name == (row.label or row.op)
@@ -268,14 +271,18 @@ def test_chakra_round_trip_every_node(dense_full, tmp_path):
                 assert node.duration_micros == round(row.duration_us)
                 if math.isfinite(row.flops):
                     assert node.attr("num_ops").member == "int64_val" and node.value("num_ops") == round(row.flops)
-                else:
+                    assert node.attr("tensor_size") is None  # a GEMM's bytes are not in the trace
+                else:  # memory-bound (optimizer, embedding): the bytes its duration was modelled from
                     assert node.attr("num_ops") is None
+                    assert node.attr("tensor_size").member == "uint64_val"
+                    assert RATE.memory_bound_us(node.value("tensor_size")) == pytest.approx(row.duration_us, abs=1e-6)
+                    memory_bound += 1
                 continue
             assert node.attr("comm_size").member == "int64_val" and node.value("comm_size") == row.bytes_total
             pg = node.attr("pg_name")
             assert pg.member == "string_val"
             group = dense_full.meta.groups[row.group_id]
-            assert (tuple(range(world)) if pg.value == "0" else ranks_of_pg[pg.value]) == group.ranks
+            assert ranks_of_pg[pg.value] == group.ranks
             if row.kind == "coll":
                 assert node.type == NodeType.COMM_COLL_NODE
                 assert node.attr("comm_type").member == "int64_val"
@@ -286,6 +293,7 @@ def test_chakra_round_trip_every_node(dense_full, tmp_path):
                 for name, value in (("comm_src", src), ("comm_dst", dst)):
                     assert node.attr(name).member == "int32_val" and node.value(name) == value
                 assert node.attr("comm_tag").member == "int32_val"
+        assert memory_bound > 0
     # The same pg number means the same group in every file.
     seen: dict[str, set] = defaultdict(set)
     for rank, f in files.items():
@@ -341,7 +349,7 @@ def test_chakra_cp_ring_and_expert_alltoall_replay_to_the_end(fixture, request, 
 def test_chakra_measured_rooted_grouped_and_multi_step(measured, tmp_path):
     export_trace("chakra", measured, tmp_path, prefix="job", comm_size="input")
     files, groups = _read_all(tmp_path, 4, prefix="job")
-    assert groups == {"1": [0, 1, 2, 3]}  # world.0 is pg "0"; tp.0 spans the same ranks but is its own group
+    assert groups == {"1": [0, 1, 2, 3], "2": [0, 1, 2, 3]}  # world.0, and tp.0: the same ranks, its own group
     for rank, f in files.items():
         assert f.metadata.value("comm_size_convention") == "input"
         rows = measured.rank_ops(rank).sort_values(["step", "op_index"]).reset_index(drop=True)
@@ -354,26 +362,128 @@ def test_chakra_measured_rooted_grouped_and_multi_step(measured, tmp_path):
         assert (fwd0.start_time_micros, fwd1.start_time_micros) == (rank, 100 + rank)  # from the earliest start
         assert fwd0.duration_micros == 13 and by_name["optim"][0].duration_micros == 0  # nearest µs
         assert by_name["flops-only"][0].value("num_ops") == 10 ** 9
+        assert by_name["optim"][0].attr("tensor_size") is None  # no compute model recorded: bytes unknown
         bcast = by_name["broadcast"][0]
         assert bcast.duration_micros == 7 and bcast.start_time_micros == 13 + rank
         for op, root, size in (("broadcast", 2, 4096), ("gather", 1, 1024), ("scatter", 0, 4096), ("reduce", 3, 4096)):
             node = by_name[op][0]
             assert node.value("comm_root") == root and node.value("comm_size") == size
             assert node.value("comm_type") == CollectiveCommType[op.upper()]
-        # comm_tag numbers a pair's messages by (pg number, order on that pg): world (pg 0) first.
+        # comm_tag numbers a pair's messages by (pg number, order on that pg): world (pg 1) first.
         tags = [(n.name, n.value("comm_dst"), n.value("comm_tag"))
                 for n in f.nodes if n.type == NodeType.COMM_SEND_NODE]
         assert tags == [("ring.send", (rank + 1) % 4, 0), ("tp.send", (rank + 1) % 4, 2),
                         ("ring.send", (rank + 1) % 4, 1), ("tp.send", (rank + 1) % 4, 3)]
         send, recv = by_name["ring.send"][1], by_name["ring.recv"][1]  # step 1
         assert (send.value("comm_dst"), recv.value("comm_src")) == ((rank + 1) % 4, (rank - 1) % 4)
-        assert send.value("pg_name") == "0" and send.value("comm_tag") == 1  # second message of the pair
+        assert send.value("pg_name") == "1" and send.value("comm_tag") == 1  # second message of the pair
         assert recv.data_deps == send.data_deps  # launched together (one ncclGroupStart/End)
         # Streams continue across steps and never wait for other streams unless a dep says so.
         assert by_name["grads"][1].data_deps == [by_name["tp.send"][1].id, by_name["tp.recv"][1].id]
         assert by_name["tp.send"][1].data_deps == by_name["tp.recv"][1].data_deps == [by_name["alltoall"][1].id]
         assert fwd1.data_deps == [by_name["flops-only"][0].id]
         assert by_name["broadcast"][1].data_deps == sorted([fwd1.id, by_name["grads"][0].id])
+    assert _replay(files, groups) == 0
+
+
+# --- the official Chakra schema and ASTRA-sim's conventions -------------------------------------
+
+# The AttributeProto member each attribute is read from: Chakra's ETFeederNode (mlcommons/chakra
+# src/feeder/et_feeder_node.cpp) reads num_ops/comm_type/comm_size with int64_val(), tensor_size with
+# uint64_val(), comm_src/comm_dst/comm_tag with int32_val(), pg_name with string_val(), is_cpu_op with
+# bool_val(); any other member reads as 0 there. comm_root, which no feeder reads, is an int32_val like
+# the other ranks.
+FEEDER_MEMBERS = {"is_cpu_op": "bool_val", "num_ops": "int64_val", "tensor_size": "uint64_val",
+                  "comm_type": "int64_val", "comm_size": "int64_val", "comm_src": "int32_val",
+                  "comm_dst": "int32_val", "comm_tag": "int32_val", "pg_name": "string_val",
+                  "comm_root": "int32_val"}
+
+
+@pytest.fixture(scope="module")
+def et_def(tmp_path_factory):
+    """Chakra's ``et_def.proto`` (tests/fixtures/chakra) compiled by protobuf's compiler and imported."""
+    from grpc_tools import protoc  # dev dependency (pyproject.toml)
+
+    proto = FIXTURES / "chakra" / "et_def.proto"
+    out = tmp_path_factory.mktemp("et_def")
+    assert protoc.main(["protoc", f"-I{proto.parent}", f"--python_out={out}", str(proto)]) == 0
+    spec = importlib.util.spec_from_file_location("et_def_pb2", out / "et_def_pb2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _official_read(et_def, path) -> tuple[list[bytes], object, list]:
+    """Chakra's way (protolib.decodeMessage): a varint length, then ParseFromString, to the end."""
+    from google.protobuf.internal.decoder import _DecodeVarint32
+
+    data = path.read_bytes()
+    frames, pos = [], 0
+    while pos < len(data):
+        size, pos = _DecodeVarint32(data, pos)
+        frames.append(data[pos:pos + size])
+        pos += size
+    assert pos == len(data)
+    metadata = et_def.GlobalMetadata.FromString(frames[0])
+    return frames, metadata, [et_def.Node.FromString(f) for f in frames[1:]]
+
+
+def _attr_value(attr):
+    member = attr.WhichOneof("value")
+    return member, getattr(attr, member)
+
+
+@pytest.mark.parametrize("fixture", ["moe_rep", "cp_rep", "measured"])
+def test_chakra_export_reads_with_the_official_schema(fixture, et_def, request, tmp_path):
+    trace = request.getfixturevalue(fixture)
+    export_trace("chakra", trace, tmp_path)
+    world = trace.meta.world_size
+    ours, groups = _read_all(tmp_path, world)
+    for rank in range(world):
+        frames, metadata, nodes = _official_read(et_def, tmp_path / f"trace.{rank}.et")
+        # Every message is what protobuf itself writes for the decoded content, byte for byte.
+        assert metadata.SerializeToString(deterministic=True) == frames[0]
+        assert [n.SerializeToString(deterministic=True) for n in nodes] == frames[1:]
+        assert metadata.version == "1.0.0"
+        assert {a.name: _attr_value(a)[1] for a in metadata.attr}["rank"] == rank
+        assert len(nodes) == len(ours[rank].nodes)
+        for node, mine in zip(nodes, ours[rank].nodes):
+            assert (node.id, node.name, node.type) == (mine.id, mine.name, mine.type)
+            assert (list(node.data_deps), list(node.ctrl_deps)) == (mine.data_deps, mine.ctrl_deps)
+            assert (node.start_time_micros, node.duration_micros) == (mine.start_time_micros, mine.duration_micros)
+            attrs = {a.name: _attr_value(a) for a in node.attr}
+            assert attrs == {a.name: (a.member, a.value) for a in mine.attrs}
+            for name, (member, _) in attrs.items():
+                assert member == FEEDER_MEMBERS[name], (name, member)
+            assert et_def.NodeType.Name(node.type) in ("COMP_NODE", "COMM_COLL_NODE", "COMM_SEND_NODE",
+                                                       "COMM_RECV_NODE")
+            if node.type == et_def.COMM_COLL_NODE:
+                assert et_def.CollectiveCommType.Name(attrs["comm_type"][1]) == CollectiveCommType(
+                    attrs["comm_type"][1]).name
+
+
+@pytest.mark.parametrize("fixture", ["moe_rep", "dense_rep", "measured"])
+def test_chakra_every_process_group_has_an_explicit_astra_sim_id(fixture, request, tmp_path):
+    """ASTRA-sim (astra-sim/workload/Workload.cc ``extract_comm_group``) sends ``pg_name`` "" and "0"
+    to an implicit all-NPU group, on which pipeline/expert-parallel exports hung at their world
+    all-reduce; ids from comm_groups.json are integers and 0 is reserved (CommunicatorGroup::set_id
+    asserts id > 0). So every collective names a listed group with id >= 1, the world group too."""
+    trace = request.getfixturevalue(fixture)
+    export_trace("chakra", trace, tmp_path)
+    world = trace.meta.world_size
+    files, groups = _read_all(tmp_path, world)
+    assert all(int(key) >= 1 and str(int(key)) == key for key in groups)
+    used = set()
+    for rank, f in files.items():
+        for node in f.nodes:
+            if node.type in (NodeType.COMM_COLL_NODE, NodeType.COMM_SEND_NODE, NodeType.COMM_RECV_NODE):
+                pg = node.value("pg_name")
+                assert pg in groups, (rank, node.name, pg)
+                assert rank in groups[pg]
+                used.add(pg)
+    assert used == set(groups)
+    world_pgs = {pg for pg in used if sorted(groups[pg]) == list(range(world))}
+    assert world_pgs, "the trace's world collectives name an explicit group"
     assert _replay(files, groups) == 0
 
 

@@ -26,6 +26,7 @@ from dynamiccl.trace.consistency import check_consistency
 
 FIX = Path(__file__).parent / "fixtures" / "profiler"
 KINETO_GLOO = sorted(str(p) for p in (FIX / "kineto_gloo").glob("rank*.json"))
+KINETO_GLOO_SYNC = [str(FIX / "kineto_gloo_sync" / f"rank{r}.json") for r in range(4)]
 KINETO_NCCL = [str(FIX / "kineto_nccl" / f"rank{r}.json") for r in range(2)]
 FR_JSON = [str(FIX / "fr_gloo" / f"rank{r}.json") for r in range(4)]
 FR_PICKLE = [str(FIX / "fr_gloo" / f"rank{r}.pickle") for r in range(4)]
@@ -148,6 +149,56 @@ def test_kineto_gloo_single_rank_matches_the_full_import(kineto_gloo: Trace) -> 
     full = comm(kineto_gloo, 0)[["step", "op", "group_id", "bytes_total", "dtype", "peer"]]
     one = comm(alone, 0)[["step", "op", "group_id", "bytes_total", "dtype", "peer"]]
     assert one.reset_index(drop=True).equals(full.reset_index(drop=True))
+
+
+def test_kineto_gloo_barriers_and_scatter(tmp_path: Path) -> None:
+    """Recorded with record_shapes=True (make_gloo_sync_fixtures.py): gloo:barrier events never carry
+    shapes, nor does gloo:scatter on the ranks that only receive; they import all the same."""
+    t = round_trip(import_files("kineto", KINETO_GLOO_SYNC), tmp_path)
+    assert t.meta.world_size == 4 and t.ranks == [0, 1, 2, 3] and set(t.ops["step"]) == {0, 1, 2}
+    kinds = {g: (grp.kind, grp.ranks) for g, grp in t.meta.groups.items()}
+    assert kinds == {"0": ("world", (0, 1, 2, 3)), "1": ("tp", (0, 1)), "2": ("tp", (2, 3))}
+    for rank in range(4):
+        pair, first = str(1 + rank // 2), rank // 2 * 2
+        setup = comm(t, rank, 0)
+        assert list(zip(setup["op"], setup["label"], setup["group_id"], setup["phase"])) == [
+            ("allreduce", "barrier", "0", "setup")]
+        for step in (1, 2):
+            ops = comm(t, rank, step)
+            got = list(zip(ops["op"], ops["group_id"], ops["dtype"], ops["bytes_total"], ops["bytes_per_rank"],
+                           ops["peer"]))
+            assert got == [
+                ("allreduce", "0", "fp32", 64, 64, -1),        # 16 floats
+                ("allreduce", "0", "fp32", 4, 4, -1),          # dist.barrier(): one fp32 element (kineto.BARRIER)
+                ("scatter", pair, "bf16", 32, 16, first),      # 8 bf16 to each of 2 ranks, root = pair's first
+                ("gather", "0", "fp32", 64, 16, 1),            # 4 floats from each of 4 ranks to rank 1
+                ("reduce", pair, "fp32", 128, 128, first + 1),
+                ("allreduce", pair, "fp32", 4, 4, -1),         # dist.barrier(group=pair)
+            ], (rank, step)
+            assert list(ops["label"])[1::4] == ["barrier", "barrier"]
+            assert np.isfinite(ops["start_us"]).all()
+    consistent(t)
+
+
+def test_kineto_gloo_receiving_scatter_alone_is_dropped_with_a_note() -> None:
+    """One receiving rank's trace cannot tell its scatter's dtype (only the root's events name it)."""
+    alone = import_files("kineto", [KINETO_GLOO_SYNC[1]])
+    assert "scatter" not in set(comm(alone, 1)["op"])
+    assert list(comm(alone, 1, 1)["op"]) == ["allreduce", "allreduce", "gather", "reduce", "allreduce"]
+    assert any("name a dtype" in n for n in alone.meta.workload["notes"])
+    root = import_files("kineto", [KINETO_GLOO_SYNC[0]])
+    assert list(comm(root, 0, 1).query("op == 'scatter'")["dtype"]) == ["bf16"]
+
+
+def test_kineto_gloo_missing_shapes_advice_is_accurate(tmp_path: Path) -> None:
+    """record_shapes=True was on (other c10d events have shapes): the message must not advise it."""
+    doc = json.loads(Path(KINETO_GLOO_SYNC[0]).read_text())
+    scatter = next(e for e in doc["traceEvents"] if e.get("name") == "c10d::scatter_")
+    scatter["args"].pop("Input Dims")
+    path = tmp_path / "rank0.json"
+    path.write_text(json.dumps(doc))
+    err = _fails("kineto", [path], "rank0.json", "c10d::scatter_", "'Input Dims'", "record_shapes was on")
+    assert "record_shapes=True" not in str(err)
 
 
 # --- Kineto, NCCL (written to the format) ----------------------------------------------------------

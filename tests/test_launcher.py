@@ -207,8 +207,50 @@ def test_a_bad_table_runs_the_job_untuned_and_says_why_in_one_line(tmp_path, cac
                                  "(lowercase; NVIDIA's parser would silently use ring); NCCL chooses"]
 
 
+BROKEN_TABLES = [  # (file name, content or None for a missing file, the reason after "FILE: ")
+    ("missing.json", None, "cannot read: No such file or directory"),
+    ("bad.csv", "allreduce,0,100,ring,ll,-1,-1,-1\nallreduce,0,100,rong,ll,-1,-1,-1\n",
+     "line 2, field algorithm: unknown algorithm 'rong'; expected one of tree, ring, collnet_direct, collnet_chain, "
+     "nvls, nvls_tree, pat (lowercase; NVIDIA's parser would silently use ring)"),
+]
+
+
+def broken_table(tmp_path: Path, name: str, content: str | None) -> Path:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--dry-run", "--strict"])
+@pytest.mark.parametrize("name, content, reason", BROKEN_TABLES, ids=["missing", "broken"])
+def test_dry_run_and_strict_exit_2_on_a_table_they_cannot_apply(tmp_path, cache, flag, name, content, reason):
+    table = broken_table(tmp_path, name, content)
+    marker = tmp_path / "ran"
+    done = launch("--table", str(table), flag, "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')",
+                  cache=cache, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert not marker.exists() and done.stdout == ""  # a gate: nothing runs
+    assert done.stderr.splitlines() == [f"{PREFIX}error: cannot apply the table {table}: {reason}"]
+
+
+@pytest.mark.parametrize("name, content, reason", BROKEN_TABLES, ids=["missing", "broken"])
+def test_without_dry_run_or_strict_the_job_runs_untuned_and_it_is_said_once(tmp_path, cache, name, content, reason):
+    table = broken_table(tmp_path, name, content)
+    done = launch("--table", str(table), "--", *PRINT_ENV, cache=cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "NCCL_TUNER_PLUGIN" not in json.loads(done.stdout)
+    assert done.stderr.splitlines() == [f"{PREFIX}not tuning: {table}: {reason}; NCCL chooses"]
+
+
+def test_strict_with_a_good_table_runs_the_job_tuned(tmp_path, cache, plugin, table):
+    done = launch("--table", str(table), "--strict", "--", *PRINT_ENV, cache=cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["NCCL_TUNER_PLUGIN"] == str(plugin)
+
+
 @pytest.mark.parametrize("name, content, reason", [
-    ("missing.json", None, "missing.json: cannot read: No such file or directory"),
+    ("missing.json", None, "missing.json: cannot read decision table (no such file)"),
     ("bad.txt", "dynamiccl-tuner-table 1\nrule allreduce 0 10 -1 -1 -1 -1 -1 ring ll\n",
      "bad.txt: line 2: 11 fields; a rule line has 12"),
     ("table.yaml", "", "table.yaml: unknown extension '.yaml'"),
@@ -310,6 +352,6 @@ def test_reference_job_under_torchrun_is_tuned_and_profiled(tmp_path, cache, plu
     trace = Trace.read(prof / "trace.parquet")
     assert sorted(trace.ops["rank"].unique()) == [0, 1, 2, 3]
     steps = sorted(int(s) for s in trace.ops["step"].unique())
-    # setup, then one step per optimizer step (the loss report after the last one opens one more)
-    assert steps[:3] == [0, 1, 2] and set(trace.ops[trace.ops["step"] == 1]["op"]) >= {"allreduce"}
-    assert f"wrote {prof / 'trace.parquet'} ({steps[-1]} training step(s) after setup)" in said(done.stderr)
+    # setup, then one step per optimizer step (the loss report after the last one is setup traffic)
+    assert steps == [0, 1, 2] and set(trace.ops[trace.ops["step"] == 1]["op"]) >= {"allreduce"}
+    assert f"wrote {prof / 'trace.parquet'} (2 training step(s) after setup)" in said(done.stderr)

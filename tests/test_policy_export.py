@@ -344,35 +344,34 @@ def test_json_round_trip(name):
     np.testing.assert_array_equal(decisions_of_table(again, calls), POLICIES[name](calls))
 
 
+def nccl_shapes_of(calls: pd.DataFrame) -> dict:
+    """Each (coll, nranks, nnodes, num_pipe_ops) of ``calls`` -> NCCL's model of one shipped cluster."""
+    from dynamiccl.costmodel.nccl_model import NcclModel
+    from dynamiccl.envspec import resolve_env
+
+    model = NcclModel(resolve_env("dgx-h100"))
+    shapes = calls[["coll", "nranks", "nnodes", "num_pipe_ops"]].drop_duplicates()
+    return {(Func(int(c)), int(r), int(n), int(p)): model for c, r, n, p in shapes.itertuples(index=False)}
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_csv_compatible_writes_and_reads_back(name):
     calls = random_calls(10, n_calls=500)
     table = table_from_policy(POLICIES[name], calls, provenance=PROVENANCE)
-    compatible = csv_compatible(table)
+    compatible = csv_compatible(table, nccl_shapes_of(calls))
     text = nvidia_csv.write(compatible)  # lossy=False: must not need to drop anything
     back = nvidia_csv.read(text)
     assert back.rules == compatible.rules
-    assert not any(_is_position_rule(rule) or rule.algorithm is None for rule in compatible.rules)
+    assert compatible.rules[-5:] == nvidia_csv.example_default_rules()  # other shapes: the plugin's 1 channel
+    assert not any(_is_position_rule(rule) or rule.algorithm is None for rule in compatible.rules[:-5])
     note = compatible.provenance["csv_compatible"]
     assert note["source_rules"] == len(table.rules)
-    assert note["dropped_position_rules"] == table.provenance["policy_export"]["position_rules"]
-    # What is kept stays in table order.
-    kept = iter(compatible.rules)
-    expected = next(kept, None)
-    for rule in table.rules:
-        if rule == expected:
-            expected = next(kept, None)
-    assert expected is None
-
-
-def test_csv_compatible_is_exact_for_a_position_free_policy():
-    # Dropping the explicit NCCL-default runs leaves those calls unmatched -> NCCL's default, since
-    # a group's range rules are disjoint and other groups' rules never match.
-    calls = random_calls(11)
-    table = table_from_policy(threshold_policy, calls, provenance=PROVENANCE)
-    back = nvidia_csv.read(nvidia_csv.write(csv_compatible(table)))
-    assert csv_compatible(table).provenance["csv_compatible"]["dropped_default_rules"] > 0
-    np.testing.assert_array_equal(decisions_of_table(back, calls), threshold_policy(calls))
+    assert note["dropped_position_rules"] == sum(_is_position_rule(rule) and not rule.keeps_nccl
+                                                 for rule in table.rules)
+    assert note["keep_rules_written_as_nccl_choice"] == sum(rule.keeps_nccl for rule in table.rules)
+    # The acting rules it keeps stay in table order.
+    kept = [rule for rule in compatible.rules if rule in table.rules]
+    assert kept == [rule for rule in table.rules if rule in kept]
 
 
 # --- decisions_of_table ----------------------------------------------------------------------------------

@@ -144,6 +144,102 @@ def test_profile_fails_open_when_capture_cannot_be_written(tmp_path):
     assert "dynamiccl: could not write the capture" in done.stderr
 
 
+FIVE_STEPS = textwrap.dedent("""
+    import torch, torch.distributed as dist
+    dist.init_process_group("gloo")
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(16, 16))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        loss = model(torch.randn(4, 16)).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    dist.all_reduce(loss.detach())  # a loss report after the last optimizer step: no training step
+    dist.destroy_process_group()
+""")
+
+
+def dynamiccl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dynamiccl", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def five_steps(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``dynamiccl profile`` of a 2-rank gloo job of 5 optimizer steps: (the run, its trace)."""
+    tmp = tmp_path_factory.mktemp("five-steps")
+    (tmp / "job.py").write_text(FIVE_STEPS)
+    done = dynamiccl("profile", "-o", str(tmp / "prof"), "--", sys.executable, "-m", "torch.distributed.run",
+                     "--nproc-per-node=2", "--standalone", str(tmp / "job.py"), cwd=tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, tmp / "prof" / "trace.parquet"
+
+
+def test_profile_counts_only_complete_steps(five_steps):
+    from dynamiccl.profiler.merge import training_steps
+
+    done, path = five_steps
+    trace = Trace.read(path)
+    assert sorted(trace.ops["step"].unique()) == [0, 1, 2, 3, 4, 5] and training_steps(trace) == 5
+    assert done.stdout.splitlines()[-1] == f"wrote {path} (5 training step(s) after setup)"
+    assert "rank 0, step 5: communication" in done.stdout  # the summary is of the last complete step
+    for step in range(1, 6):
+        assert list(comm(trace, 0, step)["bytes_total"]) == [16 * 17 * 4]  # DDP's bucket, nothing else
+    setup = comm(trace, 0, 0)
+    assert list(setup["op"])[-1] == "allreduce" and int(setup["bytes_total"].iloc[-1]) == 4  # the loss report
+    assert set(setup["phase"]) == {"setup"}
+    # No compute in step 0 stands for the training that ran between setup and the loss report.
+    training_us = float(trace.ops[trace.ops["step"] >= 1]["duration_us"].sum())
+    assert float(trace.ops[trace.ops["step"] == 0]["duration_us"].fillna(0).sum()) < training_us
+
+
+@pytest.mark.parametrize("command", ["summary", "check"])
+def test_trace_summary_and_check_default_to_the_first_training_step(five_steps, command):
+    _, path = five_steps
+    done = dynamiccl("trace", command, str(path), cwd=path.parent)
+    assert done.returncode == 0, done.stderr
+    assert "step 1: the first full training step (--step N for another)" in done.stdout
+    if command == "summary":
+        assert "rank 0, step 1: communication" in done.stdout
+        assert "world  allreduce            1     1.06K" in done.stdout  # step 1's DDP bucket, not setup's
+    else:
+        assert "cross-rank checks on 1 group(s)" in done.stdout and "replay: 6 of 6 ops complete" in done.stdout
+
+
+JOB_THAT_EXITS = textwrap.dedent("""
+    import json, os, sys, torch, torch.distributed as dist
+    dist.init_process_group("gloo", init_method="file://" + sys.argv[1] + "/rendezvous", rank=0, world_size=1)
+    dist.all_reduce(torch.ones(4))
+    dist.destroy_process_group()
+    with open(os.path.join(sys.argv[1], "ran.json"), "w") as f:
+        json.dump({"DYNAMICCL_PROFILE_DIR": os.environ.get("DYNAMICCL_PROFILE_DIR")}, f)
+    sys.exit(3)
+""")
+
+
+def test_profile_with_an_unwritable_output_runs_the_job_and_passes_its_status(tmp_path):
+    (tmp_path / "job.py").write_text(JOB_THAT_EXITS)
+    blocker = tmp_path / "a-file"  # a directory under a file cannot be made, not even by root
+    blocker.write_text("")
+    done = dynamiccl("profile", "-o", str(blocker / "prof"), "--", sys.executable, str(tmp_path / "job.py"),
+                     str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert json.loads((tmp_path / "ran.json").read_text()) == {"DYNAMICCL_PROFILE_DIR": None}  # ran, unprofiled
+    ours = [line for line in done.stderr.splitlines() if line.startswith("dynamiccl")]
+    assert ours == [f"dynamiccl profile: not profiling: cannot create {blocker / 'prof' / 'capture'}: Not a "
+                    "directory; the command runs unprofiled"], done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_profile_passes_the_status_through_when_nothing_can_be_merged(tmp_path):
+    quiet = [sys.executable, "-I", "-c", "import sys; sys.exit(5)"]  # -I: no autostart, so nothing recorded
+    done = dynamiccl("profile", "-o", str(tmp_path / "prof"), "--", *quiet, cwd=tmp_path)
+    assert done.returncode == 5, done.stderr
+    ours = [line for line in done.stderr.splitlines() if line.startswith("dynamiccl")]
+    assert ours[0] == "dynamiccl profile: the command exited with status 5; merging what was recorded"
+    assert len(ours) == 2 and ours[1].startswith("dynamiccl profile: no trace: ") and "no capture files" in ours[1]
+
+
 def write_rank(directory: Path, rank: int, **changes) -> None:
     doc = {"format": "dynamiccl-capture", "version": 1, "rank": rank, "world_size": 2, "groups":
            {"0": {"desc": "default_pg", "ranks": [0, 1]}},

@@ -8,6 +8,8 @@ import json
 import math
 import re
 import shutil
+import struct
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +88,103 @@ def test_summary_headline_matches_results(results_file, report_dir):
     for agent in ("search", "nccl-default", "random", "table", "ucb-bandit"):
         row = summary.loc[agent]
         assert f"| {agent} | {int(row.episodes)} | {row.geomean_speedup:.4f} | {row.min_speedup:.4f} |" in text
-    # The headroom table: per case default, agent, search, line-rate bound, ceiling, and a verdict.
-    case = results.steps["case"].iloc[0]
+    # The headroom table: per case (named by its layout) default, agent, search, line-rate bound, ceiling,
+    # gain share, the time saved per step and per day of training, and a verdict.
     gain = search.search_geomean_speedup - 1
     verdict = "nothing to gain" if gain < 0.005 else f"search gains {100 * gain:.2f}%"
-    assert re.search(rf"\| {re.escape(case)} \| [0-9.]+ \| {summary.loc['table', 'geomean_speedup']:.4f} \| "
+    default_ms, table_ms = steps["default_step_time_us"].mean() / 1e3, steps["step_time_us"].mean() / 1e3
+    saved_ms = default_ms - table_ms
+    assert re.search(rf"\| ref-pp2-dp2 \(4 GPUs\) on dgx-h100 \| {default_ms:.3f} \| "
+                     rf"{summary.loc['table', 'geomean_speedup']:.4f} \| "
                      rf"{search.search_geomean_speedup:.4f} \| {search.line_rate_bound_geomean_speedup:.4f} \| "
-                     rf"{search.no_comm_geomean_speedup:.4f} \| [-0-9.]+ \| {verdict} \|", text)
+                     rf"{search.no_comm_geomean_speedup:.4f} \| (—|[0-9.]+|<0 \(slower\)) \| {saved_ms:+.3f} \| "
+                     rf"{1440 * saved_ms / default_ms:+.1f} \| {verdict} \|", text)
+    assert "table saves per step" in text and f"{saved_ms:+.3f} ms ({1440 * saved_ms / default_ms:+.1f} min per day)" \
+        in text
+
+
+def test_headline_says_the_results_are_simulated_and_by_what(results_file, report_dir):
+    """A reader of summary.md or of the page's headline learns that nothing was measured, which cost
+    model predicted the step times and which NCCL version's choices are the baseline."""
+    results = Results.read(results_file)
+    version = results.steps["nccl_version"].iloc[0]
+    calibration = results.steps["cost_model"].iloc[0].split(" on dgx-h100:")[0]
+    expected = (f"Simulated, not measured: every step time is predicted by the 'world' cost model, {calibration}, "
+                f"on 1 cluster (dgx-h100); the baseline is NCCL {version}'s own choice")
+    text = (report_dir / "summary.md").read_text(encoding="utf-8")
+    assert text.split("## Headline\n\n- ")[1].startswith(expected)
+    html = (report_dir / "report.html").read_text(encoding="utf-8")
+    headline = html.split('<div class="headline"><ul><li>')[1]
+    assert headline.startswith(escape(expected))
+
+
+def test_step_time_change_bars_say_what_happens_to_the_step():
+    """A 10% slower step (speedup 1/1.1) is a +10% bar, a 1.25x speedup a -20% bar (a 20% shorter
+    step), and the axis says which sign is faster."""
+    from dynamiccl.report.plots import STEP_TIME_CHANGE_LABEL, grouped_bars_figure
+
+    table = pd.DataFrame({"agent": [1 / 1.1, 1.25]}, index=["slower", "faster"])
+    fig = grouped_bars_figure(table, STEP_TIME_CHANGE_LABEL, "t")
+    ax = fig.axes[0]
+    heights = [patch.get_height() for patch in ax.patches]
+    assert heights == pytest.approx([10.0, -20.0])
+    assert "negative = shorter step" in ax.get_ylabel()
+    gap = grouped_bars_figure(pd.DataFrame({"agent": [0.05]}, index=["c"]), "gap", "t", quantity="fraction")
+    assert [p.get_height() for p in gap.axes[0].patches] == pytest.approx([5.0])
+
+
+def _steps_with(results_file, search_gain: float, random_slowdown: float) -> Path:
+    """The fixture's results with the search gaining ``search_gain`` on every episode and random's step
+    ``random_slowdown`` times NCCL default's."""
+    results = Results.read(results_file)
+    steps = results.steps.copy()
+    steps["search_step_time_us"] = steps["default_step_time_us"] / (1 + search_gain)
+    random = steps["agent"] == "random"
+    steps.loc[random, "step_time_us"] = steps.loc[random, "default_step_time_us"] * random_slowdown
+    steps["speedup"] = steps["default_step_time_us"] / steps["step_time_us"]
+    steps["search_speedup"] = 1 + search_gain
+    steps["gap_to_search"] = steps["step_time_us"] / steps["search_step_time_us"] - 1
+    steps["gain_share"] = [(s - 1) / search_gain if search_gain >= 0.005 else math.nan for s in steps["speedup"]]
+    path = results_file.parent / f"gain-{search_gain}-{random_slowdown}" / "results.parquet"
+    Results(steps, results.calls, results.meta).write(path)
+    return path
+
+
+def test_gain_share_is_printed_only_where_it_means_something(results_file, tmp_path):
+    """Where the search gains 0.6% and random doubles the step, the mean of per-episode shares is
+    (0.5 - 1) / 0.006 = -83.3: the report says "slower" instead; where the search gains 0.2% (inside
+    the noise) there is no share at all, and the page says why."""
+    meaningful = _steps_with(results_file, 0.006, 2.0)
+    assert main(["report", str(meaningful), "-o", str(tmp_path / "a")]) == 0
+    text = (tmp_path / "a" / "summary.md").read_text(encoding="utf-8")
+    assert "-83" not in text
+    assert re.search(r"\| random \| 1 \| 0\.5000 \| 0\.5000 \| <0 \(slower\) \|", text)
+    table_speedup = Results.read(meaningful).steps.query("agent == 'table'")["speedup"].iloc[0]
+    table_share = "<0 (slower)" if table_speedup < 1 else f"{(table_speedup - 1) / 0.006:.3f}"
+    assert f"| table | 1 | {table_speedup:.4f} | {table_speedup:.4f} | {table_share} |" in text
+    assert "over the 1 of 1 case(s) where the search gains at least 0.5%" in text
+    noise = _steps_with(results_file, 0.002, 2.0)
+    assert main(["report", str(noise), "-o", str(tmp_path / "b")]) == 0
+    text = (tmp_path / "b" / "summary.md").read_text(encoding="utf-8")
+    assert re.search(r"\| random \| 1 \| 0\.5000 \| 0\.5000 \| — \|", text)
+    assert "share of search gain: — on every case: the search gains less than 0.5% everywhere" in text
+    html = (tmp_path / "b" / "report.html").read_text(encoding="utf-8")
+    assert "share of search gain: — on every case" in html
+
+
+def test_decision_maps_are_readable_at_their_natural_size():
+    """A collective over 1 B .. 1 GiB on eight communicator shapes: the map is no wider than the
+    report's page (1300 px), so the browser shows its 9-point text unscaled."""
+    from dynamiccl.report.plots import decision_map
+
+    rows = [{"coll": "allreduce", "nranks": 2 ** k, "nnodes": max(1, 2 ** k // 8), "bucket": bucket, "calls": 3,
+             "nccl": "ring/simple/16", "choice": "tree/ll/2" if bucket % 3 else "ring/simple/16",
+             "changed": float(bool(bucket % 3))}
+            for k in range(1, 9) for bucket in range(0, 31)]
+    png = decision_map(pd.DataFrame(rows), "allreduce", "policy")
+    width, height = struct.unpack(">II", png[16:24])
+    assert width <= 1300, width
+    assert height <= 1400, height
 
 
 def test_missing_calls_file_still_reports(results_file, tmp_path, capsys):
@@ -180,6 +272,22 @@ def test_provenance_names_the_compute_of_every_case(tmp_path):
     assert rows[f"compute of {generated.stem}@dgx-a100"].startswith("A100-SXM: 312 TFLOPS dense BF16 x 0.45")
     assert rows["compute of ref-pp2-dp2@dgx-a100"].startswith("not recorded")
 
+    # Cases are named by their layout (the label's digest tells a reader nothing); the label stays in
+    # the provenance table, beside the name.
+    layout = "llama3-8b TP2 PP1 DP4 (8 GPUs, dp-mode distopt) on dgx-a100"
+    assert rows[f"case {generated.stem}@dgx-a100"] == layout
+    assert load(results).name("ref-pp2-dp2@dgx-a100") == "ref-pp2-dp2 (4 GPUs) on dgx-a100"
+    assert main(["report", str(results), "-o", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
+    assert f"| {layout} |" in text and f"| {generated.stem}@dgx-a100 |" not in text
+    # Results written before evaluate recorded the layout: named from the trace while it is there.
+    older = Results.read(results)
+    del older.meta["case_layout"]
+    older.write(tmp_path / "older.parquet")
+    assert load(tmp_path / "older.parquet").name(f"{generated.stem}@dgx-a100") == layout
+    generated.unlink()
+    assert load(tmp_path / "older.parquet").name(f"{generated.stem}@dgx-a100") == f"{generated.stem}@dgx-a100"
+
 
 def test_calibration_summaries_of_dynamiccl_0_1_are_still_read(tmp_path):
     """Before the *_gbps keys were renamed, `validate --json` wrote them, and NaN for a size class
@@ -205,3 +313,14 @@ def test_calibration_summaries_of_dynamiccl_0_1_are_still_read(tmp_path):
 def _write(path, obj):
     path.write_text(json.dumps(obj), encoding="utf-8")
     return path
+
+
+def test_a_live_evaluation_is_called_measured(results_file):
+    """Results priced by a model that runs real collectives are not called simulated."""
+    from dynamiccl.report.data import ReportData, simulation_line
+
+    results = Results.read(results_file)
+    live = ReportData(results_file, results.steps, None, {**results.meta, "cost_model": "live"}, "table")
+    assert simulation_line(live).startswith("Measured, not simulated: step times from real collectives")
+    assert simulation_line(ReportData(results_file, results.steps, None, results.meta, "table")).startswith(
+        "Simulated, not measured")

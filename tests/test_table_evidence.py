@@ -106,35 +106,58 @@ def test_json_and_plugin_text_keep_the_keep_nccl_bands():
     assert plugin_text.read(plugin_text.write(table).encode()).rules == table.rules
 
 
-def test_the_csv_cannot_say_keep_nccl_so_it_leaves_a_hole_instead_of_acting_there():
-    compatible = csv_compatible(confined_table())
+def _nccl_8x1():
+    """NCCL's model of one DGX H100, for the all-reduces of 8 ranks on 1 node (numPipeOps 1)."""
+    from dynamiccl.costmodel.batch import make_batch
+    from dynamiccl.costmodel.nccl_model import NcclModel
+    from dynamiccl.envspec import resolve_env
+
+    model = NcclModel(resolve_env("dgx-h100"))
+
+    def nccl_cell(nbytes: int, nranks: int = 8, nnodes: int = 1):
+        got = model.choose(make_batch(int(Func.ALLREDUCE), float(nbytes), nranks, nnodes))
+        return Algorithm(int(got["algo"][0])), Protocol(int(got["proto"][0]))
+
+    return {(Func.ALLREDUCE, 8, 1, 1): model}, nccl_cell
+
+
+def test_the_csv_cannot_say_keep_nccl_so_it_writes_nccls_choice_instead_of_acting_there():
+    shapes, nccl_cell = _nccl_8x1()
+    compatible = csv_compatible(confined_table(), shapes)
     back = nvidia_csv.read(nvidia_csv.write(compatible))
-    assert compatible.provenance["csv_compatible"]["keep_nccl_holes"] == 0  # the later rule is on 2 nodes
-    # In the band: the band's choice; elsewhere on 8 ranks/1 node: no line (NCCL's own choice under the
-    # dynamiccl plugin), never the later tree/LL rule the dropped keep rule shadowed.
+    # In the band: the band's choice; elsewhere on 8 ranks/1 node: NCCL's own cell, written out with
+    # channels 0 (NCCL's count), never the later tree/LL rule the keep rule shadowed, and never a call
+    # left to NVIDIA's plugin's default of 1 channel.
     assert back.lookup(CallKey(Func.ALLREDUCE, 2 * MIB, 8, 1)).algorithm == Algorithm.RING
-    assert back.lookup(CallKey(Func.ALLREDUCE, 64 * MIB, 8, 1)) is None
+    written = back.lookup(CallKey(Func.ALLREDUCE, 64 * MIB, 8, 1))
+    assert (written.algorithm, written.protocol, written.channels) == (*nccl_cell(64 * MIB), -1)
     assert back.lookup(CallKey(Func.ALLREDUCE, 64 * MIB, 16, 2)).algorithm == Algorithm.TREE
+    # A shape the table was not built for: NVIDIA's plugin runs it on 1 channel, and the table says so.
+    assert back.lookup(CallKey(Func.ALLGATHER, MIB, 8, 1)) in nvidia_csv.example_default_rules()
 
 
-def test_the_csv_cuts_a_dropped_keep_band_out_of_the_later_rules_it_shadowed():
+def test_the_csv_cuts_a_keep_band_out_of_the_later_rules_it_shadowed():
+    shapes, nccl_cell = _nccl_8x1()
     table = DecisionTable((
         Rule(Func.ALLREDUCE, MIB, 8 * MIB, nranks=8, nnodes=1, **RING_SIMPLE),
         Rule(Func.ALLREDUCE, 0, 16 * MIB, nranks=8, nnodes=1),  # keep NCCL's choice up to 16 MiB on 8/1
         Rule(Func.ALLREDUCE, 8 * MIB, 32 * MIB, algorithm=Algorithm.TREE, protocol=Protocol.LL, channels=2),
     ))
-    compatible = csv_compatible(table)
+    compatible = csv_compatible(table, shapes)
     back = nvidia_csv.read(nvidia_csv.write(compatible))
-    assert compatible.provenance["csv_compatible"]["keep_nccl_holes"] == 1
+    assert compatible.provenance["csv_compatible"]["keep_rules_written_as_nccl_choice"] == 1
     for nbytes, nranks in ((12 * MIB, 8), (12 * MIB, 16), (20 * MIB, 8), (2 * MIB, 8)):
         json_rule = table.lookup(CallKey(Func.ALLREDUCE, nbytes, nranks, 1))
         csv_rule = back.lookup(CallKey(Func.ALLREDUCE, nbytes, nranks, 1))
-        if json_rule.keeps_nccl:
-            assert csv_rule is None, (nbytes, nranks)  # a hole: NCCL's own choice, never the tree rule
-        elif csv_rule is not None:  # the CSV may keep NCCL's choice where the JSON acts, never the reverse
+        if json_rule is None:  # no rule: NCCL's choice, written out on the table's shape
+            assert (csv_rule.algorithm, csv_rule.protocol) == nccl_cell(nbytes, nranks), (nbytes, nranks)
+        elif json_rule.keeps_nccl:  # NCCL's choice, never the tree rule
+            assert (csv_rule.algorithm, csv_rule.protocol) == nccl_cell(nbytes), (nbytes, nranks)
+        elif csv_rule.algorithm is not None:  # the CSV may keep NCCL's choice where the JSON acts, never the reverse
             assert (csv_rule.algorithm, csv_rule.protocol) == (json_rule.algorithm, json_rule.protocol)
-    # It cannot say "any nranks but 8", so the tree rule loses 8..16 MiB for every communicator.
-    assert back.lookup(CallKey(Func.ALLREDUCE, 12 * MIB, 16, 1)) is None
+    # It cannot say "any nranks but 8", so the tree rule loses 8..16 MiB for every communicator: a
+    # shape the table was not built for then gets NVIDIA's plugin's default (1 channel), said in the table.
+    assert back.lookup(CallKey(Func.ALLREDUCE, 12 * MIB, 16, 1)) == nvidia_csv.example_default_rules()[-1]
     assert back.lookup(CallKey(Func.ALLREDUCE, 20 * MIB, 8, 1)).algorithm == Algorithm.TREE
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from dynamiccl.trace import Trace, TraceBuilder
 from dynamiccl.trace.overlap import overlap_windows
-from dynamiccl.trace.summary import human_bytes, rank_summary, render_text, size_bucket
+from dynamiccl.trace.summary import first_training_step, human_bytes, rank_summary, render_text, size_bucket
 
 MiB = 1 << 20
 
@@ -285,3 +285,83 @@ def test_human_bytes_never_uses_exponent_notation(n):
     assert "e" not in text
     value = float(text[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[text[-1]]
     assert value == pytest.approx(n, rel=0.01)
+
+
+# --- the default step: the first full training step ------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "profiler"
+
+
+def test_first_training_step_skips_setup_and_steps_without_every_rank(tmp_path):
+    b = new_builder()
+    world = b.add_group("w", "world", [0, 1])
+    for rank in (0, 1):
+        b.rank(rank, step=0).collective("broadcast", world, 64, "fp32", phase="setup", root=0)
+    b.rank(0, step=1).collective("allreduce", world, 64, "fp32", phase="backward")  # rank 1 not recorded
+    for rank in (0, 1):
+        b.rank(rank, step=2).collective("allreduce", world, 64, "fp32", phase="backward")
+    assert first_training_step(saved(b, tmp_path)) == 2
+
+
+def test_a_trace_of_setup_traffic_only_has_no_training_step(tmp_path, capsys):
+    from dynamiccl.cli import main
+
+    b = new_builder()
+    world = b.add_group("w", "world", [0, 1])
+    for rank in (0, 1):
+        b.rank(rank, step=0).collective("broadcast", world, 64, "fp32", phase="setup", root=0)
+    path = tmp_path / "setup.parquet"
+    b.build().write(path)
+    assert first_training_step(Trace.read(path)) is None
+    assert main(["trace", "summary", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("step 0: the trace has no training step, only setup traffic")
+
+
+def test_first_training_step_of_imported_and_generated_traces(summary_trace):
+    from dynamiccl.profiler.importers import import_files
+
+    kineto = import_files("kineto", sorted(str(p) for p in (FIXTURES / "kineto_gloo").glob("rank*.json")))
+    assert set(kineto.ops[kineto.ops["step"] == 0]["phase"]) == {"setup"} and first_training_step(kineto) == 1
+    flight_recorder = import_files("flight-recorder", [str(FIXTURES / "fr_gloo" / f"rank{r}.json") for r in range(4)])
+    assert first_training_step(flight_recorder) == 0  # no step boundaries: its only step
+    assert first_training_step(summary_trace) == 0  # generated: step 0 is the training step
+
+
+@pytest.fixture(scope="module")
+def imported_without_setup(tmp_path_factory) -> Path:
+    """The gloo Kineto fixture imported, as if the profiler had started after setup: steps 1 and 2."""
+    from dynamiccl.profiler.importers import import_files
+
+    trace = import_files("kineto", sorted(str(p) for p in (FIXTURES / "kineto_gloo").glob("rank*.json")))
+    trace.ops = trace.ops[trace.ops["step"] != 0].reset_index(drop=True)
+    path = tmp_path_factory.mktemp("imported") / "kineto.parquet"
+    trace.write(path)
+    return path
+
+
+def test_summary_and_check_of_an_imported_trace_use_its_first_training_step(imported_without_setup, capsys):
+    from dynamiccl.cli import main
+
+    path = str(imported_without_setup)
+    assert main(["trace", "summary", path]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("step 1: the first full training step (--step N for another)\n")
+    assert "rank 0, step 1: communication" in out
+    assert main(["trace", "summary", path, "--json"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == "step 1: the first full training step (--step N for another)\n"
+    assert printed.out.startswith("{")  # stdout stays JSON
+    assert main(["trace", "check", path]) == 0
+    out = capsys.readouterr().out
+    assert "  step 1: the first full training step (--step N for another)\n" in out
+    assert "replay: 0 of 0" not in out and "cross-rank checks on 5 group(s)" in out
+
+
+def test_check_of_a_step_not_in_the_trace_is_an_error_not_ok(imported_without_setup, capsys):
+    from dynamiccl.cli import main
+
+    assert main(["trace", "check", str(imported_without_setup), "--step", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "OK" not in captured.out
+    assert captured.err == f"dynamiccl: error: {imported_without_setup}: --step: step 0 is not in the trace " \
+                           "(it has steps [1, 2])\n"

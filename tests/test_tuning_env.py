@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -25,7 +26,18 @@ from dynamiccl.tuning.timeline import latest_finish
 PP = ("traces/ref-pp2-dp2.parquet", "dgx-h100")
 TP_SP = ("traces/ref-tp2-pp2-sp.parquet", "dgx-h100")
 LLAMA = ("traces/llama3-8b_tp1-pp1-dp8.parquet", "dgx-h100")
-LLAMA70 = ("traces/llama3-70b_tp4-pp4-cp2-dp2-sp.parquet", "h100-ib-4x8")
+# A 64-GPU trace: on 16 H100 nodes (a spec must hold the trace's GPUs).
+LLAMA70 = ("traces/llama3-70b_tp4-pp4-cp2-dp2-sp.parquet", "h100-ib-16x8")
+
+
+@pytest.fixture(scope="module")
+def congested_16x8(tmp_path_factory) -> str:
+    """h100-ib-4x8-congested on 16 nodes: h100-ib-16x8's hardware on a busy fabric."""
+    busy = (Path(__file__).resolve().parents[1] / "envs" / "h100-ib-4x8-congested.toml").read_text()
+    assert busy.count("nodes = 4\n") == 1
+    path = tmp_path_factory.mktemp("envs") / "h100-ib-16x8-congested.toml"
+    path.write_text(busy.replace("nodes = 4\n", "nodes = 16\n"))
+    return str(path)
 
 
 def run(env: TuningEnv, choose, case: int = 0, state: int = 0):
@@ -61,7 +73,7 @@ def test_program_rejects_a_missing_step():
 
 def test_nodes_smaller_than_the_trace_are_refused():
     with pytest.raises(InputError, match="GPUs per node"):
-        load_case(Case("traces/llama3-70b_tp4-pp4-cp2-dp2-sp.parquet", "gh200-4x4"))
+        load_case(Case("traces/llama3-8b_tp1-pp1-dp8.parquet", "gh200-4x4"))  # 8 GPUs a node on 4
 
 
 # --- the timeline ----------------------------------------------------------------------------------
@@ -106,9 +118,9 @@ def test_concurrent_calls_share_links():
     assert max(durations) > 1.05
 
 
-def test_congestion_lengthens_the_step_and_is_seeded():
-    quiet = default_schedule(load_case(Case(LLAMA70[0], "h100-ib-4x8")), 3)[0]
-    busy = load_case(Case(LLAMA70[0], "h100-ib-4x8-congested"))
+def test_congestion_lengthens_the_step_and_is_seeded(congested_16x8):
+    quiet = default_schedule(load_case(Case(*LLAMA70)), 3)[0]
+    busy = load_case(Case(LLAMA70[0], congested_16x8))
     assert default_schedule(busy, 3)[0] > quiet
     assert new_replay(busy, 3).run() == new_replay(busy, 3).run()
     assert new_replay(busy, 3).run() != new_replay(busy, 4).run()
@@ -124,7 +136,7 @@ def test_latest_finish_is_never_before_the_default_end():
     assert min(slack) < 1e-3  # something is on the critical path
 
 
-def test_a_fork_copies_what_a_replay_writes_and_shares_only_what_it_reads():
+def test_a_fork_copies_what_a_replay_writes_and_shares_only_what_it_reads(congested_16x8):
     """``Replay.fork`` copies the lists a replay writes (``_STATE_LISTS``) and shares the others
     (``_SHARED_LISTS``): every list a replay holds is one or the other, and replays from a fork to
     the end leave the shared ones as they were."""
@@ -132,7 +144,7 @@ def test_a_fork_copies_what_a_replay_writes_and_shares_only_what_it_reads():
 
     from dynamiccl.tuning.timeline import Replay
 
-    loaded = load_case(Case(LLAMA70[0], "h100-ib-4x8-congested"))
+    loaded = load_case(Case(LLAMA70[0], congested_16x8))
     replay = new_replay(loaded, 0, default_schedule(loaded, 0)[1])
     for _ in range(len(loaded.program.tunable_calls) // 3):
         replay.decide(replay.next_decision(), DEFAULT_ACTION)

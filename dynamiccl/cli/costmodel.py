@@ -4,10 +4,20 @@ world simulator to measured tables) and ``validate`` (its error against them).""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
+from dynamiccl import schema
 from dynamiccl.outputs import check_outputs
+
+# `simulate`'s ranges, checked by argparse (one `usage` line and exit status 2 for a bad value). A
+# throughput batch holds ~0.1 kB a row (its int64/float64 columns) and several times that while it is
+# evaluated: 10 million rows take a few GB.
+THROUGHPUT_MAX_ROWS = 10_000_000
+THROUGHPUT_ROWS = schema.argument(schema.integer("--throughput", low=0, high=THROUGHPUT_MAX_ROWS))
+STEP_FACTOR = schema.argument(schema.number("--stepfactor", low=1, low_inclusive=False, high=1e6))
+LIVE_NPROCS = schema.argument(schema.integer("--nprocs", low=1, high=1024))
 
 
 def add(sub) -> None:
@@ -24,7 +34,7 @@ def add(sub) -> None:
                    help="allreduce, allgather, reducescatter, broadcast, reduce, alltoall or sendrecv")
     p.add_argument("-b", "--minbytes", default="8", help="smallest size (nccl-tests suffixes: 8, 1K, 8M, 1G)")
     p.add_argument("-e", "--maxbytes", default="8G", help="largest size")
-    p.add_argument("-f", "--stepfactor", type=float, default=2.0, help="multiply the size by this each step")
+    p.add_argument("-f", "--stepfactor", type=STEP_FACTOR, default=2.0, help="multiply the size by this each step")
     p.add_argument("-i", "--stepbytes", default="0", help="add this many bytes each step instead of -f")
     p.add_argument("-d", "--dtype", default="float32", help="element type (count = size / its bytes)")
     p.add_argument("--nranks", type=int, default=0, help="communicator size (default: every GPU of the spec)")
@@ -36,9 +46,9 @@ def add(sub) -> None:
     p.add_argument("--overlap", type=float, default=None,
                    help="share of each call's time with compute beside it (default: the spec's dynamics)")
     p.add_argument("--congestion", type=float, default=0.0, help="share of NIC bandwidth taken by other traffic")
-    p.add_argument("--nprocs", type=int, default=4, help="processes for --model live")
+    p.add_argument("--nprocs", type=LIVE_NPROCS, default=4, help="processes for --model live")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")
-    p.add_argument("--throughput", type=int, default=0, metavar="ROWS",
+    p.add_argument("--throughput", type=THROUGHPUT_ROWS, default=0, metavar="ROWS",
                    help="benchmark instead: time ROWS random evaluations of the spec (JSON evaluations/s)")
     p.add_argument("--mixed", action="store_true", help="with --throughput: leave a third of rows to NCCL's choice")
     p.set_defaults(func=cmd_simulate)
@@ -93,12 +103,38 @@ def cmd_simulate(args) -> int:
                        proto=parse_protocol(args.proto, "--proto") if args.proto else None,
                        channels=args.channels, overlap=args.overlap, congestion=args.congestion,
                        model=args.model, live_nprocs=args.nprocs)
+    if args.model == "live":
+        print(f"simulate: live measurement of {len(sizes)} size(s) with {live_plan(args.nprocs, max(sizes), '--nprocs')}",
+              file=sys.stderr)
     rows, header = run_sweep(env, req)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=1))
     else:
         print(format_table(rows, header))
     return 0
+
+
+def live_plan(nprocs: int, largest_bytes: int, nprocs_flag: str | None = None) -> str:
+    """What a live measurement will take, said before it starts: its worker processes against this
+    machine's cores (more ranks than cores time-share them, and the barrier skew grows to ms, see
+    dynamiccl.costmodel.live) and their memory (each rank holds a send and a receive buffer of the
+    largest size). ``nprocs_flag``: the flag that sets the processes, named in the advice."""
+    cores = os.cpu_count() or 1
+    worker_bytes = 2 * int(largest_bytes)
+    text = (f"{nprocs} worker processes on {cores} core(s), each holding ~{worker_bytes / 2**30:.2f} GiB of buffers "
+            f"({nprocs * worker_bytes / 2**30:.2f} GiB in all)")
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not every system says
+        available = None
+    if available is not None and nprocs * worker_bytes > available:
+        text += (f"; WARNING: more than the {available / 2**30:.2f} GiB of memory free now (the workers may be "
+                 "killed for memory, or swap)")
+    if nprocs > cores:
+        text += (f"; WARNING: {nprocs} ranks on {cores} cores time-share them, so the times include "
+                 "scheduling delays of up to ms and the run is slow"
+                 + (f" (give {nprocs_flag} <= {cores})" if nprocs_flag else ""))
+    return text
 
 
 def _measurements(args) -> tuple[list[str], list]:

@@ -39,8 +39,8 @@ def add(sub) -> None:
                        description="Run CMD (torchrun ..., srun ..., python ...) with NCCL_TUNER_PLUGIN and "
                                    "DYNAMICCL_TUNER_TABLE set, the table's init-time NCCL settings exported and, "
                                    "with --profile, dynamiccl's capture on. Fails open: if the plugin or the table "
-                                   "cannot be used, CMD runs with NCCL's own choices and one line says why. "
-                                   "Exits with CMD's status.")
+                                   "cannot be used, CMD runs with NCCL's own choices and one line says why "
+                                   "(--dry-run and --strict exit 2 instead). Exits with CMD's status.")
     p.add_argument("--table", help="decision table: .json, NCCL example CSV (.csv/.conf) or plugin text (.txt)")
     p.add_argument("--plugin", help="prebuilt libnccl-tuner-dynamiccl.so, with the -instrumented.so of its build "
                                     "beside it (default: build or find the cached one)")
@@ -50,7 +50,10 @@ def add(sub) -> None:
     p.add_argument("--profile", metavar="DIR", help="also record the job; merged into DIR/trace.parquet")
     p.add_argument("--gpus-per-node", type=int, default=0,
                    help="with --profile: for node counts (default: torchrun's local world size)")
-    p.add_argument("--dry-run", action="store_true", help="print what would be set and the command; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print what would be set and the command; run nothing "
+                                                         "(exit 2 if the table cannot be applied)")
+    p.add_argument("--strict", action="store_true", help="do not fail open: if the table cannot be applied, exit 2 "
+                                                        "without running CMD")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=cmd_launch)
 
@@ -118,7 +121,7 @@ def cmd_launch(args) -> int:
 
     return launch(wrapped_command(args.cmd), table=args.table, plugin=args.plugin, profile_dir=args.profile,
                   dry_run=args.dry_run, gpus_per_node=args.gpus_per_node, trace=args.trace,
-                  env_spec=args.env_spec)
+                  env_spec=args.env_spec, strict=args.strict)
 
 
 def cmd_doctor(args) -> int:

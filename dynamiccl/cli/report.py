@@ -13,9 +13,11 @@ def add(sub) -> None:
     p = sub.add_parser("report", help="HTML report, Markdown summary and plots from `dynamiccl evaluate` results",
                        description="Read a results file of `dynamiccl evaluate` (and its .calls.parquet companion, "
                                    "if present) and write DIR/report.html (self-contained: plots embedded, no "
-                                   "scripts or URLs), DIR/summary.md and DIR/plots/*.png: headroom per case (NCCL "
-                                   "default, the agent, the search reference, the line-rate bound and the "
-                                   "no-communication ceiling), decision maps, speedup per case, communication time "
+                                   "scripts or URLs), DIR/summary.md and DIR/plots/*.png: a headline that says which "
+                                   "cost model predicted the step times, headroom per case (NCCL default, the agent, "
+                                   "the search reference, the line-rate bound and the no-communication ceiling, and "
+                                   "the time saved per step and per day of training), decision maps, the step-time "
+                                   "change per case, communication time "
                                    "by parallelism and collective, the gap to the search, training curve, simulator "
                                    "calibration and provenance.")
     p.add_argument("results", help="results .parquet written by `dynamiccl evaluate -o`")

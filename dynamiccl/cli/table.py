@@ -24,8 +24,9 @@ def add(sub) -> None:
     c.add_argument("file")
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--lossy", action="store_true",
-                   help="drop what the output cannot express (CSV: position-specific and keep-NCCL "
-                        "algorithm/protocol rules; .txt: nccl_env)")
+                   help="write what the output can express and drop the rest (CSV: position-specific and "
+                        "keep-NCCL algorithm/protocol rules, and calls no rule takes run on NVIDIA's plugin's 1 "
+                        "channel; .txt: nccl_env)")
     c.set_defaults(func=cmd_table_convert)
     lk = tsub.add_parser("lookup", help="which rule applies to a call (first match wins)")
     lk.add_argument("file")
@@ -36,6 +37,9 @@ def add(sub) -> None:
     lk.add_argument("--position", type=int, default=-1, help="call's position in the step on its communicator")
     lk.add_argument("--num-pipe-ops", type=int, default=1)
     lk.add_argument("--reg-buff", type=int, default=0)
+    lk.add_argument("--as", dest="as_plugin", choices=("dynamiccl", "nvidia-example"), default="dynamiccl",
+                    help="nvidia-example: also show what NVIDIA's example tuner plugin does with the table as its "
+                         "CSV (the file itself if it is one): its first-match walk and its channel rules")
     lk.set_defaults(func=cmd_table_lookup)
     e = tsub.add_parser("export", help="write a trained policy as a decision table the tuner plugin applies",
                         description="`dynamiccl table export --policy policy.zip -o table.json [--nccl-csv "
@@ -77,7 +81,8 @@ def add_policy_export_arguments(parser: argparse.ArgumentParser, policy_required
                                                "the table must reproduce (default: the policy's training config)")
     parser.add_argument("--env", help="environment spec the table is for (masks depend on the cluster); "
                                       "default: every env of the config")
-    parser.add_argument("--nccl-csv", help="also write NVIDIA's example-plugin CSV (lossy: no position rules)")
+    parser.add_argument("--nccl-csv", help="also write NVIDIA's example-plugin CSV (no position rules; NCCL's own "
+                                           "choice written out for the shapes of the cases)")
     parser.add_argument("--run-dir", help="the training run's directory, where the config's workloads are "
                                           "generated (default experiments/<name>/run)")
     parser.add_argument("--evidence-states", type=int, default=None,
@@ -112,26 +117,61 @@ def cmd_table_convert(args) -> int:
 
 
 def cmd_table_lookup(args) -> int:
+    from pathlib import Path
+
     from dynamiccl import nccl
     from dynamiccl.callkey import CallKey
-    from dynamiccl.table import load
+    from dynamiccl.table import format_of, load, nvidia_csv
 
     table = load(args.file)
+    for warning in table.provenance.get("warnings", []):
+        print(f"warning: {args.file}: {warning}", file=sys.stderr)
     call = CallKey(nccl.parse_func(args.coll, "--coll"), args.bytes, args.nranks, args.nnodes, position=args.position,
                    num_pipe_ops=args.num_pipe_ops, reg_buff=args.reg_buff)
+    prefix = "dynamiccl: " if args.as_plugin == "nvidia-example" else ""
     rule = table.lookup(call)
     if rule is None:
-        print("no rule matches: NCCL's own choice")
-        return 0
-    index = table.rules.index(rule)
-    if rule.keeps_nccl:
-        print(f"rule {index}: NCCL's own choice: no evidence here that another choice wins")
-        return 0
-    algo = rule.algorithm.name_lower if rule.algorithm is not None else "nccl's"
-    proto = rule.protocol.name_lower if rule.protocol is not None else "nccl's"
-    channels = "nccl's" if rule.channels == nccl.KEEP else str(rule.channels)
-    print(f"rule {index}: algorithm {algo}, protocol {proto}, channels {channels}")
+        print(f"{prefix}no rule matches: NCCL's own choice")
+    else:
+        index = table.rules.index(rule)
+        if rule.keeps_nccl:
+            print(f"{prefix}rule {index}: NCCL's own choice: no evidence here that another choice wins")
+        else:
+            algo = rule.algorithm.name_lower if rule.algorithm is not None else "nccl's"
+            proto = rule.protocol.name_lower if rule.protocol is not None else "nccl's"
+            channels = "nccl's" if rule.channels == nccl.KEEP else str(rule.channels)
+            print(f"{prefix}rule {index}: algorithm {algo}, protocol {proto}, channels {channels}")
+    if args.as_plugin == "nvidia-example":
+        if format_of(args.file) == "csv":
+            text, how = Path(args.file).read_text(encoding="utf-8"), ""
+        else:
+            try:
+                text, how = nvidia_csv.write(table), " (as `dynamiccl table convert` writes it)"
+            except InputError:
+                text = nvidia_csv.write(table, lossy=True)
+                how = (" (as `dynamiccl table convert --lossy` writes it: the CSV cannot hold this table exactly, "
+                       "`table convert` without --lossy says why)")
+        lines, _ = nvidia_csv.parse_example(text)
+        print(_describe_example_choice(nvidia_csv.example_choice(lines, call), how))
     return 0
+
+
+def _describe_example_choice(choice, how: str) -> str:
+    """One line: what NVIDIA's example plugin does (``nvidia_csv.example_choice``)."""
+    passed = "".join(f"; passes over line {line.lineno} (NCCL never runs that pair for the collective)"
+                     for line in choice.passed_over)
+    if choice.line is None:
+        return (f"nvidia-example{how}: no line applies: NCCL's algorithm and protocol on 1 channel (the plugin "
+                f"sets *nChannels = 1 before matching){passed}")
+    line = choice.line
+    if line.channels == -1:
+        channels = "1 (channels -1 keeps the plugin's default of 1)"
+    elif choice.channels == 0:
+        channels = "nccl's (0)"
+    else:
+        channels = str(choice.channels)
+    return (f"nvidia-example{how}: line {line.lineno} ({','.join(line.tokens)}): algorithm "
+            f"{line.algorithm.name_lower}, protocol {line.protocol.name_lower}, channels {channels}{passed}")
 
 
 def cmd_table_export(args) -> int:
@@ -154,8 +194,8 @@ def cmd_table_export(args) -> int:
           f"of {exported.cases} case(s)")
     if args.nccl_csv:
         save(exported.csv_table, args.nccl_csv)
-        print(f"wrote {args.nccl_csv}: {len(exported.csv_table.rules)} rules for NVIDIA's example plugin (lossy: no "
-              "position or explicit-default rules)")
+        print(f"wrote {args.nccl_csv}: {len(exported.csv_table.rules)} rules for NVIDIA's example plugin (no position "
+              "rules; NCCL's choice written out for the cases' shapes, other shapes on the plugin's 1 channel)")
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 
 from dynamiccl.cli.common import invocation, wrapped_command
@@ -27,11 +26,12 @@ def add(sub) -> None:
     s.add_argument("--json", action="store_true", help="machine-readable: {group_kind: {op: {count, total_bytes, ...}}}")
     s.add_argument("--rank", type=int, help="rank to detail (default: the first in the file)")
     s.add_argument("--all-ranks", action="store_true", help="with --json: an object per rank")
-    s.add_argument("--step", type=int, default=0, help="step to summarise (default 0)")
+    s.add_argument("--step", type=int, help="step to summarise (default: the first full training step, "
+                                            "step 1 of a profiled or imported trace, whose step 0 is setup)")
     s.set_defaults(func=cmd_trace_summary)
     c = tsub.add_parser("check", help="validate the schema and the cross-rank consistency (no deadlock)")
     c.add_argument("file")
-    c.add_argument("--step", type=int, default=0)
+    c.add_argument("--step", type=int, help="step to check (default: the first full training step)")
     c.set_defaults(func=cmd_trace_check)
     e = tsub.add_parser("export", help="write a trace for other simulators: Chakra (ASTRA-sim) or PARAM comms replay",
                         description="`dynamiccl trace export {chakra,param} TRACE -o DIR` writes a trace as Chakra "
@@ -45,7 +45,9 @@ def add(sub) -> None:
     p = sub.add_parser("profile", help="run a training command with capture on and merge its trace",
                        description="Run CMD (torchrun ..., python ..., srun ...) unchanged with dynamiccl's capture "
                                    "on in every process, then merge the per-rank records into one trace. Steps end "
-                                   "at each optimizer step; DDP construction and barriers are marked setup.")
+                                   "at each optimizer step; DDP construction, barriers and what runs after the last "
+                                   "optimizer step are marked setup (step 0). The job always runs: if capture "
+                                   "fails, one line says why. Exits with the job's status.")
     p.add_argument("-o", "--output", default="dynamiccl-profile", help="output directory (default dynamiccl-profile)")
     p.add_argument("--gpus-per-node", type=int, default=0, help="for node counts (default: torchrun's local world size)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
@@ -63,6 +65,20 @@ def add(sub) -> None:
     p.set_defaults(func=cmd_import)
 
 
+def _step(args, trace) -> tuple[int, str | None]:
+    """The step a trace command looks at: ``--step``, else the first full training step, with the
+    line that says so (None for ``--step``)."""
+    from dynamiccl.trace.summary import first_training_step
+
+    if args.step is not None:
+        return args.step, None
+    step = first_training_step(trace)
+    if step is None:
+        step = int(trace.ops["step"].min()) if not trace.ops.empty else 0
+        return step, f"step {step}: the trace has no training step, only setup traffic (--step N for another)"
+    return step, f"step {step}: the first full training step (--step N for another)"
+
+
 def cmd_trace_summary(args) -> int:
     from dynamiccl.trace.store import Trace
     from dynamiccl.trace.summary import rank_summary, render_text
@@ -70,15 +86,21 @@ def cmd_trace_summary(args) -> int:
     trace = Trace.read(args.file)
     if args.rank is not None and args.rank not in trace.ranks:
         raise InputError(args.file, "--rank", f"rank {args.rank} is not in the trace (ranks: {trace.ranks})")
+    step, which = _step(args, trace)
     try:
         if args.json:
             if args.all_ranks:
-                obj = {str(r): rank_summary(trace, r, args.step) for r in trace.ranks}
+                obj = {str(r): rank_summary(trace, r, step) for r in trace.ranks}
             else:
-                obj = rank_summary(trace, args.rank if args.rank is not None else trace.ranks[0], args.step)
+                obj = rank_summary(trace, args.rank if args.rank is not None else trace.ranks[0], step)
+            if which:
+                print(which, file=sys.stderr)  # stdout stays JSON
             print(json.dumps(obj, indent=2))
         else:
-            print(render_text(trace, args.file, args.rank, args.step))
+            text = render_text(trace, args.file, args.rank, step)
+            if which:
+                print(which)
+            print(text)
     except KeyError as exc:
         raise InputError(args.file, "--step", str(exc.args[0])) from None
     return 0
@@ -89,8 +111,13 @@ def cmd_trace_check(args) -> int:
     from dynamiccl.trace.store import Trace
 
     trace = Trace.read(args.file)  # schema validation
-    report = check_consistency(trace, args.step)
+    step, which = _step(args, trace)
+    steps = sorted(int(s) for s in trace.ops["step"].unique())
+    if step not in steps:  # checking no ops would print a meaningless OK
+        raise InputError(args.file, "--step", f"step {step} is not in the trace (it has steps {steps})")
+    report = check_consistency(trace, step)
     print(f"{args.file}: schema OK; {len(trace.ops)} ops on ranks {trace.ranks}")
+    print(f"  {which or f'step {step}'}")
     print(f"  cross-rank checks on {len(report.checked_groups)} group(s) with all members present"
           + (f", {len(report.skipped_groups)} skipped (members not in the file)" if report.skipped_groups else ""))
     print(f"  replay: {report.completed_ops} of {report.total_ops} ops complete")
@@ -112,19 +139,32 @@ def cmd_trace_export(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from dynamiccl.profiler.merge import training_steps, write_merged_trace
-    from dynamiccl.profiler.run import run_profiled
+    """Run the command with capture on, merge and summarise; the exit status is always the
+    command's (capture fails open: a problem with it is one line on stderr)."""
+    from dynamiccl.profiler.merge import training_steps
+    from dynamiccl.profiler.run import merge_after_run, run_profiled, say
     from dynamiccl.trace.summary import render_text
 
     command = wrapped_command(args.cmd)
     status, capture_dir = run_profiled(command, args.output)
+    if capture_dir is None:  # ran unprofiled; run_profiled said why
+        return status
     if status != 0:
-        print(f"dynamiccl profile: the command exited with status {status}; merging what was recorded",
-              file=sys.stderr)
-    out, trace = write_merged_trace(capture_dir, gpus_per_node=args.gpus_per_node, description=shlex.join(command))
+        say("profile", f"the command exited with status {status}; merging what was recorded")
+    merged = merge_after_run(capture_dir, command, args.gpus_per_node, "profile")
+    if merged is None:
+        return status
+    out, trace = merged
     steps = training_steps(trace)
-    print(render_text(trace, str(out), step=steps))  # the last training step; step 0 is setup
-    print(f"wrote {out} ({steps} training step(s) after setup)")
+    if steps:
+        try:
+            print(render_text(trace, str(out), step=steps))  # the last complete training step; step 0 is setup
+        except KeyError as exc:  # a rank without ops in that step: the trace is written all the same
+            say("profile", f"no summary of step {steps}: {exc.args[0]}")
+        print(f"wrote {out} ({steps} training step(s) after setup)")
+    else:
+        print(f"wrote {out} (0 training steps: no optimizer step was seen, so everything recorded is setup "
+              "traffic in step 0)")
     return status
 
 

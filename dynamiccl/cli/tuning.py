@@ -7,9 +7,19 @@ from __future__ import annotations
 import json
 import time
 
+from dynamiccl import schema
 from dynamiccl.cli.common import invocation
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs, claim_output_dir
+
+# Command-line ranges, checked by argparse (one `usage` line and exit status 2 for a bad value).
+STATES = schema.argument(schema.integer("--states", low=1, high=100_000))
+STATE = schema.argument(schema.integer("--state", low=0, high=2**31 - 1))
+STATE_OFFSET = schema.argument(schema.integer("--state-offset", low=0, high=2**31 - 1))
+ONLINE_STEPS = schema.argument(schema.integer("--online-steps", low=0, high=1_000_000))
+TIMESTEPS = schema.argument(schema.integer("--timesteps", low=1, high=10**12))
+MAX_SWEEPS = schema.argument(schema.integer("--max-sweeps", low=0, high=1000))
+RANDOM_STEPS = schema.argument(schema.integer("--random-steps", low=0, high=100_000_000))
 
 
 def add(sub) -> None:
@@ -23,7 +33,8 @@ def add(sub) -> None:
     p.add_argument("--config", required=True, help="experiment config, e.g. experiments/default.toml")
     p.add_argument("--output-dir", help="default: experiments/<name>/run next to the config")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output directory")
-    p.add_argument("--timesteps", type=int, help="override [train] total_timesteps")
+    p.add_argument("--timesteps", type=TIMESTEPS, help="override [train] total_timesteps (a resumed run trains "
+                                                       "on to this many in all)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="compare a policy with NCCL's default, the search reference and the baselines",
@@ -41,9 +52,10 @@ def add(sub) -> None:
     p.add_argument("--envs", nargs="+", help="environment specs, crossed with --traces")
     p.add_argument("--agents", default=",".join(AGENTS),
                    help=f"comma-separated agents (default all: {','.join(AGENTS)})")
-    p.add_argument("--states", type=int, default=4, help="dynamics states per case (with --traces)")
-    p.add_argument("--state-offset", type=int, default=1000, help="first dynamics state (with --traces)")
-    p.add_argument("--online-steps", type=int, default=20, help="training steps the online learners get per case")
+    p.add_argument("--states", type=STATES, default=4, help="dynamics states per case (with --traces)")
+    p.add_argument("--state-offset", type=STATE_OFFSET, default=1000, help="first dynamics state (with --traces)")
+    p.add_argument("--online-steps", type=ONLINE_STEPS, default=20,
+                   help="training steps the online learners get per case")
     p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=list(COST_MODELS), help=cost_models_help())
     p.add_argument("-o", "--output", required=True, help="results file (.parquet)")
     p.add_argument("--json", help="also write the per-agent summary as JSON here")
@@ -61,11 +73,11 @@ def add(sub) -> None:
     p.add_argument("--trace", help="a trace file (instead of --config), with --env; with neither: the built-in "
                                    "case (Llama-3 8B TP2 x DP8 on h100-ib-2x8-heavy-compute)")
     p.add_argument("--env", help="environment spec name or path, with --trace")
-    p.add_argument("--states", type=int, default=4, help="dynamics states (without --config, which has its own)")
-    p.add_argument("--state-offset", type=int, default=1000, help="first dynamics state (without --config)")
+    p.add_argument("--states", type=STATES, default=4, help="dynamics states (without --config, which has its own)")
+    p.add_argument("--state-offset", type=STATE_OFFSET, default=1000, help="first dynamics state (without --config)")
     p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=simulated_cost_models(),
                    help=cost_models_help(simulated_cost_models()))
-    p.add_argument("--max-sweeps", type=int, default=4, help="coordinate-descent sweeps at most (default 4)")
+    p.add_argument("--max-sweeps", type=MAX_SWEEPS, default=4, help="coordinate-descent sweeps at most (default 4)")
     p.add_argument("-o", "--output", required=True,
                    help="the table (.json/.csv/.conf/.txt) for one case; for several, a directory of <case>.json")
     p.add_argument("--json", help="also write the per-case figures as JSON here")
@@ -76,24 +88,30 @@ def add(sub) -> None:
                                    "step time and where it goes. --random-steps measures environment throughput.")
     p.add_argument("trace")
     p.add_argument("--env", required=True, help="environment spec name or path")
-    p.add_argument("--state", type=int, default=0, help="dynamics state (seed of congestion and noise)")
+    p.add_argument("--state", type=STATE, default=0, help="dynamics state (seed of congestion and noise)")
     p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=simulated_cost_models(),
                    help=cost_models_help(simulated_cost_models()))
-    p.add_argument("--random-steps", type=int, default=0,
+    p.add_argument("--random-steps", type=RANDOM_STEPS, default=0,
                    help="also take this many environment steps with random valid actions and report steps/s")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_replay)
 
 
 def cmd_train(args) -> int:
+    from dataclasses import replace
+
     from dynamiccl.tuning.config import load_config
 
     config = load_config(args.config)
+    if args.timesteps is not None:  # the override: train to this many, more or fewer than the config says
+        raw_train = {**config.raw.get("train", {}), "total_timesteps": args.timesteps}
+        config = replace(config, train=replace(config.train, total_timesteps=args.timesteps),
+                         raw={**config.raw, "train": raw_train})
     output = config.run_dir(args.output_dir)
     # A failed run with a checkpoint is resumable (--resume); without one it is removed, whole.
     claim_output_dir(output, invocation(args.argv), keep=_resumable)
     from dynamiccl.tuning.train import train  # after the claim: loading torch takes seconds
-    result = train(config, output, resume=args.resume, max_timesteps=args.timesteps)
+    result = train(config, output, resume=args.resume)
     print(f"trained {result.timesteps:,} steps in {result.wall_s:.0f} s; policy: {output / 'policy.zip'}")
     print(f"TensorBoard: tensorboard --logdir {output / 'tensorboard'}")
     return 0
@@ -117,17 +135,40 @@ def cmd_evaluate(args) -> int:
     else:
         raise InputError("evaluate", None, "give --config, or --traces and --envs")
     names = [n.strip() for n in args.agents.split(",") if n.strip()]
+    if plan.model == "live":
+        _say_live_plan(plan)
     started = time.perf_counter()
     evaluation = evaluate_plan(plan, names, policy=args.policy, online_steps=args.online_steps)
     results = evaluation.results
     results.write(args.output, command=invocation(args.argv))
     print(results.summary().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    # Every cluster's description, not only the last case's: each names its cluster and its NCCL version.
+    descriptions = results.meta.get("cost_model_descriptions") or [evaluation.cost_model]
     if args.json:
         atomic.write_text(args.json, json.dumps({"results": args.output, "summary": results.summary_by_agent(),
-                                                 "cost_model": evaluation.cost_model}, indent=1) + "\n")
+                                                 "cost_model": evaluation.cost_model,
+                                                 "cost_model_descriptions": descriptions}, indent=1) + "\n")
+    clusters = list(dict.fromkeys(results.steps["env_spec"]))
+    priced_by = (evaluation.cost_model if len(clusters) == 1 else
+                 f"{results.meta.get('cost_model', plan.model)} on {len(clusters)} clusters: {', '.join(clusters)}")
     print(f"wrote {args.output} and its .calls.parquet in {time.perf_counter() - started:.0f} s "
-          f"(cost model: {evaluation.cost_model})")
+          f"(cost model: {priced_by})")
     return 0
+
+
+def _say_live_plan(plan) -> None:
+    """Before a live evaluation starts: its worker processes, cores and buffer memory (the largest
+    call of its traces is measured for real on this machine)."""
+    import sys
+
+    from dynamiccl.cli.costmodel import live_plan
+    from dynamiccl.costmodel.protocol import CostModelOptions
+    from dynamiccl.trace.store import Trace
+
+    traces = sorted({case.trace for case in (*plan.cases, *plan.fit_cases)})
+    largest = max(int(Trace.read(path).communication_ops["bytes_total"].max()) for path in traces)
+    print(f"evaluate: live measurement of the calls of {len(traces)} trace(s) with "
+          f"{live_plan(CostModelOptions().live_nprocs, largest)}", file=sys.stderr)
 
 
 def _search_cases(args):
@@ -144,9 +185,6 @@ def _search_cases(args):
             if not cases:
                 raise InputError("--case", None, f"no {args.split} case of {args.config} has {args.case!r} in its label")
         return list(cases), list(states), plan.model
-    if args.states < 1 or args.state_offset < 0:
-        raise InputError("--states", None, f"expected --states >= 1 and --state-offset >= 0, got "
-                         f"{args.states}, {args.state_offset}")
     if args.trace and args.env:
         return [Case(args.trace, args.env)], list(range(args.state_offset, args.state_offset + args.states)), args.model
     if args.trace or args.env:
@@ -166,8 +204,6 @@ def cmd_search(args) -> int:
     from dynamiccl.tuning.cases import load_case
     from dynamiccl.tuning.search import search_case, search_report_text, step_bounds
 
-    if args.max_sweeps < 0:
-        raise InputError("--max-sweeps", None, f"expected >= 0, got {args.max_sweeps}")
     output = Path(args.output)
     check_outputs(args.json)
     if output.suffix.lower() in table_io.FORMATS:

@@ -24,7 +24,6 @@ directory beside the repository (``../shared/calibration``): the nccl-tests tabl
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass, replace
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dynamiccl import schema
+from dynamiccl.cluster import MAX_GPUS_PER_NODE, MAX_NODES
 from dynamiccl.costmodel.batch import COSTED_FUNCS
 from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, load_env
 from dynamiccl.errors import InputError
@@ -115,46 +116,52 @@ def load_measurement_files(paths: list[str | os.PathLike]) -> list[MeasuredTable
     return tables
 
 
+# The numeric columns of a row, declared once (dynamiccl.schema checks each cell as it checks TOML values):
+# finite, in range, integers where NCCL counts. busbw may be empty (torch.distributed timings have none).
+_CELLS = {
+    "gpus_per_node": schema.integer("gpus_per_node", low=1, high=MAX_GPUS_PER_NODE),
+    "nodes": schema.integer("nodes", low=1, high=MAX_NODES),
+    "size_bytes": schema.integer("size_bytes", low=1, high=schema.INT_MAX),
+    "time_us": schema.number("time_us", low=0, low_inclusive=False, high=1e12),
+    "busbw_gbytes_per_s": schema.number("busbw_gbytes_per_s", 0.0, low=0, high=1e6),
+}
+# nccl_version: a version NCCL's model covers (OLDEST_NCCL..NEWEST_NCCL), or empty / "unknown ..." for a
+# table that did not log one (it runs with its spec's version).
+_VERSION_EXPECTED = (f"an NCCL version between {'.'.join(map(str, OLDEST_NCCL[:2]))} and "
+                     f"{'.'.join(map(str, NEWEST_NCCL[:2]))} (e.g. 2.23.4), or empty / \"unknown\" when not logged")
+
+
 def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
     """Read a measurements CSV into tables (in file order).
 
     Raises:
-        InputError: naming the file, the line and the column of a missing or bad value.
+        InputError: naming the file, the line and the column of a missing or bad value: a row cut
+            short, a number that is not finite or out of range, an NCCL version outside the
+            modelled range, an unknown collective, algorithm or protocol.
     """
     source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(source, None, f"cannot read measurements ({exc.strerror})") from None
-    reader = csv.DictReader(text.splitlines())
-    reader.fieldnames = [RENAMED_COLUMNS.get(name, name) for name in reader.fieldnames or []]
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    columns, rows = schema.read_csv(source, "measurements", renamed=RENAMED_COLUMNS)
+    missing = [c for c in COLUMNS if c not in columns]
     if missing:
         raise InputError(source, None, f"missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
     groups: dict[str, dict] = {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in rows:
         where = f"line {line}"
 
-        def number(column: str, integer: bool = False) -> float:
-            try:
-                value = float(row[column])
-            except (TypeError, ValueError):
-                raise InputError(source, f"{where}, column {column}", f"expected a number, got {row[column]!r}") from None
-            if not value > 0 and column != "busbw_gbytes_per_s" or (integer and value != int(value)):
-                raise InputError(source, f"{where}, column {column}", f"expected a positive "
-                                 f"{'integer' if integer else 'number'}, got {row[column]!r}")
-            return value
+        def number(column: str):
+            return schema.parse_cell(_CELLS[column], row[column], source, f"{where}, column {column}")
 
         key = row["table"]
         algo, proto = _forced(row, "algo", source, where), _forced(row, "proto", source, where)
         func = parse_func(row["coll"], source, f"{where}, column coll", allowed=COSTED_FUNCS)
+        version = _nccl_version(row["nccl_version"], source, f"{where}, column nccl_version")
         table = groups.setdefault(key, dict(
-            table=key, system=row["system"], nccl_version=row["nccl_version"], coll=row["coll"].strip().lower(),
-            func=int(func), algo=algo, proto=proto, gpus_per_node=int(number("gpus_per_node", True)),
-            nodes=int(number("nodes", True)), how=row["how"], size_bytes=[], time_us=[], busbw_gbytes_per_s=[]))
-        table["size_bytes"].append(number("size_bytes", True))
+            table=key, system=row["system"], nccl_version=version, coll=row["coll"].strip().lower(),
+            func=int(func), algo=algo, proto=proto, gpus_per_node=number("gpus_per_node"),
+            nodes=number("nodes"), how=row["how"], size_bytes=[], time_us=[], busbw_gbytes_per_s=[]))
+        table["size_bytes"].append(float(number("size_bytes")))
         table["time_us"].append(number("time_us"))
-        table["busbw_gbytes_per_s"].append(float(row["busbw_gbytes_per_s"] or 0.0))
+        table["busbw_gbytes_per_s"].append(number("busbw_gbytes_per_s"))
     if not groups:
         raise InputError(source, None, "no measurement rows")
     tables = [MeasuredTable(**{**g, "size_bytes": np.array(g["size_bytes"]), "time_us": np.array(g["time_us"]),
@@ -163,6 +170,23 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
         if per_rank_input_sizes(table):
             table.size_bytes = table.size_bytes * table.nranks
     return tables
+
+
+def _nccl_version(text: str, source: str, field: str) -> str:
+    """A row's ``nccl_version`` as written, once checked (see :data:`_VERSION_EXPECTED`).
+
+    Raises:
+        InputError: neither empty, "unknown ..." nor a version NCCL's model covers.
+    """
+    if not text.strip() or text.strip().lower().startswith("unknown"):
+        return text
+    try:
+        version = parse_version(text)
+    except ValueError:
+        version = None
+    if version is None or not OLDEST_NCCL <= version <= NEWEST_NCCL:
+        raise schema.expected(source, field, _VERSION_EXPECTED, text)
+    return text
 
 
 def per_rank_input_sizes(table: MeasuredTable) -> bool:

@@ -74,6 +74,12 @@ def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:
     entry = cost_model_entry(req.model, "--model", None)
     nnodes = req.nnodes or env.nodes
     nranks = req.nranks or nnodes * env.gpus_per_node
+    if nranks < 2:
+        # NCCL runs no algorithm on a one-rank communicator: NVIDIA/nccl src/enqueue.cc taskAppend sends
+        # nRanks == 1 to ncclLaunchOneRank, a local copy/reduce. There is nothing to cost, whatever --algo/--proto say.
+        raise InputError("--nranks", None, f"expected 2 or more ranks, got {nranks}"
+                                           f"{'' if req.nranks else f' (every GPU of {env.name})'}: a one-rank "
+                                           "communicator moves no data between GPUs, so there is nothing to cost")
     if req.algo is not None and req.proto is not None and func not in (Func.SEND, Func.RECV) \
             and not is_supported(func, req.algo, req.proto, env.nccl_version):
         raise InputError("--algo/--proto", None, f"NCCL {env.nccl_version} cannot run {op} with "
@@ -96,9 +102,11 @@ def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:
         header = [f"dynamiccl simulate --model {req.model}: {op}, {model.describe()} (the spec {env.name} is not "
                   f"used for live runs)"]
     else:
-        forced = ", ".join(f"{k} {v}" for k, v in (("algo", req.algo and req.algo.name_lower),
-                                                   ("proto", req.proto and req.proto.name_lower),
-                                                   ("channels", req.channels or None)) if v) or "NCCL's choice"
+        # Tree and LL are value 0 of their enums: test for "forced" with ``is not None``, not truthiness.
+        forced = ", ".join(f"{k} {v}" for k, v in (("algo", req.algo.name_lower if req.algo is not None else None),
+                                                   ("proto", req.proto.name_lower if req.proto is not None else None),
+                                                   ("channels", req.channels or None)) if v is not None) \
+            or "NCCL's choice"
         header = [f"dynamiccl simulate: {op}, {nranks} ranks on {nnodes} node(s), {forced}",
                   f"cost model: {model.describe()}",
                   f"choices: NCCL {env.nccl_version} model (tuning.cc)"]

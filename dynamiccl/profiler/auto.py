@@ -6,7 +6,9 @@
 
 - the capture mode is active from start-up; rank files go to ``$DYNAMICCL_PROFILE_DIR``;
 - steps end at every optimizer step (PyTorch's global optimizer step post-hook), so step k is
-  everything from the previous optimizer step to this one;
+  everything from the previous optimizer step to this one; what runs after the last optimizer step
+  (a final loss report, a checkpoint barrier) is no training step: it is setup traffic, and a job
+  of K optimizer steps records K steps;
 - traffic inside ``DistributedDataParallel(...)`` construction is marked setup, as are barriers;
 - the rank file is written when the process exits.
 
@@ -60,7 +62,7 @@ def start_from_environment():
 
 def _finish(cap) -> None:
     try:
-        cap.end_step()
+        cap.abandon_step()  # the step the last optimizer step opened never completes
         cap.write()
     except Exception as exc:
         print(f"dynamiccl: could not write the capture ({type(exc).__name__}: {exc})", file=sys.stderr)

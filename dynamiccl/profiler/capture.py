@@ -150,6 +150,21 @@ class Capture(TorchDispatchMode):
             self.step_times_ns[self.step_index][1] = time.perf_counter_ns() - self.t0_ns
         self.step_index = -1
 
+    def abandon_step(self) -> None:
+        """Close the open step as incomplete: its ops become setup traffic (step -1, as ops outside
+        any step are) and it is not counted. Zero-code mode calls this at exit: the step opened by
+        the last optimizer step never reaches another, so it holds only what ran after training
+        (a final loss report, a checkpoint barrier), not a training step."""
+        self._resolve_events()
+        if self.step_index >= 0:
+            with self._lock:
+                for rec in self.ops:
+                    if rec["step"] == self.step_index:
+                        rec["step"] = -1
+            del self.step_times_ns[self.step_index:]
+            self.steps_seen = self.step_index
+        self.step_index = -1
+
     @contextlib.contextmanager
     def setup(self) -> Iterator[None]:
         """Ops issued inside are setup traffic even within a step (e.g. wrapping a model in DDP)."""

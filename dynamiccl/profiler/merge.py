@@ -5,11 +5,13 @@
   (Megatron-LM's names from ``megatron/core/parallel_state.py``, or short ones like ``tp``/``DP``),
   the default group is ``world``.
 - Step 0 holds the setup traffic (ops outside ``cap.step()``: DDP construction broadcasts,
-  barriers), phase ``setup``; training steps are 1..K. Inside a step an op is ``backward`` when it
+  barriers, and in zero-code mode what ran after the last optimizer step), phase ``setup``;
+  training steps are 1..K, each complete. Inside a step an op is ``backward`` when it
   ran inside autograd's backward, ``step`` after the step's last backward op, else ``forward``.
 - The time between one op's end and the next op's start on a rank (and from a step's start to its
   first op, from its last op to its end) becomes a compute segment with that measured duration. A compute
-  segment after a blocking op depends on it; asynchronous ops (DDP buckets, async_op=True,
+  segment after a blocking op depends on it (in step 0, a gap with training steps inside is no
+  compute of step 0 and is left out); asynchronous ops (DDP buckets, async_op=True,
   functional collectives) are waited for by the step's last op, as the optimizer waits for them.
 - Barriers become 1-element all-reduces (what ProcessGroupNCCL issues for ``barrier``).
 """
@@ -112,8 +114,16 @@ def write_merged_trace(capture_dir: str | os.PathLike, *, gpus_per_node: int = 0
 
 
 def training_steps(trace: Trace) -> int:
-    """The training steps of a merged capture: step 0 is setup, steps 1..N end at optimizer steps."""
-    return int(trace.ops["step"].max())
+    """The complete training steps of a merged capture (step 0 is setup, steps 1..N end at
+    optimizer steps): the capture files' count (a last step without collectives counts too), at
+    least the highest step in the trace (capture files may leave the count out)."""
+    return max(int(trace.meta.workload.get("captured_steps", 0)), int(trace.ops["step"].max()))
+
+
+def _step_boundary_between(times: list, lo_us: float, hi_us: float) -> bool:
+    """Whether a training step starts or ends between ``lo_us`` and ``hi_us`` (``times``: the
+    capture's ``step_times_ns``)."""
+    return any(t is not None and lo_us < t / 1000.0 < hi_us for bounds in times for t in bounds)
 
 
 def _rank_ops(builder: TraceBuilder, doc: dict, groups: dict) -> None:
@@ -141,7 +151,8 @@ def _rank_ops(builder: TraceBuilder, doc: dict, groups: dict) -> None:
                 phase = "step" if last_backward >= 0 and i > last_backward else "forward"
             coalesced = op.get("nccl_group", -1)
             same_group = coalesced not in (-1, None) and coalesced == open_group
-            if prev_end is not None and start_us - prev_end >= MIN_GAP_US and not same_group:
+            if prev_end is not None and start_us - prev_end >= MIN_GAP_US and not same_group \
+                    and not (step == 0 and _step_boundary_between(times, prev_end, start_us)):
                 if group_ctx is not None:
                     group_ctx.__exit__(None, None, None)
                     group_ctx, open_group = None, -1

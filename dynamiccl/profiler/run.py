@@ -5,18 +5,29 @@ gets ``DYNAMICCL_PROFILE_DIR=<out>/capture`` and ``PYTHONPATH`` gains the ``auto
 (:mod:`dynamiccl.profiler.auto`). SIGINT and SIGTERM are forwarded to the command's process group;
 the exit status is the command's. Afterwards the rank files are merged into ``<out>/trace.parquet``.
 ``dynamiccl launch`` runs its command through the same ``run_forwarding_signals``.
+
+Capture fails open, here as in the job: a capture directory that cannot be created (the command
+then runs unprofiled) or a capture that cannot be merged is one line on stderr, and the exit status
+stays the command's.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
-from dynamiccl.errors import InputError
+from typing import TYPE_CHECKING
+
+from dynamiccl.errors import DynamicclError, InputError
 from dynamiccl.profiler.auto import ENV_DIR
+
+if TYPE_CHECKING:  # the trace store needs pandas; the launcher imports this module without it
+    from dynamiccl.trace.store import Trace
 
 AUTOSTART_DIR = Path(__file__).resolve().parent / "autostart"
 
@@ -30,13 +41,46 @@ def profile_environment(capture_dir: Path, base: dict[str, str] | None = None) -
     return env
 
 
-def fresh_capture_dir(out_dir: str | os.PathLike) -> Path:
-    """``out_dir/capture``, emptied (a stale rank file would merge into this run) and created."""
-    capture_dir = Path(out_dir) / "capture"
-    if capture_dir.exists():
-        shutil.rmtree(capture_dir)
-    capture_dir.mkdir(parents=True)
-    return capture_dir
+def say(who: str, line: str) -> None:
+    """Print one line of ``dynamiccl WHO`` (``profile``, ``launch``) to stderr, prefixed with the
+    command's name, so that the job's own output stays clean."""
+    print(f"dynamiccl {who}: {line}", file=sys.stderr, flush=True)
+
+
+def create_capture_dir(capture_dir: str | os.PathLike) -> str | None:
+    """Empty (a stale rank file would merge into this run) and create ``capture_dir``.
+
+    Returns:
+        None, or why it cannot be done, as one line (``not profiling: cannot create DIR: reason``):
+        the caller then runs the job unprofiled. Never raises for a filesystem problem.
+    """
+    capture_dir = Path(capture_dir)
+    try:
+        if capture_dir.exists():
+            shutil.rmtree(capture_dir)
+        capture_dir.mkdir(parents=True)
+    except OSError as exc:
+        return f"not profiling: cannot create {capture_dir}: {exc.strerror or exc}"
+    return None
+
+
+def merge_after_run(capture_dir: Path, command: list[str], gpus_per_node: int,
+                    who: str) -> "tuple[Path, Trace] | None":
+    """Merge what the job recorded into ``trace.parquet`` beside ``capture_dir``
+    (:func:`dynamiccl.profiler.merge.write_merged_trace`), failing open.
+
+    Returns:
+        (the trace's path, the trace), or None after saying why in one line (``no trace: ...``):
+        nothing recorded (the job died before its process group existed), a malformed capture,
+        a trace that cannot be written.
+    """
+    from dynamiccl.profiler.merge import write_merged_trace
+
+    try:
+        return write_merged_trace(capture_dir, gpus_per_node=gpus_per_node, description=shlex.join(command))
+    except (DynamicclError, OSError) as exc:
+        say(who, f"no trace: {exc}")
+        return None
 
 
 def run_forwarding_signals(command: list[str], env: dict[str, str], who: str) -> int:
@@ -72,13 +116,19 @@ def run_forwarding_signals(command: list[str], env: dict[str, str], who: str) ->
     return 128 - status if status < 0 else status
 
 
-def run_profiled(command: list[str], out_dir: str | os.PathLike) -> tuple[int, Path]:
-    """Run ``command`` with capture on; returns (its exit status, the capture directory).
+def run_profiled(command: list[str], out_dir: str | os.PathLike) -> tuple[int, Path | None]:
+    """Run ``command`` with capture on into ``out_dir/capture``; returns (its exit status, the
+    capture directory). If that directory cannot be created, one line says why and the command
+    runs unprofiled (the directory returned is then None).
 
     Raises:
         InputError: an empty command or one that cannot be started.
     """
     if not command:
         raise InputError("profile", None, "no command given; usage: dynamiccl profile -o DIR -- CMD ...")
-    capture_dir = fresh_capture_dir(out_dir)
+    capture_dir = Path(out_dir).absolute() / "capture"
+    problem = create_capture_dir(capture_dir)
+    if problem is not None:
+        say("profile", f"{problem}; the command runs unprofiled")
+        return run_forwarding_signals(command, dict(os.environ), "profile"), None
     return run_forwarding_signals(command, profile_environment(capture_dir), "profile"), capture_dir

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from dynamiccl import atomic
 from dynamiccl.report import html, markdown
 from dynamiccl.report.data import (
-    ReportData, choose_agent, load_calibration, load_results, load_training_curve,
+    ReportData, case_names, choose_agent, load_calibration, load_results, load_training_curve,
 )
 from dynamiccl.report.sections import builders, headline_lines
 
@@ -35,6 +35,7 @@ def load(results: str | os.PathLike, *, training_curve=None, calibration=None, t
     steps, calls, meta, note = load_results(results)
     data = ReportData(Path(results), steps, calls, meta, "", online, command=command, notes=[note] if note else [])
     data.agent = choose_agent(data.agents, agent, os.fspath(results))
+    data.case_names = case_names(meta, steps)
     if training_curve is not None:
         data.training_curve, data.training_curve_path = load_training_curve(training_curve), Path(training_curve)
     if calibration is not None:

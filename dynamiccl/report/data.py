@@ -52,6 +52,11 @@ class ReportData:
     table_path: Path | None = None
     command: str | None = None
     notes: list[str] = field(default_factory=list)
+    case_names: dict[str, str] = field(default_factory=dict)  # case label -> readable layout (see case_names)
+
+    def name(self, case: str) -> str:
+        """The readable name of the case labelled ``case`` (the label itself when none is known)."""
+        return self.case_names.get(case, case)
 
     @property
     def agents(self) -> list[str]:
@@ -80,6 +85,31 @@ def load_results(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | 
         f"{calls_path(path)} is absent: the per-call sections (decision maps, where the time goes) need it; "
         f"`dynamiccl evaluate ... -o {path}` writes it")
     return results.steps, results.calls, results.meta, note
+
+
+def case_names(meta: dict, steps: pd.DataFrame) -> dict[str, str]:
+    """Case label -> readable layout (``dynamiccl.tuning.cases.layout_label``: model, TP/PP/DP/EP, GPUs,
+    cluster), as ``evaluate`` recorded it (``meta["case_layout"]``); for files written before that, read
+    from the case's trace where the file is still there; else the label itself. Two cases with the
+    same layout keep their labels beside it, so every name stays unique."""
+    from dynamiccl.trace.store import Trace
+    from dynamiccl.tuning.cases import Case, layout_label
+
+    recorded = meta.get("case_layout") or {}
+    names = {}
+    for case, group in steps.groupby("case", sort=False):
+        name = recorded.get(case)
+        trace, env = str(group["trace"].iloc[0]), str(group["env_spec"].iloc[0])
+        if name is None and Path(trace).is_file():
+            try:
+                loaded = Trace.read(trace)
+            except InputError:  # the trace changed or is damaged since: keep the label
+                loaded = None
+            if loaded is not None:
+                name = layout_label(Case(trace, env), loaded.meta.workload, loaded.meta.world_size)
+        names[case] = name or case
+    counts = pd.Series(list(names.values())).value_counts()
+    return {case: f"{name} [{case}]" if counts[name] > 1 and name != case else name for case, name in names.items()}
 
 
 def load_training_curve(path: str | os.PathLike) -> pd.DataFrame:
@@ -167,12 +197,39 @@ def per_case(data: ReportData, column: str = "speedup", by_state: bool = True) -
     keys = ["case", "state"] if by_state else ["case"]
     agg = _geomean if column != "gap_to_search" else "mean"
     table = steps.groupby(keys + ["agent"], sort=False)[column].agg(agg).unstack("agent")
-    return table[[a for a in data.agents if a in table.columns]]
+    return _named(data, table[[a for a in data.agents if a in table.columns]])
+
+
+def _named(data: ReportData, frame):
+    """``frame`` with its ``case`` index level renamed to the cases' readable names."""
+    return frame.rename(index=data.name, level="case" if frame.index.nlevels > 1 else None)
 
 
 def default_step_ms(data: ReportData) -> pd.Series:
-    """NCCL default's step time (ms) per (case, state), from any agent's rows (they all carry it)."""
-    return data.steps.groupby(["case", "state"], sort=False)["default_step_time_us"].first() / 1e3
+    """NCCL default's step time (ms) per (case name, state), from any agent's rows (they all carry it)."""
+    return _named(data, data.steps.groupby(["case", "state"], sort=False)["default_step_time_us"].first() / 1e3)
+
+
+def simulation_line(data: ReportData) -> str:
+    """Where the step times come from: the cost model that predicted them (or measured them, for a
+    model that runs collectives), what it is, and the NCCL version whose choices are the default."""
+    from dynamiccl.costmodel.registry import COST_MODELS
+
+    name = str(data.meta.get("cost_model") or "")
+    entry = COST_MODELS.get(name)  # None: a model this version does not know (still named)
+    versions = ", ".join(sorted(map(str, data.steps["nccl_version"].unique())))
+    # The per-cluster descriptions end in " on <cluster>: <hardware>"; the part before names the model
+    # and its calibration, the same for every cluster.
+    models = list(dict.fromkeys(
+        str(desc).split(f" on {env}:")[0] for desc, env in
+        data.steps[["cost_model", "env_spec"]].drop_duplicates().itertuples(index=False)))
+    clusters = list(dict.fromkeys(data.steps["env_spec"]))
+    where = f"{len(clusters)} cluster{'s' if len(clusters) > 1 else ''} ({', '.join(clusters)})"
+    if entry is not None and entry.runs_collectives:
+        return (f"Measured, not simulated: step times from real collectives on the machine that ran "
+                f"`dynamiccl evaluate` (cost model '{name}': {'; '.join(models)}), not on the {where} named")
+    return (f"Simulated, not measured: every step time is predicted by the '{name or 'not recorded'}' cost model, "
+            f"{'; '.join(models)}, on {where}; the baseline is NCCL {versions}'s own choice")
 
 
 def headline(data: ReportData) -> dict:
@@ -184,8 +241,10 @@ def headline(data: ReportData) -> dict:
            "min_speedup": float(summary.loc[data.agent, "min_speedup"]),
            "slower_share": float(summary.loc[data.agent, "slower_share"]),
            "mean_gap_to_search": float(summary.loc[data.agent, "mean_gap_to_search"]),
-           "mean_gain_share": float(summary.loc[data.agent, "mean_gain_share"]),
            "cases": len(cases)}
+    shares = gain_shares(data)
+    out.update(gain_share=float(shares.loc[data.agent, "gain_share"]),
+               gain_share_cases=int(shares.loc[data.agent, "cases"]))
     worst = cases[data.agent].idxmin()
     out.update(worst_case=worst, worst_case_speedup=float(cases[data.agent].min()))
     for name in ("search", "line_rate_bound", "no_comm"):
@@ -194,15 +253,58 @@ def headline(data: ReportData) -> dict:
         out["greedy_geomean_speedup"] = float(summary.loc[GREEDY_AGENT, "geomean_speedup"])
     refs = headroom(data)
     out["nothing_to_gain_cases"] = int(refs["nothing_to_gain"].sum()) if len(refs) else 0
+    if len(refs):
+        most, least = refs["saved_ms"].idxmax(), refs["saved_ms"].idxmin()
+        out.update({f"{key}_saved_{unit}": float(refs.loc[case, f"saved_{unit}"])
+                    for key, case in (("most", most), ("least", least)) for unit in ("ms", "min_per_day")})
+        out.update(most_saved_case=most, least_saved_case=least)
     return out
 
 
-HEADROOM_COLUMNS = ("default_ms", "agent_speedup", "search_speedup", "line_rate_bound_speedup", "no_comm_speedup",
-                    "gain_share", "nothing_to_gain")
+def gain_shares(data: ReportData) -> pd.DataFrame:
+    """Per agent: the share of the search reference's gain it reaches, over the cases where that gain
+    means something, i.e. where the search's geometric-mean speedup (over the case's counted episodes)
+    is at least 1 + ``NOTHING_TO_GAIN`` (elsewhere the gain is inside run-to-run noise): ``gain_share``
+    = (the agent's geometric-mean speedup over those episodes - 1) / (the search's - 1), NaN where
+    no case has that much to gain; ``cases``: how many cases count. (A mean of per-episode shares, as
+    ``Results.summary``'s ``mean_gain_share``, divides by gains near the threshold and reads as
+    noise: -40 for an agent at speedup 0.6 where the search gains 1%.)"""
+    steps = counted_steps(data.steps, data.online)
+    rows = {}
+    for agent, group in steps.groupby("agent", sort=False):
+        default = group["default_step_time_us"].to_numpy(dtype=np.float64)
+        log_search = np.log(default / group["search_step_time_us"].to_numpy(dtype=np.float64))
+        search_case = group.assign(log_search=log_search).groupby("case", sort=False)["log_search"].mean()
+        counted = search_case.index[np.exp(search_case.to_numpy()) - 1.0 >= NOTHING_TO_GAIN]
+        chosen = group[group["case"].isin(counted)]
+        speedup = geomean_ratio(chosen["default_step_time_us"].to_numpy(dtype=np.float64),
+                                chosen["step_time_us"].to_numpy(dtype=np.float64))
+        search = geomean_ratio(chosen["default_step_time_us"].to_numpy(dtype=np.float64),
+                               chosen["search_step_time_us"].to_numpy(dtype=np.float64))
+        rows[agent] = {"gain_share": gain_share(speedup, search) if len(counted) else math.nan,
+                       "cases": len(counted)}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["gain_share", "cases"])
+
+
+def share_text(share: float) -> str:
+    """A gain share for a table cell: ``—`` where undefined (nothing to gain), ``<0 (slower)`` for an
+    agent slower than NCCL's default there (a negative share's size only restates the slowdown,
+    divided by a small gain), else three decimals."""
+    if share is None or math.isnan(share):
+        return "—"
+    return "<0 (slower)" if share < 0 else f"{share:.3f}"
+
+
+HEADROOM_COLUMNS = ("default_ms", "agent_ms", "saved_ms", "saved_min_per_day", "agent_speedup", "search_speedup",
+                    "line_rate_bound_speedup", "no_comm_speedup", "gain_share", "nothing_to_gain")
+MINUTES_PER_DAY = 24 * 60
 
 
 def headroom(data: ReportData) -> pd.DataFrame:
-    """Per case: NCCL default's mean step time (ms), and the geometric-mean speedup over NCCL's
+    """Per case (by readable name): NCCL default's and the agent's mean step time (ms), the time the
+    agent saves per step (``saved_ms``, negative: it loses time) and per day of training
+    (``saved_min_per_day``: minutes by which the steps of a day at NCCL default's pace finish sooner,
+    ``1440 x saved_ms / default_ms``), the geometric-mean speedup over NCCL's
     default (over the case's states) of the report's agent, the search reference, the line-rate
     bound and the no-communication ceiling; the agent's share of the search's gain
     (:func:`~dynamiccl.tuning.evaluate.gain_share`: ``(agent - 1) / (search - 1)``, NaN where the
@@ -222,12 +324,15 @@ def headroom(data: ReportData) -> pd.DataFrame:
 
         agent_speedup, search_speedup = ratio("step_time_us"), ratio("search_step_time_us")
         nothing = not (search_speedup - 1.0 >= NOTHING_TO_GAIN) if not math.isnan(search_speedup) else False
-        rows[case] = {"default_ms": float(default.mean() / 1e3), "agent_speedup": agent_speedup,
-                      "search_speedup": search_speedup,
-                      "line_rate_bound_speedup": ratio("line_rate_bound_step_time_us"),
-                      "no_comm_speedup": ratio("no_comm_step_time_us"),
-                      "gain_share": gain_share(agent_speedup, search_speedup),
-                      "nothing_to_gain": nothing}
+        default_ms = float(default.mean() / 1e3)
+        agent_ms = float(group["step_time_us"].mean() / 1e3)
+        rows[data.name(case)] = {
+            "default_ms": default_ms, "agent_ms": agent_ms, "saved_ms": default_ms - agent_ms,
+            "saved_min_per_day": MINUTES_PER_DAY * (default_ms - agent_ms) / default_ms,
+            "agent_speedup": agent_speedup, "search_speedup": search_speedup,
+            "line_rate_bound_speedup": ratio("line_rate_bound_step_time_us"),
+            "no_comm_speedup": ratio("no_comm_step_time_us"),
+            "gain_share": gain_share(agent_speedup, search_speedup), "nothing_to_gain": nothing}
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(HEADROOM_COLUMNS))
 
 
@@ -336,6 +441,7 @@ def provenance(data: ReportData) -> list[tuple[str, str]]:
         if path is not None:
             rows.append((label, os.fspath(path)))
     # The compute each case was replayed with: the GPU of its environment spec unless the workload named one.
+    rows += [(f"case {label}", name) for label, name in data.case_names.items() if name != label]
     rows += [(f"compute of {label}", describe_compute(compute)) for label, compute in
              (meta.get("case_compute") or {}).items()]
     if data.table is not None:
@@ -354,8 +460,8 @@ def fmt(value: float, digits: int = 4) -> str:
 # --- text tables ---------------------------------------------------------------------------------------
 
 
-SUMMARY_HEADER = ("agent", "episodes", "geomean speedup", "min speedup", "mean gain share", "mean gap to search",
-                  "cases >1% slower")
+SUMMARY_HEADER = ("agent", "episodes", "geomean speedup", "min speedup", "share of search gain",
+                  "mean gap to search", "cases >1% slower")
 
 
 def _percent(value: float) -> str:
@@ -363,14 +469,32 @@ def _percent(value: float) -> str:
 
 
 def summary_rows(data: ReportData) -> list[list[str]]:
-    """``Results.summary`` as text cells, one row per agent (``SUMMARY_HEADER``)."""
-    return [[row.agent, str(row.episodes), fmt(row.geomean_speedup), fmt(row.min_speedup), fmt(row.mean_gain_share, 3),
-             _percent(row.mean_gap_to_search), f"{100 * row.slower_share:.0f}%"]
+    """``Results.summary`` as text cells, one row per agent (``SUMMARY_HEADER``); the share of the
+    search's gain is :func:`gain_shares`' (``share_text``)."""
+    shares = gain_shares(data)["gain_share"]
+    return [[row.agent, str(row.episodes), fmt(row.geomean_speedup), fmt(row.min_speedup),
+             share_text(shares.get(row.agent, math.nan)), _percent(row.mean_gap_to_search),
+             f"{100 * row.slower_share:.0f}%"]
             for row in data.summary().itertuples(index=False)]
 
 
+def share_note(data: ReportData) -> str:
+    """Which cases the share of the search's gain is taken over, and why the others are left out."""
+    shares = gain_shares(data)
+    cases = int(shares["cases"].max()) if len(shares) else 0
+    total = data.steps["case"].nunique()
+    why = (f"the search gains less than {100 * NOTHING_TO_GAIN:.1f}% (inside run-to-run noise) on the other "
+           f"{total - cases}" if cases < total else "")
+    if cases == 0:
+        return (f"share of search gain: — on every case: the search gains less than {100 * NOTHING_TO_GAIN:.1f}% "
+                "everywhere (inside run-to-run noise), so there is no gain to take a share of")
+    return (f"share of search gain = (agent's geomean speedup - 1) / (search's - 1) over the {cases} of {total} "
+            f"case(s) where the search gains at least {100 * NOTHING_TO_GAIN:.1f}%"
+            + (f"; {why}" if why else "") + "; <0: slower than NCCL's default there")
+
+
 HEADROOM_HEADER = ("case", "default (ms)", "agent", "search", "line-rate bound", "no-comm ceiling", "gain share",
-                   "verdict")
+                   "saved per step (ms)", "saved per day (min)", "verdict")
 
 
 def headroom_rows(data: ReportData) -> list[list[str]]:
@@ -382,7 +506,8 @@ def headroom_rows(data: ReportData) -> list[list[str]]:
                    "search not computed" if math.isnan(r.search_speedup) else
                    f"search gains {100 * (r.search_speedup - 1):.2f}%")
         rows.append([str(case), fmt(r.default_ms, 3), fmt(r.agent_speedup), fmt(r.search_speedup),
-                     fmt(r.line_rate_bound_speedup), fmt(r.no_comm_speedup), fmt(r.gain_share, 3), verdict])
+                     fmt(r.line_rate_bound_speedup), fmt(r.no_comm_speedup), share_text(r.gain_share),
+                     f"{r.saved_ms:+.3f}", f"{r.saved_min_per_day:+.1f}", verdict])
     return rows
 
 

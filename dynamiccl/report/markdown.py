@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dynamiccl.report.data import HEADROOM_HEADER, SUMMARY_HEADER, ReportData, headroom_rows, summary_rows
+from dynamiccl.report.data import (
+    HEADROOM_HEADER, MINUTES_PER_DAY, SUMMARY_HEADER, ReportData, headroom_rows, share_note, summary_rows,
+)
 
 
 def _row(cells) -> str:
@@ -15,11 +17,15 @@ def render(data: ReportData, headline: list[str], plots: list[str], sections: li
     lines += [f"- {line}" for line in headline]
     lines += ["", "## Per agent", "", _row(SUMMARY_HEADER), _row(["---"] * len(SUMMARY_HEADER))]
     lines += [_row(row) for row in summary_rows(data)]
+    lines += ["", share_note(data) + "."]
     rows = headroom_rows(data)
     if rows:
         header = list(HEADROOM_HEADER[:2]) + [data.agent] + list(HEADROOM_HEADER[3:])
         lines += ["", "## Headroom per case (speedup over NCCL's default)", "", _row(header), _row(["---"] * len(header))]
         lines += [_row(row) for row in rows]
+        lines += ["", f"Saved per step: NCCL default's mean step time minus {data.agent}'s (simulated; negative: "
+                      f"slower). Saved per day: minutes by which a day of steps at NCCL default's pace finishes "
+                      f"sooner ({MINUTES_PER_DAY} x saved / default step time)."]
     online = "every online iteration counts" if data.online == "all" else "online agents: last iteration per case"
     lines += ["", f"Speedup = NCCL default's step time / the agent's (geometric means; {online}).", ""]
     if data.notes:

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 DPI = 100
 _AGENT_COLORS = {"nccl-default": "#7f7f7f", "search": "#2ca02c", "greedy-per-call": "#98df8a", "policy": "#d62728",
@@ -38,44 +39,86 @@ def human_bytes(log2: int) -> str:
     return f"{1 << max(log2, 0)}B"
 
 
+# A decision map is read at its natural size: no wider than the report page (max-width 1300 px at
+# DPI 100), so the browser never scales its 9-point text down.
+DECISION_MAP_MAX_WIDTH_IN = 12.5
+DECISION_CELL_IN = (0.62, 0.42)  # width, height of one (shape, size bucket) cell when there is room
+MAP_FONT_PT = 9
+
+
 def decision_map(cells: pd.DataFrame, coll: str, agent: str) -> bytes:
-    """Two heat maps of one collective, NCCL's default beside ``agent``: rows (nranks, nnodes), columns
-    log2 size buckets; colour = algorithm/protocol, text = channels. ``cells``: ``decision_cells`` rows
-    of this collective."""
+    """:func:`decision_map_figure` as PNG bytes."""
+    return png(decision_map_figure(cells, coll, agent))
+
+
+def decision_map_figure(cells: pd.DataFrame, coll: str, agent: str) -> Figure:
+    """Two heat maps of one collective, NCCL's default above ``agent``'s: rows (nranks, nnodes),
+    columns the log2 size buckets that have calls (empty buckets are left out, so a few sizes spread
+    over 1 B .. 1 GiB stay legible); colour = algorithm/protocol, number = channels; a black frame
+    marks the cells where ``agent``'s choice differs from NCCL's. ``cells``: ``decision_cells`` rows of
+    this collective."""
     shapes = sorted({(int(r), int(n)) for r, n in zip(cells["nranks"], cells["nnodes"])})
-    buckets = list(range(int(cells["bucket"].min()), int(cells["bucket"].max()) + 1))
+    buckets = sorted({int(b) for b in cells["bucket"]})
     choices = pd.concat([cells["nccl"], cells["choice"]])
     kinds = sorted({c.rsplit("/", 1)[0] for c in choices})
     palette = ListedColormap([f"C{i % 10}" for i in range(len(kinds))])
-    width = max(6.0, 2 * (1.5 + 0.45 * len(buckets)))
-    fig = Figure(figsize=(width, 1.4 + 0.45 * len(shapes)))
-    axes = fig.subplots(1, 2, sharey=True)
+    label_in = 1.8  # the row labels
+    cell_in = min(DECISION_CELL_IN[0], (DECISION_MAP_MAX_WIDTH_IN - label_in) / len(buckets))
+    panel_in = 0.8 + DECISION_CELL_IN[1] * len(shapes)
+    fig = Figure(figsize=(label_in + cell_in * max(len(buckets), 4), 2 * panel_in + 1.4), layout="constrained")
+    axes = fig.subplots(2, 1, sharex=True)
     for ax, column, title in zip(axes, ("nccl", "choice"), ("NCCL default", agent)):
         grid = np.full((len(shapes), len(buckets)), np.nan)
-        for _, row in cells.iterrows():
-            y, x = shapes.index((int(row["nranks"]), int(row["nnodes"]))), buckets.index(int(row["bucket"]))
-            kind, channels = row[column].rsplit("/", 1)
+        for row in cells.itertuples(index=False):
+            y, x = shapes.index((int(row.nranks), int(row.nnodes))), buckets.index(int(row.bucket))
+            kind, channels = getattr(row, column).rsplit("/", 1)
             grid[y, x] = kinds.index(kind)
-            ax.text(x, y, channels, ha="center", va="center", fontsize=7, color="white")
+            ax.text(x, y, channels, ha="center", va="center", fontsize=MAP_FONT_PT, color="white", fontweight="bold")
+            if column == "choice" and row.changed > 0:
+                ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", lw=2.0))
         ax.imshow(np.ma.masked_invalid(grid), cmap=palette, vmin=-0.5, vmax=len(kinds) - 0.5, aspect="auto")
-        ax.set_xticks(range(len(buckets)), [human_bytes(b) for b in buckets], rotation=90, fontsize=7)
-        ax.set_yticks(range(len(shapes)), [f"{r} ranks / {n} nodes" for r, n in shapes], fontsize=7)
-        ax.set_title(f"{coll}: {title}", fontsize=9)
-        ax.set_xlabel("message size (log2 bucket)", fontsize=8)
+        ax.set_yticks(range(len(shapes)), [f"{r} ranks / {n} node{'s' if n > 1 else ''}" for r, n in shapes],
+                      fontsize=MAP_FONT_PT)
+        ax.set_title(f"{coll}: {title}", fontsize=MAP_FONT_PT + 1)
+    axes[-1].set_xticks(range(len(buckets)), [human_bytes(b) for b in buckets], rotation=90, fontsize=MAP_FONT_PT)
+    axes[-1].set_xlabel("message size (log2 bucket; sizes without calls left out)", fontsize=MAP_FONT_PT)
     handles = [axes[0].scatter([], [], marker="s", color=f"C{i % 10}", label=k) for i, k in enumerate(kinds)]
-    # Beside the maps, not under them, where it would cover the axis labels.
-    fig.legend(handles=handles, loc="center left", fontsize=7, bbox_to_anchor=(1.0, 0.5),
-               title="algorithm/protocol\n(number: channels)", title_fontsize=7)
-    return png(fig)
+    handles.append(Rectangle((0, 0), 1, 1, fill=False, edgecolor="black", lw=2.0, label=f"{agent} differs"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=MAP_FONT_PT,
+               title="algorithm/protocol (number in a cell: channels)", title_fontsize=MAP_FONT_PT)
+    return fig
 
 
-def grouped_bars(table: pd.DataFrame, ylabel: str, title: str, percent_of_one: bool = True) -> bytes:
+STEP_TIME_CHANGE_LABEL = "step-time change vs NCCL default (%; negative = shorter step, faster)"
+
+
+def step_time_change(speedup):
+    """The change of the step time a speedup (default / agent step time) means, as a fraction:
+    ``1 / speedup - 1`` (-0.1: a 10% shorter step; a speedup of 1/1.1 gives +0.1, a 10% longer step)."""
+    return 1.0 / speedup - 1.0
+
+
+def grouped_bars(table: pd.DataFrame, ylabel: str, title: str, quantity: str = "speedup") -> bytes:
+    """:func:`grouped_bars_figure` as PNG bytes."""
+    return png(grouped_bars_figure(table, ylabel, title, quantity))
+
+
+def grouped_bars_figure(table: pd.DataFrame, ylabel: str, title: str, quantity: str = "speedup") -> Figure:
     """Grouped bars: one group per row of ``table`` (its index joined as the label), one bar per column
-    (agent). ``percent_of_one``: plot (value - 1) x 100 (a speedup as % change), else value x 100.
-    Symmetric-log axis so that a 0.1% gain is visible next to a 50% loss."""
+    (agent), in percent. ``quantity``: ``"speedup"`` (values are speedups over NCCL's default; bars
+    are the step-time change they mean, :func:`step_time_change` x 100) or ``"fraction"`` (values are
+    already relative changes; bars are value x 100). Symmetric-log axis so that a 0.1% gain is visible
+    next to a 50% loss.
+
+    Raises:
+        ValueError: another ``quantity``.
+    """
+    if quantity not in ("speedup", "fraction"):
+        raise ValueError(f"quantity must be 'speedup' or 'fraction', got {quantity!r}")
     labels = [" | ".join(map(str, key)) if isinstance(key, tuple) else str(key) for key in table.index]
     agents = list(table.columns)
-    values = (table.to_numpy(dtype=np.float64) - (1.0 if percent_of_one else 0.0)) * 100.0
+    values = table.to_numpy(dtype=np.float64)
+    values = (step_time_change(values) if quantity == "speedup" else values) * 100.0
     fig = Figure(figsize=(min(16.0, max(8.0, 0.25 * len(labels) * len(agents) + 2)), 5.0))
     ax = fig.subplots()
     width = 0.8 / max(len(agents), 1)
@@ -92,7 +135,7 @@ def grouped_bars(table: pd.DataFrame, ylabel: str, title: str, percent_of_one: b
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=min(len(agents), 4))
-    return png(fig)
+    return fig
 
 
 def comm_time_bars(frame: pd.DataFrame, what: str) -> bytes:

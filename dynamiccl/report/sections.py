@@ -12,8 +12,9 @@ import pandas as pd
 
 from dynamiccl.report import plots
 from dynamiccl.report.data import (
-    DEFAULT_AGENT, HEADROOM_HEADER, SEARCH_AGENT, SUMMARY_HEADER, ReportData, comm_time, decision_cells, fmt, headline,
-    headroom, headroom_rows, online_efficiency, per_case, provenance, speedup_text, summary_rows,
+    DEFAULT_AGENT, HEADROOM_HEADER, MINUTES_PER_DAY, SEARCH_AGENT, SUMMARY_HEADER, ReportData, comm_time,
+    decision_cells, fmt, headline, headroom, headroom_rows, online_efficiency, per_case, provenance, share_note,
+    share_text, simulation_line, speedup_text, summary_rows,
 )
 from dynamiccl.tuning.evaluate import NOTHING_TO_GAIN
 
@@ -31,7 +32,8 @@ class Section:
 def headline_lines(data: ReportData) -> list[str]:
     """The headline, shared by the HTML page and summary.md."""
     h = headline(data)
-    lines = [f"{h['agent']}: geomean step-time speedup {h['geomean_speedup']:.4f}x over NCCL's default "
+    lines = [simulation_line(data),
+             f"{h['agent']}: geomean step-time speedup {h['geomean_speedup']:.4f}x over NCCL's default "
              f"({h['episodes']} episodes, {h['cases']} cases)",
              f"worst case: {h['worst_case']} at {h['worst_case_speedup']:.4f}x (geomean over its episodes); "
              f"worst episode {h['min_speedup']:.4f}x; {100 * h['slower_share']:.0f}% of cases more than 1% slower"]
@@ -41,17 +43,29 @@ def headline_lines(data: ReportData) -> list[str]:
         lines.append(f"search (the best decision table per case): geomean {h['search_geomean_speedup']:.4f}x; "
                      f"line-rate bound {h['line_rate_bound_geomean_speedup']:.4f}x; no-communication ceiling "
                      f"{h['no_comm_geomean_speedup']:.4f}x")
-        share = "-" if math.isnan(h["mean_gain_share"]) else f"{h['mean_gain_share']:.3f}"
+        share = (f"share of the search's gain {share_text(h['gain_share'])} over the {h['gain_share_cases']} "
+                 f"case(s) where the search gains at least {100 * NOTHING_TO_GAIN:.1f}%; " if h["gain_share_cases"]
+                 else "")
         lines.append(f"{h['agent']}: mean gap to the search {100 * h['mean_gap_to_search']:+.3f}% of its step time; "
-                     f"mean share of its gain {share}; nothing to gain (search gain < {100 * NOTHING_TO_GAIN:.1f}%, "
+                     f"{share}nothing to gain (search gain < {100 * NOTHING_TO_GAIN:.1f}%, "
                      f"inside run-to-run noise) on {h['nothing_to_gain_cases']} of {h['cases']} cases")
+    if "most_saved_case" in h:
+        spread = (f"from {h['least_saved_ms']:+.3f} ms ({h['least_saved_min_per_day']:+.1f} min per day) on "
+                  f"{h['least_saved_case']} to {h['most_saved_ms']:+.3f} ms ({h['most_saved_min_per_day']:+.1f} min "
+                  f"per day) on {h['most_saved_case']}" if h["most_saved_case"] != h["least_saved_case"] else
+                  f"{h['most_saved_ms']:+.3f} ms ({h['most_saved_min_per_day']:+.1f} min per day) on "
+                  f"{h['most_saved_case']}")
+        lines.append(f"{h['agent']} saves per step (NCCL default's mean step time - its own, negative: slower) "
+                     f"{spread}; per day = the minutes by which a day of steps at NCCL default's pace finishes "
+                     f"sooner ({MINUTES_PER_DAY} x saved / default step time)")
     if "greedy_geomean_speedup" in h:
         lines.append(f"greedy-per-call (a baseline, not an optimum): geomean speedup {h['greedy_geomean_speedup']:.4f}x")
     return lines
 
 
 def overview(data: ReportData) -> Section:
-    blocks: list = [("headline", headline_lines(data)), ("table", (list(SUMMARY_HEADER), summary_rows(data)))]
+    blocks: list = [("headline", headline_lines(data)), ("table", (list(SUMMARY_HEADER), summary_rows(data))),
+                    ("p", share_note(data))]
     blocks += [("note", note) for note in data.notes]
     return Section("overview", "Overview", blocks)
 
@@ -81,11 +95,13 @@ def decision_maps(data: ReportData) -> Section:
 def speedup(data: ReportData) -> Section:
     table = per_case(data)
     return Section("speedup", "Step-time speedup per case", [
-        ("p", "Per case (workload@cluster) and dynamics state: NCCL default's step time divided by the agent's. "
-              "Bars show the change in % on a symmetric-log axis."),
-        ("plot", ("speedup", plots.grouped_bars(table, "step-time change vs NCCL default (%)",
-                                                "speedup per case and dynamics state"),
-                  "speedup over NCCL's default per case | state, every agent")),
+        ("p", "Per case (model and layout on its cluster) and dynamics state: the speedup is NCCL default's step "
+              "time divided by the agent's. Bars show what it does to the step time, "
+              "(agent / default - 1) x 100 = (1 / speedup - 1) x 100, on a symmetric-log axis: below zero the step "
+              "is shorter (faster), above zero longer (slower)."),
+        ("plot", ("speedup", plots.grouped_bars(table, plots.STEP_TIME_CHANGE_LABEL,
+                                                "step-time change per case and dynamics state"),
+                  "step-time change against NCCL's default per case | state, every agent (negative: faster)")),
         ("pre", speedup_text(data))])
 
 
@@ -127,12 +143,16 @@ def headroom_section(data: ReportData) -> Section:
                          "line-rate bound": refs["line_rate_bound_speedup"],
                          "no-comm ceiling": refs["no_comm_speedup"]}, index=refs.index)
     bars = bars.loc[:, ~bars.columns.duplicated()]
-    section.blocks.append(("plot", ("headroom", plots.grouped_bars(bars, "step-time change vs NCCL default (%)",
+    section.blocks.append(("plot", ("headroom", plots.grouped_bars(bars, plots.STEP_TIME_CHANGE_LABEL,
                                                                    "default, agent, search and the bounds per case"),
-                                    "speedup per case: NCCL default, the agent, the search, the line-rate bound and "
-                                    "the no-communication ceiling")))
+                                    "step-time change per case (negative: faster): NCCL default, the agent, the "
+                                    "search, the line-rate bound and the no-communication ceiling")))
     section.blocks.append(("table", (list(HEADROOM_HEADER[:2]) + [data.agent] + list(HEADROOM_HEADER[3:]),
                                      headroom_rows(data))))
+    section.blocks.append(("p", f"Saved per step: NCCL default's mean step time minus {data.agent}'s (simulated; "
+                                f"negative: {data.agent} is slower). Saved per day: the minutes by which the steps "
+                                f"of one day of training at NCCL default's pace finish sooner with {data.agent}, "
+                                f"{MINUTES_PER_DAY} x saved per step / default step time."))
     return section
 
 
@@ -146,16 +166,18 @@ def regret(data: ReportData) -> Section:
     section.blocks.append(("p", "gap_to_search = agent step time / search step time - 1 (mean over the counted "
                                 "episodes of each case); negative: faster than the best searched table (an agent that "
                                 "decides per call or per state can be)."))
-    section.blocks.append(("plot", ("regret", plots.grouped_bars(gap, "gap to search (%)", "gap to the search per case",
-                                                                 percent_of_one=False),
+    section.blocks.append(("plot", ("regret", plots.grouped_bars(gap, "step time vs the search's (%; negative = "
+                                                                      "faster)", "gap to the search per case",
+                                                                 quantity="fraction"),
                                     "gap to the search reference per case")))
     rows = [[str(case)] + [f"{100 * v:+.3f}%" for v in row] for case, row in zip(gap.index, gap.to_numpy())]
     section.blocks.append(("table", (["case"] + list(gap.columns), rows)))
     online = data.steps[data.steps["iteration"] >= 0]
     if not online.empty:
         eff = online_efficiency(data)
-        section.blocks.append(("plot", ("online", plots.online_curves(online), "online learners per iteration")))
-        rows = [[r.agent, r.case, str(r.iterations_run), fmt(r.final_speedup), fmt(r.iterations, 0),
+        section.blocks.append(("plot", ("online", plots.online_curves(online.assign(case=online["case"].map(data.name))),
+                                        "online learners per iteration")))
+        rows = [[r.agent, data.name(r.case), str(r.iterations_run), fmt(r.final_speedup), fmt(r.iterations, 0),
                  fmt(r.measurements, 0), str(r.total_measurements), "yes" if r.reached else "no"]
                 for r in eff.itertuples(index=False)]
         section.blocks.append(("table", (["agent", "case", "iterations", "final speedup", "iterations to 95%",

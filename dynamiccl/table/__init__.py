@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dynamiccl import schema
 from dynamiccl.atomic import write_text
 from dynamiccl.errors import InputError
 from dynamiccl.table import json_format, nvidia_csv, plugin_text
@@ -60,10 +61,7 @@ def load(path: str | os.PathLike) -> DecisionTable:
             non-UTF-8 file, or any parse error with its line or key and field.
     """
     kind = format_of(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise InputError(path, None, f"cannot read: {err.strerror or err}") from None
+    data = schema.read_bytes(path, "decision table")  # capped: /dev/zero is an error, not a memory kill
     if kind == "plugin-text":
         return plugin_text.read(data, path)
     try:
@@ -78,9 +76,10 @@ def load(path: str | os.PathLike) -> DecisionTable:
 def save(table: DecisionTable, path: str | os.PathLike, lossy: bool = False) -> None:
     """Write ``table`` to ``path`` atomically, in the format its extension names.
 
-    Only JSON keeps everything. The CSV cannot hold position rules or rules keeping NCCL's
-    algorithm or protocol (``nvidia_csv.write``); the plugin's text has no ``nccl_env``. With
-    ``lossy`` those are dropped (and the CSV says so in its header) instead of refused. Neither
+    Only JSON keeps everything. The CSV is written only where NVIDIA's example plugin will do what
+    the table means (``nvidia_csv.write``: no position rules, and NCCL's own choice spelled out as
+    explicit lines); the plugin's text has no ``nccl_env``. With ``lossy`` (the CLI's ``--lossy``)
+    what cannot be expressed is dropped (and the CSV says so in its header) instead of refused. Neither
     reads back the provenance (the CSV keeps it as a comment). On any error an existing file at
     ``path`` is left untouched.
 
@@ -100,7 +99,7 @@ def save(table: DecisionTable, path: str | os.PathLike, lossy: bool = False) -> 
         if table.nccl_env and not lossy:
             raise InputError(path, "nccl_env", f"the plugin's text format has no nccl_env (the launcher exports "
                              f"{', '.join(table.nccl_env)} from a .json table); save as .json, or pass "
-                             "lossy=True to drop them")
+                             "--lossy to drop them")
         text = plugin_text.write(table)
     write_text(path, text)
 

@@ -51,8 +51,8 @@ From a policy file
 experiment config's cases with their action masks, decides them with a saved policy, confines the
 table to its evidence (``dynamiccl.table.evidence``: each acting rule kept only on the call sizes
 where its choice beat NCCL's default when the cases were replayed; NCCL's own choice elsewhere) and
-returns the table, its CSV-compatible subset and the notes for the user. ``table_from_policy``
-alone is the unconfined write-down, exact on the calls and extrapolating to every size.
+returns the table, its form for NVIDIA's example CSV (``csv_compatible``) and the notes for the
+user. ``table_from_policy`` alone is the unconfined write-down, exact on the calls and extrapolating to every size.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -80,7 +80,8 @@ from dynamiccl.tuning.actions import (
     rule_choice,
 )
 from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule, StepShape
-from dynamiccl.table.nvidia_csv import inexpressible
+from dynamiccl.table.nccl_choice import ChoosesLikeNccl, nccl_choice_rules
+from dynamiccl.table.nvidia_csv import example_default_rules, inexpressible
 
 QUERY_COLUMNS = CALL_KEY_FIELDS  # one column per CallKey field
 GROUP_COLUMNS = ("coll", "nranks", "nnodes", "num_pipe_ops", "reg_buff")
@@ -390,55 +391,87 @@ def decisions_of_table(table: DecisionTable, calls: pd.DataFrame) -> np.ndarray:
     return actions
 
 
-def csv_compatible(table: DecisionTable) -> DecisionTable:
-    """The rules of ``table`` that NVIDIA's example CSV can express, in order (lossy).
+def csv_compatible(table: DecisionTable, nccl_shapes: Mapping[tuple[Func, int, int, int], ChoosesLikeNccl]
+                   ) -> DecisionTable:
+    """``table`` as rules that NVIDIA's example CSV can express, such that NVIDIA's example plugin
+    does what ``table`` means on calls of the shapes in ``nccl_shapes``.
 
-    The CSV has no position key and cannot say "keep NCCL's algorithm/protocol", so this drops
-    position-specific rules and every rule keeping NCCL's algorithm or protocol -- for tables of
-    ``table_from_policy``, that is the exact rules and the explicit NCCL-default rules. A dropped
-    keep-NCCL rule must not hand its calls to a later acting rule (a table acts only where it has
-    evidence, ``dynamiccl.table.evidence``): its byte range is cut out of every later acting rule
-    that could match the same calls (position aside), leaving a hole there. The result always saves
-    as CSV (``nvidia_csv.write``). The JSON table is the faithful one; this CSV differs:
+    ``nccl_shapes`` maps each (coll, nranks, nnodes, num_pipe_ops) the table is for (the calls of
+    the cases it was built from) to NCCL's model of its cluster (``NcclModel``). The CSV has no
+    position key, cannot say "keep NCCL's algorithm/protocol", and NVIDIA's plugin runs a call no
+    line takes on 1 channel (``nvidia_csv``). So, in table order:
 
-    - calls whose action differed from their size's majority get the majority (the range rule),
-      unless the differing action was NCCL's own (then the size is a hole at every position);
-    - calls in a hole or a default run match no line. Under the dynamiccl plugin that is NCCL's
-      own choice. NVIDIA's example plugin, however, runs unmatched calls on 1 channel (see the
-      warning ``nvidia_csv.write`` puts in the file): the CSV cannot express keep-NCCL bands for it.
+    - a rule the CSV can hold is kept;
+    - a rule keeping NCCL's algorithm and/or protocol (any position) becomes NCCL's choice written
+      out, for each shape in ``nccl_shapes`` that it could match, over its byte range
+      (``nccl_choice_rules``: bands of explicit cells, channels as the rule's); its range is also cut
+      out of every later acting rule that could match the same calls (position aside), so that no
+      call of another shape is handed to an acting rule the table did not apply to it;
+    - an acting position-specific rule is dropped: its calls get their size's range rule.
 
-    For a table not built by ``table_from_policy`` or ``confine``, dropping an acting position rule
-    may let a later rule match the calls it covered. The returned provenance records how many rules
-    were dropped and how many holes were cut.
+    Then, per shape in ``nccl_shapes``, NCCL's choice over all sizes (the calls no rule takes) and
+    finally ``nvidia_csv.example_default_rules``: calls of any other shape run NCCL's algorithm and
+    protocol on 1 channel, which is what NVIDIA's plugin does with them and is said in the table.
+    The result always saves as CSV without ``lossy``. It differs from ``table`` only where the CSV
+    cannot follow: a call whose action differed from its size's majority at its position gets the
+    majority (or, where that action was NCCL's own, NCCL's choice at every position); a call of a
+    shape not in ``nccl_shapes`` that no kept rule takes runs on 1 channel; and NCCL's choice is
+    its model's (a cell NCCL enables only at run time is not known to it). The returned provenance
+    records what was dropped and written out.
     """
-    holes = 0
-    # Each dropped keep-NCCL rule's range is cut out of the expressible rules after it.
     out: list[Rule] = []
-    dropped_keeps: list[Rule] = []
+    cut_keeps: list[Rule] = []
+    bands: dict[tuple, list[Rule]] = {}
+    done: set[tuple] = set()  # shapes whose every call some written-out keep rule already takes
+
+    def nccl_rules(rule: Rule) -> list[Rule]:
+        written = []
+        for shape, model in nccl_shapes.items():
+            coll, nranks, nnodes, num_pipe_ops = shape
+            if not rule.overlaps(Rule(coll, rule.min_bytes, rule.max_bytes, nranks=nranks, nnodes=nnodes,
+                                      num_pipe_ops=num_pipe_ops), position=False):
+                continue
+            if rule.keeps_nccl and (rule.min_bytes, rule.max_bytes, rule.reg_buff) == (0, MAX_BYTES, KEEP):
+                done.add(shape)  # every call of the shape that reaches this rule: nothing left for the end
+            key = (shape, rule.algorithm, rule.protocol)
+            if key not in bands:
+                bands[key] = nccl_choice_rules(model, *shape, algorithm=rule.algorithm, protocol=rule.protocol)
+            for band in bands[key]:
+                low, high = max(band.min_bytes, rule.min_bytes), min(band.max_bytes, rule.max_bytes)
+                if low <= high:
+                    written.append(dataclasses.replace(band, min_bytes=low, max_bytes=high, reg_buff=rule.reg_buff,
+                                                       channels=rule.channels))
+        return written
+
+    dropped_position = written_out = 0
     for rule in table.rules:
-        if inexpressible(rule):
-            if rule.keeps_nccl:
-                dropped_keeps.append(rule)
-            continue
-        pieces = [rule]
-        for keep in dropped_keeps:
-            pieces, cuts = _cut(pieces, keep)
-            holes += cuts
-        out += pieces
-    kept = out
-    dropped_position = sum(1 for rule in table.rules if rule.position != KEEP)
-    dropped_default = sum(1 for rule in table.rules if rule.position == KEEP and rule.keeps_nccl)
-    expressible = sum(1 for rule in table.rules if not inexpressible(rule))
+        if not inexpressible(rule):
+            pieces = [rule]
+            for keep in cut_keeps:
+                pieces, _ = _cut(pieces, keep)
+            out += pieces
+        elif rule.algorithm is not None and rule.protocol is not None:
+            dropped_position += 1
+        else:
+            resolved = nccl_rules(rule)
+            written_out += 1
+            out += resolved
+            cut_keeps.append(rule)
+    catch_all = []
+    for shape, model in nccl_shapes.items():
+        if shape not in done:
+            catch_all += bands.get((shape, None, None)) or nccl_choice_rules(model, *shape)
     note = {
         "source_rules": len(table.rules),
         "dropped_position_rules": dropped_position,
-        "dropped_default_rules": dropped_default,
-        "dropped_other_keep_rules": len(table.rules) - expressible - dropped_position - dropped_default,
-        "keep_nccl_holes": holes,
-        "note": "lossy: the CSV has no position key and no 'keep NCCL's algorithm/protocol'; the JSON "
-                "table is the faithful one",
+        "keep_rules_written_as_nccl_choice": written_out,
+        "shapes_with_nccl_choice": len(nccl_shapes),
+        "note": "NVIDIA's example CSV: NCCL's choice is written out (NCCL's model) for the shapes of the cases; "
+                "calls of other shapes that no line takes run on 1 channel under NVIDIA's plugin; no position "
+                "key; the JSON table is the faithful one",
     }
-    return DecisionTable(tuple(kept), {**table.provenance, "csv_compatible": note}, table.version)
+    return DecisionTable(tuple(out + catch_all) + example_default_rules(),
+                         {**table.provenance, "csv_compatible": note}, table.version)
 
 
 def _cut(pieces: list[Rule], keep: Rule) -> tuple[list[Rule], int]:
@@ -463,9 +496,9 @@ def _cut(pieces: list[Rule], keep: Rule) -> tuple[list[Rule], int]:
 class PolicyExport:
     """What ``export_policy_tables`` built.
 
-    ``table``: the table that reproduces the policy on every call of the cases; ``csv_table``: its
-    rules that NVIDIA's example CSV can hold (``csv_compatible``, lossy); ``notes``: what the user
-    should know, one line each, in order; ``calls`` / ``cases``: how many calls of how many cases
+    ``table``: the table that reproduces the policy on every call of the cases; ``csv_table``: the
+    same for NVIDIA's example CSV (``csv_compatible``: NCCL's choice written out for the cases'
+    shapes); ``notes``: what the user should know, one line each, in order; ``calls`` / ``cases``: how many calls of how many cases
     ``table`` was built from.
     """
 
@@ -510,6 +543,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
             names no config and none is given, or no case runs on ``env``; and whatever reading the
             policy, the config or its cases raises.
     """
+    from dynamiccl.costmodel.nccl_model import NcclModel
     from dynamiccl.table.evidence import confine_to_evidence
     from dynamiccl.tuning.cases import load_case
     from dynamiccl.tuning.env import TuningEnv
@@ -537,12 +571,21 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         notes.append(f"cases span {len(envs)} environment specs; the table is built over all of them "
                      "(masks are taken per call, so build one table per cluster with --env for deployment)")
     rows, masks, programs = [], [], []
+    nccl_models, nccl_shapes = {}, {}  # NCCL's model per env; per call shape, the model of its first case's env
+    shape_envs: dict[tuple, set] = {}
     for case in cases:
         loaded = load_case(case, config.model)
         p = loaded.program
         programs.append(p)
         rows += [p.call_key[c] for c in p.tunable_calls]
         masks += list(loaded.costs.call_masks(p.tunable_calls))
+        if case.env not in nccl_models:
+            nccl_models[case.env] = NcclModel(loaded.env)
+        for c in p.tunable_calls:
+            key = p.call_key[c]
+            shape = (key.coll, key.nranks, key.nnodes, key.num_pipe_ops)
+            nccl_shapes.setdefault(shape, nccl_models[case.env])
+            shape_envs.setdefault(shape, set()).add(case.env)
     calls = pd.DataFrame([key.as_tuple() for key in rows], columns=list(QUERY_COLUMNS))
     mask_of = {}  # the actions valid for every call of one (coll, nranks, nnodes, num_pipe_ops)
     for key, mask in zip(rows, masks):
@@ -557,6 +600,10 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
 
     provenance = {"policy": str(policy_path), "config": str(config_path), "envs": envs,
                   "cases": [c.label for c in cases], "policy_provenance": policy.provenance}
+    shared = sum(len(envs_of) > 1 for envs_of in shape_envs.values())
+    if shared:
+        notes.append(f"NVIDIA's CSV: {shared} call shape(s) occur on more than one environment spec; NCCL's choice "
+                     "is written out for them from the first spec's NCCL model (use --env for one cluster's CSV)")
     steps, left_out = step_shapes(programs)
     table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
     notes += [f"no step line (position rules cannot apply) for {reason}" for reason in left_out]
@@ -577,7 +624,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
                      "cases; NCCL's own choice everywhere else")
     else:
         notes.append("not confined to evidence: every rule spans all sizes (for comparison only; do not deploy)")
-    return PolicyExport(table, csv_compatible(table), tuple(notes), len(calls), len(cases))
+    return PolicyExport(table, csv_compatible(table, nccl_shapes), tuple(notes), len(calls), len(cases))
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dynamiccl.errors import InputError
 from dynamiccl.trace.store import Trace
 
 
@@ -169,3 +170,30 @@ def check_consistency(trace: Trace, step: int = 0, max_problems: int = 20) -> Co
                     problem(f"deadlock: rank {rank} stream {stream} stuck at op_index {i} "
                             f"({a['op'][i]} on {a['group'][i] or 'compute'}, {state})")
     return report
+
+
+def require_consistent(trace: Trace, step: int, source: str) -> ConsistencyReport:
+    """:func:`check_consistency` for commands that replay a step (``replay``, ``train``,
+    ``evaluate``, ``search``): a step ``dynamiccl trace check`` rejects is refused, not replayed.
+
+    Raises:
+        InputError: naming ``source`` and the step, with the first problems found.
+    """
+    report = check_consistency(trace, step, max_problems=3)
+    if not report.ok:
+        raise InputError(source, f"step {step}", "the ranks do not fit together: " + "; ".join(report.problems)
+                         + f" (see `dynamiccl trace check {source} --step {step}`)")
+    return report
+
+
+def require_fit(world_size: int, gpus_per_node: int, cluster_world_size: int, source: str, cluster: str) -> None:
+    """A trace of a job on ``world_size`` GPUs (``gpus_per_node`` a node) runs on a cluster of
+    ``cluster_world_size`` GPUs only if the cluster holds the job: its calls span the job's nodes.
+
+    Raises:
+        InputError: naming the trace (``source``), its ``world_size`` and the cluster (a spec name).
+    """
+    if world_size > cluster_world_size:
+        raise InputError(source, "world_size", f"a {world_size}-GPU trace ({gpus_per_node} GPUs a node) does not "
+                         f"fit {cluster} ({cluster_world_size} GPUs); expected an environment spec with at least "
+                         f"{world_size} GPUs")

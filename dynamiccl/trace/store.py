@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dynamiccl import __version__, atomic
+from dynamiccl import __version__, atomic, schema
 from dynamiccl.errors import InputError
 from dynamiccl.trace.schema import (
     ARROW_SCHEMA, COLUMN_NAMES, COLUMNS, METADATA_KEY, TraceMeta, check_arrow_schema, validate_ops,
@@ -77,7 +77,8 @@ class Trace:
         """
         source = os.fspath(path)
         if not Path(source).is_file():
-            raise InputError(source, None, "no such trace file")
+            raise InputError(source, None, "no such trace file" if not Path(source).exists()
+                             else "not a trace file (a directory or a device, not a regular file)")
         try:
             table = pq.read_table(source)
         except (pa.ArrowException, OSError) as exc:
@@ -87,10 +88,7 @@ class Trace:
             raise InputError(source, f"metadata '{METADATA_KEY.decode()}'",
                              "missing: this Parquet file is not a dynamiccl trace "
                              "(import other formats with `dynamiccl import`)")
-        try:
-            meta_obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InputError(source, f"metadata '{METADATA_KEY.decode()}'", f"not valid JSON ({exc})") from None
+        meta_obj = schema.parse_json(raw, source, f"metadata '{METADATA_KEY.decode()}'")
         meta = TraceMeta.from_json_obj(meta_obj, source)
         check_arrow_schema(table.schema, source)
         ops = _canonical(table.select(list(COLUMN_NAMES)).to_pandas(), source)

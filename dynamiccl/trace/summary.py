@@ -28,6 +28,23 @@ def size_bucket(nbytes: int) -> int:
     return 1 << (int(nbytes) - 1).bit_length() if nbytes > 0 else 0  # exact for any size
 
 
+def first_training_step(trace: Trace) -> int | None:
+    """The step ``trace summary`` and ``trace check`` look at by default: the first full training step.
+
+    That is the lowest step in which every rank of the file has an op outside the ``setup`` phase:
+    step 1 of a profiled or imported trace (whose step 0 is setup traffic: DDP construction,
+    barriers), step 0 of a generated trace or of a source without step boundaries (Flight Recorder,
+    NCCL Inspector). With no such step, the lowest step that has any op outside ``setup``; None if
+    every op is setup traffic (a profiled job that never reached an optimizer step).
+    """
+    training = trace.ops[trace.ops["phase"] != "setup"]
+    if training.empty:
+        return None
+    ranks_per_step = training.groupby("step")["rank"].nunique()
+    full = ranks_per_step[ranks_per_step == len(trace.ranks)]
+    return int(full.index.min() if not full.empty else training["step"].min())
+
+
 def rank_summary(trace: Trace, rank: int, step: int = 0) -> dict:
     """Summary of one rank's step as a JSON-ready dict: {group_kind: {op: {...}}, "compute": {...}}.
 

@@ -13,16 +13,17 @@ state) pair, and a training split and a held-out split can use disjoint states.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from dynamiccl.costmodel.dynamics import CongestionProcess, noise_factors
+from dynamiccl.costmodel.dynamics import CongestionProcess, check_period, noise_factors
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.envspec import EnvSpec, resolve_env
 from dynamiccl.errors import InputError
+from dynamiccl.trace.consistency import require_consistent, require_fit
 from dynamiccl.trace.store import Trace
 from dynamiccl.tuning.costs import CostTable
 from dynamiccl.tuning.program import StepProgram
@@ -51,6 +52,32 @@ class LoadedCase:
     costs: CostTable
     obs: np.ndarray          # [calls, OBS_SIZE] observation of every call (tuning.observation.observe_calls)
 
+    @property
+    def layout_label(self) -> str:
+        """The case for a reader: :func:`layout_label` of its trace's workload provenance."""
+        return layout_label(self.case, self.program.workload, self.program.world_size)
+
+
+def layout_label(case: Case, workload: dict, world_size: int) -> str:
+    """A readable name of ``case`` (whose ``label`` carries a digest, e.g.
+    ``mixtral-8x7b-3a5237e60398@aws-p5-2x8``): for a generated workload, its model and parallel layout
+    on its cluster ("mixtral-8x7b TP1 PP1 DP16 EP8 (16 GPUs, dp-mode distopt) on aws-p5-2x8"); for a
+    trace without that provenance (captured, imported), its file stem and GPU count on its cluster.
+    ``workload``: the trace's ``TraceMeta.workload`` (the generator records ``model`` and ``layout``)."""
+    from dynamiccl.workload.layout import ParallelLayout
+
+    cluster = Path(case.env).stem
+    model, layout = workload.get("model"), workload.get("layout")
+    if isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(layout, dict):
+        known = {f.name for f in fields(ParallelLayout)}
+        try:
+            described = ParallelLayout(**{k: v for k, v in layout.items() if k in known}).describe()
+        except (TypeError, ValueError):  # provenance of another generator version: fall back to the file
+            described = None
+        if described:
+            return f"{model['name']} {described} on {cluster}"
+    return f"{Path(case.trace).stem} ({world_size} GPUs) on {cluster}"
+
 
 def dynamics_seed(case: Case, state: int) -> int:
     """A stable 32-bit seed for (case, dynamics state): the same on every machine and run."""
@@ -61,7 +88,11 @@ def dynamics_seed(case: Case, state: int) -> int:
 
 @lru_cache(maxsize=64)
 def _program(trace: str, step: int | None) -> StepProgram:
-    return StepProgram.from_trace(Trace.read(trace), step, source=trace)
+    """The compiled step of a trace whose ranks fit together (checked once per process and step)."""
+    data = Trace.read(trace)
+    program = StepProgram.from_trace(data, step, source=trace)
+    require_consistent(data, program.step, trace)
+    return program
 
 
 @lru_cache(maxsize=256)
@@ -69,13 +100,20 @@ def load_case(case: Case, model: str = DEFAULT_COST_MODEL) -> LoadedCase:
     """Compile and cost ``case`` (cached per process).
 
     Raises:
-        InputError: unreadable trace or spec, a step not in the trace, or nodes smaller than the
-            trace's (see ``CostTable.build``).
+        InputError: unreadable trace or spec, a step not in the trace, ranks that do not fit together
+            (what ``dynamiccl trace check`` rejects), a trace of more GPUs than the spec has, nodes
+            smaller than the trace's (see ``CostTable.build``), or congestion periods too short
+            for the step (``dynamics.check_period``).
     """
     from dynamiccl.tuning.observation import observe_calls
 
     env = resolve_env(case.env)
     program = _program(case.trace, case.step)
+    require_fit(program.world_size, program.gpus_per_node, env.world_size, case.trace,
+                env.name)
+    # The step lasts at least its busiest rank's compute: too many congestion periods in that
+    # already is refused before any replay starts (a replay visits every period).
+    check_period(env.dynamics, program.busiest_rank_compute_us(), env.source)
     if not program.tunable_calls:
         raise InputError(case.trace, "ops", "the step has no collective NCCL's tuner is asked about; nothing to tune")
     costs = CostTable.build(program, env, model)
@@ -87,7 +125,7 @@ def new_replay(loaded: LoadedCase, state: int, latest_finish_us: list[float] | N
     ``latest_finish_us`` (from ``default_schedule``) lets it price a call's slack."""
     seed = dynamics_seed(loaded.case, state)
     dynamics = loaded.env.dynamics
-    congestion = CongestionProcess(dynamics, seed) if dynamics.congestion == "markov" else None
+    congestion = CongestionProcess(dynamics, seed, loaded.env.source) if dynamics.congestion == "markov" else None
     noise = noise_factors(dynamics, loaded.program.num_calls, np.random.default_rng(seed + 1))
     return Replay(loaded.program, loaded.costs, congestion, noise, latest_finish_us)
 

@@ -23,6 +23,13 @@ from dynamiccl.tuning.timeline import Replay
 from dynamiccl.workload.spec import WorkloadSpec
 
 ENV_ID = "dynamiccl/Tuning-v0"
+# The id to give gym.make in a program that imported only gymnasium: gymnasium >= 1.0 (the version this
+# package requires) imports the module named before ':' first, and importing this module registers
+# ENV_ID. Gymnasium 1.0 removed the entry-point plugin loader (group "gymnasium.envs") of 0.26-0.29,
+# so no installed package registers on `import gymnasium` alone any more; the module prefix is how
+# gymnasium 1.x loads a package's environments (Farama-Foundation/Arcade-Learning-Environment#487:
+# gymnasium.make("ale_py:...")).
+IMPORTING_ENV_ID = f"dynamiccl.tuning.env:{ENV_ID}"
 
 # The built-in case (``gym.make(ENV_ID)`` with no arguments): Llama-3 8B with TP2 x DP8 on two
 # H100 nodes whose collectives mostly run beside memory-bound compute.
@@ -277,5 +284,5 @@ class SimulatorView:
         return np.where(self.mask, costs, np.inf)
 
 
-if ENV_ID not in gym.registry:  # gym.make(ENV_ID) once this module is imported
+if ENV_ID not in gym.registry:  # gym.make(ENV_ID) once this module is imported; gym.make(IMPORTING_ENV_ID) anywhere
     gym.register(id=ENV_ID, entry_point="dynamiccl.tuning.env:TuningEnv")

@@ -281,10 +281,7 @@ class Results:
             raw = (table.schema.metadata or {}).get(METADATA_KEY)
             if raw is None:
                 raise InputError(source, f"metadata '{METADATA_KEY.decode()}'", "missing: not a dynamiccl results file")
-            try:
-                file_meta = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InputError(source, f"metadata '{METADATA_KEY.decode()}'", f"not valid JSON ({exc})") from None
+            file_meta = schema.parse_json(raw, source, f"metadata '{METADATA_KEY.decode()}'")  # deep: an error
             names = table.column_names
             legacy = columns is STEP_COLUMNS and "oracle_step_time_us" in names and "search_step_time_us" not in names
             if legacy:
@@ -478,7 +475,8 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
             "states": states, "online_steps": int(online_steps), "agents": [a.name for a in agents],
             "search": {label: result.to_json() for label, result in search.results.items()},
             "cases": [c.label for c in base.cases],
-            "case_compute": {c.label: load_case(c, base.model).program.compute for c in base.cases}}
+            "case_compute": {c.label: load_case(c, base.model).program.compute for c in base.cases},
+            "case_layout": {c.label: load_case(c, base.model).layout_label for c in base.cases}}
     return Results(steps, _calls_frame(call_parts), meta)
 
 

@@ -254,10 +254,13 @@ def load_policy(path: str | os.PathLike) -> PolicyNetwork:
             array is missing, extra, of the wrong shape or dtype, or holds NaN or infinities.
     """
     source = os.fspath(path)
+    if not os.path.exists(source):
+        raise InputError(source, None, "no such policy file")
+    # Read capped (a policy's zip is no larger than its members plus their headers): a device or an
+    # endless file is an error, never a zip reader exhausting memory.
+    data = schema.read_bytes(source, "policy", max_bytes=MAX_JSON_BYTES + MAX_WEIGHTS_BYTES + (1 << 20))
     try:
-        archive = zipfile.ZipFile(source)
-    except FileNotFoundError:
-        raise InputError(source, None, "no such policy file") from None
+        archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError) as e:
         raise InputError(source, None, f"not a policy file (expected a zip written by save_policy): {e}") from None
     with archive:

@@ -39,6 +39,20 @@ class ComputeRate:
     def memory_bound_us(self, nbytes: float) -> float:
         return nbytes / (self.hbm_gbytes_per_s * 1e9) * 1e6
 
+    def memory_bytes(self, duration_us: float) -> float:
+        """Bytes a memory-bound segment of ``duration_us`` µs moves: the inverse of ``memory_bound_us``."""
+        return duration_us * 1e-6 * self.hbm_gbytes_per_s * 1e9
+
+    @classmethod
+    def from_dict(cls, compute: dict) -> "ComputeRate | None":
+        """The rate a trace's ``compute`` metadata records (``as_dict``); None when it records none
+        (measured or imported traces) or not every field."""
+        try:
+            return cls(str(compute["gpu"]), float(compute["peak_bf16_tflops"]), float(compute["efficiency"]),
+                       float(compute["hbm_gbytes_per_s"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
     def as_dict(self) -> dict:
         return {"gpu": self.gpu, "peak_bf16_tflops": self.peak_tflops, "efficiency": self.efficiency,
                 "hbm_gbytes_per_s": self.hbm_gbytes_per_s,

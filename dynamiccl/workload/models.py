@@ -237,26 +237,34 @@ class ParamTensor:
 
 # --- loading -------------------------------------------------------------------------------------
 
+# Upper bounds: about 8x the largest published configurations (Llama 3.1 405B: 126 layers, h 16384,
+# f 53248, 128 heads; DeepSeek-V3: 256 routed experts, top-8, MLA ranks <= 1536; Gemma: a 256K vocabulary;
+# "The Llama 3 Herd of Models", arXiv:2407.21783; DeepSeek-V3 technical report, arXiv:2412.19437), so
+# that every size a trace holds (products of these) stays well inside 64 bits.
+MAX_LAYERS, MAX_WIDTH, MAX_HEADS, MAX_VOCAB = 1024, 1 << 20, 1024, 1 << 22
+MAX_SEQ_LENGTH, MAX_GLOBAL_BATCH, MAX_EXPERTS = 1 << 22, 1 << 16, 4096
 MOE = schema.Schema(
-    schema.integer("num_experts", low=1),
-    schema.integer("top_k", low=1),
-    schema.integer("expert_ffn_hidden_size", low=1),
-    schema.integer("shared_expert_ffn_hidden_size", 0, low=0, help="always-on shared expert width (0 = none)"),
-    schema.integer("first_dense_layers", 0, low=0, help="the first k layers keep a dense MLP"),
+    schema.integer("num_experts", low=1, high=MAX_EXPERTS),
+    schema.integer("top_k", low=1, high=MAX_EXPERTS),
+    schema.integer("expert_ffn_hidden_size", low=1, high=MAX_WIDTH),
+    schema.integer("shared_expert_ffn_hidden_size", 0, low=0, high=MAX_WIDTH,
+                   help="always-on shared expert width (0 = none)"),
+    schema.integer("first_dense_layers", 0, low=0, high=MAX_LAYERS, help="the first k layers keep a dense MLP"),
 )
-MLA = schema.Schema(*(schema.integer(name, low=1) for name in (
+MLA = schema.Schema(*(schema.integer(name, low=1, high=MAX_WIDTH) for name in (
     "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")))
 MODEL = schema.Schema(
     schema.string("name", non_empty=True),
-    schema.integer("num_layers", low=1, help="transformer layers"),
-    schema.integer("hidden_size", low=1, help="h"),
-    schema.integer("ffn_hidden_size", low=1, help="f (per dense MLP)"),
-    schema.integer("num_attention_heads", low=1, help="a"),
-    schema.integer("num_kv_heads", None, low=1, help="g (GQA groups); default a"),
-    schema.integer("head_dim", None, low=1, help="default h / a"),
-    schema.integer("vocab_size", low=1, help="V (padded to a multiple of 128 x TP, as Megatron does)"),
-    schema.integer("seq_length", low=1, help="default training sequence length s"),
-    schema.integer("global_batch", low=1, help="default global batch, sequences"),
+    schema.integer("num_layers", low=1, high=MAX_LAYERS, help="transformer layers"),
+    schema.integer("hidden_size", low=1, high=MAX_WIDTH, help="h"),
+    schema.integer("ffn_hidden_size", low=1, high=MAX_WIDTH, help="f (per dense MLP)"),
+    schema.integer("num_attention_heads", low=1, high=MAX_HEADS, help="a"),
+    schema.integer("num_kv_heads", None, low=1, high=MAX_HEADS, help="g (GQA groups); default a"),
+    schema.integer("head_dim", None, low=1, high=MAX_WIDTH, help="default h / a"),
+    schema.integer("vocab_size", low=1, high=MAX_VOCAB,
+                   help="V (padded to a multiple of 128 x TP, as Megatron does)"),
+    schema.integer("seq_length", low=1, high=MAX_SEQ_LENGTH, help="default training sequence length s"),
+    schema.integer("global_batch", low=1, high=MAX_GLOBAL_BATCH, help="default global batch, sequences"),
     schema.choice("norm", ("rmsnorm", "layernorm"), "rmsnorm"),
     schema.choice("activation", ("swiglu", "gelu"), "swiglu", help="gelu: fc1 of width f instead of 2f"),
     schema.flag("bias", False, help="biases on linear layers"),

@@ -6,17 +6,22 @@
   messages (varint byte length, then the message): one ``GlobalMetadata``, then one ``Node`` per
   trace row of that rank in issue order (all steps, in order), node ids 0, 1, 2, ...;
 - ``<prefix>.comm_groups.json``, for ``--comm-group-configuration``: ``{"<pg id>": [global ranks]}``
-  for every process group except the world group, which is ``pg_name`` "0" (ASTRA-sim's default group
-  of all NPUs). Group numbers are the same in every rank's file (``plan.number_groups``).
+  for every process group the export uses, the world group included. Ids are the job-wide group
+  numbers of ``plan.number_groups`` plus one, the same in every rank's file, so the world group is
+  "1": ASTRA-sim reserves id 0 (``CommunicatorGroup::set_id`` asserts id > 0) for an implicit
+  all-NPU group that it reaches for ``pg_name`` "" or "0" without a ``CommunicatorGroup``, and
+  exports that used it hung at the first world collective of pipeline/expert-parallel jobs, while
+  the same collectives on an explicit world group finish (issue 15, item 20).
 
 Each trace row becomes one node (field numbers and types of ``et_def.proto``):
 
 =========  ================  ===================================================================
 row        ``type``          attributes (name: oneof member)
 =========  ================  ===================================================================
-compute    COMP_NODE         ``is_cpu_op``: bool_val false; ``num_ops``: int64_val FLOPs (when known)
+compute    COMP_NODE         ``is_cpu_op``: bool_val false; ``num_ops``: int64_val FLOPs (when known);
+                             ``tensor_size``: uint64_val bytes moved (when known, see below)
 coll       COMM_COLL_NODE    ``is_cpu_op`` false; ``comm_type``: int64_val ``CollectiveCommType``;
-                             ``comm_size``: int64_val bytes; ``pg_name``: string_val group number;
+                             ``comm_size``: int64_val bytes; ``pg_name``: string_val group id;
                              ``comm_root``: int32_val global root (broadcast/reduce/gather/scatter)
 send       COMM_SEND_NODE    ``is_cpu_op`` false; ``comm_size``; ``comm_src`` (this rank),
                              ``comm_dst`` (peer), ``comm_tag``: int32_val each; ``pg_name``
@@ -24,6 +29,15 @@ recv       COMM_RECV_NODE    as send, with ``comm_src`` the peer and ``comm_dst`
 =========  ================  ===================================================================
 
 - ``name`` is the row's label (its op when the label is empty).
+- ``num_ops`` and ``tensor_size`` are what ASTRA-sim's roofline mode (``roofline-enabled``) reads on
+  a GPU compute node: it runs the node for ``num_ops / min(local-mem-bw * num_ops / tensor_size,
+  peak-perf)`` (astra-sim ``Workload::issue_comp``, ``Roofline::get_perf``). The members are those
+  Chakra's feeder reads (``num_ops`` int64_val, ``tensor_size`` uint64_val). ``num_ops`` is the
+  row's ``flops``; ``tensor_size`` is known for the memory-bound rows of a generated trace (no
+  FLOPs: optimizer step, embedding), whose recorded compute model (``TraceMeta.compute``) timed
+  them as bytes / HBM bandwidth, so bytes = ``ComputeRate.memory_bytes(duration_us)``. The trace
+  schema holds no bytes for GEMM rows nor FLOPs for memory-bound ones, so no node has both and
+  roofline mode still cannot time these exports (ASTRA-sim's replay mode uses the durations).
 - ``duration_micros``: compute rows' ``duration_us`` rounded to the nearest µs (Chakra's unit is an
   integer µs; ASTRA-sim replays 0 as 1 ns); communication rows carry ``end_us - start_us`` when the
   trace measured them, else 0 (the simulator times them). ``start_time_micros``: measured start
@@ -73,8 +87,10 @@ from dynamiccl.errors import InputError
 from dynamiccl.nccl import ROOTED_OPS
 from dynamiccl.profiler.importers._common import read_bytes
 from dynamiccl.profiler.exporters.output import atomic_files, check_out_dir
+from dynamiccl.profiler.exporters.progress import announce, estimate_bytes, file_bar
 from dynamiccl.profiler.exporters.plan import ExportPlan, plan_export
 from dynamiccl.trace.store import Trace
+from dynamiccl.workload.context import ComputeRate
 
 ET_VERSION = "1.0.0"
 SCHEMA = "dynamiccl-chakra-export/1"
@@ -288,14 +304,26 @@ def export_chakra(trace: Trace, out_dir: str | os.PathLike, *, prefix: str = "tr
     t0 = float(finite.min()) if finite.size else 0.0
     paths = [out / f"{prefix}.{rank}.et" for rank in plan.ranks]
     groups_path = out / f"{prefix}.comm_groups.json"
-    groups_json = {str(pg): list(plan.groups[gid].ranks)
-                   for gid, pg in sorted(plan.pg_ids.items(), key=lambda kv: kv[1]) if pg != 0}
-    with atomic_files(paths + [groups_path]) as tmps:
+    pg_names = comm_group_ids(plan)
+    groups_json = {str(pg): list(plan.groups[gid].ranks) for gid, pg in sorted(pg_names.items(), key=lambda kv: kv[1])}
+    announce("export chakra", len(paths) + 1,
+             estimate_bytes(plan, lambda rank: sum(map(len, _rank_chunks(plan, rank, comm_size, t0)))), out)
+    with atomic_files(paths + [groups_path]) as tmps, file_bar(len(paths), "export chakra") as bar:
         for rank, tmp in zip(plan.ranks, tmps):
             _write_rank_file(plan, rank, tmp, comm_size, t0)
+            bar.update()
         lines = [f"  {json.dumps(pg)}: {json.dumps(ranks)}" for pg, ranks in groups_json.items()]
         tmps[-1].write_text("{\n" + ",\n".join(lines) + "\n}\n" if lines else "{}\n", encoding="utf-8")
     return paths + [groups_path]
+
+
+def comm_group_ids(plan: ExportPlan) -> dict[str, int]:
+    """The ``pg_name`` number of every process group of ``plan`` (group id -> integer >= 1).
+
+    ASTRA-sim keys ``comm_groups.json`` by integers and reserves 0 for its implicit group of all
+    NPUs, so every group, the world group included, gets ``plan.pg_ids`` + 1 (module docstring).
+    """
+    return {gid: pg + 1 for gid, pg in plan.pg_ids.items()}
 
 
 def _check_prefix(prefix: str) -> None:
@@ -303,18 +331,24 @@ def _check_prefix(prefix: str) -> None:
         raise InputError("prefix", None, f"expected a file-name prefix without directories, got {prefix!r}")
 
 
+def _rank_chunks(plan: ExportPlan, rank: int, comm_size: str, t0: float) -> Iterator[bytes]:
+    """The bytes of ``rank``'s file, in pieces of about 1 MB: its framed metadata, then its framed nodes."""
+    chunk: list[bytes] = [frame(_metadata_message(plan, rank, comm_size))]
+    size = 0
+    for message in _rank_nodes(plan, rank, comm_size, t0):
+        chunk.append(encode_varint(len(message)))
+        chunk.append(message)
+        size += len(message)
+        if size > 1 << 20:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+    yield b"".join(chunk)
+
+
 def _write_rank_file(plan: ExportPlan, rank: int, path: Path, comm_size: str, t0: float) -> None:
     with open(path, "wb") as handle:
-        chunk: list[bytes] = [frame(_metadata_message(plan, rank, comm_size))]
-        size = 0
-        for message in _rank_nodes(plan, rank, comm_size, t0):
-            chunk.append(encode_varint(len(message)))
-            chunk.append(message)
-            size += len(message)
-            if size > 1 << 20:
-                handle.write(b"".join(chunk))
-                chunk, size = [], 0
-        handle.write(b"".join(chunk))
+        for chunk in _rank_chunks(plan, rank, comm_size, t0):
+            handle.write(chunk)
 
 
 def _metadata_message(plan: ExportPlan, rank: int, comm_size: str) -> bytes:
@@ -385,12 +419,15 @@ def _rank_nodes(plan: ExportPlan, rank: int, comm_size: str, t0: float) -> Itera
                  for s in np.unique(step_arr)}
 
     tags = _p2p_tags(plan, rank, kind_arr, op_arr, gid_arr, peer_arr)
-    pg_attr = {g: _node_attr("pg_name", "string_val", str(plan.pg_ids[g])) for g in set(gid) if g}
+    pg_names = comm_group_ids(plan)
+    pg_attr = {g: _node_attr("pg_name", "string_val", str(pg_names[g])) for g in set(gid) if g}
     sizes = _AttrCache("comm_size", "int64_val")
     srcs = _AttrCache("comm_src", "int32_val")
     dsts = _AttrCache("comm_dst", "int32_val")
     roots = _AttrCache("comm_root", "int32_val")
     num_ops = _AttrCache("num_ops", "int64_val")
+    tensor_sizes = _AttrCache("tensor_size", "uint64_val")
+    rate = ComputeRate.from_dict(plan.trace.meta.compute) if isinstance(plan.trace.meta.compute, dict) else None
     names: dict[str, bytes] = {}
     varint = encode_varint
 
@@ -423,6 +460,8 @@ def _rank_nodes(plan: ExportPlan, rank: int, comm_size: str, t0: float) -> Itera
             attrs = _IS_GPU_OP
             if flops[i] == flops[i]:
                 attrs += num_ops[int(round(flops[i]))]
+            elif rate is not None and dur == dur:  # memory-bound row of a generated trace (docstring)
+                attrs += tensor_sizes[int(round(rate.memory_bytes(dur)))]
         else:
             measured = start[i] == start[i] and end[i] == end[i]
             dur_micros = int(round(end[i] - start[i])) if measured else 0

@@ -48,6 +48,7 @@ import numpy as np
 from dynamiccl import nccl
 from dynamiccl.errors import InputError
 from dynamiccl.profiler.exporters.output import atomic_files, check_out_dir
+from dynamiccl.profiler.exporters.progress import announce, estimate_bytes, file_bar
 from dynamiccl.profiler.exporters.plan import ExportPlan, plan_export
 from dynamiccl.trace.store import Trace
 
@@ -90,10 +91,16 @@ def export_param(trace: Trace, out_dir: str | os.PathLike, *, compute: str = "ge
     paths = [out / f"rank-{rank}.json" for rank in plan.ranks]
     init = _init_records(plan)
     encode = json.JSONEncoder(separators=(", ", ": ")).encode
-    with atomic_files(paths) as tmps:
+
+    def rank_text(rank: int) -> str:
+        records = init + param_records(plan, rank, compute=compute, t0=t0)
+        return "[\n" + ",\n".join(map(encode, records)) + "\n]\n"
+
+    announce("export param", len(paths), estimate_bytes(plan, lambda rank: len(rank_text(rank).encode())), out)
+    with atomic_files(paths) as tmps, file_bar(len(paths), "export param") as bar:
         for rank, tmp in zip(plan.ranks, tmps):
-            records = init + param_records(plan, rank, compute=compute, t0=t0)
-            tmp.write_text("[\n" + ",\n".join(map(encode, records)) + "\n]\n", encoding="utf-8")
+            tmp.write_text(rank_text(rank), encoding="utf-8")
+            bar.update()
     return paths
 
 

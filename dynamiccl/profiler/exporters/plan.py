@@ -24,7 +24,8 @@ not cover every rank of the job.
 
 Process groups are numbered once for the whole job (``ExportPlan.pg_ids``), so every rank's file
 names a group by the same integer: the group of kind ``world`` spanning ranks 0..n-1 in order is 0
-(ASTRA-sim's and PyTorch's default group), the others 1, 2, ... ordered by (kind, ranks).
+(PyTorch's default group), the others 1, 2, ... ordered by (kind, ranks). The Chakra export adds
+one to every number, since ASTRA-sim reserves 0 (``chakra.comm_group_ids``).
 """
 
 from __future__ import annotations

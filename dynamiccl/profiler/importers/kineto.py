@@ -24,7 +24,11 @@ duration = their busy time); without GPU kernels, the host gaps.
 
 **gloo traces** (no ``record_param_comms``): ``c10d::*`` CPU ops (sizes from ``Input Dims``, root
 and peer from ``Concrete Inputs``; needs ``record_shapes=True``) matched to the ``gloo:*``
-annotations that execute them on gloo's worker threads (execution time and dtype). The c10d op
+annotations that execute them on gloo's worker threads (execution time and dtype). gloo's events
+carry no shapes where a rank has no payload, even with ``record_shapes=True``: ``gloo:barrier``
+never, ``gloo:scatter`` not on the ranks that only receive; those match by order alone, and a
+receiving rank's scatter takes its dtype from the same call on the group's other ranks (the root's
+``gloo:scatter`` names it), its size from its own ``c10d::scatter_`` output. The c10d op
 does not name its process group: each op gets one of the rank's groups such that (1) the sizes fit
 (an all-gather's output is n × its input, a root/peer is a rank of the group), (2) ops run by one
 gloo worker thread share a group (each group has its own threads) and (3) every member of a group
@@ -37,7 +41,11 @@ noted.
 Sizes: ``bytes_total`` is nccl-tests' size — AllReduce/Broadcast/Reduce: the buffer; AllGather:
 the output (n × input); ReduceScatter: the input; AlltoAll: a rank's input; Send: the input; Recv:
 the output; Gather/Scatter: n × the per-rank tensor. ``bytes_per_rank`` follows NCCL's count.
-Barriers become 1-element fp32 all-reduces.
+Barriers (``dist.barrier()``, no payload) become 1-element fp32 all-reduces labelled ``barrier``
+(``BARRIER``): what PyTorch's NCCL backend runs for a barrier (``ProcessGroupNCCL::barrier``
+all-reduces a one-element tensor). The trace schema has no payload-free operation, and a
+zero-byte collective would not stand for one: NCCL returns at once on a zero count without
+synchronising the ranks.
 
 Steps: ``ProfilerStep#N`` events mark training steps 1..K (N renumbered from the smallest N in
 all files). Ops before the first marker are setup traffic (DDP construction, barriers): step 0,
@@ -79,6 +87,8 @@ RPC_OPS = {
 RPC_SKIP = {"wait", "init", "coalesced", "startCoalescing", "endCoalescing"}
 KERNEL_RE = re.compile(r"^(?:void )?nccl(?:Dev)?Kernel_(?P<func>[A-Za-z]+)")
 STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
+# How a barrier is recorded (module docstring): (op, dtype, bytes_total, label).
+BARRIER = ("allreduce", "fp32", 4, "barrier")
 BACKWARD_PREFIX = "autograd::engine::evaluate_function"
 
 
@@ -477,7 +487,8 @@ def _rpc_record(e: _Event, args: dict, doc: _Doc, groups: dict[str, GroupInfo], 
         if not is_type(value, int) or value < 0:
             raise InputError(path, f"{where} field '{key}'", f"expected an integer >= 0, got {value!r}")
     if op == "barrier":
-        return CommRecord(kind="coll", op="allreduce", group_id=gid, bytes_total=4, dtype="fp32", label="barrier",
+        op, dtype, total, label = BARRIER
+        return CommRecord(kind="coll", op=op, group_id=gid, bytes_total=total, dtype=dtype, label=label,
                           issue_start_us=e.ts, issue_end_us=e.end)
     dtype_arg = args.get("dtype")
     if not isinstance(dtype_arg, str):
@@ -559,12 +570,21 @@ class _GlooOp:
         return (self.spec.op, self.local)
 
 
-def _arg_numels(e: _Event, path: str, where: str) -> list[int]:
+def _arg_numels(e: _Event, path: str, where: str, shapes_recorded: bool = False) -> list[int]:
+    """Element counts of the event's arguments (``Input Dims``).
+
+    Raises:
+        InputError: the shapes are missing (the advice depends on ``shapes_recorded``: whether
+            other c10d events of the file have shapes, i.e. whether ``record_shapes`` was on) or
+            are not shapes.
+    """
     dims = e.args.get("Input Dims")
     types = e.args.get("Input type")
     if not isinstance(dims, list) or not isinstance(types, list):
-        raise InputError(path, f"{where} field 'Input Dims'",
-                         "missing: profile with record_shapes=True so that collective sizes are recorded")
+        advice = ("although other c10d events of this trace have them (record_shapes was on): the trace is "
+                  "damaged or edited" if shapes_recorded else
+                  "profile with record_shapes=True so that collective sizes are recorded")
+        raise InputError(path, f"{where} field 'Input Dims'", f"missing: {advice}")
     out = []
     for d, t in zip(dims, types + [""] * (len(dims) - len(types))):
         try:
@@ -588,6 +608,7 @@ def _cpp_dtype(text: str, path: str, where: str) -> str:
 def _gloo_ops(doc: _Doc, notes: Notes) -> list[_GlooOp]:
     path = doc.path
     c10d = sorted((e for e in doc.events if e.name.startswith("c10d::")), key=lambda e: (e.ts, e.index))
+    shapes_recorded = any("Input Dims" in e.args for e in c10d)
     ops: list[_GlooOp] = []
     open_until: dict = {}
     unsupported: dict[str, int] = defaultdict(int)
@@ -601,7 +622,7 @@ def _gloo_ops(doc: _Doc, notes: Notes) -> list[_GlooOp]:
             continue
         open_until[e.tid] = e.end
         where = f"traceEvents[{e.index}] ('{e.name}')"
-        numels = _arg_numels(e, path, where)
+        numels = _arg_numels(e, path, where, shapes_recorded)
         concrete = e.args.get("Concrete Inputs") or []
         dtype = None
         for t in e.args.get("Input type") or []:
@@ -621,7 +642,7 @@ def _gloo_ops(doc: _Doc, notes: Notes) -> list[_GlooOp]:
         lst.sort(key=lambda e: (e.ts, e.index))
         starts[family] = [e.ts for e in lst]
     used: set[int] = set()
-    sizes: dict[int, list[int]] = {}
+    sizes: dict[int, list[int] | None] = {}
     for op in ops:
         best = None
         for family in op.spec.gloo:
@@ -630,13 +651,15 @@ def _gloo_ops(doc: _Doc, notes: Notes) -> list[_GlooOp]:
                 cand = lst[j]
                 if cand.index in used or (op.spec.op in nccl.P2P_OPS and cand.tid != op.event.tid):
                     continue
-                if cand.index not in sizes:
-                    sizes[cand.index] = _arg_numels(cand, path, f"traceEvents[{cand.index}] ('{cand.name}')")
-                size = sizes[cand.index]
-                wanted = op.numels[op.spec.total_arg if op.spec.op == "reducescatter" and family == "all_reduce"
-                                   else max(op.spec.local_arg, 0)]
-                if op.spec.op != "barrier" and size and size[0] != wanted:
-                    continue
+                if op.spec.op != "barrier":  # a barrier has no payload to compare
+                    if cand.index not in sizes:  # None: no shapes on this event (a receiving rank's scatter)
+                        sizes[cand.index] = (_arg_numels(cand, path, f"traceEvents[{cand.index}] ('{cand.name}')")
+                                             if "Input Dims" in cand.args else None)
+                    size = sizes[cand.index]
+                    wanted = op.numels[op.spec.total_arg if op.spec.op == "reducescatter" and family == "all_reduce"
+                                       else max(op.spec.local_arg, 0)]
+                    if size and size[0] != wanted:
+                        continue
                 if best is None or cand.ts < best.ts:
                     best = cand
                 break
@@ -690,11 +713,11 @@ def _gloo_ranks(docs: list[tuple[_Doc, _Timeline]], groups: dict[str, GroupInfo]
                              "missing: a gloo trace needs the process groups torch.profiler records there")
         pgs = [groups[name] for name in doc.pg_config]
         ops = _gloo_ops(doc, notes)
-        missing_dtype = [o for o in ops if o.dtype is None and o.spec.op != "barrier"]
-        if missing_dtype:
-            notes.add(f"{doc.path}: {len(missing_dtype)} op(s) skipped: no gloo:* event tells their dtype (work that "
+        unexecuted = [o for o in ops if o.dtype is None and o.exec is None and o.spec.op != "barrier"]
+        if unexecuted:
+            notes.add(f"{doc.path}: {len(unexecuted)} op(s) skipped: no gloo:* event executed them (work that "
                       "finished after the profiler stopped)")
-            ops = [o for o in ops if o not in missing_dtype]
+            ops = [o for o in ops if o not in unexecuted]
         for o in ops:
             o.candidates = _candidates(o, doc.rank, pgs, doc.path)
             if not o.candidates:
@@ -729,6 +752,7 @@ def _gloo_ranks(docs: list[tuple[_Doc, _Timeline]], groups: dict[str, GroupInfo]
                           for members, _ in rank_clusters]
         orders[doc.rank] = {name: i for i, name in enumerate(doc.pg_config)}
     _attribute(per_rank, clusters, tids, orders, groups, notes, docs[0][0].path)
+    _dtypes_from_peers(per_rank, groups, notes)
     out: dict[int, list] = {}
     for doc, timeline in docs:
         recs = []
@@ -740,7 +764,7 @@ def _gloo_ranks(docs: list[tuple[_Doc, _Timeline]], groups: dict[str, GroupInfo]
             if spec.root_arg is not None:
                 peer = group.ranks[_concrete_int(o, spec.root_arg, doc.path)]
             if spec.op == "barrier":
-                op, dtype, total, label = "allreduce", "fp32", 4, "barrier"
+                op, dtype, total, label = BARRIER
             else:
                 op, dtype = spec.op, o.dtype
                 total = o.numels[spec.total_arg] * (n if spec.times_n else 1) * nccl.DataType[dtype.upper()].size_bytes
@@ -757,6 +781,38 @@ def _gloo_ranks(docs: list[tuple[_Doc, _Timeline]], groups: dict[str, GroupInfo]
         _phases(recs, timeline)
         out[doc.rank] = compute_gaps([r for r, _ in recs], timeline.windows)
     return out
+
+
+def _dtypes_from_peers(per_rank: dict[int, list[_GlooOp]], groups: dict[str, GroupInfo], notes: Notes) -> None:
+    """Give ops whose own events name no dtype (a receiving rank's scatter) the dtype of the same call
+    on another rank of its group: the k-th collective on a group is one call on every member. Ops no
+    member's events type are dropped with a note."""
+    calls: dict[tuple[str, int], str] = {}
+    position: dict[int, list[tuple[str, int] | None]] = {}
+    for rank, ops in per_rank.items():
+        count: dict[str, int] = defaultdict(int)
+        keys = []
+        for o in ops:
+            if o.spec.op in nccl.P2P_OPS:
+                keys.append(None)
+                continue
+            key = (o.group, count[o.group])
+            count[o.group] += 1
+            keys.append(key)
+            if o.dtype is not None:
+                calls.setdefault(key, o.dtype)
+        position[rank] = keys
+    for rank, ops in per_rank.items():
+        untyped = []
+        for o, key in zip(ops, position[rank]):
+            if o.dtype is None and o.spec.op != "barrier":
+                o.dtype = calls.get(key)
+                if o.dtype is None:
+                    untyped.append(o)
+        if untyped:
+            notes.add(f"rank {rank}: {len(untyped)} op(s) skipped: neither their own gloo:* events nor those of "
+                      "the same call on other ranks name a dtype")
+            per_rank[rank] = [o for o in ops if o not in untyped]
 
 
 _SEARCH_BUDGET = 50_000
