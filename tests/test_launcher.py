@@ -208,7 +208,7 @@ def test_a_bad_table_runs_the_job_untuned_and_says_why_in_one_line(tmp_path, cac
 
 
 BROKEN_TABLES = [  # (file name, content or None for a missing file, the reason after "FILE: ")
-    ("missing.json", None, "cannot read: No such file or directory"),
+    ("missing.json", None, "cannot read decision table (no such file)"),
     ("bad.csv", "allreduce,0,100,ring,ll,-1,-1,-1\nallreduce,0,100,rong,ll,-1,-1,-1\n",
      "line 2, field algorithm: unknown algorithm 'rong'; expected one of tree, ring, collnet_direct, collnet_chain, "
      "nvls, nvls_tree, pat (lowercase; NVIDIA's parser would silently use ring)"),
