@@ -7,7 +7,9 @@ files not committed yet), from its root, in README order, so a command finds wha
 it wrote (``table.json``, ``llama70b.parquet``, ``my_params.json``).
 
 - ``RUN``: run in full; it must exit 0. ``./run demo --timesteps 2048`` (the quick form the README
-  documents) runs twice into the same directory: the second run must replace the first.
+  documents) runs twice into the same directory: the second run must replace the first. ``bench``
+  may also exit 1, its verdict when a speed target is missed on a busy machine (speed is not what
+  this test judges), but every benchmark it names must have run (no FAILED row) and been recorded.
 - ``STARTS``: too long for a test at the budget the README prints (``./run demo`` with 24,576
   decisions, ``train`` ~9 min, ``evaluate`` with every baseline, ``search`` over the held-out
   cases, ``validate --leave-one-out`` with 16 fits). These are NOT run to the end: each is started
@@ -48,9 +50,11 @@ HANG_GUARD_S = 900  # a command still running after this long has hung (not a sp
 class Check:
     kind: str           # RUN, STARTS, NEEDS or SUITE
     detail: str = ""    # STARTS: the marker (regex) in its output; NEEDS / SUITE: why it is not run
+    ok_status: tuple[int, ...] = (0,)  # RUN: the exit statuses that mean it worked
 
 
 RUN = Check("RUN")
+BENCH = Check("RUN", ok_status=(0, 1))  # 1: a target missed (a verdict on speed, see the docstring)
 
 
 def starts(marker: str) -> Check:
@@ -106,7 +110,7 @@ CHECKS: dict[str, Check] = {
     "dynamiccl calibrate -o my_params.json": RUN,
     "DYNAMICCL_WORLD_PARAMS=my_params.json dynamiccl simulate --env dgx-h100 --coll allreduce": RUN,
     "dynamiccl bench --list": RUN,
-    "dynamiccl bench generate-405b costmodel-evals --record experiments/bench": RUN,
+    "dynamiccl bench generate-405b costmodel-evals --record experiments/bench": BENCH,
 }
 
 
@@ -236,7 +240,14 @@ def test_readme_command_works_as_printed_on_a_fresh_clone(outcomes, command):
         if CHECKS[command].kind == "STARTS":
             assert outcome.status is None, f"exited {outcome.status} before its marker:\n{outcome.output[-3000:]}"
         else:
-            assert outcome.status == 0, outcome.output[-3000:]
+            assert outcome.status in CHECKS[command].ok_status, outcome.output[-3000:]
+
+
+def test_the_benchmarks_run_and_are_recorded(outcomes):
+    (bench,) = outcomes["dynamiccl bench generate-405b costmodel-evals --record experiments/bench"]
+    rows = [line.split()[0] for line in bench.output.splitlines() if line.split()[-1:] in (["ok"], ["MISSED"])]
+    assert rows == ["generate-405b", "costmodel-evals"] and "FAILED" not in bench.output, bench.output[-3000:]
+    assert "recorded experiments/bench/generate-405b.json" in bench.output
 
 
 def test_the_demo_reruns_into_its_own_output_and_leaves_one(outcomes):

@@ -63,8 +63,9 @@ Each effect names its evidence and has one place in this module:
 Everything that does not depend on a call's size, channels or conditions is computed once per
 topology and (function slot, algorithm, protocol) in :meth:`WorldModel._topology_keys`; ``evaluate``
 is vectorized over the batch. Fitted parameters live in ``world_params.json`` keyed by hardware
-class (architecture/fabric, transport), never by system; ``dynamiccl calibrate`` refits them from
-measured tables.
+class (architecture/fabric, transport), never by system; ``dynamiccl calibrate -o FILE`` refits them
+from measured tables into FILE (the shipped file is package data: no command writes it), and
+``DYNAMICCL_WORLD_PARAMS=FILE`` makes every command use that fit (:func:`default_params`).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ PRIORS = {
 }
 """Literature priors of every fitted parameter (sources above): where every fit starts
 (:func:`prior_params`), and what a parameter keeps where no table of the fit informs it."""
-# The parameters file (``world_params.json``, written by ``dynamiccl calibrate``), declared once.
+# The parameters file (``world_params.json``, or one ``dynamiccl calibrate -o`` wrote), declared once.
 WORLD_PARAMS = schema.Schema(
     schema.mapping("link_efficiency", _SHARE, help='"arch/fabric", "arch" or "pcie": share of datasheet link bw'),
     schema.mapping("p2p_efficiency", _SHARE, help="send/recv share of datasheet link bw, by arch"),
