@@ -2,9 +2,10 @@
 
 The README's ``bash`` blocks are read, and every command in them must have an entry in
 :data:`CHECKS` saying how it is checked, so a command added to the README without a check fails
-here. They all run in one copy of the repository's files (``git ls-files``: what a clone holds, plus
-files not committed yet), from its root, in README order, so a command finds what the ones before
-it wrote (``table.json``, ``llama70b.parquet``, ``my_params.json``).
+here. They all run in one copy of the files git tracks (``git ls-files``: what a clone holds; a new
+file counts once it is ``git add``-ed, and what README commands run in the working tree left there
+does not), from its root, in README order, so a command finds what the ones before it wrote
+(``table.json``, ``llama70b.parquet``, ``my_params.json``).
 
 - ``RUN``: run in full; it must exit 0. ``./run demo --timesteps 2048`` (the quick form the README
   documents) runs twice into the same directory: the second run must replace the first. ``bench``
@@ -126,8 +127,8 @@ def readme_commands() -> list[str]:
 
 
 def fresh_clone(root: Path) -> Path:
-    """The repository's files (tracked, and untracked ones git does not ignore) copied under ``root``."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+    """The files git tracks (as in the working tree) copied under ``root``."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "-z"], cwd=REPO,
                             capture_output=True, check=True).stdout.decode().split("\0")
     clone = root / "clone"
     for name in filter(None, listed):
