@@ -8,6 +8,12 @@ figure the command reports as JSON (on stdout, or in ``json_file``): ``rate_key`
 under ``max_value``. With ``--record DIR`` each result is written
 as ``DIR/<name>.json`` and ``DIR/README.md`` gets one table of every recorded result in ``DIR``,
 each with the command that reproduces it.
+
+Commands run in the repository root (:data:`REPOSITORY`), whatever the caller's working directory:
+their relative paths (``traces/...``, ``experiments/...``) name files of the repository, and
+:meth:`Benchmark.repository_files` lists them so that a missing one is reported before anything
+runs. A command that fails is reported as FAILED with the end of its error output, and the other
+benchmarks still run.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dynamiccl import __version__, atomic
+from dynamiccl.errors import InputError
+
+# The repository the package sits in; benchmark commands run here (see the module docstring).
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,11 @@ class Benchmark:
     def command(self) -> str:
         head = "dynamiccl" if self.module == "dynamiccl" else f"python -m {self.module}"
         return head + " " + shlex.join(a.replace("{tmp}", "OUT") for a in self.args)
+
+    def repository_files(self) -> list[str]:
+        """The arguments that name files of the repository (relative paths with a directory part;
+        ``{tmp}`` ones are the benchmark's own outputs)."""
+        return [a for a in self.args if "/" in a and "{tmp}" not in a and not a.startswith("-")]
 
     def judge(self, value: float) -> bool:
         return value <= self.max_value if self.max_value is not None else value >= self.min_rate
@@ -163,19 +178,30 @@ def _machine() -> dict:
             "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
 
 
+class BenchmarkFailed(RuntimeError):
+    """A benchmark's command exited with an error; the message ends with its error output."""
+
+
 def run_benchmark(bench: Benchmark, repeat: int) -> dict:
-    """Run one benchmark ``repeat`` times; returns its result record: the median wall time and, for
-    a figure benchmark, the median of the figure over the runs (every run's value is kept)."""
+    """Run one benchmark ``repeat`` times in :data:`REPOSITORY`; returns its result record: the
+    median wall time and, for a figure benchmark, the median of the figure over the runs (every
+    run's value is kept).
+
+    Raises:
+        BenchmarkFailed: the command exited with an error status.
+    """
     times, figures = [], []
     with tempfile.TemporaryDirectory() as tmp:
         args = [a.replace("{tmp}", tmp) for a in bench.args]
         for _ in tqdm(range(repeat), desc=bench.name, unit="run", leave=False):
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", bench.module, *args], capture_output=True, text=True)
+            done = subprocess.run([sys.executable, "-m", bench.module, *args], capture_output=True, text=True,
+                                  cwd=REPOSITORY)
             times.append(time.perf_counter() - started)
             # A figure benchmark may exit 1 when its own target is missed; the verdict is ours.
             if done.returncode not in ((0, 1) if bench.rate_key else (0,)):
-                raise RuntimeError(f"{bench.name}: `{bench.command}` failed:\n{done.stderr}")
+                raise BenchmarkFailed(f"`{bench.command}` exited with status {done.returncode}:\n"
+                                      f"{done.stderr.strip()[-2000:]}")
             output = done.stdout.strip()
             if bench.json_file:
                 output = Path(bench.json_file.replace("{tmp}", tmp)).read_text(encoding="utf-8").strip()
@@ -244,12 +270,22 @@ def run_benchmarks(names: list[str], repeat: int = 3, record_dir: Path | None = 
     """Run benchmarks by name, print a table, optionally record JSON; exit status 1 if any misses."""
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        from dynamiccl.errors import InputError
         raise InputError("bench", None, f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    for name in names:
+        for relative in BENCHMARKS[name].repository_files():
+            if not (REPOSITORY / relative).exists():
+                raise InputError(REPOSITORY / relative, None, f"missing: benchmark {name} needs this file of the "
+                                 "dynamiccl repository (benchmarks run from a clone, not an installed package)")
     status = 0
     print(f"{'benchmark':<24} {'figure':<32} {'value':>12} {'target':>12} {'wall s':>8}  verdict")
     for name in names:
-        result = run_benchmark(BENCHMARKS[name], repeat)
+        try:
+            result = run_benchmark(BENCHMARKS[name], repeat)
+        except BenchmarkFailed as failure:
+            status = 1
+            print(f"{name:<24} {'':<32} {'':>12} {BENCHMARKS[name].target_text:>12} {'':>8}  FAILED", flush=True)
+            print("  " + str(failure).replace("\n", "\n  "), flush=True)
+            continue
         status |= 0 if result["within_target"] else 1
         row = _row(result)
         print(f"{row[0]:<24} {row[1]:<32} {row[2]:>12} {row[3]:>12} {row[4]:>8}  {row[5]}", flush=True)

@@ -55,13 +55,18 @@ def add(sub) -> None:
 
     p = sub.add_parser("calibrate", help="fit the world simulator's parameters to measured nccl-tests tables",
                        description="Fit the world simulator's free parameters (per hardware class) to measured "
-                                   "nccl-tests tables and write them as JSON. Then run `dynamiccl validate`.")
+                                   "nccl-tests tables and write them as JSON (-o). Then check them with "
+                                   "`dynamiccl validate --params FILE`, and use them in every command with "
+                                   "DYNAMICCL_WORLD_PARAMS=FILE.")
     p.add_argument("--measurements", action="append", default=None, metavar="CSV",
                    help="measurements CSV (the columns of dynamiccl.costmodel.measurements.COLUMNS); repeat for "
-                        "several (default: measurements.csv and more-systems.csv of ../shared/calibration)")
+                        "several (default: the shipped calibration set, measurements.csv and more-systems.csv "
+                        "of dynamiccl/data/calibration)")
     p.add_argument("--env-dir", default=None, help="directory of environment specs to map tables to (default envs/)")
-    p.add_argument("-o", "--output", default=None,
-                   help="parameters JSON to write (default: the package's world_params.json)")
+    # Required: the shipped world_params.json is package data, never written by a command (a user's fit
+    # is used where it is asked for: `validate --params`, or DYNAMICCL_WORLD_PARAMS for every command).
+    p.add_argument("-o", "--output", required=True,
+                   help="parameters JSON to write (required; the shipped world_params.json is never overwritten)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("validate", help="error of the world simulator against measured nccl-tests tables",
@@ -71,7 +76,7 @@ def add(sub) -> None:
                                    "measured busbw per table.")
     p.add_argument("--measurements", action="append", default=None, metavar="CSV",
                    help="measurements CSV; repeat for several (default: the calibration set, "
-                        "measurements.csv and more-systems.csv of ../shared/calibration)")
+                        "measurements.csv and more-systems.csv of dynamiccl/data/calibration)")
     p.add_argument("--env-dir", default=None, help="directory of environment specs (default envs/)")
     p.add_argument("--params", default=None,
                    help="world parameters JSON (default: the shipped calibration); not with --leave-one-out, "
@@ -156,18 +161,22 @@ def _convergence(report: dict) -> str:
 
 
 def cmd_calibrate(args) -> int:
+    import dynamiccl
     from dynamiccl import atomic
     from dynamiccl.costmodel.calibration import calibrate, format_summary, predict, summarize
     from dynamiccl.costmodel.measurements import load_env_dir
-    from dynamiccl.costmodel.world import PARAMS_PATH
     from dynamiccl.envspec import env_dir
+    from dynamiccl.errors import InputError
 
+    output = Path(args.output)
+    if output.resolve().is_relative_to(Path(dynamiccl.__file__).resolve().parent):
+        raise InputError("-o", None, f"{output} is inside the dynamiccl package, whose data is never written; "
+                                     "write the fit elsewhere and use it with DYNAMICCL_WORLD_PARAMS=FILE")
     check_outputs(args.output)
     sources, tables = _measurements(args)
     specs = load_env_dir(args.env_dir or env_dir())
     print(f"calibrating on {len(tables)} tables, {sum(len(t.time_us) for t in tables)} rows ...", file=sys.stderr)
     params, report = calibrate(tables, specs, source=sources, progress=True)
-    output = Path(args.output) if args.output else PARAMS_PATH
     atomic.write_text(output, params.to_json())
     print(f"# fitted from the unfitted priors ({_convergence(report)}: {report['status']}), rms log error "
           f"{report['cost_rms_log_error']:.3f} -> {output}")

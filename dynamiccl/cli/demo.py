@@ -11,7 +11,9 @@ from dynamiccl.outputs import claim_output_dir
 def add(sub) -> None:
     """Add ``demo`` to the sub-command parsers ``sub``."""
     p = sub.add_parser("demo", help="run the end-to-end demo on a built-in default")
-    p.add_argument("--out", default="demo-output", help="directory for the demo's files (default ./demo-output)")
+    p.add_argument("--out", default="demo-output",
+                   help="directory for the demo's files (default ./demo-output); a rerun replaces the demo's "
+                        "earlier output there once it has finished")
     p.add_argument("--timesteps", type=int, default=None,
                    help="training decisions (default 24576: a few minutes on 2 cores)")
     p.set_defaults(func=cmd_demo)

@@ -17,9 +17,10 @@ AllGather by its per-rank input tensor instead (``dist.all_gather(tensor_list, t
 ``run_benchmark_aws_multinode_allgather.py``), so its sizes are multiplied by the ranks on reading
 (:func:`per_rank_input_sizes`).
 
-The calibration set is every CSV of :data:`DEFAULT_MEASUREMENT_FILES` in the shared calibration
-directory beside the repository (``../shared/calibration``): the nccl-tests tables of
-``measurements.csv`` and the systems of ``more-systems.csv`` (PCIe, TCP-class and GB200 partitions).
+The calibration set is every CSV of :data:`DEFAULT_MEASUREMENT_FILES` in :data:`CALIBRATION_DIR`,
+package data shipped with its sources (``dynamiccl/data/calibration/README.md``): the nccl-tests
+tables of ``measurements.csv`` and the systems of ``more-systems.csv`` (PCIe, TCP-class and GB200
+partitions). Being package data, it is found from any working directory and in an installed package.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, l
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import KEEP, Algorithm, Func, parse_algorithm, parse_func, parse_protocol, parse_version
 
-# The calibration set, in this order, in :func:`calibration_dir`.
+# The calibration set, in this order, in :data:`CALIBRATION_DIR` (package data, read-only by convention).
+CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "data" / "calibration"
 DEFAULT_MEASUREMENT_FILES = ("measurements.csv", "more-systems.csv")
 
 COLUMNS = ("table", "system", "nccl_version", "coll", "algo", "proto", "gpus_per_node", "nodes", "size_bytes",
@@ -81,22 +83,23 @@ class MeasuredTable:
 
 
 def calibration_dir() -> Path:
-    """The shared calibration directory beside the repository (``<repo>/../shared/calibration``)."""
-    return Path(__file__).resolve().parents[2].parent / "shared" / "calibration"
+    """The shipped calibration set's directory (:data:`CALIBRATION_DIR`, ``dynamiccl/data/calibration``)."""
+    return CALIBRATION_DIR
 
 
 def default_measurement_paths() -> list[Path]:
     """The calibration set's CSVs (:data:`DEFAULT_MEASUREMENT_FILES` in :func:`calibration_dir`).
 
     Raises:
-        InputError: naming the directory, when none of the files is there.
+        InputError: naming the file, when one of them is missing (a broken installation: they are
+            package data, and a partial set would silently calibrate on fewer tables).
     """
     paths = [calibration_dir() / name for name in DEFAULT_MEASUREMENT_FILES]
-    present = [p for p in paths if p.is_file()]
-    if not present:
-        raise InputError(os.fspath(calibration_dir()), None, f"no calibration set ({', '.join(DEFAULT_MEASUREMENT_FILES)}); "
-                         "give --measurements FILE")
-    return present
+    for path in paths:
+        if not path.is_file():
+            raise InputError(os.fspath(path), None, "missing from the installed package's calibration set "
+                                                    "(reinstall dynamiccl, or give --measurements FILE)")
+    return paths
 
 
 def load_measurement_files(paths: list[str | os.PathLike]) -> list[MeasuredTable]:

@@ -63,8 +63,9 @@ Each effect names its evidence and has one place in this module:
 Everything that does not depend on a call's size, channels or conditions is computed once per
 topology and (function slot, algorithm, protocol) in :meth:`WorldModel._topology_keys`; ``evaluate``
 is vectorized over the batch. Fitted parameters live in ``world_params.json`` keyed by hardware
-class (architecture/fabric, transport), never by system; ``dynamiccl calibrate`` refits them from
-measured tables.
+class (architecture/fabric, transport), never by system; ``dynamiccl calibrate -o FILE`` refits them
+from measured tables into FILE (the shipped file is package data: no command writes it), and
+``DYNAMICCL_WORLD_PARAMS=FILE`` makes every command use that fit (:func:`default_params`).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ from dynamiccl.errors import InputError
 from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, REDUCING_FUNCS, TUNABLE_FUNCS, Algorithm, Func, Protocol
 
 PARAMS_PATH = Path(__file__).with_name("world_params.json")
+# A user's own fit (`dynamiccl calibrate -o FILE`), used by every command in place of PARAMS_PATH.
+PARAMS_ENV = "DYNAMICCL_WORLD_PARAMS"
 
 # Per-channel throughput (bus GB/s) per architecture (volta, ampere, hopper, blackwell) from NCCL's
 # own caps (NVIDIA/nccl ``src/graph/tuning.cc``, v2.30): Simple = perChMaxTreeBw[N1], LL128 =
@@ -170,7 +173,7 @@ PRIORS = {
 }
 """Literature priors of every fitted parameter (sources above): where every fit starts
 (:func:`prior_params`), and what a parameter keeps where no table of the fit informs it."""
-# The parameters file (``world_params.json``, written by ``dynamiccl calibrate``), declared once.
+# The parameters file (``world_params.json``, or one ``dynamiccl calibrate -o`` wrote), declared once.
 WORLD_PARAMS = schema.Schema(
     schema.mapping("link_efficiency", _SHARE, help='"arch/fabric", "arch" or "pcie": share of datasheet link bw'),
     schema.mapping("p2p_efficiency", _SHARE, help="send/recv share of datasheet link bw, by arch"),
@@ -848,11 +851,28 @@ def prior_params() -> WorldParams:
 
 
 def default_params() -> WorldParams:
-    """The shipped parameters (``world_params.json``)."""
+    """The parameters every command costs with unless given others: the file named by
+    :data:`PARAMS_ENV` when it is set (a user's own ``dynamiccl calibrate -o FILE``; its provenance
+    then names the file, so every report says which parameters it used), else the shipped
+    ``world_params.json`` (package data: no command writes it).
+
+    Raises:
+        InputError: the file :data:`PARAMS_ENV` names is missing or invalid (naming the variable).
+    """
     global _DEFAULT
+    path = os.environ.get(PARAMS_ENV)
+    if path:
+        if path not in _FROM_ENV:
+            if not Path(path).is_file():
+                raise InputError(path, None, f"no such world parameters file (named by {PARAMS_ENV}; "
+                                             "write one with `dynamiccl calibrate -o FILE`, or unset the variable)")
+            params = WorldParams.load(path)
+            _FROM_ENV[path] = replace(params, provenance=f"{params.provenance} [{PARAMS_ENV}={path}]")
+        return replace(_FROM_ENV[path])
     if _DEFAULT is None:
         _DEFAULT = WorldParams.load(PARAMS_PATH)
     return replace(_DEFAULT)
 
 
-_DEFAULT: WorldParams | None = None
+_DEFAULT: WorldParams | None = None  # the shipped parameters, once read
+_FROM_ENV: dict[str, WorldParams] = {}  # a user's, by the PARAMS_ENV value they were read from

@@ -142,7 +142,8 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
 def _fresh_run(config: ExperimentConfig, output_dir: Path) -> None:
     """Refuse a directory that holds a run; record what a later resume must match (``run.json``)."""
     if latest_checkpoint(output_dir / "checkpoints") is not None or (output_dir / "policy.zip").exists():
-        raise InputError(output_dir, None, "already holds a training run; resume it or choose another output directory")
+        raise InputError(output_dir, None, "already holds a training run; continue it with --resume, or train a "
+                                           "new one into a fresh directory with --output-dir DIR")
     write_text(output_dir / "run.json", json.dumps({"config_path": config.source,
                                                     "fingerprint": config.resume_fingerprint()}, indent=2) + "\n")
 
