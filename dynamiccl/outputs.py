@@ -227,6 +227,36 @@ def claim_output_dir(path: str | os.PathLike, command: str,
     return directory
 
 
+def claim_replaced_dir(path: str | os.PathLike, command: str) -> Path:
+    """Lock output directory ``path`` for a command that replaces it as a whole (the demo sets an
+    earlier output aside and renames directories itself), for the rest of the current command.
+
+    The lock sits beside the directory, ``.NAME.dynamiccl.lock`` in its parent, because a lock
+    inside would move with the renamed directory and the next run would find none. Nothing is
+    undone on failure: the command restores its own output. The directory itself is not created.
+
+    Raises:
+        OutputError: ``path`` cannot be written (see :func:`check_output_dir`), or another run holds
+            it: the message names its pid, host, start time and command.
+        RuntimeError: called outside :func:`command_scope` (a programming error).
+    """
+    if not _scopes:
+        raise RuntimeError("claim_replaced_dir called outside command_scope")
+    directory = Path(path)
+    check_output_dir(path)
+    atomic.make_dirs(directory.parent, path)
+    key = directory.resolve()
+    lock_path = directory.parent / f".{directory.name}{LOCK_NAME}"
+    if key in _held:
+        _held[key] += 1
+        _scopes[-1].claims.append(_Claim(directory, -1, lock_path, frozenset(), [], None))
+        return directory
+    lock_fd = _lock(path, lock_path, command)
+    _held[key] = 1
+    _scopes[-1].claims.append(_Claim(directory, lock_fd, lock_path, frozenset(), [], lambda _: True))
+    return directory
+
+
 def _lock(path: str | os.PathLike, lock_path: Path, command: str) -> int:
     """Take the exclusive lock of ``lock_path``; return its descriptor (written with the holder)."""
     while True:

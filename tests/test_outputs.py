@@ -377,6 +377,30 @@ def test_two_trains_into_one_directory_the_second_names_the_first(tmp_path, caps
     assert not run.exists() or (latest_checkpoint(run / "checkpoints") is not None and not lock.exists())
 
 
+HOLD_REPLACED = HOLD.replace("claim_output_dir", "claim_replaced_dir")
+
+
+def test_a_second_demo_into_one_directory_names_the_first_and_touches_nothing(tmp_path, capsys):
+    # The demo renames its directory while it runs, so its lock sits beside the directory: a lock
+    # inside would move to <out>.previous with it and the second demo would find none.
+    out = tmp_path / "demo-output"
+    out.mkdir()
+    (out / "demo.toml").write_text("kept\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_REPLACED, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert list(out.iterdir()) == [out / "demo.toml"]  # nothing of the lock inside
+        assert main(["demo", "--out", str(out), "--timesteps", "64"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"dynamiccl: error: {out}: cannot write (another run is writing into it: "
+                              f"pid {holder.pid} ")
+        assert (out / "demo.toml").read_text() == "kept\n" and not (tmp_path / "demo-output.previous").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # --- a closed stdout pipe ---------------------------------------------------------------------------
 
 

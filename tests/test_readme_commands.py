@@ -95,6 +95,8 @@ CHECKS: dict[str, Check] = {
     "--profile cap --trace ref.parquet": RUN,
     "dynamiccl table show table.json": RUN,
     "dynamiccl table lookup table.json --coll allreduce --bytes 1048576 --nranks 16 --nnodes 2": RUN,
+    "dynamiccl table lookup nccl_tuner.conf --as nvidia-example --coll allreduce --bytes 1048576 --nranks 16 "
+    "--nnodes 2": RUN,
     "dynamiccl table check table.json --trace my_step.parquet --env dgx-h100": needs("a trace of the user's step"),
     "dynamiccl table check table.json --env dgx-h100 --model llama3-8b --tp 8 --pp 1 --dp 1 --global-batch 4": RUN,
     "dynamiccl table check table.json --sweep experiments/sweep/layouts.toml -o results": RUN,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dynamiccl.cli.common import invocation
-from dynamiccl.outputs import claim_output_dir
+from dynamiccl.outputs import claim_replaced_dir
 
 
 def add(sub) -> None:
@@ -22,7 +22,7 @@ def add(sub) -> None:
 def cmd_demo(args) -> int:
     from dynamiccl.demo import run_demo
 
-    claim_output_dir(args.out, invocation(args.argv))
+    claim_replaced_dir(args.out, invocation(args.argv))  # the demo renames its directory: lock beside it
     # Each step is a dynamiccl command run in-process by the command line's own entry point, which
     # dynamiccl.cli.main hands over in args.run_command (this module does not import it back).
     return run_demo(Path(args.out), args.run_command, args.timesteps)
