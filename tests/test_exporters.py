@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from dynamiccl.errors import InputError
@@ -25,7 +26,7 @@ from dynamiccl.trace.consistency import check_consistency
 from dynamiccl.workload.context import ComputeRate
 from dynamiccl.workload.generator import generate
 from dynamiccl.workload.layout import ParallelLayout
-from dynamiccl.workload.models import load_model
+from dynamiccl.workload.models import ModelConfig, load_model
 
 RATE = ComputeRate("H100-SXM", 989.4, 0.45, 3350.0)
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -87,6 +88,72 @@ def measured() -> Trace:
             rec.compute("optim", phase="step", duration_us=0.4)
             rec.compute("flops-only", phase="step", flops=1e9)
     return b.build()
+
+
+# A model small enough to count its GEMMs by hand: h 64, 4 heads of 16 (2 KV heads), SwiGLU ffn 256,
+# vocabulary 1024; TP 2, micro-batch 1 of 32 tokens, bf16 (2 bytes).
+TINY = ModelConfig(name="tiny", num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4,
+                   num_kv_heads=2, vocab_size=1024, seq_length=32, global_batch=4)
+TINY_LAYOUT = dict(tp=2, pp=1, dp=2, micro_batch=1, global_batch=4)
+
+
+def _by_hand_gemm(m: int, k: int, n: int) -> tuple[int, int]:
+    """(FLOPs, bytes) of an (m x k) by (k x n) bf16 GEMM: 2mkn; operands read and result written once."""
+    return 2 * m * k * n, (m * k + k * n + m * n) * 2
+
+
+def test_chakra_generated_compute_nodes_carry_num_ops_and_tensor_size(tmp_path):
+    """ASTRA-sim's roofline mode needs both on every GPU compute node (issue 15, item 20)."""
+    trace = generate(TINY, ParallelLayout(**TINY_LAYOUT), RATE, all_ranks=True, progress=False)
+    export_trace("chakra", trace, tmp_path)
+    files, _ = _read_all(tmp_path, 4)
+    # fc1 (32 x 64 by 64 x 2*256/2) then fc2 (32 x 256/2 by 256/2 x 64), one TP rank's share.
+    fc1, fc2 = _by_hand_gemm(32, 64, 256), _by_hand_gemm(32, 128, 64)
+    assert (fc1[0] + fc2[0], fc1[1] + fc2[1]) == (1_572_864, 81_920)
+    output = _by_hand_gemm(32, 64, 512)  # logits: 32 tokens x h by h x 1024/2 vocabulary entries
+    embedding_bytes = 32 * 64 * 2  # the lookup writes one bf16 row per token; a gather has no FLOPs
+    for f in files.values():
+        computes = [n for n in f.nodes if n.type == NodeType.COMP_NODE]
+        assert computes and all(n.value("is_cpu_op") is False for n in computes)
+        for node in computes:
+            assert node.attr("num_ops").member == "int64_val" and node.value("num_ops") > 0, node.name
+            assert node.attr("tensor_size").member == "uint64_val" and node.value("tensor_size") > 0, node.name
+        by_name = {n.name: n for n in computes}
+        def work(name):
+            return by_name[name].value("num_ops"), by_name[name].value("tensor_size")
+
+        assert work("mb0.L0.mlp") == (1_572_864, 81_920)
+        assert work("mb0.output") == output
+        # backward: a dgrad and a wgrad, each the forward's FLOPs and bytes
+        assert by_name["mb0.output.column_dgrad"].value("tensor_size") == output[1]
+        assert work("mb0.embedding") == (1, embedding_bytes)
+        step = by_name["optimizer.step"]  # AdamW: 16 FLOPs and 30 bytes per parameter
+        assert step.value("num_ops") * 30 == step.value("tensor_size") * 16
+
+
+def test_chakra_trace_without_bytes_moved_loads_and_exports_without_tensor_size(tmp_path):
+    """A trace written before ``bytes_moved`` existed: the column reads as unknown, the export has no
+    ``tensor_size`` and keeps ``num_ops`` where the trace has FLOPs."""
+    import pyarrow.parquet as pq
+
+    generated = generate(TINY, ParallelLayout(**TINY_LAYOUT), RATE, progress=False)
+    generated.write(tmp_path / "new.parquet")
+    table = pq.read_table(tmp_path / "new.parquet")
+    pq.write_table(table.drop(["bytes_moved"]), tmp_path / "old.parquet")
+    old = Trace.read(tmp_path / "old.parquet")
+    assert old.ops["bytes_moved"].isna().all()
+    new = Trace.read(tmp_path / "new.parquet")
+    assert new.ops["bytes_moved"].notna().any()
+    pd.testing.assert_frame_equal(old.ops.drop(columns="bytes_moved"), new.ops.drop(columns="bytes_moved"))
+    export_trace("chakra", old, tmp_path / "out")
+    files, _ = _read_all(tmp_path / "out", 4)
+    for rank, f in files.items():
+        rows = old.rank_ops(f.metadata.value("represented_by")).sort_values(["step", "op_index"])
+        computes = [(n, r) for n, r in zip(f.nodes, rows.itertuples(index=False)) if r.kind == "compute"]
+        assert computes
+        for node, row in computes:
+            assert node.attr("tensor_size") is None
+            assert node.value("num_ops") == max(1, round(row.flops))
 
 
 # --- independent expectations -----------------------------------------------------------------
@@ -269,12 +336,11 @@ def test_chakra_round_trip_every_node(dense_full, tmp_path):
             if row.kind == "compute":
                 assert node.type == NodeType.COMP_NODE
                 assert node.duration_micros == round(row.duration_us)
-                if math.isfinite(row.flops):
-                    assert node.attr("num_ops").member == "int64_val" and node.value("num_ops") == round(row.flops)
-                    assert node.attr("tensor_size") is None  # a GEMM's bytes are not in the trace
-                else:  # memory-bound (optimizer, embedding): the bytes its duration was modelled from
-                    assert node.attr("num_ops") is None
-                    assert node.attr("tensor_size").member == "uint64_val"
+                # A generated trace knows both for every compute row (flops.py); 0 FLOPs are written as 1.
+                assert node.attr("num_ops").member == "int64_val" and node.value("num_ops") == max(1, round(row.flops))
+                assert node.attr("tensor_size").member == "uint64_val"
+                assert node.value("tensor_size") == round(row.bytes_moved) > 0
+                if row.label.split(".")[-1] in ("embedding", "embedding_wgrad", "step"):  # memory-bound
                     assert RATE.memory_bound_us(node.value("tensor_size")) == pytest.approx(row.duration_us, abs=1e-6)
                     memory_bound += 1
                 continue
@@ -362,7 +428,8 @@ def test_chakra_measured_rooted_grouped_and_multi_step(measured, tmp_path):
         assert (fwd0.start_time_micros, fwd1.start_time_micros) == (rank, 100 + rank)  # from the earliest start
         assert fwd0.duration_micros == 13 and by_name["optim"][0].duration_micros == 0  # nearest µs
         assert by_name["flops-only"][0].value("num_ops") == 10 ** 9
-        assert by_name["optim"][0].attr("tensor_size") is None  # no compute model recorded: bytes unknown
+        assert by_name["optim"][0].attr("tensor_size") is None  # a measured row: bytes unknown
+        assert by_name["optim"][0].attr("num_ops") is None and by_name["flops-only"][0].attr("tensor_size") is None
         bcast = by_name["broadcast"][0]
         assert bcast.duration_micros == 7 and bcast.start_time_micros == 13 + rank
         for op, root, size in (("broadcast", 2, 4096), ("gather", 1, 1024), ("scatter", 0, 4096), ("reduce", 3, 4096)):
@@ -509,7 +576,9 @@ def test_param_round_trip(dense_full, tmp_path):
         comms = [r for r in records[len(init):] if "comms" in r]
         computes = [r for r in records[len(init):] if "compute" in r]
         assert len(comms) == len(comm_rows)
-        assert len(computes) == int(np.isfinite(rows["flops"]).sum())
+        # Element-wise rows (fewer FLOPs than bytes: optimizer step, embedding) have no GEMM equivalent.
+        gemm_like = rows[np.isfinite(rows["flops"]) & ~(rows["flops"] < rows["bytes_moved"])]
+        assert len(computes) == len(gemm_like) < int(np.isfinite(rows["flops"]).sum())
         for rec, row in zip(comms, comm_rows.itertuples(index=False)):
             esize = 2 if row.dtype == "bf16" else 4
             assert rec["comms"] == names[row.op] and rec["req"] == row.group_seq

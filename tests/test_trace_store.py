@@ -281,6 +281,13 @@ def test_read_column_of_wrong_type(trace_file, column, array_of):
     assert f"column '{column}'" in message and "expected type" in message
 
 
+def test_read_file_without_the_optional_bytes_moved_column(trace_file):
+    """Files written before ``bytes_moved`` existed read it as unknown (NaN) on every row."""
+    rewrite_table(trace_file, lambda table: table.drop_columns(["bytes_moved"]))
+    ops = Trace.read(trace_file).ops
+    assert list(ops.columns) == list(COLUMN_NAMES) and ops["bytes_moved"].isna().all()
+
+
 def test_read_accepts_other_integer_widths(trace_file):
     # "any int width for int columns": a file written by another tool with int64 ranks is fine.
     def widen(table):
@@ -327,6 +334,8 @@ ROW_CASES = [
     ("compute-without-time", 1, 5, "duration_us", float("nan"), "duration_us", 5, "duration_us or flops"),
     ("negative-duration", 1, 0, "duration_us", -1.0, "duration_us", 0, ">= 0"),
     ("negative-flops", 1, 0, "flops", -1.0, "flops", 0, ">= 0"),
+    ("negative-bytes_moved", 1, 0, "bytes_moved", -1.0, "bytes_moved", 0, ">= 0"),
+    ("comm-with-bytes_moved", 1, 1, "bytes_moved", 8.0, "bytes_moved", 1, "only compute rows"),
 ]
 
 

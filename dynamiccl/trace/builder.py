@@ -108,14 +108,15 @@ class RankRecorder:
             self._open_nccl_group = -1
 
     def _row(self, *, kind, op, phase, label, microbatch, layer, stream, deps, duration_us=math.nan,
-             flops=math.nan, group: Group | None = None, group_seq=-1, peer=-1, dtype="", bytes_per_rank=0,
+             flops=math.nan, bytes_moved=math.nan, group: Group | None = None, group_seq=-1, peer=-1, dtype="",
+             bytes_per_rank=0,
              bytes_total=0, start_us=math.nan, end_us=math.nan, nccl_algo="", nccl_proto="",
              nccl_channels=-1, nccl_group=-1) -> int:
         index = self.count
         dep_list = sorted({int(d) for d in deps if d is not None and d >= 0})
         self.builder._append((
             self.rank, self.step, index, kind, op, phase, label, microbatch, layer, stream, dep_list,
-            duration_us, flops,
+            duration_us, flops, bytes_moved,
             group.group_id if group else "", group.kind if group else "", group.size if group else 0,
             group.nnodes if group else 0, group_seq, nccl_group, peer, dtype, bytes_per_rank, bytes_total,
             start_us, end_us, nccl_algo, nccl_proto, nccl_channels,
@@ -124,12 +125,13 @@ class RankRecorder:
         return index
 
     def compute(self, label: str, *, phase: str, flops: float = math.nan, duration_us: float = math.nan,
-                deps: Iterable[int | None] = (), microbatch: int = -1, layer: int = -1,
-                start_us: float = math.nan, end_us: float = math.nan) -> int:
-        """A compute segment on the compute stream (``flops`` and/or ``duration_us``)."""
+                bytes_moved: float = math.nan, deps: Iterable[int | None] = (), microbatch: int = -1,
+                layer: int = -1, start_us: float = math.nan, end_us: float = math.nan) -> int:
+        """A compute segment on the compute stream (``flops`` and/or ``duration_us``; ``bytes_moved``
+        when the source knows the device-memory traffic)."""
         return self._row(kind="compute", op="compute", phase=phase, label=label, microbatch=microbatch,
                          layer=layer, stream=COMPUTE_STREAM, deps=deps, duration_us=duration_us,
-                         flops=flops, start_us=start_us, end_us=end_us)
+                         flops=flops, bytes_moved=bytes_moved, start_us=start_us, end_us=end_us)
 
     def _comm(self, kind: str, op: str, group: Group, bytes_total: int, dtype: str, peer: int, *,
               phase: str, label: str, deps, microbatch: int, layer: int, **measured) -> int:

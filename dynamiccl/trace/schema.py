@@ -26,6 +26,9 @@ deps                      op_index values (same rank, smaller than this op's) th
 duration_us               compute: modelled or measured duration (µs); communication: the measured
                           duration when a source gives one without timestamps (NCCL Inspector), else NaN
 flops                     compute: floating-point operations on this rank; NaN when unknown
+bytes_moved               compute: bytes the row's work reads from and writes to device memory
+                          (operands and results; the generator's roofline count, ``workload/flops.py``);
+                          NaN when unknown. Optional: a file written before it existed reads as NaN
 group_id                  process group ("" for compute); described in the metadata ``groups``
 group_kind                dp, tp, pp, cp, ep, edp, fsdp, embd, mp, world or unknown
 group_size, group_nnodes  ranks and nodes of the group (0 for compute)
@@ -92,6 +95,7 @@ COLUMNS: tuple[tuple[str, pa.DataType, Any], ...] = (
     ("deps", pa.list_(_I32), ()),
     ("duration_us", _F64, math.nan),
     ("flops", _F64, math.nan),
+    ("bytes_moved", _F64, math.nan),
     ("group_id", _STR, ""),
     ("group_kind", _STR, ""),
     ("group_size", _I32, 0),
@@ -109,6 +113,9 @@ COLUMNS: tuple[tuple[str, pa.DataType, Any], ...] = (
     ("nccl_channels", _I32, -1),
 )
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
+# Columns added after schema version 1 was fixed: a file without one reads it as its default (unknown).
+OPTIONAL_COLUMNS = ("bytes_moved",)
+REQUIRED_COLUMNS = tuple(name for name in COLUMN_NAMES if name not in OPTIONAL_COLUMNS)
 # Float columns are nullable because pandas writes NaN ("not measured") as null.
 ARROW_SCHEMA = pa.schema([pa.field(name, typ, nullable=pa.types.is_floating(typ)) for name, typ, _ in COLUMNS])
 
@@ -322,7 +329,7 @@ def validate_ops(df: pd.DataFrame, meta: TraceMeta, source: str) -> None:
     Raises:
         InputError: naming ``source``, the column and the first offending row.
     """
-    missing = [c for c in COLUMN_NAMES if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(source, f"column '{missing[0]}'",
                          f"missing (required columns missing: {', '.join(missing)})")
@@ -378,6 +385,10 @@ def validate_ops(df: pd.DataFrame, meta: TraceMeta, source: str) -> None:
              "compute rows need a duration_us or flops")
     chk.fail("duration_us", np.isfinite(duration) & (duration < 0), "expected >= 0")
     chk.fail("flops", np.isfinite(flops) & (flops < 0), "expected >= 0")
+    if "bytes_moved" in df.columns:
+        moved = df["bytes_moved"].to_numpy(dtype=float)
+        chk.fail("bytes_moved", np.isfinite(moved) & (moved < 0), "expected >= 0")
+        chk.fail("bytes_moved", ~is_compute & ~np.isnan(moved), "only compute rows move bytes (NaN elsewhere)")
 
     # Communication rows against the group table.
     known = np.isin(gid, list(meta.groups))
@@ -461,11 +472,13 @@ def check_arrow_schema(schema: pa.Schema, source: str) -> None:
         InputError: naming the first missing column or the first column of the wrong type.
     """
     names = set(schema.names)
-    missing = [c for c in COLUMN_NAMES if c not in names]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
         raise InputError(source, f"column '{missing[0]}'",
                          f"missing (required columns missing: {', '.join(missing)})")
     for name, typ, _ in COLUMNS:
+        if name not in names:  # an optional column (OPTIONAL_COLUMNS)
+            continue
         actual = schema.field(name).type
         if pa.types.is_dictionary(actual):
             actual = actual.value_type

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from dynamiccl import __version__, atomic, schema
 from dynamiccl.errors import InputError
 from dynamiccl.trace.schema import (
-    ARROW_SCHEMA, COLUMN_NAMES, COLUMNS, METADATA_KEY, TraceMeta, check_arrow_schema, validate_ops,
+    ARROW_SCHEMA, COLUMNS, METADATA_KEY, REQUIRED_COLUMNS, TraceMeta, check_arrow_schema, validate_ops,
 )
 
 
@@ -91,24 +91,25 @@ class Trace:
         meta_obj = schema.parse_json(raw, source, f"metadata '{METADATA_KEY.decode()}'")
         meta = TraceMeta.from_json_obj(meta_obj, source)
         check_arrow_schema(table.schema, source)
-        ops = _canonical(table.select(list(COLUMN_NAMES)).to_pandas(), source)
+        ops = _canonical(table.select([c for c, _, _ in COLUMNS if c in table.schema.names]).to_pandas(), source)
         validate_ops(ops, meta, source)
         return cls(ops=ops, meta=meta)
 
 
 def _canonical(ops: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Columns in schema order and dtype, rows sorted by (step, rank, op_index), fresh index.
+    """Columns in schema order and dtype, rows sorted by (step, rank, op_index), fresh index; an
+    absent optional column (``OPTIONAL_COLUMNS``) is filled with its default (unknown).
 
     Raises:
-        InputError: a column is missing or holds values of the wrong type.
+        InputError: a required column is missing or a column holds values of the wrong type.
     """
-    missing = [name for name in COLUMN_NAMES if name not in ops.columns]
+    missing = [name for name in REQUIRED_COLUMNS if name not in ops.columns]
     if missing:
         raise InputError(source, f"column '{missing[0]}'",
                          f"missing (required columns missing: {', '.join(missing)})")
     out = {}
-    for name, typ, _ in COLUMNS:
-        col = ops[name]
+    for name, typ, default in COLUMNS:
+        col = ops[name] if name in ops.columns else pd.Series(default, index=ops.index, dtype=typ.to_pandas_dtype())
         try:
             if pa.types.is_integer(typ):
                 if col.isna().any():

@@ -39,20 +39,6 @@ class ComputeRate:
     def memory_bound_us(self, nbytes: float) -> float:
         return nbytes / (self.hbm_gbytes_per_s * 1e9) * 1e6
 
-    def memory_bytes(self, duration_us: float) -> float:
-        """Bytes a memory-bound segment of ``duration_us`` µs moves: the inverse of ``memory_bound_us``."""
-        return duration_us * 1e-6 * self.hbm_gbytes_per_s * 1e9
-
-    @classmethod
-    def from_dict(cls, compute: dict) -> "ComputeRate | None":
-        """The rate a trace's ``compute`` metadata records (``as_dict``); None when it records none
-        (measured or imported traces) or not every field."""
-        try:
-            return cls(str(compute["gpu"]), float(compute["peak_bf16_tflops"]), float(compute["efficiency"]),
-                       float(compute["hbm_gbytes_per_s"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
     def as_dict(self) -> dict:
         return {"gpu": self.gpu, "peak_bf16_tflops": self.peak_tflops, "efficiency": self.efficiency,
                 "hbm_gbytes_per_s": self.hbm_gbytes_per_s,
@@ -124,20 +110,22 @@ class StepContext:
 
     # --- compute -----------------------------------------------------------------------------------
 
-    def compute(self, name: str, flops: float) -> int:
-        """A compute segment of ``flops``; it waits for every pending communication."""
+    def compute(self, name: str, flops: float, nbytes: float) -> int:
+        """A compute segment of ``flops`` that moves ``nbytes`` through device memory (recorded for
+        rooflines, ``flops.py``); timed from its FLOPs; it waits for every pending communication."""
         index = self.rec.compute(self._label(name), phase=self.phase, flops=float(flops),
-                                 duration_us=self.rate.duration_us(flops), deps=self.waits,
-                                 microbatch=self.microbatch, layer=self.layer)
+                                 duration_us=self.rate.duration_us(flops), bytes_moved=float(nbytes),
+                                 deps=self.waits, microbatch=self.microbatch, layer=self.layer)
         self.waits = []
         self.last_compute = index
         return index
 
-    def compute_memory_bound(self, name: str, nbytes: float) -> int:
-        """A memory-bound segment (optimizer step): time from bytes moved at HBM bandwidth."""
-        index = self.rec.compute(self._label(name), phase=self.phase, flops=float("nan"),
-                                 duration_us=self.rate.memory_bound_us(nbytes), deps=self.waits,
-                                 microbatch=self.microbatch, layer=self.layer)
+    def compute_memory_bound(self, name: str, nbytes: float, flops: float) -> int:
+        """A memory-bound segment (optimizer step, embedding): time from ``nbytes`` moved at HBM
+        bandwidth; its ``flops`` (element-wise arithmetic, 0 for a gather) are recorded."""
+        index = self.rec.compute(self._label(name), phase=self.phase, flops=float(flops),
+                                 duration_us=self.rate.memory_bound_us(nbytes), bytes_moved=float(nbytes),
+                                 deps=self.waits, microbatch=self.microbatch, layer=self.layer)
         self.waits = []
         self.last_compute = index
         return index

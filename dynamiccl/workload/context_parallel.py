@@ -31,27 +31,28 @@ def _ring_peers(ctx: StepContext) -> tuple[int, int]:
     return ranks[(me + 1) % len(ranks)], ranks[(me - 1) % len(ranks)]
 
 
-def _ring(ctx: StepContext, name: str, flops: float, messages_per_step: int) -> None:
-    """cp compute chunks; chunk i overlaps ring exchange i (``messages_per_step`` chunks each way)."""
+def _ring(ctx: StepContext, name: str, flops: float, chunk_bytes: float, messages_per_step: int) -> None:
+    """cp compute chunks of flops / cp and ``chunk_bytes`` each; chunk i overlaps ring exchange i
+    (``messages_per_step`` chunks each way)."""
     cp = ctx.layout.cp
     if cp == 1:
-        ctx.compute(name, flops)
+        ctx.compute(name, flops, chunk_bytes)
         return
     nxt, prev = _ring_peers(ctx)
     nbytes = kv_chunk_bytes(ctx)
     for step in range(cp - 1):
         ring = ctx.p2p_group("cp", [(nxt, nbytes)] * messages_per_step, [(prev, nbytes)] * messages_per_step,
                              name=f"{name}.cp_ring{step}", blocking=False)
-        ctx.compute(f"{name}_chunk{step}", flops / cp)
+        ctx.compute(f"{name}_chunk{step}", flops / cp, chunk_bytes)
         ctx.wait(*ring)
-    ctx.compute(f"{name}_chunk{cp - 1}", flops / cp)
+    ctx.compute(f"{name}_chunk{cp - 1}", flops / cp, chunk_bytes)
 
 
-def attention_forward(ctx: StepContext, core_flops: float) -> None:
-    """Attention core over the ring: each step passes the KV chunk on."""
-    _ring(ctx, "attn.core", core_flops, messages_per_step=1)
+def attention_forward(ctx: StepContext, core_flops: float, chunk_bytes: float) -> None:
+    """Attention core over the ring: each step passes the KV chunk on; ``chunk_bytes`` per step."""
+    _ring(ctx, "attn.core", core_flops, chunk_bytes, messages_per_step=1)
 
 
-def attention_backward(ctx: StepContext, core_backward_flops: float) -> None:
+def attention_backward(ctx: StepContext, core_backward_flops: float, chunk_bytes: float) -> None:
     """Attention backward over the ring: each step passes KV on and the partial dKV back."""
-    _ring(ctx, "attn.core_bwd", core_backward_flops, messages_per_step=2)
+    _ring(ctx, "attn.core_bwd", core_backward_flops, chunk_bytes, messages_per_step=2)

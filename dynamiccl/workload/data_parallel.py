@@ -48,6 +48,11 @@ DDP_BUCKET_CAP_BYTES = 25 * 1024 * 1024  # DistributedDataParallel(bucket_cap_mb
 MEGATRON_MIN_BUCKET_PARAMS = 40_000_000  # DistributedDataParallelConfig.bucket_size default
 DISTOPT_PAD_MULTIPLE = 128
 ADAM_BYTES_PER_PARAM = 30  # read fp32 grad, master, m, v; write master, m, v and the bf16 copy
+# AdamW's update per parameter, counted operation by operation from Algorithm 2 of Loshchilov & Hutter
+# (arXiv:1711.05101; Megatron's default "adam" is this decoupled-weight-decay form): m = b1*m +
+# (1-b1)*g: 3; v = b2*v + (1-b2)*g^2: 4; the two bias corrections: 2; p -= lr*(m_hat/(sqrt(v_hat) +
+# eps) + wd*p): 7 (sqrt, add, divide, multiply, add, multiply, subtract). The bf16 copy is a cast.
+ADAM_FLOPS_PER_PARAM = 16
 
 
 @dataclass

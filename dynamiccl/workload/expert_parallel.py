@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dynamiccl.workload import tensor_parallel
 from dynamiccl.workload.context import StepContext
-from dynamiccl.workload.flops import LayerFlops
+from dynamiccl.workload.flops import BACKWARD_BYTES_FACTOR, LayerFlops
 
 
 def local_tokens(ctx: StepContext) -> int:
@@ -49,9 +49,9 @@ def _experts_through_alltoall(ctx: StepContext, flops: LayerFlops, backward: boo
         ctx.blocking("allgather", "tp", lay.etp * tokens_k * ctx.model.hidden_size * ctx.act_size,
                      name="moe.etp_allgather")
     if backward:
-        ctx.compute("moe.experts_bwd", 2 * experts.forward)
+        ctx.compute("moe.experts_bwd", 2 * experts.forward, BACKWARD_BYTES_FACTOR * experts.forward_bytes)
     else:
-        ctx.compute("moe.experts", experts.forward)
+        ctx.compute("moe.experts", experts.forward, experts.forward_bytes)
     if lay.etp > 1:
         ctx.blocking("reducescatter", "tp", lay.etp * tokens_k * ctx.model.hidden_size * ctx.act_size,
                      name="moe.etp_reducescatter")
@@ -67,8 +67,9 @@ def moe_forward(ctx: StepContext, flops: LayerFlops) -> None:
     moe = ctx.model.moe
     if moe.shared_expert_ffn_hidden_size:
         shared = flops.mlp(moe.shared_expert_ffn_hidden_size)
-        tensor_parallel.region_forward(ctx, "moe.shared", lambda: ctx.compute("moe.shared", shared.forward))
-    ctx.compute("moe.router", flops.router(local_tokens(ctx)))
+        tensor_parallel.region_forward(ctx, "moe.shared",
+                                       lambda: ctx.compute("moe.shared", shared.forward, shared.forward_bytes))
+    ctx.compute("moe.router", flops.router(local_tokens(ctx)), flops.router_bytes(local_tokens(ctx)))
     _experts_through_alltoall(ctx, flops, backward=False)
 
 
@@ -76,8 +77,10 @@ def moe_backward(ctx: StepContext, flops: LayerFlops) -> None:
     """The MoE block of one layer, backward (reverse order of ``moe_forward``)."""
     moe = ctx.model.moe
     _experts_through_alltoall(ctx, flops, backward=True)
-    ctx.compute("moe.router_bwd", 2 * flops.router(local_tokens(ctx)))
+    ctx.compute("moe.router_bwd", 2 * flops.router(local_tokens(ctx)),
+                BACKWARD_BYTES_FACTOR * flops.router_bytes(local_tokens(ctx)))
     if moe.shared_expert_ffn_hidden_size:
         shared = flops.mlp(moe.shared_expert_ffn_hidden_size)
         tensor_parallel.region_backward(ctx, "moe.shared",
-                                        lambda: ctx.compute("moe.shared.row_bwd", shared.backward_upper), shared)
+                                        lambda: ctx.compute("moe.shared.row_bwd", shared.backward_upper,
+                                                                    shared.backward_upper_bytes), shared)

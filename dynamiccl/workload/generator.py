@@ -13,7 +13,8 @@ Per rank and step, in issue order (NVIDIA/Megatron-LM
    embedding group, the gradient norm (fp32) over the model-parallel group (the whole world when
    the optimizer is sharded); the optimizer step; the loss report over DP on the last stage.
 
-Compute segments carry FLOPs (flops) and a duration from the GPU's peak × an efficiency.
+Compute segments carry FLOPs (flops), the bytes they move (bytes_moved, ``flops.py``) and a duration
+from the GPU's peak × an efficiency (memory-bound ones: from their bytes at HBM bandwidth).
 
 All ranks of one pipeline stage run the same step (TP/CP/DP/EP peers are symmetric), so by default
 one representative rank per stage is generated and the metadata says which ranks it stands for;
@@ -32,8 +33,8 @@ from dynamiccl.trace.builder import TraceBuilder
 from dynamiccl.trace.store import Trace
 from dynamiccl.workload import context_parallel, expert_parallel, tensor_parallel
 from dynamiccl.workload.context import ComputeRate, StepContext
-from dynamiccl.workload.data_parallel import ADAM_BYTES_PER_PARAM, DataParallel
-from dynamiccl.workload.flops import BlockFlops, LayerFlops
+from dynamiccl.workload.data_parallel import ADAM_BYTES_PER_PARAM, ADAM_FLOPS_PER_PARAM, DataParallel
+from dynamiccl.workload.flops import BACKWARD_BYTES_FACTOR, BlockFlops, LayerFlops
 from dynamiccl.workload.layout import ParallelLayout
 from dynamiccl.workload.models import ModelConfig
 from dynamiccl.workload.pipeline_parallel import Pass, run_passes, schedule
@@ -109,7 +110,7 @@ class RankStep:
             ctx.at("forward", mb)
             if not self.root_first(chunk):
                 self.dp.before_forward(chunk, "root", mb)
-            tensor_parallel.output_forward(ctx, self.flops.lm_head())
+            tensor_parallel.output_forward(ctx, self.flops.lm_head(), self.flops.lm_head_bytes())
             if self.layout.cp > 1:  # Megatron's loss_func sums (loss, tokens) over the CP group
                 ctx.blocking("allreduce", "cp", 8, dtype="fp32", name="loss.cp_allreduce")
 
@@ -119,7 +120,7 @@ class RankStep:
         ctx.at("backward", mb)
         if self.holds_head(chunk):
             self.dp.root_pre_backward(chunk, wait=True)
-            tensor_parallel.output_backward(ctx, self.flops.lm_head())
+            tensor_parallel.output_backward(ctx, self.flops.lm_head(), self.flops.lm_head_bytes())
             self.dp.grads_ready(chunk, ("head",), mb)
         for i, layer in enumerate(layers):
             ctx.at("backward", mb, layer)
@@ -143,18 +144,18 @@ class RankStep:
 
         def attention():
             if self.layout.cp == 1:
-                ctx.compute("attn", attn.forward)
+                ctx.compute("attn", attn.forward, attn.forward_bytes)
                 return
-            ctx.compute("attn.qkv", attn.column)
-            context_parallel.attention_forward(ctx, attn.inner)
-            ctx.compute("attn.out_proj", attn.row)
+            ctx.compute("attn.qkv", attn.column, attn.column_bytes)
+            context_parallel.attention_forward(ctx, attn.inner, self.cp_chunk_bytes())
+            ctx.compute("attn.out_proj", attn.row, attn.row_bytes)
 
         tensor_parallel.region_forward(ctx, "attn", attention)
         if self.model.is_moe_layer(layer):
             expert_parallel.moe_forward(ctx, self.flops)
         else:
             mlp = self.flops.mlp(self.model.ffn_hidden_size)
-            tensor_parallel.region_forward(ctx, "mlp", lambda: ctx.compute("mlp", mlp.forward))
+            tensor_parallel.region_forward(ctx, "mlp", lambda: ctx.compute("mlp", mlp.forward, mlp.forward_bytes))
 
     def layer_backward(self, chunk: int, layer: int, mb: int) -> None:
         ctx, attn = self.ctx, self.flops.attention()
@@ -162,18 +163,25 @@ class RankStep:
             expert_parallel.moe_backward(ctx, self.flops)
         else:
             mlp = self.flops.mlp(self.model.ffn_hidden_size)
-            tensor_parallel.region_backward(ctx, "mlp", lambda: ctx.compute("mlp.row_bwd", mlp.backward_upper), mlp)
+            tensor_parallel.region_backward(
+                ctx, "mlp", lambda: ctx.compute("mlp.row_bwd", mlp.backward_upper, mlp.backward_upper_bytes), mlp)
         self.dp.grads_ready(chunk, (layer, "mlp"), mb)
 
         def attention_upper(block: BlockFlops = attn):
             if self.layout.cp == 1:
-                ctx.compute("attn.row_bwd", block.backward_upper)
+                ctx.compute("attn.row_bwd", block.backward_upper, block.backward_upper_bytes)
                 return
-            ctx.compute("attn.out_proj_bwd", 2 * block.row)
-            context_parallel.attention_backward(ctx, block.inner_backward_factor * block.inner)
+            ctx.compute("attn.out_proj_bwd", 2 * block.row, BACKWARD_BYTES_FACTOR * block.row_bytes)
+            context_parallel.attention_backward(ctx, block.inner_backward_factor * block.inner,
+                                                BACKWARD_BYTES_FACTOR * self.cp_chunk_bytes())
 
         tensor_parallel.region_backward(ctx, "attn", attention_upper, attn)
         self.dp.grads_ready(chunk, (layer, "attn"), mb)
+
+    def cp_chunk_bytes(self) -> float:
+        """Bytes one context-parallel ring step's attention moves: this rank's queries and output
+        against one rank's KV chunk (s/cp keys per sequence)."""
+        return self.flops.attention_core_bytes(self.layout.seq_len // self.layout.cp)
 
     # --- end of step -------------------------------------------------------------------------------
 
@@ -211,7 +219,8 @@ class RankStep:
         norm_group = "world" if lay.dp_mode in ("distopt", "fsdp") else "mp"
         if ctx.group_size(norm_group) > 1:
             ctx.blocking("allreduce", norm_group, 4, dtype="fp32", name="optimizer.grad_norm")
-        ctx.compute_memory_bound("optimizer.step", self.dp.optimizer_params() * ADAM_BYTES_PER_PARAM)
+        params = self.dp.optimizer_params()
+        ctx.compute_memory_bound("optimizer.step", params * ADAM_BYTES_PER_PARAM, params * ADAM_FLOPS_PER_PARAM)
         self.dp.after_optimizer()
         if self.last_stage and ctx.group_size("dp") > 1:
             ctx.blocking("allreduce", "dp", 8, dtype="fp32", name="loss.report_allreduce")

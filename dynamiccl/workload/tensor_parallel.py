@@ -20,13 +20,18 @@ from __future__ import annotations
 from typing import Callable
 
 from dynamiccl.workload.context import StepContext
-from dynamiccl.workload.flops import BlockFlops
+from dynamiccl.workload.flops import BACKWARD_BYTES_FACTOR, BlockFlops
+
+
+def activation_elements(ctx: StepContext) -> int:
+    """b · (s / cp) · h: the elements of one micro-batch's activation on this rank's sequence share."""
+    lay = ctx.layout
+    return lay.micro_batch * (lay.seq_len // lay.cp) * ctx.model.hidden_size
 
 
 def activation_bytes(ctx: StepContext) -> int:
     """b · (s / cp) · h elements of the activation dtype: the TP collectives' full buffer."""
-    lay = ctx.layout
-    return lay.micro_batch * (lay.seq_len // lay.cp) * ctx.model.hidden_size * ctx.act_size
+    return activation_elements(ctx) * ctx.act_size
 
 
 def region_forward(ctx: StepContext, name: str, emit_compute: Callable[[], None]) -> None:
@@ -50,24 +55,25 @@ def region_backward(ctx: StepContext, name: str, emit_upper: Callable[[], None],
     if ctx.layout.tp > 1 and ctx.layout.sp:
         ctx.blocking("allgather", "tp", activation_bytes(ctx), name=f"{name}.sp_grad_allgather")
     emit_upper()
-    column_backward(ctx, name, block.column)
+    column_backward(ctx, name, block.column, block.column_bytes)
 
 
-def column_backward(ctx: StepContext, name: str, column_flops: float) -> None:
-    """dgrad and wgrad of a column-parallel GEMM and the reduction of its input gradient."""
+def column_backward(ctx: StepContext, name: str, column_flops: float, column_bytes: float) -> None:
+    """dgrad and wgrad of a column-parallel GEMM of ``column_flops`` / ``column_bytes`` forward
+    (each moves as many bytes as the forward) and the reduction of its input gradient."""
     if ctx.layout.tp == 1:
-        ctx.compute(f"{name}.column_bwd", 2 * column_flops)
+        ctx.compute(f"{name}.column_bwd", 2 * column_flops, BACKWARD_BYTES_FACTOR * column_bytes)
         return
     nbytes = activation_bytes(ctx)
     if ctx.layout.sp:
         regather = ctx.start("allgather", "tp", nbytes, name=f"{name}.sp_input_allgather")
-        ctx.compute(f"{name}.column_dgrad", column_flops)
+        ctx.compute(f"{name}.column_dgrad", column_flops, column_bytes)
         ctx.wait(regather)
         reduce = ctx.start("reducescatter", "tp", nbytes, name=f"{name}.sp_grad_reducescatter")
     else:
-        ctx.compute(f"{name}.column_dgrad", column_flops)
+        ctx.compute(f"{name}.column_dgrad", column_flops, column_bytes)
         reduce = ctx.start("allreduce", "tp", nbytes, name=f"{name}.grad_allreduce")
-    ctx.compute(f"{name}.column_wgrad", column_flops)
+    ctx.compute(f"{name}.column_wgrad", column_flops, column_bytes)
     ctx.wait(reduce)
 
 
@@ -77,8 +83,10 @@ def embedding_forward(ctx: StepContext) -> None:
     learned position embeddings Megatron all-reduces even under SP (the positions are added to the
     whole sequence first) and then splits the sequence locally (``LanguageModelEmbedding``:
     ``reduce_scatter_embeddings`` only without learned positions; then
-    ``scatter_to_sequence_parallel_region``)."""
-    ctx.compute_memory_bound("embedding", activation_bytes(ctx))
+    ``scatter_to_sequence_parallel_region``). The lookup is a gather (no arithmetic); learned
+    position embeddings add one FLOP per output element."""
+    learned = ctx.model.position_embedding == "learned"
+    ctx.compute_memory_bound("embedding", activation_bytes(ctx), activation_elements(ctx) if learned else 0)
     if ctx.layout.tp > 1:
         reduce_scatter = ctx.layout.sp and ctx.model.position_embedding != "learned"
         op = "reducescatter" if reduce_scatter else "allreduce"
@@ -90,23 +98,23 @@ def embedding_backward(ctx: StepContext) -> None:
     ReduceScatter's backward (or, with learned positions, the sequence split's) is an AllGather."""
     if ctx.layout.tp > 1 and ctx.layout.sp:
         ctx.blocking("allgather", "tp", activation_bytes(ctx), name="embedding.sp_grad_allgather")
-    ctx.compute_memory_bound("embedding_wgrad", activation_bytes(ctx))
+    ctx.compute_memory_bound("embedding_wgrad", activation_bytes(ctx), activation_elements(ctx))  # scatter-add
 
 
-def output_forward(ctx: StepContext, head_flops: float) -> None:
+def output_forward(ctx: StepContext, head_flops: float, head_bytes: float) -> None:
     """Column-parallel output layer (forward: identity or SP AllGather of its input), then the
     vocab-parallel cross entropy's three fp32 AllReduces of b·s/cp values over TP (max logit,
     target logit, sum of exponentials; Megatron ``tensor_parallel/cross_entropy.py``)."""
     lay = ctx.layout
     if lay.tp > 1 and lay.sp:
         ctx.blocking("allgather", "tp", activation_bytes(ctx), name="output.sp_allgather")
-    ctx.compute("output", head_flops)
+    ctx.compute("output", head_flops, head_bytes)
     if lay.tp > 1:
         tokens = lay.micro_batch * (lay.seq_len // lay.cp)
         for what in ("max", "target", "sum_exp"):
             ctx.blocking("allreduce", "tp", tokens * 4, dtype="fp32", name=f"cross_entropy.{what}")
 
 
-def output_backward(ctx: StepContext, head_flops: float) -> None:
+def output_backward(ctx: StepContext, head_flops: float, head_bytes: float) -> None:
     """Output layer backward: a column GEMM's dgrad and wgrad with its input-gradient reduction."""
-    column_backward(ctx, "output", head_flops)
+    column_backward(ctx, "output", head_flops, head_bytes)

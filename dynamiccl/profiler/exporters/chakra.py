@@ -19,7 +19,7 @@ Each trace row becomes one node (field numbers and types of ``et_def.proto``):
 row        ``type``          attributes (name: oneof member)
 =========  ================  ===================================================================
 compute    COMP_NODE         ``is_cpu_op``: bool_val false; ``num_ops``: int64_val FLOPs (when known);
-                             ``tensor_size``: uint64_val bytes moved (when known, see below)
+                             ``tensor_size``: uint64_val bytes moved (when known); see below
 coll       COMM_COLL_NODE    ``is_cpu_op`` false; ``comm_type``: int64_val ``CollectiveCommType``;
                              ``comm_size``: int64_val bytes; ``pg_name``: string_val group id;
                              ``comm_root``: int32_val global root (broadcast/reduce/gather/scatter)
@@ -31,13 +31,20 @@ recv       COMM_RECV_NODE    as send, with ``comm_src`` the peer and ``comm_dst`
 - ``name`` is the row's label (its op when the label is empty).
 - ``num_ops`` and ``tensor_size`` are what ASTRA-sim's roofline mode (``roofline-enabled``) reads on
   a GPU compute node: it runs the node for ``num_ops / min(local-mem-bw * num_ops / tensor_size,
-  peak-perf)`` (astra-sim ``Workload::issue_comp``, ``Roofline::get_perf``). The members are those
-  Chakra's feeder reads (``num_ops`` int64_val, ``tensor_size`` uint64_val). ``num_ops`` is the
-  row's ``flops``; ``tensor_size`` is known for the memory-bound rows of a generated trace (no
-  FLOPs: optimizer step, embedding), whose recorded compute model (``TraceMeta.compute``) timed
-  them as bytes / HBM bandwidth, so bytes = ``ComputeRate.memory_bytes(duration_us)``. The trace
-  schema holds no bytes for GEMM rows nor FLOPs for memory-bound ones, so no node has both and
-  roofline mode still cannot time these exports (ASTRA-sim's replay mode uses the durations).
+  peak-perf)``, skips a node whose ``tensor_size`` is 0 and stops on one that lacks either
+  attribute (astra-sim/astra-sim 518bd51 ``Workload::issue_comp``, ``Roofline::get_perf``; its
+  Chakra feeder v3 registers ``num_ops`` and ``tensor_size`` without defaults). The members are
+  those Chakra's feeder reads (``num_ops`` int64_val, ``tensor_size`` uint64_val). ``num_ops`` is
+  the row's ``flops``, ``tensor_size`` its ``bytes_moved``, each written when the trace knows it.
+  A generated trace knows both for every compute row (GEMMs: FLOPs from their shapes, bytes of
+  their operands and results; the memory-bound optimizer step and embedding: their bytes and
+  element-wise FLOPs; ``workload/flops.py``). A row of 0 FLOPs (an embedding lookup is a gather)
+  is written with ``num_ops`` 1: ASTRA-sim's time is then tensor_size / local-mem-bw, the row's
+  memory-bound time (the same for any small positive count), where 0 would make it 0 / 0.
+  Profiled and imported traces, and generated ones written before the trace had ``bytes_moved``,
+  have no bytes: their compute nodes carry ``num_ops`` where the source gave FLOPs and no
+  ``tensor_size``, so they run in ASTRA-sim's replay mode (by duration); its roofline mode stops
+  at their first compute node.
 - ``duration_micros``: compute rows' ``duration_us`` rounded to the nearest µs (Chakra's unit is an
   integer µs; ASTRA-sim replays 0 as 1 ns); communication rows carry ``end_us - start_us`` when the
   trace measured them, else 0 (the simulator times them). ``start_time_micros``: measured start
@@ -90,7 +97,6 @@ from dynamiccl.profiler.exporters.output import atomic_files, check_out_dir
 from dynamiccl.profiler.exporters.progress import announce, estimate_bytes, file_bar
 from dynamiccl.profiler.exporters.plan import ExportPlan, plan_export
 from dynamiccl.trace.store import Trace
-from dynamiccl.workload.context import ComputeRate
 
 ET_VERSION = "1.0.0"
 SCHEMA = "dynamiccl-chakra-export/1"
@@ -408,6 +414,7 @@ def _rank_nodes(plan: ExportPlan, rank: int, comm_size: str, t0: float) -> Itera
     nccl_group = ops["nccl_group"].tolist()
     duration = ops["duration_us"].to_numpy(dtype=float).tolist()
     flops = ops["flops"].to_numpy(dtype=float).tolist()
+    moved = ops["bytes_moved"].to_numpy(dtype=float).tolist()
     total = ops["bytes_total"].tolist()
     per_rank = ops["bytes_per_rank"].tolist()
     start = ops["start_us"].to_numpy(dtype=float).tolist()
@@ -427,7 +434,6 @@ def _rank_nodes(plan: ExportPlan, rank: int, comm_size: str, t0: float) -> Itera
     roots = _AttrCache("comm_root", "int32_val")
     num_ops = _AttrCache("num_ops", "int64_val")
     tensor_sizes = _AttrCache("tensor_size", "uint64_val")
-    rate = ComputeRate.from_dict(plan.trace.meta.compute) if isinstance(plan.trace.meta.compute, dict) else None
     names: dict[str, bytes] = {}
     varint = encode_varint
 
@@ -459,9 +465,9 @@ def _rank_nodes(plan: ExportPlan, rank: int, comm_size: str, t0: float) -> Itera
             dur_micros = int(round(dur)) if dur == dur else 0
             attrs = _IS_GPU_OP
             if flops[i] == flops[i]:
-                attrs += num_ops[int(round(flops[i]))]
-            elif rate is not None and dur == dur:  # memory-bound row of a generated trace (docstring)
-                attrs += tensor_sizes[int(round(rate.memory_bytes(dur)))]
+                attrs += num_ops[max(1, int(round(flops[i])))]  # 0 FLOPs as 1 (module docstring)
+            if moved[i] == moved[i]:
+                attrs += tensor_sizes[int(round(moved[i]))]
         else:
             measured = start[i] == start[i] and end[i] == end[i]
             dur_micros = int(round(end[i] - start[i])) if measured else 0

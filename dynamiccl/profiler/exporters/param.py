@@ -23,8 +23,10 @@ PARAM's replay, ``{trace-path}/rank-{r}.json``). Each file is a JSON list of dic
    - a compute segment, with ``compute="gemm"`` (default): PARAM's compute element
      ``{"compute": "gemm", "count": 1, "mm_dim", "dtype", "markers"}``, a square GEMM with the
      segment's FLOPs (2·mm_dim³ ≈ flops), so a replay keeps the compute gaps between collectives;
-     ``flops`` and ``duration_us`` ride along. Segments without FLOPs (memory-bound optimizer
-     steps) have no GEMM equivalent and are left out. ``compute="none"`` writes communication only.
+     ``flops`` and ``duration_us`` ride along. Segments without FLOPs, and element-wise ones with
+     fewer FLOPs than bytes moved (the generator's memory-bound optimizer step and embedding; a
+     GEMM of the trace's sizes does many FLOPs per byte), have no GEMM equivalent and are left
+     out. ``compute="none"`` writes communication only.
 
 The basic format replays in issue order and has no dependency graph: overlap beyond issue order
 (collectives PARAM runs asynchronously with ``-z 0``) is not expressed. Data types PARAM lacks are
@@ -122,6 +124,7 @@ def param_records(plan: ExportPlan, rank: int, *, compute: str = "gemm", t0: flo
     nccl_group, dtype = ops["nccl_group"].tolist(), ops["dtype"].tolist()
     total, per_rank = ops["bytes_total"].tolist(), ops["bytes_per_rank"].tolist()
     flops = ops["flops"].to_numpy(dtype=float).tolist()
+    moved = ops["bytes_moved"].to_numpy(dtype=float).tolist()
     duration = ops["duration_us"].to_numpy(dtype=float).tolist()
     start = ops["start_us"].to_numpy(dtype=float).tolist()
     end = ops["end_us"].to_numpy(dtype=float).tolist()
@@ -136,7 +139,7 @@ def param_records(plan: ExportPlan, rank: int, *, compute: str = "gemm", t0: flo
         k = kind[i]
         name = label[i] or op[i]
         if k == "compute":
-            if compute == "none" or not math.isfinite(flops[i]):
+            if compute == "none" or not math.isfinite(flops[i]) or flops[i] < moved[i]:  # docstring
                 continue
             rec = {"compute": "gemm", "count": 1, "mm_dim": max(1, round((flops[i] / 2.0) ** (1.0 / 3.0))),
                    "dtype": act_dtype, "markers": [name], "flops": flops[i]}
