@@ -47,7 +47,7 @@ def test_a_benchmark_runs_in_the_repository_from_any_working_directory(tmp_path,
 
     monkeypatch.chdir(tmp_path)  # where `traces/...` does not exist
     bench = Benchmark("summary", "a repository trace's summary", ("trace", "summary", "traces/ref-pp2-dp2.parquet",
-                                                                  "--json"), rate_key="dp.broadcast.count", min_rate=1)
+                                                                  "--json"), rate_key="dp.allreduce.count", min_rate=1)
     result = run_benchmark(bench, repeat=1)
     assert result["within_target"] and result["value"] >= 1
 

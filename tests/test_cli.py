@@ -201,31 +201,6 @@ def test_models_lists_builtins_with_param_counts(capsys):
     assert "405.9B" in out
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    # A short training run (the default is 24,576 decisions); every stage still runs for real.
-    out = tmp_path / "demo"
-    done = run("demo", "--out", str(out), "--timesteps", "2048")
-    assert done.returncode == 0, done.stderr
-    assert "OK" in done.stdout and "rank 0, step 0" in done.stdout
-    assert (out / "llama3-8b_tp2-pp2-dp2-sp.parquet").is_file()
-    assert (out / "run" / "policy.zip").is_file() and (out / "demo.toml").is_file()
-    from dynamiccl.table import load
-    from dynamiccl.tuning.evaluate import Results
-
-    results = Results.read(out / "results.parquet")
-    agents = set(results.steps["agent"])
-    assert {"nccl-default", "search", "greedy-per-call", "policy", "ucb-bandit", "coordinate-descent"} <= agents
-    assert load(out / "table.json").provenance["policy"] == str(out / "run" / "policy.zip")
-    # NVIDIA's example plugin runs a call no line takes on 1 channel: the demo's CSV writes NCCL's own
-    # choice out for the demo's calls instead of leaving them unmatched (it had no data line).
-    conf = (out / "nccl_tuner.conf").read_text(encoding="utf-8")
-    assert [line for line in conf.splitlines() if line and not line.startswith("#")]
-    assert "What is where" in done.stdout and str(out / "table.json") in done.stdout
-    assert "$ dynamiccl table export --policy" in done.stdout and "note:" not in done.stderr  # the new spelling
-    html = (out / "report" / "report.html").read_text()
-    assert "data:image/png;base64," in html and (out / "report" / "summary.md").is_file()
-
-
 def test_bench_lists_its_benchmarks(capsys):
     assert main(["bench", "--list"]) == 0
     assert "generate-405b" in capsys.readouterr().out
