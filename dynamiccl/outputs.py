@@ -206,25 +206,8 @@ def claim_output_dir(path: str | os.PathLike, command: str,
             it: the message names its pid, host, start time and command.
         RuntimeError: called outside :func:`command_scope` (a programming error).
     """
-    if not _scopes:
-        raise RuntimeError("claim_output_dir called outside command_scope")
     directory = Path(path)
-    check_output_dir(path)
-    made = atomic.make_dirs(directory, path)
-    key = directory.resolve()
-    if key in _held:
-        _held[key] += 1
-        _scopes[-1].claims.append(_Claim(directory, -1, directory / LOCK_NAME, frozenset(), made, keep))
-        return directory
-    try:
-        lock_fd = _lock(path, directory / LOCK_NAME, command)
-    except BaseException:
-        atomic.remove_dirs(made)
-        raise
-    _held[key] = 1
-    before = frozenset(os.listdir(directory)) - {LOCK_NAME}
-    _scopes[-1].claims.append(_Claim(directory, lock_fd, directory / LOCK_NAME, before, made, keep))
-    return directory
+    return _claim(path, command, directory, directory / LOCK_NAME, keep)
 
 
 def claim_replaced_dir(path: str | os.PathLike, command: str) -> Path:
@@ -240,20 +223,33 @@ def claim_replaced_dir(path: str | os.PathLike, command: str) -> Path:
             it: the message names its pid, host, start time and command.
         RuntimeError: called outside :func:`command_scope` (a programming error).
     """
+    directory = Path(path)
+    return _claim(path, command, directory.parent, directory.parent / f".{directory.name}{LOCK_NAME}",
+                  lambda _: True)
+
+
+def _claim(path: str | os.PathLike, command: str, create: Path, lock_path: Path,
+           keep: Callable[[Path], bool] | None) -> Path:
+    """Check ``path``, create directory ``create`` (``path`` or its parent), take ``lock_path``
+    (none when this process holds ``path`` already) and record the claim in the current scope."""
     if not _scopes:
-        raise RuntimeError("claim_replaced_dir called outside command_scope")
+        raise RuntimeError("an output directory claimed outside command_scope")
     directory = Path(path)
     check_output_dir(path)
-    atomic.make_dirs(directory.parent, path)
+    made = atomic.make_dirs(create, path)
     key = directory.resolve()
-    lock_path = directory.parent / f".{directory.name}{LOCK_NAME}"
     if key in _held:
         _held[key] += 1
-        _scopes[-1].claims.append(_Claim(directory, -1, lock_path, frozenset(), [], None))
+        _scopes[-1].claims.append(_Claim(directory, -1, lock_path, frozenset(), made, keep))
         return directory
-    lock_fd = _lock(path, lock_path, command)
+    try:
+        lock_fd = _lock(path, lock_path, command)
+    except BaseException:
+        atomic.remove_dirs(made)
+        raise
     _held[key] = 1
-    _scopes[-1].claims.append(_Claim(directory, lock_fd, lock_path, frozenset(), [], lambda _: True))
+    before = frozenset(os.listdir(directory)) - {LOCK_NAME} if directory.is_dir() else frozenset()
+    _scopes[-1].claims.append(_Claim(directory, lock_fd, lock_path, before, made, keep))
     return directory
 
 
