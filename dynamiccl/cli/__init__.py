@@ -16,6 +16,7 @@ import sys
 from dynamiccl import __version__
 from dynamiccl.cli import bench, costmodel, demo, export_alias, plugin, report, table, trace, tuning, workload
 from dynamiccl.atomic import WRITE_ERRNOS
+from dynamiccl.cli.common import world_params_from
 from dynamiccl.errors import DynamicclError, OutputError
 from dynamiccl.outputs import Terminated, command_scope
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     args.run_command = main  # for handlers that run other commands in-process (the demo's steps)
     try:
-        with command_scope():
+        with command_scope(), world_params_from(args):
             status = args.func(args)
             sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return status

@@ -1,8 +1,15 @@
-"""What several handlers share: how a command line is recorded, and the command after ``--``."""
+"""What several handlers share: how a command line is recorded, the command after ``--``, and the
+``--params FILE`` option of every command that costs with the world simulator."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+from typing import Iterator
+
+# Where ``--params`` lands in a command's parsed arguments (``main`` reads it for every command).
+WORLD_PARAMS_DEST = "world_params_file"
 
 
 def invocation(argv: list[str]) -> str:
@@ -14,3 +21,41 @@ def wrapped_command(remainder: list[str]) -> list[str]:
     """The command a wrapper runs (``dynamiccl profile``/``launch ... -- CMD ARGS``): what follows
     the ``--`` (argparse's REMAINDER keeps it)."""
     return remainder[1:] if remainder[:1] == ["--"] else remainder
+
+
+def add_world_params(parser) -> None:
+    """Give a command that costs with the world simulator ``--params FILE``: a user's own fit
+    (``dynamiccl calibrate -o FILE``) in place of the shipped parameters, for this command only (the
+    same as ``DYNAMICCL_WORLD_PARAMS=FILE``, which it overrides)."""
+    parser.add_argument("--params", dest=WORLD_PARAMS_DEST, metavar="FILE", default=None,
+                        help="world parameters JSON from `dynamiccl calibrate -o FILE` (default: "
+                             "$DYNAMICCL_WORLD_PARAMS, else the shipped calibration)")
+
+
+@contextlib.contextmanager
+def world_params_from(args) -> Iterator[None]:
+    """Inside: every world the command makes uses ``args``' ``--params FILE`` (when given), and so do
+    the processes it starts; the previous ``DYNAMICCL_WORLD_PARAMS`` comes back on leaving.
+
+    Raises:
+        InputError: the file is missing or not a valid parameters file (naming it and ``--params``).
+    """
+    path = getattr(args, WORLD_PARAMS_DEST, None)
+    if not path:
+        yield
+        return
+    from dynamiccl.costmodel.world import PARAMS_ENV, WorldParams
+    from dynamiccl.errors import InputError
+
+    if not os.path.isfile(path):
+        raise InputError(path, "--params", "no such world parameters file (write one with `dynamiccl calibrate -o FILE`)")
+    WorldParams.load(path)  # a bad file fails here, before any work
+    previous = os.environ.get(PARAMS_ENV)
+    os.environ[PARAMS_ENV] = os.path.abspath(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PARAMS_ENV, None)
+        else:
+            os.environ[PARAMS_ENV] = previous

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from dynamiccl import schema
+from dynamiccl.cli.common import add_world_params
 from dynamiccl.outputs import check_outputs
 
 # `simulate`'s ranges, checked by argparse (one `usage` line and exit status 2 for a bad value). A
@@ -17,6 +18,7 @@ from dynamiccl.outputs import check_outputs
 THROUGHPUT_MAX_ROWS = 10_000_000
 THROUGHPUT_ROWS = schema.argument(schema.integer("--throughput", low=0, high=THROUGHPUT_MAX_ROWS))
 STEP_FACTOR = schema.argument(schema.number("--stepfactor", low=1, low_inclusive=False, high=1e6))
+
 LIVE_NPROCS = schema.argument(schema.integer("--nprocs", low=1, high=1024))
 
 
@@ -51,6 +53,7 @@ def add(sub) -> None:
     p.add_argument("--throughput", type=THROUGHPUT_ROWS, default=0, metavar="ROWS",
                    help="benchmark instead: time ROWS random evaluations of the spec (JSON evaluations/s)")
     p.add_argument("--mixed", action="store_true", help="with --throughput: leave a third of rows to NCCL's choice")
+    add_world_params(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("calibrate", help="fit the world simulator's parameters to measured nccl-tests tables",

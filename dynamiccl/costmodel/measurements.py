@@ -37,7 +37,7 @@ from dynamiccl.cluster import MAX_GPUS_PER_NODE, MAX_NODES
 from dynamiccl.costmodel.batch import COSTED_FUNCS
 from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, load_env
 from dynamiccl.errors import InputError
-from dynamiccl.nccl import KEEP, Algorithm, Func, parse_algorithm, parse_func, parse_protocol, parse_version
+from dynamiccl.nccl import KEEP, MAX_CHANNELS, Algorithm, Func, parse_algorithm, parse_func, parse_protocol, parse_version
 
 # The calibration set, in this order, in :data:`CALIBRATION_DIR` (package data, read-only by convention).
 CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "data" / "calibration"
@@ -45,6 +45,9 @@ DEFAULT_MEASUREMENT_FILES = ("measurements.csv", "more-systems.csv")
 
 COLUMNS = ("table", "system", "nccl_version", "coll", "algo", "proto", "gpus_per_node", "nodes", "size_bytes",
            "time_us", "algbw_gbytes_per_s", "busbw_gbytes_per_s", "how")
+# Optional columns: ``channels``, the channel count a table forced (``dynamiccl measure`` through the
+# tuner plugin's override, or NCCL_MIN/MAX_NCHANNELS); empty or 0 = NCCL's own count.
+OPTIONAL_COLUMNS = ("channels",)
 # Older column spellings, still read (the public calibration set's CSV uses them).
 RENAMED_COLUMNS = {"algbw_gbps": "algbw_gbytes_per_s", "busbw_gbps": "busbw_gbytes_per_s"}
 # algo / proto values that leave the choice to NCCL (KEEP); any other value is an algorithm or protocol
@@ -70,6 +73,7 @@ class MeasuredTable:
     size_bytes: np.ndarray
     time_us: np.ndarray
     busbw_gbytes_per_s: np.ndarray
+    channels: int = 0     # forced channel count, 0 = NCCL's own
 
     @property
     def nranks(self) -> int:
@@ -127,6 +131,7 @@ _CELLS = {
     "size_bytes": schema.integer("size_bytes", low=1, high=schema.INT_MAX),
     "time_us": schema.number("time_us", low=0, low_inclusive=False, high=1e12),
     "busbw_gbytes_per_s": schema.number("busbw_gbytes_per_s", 0.0, low=0, high=1e6),
+    "channels": schema.integer("channels", 0, low=0, high=MAX_CHANNELS),
 }
 # nccl_version: a version NCCL's model covers (OLDEST_NCCL..NEWEST_NCCL), or empty / "unknown ..." for a
 # table that did not log one (it runs with its spec's version).
@@ -161,7 +166,8 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
         table = groups.setdefault(key, dict(
             table=key, system=row["system"], nccl_version=version, coll=row["coll"].strip().lower(),
             func=int(func), algo=algo, proto=proto, gpus_per_node=number("gpus_per_node"),
-            nodes=number("nodes"), how=row["how"], size_bytes=[], time_us=[], busbw_gbytes_per_s=[]))
+            nodes=number("nodes"), how=row["how"], size_bytes=[], time_us=[], busbw_gbytes_per_s=[],
+            channels=number("channels") if row.get("channels", "").strip() else 0))
         table["size_bytes"].append(float(number("size_bytes")))
         table["time_us"].append(number("time_us"))
         table["busbw_gbytes_per_s"].append(number("busbw_gbytes_per_s"))
@@ -173,6 +179,37 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
         if per_rank_input_sizes(table):
             table.size_bytes = table.size_bytes * table.nranks
     return tables
+
+
+def write_measurements(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write measurement rows as a measurements CSV, atomically: the :data:`COLUMNS` and the
+    :data:`OPTIONAL_COLUMNS`, in that order. Each row is a dict with every one of those columns
+    (``channels`` may be left out: NCCL's own count); what :func:`load_measurements` reads back is
+    what was written.
+
+    Raises:
+        ValueError: a row without a column, or with one this format does not have (a bug in the
+            writer's caller, not bad input).
+    """
+    import csv
+
+    from dynamiccl import atomic
+
+    columns = (*COLUMNS, *OPTIONAL_COLUMNS)
+    for number, row in enumerate(rows):
+        missing = [c for c in COLUMNS if c not in row]
+        extra = [c for c in row if c not in columns]
+        if missing or extra:
+            raise ValueError(f"measurement row {number}: missing {missing}, unknown {extra}")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(columns)
+            for row in rows:
+                writer.writerow(["" if row.get(c) is None else row.get(c, "") for c in columns])
+
+    atomic.write_with(path, write)
 
 
 def _nccl_version(text: str, source: str, field: str) -> str:

@@ -1,0 +1,77 @@
+"""``--params FILE``: a command costs with a user's own world fit, for that command only; and the
+measurements CSV's optional ``channels`` column round-trips through its writer."""
+
+import json
+import os
+
+import pytest
+
+from dynamiccl.cli import main
+from dynamiccl.costmodel.measurements import COLUMNS, load_measurements, write_measurements
+from dynamiccl.costmodel.world import PARAMS_ENV, PARAMS_PATH
+
+
+def _simulate(capsys, *extra):
+    status = main(["simulate", "--env", "dgx-h100", "--coll", "allreduce", "-b", "1M", "-e", "1M", "--json",
+                   *extra])
+    assert status == 0
+    return json.loads(capsys.readouterr().out)[0]["time_us"]
+
+
+def test_params_changes_the_world_for_that_command_only(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(PARAMS_ENV, raising=False)
+    params = json.loads(PARAMS_PATH.read_text())
+    # Half the NVLink efficiency: a 1 MB AllReduce inside a node must get slower.
+    params["link_efficiency"] = {key: value / 2 for key, value in params["link_efficiency"].items()}
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(params))
+    shipped = _simulate(capsys)
+    with_fit = _simulate(capsys, "--params", str(slow))
+    assert with_fit > shipped * 1.05
+    assert PARAMS_ENV not in os.environ  # restored after the command
+    assert _simulate(capsys) == shipped
+
+
+def test_params_names_a_missing_or_bad_file(tmp_path, capsys):
+    assert main(["simulate", "--env", "dgx-h100", "--coll", "allreduce", "--params", str(tmp_path / "no.json")]) == 2
+    assert "--params" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"link_efficiency": "fast"}')
+    assert main(["simulate", "--env", "dgx-h100", "--coll", "allreduce", "--params", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+def _row(**overrides):
+    row = dict(table="t1", system="8x H100 SXM", nccl_version="2.21.5", coll="allreduce", algo="ring",
+               proto="simple", gpus_per_node=8, nodes=1, size_bytes=1048576, time_us=20.5,
+               algbw_gbytes_per_s=51.15, busbw_gbytes_per_s=89.5, how="dynamiccl measure")
+    row.update(overrides)
+    return row
+
+
+def test_channels_column_round_trips(tmp_path):
+    path = tmp_path / "m.csv"
+    write_measurements(path, [_row(channels=4), _row(size_bytes=2097152, time_us=30.0, channels=4),
+                              _row(table="t2", algo="default", proto="default")])
+    header = path.read_text().splitlines()[0].split(",")
+    assert header == [*COLUMNS, "channels"]
+    tables = {t.table: t for t in load_measurements(path)}
+    assert tables["t1"].channels == 4 and list(tables["t1"].size_bytes) == [1048576, 2097152]
+    assert tables["t2"].channels == 0 and tables["t2"].algo == -1
+
+
+def test_channels_out_of_range_is_named(tmp_path):
+    from dynamiccl.errors import InputError
+
+    path = tmp_path / "m.csv"
+    write_measurements(path, [_row(channels=65)])
+    with pytest.raises(InputError, match="channels"):
+        load_measurements(path)
+
+
+def test_writer_refuses_a_row_without_a_column(tmp_path):
+    row = _row()
+    del row["time_us"]
+    with pytest.raises(ValueError, match="time_us"):
+        write_measurements(tmp_path / "m.csv", [row])
+    assert not (tmp_path / "m.csv").exists()
