@@ -1,6 +1,8 @@
 """Tuning commands: ``dynamiccl train`` (a policy from an experiment config), ``evaluate`` (agents
 against NCCL's default and the search reference), ``search`` (the best decision table for a case,
-and the bounds beside it) and ``replay`` (one step with NCCL's choices, and how fast)."""
+and the bounds beside it), ``headroom`` (how much a step can gain from tuning NCCL, where its
+communication goes, and whether it is worth a change) and ``replay`` (one step with NCCL's choices,
+and how fast)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import time
 
 from dynamiccl import schema
-from dynamiccl.cli.common import invocation
+from dynamiccl.cli.common import add_world_params, invocation
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs, claim_output_dir
 
@@ -20,10 +22,12 @@ ONLINE_STEPS = schema.argument(schema.integer("--online-steps", low=0, high=1_00
 TIMESTEPS = schema.argument(schema.integer("--timesteps", low=1, high=10**12))
 MAX_SWEEPS = schema.argument(schema.integer("--max-sweeps", low=0, high=1000))
 RANDOM_STEPS = schema.argument(schema.integer("--random-steps", low=0, high=100_000_000))
+STEP = schema.argument(schema.integer("--step", low=0, high=2**31 - 1))
+NOISE_PCT = schema.argument(schema.number("--noise-pct", low=0, high=50))
 
 
 def add(sub) -> None:
-    """Add ``train``, ``evaluate``, ``search`` and ``replay`` to the sub-command parsers ``sub``."""
+    """Add ``train``, ``evaluate``, ``search``, ``headroom`` and ``replay`` to the sub-command parsers ``sub``."""
     from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL, cost_models_help, simulated_cost_models
     from dynamiccl.tuning.agent_registry import AGENTS
 
@@ -82,6 +86,31 @@ def add(sub) -> None:
                    help="the table (.json/.csv/.conf/.txt) for one case; for several, a directory of <case>.json")
     p.add_argument("--json", help="also write the per-case figures as JSON here")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("headroom", help="how much a step can gain from tuning NCCL, and where its communication goes",
+                       description="Replay one step of a trace on a cluster with NCCL's default choices and say where "
+                                   "its communication time goes (per group kind and collective: hidden behind compute, "
+                                   "exposed, and the compute it slows down); search the best decision table and print "
+                                   "its step time beside NCCL's default, every collective at line rate and "
+                                   "communication free; end with a verdict against the run-to-run noise of a training "
+                                   "step. Simulated, not measured: the cost model and NCCL version are printed.")
+    p.add_argument("trace", help="a trace file: generated (`dynamiccl generate`), profiled (`dynamiccl profile`) or "
+                                 "imported (`dynamiccl import ...`)")
+    p.add_argument("--env", required=True, help="environment spec name or path (the cluster)")
+    p.add_argument("--step", type=STEP, help="the trace step to replay (default: its last)")
+    p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=simulated_cost_models(),
+                   help=cost_models_help(simulated_cost_models()))
+    p.add_argument("--states", type=STATES, default=4, help="dynamics states the times are averaged over (default 4)")
+    p.add_argument("--state-offset", type=STATE_OFFSET, default=1000, help="first dynamics state (default 1000)")
+    p.add_argument("--max-sweeps", type=MAX_SWEEPS, default=4, help="the search's coordinate-descent sweeps at most "
+                                                                     "(default 4)")
+    p.add_argument("--noise-pct", type=NOISE_PCT, default=None,
+                   help="run-to-run noise of your step time, in %% of the step (e.g. the control's drift from "
+                        "`dynamiccl verify`); default 0.5, the SD of a quiet allocation's A/B/A runs")
+    p.add_argument("--table", help="also write the best table found here (.json/.csv/.conf/.txt)")
+    p.add_argument("--json", help="also write every figure as JSON here")
+    add_world_params(p)
+    p.set_defaults(func=cmd_headroom)
 
     p = sub.add_parser("replay", help="replay a trace step on an environment spec with NCCL's choices",
                        description="Replay one step of a trace with NCCL's default choices on a cluster; print the "
@@ -232,6 +261,33 @@ def cmd_search(args) -> int:
     if args.json:
         atomic.write_text(args.json, json.dumps({"cost_model": model, "cases": rows}, indent=1) + "\n")
     print("wrote " + ", ".join(row["table"] for row in rows))
+    return 0
+
+
+def cmd_headroom(args) -> int:
+    from tqdm.auto import tqdm
+
+    from dynamiccl import atomic
+    from dynamiccl import table as table_io
+    from dynamiccl.tuning.cases import Case
+    from dynamiccl.tuning.evaluate import NOTHING_TO_GAIN
+    from dynamiccl.tuning.headroom import headroom_case, headroom_text
+
+    check_outputs(args.json, args.table)
+    if args.table:
+        table_io.format_of(args.table)  # a bad extension fails before the search
+    noise = NOTHING_TO_GAIN if args.noise_pct is None else args.noise_pct / 100.0
+    case = Case(args.trace, args.env, args.step)
+    states = list(range(args.state_offset, args.state_offset + args.states))
+    # The search is most of the work: a bar once it has taken more than a moment.
+    with tqdm(desc=f"headroom search {case.label}", unit="key", leave=False, delay=2.0) as bar:
+        result = headroom_case(case, states, model=args.model, max_sweeps=args.max_sweeps, noise=noise, progress=bar)
+    print(headroom_text(result))
+    if args.table:
+        table_io.save(result.table, args.table)
+        print(f"wrote the best table found to {args.table}")
+    if args.json:
+        atomic.write_text(args.json, schema.json_text(result.to_json()))
     return 0
 
 

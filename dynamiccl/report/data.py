@@ -53,6 +53,7 @@ class ReportData:
     command: str | None = None
     notes: list[str] = field(default_factory=list)
     case_names: dict[str, str] = field(default_factory=dict)  # case label -> readable layout (see case_names)
+    case_headrooms: list | None = None  # report.comm_breakdown.case_headrooms, computed once per report
 
     def name(self, case: str) -> str:
         """The readable name of the case labelled ``case`` (the label itself when none is known)."""

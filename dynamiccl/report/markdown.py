@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dynamiccl.report import comm_breakdown
 from dynamiccl.report.data import (
     HEADROOM_HEADER, MINUTES_PER_DAY, SUMMARY_HEADER, ReportData, headroom_rows, share_note, summary_rows,
 )
@@ -26,6 +27,7 @@ def render(data: ReportData, headline: list[str], plots: list[str], sections: li
         lines += ["", f"Saved per step: NCCL default's mean step time minus {data.agent}'s (simulated; negative: "
                       f"slower). Saved per day: minutes by which a day of steps at NCCL default's pace finishes "
                       f"sooner ({MINUTES_PER_DAY} x saved / default step time)."]
+    lines += [""] + comm_breakdown.markdown_lines(data)
     online = "every online iteration counts" if data.online == "all" else "online agents: last iteration per case"
     lines += ["", f"Speedup = NCCL default's step time / the agent's (geometric means; {online}).", ""]
     if data.notes:

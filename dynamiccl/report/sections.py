@@ -10,7 +10,7 @@ from typing import Callable
 
 import pandas as pd
 
-from dynamiccl.report import plots
+from dynamiccl.report import comm_breakdown, plots
 from dynamiccl.report.data import (
     DEFAULT_AGENT, HEADROOM_HEADER, MINUTES_PER_DAY, SEARCH_AGENT, SUMMARY_HEADER, ReportData, comm_time,
     decision_cells, fmt, headline, headroom, headroom_rows, online_efficiency, per_case, provenance, share_note,
@@ -226,7 +226,7 @@ def provenance_section(data: ReportData) -> Section:
 
 def builders(data: ReportData) -> list[Callable[[ReportData], Section]]:
     """The section builders that apply to ``data``, in page order."""
-    out = [overview, headroom_section, decision_maps, speedup, time_breakdown, regret]
+    out = [overview, headroom_section, comm_breakdown.section, decision_maps, speedup, time_breakdown, regret]
     if data.training_curve is not None:
         out.append(training)
     if data.calibration is not None:

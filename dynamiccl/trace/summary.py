@@ -45,6 +45,19 @@ def first_training_step(trace: Trace) -> int | None:
     return int(full.index.min() if not full.empty else training["step"].min())
 
 
+def measured_step_time_us(trace: Trace, step: int) -> float | None:
+    """The measured time (µs) of ``step``: per rank, from its first measured op's start to its last
+    measured op's end (``start_us`` / ``end_us``, which a profiled or imported trace carries and a
+    generated one leaves NaN), the slowest rank's, as nccl-tests and A/B step comparisons take it.
+    None when no op of the step has measured timestamps."""
+    ops = trace.ops[(trace.ops["step"] == step) & np.isfinite(trace.ops["start_us"].to_numpy(dtype=float))
+                    & np.isfinite(trace.ops["end_us"].to_numpy(dtype=float))]
+    if ops.empty:
+        return None
+    spans = ops.groupby("rank").agg(start=("start_us", "min"), end=("end_us", "max"))
+    return float((spans["end"] - spans["start"]).max())
+
+
 def rank_summary(trace: Trace, rank: int, step: int = 0) -> dict:
     """Summary of one rank's step as a JSON-ready dict: {group_kind: {op: {...}}, "compute": {...}}.
 

@@ -52,11 +52,15 @@ class StepProgram:
     NCCL's nBytes, nranks, nnodes, numPipeOps and ``position``, the index among the collectives
     of its communicator in this step), ``call_ops`` (member op per file rank), ``call_ranks``,
     ``call_tunable``, ``call_group`` / ``call_kind`` (process group id and kind), ``call_label``.
+
+    Ranks: ``ranks`` (the file's global ranks) and ``rank_gpus`` (per file rank, the GPUs it stands
+    for: 1, or the size of its role in a representative trace), for figures "per GPU of the step".
     """
 
     source: str
     step: int
     ranks: list[int]
+    rank_gpus: list[int] = field(default_factory=list)
     op_rank: list[int] = field(default_factory=list)
     op_is_compute: list[bool] = field(default_factory=list)
     op_base_us: list[float] = field(default_factory=list)
@@ -117,7 +121,8 @@ class StepProgram:
                    world_size=trace.meta.world_size, workload=dict(trace.meta.workload),
                    compute=dict(trace.meta.compute))
         rep_of = {}
-        for role in trace.meta.roles.values():
+        roles = trace.meta.roles
+        for role in roles.values():
             for lo, hi in role.represents:
                 for r in range(lo, hi + 1):
                     rep_of[r] = role.rank
@@ -129,6 +134,7 @@ class StepProgram:
         for rank in sorted(int(r) for r in frame["rank"].unique()):
             ri = len(prog.ranks)
             prog.ranks.append(rank)
+            prog.rank_gpus.append(roles[rank].count if rank in roles else 1)
             _compile_rank(prog, frame[frame["rank"] == rank], ri, rank, rep_of, groups, coll_calls,
                           sends, recvs, source)
         _pair_transfers(prog, sends, recvs)
