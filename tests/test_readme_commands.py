@@ -90,6 +90,9 @@ CHECKS: dict[str, Check] = {
     "dynamiccl import nccl-log nccl.log -o log.parquet": needs("the user's NCCL_DEBUG=INFO log"),
     "dynamiccl import inspector inspector/*.log -o insp.parquet": needs("the user's NCCL Inspector logs"),
     "dynamiccl trace export chakra prof/trace.parquet -o chakra/": needs("the trace `profile` records of a job"),
+    "dynamiccl headroom traces/llama3-8b_tp1-pp1-dp8.parquet --env dgx-h100": RUN,
+    "dynamiccl headroom prof/trace.parquet --env my-cluster.toml --noise-pct 0.8 --table best.json --json "
+    "headroom.json": needs("a trace of the user's step and a spec of their cluster"),
     "dynamiccl trace export param prof/trace.parquet -o param/": needs("the trace `profile` records of a job"),
     "torchrun --nproc-per-node 4 -m dynamiccl.profiler.reference_job --tp 2 --pp 2 --sp --steps 4 "
     "--profile cap --trace ref.parquet": RUN,

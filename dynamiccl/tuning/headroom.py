@@ -165,15 +165,15 @@ def _rank_timeline(replay: Replay, compute_ops: list[int], calls: list[int],
     return per_call, union, busy
 
 
-def comm_breakdown(loaded: LoadedCase, replay: Replay) -> CommBreakdown:
-    """Where the communication time of ``replay`` (a finished replay of ``loaded``) goes, per GPU of
-    the step (module docstring). A send/recv pair or an AlltoAll is a row like the collectives
+def comm_breakdown(replay: Replay) -> CommBreakdown:
+    """Where the communication time of ``replay`` (a finished replay of a step) goes, per GPU of the
+    step (module docstring). A send/recv pair or an AlltoAll is a row like the collectives
     (NCCL's own configuration always).
 
     Raises:
         ValueError: the replay has not finished (``next_decision`` has not returned None yet).
     """
-    program, costs = loaded.program, loaded.costs
+    program, costs = replay.program, replay.costs
     if any(math.isnan(t) for t in replay.call_end_us):
         raise ValueError(f"{program.source}: the replay of step {program.step} has not finished")
     weights = np.asarray(program.rank_gpus or [1] * len(program.ranks), dtype=np.float64)
@@ -236,7 +236,7 @@ def default_breakdown(loaded: LoadedCase, states: Sequence[int]) -> CommBreakdow
     for state in states:
         replay = new_replay(loaded, int(state))
         replay.run()
-        parts.append(comm_breakdown(loaded, replay))
+        parts.append(comm_breakdown(replay))
     return mean_breakdown(parts)
 
 
@@ -391,8 +391,8 @@ def breakdown_text(breakdown: CommBreakdown) -> str:
     lines.append(f"# a GPU's step: compute {b.compute_us / 1e3:.3f} ms + slowed by communication beside it "
                  f"{b.union.slowed_compute_us / 1e3:.3f} ms + exposed communication {b.union.exposed_us / 1e3:.3f} ms"
                  f" + idle {b.idle_us / 1e3:.3f} ms = {b.step_time_us / 1e3:.3f} ms")
-    if len(breakdown.rows) > 1:
-        lines.append("# calls of different groups can run at once: the rows can add up to more than 'all'")
+    if sum(row.total_us for row in breakdown.rows) > 1.001 * breakdown.union.total_us:
+        lines.append("# calls of different groups ran at once: the rows add up to more than 'all'")
     return "\n".join(lines)
 
 
