@@ -141,12 +141,11 @@ def step_line(breakdown) -> str:
             f"{breakdown.step_time_us / 1e3:.3f} ms.")
 
 
-def section(data: ReportData):
-    """The report section (one sub-part per case)."""
-    from dynamiccl.report.sections import Section
-
-    out = Section("comm-breakdown", TITLE)
-    out.blocks.append(("p", "Per case, as `dynamiccl headroom` prints it: where NCCL default's communication time "
+def blocks(data: ReportData) -> list[tuple[str, object]]:
+    """The section's blocks (``dynamiccl.report.sections``' kinds): an explanation, then per case its
+    verdict, breakdown table, how a GPU's step adds up, step times and notes."""
+    out: list[tuple[str, object]] = []
+    out.append(("p", "Per case, as `dynamiccl headroom` prints it: where NCCL default's communication time "
                             "goes, per GPU of the step (mean over its GPUs, ms per step, mean over the states): "
                             "total running time (a call waiting for a compute kernel's SMs is not running yet), "
                             "hidden (the GPU computes meanwhile), exposed (it computes nothing meanwhile), and "
@@ -157,12 +156,12 @@ def section(data: ReportData):
                             "noise to `dynamiccl headroom --noise-pct`). Simulated, not measured, except the "
                             "measured line of a trace with timestamps."))
     for case in case_headrooms(data):
-        out.blocks.append(("p", f"{case.name}" + (f": {case.verdict}." if case.verdict else ".")))
+        out.append(("p", f"{case.name}" + (f": {case.verdict}." if case.verdict else ".")))
         if case.breakdown is not None:
-            out.blocks.append(("table", (list(BREAKDOWN_HEADER), breakdown_rows(case.breakdown))))
-            out.blocks.append(("p", step_line(case.breakdown)))
-        out.blocks.append(("table", (list(STEP_HEADER), step_rows(case))))
-        out.blocks += [("note", note) for note in case.notes]
+            out.append(("table", (list(BREAKDOWN_HEADER), breakdown_rows(case.breakdown))))
+            out.append(("p", step_line(case.breakdown)))
+        out.append(("table", (list(STEP_HEADER), step_rows(case))))
+        out += [("note", note) for note in case.notes]
     return out
 
 
@@ -181,5 +180,5 @@ def markdown_lines(data: ReportData) -> list[str]:
     return lines
 
 
-__all__ = ["BREAKDOWN_HEADER", "CaseHeadroom", "STEP_HEADER", "TITLE", "breakdown_rows", "case_headrooms",
-           "markdown_lines", "section", "step_rows"]
+__all__ = ["BREAKDOWN_HEADER", "CaseHeadroom", "STEP_HEADER", "TITLE", "blocks", "breakdown_rows", "case_headrooms",
+           "markdown_lines", "step_rows"]

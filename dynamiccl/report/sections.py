@@ -156,6 +156,12 @@ def headroom_section(data: ReportData) -> Section:
     return section
 
 
+def comm_breakdown_section(data: ReportData) -> Section:
+    """Where each case's communication goes and whether tuning is worth it (``dynamiccl headroom``'s
+    figures, :mod:`dynamiccl.report.comm_breakdown`)."""
+    return Section("comm-breakdown", comm_breakdown.TITLE, comm_breakdown.blocks(data))
+
+
 def regret(data: ReportData) -> Section:
     section = Section("regret", "Gap to the search reference")
     if SEARCH_AGENT not in data.agents or data.steps["gap_to_search"].isna().all():
@@ -226,7 +232,7 @@ def provenance_section(data: ReportData) -> Section:
 
 def builders(data: ReportData) -> list[Callable[[ReportData], Section]]:
     """The section builders that apply to ``data``, in page order."""
-    out = [overview, headroom_section, comm_breakdown.section, decision_maps, speedup, time_breakdown, regret]
+    out = [overview, headroom_section, comm_breakdown_section, decision_maps, speedup, time_breakdown, regret]
     if data.training_curve is not None:
         out.append(training)
     if data.calibration is not None:
