@@ -5,7 +5,6 @@ off the replay, and end to end on a generated, a profiled and an imported trace.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,13 @@ from dynamiccl.envspec import resolve_env
 from dynamiccl.table import load as load_table
 from dynamiccl.trace.store import Trace
 from dynamiccl.tuning.costs import CostTable
-from dynamiccl.tuning.evaluate import Results, calls_path
+from dynamiccl.report import load
+from dynamiccl.report.comm_breakdown import case_headrooms
+from dynamiccl.tuning.evaluate import Results
 from dynamiccl.tuning.headroom import comm_breakdown, verdict
 from dynamiccl.tuning.timeline import Replay
 from test_interference import MiB, step_program
-from test_report import report_dir, results_file  # noqa: F401  (fixtures: a real evaluation and its report)
+from test_report import results_file  # noqa: F401  (fixture: a real evaluation)
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "traces" / "llama3-8b_tp1-pp1-dp8.parquet"
@@ -152,11 +153,13 @@ def test_bad_inputs_are_refused_before_any_search(tmp_path, capsys):
         main(["headroom", str(GENERATED), "--env", "dgx-h100", "--noise-pct", "-1"])
 
 
-def test_report_section_per_case(results_file, report_dir, tmp_path):  # noqa: F811 (fixtures)
-    html = (report_dir / "report.html").read_text(encoding="utf-8")
+def test_report_section_per_case(results_file, tmp_path):  # noqa: F811 (fixture)
+    out = tmp_path / "report"
+    assert main(["report", str(results_file), "-o", str(out)]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert f"<h2>{SECTION}</h2>" in html
     assert "<th>exposed (ms)</th>" in html and "<th>slowed compute (ms)</th>" in html
-    summary = (report_dir / "summary.md").read_text(encoding="utf-8")
+    summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "## Is tuning worth it (per case)" in summary
     assert "ref-pp2-dp2 (4 GPUs) on dgx-h100" in summary and "nothing to gain here" in summary
     # The profiled trace's measured step is beside the simulated ones.
@@ -166,9 +169,8 @@ def test_report_section_per_case(results_file, report_dir, tmp_path):  # noqa: F
     results.steps["trace"] = str(tmp_path / "gone.parquet")
     moved = tmp_path / "results.parquet"
     results.write(moved)
-    shutil.copy(calls_path(results_file), calls_path(moved))
-    out = tmp_path / "report"
-    assert main(["report", str(moved), "-o", str(out)]) == 0
-    html = (out / "report.html").read_text(encoding="utf-8")
-    assert "gone.parquet, which is not on this machine" in html and "nothing to gain here" in html
-    assert "<th>exposed (ms)</th>" not in html
+    (case,) = case_headrooms(load(moved))
+    assert case.breakdown is None and case.verdict.startswith("nothing to gain here")
+    assert [what for what, _ in case.times] == ["NCCL default", "best table found (search)",
+                                                "every collective at line rate", "communication free"]
+    assert any("gone.parquet, which is not on this machine" in note for note in case.notes)
