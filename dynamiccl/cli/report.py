@@ -16,11 +16,11 @@ def add(sub) -> None:
                                    "scripts or URLs), DIR/summary.md and DIR/plots/*.png: a headline that says which "
                                    "cost model predicted the step times, headroom per case (NCCL default, the agent, "
                                    "the search reference, the line-rate bound and the no-communication ceiling, and "
-                                   "the time saved per step and per day of training), where each case's communication goes and "
-                                   "whether tuning is worth it (`dynamiccl headroom`'s breakdown and verdict), decision maps, the step-time "
-                                   "change per case, communication time "
-                                   "by parallelism and collective, the gap to the search, training curve, simulator "
-                                   "calibration and provenance.")
+                                   "the time saved per step and per day of training), where each case's "
+                                   "communication goes and whether tuning is worth it (`dynamiccl headroom`'s "
+                                   "breakdown and verdict), decision maps, the step-time change per case, "
+                                   "communication time by parallelism and collective, the gap to the search, "
+                                   "training curve, simulator calibration and provenance.")
     p.add_argument("results", help="results .parquet written by `dynamiccl evaluate -o`")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the report into")
     p.add_argument("--training-curve", metavar="CSV", help="training_curve.csv of `dynamiccl train`")
