@@ -92,8 +92,13 @@ class CostModelOptions:
     - ``live_nprocs``: ranks (processes) for live measurement.
     - ``live_dtype``: element type of the buffers live measurement allocates (the simulated models
       cost bytes, whatever their type).
+    - ``measurements``: the measurements CSVs the ``measured`` model interpolates (paths as given;
+      absolute where a config file named them relative to itself).
+
+    Hashable while ``world_params`` is None (the tuning caches key on it).
     """
 
     world_params: WorldParams | None = None
     live_nprocs: int = 4
     live_dtype: str = "float32"
+    measurements: tuple[str, ...] = ()
