@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -149,9 +150,9 @@ def test_simulate_prints_an_nccl_tests_table_of_the_measurements(measured_csv, c
     assert "only --model measured reads measurements" in capsys.readouterr().err
 
 
-# --- end to end: search and evaluate on the measurements -------------------------------------------
+# --- end to end: search, train and evaluate on the measurements ------------------------------------
 
-def test_search_and_evaluate_run_on_the_measurements(measured_csv, tmp_path, capsys):
+def test_search_train_and_evaluate_run_on_the_measurements(measured_csv, tmp_path, capsys):
     table, figures = tmp_path / "t.json", tmp_path / "s.json"
     assert main(["search", "--trace", TRACE, "--env", ENV, "--model", "measured", "--measurements", str(measured_csv),
                  "--states", "1", "--max-sweeps", "1", "-o", str(table), "--json", str(figures)]) == 0
@@ -166,18 +167,23 @@ def test_search_and_evaluate_run_on_the_measurements(measured_csv, tmp_path, cap
     config = tmp_path / "exp.toml"
     (tmp_path / "M.csv").write_bytes(measured_csv.read_bytes())
     config.write_text(f'[experiment]\nmodel = "measured"\nmeasurements = ["M.csv"]\n'
+                      f'[train]\ntotal_timesteps = 128\nn_steps = 64\nbatch_size = 32\n'
                       f'[[train.cases]]\ntrace = "{TRACE}"\nenv = "{ENV}"\n'
                       f'[heldout]\nstates = 1\n[[heldout.cases]]\ntrace = "{TRACE}"\nenv = "{ENV}"\n')
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--output-dir", str(run)]) == 0
+    policy = json.loads(zipfile.ZipFile(run / "policy.zip").read("policy.json"))["provenance"]
+    assert policy["cost_model"] == "measured" and policy["measurements"] == [str((tmp_path / "M.csv").resolve())]
     out = tmp_path / "r.parquet"
-    assert main(["evaluate", "--config", str(config), "--run-dir", str(tmp_path / "run"), "--agents", "nccl-default",
-                 "--online-steps", "1", "-o", str(out)]) == 0
+    assert main(["evaluate", "--config", str(config), "--run-dir", str(run), "--policy", str(run / "policy.zip"),
+                 "--agents", "nccl-default,policy", "--online-steps", "1", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "cost model: measured" in printed
     results = Results.read(out)
     assert results.meta["cost_model"] == "measured"
     assert results.meta["measurements"] == [str((tmp_path / "M.csv").resolve())]
     steps = results.steps.set_index("agent")["step_time_us"]
-    assert set(steps.index) == {"search", "nccl-default"} and steps["search"] <= steps["nccl-default"]
+    assert set(steps.index) == {"search", "nccl-default", "policy"} and steps["search"] <= steps["nccl-default"]
     # --measurements beside --config: the config's own are the ones
     assert main(["evaluate", "--config", str(config), "--measurements", str(measured_csv), "-o", str(out)]) == 2
     assert "not with --config" in capsys.readouterr().err

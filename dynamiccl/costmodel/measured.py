@@ -150,8 +150,9 @@ class MeasuredModel:
         self.systems: list[str] = []
         for source, table in tables:
             key = _table_key(table)
-            if table.system not in self.systems:
-                self.systems.append(table.system)
+            system = table.system.split(",")[0].strip()  # "8x H100 SXM5, NVSwitch ...": the first part names it
+            if system not in self.systems:
+                self.systems.append(system)
             series = points.setdefault(key, {})
             for size, time_us in zip(table.size_bytes.tolist(), table.time_us.tolist()):
                 seen = series.get(size)

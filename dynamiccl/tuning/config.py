@@ -9,7 +9,7 @@ file, the ``section.key`` and what was expected::
     description = ""
     seed = 0                    # seeds torch, numpy, the agent and the env's draws of (case, state)
     model = "world"             # cost model: world | nccl | live | measured
-    # measurements = ["M.csv"]  # with model = "measured": the CSVs (`dynamiccl measure`), relative to this file
+    measurements = []           # model = "measured": its CSVs (`dynamiccl measure`), relative to this file
 
     [train]
     total_timesteps = 200000    # decisions (one per collective call) over the whole run
@@ -95,7 +95,7 @@ EXPERIMENT = schema.Schema(
     schema.integer("seed", 0, low=0, high=2**32 - 1,
                    help="seeds torch, numpy, the agent and the env's draws of (case, state)"),
     schema.choice("model", tuple(COST_MODELS), DEFAULT_COST_MODEL, help="the cost model the environment replays with"),
-    schema.json_list("measurements", [], help="with model = \"measured\": its measurements CSVs (`dynamiccl measure`), "
+    schema.json_list("measurements", (), help="with model = \"measured\": its measurements CSVs (`dynamiccl measure`), "
                                               "relative to this config file",
                      expect="a list of measurements CSV paths"),
 )
