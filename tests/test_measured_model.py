@@ -136,7 +136,7 @@ def test_merging_files_and_conflicting_duplicates(tmp_path):
         load_measured_tables([tmp_path / "missing.csv"])
 
 
-def test_simulate_prints_an_nccl_tests_table_of_the_measurements(measured_csv, capsys):
+def test_simulate_prints_an_nccl_tests_table_of_the_measurements(measured_csv, tmp_path, capsys):
     assert main(["simulate", "--env", ENV, "--coll", "allreduce", "--nranks", "2", "--nnodes", "1", "-b", "4K",
                  "-e", "16K", "--model", "measured", "--measurements", str(measured_csv)]) == 0
     out = capsys.readouterr().out
@@ -148,6 +148,11 @@ def test_simulate_prints_an_nccl_tests_table_of_the_measurements(measured_csv, c
         assert float(r[4]) == pytest.approx(table.time_us[list(table.size_bytes).index(float(r[0]))], abs=0.006)
     assert main(["simulate", "--env", ENV, "--coll", "allreduce", "--measurements", str(measured_csv)]) == 2
     assert "only --model measured reads measurements" in capsys.readouterr().err
+    defaults_only = tmp_path / "d.csv"
+    write_measurements(defaults_only, [_row("t", "allreduce", "default", "default", "", 1024, 10.0)])
+    assert main(["simulate", "--env", ENV, "--coll", "sendrecv", "--nranks", "2", "--model", "measured",
+                 "--measurements", str(defaults_only)]) == 2
+    assert "--coll: no cost for sendrecv under measured" in capsys.readouterr().err
 
 
 # --- end to end: search, train and evaluate on the measurements ------------------------------------

@@ -65,8 +65,8 @@ class CostModel(Protocol):
             ``congestion``, ``noise``) change its answer. A consumer that costs a call under
             several conditions asks a model without them once per call.
         applies_nccl_knobs: whether a forced algorithm, protocol or channel count takes effect
-            (False: live measurement on gloo, where NCCL is not involved; only NCCL's default is
-            then meaningful).
+            (False: live measurement on gloo, where NCCL is not involved, and measurements of
+            NCCL's default only; only NCCL's default is then meaningful).
         costs_p2p: whether the model has its own cost for send/recv and AlltoAll (False: NCCL's
             model, whose tuner is never asked about them; a consumer that needs those costs takes
             them from another model).

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import COSTED_FUNCS, make_batch
+from dynamiccl.costmodel.batch import COSTED_FUNCS, is_p2p, make_batch
 from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL, cost_model_entry
 from dynamiccl.costmodel.table import Row, make_row
@@ -96,6 +96,8 @@ def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:
                        forced_by_env=True)  # --algo/--proto are NCCL_ALGO/NCCL_PROTO, not a tuner's choice
     out = model.evaluate(batch)
     if not np.isfinite(out.time_us).any():
+        if not model.costs_p2p and is_p2p(batch.func).all():
+            raise InputError("--coll", None, f"no cost for {op} under {model.describe()}")
         raise InputError("--algo/--proto", None, f"NCCL does not enable that algorithm/protocol for {op} on "
                                                  f"{nranks} ranks over {nnodes} nodes of {env.name} (or the "
                                                  f"cost model has no cost for it: {model.describe()})")

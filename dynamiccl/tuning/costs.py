@@ -11,7 +11,9 @@ The model is any registered one (:data:`dynamiccl.costmodel.COST_MODELS`: ``worl
 ``nccl``, ``live``, ...), asked through its one interface. What the model says about itself decides
 what is asked: a model without conditions (NCCL's, live measurement) is asked once per (call,
 action) and its answer holds in every condition; where NCCL's knobs do not apply (live measurement
-on gloo) only NCCL's default is valid, since any other "action" would measure the default again; a
+on gloo) only NCCL's default is valid, since any other "action" would measure the default again (so
+too for measurements of NCCL's default only); an action a model cannot cost (inf: a configuration
+NCCL does not run, or one never measured) is masked; a
 model without point-to-point costs (NCCL's) gets the world's for send/recv and AlltoAll.
 """
 
@@ -151,7 +153,7 @@ class CostTable:
         if not model.applies_nccl_knobs:
             self.mask[:] = False
             self.mask[:, DEFAULT_ACTION] = True
-            self.description += ": NCCL's knobs do not apply, only the default is valid"
+            self.description += ": NCCL's knobs do not apply or were not measured, only the default is valid"
         row_key, row_action = np.nonzero(self.mask)
         k = {name: column[row_key] for name, column in key_columns(self.keys).items()}
         n = len(row_key)
