@@ -132,6 +132,14 @@ def test_merging_files_and_conflicting_duplicates(tmp_path):
     with pytest.raises(InputError) as err:
         _model(first, clash)
     assert str(first) in str(err.value) and str(clash) in str(err.value) and "1024 B" in str(err.value)
+    # `dynamiccl measure --with-gemm` writes the same configuration timed with a GEMM beside as a table of its
+    # own: left out (the model costs calls alone), not a conflict.
+    beside = tmp_path / "g.csv"
+    write_measurements(beside, [{**_row("u-gemm", "allreduce", "default", "default", "", 1024, 30.0, 8),
+                                 "how": "dynamiccl measure: ...; with a 8192x8192x8192 bf16 GEMM beside"}])
+    model = _model(first, beside)
+    assert model.evaluate(make_batch(int(Func.ALLREDUCE), 1024.0, 8, 1)).time_us[0] == pytest.approx(10.0)
+    assert "1 table(s) timed with compute beside left out" in model.describe()
     with pytest.raises(InputError, match="no such measurements CSV"):
         load_measured_tables([tmp_path / "missing.csv"])
 
@@ -233,3 +241,15 @@ def test_replay_honours_params_for_that_command_only(tmp_path, capsys):
     shipped = step_us()
     assert step_us("--params", str(slow)) > shipped  # half the NVLink efficiency: slower communication
     assert step_us() == shipped  # the cached case of the shipped parameters is not the fitted one's
+
+
+def test_validate_leaves_out_tables_timed_with_compute_beside(tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    alone = [_row("alone", "allreduce", "default", "default", "", s, 30.0, 8) for s in (1 << 20, 1 << 22)]
+    beside = [{**row, "table": "beside", "time_us": 90.0, "how": "dynamiccl measure: ...; with a bf16 GEMM beside"}
+              for row in alone]
+    write_measurements(path, alone + beside)
+    js = tmp_path / "v.json"
+    assert main(["validate", "--measurements", str(path), "--plot", "", "--json", str(js)]) == 0
+    assert "left out 1 table(s) timed with compute beside" in capsys.readouterr().err
+    assert list(json.loads(js.read_text())["tables"]) == ["alone"]

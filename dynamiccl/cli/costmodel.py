@@ -146,11 +146,22 @@ def live_plan(nprocs: int, largest_bytes: int, nprocs_flag: str | None = None) -
 
 
 def _measurements(args) -> tuple[list[str], list]:
-    """(paths, tables) of ``--measurements`` (or the default calibration set). Raises InputError."""
-    from dynamiccl.costmodel.measurements import default_measurement_paths, load_measurement_files
+    """(paths, tables) of ``--measurements`` (or the default calibration set), without the tables timed
+    with compute beside the collective (``dynamiccl measure --with-gemm``: the world is fitted to and
+    judged on calls alone), which it says it left out. Raises InputError."""
+    from dynamiccl.costmodel.measurements import (default_measurement_paths, load_measurement_files,
+                                                  measured_beside_compute)
+    from dynamiccl.errors import InputError
 
     paths = args.measurements or [str(p) for p in default_measurement_paths()]
-    return paths, load_measurement_files(paths)
+    tables = load_measurement_files(paths)
+    alone = [t for t in tables if not measured_beside_compute(t)]
+    if len(alone) < len(tables):
+        print(f"# left out {len(tables) - len(alone)} table(s) timed with compute beside the collective "
+              "(the world is fitted to and judged on calls alone)", file=sys.stderr)
+    if not alone:
+        raise InputError(", ".join(paths), None, "no table timed alone (every one has compute beside)")
+    return paths, alone
 
 
 def _convergence(report: dict) -> str:

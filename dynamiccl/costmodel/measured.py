@@ -35,9 +35,11 @@ Interpolation in size, per key (sizes are NCCL's ``nBytes``, times µs):
 
 Two points of one key at one size must agree: the same (key, size) measured in two tables with
 different times is an error naming both files and tables (merge CSVs of different shapes or sizes,
-not repeated runs). The model does not model conditions (the measurements were taken alone:
-``models_conditions`` False) and applies NCCL's knobs (``applies_nccl_knobs``) exactly when the
-CSVs hold a forced configuration; with NCCL-default tables only, only NCCL's default is valid.
+not repeated runs). The model does not model conditions: it costs calls alone (``models_conditions``
+False), from the tables timed alone; tables timed with compute beside (``dynamiccl measure
+--with-gemm``, :func:`~dynamiccl.costmodel.measurements.measured_beside_compute`) are left out and
+counted in :meth:`MeasuredModel.describe`. It applies NCCL's knobs (``applies_nccl_knobs``) exactly
+when the CSVs hold a forced configuration; with NCCL-default tables only, only NCCL's default is valid.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from dynamiccl.costmodel.batch import CollBatch, is_p2p
-from dynamiccl.costmodel.measurements import MeasuredTable, load_measurements
+from dynamiccl.costmodel.measurements import MeasuredTable, load_measurements, measured_beside_compute
 from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import Algorithm, Func, Protocol, nccl_tests_op
@@ -148,7 +150,11 @@ class MeasuredModel:
         self.sources = tuple(sources)
         points: dict[ConfigKey, dict[float, tuple[float, str, str]]] = {}
         self.systems: list[str] = []
+        self.beside_compute_tables = 0  # timed with a GEMM beside: not what this model costs (calls alone)
         for source, table in tables:
+            if measured_beside_compute(table):
+                self.beside_compute_tables += 1
+                continue
             key = _table_key(table)
             system = table.system.split(",")[0].strip()  # "8x H100 SXM5, NVSwitch ...": the first part names it
             if system not in self.systems:
@@ -163,7 +169,9 @@ class MeasuredModel:
                                      "different shapes or sizes, not repeated runs of the same ones")
                 series[size] = (time_us, source, table.table)
         if not points:
-            raise InputError(", ".join(self.sources) or "measurements", None, "no measurement rows")
+            raise InputError(", ".join(self.sources) or "measurements", None,
+                             "no measurements of a collective timed alone (tables timed with compute beside are "
+                             "not costed)")
         self.curves: dict[ConfigKey, SizeCurve] = {}
         for key, series in points.items():
             sizes = np.array(sorted(series), dtype=np.float64)
@@ -189,8 +197,10 @@ class MeasuredModel:
     def describe(self) -> str:
         files = ", ".join(os.path.basename(s) for s in self.sources)
         p2p = "" if self.costs_p2p else "; send/recv and AlltoAll: not measured"
+        beside = (f"; {self.beside_compute_tables} table(s) timed with compute beside left out"
+                  if self.beside_compute_tables else "")
         return (f"measured ({len(self.curves)} series from {files}: {'; '.join(self.systems)}), "
-                f"interpolated in log size / log time{p2p}")
+                f"interpolated in log size / log time{p2p}{beside}")
 
     def shapes(self) -> list[str]:
         """The shapes with NCCL-default measurements (``allreduce over 16 ranks on 2 node(s)``)."""
