@@ -7,8 +7,9 @@ keyed by
 
     (collective, nranks = gpus_per_node x nodes, nnodes, algo, proto, channels)
 
-where ``algo``/``proto`` ``default`` and ``channels`` 0 (or empty) mean NCCL's own choice. A batch
-row is answered by the points of its own key only:
+where ``algo``/``proto`` ``default`` and ``channels`` 0 (or empty) mean NCCL's own choice (a batch
+row's ``num_pipe_ops``, calls fused in one group, is not part of the key: each call is costed as
+measured, one at a time). A batch row is answered by the points of its own key only:
 
 - NCCL's default (``algo``/``proto`` -1, ``channels`` 0 in the batch) by the default tables of its
   shape. A (collective, shape) without them cannot be costed at all: :class:`InputError`, naming
