@@ -61,7 +61,7 @@ def alpha_beta(monkeypatch):
 
 
 def test_registry_names_help_and_what_consumers_must_know():
-    assert list(COST_MODELS) == ["world", "nccl", "live"]
+    assert list(COST_MODELS) == ["world", "nccl", "live", "measured"]
     assert all(entry.help for entry in COST_MODELS.values())
     assert [name for name, entry in COST_MODELS.items() if entry.runs_collectives] == ["live"]
     env = resolve_env("dgx-h100")
@@ -73,7 +73,7 @@ def test_registry_names_help_and_what_consumers_must_know():
 
 def test_unknown_model_is_refused_everywhere_with_the_registered_names():
     env = resolve_env("dgx-h100")
-    with pytest.raises(InputError, match="unknown cost model 'nope'; expected one of world, nccl, live"):
+    with pytest.raises(InputError, match="unknown cost model 'nope'; expected one of world, nccl, live, measured"):
         run_sweep(env, SweepRequest("allreduce", [1024], model="nope"))
     program = StepProgram.from_trace(Trace.read(TRACE))
     with pytest.raises(InputError, match="unknown cost model 'nope'"):

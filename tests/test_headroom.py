@@ -94,6 +94,15 @@ def test_verdict_sets_the_gains_against_the_noise():
         verdict(100e3, 100e3, 100e3, 100e3, noise=1.5)
 
 
+def test_verdict_when_the_default_beats_the_specs_line_rate():
+    # A measured model can price NCCL's default faster than the spec's datasheet line rate: that bound
+    # then says nothing, and the verdict must not claim "at most 0%".
+    text = verdict(100e3, 100e3, 100.5e3, 90e3)
+    assert text.startswith("NCCL's default is 0.50% faster than every collective at the spec's line rate")
+    assert "communication free would gain 10.00%" in text and "not worth a change" in text
+    assert "worth trying" in verdict(100e3, 98e3, 100.5e3, 90e3)
+
+
 def headroom_json(tmp_path: Path, trace, *args) -> tuple[dict, str]:
     out = tmp_path / f"{Path(trace).stem}.json"
     assert main(["headroom", str(trace), "--env", "dgx-h100", "--states", "2", "--json", str(out), *args]) == 0
@@ -121,7 +130,7 @@ def test_generated_trace_end_to_end(tmp_path, capsys):
     assert figures["measured_step_time_us"] is None and "measured (trace timestamps" not in text
     kinds = {(r["group_kind"], r["collective"]) for r in figures["breakdown"]["rows"]}
     assert ("dp", "reducescatter") in kinds and ("dp", "allgather") in kinds
-    assert "simulated, not measured: world simulator" in text and "NCCL 2.23.4" in text
+    assert "simulated step, not a measured one; its calls priced by world simulator" in text and "NCCL 2.23.4" in text
     assert "verdict: nothing to gain here" in text  # a well-overlapped DP step on one NVSwitch node
     assert len(load_table(tmp_path / "best.json").rules) == figures["search"]["rules"]
     # The user's own noise, far below this step's: the search's gain now counts.

@@ -114,6 +114,17 @@ CHECKS: dict[str, Check] = {
     "dynamiccl validate --leave-one-out --plot validation-loo.png": starts(r"leave-one-table-out:\s+\d+%"),
     "dynamiccl calibrate -o my_params.json": RUN,
     "DYNAMICCL_WORLD_PARAMS=my_params.json dynamiccl simulate --env dgx-h100 --coll allreduce": RUN,
+    "dynamiccl simulate --env l40s-pcie-1x2 --coll allreduce -b 8 -e 128M -f 8 --model measured --measurements "
+    "dynamiccl/data/calibration/more-systems.csv": RUN,
+    "dynamiccl generate --model llama3-8b --tp 1 --pp 1 --dp 2 --dp-mode ddp --global-batch 8 --env l40s-pcie-1x2 "
+    "-o l40s-dp2.parquet": RUN,
+    "dynamiccl search --trace l40s-dp2.parquet --env l40s-pcie-1x2 --model measured --measurements "
+    "dynamiccl/data/calibration/more-systems.csv --states 2 -o measured-table.json": RUN,
+    "dynamiccl evaluate --traces l40s-dp2.parquet --envs l40s-pcie-1x2 --model measured --measurements "
+    "dynamiccl/data/calibration/more-systems.csv --agents nccl-default --states 2 -o measured.parquet": RUN,
+    "dynamiccl search --trace my_step.parquet --env my-cluster.toml --model measured --measurements M.csv "
+    "-o table.json": needs("a trace of the user's step and the CSV `dynamiccl measure` wrote on their cluster"),
+    "dynamiccl replay traces/ref-pp2-dp2.parquet --env dgx-h100 --params my_params.json": RUN,
     "dynamiccl bench --list": RUN,
     "dynamiccl bench generate-405b costmodel-evals --record experiments/bench": BENCH,
 }

@@ -1,5 +1,6 @@
-"""What several handlers share: how a command line is recorded, the command after ``--``, and the
-``--params FILE`` option of every command that costs with the world simulator."""
+"""What several handlers share: how a command line is recorded, the command after ``--``, the
+``--params FILE`` option of every command that costs with the world simulator, and the
+``--measurements CSV`` option of every command that can cost with the measured model."""
 
 from __future__ import annotations
 
@@ -23,13 +24,43 @@ def wrapped_command(remainder: list[str]) -> list[str]:
     return remainder[1:] if remainder[:1] == ["--"] else remainder
 
 
-def add_world_params(parser) -> None:
+def add_world_params(parser, note: str = "") -> None:
     """Give a command that costs with the world simulator ``--params FILE``: a user's own fit
     (``dynamiccl calibrate -o FILE``) in place of the shipped parameters, for this command only (the
-    same as ``DYNAMICCL_WORLD_PARAMS=FILE``, which it overrides)."""
+    same as ``DYNAMICCL_WORLD_PARAMS=FILE``, which it overrides). ``note``: what the flag means for
+    this command beyond that, appended to its help."""
     parser.add_argument("--params", dest=WORLD_PARAMS_DEST, metavar="FILE", default=None,
                         help="world parameters JSON from `dynamiccl calibrate -o FILE` (default: "
-                             "$DYNAMICCL_WORLD_PARAMS, else the shipped calibration)")
+                             "$DYNAMICCL_WORLD_PARAMS, else the shipped calibration)" + (f"; {note}" if note else ""))
+
+
+# The cost model that reads ``--measurements`` (dynamiccl.costmodel.measured).
+MEASURED_MODEL = "measured"
+
+
+def add_measurements(parser, model_flag: str = "--model") -> None:
+    """Give a command that takes a cost model (``model_flag``) ``--measurements CSV`` (repeatable):
+    the measured model's measurements (:func:`cost_options`)."""
+    parser.add_argument("--measurements", action="append", default=None, metavar="CSV",
+                        help=f"with {model_flag} {MEASURED_MODEL}: a measurements CSV (`dynamiccl measure -o CSV`, "
+                             "the calibration format) to interpolate; repeat to merge several")
+
+
+def cost_options(args, model: str, model_flag: str = "--model"):
+    """The :class:`~dynamiccl.costmodel.protocol.CostModelOptions` of ``args``' ``--measurements``
+    for cost model ``model``.
+
+    Raises:
+        InputError: ``--measurements`` with a model other than the measured one (which would ignore them).
+    """
+    from dynamiccl.costmodel.protocol import CostModelOptions
+    from dynamiccl.errors import InputError
+
+    paths = tuple(getattr(args, "measurements", None) or ())
+    if paths and model != MEASURED_MODEL:
+        raise InputError("--measurements", None, f"only {model_flag} {MEASURED_MODEL} reads measurements "
+                                                 f"(the model is {model!r})")
+    return CostModelOptions(measurements=paths)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from dynamiccl import schema
-from dynamiccl.cli.common import add_world_params
+from dynamiccl.cli.common import WORLD_PARAMS_DEST, add_measurements, add_world_params, cost_options
 from dynamiccl.outputs import check_outputs
 
 # `simulate`'s ranges, checked by argparse (one `usage` line and exit status 2 for a bad value). A
@@ -54,13 +54,14 @@ def add(sub) -> None:
                    help="benchmark instead: time ROWS random evaluations of the spec (JSON evaluations/s)")
     p.add_argument("--mixed", action="store_true", help="with --throughput: leave a third of rows to NCCL's choice")
     add_world_params(p)
+    add_measurements(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("calibrate", help="fit the world simulator's parameters to measured nccl-tests tables",
                        description="Fit the world simulator's free parameters (per hardware class) to measured "
                                    "nccl-tests tables and write them as JSON (-o). Then check them with "
-                                   "`dynamiccl validate --params FILE`, and use them in every command with "
-                                   "DYNAMICCL_WORLD_PARAMS=FILE.")
+                                   "`dynamiccl validate --params FILE`, and use them with --params FILE in "
+                                   "any command that costs with the world (or DYNAMICCL_WORLD_PARAMS=FILE).")
     p.add_argument("--measurements", action="append", default=None, metavar="CSV",
                    help="measurements CSV (the columns of dynamiccl.costmodel.measurements.COLUMNS); repeat for "
                         "several (default: the shipped calibration set, measurements.csv and more-systems.csv "
@@ -81,9 +82,7 @@ def add(sub) -> None:
                    help="measurements CSV; repeat for several (default: the calibration set, "
                         "measurements.csv and more-systems.csv of dynamiccl/data/calibration)")
     p.add_argument("--env-dir", default=None, help="directory of environment specs (default envs/)")
-    p.add_argument("--params", default=None,
-                   help="world parameters JSON (default: the shipped calibration); not with --leave-one-out, "
-                        "whose fits start from the unfitted priors")
+    add_world_params(p, note="not with --leave-one-out, whose fits start from the unfitted priors")
     p.add_argument("--plot", default="validation.png", help="PNG to write (default validation.png)")
     p.add_argument("--json", default=None, help="also write the error summary as JSON here")
     p.add_argument("--leave-one-out", action="store_true",
@@ -110,7 +109,8 @@ def cmd_simulate(args) -> int:
                        algo=parse_algorithm(args.algo, "--algo") if args.algo else None,
                        proto=parse_protocol(args.proto, "--proto") if args.proto else None,
                        channels=args.channels, overlap=args.overlap, congestion=args.congestion,
-                       model=args.model, live_nprocs=args.nprocs)
+                       model=args.model, live_nprocs=args.nprocs,
+                       measurements=cost_options(args, args.model).measurements)
     if args.model == "live":
         print(f"simulate: live measurement of {len(sizes)} size(s) with {live_plan(args.nprocs, max(sizes), '--nprocs')}",
               file=sys.stderr)
@@ -146,11 +146,22 @@ def live_plan(nprocs: int, largest_bytes: int, nprocs_flag: str | None = None) -
 
 
 def _measurements(args) -> tuple[list[str], list]:
-    """(paths, tables) of ``--measurements`` (or the default calibration set). Raises InputError."""
-    from dynamiccl.costmodel.measurements import default_measurement_paths, load_measurement_files
+    """(paths, tables) of ``--measurements`` (or the default calibration set), without the tables timed
+    with compute beside the collective (``dynamiccl measure --with-gemm``: the world is fitted to and
+    judged on calls alone), which it says it left out. Raises InputError."""
+    from dynamiccl.costmodel.measurements import (default_measurement_paths, load_measurement_files,
+                                                  measured_beside_compute)
+    from dynamiccl.errors import InputError
 
     paths = args.measurements or [str(p) for p in default_measurement_paths()]
-    return paths, load_measurement_files(paths)
+    tables = load_measurement_files(paths)
+    alone = [t for t in tables if not measured_beside_compute(t)]
+    if len(alone) < len(tables):
+        print(f"# left out {len(tables) - len(alone)} table(s) timed with compute beside the collective "
+              "(the world is fitted to and judged on calls alone)", file=sys.stderr)
+    if not alone:
+        raise InputError(", ".join(paths), None, "no table timed alone (every one has compute beside)")
+    return paths, alone
 
 
 def _convergence(report: dict) -> str:
@@ -193,10 +204,10 @@ def cmd_validate(args) -> int:
     from dynamiccl import atomic, schema
     from dynamiccl.costmodel.calibration import format_summary, plot, predict, summarize
     from dynamiccl.costmodel.measurements import load_env_dir
-    from dynamiccl.costmodel.world import WorldParams, default_params
+    from dynamiccl.costmodel.world import default_params
     from dynamiccl.envspec import env_dir
 
-    if args.leave_one_out and args.params:
+    if args.leave_one_out and getattr(args, WORLD_PARAMS_DEST):
         from dynamiccl.errors import InputError
 
         raise InputError("--params", None, "not with --leave-one-out: each fold fits the other tables from the "
@@ -216,9 +227,9 @@ def cmd_validate(args) -> int:
         for r in reports:
             print(f"#   without {r['held_out']:<24} {_convergence(r)}, rms log error {r['cost_rms_log_error']:.3f}")
     else:
-        params = WorldParams.load(args.params) if args.params else default_params()
+        params = default_params()  # --params's file, which `main` made the default for this command
         results = predict(tables, specs, params)
-        print(f"# world parameters: {params.provenance or args.params}")
+        print(f"# world parameters: {params.provenance or getattr(args, WORLD_PARAMS_DEST)}")
     summary = summarize(results)
     print(format_summary(summary))
     if args.plot:

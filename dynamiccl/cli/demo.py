@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dynamiccl.cli.common import invocation
+from dynamiccl.cli.common import add_world_params, invocation
 from dynamiccl.outputs import claim_replaced_dir
 
 
@@ -16,6 +16,7 @@ def add(sub) -> None:
                         "earlier output there once it has finished")
     p.add_argument("--timesteps", type=int, default=None,
                    help="training decisions (default 24576: a few minutes on 2 cores)")
+    add_world_params(p)  # every step of the demo runs inside this command: all of them cost with it
     p.set_defaults(func=cmd_demo)
 
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from dynamiccl.cli.common import add_measurements, add_world_params, cost_options
 from dynamiccl.cli.workload import add_workload_arguments, workload_from_args
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs
@@ -48,6 +49,7 @@ def add(sub) -> None:
                                     "example-plugin CSV).")
     e.add_argument("-o", "--output", required=True, help="table file (.json)")
     add_policy_export_arguments(e, policy_required=True)
+    add_world_params(e)
     e.set_defaults(func=cmd_table_export)
     ck = tsub.add_parser(
         "check", help="replay a step with and without the table; refuse a table that makes it slower",
@@ -67,6 +69,8 @@ def add(sub) -> None:
                     help="share of step time the table may lose before it is refused (default 0.005: run-to-run "
                          "noise of a real step)")
     ck.add_argument("--cost-model", default=None, help="registered cost model to replay with (default world)")
+    add_measurements(ck, model_flag="--cost-model")
+    add_world_params(ck)
     ck.add_argument("--json", action="store_true", help="print the result as JSON")
     add_workload_arguments(ck, required=False, with_env=False)
     ck.set_defaults(func=cmd_table_check)
@@ -210,17 +214,19 @@ def cmd_table_check(args) -> int:
 
         check_outputs(*output_paths(args.output))
     model = args.cost_model or DEFAULT_COST_MODEL
-    cost_model_entry(model)  # an unknown name fails here, listing the registered ones
+    cost_model_entry(model, "--cost-model", None)  # an unknown name fails here, listing the registered ones
+    options = cost_options(args, model, "--cost-model")
     table = load(args.table)
     if args.sweep:
-        return _check_sweep(args, table, model)
+        return _check_sweep(args, table, model, options)
     from dynamiccl.table.check import CHECK_STATE_OFFSET, CHECK_STATES, TOLERANCE, check_cases
     from dynamiccl.tuning.cases import Case
 
     case = check_case(args.trace, args.env, args, "dynamiccl table check")
     states = range(CHECK_STATE_OFFSET, CHECK_STATE_OFFSET + (args.states or CHECK_STATES))
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
-    result = check_cases(table, [Case(*case)], states=states, model=model, tolerance=tolerance, progress=True)[0]
+    result = check_cases(table, [Case(*case)], states=states, model=model, tolerance=tolerance, progress=True,
+                         cost_options=options)[0]
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -248,7 +254,7 @@ def check_case(trace: str | None, env: str | None, args, command: str) -> tuple[
     return workload_trace(workload_from_args(args, command), env, command, "workload"), env
 
 
-def _check_sweep(args, table, model: str) -> int:
+def _check_sweep(args, table, model: str, options) -> int:
     from dataclasses import replace
 
     from dynamiccl.table.sweep import load_sweep, run_sweep
@@ -258,7 +264,7 @@ def _check_sweep(args, table, model: str) -> int:
         sweep = replace(sweep, states=tuple(range(sweep.states[0], sweep.states[0] + args.states)))
     if args.tolerance is not None:
         sweep = replace(sweep, tolerance=args.tolerance)
-    result = run_sweep(table, sweep, table_path=args.table, model=model, progress=True)
+    result = run_sweep(table, sweep, table_path=args.table, model=model, progress=True, cost_options=options)
     if args.output:
         md, js = result.write(args.output)
         print(f"wrote {md} and {js}", file=sys.stderr)

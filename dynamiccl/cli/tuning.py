@@ -10,7 +10,7 @@ import json
 import time
 
 from dynamiccl import schema
-from dynamiccl.cli.common import add_world_params, invocation
+from dynamiccl.cli.common import add_measurements, add_world_params, cost_options, invocation
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs, claim_output_dir
 
@@ -39,6 +39,7 @@ def add(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output directory")
     p.add_argument("--timesteps", type=TIMESTEPS, help="override [train] total_timesteps (a resumed run trains "
                                                        "on to this many in all)")
+    add_world_params(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="compare a policy with NCCL's default, the search reference and the baselines",
@@ -63,6 +64,8 @@ def add(sub) -> None:
     p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=list(COST_MODELS), help=cost_models_help())
     p.add_argument("-o", "--output", required=True, help="results file (.parquet)")
     p.add_argument("--json", help="also write the per-agent summary as JSON here")
+    add_measurements(p)
+    add_world_params(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("search", help="search the best decision table for a case (the reference of every gain share)",
@@ -85,6 +88,8 @@ def add(sub) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="the table (.json/.csv/.conf/.txt) for one case; for several, a directory of <case>.json")
     p.add_argument("--json", help="also write the per-case figures as JSON here")
+    add_measurements(p)
+    add_world_params(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("headroom", help="how much a step can gain from tuning NCCL, and where its communication goes",
@@ -109,6 +114,7 @@ def add(sub) -> None:
                         "`dynamiccl verify`); default 0.5, the SD of a quiet allocation's A/B/A runs")
     p.add_argument("--table", help="also write the best table found here (.json/.csv/.conf/.txt)")
     p.add_argument("--json", help="also write every figure as JSON here")
+    add_measurements(p)
     add_world_params(p)
     p.set_defaults(func=cmd_headroom)
 
@@ -123,6 +129,8 @@ def add(sub) -> None:
     p.add_argument("--random-steps", type=RANDOM_STEPS, default=0,
                    help="also take this many environment steps with random valid actions and report steps/s")
     p.add_argument("--json", action="store_true")
+    add_measurements(p)
+    add_world_params(p)
     p.set_defaults(func=cmd_replay)
 
 
@@ -158,9 +166,11 @@ def cmd_evaluate(args) -> int:
 
     check_outputs(args.output, args.json)
     if args.config:
+        _config_has_measurements(args)
         plan = EvaluationPlan.from_config(args.config, args.run_dir, split=args.split)
     elif args.traces and args.envs:
-        plan = EvaluationPlan.from_traces(args.traces, args.envs, args.states, args.state_offset, args.model)
+        plan = EvaluationPlan.from_traces(args.traces, args.envs, args.states, args.state_offset, args.model,
+                                          cost_options(args, args.model))
     else:
         raise InputError("evaluate", None, "give --config, or --traces and --envs")
     names = [n.strip() for n in args.agents.split(",") if n.strip()]
@@ -200,27 +210,41 @@ def _say_live_plan(plan) -> None:
           f"{live_plan(CostModelOptions().live_nprocs, largest)}", file=sys.stderr)
 
 
+def _config_has_measurements(args) -> None:
+    """With --config, the cost model and its measurements are the config's own.
+
+    Raises:
+        InputError: ``--measurements`` given beside ``--config``.
+    """
+    if args.measurements:
+        raise InputError("--measurements", None, "not with --config: give the config's cost model its CSVs in "
+                                                 '[experiment] (model = "measured", measurements = ["M.csv"])')
+
+
 def _search_cases(args):
-    """(cases, states, cost model) that ``dynamiccl search`` searches: a config's split, a trace on an
-    environment spec, or by default ``TuningEnv``'s built-in case (Llama-3 8B TP2 x DP8 on two H100 nodes)."""
+    """(cases, states, cost model, its options) that ``dynamiccl search`` searches: a config's split, a
+    trace on an environment spec, or by default ``TuningEnv``'s built-in case (Llama-3 8B TP2 x DP8 on
+    two H100 nodes)."""
     from dynamiccl.tuning.cases import Case
     from dynamiccl.tuning.evaluate import EvaluationPlan
 
     if args.config:
+        _config_has_measurements(args)
         plan = EvaluationPlan.from_config(args.config, args.run_dir, split=args.split)
         cases, states = ((plan.cases, plan.states) if args.split == "heldout" else (plan.fit_cases, plan.fit_states))
         if args.case:
             cases = tuple(c for c in cases if args.case in c.label)
             if not cases:
                 raise InputError("--case", None, f"no {args.split} case of {args.config} has {args.case!r} in its label")
-        return list(cases), list(states), plan.model
+        return list(cases), list(states), plan.model, plan.cost_options
+    states = list(range(args.state_offset, args.state_offset + args.states))
     if args.trace and args.env:
-        return [Case(args.trace, args.env)], list(range(args.state_offset, args.state_offset + args.states)), args.model
+        return [Case(args.trace, args.env)], states, args.model, cost_options(args, args.model)
     if args.trace or args.env:
         raise InputError("--trace" if not args.trace else "--env", None, "give --trace and --env together")
     from dynamiccl.tuning.env import default_cases
 
-    return default_cases(), list(range(args.state_offset, args.state_offset + args.states)), args.model
+    return default_cases(), states, args.model, cost_options(args, args.model)
 
 
 def cmd_search(args) -> int:
@@ -239,7 +263,7 @@ def cmd_search(args) -> int:
         check_outputs(output)
     else:
         claim_output_dir(output, invocation(args.argv))
-    cases, states, model = _search_cases(args)
+    cases, states, model, options = _search_cases(args)
     if len(cases) == 1 and output.suffix.lower() in table_io.FORMATS:
         destinations = [output]
     elif output.suffix.lower() in table_io.FORMATS:
@@ -249,7 +273,7 @@ def cmd_search(args) -> int:
         destinations = [output / f"{case.label}.json" for case in cases]
     rows = []
     for case, dest in zip(cases, destinations):
-        loaded = load_case(case, model)
+        loaded = load_case(case, model, options)
         with tqdm(desc=f"search {case.label}", unit="key", leave=False) as bar:
             result = search_case(loaded, states, max_sweeps=args.max_sweeps, progress=bar)
         bounds = [step_bounds(loaded, state) for state in states]
@@ -274,6 +298,7 @@ def cmd_headroom(args) -> int:
     from dynamiccl.tuning.headroom import headroom_case, headroom_text
 
     check_outputs(args.json, args.table)
+    options = cost_options(args, args.model)
     if args.table:
         table_io.format_of(args.table)  # a bad extension fails before the search
     noise = NOTHING_TO_GAIN if args.noise_pct is None else args.noise_pct / 100.0
@@ -281,7 +306,7 @@ def cmd_headroom(args) -> int:
     states = list(range(args.state_offset, args.state_offset + args.states))
     # The search is most of the work: a bar once it has taken more than a moment.
     with tqdm(desc=f"headroom search {case.label}", unit="key", leave=False, delay=2.0) as bar:
-        result = headroom_case(case, states, model=args.model, max_sweeps=args.max_sweeps, noise=noise, progress=bar)
+        result = headroom_case(case, states, model=args.model, options=options, max_sweeps=args.max_sweeps, noise=noise, progress=bar)
     print(headroom_text(result))
     if args.table:
         table_io.save(result.table, args.table)
@@ -296,10 +321,11 @@ def cmd_replay(args) -> int:
     from dynamiccl.tuning.throughput import env_steps_per_s, replay_case
 
     case = Case(args.trace, args.env)
-    figures = replay_case(case, args.state, args.model)
+    options = cost_options(args, args.model)
+    figures = replay_case(case, args.state, args.model, options)
     out = figures.to_json()
     if args.random_steps > 0:
-        out["env_steps_per_s"] = env_steps_per_s(case, args.random_steps, args.model)
+        out["env_steps_per_s"] = env_steps_per_s(case, args.random_steps, args.model, cost_options=options)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0

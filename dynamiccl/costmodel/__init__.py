@@ -1,6 +1,6 @@
 """Cost models: how long a collective takes on a described cluster.
 
-Three models implement one interface (:class:`CostModel` in ``protocol``: ``evaluate(batch) ->
+Four models implement one interface (:class:`CostModel` in ``protocol``: ``evaluate(batch) ->
 CostResult`` and ``describe()``) and are registered once by name in :data:`COST_MODELS`
 (``registry``):
 
@@ -10,7 +10,9 @@ CostResult`` and ``describe()``) and are registered once by name in :data:`COST_
   model leaves out, calibrated against measured nccl-tests tables (``world``, ``dynamics``,
   ``calibration``, ``measurements``);
 - ``live``, :class:`~dynamiccl.costmodel.live.LiveCostModel`: real collectives through
-  torch.distributed on this machine (``live``).
+  torch.distributed on this machine (``live``);
+- ``measured``, :class:`~dynamiccl.costmodel.measured.MeasuredModel`: a user's own measurements
+  (``dynamiccl measure``'s CSV) interpolated in size (``measured``).
 
 The models take a :class:`CollBatch` (``batch``) and evaluate it with numpy. The interface and the
 registry import no numpy, so the command line lists models without paying for it; the models and

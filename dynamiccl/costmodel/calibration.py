@@ -105,11 +105,13 @@ def _setup(table: MeasuredTable, specs: list[EnvSpec]) -> tuple:
     """(spec, batch, NCCL's model, NCCL's believed time) of a table: what does not depend on the
     world's parameters, so that a fit's hundreds of predictions build it once."""
     env = map_table(table, specs)
-    key = (table.table, table.func, table.algo, table.proto, table.nranks, table.nodes, table.size_bytes.tobytes(), env)
+    key = (table.table, table.func, table.algo, table.proto, table.channels, table.nranks, table.nodes,
+           table.size_bytes.tobytes(), env)
     if key not in _SETUPS:
-        # A table's forced algorithm/protocol is an NCCL_ALGO/NCCL_PROTO setting, not a tuner's choice.
+        # A table's forced algorithm/protocol is an NCCL_ALGO/NCCL_PROTO setting, not a tuner's choice;
+        # its forced channel count (the ``channels`` column) is costed forced too.
         batch = make_batch(table.func, table.size_bytes, table.nranks, table.nodes, algo=table.algo,
-                           proto=table.proto, forced_by_env=True)
+                           proto=table.proto, channels=table.channels, forced_by_env=True)
         nccl_model = NcclModel(env)
         _SETUPS[key] = (env, batch, nccl_model, nccl_model.choose(batch)["time_us"])
     return _SETUPS[key]

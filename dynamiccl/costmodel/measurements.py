@@ -253,6 +253,17 @@ def _forced(row: dict, column: str, source: str, where: str) -> int:
                                         "own choice") from None
 
 
+# ``dynamiccl measure --with-gemm`` also times each collective with a GEMM running beside it, and
+# writes those times as tables of their own whose ``how`` ends "with a <GEMM> beside".
+_BESIDE_COMPUTE = re.compile(r"\bwith an? .+ beside\b", re.IGNORECASE)
+
+
+def measured_beside_compute(table: MeasuredTable) -> bool:
+    """Whether a table was timed with compute running beside the collective (its ``how`` says
+    "with a ... beside", as ``dynamiccl measure --with-gemm`` writes), not alone as nccl-tests times."""
+    return bool(_BESIDE_COMPUTE.search(table.how))
+
+
 def _gpu_token(name: str) -> str:
     return name.split("-")[0].upper()
 

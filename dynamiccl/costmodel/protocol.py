@@ -65,8 +65,8 @@ class CostModel(Protocol):
             ``congestion``, ``noise``) change its answer. A consumer that costs a call under
             several conditions asks a model without them once per call.
         applies_nccl_knobs: whether a forced algorithm, protocol or channel count takes effect
-            (False: live measurement on gloo, where NCCL is not involved; only NCCL's default is
-            then meaningful).
+            (False: live measurement on gloo, where NCCL is not involved, and measurements of
+            NCCL's default only; only NCCL's default is then meaningful).
         costs_p2p: whether the model has its own cost for send/recv and AlltoAll (False: NCCL's
             model, whose tuner is never asked about them; a consumer that needs those costs takes
             them from another model).
@@ -92,8 +92,13 @@ class CostModelOptions:
     - ``live_nprocs``: ranks (processes) for live measurement.
     - ``live_dtype``: element type of the buffers live measurement allocates (the simulated models
       cost bytes, whatever their type).
+    - ``measurements``: the measurements CSVs the ``measured`` model interpolates (paths as given;
+      absolute where a config file named them relative to itself).
+
+    Hashable while ``world_params`` is None (the tuning caches key on it).
     """
 
     world_params: WorldParams | None = None
     live_nprocs: int = 4
     live_dtype: str = "float32"
+    measurements: tuple[str, ...] = ()

@@ -63,6 +63,8 @@ COST_MODELS: dict[str, CostModelEntry] = {
     "live": CostModelEntry(_imported("dynamiccl.costmodel.live", "LiveCostModel"),
                            "real collectives through torch.distributed on this machine",
                            runs_collectives=True),
+    "measured": CostModelEntry(_imported("dynamiccl.costmodel.measured", "MeasuredModel"),
+                               "the user's own measurements (--measurements CSV), interpolated in size"),
 }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import COSTED_FUNCS, make_batch
+from dynamiccl.costmodel.batch import COSTED_FUNCS, is_p2p, make_batch
 from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL, cost_model_entry
 from dynamiccl.costmodel.table import Row, make_row
@@ -30,7 +30,7 @@ class SweepRequest:
     forced ``algo``/``proto``/``channels`` (None/0: NCCL's choice), with compute ``overlap`` (share
     of each call's time with compute beside it) and NIC ``congestion`` (share of its bandwidth
     other traffic takes), priced by the cost model ``model``; ``live_nprocs``: processes of the
-    live model.
+    live model; ``measurements``: the CSVs of the measured model.
 
     Raises (on construction):
         InputError: a value out of range, naming the command-line flag that sets it
@@ -49,6 +49,7 @@ class SweepRequest:
     congestion: float = 0.0
     model: str = DEFAULT_COST_MODEL
     live_nprocs: int = 4
+    measurements: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.channels < 0 or self.channels > MAX_CHANNELS:
@@ -84,7 +85,8 @@ def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:
             and not is_supported(func, req.algo, req.proto, env.nccl_version):
         raise InputError("--algo/--proto", None, f"NCCL {env.nccl_version} cannot run {op} with "
                                                  f"{req.algo.name_lower}/{req.proto.name_lower}")
-    model = entry.create(env, CostModelOptions(live_nprocs=req.live_nprocs, live_dtype=dtype.name_lower))
+    model = entry.create(env, CostModelOptions(live_nprocs=req.live_nprocs, live_dtype=dtype.name_lower,
+                                               measurements=tuple(req.measurements)))
     sizes = np.array(req.sizes_bytes, dtype=np.float64)
     overlap = env.dynamics.overlap_fraction if req.overlap is None else req.overlap
     batch = make_batch(int(func), sizes, nranks, nnodes,
@@ -94,8 +96,11 @@ def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:
                        forced_by_env=True)  # --algo/--proto are NCCL_ALGO/NCCL_PROTO, not a tuner's choice
     out = model.evaluate(batch)
     if not np.isfinite(out.time_us).any():
+        if not model.costs_p2p and is_p2p(batch.func).all():
+            raise InputError("--coll", None, f"no cost for {op} under {model.describe()}")
         raise InputError("--algo/--proto", None, f"NCCL does not enable that algorithm/protocol for {op} on "
-                                                 f"{nranks} ranks over {nnodes} nodes of {env.name}")
+                                                 f"{nranks} ranks over {nnodes} nodes of {env.name} (or the "
+                                                 f"cost model has no cost for it: {model.describe()})")
     rows = [make_row(op, int(n), int(s), dtype.name_lower, dtype.size_bytes, float(t), int(a), int(p), int(c))
             for n, s, t, a, p, c in zip(out.nranks, sizes, out.time_us, out.algo, out.proto, out.channels)]
     if entry.runs_collectives:
@@ -109,7 +114,8 @@ def run_sweep(env: EnvSpec, req: SweepRequest) -> tuple[list[Row], list[str]]:
             or "NCCL's choice"
         header = [f"dynamiccl simulate: {op}, {nranks} ranks on {nnodes} node(s), {forced}",
                   f"cost model: {model.describe()}",
-                  f"choices: NCCL {env.nccl_version} model (tuning.cc)"]
+                  f"choices: NCCL {env.nccl_version} model (tuning.cc)" if (out.algo >= 0).any() else
+                  "choices: NCCL's own at run time (not seen by this model: algo/proto -)"]
     if model.models_conditions and (overlap or req.congestion):
         header.append(f"conditions: compute overlap {overlap:g} (HBM share {env.dynamics.compute_hbm_share:g}), "
                       f"network congestion {req.congestion:g}")

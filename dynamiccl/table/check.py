@@ -28,6 +28,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
 from dynamiccl.table.model import DecisionTable
@@ -131,12 +132,13 @@ def _choice_names(costs, row: int, action: int) -> str:
 
 def check_cases(table: DecisionTable, cases: Sequence[Case], *, states: Sequence[int] | None = None,
                 model: str = DEFAULT_COST_MODEL, tolerance: float = TOLERANCE,
-                progress: bool = False) -> list[CaseCheck]:
+                progress: bool = False, cost_options: CostModelOptions | None = None) -> list[CaseCheck]:
     """Check ``table`` on every case (module docstring); one ``CaseCheck`` per case, in order.
 
     Args:
         states: the dynamics states replayed (default ``CHECK_STATE_OFFSET`` ..
-            ``+CHECK_STATES - 1``); model: the registered cost model; tolerance: the share of
+            ``+CHECK_STATES - 1``); model: the registered cost model (made with ``cost_options``);
+            tolerance: the share of
             step time the table may lose before it is refused.
 
     Raises:
@@ -154,9 +156,9 @@ def check_cases(table: DecisionTable, cases: Sequence[Case], *, states: Sequence
     bar = tqdm(total=len(cases) * len(states), disable=not progress, unit="step", desc="check")
     try:
         for case in cases:
-            env = TuningEnv([case], model=model, states=1)
+            env = TuningEnv([case], model=model, states=1, cost_options=cost_options)
             agent = TableAgent(table)
-            costs = load_case(case, model).costs
+            costs = load_case(case, model, cost_options).costs
             comparisons = []
             for state in states:
                 bar.set_postfix_str(case.label, refresh=False)

@@ -574,7 +574,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
     nccl_models, nccl_shapes = {}, {}  # NCCL's model per env; per call shape, the model of its first case's env
     shape_envs: dict[tuple, set] = {}
     for case in cases:
-        loaded = load_case(case, config.model)
+        loaded = load_case(case, config.model, config.cost_options())
         p = loaded.program
         programs.append(p)
         rows += [p.call_key[c] for c in p.tunable_calls]
@@ -617,7 +617,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
                     if index < len(train_cases) or evidence_split == "all"
                     for state in (train_states if index < len(train_cases) else heldout_states)]
         acting = sum(not rule.keeps_nccl for rule in table.rules)
-        table, _ = confine_to_evidence(table, TuningEnv(cases, model=config.model), episodes, progress=progress)
+        table, _ = confine_to_evidence(table, TuningEnv(cases, model=config.model, cost_options=config.cost_options()), episodes, progress=progress)
         kept = sum(not rule.keeps_nccl for rule in table.rules)
         notes.append(f"confined to evidence: {kept} acting rule(s) (from {acting}) over {len(episodes)} replayed "
                      f"step(s) of the {'training' if evidence_split == 'train' else 'training and held-out'} "

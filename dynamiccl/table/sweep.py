@@ -216,8 +216,9 @@ class SweepResult:
 
 
 def run_sweep(table: DecisionTable, sweep: Sweep, *, table_path: str = "", model: str | None = None,
-              progress: bool = False) -> SweepResult:
-    """Check ``table`` on every layout of ``sweep`` (module docstring).
+              progress: bool = False, cost_options=None) -> SweepResult:
+    """Check ``table`` on every layout of ``sweep`` (module docstring), under the registered cost
+    model ``model`` made with ``cost_options`` (a ``CostModelOptions``; None: the defaults).
 
     Raises:
         InputError: a layout that cannot be generated or replayed.
@@ -229,7 +230,7 @@ def run_sweep(table: DecisionTable, sweep: Sweep, *, table_path: str = "", model
     cases = [layout_case(layout, sweep.source) for layout in sweep.layouts]
     trained_on = set(table.provenance.get("cases", []) or [])
     checks = check_cases(table, cases, states=sweep.states, model=model, tolerance=sweep.tolerance,
-                         progress=progress)
+                         progress=progress, cost_options=cost_options)
     return SweepResult(table_path, sweep, list(sweep.layouts), checks, [c.label in trained_on for c in cases],
                        time.perf_counter() - started, model)
 

@@ -12,6 +12,7 @@ state) pair, and a training split and a held-out split can use disjoint states.
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -20,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from dynamiccl.costmodel.dynamics import CongestionProcess, check_period, noise_factors
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
+from dynamiccl.costmodel.world import PARAMS_ENV
 from dynamiccl.envspec import EnvSpec, resolve_env
 from dynamiccl.errors import InputError
 from dynamiccl.trace.consistency import require_consistent, require_fit
@@ -95,9 +98,10 @@ def _program(trace: str, step: int | None) -> StepProgram:
     return program
 
 
-@lru_cache(maxsize=256)
-def load_case(case: Case, model: str = DEFAULT_COST_MODEL) -> LoadedCase:
-    """Compile and cost ``case`` (cached per process).
+def load_case(case: Case, model: str = DEFAULT_COST_MODEL, options: CostModelOptions | None = None) -> LoadedCase:
+    """Compile and cost ``case`` with the registered cost model ``model`` made with ``options``
+    (cached per process, per model, options and world parameters file in effect:
+    ``DYNAMICCL_WORLD_PARAMS``, which ``--params`` sets).
 
     Raises:
         InputError: unreadable trace or spec, a step not in the trace, ranks that do not fit together
@@ -105,6 +109,13 @@ def load_case(case: Case, model: str = DEFAULT_COST_MODEL) -> LoadedCase:
             smaller than the trace's (see ``CostTable.build``), or congestion periods too short
             for the step (``dynamics.check_period``).
     """
+    return _load_case(case, model, options or CostModelOptions(), os.environ.get(PARAMS_ENV) or None)
+
+
+@lru_cache(maxsize=256)
+def _load_case(case: Case, model: str, options: CostModelOptions, world_params_file: str | None) -> LoadedCase:
+    """:func:`load_case`, cached on everything its costs depend on (``world_params_file`` is read by
+    the world itself, from the environment)."""
     from dynamiccl.tuning.observation import observe_calls
 
     env = resolve_env(case.env)
@@ -116,7 +127,7 @@ def load_case(case: Case, model: str = DEFAULT_COST_MODEL) -> LoadedCase:
     check_period(env.dynamics, program.busiest_rank_compute_us(), env.source)
     if not program.tunable_calls:
         raise InputError(case.trace, "ops", "the step has no collective NCCL's tuner is asked about; nothing to tune")
-    costs = CostTable.build(program, env, model)
+    costs = CostTable.build(program, env, model, options)
     return LoadedCase(case, env, program, costs, observe_calls(program))
 
 
@@ -136,7 +147,7 @@ _DEFAULT_SCHEDULES: dict[tuple, tuple[float, list[float]]] = {}
 def default_schedule(loaded: LoadedCase, state: int) -> tuple[float, list[float]]:
     """(step time in µs, latest finish of every call in µs) with NCCL's own choices for every
     call, under dynamics ``state`` (cached per process)."""
-    key = (loaded.case, loaded.costs.model, state)
+    key = (loaded.case, loaded.costs.source, state)
     if key not in _DEFAULT_SCHEDULES:
         replay = new_replay(loaded, state)
         replay.run()

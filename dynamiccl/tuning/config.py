@@ -8,7 +8,8 @@ file, the ``section.key`` and what was expected::
     name = "default"            # results go to experiments/<name>/ unless told otherwise (default: file stem)
     description = ""
     seed = 0                    # seeds torch, numpy, the agent and the env's draws of (case, state)
-    model = "world"             # cost model: world | nccl | live
+    model = "world"             # cost model: world | nccl | live | measured
+    measurements = []           # model = "measured": its CSVs (`dynamiccl measure`), relative to this file
 
     [train]
     total_timesteps = 200000    # decisions (one per collective call) over the whole run
@@ -71,6 +72,7 @@ from dynamiccl import schema
 from dynamiccl.envspec import resolve_env
 from dynamiccl.errors import InputError, LayoutError
 from dynamiccl.tuning.cases import Case
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL
 from dynamiccl.tuning.policy_file import ACTIVATIONS  # what a policy file can hold
 from dynamiccl.workload.spec import WORKLOAD, WorkloadSpec
@@ -93,6 +95,9 @@ EXPERIMENT = schema.Schema(
     schema.integer("seed", 0, low=0, high=2**32 - 1,
                    help="seeds torch, numpy, the agent and the env's draws of (case, state)"),
     schema.choice("model", tuple(COST_MODELS), DEFAULT_COST_MODEL, help="the cost model the environment replays with"),
+    schema.json_list("measurements", (), help="with model = \"measured\": its measurements CSVs (`dynamiccl measure`), "
+                                              "relative to this config file",
+                     expect="a list of measurements CSV paths"),
 )
 TRAIN = schema.Schema(
     schema.tables("cases", CASE, [], help="one or more training cases"),
@@ -206,6 +211,11 @@ class ExperimentConfig:
     train: TrainConfig
     heldout: HeldoutConfig
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    measurements: tuple[str, ...] = ()  # the measured model's CSVs, resolved against the config's directory
+
+    def cost_options(self) -> CostModelOptions:
+        """The options the config's cost model is made with (the measured model's CSVs)."""
+        return CostModelOptions(measurements=self.measurements)
 
     def default_output_dir(self) -> Path:
         """``experiments/<name>`` (relative to the current directory)."""
@@ -230,8 +240,11 @@ class ExperimentConfig:
 
     def resume_fingerprint(self) -> dict:
         """What a resumed run must share with the run it continues, as ``{"section.key": value}``
-        (JSON-normalised): the seed, the cost model and every ``[train]`` key but :data:`RESUME_FREE`."""
+        (JSON-normalised): the seed, the cost model (and its measurements) and every ``[train]`` key
+        but :data:`RESUME_FREE`."""
         values = {"experiment.seed": self.seed, "experiment.model": self.model}
+        if self.measurements:  # only when set: runs from before the key stay resumable
+            values["experiment.measurements"] = list(self.measurements)
         for key in TrainConfig.__dataclass_fields__:
             if key == "cases":
                 values["train.cases"] = [c.describe() for c in self.train.cases]
@@ -280,8 +293,36 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         raise InputError(source, "heldout.state_offset",
                          f"held-out dynamics states {heldout.state_offset}..{heldout.state_offset + heldout.states - 1}"
                          f" overlap the training states 0..{train.states - 1}; expected state_offset >= train.states")
+    measurements = _measurement_paths(experiment["model"], experiment["measurements"], source)
     return ExperimentConfig(source, name, experiment["description"], experiment["seed"], experiment["model"],
-                            train, heldout, raw=raw)
+                            train, heldout, raw=raw, measurements=measurements)
+
+
+def _measurement_paths(model: str, values: list, source: str) -> tuple[str, ...]:
+    """``experiment.measurements`` as absolute paths (relative ones against the config's directory).
+
+    Raises:
+        InputError: naming ``experiment.measurements[i]``: not a string, or no such file; naming
+            ``experiment.measurements``: missing with model "measured", or given with another model.
+    """
+    field_name = "experiment.measurements"
+    if model != "measured":
+        if values:
+            raise InputError(source, field_name, f"only model = \"measured\" reads measurements (model is {model!r})")
+        return ()
+    if not values:
+        raise InputError(source, field_name, 'missing: model = "measured" needs its measurements CSVs, e.g. '
+                                             'measurements = ["M.csv"] (written by `dynamiccl measure`)')
+    paths = []
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise schema.expected(source, f"{field_name}[{i}]", "a measurements CSV path", value)
+        path = Path(source).resolve().parent / Path(value).expanduser()
+        if not path.is_file():
+            raise InputError(source, f"{field_name}[{i}]", f"no such file {value!r} (relative paths are read from "
+                                                           f"the config's directory: {path})")
+        paths.append(str(path))
+    return tuple(paths)
 
 
 def _case_specs(cases: list[dict], where: str, source: str, repo_root: Path) -> tuple[CaseSpec, ...]:

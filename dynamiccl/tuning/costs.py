@@ -11,12 +11,15 @@ The model is any registered one (:data:`dynamiccl.costmodel.COST_MODELS`: ``worl
 ``nccl``, ``live``, ...), asked through its one interface. What the model says about itself decides
 what is asked: a model without conditions (NCCL's, live measurement) is asked once per (call,
 action) and its answer holds in every condition; where NCCL's knobs do not apply (live measurement
-on gloo) only NCCL's default is valid, since any other "action" would measure the default again; a
+on gloo) only NCCL's default is valid, since any other "action" would measure the default again (so
+too for measurements of NCCL's default only); an action a model cannot cost (inf: a configuration
+NCCL does not run, or one never measured) is masked; a
 model without point-to-point costs (NCCL's) gets the world's for send/recv and AlltoAll.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -27,6 +30,7 @@ from dynamiccl.costmodel.registry import P2P_REFERENCE_MODEL
 from dynamiccl.callkey import CallKey
 from dynamiccl.costmodel.batch import is_p2p, make_batch
 from dynamiccl.costmodel.nccl_model import NcclModel
+from dynamiccl.costmodel.world import PARAMS_ENV
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import FUNC_OP, NUM_COST_CELLS, TUNABLE_FUNCS
@@ -54,7 +58,8 @@ class CostTable:
     size-independent part, which concurrent calls do not share), ``slowdown`` [K, A] (factor on
     compute running beside the call), ``channels`` [K, A] (channels the call really runs on),
     ``algo``/``proto`` [K, A] (the pair it really runs), and ``nccl_cost`` [K, cells] (NCCL's cost
-    table, -1 where disabled, what a tuner plugin is handed).
+    table, -1 where disabled, what a tuner plugin is handed). ``options``: the model's
+    :class:`CostModelOptions` (e.g. the measured model's CSVs); ``world_params_file``: see :attr:`source`.
     """
 
     model: str
@@ -70,6 +75,14 @@ class CostTable:
     algo: np.ndarray
     proto: np.ndarray
     nccl_cost: np.ndarray
+    options: CostModelOptions = CostModelOptions()
+    world_params_file: str | None = None
+
+    @property
+    def source(self) -> tuple:
+        """What answered, as a cache key: (model name, its options, the world parameters file in effect
+        -- ``DYNAMICCL_WORLD_PARAMS`` / ``--params`` when the table was built, None for the shipped ones)."""
+        return self.model, self.options, self.world_params_file
 
     @classmethod
     def build(cls, program: StepProgram, env: EnvSpec, model: str = DEFAULT_COST_MODEL,
@@ -112,7 +125,8 @@ class CostTable:
                     slowdown=np.ones((len(keys), NUM_ACTIONS)),
                     channels=np.zeros((len(keys), NUM_ACTIONS), dtype=np.int64),
                     algo=np.full((len(keys), NUM_ACTIONS), -1, dtype=np.int64),
-                    proto=np.full((len(keys), NUM_ACTIONS), -1, dtype=np.int64), nccl_cost=nccl_cost)
+                    proto=np.full((len(keys), NUM_ACTIONS), -1, dtype=np.int64), nccl_cost=nccl_cost,
+                    options=options or CostModelOptions(), world_params_file=os.environ.get(PARAMS_ENV) or None)
         table._fill(entry.create(env, options), env, options)
         return table
 
@@ -139,7 +153,7 @@ class CostTable:
         if not model.applies_nccl_knobs:
             self.mask[:] = False
             self.mask[:, DEFAULT_ACTION] = True
-            self.description += ": NCCL's knobs do not apply, only the default is valid"
+            self.description += ": NCCL's knobs do not apply or were not measured, only the default is valid"
         row_key, row_action = np.nonzero(self.mask)
         k = {name: column[row_key] for name, column in key_columns(self.keys).items()}
         n = len(row_key)

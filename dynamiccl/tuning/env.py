@@ -17,6 +17,7 @@ from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS
 from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS
 from dynamiccl.envspec import resolve_env
 from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL, cost_model_entry
 from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.timeline import Replay
@@ -101,7 +102,9 @@ class TuningEnv(gym.Env):
     ## Arguments
     - ``cases``: list of :class:`~dynamiccl.tuning.cases.Case` or ``(trace path, env spec)``
       pairs; default the built-in case (Llama-3 8B TP2 x DP8 on ``h100-ib-2x8-heavy-compute``).
-    - ``model``: ``"world"`` (default), ``"nccl"`` or ``"live"``.
+    - ``model``: a registered cost model (``dynamiccl.costmodel.COST_MODELS``): ``"world"`` (default),
+      ``"nccl"``, ``"live"``, ``"measured"``; ``cost_options``: its options (the measured model's
+      CSVs: ``CostModelOptions(measurements=...)``).
     - ``states``: number of dynamics states to draw from (default 8); ``state_offset``: the first.
     - ``reward_scale``: the 100 above.
 
@@ -120,7 +123,7 @@ class TuningEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, cases: Sequence[Case | tuple] | None = None, model: str = DEFAULT_COST_MODEL, states: int = 8,
-                 state_offset: int = 0, reward_scale: float = 100.0):
+                 state_offset: int = 0, reward_scale: float = 100.0, cost_options: CostModelOptions | None = None):
         super().__init__()
         cost_model_entry(model)  # an unknown name fails here, listing the registered models
         if states < 1 or state_offset < 0:
@@ -130,12 +133,13 @@ class TuningEnv(gym.Env):
             raise InputError(None, "cases", "expected at least one (trace, env spec) case")
         self.cases = cases
         self.model = model
+        self.cost_options = cost_options or CostModelOptions()
         self.states = int(states)
         self.state_offset = int(state_offset)
         self.reward_scale = float(reward_scale)
         self.observation_space = spaces.Box(0.0, 1.0, (OBS_SIZE,), dtype=np.float32)
         self.action_space = spaces.Discrete(NUM_ACTIONS)
-        self._cases = [load_case(c, model) for c in cases]
+        self._cases = [load_case(c, model, self.cost_options) for c in cases]
         # Per case, for the scalar path of step(): per call, its mask as a Python list by action and
         # its observation row; those of the episode's case are _call_valid and _call_obs.
         self._case_valid, self._case_obs = [], []
@@ -242,9 +246,10 @@ class TuningEnv(gym.Env):
         return calls, self._case.obs[calls].astype(np.float32), self._case.costs.call_masks(calls)
 
     @property
-    def case_id(self) -> tuple[Case, str]:
-        """The episode's case and cost model: answers that depend only on them can be cached on it."""
-        return self._case.case, self.model
+    def case_id(self) -> tuple:
+        """The episode's case and what costs it (``CostTable.source``: model, options, world
+        parameters): answers that depend only on them can be cached on it."""
+        return self._case.case, self._case.costs.source
 
     # --- measured: what NCCL's profiler plugin reports once a call has started ---------------------
 

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from dynamiccl import __version__, atomic, schema
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
@@ -475,8 +476,10 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
             "states": states, "online_steps": int(online_steps), "agents": [a.name for a in agents],
             "search": {label: result.to_json() for label, result in search.results.items()},
             "cases": [c.label for c in base.cases],
-            "case_compute": {c.label: load_case(c, base.model).program.compute for c in base.cases},
-            "case_layout": {c.label: load_case(c, base.model).layout_label for c in base.cases}}
+            "case_compute": {c.label: load_case(c, base.model, base.cost_options).program.compute for c in base.cases},
+            "case_layout": {c.label: load_case(c, base.model, base.cost_options).layout_label for c in base.cases}}
+    if base.cost_options.measurements:
+        meta["measurements"] = list(base.cost_options.measurements)
     return Results(steps, _calls_frame(call_parts), meta)
 
 
@@ -486,14 +489,16 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
 @dataclass(frozen=True)
 class EvaluationPlan:
     """What an evaluation replays: ``cases`` under the dynamics ``states``, priced by the cost
-    model ``model`` (a :data:`~dynamiccl.costmodel.registry.COST_MODELS` name), and the episodes
-    the static-best table is fitted on (``fit_cases`` under ``fit_states``)."""
+    model ``model`` (a :data:`~dynamiccl.costmodel.registry.COST_MODELS` name) made with
+    ``cost_options`` (the measured model's CSVs), and the episodes the static-best table is fitted
+    on (``fit_cases`` under ``fit_states``)."""
 
     cases: tuple[Case, ...]
     states: tuple[int, ...]
     fit_cases: tuple[Case, ...]
     fit_states: tuple[int, ...]
     model: str
+    cost_options: CostModelOptions = CostModelOptions()
 
     @classmethod
     def from_config(cls, config_path: str | os.PathLike, run_dir: str | os.PathLike | None = None,
@@ -523,16 +528,17 @@ class EvaluationPlan:
             raise InputError(str(config_path), "heldout.cases", "the config has no held-out cases to evaluate")
         offset = config.heldout.state_offset
         return cls(tuple(cases), tuple(range(offset, offset + config.heldout.states)),
-                   train_cases, tuple(range(config.train.states)), config.model)
+                   train_cases, tuple(range(config.train.states)), config.model, config.cost_options())
 
     @classmethod
     def from_traces(cls, traces: Sequence[str], envs: Sequence[str], states: int = 4, state_offset: int = 1000,
-                    model: str = DEFAULT_COST_MODEL) -> "EvaluationPlan":
+                    model: str = DEFAULT_COST_MODEL, cost_options: CostModelOptions | None = None) -> "EvaluationPlan":
         """Every trace on every environment spec (trace-major), under states ``state_offset ..
         state_offset + states - 1``; static-best is fitted in-sample, on the same cases under other
         dynamics states (``0 .. states - 1``)."""
         cases = tuple(Case(trace, env) for trace in traces for env in envs)
-        return cls(cases, tuple(range(state_offset, state_offset + states)), cases, tuple(range(states)), model)
+        return cls(cases, tuple(range(state_offset, state_offset + states)), cases, tuple(range(states)), model,
+                   cost_options or CostModelOptions())
 
     def env(self) -> TuningEnv:
         """A ``TuningEnv`` over the evaluated cases.
@@ -542,7 +548,7 @@ class EvaluationPlan:
         """
         from dynamiccl.tuning.env import TuningEnv
 
-        return TuningEnv(list(self.cases), model=self.model)
+        return TuningEnv(list(self.cases), model=self.model, cost_options=self.cost_options)
 
     def fit_episodes(self) -> tuple[TuningEnv, list[tuple[int, int]]]:
         """(a ``TuningEnv`` over the fit cases, every (case index, state) of the fit split): the
@@ -550,7 +556,7 @@ class EvaluationPlan:
         from dynamiccl.tuning.env import TuningEnv
 
         episodes = [(case, state) for case in range(len(self.fit_cases)) for state in self.fit_states]
-        return TuningEnv(list(self.fit_cases), model=self.model), episodes
+        return TuningEnv(list(self.fit_cases), model=self.model, cost_options=self.cost_options), episodes
 
 
 @dataclass

@@ -40,6 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.nccl import FUNC_OP, Func
 from dynamiccl.tuning.cases import Case, LoadedCase, load_case, new_replay
@@ -262,7 +263,19 @@ def verdict(default_us: float, search_us: float, line_rate_us: float, no_comm_us
         raise ValueError(f"noise must be a share of the step in [0, 1), got {noise}")
     most, found, ceiling = (100 * gain(default_us, t) for t in (line_rate_us, search_us, no_comm_us))
     noise_pct = 100 * noise
-    at_most = f"tuning NCCL can gain at most {max(most, 0.0):.2f}% of this step (every collective at line rate)"
+    if most < 0.0:
+        # The line rate comes from the spec's datasheet; a cost model that prices the default faster
+        # (a user's measurements on a cluster faster than its spec says) leaves it no bound to give.
+        at_most = (f"NCCL's default is {-most:.2f}% faster than every collective at the spec's line rate as priced "
+                   f"(the spec's datasheet bandwidths are below what the cost model prices, so that bound says "
+                   f"nothing; communication free would gain {ceiling:.2f}%)")
+        if found < noise_pct:
+            return (f"{at_most}; the best table found gains {found:.2f}%, below the ~{noise_pct:.2g}% run-to-run "
+                    f"noise of a training step: not worth a change")
+        return (f"{at_most}; the best table found gains {found:.2f}%, above the ~{noise_pct:.2g}% run-to-run noise: "
+                f"worth trying: write it (--table FILE), run it with `dynamiccl launch --table` and measure it "
+                f"with `dynamiccl verify`")
+    at_most = f"tuning NCCL can gain at most {most:.2f}% of this step (every collective at line rate)"
     if most < noise_pct:
         why = (f"; all communication costs it {ceiling:.2f}%" if ceiling >= noise_pct else "")
         return (f"nothing to gain here: {at_most}, below the ~{noise_pct:.2g}% run-to-run noise of a training "
@@ -330,9 +343,11 @@ class Headroom:
 
 
 def headroom_case(case: Case, states: Sequence[int], *, model: str = DEFAULT_COST_MODEL,
-                  max_sweeps: int | None = None, noise: float = NOTHING_TO_GAIN, progress=None) -> Headroom:
+                  options: CostModelOptions | None = None, max_sweeps: int | None = None,
+                  noise: float = NOTHING_TO_GAIN, progress=None) -> Headroom:
     """Search the best table for ``case``, replay the bounds and break NCCL default's step down, all
-    over the dynamics ``states`` and priced by cost model ``model`` (module docstring).
+    over the dynamics ``states`` and priced by cost model ``model`` made with ``options`` (module
+    docstring).
 
     Args:
         progress: a tqdm-like bar the search advances once per rule key it visits.
@@ -352,7 +367,7 @@ def headroom_case(case: Case, states: Sequence[int], *, model: str = DEFAULT_COS
         raise ValueError("headroom needs at least one dynamics state")
     if not 0.0 <= noise < 1.0:
         raise ValueError(f"noise must be a share of the step in [0, 1), got {noise}")
-    loaded = load_case(case, model)
+    loaded = load_case(case, model, options)
     result = search_case(loaded, states, max_sweeps=DEFAULT_MAX_SWEEPS if max_sweeps is None else max_sweeps,
                          progress=progress)
     bounds = [step_bounds(loaded, state) for state in states]
@@ -412,7 +427,7 @@ def headroom_text(result: Headroom) -> str:
     span = f"{states[0]}..{states[-1]}" if states == list(range(states[0], states[-1] + 1)) and len(states) > 1 \
         else ", ".join(map(str, states))
     lines = [f"headroom of {result.name}, step {result.step}",
-             f"simulated, not measured: {result.cost_model}; NCCL {result.nccl_version}'s own choices as the "
+             f"simulated step, not a measured one; its calls priced by {result.cost_model}; NCCL {result.nccl_version}'s own choices as the "
              f"default; mean over dynamics states {span}",
              "", breakdown_text(result.breakdown), "", step_times_text(result)]
     if result.measured_us is not None:

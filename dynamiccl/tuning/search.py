@@ -434,7 +434,7 @@ def step_bounds(loaded: LoadedCase, state: int) -> StepBounds:
     congestion, no slowdown of the compute beside it, concurrent calls still sharing their links --
     and once with every call taking 0 µs (the ceiling: compute alone, with its dependencies).
     Cached per (case, cost model, state)."""
-    cache_key = (loaded.case, loaded.costs.model, int(state))
+    cache_key = (loaded.case, loaded.costs.source, int(state))
     if cache_key not in _BOUNDS:
         costs = loaded.costs
         line = _uniform_costs(costs, line_rate_times_us(costs, loaded.env))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.tuning.cases import Case, load_case, new_replay
 from dynamiccl.tuning.env import TuningEnv
@@ -61,16 +62,17 @@ class ReplayFigures:
                 "replays_per_s": self.replays_per_s}
 
 
-def replay_case(case: Case, state: int = 0, model: str = DEFAULT_COST_MODEL) -> ReplayFigures:
-    """Compile and cost ``case`` under cost model ``model``, then replay it once with NCCL's choice
-    for every call under dynamics ``state``.
+def replay_case(case: Case, state: int = 0, model: str = DEFAULT_COST_MODEL,
+                cost_options: CostModelOptions | None = None) -> ReplayFigures:
+    """Compile and cost ``case`` under cost model ``model`` (made with ``cost_options``), then replay
+    it once with NCCL's choice for every call under dynamics ``state``.
 
     Raises:
         InputError: an unreadable trace or spec, an unknown cost model, or a step without tunable
             calls (see :func:`~dynamiccl.tuning.cases.load_case`).
     """
     started = time.perf_counter()
-    loaded = load_case(case, model)
+    loaded = load_case(case, model, cost_options)
     compiled_s = time.perf_counter() - started
     started = time.perf_counter()
     replay = new_replay(loaded, state)
@@ -105,7 +107,8 @@ class _UniformValidActions:
         return valid[int(self.draws.pop() * len(valid))]
 
 
-def env_steps_per_s(case: Case, steps: int, model: str = DEFAULT_COST_MODEL, seed: int = 0) -> float:
+def env_steps_per_s(case: Case, steps: int, model: str = DEFAULT_COST_MODEL, seed: int = 0,
+                    cost_options: CostModelOptions | None = None) -> float:
     """``TuningEnv.step`` calls per second over ``steps`` steps on ``case``, each with a uniformly
     random valid action (seeded by ``seed``); episodes restart as they end. Compiling and costing
     the case, and the first reset, are not timed.
@@ -116,7 +119,7 @@ def env_steps_per_s(case: Case, steps: int, model: str = DEFAULT_COST_MODEL, see
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    env = TuningEnv([case], model=model)
+    env = TuningEnv([case], model=model, cost_options=cost_options)
     agent = _UniformValidActions(seed)
     env.reset(seed=seed)
     taken, started = 0, time.perf_counter()

@@ -104,7 +104,7 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
     curve = SpeedupCurve() if start is None else SpeedupCurve.resumed(curve_path, start)
     checkpoints = Checkpoints(t.checkpoint_every, output_dir / "checkpoints", curve, curve_path)
     bar = ProgressBar(target, curve, progress)
-    env = DummyVecEnv([lambda: Monitor(TuningEnv(cases, config.model, t.states))])
+    env = DummyVecEnv([lambda: Monitor(TuningEnv(cases, config.model, t.states, cost_options=config.cost_options()))])
     with contextlib.closing(env), contextlib.closing(bar), _torch_threads(1):
         agent = _new_agent(config, env) if start is None else _resumed_agent(config, env, start)
         remaining = target - agent.num_timesteps
@@ -126,9 +126,12 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
         "episodes": len(curve.rows), "wall_s": round(wall_s, 3), "final_mean_speedup": final,
         "dynamiccl_version": dynamiccl.__version__, "cost_model": config.model, "states": t.states,
         "training_cases": [{"trace": c.trace, "env": c.env, "step": c.step, "label": c.label,
-                            "compute": load_case(c, config.model).program.compute} for c in cases],
+                            "compute": load_case(c, config.model, config.cost_options()).program.compute}
+                           for c in cases],
         "algorithm": "MaskablePPO", "library_versions": _library_versions(), "resumed_from": resumed_from,
     }
+    if config.measurements:
+        provenance["measurements"] = list(config.measurements)
     policy_path = save_policy(output_dir / "policy.zip", agent, provenance)
     result = TrainResult(output_dir, policy_path, int(agent.num_timesteps), len(curve.rows), wall_s, final,
                          config.seed, resumed_from)
