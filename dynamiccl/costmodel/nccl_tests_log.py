@@ -70,7 +70,7 @@ ERROR_TOLERANCE = {"half": 1e-2, "float16": 1e-2, "bfloat16": 1e-2, "float": 1e-
 INTEGER_ERROR_TOLERANCE = 1e-200
 
 _PREFIX = re.compile(r"^(?:\[\d+,\d+\]<std(?:out|err)>:|\d+: )")        # mpirun --tag-output, srun -l
-_RUN_START = re.compile(r"^#\s*(?:nccl-tests version\b|Collective test starting:|nThread\s+\d+)")
+_RUN_START = re.compile(r"^#?\s*(?:nccl-tests version\b|Collective test starting:|nThread\s+\d+)")  # '#' lost in Markdown
 _NTHREAD = re.compile(r"nThread\s+(?P<threads>\d+)\s+nGpus\s+(?P<gpus>\d+)")
 _WARMUP = re.compile(r"warmup iters:\s*(?P<warmup>\d+)\s+iters:\s*(?P<iters>\d+)")
 _VALIDATION = re.compile(r"validation:\s*(?P<validation>\d+)")
@@ -83,7 +83,7 @@ _STARTING = re.compile(r"Collective test starting:\s*(?P<binary>\w+)")
 _BINARY = re.compile(r"(?<![\w-])(?P<name>[a-z_]+)_perf(?:_mpi)?(?![\w-])")
 _ENV_ASSIGN = re.compile(r"\b(?P<var>NCCL_ALGO|NCCL_PROTO)=(?P<value>[\w^,:;]+)")
 _ENV_INFO = re.compile(r"\b(?P<var>NCCL_ALGO|NCCL_PROTO) set by environment to (?P<value>[\w^,:;]+)")
-_FOOTER_END = re.compile(r"^#\s*(?:Avg bus bandwidth|Collective test concluded)")
+_FOOTER_END = re.compile(r"^#?\s*(?:Avg bus bandwidth|Collective test concluded)")
 _TIME_NAMES = ("time", "cputime")
 _WRONG_NAMES = ("#wrong", "error")
 
@@ -203,6 +203,16 @@ def parse_log(text: str, source: str, in_place: bool = False) -> list[Run]:
     """
     runs: list[Run] = []
     run = Run(source, 1)
+    # Lines after a table's rows (a pasted command line, NCCL's init lines) describe the next run: nccl-tests
+    # prints everything about a run before its column header. They wait here for it.
+    pending: list[tuple[str, int]] = []
+
+    def start(new: Run) -> Run:
+        for text_line, number in pending:
+            _read_preamble_line(new, text_line, number)
+        pending.clear()
+        return new
+
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = _PREFIX.sub("", raw, count=1).strip()
         if not line:
@@ -210,13 +220,13 @@ def parse_log(text: str, source: str, in_place: bool = False) -> list[Run]:
         tokens = line.split()
         if _RUN_START.match(line) and run.has_table():
             runs.append(run)
-            run = Run(source, lineno)
+            run = start(Run(source, lineno))
         if _is_column_header(tokens):
             if run.rows or run.cut_rows:      # a second table without a new preamble: keep what is known
                 runs.append(run)
-                run = replace(run, first_line=lineno, rows=[], cut_rows=[], zero_rows=[], ended=False,
-                              binaries=list(run.binaries), devices=list(run.devices),
-                              nccl_versions=list(run.nccl_versions), env=list(run.env))
+                run = start(replace(run, first_line=lineno, rows=[], cut_rows=[], zero_rows=[], elided=[],
+                                    ended=False, binaries=list(run.binaries), devices=list(run.devices),
+                                    nccl_versions=list(run.nccl_versions), env=list(run.env)))
             run.layout = parse_header(tokens, source, lineno)
             continue
         if run.layout is None and _looks_like_bare_row(tokens):
@@ -228,12 +238,15 @@ def parse_log(text: str, source: str, in_place: bool = False) -> list[Run]:
         if run.layout is not None and line in ("...", "\u2026"):
             run.elided.append(lineno)
             continue
-        _read_preamble_line(run, line, lineno)
         if _FOOTER_END.match(line) and run.has_table():
             run.ended = True
             run.last_line = lineno
             runs.append(run)
-            run = Run(source, lineno + 1)
+            run = start(Run(source, lineno + 1))
+        elif run.has_table():
+            pending.append((line, lineno))
+        else:
+            _read_preamble_line(run, line, lineno)
     if run.has_table():
         runs.append(run)
     return [r for r in runs if r.rows or r.cut_rows or r.zero_rows]

@@ -1,0 +1,166 @@
+"""`dynamiccl import nccl-tests`: raw nccl-tests output from public issue threads
+(tests/fixtures/nccl-tests/, sources in its README) into the measurements CSV that validate and
+calibrate read. Every expected number below is the fixture's own row, read off the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dynamiccl.cli import main
+from dynamiccl.costmodel.measurements import load_measurements
+from dynamiccl.costmodel.nccl_tests_log import ImportOptions, import_logs, parse_log, version_from_code
+from dynamiccl.errors import InputError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "nccl-tests"
+
+
+def fixture(name: str) -> str:
+    return str(FIXTURES / name)
+
+
+def rows_of(table) -> list[tuple]:
+    return [(r["size_bytes"], r["time_us"], r["algbw_gbytes_per_s"], r["busbw_gbytes_per_s"]) for r in table.rows]
+
+
+def test_every_fixture_is_listed_with_its_public_source():
+    readme = (FIXTURES / "README.md").read_text(encoding="utf-8")
+    for path in FIXTURES.glob("*.txt"):
+        line = next((row for row in readme.splitlines() if f"`{path.name}`" in row), "")
+        assert "https://github.com/NVIDIA/" in line, path.name
+
+
+def test_out_of_place_columns_by_default_in_place_on_request_and_the_logs_forced_algorithm():
+    options = ImportOptions(system="H100 SXM, 1 GPU per node, 4 NICs", gpus_per_node=1, nodes=2)
+    (table,), warnings = import_logs([fixture("nvidia-nccl-tests-232.txt")], options)
+    assert rows_of(table) == [(2097152, 113.2, 18.53, 18.53), (4194304, 154.4, 27.16, 27.16),
+                              (8388608, 231.4, 36.24, 36.24), (16777216, 420.5, 39.9, 39.9),
+                              (33554432, 812.3, 41.31, 41.31)]
+    assert (table.coll, table.algo, table.proto) == ("allreduce", "tree", "default")  # -x NCCL_ALGO=Tree
+    assert "out-of-place columns" in table.how and "NCCL_ALGO=Tree" in table.how
+    cut = [w for w in warnings if "line 14" in w]
+    assert len(cut) == 1 and "cut short" in cut[0] and "kept the 5 complete row(s)" in cut[0]
+    (in_place,), _ = import_logs([fixture("nvidia-nccl-tests-232.txt")], ImportOptions(
+        system="H100 SXM", gpus_per_node=1, nodes=2, in_place=True))
+    assert rows_of(in_place)[0] == (2097152, 93.35, 22.46, 22.46) and "in-place columns" in in_place.how
+
+
+def test_rows_whose_data_check_failed_are_refused_and_named():
+    options = ImportOptions(system="DGX-H100 + DGX-A100, 1 GPU each, 100GbE", gpus_per_node=1, nodes=2,
+                            nccl_version="2.18.3")
+    (table,), warnings = import_logs([fixture("nvidia-nccl-1184.txt")], options)
+    assert rows_of(table) == [(8, 130.1, 0.0, 0.0), (262144, 325.1, 0.81, 0.81)]
+    refused = [w for w in warnings if "line 10" in w]
+    assert len(refused) == 1 and "size 524288" in refused[0] and "#wrong 237858" in refused[0]
+    assert any("line 8: '...'" in w for w in warnings)                    # rows the poster left out
+    assert any("line 11" in w and "cut short" in w for w in warnings)     # "     1048576"
+    assert (table.proto, table.nccl_version) == ("simple", "2.18.3")      # NCCL_PROTO=SIMPLE in the prose
+
+
+def test_one_process_driving_eight_gpus_is_costed_with_that_launch_mode(tmp_path):
+    out = tmp_path / "m.csv"
+    assert main(["import", "nccl-tests", fixture("nvidia-nccl-318.txt"), "--system", "AWS p3dn.24xlarge",
+                 "-o", str(out)]) == 0
+    (measured,) = load_measurements(out)
+    assert measured.launch_gpus == 8 and (measured.gpus_per_node, measured.nodes) == (8, 1)  # from the device lines
+    assert "Tesla V100-SXM2-32GB" in measured.system                      # --system lacked the GPU
+    assert list(measured.size_bytes) == [8] and list(measured.time_us) == [59.98]  # old `error` 2e-07: kept
+    with pytest.raises(InputError, match=r"line 8: the log's devices list 8 rank\(s\) on 1 host\(s\), but "
+                                         r"--gpus-per-node 4 x --nodes 1 = 4"):
+        import_logs([fixture("nvidia-nccl-318.txt")], ImportOptions(gpus_per_node=4, nodes=1))
+
+
+def test_old_broadcast_header_command_line_and_an_unmodelled_nccl_version():
+    (table,), warnings = import_logs([fixture("nvidia-nccl-tests-82.txt")], ImportOptions())
+    assert rows_of(table) == [(8, 45.82, 0.0, 0.0)]
+    assert (table.coll, table.algo, table.proto) == ("broadcast", "ring", "simple")  # ./build/broadcast_perf, -x ...
+    assert (table.gpus_per_node, table.nodes) == (1, 2)                   # two hosts, one device each
+    assert table.system == "Tesla V100-PCIE-16GB, 1 per node, 2 nodes"
+    assert table.nccl_version.startswith("unknown (NCCL 2.9.6")          # costed with its spec's version
+    assert "data not checked (-c 0)" in table.how and "root 0" in table.how
+    assert any("NCCL 2.9.6 is outside the modelled" in w for w in warnings)
+
+
+def test_newest_preamble_names_the_collective_and_the_nccl_library():
+    assert version_from_code(23102) == "2.31.2" and version_from_code(22703) == "2.27.3"
+    assert version_from_code(2708) == "2.7.8"                             # NCCL_VERSION_CODE before 2.9
+    (run,) = parse_log(Path(fixture("nvidia-dgx-spark-playbooks-103.txt")).read_text(), "f")
+    assert run.tests_version == "2.20.0" and run.binaries[0][:1] == ("all_reduce",)
+    assert [(d.rank, d.host, d.gpu) for d in run.devices] == [(0, "spark-d708", "NVIDIA GB10"),
+                                                              (1, "spark-dbf4", "NVIDIA GB10")]
+    assert [r.size_bytes for r in run.rows] == [8192, 16384, 32768, 65536] and run.cut_rows == [17]
+    with pytest.raises(InputError, match=r"line 3: the log ran all_reduce_perf \(allreduce\), but --coll says allgather"):
+        import_logs([fixture("nvidia-dgx-spark-playbooks-103.txt")], ImportOptions(coll="allgather"))
+
+
+def test_size_zero_rows_are_skipped_and_a_collective_named_only_in_prose_needs_coll():
+    options = ImportOptions(system="unknown GPU", gpus_per_node=4, nodes=2)
+    with pytest.raises(InputError, match=r"line 5: the log names no nccl-tests binary.*give --coll"):
+        import_logs([fixture("nvidia-nccl-tests-128.txt")], options)
+    (table,), warnings = import_logs([fixture("nvidia-nccl-tests-128.txt")], ImportOptions(
+        system="unknown GPU", gpus_per_node=4, nodes=2, coll="reduce_scatter"))
+    assert table.coll == "reducescatter" and rows_of(table) == [(128, 32.31, 0.0, 0.0), (256, 24.01, 0.01, 0.01)]
+    assert any("lines 7, 8, 9, 10, 11: size 0 rows skipped" in w for w in warnings)
+
+
+def test_several_logs_in_one_file_keep_their_own_settings(tmp_path):
+    joined = tmp_path / "runs.log"
+    joined.write_text("".join(Path(fixture(name)).read_text() for name in
+                              ("nvidia-nccl-tests-232.txt", "nvidia-nccl-tests-82.txt")))
+    tables, _ = import_logs([joined], ImportOptions(system="H100 SXM and V100 PCIe", gpus_per_node=1, nodes=2))
+    assert [(t.table, t.coll, t.algo, t.proto, len(t.rows)) for t in tables] == [
+        ("runs-allreduce", "allreduce", "tree", "default", 5), ("runs-broadcast", "broadcast", "ring", "simple", 1)]
+
+
+def test_bad_input_is_named_by_file_line_and_column(tmp_path):
+    text = Path(fixture("nvidia-nccl-tests-232.txt")).read_text()
+    bad = tmp_path / "bad.log"
+    bad.write_text(text.replace("154.4   27.16", "154.4   fast!"))
+    options = ImportOptions(system="H100", gpus_per_node=1, nodes=2)
+    with pytest.raises(InputError, match=r"bad.log: line 10, column algbw: expected a finite number >= 0, got 'fast!'"):
+        import_logs([bad], options)
+    bad.write_text(text.replace("812.3   41.31   41.31      0", "812.3   41.31   41.31      0   0"))
+    with pytest.raises(InputError, match=r"line 13: expected 13 columns as the header at line 7 has, got 14"):
+        import_logs([bad], options)
+    # busbw/algbw = 1 is AllReduce on 2 ranks; 16 ranks would print 1.875
+    with pytest.raises(InputError, match=r"line 9: busbw/algbw = 1.0000, but allreduce on 16 rank\(s\) has "
+                                         r"nccl-tests' bus factor 1.8750"):
+        import_logs([fixture("nvidia-nccl-tests-232.txt")], ImportOptions(system="H100", gpus_per_node=8, nodes=2))
+    # the same rank printed by two processes: nccl-tests without MPI under mpirun (each timed alone)
+    device = "#   Rank  7 Pid  23638 on ip-10-0-26-117 device  7 [0x00] Tesla V100-SXM2-32GB\n"
+    bad.write_text(Path(fixture("nvidia-nccl-318.txt")).read_text().replace(
+        device, device + device.replace("Rank  7 Pid  23638", "Rank  7 Pid  23639")))
+    with pytest.raises(InputError, match=r"line 16: rank 7 is listed again \(first at line 15\) by another process"):
+        import_logs([bad], ImportOptions())
+    with pytest.raises(InputError, match=r"NCCL_ALGO=Tree, but --algo says ring"):
+        import_logs([fixture("nvidia-nccl-tests-232.txt")], ImportOptions(system="H100", gpus_per_node=1, nodes=2,
+                                                                           algo="ring"))
+
+
+def test_options_of_one_kind_of_import_are_refused_for_the_other(tmp_path, capsys):
+    out = str(tmp_path / "x.csv")
+    assert main(["import", "nccl-tests", fixture("nvidia-nccl-tests-82.txt"), "--trust-pickle", "-o", out]) == 2
+    assert "--trust-pickle: only for trace formats" in capsys.readouterr().err
+    assert main(["import", "kineto", fixture("nvidia-nccl-tests-82.txt"), "--system", "H100", "-o", out]) == 2
+    assert "--system: only for `import nccl-tests`, not for `import kineto`" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+def test_headerless_rows_import_and_validate_end_to_end(tmp_path, capsys):
+    out = tmp_path / "h100.csv"
+    assert main(["import", "nccl-tests", fixture("nvidia-nccl-1469.txt"), "--system", "H100 SXM, 16 nodes, IB",
+                 "--gpus-per-node", "8", "--nodes", "16", "--coll", "allreduce", "--nccl-version", "2.20.5",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "no column header before these rows" in printed.err
+    assert "nvidia-nccl-1469-allreduce: costed on spec h100-ib-16x8" in printed.out
+    (measured,) = load_measurements(out)
+    assert list(measured.size_bytes) == [8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+    assert list(measured.time_us) == [72.01, 62.15, 62.18, 62.39, 62.38, 73.17, 67.39, 73.73, 76.84]
+    assert list(measured.busbw_gbytes_per_s)[-3:] == [0.02, 0.03, 0.05] and measured.nccl_version == "2.20.5"
+    assert main(["validate", "--measurements", str(out), "--plot", str(tmp_path / "v.png"),
+                 "--json", str(tmp_path / "v.json")]) == 0
+    report = capsys.readouterr().out
+    assert "nvidia-nccl-1469-allreduce h100-ib-16x8   2.20.5  allreduce           9" in report
+    assert (tmp_path / "v.png").stat().st_size > 0
