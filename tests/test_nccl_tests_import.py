@@ -164,3 +164,39 @@ def test_headerless_rows_import_and_validate_end_to_end(tmp_path, capsys):
     report = capsys.readouterr().out
     assert "nvidia-nccl-1469-allreduce h100-ib-16x8   2.20.5  allreduce           9" in report
     assert (tmp_path / "v.png").stat().st_size > 0
+
+
+# nccl-tests' current header and row formats (NVIDIA/nccl-tests src/util.cu writeResultHeader,
+# writeBenchmarkLinePreamble, writeBenchmarkLineBody, writePerIterReport) and the 2024 side-work one
+# (src/common.cu at 7bd5758), filled the way nccl-tests fills them.
+_LEAD = "# %10s  %12s  %8s  %6s  %6s" % ("size", "count", "type", "redop", "root")
+_ROW_LEAD = "%12li  %12li  %8s  %6s  %6s" % (1048576, 262144, "float", "sum", "-1")
+
+
+@pytest.mark.parametrize("header, body, time_name", [
+    (_LEAD + "  %7s  %6s  %6s  %6s  %7s  %6s  %6s  %6s %*s" % ("time", "algbw", "busbw", "#wrong", "time", "algbw",
+                                                          "busbw", "#wrong", 0, ""),
+     "  %7s  %6s  %6s  %6g" % ("27.76", "37.78", "66.11", 0) + "  %7s  %6s  %6s  %6g" % ("27.49", "38.15", "66.76", 0),
+     "time"),
+    (_LEAD + "  %7s  %6s  %6s  %6s  %7s  %6s  %6s  %6s %*s" % ("cputime", "algbw", "busbw", "#wrong", "cputime", "algbw",
+                                                          "busbw", "#wrong", 19, "timestamp"),
+     "  %7s  %6s  %6s    N/A" % ("27.76", "37.78", "66.11") + "  %7s  %6s  %6s    N/A" % ("27.49", "38.15", "66.76")
+     + " 2025-10-28 12:00:00", "cputime"),
+    (_LEAD + 2 * ("  %7s  %6s  %6s  %6s  %7s  %7s  %7s  %7s" % ("time", "algbw", "busbw", "#wrong", "i_min", "i_max",
+                                                               "i_p99", "i_cv%")),
+     ("  %7s  %6s  %6s  %6g" % ("27.76", "37.78", "66.11", 0) + "  %7s  %7s  %7s  %7s" % ("26.10", "30.02", "29.90", "2.10"))
+     + ("  %7s  %6s  %6s  %6g" % ("27.49", "38.15", "66.76", 0) + "  %7s  %7s  %7s  %7s" % ("26.0", "29.1", "29.0", "1.9")),
+     "time"),
+    (_LEAD + "  %7s  %6s  %6s %6s %6s  %7s  %6s  %6s %6s %6s" % ("time", "algbw", "busbw", "copybw", "#wrong", "time",
+                                                                "algbw", "busbw", "copybw", "#wrong"),
+     "  %7s  %6.2f  %6.2f  %6.2f %5g" % ("27.76", 37.78, 66.11, 12.0, 0) + "  %7s  %6.2f  %6.2f  %6.2f %5g" % (
+         "27.49", 38.15, 66.76, 12.0, 0), "time"),
+])
+def test_every_header_variant_reads_its_out_of_place_group(header, body, time_name):
+    text = f"./build/all_reduce_perf -b 1M -e 1M -g 1\n{header}\n{_ROW_LEAD}{body}\n"
+    (run,) = parse_log(text, "variant.log")
+    assert run.layout.time_name == time_name and run.layout.groups == 2
+    (row,) = run.rows
+    assert (row.size_bytes, row.time_us, row.algbw_gbytes_per_s, row.busbw_gbytes_per_s) == (1048576, 27.76, 37.78, 66.11)
+    (in_place,) = parse_log(text, "variant.log", in_place=True)[0].rows
+    assert (in_place.time_us, in_place.busbw_gbytes_per_s) == (27.49, 66.76)

@@ -10,13 +10,14 @@ starting`` / ``# nThread`` lines and ends at its ``# Avg bus bandwidth`` / ``# C
 concluded`` lines):
 
 - the column header (``#  size  count  type  [redop]  [root]  time algbw busbw #wrong|error ...``),
-  in every spelling nccl-tests has printed (NVIDIA/nccl-tests ``src/common.cu`` before v2.11 printed it
-  per test, without ``redop`` for all_gather/sendrecv and without ``redop`` but with ``root`` for
-  broadcast; ``src/util.cu`` since prints ``size count type redop root``; an ``error`` column (max
-  relative error) before v2.13, ``#wrong`` (wrong elements) since; ``N/A`` for ``-c 0``; ``cputime`` for
-  ``-C``; a ``sidebw`` column; per-iteration ``i_min .. i_cv%`` columns; a trailing timestamp). Columns
-  are found by name, so any of these read the same. A table pasted without its header is read as the
-  standard layout (two groups of time, algbw, busbw, #wrong after 3-5 leading columns), with a warning.
+  in every spelling nccl-tests has printed (NVIDIA/nccl-tests before v2.13 printed it per test in
+  ``src/*.cu``: without ``redop`` for all_gather/sendrecv, with ``root`` but no ``redop`` for
+  broadcast, and an ``error`` column (max relative error); since v2.13 ``size count type redop root``
+  and ``#wrong`` (wrong elements); ``N/A`` for ``-c 0``; ``cputime`` for ``-C``; a ``copybw`` column
+  (2024 side-work builds); per-iteration ``i_min .. i_cv%`` columns and a trailing timestamp in
+  ``src/util.cu`` of 2.17+). Columns are found by name, so any of these read the same. A table pasted
+  without its header is read as the standard layout (two groups of time, algbw, busbw, #wrong after
+  3-5 leading columns), with a warning.
 - which column group: **out-of-place**, the first group every version prints and the one published
   tables report (this project's calibration set reads the same columns); ``in_place=True`` takes the
   in-place group instead. (nccl-tests' own "Avg bus bandwidth" averages both groups.)
@@ -93,7 +94,7 @@ class Layout:
     """The columns of one result table, by name, as its header printed them.
 
     ``lead``: the columns before the first group (size, count, type[, redop][, root]); ``group``: one
-    group's columns (time or cputime, algbw, busbw[, sidebw], #wrong or error[, per-iteration ones]);
+    group's columns (time or cputime, algbw, busbw[, copybw], #wrong or error[, per-iteration ones]);
     ``groups``: 2 (out-of-place, in-place) or 1; ``width``: the tokens of a full row.
     """
 
@@ -111,10 +112,12 @@ class Layout:
 
     @property
     def time_name(self) -> str:
+        """The time column's name: "time", or "cputime" (``-C``)."""
         return next(n for n in self.group if n in _TIME_NAMES)
 
     @property
     def wrong_name(self) -> str | None:
+        """The data-check column's name: "#wrong", "error" (before nccl-tests 2.13), or None."""
         return next((n for n in self.group if n in _WRONG_NAMES), None)
 
 
