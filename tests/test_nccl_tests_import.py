@@ -147,7 +147,7 @@ def test_options_of_one_kind_of_import_are_refused_for_the_other(tmp_path, capsy
     assert not Path(out).exists()
 
 
-def test_headerless_rows_import_and_validate_end_to_end(tmp_path, capsys):
+def test_headerless_rows_import_then_validate_and_calibrate_end_to_end(tmp_path, capsys):
     out = tmp_path / "h100.csv"
     assert main(["import", "nccl-tests", fixture("nvidia-nccl-1469.txt"), "--system", "H100 SXM, 16 nodes, IB",
                  "--gpus-per-node", "8", "--nodes", "16", "--coll", "allreduce", "--nccl-version", "2.20.5",
@@ -164,6 +164,8 @@ def test_headerless_rows_import_and_validate_end_to_end(tmp_path, capsys):
     report = capsys.readouterr().out
     assert "nvidia-nccl-1469-allreduce h100-ib-16x8   2.20.5  allreduce           9" in report
     assert (tmp_path / "v.png").stat().st_size > 0
+    assert main(["calibrate", "--measurements", str(out), "-o", str(tmp_path / "fit.json")]) == 0
+    assert "nvidia-nccl-1469-allreduce" in capsys.readouterr().out and (tmp_path / "fit.json").stat().st_size > 0
 
 
 # nccl-tests' current header and row formats (NVIDIA/nccl-tests src/util.cu writeResultHeader,
@@ -200,3 +202,16 @@ def test_every_header_variant_reads_its_out_of_place_group(header, body, time_na
     assert (row.size_bytes, row.time_us, row.algbw_gbytes_per_s, row.busbw_gbytes_per_s) == (1048576, 27.76, 37.78, 66.11)
     (in_place,) = parse_log(text, "variant.log", in_place=True)[0].rows
     assert (in_place.time_us, in_place.busbw_gbytes_per_s) == (27.49, 66.76)
+
+
+@pytest.mark.parametrize("prefix", ["[1,0]<stdout>:", "0: "])  # mpirun --tag-output, srun -l
+def test_launcher_prefixes_and_nccls_own_setting_lines_are_read_through(prefix, tmp_path):
+    text = Path(fixture("nvidia-nccl-tests-82.txt")).read_text().replace("-x NCCL_ALGO=Ring -x NCCL_PROTO=Simple ", "")
+    text = text.replace("NCCL version 2.9.6+cuda11.2\n", "NCCL version 2.9.6+cuda11.2\n"
+                        "v100-gpu-1:14926:14926 [0] NCCL INFO NCCL_ALGO set by environment to Ring\n")
+    tagged = tmp_path / "tagged.log"
+    tagged.write_text("".join(prefix + line for line in text.splitlines(keepends=True)))
+    (table,), _ = import_logs([tagged], ImportOptions())
+    assert rows_of(table) == [(8, 45.82, 0.0, 0.0)] and (table.coll, table.algo, table.proto) == ("broadcast", "ring",
+                                                                                                   "default")
+    assert (table.gpus_per_node, table.nodes) == (1, 2)
