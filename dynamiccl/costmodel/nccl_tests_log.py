@@ -439,7 +439,7 @@ class ImportOptions:
 
 @dataclass
 class ImportedTable:
-    """One table written: its CSV rows and what was refused, for the report."""
+    """One table to write: its description (the CSV's per-table columns) and its CSV rows."""
 
     table: str
     coll: str
