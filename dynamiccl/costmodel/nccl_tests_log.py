@@ -207,7 +207,8 @@ def parse_log(text: str, source: str, in_place: bool = False) -> list[Run]:
     runs: list[Run] = []
     run = Run(source, 1)
     # Lines after a table's rows (a pasted command line, NCCL's init lines) describe the next run: nccl-tests
-    # prints everything about a run before its column header. They wait here for it.
+    # prints everything about a run before its first row (its communicators are made before the column
+    # header, or right after it with -p 1, src/common.cu). They wait here for the next run.
     pending: list[tuple[str, int]] = []
 
     def start(new: Run) -> Run:
@@ -246,7 +247,7 @@ def parse_log(text: str, source: str, in_place: bool = False) -> list[Run]:
             run.last_line = lineno
             runs.append(run)
             run = start(Run(source, lineno + 1))
-        elif run.has_table():
+        elif run.rows or run.cut_rows or run.zero_rows:
             pending.append((line, lineno))
         else:
             _read_preamble_line(run, line, lineno)
