@@ -133,6 +133,12 @@ def test_bad_input_is_named_by_file_line_and_column(tmp_path):
         device, device + device.replace("Rank  7 Pid  23638", "Rank  7 Pid  23639")))
     with pytest.raises(InputError, match=r"line 16: rank 7 is listed again \(first at line 15\) by another process"):
         import_logs([bad], ImportOptions())
+    bad.write_text(text.replace("./all_reduce_perf", "./gather_perf"))
+    with pytest.raises(InputError, match=r"line 3: gather_perf: its collective is not costed by any cost model"):
+        import_logs([bad], options)
+    with pytest.raises(InputError, match=r"--coll: unknown collective 'allgatherv'"):
+        import_logs([fixture("nvidia-nccl-tests-128.txt")], ImportOptions(system="x", gpus_per_node=4, nodes=2,
+                                                                           coll="allgatherv"))
     with pytest.raises(InputError, match=r"NCCL_ALGO=Tree, but --algo says ring"):
         import_logs([fixture("nvidia-nccl-tests-232.txt")], ImportOptions(system="H100", gpus_per_node=1, nodes=2,
                                                                            algo="ring"))
@@ -215,3 +221,20 @@ def test_launcher_prefixes_and_nccls_own_setting_lines_are_read_through(prefix, 
     assert rows_of(table) == [(8, 45.82, 0.0, 0.0)] and (table.coll, table.algo, table.proto) == ("broadcast", "ring",
                                                                                                    "default")
     assert (table.gpus_per_node, table.nodes) == (1, 2)
+
+
+def test_the_gpu_named_in_the_device_lines_lets_the_table_find_its_spec(tmp_path):
+    from dynamiccl.costmodel.measurements import load_env_dir, map_table
+    from dynamiccl.envspec import env_dir
+
+    # the -g 8 fixture with its GPU renamed to one envs/ has a spec for (a synthetic variant, for this piece)
+    log = tmp_path / "a100.log"
+    text = Path(fixture("nvidia-nccl-318.txt")).read_text()
+    log.write_text(text.replace("Tesla V100-SXM2-32GB", "NVIDIA A100-SXM4-80GB"))
+    out = tmp_path / "a100.csv"
+    assert main(["import", "nccl-tests", str(log), "--system", "one 8-GPU node", "--nccl-version", "2.23.4",
+                 "-o", str(out)]) == 0
+    (measured,) = load_measurements(out)
+    assert measured.system == "one 8-GPU node (NVIDIA A100-SXM4-80GB from the log's device list)"
+    spec = map_table(measured, load_env_dir(env_dir()))
+    assert spec.name == "dgx-a100" and spec.nccl_version == "2.23.4" and measured.launch_gpus == 8
