@@ -12,6 +12,7 @@ from dynamiccl.cli import main
 from dynamiccl.costmodel.measurements import load_measurements
 from dynamiccl.costmodel.nccl_tests_log import ImportOptions, import_logs, parse_log, version_from_code
 from dynamiccl.errors import InputError
+from dynamiccl.nccl import KEEP, Func
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nccl-tests"
 
@@ -238,3 +239,18 @@ def test_the_gpu_named_in_the_device_lines_lets_the_table_find_its_spec(tmp_path
     assert measured.system == "one 8-GPU node (NVIDIA A100-SXM4-80GB from the log's device list)"
     spec = map_table(measured, load_env_dir(env_dir()))
     assert spec.name == "dgx-a100" and spec.nccl_version == "2.23.4" and measured.launch_gpus == 8
+
+
+def test_sendrecv_checked_out_of_place_only_is_a_point_to_point_table(tmp_path):
+    out = tmp_path / "sendrecv.csv"
+    assert main(["import", "nccl-tests", fixture("nvidia-nccl-tests-214.txt"), "--coll", "sendrecv", "--nccl-version",
+                 "2.21.5", "-o", str(out)]) == 0
+    (measured,) = load_measurements(out)
+    assert (measured.coll, measured.func, measured.algo, measured.gpus_per_node, measured.nodes) == (
+        "sendrecv", Func.SEND, KEEP, 1, 2)                               # "p2p": nothing to force
+    assert list(measured.size_bytes) == [256, 512, 1024, 2048, 4096]
+    assert list(measured.time_us) == [34.24, 34.24, 34.24, 31.58, 30.74]
+    assert list(measured.busbw_gbytes_per_s) == [0.01, 0.01, 0.03, 0.06, 0.13]
+    assert "data checked" in measured.how and measured.system == "NVIDIA A40, 1 per node, 2 nodes"
+    with pytest.raises(InputError, match="sendrecv runs as point-to-point transfers"):
+        import_logs([fixture("nvidia-nccl-tests-214.txt")], ImportOptions(coll="sendrecv", algo="ring"))
