@@ -254,3 +254,16 @@ def test_sendrecv_checked_out_of_place_only_is_a_point_to_point_table(tmp_path):
     assert "data checked" in measured.how and measured.system == "NVIDIA A40, 1 per node, 2 nodes"
     with pytest.raises(InputError, match="sendrecv runs as point-to-point transfers"):
         import_logs([fixture("nvidia-nccl-tests-214.txt")], ImportOptions(coll="sendrecv", algo="ring"))
+
+
+def test_the_first_header_printed_milliseconds():
+    # NVIDIA/nccl-tests at its initial commit (v1.0.0/v2.0.0): src/all_reduce.cu print_header and
+    # print_line_header, src/common.cu's "  %7.3f  %5.2f  %5.2f  %7.0le" with the time as deltaSec * 1.0E3
+    header = "# %10s  %12s  %6s  %6s  %7s  %5s  %5s  %7s  %7s  %5s  %5s  %7s" % (
+        "bytes", "N", "type", "op", "time", "algbw", "busbw", "res", "time", "algbw", "busbw", "res")
+    row = "%12li  %12li  %6s  %6s" % (4194304, 1048576, "float", "sum") + \
+        "  %7.3f  %5.2f  %5.2f  %7.0le" % (0.120, 34.95, 61.16, 2e-07) * 2
+    (run,) = parse_log(f"./build/all_reduce_perf -b 4M -e 4M -g 8\n{header}\n{row}\n", "old.log")
+    (parsed,) = run.rows
+    assert (parsed.size_bytes, parsed.time_us, parsed.busbw_gbytes_per_s, parsed.redop) == (4194304, 120.0, 61.16, "sum")
+    assert run.layout.wrong_name == "error"

@@ -10,7 +10,8 @@ starting`` / ``# nThread`` lines and ends at its ``# Avg bus bandwidth`` / ``# C
 concluded`` lines):
 
 - the column header (``#  size  count  type  [redop]  [root]  time algbw busbw #wrong|error ...``),
-  in every spelling nccl-tests has printed (NVIDIA/nccl-tests before v2.13 printed it per test in
+  in every spelling nccl-tests has printed (v1.0/v2.0, 2017-2019: ``bytes N type op ... time algbw
+  busbw res`` with the time in milliseconds, converted to us here; before v2.13 printed per test in
   ``src/*.cu``: without ``redop`` for all_gather/sendrecv, with ``root`` but no ``redop`` for
   broadcast, and an ``error`` column (max relative error); since v2.13 ``size count type redop root``
   and ``#wrong`` (wrong elements); ``N/A`` for ``-c 0``; ``cputime`` for ``-C``; a ``copybw`` column
@@ -86,6 +87,7 @@ _ENV_ASSIGN = re.compile(r"\b(?P<var>NCCL_ALGO|NCCL_PROTO)=(?P<value>[\w^,:;]+)"
 _ENV_INFO = re.compile(r"\b(?P<var>NCCL_ALGO|NCCL_PROTO) set by environment to (?P<value>[\w^,:;]+)")
 _FOOTER_END = re.compile(r"^#?\s*(?:Avg bus bandwidth|Collective test concluded)")
 _TIME_NAMES = ("time", "cputime")
+_OLD_NAMES = {"bytes": "size", "n": "count", "op": "redop", "res": "error"}
 _WRONG_NAMES = ("#wrong", "error")
 
 
@@ -103,6 +105,7 @@ class Layout:
     groups: int
     width: int
     header_line: int | None      # None: no header, the standard layout was assumed
+    time_scale_us: float = 1.0   # us per printed time unit: 1000 for the 2017-2019 headers, which printed ms
 
     def index(self, group: int, name: str) -> int | None:
         """Token index of column ``name`` in group 0 (out-of-place) or 1 (in-place); None if absent."""
@@ -261,9 +264,10 @@ def _is_integer(token: str) -> bool:
 
 
 def _is_column_header(tokens: list[str]) -> bool:
-    """nccl-tests' column-name line: ``#  size  count  type ...`` (the ``#`` may be lost in a paste)."""
-    names = [t.lower() for t in tokens if t != "#"]
-    return len(names) >= 5 and names[0] in ("size", "#size") and names[1] == "count" and \
+    """nccl-tests' column-name line: ``#  size  count  type ...``, or ``#  bytes  N  type ...`` before
+    2019 (the ``#`` may be lost in a paste)."""
+    names = [t.lower().lstrip("#") for t in tokens if t != "#"]
+    return len(names) >= 5 and names[:2] in (["size", "count"], ["bytes", "n"]) and \
         any(n in _TIME_NAMES for n in names)
 
 
@@ -274,7 +278,11 @@ def parse_header(tokens: list[str], source: str, lineno: int) -> Layout:
         InputError: no time column, or leading columns that are not nccl-tests' (size, count, type...).
     """
     names = tuple(t.lower() for t in tokens if t != "#")
-    names = tuple(n.lstrip("#") if n.startswith("#size") else n for n in names)
+    names = (names[0].lstrip("#"), *names[1:])
+    # The first header (NVIDIA/nccl-tests at v1.0.0/v2.0.0, 2017-2019): "bytes N type op ... res", the time
+    # printed in milliseconds (deltaSec * 1.0E3); renamed to today's names, times converted.
+    time_scale_us = 1000.0 if names[0] == "bytes" else 1.0
+    names = tuple(_OLD_NAMES.get(n, n) for n in names)
     times = [i for i, n in enumerate(names) if n in _TIME_NAMES]
     if not times or names[:3] != ("size", "count", "type"):
         raise InputError(source, f"line {lineno}", "expected nccl-tests' column header (size count type [redop] "
@@ -287,7 +295,7 @@ def parse_header(tokens: list[str], source: str, lineno: int) -> Layout:
     groups = 2 if len(times) > 1 else 1
     trailing = names[len(lead) + groups * len(group):]
     width = len(lead) + groups * len(group) + (2 if "timestamp" in trailing else 0)  # date and time tokens
-    return Layout(lead, group, groups, width, lineno)
+    return Layout(lead, group, groups, width, lineno, time_scale_us)
 
 
 def _looks_like_bare_row(tokens: list[str]) -> bool:
@@ -361,7 +369,7 @@ def _add_row(run: Run, tokens: list[str], source: str, lineno: int, in_place: bo
             _number(text, source, lineno, f"{layout.wrong_name} ({'in' if g else 'out-of'}-place)", 0, True)
     run.rows.append(Row(
         line=lineno, size_bytes=size, dtype=lead("type"), redop=lead("redop"), root=lead("root"),
-        time_us=_number(token(time_name), source, lineno, time_name, 0, False),
+        time_us=round(_number(token(time_name), source, lineno, time_name, 0, False) * layout.time_scale_us, 6),
         algbw_gbytes_per_s=_number(token("algbw"), source, lineno, "algbw", 0, True),
         busbw_gbytes_per_s=_number(token("busbw"), source, lineno, "busbw", 0, True),
         algbw_text=token("algbw"), busbw_text=token("busbw"), wrong=wrong))
