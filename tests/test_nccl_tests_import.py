@@ -263,7 +263,9 @@ def test_the_first_header_printed_milliseconds():
         "bytes", "N", "type", "op", "time", "algbw", "busbw", "res", "time", "algbw", "busbw", "res")
     row = "%12li  %12li  %6s  %6s" % (4194304, 1048576, "float", "sum") + \
         "  %7.3f  %5.2f  %5.2f  %7.0le" % (0.120, 34.95, 61.16, 2e-07) * 2
-    (run,) = parse_log(f"./build/all_reduce_perf -b 4M -e 4M -g 8\n{header}\n{row}\n", "old.log")
+    device = "#   Rank %2d on %10s device %2d [0x%02x] %s" % (0, "dgx1", 0, 6, "Tesla V100-SXM2-16GB")  # no Pid yet
+    (run,) = parse_log(f"./build/all_reduce_perf -b 4M -e 4M -g 8\n{device}\n{header}\n{row}\n", "old.log")
+    assert [(d.rank, d.host, d.gpu) for d in run.devices] == [(0, "dgx1", "Tesla V100-SXM2-16GB")]
     (parsed,) = run.rows
     assert (parsed.size_bytes, parsed.time_us, parsed.busbw_gbytes_per_s, parsed.redop) == (4194304, 120.0, 61.16, "sum")
     assert run.layout.wrong_name == "error"

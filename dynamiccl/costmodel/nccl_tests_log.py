@@ -11,7 +11,8 @@ concluded`` lines):
 
 - the column header (``#  size  count  type  [redop]  [root]  time algbw busbw #wrong|error ...``),
   in every spelling nccl-tests has printed (v1.0/v2.0, 2017-2019: ``bytes N type op ... time algbw
-  busbw res`` with the time in milliseconds, converted to us here; before v2.13 printed per test in
+  busbw res`` with the time in milliseconds, converted to us here; later versions before v2.13 printed
+  it per test in
   ``src/*.cu``: without ``redop`` for all_gather/sendrecv, with ``root`` but no ``redop`` for
   broadcast, and an ``error`` column (max relative error); since v2.13 ``size count type redop root``
   and ``#wrong`` (wrong elements); ``N/A`` for ``-c 0``; ``cputime`` for ``-C``; a ``copybw`` column
@@ -76,7 +77,8 @@ _RUN_START = re.compile(r"^#?\s*(?:nccl-tests version\b|Collective test starting
 _NTHREAD = re.compile(r"nThread\s+(?P<threads>\d+)\s+nGpus\s+(?P<gpus>\d+)")
 _WARMUP = re.compile(r"warmup iters:\s*(?P<warmup>\d+)\s+iters:\s*(?P<iters>\d+)")
 _VALIDATION = re.compile(r"validation:\s*(?P<validation>\d+)")
-_DEVICE = re.compile(r"Rank\s+(?P<rank>\d+)\s+(?:Group\s+\d+\s+)?Pid\s+(?P<pid>\d+)\s+on\s+(?:(?P<host>\S+)\s+)?"
+# "Rank R [Group G] [Pid P] on HOST device D [bus] NAME": Pid since 2019, Group since 2022 (src/common.cu)
+_DEVICE = re.compile(r"Rank\s+(?P<rank>\d+)\s+(?:Group\s+\d+\s+)?(?:Pid\s+(?P<pid>\d+)\s+)?on\s+(?:(?P<host>\S+)\s+)?"
                      r"device\s+(?P<device>\d+)\s+\[[^\]]*\]\s+(?P<gpu>.+?)\s*$")
 _NCCL_VERSION = re.compile(r"\bNCCL version (?P<version>\d+\.\d+\.\d+)")
 _LIBRARY_CODE = re.compile(r"nccl-library=(?P<code>\d+)")
@@ -385,7 +387,7 @@ def _read_preamble_line(run: Run, line: str, lineno: int) -> None:
             run.validation = int(v["validation"])
         return
     if m := _DEVICE.search(line):
-        run.devices.append(Device(lineno, int(m["rank"]), int(m["pid"]), m["host"] or "", m["gpu"]))
+        run.devices.append(Device(lineno, int(m["rank"]), int(m["pid"] or 0), m["host"] or "", m["gpu"]))
         return
     if m := _TESTS_VERSION.search(line):
         run.tests_version = m["version"]
