@@ -234,11 +234,12 @@ def test_building_the_parser_imports_no_numerical_or_learning_library():
 
 
 def test_format_choices_are_the_registered_importers_and_exporters():
-    from dynamiccl.cli.trace import EXPORT_FORMATS, IMPORT_FORMATS
+    from dynamiccl.cli.trace import EXPORT_FORMATS, IMPORT_FORMATS, TRACE_IMPORT_FORMATS
     from dynamiccl.profiler.exporters import EXPORTERS
     from dynamiccl.profiler.importers import IMPORTERS
 
-    assert IMPORT_FORMATS == tuple(IMPORTERS) and EXPORT_FORMATS == tuple(EXPORTERS)
+    assert TRACE_IMPORT_FORMATS == tuple(IMPORTERS) and EXPORT_FORMATS == tuple(EXPORTERS)
+    assert IMPORT_FORMATS == (*TRACE_IMPORT_FORMATS, "nccl-tests")  # measurements, not a trace
 
 
 @pytest.mark.parametrize("fmt", ["chakra", "param"])

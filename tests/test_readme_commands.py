@@ -113,6 +113,11 @@ CHECKS: dict[str, Check] = {
     "dynamiccl validate --plot validation.png": RUN,
     "dynamiccl validate --leave-one-out --plot validation-loo.png": starts(r"leave-one-table-out:\s+\d+%"),
     "dynamiccl calibrate -o my_params.json": RUN,
+    "dynamiccl import nccl-tests tests/fixtures/nccl-tests/nvidia-nccl-1469.txt --system \"H100 SXM, 16 nodes, IB\" "
+    "--gpus-per-node 8 --nodes 16 --coll allreduce --nccl-version 2.20.5 -o my-nccl-tests.csv": RUN,
+    "dynamiccl validate --measurements my-nccl-tests.csv --plot my-nccl-tests.png": RUN,
+    "dynamiccl import nccl-tests all_reduce.log all_gather.log --system \"8x H100 SXM, NVSwitch, 2 nodes, IB\" "
+    "-o m.csv": needs("the user's nccl-tests logs"),
     "DYNAMICCL_WORLD_PARAMS=my_params.json dynamiccl simulate --env dgx-h100 --coll allreduce": RUN,
     "dynamiccl simulate --env l40s-pcie-1x2 --coll allreduce -b 8 -e 128M -f 8 --model measured --measurements "
     "dynamiccl/data/calibration/more-systems.csv": RUN,

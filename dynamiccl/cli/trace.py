@@ -7,14 +7,25 @@ import argparse
 import json
 import sys
 
+from dynamiccl import schema
 from dynamiccl.cli.common import invocation, wrapped_command
+from dynamiccl.cluster import MAX_GPUS_PER_NODE, MAX_NODES
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs, claim_output_dir
 
 # The keys of dynamiccl.profiler.importers.IMPORTERS and dynamiccl.profiler.exporters.EXPORTERS, listed here so
 # that building the parser imports neither (they need pandas); a test checks that they agree.
-IMPORT_FORMATS = ("kineto", "flight-recorder", "nccl-log", "inspector")
+TRACE_IMPORT_FORMATS = ("kineto", "flight-recorder", "nccl-log", "inspector")
 EXPORT_FORMATS = ("chakra", "param")
+# `import nccl-tests` reads nccl-tests output into a measurements CSV (dynamiccl.costmodel.nccl_tests_log), not a trace.
+NCCL_TESTS_FORMAT = "nccl-tests"
+IMPORT_FORMATS = (*TRACE_IMPORT_FORMATS, NCCL_TESTS_FORMAT)
+# Options of one kind of import only (dest -> flag), refused for the other kind.
+_NCCL_TESTS_ONLY = {"system": "--system", "nodes": "--nodes", "coll": "--coll", "algo": "--algo", "proto": "--proto",
+                    "nccl_version": "--nccl-version", "table": "--table", "in_place": "--in-place"}
+_TRACE_ONLY = {"trust_pickle": "--trust-pickle"}
+_GPUS_PER_NODE = schema.argument(schema.integer("--gpus-per-node", low=1, high=MAX_GPUS_PER_NODE))
+_NODES = schema.argument(schema.integer("--nodes", low=1, high=MAX_NODES))
 
 
 def add(sub) -> None:
@@ -53,15 +64,35 @@ def add(sub) -> None:
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("import", help="convert traces people already have into a dynamiccl trace",
+    p = sub.add_parser("import", help="convert traces people already have into a dynamiccl trace, or nccl-tests "
+                                      "output into a measurements CSV",
                        description="Import PyTorch profiler (Kineto) JSON, Flight Recorder dumps, NCCL_DEBUG=INFO "
-                                   "logs (COLL, TUNING) or NCCL Inspector JSON into the trace format.")
+                                   "logs (COLL, TUNING) or NCCL Inspector JSON into the trace format; or (`import "
+                                   "nccl-tests`) the output of all_reduce_perf and the other nccl-tests binaries into "
+                                   "a measurements CSV that `dynamiccl validate` and `calibrate` read.")
     p.add_argument("format", choices=IMPORT_FORMATS)
-    p.add_argument("files", nargs="+", help="input files (one per rank, or merged)")
-    p.add_argument("-o", "--output", required=True, help="trace file to write (.parquet)")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node, for node counts (default 8)")
+    p.add_argument("files", nargs="+", help="input files (one per rank, or merged; nccl-tests: logs as pasted)")
+    p.add_argument("-o", "--output", required=True,
+                   help="trace file to write (.parquet); nccl-tests: measurements CSV to write")
+    p.add_argument("--gpus-per-node", type=_GPUS_PER_NODE, default=None,
+                   help="GPUs per node (traces: for node counts, default 8; nccl-tests: default from the log's "
+                        "'# Using devices' lines)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow pickled Flight Recorder dumps (only for files you trust: unpickling runs code)")
+    n = p.add_argument_group("nccl-tests only")
+    n.add_argument("--system", help="the hardware, as the measurements' system text (e.g. \"8x H100 SXM, NVSwitch, "
+                                    "2 nodes, IB\"); the log's GPU name is added when it lacks one (default: the "
+                                    "log's GPU and layout)")
+    n.add_argument("--nodes", type=_NODES, default=None, help="nodes the run spanned (default: from the log)")
+    n.add_argument("--coll", help="the collective, where the log names no nccl-tests binary (allreduce, allgather, "
+                                  "reducescatter, broadcast, reduce, alltoall, sendrecv)")
+    n.add_argument("--algo", help="the algorithm NCCL_ALGO forced, where the log does not show it (default: the "
+                                  "log's NCCL_ALGO, else NCCL's own choice)")
+    n.add_argument("--proto", help="the protocol NCCL_PROTO forced (default: the log's NCCL_PROTO, else NCCL's)")
+    n.add_argument("--nccl-version", help="the NCCL version, where the log does not print it (e.g. 2.23.4)")
+    n.add_argument("--table", help="table id prefix (default: each log's file name)")
+    n.add_argument("--in-place", action="store_true",
+                   help="take the in-place columns (default: out-of-place, the first group nccl-tests prints)")
     p.set_defaults(func=cmd_import)
 
 
@@ -168,12 +199,69 @@ def cmd_profile(args) -> int:
     return status
 
 
+def _refuse_other_kind(args) -> None:
+    """Refuse options that belong to the other kind of import (traces vs nccl-tests).
+
+    Raises:
+        InputError: naming the first such option.
+    """
+    nccl_tests = args.format == NCCL_TESTS_FORMAT
+    for dest, flag in (_TRACE_ONLY if nccl_tests else _NCCL_TESTS_ONLY).items():
+        if getattr(args, dest) not in (None, False):
+            kind = ("trace formats" + f" ({', '.join(TRACE_IMPORT_FORMATS)})") if nccl_tests else "`import nccl-tests`"
+            raise InputError(flag, None, f"only for {kind}, not for `import {args.format}`")
+
+
 def cmd_import(args) -> int:
+    _refuse_other_kind(args)
+    if args.format == NCCL_TESTS_FORMAT:
+        return cmd_import_nccl_tests(args)
     from dynamiccl.profiler.importers import import_files
 
     check_outputs(args.output)
-    trace = import_files(args.format, args.files, gpus_per_node=args.gpus_per_node, trust_pickle=args.trust_pickle)
+    gpus_per_node = args.gpus_per_node if args.gpus_per_node is not None else 8
+    trace = import_files(args.format, args.files, gpus_per_node=gpus_per_node, trust_pickle=args.trust_pickle)
     trace.write(args.output)
     print(f"wrote {args.output}: {len(trace.communication_ops)} communication ops on {len(trace.ranks)} rank(s) "
           f"from {len(args.files)} {args.format} file(s)")
+    return 0
+
+
+def cmd_import_nccl_tests(args) -> int:
+    """``dynamiccl import nccl-tests LOG... -o M.csv``: warnings on stderr, then each table nccl-tests
+    style, then the spec in ``envs/`` each table maps to (what validate and calibrate will cost it on)."""
+    from dynamiccl.costmodel.measurements import load_env_dir, load_measurements, map_table, write_measurements
+    from dynamiccl.costmodel.nccl_tests_log import ImportOptions, import_logs
+    from dynamiccl.envspec import env_dir
+
+    check_outputs(args.output)
+    options = ImportOptions(system=args.system, gpus_per_node=args.gpus_per_node, nodes=args.nodes, coll=args.coll,
+                            algo=args.algo, proto=args.proto, nccl_version=args.nccl_version, table=args.table,
+                            in_place=args.in_place)
+    tables, warnings = import_logs(args.files, options)
+    for warning in warnings:
+        print(f"import nccl-tests: warning: {warning}", file=sys.stderr)
+    write_measurements(args.output, [row for table in tables for row in table.rows])
+    for table in tables:
+        print(f"# {table.table}: {table.coll} on {table.gpus_per_node} GPU(s) x {table.nodes} node(s), "
+              f"algo {table.algo}, proto {table.proto}, NCCL {table.nccl_version}")
+        print(f"#   system: {table.system}")
+        print(f"#   how: {table.how}")
+        print(f"# {'size(B)':>12}  {'time(us)':>10}  {'algbw(GB/s)':>11}  {'busbw(GB/s)':>11}")
+        for row in table.rows:
+            print(f"  {row['size_bytes']:>12}  {row['time_us']:>10.2f}  {row['algbw_gbytes_per_s']:>11.2f}  "
+                  f"{row['busbw_gbytes_per_s']:>11.2f}")
+    print(f"wrote {args.output}: {len(tables)} table(s), {sum(len(t.rows) for t in tables)} row(s) from "
+          f"{len(args.files)} log(s)")
+    try:
+        specs = load_env_dir(env_dir())
+    except InputError as exc:  # an installed package without the repository's envs/
+        print(f"import nccl-tests: no spec mapping shown ({exc})", file=sys.stderr)
+        return 0
+    for measured in load_measurements(args.output):  # what validate/calibrate read back
+        try:
+            print(f"# {measured.table}: costed on spec {map_table(measured, specs).name} by validate/calibrate")
+        except InputError as exc:
+            print(f"import nccl-tests: warning: {measured.table}: {exc.problem}; validate/calibrate will refuse it "
+                  "(name the GPU in --system, or add a spec)", file=sys.stderr)
     return 0

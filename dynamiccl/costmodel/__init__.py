@@ -8,7 +8,7 @@ CostResult`` and ``describe()``) and are registered once by name in :data:`COST_
   baseline), pinned to an NCCL version (``nccl_model``, ``nccl_constants``, ``topology``);
 - ``world``, :class:`WorldModel`: what actually happens: NCCL's structure plus the effects its
   model leaves out, calibrated against measured nccl-tests tables (``world``, ``dynamics``,
-  ``calibration``, ``measurements``);
+  ``calibration``, ``measurements``; ``nccl_tests_log`` reads raw nccl-tests output into them);
 - ``live``, :class:`~dynamiccl.costmodel.live.LiveCostModel`: real collectives through
   torch.distributed on this machine (``live``);
 - ``measured``, :class:`~dynamiccl.costmodel.measured.MeasuredModel`: a user's own measurements
