@@ -50,6 +50,7 @@ REMOVED_ENV = ("DYNAMICCL_TUNER_TABLE", "NCCL_ALGO", "NCCL_PROTO")
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
 OVERRUN_S = 120.0  # a job still running this long after its budget is stopped (a hung collective)
 POLL_S = 0.2
+RESERVE_MIN_S, RESERVE_MAX_S = 5.0, 30.0  # of the budget, kept for the end of the job and the outputs
 
 
 class MeasureError(DynamicclError):
@@ -132,7 +133,8 @@ def measure(trace_path: str | os.PathLike, output_csv: str | os.PathLike, comman
         env["NCCL_TUNER_PLUGIN"] = str(instrumented)
         root = str(Path(__file__).resolve().parents[2])  # the workers import this very dynamiccl
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        reserve_s = min(30.0, 0.1 * budget_s)  # for the workers' results and this command's outputs
+        # The ranks' teardown (destroy_process_group, the launcher's exit) and this command's outputs.
+        reserve_s = min(RESERVE_MAX_S, max(RESERVE_MIN_S, 0.15 * budget_s))
         deadline = started + budget_s - reserve_s
         job = command + ["-m", WORKER_MODULE, "--plan", str(work / "plan.json"), "--out", str(work),
                          "--deadline", f"{deadline:.3f}", "--iters", str(iters), "--warmup", str(warmup),

@@ -5,7 +5,9 @@ The budget is shared out item by item: an item starts with an equal share of the
 (``(deadline - now) / items left``), so a budget too short for the whole plan still reaches every
 item, and an item that finishes early leaves its time to the rest.
 
-Within an item:
+First, NCCL's default of every item gets ``warmup`` untimed calls and :data:`SCREEN_REPS` timed
+repetitions, item after item, so that even a budget too short for anything else gives every item its
+baseline. Then, within each item in turn:
 
 1. **Screening.** Every configuration in plan order (NCCL's default first) gets ``warmup`` untimed
    calls and :data:`SCREEN_REPS` timed repetitions.
@@ -113,12 +115,17 @@ class Scheduler:
         self.stopped_by_budget = False
         self._last: Step | None = None
         self._gemm_queue: list[int] = []
+        self._first_pass = [i for i in self.todo if self.states[i][0].status == "waiting"]
 
     # --- what to do next -------------------------------------------------------------------------
 
     def next(self) -> Step:
         """The next step for every rank (END when the plan is done or the deadline has passed)."""
         now = self.clock()
+        if self._first_pass and now < self.deadline:  # NCCL's default of every item first
+            self._last = Step(MEASURE, self._first_pass.pop(0), 0, min(SCREEN_REPS, self.iters), self.warmup)
+            return self._last
+        self._first_pass.clear()
         while True:
             if self.item < 0 or self._item_over(now):
                 if self.item >= 0:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import json
 import os
 import platform
@@ -189,20 +190,26 @@ class Worker:
             self.gemm = GemmBeside(self.device)
         self._op_item = -1
         self._op = None
+        self._variant: dict[int, int] = {}  # item -> the variant of make_op that works
 
     # --- one step ---------------------------------------------------------------------------------
 
     def _op_for(self, index: int, item: Item, group, sync):
+        """The call that times item ``index`` (buffers for one item at a time), the torch call's name,
+        and the untimed calls made here. Which variant works is found once per item (its first call,
+        on every member alike: a member that met other items in between must not probe again)."""
         from dynamiccl.costmodel.live import first_working, make_op
 
         if self._op_item != index:
-            variants, names = make_op(item.op_spec(self.backend), self.device, group)
-            self._op_item, self._op = index, [variants, names, None]
-        variants, names, chosen = self._op
+            self._op = None  # free the previous item's buffers first
+            self._op = make_op(item.op_spec(self.backend), self.device, group)
+            self._op_item = index
+        variants, names = self._op
         calls = 0
-        if chosen is None:
-            chosen = self._op[2] = first_working(variants, sync)
+        if index not in self._variant:
+            self._variant[index] = first_working(variants, sync)
             calls = 1
+        chosen = self._variant[index]
         return variants[chosen], names[chosen], calls
 
     def measure(self, step: Step) -> tuple[list[float], list[list[float]], str]:
@@ -346,12 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
     parser.add_argument("--timeout-s", type=float, default=1800.0)
     args = parser.parse_args(argv)
+    rank_env()  # fails at once, before torch is imported, outside a launcher
     path = os.environ.get(PLUGIN_ENV)
     if not path or not os.path.isabs(path):
         raise RuntimeError(f"{PLUGIN_ENV} must name the instrumented plugin by absolute path (dynamiccl measure sets "
                            f"it), got {path!r}")
     library = InstrumentedTunerLibrary(path)
     _Clearing(library)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` a stuck rank: its stacks
     try:
         Worker(args, library).run()
     finally:
