@@ -43,6 +43,7 @@ from dynamiccl import atomic
 from dynamiccl.errors import DynamicclError, InputError
 from dynamiccl.measure.plan import DEFAULT_CHANNELS, Plan, build_plan
 from dynamiccl.measure.schedule import PRUNE_RATIO, SCREEN_REPS
+from dynamiccl.measure.worker import term_with_parent
 
 PREFIX = "dynamiccl measure: "
 WORKER_MODULE = "dynamiccl.measure.worker"
@@ -181,7 +182,7 @@ def _run_job(job: list[str], env: dict, work: Path, hard_deadline: float, progre
     with open(log, "wb") as handle:  # a file, not a pipe: a full pipe would block the job
         try:
             child = subprocess.Popen(job, env=env, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=term_with_parent)
         except OSError as exc:
             raise InputError("measure", None, f"cannot run {job[0]!r}: {exc.strerror}") from None
     bar = None
@@ -209,7 +210,9 @@ def _run_job(job: list[str], env: dict, work: Path, hard_deadline: float, progre
     if child.returncode != 0:
         tail = _tail(work)
         status = child.returncode if child.returncode > 0 else 128 - child.returncode
-        raise MeasureError(f"the job exited with status {status}: {cause_line(tail)}\nits output ends with:\n{tail}")
+        killed = f" (killed by {signal.Signals(status - 128).name})" if 128 < status < 128 + signal.NSIG else ""
+        raise MeasureError(f"the job exited with status {status}{killed}: {cause_line(tail)}\n"
+                           f"its output ends with:\n{tail}")
 
 
 def _read_progress(work: Path) -> dict | None:

@@ -96,6 +96,18 @@ def probe(library: InstrumentedTunerLibrary, comm, item_coll: str, size_bytes: i
     return [result.algorithm, result.protocol, result.n_channels, int(source)]
 
 
+def term_with_parent() -> None:
+    """SIGTERM this process when its parent dies, however it dies (even SIGKILL, which no handler
+    sees): the launcher when ``dynamiccl measure`` dies, a rank when its launcher dies, so that no
+    job outlives the command that watches it (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 class _Clearing:
     """Clear the override when a terminating signal arrives, then let the signal do what it would."""
 
@@ -360,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"it), got {path!r}")
     library = InstrumentedTunerLibrary(path)
     _Clearing(library)
+    term_with_parent()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` a stuck rank: its stacks
     try:
         Worker(args, library).run()
