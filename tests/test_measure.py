@@ -252,12 +252,13 @@ def test_with_gemm_rows_have_their_own_table_and_the_gemm_slowdown(full_run):
     from dynamiccl.measure.plan import Plan
     from dynamiccl.measure.run import gemm_slowdowns
 
-    out, _, report = full_run
+    out, done, report = full_run
     gemm = [t for t in load_measurements(out / "m.csv") if t.table.endswith("-gemm")]
     assert sum(len(t.size_bytes) for t in gemm) == len(report["plan"]["items"])  # every item's default
     assert all("GEMM in a thread beside" in t.how for t in gemm)
     slowdowns = gemm_slowdowns(Plan.from_json(report["plan"]), report["results"])
     assert slowdowns and all(s["gemm_slowdown"] > 0 and s["collective_beside_gemm_us"] > 0 for s in slowdowns)
+    assert report["gemm_slowdowns"] == slowdowns and "GEMM beside allreduce 4x1 4 B default" in done.stderr
 
 
 def test_a_budget_stops_the_run_on_time_and_a_shape_too_big_is_reported(tiny_trace, tmp_path):

@@ -154,7 +154,8 @@ def measure(trace_path: str | os.PathLike, output_csv: str | os.PathLike, comman
     lines += _describe_results(plan, results, rows, not_written, budget_s, time.time() - started)
     report = {"command": job[: len(command)], "trace": os.fspath(trace_path), "budget_s": budget_s,
               "elapsed_s": time.time() - started, "output": os.fspath(output_csv), "plan": plan.to_json(),
-              "results": results, "rows_written": len(rows), "not_written": not_written, "lines": lines}
+              "results": results, "rows_written": len(rows), "not_written": not_written,
+              "gemm_slowdowns": gemm_slowdowns(plan, results) if with_gemm else None, "lines": lines}
     from dynamiccl.costmodel.measurements import write_measurements
 
     write_measurements(output_csv, rows)
@@ -336,8 +337,15 @@ def gemm_slowdowns(plan: Plan, results: dict) -> list[dict]:
 def _describe_results(plan: Plan, results: dict, rows: list[dict], not_written: list[str], budget_s: float,
                       elapsed_s: float) -> list[str]:
     lines = []
-    backend = (f"NCCL {results['nccl_version']} on {results['device']}" if results["backend"] == "nccl"
-               else f"gloo on {results['device']} (no NCCL)")
+    if results["backend"] == "nccl":
+        from dynamiccl.doctor import tuner_abi_for
+        from dynamiccl.nccl import parse_version
+
+        abi = tuner_abi_for(parse_version(results["nccl_version"]))
+        backend = (f"NCCL {results['nccl_version']} on {results['device']}, which loads tuner ABI "
+                   f"{f'v{abi}' if abi else 'none dynamiccl supports'}")
+    else:
+        backend = f"gloo on {results['device']} (no NCCL)"
     lines.append(f"ran on {results['world_size']} ranks, {backend}; plugin {results['plugin']['path']}")
     for key, placed in results["placements"].items():
         if isinstance(placed, str):
@@ -359,6 +367,11 @@ def _describe_results(plan: Plan, results: dict, rows: list[dict], not_written: 
     budget = f"budget {budget_s:.0f} s, used {elapsed_s:.0f} s"
     lines.append(budget + ("; stopped by the budget (configurations not reached are in --json)"
                            if results["stopped_by_budget"] else "; the plan finished within it"))
+    for entry in gemm_slowdowns(plan, results) if results.get("gemm") else []:
+        if entry["collective_us"] is None or entry["gemm_slowdown"] is None:
+            continue
+        lines.append(f"GEMM beside {entry['item']} {entry['config']}: collective {entry['collective_us']:.1f} -> "
+                     f"{entry['collective_beside_gemm_us']:.1f} us, GEMM x{entry['gemm_slowdown']:.2f}")
     lines.append(f"wrote {len(rows)} row(s)")
     for line in lines:
         say(line)
