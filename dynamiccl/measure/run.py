@@ -152,6 +152,10 @@ def measure(trace_path: str | os.PathLike, output_csv: str | os.PathLike, comman
     run_id = datetime.datetime.fromtimestamp(started, datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     rows, not_written = measurement_rows(plan, results, system, run_id)
     lines += _describe_results(plan, results, rows, not_written, budget_s, time.time() - started)
+    if not rows:
+        placed = "; ".join(f"shape {k}: {v}" for k, v in results["placements"].items() if isinstance(v, str))
+        raise MeasureError("nothing was measured, so nothing is written: "
+                           + (placed or f"the budget ({budget_s:.0f} s) ran out before the first repetition"))
     report = {"command": job[: len(command)], "trace": os.fspath(trace_path), "budget_s": budget_s,
               "elapsed_s": time.time() - started, "output": os.fspath(output_csv), "plan": plan.to_json(),
               "results": results, "rows_written": len(rows), "not_written": not_written,
