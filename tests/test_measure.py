@@ -287,3 +287,47 @@ def test_a_failing_job_is_reported_with_the_reason(tiny_trace, tmp_path):
     assert done.returncode == 2
     assert "the job exited with status 1: RuntimeError: no RANK/WORLD_SIZE (torchrun) or SLURM_PROCID" in done.stderr
     assert not (tmp_path / "m.csv").exists() and not list(tmp_path.glob(".dynamiccl-measure-*"))
+
+
+# --- the NCCL side of the bookkeeping, without a GPU ----------------------------------------------------
+
+def member(calls_made: int, overridden: int, refused: int = 0) -> list[float]:
+    # probe (ring/simple/ch 0, override), plugin calls, overridden, refused, calls made, no GEMM
+    return [1, 2, 0, 2, overridden + refused, overridden, refused, calls_made, float("nan")]
+
+
+def test_a_forced_configuration_counts_as_applied_only_if_nccl_took_it_on_every_call_of_every_rank():
+    from dynamiccl.measure.worker import applied_on_every_rank
+
+    assert applied_on_every_rank("nccl", False, [member(9, 9), member(9, 9)])
+    assert not applied_on_every_rank("nccl", False, [member(9, 9), member(9, 8)])  # one call decided by NCCL
+    assert not applied_on_every_rank("nccl", False, [member(9, 0, refused=9)] * 2)  # NCCL disabled the cell
+    assert not applied_on_every_rank("nccl", False, [member(9, 0)] * 2)  # the plugin was never asked
+    assert not applied_on_every_rank("gloo", False, [member(9, 9)] * 2)
+    assert applied_on_every_rank("gloo", True, [member(9, 0)] * 2)  # NCCL's default: nothing to apply
+
+
+def test_nccl_rows_carry_forced_configurations_and_channels_and_never_unapplied_ones(tmp_path):
+    from dynamiccl.costmodel.measurements import write_measurements
+    from dynamiccl.measure.plan import Item, Plan
+    from dynamiccl.measure.run import measurement_rows
+
+    ring_ll_8, nvls = Config(int(Algorithm.RING), int(Protocol.LL), 8), Config(int(Algorithm.NVLS), int(Protocol.SIMPLE), 0)
+    item = Item("allreduce", Shape(16, 2), 1 << 20, "bf16", 20, 5, ("dp",), [DEFAULT, ring_ll_8, nvls])
+    plan = Plan("t.parquet", [item], [], (0, 8))
+    state = lambda applied, t, status="done": {"status": status, "reason": "", "applied": applied,  # noqa: E731
+                                               "times_us": t, "gemm_times_us": []}
+    for version, expected_cell in (("2.21.5", "2.21.5"), ("2.99.1", "unknown (measured with NCCL 2.99.1, "
+                                                                     "outside the modelled range)")):
+        results = {"backend": "nccl", "nccl_version": version, "device": "NVIDIA H100 80GB HBM3", "warmup": 5,
+                   "items": [{"configs": [state(True, [30.0, 10.0, 20.0]), state(True, [8.0]),
+                                          state(False, [50.0], "not applied")]}], "gemm": None}
+        rows, not_written = measurement_rows(plan, results, "IB", "RUN")
+        assert [(r["algo"], r["proto"], r["channels"]) for r in rows] == [("default", "default", 0), ("ring", "ll", 8)]
+        assert rows[0]["time_us"] == 20.0 and rows[0]["gpus_per_node"] == 8 and rows[0]["nodes"] == 2
+        assert rows[1]["table"] == "measure-RUN-allreduce-16x2-ring-ll-ch8"
+        assert rows[0]["system"] == f"NVIDIA H100 80GB HBM3, 8 per node x 2 node(s), NCCL {version}; IB"
+        assert rows[0]["nccl_version"] == expected_cell and "nvls/simple" in not_written[0]
+        write_measurements(tmp_path / "m.csv", rows)
+        tables = load_measurements(tmp_path / "m.csv")  # the calibration reader takes both
+        assert [(t.algo, t.proto, t.channels, t.nranks) for t in tables] == [(-1, -1, 0, 16), (1, 0, 8, 16)]

@@ -124,6 +124,18 @@ class _Clearing:
         os.kill(os.getpid(), signum)
 
 
+def applied_on_every_rank(backend: str, default: bool, members: list[list[float]]) -> bool:
+    """Whether NCCL ran a step's configuration on every rank (``members``: each rank's STEP_FIELDS):
+    for a forced one, the plugin was asked on every call and forced it each time, none refused.
+    NCCL's default needs nothing applied; on gloo nothing is (NCCL is not involved)."""
+    if default:
+        return True
+    if backend != "nccl":
+        return False
+    fields = [dict(zip(STEP_FIELDS, m)) for m in members]
+    return all(f["plugin_overridden"] >= f["calls_made"] and f["plugin_refused"] == 0 for f in fields)
+
+
 def _member_record(values: list[float]) -> dict:
     """One member's STEP_FIELDS as JSON: counts as ints, the probe's source by name, no NaN."""
     record = {k: int(v) for k, v in zip(STEP_FIELDS, values) if k != "gemm_median_us"}
@@ -277,7 +289,7 @@ class Worker:
                 continue
             times, members, name = self.measure(step)
             if scheduler is not None:
-                applied = self._applied(item.configs[step.config].is_default, members)
+                applied = applied_on_every_rank(self.backend, item.configs[step.config].is_default, members)
                 scheduler.record(times, applied)
                 log.append({"step": step.encode(), "times_us": times, "applied": applied, "op": name,
                             "ranks": list(self.placements[item.shape]),
@@ -291,17 +303,6 @@ class Worker:
         if scheduler is not None:
             atomic.write_text(self.out / RESULTS_FILE, json.dumps(self._results(scheduler, log, after_end, gemm_alone)))
         dist.barrier(group=self.side)
-
-    def _applied(self, default: bool, members: list[list[float]]) -> bool:
-        """Whether NCCL ran the configuration on every rank: for a forced one, the plugin was asked on
-        every call and forced it each time (none refused). NCCL's default needs nothing applied; on
-        gloo nothing is (NCCL is not involved)."""
-        if default:
-            return True
-        if self.backend != "nccl":
-            return False
-        fields = [dict(zip(STEP_FIELDS, m)) for m in members]
-        return all(f["plugin_overridden"] >= f["calls_made"] and f["plugin_refused"] == 0 for f in fields)
 
     def _after_end(self) -> list[list[int]]:
         """Every rank's probe after the run (the override must be cleared: NCCL decides), on rank 0."""
