@@ -331,3 +331,30 @@ def test_nccl_rows_carry_forced_configurations_and_channels_and_never_unapplied_
         write_measurements(tmp_path / "m.csv", rows)
         tables = load_measurements(tmp_path / "m.csv")  # the calibration reader takes both
         assert [(t.algo, t.proto, t.channels, t.nranks) for t in tables] == [(-1, -1, 0, 16), (1, 0, 8, 16)]
+
+
+def test_ctrl_c_or_sigterm_stops_the_job_and_leaves_nothing_behind(tiny_trace, tmp_path):
+    import os
+    import signal
+
+    command = subprocess.Popen([sys.executable, "-m", "dynamiccl", "measure", "--trace", str(tiny_trace), "-o",
+                                str(tmp_path / "m.csv"), "--iters", "100000", "--budget", "5m", "--", *LAUNCHER, "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".dynamiccl-measure-*/progress.json")):  # the ranks are timing
+        assert time.monotonic() < deadline and command.poll() is None
+        time.sleep(0.2)
+    work = next(tmp_path.glob(".dynamiccl-measure-*"))
+    command.send_signal(signal.SIGTERM)
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM)" in err
+    assert not work.exists() and not (tmp_path / "m.csv").exists()
+    ranks = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(work).encode() in _cmdline(pid)]
+    assert ranks == []  # the launcher and its ranks are gone with the command
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

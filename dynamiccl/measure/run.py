@@ -294,6 +294,8 @@ def measurement_rows(plan: Plan, results: dict, system: str, run_id: str) -> tup
                 continue
             forced = "NCCL's default" if config.is_default else \
                 f"forced {config.label} through the tuner plugin's override (NCCL ran it on every call)"
+            if config.channels:  # the tuner can only lower the count below the pool fixed at init
+                forced += f"; {config.channels} channels asked, capped by NCCL at the communicator's pool"
             base_how = (f"dynamiccl measure: {item.coll} {item.dtype} on {results['backend']}, {forced}; {timing}, "
                         f"median of {{n}} slowest-rank repetitions after {results['warmup']} warm-up call(s)")
             for suffix, times, extra in (("", state["times_us"], ""),
