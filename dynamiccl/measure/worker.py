@@ -299,6 +299,8 @@ class Worker:
                     {"done": done, "total": total, "item": item.label, "config": item.configs[step.config].label,
                      "elapsed_s": time.time() - started}))
         self.library.clear_override()
+        for comm in self.probe_comms.values():
+            comm.close()
         after_end = self._after_end()
         if scheduler is not None:
             atomic.write_text(self.out / RESULTS_FILE, json.dumps(self._results(scheduler, log, after_end, gemm_alone)))
