@@ -148,15 +148,15 @@ def test_worker_failure_raises_with_its_output_instead_of_hanging():
 
 def test_a_dead_workers_summary_names_the_exception_not_the_teardown_noise():
     # As seen in CI: gloo's threads abort after the traceback, so the output's last line is noise.
-    from dynamiccl.costmodel.live import _cause_line
+    from dynamiccl.costmodel.live import cause_line
 
     tail = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
             "RuntimeError: [enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not enough "
             "memory: you tried to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)\n"
             "terminate called without an active exception\n")
-    assert _cause_line(tail).startswith("RuntimeError:") and "allocate" in _cause_line(tail)
-    assert _cause_line("warming up\nSegmentation fault\n") == "Segmentation fault"
-    assert _cause_line("") == "(no output)"
+    assert cause_line(tail).startswith("RuntimeError:") and "allocate" in cause_line(tail)
+    assert cause_line("warming up\nSegmentation fault\n") == "Segmentation fault"
+    assert cause_line("") == "(no output)"
 
 
 def test_timeout_kills_the_workers_and_raises():

@@ -107,6 +107,14 @@ CHECKS: dict[str, Check] = {
     "dynamiccl launch --table table.json --dry-run -- torchrun --nproc-per-node 8 train.py": RUN,
     "dynamiccl launch --table table.json -- torchrun --nproc-per-node 8 train.py": needs("the user's training script"),
     "dynamiccl launch --table table.json --profile out/ -- torchrun ...": needs("the user's training command"),
+    "dynamiccl measure --trace my_step.parquet -o measured.csv --json measured.json --budget 10m -- torchrun "
+    "--nproc-per-node 8": needs("a trace of the user's step and a GPU node"),
+    "dynamiccl measure --trace my_step.parquet -o measured.csv --budget 1h --with-gemm --system \"4x NDR IB\" -- srun "
+    "-N 4 --ntasks-per-node 8 python": needs("a trace of the user's step and a Slurm cluster"),
+    # torchrun after `--` is looked up on PATH, which a test's clone does not set up; tests/test_measure.py
+    # runs the same command on gloo for real (python -m torch.distributed.run, 4 and 2 ranks).
+    "dynamiccl measure --trace traces/ref-dp2-tp2.parquet -o gloo.csv --budget 60s --channels 0,8 -- torchrun "
+    "--nproc-per-node 4": needs("torchrun on PATH; run for real by tests/test_measure.py"),
     "dynamiccl simulate --env dgx-h100 --coll allreduce -b 64K -e 1G -f 16": RUN,
     "dynamiccl simulate --env h100-ib-2x8 --coll allreduce -b 8 -e 8G --algo tree --proto simple --channels 8": RUN,
     "dynamiccl simulate --env h100-ib-2x8 --coll allgather -b 1M -e 1G --model nccl --json": RUN,

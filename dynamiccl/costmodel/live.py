@@ -303,10 +303,10 @@ class LiveCostModel:
                     failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
                     if failed:
                         _stop(procs)
-                        r, tail = failed[0], _tail(logs[failed[0]])
+                        r, tail = failed[0], output_tail(logs[failed[0]])
                         raise LiveMeasurementError(
                             f"live measurement worker rank {r} of {self.nprocs} ({self.backend}) "
-                            f"exited with status {codes[r]}: {_cause_line(tail)}\n"
+                            f"exited with status {codes[r]}: {cause_line(tail)}\n"
                             f"its output ends with:\n{tail}")
                     if all(c == 0 for c in codes):
                         break
@@ -315,13 +315,13 @@ class LiveCostModel:
                         raise LiveMeasurementError(
                             f"live measurement ({self.nprocs} {self.backend} ranks) ran past "
                             f"timeout_s={self.timeout_s:g}; rank 0's output ends with:\n"
-                            f"{_tail(logs[0])}")
+                            f"{output_tail(logs[0])}")
                     time.sleep(0.05)
             finally:
                 _stop(procs)
             if not out_path.exists():
                 raise LiveMeasurementError(f"live measurement workers exited without writing results; "
-                                           f"rank 0's output ends with:\n{_tail(logs[0])}")
+                                           f"rank 0's output ends with:\n{output_tail(logs[0])}")
             return json.loads(out_path.read_text(encoding="utf-8"))
 
 
@@ -361,7 +361,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def _tail(path: Path, max_lines: int = 25, max_chars: int = 4000) -> str:
+def output_tail(path: Path, max_lines: int = 25, max_chars: int = 4000) -> str:
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -369,7 +369,7 @@ def _tail(path: Path, max_lines: int = 25, max_chars: int = 4000) -> str:
     return "\n".join(lines[-max_lines:])[-max_chars:] or "(no output)"
 
 
-def _cause_line(tail: str) -> str:
+def cause_line(tail: str) -> str:
     """The line of a dead worker's output that says why it died.
 
     A Python exception's own line (``RuntimeError: ...``) wins over what the C++ runtime prints
@@ -403,31 +403,37 @@ def format_results(results: Sequence[LiveResult]) -> str:
 
 # --- worker side ----------------------------------------------------------------------------------
 
-def _make_op(q: dict, device, rank: int, n: int):
-    """Zero-argument callables that run query ``q`` once (preferred call first, then its fallback,
-    all on buffers allocated here) and the names of the torch calls they make."""
+def make_op(q: dict, device, group=None):
+    """Zero-argument callables that run query ``q`` once on ``group`` (None: the default group;
+    preferred call first, then its fallback, all on buffers allocated here) and the names of the
+    torch calls they make. ``q`` holds ``coll``, ``size_bytes`` (nccl-tests' size),
+    ``torch_dtype`` and ``dtype_size`` (:meth:`LiveCostModel._check` and
+    ``dynamiccl.measure.plan`` write them)."""
     import torch
     import torch.distributed as dist
 
+    rank, n = dist.get_rank(group), dist.get_world_size(group)
     count = q["size_bytes"] // q["dtype_size"]
     # Zeros stay zeros under summation: no overflow or denormals to slow the CPU path.
     zeros = lambda k: torch.zeros(k, dtype=getattr(torch, q["torch_dtype"]), device=device)  # noqa: E731
     coll = q["coll"]
+    root = 0 if group is None else dist.get_global_rank(group, 0)  # roots are the group's rank 0
     if coll == "allreduce":
         buf = zeros(count)
-        return [lambda: dist.all_reduce(buf)], ["all_reduce"]
+        return [lambda: dist.all_reduce(buf, group=group)], ["all_reduce"]
     if coll == "broadcast":
         buf = zeros(count)
-        return [lambda: dist.broadcast(buf, src=0)], ["broadcast"]
+        return [lambda: dist.broadcast(buf, src=root, group=group)], ["broadcast"]
     if coll == "reduce":
         buf = zeros(count)
-        return [lambda: dist.reduce(buf, dst=0)], ["reduce"]
+        return [lambda: dist.reduce(buf, dst=root, group=group)], ["reduce"]
     if coll == "sendrecv":
         send, recv = zeros(count), zeros(count)
+        peer = (lambda r: r) if group is None else (lambda r: dist.get_global_rank(group, r))
 
         def sendrecv():
-            ops = [dist.P2POp(dist.isend, send, (rank + 1) % n),
-                   dist.P2POp(dist.irecv, recv, (rank - 1) % n)]
+            ops = [dist.P2POp(dist.isend, send, peer((rank + 1) % n), group=group),
+                   dist.P2POp(dist.irecv, recv, peer((rank - 1) % n), group=group)]
             for work in dist.batch_isend_irecv(ops):
                 work.wait()
         return [sendrecv], ["batch_isend_irecv ring"]
@@ -436,42 +442,64 @@ def _make_op(q: dict, device, rank: int, n: int):
     full, shard = zeros(count), zeros(count // n)
     if coll == "allgather":
         fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        return ([lambda: fn(full, shard), lambda: dist.all_gather(list(full.chunk(n)), shard)],
+        return ([lambda: fn(full, shard, group=group), lambda: dist.all_gather(list(full.chunk(n)), shard, group=group)],
                 [fn.__name__, "all_gather (list)"])
     if coll == "reducescatter":
         fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-        return ([lambda: fn(shard, full), lambda: dist.reduce_scatter(shard, list(full.chunk(n)))],
+        return ([lambda: fn(shard, full, group=group),
+                 lambda: dist.reduce_scatter(shard, list(full.chunk(n)), group=group)],
                 [fn.__name__, "reduce_scatter (list)"])
     out = zeros(count)  # alltoall
-    return ([lambda: dist.all_to_all_single(out, full),
-             lambda: dist.all_to_all(list(out.chunk(n)), list(full.chunk(n)))],
+    return ([lambda: dist.all_to_all_single(out, full, group=group),
+             lambda: dist.all_to_all(list(out.chunk(n)), list(full.chunk(n)), group=group)],
             ["all_to_all_single", "all_to_all (list)"])
 
 
-def _measure_one(q: dict, spec: dict, device, sync_group, rank: int, n: int) -> dict:
-    import torch
+def first_working(variants, sync_group) -> int:
+    """Run ``variants[0]`` once (a warm-up call) and return 0; if the backend refuses it, return 1
+    (the fallback). Unsupported calls fail on every rank alike, before any communication.
+
+    Raises:
+        RuntimeError (or what the call raised): the only variant failed.
+    """
     import torch.distributed as dist
 
-    variants, names = _make_op(q, device, rank, n)
-    chosen = 0
-    try:  # the first warm-up call also probes whether the single-tensor call is supported
+    try:
         variants[0]()
     except (RuntimeError, NotImplementedError, ValueError):
         if len(variants) == 1:
             raise
-        chosen = 1  # unsupported calls fail on every rank alike, before any communication
         dist.barrier(group=sync_group)
-    run = variants[chosen]
-    for _ in range(spec["warmup"]):
-        run()
+        return 1
+    return 0
+
+
+def time_op(run, iters: int, device, sync_group, beside=None) -> list[float]:
+    """Time ``run`` ``iters`` times as nccl-tests does; the one timing loop of live measurement
+    (``LiveCostModel`` and ``dynamiccl measure``).
+
+    Before each iteration every rank of ``sync_group`` (a gloo group over exactly the ranks that
+    run the op; None: the default group) meets at a barrier, after a device synchronize on GPU. Each
+    rank times the op: CUDA events around it on the current stream on GPU, ``time.perf_counter`` on
+    CPU. ``beside`` (optional) is started just before each timed call and told when it has ended
+    (``start()`` / ``stop()``: the GEMM-beside mode of ``dynamiccl measure``).
+
+    Returns:
+        Per iteration, the slowest rank's time in µs (a max over ``sync_group``).
+    """
+    import torch
+    import torch.distributed as dist
+
     cuda = device.type == "cuda"
-    times = torch.zeros(spec["iters"], dtype=torch.float64)
+    times = torch.zeros(iters, dtype=torch.float64)
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(spec["iters"])] if cuda else []
-    for i in range(spec["iters"]):
+              for _ in range(iters)] if cuda else []
+    for i in range(iters):
         if cuda:
             torch.cuda.synchronize()
         dist.barrier(group=sync_group)
+        if beside is not None:
+            beside.start()
         if cuda:
             events[i][0].record()
             run()  # a synchronous torch collective makes the current stream wait for NCCL's
@@ -480,11 +508,31 @@ def _measure_one(q: dict, spec: dict, device, sync_group, rank: int, n: int) -> 
             start = time.perf_counter()
             run()
             times[i] = (time.perf_counter() - start) * 1e6
+        if beside is not None:
+            beside.stop()
     if cuda:
         torch.cuda.synchronize()
         times = torch.tensor([s.elapsed_time(e) * 1e3 for s, e in events], dtype=torch.float64)
     dist.all_reduce(times, op=dist.ReduceOp.MAX, group=sync_group)  # the slowest rank, per iteration
-    return {"index": q["index"], "times_us": times.tolist(), "variant": names[chosen]}
+    return times.tolist()
+
+
+def torch_nccl_version() -> str:
+    """The NCCL version torch runs ("2.21.5"), as ``torch.cuda.nccl.version()`` reports it."""
+    import torch
+
+    version = torch.cuda.nccl.version()  # a tuple since torch 1.13, an int before
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
+def _measure_one(q: dict, spec: dict, device, sync_group) -> dict:
+    variants, names = make_op(q, device)
+    chosen = first_working(variants, sync_group)  # also the first warm-up call
+    run = variants[chosen]
+    for _ in range(spec["warmup"]):
+        run()
+    times = time_op(run, spec["iters"], device, sync_group)
+    return {"index": q["index"], "times_us": times, "variant": names[chosen]}
 
 
 def _worker_main(spec_path: str, out_path: str) -> None:
@@ -494,7 +542,7 @@ def _worker_main(spec_path: str, out_path: str) -> None:
     import torch.distributed as dist
 
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    rank, n, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     timeout = datetime.timedelta(seconds=spec["timeout_s"])
     if spec["backend"] == "nccl":
         device = torch.device("cuda", local)
@@ -503,13 +551,12 @@ def _worker_main(spec_path: str, out_path: str) -> None:
         # Barriers and the max-over-ranks go through gloo so that NCCL_ALGO / NCCL_PROTO, which
         # NCCL applies to every collective of the communicator, meet only the measured one.
         sync_group = dist.new_group(backend="gloo", timeout=timeout)
-        version = torch.cuda.nccl.version()  # a tuple since torch 1.13, an int before
-        nccl_version = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+        nccl_version = torch_nccl_version()
     else:
         device, sync_group, nccl_version = torch.device("cpu"), None, None
         torch.set_num_threads(1)  # ranks share the CPU; more threads only contend
         dist.init_process_group("gloo", timeout=timeout)
-    records = [_measure_one(q, spec, device, sync_group, rank, n) for q in spec["queries"]]
+    records = [_measure_one(q, spec, device, sync_group) for q in spec["queries"]]
     if rank == 0:
         atomic.write_text(out_path, json.dumps({"records": records, "torch_version": torch.__version__,
                                                 "nccl_version": nccl_version}))
