@@ -104,6 +104,10 @@ CHECKS: dict[str, Check] = {
     "dynamiccl launch --table table.json --dry-run -- torchrun --nproc-per-node 8 train.py": RUN,
     "dynamiccl launch --table table.json -- torchrun --nproc-per-node 8 train.py": needs("the user's training script"),
     "dynamiccl launch --table table.json --profile out/ -- torchrun ...": needs("the user's training command"),
+    "dynamiccl verify --table table.json -o verify/ -- torchrun --nproc-per-node 8 train.py":
+        needs("the user's training script"),
+    "dynamiccl verify --table table.json --order ABBA --fail-if-slower --keep tuned.json -- torchrun "
+    "--nproc-per-node 8 train.py": needs("the user's training script"),
     "dynamiccl simulate --env dgx-h100 --coll allreduce -b 64K -e 1G -f 16": RUN,
     "dynamiccl simulate --env h100-ib-2x8 --coll allreduce -b 8 -e 8G --algo tree --proto simple --channels 8": RUN,
     "dynamiccl simulate --env h100-ib-2x8 --coll allgather -b 1M -e 1G --model nccl --json": RUN,

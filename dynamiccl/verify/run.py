@@ -284,7 +284,7 @@ def verify(command: Sequence[str], table: str | os.PathLike, out_dir: str | os.P
                                        "step_times_s": {str(k): v for k, v in sorted(arm.step_times_s.items())}}
                             for arm in recorded}}
     if keep is not None:
-        record["kept"] = _keep(table, keep, comparison.verdict)
+        record["kept"] = keep_table(table, keep, comparison.verdict)
     from dynamiccl.report.verify import write_verify_report
 
     atomic.write_text(json_path, json.dumps(record, indent=1) + "\n")
@@ -297,8 +297,13 @@ def verify(command: Sequence[str], table: str | os.PathLike, out_dir: str | os.P
     return VerifyOutcome(status, record, json_path, report)
 
 
-def _keep(table: str | os.PathLike, keep: str | os.PathLike, verdict: str) -> str | None:
-    """Copy ``table`` to ``keep`` (atomically) when ``verdict`` is "faster"; returns the path kept or None."""
+def keep_table(table: str | os.PathLike, keep: str | os.PathLike, verdict: str) -> str | None:
+    """``--keep``: copy ``table`` to ``keep`` (atomically) when ``verdict`` is "faster", else say why
+    not (one line). Returns the path kept, or None.
+
+    Raises:
+        OutputError: ``keep`` cannot be written.
+    """
     if verdict != stats.FASTER:
         _say_not_kept(keep, f"the verdict is {verdict!r}" + (": a table that made the job slower is never kept"
                                                               if verdict == stats.SLOWER else ""))
