@@ -25,7 +25,7 @@ def add(sub) -> None:
                     "the table through `dynamiccl launch`'s environment, in the order A1 B1 A2 (or A1 B1 B2 A2). "
                     "Every optimizer step ends a step (the step timer starts in every Python process of the job; "
                     "DYNAMICCL_VERIFY_ARM names the arm). Per arm: the slowest rank's median step time after the "
-                    "warm-up; then the control's drift (A2/A1), the delta of B with a bootstrap 95%% CI and a "
+                    "warm-up; then the control's drift (A2/A1), the delta of B with a bootstrap 95% CI and a "
                     "verdict: faster, no difference detectable at this noise, or slower. Writes DIR/verify.json, "
                     "verify.md, verify.html and plots/verify-step-times.png. Exit status 0 when compared, 1 with "
                     "--fail-if-slower on a slower verdict, 2 on an error or a table that could not be applied.")
