@@ -35,12 +35,13 @@ WARMUP, STEPS = 3, 20
 RUN_SD, DRIFT, STEP_CV, RANKS = 0.005, 0.01, 0.03, 4
 
 
-def simulated_arms(rng: np.random.Generator, order: str, effect: float, steps: int = 30) -> dict[str, np.ndarray]:
+def simulated_arms(rng: np.random.Generator, order: str, effect: float, run_sd: float = RUN_SD,
+                   steps: int = 30) -> dict[str, np.ndarray]:
     names = stats.arms_of(order)
     slope = rng.uniform(-DRIFT, DRIFT)
     arms = {}
     for index, name in enumerate(names):
-        level = 1.0 + rng.normal(0, RUN_SD) + slope * index / (len(names) - 1) + (effect if name[0] == "B" else 0)
+        level = 1.0 + rng.normal(0, run_sd) + slope * index / (len(names) - 1) + (effect if name[0] == "B" else 0)
         times = 0.5 * level * np.exp(rng.normal(0, STEP_CV, (WARMUP + steps, RANKS)))
         times[:WARMUP] *= 1.5
         times[rng.random(times.shape) < 0.02] *= 1.3
@@ -48,9 +49,10 @@ def simulated_arms(rng: np.random.Generator, order: str, effect: float, steps: i
     return arms
 
 
-def verdicts(order: str, effect: float, runs: int, seed: int) -> Counter:
+def verdicts(order: str, effect: float, runs: int, seed: int, run_sd: float = RUN_SD) -> Counter:
     rng = np.random.default_rng(seed)
-    return Counter(stats.compare(simulated_arms(rng, order, effect), WARMUP, 30).verdict for _ in range(runs))
+    return Counter(stats.compare(simulated_arms(rng, order, effect, run_sd), WARMUP, 30).verdict
+                   for _ in range(runs))
 
 
 @pytest.mark.parametrize("order, runs", [("ABA", 300), ("ABBA", 150)])
@@ -58,12 +60,23 @@ def test_false_positive_rate_over_simulated_null_runs_is_at_most_5_percent(order
     counts = verdicts(order, 0.0, runs, seed=1)
     false_positives = counts[stats.FASTER] + counts[stats.SLOWER]
     assert false_positives / runs <= 0.05, counts
-    assert counts[stats.NO_DIFFERENCE] > 0.9 * runs
 
 
-def test_power_against_a_4_percent_slowdown_is_at_least_80_percent():
-    # ABA, 30 analysed steps, 4 ranks, step noise 3%, run-to-run SD 0.5%, drift up to 1%.
-    counts = verdicts("ABA", 0.04, 100, seed=2)
+def test_runs_far_noisier_than_stated_widen_the_interval():
+    # Runs whose level moves by 10% (20x the stated 0.5%): one or two pairs of repeated arms cannot
+    # measure that well, so the rate stays above 5%, but far below the ~33% (ABA) / ~18% (ABBA) of
+    # an interval that took the repeated arms' change at face value.
+    for order, bound in (("ABA", 0.15), ("ABBA", 0.08)):
+        counts = verdicts(order, 0.0, 150, seed=3, run_sd=0.10)
+        assert (counts[stats.FASTER] + counts[stats.SLOWER]) / 150 <= bound, (order, counts)
+    assert stats.level_sd_of([0.01], 0.005) == pytest.approx(0.01 / 2 ** 0.5)  # consistent: taken as it is
+    assert stats.level_sd_of([0.10], 0.005) == pytest.approx(0.10 / 2 ** 0.5 * 12.7062 / 1.959964)
+
+
+@pytest.mark.parametrize("order", ["ABA", "ABBA"])
+def test_power_against_a_4_percent_slowdown_is_at_least_80_percent(order):
+    # 30 analysed steps, 4 ranks, step noise 3%, run-to-run SD 0.5%, drift up to 1%.
+    counts = verdicts(order, 0.04, 100, seed=2)
     assert counts[stats.SLOWER] >= 80 and counts[stats.FASTER] == 0, counts
 
 
@@ -143,7 +156,9 @@ def torchrun_job(*args: str) -> list[str]:
 
 
 def common(out: Path) -> list[str]:
-    return ["--warmup-steps", str(WARMUP), "--steps", str(STEPS), "-o", str(out)]
+    # This shared CPU machine's runs of the job differ by up to ~20% (other processes compete for its
+    # cores), not the 0.5% of a quiet GPU allocation: the tests state it, as a user on it would.
+    return ["--warmup-steps", str(WARMUP), "--steps", str(STEPS), "--run-to-run-sd", "20%", "-o", str(out)]
 
 
 def test_a_null_run_of_a_real_table_on_gloo_is_no_difference(tmp_path, cache, table):
@@ -170,7 +185,7 @@ def test_a_null_run_of_a_real_table_on_gloo_is_no_difference(tmp_path, cache, ta
 def test_an_injected_slowdown_is_slower_fails_the_guard_and_is_not_kept(tmp_path, cache, table):
     out, keep = tmp_path / "out", tmp_path / "kept.json"
     done = verify("--table", str(table), *common(out), "--fail-if-slower", "--keep", str(keep), cache=cache,
-                  cwd=tmp_path, job=torchrun_job("--slow-arm", "B", "--slow-ms", "20"))
+                  cwd=tmp_path, job=torchrun_job("--slow-arm", "B", "--slow-ms", "60"))
     assert done.returncode == SLOWER_STATUS, done.stderr[-4000:]
     record = json.loads((out / "verify.json").read_text())
     assert record["verdict"] == stats.SLOWER and record["comparison"]["ci_low"] > 0

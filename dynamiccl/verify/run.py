@@ -290,6 +290,10 @@ def verify(command: Sequence[str], table: str | os.PathLike, out_dir: str | os.P
     atomic.write_text(json_path, json.dumps(record, indent=1) + "\n")
     report = write_verify_report(record, out)
     print_summary(comparison)
+    if comparison.contradicted:
+        say(f"the repeated arms varied more than 3x the stated run-to-run SD ({run_to_run_sd:.2%}): the interval "
+            f"is widened to a level SD of {comparison.level_sd:.2%}; pass your runs' SD (--run-to-run-sd)"
+            + (" or use --order ABBA" if order == "ABA" else "") + " for a sharper answer")
     say(comparison.sentence())
     status = SLOWER_STATUS if fail_if_slower and comparison.verdict == stats.SLOWER else 0
     if status:

@@ -15,11 +15,14 @@ delta, and no change adopted when the delta is inside the drift: the FastVideo G
 4. ``drift`` = A2 / A1 - 1, the control against itself (and B2 / B1 - 1 under ABBA);
 5. a 95% confidence interval of ``delta``: a percentile bootstrap. Each of ``RESAMPLES`` resamples
    (seeded) draws every arm's kept steps with replacement (the noise of the steps within a run) and
-   moves every arm's median by a factor 1 + N(0, level SD): the arms are separate runs of the job,
+   moves every arm's median by a factor exp(N(0, level SD)) (~ 1 + N(0, level SD) when it is small,
+   and never negative when it is not): the arms are separate runs of the job,
    and the level of a run moves from one run to the next by more than its own steps can show. The
-   level SD is the larger of ``run_to_run_sd`` (~0.5% on a quiet allocation) and what the repeated
-   arms show: ``|A2/A1 - 1| / sqrt(2)`` (with ``|B2/B1 - 1|`` under ABBA, root mean square), so a
-   noisy machine widens the interval instead of producing a verdict;
+   level SD is ``run_to_run_sd`` (~0.5% on a quiet allocation) or what the repeated arms show,
+   ``|A2/A1 - 1| / sqrt(2)`` (with ``|B2/B1 - 1|`` under ABBA), whichever is larger; when the
+   repeated arms show more than 3x the stated SD, their estimate (from 1 or 2 pairs of runs) is
+   widened by Student's t (:func:`level_sd_of`), so a noisy machine widens the interval instead of
+   producing a verdict;
 6. the verdict: ``faster`` when the whole interval is below 0 and the gain exceeds the control's
    drift; ``slower`` the mirror image; otherwise ``no difference detectable at this noise`` (a delta
    inside the drift is no evidence, however narrow its interval).
@@ -51,10 +54,14 @@ CONFIDENCE = 0.95
 # user who knows the SD of their own runs passes it (`dynamiccl verify --run-to-run-sd`).
 RUN_TO_RUN_SD = 0.005
 SEED = 0
+Z_975 = 1.959964                   # the standard normal's 97.5% quantile
+T_975 = {1: 12.7062, 2: 4.3027}    # Student's t 97.5% quantiles for 1 and 2 degrees of freedom
+CONTRADICTED = 3.0                 # repeated arms this many times the stated SD contradict it
 METHOD = ("per step the slowest rank; per arm the median of the steps after warm-up; delta = mean of the B arms' "
           "medians / mean of the A arms' medians - 1; 95% percentile bootstrap CI ({resamples} resamples, seed "
-          "{seed}: the steps of each arm resampled with replacement, each arm's median moved by a normal run-to-run "
-          "level shift of SD max({sd:.2%}, the repeated arms' |A2/A1 - 1|/sqrt(2))); a verdict needs the CI to exclude 0 and |delta| to exceed the control's "
+          "{seed}: the steps of each arm resampled with replacement, each arm's median moved by a log-normal run-to-run "
+          "level factor of SD max({sd:.2%}, the repeated arms' |A2/A1 - 1|/sqrt(2)), the latter widened by Student's t "
+          "when above 3 x {sd:.2%}); a verdict needs the CI to exclude 0 and |delta| to exceed the control's "
           "drift (A2/A1 - 1)")
 
 
@@ -83,7 +90,8 @@ class Arm:
 @dataclass(frozen=True)
 class Comparison:
     """The outcome of :func:`compare`; ``delta``, ``ci_*``, ``drift``, ``run_to_run_sd`` (stated) and
-    ``level_sd`` (used in the interval) are fractions (0.01 = 1%; a negative delta is a faster job)."""
+    ``level_sd`` (used in the interval) are fractions (0.01 = 1%; a negative delta is a faster job);
+    ``contradicted``: the repeated arms varied more than 3x the stated run-to-run SD."""
 
     arms: tuple[Arm, ...]
     ratio: float
@@ -94,6 +102,7 @@ class Comparison:
     b_drift: float | None
     run_to_run_sd: float
     level_sd: float
+    contradicted: bool
     verdict: str
     method: str
 
@@ -136,23 +145,35 @@ def kept_steps(name: str, step_times_s: np.ndarray, warmup_steps: int, steps: in
     return Arm(name, tuple(float(t) for t in kept), float(np.median(kept)), recorded, matrix.shape[1])
 
 
+def shown_sd(repeats: list[float]) -> float:
+    """The SD of one run's level that the repeated arms' changes show: their root mean square / sqrt(2)."""
+    return math.sqrt(sum(d * d for d in repeats) / len(repeats) / 2)
+
+
 def level_sd_of(repeats: list[float], run_to_run_sd: float) -> float:
-    """Step 5's level SD: the larger of ``run_to_run_sd`` and the root mean square of the repeated
-    arms' changes (``repeats``: A2/A1 - 1 and, under ABBA, B2/B1 - 1) divided by sqrt(2), the SD of
-    one run's level when two runs differ by that much."""
-    shown = math.sqrt(sum(d * d for d in repeats) / len(repeats) / 2)
-    return max(run_to_run_sd, shown)
+    """Step 5's level SD, from ``run_to_run_sd`` (stated) and the repeated arms' changes
+    (``repeats``: A2/A1 - 1 and, under ABBA, B2/B1 - 1).
+
+    ``shown`` (:func:`shown_sd`) is the SD of one run's level when two runs differ by that much.
+    While it is at most ``CONTRADICTED`` (3) x the stated SD, the larger of the two is used. Beyond that the repeated arms contradict the stated SD (a noisy machine), and ``shown``
+    alone is the evidence: an estimate from 1 (ABA) or 2 (ABBA) pairs of runs, so it is widened by
+    Student's t quantile for that many degrees of freedom over the normal's (12.7 / 1.96 for ABA).
+    """
+    shown = shown_sd(repeats)
+    if shown <= CONTRADICTED * run_to_run_sd:
+        return max(run_to_run_sd, shown)
+    return shown * T_975[len(repeats)] / Z_975
 
 
 def bootstrap_deltas(arms: list[Arm], rng: np.random.Generator, level_sd: float,
                      resamples: int = RESAMPLES) -> np.ndarray:
     """Step 5: ``resamples`` deltas, each from the steps of every arm resampled with replacement and
-    every arm's median moved by a run-to-run level factor 1 + N(0, ``level_sd``)."""
+    every arm's median moved by a run-to-run level factor exp(N(0, ``level_sd``))."""
     medians = {}
     for arm in arms:
         times = np.asarray(arm.step_times_s)
         picks = rng.integers(0, len(times), size=(resamples, len(times)))
-        level = 1.0 + rng.normal(0.0, level_sd, size=resamples)
+        level = np.exp(rng.normal(0.0, level_sd, size=resamples))
         medians[arm.name] = np.median(times[picks], axis=1) * level
     return _ratio(medians) - 1.0
 
@@ -204,11 +225,13 @@ def compare(step_times_s: dict[str, np.ndarray], warmup_steps: int, steps: int, 
     ratio = float(_ratio({arm.name: arm.median_s for arm in arms}))
     drift = by_name["A2"].median_s / by_name["A1"].median_s - 1
     b_drift = by_name["B2"].median_s / by_name["B1"].median_s - 1 if "B2" in by_name else None
-    level_sd = level_sd_of([drift] + ([b_drift] if b_drift is not None else []), run_to_run_sd)
+    repeats = [drift] + ([b_drift] if b_drift is not None else [])
+    level_sd = level_sd_of(repeats, run_to_run_sd)
     deltas = bootstrap_deltas(arms, np.random.default_rng(seed), level_sd, resamples)
     tail = (1 - CONFIDENCE) / 2 * 100
     ci_low, ci_high = (float(q) for q in np.percentile(deltas, [tail, 100 - tail]))
     delta = ratio - 1
-    return Comparison(tuple(arms), ratio, delta, ci_low, ci_high, drift, b_drift, run_to_run_sd, level_sd,
+    contradicted = shown_sd(repeats) > CONTRADICTED * run_to_run_sd
+    return Comparison(tuple(arms), ratio, delta, ci_low, ci_high, drift, b_drift, run_to_run_sd, level_sd, contradicted,
                       decide(delta, ci_low, ci_high, drift),
                       METHOD.format(resamples=resamples, seed=seed, sd=run_to_run_sd))
