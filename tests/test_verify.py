@@ -133,6 +133,29 @@ def test_the_step_timer_writes_one_rank_file_of_its_steps(tmp_path, monkeypatch)
         read_rank_file(tmp_path / "rank3.json")
 
 
+class RecordedEvent:
+    """Stands in for a torch.cuda.Event already recorded at ``at_ms`` on the GPU's clock."""
+
+    def __init__(self, at_ms: float):
+        self.at_ms = at_ms
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end: "RecordedEvent") -> float:
+        return end.at_ms - self.at_ms
+
+
+def test_gpu_step_times_come_from_the_events_once_cuda_is_in_use(tmp_path):
+    timer = StepTimer(str(tmp_path))
+    timer.start_s, timer.boundaries_s = 100.0, [101.0, 101.5, 101.75, 102.0]  # CPU clock, seconds
+    # CUDA was first used in step 2: events at boundaries 2, 3 and 4 (GPU clock, milliseconds)
+    timer.events, timer.first_event_step = [RecordedEvent(10.0), RecordedEvent(40.0), RecordedEvent(100.0)], 1
+    assert timer.step_times_s() == ([1.0, 0.5, 0.03, 0.06], "cuda-event")
+    timer.cuda_problem = "RuntimeError: CUDA error"  # events unusable: the CPU clock for every step
+    assert timer.step_times_s() == ([1.0, 0.5, 0.25, 0.25], "perf_counter")
+
+
 # --- the command on real jobs ------------------------------------------------------------------------------------
 
 @pytest.fixture
