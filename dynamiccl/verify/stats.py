@@ -4,7 +4,8 @@
 A1 B1 A2 (ABA) or A1 B1 B2 A2 (ABBA), and hands :func:`compare` each arm's step times (seconds,
 steps x ranks). The method is the one experts use to prove an NCCL setting (A/B/A runs of the real
 job, warm-up dropped, slowest-rank median step time, the control's drift reported beside the
-delta, and no change adopted when the delta is inside the drift: the FastVideo GB200 report):
+delta, and no change adopted when the delta is inside the drift: the GB200 A/B/A report of
+hao-ai-lab/FastVideo PR #1630):
 
 1. per step, the slowest rank's time: the job's step ends when its slowest rank's does;
 2. per arm, the first ``warmup_steps`` steps are dropped and the next ``steps`` kept; the arm's
