@@ -115,6 +115,10 @@ CHECKS: dict[str, Check] = {
     # runs the same command on gloo for real (python -m torch.distributed.run, 4 and 2 ranks).
     "dynamiccl measure --trace traces/ref-dp2-tp2.parquet -o gloo.csv --budget 60s --channels 0,8 -- torchrun "
     "--nproc-per-node 4": needs("torchrun on PATH; run for real by tests/test_measure.py"),
+    "dynamiccl verify --table table.json -o verify/ -- torchrun --nproc-per-node 8 train.py":
+        needs("the user's training script"),
+    "dynamiccl verify --table table.json --order ABBA --fail-if-slower --keep tuned.json -- torchrun "
+    "--nproc-per-node 8 train.py": needs("the user's training script"),
     "dynamiccl simulate --env dgx-h100 --coll allreduce -b 64K -e 1G -f 16": RUN,
     "dynamiccl simulate --env h100-ib-2x8 --coll allreduce -b 8 -e 8G --algo tree --proto simple --channels 8": RUN,
     "dynamiccl simulate --env h100-ib-2x8 --coll allgather -b 1M -e 1G --model nccl --json": RUN,

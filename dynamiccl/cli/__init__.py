@@ -14,14 +14,15 @@ import signal
 import sys
 
 from dynamiccl import __version__
-from dynamiccl.cli import bench, costmodel, demo, export_alias, measure, plugin, report, table, trace, tuning, workload
+from dynamiccl.cli import (bench, costmodel, demo, export_alias, measure, plugin, report, table, trace, tuning, verify,
+                           workload)
 from dynamiccl.atomic import WRITE_ERRNOS
 from dynamiccl.cli.common import world_params_from
 from dynamiccl.errors import DynamicclError, OutputError
 from dynamiccl.outputs import Terminated, command_scope
 
 # The command groups, in the order `dynamiccl --help` lists their commands.
-COMMAND_MODULES = (demo, workload, trace, table, costmodel, measure, tuning, plugin, report, bench, export_alias)
+COMMAND_MODULES = (demo, workload, trace, table, costmodel, measure, tuning, plugin, verify, report, bench, export_alias)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,8 +34,15 @@ AUTOSTART_DIR = Path(__file__).resolve().parent / "autostart"
 
 def profile_environment(capture_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment that makes every Python process of a job record into ``capture_dir``."""
+    return autostart_environment({ENV_DIR: str(capture_dir)}, base)
+
+
+def autostart_environment(settings: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default ``os.environ``) with ``settings`` and the ``autostart`` directory (and this
+    package) first on ``PYTHONPATH``, so every Python process of a job runs the autostart
+    ``sitecustomize``, which reads ``settings`` (``DYNAMICCL_PROFILE_DIR``, ``DYNAMICCL_STEP_TIMES_DIR``)."""
     env = dict(os.environ if base is None else base)
-    env[ENV_DIR] = str(capture_dir)
+    env.update(settings)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AUTOSTART_DIR), package_root, env.get("PYTHONPATH")]))
     return env

@@ -1,7 +1,9 @@
-"""Started by Python at start-up when this directory is on PYTHONPATH (set by ``dynamiccl profile``).
+"""Started by Python at start-up when this directory is on PYTHONPATH (set by ``dynamiccl profile``,
+``dynamiccl launch --profile`` and ``dynamiccl verify``).
 
-Starts dynamiccl's capture if ``DYNAMICCL_PROFILE_DIR`` is set, then runs any other
-``sitecustomize`` further along ``sys.path``, so a site's own start-up code still runs.
+Starts dynamiccl's capture if ``DYNAMICCL_PROFILE_DIR`` is set and its step timer if
+``DYNAMICCL_STEP_TIMES_DIR`` is set, then runs any other ``sitecustomize`` further along
+``sys.path``, so a site's own start-up code still runs.
 """
 
 import importlib.util
@@ -15,6 +17,14 @@ if os.environ.get("DYNAMICCL_PROFILE_DIR"):
         start_from_environment()
     except Exception as exc:  # fail open
         print(f"dynamiccl: profiling disabled ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+if os.environ.get("DYNAMICCL_STEP_TIMES_DIR"):
+    try:
+        from dynamiccl.profiler.steptimer import start_from_environment as start_step_timer
+
+        start_step_timer()
+    except Exception as exc:  # fail open
+        print(f"dynamiccl: step timing disabled ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 _here = os.path.dirname(os.path.abspath(__file__))
 for _entry in sys.path:
