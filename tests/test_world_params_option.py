@@ -75,3 +75,40 @@ def test_writer_refuses_a_row_without_a_column(tmp_path):
     with pytest.raises(ValueError, match="time_us"):
         write_measurements(tmp_path / "m.csv", [row])
     assert not (tmp_path / "m.csv").exists()
+
+
+def _measured_on_my_cluster(tmp_path):
+    """Tables as `dynamiccl measure` writes them on a user's 2-node H100 cluster: communicators of
+    2 ranks in one node and of 1 rank on each of 2 nodes (no spec has 1 or 2 H100s per node)."""
+    rows = []
+    for table, per_node, nodes in (("tp2", 2, 1), ("dp2x1", 1, 2)):
+        for size, time_us in ((1 << 20, 40.0), (1 << 24, 300.0)):
+            rows.append(_row(table=table, system="NVIDIA H100 80GB HBM3, my cluster", gpus_per_node=per_node,
+                             nodes=nodes, algo="default", proto="default", size_bytes=size, time_us=time_us,
+                             algbw_gbytes_per_s=size / time_us / 1e3, busbw_gbytes_per_s=0.0))
+    path = tmp_path / "mine.csv"
+    write_measurements(path, rows)
+    return path
+
+
+def test_validate_env_costs_every_table_on_the_measured_cluster(tmp_path, capsys):
+    mine = _measured_on_my_cluster(tmp_path)
+    # By system text: no spec in envs/ has 1 or 2 H100s per node.
+    assert main(["validate", "--measurements", str(mine), "--plot", ""]) == 2
+    assert "GPUs per node" in capsys.readouterr().err
+    out = tmp_path / "v.json"
+    assert main(["validate", "--measurements", str(mine), "--env", "h100-ib-16x8", "--plot", "",
+                 "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert set(summary["points"]) == {"tp2", "dp2x1"}
+    # A communicator larger than the spec's nodes is named, not silently mapped.
+    assert main(["validate", "--measurements", str(mine), "--env", "dgx-h100", "--plot", ""]) == 2
+    err = capsys.readouterr().err
+    assert "dp2x1" in err and "do not fit spec dgx-h100" in err
+
+
+def test_calibrate_env_fits_to_the_measured_cluster(tmp_path, capsys):
+    mine = _measured_on_my_cluster(tmp_path)
+    assert main(["calibrate", "--measurements", str(mine), "--env", "h100-ib-16x8",
+                 "-o", str(tmp_path / "fit.json")]) == 0
+    assert (tmp_path / "fit.json").is_file()

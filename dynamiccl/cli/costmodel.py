@@ -66,7 +66,7 @@ def add(sub) -> None:
                    help="measurements CSV (the columns of dynamiccl.costmodel.measurements.COLUMNS); repeat for "
                         "several (default: the shipped calibration set, measurements.csv and more-systems.csv "
                         "of dynamiccl/data/calibration)")
-    p.add_argument("--env-dir", default=None, help="directory of environment specs to map tables to (default envs/)")
+    _add_spec_choice(p)
     # Required: the shipped world_params.json is package data, never written by a command (a user's fit
     # is used where it is asked for: `validate --params`, or DYNAMICCL_WORLD_PARAMS for every command).
     p.add_argument("-o", "--output", required=True,
@@ -81,7 +81,7 @@ def add(sub) -> None:
     p.add_argument("--measurements", action="append", default=None, metavar="CSV",
                    help="measurements CSV; repeat for several (default: the calibration set, "
                         "measurements.csv and more-systems.csv of dynamiccl/data/calibration)")
-    p.add_argument("--env-dir", default=None, help="directory of environment specs (default envs/)")
+    _add_spec_choice(p)
     add_world_params(p, note="not with --leave-one-out, whose fits start from the unfitted priors")
     p.add_argument("--plot", default="validation.png", help="PNG to write (default validation.png)")
     p.add_argument("--json", default=None, help="also write the error summary as JSON here")
@@ -174,12 +174,31 @@ def _convergence(report: dict) -> str:
     return f"{report['evaluations']} evaluations, {'converged' if report['converged'] else 'NOT converged'}, {last}"
 
 
+def _add_spec_choice(p) -> None:
+    """``--env-dir DIR`` (map each table to a spec by its system text) or ``--env SPEC`` (every table
+    was measured on this cluster)."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--env-dir", default=None,
+                       help="directory of environment specs; each table goes to the spec its system text names "
+                            "(default envs/)")
+    where.add_argument("--env", default=None,
+                       help="the spec of the cluster every table was measured on (your own, for `dynamiccl "
+                            "measure` output): tables of any communicator shape that fits it are costed on it")
+
+
+def _specs(args):
+    """The specs tables are mapped to (:func:`~dynamiccl.costmodel.measurements.map_table`): the one
+    ``--env`` spec, else every spec of ``--env-dir`` (default envs/)."""
+    from dynamiccl.costmodel.measurements import load_env_dir
+    from dynamiccl.envspec import env_dir, resolve_env
+
+    return resolve_env(args.env) if args.env else load_env_dir(args.env_dir or env_dir())
+
+
 def cmd_calibrate(args) -> int:
     import dynamiccl
     from dynamiccl import atomic
     from dynamiccl.costmodel.calibration import calibrate, format_summary, predict, summarize
-    from dynamiccl.costmodel.measurements import load_env_dir
-    from dynamiccl.envspec import env_dir
     from dynamiccl.errors import InputError
 
     output = Path(args.output)
@@ -188,7 +207,7 @@ def cmd_calibrate(args) -> int:
                                      "write the fit elsewhere and use it with DYNAMICCL_WORLD_PARAMS=FILE")
     check_outputs(args.output)
     sources, tables = _measurements(args)
-    specs = load_env_dir(args.env_dir or env_dir())
+    specs = _specs(args)
     print(f"calibrating on {len(tables)} tables, {sum(len(t.time_us) for t in tables)} rows ...", file=sys.stderr)
     params, report = calibrate(tables, specs, source=sources, progress=True)
     atomic.write_text(output, params.to_json())
@@ -203,9 +222,7 @@ def cmd_calibrate(args) -> int:
 def cmd_validate(args) -> int:
     from dynamiccl import atomic, schema
     from dynamiccl.costmodel.calibration import format_summary, plot, predict, summarize
-    from dynamiccl.costmodel.measurements import load_env_dir
     from dynamiccl.costmodel.world import default_params
-    from dynamiccl.envspec import env_dir
 
     if args.leave_one_out and getattr(args, WORLD_PARAMS_DEST):
         from dynamiccl.errors import InputError
@@ -214,7 +231,7 @@ def cmd_validate(args) -> int:
                                            "unfitted priors, never from given parameters")
     check_outputs(args.plot or None, args.json)
     _, tables = _measurements(args)
-    specs = load_env_dir(args.env_dir or env_dir())
+    specs = _specs(args)
     folds = None
     if args.leave_one_out:
         from dynamiccl.costmodel.calibration import leave_one_out

@@ -85,7 +85,7 @@ class TableResult:
         return self.busbw_gbytes_per_s(self.nccl_time_us)
 
 
-def predict(tables: list[MeasuredTable], specs: list[EnvSpec], params: WorldParams | None = None,
+def predict(tables: list[MeasuredTable], specs: list[EnvSpec] | EnvSpec, params: WorldParams | None = None,
             ) -> list[TableResult]:
     """Cost every row of every table with the world (``params``) and with NCCL's model."""
     params = params or default_params()
@@ -101,7 +101,7 @@ def predict(tables: list[MeasuredTable], specs: list[EnvSpec], params: WorldPara
 _SETUPS: dict[tuple, tuple] = {}
 
 
-def _setup(table: MeasuredTable, specs: list[EnvSpec]) -> tuple:
+def _setup(table: MeasuredTable, specs: list[EnvSpec] | EnvSpec) -> tuple:
     """(spec, batch, NCCL's model, NCCL's believed time) of a table: what does not depend on the
     world's parameters, so that a fit's hundreds of predictions build it once."""
     env = map_table(table, specs)
@@ -364,7 +364,7 @@ DEFAULT_MAX_EVALUATIONS = 400  # a fit from the priors converges in ~30 (the 288
 CONVERGENCE_ITERATIONS = 3  # the report's cost change is taken over this many last iterations
 
 
-def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec], source: str | list = "",
+def calibrate(tables: list[MeasuredTable], specs: list[EnvSpec] | EnvSpec, source: str | list = "",
               max_evaluations: int = DEFAULT_MAX_EVALUATIONS, progress: bool = False,
               ) -> tuple[WorldParams, dict]:
     """Fit the world's free parameters to measured tables, starting from the unfitted priors
@@ -438,7 +438,7 @@ def _last_cost_change(cost_history: list[float]) -> float:
     return float((before - cost_history[-1]) / before) if before > 0 else 0.0
 
 
-def leave_one_out(tables: list[MeasuredTable], specs: list[EnvSpec], progress: bool = True,
+def leave_one_out(tables: list[MeasuredTable], specs: list[EnvSpec] | EnvSpec, progress: bool = True,
                   max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> tuple[list[TableResult], list[dict]]:
     """Out-of-sample check: each table predicted by parameters fitted on all the other tables alone.
 

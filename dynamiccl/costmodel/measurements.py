@@ -276,12 +276,23 @@ def load_env_dir(env_dir: str | os.PathLike) -> list[EnvSpec]:
     return specs
 
 
-def map_table(table: MeasuredTable, specs: list[EnvSpec]) -> EnvSpec:
+def map_table(table: MeasuredTable, specs: list[EnvSpec] | EnvSpec) -> EnvSpec:
     """The spec a measured table runs on (see the module docstring), with the table's NCCL version.
 
+    ``specs`` is either the specs to choose from by the table's ``system`` text, or the one spec every
+    table was measured on (``calibrate``/``validate --env``: a user's own cluster, whose
+    ``dynamiccl measure`` tables are communicators of any shape that fits it).
+
     Raises:
-        InputError: no spec matches the table's GPU and GPUs per node.
+        InputError: no spec matches the table's GPU and GPUs per node; or, for one given spec, the
+            table does not fit it (more nodes, or more ranks per node, than the spec has).
     """
+    if isinstance(specs, EnvSpec):
+        if table.nodes > specs.nodes or table.gpus_per_node > specs.gpus_per_node:
+            raise InputError(table.table, "gpus_per_node",
+                             f"{table.gpus_per_node} rank(s) per node on {table.nodes} node(s) do not fit spec "
+                             f"{specs.name} ({specs.gpus_per_node} GPUs per node, {specs.nodes} nodes)")
+        return _with_table_version(table, specs)
     quiet = DynamicsSpec()
     candidates = [s for s in specs
                   if re.search(rf"\b{re.escape(_gpu_token(s.cluster.gpu.name))}\b", table.system.upper())
@@ -291,7 +302,11 @@ def map_table(table: MeasuredTable, specs: list[EnvSpec]) -> EnvSpec:
                                                 f"{table.gpus_per_node} GPUs per node (and >= {table.nodes} nodes)")
     pcie_system = "PCIE" in table.system.upper() and "NVLINK" not in table.system.upper()
     candidates.sort(key=lambda s: ((s.intra.fabric == "pcie") != pcie_system, s.dynamics != quiet, s.nodes, s.name))
-    spec = candidates[0]
+    return _with_table_version(table, candidates[0])
+
+
+def _with_table_version(table: MeasuredTable, spec: EnvSpec) -> EnvSpec:
+    """``spec`` with the table's NCCL version, where it logged one NCCL's model covers."""
     try:
         version = parse_version(table.nccl_version)
     except ValueError:
