@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -14,12 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dynamiccl.cli import main
 from dynamiccl.errors import InputError
+from dynamiccl.report.verify import load_verify_record
 from dynamiccl.nccl import Algorithm as A, Func, Protocol as P
 from dynamiccl.profiler.steptimer import StepTimer
 from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, save
 from dynamiccl.verify import stats
-from dynamiccl.verify.run import NOT_APPLIED, SLOWER_STATUS, keep_table, read_rank_file
+from dynamiccl.verify.run import FORMAT, NOT_APPLIED, SLOWER_STATUS, keep_table, read_rank_file
+
+ROOT = Path(__file__).resolve().parents[1]
 
 JOB = Path(__file__).resolve().parent / "verify_job.py"
 OUR_VARIABLES = ("NCCL_TUNER_PLUGIN", "DYNAMICCL_TUNER_TABLE", "DYNAMICCL_STEP_TIMES_DIR", "DYNAMICCL_VERIFY_ARM",
@@ -203,6 +208,14 @@ def test_a_null_run_of_a_real_table_on_gloo_is_no_difference(tmp_path, cache, ta
     assert (out / "plots" / "verify-step-times.png").read_bytes()[:4] == b"\x89PNG"
     assert "![per-step times](plots/verify-step-times.png)" in (out / "verify.md").read_text()
     assert 'id="plot-verify-step-times"' in (out / "verify.html").read_text()
+    # The same record as a section of `dynamiccl report --verify`, beside a (recorded) evaluation.
+    results = tmp_path / "results.parquet"
+    shutil.copy(ROOT / "tests" / "fixtures" / "results" / "before-search-2026-12-02.parquet", results)
+    assert main(["report", str(results), "--verify", str(out / "verify.json"), "-o", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Verify on the job: A/B runs" in page and 'id="plot-verify-step-times"' in page
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert f"**{record['sentence']}**" in summary and "verify (measured on the job)" in page
 
 
 def test_an_injected_slowdown_is_slower_fails_the_guard_and_is_not_kept(tmp_path, cache, table):
@@ -257,3 +270,14 @@ def test_a_failing_job_is_an_error_naming_the_arm(tmp_path, cache, table):
                   job=["sh", "-c", "exit 3"])
     assert done.returncode == 2
     assert "dynamiccl: error: arm A1: the job exited with status 3; nothing was compared" in done.stderr
+
+
+def test_report_refuses_a_file_that_is_not_a_verify_record(tmp_path):
+    path = tmp_path / "verify.json"
+    path.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(InputError, match="format"):
+        load_verify_record(path)
+    path.write_text(json.dumps({"format": FORMAT, "verdict": "faster", "sentence": "s", "order": "ABA",
+                                "warmup_steps": 1, "steps": 2, "command": ["x"], "comparison": {"arms": []}}))
+    with pytest.raises(InputError, match="comparison"):
+        load_verify_record(path)

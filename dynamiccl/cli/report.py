@@ -26,6 +26,8 @@ def add(sub) -> None:
     p.add_argument("--training-curve", metavar="CSV", help="training_curve.csv of `dynamiccl train`")
     p.add_argument("--calibration", metavar="JSON", help="error summary of `dynamiccl validate --json`")
     p.add_argument("--table", help="decision table (.json/.csv/.conf/.txt) to list with its provenance")
+    p.add_argument("--verify", metavar="JSON", help="verify.json of `dynamiccl verify`: the measured A/B result on "
+                                                   "the job, with its per-step plot")
     p.add_argument("--agent", help="the agent compared with NCCL's default (default: policy, else the first "
                                    "agent that is not a baseline)")
     p.add_argument("--online", default="all", choices=["all", "last"],
@@ -38,7 +40,8 @@ def cmd_report(args) -> int:
 
     claim_output_dir(args.output, invocation(args.argv))
     paths = build_report(args.results, args.output, training_curve=args.training_curve,
-                         calibration=args.calibration, table=args.table, agent=args.agent, online=args.online,
+                         calibration=args.calibration, table=args.table, verify=args.verify, agent=args.agent,
+                         online=args.online,
                          command=invocation(args.argv), progress=sys.stderr.isatty())
     print(f"wrote {paths['html']} (open this first), {paths['summary']} and {paths['plots']}/*.png")
     return 0

@@ -21,8 +21,8 @@ from dynamiccl.report.data import (
 from dynamiccl.report.sections import builders, headline_lines
 
 
-def load(results: str | os.PathLike, *, training_curve=None, calibration=None, table=None, agent: str | None = None,
-         online: str = "all", command: str | None = None) -> ReportData:
+def load(results: str | os.PathLike, *, training_curve=None, calibration=None, table=None, verify=None,
+         agent: str | None = None, online: str = "all", command: str | None = None) -> ReportData:
     """Read every input of a report.
 
     Raises:
@@ -44,6 +44,10 @@ def load(results: str | os.PathLike, *, training_curve=None, calibration=None, t
         from dynamiccl.table import load as load_table
 
         data.table, data.table_path = load_table(table), Path(table)
+    if verify is not None:
+        from dynamiccl.report.verify import load_verify_record
+
+        data.verify, data.verify_path = load_verify_record(verify), Path(verify)
     return data
 
 

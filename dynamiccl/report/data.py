@@ -50,6 +50,8 @@ class ReportData:
     calibration_path: Path | None = None
     table: object | None = None  # a DecisionTable
     table_path: Path | None = None
+    verify: dict | None = None  # a `dynamiccl verify` record (report.verify.load_verify_record)
+    verify_path: Path | None = None
     command: str | None = None
     notes: list[str] = field(default_factory=list)
     case_names: dict[str, str] = field(default_factory=dict)  # case label -> readable layout (see case_names)
@@ -438,7 +440,7 @@ def provenance(data: ReportData) -> list[tuple[str, str]]:
         seeds.update({f"table.{k}": v for k, v in _find_seeds(data.table.provenance).items()})
     rows += [(f"seed ({path})", str(value)) for path, value in seeds.items()]
     for label, path in (("training curve", data.training_curve_path), ("calibration", data.calibration_path),
-                        ("decision table", data.table_path)):
+                        ("decision table", data.table_path), ("verify (measured on the job)", data.verify_path)):
         if path is not None:
             rows.append((label, os.fspath(path)))
     # The compute each case was replayed with: the GPU of its environment spec unless the workload named one.

@@ -28,6 +28,10 @@ def render(data: ReportData, headline: list[str], plots: list[str], sections: li
                       f"slower). Saved per day: minutes by which a day of steps at NCCL default's pace finishes "
                       f"sooner ({MINUTES_PER_DAY} x saved / default step time)."]
     lines += [""] + comm_breakdown.markdown_lines(data)
+    if data.verify is not None:
+        lines += ["", f"## Verified on the job ({data.verify_path})", "", f"**{data.verify['sentence']}** (measured: "
+                  f"`dynamiccl verify`, order {data.verify['order']}; the section in report.html has the arms and the "
+                  "per-step plot)"]
     online = "every online iteration counts" if data.online == "all" else "online agents: last iteration per case"
     lines += ["", f"Speedup = NCCL default's step time / the agent's (geometric means; {online}).", ""]
     if data.notes:

@@ -230,6 +230,12 @@ def provenance_section(data: ReportData) -> Section:
     return Section("provenance", "Provenance", [("table", (["field", "value"], [list(r) for r in provenance(data)]))])
 
 
+def verify_on_the_job(data: ReportData) -> Section:
+    from dynamiccl.report.verify import verify_section  # it builds on Section: imported when used
+
+    return verify_section(data.verify)
+
+
 def builders(data: ReportData) -> list[Callable[[ReportData], Section]]:
     """The section builders that apply to ``data``, in page order."""
     out = [overview, headroom_section, comm_breakdown_section, decision_maps, speedup, time_breakdown, regret]
@@ -239,6 +245,8 @@ def builders(data: ReportData) -> list[Callable[[ReportData], Section]]:
         out.append(calibration)
     if data.table is not None:
         out.append(table_section)
+    if data.verify is not None:
+        out.append(verify_on_the_job)
     return out + [provenance_section]
 
 

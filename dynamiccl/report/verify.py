@@ -13,7 +13,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dynamiccl import atomic
+from dynamiccl import atomic, schema
+from dynamiccl.errors import InputError
 from dynamiccl.report import html
 from dynamiccl.report.plots import png
 from dynamiccl.report.sections import Section
@@ -21,6 +22,42 @@ from dynamiccl.report.sections import Section
 PLOT_NAME = "verify-step-times"
 ARM_HEADER = ["arm", "what ran", "ranks", "steps recorded", "steps analysed", "median step (ms)", "vs the A arms"]
 _ARM_COLORS = {"A1": "#7f7f7f", "A2": "#404040", "B1": "#d62728", "B2": "#ff7f0e"}
+
+
+# What a record must hold for the section (``dynamiccl.verify.run`` writes them; a record of a table
+# that could not be applied has no ``comparison``).
+_RECORD_FIELDS = ("verdict", "sentence", "order", "warmup_steps", "steps", "command")
+_COMPARISON_FIELDS = ("arms", "delta", "ci_low", "ci_high", "drift", "method")
+_ARM_FIELDS = ("name", "ranks", "recorded_steps", "step_times_s", "median_s")
+
+
+def load_verify_record(path: str | Path) -> dict:
+    """The ``verify.json`` that ``dynamiccl verify`` wrote, checked for what the section reads.
+
+    Raises:
+        InputError: naming the file and the field: not JSON, not a verify record of this format,
+            or a field missing.
+    """
+    from dynamiccl.verify.run import FORMAT
+
+    source = str(path)
+    record = schema.read_json(path, "verify results")
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise InputError(source, "format", f"expected {FORMAT!r}: the verify.json that `dynamiccl verify -o DIR` writes")
+
+    def require(obj, fields, where):
+        missing = [f for f in fields if not isinstance(obj, dict) or f not in obj]
+        if missing:
+            raise InputError(source, where or None, f"missing {', '.join(missing)}")
+
+    require(record, _RECORD_FIELDS, "")
+    if "comparison" in record:
+        require(record["comparison"], _COMPARISON_FIELDS, "comparison")
+        if not isinstance(record["comparison"]["arms"], list) or not record["comparison"]["arms"]:
+            raise InputError(source, "comparison.arms", "expected a non-empty list of arms")
+        for index, arm in enumerate(record["comparison"]["arms"]):
+            require(arm, _ARM_FIELDS, f"comparison.arms[{index}]")
+    return record
 
 
 def step_times_figure(record: dict) -> Figure:
@@ -83,9 +120,13 @@ def kept_line(record: dict) -> str | None:
 
 
 def verify_section(record: dict, plot_png: bytes | None = None) -> Section:
-    """The verify results as a report section: verdict, setup, arms table, plot and notes."""
+    """The verify results as a report section: verdict, setup, arms table, plot and notes (the
+    verdict and notes alone for a table that could not be applied: nothing was compared)."""
     section = Section("verify", "Verify on the job: A/B runs")
     section.blocks.append(("headline", [record["sentence"]] + ([kept_line(record)] if kept_line(record) else [])))
+    if "comparison" not in record:
+        section.blocks += [("note", note) for note in record.get("notes", [])]
+        return section
     section.blocks.append(("table", (ARM_HEADER, arm_rows(record))))
     section.blocks.append(("plot", (PLOT_NAME, plot_png if plot_png is not None else png(step_times_figure(record)),
                                     "Slowest rank's step time per analysed step, per arm; dashed: the arm's median")))
