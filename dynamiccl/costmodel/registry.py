@@ -36,11 +36,15 @@ class CostModelEntry:
         help: one line for ``--help`` and listings.
         runs_collectives: the model times real collectives on this machine (slow; the spec's hardware
             is not used), so commands meant for quick simulation leave it out of their choices.
+        needs_measurements: the model answers from the user's measurements (``CostModelOptions.
+            measurements``), not from the spec alone, so what runs every model on a spec (the
+            throughput benchmark) leaves it out.
     """
 
     factory: Callable[[EnvSpec, CostModelOptions], CostModel]
     help: str
     runs_collectives: bool = False
+    needs_measurements: bool = False
 
     def create(self, env: EnvSpec, options: CostModelOptions | None = None) -> CostModel:
         """Make the model for ``env``. Raises InputError for options the model refuses."""
@@ -64,7 +68,8 @@ COST_MODELS: dict[str, CostModelEntry] = {
                            "real collectives through torch.distributed on this machine",
                            runs_collectives=True),
     "measured": CostModelEntry(_imported("dynamiccl.costmodel.measured", "MeasuredModel"),
-                               "the user's own measurements (--measurements CSV), interpolated in size"),
+                               "the user's own measurements (--measurements CSV), interpolated in size",
+                               needs_measurements=True),
 }
 
 
