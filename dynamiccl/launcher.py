@@ -280,7 +280,7 @@ def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLik
                     raise InputError(table, None, check_verdict(checked))
                 plan.lines.append(check_verdict(checked))
             plan.plugin = resolve_plugin(plugin)
-            open_plugin(plan.plugin)
+            library = open_plugin(plan.plugin)
             plan.prepared = prepare_table(table, open_checker(plan.plugin))
         except Exception as exc:  # fail open: the job runs with NCCL's own choices
             plan.reason = _one_line(exc)
@@ -290,6 +290,7 @@ def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLik
             plan.unset(TABLE_ENV)
         else:
             _set_tuner(plan, plan.env.get(PLUGIN_ENV))
+            plan.lines.append(nccl_and_abi_line(library.exported_abi_versions(), plan.env))
     if profile_dir is not None:
         plan.capture_dir = Path(profile_dir).absolute() / "capture"
         profiled = profile_environment(plan.capture_dir, plan.env)
@@ -297,6 +298,28 @@ def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLik
             if plan.env.get(name) != value:
                 plan.set(name, value, "profiler")
     return plan
+
+
+def nccl_and_abi_line(exported: Sequence[int], env: Mapping[str, str]) -> str:
+    """One line: the NCCL libraries a job started here would find (``dynamiccl doctor``'s search)
+    and the tuner ABI each looks up, beside those the plugin exports. Never raises: a search that
+    fails says so (the job's own NCCL still picks the newest ABI it knows)."""
+    from dynamiccl.doctor import find_nccl, format_version, tuner_abi_for
+
+    exports = "the plugin exports tuner ABI " + ", ".join(f"v{v}" for v in exported)
+    try:
+        found = [lib for lib in find_nccl(env=env) if lib.version is not None]
+    except Exception as exc:  # a description only: never a reason not to tune
+        return f"NCCL: not detected ({_one_line(exc)}); {exports}"
+    if not found:
+        return (f"NCCL: none found from here (the job's own NCCL takes the newest of these it knows; "
+                f"NCCL_DEBUG=INFO names it); {exports}")
+    looked_up = []
+    for lib in found:
+        abi = tuner_abi_for(lib.version)
+        looked_up.append(f"NCCL {format_version(lib.version)} ({lib.source}) looks up tuner ABI "
+                         + (f"v{abi}" if abi else "v1 only (no tuner support)"))
+    return f"{'; '.join(looked_up)}; {exports}"
 
 
 def _set_tuner(plan: LaunchPlan, previous_plugin: str | None) -> None:

@@ -202,3 +202,17 @@ def test_without_a_compiler_the_table_is_still_checked(tmp_path, env, monkeypatc
                                        "parser was not run (no plugin)")
     assert statuses["launch"][0] == "warn" and not report.launch["tuned"]
     assert report.exit_status == 0
+
+
+def test_launch_names_the_nccl_it_finds_and_the_abi_it_looks_up(tmp_path, env):
+    from dynamiccl.launcher import plan_launch
+
+    fake_nccl(tmp_path, 22304)  # NCCL 2.23.4: tuner ABI v3 (NVIDIA/nccl ext-tuner)
+    table = good_table(tmp_path / "t.json")
+    plan = plan_launch(table, base_env={**env, "LD_LIBRARY_PATH": str(tmp_path)})
+    line = next(line for line in plan.lines if line.startswith("NCCL "))
+    assert "NCCL 2.23.4 (LD_LIBRARY_PATH) looks up tuner ABI v3" in line
+    assert "the plugin exports tuner ABI v6" in line
+    bare = plan_launch(table, base_env=env)
+    assert any(line.startswith("NCCL: none found from here") for line in bare.lines) or \
+        any(line.startswith("NCCL ") and "looks up tuner ABI" in line for line in bare.lines)

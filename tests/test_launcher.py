@@ -92,8 +92,9 @@ def test_dry_run_prints_every_setting_and_the_command_and_runs_nothing(tmp_path,
     assert plugin_text.read(text_path.read_bytes(), text_path).rules == sample_table().rules
     assert "NCCL_P2P_NET_CHUNKSIZE=524288 (from the table)" in lines
     assert "NCCL_P2P_LL_THRESHOLD=8192 (from the table)" in lines
+    assert "the plugin exports tuner ABI v6, v5, v4, v3, v2" in lines[-2]  # and which NCCL it would find
     assert lines[-1] == f"would run: {shlex.join(command)}"
-    assert len(lines) == 5 and len(done.stderr.splitlines()) == 5
+    assert len(lines) == 6 and len(done.stderr.splitlines()) == 6
 
 
 def test_the_variables_reach_the_job_and_the_users_settings_win(tmp_path, cache, plugin, table):
