@@ -16,8 +16,9 @@ def add(sub) -> None:
         description="Run LAUNCHER (torchrun --nproc-per-node N, srun ... python) with `-m dynamiccl.measure.worker` "
                     "appended: every communicator shape and size band the trace issues is timed under NCCL's default "
                     "and each (algorithm, protocol, channels), forced per call through the instrumented tuner plugin's "
-                    "override in the same processes. Writes the calibration CSV (`--model measured --measurements`; `dynamiccl calibrate --measurements CSV --env SPEC`), "
-                    "an nccl-tests-style table, and with --json everything, including which configurations NCCL "
+                    "override in the same processes. Writes the calibration CSV (read by `--model measured "
+                    "--measurements CSV` and `dynamiccl calibrate --measurements CSV --env SPEC`), an nccl-tests-style "
+                    "table, and with --json everything, including which configurations NCCL "
                     "applied. The override is always cleared when a rank ends.")
     p.add_argument("--trace", required=True, help="trace of the job's step (.parquet) whose collectives are timed")
     p.add_argument("-o", "--output", required=True, metavar="CSV", help="calibration CSV to write")
