@@ -304,7 +304,7 @@ def nccl_and_abi_line(exported: Sequence[int], env: Mapping[str, str]) -> str:
     """One line: the NCCL libraries a job started here would find (``dynamiccl doctor``'s search)
     and the tuner ABI each looks up, beside those the plugin exports. Never raises: a search that
     fails says so (the job's own NCCL still picks the newest ABI it knows)."""
-    from dynamiccl.doctor import find_nccl, format_version, tuner_abi_for
+    from dynamiccl.nccl_libraries import find_nccl, format_version, tuner_abi_for
 
     exports = "the plugin exports tuner ABI " + ", ".join(f"v{v}" for v in exported)
     try:

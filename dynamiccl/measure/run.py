@@ -344,7 +344,7 @@ def _describe_results(plan: Plan, results: dict, rows: list[dict], not_written: 
                       elapsed_s: float) -> list[str]:
     lines = []
     if results["backend"] == "nccl":
-        from dynamiccl.doctor import tuner_abi_for
+        from dynamiccl.nccl_libraries import tuner_abi_for
         from dynamiccl.nccl import parse_version
 
         abi = tuner_abi_for(parse_version(results["nccl_version"]))

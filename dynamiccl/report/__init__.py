@@ -56,7 +56,12 @@ def write_report(data: ReportData, out_dir: str | os.PathLike, progress: bool = 
     (``html``, ``summary``, ``plots``: the plots directory)."""
     out = Path(out_dir)
     sections = []
-    for build in tqdm(builders(data), desc="report", unit="section", disable=not progress, delay=2.0):
+    extra = []
+    if data.verify is not None:
+        from dynamiccl.report.verify import verify_report_section
+
+        extra.append(verify_report_section)
+    for build in tqdm(builders(data, extra), desc="report", unit="section", disable=not progress, delay=2.0):
         sections.append(build(data))
     plot_paths = []
     for section in sections:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -230,14 +230,10 @@ def provenance_section(data: ReportData) -> Section:
     return Section("provenance", "Provenance", [("table", (["field", "value"], [list(r) for r in provenance(data)]))])
 
 
-def verify_on_the_job(data: ReportData) -> Section:
-    from dynamiccl.report.verify import verify_section  # it builds on Section: imported when used
-
-    return verify_section(data.verify)
-
-
-def builders(data: ReportData) -> list[Callable[[ReportData], Section]]:
-    """The section builders that apply to ``data``, in page order."""
+def builders(data: ReportData, extra: Sequence[Callable[[ReportData], Section]] = ()
+             ) -> list[Callable[[ReportData], Section]]:
+    """The section builders that apply to ``data``, in page order; ``extra`` (sections other
+    modules build on this one, e.g. ``report.verify``) go before the provenance."""
     out = [overview, headroom_section, comm_breakdown_section, decision_maps, speedup, time_breakdown, regret]
     if data.training_curve is not None:
         out.append(training)
@@ -245,9 +241,7 @@ def builders(data: ReportData) -> list[Callable[[ReportData], Section]]:
         out.append(calibration)
     if data.table is not None:
         out.append(table_section)
-    if data.verify is not None:
-        out.append(verify_on_the_job)
-    return out + [provenance_section]
+    return out + list(extra) + [provenance_section]
 
 
 __all__ = ["Section", "builders", "headline_lines"]

@@ -18,6 +18,7 @@ from dynamiccl.errors import InputError
 from dynamiccl.report import html
 from dynamiccl.report.plots import png
 from dynamiccl.report.sections import Section
+from dynamiccl.verify import FORMAT
 
 PLOT_NAME = "verify-step-times"
 ARM_HEADER = ["arm", "what ran", "ranks", "steps recorded", "steps analysed", "median step (ms)", "vs the A arms"]
@@ -38,8 +39,6 @@ def load_verify_record(path: str | Path) -> dict:
         InputError: naming the file and the field: not JSON, not a verify record of this format,
             or a field missing.
     """
-    from dynamiccl.verify.run import FORMAT
-
     source = str(path)
     record = schema.read_json(path, "verify results")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -117,6 +116,11 @@ def kept_line(record: dict) -> str | None:
     if record.get("keep"):
         return f"the table was not kept as {record['keep']}: the verdict is {record['verdict']!r}"
     return None
+
+
+def verify_report_section(data) -> Section:
+    """The section of ``dynamiccl report --verify`` (``data``: the report's ``ReportData``)."""
+    return verify_section(data.verify)
 
 
 def verify_section(record: dict, plot_png: bytes | None = None) -> Section:

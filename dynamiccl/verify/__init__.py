@@ -5,3 +5,7 @@
 - :mod:`dynamiccl.verify.stats`: the comparison (slowest-rank medians, the control's drift, the
   bootstrap interval and the verdict), written to be read top to bottom.
 """
+
+# The ``format`` of the verify.json that ``dynamiccl verify`` writes (and ``dynamiccl report --verify``
+# reads); here, so that the report reads it without importing the runner.
+FORMAT = "dynamiccl-verify/1"

@@ -43,9 +43,8 @@ from dynamiccl.plugin import TABLE_ENV
 from dynamiccl.profiler.run import autostart_environment, run_forwarding_signals
 from dynamiccl.profiler.run import say as say_as
 from dynamiccl.profiler.steptimer import ENV_ARM, ENV_DIR, FORMAT as STEP_TIMES_FORMAT
-from dynamiccl.verify import stats
+from dynamiccl.verify import FORMAT, stats
 
-FORMAT = "dynamiccl-verify/1"
 SLOWER_STATUS = 1       # --fail-if-slower and the verdict "slower": a CI pipeline's guard fails
 ERROR_STATUS = 2        # bad input, the table not applied, an arm that failed or recorded too few steps
 NOT_APPLIED = "not applied"
@@ -161,7 +160,7 @@ def tuned_in_every_rank(arm: ArmRecords, plan: LaunchPlan) -> str | None:
 def nccl_line(arms: Sequence[ArmRecords], plan: LaunchPlan) -> tuple[dict, str]:
     """(the JSON record, one line): the job's backend and NCCL version, the tuner ABI that NCCL looks
     up and those the plugin exports, and the table used."""
-    from dynamiccl.doctor import tuner_abi_for
+    from dynamiccl.nccl_libraries import tuner_abi_for
 
     records = [r for arm in arms for r in arm.records.values()]
     backends = sorted({r.get("backend") or "none" for r in records})
