@@ -313,7 +313,7 @@ def run_doctor(table: str | os.PathLike | None = None, plugin: str | os.PathLike
     _check_environment(report, env)
     # A check that could not run is left to the launch plan, which then runs the job untuned.
     plan = plan_launch(table, plugin, base_env=env, checked=checked,
-                       trace=trace if checked is None else None, env_spec=env_spec)
+                       trace=trace if checked is None else None, env_spec=env_spec, nccl_found=report.nccl)
     report.launch = {"tuned": plan.tuned, "reason": plan.reason, "settings": plan.settings, "lines": plan.lines}
     if table is not None:
         report.add("launch", "ok" if plan.tuned else "warn",

@@ -256,14 +256,15 @@ def check_verdict(check) -> str:
 def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLike | None = None,
                 profile_dir: str | os.PathLike | None = None,
                 base_env: Mapping[str, str] | None = None, trace: str | os.PathLike | None = None,
-                env_spec: str | None = None, checked=None) -> LaunchPlan:
+                env_spec: str | None = None, checked=None, nccl_found=None) -> LaunchPlan:
     """The environment a launch gives its job, and the report of what was set and why.
 
     Builds or finds the plugin and writes the table's plugin text (see the module docstring), but
     starts nothing and creates no capture directory. ``base_env`` defaults to ``os.environ``.
     With ``trace`` (and ``env_spec``, the cluster it runs on) the table is first checked on the
     job's step (``check_on_trace``; ``checked``: a check already run, e.g. by ``dynamiccl doctor``):
-    a table that makes the step slower is not used.
+    a table that makes the step slower is not used. ``nccl_found``: the NCCL libraries already
+    searched (``dynamiccl.nccl_libraries.find_nccl``), so the plan does not search again.
 
     Never raises for a problem of ours (plugin, compiler, table, the check): the plan then runs the
     job untuned and ``reason`` says why.
@@ -290,7 +291,7 @@ def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLik
             plan.unset(TABLE_ENV)
         else:
             _set_tuner(plan, plan.env.get(PLUGIN_ENV))
-            plan.lines.append(nccl_and_abi_line(library.exported_abi_versions(), plan.env))
+            plan.lines.append(nccl_and_abi_line(library.exported_abi_versions(), plan.env, nccl_found))
     if profile_dir is not None:
         plan.capture_dir = Path(profile_dir).absolute() / "capture"
         profiled = profile_environment(plan.capture_dir, plan.env)
@@ -300,15 +301,17 @@ def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLik
     return plan
 
 
-def nccl_and_abi_line(exported: Sequence[int], env: Mapping[str, str]) -> str:
-    """One line: the NCCL libraries a job started here would find (``dynamiccl doctor``'s search)
-    and the tuner ABI each looks up, beside those the plugin exports. Never raises: a search that
-    fails says so (the job's own NCCL still picks the newest ABI it knows)."""
+def nccl_and_abi_line(exported: Sequence[int], env: Mapping[str, str], nccl_found=None) -> str:
+    """One line: the NCCL libraries a job started here would find (``nccl_found``: a search already
+    made, e.g. by ``dynamiccl doctor``; else searched here) and the tuner ABI each looks up, beside
+    those the plugin exports. Never raises: a search that fails says so (the job's own NCCL still
+    picks the newest ABI it knows)."""
     from dynamiccl.nccl_libraries import find_nccl, format_version, tuner_abi_for
 
     exports = "the plugin exports tuner ABI " + ", ".join(f"v{v}" for v in exported)
     try:
-        found = [lib for lib in find_nccl(env=env) if lib.version is not None]
+        libraries = find_nccl(env=env) if nccl_found is None else nccl_found
+        found = [lib for lib in libraries if lib.version is not None]
     except Exception as exc:  # a description only: never a reason not to tune
         return f"NCCL: not detected ({_one_line(exc)}); {exports}"
     if not found:
