@@ -29,9 +29,11 @@ CTA_BOUNDS_MIN_NCCL = "2.17.1"
 NVLS_CTAS_MIN_NCCL = "2.27.3"
 CTA_POLICY_MIN_NCCL = {"default": "2.27.3", "efficiency": "2.27.3", "zero": "2.28.3"}
 # Copy engines copy; they cannot reduce. So a zero-CTA communicator runs its copy collectives
-# without SMs (NCCL 2.28 release notes: copy-engine AllGather / AlltoAll on symmetric memory) and
-# still runs reductions on CTAs.
-ZERO_CTA_FUNCS = ("allgather", "broadcast", "alltoall")
+# without SMs and still runs reductions on CTAs. NCCL 2.28 .. 2.30 implement AllGather and AlltoAll
+# (and Gather/Scatter, which dynamiccl does not cost) on the copy engines, not Broadcast, and only on
+# symmetric windows of a communicator whose ranks all share NVLink (NVIDIA/nccl ``src/ce_coll.cc``
+# ``ncclCeImplemented``, ``ncclCeAvailable``).
+ZERO_CTA_FUNCS = ("allgather", "alltoall")
 EFFICIENCY_MASKED_WHY = ("no public measurement of how many CTAs NCCL's efficiency policy keeps, "
                          "nor of the time it costs")
 
