@@ -86,6 +86,12 @@ class CollBatch:
     def subset(self, index) -> "CollBatch":
         return CollBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def bounds_pools(self) -> bool:
+        """Whether any row's communicator bounds its channel pools (``max_ctas``, ``min_ctas`` or
+        ``nvls_ctas`` set); the cost models skip the pool arithmetic where none does."""
+        # max, not any: no temporary array (the columns are >= 0, checked by make_batch)
+        return len(self) > 0 and bool(self.max_ctas.max() or self.min_ctas.max() or self.nvls_ctas.max())
+
     def quiet(self) -> "CollBatch":
         """The same calls, quiet and alone: no overlapped compute, congestion or noise."""
         return replace(self, overlap=np.zeros(len(self)), compute_hbm_share=np.zeros(len(self)),

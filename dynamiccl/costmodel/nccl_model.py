@@ -326,8 +326,7 @@ class NcclModel:
         import pandas as pd
 
         shape = batch.nranks * 65536 + batch.nnodes
-        capped = bool(batch.max_ctas.any() or batch.min_ctas.any() or batch.nvls_ctas.any())
-        if not capped:
+        if not batch.bounds_pools():
             codes, uniques = pd.factorize(shape, sort=False)  # O(n) hashing
             got = [self._get(int(k) // 65536, int(k) % 65536) for k in uniques]
             return TopoIndex(codes.astype(np.intp), got)
@@ -455,7 +454,7 @@ class NcclModel:
         for NVLS and NVLSTree, else the collective pool -- since NCCL schedules a call on at most the
         pool's channels whatever the tuner asked (``src/enqueue.cc``, ``nMaxChannels[kind]``). Rows
         without bounds keep the forced count (0 where none is forced)."""
-        if not (batch.max_ctas.any() or batch.min_ctas.any() or batch.nvls_ctas.any()):
+        if not batch.bounds_pools():
             return batch.channels
         capped = (batch.max_ctas > 0) | (batch.min_ctas > 0) | (batch.nvls_ctas > 0)
         nvls = (algo == Algorithm.NVLS) | (algo == Algorithm.NVLS_TREE)

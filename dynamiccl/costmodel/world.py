@@ -623,11 +623,13 @@ class WorldModel:
             algo = np.where(p2p, algo, got["algo"])
             proto = np.where(p2p, proto, got["proto"])
             channels = np.where(p2p, channels, got["channels"])
-        # A forced count runs on no more channels than a communicator's bounded pool holds.
-        channels = np.where(p2p | (batch.channels == 0), channels, self.nccl.forced_channels(batch, algo, index))
+        bounded = batch.bounds_pools()
+        if bounded:  # a forced count runs on no more channels than a communicator's bounded pool holds
+            channels = np.where(p2p | (batch.channels == 0), channels, self.nccl.forced_channels(batch, algo, index))
         # Send/recv and AlltoAll run on NCCL's p2p channels (half the collective channels per peer;
         # at least one where a communicator's pool is capped to one channel).
-        channels = np.where(p2p & (channels == 0), np.maximum(index.comm_channels[index.codes] // 2, 1), channels)
+        p2p_channels = index.comm_channels[index.codes] // 2
+        channels = np.where(p2p & (channels == 0), np.maximum(p2p_channels, 1) if bounded else p2p_channels, channels)
         keys = self._keys(index)
         k = (((index.codes * _NUM_SLOTS + _SLOT_OF_FUNC[batch.func]) * NUM_ALGORITHMS
               + np.clip(algo, 0, NUM_ALGORITHMS - 1)) * NUM_PROTOCOLS + np.clip(proto, 0, NUM_PROTOCOLS - 1))
