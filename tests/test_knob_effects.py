@@ -142,7 +142,7 @@ def test_nvls_reaches_its_peak_with_16_channels():
 
 # --- FastVideo PR #1630: NCCL_MAX_CTAS=16 on GB200 FSDP2 -----------------------------------------------
 
-def test_max_ctas_16_on_gb200_fsdp_collectives_stays_inside_the_steps_noise():
+def test_max_ctas_16_on_gb200_fsdp_adds_exposed_wait_inside_the_steps_noise():
     """FastVideo PR #1630 (4x GB200, FSDP2, A/B/A, slowest-rank medians): ``NCCL_MAX_CTAS=16`` moved the
     548 ms step +0.15%, inside the ~0.5% run-to-run noise; only 3.8 ms of it was exposed collective
     wait. The world halves the 32-channel pool of 4 GB200 to 16; the AllGather / ReduceScatter of
