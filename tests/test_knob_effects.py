@@ -68,6 +68,20 @@ def test_nccl_runs_calls_on_the_bounded_pool_and_keeps_its_cost_table():
         make_batch(ALLGATHER, MiB, 8, 1, min_ctas=16, max_ctas=8)
 
 
+def test_models_without_chunk_prices_refuse_a_chunk_size():
+    """Neither NCCL's cost table nor the world has chunk size (no public measurement): a row that sets
+    one is an error, not a silently ignored knob."""
+    env = resolve_env("dgx-h100")
+    batch = make_batch(ALLGATHER, MiB, 8, 1, chunk_bytes=[0, 131072])
+    for model in (NcclModel(env), WorldModel(env)):
+        assert not model.prices_chunk
+        with pytest.raises(InputError, match=r"chunk_bytes\[1\].*prices_chunk"):
+            model.evaluate(batch)
+        model.evaluate(batch.subset([0]))
+    with pytest.raises(InputError, match="power of two"):
+        make_batch(ALLGATHER, MiB, 8, 1, chunk_bytes=100000)
+
+
 def test_rows_without_bounds_cost_exactly_as_before():
     """Rows whose caps are all 0 give bit-identical arrays, whatever capped rows share their batch."""
     rng = np.random.default_rng(3)

@@ -128,6 +128,19 @@ def make_batch(func, size_bytes, nranks, nnodes, algo=-1, proto=-1, channels=0, 
     return batch
 
 
+def refuse_chunks(batch: CollBatch, model: str) -> None:
+    """Enforce the protocol's promise that a model without ``prices_chunk`` is never given a chunk size.
+
+    Raises:
+        InputError: a row with ``chunk_bytes`` > 0 (naming the row and the model).
+    """
+    if len(batch) and batch.chunk_bytes.max() > 0:
+        row = int(np.argmax(batch.chunk_bytes > 0))
+        raise InputError("cost batch", f"chunk_bytes[{row}]",
+                         f"0 (NCCL's chunk): the {model} model has no measurement of chunk size (prices_chunk "
+                         f"False), got {int(batch.chunk_bytes[row])}")
+
+
 def _check(b: CollBatch) -> None:
     def bad(column: str, mask: np.ndarray, expected: str) -> None:
         if mask.any():

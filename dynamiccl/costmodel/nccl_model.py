@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import CollBatch
+from dynamiccl.costmodel.batch import CollBatch, refuse_chunks
 from dynamiccl.costmodel.nccl_constants import (
     ARCH_INDEX, LL128_MAX_NTHREADS, LL_MAX_NTHREADS, MAX_DEV_WORK_BATCH_COLLS, MAX_NTHREADS, NET_HW, PCI_BW_GBYTES_PER_S,
     SIMPLE_MAX_NTHREADS, THREAD_THRESHOLD_BYTES, TREE_CORRECTION, WARP_SIZE, NcclConstants, nccl_constants,
@@ -311,9 +311,11 @@ class NcclModel:
         """What NCCL believes each row costs with its (or the row's forced) algorithm and protocol:
         :meth:`choose`'s pair, channels and time (inf, with algo = proto = -1, where no pair NCCL
         can run is left). Overlap, congestion and noise are ignored (``compute_slowdown`` 1, no
-        separate latency part: ``latency_us`` 0). Send/recv and AlltoAll rows, which NCCL's model
+        separate latency part: ``latency_us`` 0); a row with a chunk size is refused (InputError:
+        NCCL's cost table has none, ``prices_chunk`` False). Send/recv and AlltoAll rows, which NCCL's model
         has no cost for (``costs_p2p`` False), get what :meth:`choose` gives them: AllReduce's.
         """
+        refuse_chunks(batch, self.name)
         got = self.choose(batch)
         return CostResult(algo=got["algo"], proto=got["proto"], channels=got["channels"], time_us=got["time_us"],
                           latency_us=np.zeros(len(batch)), compute_slowdown=np.ones(len(batch)),

@@ -92,7 +92,7 @@ import numpy as np
 
 from dynamiccl import schema
 from dynamiccl.costmodel import interference
-from dynamiccl.costmodel.batch import COSTED_FUNCS, CollBatch, is_p2p
+from dynamiccl.costmodel.batch import COSTED_FUNCS, CollBatch, is_p2p, refuse_chunks
 from dynamiccl.costmodel.nccl_constants import ARCH_INDEX, NVLINK_HW, nccl_constants
 from dynamiccl.costmodel.nccl_model import NcclModel, nsteps
 from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
@@ -611,7 +611,11 @@ class WorldModel:
         ``algo`` and ``proto`` are -1 for send/recv and AlltoAll (which NCCL runs as point-to-point
         transfers) and where the forced pair cannot run (``time_us`` inf there); ``latency_us`` is
         the latency part of ``time_us`` (the same noise factor applied).
+
+        Raises:
+            InputError: a row with ``chunk_bytes`` > 0 (the world has no measurement of chunk size).
         """
+        refuse_chunks(batch, self.name)
         index = self.nccl.topology_index(batch)
         algo, proto, channels = batch.algo.copy(), batch.proto.copy(), batch.channels.copy()
         p2p = is_p2p(batch.func)
