@@ -37,6 +37,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from dynamiccl.knobs.chunk import KEEP_CHUNK
 from dynamiccl.nccl import KEEP, TUNABLE_FUNCS
 from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule
 from dynamiccl.tuning.agents import TableAgent
@@ -115,8 +116,8 @@ class _RuleRecordingAgent(TableAgent):
 # --- confining -------------------------------------------------------------------------------------
 
 def keep_nccl(rule: Rule) -> Rule:
-    """``rule``'s keys and byte range, keeping NCCL's algorithm, protocol and channels."""
-    return dataclasses.replace(rule, algorithm=None, protocol=None, channels=KEEP)
+    """``rule``'s keys and byte range, keeping NCCL's algorithm, protocol, channels and chunk size."""
+    return dataclasses.replace(rule, algorithm=None, protocol=None, channels=KEEP, chunk_bytes=KEEP_CHUNK)
 
 
 def catch_all_rules() -> tuple[Rule, ...]:
@@ -140,7 +141,7 @@ def won_bands(rule: Rule, evidence: Evidence, index: int) -> list[tuple[int, int
 
 def confine(table: DecisionTable, evidence: Evidence) -> DecisionTable:
     """``table`` with every acting rule cut to its won bands and the rest kept as NCCL's choice
-    (module docstring). Steps, nccl_env and version are kept; provenance too (the caller adds the
+    (module docstring). Steps, communicators, job_env and version are kept; provenance too (the caller adds the
     evidence record)."""
     rules: list[Rule] = []
     for index, rule in enumerate(table.rules):
