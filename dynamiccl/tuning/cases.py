@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from dynamiccl.trace.store import Trace
 from dynamiccl.tuning.costs import CostTable
 from dynamiccl.tuning.program import StepProgram
 from dynamiccl.tuning.timeline import Replay, latest_finish
+
+if TYPE_CHECKING:
+    from dynamiccl.tuning.communicators import Communicators
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,17 @@ class LoadedCase:
     program: StepProgram
     costs: CostTable
     obs: np.ndarray          # [calls, OBS_SIZE] observation of every call (tuning.observation.observe_calls)
+    knobs: bool = False      # costed with communicator configs and chunk sizes; obs in the knobs layout
+
+    @property
+    def communicators(self) -> "Communicators":
+        """The step's communicator shapes and their config masks (built once per loaded case)."""
+        found = self.__dict__.get("_communicators")
+        if found is None:
+            from dynamiccl.tuning.communicators import Communicators
+
+            found = self.__dict__["_communicators"] = Communicators.of(self)
+        return found
 
     @property
     def layout_label(self) -> str:
@@ -98,10 +113,12 @@ def _program(trace: str, step: int | None) -> StepProgram:
     return program
 
 
-def load_case(case: Case, model: str = DEFAULT_COST_MODEL, options: CostModelOptions | None = None) -> LoadedCase:
+def load_case(case: Case, model: str = DEFAULT_COST_MODEL, options: CostModelOptions | None = None,
+              knobs: bool = False) -> LoadedCase:
     """Compile and cost ``case`` with the registered cost model ``model`` made with ``options``
-    (cached per process, per model, options and world parameters file in effect:
-    ``DYNAMICCL_WORLD_PARAMS``, which ``--params`` sets).
+    (cached per process, per model, options, ``knobs`` and world parameters file in effect:
+    ``DYNAMICCL_WORLD_PARAMS``, which ``--params`` sets). ``knobs``: also cost every communicator
+    config and chunk size (``CostTable.build``); observations in the knobs layout.
 
     Raises:
         InputError: unreadable trace or spec, a step not in the trace, ranks that do not fit together
@@ -109,11 +126,12 @@ def load_case(case: Case, model: str = DEFAULT_COST_MODEL, options: CostModelOpt
             smaller than the trace's (see ``CostTable.build``), or congestion periods too short
             for the step (``dynamics.check_period``).
     """
-    return _load_case(case, model, options or CostModelOptions(), os.environ.get(PARAMS_ENV) or None)
+    return _load_case(case, model, options or CostModelOptions(), os.environ.get(PARAMS_ENV) or None, bool(knobs))
 
 
 @lru_cache(maxsize=256)
-def _load_case(case: Case, model: str, options: CostModelOptions, world_params_file: str | None) -> LoadedCase:
+def _load_case(case: Case, model: str, options: CostModelOptions, world_params_file: str | None,
+               knobs: bool = False) -> LoadedCase:
     """:func:`load_case`, cached on everything its costs depend on (``world_params_file`` is read by
     the world itself, from the environment)."""
     from dynamiccl.tuning.observation import observe_calls
@@ -127,29 +145,36 @@ def _load_case(case: Case, model: str, options: CostModelOptions, world_params_f
     check_period(env.dynamics, program.busiest_rank_compute_us(), env.source)
     if not program.tunable_calls:
         raise InputError(case.trace, "ops", "the step has no collective NCCL's tuner is asked about; nothing to tune")
-    costs = CostTable.build(program, env, model, options)
-    return LoadedCase(case, env, program, costs, observe_calls(program))
+    costs = CostTable.build(program, env, model, options, knobs=knobs)
+    return LoadedCase(case, env, program, costs, observe_calls(program, knobs), knobs)
 
 
-def new_replay(loaded: LoadedCase, state: int, latest_finish_us: list[float] | None = None) -> Replay:
+def new_replay(loaded: LoadedCase, state: int, latest_finish_us: list[float] | None = None,
+               configs: tuple[int, ...] | None = None) -> Replay:
     """A fresh replay of ``loaded`` under dynamics ``state`` (seeded congestion and noise);
-    ``latest_finish_us`` (from ``default_schedule``) lets it price a call's slack."""
+    ``latest_finish_us`` (from ``default_schedule``) lets it price a call's slack; ``configs``: per
+    communicator shape of the step (``loaded.communicators``), its ``COMM_CHOICES`` index (None:
+    NCCL's default everywhere)."""
     seed = dynamics_seed(loaded.case, state)
     dynamics = loaded.env.dynamics
     congestion = CongestionProcess(dynamics, seed, loaded.env.source) if dynamics.congestion == "markov" else None
     noise = noise_factors(dynamics, loaded.program.num_calls, np.random.default_rng(seed + 1))
-    return Replay(loaded.program, loaded.costs, congestion, noise, latest_finish_us)
+    call_row = loaded.communicators.call_rows(configs) if configs is not None and any(configs) else None
+    return Replay(loaded.program, loaded.costs, congestion, noise, latest_finish_us, call_row)
 
 
 _DEFAULT_SCHEDULES: dict[tuple, tuple[float, list[float]]] = {}
 
 
-def default_schedule(loaded: LoadedCase, state: int) -> tuple[float, list[float]]:
+def default_schedule(loaded: LoadedCase, state: int, configs: tuple[int, ...] | None = None
+                     ) -> tuple[float, list[float]]:
     """(step time in µs, latest finish of every call in µs) with NCCL's own choices for every
-    call, under dynamics ``state`` (cached per process)."""
-    key = (loaded.case, loaded.costs.source, state)
+    call, under dynamics ``state``, the step's communicators created with ``configs`` (see
+    :func:`new_replay`; None or all 0: NCCL's default configs) (cached per process)."""
+    configs = tuple(int(c) for c in configs) if configs is not None and any(configs) else None
+    key = (loaded.case, loaded.costs.source, loaded.knobs, state, configs)
     if key not in _DEFAULT_SCHEDULES:
-        replay = new_replay(loaded, state)
+        replay = new_replay(loaded, state, configs=configs)
         replay.run()
         _DEFAULT_SCHEDULES[key] = (replay.makespan_us, latest_finish(replay))
     return _DEFAULT_SCHEDULES[key]
