@@ -366,8 +366,8 @@ class TuningEnv(gym.Env):
     @property
     def case_id(self) -> tuple:
         """The episode's case and what costs it (``CostTable.source``: model, options, world
-        parameters): answers that depend only on them can be cached on it."""
-        return self._case.case, self._case.costs.source
+        parameters) and whether the knobs are on: answers that depend only on them can be cached on it."""
+        return self._case.case, self._case.costs.source, self.knobs
 
     # --- measured: what NCCL's profiler plugin reports once a call has started ---------------------
 
