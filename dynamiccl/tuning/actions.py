@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from dynamiccl.knobs.chunk import CHUNK_CHOICES_BYTES, KEEP_CHUNK
-from dynamiccl.knobs.comm_config import COMM_CHOICES, CommConfig
+from dynamiccl.knobs.comm_config import COMM_CHOICES
 from dynamiccl.nccl import KEEP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Protocol
 
 CHANNEL_CHOICES = (0, 1, 2, 4, 8, 16, 24, 32)  # 0 = NCCL's runtime count for the chosen pair
@@ -155,20 +155,6 @@ def action_mask(enabled_cells: np.ndarray, channel_cap: int, nvls_channel_cap: i
         mask &= ACTION_CHUNK[:num_actions] == 0
     mask[DEFAULT_ACTION] = True
     return mask
-
-
-def capped_pools(channel_pool: int, nvls_pool: int, config: CommConfig) -> tuple[int, int]:
-    """The (channel, NVLS) pools of a communicator created with ``config``, from NCCL's own pools:
-    NCCL clamps its channel pool to [minCTAs, maxCTAs] at init and its NVLS pool to nvlsCTAs
-    (NVIDIA/nccl ``src/init.cc``: ``comm->config.minCTAs/maxCTAs`` bound ``nChannels``;
-    ``nvlsCTAs`` bounds ``nvlsChannels``). A tuner's channels above the pool are masked."""
-    pool = channel_pool
-    if config.max_ctas > 0:
-        pool = min(pool, config.max_ctas)
-    if config.min_ctas > 0:
-        pool = max(pool, config.min_ctas)
-    nvls = min(nvls_pool, config.nvls_ctas) if config.nvls_ctas > 0 else nvls_pool
-    return int(pool), int(nvls)
 
 
 # --- the best static action per key (the greedy search start and the static-best baseline) ---------

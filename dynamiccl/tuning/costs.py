@@ -20,7 +20,7 @@ With the knobs (``knobs=True``) every distinct call is also costed under each co
 (:data:`~dynamiccl.knobs.comm_config.COMM_CHOICES`) its communicator may be created with
 (``comm_choice_mask`` for its NCCL version, NVLS and NVLink domain): one row per (call, config),
 the default config's rows first and identical to the table without knobs. A config's channel caps
-mask the channel choices above the capped pool (:func:`~dynamiccl.tuning.actions.capped_pools`);
+mask the channel choices above the capped pool (``NcclModel.topology_index``: ``comm_pool`` / ``nvls_pool``);
 the chunk-size actions are masked unless the model prices chunk sizes (``prices_chunk``; the world
 and NCCL's model do not: ``dynamiccl.knobs.KNOBS["chunk_size"].masked_why``). Every row is still
 evaluated in one batch.
@@ -46,7 +46,7 @@ from dynamiccl.knobs.comm_config import COMM_CHOICES, CommConfig, batch_columns,
 from dynamiccl.nccl import FUNC_OP, NUM_COST_CELLS, TUNABLE_FUNCS
 from dynamiccl.tuning.actions import (
     ACTION_ALGO, ACTION_CHANNELS, ACTION_CHUNK, ACTION_PROTO, DEFAULT_ACTION, NUM_ACTIONS, NUM_CALL_ACTIONS,
-    action_mask, capped_pools,
+    action_mask,
 )
 from dynamiccl.tuning.observation import key_columns
 from dynamiccl.tuning.program import StepProgram
@@ -191,8 +191,9 @@ class CostTable:
         nvls_channels = index.nvls_channels[index.codes]
         for i in range(len(rows)):
             if tunable[i]:
-                pool, nvls_pool = capped_pools(int(comm_channels[i]), int(nvls_channels[i]), configs[row_config[i]])
-                mask[i] = action_mask(nccl_cost[i] >= 0, pool, nvls_pool, chunks=chunks, num_actions=num_actions)
+                # The pools are the row's communicator's: NCCL's model bounds them by the config's caps.
+                mask[i] = action_mask(nccl_cost[i] >= 0, int(comm_channels[i]), int(nvls_channels[i]), chunks=chunks,
+                                      num_actions=num_actions)
             else:
                 mask[i, DEFAULT_ACTION] = True
         share = env.dynamics.congested_share if env.dynamics.congestion == "markov" else 0.0
