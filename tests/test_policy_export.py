@@ -140,7 +140,8 @@ def _lookup(table: DecisionTable, row) -> Rule | None:
 
 
 def _choice(rule: Rule) -> dict:
-    return {"algorithm": rule.algorithm, "protocol": rule.protocol, "channels": rule.channels}
+    return {"algorithm": rule.algorithm, "protocol": rule.protocol, "channels": rule.channels,
+            "chunk_bytes": rule.chunk_bytes}
 
 
 def _is_position_rule(rule: Rule) -> bool:
@@ -433,8 +434,8 @@ def test_bad_policy_outputs_are_refused():
     tree = action_index(Algorithm.TREE, Protocol.SIMPLE, 0)  # broadcast runs ring only
     with pytest.raises(ValueError, match="cannot run"):
         table_from_policy(lambda f: np.full(len(f), tree), calls, provenance={})
-    with pytest.raises(ValueError, match="out of range|expected 0"):
-        table_from_policy(lambda f: np.full(len(f), NUM_ACTIONS), calls, provenance={})
+    with pytest.raises(ValueError, match="out of range|expected a call action 0"):
+        table_from_policy(lambda f: np.full(len(f), NUM_CALL_ACTIONS), calls, provenance={})
     with pytest.raises(ValueError, match="one action per row"):
         table_from_policy(lambda f: np.zeros(len(f) + 1, dtype=int), calls, provenance={})
     with pytest.raises(TypeError, match="integer"):

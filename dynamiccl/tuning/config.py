@@ -28,7 +28,7 @@ file, the ``section.key`` and what was expected::
     activation = "tanh"         # tanh | relu
     checkpoint_every = 50000    # timesteps between checkpoints
     states = 8                  # dynamics states 0..states-1 are drawn in training
-    # knobs = true              # the same as [experiment] knobs (either turns them on)
+    knobs = false               # the same as [experiment] knobs (either turns them on)
 
     [[train.cases]]             # one or more; trace = "path" or workload = {model = ..., tp = ...}
                                 # (a workload's GPU and node size come from env: dynamiccl.workload.spec)
