@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -164,17 +165,53 @@ def new_replay(loaded: LoadedCase, state: int, latest_finish_us: list[float] | N
 
 
 _DEFAULT_SCHEDULES: dict[tuple, tuple[float, list[float]]] = {}
+# With communicator configs: (case, ..., configs) -> schedule, least recently used first. Bounded: a
+# knobs training run meets up to len(COMM_CHOICES) ** shapes configs per state, and a schedule holds
+# a float per call of the step (17,000 for a 405B step).
+_CONFIG_SCHEDULES: OrderedDict[tuple, tuple[float, list[float]]] = OrderedDict()
+_CONFIG_SCHEDULES_MAX = 512
+_CONFIG_STEP_TIMES: dict[tuple, float] = {}  # the step times alone (what a communicator reward needs)
 
 
 def default_schedule(loaded: LoadedCase, state: int, configs: tuple[int, ...] | None = None
                      ) -> tuple[float, list[float]]:
     """(step time in µs, latest finish of every call in µs) with NCCL's own choices for every
     call, under dynamics ``state``, the step's communicators created with ``configs`` (see
-    :func:`new_replay`; None or all 0: NCCL's default configs) (cached per process)."""
+    :func:`new_replay`; None or all 0: NCCL's default configs) (cached per process; the schedules
+    of other configs in a bounded least-recently-used cache)."""
     configs = tuple(int(c) for c in configs) if configs is not None and any(configs) else None
     key = (loaded.case, loaded.costs.source, loaded.knobs, state, configs)
-    if key not in _DEFAULT_SCHEDULES:
-        replay = new_replay(loaded, state, configs=configs)
-        replay.run()
-        _DEFAULT_SCHEDULES[key] = (replay.makespan_us, latest_finish(replay))
-    return _DEFAULT_SCHEDULES[key]
+    if configs is None:
+        if key not in _DEFAULT_SCHEDULES:
+            _DEFAULT_SCHEDULES[key] = _schedule(loaded, state, None)
+        return _DEFAULT_SCHEDULES[key]
+    if key in _CONFIG_SCHEDULES:
+        _CONFIG_SCHEDULES.move_to_end(key)
+        return _CONFIG_SCHEDULES[key]
+    found = _CONFIG_SCHEDULES[key] = _schedule(loaded, state, configs)
+    _CONFIG_STEP_TIMES[key] = found[0]
+    if len(_CONFIG_SCHEDULES) > _CONFIG_SCHEDULES_MAX:
+        _CONFIG_SCHEDULES.popitem(last=False)
+    return found
+
+
+def default_step_time_us(loaded: LoadedCase, state: int, configs: tuple[int, ...] | None = None) -> float:
+    """The step time (µs) of :func:`default_schedule`, cached without the schedule (a float per
+    (case, state, configs))."""
+    configs = tuple(int(c) for c in configs) if configs is not None and any(configs) else None
+    if configs is None:
+        return default_schedule(loaded, state)[0]
+    key = (loaded.case, loaded.costs.source, loaded.knobs, state, configs)
+    if key not in _CONFIG_STEP_TIMES:
+        if key in _CONFIG_SCHEDULES:
+            _CONFIG_STEP_TIMES[key] = _CONFIG_SCHEDULES[key][0]
+        else:
+            replay = new_replay(loaded, state, configs=configs)
+            _CONFIG_STEP_TIMES[key] = replay.run()
+    return _CONFIG_STEP_TIMES[key]
+
+
+def _schedule(loaded: LoadedCase, state: int, configs: tuple[int, ...] | None) -> tuple[float, list[float]]:
+    replay = new_replay(loaded, state, configs=configs)
+    replay.run()
+    return replay.makespan_us, latest_finish(replay)

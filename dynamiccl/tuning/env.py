@@ -20,7 +20,9 @@ from dynamiccl.tuning.actions import (
     COMM_ACTION_BASE, DEFAULT_ACTION, NUM_ACTIONS, NUM_COMM_ACTIONS, NUM_KNOBS_ACTIONS,
 )
 from dynamiccl.envspec import resolve_env
-from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay
+from dynamiccl.tuning.cases import (
+    Case, LoadedCase, default_schedule, default_step_time_us, load_case, new_replay,
+)
 from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL, cost_model_entry
 from dynamiccl.tuning.communicators import Shape
@@ -290,7 +292,11 @@ class TuningEnv(gym.Env):
         choice = DEFAULT_COMM_CHOICE if invalid or action == DEFAULT_ACTION else action - COMM_ACTION_BASE
         self.configs[shape] = choice
         before = self._configs_time_us
-        after, latest = default_schedule(self._case, self.state, tuple(self.configs))
+        last = shape + 1 == len(self._communicators.shapes)
+        if last:  # the call phase needs the configs' schedule (slack); before it, the step time will do
+            after, latest = default_schedule(self._case, self.state, tuple(self.configs))
+        else:
+            after = default_step_time_us(self._case, self.state, tuple(self.configs))
         self._configs_time_us = after
         reward = self.reward_scale * (before - after) / self.default_time_us
         self.decisions += 1
@@ -424,7 +430,7 @@ class SimulatorView:
             configs = list(self.configs)
             configs[self.pending_communicator] = DEFAULT_COMM_CHOICE if action == DEFAULT_ACTION \
                 else action - COMM_ACTION_BASE
-            times[action] = default_schedule(self.case, self.state, tuple(configs))[0]
+            times[action] = default_step_time_us(self.case, self.state, tuple(configs))
         return times
 
 
