@@ -679,6 +679,8 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
                      "cases; NCCL's own choice everywhere else")
     else:
         notes.append("not confined to evidence: every rule spans all sizes (for comparison only; do not deploy)")
+    if table.communicators:
+        notes.append("NVIDIA's CSV has no communicators: the launcher applies them from the JSON table")
     return PolicyExport(table, csv_compatible(table, nccl_shapes), tuple(notes), len(calls), len(cases))
 
 
