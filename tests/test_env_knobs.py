@@ -157,6 +157,11 @@ def test_agents_act_with_the_knobs(env):
     times = env.simulator.communicator_step_times()
     assert GreedyPerCallAgent().act_communicator(env, None, env.action_masks()) == int(np.argmin(times))
     assert np.isfinite(times[DEFAULT_ACTION]) and np.isinf(times[1:COMM_ACTION_BASE + 1]).all()
+    # A policy deciding every call of a new case in one batch at the episode's start (before its
+    # communicator decisions) sees the calls under NCCL's default configs.
+    calls, _, masks = env.episode_calls()
+    assert masks.shape == (len(calls), NUM_KNOBS_ACTIONS)
+    assert (masks == env._case_masks[0][np.asarray(env._case.costs.call_row)[calls]]).all()
     static = StaticBestAgent.fit(env, [(0, 0), (0, 1)])
     assert set(static.communicators) == {("dp", 2, 1), ("tp", 2, 1), ("mp", 2, 1)}
     again = StaticBestAgent.from_json(static.to_json())

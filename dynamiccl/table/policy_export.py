@@ -406,7 +406,8 @@ def decisions_of_table(table: DecisionTable, calls: pd.DataFrame) -> np.ndarray:
 
     No matching rule -> 0 (NCCL's default); an all-keep rule -> 0; otherwise the rule's
     (algorithm, protocol) with channels -1 -> 0 and a count outside ``CHANNEL_CHOICES`` rounded
-    down by ``nearest_channels``. ``position`` -1 (unknown) is allowed and matches only rules with
+    down by ``nearest_channels``; a chunk size of ``CHUNK_CHOICES_BYTES`` with NCCL's channels -> that
+    chunk-size action. ``position`` -1 (unknown) is allowed and matches only rules with
     position -1, as in ``lookup``.
 
     Vectorised first-match: rules are walked in table order and each claims the calls it matches

@@ -232,6 +232,8 @@ class TuningEnv(gym.Env):
         if self.knobs:
             self._communicators = self._case.communicators
             self.configs = [DEFAULT_COMM_CHOICE] * len(self._communicators.shapes)
+            # Until the call phase: the calls' rows under NCCL's default configs (episode_calls, nccl_costs).
+            self._call_rows = list(self._case.costs.call_row)
             self._configs_time_us = self.default_time_us
             self._replay = None
             self.pending = None
