@@ -68,6 +68,20 @@ def test_nccl_runs_calls_on_the_bounded_pool_and_keeps_its_cost_table():
         make_batch(ALLGATHER, MiB, 8, 1, min_ctas=16, max_ctas=8)
 
 
+def test_models_without_chunk_prices_refuse_a_chunk_size():
+    """Neither NCCL's cost table nor the world has chunk size (no public measurement): a row that sets
+    one is an error, not a silently ignored knob."""
+    env = resolve_env("dgx-h100")
+    batch = make_batch(ALLGATHER, MiB, 8, 1, chunk_bytes=[0, 131072])
+    for model in (NcclModel(env), WorldModel(env)):
+        assert not model.prices_chunk
+        with pytest.raises(InputError, match=r"chunk_bytes\[1\].*prices_chunk"):
+            model.evaluate(batch)
+        model.evaluate(batch.subset([0]))
+    with pytest.raises(InputError, match="power of two"):
+        make_batch(ALLGATHER, MiB, 8, 1, chunk_bytes=100000)
+
+
 def test_rows_without_bounds_cost_exactly_as_before():
     """Rows whose caps are all 0 give bit-identical arrays, whatever capped rows share their batch."""
     rng = np.random.default_rng(3)
@@ -142,7 +156,7 @@ def test_nvls_reaches_its_peak_with_16_channels():
 
 # --- FastVideo PR #1630: NCCL_MAX_CTAS=16 on GB200 FSDP2 -----------------------------------------------
 
-def test_max_ctas_16_on_gb200_fsdp_collectives_stays_inside_the_steps_noise():
+def test_max_ctas_16_on_gb200_fsdp_adds_exposed_wait_inside_the_steps_noise():
     """FastVideo PR #1630 (4x GB200, FSDP2, A/B/A, slowest-rank medians): ``NCCL_MAX_CTAS=16`` moved the
     548 ms step +0.15%, inside the ~0.5% run-to-run noise; only 3.8 ms of it was exposed collective
     wait. The world halves the 32-channel pool of 4 GB200 to 16; the AllGather / ReduceScatter of

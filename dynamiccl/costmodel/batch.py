@@ -86,6 +86,12 @@ class CollBatch:
     def subset(self, index) -> "CollBatch":
         return CollBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def bounds_pools(self) -> bool:
+        """Whether any row's communicator bounds its channel pools (``max_ctas``, ``min_ctas`` or
+        ``nvls_ctas`` set); the cost models skip the pool arithmetic where none does."""
+        # max, not any: no temporary array (the columns are >= 0, checked by make_batch)
+        return len(self) > 0 and bool(self.max_ctas.max() or self.min_ctas.max() or self.nvls_ctas.max())
+
     def quiet(self) -> "CollBatch":
         """The same calls, quiet and alone: no overlapped compute, congestion or noise."""
         return replace(self, overlap=np.zeros(len(self)), compute_hbm_share=np.zeros(len(self)),
@@ -120,6 +126,19 @@ def make_batch(func, size_bytes, nranks, nnodes, algo=-1, proto=-1, channels=0, 
     batch = CollBatch(**columns)
     _check(batch)
     return batch
+
+
+def refuse_chunks(batch: CollBatch, model: str) -> None:
+    """Enforce the protocol's promise that a model without ``prices_chunk`` is never given a chunk size.
+
+    Raises:
+        InputError: a row with ``chunk_bytes`` > 0 (naming the row and the model).
+    """
+    if len(batch) and batch.chunk_bytes.max() > 0:
+        row = int(np.argmax(batch.chunk_bytes > 0))
+        raise InputError("cost batch", f"chunk_bytes[{row}]",
+                         f"0 (NCCL's chunk): the {model} model has no measurement of chunk size (prices_chunk "
+                         f"False), got {int(batch.chunk_bytes[row])}")
 
 
 def _check(b: CollBatch) -> None:

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from dynamiccl.costmodel.batch import CollBatch
+from dynamiccl.costmodel.batch import CollBatch, refuse_chunks
 from dynamiccl.costmodel.nccl_constants import (
     ARCH_INDEX, LL128_MAX_NTHREADS, LL_MAX_NTHREADS, MAX_DEV_WORK_BATCH_COLLS, MAX_NTHREADS, NET_HW, PCI_BW_GBYTES_PER_S,
     SIMPLE_MAX_NTHREADS, THREAD_THRESHOLD_BYTES, TREE_CORRECTION, WARP_SIZE, NcclConstants, nccl_constants,
@@ -311,9 +311,11 @@ class NcclModel:
         """What NCCL believes each row costs with its (or the row's forced) algorithm and protocol:
         :meth:`choose`'s pair, channels and time (inf, with algo = proto = -1, where no pair NCCL
         can run is left). Overlap, congestion and noise are ignored (``compute_slowdown`` 1, no
-        separate latency part: ``latency_us`` 0). Send/recv and AlltoAll rows, which NCCL's model
+        separate latency part: ``latency_us`` 0); a row with a chunk size is refused (InputError:
+        NCCL's cost table has none, ``prices_chunk`` False). Send/recv and AlltoAll rows, which NCCL's model
         has no cost for (``costs_p2p`` False), get what :meth:`choose` gives them: AllReduce's.
         """
+        refuse_chunks(batch, self.name)
         got = self.choose(batch)
         return CostResult(algo=got["algo"], proto=got["proto"], channels=got["channels"], time_us=got["time_us"],
                           latency_us=np.zeros(len(batch)), compute_slowdown=np.ones(len(batch)),
@@ -326,8 +328,7 @@ class NcclModel:
         import pandas as pd
 
         shape = batch.nranks * 65536 + batch.nnodes
-        capped = bool(batch.max_ctas.any() or batch.min_ctas.any() or batch.nvls_ctas.any())
-        if not capped:
+        if not batch.bounds_pools():
             codes, uniques = pd.factorize(shape, sort=False)  # O(n) hashing
             got = [self._get(int(k) // 65536, int(k) % 65536) for k in uniques]
             return TopoIndex(codes.astype(np.intp), got)
@@ -455,7 +456,7 @@ class NcclModel:
         for NVLS and NVLSTree, else the collective pool -- since NCCL schedules a call on at most the
         pool's channels whatever the tuner asked (``src/enqueue.cc``, ``nMaxChannels[kind]``). Rows
         without bounds keep the forced count (0 where none is forced)."""
-        if not (batch.max_ctas.any() or batch.min_ctas.any() or batch.nvls_ctas.any()):
+        if not batch.bounds_pools():
             return batch.channels
         capped = (batch.max_ctas > 0) | (batch.min_ctas > 0) | (batch.nvls_ctas > 0)
         nvls = (algo == Algorithm.NVLS) | (algo == Algorithm.NVLS_TREE)

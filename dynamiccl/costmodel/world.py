@@ -92,7 +92,7 @@ import numpy as np
 
 from dynamiccl import schema
 from dynamiccl.costmodel import interference
-from dynamiccl.costmodel.batch import COSTED_FUNCS, CollBatch, is_p2p
+from dynamiccl.costmodel.batch import COSTED_FUNCS, CollBatch, is_p2p, refuse_chunks
 from dynamiccl.costmodel.nccl_constants import ARCH_INDEX, NVLINK_HW, nccl_constants
 from dynamiccl.costmodel.nccl_model import NcclModel, nsteps
 from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
@@ -611,7 +611,11 @@ class WorldModel:
         ``algo`` and ``proto`` are -1 for send/recv and AlltoAll (which NCCL runs as point-to-point
         transfers) and where the forced pair cannot run (``time_us`` inf there); ``latency_us`` is
         the latency part of ``time_us`` (the same noise factor applied).
+
+        Raises:
+            InputError: a row with ``chunk_bytes`` > 0 (the world has no measurement of chunk size).
         """
+        refuse_chunks(batch, self.name)
         index = self.nccl.topology_index(batch)
         algo, proto, channels = batch.algo.copy(), batch.proto.copy(), batch.channels.copy()
         p2p = is_p2p(batch.func)
@@ -623,11 +627,13 @@ class WorldModel:
             algo = np.where(p2p, algo, got["algo"])
             proto = np.where(p2p, proto, got["proto"])
             channels = np.where(p2p, channels, got["channels"])
-        # A forced count runs on no more channels than a communicator's bounded pool holds.
-        channels = np.where(p2p | (batch.channels == 0), channels, self.nccl.forced_channels(batch, algo, index))
+        bounded = batch.bounds_pools()
+        if bounded:  # a forced count runs on no more channels than a communicator's bounded pool holds
+            channels = np.where(p2p | (batch.channels == 0), channels, self.nccl.forced_channels(batch, algo, index))
         # Send/recv and AlltoAll run on NCCL's p2p channels (half the collective channels per peer;
         # at least one where a communicator's pool is capped to one channel).
-        channels = np.where(p2p & (channels == 0), np.maximum(index.comm_channels[index.codes] // 2, 1), channels)
+        p2p_channels = index.comm_channels[index.codes] // 2
+        channels = np.where(p2p & (channels == 0), np.maximum(p2p_channels, 1) if bounded else p2p_channels, channels)
         keys = self._keys(index)
         k = (((index.codes * _NUM_SLOTS + _SLOT_OF_FUNC[batch.func]) * NUM_ALGORITHMS
               + np.clip(algo, 0, NUM_ALGORITHMS - 1)) * NUM_PROTOCOLS + np.clip(proto, 0, NUM_PROTOCOLS - 1))
