@@ -3,7 +3,8 @@
  *
  * NCCL loads this library through NCCL_TUNER_PLUGIN, looks up ncclTunerPlugin_v6 first (then v5 ..
  * v2) and calls, per communicator, init once, getCollInfo for every collective it plans,
- * getChunkSize (v6) for every part of a task it schedules, and finalize/destroy at the end.  The first init reads the table named by DYNAMICCL_TUNER_TABLE
+ * getChunkSize (v6) for every part of a task it schedules, and finalize/destroy at the end.  The
+ * first init reads the table named by DYNAMICCL_TUNER_TABLE
  * (table.c); a missing or invalid table is reported once through NCCL's logger and leaves every
  * choice to NCCL.  Nothing here ever fails: init is wrapped in NCCLCHECK, so a failure would fail
  * communicator creation, and the job must run with NCCL's own choices instead.

@@ -9,8 +9,9 @@ A table is an ordered tuple of ``Rule``s. Each rule has keys (collective, inclus
 nranks, nnodes, position-in-step, numPipeOps, regBuff) and a choice (algorithm, protocol,
 channels, chunk size). Besides the rules (format version 3): ``communicators``, an ordered tuple of
 ``CommunicatorRule``s (group kind and shape -> :class:`~dynamiccl.knobs.comm_config.CommConfig`),
-and ``job_env``, the per-job NCCL settings of :mod:`dynamiccl.knobs.job_env`. Names are the spellings of NVIDIA's example tuner CSV (``COLL_BY_NAME``,
-``ALGORITHM_BY_NAME``, ``PROTOCOL_BY_NAME``) in every format.
+and ``job_env``, the per-job NCCL settings of :mod:`dynamiccl.knobs.job_env`. Names are the
+spellings of NVIDIA's example tuner CSV (``COLL_BY_NAME``, ``ALGORITHM_BY_NAME``,
+``PROTOCOL_BY_NAME``) in every format.
 
 Lookup semantics
 ----------------
@@ -197,8 +198,8 @@ class Rule:
 
     Choice: ``algorithm`` / ``protocol`` (None = keep NCCL's), ``channels`` (-1 = keep NCCL's,
     else 1..MAX_CHANNELS), ``chunk_bytes`` (bytes, tuner ABI v6 getChunkSize; -1 = keep NCCL's, else
-    a power of two 4 KiB .. 64 MiB, :func:`dynamiccl.knobs.chunk.check_chunk_bytes`). Integers (also numpy integers) given for enum fields are converted; -1
-    for algorithm/protocol means None.
+    a power of two 4 KiB .. 64 MiB, :func:`dynamiccl.knobs.chunk.check_chunk_bytes`). Integers (also
+    numpy integers) given for enum fields are converted; -1 for algorithm/protocol means None.
 
     Raises:
         InputError: (source None, field = the Rule field) for a wrong type, a value out of range,
@@ -675,6 +676,7 @@ def _any(value: int) -> str:
 
 __all__ = [
     "ALGORITHM_BY_NAME", "COLL_BY_NAME", "C_INT_MAX", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS",
-    "PROTOCOL_BY_NAME", "RULE_INT_FIELDS", "Choice", "ChunkMemory", "CommunicatorRule", "DecisionTable", "PositionCounter", "Rule",
+    "PROTOCOL_BY_NAME", "RULE_INT_FIELDS", "Choice", "ChunkMemory", "CommunicatorRule", "DecisionTable",
+    "PositionCounter", "Rule",
     "StepShape",
 ]

@@ -181,4 +181,5 @@ def _step(words: list[str], where: str, source, steps: list[StepShape]) -> StepS
     return step
 
 
-__all__ = ["HEADER", "MAGIC", "VERSION", "MAX_LINE_BYTES", "MAX_RULES", "MAX_STEPS", "RULE_FIELDS", "STEP_FIELDS", "read", "write"]
+__all__ = ["HEADER", "MAGIC", "VERSION", "MAX_LINE_BYTES", "MAX_RULES", "MAX_STEPS", "RULE_FIELDS", "STEP_FIELDS",
+           "read", "write"]
