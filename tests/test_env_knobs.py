@@ -200,6 +200,9 @@ env = "{SMALL[1]}"
 """)
     config = load_config(config_path)
     assert config.knobs and config.resume_fingerprint()["experiment.knobs"] is True
+    in_train = tmp_path / "train-knobs.toml"
+    in_train.write_text(config_path.read_text().replace("knobs = true\n", "").replace("[train]\n", "[train]\nknobs = true\n"))
+    assert load_config(in_train).knobs and not load_config(in_train).raw["experiment"].get("knobs")
     rng = np.random.default_rng(0)
     bias = rng.normal(0, 0.1, NUM_KNOBS_ACTIONS)
     bias[comm_action(MAX_CTAS_2)] = 50.0  # every communicator: max_ctas=2
