@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from dynamiccl.knobs.comm_config import COMM_CHOICES, CommConfig
 from dynamiccl.nccl import Algorithm
@@ -69,6 +70,7 @@ def test_spaces_and_the_gymnasium_checker(env):
     plain = TuningEnv([SMALL])
     assert plain.action_space.n == NUM_ACTIONS == 169 and plain.observation_space.shape == (OBS_SIZE,)
     check_env(env, skip_render_check=True)
+    sb3_check_env(env)
     obs, _ = env.reset(options={"case": 0, "state": 0})
     # The communicator phase first: one decision per shape, the phase flag and the kind set.
     shapes = env.communicator_shapes
