@@ -23,9 +23,11 @@ from dynamiccl.table.policy_export import (
 )
 from dynamiccl.tuning.actions import (
     ACTION_ALGO,
+    ACTION_CHUNK,
     ACTION_CHANNELS,
     ACTION_PROTO,
     NUM_ACTIONS,
+    NUM_CALL_ACTIONS,
     action_index,
 )
 
@@ -138,7 +140,8 @@ def _lookup(table: DecisionTable, row) -> Rule | None:
 
 
 def _choice(rule: Rule) -> dict:
-    return {"algorithm": rule.algorithm, "protocol": rule.protocol, "channels": rule.channels}
+    return {"algorithm": rule.algorithm, "protocol": rule.protocol, "channels": rule.channels,
+            "chunk_bytes": rule.chunk_bytes}
 
 
 def _is_position_rule(rule: Rule) -> bool:
@@ -153,18 +156,20 @@ def _group_key(rule_or_row) -> tuple:
 
 
 def test_rule_choice_maps_actions_to_rule_fields():
-    assert rule_choice(0) == {"algorithm": None, "protocol": None, "channels": KEEP}
+    assert rule_choice(0) == {"algorithm": None, "protocol": None, "channels": KEEP, "chunk_bytes": KEEP}
     assert rule_choice(action_index(Algorithm.RING, Protocol.LL, 0)) == {
-        "algorithm": Algorithm.RING, "protocol": Protocol.LL, "channels": KEEP}
+        "algorithm": Algorithm.RING, "protocol": Protocol.LL, "channels": KEEP, "chunk_bytes": KEEP}
     assert rule_choice(np.int64(action_index(Algorithm.TREE, Protocol.SIMPLE, 8))) == {
-        "algorithm": Algorithm.TREE, "protocol": Protocol.SIMPLE, "channels": 8}
-    for action in range(1, NUM_ACTIONS):
+        "algorithm": Algorithm.TREE, "protocol": Protocol.SIMPLE, "channels": 8, "chunk_bytes": KEEP}
+    assert rule_choice(action_index(Algorithm.RING, Protocol.SIMPLE, 0, 262144)) == {
+        "algorithm": Algorithm.RING, "protocol": Protocol.SIMPLE, "channels": KEEP, "chunk_bytes": 262144}
+    for action in range(1, NUM_CALL_ACTIONS):
         choice = rule_choice(action)
         expected_channels = int(ACTION_CHANNELS[action]) or KEEP
-        assert (int(choice["algorithm"]), int(choice["protocol"]), choice["channels"]) == (
-            ACTION_ALGO[action], ACTION_PROTO[action], expected_channels)
+        assert (int(choice["algorithm"]), int(choice["protocol"]), choice["channels"], choice["chunk_bytes"]) == (
+            ACTION_ALGO[action], ACTION_PROTO[action], expected_channels, int(ACTION_CHUNK[action]) or KEEP)
     with pytest.raises(ValueError):
-        rule_choice(NUM_ACTIONS)
+        rule_choice(NUM_CALL_ACTIONS)
     with pytest.raises(ValueError):
         rule_choice(-1)
     with pytest.raises(TypeError):
@@ -429,8 +434,8 @@ def test_bad_policy_outputs_are_refused():
     tree = action_index(Algorithm.TREE, Protocol.SIMPLE, 0)  # broadcast runs ring only
     with pytest.raises(ValueError, match="cannot run"):
         table_from_policy(lambda f: np.full(len(f), tree), calls, provenance={})
-    with pytest.raises(ValueError, match="out of range|expected 0"):
-        table_from_policy(lambda f: np.full(len(f), NUM_ACTIONS), calls, provenance={})
+    with pytest.raises(ValueError, match="out of range|expected a call action 0"):
+        table_from_policy(lambda f: np.full(len(f), NUM_CALL_ACTIONS), calls, provenance={})
     with pytest.raises(ValueError, match="one action per row"):
         table_from_policy(lambda f: np.zeros(len(f) + 1, dtype=int), calls, provenance={})
     with pytest.raises(TypeError, match="integer"):

@@ -222,7 +222,8 @@ def _config_has_measurements(args) -> None:
 
 
 def _search_cases(args):
-    """(cases, states, cost model, its options) that ``dynamiccl search`` searches: a config's split, a
+    """(cases, states, cost model, its options, knobs) that ``dynamiccl search`` searches: a config's split
+    (with its ``knobs``), a
     trace on an environment spec, or by default ``TuningEnv``'s built-in case (Llama-3 8B TP2 x DP8 on
     two H100 nodes)."""
     from dynamiccl.tuning.cases import Case
@@ -236,15 +237,15 @@ def _search_cases(args):
             cases = tuple(c for c in cases if args.case in c.label)
             if not cases:
                 raise InputError("--case", None, f"no {args.split} case of {args.config} has {args.case!r} in its label")
-        return list(cases), list(states), plan.model, plan.cost_options
+        return list(cases), list(states), plan.model, plan.cost_options, plan.knobs
     states = list(range(args.state_offset, args.state_offset + args.states))
     if args.trace and args.env:
-        return [Case(args.trace, args.env)], states, args.model, cost_options(args, args.model)
+        return [Case(args.trace, args.env)], states, args.model, cost_options(args, args.model), False
     if args.trace or args.env:
         raise InputError("--trace" if not args.trace else "--env", None, "give --trace and --env together")
     from dynamiccl.tuning.env import default_cases
 
-    return default_cases(), states, args.model, cost_options(args, args.model)
+    return default_cases(), states, args.model, cost_options(args, args.model), False
 
 
 def cmd_search(args) -> int:
@@ -263,7 +264,7 @@ def cmd_search(args) -> int:
         check_outputs(output)
     else:
         claim_output_dir(output, invocation(args.argv))
-    cases, states, model, options = _search_cases(args)
+    cases, states, model, options, knobs = _search_cases(args)
     if len(cases) == 1 and output.suffix.lower() in table_io.FORMATS:
         destinations = [output]
     elif output.suffix.lower() in table_io.FORMATS:
@@ -273,7 +274,7 @@ def cmd_search(args) -> int:
         destinations = [output / f"{case.label}.json" for case in cases]
     rows = []
     for case, dest in zip(cases, destinations):
-        loaded = load_case(case, model, options)
+        loaded = load_case(case, model, options, knobs=knobs)
         with tqdm(desc=f"search {case.label}", unit="key", leave=False) as bar:
             result = search_case(loaded, states, max_sweeps=args.max_sweeps, progress=bar)
         bounds = [step_bounds(loaded, state) for state in states]

@@ -53,6 +53,12 @@ table to its evidence (``dynamiccl.table.evidence``: each acting rule kept only 
 where its choice beat NCCL's default when the cases were replayed; NCCL's own choice elsewhere) and
 returns the table, its form for NVIDIA's example CSV (``csv_compatible``) and the notes for the
 user. ``table_from_policy`` alone is the unconfined write-down, exact on the calls and extrapolating to every size.
+
+A policy trained with the knobs (``TuningEnv(knobs=True)``) also chooses chunk sizes (its rules then
+carry ``chunk_bytes``, through ``rule_choice``) and communicator configs: the policy is evaluated at
+the communicator observation of every communicator shape (group kind, nranks, nnodes) of the cases,
+under the intersection of that shape's masks, and each shape whose choice is not NCCL's default
+becomes a ``CommunicatorRule`` of the table's ``communicators`` (:func:`policy_communicators`).
 """
 
 from __future__ import annotations
@@ -69,17 +75,21 @@ import pandas as pd
 from dynamiccl.callkey import FIELDS as CALL_KEY_FIELDS
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Func, is_supported
+from dynamiccl.knobs.chunk import CHUNK_CHOICES_BYTES
+from dynamiccl.knobs.comm_config import COMM_CHOICES
 from dynamiccl.tuning.actions import (
     ACTION_ALGO,
     ACTION_PROTO,
+    COMM_ACTION_BASE,
     DEFAULT_ACTION,
-    NUM_ACTIONS,
+    NUM_CALL_ACTIONS,
+    NUM_COMM_ACTIONS,
     action_index,
     describe_action,
     nearest_channels,
     rule_choice,
 )
-from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule, StepShape
+from dynamiccl.table.model import MAX_BYTES, CommunicatorRule, DecisionTable, Rule, StepShape
 from dynamiccl.table.nccl_choice import ChoosesLikeNccl, nccl_choice_rules
 from dynamiccl.table.nvidia_csv import example_default_rules, inexpressible
 
@@ -112,6 +122,8 @@ def _rule_action(rule: Rule, index: int) -> int:
                          f"{'algorithm' if rule.algorithm is None else 'protocol'} but sets "
                          "other choices; no action of the catalogue expresses that")
     channels = 0 if rule.channels == KEEP else nearest_channels(rule.channels)
+    if rule.chunk_bytes in CHUNK_CHOICES_BYTES and channels == 0:  # a chunk-size action (knobs)
+        return action_index(int(rule.algorithm), int(rule.protocol), 0, rule.chunk_bytes)
     return action_index(int(rule.algorithm), int(rule.protocol), channels)
 
 
@@ -167,11 +179,11 @@ def _run_policy(decide: Policy, queries: pd.DataFrame) -> np.ndarray:
             raise TypeError(f"decide must return integer actions, got dtype {result.dtype}")
         parts.append(result.astype(np.int64))
     actions = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    bad = (actions < 0) | (actions >= NUM_ACTIONS)
+    bad = (actions < 0) | (actions >= NUM_CALL_ACTIONS)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(f"decide returned action {actions[row]} for query {queries.iloc[row].to_dict()}; "
-                         f"expected 0 .. {NUM_ACTIONS - 1}")
+                         f"expected a call action 0 .. {NUM_CALL_ACTIONS - 1}")
     # Rule refuses (algorithm, protocol) pairs NCCL cannot run; say which policy output caused it.
     for coll, action in {(int(c), int(a)) for c, a in zip(queries["coll"], actions)}:
         if action != DEFAULT_ACTION and not is_supported(Func(coll), ACTION_ALGO[action], ACTION_PROTO[action]):
@@ -312,6 +324,41 @@ def table_from_policy(decide: Policy, calls: pd.DataFrame, *, provenance: dict,
     return DecisionTable(tuple(exact_rules + range_rules), {**provenance, "policy_export": info}, steps=steps)
 
 
+def policy_communicators(decide: Callable[[np.ndarray, np.ndarray], np.ndarray], loaded_cases) -> tuple[CommunicatorRule, ...]:
+    """A knobs policy's communicator configs: ``decide(obs, masks)`` (``PolicyNetwork.decide``) at the
+    communicator observation of every communicator shape of ``loaded_cases`` (cases loaded with the
+    knobs), under the intersection of the shape's masks over the cases; one ``CommunicatorRule`` per
+    shape whose choice is not NCCL's default (the launcher applies them by group kind and shape).
+
+    Raises:
+        ValueError: the policy chose something other than action 0 or a communicator action.
+    """
+    shapes: dict = {}
+    for loaded in loaded_cases:
+        communicators = loaded.communicators
+        for row, shape in enumerate(communicators.shapes):
+            obs, mask = shapes.get(shape, (communicators.obs[row], communicators.masks[row]))
+            shapes[shape] = (obs, mask & communicators.masks[row])
+    if not shapes:
+        return ()
+    order = sorted(shapes, key=lambda shape: (shape.kind, shape.nranks, shape.nnodes))
+    obs = np.stack([shapes[shape][0] for shape in order])
+    masks = np.zeros((len(order), COMM_ACTION_BASE + NUM_COMM_ACTIONS), dtype=bool)
+    masks[:, COMM_ACTION_BASE:] = np.stack([shapes[shape][1] for shape in order])
+    masks[:, COMM_ACTION_BASE] = False  # NCCL's default is action 0, as in the env
+    masks[:, DEFAULT_ACTION] = True
+    actions = np.asarray(decide(obs, masks))
+    rules = []
+    for shape, action in zip(order, actions.tolist()):
+        if action == DEFAULT_ACTION:
+            continue
+        if not COMM_ACTION_BASE < action < COMM_ACTION_BASE + NUM_COMM_ACTIONS:
+            raise ValueError(f"the policy chose action {action} for communicator {shape.describe()}; expected 0 or "
+                             f"{COMM_ACTION_BASE + 1} .. {COMM_ACTION_BASE + NUM_COMM_ACTIONS - 1}")
+        rules.append(CommunicatorRule(shape.kind, shape.nranks, shape.nnodes, COMM_CHOICES[action - COMM_ACTION_BASE]))
+    return tuple(rules)
+
+
 def step_shapes(programs) -> tuple[tuple[StepShape, ...], list[str]]:
     """The step lines that let the plugin count positions, from compiled step programs.
 
@@ -359,7 +406,8 @@ def decisions_of_table(table: DecisionTable, calls: pd.DataFrame) -> np.ndarray:
 
     No matching rule -> 0 (NCCL's default); an all-keep rule -> 0; otherwise the rule's
     (algorithm, protocol) with channels -1 -> 0 and a count outside ``CHANNEL_CHOICES`` rounded
-    down by ``nearest_channels``. ``position`` -1 (unknown) is allowed and matches only rules with
+    down by ``nearest_channels``; a chunk size of ``CHUNK_CHOICES_BYTES`` with NCCL's channels -> that
+    chunk-size action. ``position`` -1 (unknown) is allowed and matches only rules with
     position -1, as in ``lookup``.
 
     Vectorised first-match: rules are walked in table order and each claims the calls it matches
@@ -547,7 +595,7 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
     from dynamiccl.table.evidence import confine_to_evidence
     from dynamiccl.tuning.cases import load_case
     from dynamiccl.tuning.env import TuningEnv
-    from dynamiccl.tuning.observation import encode
+    from dynamiccl.tuning.observation import encode, with_knobs_entries
     from dynamiccl.tuning.policy_file import load_policy
     from dynamiccl.tuning.config import load_config
 
@@ -570,11 +618,12 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
     if len(envs) > 1 and not env:
         notes.append(f"cases span {len(envs)} environment specs; the table is built over all of them "
                      "(masks are taken per call, so build one table per cluster with --env for deployment)")
-    rows, masks, programs = [], [], []
+    rows, masks, programs, loaded_cases = [], [], [], []
     nccl_models, nccl_shapes = {}, {}  # NCCL's model per env; per call shape, the model of its first case's env
     shape_envs: dict[tuple, set] = {}
     for case in cases:
-        loaded = load_case(case, config.model, config.cost_options())
+        loaded = load_case(case, config.model, config.cost_options(), knobs=policy.knobs)
+        loaded_cases.append(loaded)
         p = loaded.program
         programs.append(p)
         rows += [p.call_key[c] for c in p.tunable_calls]
@@ -596,6 +645,9 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
         obs = encode(frame)
         m = np.stack([mask_of[(a, b, c, d)] for a, b, c, d in
                       zip(frame["coll"], frame["nranks"], frame["nnodes"], frame["num_pipe_ops"])])
+        if policy.knobs:  # the knobs layout: call entries, then phase 0 and no kind; no communicator action
+            obs = with_knobs_entries(obs)
+            m = np.concatenate([m, np.zeros((len(m), policy.num_actions - m.shape[1]), dtype=bool)], axis=1)
         return policy.decide(obs, m)
 
     provenance = {"policy": str(policy_path), "config": str(config_path), "envs": envs,
@@ -607,6 +659,10 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
     steps, left_out = step_shapes(programs)
     table = table_from_policy(decide, calls, provenance=provenance, steps=steps)
     notes += [f"no step line (position rules cannot apply) for {reason}" for reason in left_out]
+    if policy.knobs:
+        table = dataclasses.replace(table, communicators=policy_communicators(policy.decide, loaded_cases))
+        notes.append(f"communicators: {len(table.communicators)} shape(s) get a config other than NCCL's default "
+                     f"({', '.join(f'{r.kind} {r.nranks}x{r.nnodes}: {r.config.describe()}' for r in table.communicators) or 'none'})")
     if evidence_states:
         # Training cases under the first training states (and, with evidence_split "all", held-out
         # ones under the first held-out states): the conditions the policy was trained (evaluated) in.
@@ -624,12 +680,15 @@ def export_policy_tables(policy_path: str | os.PathLike, *, cases_config: str | 
                      "cases; NCCL's own choice everywhere else")
     else:
         notes.append("not confined to evidence: every rule spans all sizes (for comparison only; do not deploy)")
+    if table.communicators:
+        notes.append("NVIDIA's CSV has no communicators: the launcher applies them from the JSON table")
     return PolicyExport(table, csv_compatible(table, nccl_shapes), tuple(notes), len(calls), len(cases))
 
 
 __all__ = [
     "step_shapes",
     "DECIDE_BATCH_ROWS", "EVIDENCE_SPLITS", "EVIDENCE_STATES", "GRID_MAX_BYTES", "GROUP_COLUMNS", "QUERY_COLUMNS",
-    "PolicyExport", "csv_compatible", "decisions_of_table", "export_policy_tables", "rule_choice", "size_grid",
+    "PolicyExport", "csv_compatible", "decisions_of_table", "export_policy_tables", "policy_communicators",
+    "rule_choice", "size_grid",
     "table_from_policy",
 ]

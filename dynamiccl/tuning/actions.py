@@ -1,8 +1,20 @@
-"""The tuning action space: which (algorithm, protocol, channels) a call may be given.
+"""The tuning action space: which (algorithm, protocol, channels, chunk size) a call may be given,
+and which communicator config (:data:`~dynamiccl.knobs.comm_config.COMM_CHOICES`) a communicator shape is created with.
 
-Action 0 is "NCCL's default" (the tuner leaves the cost table and channels alone). Actions 1..N are
-every (algorithm, protocol) cell of NCCL's cost table crossed with ``CHANNEL_CHOICES``; channels 0
-there means "this algorithm and protocol, with NCCL's own runtime channel count for it".
+Call actions (``NUM_CALL_ACTIONS``):
+
+==============  ==================================================================================
+0               NCCL's default (the tuner leaves the cost table, channels and chunk alone)
+1 .. 168        every (algorithm, protocol) cell of NCCL's cost table x ``CHANNEL_CHOICES``; channels
+                0 there means "this algorithm and protocol, with NCCL's own runtime channel count"
+169 .. 273      every cell x ``knobs.chunk.CHUNK_CHOICES_BYTES``, with NCCL's channels: the chunk
+                size the plugin's ``getChunkSize`` (tuner ABI v6) returns (``ACTION_CHUNK``; 0 = NCCL's)
+==============  ==================================================================================
+
+``NUM_ACTIONS`` (169) is the catalogue without chunk sizes: the whole action space of
+``TuningEnv(knobs=False)`` and of every policy trained before the knobs (their indices are unchanged).
+With ``knobs=True`` the env's space is the ``NUM_CALL_ACTIONS`` call actions followed by
+``NUM_COMM_ACTIONS`` communicator actions (``COMM_ACTION_BASE + i`` = ``COMM_CHOICES[i]``).
 
 The channel choices are the counts a tuner can usefully ask for: NCCL caps ``*nChannels`` at the
 communicator's channel pool (``nvlsChannels`` for NVLS), fixed at init by ``NCCL_MIN/MAX_NCHANNELS``
@@ -15,37 +27,90 @@ from __future__ import annotations
 
 import numpy as np
 
+from dynamiccl.knobs.chunk import CHUNK_CHOICES_BYTES, KEEP_CHUNK
+from dynamiccl.knobs.comm_config import COMM_CHOICES
 from dynamiccl.nccl import KEEP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Protocol
 
 CHANNEL_CHOICES = (0, 1, 2, 4, 8, 16, 24, 32)  # 0 = NCCL's runtime count for the chosen pair
 DEFAULT_ACTION = 0
-NUM_ACTIONS = 1 + NUM_ALGORITHMS * NUM_PROTOCOLS * len(CHANNEL_CHOICES)
+NUM_ACTIONS = 1 + NUM_ALGORITHMS * NUM_PROTOCOLS * len(CHANNEL_CHOICES)  # without chunk sizes (knobs off)
+CHUNK_ACTION_BASE = NUM_ACTIONS
+NUM_CALL_ACTIONS = NUM_ACTIONS + NUM_ALGORITHMS * NUM_PROTOCOLS * len(CHUNK_CHOICES_BYTES)
+# Communicator actions, after the call actions in TuningEnv(knobs=True)'s one Discrete space.
+COMM_ACTION_BASE = NUM_CALL_ACTIONS
+NUM_COMM_ACTIONS = len(COMM_CHOICES)
+NUM_KNOBS_ACTIONS = NUM_CALL_ACTIONS + NUM_COMM_ACTIONS
 
-# Per action: algorithm / protocol (-1 = NCCL's) and channels (0 = NCCL's).
-ACTION_ALGO = np.full(NUM_ACTIONS, -1, dtype=np.int64)
-ACTION_PROTO = np.full(NUM_ACTIONS, -1, dtype=np.int64)
-ACTION_CHANNELS = np.zeros(NUM_ACTIONS, dtype=np.int64)
+# Per call action: algorithm / protocol (-1 = NCCL's), channels (0 = NCCL's), chunk (0 = NCCL's).
+ACTION_ALGO = np.full(NUM_CALL_ACTIONS, -1, dtype=np.int64)
+ACTION_PROTO = np.full(NUM_CALL_ACTIONS, -1, dtype=np.int64)
+ACTION_CHANNELS = np.zeros(NUM_CALL_ACTIONS, dtype=np.int64)
+ACTION_CHUNK = np.zeros(NUM_CALL_ACTIONS, dtype=np.int64)
 for _a in range(NUM_ALGORITHMS):
     for _p in range(NUM_PROTOCOLS):
+        _cell = _a * NUM_PROTOCOLS + _p
         for _c, _ch in enumerate(CHANNEL_CHOICES):
-            _i = 1 + (_a * NUM_PROTOCOLS + _p) * len(CHANNEL_CHOICES) + _c
+            _i = 1 + _cell * len(CHANNEL_CHOICES) + _c
             ACTION_ALGO[_i], ACTION_PROTO[_i], ACTION_CHANNELS[_i] = _a, _p, _ch
+        for _c, _chunk in enumerate(CHUNK_CHOICES_BYTES):
+            _i = CHUNK_ACTION_BASE + _cell * len(CHUNK_CHOICES_BYTES) + _c
+            ACTION_ALGO[_i], ACTION_PROTO[_i], ACTION_CHUNK[_i] = _a, _p, _chunk
 ACTION_CELL = np.where(ACTION_ALGO >= 0, ACTION_ALGO * NUM_PROTOCOLS + ACTION_PROTO, -1)  # flat [algorithm][protocol] cell
 
 
-def action_index(algo: int, proto: int, channels: int) -> int:
-    """The action for (algorithm, protocol, channels); (-1, -1, 0) is the default action.
+def action_index(algo: int, proto: int, channels: int, chunk_bytes: int = 0) -> int:
+    """The action for (algorithm, protocol, channels, chunk size); (-1, -1, 0) is the default
+    action. ``chunk_bytes`` 0 or -1: NCCL's chunk; another value needs channels 0 (NCCL's).
 
     Raises:
         ValueError: for a combination outside the catalogue (channels not in ``CHANNEL_CHOICES``,
-            or only one of algorithm/protocol set).
+            a chunk not in ``CHUNK_CHOICES_BYTES``, a chunk with forced channels, or only one of
+            algorithm/protocol set).
     """
-    if algo < 0 and proto < 0 and channels == 0:
+    chunk_bytes = 0 if chunk_bytes == KEEP_CHUNK else chunk_bytes
+    if algo < 0 and proto < 0 and channels == 0 and chunk_bytes == 0:
         return DEFAULT_ACTION
-    if not (0 <= algo < NUM_ALGORITHMS and 0 <= proto < NUM_PROTOCOLS) or channels not in CHANNEL_CHOICES:
-        raise ValueError(f"no action for algorithm {algo}, protocol {proto}, channels {channels}; "
-                         f"expected both set and channels in {CHANNEL_CHOICES}")
-    return 1 + (algo * NUM_PROTOCOLS + proto) * len(CHANNEL_CHOICES) + CHANNEL_CHOICES.index(channels)
+    if not (0 <= algo < NUM_ALGORITHMS and 0 <= proto < NUM_PROTOCOLS) or channels not in CHANNEL_CHOICES \
+            or (chunk_bytes and (channels or chunk_bytes not in CHUNK_CHOICES_BYTES)):
+        raise ValueError(f"no action for algorithm {algo}, protocol {proto}, channels {channels}, chunk "
+                         f"{chunk_bytes} B; expected both set, channels in {CHANNEL_CHOICES}, and a chunk in "
+                         f"{CHUNK_CHOICES_BYTES} only with NCCL's channels (0)")
+    cell = algo * NUM_PROTOCOLS + proto
+    if chunk_bytes:
+        return CHUNK_ACTION_BASE + cell * len(CHUNK_CHOICES_BYTES) + CHUNK_CHOICES_BYTES.index(chunk_bytes)
+    return 1 + cell * len(CHANNEL_CHOICES) + CHANNEL_CHOICES.index(channels)
+
+
+def comm_action(choice: int) -> int:
+    """The env action (``knobs=True``) that creates a communicator with ``COMM_CHOICES[choice]``.
+
+    Raises:
+        ValueError: ``choice`` outside the catalogue.
+    """
+    if not 0 <= int(choice) < NUM_COMM_ACTIONS:
+        raise ValueError(f"communicator choice {choice} is out of range; expected 0 .. {NUM_COMM_ACTIONS - 1}")
+    return COMM_ACTION_BASE + int(choice)
+
+
+def comm_choice(action: int) -> int:
+    """The ``COMM_CHOICES`` index an action stands for in the communicator phase: action 0 (NCCL's
+    default, so that NCCL-default agents work unchanged) and ``COMM_ACTION_BASE + i`` (-> i).
+
+    Raises:
+        ValueError: any other action.
+    """
+    action = int(action)
+    if action == DEFAULT_ACTION:
+        return 0
+    if not COMM_ACTION_BASE <= action < NUM_KNOBS_ACTIONS:
+        raise ValueError(f"action {action} is not a communicator action; expected 0 or "
+                         f"{COMM_ACTION_BASE} .. {NUM_KNOBS_ACTIONS - 1}")
+    return action - COMM_ACTION_BASE
+
+
+def describe_comm_action(action: int) -> str:
+    """``comm:max_ctas=8`` or ``comm:nccl-default``."""
+    return "comm:" + COMM_CHOICES[comm_choice(action)].describe()
 
 
 def nearest_channels(channels: int) -> int:
@@ -56,28 +121,38 @@ def nearest_channels(channels: int) -> int:
 
 
 def describe_action(action: int) -> str:
-    """``ring/simple/8ch``, ``tree/ll/nccl-ch`` or ``nccl-default``."""
+    """``ring/simple/8ch``, ``tree/ll/nccl-ch``, ``ring/simple/nccl-ch/256KiB`` or ``nccl-default``;
+    a communicator action (beyond the call actions) as :func:`describe_comm_action`."""
     action = int(action)
     if action == DEFAULT_ACTION:
         return "nccl-default"
-    algo, proto, ch = ACTION_ALGO[action], ACTION_PROTO[action], ACTION_CHANNELS[action]
+    if action >= NUM_CALL_ACTIONS:
+        return describe_comm_action(action)
+    algo, proto, ch, chunk = ACTION_ALGO[action], ACTION_PROTO[action], ACTION_CHANNELS[action], ACTION_CHUNK[action]
     channels = f"{ch}ch" if ch else "nccl-ch"
-    return f"{Algorithm(algo).name_lower}/{Protocol(proto).name_lower}/{channels}"
+    text = f"{Algorithm(algo).name_lower}/{Protocol(proto).name_lower}/{channels}"
+    return f"{text}/{chunk // 1024}KiB" if chunk else text
 
 
-def action_mask(enabled_cells: np.ndarray, channel_cap: int, nvls_channel_cap: int) -> np.ndarray:
-    """Valid actions for one call: its (algorithm, protocol) cell is enabled in NCCL's cost table
-    and the channel count fits the communicator's pool (NVLS: its NVLS pool). The default action is
-    always valid.
+def action_mask(enabled_cells: np.ndarray, channel_cap: int, nvls_channel_cap: int, *,
+                chunks: bool = False, num_actions: int = NUM_ACTIONS) -> np.ndarray:
+    """Valid call actions for one call, bool[``num_actions``] (``NUM_ACTIONS``, or ``NUM_CALL_ACTIONS``
+    for the catalogue with chunk sizes): its (algorithm, protocol) cell is enabled in NCCL's cost
+    table and the channel count fits the communicator's pool (NVLS: its NVLS pool); a chunk-size
+    action only where ``chunks`` (the cost model prices chunk sizes, ``CostModel.prices_chunk``).
+    The default action is always valid.
 
     Args:
         enabled_cells: bool[NUM_COST_CELLS] (flat [algorithm][protocol]), True where NCCL's cost is >= 0.
-        channel_cap, nvls_channel_cap: the communicator's channel pools.
+        channel_cap, nvls_channel_cap: the communicator's channel pools (after its config's caps).
     """
-    cell = np.clip(ACTION_CELL, 0, None)
-    nvls = (ACTION_ALGO == Algorithm.NVLS) | (ACTION_ALGO == Algorithm.NVLS_TREE)
+    cell = np.clip(ACTION_CELL[:num_actions], 0, None)
+    algo = ACTION_ALGO[:num_actions]
+    nvls = (algo == Algorithm.NVLS) | (algo == Algorithm.NVLS_TREE)
     cap = np.where(nvls, nvls_channel_cap, channel_cap)
-    mask = enabled_cells[cell] & (ACTION_CHANNELS <= cap)
+    mask = enabled_cells[cell] & (ACTION_CHANNELS[:num_actions] <= cap)
+    if not chunks:
+        mask &= ACTION_CHUNK[:num_actions] == 0
     mask[DEFAULT_ACTION] = True
     return mask
 
@@ -114,26 +189,27 @@ def _checked_action(action) -> int:
     if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
         raise TypeError(f"an action is an integer, got {type(action).__name__} {action!r}")
     action = int(action)
-    if not 0 <= action < NUM_ACTIONS:
-        raise ValueError(f"action {action} is out of range; expected 0 .. {NUM_ACTIONS - 1}")
+    if not 0 <= action < NUM_CALL_ACTIONS:
+        raise ValueError(f"action {action} is out of range; expected a call action 0 .. {NUM_CALL_ACTIONS - 1}")
     return action
 
 
 def rule_choice(action: int) -> dict:
-    """The ``Rule`` choice fields for an action: ``{"algorithm", "protocol", "channels"}``.
+    """The ``Rule`` choice fields for a call action: ``{"algorithm", "protocol", "channels", "chunk_bytes"}``.
 
-    Action 0 (NCCL's default) keeps everything: algorithm and protocol None, channels -1. Other
-    actions set algorithm and protocol; their channels 0 ("NCCL's runtime count for that pair")
-    becomes -1 (keep NCCL's). Use as ``Rule(coll=..., min_bytes=..., ..., **rule_choice(a))``.
+    Action 0 (NCCL's default) keeps everything: algorithm and protocol None, channels -1, chunk_bytes
+    -1. Other actions set algorithm and protocol; their channels 0 ("NCCL's runtime count for that
+    pair") becomes -1 (keep NCCL's), and so does chunk 0 (``KEEP_CHUNK``). Use as
+    ``Rule(coll=..., min_bytes=..., ..., **rule_choice(a))``.
 
     Raises:
         TypeError: if ``action`` is not an integer.
-        ValueError: if it is outside the action catalogue.
+        ValueError: if it is outside the call action catalogue.
     """
     action = _checked_action(action)
     if action == DEFAULT_ACTION:
-        return {"algorithm": None, "protocol": None, "channels": KEEP}
-    channels = int(ACTION_CHANNELS[action])
+        return {"algorithm": None, "protocol": None, "channels": KEEP, "chunk_bytes": KEEP_CHUNK}
+    channels, chunk = int(ACTION_CHANNELS[action]), int(ACTION_CHUNK[action])
     return {"algorithm": Algorithm(int(ACTION_ALGO[action])),
             "protocol": Protocol(int(ACTION_PROTO[action])),
-            "channels": channels if channels else KEEP}
+            "channels": channels if channels else KEEP, "chunk_bytes": chunk if chunk else KEEP_CHUNK}

@@ -6,10 +6,18 @@ An agent sees the unwrapped environment at every decision: what the deployed plu
 
     agent.begin_episode(env)                       # after env.reset(...)
     while the episode runs:
+        if env.pending_communicator is not None:   # TuningEnv(knobs=True): communicator decisions first
+            env.step(agent.act_communicator(env, obs, env.action_masks()))
+            continue
         action = agent.act(env, obs, env.action_masks())
         call = env.pending; env.step(action)
         if agent.needs_measurements:               # online learners only
             agent.observe(env, call, *env.measured(call))
+
+With the knobs, each agent's communicator decision (``act_communicator``): NCCL's default config
+(nccl-default, the online learners), uniform over the valid configs (random), the config whose
+step replay is shortest (greedy-per-call now, static-best per shape over its fitted episodes), the
+policy's own choice (a trained policy), the table's ``communicators`` (table, search).
 
 Agents:
 
@@ -50,12 +58,14 @@ import numpy as np
 
 from dynamiccl import schema
 from dynamiccl.callkey import CallKey, size_band as size_bucket
-from dynamiccl.nccl import TUNABLE_FUNCS
+from dynamiccl.knobs.chunk import CHUNK_CHOICES_BYTES
+from dynamiccl.knobs.comm_config import COMM_CHOICES
+from dynamiccl.nccl import KEEP, TUNABLE_FUNCS
 from dynamiccl.table.model import DecisionTable, PositionCounter
 from dynamiccl.tuning.actions import (
-    DEFAULT_ACTION, NUM_ACTIONS, ActionCostTotals, action_index, describe_action, nearest_channels,
+    COMM_ACTION_BASE, DEFAULT_ACTION, NUM_ACTIONS, NUM_KNOBS_ACTIONS, ActionCostTotals, action_index, comm_action,
+    describe_action, nearest_channels,
 )
-from dynamiccl.tuning.observation import OBS_SIZE
 from dynamiccl.tuning.online import OnlineLearner
 
 STATIC_BEST_FORMAT = "dynamiccl-static-best"
@@ -69,9 +79,15 @@ _STATIC_BEST = schema.Schema(  # what StaticBestAgent.to_json writes
         schema.integer("coll", low=0, high=len(TUNABLE_FUNCS) - 1, help="a tunable ncclFunc_t"),
         schema.integer("size_bucket", low=0, high=64, help="floor(log2 nbytes)"),
         schema.integer("nranks", low=1), schema.integer("nnodes", low=1),
-        schema.integer("action", low=0, high=NUM_ACTIONS - 1),
+        schema.integer("action", low=0, high=NUM_KNOBS_ACTIONS - 1),
         schema.string("choice", "", help="the action in words (written for readers; not read)"),
     )),
+    schema.tables("communicators", schema.Schema(
+        schema.string("kind", help="a group kind (dynamiccl.trace.schema.GROUP_KINDS)"),
+        schema.integer("nranks", low=1), schema.integer("nnodes", low=1),
+        schema.integer("choice", low=0, high=len(COMM_CHOICES) - 1, help="an index into knobs.comm_config.COMM_CHOICES"),
+        schema.string("config", "", help="the config in words (written for readers; not read)"),
+    ), []),
 )
 
 
@@ -79,7 +95,7 @@ class Agent:
     """The interface of everything that acts in ``TuningEnv`` (see the module docstring).
 
     ``env`` is always the unwrapped ``TuningEnv``; ``obs`` is the pending call's observation
-    (float32[OBS_SIZE]) and ``mask`` its valid actions (bool[NUM_ACTIONS], ``mask[0]`` True).
+    (float32[OBS_SIZE]) and ``mask`` its valid actions (bool[env.num_actions], ``mask[0]`` True).
     """
 
     name: str = "agent"
@@ -96,6 +112,11 @@ class Agent:
     def act(self, env, obs: np.ndarray, mask: np.ndarray) -> int:
         """The action for the pending call ``env.pending``."""
         raise NotImplementedError
+
+    def act_communicator(self, env, obs: np.ndarray, mask: np.ndarray) -> int:
+        """The action for the pending communicator decision (``TuningEnv(knobs=True)``,
+        ``env.pending_communicator``): here action 0, NCCL's default config."""
+        return DEFAULT_ACTION
 
     def observe(self, env, call: int, action: int, time_us: float) -> None:
         """The measured duration (µs) of ``call``, which just started with ``action``."""
@@ -142,6 +163,9 @@ class RandomAgent(Agent):
     def act(self, env, obs, mask) -> int:
         return int(self.rng.choice(np.flatnonzero(mask)))
 
+    def act_communicator(self, env, obs, mask) -> int:
+        return int(self.rng.choice(np.flatnonzero(mask)))
+
 
 class GreedyPerCallAgent(Agent):
     """Per call, the action that adds the least to the step (µs) in the simulator's state now.
@@ -160,6 +184,11 @@ class GreedyPerCallAgent(Agent):
         with np.errstate(invalid="ignore"):  # masked actions are inf - inf inside the replay
             costs = env.simulator.exposed_costs()
         return int(np.argmin(costs))
+
+    def act_communicator(self, env, obs, mask) -> int:
+        """The config whose step replay (every call at NCCL's default) is shortest now
+        (``SimulatorView.communicator_step_times``; ties: NCCL's default)."""
+        return int(np.argmin(env.simulator.communicator_step_times()))
 
 
 # --- static best table -----------------------------------------------------------------------------
@@ -190,13 +219,20 @@ class StaticBestAgent(Agent):
 
     At run time an unseen bucket gets action 0, and so does a call where the bucket's action is
     masked (counted in ``fallbacks``).
+
+    With the knobs, ``communicators`` holds one config (a ``COMM_CHOICES`` index) per communicator
+    shape (kind, nranks, nnodes): the one with the least summed step time
+    (``SimulatorView.communicator_step_times``, every call at NCCL's default, the other shapes at
+    NCCL's default config) over the fitted episodes; the call buckets are fitted along NCCL's
+    default trajectory as without knobs.
     """
 
     name = "static-best"
 
     def __init__(self, table: dict[tuple[int, int, int, int], int] | None = None, name: str = "static-best",
-                 provenance: dict | None = None) -> None:
+                 provenance: dict | None = None, communicators: dict[tuple[str, int, int], int] | None = None) -> None:
         self.table = {tuple(int(v) for v in key): int(action) for key, action in (table or {}).items()}
+        self.communicators = {(str(k), int(r), int(n)): int(c) for (k, r, n), c in (communicators or {}).items()}
         self.name = name
         self.provenance = dict(provenance or {})
         self.fallbacks = 0
@@ -224,8 +260,13 @@ class StaticBestAgent(Agent):
             raise ValueError("StaticBestAgent.fit needs at least one (case, state) episode")
         base = env.unwrapped
         totals = ActionCostTotals()
+        comm_totals = ActionCostTotals()
         for case, state in episodes:
             base.reset(options={"case": int(case), "state": int(state)})
+            while base.pending_communicator is not None:
+                shape = base.pending_shape()
+                comm_totals.add((shape.kind, shape.nranks, shape.nnodes), base.simulator.communicator_step_times())
+                base.step(DEFAULT_ACTION)
             while base.pending is not None:
                 with np.errstate(invalid="ignore"):
                     costs = base.simulator.exposed_costs()
@@ -234,6 +275,8 @@ class StaticBestAgent(Agent):
                 base.step(DEFAULT_ACTION)
         self = self if self is not None else cls()
         self.table = totals.best()
+        self.communicators = {shape: 0 if action == DEFAULT_ACTION else action - COMM_ACTION_BASE
+                              for shape, action in comm_totals.best().items()}
         self.provenance = {"method": "dynamiccl.tuning.agents.StaticBestAgent.fit",
                            "episodes": [[base.cases[int(c)].label, int(s)] for c, s in episodes],
                            "cost_model": base.model, "calls": int(sum(totals.calls.values()))}
@@ -243,12 +286,21 @@ class StaticBestAgent(Agent):
 
     def act(self, env, obs, mask) -> int:
         cache = self._cache(env)
-        key = env.pending_call()
+        key = (env.pending_call(), mask.tobytes())  # masks differ under other communicator configs
         if key not in cache:
             action = self.table.get(self.bucket_key(env), DEFAULT_ACTION)
-            cache[key] = (action, False) if mask[action] else (DEFAULT_ACTION, True)
+            cache[key] = (action, False) if action < len(mask) and mask[action] else (DEFAULT_ACTION, True)
         action, fell_back = cache[key]
         self.fallbacks += fell_back
+        return action
+
+    def act_communicator(self, env, obs, mask) -> int:
+        shape = env.pending_shape()
+        choice = self.communicators.get((shape.kind, shape.nranks, shape.nnodes), 0)
+        action = comm_action(choice) if choice else DEFAULT_ACTION
+        if not mask[action]:
+            self.fallbacks += 1
+            return DEFAULT_ACTION
         return action
 
     def to_json(self) -> str:
@@ -256,8 +308,12 @@ class StaticBestAgent(Agent):
         with one ``{"coll", "size_bucket", "nranks", "nnodes", "action", "choice"}`` per bucket."""
         rules = [{"coll": k[0], "size_bucket": k[1], "nranks": k[2], "nnodes": k[3], "action": a,
                   "choice": describe_action(a)} for k, a in sorted(self.table.items())]
-        return json.dumps({"format": STATIC_BEST_FORMAT, "version": STATIC_BEST_VERSION, "name": self.name,
-                           "provenance": self.provenance, "rules": rules}, indent=1) + "\n"
+        data = {"format": STATIC_BEST_FORMAT, "version": STATIC_BEST_VERSION, "name": self.name,
+                "provenance": self.provenance, "rules": rules}
+        if self.communicators:  # only with the knobs: files without them read as before
+            data["communicators"] = [{"kind": k[0], "nranks": k[1], "nnodes": k[2], "choice": c,
+                                      "config": COMM_CHOICES[c].describe()} for k, c in sorted(self.communicators.items())]
+        return json.dumps(data, indent=1) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> "StaticBestAgent":
@@ -269,7 +325,8 @@ class StaticBestAgent(Agent):
         """
         data = _STATIC_BEST.parse(schema.parse_json(text, source), source)
         table = {(r["coll"], r["size_bucket"], r["nranks"], r["nnodes"]): r["action"] for r in data["rules"]}
-        return cls(table, name=data["name"], provenance=data["provenance"])
+        communicators = {(c["kind"], c["nranks"], c["nnodes"]): c["choice"] for c in data["communicators"]}
+        return cls(table, name=data["name"], provenance=data["provenance"], communicators=communicators)
 
 
 # --- online learners -------------------------------------------------------------------------------
@@ -305,7 +362,8 @@ class OnlineAgent(Agent):
         return int(call.coll), call.nbytes, call.nranks, call.nnodes
 
     def act(self, env, obs, mask) -> int:
-        return int(self.learner.act(self._arm_key(env.pending_call()), mask))
+        # The learners search (algorithm, protocol, channels): the catalogue without chunk sizes.
+        return int(self.learner.act(self._arm_key(env.pending_call()), mask[:NUM_ACTIONS]))
 
     def observe(self, env, call, action, time_us) -> None:
         self.learner.observe(self._arm_key(env.call_key(call)), int(action), float(time_us))
@@ -321,8 +379,9 @@ class DecidingPolicy(TypingProtocol):
 class PolicyAgent(Agent):
     """A deterministic policy over the plugin's observation.
 
-    ``policy.decide(obs_batch float32[n, OBS_SIZE], masks bool[n, NUM_ACTIONS]) -> int[n]`` (the
-    masked argmax of a trained network). As the answer depends only on (observation, mask), it is
+    ``policy.decide(obs_batch float32[n, obs size], masks bool[n, env.num_actions]) -> int[n]`` (the
+    masked argmax of a trained network; a policy trained with the knobs decides communicators too,
+    at their observations). As the answer depends only on (observation, mask), it is
     cached on their bytes; ``begin_episode`` decides every distinct call of a new case in one batch.
 
     Raises (from ``act`` / ``begin_episode``):
@@ -344,8 +403,8 @@ class PolicyAgent(Agent):
         if actions.shape != (len(obs),) or actions.dtype.kind not in "iu":
             raise ValueError(f"{self.name}: decide must return int[{len(obs)}], "
                              f"got {actions.dtype}{list(actions.shape)}")
-        if len(actions) and (actions.min() < 0 or actions.max() >= NUM_ACTIONS):
-            raise ValueError(f"{self.name}: decide returned an action outside 0 .. {NUM_ACTIONS - 1}")
+        if len(actions) and (actions.min() < 0 or actions.max() >= masks.shape[1]):
+            raise ValueError(f"{self.name}: decide returned an action outside 0 .. {masks.shape[1] - 1}")
         return actions.astype(np.int64)
 
     def begin_episode(self, env) -> None:
@@ -366,9 +425,11 @@ class PolicyAgent(Agent):
     def act(self, env, obs, mask) -> int:
         key = self._key(obs, mask)
         if key not in self._cache:
-            obs_batch = np.asarray(obs, dtype=np.float32).reshape(1, OBS_SIZE)
+            obs_batch = np.asarray(obs, dtype=np.float32).reshape(1, -1)
             self._cache[key] = int(self._decide(obs_batch, np.asarray(mask, dtype=bool).reshape(1, -1))[0])
         return self._cache[key]
+
+    act_communicator = act  # the communicator observation says which decision it is
 
 
 # --- decision tables ----------------------------------------------------------------------------------
@@ -385,8 +446,15 @@ class TableAgent(Agent):
     protocol and channels -> action 0 too (the plugin then leaves NCCL's own arg-min cell and
     channel count in place, which is what action 0 runs; ``decisions_of_table`` maps it the same
     way). Otherwise the chosen (algorithm, protocol) with the rule's channels rounded down to the
-    catalogue (``nearest_channels``; 0 = NCCL's). An action the call's mask forbids (e.g. more
-    channels than the communicator's pool) -> action 0, counted in ``fallbacks`` (per call).
+    catalogue (``nearest_channels``; 0 = NCCL's) and its chunk size (a chunk action where the rule
+    keeps NCCL's channels and its chunk is in ``CHUNK_CHOICES_BYTES``; where the cost model does not
+    price chunk sizes -- the chunk action masked -- the same choice with NCCL's chunk, which is what
+    such a model assumes). An action the call's mask forbids (e.g. more channels than the
+    communicator's pool) -> action 0, counted in ``fallbacks`` (per call).
+
+    With the knobs, a communicator gets ``table.communicator_config(kind, nranks, nnodes)``: the
+    ``COMM_CHOICES`` entry equal to it (a config outside the catalogue, or one the communicator's mask
+    forbids, -> NCCL's default, counted in ``fallbacks``).
     """
 
     def __init__(self, table: DecisionTable, name: str = "table") -> None:
@@ -414,7 +482,12 @@ class TableAgent(Agent):
         rule = self.table.rules[choice.rule_index]
         if rule.keeps_nccl:
             return DEFAULT_ACTION, False
-        action = action_index(int(choice.algorithm), int(choice.protocol), nearest_channels(choice.channels))
+        channels = nearest_channels(choice.channels)
+        action = action_index(int(choice.algorithm), int(choice.protocol), channels)
+        if choice.chunk_bytes in CHUNK_CHOICES_BYTES and rule.channels == KEEP:
+            chunked = action_index(int(choice.algorithm), int(choice.protocol), 0, choice.chunk_bytes)
+            if chunked < len(mask) and mask[chunked]:
+                return chunked, False
         return (action, False) if mask[action] else (DEFAULT_ACTION, True)
 
     def act(self, env, obs, mask) -> int:
@@ -423,10 +496,22 @@ class TableAgent(Agent):
             cache["positions"] = self._plugin_positions(env)
         # What the plugin sees: the call with the position its counter gives (reg_buff 0).
         call = dataclasses.replace(env.pending_call(), position=cache["positions"][env.pending])
-        if call not in cache:
-            cache[call] = self._action(env, mask, call)
-        action, fell_back = cache[call]
+        key = (call, mask.tobytes()) if env.knobs else call  # with the knobs, masks follow the configs
+        if key not in cache:
+            cache[key] = self._action(env, mask, call)
+        action, fell_back = cache[key]
         self.fallbacks += fell_back
+        return action
+
+    def act_communicator(self, env, obs, mask) -> int:
+        shape = env.pending_shape()
+        config = self.table.communicator_config(shape.kind, shape.nranks, shape.nnodes)
+        if config.is_default:
+            return DEFAULT_ACTION
+        action = comm_action(COMM_CHOICES.index(config)) if config in COMM_CHOICES else None
+        if action is None or not mask[action]:
+            self.fallbacks += 1
+            return DEFAULT_ACTION
         return action
 
 
@@ -470,6 +555,11 @@ class SearchAgent(Agent):
         if env.case_id not in self._tables:
             self.begin_episode(env)
         return self._tables[env.case_id].act(env, obs, mask)
+
+    def act_communicator(self, env, obs, mask) -> int:
+        if env.case_id not in self._tables:
+            self.begin_episode(env)
+        return self._tables[env.case_id].act_communicator(env, obs, mask)
 
 
 # --- policies from files -------------------------------------------------------------------------

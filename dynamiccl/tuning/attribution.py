@@ -70,6 +70,8 @@ def compare_with_default(env, agent, case: int, state: int) -> StepComparison:
     agent.begin_episode(base)
     effects: list[CallEffect] = []
     info: dict = {}
+    while base.pending_communicator is not None:  # with the knobs: the agent's communicator configs first
+        obs, *_ = base.step(int(agent.act_communicator(base, obs, base.action_masks())))
     while base.pending is not None:
         call = base.pending
         mask = base.action_masks()

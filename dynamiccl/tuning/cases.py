@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +33,9 @@ from dynamiccl.trace.store import Trace
 from dynamiccl.tuning.costs import CostTable
 from dynamiccl.tuning.program import StepProgram
 from dynamiccl.tuning.timeline import Replay, latest_finish
+
+if TYPE_CHECKING:
+    from dynamiccl.tuning.communicators import Communicators
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,17 @@ class LoadedCase:
     program: StepProgram
     costs: CostTable
     obs: np.ndarray          # [calls, OBS_SIZE] observation of every call (tuning.observation.observe_calls)
+    knobs: bool = False      # costed with communicator configs and chunk sizes; obs in the knobs layout
+
+    @property
+    def communicators(self) -> "Communicators":
+        """The step's communicator shapes and their config masks (built once per loaded case)."""
+        found = self.__dict__.get("_communicators")
+        if found is None:
+            from dynamiccl.tuning.communicators import Communicators
+
+            found = self.__dict__["_communicators"] = Communicators.of(self)
+        return found
 
     @property
     def layout_label(self) -> str:
@@ -98,10 +114,12 @@ def _program(trace: str, step: int | None) -> StepProgram:
     return program
 
 
-def load_case(case: Case, model: str = DEFAULT_COST_MODEL, options: CostModelOptions | None = None) -> LoadedCase:
+def load_case(case: Case, model: str = DEFAULT_COST_MODEL, options: CostModelOptions | None = None,
+              knobs: bool = False) -> LoadedCase:
     """Compile and cost ``case`` with the registered cost model ``model`` made with ``options``
-    (cached per process, per model, options and world parameters file in effect:
-    ``DYNAMICCL_WORLD_PARAMS``, which ``--params`` sets).
+    (cached per process, per model, options, ``knobs`` and world parameters file in effect:
+    ``DYNAMICCL_WORLD_PARAMS``, which ``--params`` sets). ``knobs``: also cost every communicator
+    config and chunk size (``CostTable.build``); observations in the knobs layout.
 
     Raises:
         InputError: unreadable trace or spec, a step not in the trace, ranks that do not fit together
@@ -109,11 +127,12 @@ def load_case(case: Case, model: str = DEFAULT_COST_MODEL, options: CostModelOpt
             smaller than the trace's (see ``CostTable.build``), or congestion periods too short
             for the step (``dynamics.check_period``).
     """
-    return _load_case(case, model, options or CostModelOptions(), os.environ.get(PARAMS_ENV) or None)
+    return _load_case(case, model, options or CostModelOptions(), os.environ.get(PARAMS_ENV) or None, bool(knobs))
 
 
 @lru_cache(maxsize=256)
-def _load_case(case: Case, model: str, options: CostModelOptions, world_params_file: str | None) -> LoadedCase:
+def _load_case(case: Case, model: str, options: CostModelOptions, world_params_file: str | None,
+               knobs: bool = False) -> LoadedCase:
     """:func:`load_case`, cached on everything its costs depend on (``world_params_file`` is read by
     the world itself, from the environment)."""
     from dynamiccl.tuning.observation import observe_calls
@@ -127,29 +146,72 @@ def _load_case(case: Case, model: str, options: CostModelOptions, world_params_f
     check_period(env.dynamics, program.busiest_rank_compute_us(), env.source)
     if not program.tunable_calls:
         raise InputError(case.trace, "ops", "the step has no collective NCCL's tuner is asked about; nothing to tune")
-    costs = CostTable.build(program, env, model, options)
-    return LoadedCase(case, env, program, costs, observe_calls(program))
+    costs = CostTable.build(program, env, model, options, knobs=knobs)
+    return LoadedCase(case, env, program, costs, observe_calls(program, knobs), knobs)
 
 
-def new_replay(loaded: LoadedCase, state: int, latest_finish_us: list[float] | None = None) -> Replay:
+def new_replay(loaded: LoadedCase, state: int, latest_finish_us: list[float] | None = None,
+               configs: tuple[int, ...] | None = None) -> Replay:
     """A fresh replay of ``loaded`` under dynamics ``state`` (seeded congestion and noise);
-    ``latest_finish_us`` (from ``default_schedule``) lets it price a call's slack."""
+    ``latest_finish_us`` (from ``default_schedule``) lets it price a call's slack; ``configs``: per
+    communicator shape of the step (``loaded.communicators``), its ``COMM_CHOICES`` index (None:
+    NCCL's default everywhere)."""
     seed = dynamics_seed(loaded.case, state)
     dynamics = loaded.env.dynamics
     congestion = CongestionProcess(dynamics, seed, loaded.env.source) if dynamics.congestion == "markov" else None
     noise = noise_factors(dynamics, loaded.program.num_calls, np.random.default_rng(seed + 1))
-    return Replay(loaded.program, loaded.costs, congestion, noise, latest_finish_us)
+    call_row = loaded.communicators.call_rows(configs) if configs is not None and any(configs) else None
+    return Replay(loaded.program, loaded.costs, congestion, noise, latest_finish_us, call_row)
 
 
 _DEFAULT_SCHEDULES: dict[tuple, tuple[float, list[float]]] = {}
+# With communicator configs: (case, ..., configs) -> schedule, least recently used first. Bounded: a
+# knobs training run meets up to len(COMM_CHOICES) ** shapes configs per state, and a schedule holds
+# a float per call of the step (17,000 for a 405B step).
+_CONFIG_SCHEDULES: OrderedDict[tuple, tuple[float, list[float]]] = OrderedDict()
+_CONFIG_SCHEDULES_MAX = 512
+_CONFIG_STEP_TIMES: dict[tuple, float] = {}  # the step times alone (what a communicator reward needs)
 
 
-def default_schedule(loaded: LoadedCase, state: int) -> tuple[float, list[float]]:
+def default_schedule(loaded: LoadedCase, state: int, configs: tuple[int, ...] | None = None
+                     ) -> tuple[float, list[float]]:
     """(step time in µs, latest finish of every call in µs) with NCCL's own choices for every
-    call, under dynamics ``state`` (cached per process)."""
-    key = (loaded.case, loaded.costs.source, state)
-    if key not in _DEFAULT_SCHEDULES:
-        replay = new_replay(loaded, state)
-        replay.run()
-        _DEFAULT_SCHEDULES[key] = (replay.makespan_us, latest_finish(replay))
-    return _DEFAULT_SCHEDULES[key]
+    call, under dynamics ``state``, the step's communicators created with ``configs`` (see
+    :func:`new_replay`; None or all 0: NCCL's default configs) (cached per process; the schedules
+    of other configs in a bounded least-recently-used cache)."""
+    configs = tuple(int(c) for c in configs) if configs is not None and any(configs) else None
+    key = (loaded.case, loaded.costs.source, loaded.knobs, state, configs)
+    if configs is None:
+        if key not in _DEFAULT_SCHEDULES:
+            _DEFAULT_SCHEDULES[key] = _schedule(loaded, state, None)
+        return _DEFAULT_SCHEDULES[key]
+    if key in _CONFIG_SCHEDULES:
+        _CONFIG_SCHEDULES.move_to_end(key)
+        return _CONFIG_SCHEDULES[key]
+    found = _CONFIG_SCHEDULES[key] = _schedule(loaded, state, configs)
+    _CONFIG_STEP_TIMES[key] = found[0]
+    if len(_CONFIG_SCHEDULES) > _CONFIG_SCHEDULES_MAX:
+        _CONFIG_SCHEDULES.popitem(last=False)
+    return found
+
+
+def default_step_time_us(loaded: LoadedCase, state: int, configs: tuple[int, ...] | None = None) -> float:
+    """The step time (µs) of :func:`default_schedule`, cached without the schedule (a float per
+    (case, state, configs))."""
+    configs = tuple(int(c) for c in configs) if configs is not None and any(configs) else None
+    if configs is None:
+        return default_schedule(loaded, state)[0]
+    key = (loaded.case, loaded.costs.source, loaded.knobs, state, configs)
+    if key not in _CONFIG_STEP_TIMES:
+        if key in _CONFIG_SCHEDULES:
+            _CONFIG_STEP_TIMES[key] = _CONFIG_SCHEDULES[key][0]
+        else:
+            replay = new_replay(loaded, state, configs=configs)
+            _CONFIG_STEP_TIMES[key] = replay.run()
+    return _CONFIG_STEP_TIMES[key]
+
+
+def _schedule(loaded: LoadedCase, state: int, configs: tuple[int, ...] | None) -> tuple[float, list[float]]:
+    replay = new_replay(loaded, state, configs=configs)
+    replay.run()
+    return replay.makespan_us, latest_finish(replay)

@@ -10,6 +10,7 @@ file, the ``section.key`` and what was expected::
     seed = 0                    # seeds torch, numpy, the agent and the env's draws of (case, state)
     model = "world"             # cost model: world | nccl | live | measured
     measurements = []           # model = "measured": its CSVs (`dynamiccl measure`), relative to this file
+    knobs = false               # also decide communicator configs (CTA budgets, CTA policy) and chunk sizes
 
     [train]
     total_timesteps = 200000    # decisions (one per collective call) over the whole run
@@ -27,6 +28,7 @@ file, the ``section.key`` and what was expected::
     activation = "tanh"         # tanh | relu
     checkpoint_every = 50000    # timesteps between checkpoints
     states = 8                  # dynamics states 0..states-1 are drawn in training
+    knobs = false               # the same as [experiment] knobs (either turns them on)
 
     [[train.cases]]             # one or more; trace = "path" or workload = {model = ..., tp = ...}
                                 # (a workload's GPU and node size come from env: dynamiccl.workload.spec)
@@ -47,6 +49,11 @@ hyperparameters, with stable-baselines3's names and units.
 Relative trace and spec paths resolve against the current directory first, then against the
 repository root (the config file's parent's parent). Workloads are generated once into
 ``<output_dir>/workloads/`` (:meth:`dynamiccl.workload.spec.WorkloadSpec.cached_trace`).
+
+Knobs: ``knobs = true`` (under ``[experiment]`` or ``[train]``) trains, evaluates and searches in
+``TuningEnv(knobs=True)``: one decision per communicator shape (``knobs.comm_config.COMM_CHOICES``)
+before the calls, and chunk-size call actions where the cost model prices them. Its reward credits
+each communicator decision with its own effect on the step, so ``gamma = 0`` learns them too.
 
 Discounting: ``gamma = 0`` by default. Each decision's reward in ``TuningEnv`` is already that
 decision's own effect on the step time (in per cent of NCCL's default step time), so the problem is
@@ -98,6 +105,7 @@ EXPERIMENT = schema.Schema(
     schema.json_list("measurements", (), help="with model = \"measured\": its measurements CSVs (`dynamiccl measure`), "
                                               "relative to this config file",
                      expect="a list of measurements CSV paths"),
+    schema.flag("knobs", False, help="also decide communicator configs and chunk sizes (TuningEnv(knobs=True))"),
 )
 TRAIN = schema.Schema(
     schema.tables("cases", CASE, [], help="one or more training cases"),
@@ -117,6 +125,7 @@ TRAIN = schema.Schema(
     schema.choice("activation", ACTIVATIONS, "tanh"),
     schema.integer("checkpoint_every", 50_000, low=1, help="timesteps between checkpoints"),
     schema.integer("states", 8, low=1, help="dynamics states 0..states-1 are drawn in training"),
+    schema.flag("knobs", False, help="the same as [experiment] knobs (either turns them on)"),
 )
 HELDOUT = schema.Schema(
     schema.tables("cases", CASE, [], help="evaluation cases; training never sees them"),
@@ -188,6 +197,7 @@ class TrainConfig:
     activation: str
     checkpoint_every: int
     states: int
+    knobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,7 @@ class ExperimentConfig:
     heldout: HeldoutConfig
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     measurements: tuple[str, ...] = ()  # the measured model's CSVs, resolved against the config's directory
+    knobs: bool = False  # [experiment] knobs or [train] knobs: TuningEnv(knobs=True) for train/evaluate/search
 
     def cost_options(self) -> CostModelOptions:
         """The options the config's cost model is made with (the measured model's CSVs)."""
@@ -245,9 +256,13 @@ class ExperimentConfig:
         values = {"experiment.seed": self.seed, "experiment.model": self.model}
         if self.measurements:  # only when set: runs from before the key stay resumable
             values["experiment.measurements"] = list(self.measurements)
+        if self.knobs:  # likewise
+            values["experiment.knobs"] = True
         for key in TrainConfig.__dataclass_fields__:
             if key == "cases":
                 values["train.cases"] = [c.describe() for c in self.train.cases]
+            elif key == "knobs":
+                continue  # experiment.knobs above says it
             elif key not in RESUME_FREE:
                 values[f"train.{key}"] = getattr(self.train, key)
         return json.loads(json.dumps(values))
@@ -295,7 +310,8 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
                          f" overlap the training states 0..{train.states - 1}; expected state_offset >= train.states")
     measurements = _measurement_paths(experiment["model"], experiment["measurements"], source)
     return ExperimentConfig(source, name, experiment["description"], experiment["seed"], experiment["model"],
-                            train, heldout, raw=raw, measurements=measurements)
+                            train, heldout, raw=raw, measurements=measurements,
+                            knobs=bool(experiment["knobs"] or train.knobs))
 
 
 def _measurement_paths(model: str, values: list, source: str) -> tuple[str, ...]:

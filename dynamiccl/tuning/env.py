@@ -1,4 +1,5 @@
-"""``TuningEnv``: choose NCCL's algorithm, protocol and channels for every collective of a training step."""
+"""``TuningEnv``: choose NCCL's algorithm, protocol and channels for every collective of a training step
+(and, with the knobs, each communicator's CTA settings and each call's chunk size)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,18 @@ from gymnasium import spaces
 from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS
-from dynamiccl.tuning.actions import DEFAULT_ACTION, NUM_ACTIONS
+from dynamiccl.knobs.comm_config import DEFAULT_COMM_CHOICE
+from dynamiccl.tuning.actions import (
+    COMM_ACTION_BASE, DEFAULT_ACTION, NUM_ACTIONS, NUM_COMM_ACTIONS, NUM_KNOBS_ACTIONS,
+)
 from dynamiccl.envspec import resolve_env
-from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay
+from dynamiccl.tuning.cases import (
+    Case, LoadedCase, default_schedule, default_step_time_us, load_case, new_replay,
+)
 from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL, cost_model_entry
-from dynamiccl.tuning.observation import OBS_SIZE
+from dynamiccl.tuning.communicators import Shape
+from dynamiccl.tuning.observation import KNOBS_OBS_SIZE, OBS_SIZE
 from dynamiccl.tuning.timeline import Replay
 from dynamiccl.workload.spec import WorkloadSpec
 
@@ -69,11 +76,39 @@ class TuningEnv(gym.Env):
     invalid action is applied as the plugin applies a rule whose cell NCCL disabled: NCCL's
     default is used (``info["invalid_action"]`` is True).
 
+    With ``knobs=True``: ``Discrete(285)``, call actions then communicator actions:
+
+    =========  =====================================================================================
+    0          NCCL's default (a call: NCCL's algorithm, protocol, channels and chunk; a
+               communicator: NCCL's default config, ``COMM_CHOICES[0]``)
+    1..168     (algorithm, protocol, channels) as above
+    169..273   (algorithm, protocol, NCCL's channels, chunk size) for every cell x
+               ``CHUNK_CHOICES_BYTES`` (64 KiB .. 1 MiB; tuner ABI v6 ``getChunkSize``)
+    274..284   communicator config ``COMM_CHOICES[a - 274]`` (maxCTAs 2/4/8/16, minCTAs 16/32,
+               nvlsCTAs 4/8/16, CTA policy zero; 274 itself is masked: action 0 says it)
+    =========  =====================================================================================
+
+    An episode then starts with one *communicator decision* per communicator shape of the step
+    (group kind, nranks, nnodes; :mod:`dynamiccl.tuning.communicators`), then the calls as above.
+    In the communicator phase the mask allows action 0 and the configs ``comm_choice_mask`` allows
+    for the env's NCCL version, the shape's NVLS, its NVLink domain (one node) and
+    ``[nccl] symmetric_memory`` (zero-CTA needs NCCL >= 2.28 and symmetric buffers); in the call
+    phase it allows the call actions valid under the chosen config (channels above the capped pool
+    masked) and, since neither the world nor NCCL's model prices chunk sizes
+    (``knobs.KNOBS["chunk_size"].masked_why``), chunk actions only with a model whose
+    ``prices_chunk`` is True. ``pending_communicator`` is the shape being decided (None in the call
+    phase); ``pending`` is None in the communicator phase.
+
     ## Observation space
     ``Box(0, 1, (11,), float32)``: what the tuner plugin sees on every rank alike: collective
     (one-hot), log2 bytes, log2 nranks, log2 nnodes, log2 numPipeOps, regBuff, log2 position of
     the call among its communicator's collectives in the step
     (:mod:`dynamiccl.tuning.observation`). No simulator state.
+
+    With ``knobs=True``: ``Box(0, 1, (23,), float32)``: the 11 entries, a phase flag (1: a
+    communicator decision) and the group kind one-hot over ``trace.schema.GROUP_KINDS`` (11). A
+    communicator decision's observation holds its log2 nranks, log2 nnodes, the flag and its kind;
+    a call's has the flag and kind 0 (the plugin does not see the kind).
 
     ## Reward
     ``T0`` is the step time (makespan, µs) when every call keeps NCCL's default, in the same case
@@ -89,6 +124,17 @@ class TuningEnv(gym.Env):
     return is exactly the step time saved, in per cent of NCCL's default step time
     (``100 x (1 - T / T0)``; 0 for NCCL's default, positive when faster).
 
+    With ``knobs=True`` a communicator decision gets its own marginal effect on the step,
+
+        r = 100 x (T(configs before it) - T(configs after it)) / T0
+
+    where ``T(configs)`` is the step time with the communicators decided so far created with their
+    configs, the others with NCCL's default, and every call at NCCL's default action (replays cached
+    per case, state and configs), so that ``gamma = 0`` still learns communicator choices. Calls are
+    then rewarded as above, relative to the chosen configs (``C(a)`` under the configs, the slack from
+    the configs' default schedule); ``T0`` stays NCCL's default step time, and the last step keeps the
+    return exact: ``100 x (1 - T / T0)``.
+
     ## Starting state
     ``reset`` draws a case uniformly from ``cases`` and a dynamics state uniformly from
     ``state_offset .. state_offset + states - 1`` with the environment's seeded generator;
@@ -97,7 +143,7 @@ class TuningEnv(gym.Env):
     ## Episode end
     Terminated when the step's last op ends (every call of the step decided). Never truncated.
     ``info`` at the end holds ``step_time_us``, ``default_step_time_us``, ``speedup`` (T0 / T),
-    ``case`` and ``state``.
+    ``case`` and ``state``; with ``knobs=True`` also ``communicators`` (shape -> config in words).
 
     ## Arguments
     - ``cases``: list of :class:`~dynamiccl.tuning.cases.Case` or ``(trace path, env spec)``
@@ -107,6 +153,9 @@ class TuningEnv(gym.Env):
       CSVs: ``CostModelOptions(measurements=...)``).
     - ``states``: number of dynamics states to draw from (default 8); ``state_offset``: the first.
     - ``reward_scale``: the 100 above.
+    - ``knobs``: the knobs beyond (algorithm, protocol, channels): communicator decisions and
+      chunk-size actions (default False: today's spaces exactly, so policies trained before keep
+      working).
 
     ## What agents may read
     Besides the observation and ``action_masks()``, what the deployed plugin sees:
@@ -123,7 +172,8 @@ class TuningEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, cases: Sequence[Case | tuple] | None = None, model: str = DEFAULT_COST_MODEL, states: int = 8,
-                 state_offset: int = 0, reward_scale: float = 100.0, cost_options: CostModelOptions | None = None):
+                 state_offset: int = 0, reward_scale: float = 100.0, cost_options: CostModelOptions | None = None,
+                 knobs: bool = False):
         super().__init__()
         cost_model_entry(model)  # an unknown name fails here, listing the registered models
         if states < 1 or state_offset < 0:
@@ -137,20 +187,29 @@ class TuningEnv(gym.Env):
         self.states = int(states)
         self.state_offset = int(state_offset)
         self.reward_scale = float(reward_scale)
-        self.observation_space = spaces.Box(0.0, 1.0, (OBS_SIZE,), dtype=np.float32)
-        self.action_space = spaces.Discrete(NUM_ACTIONS)
-        self._cases = [load_case(c, model, self.cost_options) for c in cases]
-        # Per case, for the scalar path of step(): per call, its mask as a Python list by action and
-        # its observation row; those of the episode's case are _call_valid and _call_obs.
-        self._case_valid, self._case_obs = [], []
+        self.knobs = bool(knobs)
+        self.num_actions = NUM_KNOBS_ACTIONS if self.knobs else NUM_ACTIONS
+        self.observation_space = spaces.Box(0.0, 1.0, (KNOBS_OBS_SIZE if self.knobs else OBS_SIZE,), dtype=np.float32)
+        self.action_space = spaces.Discrete(self.num_actions)
+        self._cases = [load_case(c, model, self.cost_options, knobs=self.knobs) for c in cases]
+        # Per case, for the scalar path of step(): per cost row, its mask as a Python list by action
+        # (padded to the env's actions), and per call its observation row; the episode's calls' masks
+        # are _call_valid (under the configs chosen) and their observations _call_obs.
+        self._case_masks, self._case_row_valid, self._case_obs = [], [], []
         for loaded in self._cases:
-            masks = loaded.costs.mask.tolist()
-            self._case_valid.append([masks[k] for k in loaded.costs.call_row])
+            masks = np.zeros((len(loaded.costs.keys), self.num_actions), dtype=bool)
+            masks[:, :loaded.costs.num_actions] = loaded.costs.mask
+            self._case_masks.append(masks)
+            self._case_row_valid.append(masks.tolist())
             self._case_obs.append(list(loaded.obs))
-        self._call_valid, self._call_obs = self._case_valid[0], self._case_obs[0]
+        self._call_rows: list[int] = list(self._cases[0].costs.call_row)
+        self._call_valid = [self._case_row_valid[0][r] for r in self._call_rows]
+        self._call_obs = self._case_obs[0]
         self._case: LoadedCase = self._cases[0]
         self._replay: Replay | None = None
         self.pending: int | None = None
+        self.pending_communicator: int | None = None
+        self.configs: list[int] = []
         self.case_index = 0
         self.state = state_offset
 
@@ -165,20 +224,42 @@ class TuningEnv(gym.Env):
         if not 0 <= self.case_index < len(self.cases):
             raise InputError(None, "options.case", f"expected 0..{len(self.cases) - 1}, got {self.case_index}")
         self._case = self._cases[self.case_index]
-        self._call_valid, self._call_obs = self._case_valid[self.case_index], self._case_obs[self.case_index]
+        self._call_obs = self._case_obs[self.case_index]
         self.default_time_us, latest = default_schedule(self._case, self.state)
-        self._replay = new_replay(self._case, self.state, latest)
         self.decisions = 0
         self._reward_sum = 0.0
+        info = {"case": self._case.case.label, "state": self.state}
+        if self.knobs:
+            self._communicators = self._case.communicators
+            self.configs = [DEFAULT_COMM_CHOICE] * len(self._communicators.shapes)
+            # Until the call phase: the calls' rows under NCCL's default configs (episode_calls, nccl_costs).
+            self._call_rows = list(self._case.costs.call_row)
+            self._configs_time_us = self.default_time_us
+            self._replay = None
+            self.pending = None
+            self.pending_communicator = 0
+            return self._communicators.obs[0].copy(), info
+        self._start_calls(list(self._case.costs.call_row), latest)
+        return self._case.obs[self.pending].copy(), info
+
+    def _start_calls(self, call_rows: list[int], latest: list[float]) -> None:
+        """Begin the call phase: the replay on ``call_rows`` (the chosen configs'), at its first decision."""
+        row_valid = self._case_row_valid[self.case_index]
+        self._call_rows = call_rows
+        self._call_valid = [row_valid[r] for r in call_rows]
+        configs = tuple(self.configs) if self.knobs else None
+        self._replay = new_replay(self._case, self.state, latest, configs=configs)
+        self.pending_communicator = None
         self.pending = self._replay.next_decision()
-        return self._case.obs[self.pending].copy(), {"case": self._case.case.label, "state": self.state}
 
     def step(self, action):
+        if self.pending_communicator is not None:
+            return self._step_communicator(action)
         replay, call = self._replay, self.pending
         if replay is None or call is None:
             raise RuntimeError("step() called before reset() or after the episode ended")
         action = int(action)
-        invalid = not (0 <= action < NUM_ACTIONS and self._call_valid[call][action])
+        invalid = not (0 <= action < self.num_actions and self._call_valid[call][action])
         if invalid:
             action = DEFAULT_ACTION
         if action == DEFAULT_ACTION:
@@ -196,19 +277,63 @@ class TuningEnv(gym.Env):
             reward += total - (self._reward_sum + reward)
             info.update(step_time_us=step_time, default_step_time_us=self.default_time_us,
                         speedup=self.default_time_us / step_time, case=self._case.case.label, state=self.state)
+            if self.knobs:
+                info["communicators"] = self._communicators.describe(self.configs)
             obs = self._call_obs[call].copy()  # terminal observation: the last call's
             self._reward_sum = total
             return obs, float(reward), True, False, info
         self._reward_sum += reward
         return self._call_obs[pending].copy(), float(reward), False, False, info
 
+    def _step_communicator(self, action):
+        """A communicator decision (knobs): the pending shape gets the config ``action`` stands for."""
+        shape = self.pending_communicator
+        action = int(action)
+        mask = self.action_masks()
+        invalid = not (0 <= action < self.num_actions and mask[action])
+        choice = DEFAULT_COMM_CHOICE if invalid or action == DEFAULT_ACTION else action - COMM_ACTION_BASE
+        self.configs[shape] = choice
+        before = self._configs_time_us
+        last = shape + 1 == len(self._communicators.shapes)
+        if last:  # the call phase needs the configs' schedule (slack); before it, the step time will do
+            after, latest = default_schedule(self._case, self.state, tuple(self.configs))
+        else:
+            after = default_step_time_us(self._case, self.state, tuple(self.configs))
+        self._configs_time_us = after
+        reward = self.reward_scale * (before - after) / self.default_time_us
+        self.decisions += 1
+        self._reward_sum += reward
+        info: dict[str, Any] = {"invalid_action": True} if invalid else {}
+        if shape + 1 < len(self._communicators.shapes):
+            self.pending_communicator = shape + 1
+            return self._communicators.obs[shape + 1].copy(), float(reward), False, False, info
+        self._start_calls(self._communicators.call_rows(self.configs), latest)
+        return self._call_obs[self.pending].copy(), float(reward), False, False, info
+
     def action_masks(self) -> np.ndarray:
-        """Valid actions for the pending call (sb3-contrib's MaskablePPO calls this)."""
-        if self.pending is None:
-            mask = np.zeros(NUM_ACTIONS, dtype=bool)
+        """Valid actions for the pending decision (sb3-contrib's MaskablePPO calls this): the pending
+        call's, or (knobs) the pending communicator's (action 0 and its allowed configs)."""
+        if self.pending_communicator is not None:
+            mask = np.zeros(self.num_actions, dtype=bool)
+            allowed = self._communicators.masks[self.pending_communicator]
+            mask[COMM_ACTION_BASE:COMM_ACTION_BASE + NUM_COMM_ACTIONS] = allowed
+            mask[COMM_ACTION_BASE + DEFAULT_COMM_CHOICE] = False  # action 0 says it
             mask[DEFAULT_ACTION] = True
             return mask
-        return self._case.costs.mask[self._case.costs.call_row[self.pending]]
+        if self.pending is None:
+            mask = np.zeros(self.num_actions, dtype=bool)
+            mask[DEFAULT_ACTION] = True
+            return mask
+        return self._case_masks[self.case_index][self._call_rows[self.pending]]
+
+    @property
+    def communicator_shapes(self) -> tuple[Shape, ...]:
+        """The episode's communicator shapes in decision order (knobs; () without)."""
+        return self._case.communicators.shapes if self.knobs else ()
+
+    def pending_shape(self) -> Shape:
+        """The shape of the pending communicator decision (what the launcher knows of the group)."""
+        return self._case.communicators.shapes[self.pending_communicator]
 
     # --- what the deployed tuner plugin sees (any agent may use it) ---------------------------------
 
@@ -224,9 +349,8 @@ class TuningEnv(gym.Env):
     def nccl_costs(self, call: int | None = None) -> np.ndarray:
         """NCCL's cost table for ``call`` (default: the pending one): predicted µs per
         [algorithm][protocol], -1 where NCCL disabled the cell -- what ``getCollInfo`` is handed."""
-        costs = self._case.costs
-        row = costs.call_row[self.pending if call is None else call]
-        return costs.nccl_cost[row].reshape(NUM_ALGORITHMS, NUM_PROTOCOLS)
+        row = self._call_rows[self.pending if call is None else call]
+        return self._case.costs.nccl_cost[row].reshape(NUM_ALGORITHMS, NUM_PROTOCOLS)
 
     def communicator_calls(self) -> dict[str, list[int]]:
         """Per communicator (process group) of the episode's step, its tunable calls in issue order:
@@ -241,15 +365,17 @@ class TuningEnv(gym.Env):
 
     def episode_calls(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(call ids, observations, masks) of every tunable call of the episode's step, for an agent
-        whose answer depends only on (observation, mask) and that decides them in one batch."""
+        whose answer depends only on (observation, mask) and that decides them in one batch (the
+        masks under the communicator configs chosen so far: NCCL's default ones before the call phase)."""
         calls = np.asarray(self._case.program.tunable_calls, dtype=np.int64)
-        return calls, self._case.obs[calls].astype(np.float32), self._case.costs.call_masks(calls)
+        rows = np.asarray(self._call_rows, dtype=np.int64)[calls]
+        return calls, self._case.obs[calls].astype(np.float32), self._case_masks[self.case_index][rows]
 
     @property
     def case_id(self) -> tuple:
         """The episode's case and what costs it (``CostTable.source``: model, options, world
-        parameters): answers that depend only on them can be cached on it."""
-        return self._case.case, self._case.costs.source
+        parameters) and whether the knobs are on: answers that depend only on them can be cached on it."""
+        return self._case.case, self._case.costs.source, self.knobs
 
     # --- measured: what NCCL's profiler plugin reports once a call has started ---------------------
 
@@ -265,7 +391,8 @@ class TuningEnv(gym.Env):
         """What the simulator knows and no deployed tuner does. For the baselines that are allowed
         to see it (greedy-per-call, static-best's offline fit, the search reference) and for evaluation records;
         never for a policy."""
-        return SimulatorView(self._case, self._replay, self.pending, self.action_masks())
+        return SimulatorView(self._case, self._replay, self.pending, self.action_masks(), self.state,
+                             tuple(self.configs), self.pending_communicator)
 
 
 @dataclass(frozen=True)
@@ -273,20 +400,40 @@ class SimulatorView:
     """Privileged state of a :class:`TuningEnv` episode (see ``TuningEnv.simulator``).
 
     ``case``: the compiled step (``program``), its cost table (``costs``) and environment spec
-    (``env``); ``replay``: the timeline as far as it has run; ``pending``/``mask``: the pending call.
+    (``env``); ``replay``: the timeline as far as it has run; ``pending``/``mask``: the pending
+    decision; ``state``: the dynamics state; ``configs``/``pending_communicator``: the communicator
+    configs so far and the shape being decided (knobs).
     """
 
     case: LoadedCase
     replay: Replay | None
     pending: int | None
     mask: np.ndarray
+    state: int = 0
+    configs: tuple[int, ...] = ()
+    pending_communicator: int | None = None
 
     def exposed_costs(self) -> np.ndarray:
         """Per action, what the pending call adds to the step (µs) in the simulator's state now --
         congestion, overlap, links shared with running calls, noise; inf where invalid (what the
         greedy-per-call baseline minimises)."""
-        costs = self.replay.exposed_costs(self.pending)
+        costs = np.full(len(self.mask), np.inf)
+        got = self.replay.exposed_costs(self.pending)
+        costs[:len(got)] = got
         return np.where(self.mask, costs, np.inf)
+
+    def communicator_step_times(self) -> np.ndarray:
+        """Per action, the step time (µs) if the pending communicator shape took the config the
+        action stands for (the shapes decided so far with theirs, the rest NCCL's default, every call
+        at NCCL's default action: the replays its reward compares); inf where invalid. What the
+        greedy-per-call and static-best baselines minimise in the communicator phase."""
+        times = np.full(len(self.mask), np.inf)
+        for action in np.flatnonzero(self.mask).tolist():
+            configs = list(self.configs)
+            configs[self.pending_communicator] = DEFAULT_COMM_CHOICE if action == DEFAULT_ACTION \
+                else action - COMM_ACTION_BASE
+            times[action] = default_step_time_us(self.case, self.state, tuple(configs))
+        return times
 
 
 if ENV_ID not in gym.registry:  # gym.make(ENV_ID) once this module is imported; gym.make(IMPORTING_ENV_ID) anywhere

@@ -85,6 +85,9 @@ STEP_COLUMNS = ("agent", "case", "trace", "env_spec", "state", "iteration", "ste
                 "no_comm_step_time_us", "speedup", "search_speedup", "gap_to_search", "gain_share",
                 "measurements", "decisions", "invalid_actions", "cost_model", "nccl_version")
 _LEGACY_STEP_COLUMNS = ("oracle_step_time_us", "oracle_speedup", "gap_to_oracle")
+# Written only by evaluations with the knobs: per step, each communicator shape's config (JSON
+# {"dp 8x1": "max_ctas=8", ...}); files without them read as before.
+OPTIONAL_STEP_COLUMNS = ("communicators",)
 CALL_COLUMNS = ("agent", "case", "state", "iteration", "call", "label", "group_kind", "coll", "nbytes",
                 "nranks", "nnodes", "position", "action", "choice", "algo", "proto", "channels",
                 "start_us", "end_us", "duration_us", "nccl_default_algo", "nccl_default_proto",
@@ -119,7 +122,11 @@ def run_episode(env, agent: Agent, case: int, state: int, record_calls: bool = F
     decided: list[int] = []
     invalid = 0
     info: dict = {}
-    while base.pending is not None:
+    while base.pending is not None or base.pending_communicator is not None:
+        if base.pending_communicator is not None:  # knobs: the communicators first
+            obs, _, terminated, truncated, info = base.step(int(agent.act_communicator(base, obs, base.action_masks())))
+            invalid += bool(info.get("invalid_action", False))
+            continue
         call = base.pending
         action = int(agent.act(base, obs, base.action_masks()))
         obs, _, terminated, truncated, info = base.step(action)
@@ -137,6 +144,8 @@ def run_episode(env, agent: Agent, case: int, state: int, record_calls: bool = F
         "measurements": int(agent.measurements), "decisions": int(base.decisions), "invalid_actions": invalid,
         "cost_model": loaded.costs.description, "nccl_version": loaded.env.nccl_version,
     }
+    if base.knobs:  # which config each communicator shape was created with
+        step["communicators"] = json.dumps(info.get("communicators", {}), sort_keys=True)
     return {"step": step, "calls": _call_rows(base, agent.name, int(state), decided) if record_calls else None}
 
 
@@ -146,7 +155,7 @@ def _call_rows(env, agent: str, state: int, calls: list[int]) -> dict[str, np.nd
     loaded, replay = simulator.case, simulator.replay
     program, costs = loaded.program, loaded.costs
     c = np.asarray(calls, dtype=np.int64)
-    key = np.asarray(costs.call_row, dtype=np.int64)[c]
+    key = np.asarray(replay.call_row, dtype=np.int64)[c]  # the rows of the configs the calls ran under
     action = np.asarray(replay.call_action, dtype=np.int64)[c]
     start = np.asarray(replay.call_start_us, dtype=np.float64)[c]
     end = np.asarray(replay.call_end_us, dtype=np.float64)[c]
@@ -377,7 +386,7 @@ def _finish_row(row: dict, iteration: int, reference: dict) -> dict:
     row.update(reference, iteration=iteration, search_speedup=search_speedup,
                gap_to_search=row["step_time_us"] / search_time - 1.0,
                gain_share=gain_share(row["speedup"], search_speedup))
-    return {col: row[col] for col in STEP_COLUMNS}
+    return {col: row[col] for col in STEP_COLUMNS + OPTIONAL_STEP_COLUMNS if col in row}
 
 
 def _calls_frame(parts: list[dict]) -> pd.DataFrame:
@@ -470,14 +479,16 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
     finally:
         bar.close()
 
-    steps = pd.DataFrame(step_rows, columns=list(STEP_COLUMNS))
+    columns = list(STEP_COLUMNS) + [col for col in OPTIONAL_STEP_COLUMNS if any(col in row for row in step_rows)]
+    steps = pd.DataFrame(step_rows, columns=columns)
     descriptions = sorted({row["cost_model"] for row in step_rows})
     meta = {"dynamiccl_version": __version__, "cost_model": base.model, "cost_model_descriptions": descriptions,
             "states": states, "online_steps": int(online_steps), "agents": [a.name for a in agents],
             "search": {label: result.to_json() for label, result in search.results.items()},
             "cases": [c.label for c in base.cases],
             "case_compute": {c.label: load_case(c, base.model, base.cost_options).program.compute for c in base.cases},
-            "case_layout": {c.label: load_case(c, base.model, base.cost_options).layout_label for c in base.cases}}
+            "case_layout": {c.label: load_case(c, base.model, base.cost_options).layout_label for c in base.cases},
+            "knobs": bool(base.knobs)}
     if base.cost_options.measurements:
         meta["measurements"] = list(base.cost_options.measurements)
     return Results(steps, _calls_frame(call_parts), meta)
@@ -491,7 +502,8 @@ class EvaluationPlan:
     """What an evaluation replays: ``cases`` under the dynamics ``states``, priced by the cost
     model ``model`` (a :data:`~dynamiccl.costmodel.registry.COST_MODELS` name) made with
     ``cost_options`` (the measured model's CSVs), and the episodes the static-best table is fitted
-    on (``fit_cases`` under ``fit_states``)."""
+    on (``fit_cases`` under ``fit_states``); ``knobs``: replay with the knobs
+    (``TuningEnv(knobs=True)``: communicator configs and chunk sizes)."""
 
     cases: tuple[Case, ...]
     states: tuple[int, ...]
@@ -499,6 +511,7 @@ class EvaluationPlan:
     fit_states: tuple[int, ...]
     model: str
     cost_options: CostModelOptions = CostModelOptions()
+    knobs: bool = False
 
     @classmethod
     def from_config(cls, config_path: str | os.PathLike, run_dir: str | os.PathLike | None = None,
@@ -528,17 +541,18 @@ class EvaluationPlan:
             raise InputError(str(config_path), "heldout.cases", "the config has no held-out cases to evaluate")
         offset = config.heldout.state_offset
         return cls(tuple(cases), tuple(range(offset, offset + config.heldout.states)),
-                   train_cases, tuple(range(config.train.states)), config.model, config.cost_options())
+                   train_cases, tuple(range(config.train.states)), config.model, config.cost_options(), config.knobs)
 
     @classmethod
     def from_traces(cls, traces: Sequence[str], envs: Sequence[str], states: int = 4, state_offset: int = 1000,
-                    model: str = DEFAULT_COST_MODEL, cost_options: CostModelOptions | None = None) -> "EvaluationPlan":
+                    model: str = DEFAULT_COST_MODEL, cost_options: CostModelOptions | None = None,
+                    knobs: bool = False) -> "EvaluationPlan":
         """Every trace on every environment spec (trace-major), under states ``state_offset ..
         state_offset + states - 1``; static-best is fitted in-sample, on the same cases under other
         dynamics states (``0 .. states - 1``)."""
         cases = tuple(Case(trace, env) for trace in traces for env in envs)
         return cls(cases, tuple(range(state_offset, state_offset + states)), cases, tuple(range(states)), model,
-                   cost_options or CostModelOptions())
+                   cost_options or CostModelOptions(), knobs)
 
     def env(self) -> TuningEnv:
         """A ``TuningEnv`` over the evaluated cases.
@@ -548,7 +562,7 @@ class EvaluationPlan:
         """
         from dynamiccl.tuning.env import TuningEnv
 
-        return TuningEnv(list(self.cases), model=self.model, cost_options=self.cost_options)
+        return TuningEnv(list(self.cases), model=self.model, cost_options=self.cost_options, knobs=self.knobs)
 
     def fit_episodes(self) -> tuple[TuningEnv, list[tuple[int, int]]]:
         """(a ``TuningEnv`` over the fit cases, every (case index, state) of the fit split): the
@@ -556,7 +570,8 @@ class EvaluationPlan:
         from dynamiccl.tuning.env import TuningEnv
 
         episodes = [(case, state) for case in range(len(self.fit_cases)) for state in self.fit_states]
-        return TuningEnv(list(self.fit_cases), model=self.model, cost_options=self.cost_options), episodes
+        return TuningEnv(list(self.fit_cases), model=self.model, cost_options=self.cost_options,
+                         knobs=self.knobs), episodes
 
 
 @dataclass

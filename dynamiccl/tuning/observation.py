@@ -17,6 +17,21 @@ Layout (float32, every entry in [0, 1]):
 9     regBuff (0 or 1; traces do not record buffer registration, so 0)
 10    log2(position + 1) / 16
 ====  ===========================================================
+
+With the knobs (``TuningEnv(knobs=True)``, ``KNOBS_OBS_SIZE`` entries) the same 11 entries come first,
+then:
+
+=======  ========================================================
+11       phase: 1 for a communicator decision, 0 for a call
+12-22    the communicator's group kind, one-hot over
+         ``trace.schema.GROUP_KINDS`` (all 0 for a call: the plugin
+         does not see the kind)
+=======  ========================================================
+
+A communicator decision's observation holds its shape: entries 6-7 (nranks, nnodes), the phase
+flag and its kind; every other entry is 0. That is what the launcher knows when it creates the
+communicator (the process group's kind and ranks), so a table keyed by (kind, nranks, nnodes)
+reproduces a policy's communicator choices.
 """
 
 from __future__ import annotations
@@ -27,11 +42,16 @@ import numpy as np
 
 from dynamiccl.callkey import FIELDS, CallKey
 from dynamiccl.nccl import TUNABLE_FUNCS
+from dynamiccl.trace.schema import GROUP_KINDS
 from dynamiccl.tuning.program import StepProgram
 
 OBS_SIZE = 11
 OBS_NAMES = ("broadcast", "reduce", "allgather", "reducescatter", "allreduce", "log2_bytes", "log2_nranks",
              "log2_nnodes", "log2_pipe_ops", "reg_buff", "log2_position")
+PHASE_ENTRY = OBS_SIZE  # 1: a communicator decision
+KIND_ENTRY = OBS_SIZE + 1
+KNOBS_OBS_SIZE = OBS_SIZE + 1 + len(GROUP_KINDS)
+KNOBS_OBS_NAMES = OBS_NAMES + ("communicator_phase",) + tuple(f"kind_{kind}" for kind in GROUP_KINDS)
 
 
 def encode(calls: Mapping[str, Sequence[int]]) -> np.ndarray:
@@ -60,6 +80,32 @@ def key_columns(keys: Sequence[CallKey]) -> dict[str, np.ndarray]:
     return {name: values[:, i] for i, name in enumerate(FIELDS)}
 
 
-def observe_calls(program: StepProgram) -> np.ndarray:
-    """The observation of every call of a compiled step ([calls, OBS_SIZE])."""
-    return encode(key_columns(program.call_key))
+def observe_calls(program: StepProgram, knobs: bool = False) -> np.ndarray:
+    """The observation of every call of a compiled step ([calls, OBS_SIZE], or [calls,
+    KNOBS_OBS_SIZE] with ``knobs``: phase and kind entries 0)."""
+    obs = encode(key_columns(program.call_key))
+    return with_knobs_entries(obs) if knobs else obs
+
+
+def with_knobs_entries(obs: np.ndarray) -> np.ndarray:
+    """Call observations ([n, OBS_SIZE]) widened to the knobs layout (phase 0, no kind)."""
+    out = np.zeros((len(obs), KNOBS_OBS_SIZE), dtype=np.float32)
+    out[:, :OBS_SIZE] = obs
+    return out
+
+
+def observe_communicators(kinds: Sequence[str], nranks: Sequence[int], nnodes: Sequence[int]) -> np.ndarray:
+    """Observations ([n, KNOBS_OBS_SIZE]) of communicator decisions of shapes (kind, nranks, nnodes).
+
+    Raises:
+        ValueError: a kind outside ``trace.schema.GROUP_KINDS``.
+    """
+    obs = np.zeros((len(kinds), KNOBS_OBS_SIZE), dtype=np.float32)
+    for row, kind in enumerate(kinds):
+        if kind not in GROUP_KINDS:
+            raise ValueError(f"group kind {kind!r}: expected one of {', '.join(GROUP_KINDS)}")
+        obs[row, KIND_ENTRY + GROUP_KINDS.index(kind)] = 1.0
+    obs[:, 6] = np.log2(np.maximum(np.asarray(nranks, dtype=np.float64), 1.0)) / 16.0
+    obs[:, 7] = np.log2(np.maximum(np.asarray(nnodes, dtype=np.float64), 1.0)) / 16.0
+    obs[:, PHASE_ENTRY] = 1.0
+    return np.clip(obs, 0.0, 1.0)

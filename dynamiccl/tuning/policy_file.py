@@ -5,7 +5,9 @@ A policy file is a ``.zip`` with exactly two members:
 ``policy.json``
     ``{"format": "dynamiccl-policy", "version": 1, "obs_size": 11, "num_actions": 169,
     "observation": [names of the observation entries], "hidden_sizes": [64, 64],
-    "activation": "tanh" | "relu", "provenance": {...}}``. ``provenance`` is free-form JSON (what
+    "activation": "tanh" | "relu", "provenance": {...}}``; a policy trained with the knobs
+    (``TuningEnv(knobs=True)``) has ``"obs_size": 23, "num_actions": 285`` and the knobs
+    observation's names (the layout says which space it was trained in). ``provenance`` is free-form JSON (what
     produced the policy: config, seed, timesteps, cases...).
 ``weights.npz``
     written by ``np.savez``; for each hidden layer ``i`` (0-based) ``hidden.i.weight``
@@ -38,8 +40,8 @@ import numpy as np
 from dynamiccl import schema
 from dynamiccl.atomic import write_with
 from dynamiccl.errors import InputError
-from dynamiccl.tuning.actions import NUM_ACTIONS
-from dynamiccl.tuning.observation import OBS_NAMES, OBS_SIZE
+from dynamiccl.tuning.actions import NUM_ACTIONS, NUM_KNOBS_ACTIONS
+from dynamiccl.tuning.observation import KNOBS_OBS_NAMES, KNOBS_OBS_SIZE, OBS_NAMES, OBS_SIZE
 
 FORMAT = "dynamiccl-policy"
 VERSION = 1
@@ -64,17 +66,19 @@ class PolicyNetwork:
         action: ``(weight [num_actions, last], bias [num_actions])`` as float64.
         activation: ``"tanh"`` or ``"relu"``, applied after every hidden layer.
         provenance: what produced the policy (free-form JSON object).
+        knobs: trained in ``TuningEnv(knobs=True)`` (its observation and action spaces).
     """
 
     hidden: tuple[tuple[np.ndarray, np.ndarray], ...]
     action: tuple[np.ndarray, np.ndarray]
     activation: str = "tanh"
     provenance: dict = field(default_factory=dict)
+    knobs: bool = False
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        expected = self._expected_shapes(self.hidden_sizes)
+        expected = self._expected_shapes(self.hidden_sizes, self.knobs)
         got = self._named_arrays()
         for name, shape in expected.items():
             if got[name].shape != shape:
@@ -84,26 +88,27 @@ class PolicyNetwork:
 
     @property
     def obs_size(self) -> int:
-        return OBS_SIZE
+        return KNOBS_OBS_SIZE if self.knobs else OBS_SIZE
 
     @property
     def num_actions(self) -> int:
-        return NUM_ACTIONS
+        return NUM_KNOBS_ACTIONS if self.knobs else NUM_ACTIONS
 
     @property
     def hidden_sizes(self) -> list[int]:
         return [int(w.shape[0]) for w, _ in self.hidden]
 
     @staticmethod
-    def _expected_shapes(hidden_sizes: list[int]) -> dict[str, tuple[int, ...]]:
+    def _expected_shapes(hidden_sizes: list[int], knobs: bool = False) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {}
-        last = OBS_SIZE
+        last = KNOBS_OBS_SIZE if knobs else OBS_SIZE
+        num_actions = NUM_KNOBS_ACTIONS if knobs else NUM_ACTIONS
         for i, size in enumerate(hidden_sizes):
             shapes[f"hidden.{i}.weight"] = (size, last)
             shapes[f"hidden.{i}.bias"] = (size,)
             last = size
-        shapes["action.weight"] = (NUM_ACTIONS, last)
-        shapes["action.bias"] = (NUM_ACTIONS,)
+        shapes["action.weight"] = (num_actions, last)
+        shapes["action.bias"] = (num_actions,)
         return shapes
 
     def _named_arrays(self) -> dict[str, np.ndarray]:
@@ -124,8 +129,8 @@ class PolicyNetwork:
         x = np.asarray(obs, dtype=np.float64)
         if x.ndim == 1:
             x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != OBS_SIZE:
-            raise ValueError(f"expected observations of shape [n, {OBS_SIZE}], got {np.shape(obs)}")
+        if x.ndim != 2 or x.shape[1] != self.obs_size:
+            raise ValueError(f"expected observations of shape [n, {self.obs_size}], got {np.shape(obs)}")
         for w, b in self.hidden:
             x = x @ w.T + b
             x = np.tanh(x) if self.activation == "tanh" else np.maximum(x, 0.0)
@@ -175,10 +180,13 @@ class PolicyNetwork:
 
         policy = getattr(model, "policy", model)
         space = policy.observation_space
-        if getattr(space, "shape", None) != (OBS_SIZE,):
-            raise ValueError(f"expected an observation space of shape ({OBS_SIZE},), got {space}")
-        if getattr(policy.action_space, "n", None) != NUM_ACTIONS:
-            raise ValueError(f"expected Discrete({NUM_ACTIONS}) actions, got {policy.action_space}")
+        knobs = getattr(space, "shape", None) == (KNOBS_OBS_SIZE,)
+        obs_size, num_actions = (KNOBS_OBS_SIZE, NUM_KNOBS_ACTIONS) if knobs else (OBS_SIZE, NUM_ACTIONS)
+        if getattr(space, "shape", None) != (obs_size,):
+            raise ValueError(f"expected an observation space of shape ({OBS_SIZE},) or, with the knobs, "
+                             f"({KNOBS_OBS_SIZE},), got {space}")
+        if getattr(policy.action_space, "n", None) != num_actions:
+            raise ValueError(f"expected Discrete({num_actions}) actions, got {policy.action_space}")
         extractor = policy.pi_features_extractor if hasattr(policy, "pi_features_extractor") else \
             policy.features_extractor
         if not isinstance(extractor, FlattenExtractor):
@@ -196,7 +204,8 @@ class PolicyNetwork:
             return (linear.weight.detach().cpu().numpy().astype(np.float64),
                     linear.bias.detach().cpu().numpy().astype(np.float64))
 
-        return cls(tuple(numpy(m) for m in linears), numpy(policy.action_net), activation, dict(provenance or {}))
+        return cls(tuple(numpy(m) for m in linears), numpy(policy.action_net), activation, dict(provenance or {}),
+                   knobs)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -222,8 +231,9 @@ def save_policy(path: str | os.PathLike, model_or_network, provenance: dict | No
     for name, a in arrays.items():
         if not np.isfinite(a).all():
             raise ValueError(f"{name}: the weights hold NaN or infinite values")
-    header = {"format": FORMAT, "version": VERSION, "obs_size": OBS_SIZE, "num_actions": NUM_ACTIONS,
-              "observation": list(OBS_NAMES), "hidden_sizes": network.hidden_sizes,
+    header = {"format": FORMAT, "version": VERSION, "obs_size": network.obs_size, "num_actions": network.num_actions,
+              "observation": list(KNOBS_OBS_NAMES if network.knobs else OBS_NAMES),
+              "hidden_sizes": network.hidden_sizes,
               "activation": network.activation, "provenance": provenance}
     text = json.dumps(header, indent=2, sort_keys=True, allow_nan=False) + "\n"
     weights = io.BytesIO()
@@ -269,12 +279,18 @@ def load_policy(path: str | os.PathLike) -> PolicyNetwork:
             raise InputError(source, None, f"expected exactly the members {POLICY_JSON} and {WEIGHTS_NPZ}, "
                                            f"got {sorted(members)}")
         header = _parse_header(_read_member(archive, members[POLICY_JSON], MAX_JSON_BYTES, source), source)
-        shapes = PolicyNetwork._expected_shapes(header["hidden_sizes"])
+        knobs = header["num_actions"] == NUM_KNOBS_ACTIONS
+        layout = (KNOBS_OBS_SIZE, list(KNOBS_OBS_NAMES)) if knobs else (OBS_SIZE, list(OBS_NAMES))
+        for name, value in zip(("obs_size", "observation"), layout):
+            if header[name] != value:
+                raise InputError(source, f"{POLICY_JSON}: {name}", f"expected {value} for a policy of "
+                                 f"{header['num_actions']} actions, got {header[name]!r}")
+        shapes = PolicyNetwork._expected_shapes(header["hidden_sizes"], knobs)
         arrays = _read_weights(_read_member(archive, members[WEIGHTS_NPZ], MAX_WEIGHTS_BYTES, source), shapes, source)
     hidden = tuple((arrays[f"hidden.{i}.weight"], arrays[f"hidden.{i}.bias"])
                    for i in range(len(header["hidden_sizes"])))
     return PolicyNetwork(hidden, (arrays["action.weight"], arrays["action.bias"]), header["activation"],
-                         header["provenance"])
+                         header["provenance"], knobs)
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, source: str) -> bytes:
@@ -291,12 +307,14 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, so
 _HEADER = schema.Schema(
     schema.choice("format", (FORMAT,)),
     schema.choice("version", (VERSION,), expect=f"{VERSION} (this dynamiccl reads only version {VERSION})"),
-    schema.choice("obs_size", (OBS_SIZE,), expect=f"{OBS_SIZE} (this dynamiccl's); the policy was trained for "
-                                                  "another observation space"),
-    schema.choice("num_actions", (NUM_ACTIONS,), expect=f"{NUM_ACTIONS} (this dynamiccl's); the policy was trained "
-                                                         "for another action space"),
-    schema.choice("observation", (list(OBS_NAMES),), expect=f"{list(OBS_NAMES)}; the policy was trained on another "
-                                                            "observation layout"),
+    schema.choice("obs_size", (OBS_SIZE, KNOBS_OBS_SIZE),
+                  expect=f"{OBS_SIZE} or, with the knobs, {KNOBS_OBS_SIZE} (this dynamiccl's); the policy was "
+                         "trained for another observation space"),
+    schema.choice("num_actions", (NUM_ACTIONS, NUM_KNOBS_ACTIONS),
+                  expect=f"{NUM_ACTIONS} or, with the knobs, {NUM_KNOBS_ACTIONS} (this dynamiccl's); the policy "
+                         "was trained for another action space"),
+    schema.choice("observation", (list(OBS_NAMES), list(KNOBS_OBS_NAMES)),
+                  expect=f"{list(OBS_NAMES)} or the knobs layout; the policy was trained on another observation layout"),
     schema.int_list("hidden_sizes", low=1, high=MAX_LAYER_SIZE, max_len=MAX_HIDDEN_LAYERS),
     schema.choice("activation", ACTIVATIONS),
     schema.json_value("provenance", help="what produced the policy"),

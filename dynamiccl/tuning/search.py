@@ -42,6 +42,19 @@ continues from a fork of it (:meth:`~dynamiccl.tuning.timeline.Replay.fork`; the
 bit for bit, as a replay from the start). Every table scored is memoised on its effective per-call
 actions, so a candidate that the masks make identical to one already replayed costs nothing.
 
+With the knobs
+--------------
+On a case loaded with the knobs (``load_case(..., knobs=True)``) the table also has one communicator
+config per communicator shape of the step (:mod:`dynamiccl.tuning.communicators`; ``COMM_CHOICES``
+masked as the env masks them) and its rules may choose chunk sizes (the chunk-size actions, where
+the cost model prices them; never in the world or NCCL's model). The descent first runs exactly
+as without the knobs (every communicator at NCCL's default config, the same starts, sweeps and
+result), then continues with sweeps that visit each communicator shape -- every valid config,
+each scored on the whole step in every state -- and then every rule key again, until a sweep
+changes nothing or after ``max_sweeps`` more. Only improvements are accepted, so the result with
+the knobs is never slower than without them (on the mean over the states searched). The table
+carries the configs as ``communicators`` (``CommunicatorRule`` per shape whose config is not NCCL's).
+
 The bounds
 ----------
 :func:`step_bounds` gives the two bounds reported beside the search: every collective at its links'
@@ -63,7 +76,8 @@ from dynamiccl.callkey import CallKey, size_band
 from dynamiccl.costmodel.world import WorldModel
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.nccl import FUNC_OP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Func
-from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule
+from dynamiccl.knobs.comm_config import COMM_CHOICES
+from dynamiccl.table.model import MAX_BYTES, CommunicatorRule, DecisionTable, Rule
 from dynamiccl.tuning.actions import DEFAULT_ACTION, ActionCostTotals, rule_choice
 from dynamiccl.tuning.cases import LoadedCase, default_schedule, new_replay
 from dynamiccl.tuning.costs import CostTable
@@ -115,16 +129,20 @@ def band_bytes(band: int) -> tuple[int, int]:
     return (0 if band == 0 else 1 << band), min((1 << (band + 1)) - 1, MAX_BYTES)
 
 
-def table_of(actions: dict[RuleKey, int], provenance: dict) -> DecisionTable:
+def table_of(actions: dict[RuleKey, int], provenance: dict, communicators: dict | None = None) -> DecisionTable:
     """The decision table with one rule per key of ``actions`` (sorted by key), choosing that action
-    (``dynamiccl.tuning.actions.rule_choice``: action 0 keeps NCCL's choice, explicitly)."""
+    (``dynamiccl.tuning.actions.rule_choice``: action 0 keeps NCCL's choice, explicitly), and a
+    ``CommunicatorRule`` per communicator shape of ``communicators`` (``Shape`` -> ``COMM_CHOICES``
+    index) whose config is not NCCL's default."""
 
     rules = []
     for key in sorted(actions):
         low, high = band_bytes(key.band)
         rules.append(Rule(coll=key.coll, min_bytes=low, max_bytes=high, nranks=key.nranks, nnodes=key.nnodes,
                           num_pipe_ops=key.num_pipe_ops, reg_buff=key.reg_buff, **rule_choice(int(actions[key]))))
-    return DecisionTable(tuple(rules), provenance)
+    comm_rules = tuple(CommunicatorRule(shape.kind, shape.nranks, shape.nnodes, COMM_CHOICES[choice])
+                       for shape, choice in (communicators or {}).items() if choice)
+    return DecisionTable(tuple(rules), provenance, communicators=comm_rules)
 
 
 # --- scoring --------------------------------------------------------------------------------------
@@ -135,7 +153,9 @@ class StepScorer:
 
     ``keys`` are the rule keys of the step's tunable calls (sorted); a table is an int array of one
     action per key. ``replays`` counts the replays run; scores are memoised on the effective
-    per-call actions (what really runs once masks are applied).
+    per-call actions (what really runs once masks are applied). With the knobs, ``configs`` holds
+    the communicator configs (one ``COMM_CHOICES`` index per shape of ``loaded.communicators``) every
+    method scores under unless given others; () without the knobs.
 
     Raises:
         ValueError: no states.
@@ -153,19 +173,35 @@ class StepScorer:
         self.keys: list[RuleKey] = sorted(set(key_of_call))
         index = {key: i for i, key in enumerate(self.keys)}
         self.call_key_index = np.array([index[k] for k in key_of_call], dtype=np.int64)
-        self.masks = costs.call_masks(self.calls)  # [tunable calls, actions]
+        self.knobs = loaded.knobs
+        self.configs: tuple[int, ...] = (0,) * len(loaded.communicators.shapes) if self.knobs else ()
+        self._masks: dict[tuple[int, ...], np.ndarray] = {self.configs: costs.call_masks(self.calls)}
         self.replays = 0
-        self._memo: dict[tuple[int, bytes], float] = {}
+        self._memo: dict[tuple, float] = {}
         self._num_calls = program.num_calls
         self._key_of_call = [-1] * program.num_calls  # call id -> rule key index (-1: not tunable)
         for call, key in zip(self.calls.tolist(), self.call_key_index.tolist()):
             self._key_of_call[call] = key
 
-    def effective(self, table: np.ndarray) -> np.ndarray:
+    @property
+    def masks(self) -> np.ndarray:
+        """[tunable calls, actions]: the valid actions of each call under ``configs``."""
+        return self.masks_under(self.configs)
+
+    def masks_under(self, configs: tuple[int, ...]) -> np.ndarray:
+        """The tunable calls' masks when the communicators have ``configs``."""
+        configs = tuple(configs)
+        if configs not in self._masks:
+            rows = self.loaded.communicators.call_rows(configs)
+            self._masks[configs] = self.loaded.costs.call_masks(self.calls, rows)
+        return self._masks[configs]
+
+    def effective(self, table: np.ndarray, configs: tuple[int, ...] | None = None) -> np.ndarray:
         """Per tunable call, the action that runs under ``table``: the key's action where the call's
-        mask allows it, else NCCL's default (0)."""
+        mask (under ``configs``, default ``self.configs``) allows it, else NCCL's default (0)."""
+        masks = self.masks_under(self.configs if configs is None else configs)
         chosen = np.asarray(table, dtype=np.int64)[self.call_key_index]
-        ok = self.masks[np.arange(len(self.calls)), chosen]
+        ok = masks[np.arange(len(self.calls)), chosen]
         return np.where(ok, chosen, DEFAULT_ACTION)
 
     def _per_call(self, effective: np.ndarray) -> list[int]:
@@ -175,18 +211,20 @@ class StepScorer:
         return per_call
 
     def step_time_us(self, table: np.ndarray, state: int,
-                     prefix: Callable[[], Replay | None] | None = None) -> float:
+                     prefix: Callable[[], Replay | None] | None = None, configs: tuple[int, ...] | None = None) -> float:
         """The step time (µs) of one replay of the case under ``table`` in dynamics ``state``.
 
         ``prefix``, called only when the table's step time is not memoised yet, returns a replay
         (from :meth:`prefix`) of a table that agrees with ``table`` on every call decided so far,
         or None: the replay continues from a fork of it instead of from the start (the same result,
-        bit for bit, in a fraction of the time)."""
-        effective = self.effective(table)
-        memo_key = (int(state), effective.tobytes())
+        bit for bit, in a fraction of the time). ``configs``: the communicator configs (default
+        ``self.configs``)."""
+        configs = self.configs if configs is None else tuple(configs)
+        effective = self.effective(table, configs)
+        memo_key = (int(state), configs, effective.tobytes())
         if memo_key not in self._memo:
             start = prefix() if prefix is not None else None
-            replay = start.fork() if start is not None else new_replay(self.loaded, int(state))
+            replay = start.fork() if start is not None else new_replay(self.loaded, int(state), configs=configs or None)
             self._memo[memo_key] = float(replay.run(self._per_call(effective).__getitem__))
             self.replays += 1
         return self._memo[memo_key]
@@ -197,7 +235,7 @@ class StepScorer:
         from ``table`` only at ``key``, for :meth:`step_time_us`. Never decide on it: fork it."""
         per_call = self._per_call(self.effective(table))
         key_of = self._key_of_call
-        replay = new_replay(self.loaded, int(state))
+        replay = new_replay(self.loaded, int(state), configs=self.configs or None)
         while (call := replay.next_decision()) is not None:
             if key_of[call] == key:
                 return replay
@@ -205,10 +243,11 @@ class StepScorer:
         return None
 
     def step_times_us(self, table: np.ndarray, states: Sequence[int] | None = None,
-                      prefix: Callable[[int], Replay | None] | None = None) -> np.ndarray:
+                      prefix: Callable[[int], Replay | None] | None = None,
+                      configs: tuple[int, ...] | None = None) -> np.ndarray:
         """``step_time_us`` in each of ``states`` (default: all the scorer's states), each continuing
         from ``prefix(state)`` where given (called only for a table not memoised in that state)."""
-        return np.array([self.step_time_us(table, s, None if prefix is None else functools.partial(prefix, s))
+        return np.array([self.step_time_us(table, s, None if prefix is None else functools.partial(prefix, s), configs)
                          for s in (self.states if states is None else states)])
 
     def greedy_table(self) -> np.ndarray:
@@ -239,8 +278,12 @@ class StepScorer:
                            minlength=len(self.keys))
 
     def candidates(self, key: int) -> np.ndarray:
-        """The actions valid for at least one call of key ``key`` (NCCL's default first)."""
+        """The actions valid for at least one call of key ``key`` under ``configs`` (NCCL's default first)."""
         return np.flatnonzero(self.masks[self.call_key_index == key].any(axis=0))
+
+    def config_candidates(self, shape: int) -> list[int]:
+        """The ``COMM_CHOICES`` indices communicator shape ``shape`` may take (NCCL's default first)."""
+        return np.flatnonzero(self.loaded.communicators.masks[shape]).tolist()
 
 
 # --- the search -----------------------------------------------------------------------------------
@@ -270,6 +313,7 @@ class SearchResult:
     improvements: int
     wall_s: float
     history: list[dict] = field(default_factory=list)
+    communicators: dict = field(default_factory=dict)  # knobs: Shape -> COMM_CHOICES index
 
     @property
     def speedup(self) -> float:
@@ -283,7 +327,9 @@ class SearchResult:
                 "search_step_time_us": self.step_time_us, "search_speedup": self.speedup,
                 "rules": len(self.table.rules), "changed_rules": sum(1 for r in self.table.rules if not r.keeps_nccl),
                 "replays": self.replays, "sweeps": self.sweeps, "improvements": self.improvements,
-                "wall_s": self.wall_s}
+                "wall_s": self.wall_s,
+                **({"communicators": {shape.describe(): COMM_CHOICES[c].describe()
+                                      for shape, c in self.communicators.items()}} if self.communicators else {})}
 
 
 def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = DEFAULT_MAX_SWEEPS,
@@ -329,8 +375,10 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
     order = np.argsort(-scorer.key_weight_us(), kind="stable")
     screen_state = scorer.states[0]
     sweeps = improvements = 0
-    for sweep in range(1, max_sweeps + 1):
-        sweeps = sweep
+
+    def sweep_keys(sweep: int) -> bool:
+        """One coordinate-descent sweep over the rule keys; whether it changed the incumbent."""
+        nonlocal incumbent, best, improvements
         changed = False
         for key in order.tolist():
             if progress is not None:
@@ -370,11 +418,51 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
                 improvements += 1
             if progress is not None:
                 progress.update()
+        return changed
+
+    def sweep_communicators(sweep: int) -> bool:
+        """One sweep over the communicator shapes (knobs): each takes its best config, every candidate
+        scored on the whole step in every state; whether it changed the incumbent configs."""
+        nonlocal best, improvements
+        changed = False
+        for shape in range(len(scorer.configs)):
+            if progress is not None:
+                progress.set_postfix_str(f"sweep {sweep}, {communicators.shapes[shape].describe()} communicator",
+                                         refresh=False)
+            better = None
+            for choice in scorer.config_candidates(shape):
+                if choice == scorer.configs[shape]:
+                    continue
+                trial = scorer.configs[:shape] + (choice,) + scorer.configs[shape + 1:]
+                mean = float(scorer.step_times_us(incumbent, configs=trial).mean())
+                if mean < best * (1.0 - 1e-12):
+                    best, better = mean, trial
+            if better is not None:
+                scorer.configs, changed = better, True
+                improvements += 1
+        return changed
+
+    # Without the knobs' communicators first (exactly the search without knobs), then with them.
+    for sweep in range(1, max_sweeps + 1):
+        sweeps = sweep
+        changed = sweep_keys(sweep)
         history.append({"sweep": sweep, "step_time_us": best, "improvements": improvements})
         if not changed:
             break
+    communicators = loaded.communicators if scorer.knobs else None
+    if scorer.knobs:
+        for sweep in range(sweeps + 1, sweeps + max_sweeps + 1):
+            changed = sweep_communicators(sweep)
+            changed = sweep_keys(sweep) or changed
+            history.append({"sweep": sweep, "step_time_us": best, "improvements": improvements,
+                            "communicators": communicators.describe(scorer.configs)})
+            sweeps = sweep
+            if not changed:
+                break
     actions = {key: int(incumbent[i]) for i, key in enumerate(scorer.keys)}
-    default_times = scorer.step_times_us(default).tolist()
+    chosen = dict(zip(communicators.shapes, scorer.configs)) if communicators is not None else {}
+    default_configs = (0,) * len(scorer.configs)
+    default_times = scorer.step_times_us(default, configs=default_configs).tolist()
     result_times = scorer.step_times_us(incumbent).tolist()
     wall_s = time.perf_counter() - started
     provenance = {
@@ -386,9 +474,12 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
         "start_step_time_us": means[start_name], "search_step_time_us": float(np.mean(result_times)),
         "replays": scorer.replays, "sweeps": sweeps, "wall_s": round(wall_s, 3),
     }
-    return SearchResult(loaded.case.label, scorer.states, actions, table_of(actions, provenance), default_times,
-                        start_name, scorer.step_times_us(starts[start_name]).tolist(), result_times,
-                        scorer.replays, sweeps, improvements, wall_s, history)
+    if communicators is not None:
+        provenance["knobs"] = True
+        provenance["communicators"] = communicators.describe(scorer.configs)
+    return SearchResult(loaded.case.label, scorer.states, actions, table_of(actions, provenance, chosen), default_times,
+                        start_name, scorer.step_times_us(starts[start_name], configs=default_configs).tolist(),
+                        result_times, scorer.replays, sweeps, improvements, wall_s, history, chosen)
 
 
 # --- the bounds -------------------------------------------------------------------------------------

@@ -108,10 +108,11 @@ class _UniformValidActions:
 
 
 def env_steps_per_s(case: Case, steps: int, model: str = DEFAULT_COST_MODEL, seed: int = 0,
-                    cost_options: CostModelOptions | None = None) -> float:
+                    cost_options: CostModelOptions | None = None, knobs: bool = False) -> float:
     """``TuningEnv.step`` calls per second over ``steps`` steps on ``case``, each with a uniformly
     random valid action (seeded by ``seed``); episodes restart as they end. Compiling and costing
-    the case, and the first reset, are not timed.
+    the case, and the first reset, are not timed. ``knobs``: ``TuningEnv(knobs=True)`` (its
+    communicator decisions are steps too).
 
     Raises:
         InputError: as :func:`replay_case`.
@@ -119,7 +120,7 @@ def env_steps_per_s(case: Case, steps: int, model: str = DEFAULT_COST_MODEL, see
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    env = TuningEnv([case], model=model, cost_options=cost_options)
+    env = TuningEnv([case], model=model, cost_options=cost_options, knobs=knobs)
     agent = _UniformValidActions(seed)
     env.reset(seed=seed)
     taken, started = 0, time.perf_counter()

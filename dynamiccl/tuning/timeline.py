@@ -123,6 +123,8 @@ class Replay:
         costs: the cost table of the step on its environment spec.
         congestion: the seeded background-traffic process (None: always quiet).
         noise: per-call multiplicative run-to-run factor (None: 1).
+        call_row: per call, its row of ``costs`` (default ``costs.call_row``: NCCL's default
+            communicator configs; ``CostTable.rows_under`` gives the rows for chosen configs).
 
     After ``next_decision()`` returns None the step is done: ``makespan_us``, and per call
     ``call_start_us`` (when it was launched), ``call_launch_delay_us`` (how long it then waited for
@@ -145,10 +147,11 @@ class Replay:
                     "_call_rem", "_call_rate", "_call_t", "_call_ver", "_call_cost", "_call_slow",
                     "_wait_kernel", "_wait_ver", "_waiting", "_call_awaits", "_pending", "_ready_ops")
     _SHARED_LISTS = ("latest_finish_us", "noise", "_segment_ends", "_call_domain", "_call_size", "_call_ranks",
-                     "_chain_index", "_chain_prefix", "_block", "_key", "_call_rows")
+                     "_chain_index", "_chain_prefix", "_block", "_key", "_call_rows", "call_row")
 
     def __init__(self, program: StepProgram, costs: CostTable, congestion: CongestionProcess | None = None,
-                 noise: np.ndarray | None = None, latest_finish_us: list[float] | None = None):
+                 noise: np.ndarray | None = None, latest_finish_us: list[float] | None = None,
+                 call_row: list[int] | None = None):
         self.program = program
         self.latest_finish_us = latest_finish_us
         self.costs = costs
@@ -192,13 +195,14 @@ class Replay:
         self._call_ver = [0] * n_calls
         self._rank_calls: list[list[int]] = [[] for _ in range(n_ranks)]
         self._rank_domain = ([0] * n_ranks, [0] * n_ranks)
-        self._key = costs.call_row
+        self.call_row = list(costs.call_row if call_row is None else call_row)  # per call, its cost row
+        self._key = self.call_row
         self._time = costs.time_us
         self._lat = costs.latency_us
         self._slow = costs.slowdown
         # Per call, the cost rows of its key, as Python lists for scalar speed.
         rows = costs.rows()
-        self._call_rows = [rows[k] for k in costs.call_row]
+        self._call_rows = [rows[k] for k in self.call_row]
         self._call_cost: list[tuple] = [()] * n_calls   # the running configuration's row, times x noise
         self._call_slow = [0.0] * n_calls               # its compute slowdown - 1
         # Launch waits: per rank, the kernel (index into its running op's ``op_segments_us``) that

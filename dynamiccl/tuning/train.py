@@ -104,7 +104,8 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
     curve = SpeedupCurve() if start is None else SpeedupCurve.resumed(curve_path, start)
     checkpoints = Checkpoints(t.checkpoint_every, output_dir / "checkpoints", curve, curve_path)
     bar = ProgressBar(target, curve, progress)
-    env = DummyVecEnv([lambda: Monitor(TuningEnv(cases, config.model, t.states, cost_options=config.cost_options()))])
+    env = DummyVecEnv([lambda: Monitor(TuningEnv(cases, config.model, t.states, cost_options=config.cost_options(),
+                                                 knobs=config.knobs))])
     with contextlib.closing(env), contextlib.closing(bar), _torch_threads(1):
         agent = _new_agent(config, env) if start is None else _resumed_agent(config, env, start)
         remaining = target - agent.num_timesteps
@@ -129,6 +130,7 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
                             "compute": load_case(c, config.model, config.cost_options()).program.compute}
                            for c in cases],
         "algorithm": "MaskablePPO", "library_versions": _library_versions(), "resumed_from": resumed_from,
+        "knobs": config.knobs,
     }
     if config.measurements:
         provenance["measurements"] = list(config.measurements)
