@@ -259,7 +259,9 @@ class CommConfigHook:
 
     def wrap(self, api: str, original):
         """``original`` (a torch.distributed group constructor) with the table's options applied."""
-        signature = inspect.signature(original)
+        # The real signature, also through a wrapper another tool put there (functools.wraps).
+        signature = inspect.signature(inspect.unwrap(original))
+        position = list(signature.parameters).index("pg_options")
         hook = self
 
         def wrapper(*args, **kwargs):
@@ -271,8 +273,11 @@ class CommConfigHook:
                 record = hook.decide(api, arguments)
                 if record is not None:
                     hook.records.append(record)
-                    if record.outcome == "passed":
-                        call_args, call_kwargs = (), arguments
+                    if record.outcome == "passed":  # the caller's call, with the options in pg_options's place
+                        if position < len(args):
+                            call_args = args[:position] + (arguments["pg_options"],) + args[position + 1:]
+                        else:
+                            call_kwargs = {**kwargs, "pg_options": arguments["pg_options"]}
             except Exception as exc:  # fail open: the group exactly as the user's code asked
                 hook.records.append(GroupRecord(api, str(kwargs.get("group_desc") or ""), "", -1, -1, "",
                                                 outcome="hook-error"))

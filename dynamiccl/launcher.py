@@ -362,10 +362,11 @@ def _set_tuner(plan: LaunchPlan, previous_plugin: str | None) -> None:
 
 # --- per-job settings and their safety -----------------------------------------------------------------
 
-def detect_transport(sysfs: str | os.PathLike = INFINIBAND_SYSFS) -> tuple[str | None, str]:
+def detect_transport(sysfs: str | os.PathLike | None = None) -> tuple[str | None, str]:
     """(``roce`` / ``ib`` / None, how it was found) from the link layer of this machine's RDMA ports
-    (``<sysfs>/<device>/ports/<n>/link_layer``: ``Ethernet`` is RoCE). None: no RDMA device, or
-    devices of both kinds. Never raises."""
+    (``<sysfs>/<device>/ports/<n>/link_layer``: ``Ethernet`` is RoCE; ``sysfs`` defaults to
+    :data:`INFINIBAND_SYSFS`). None: no RDMA device, or devices of both kinds. Never raises."""
+    sysfs = INFINIBAND_SYSFS if sysfs is None else sysfs
     layers: dict[str, list[str]] = {}
     for path in sorted(Path(sysfs).glob("*/ports/*/link_layer")):
         try:
