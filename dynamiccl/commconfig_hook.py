@@ -11,7 +11,7 @@ looked up (``torch.distributed``, ``distributed_c10d``, ``device_mesh``), so ``n
 group, ``split_group``) are covered too. For each group created:
 
 - its kind comes from its description as the profiler reads it
-  (:func:`dynamiccl.profiler.importers._common.group_kind`: ``TENSOR_MODEL_PARALLEL_GROUP`` -> tp,
+  (:func:`dynamiccl.group_kinds.group_kind`: ``TENSOR_MODEL_PARALLEL_GROUP`` -> tp,
   ``mesh_dp`` -> dp, the default group -> world), its shape from its ranks: ``nranks``, and
   ``nnodes`` counted with ``$LOCAL_WORLD_SIZE`` (torchrun's; ranks are laid out node by node), -1
   when unknown;
@@ -37,6 +37,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from dynamiccl.group_kinds import group_kind
 from dynamiccl.knobs.comm_config import CTA_POLICY_VALUE, CommConfig
 
 ENV_FILE = "DYNAMICCL_COMM_CONFIG"
@@ -183,8 +184,6 @@ class CommConfigHook:
         """
         import torch.distributed as dist
 
-        from dynamiccl.profiler.importers._common import group_kind
-
         if api == "init_process_group":
             backend = arguments.get("backend")
             if backend is None:  # torch then takes each device's default backend
@@ -298,9 +297,14 @@ class CommConfigHook:
 
         for api in WRAPPED_APIS:
             original = getattr(c10d, api, None)
-            if original is None:
+            if original is None:  # an older torch (split_group is 2.5+)
                 continue
-            wrapper = self.wrap(api, original)
+            try:
+                wrapper = self.wrap(api, original)
+            except Exception as exc:  # fail open for this constructor only
+                self.say(f"{api}: not wrapped ({type(exc).__name__}: {exc}); its groups keep NCCL's defaults",
+                         every_rank=True)
+                continue
             for name in WRAPPED_MODULES:
                 try:
                     module = importlib.import_module(name)

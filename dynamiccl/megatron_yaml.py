@@ -10,7 +10,7 @@ on the Options); a group it does not name keeps NCCL's defaults (NVIDIA/Megatron
 launcher's zero-code hook, :mod:`dynamiccl.commconfig_hook`, applies them).
 
 Each Megatron group is matched to a table rule by the kind its ``group_desc`` gives
-(:func:`dynamiccl.profiler.importers._common.group_kind`, as the hook and the profiler read it). The
+(:func:`dynamiccl.group_kinds.group_kind`, as the hook and the profiler read it). The
 YAML names groups, not shapes: the first rule of a kind (or of any kind) applies to every group of
 that kind, and a note says which shape-specific rules that ignores.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 from dynamiccl.atomic import write_text
+from dynamiccl.group_kinds import group_kind
 
 CONFIG_PATH_FLAG = "--nccl-communicator-config-path"
 # Megatron-LM's group name -> the group_desc that group is created with (parallel_state.py,
@@ -53,8 +54,6 @@ MEGATRON_KEYS = ("max_ctas", "min_ctas", "cga_cluster_size")
 
 def megatron_kind(name: str) -> str:
     """The group kind of Megatron's group ``name`` (from its group_desc, as the profiler reads it)."""
-    from dynamiccl.profiler.importers._common import group_kind
-
     return group_kind(MEGATRON_GROUPS[name], -1, 0)
 
 
