@@ -46,6 +46,7 @@ def communicators_table() -> DecisionTable:
         CommunicatorRule("world", config=CommConfig(min_ctas=2, nvls_ctas=8)),
         CommunicatorRule("dp", config=CommConfig(max_ctas=8)),
         CommunicatorRule("pp", config=CommConfig(max_ctas=2, cta_policy="zero")),
+        CommunicatorRule("cp", 1, 1, CommConfig(max_ctas=1)),
     ), rules=(Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES, algorithm=A.RING, protocol=P.SIMPLE),))
 
 
@@ -80,6 +81,7 @@ JOB = textwrap.dedent("""\
     nameless = dist.new_group([0, 1])
     users = dist.new_group([0, 1], group_desc="DATA_PARALLEL_GROUP", pg_options=UsersOptions())
     mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("pp", "tp"))  # pp: new_group(group_desc="mesh_pp")
+    cp, _ = dist.new_subgroups(group_size=1, group_desc="CONTEXT_PARALLEL_GROUP")  # new_group inside torch
     value = torch.tensor([float(dist.get_rank() + 1)])
     dist.all_reduce(value, group=tp)
     dist.all_reduce(value, group=users)
@@ -109,22 +111,24 @@ def test_launch_gives_each_group_of_a_gloo_job_its_communicator_settings(tmp_pat
     assert "add --nccl-communicator-config-path " in yaml_line
 
     expected_api = {"default_pg": "init_process_group", "TENSOR_MODEL_PARALLEL_GROUP": "new_group",
-                    "": "new_group", "DATA_PARALLEL_GROUP": "new_group", "mesh_pp": "new_group"}
+                    "": "new_group", "DATA_PARALLEL_GROUP": "new_group", "mesh_pp": "new_group",
+                    "CONTEXT_PARALLEL_GROUP": "new_group"}
     has_options = nccl_options_class() is not None
     for rank in (0, 1):
         dumped = json.loads((out / f"rank{rank}.json").read_text())
         assert dumped["sum"] == 2 * (1 + 2)  # the groups work: (1 + 2) summed over tp, then over users' group
         records = {r["desc"]: r for r in dumped["records"]}
-        # init, 3 new_group calls, and the mesh's pp dimension: one 1-rank group per rank, both created everywhere
-        assert len(dumped["records"]) == 6 and set(records) == set(expected_api)
+        # init, 3 new_group calls, and two 1-rank groups each (both created on every rank) for the mesh's pp
+        # dimension and for new_subgroups
+        assert len(dumped["records"]) == 8 and set(records) == set(expected_api)
         for record in dumped["records"]:
             assert record["api"] == expected_api[record["desc"]]
             assert record["backend"].endswith("gloo") and record["nnodes"] == 1
             # what the hook built is exactly the table's rule for the group's kind and shape
             config = table.communicator_config(record["kind"], record["nranks"], record["nnodes"])
             assert record["config"] == config.set_fields() and not config.is_default
-        assert [records[d]["kind"] for d in ("default_pg", "TENSOR_MODEL_PARALLEL_GROUP", "", "mesh_pp")] == \
-            ["world", "tp", "world", "pp"]
+        assert [records[d]["kind"] for d in ("default_pg", "TENSOR_MODEL_PARALLEL_GROUP", "", "mesh_pp",
+                                             "CONTEXT_PARALLEL_GROUP")] == ["world", "tp", "world", "pp", "cp"]
         assert records["TENSOR_MODEL_PARALLEL_GROUP"]["config"] == {"max_ctas": 4, "cga_cluster_size": 2}
         assert records["DATA_PARALLEL_GROUP"]["outcome"] == "user-options"  # the user's pg_options win
         others = [r for r in dumped["records"] if r["desc"] != "DATA_PARALLEL_GROUP"]
@@ -219,6 +223,11 @@ def test_a_stand_in_with_pytorchs_options_surface_is_built_and_never_passed_to_g
     record = hook.decide("new_group", arguments)
     assert record.outcome == "passed" and isinstance(arguments["pg_options"], OptionsStandIn)
     assert arguments["pg_options"].config.max_ctas == 4 and arguments["pg_options"].config.min_ctas == -1
+    # split_group (DeviceMesh on an eagerly initialised NCCL group): this rank's part of split_ranks
+    split = {"parent_pg": None, "split_ranks": [[0]], "group_desc": "mesh_tp", "pg_options": None}
+    record = hook.decide("split_group", split)
+    assert (record.kind, record.nranks, record.nnodes, record.backend) == ("tp", 1, 1, "gloo")
+    assert record.outcome == "not-nccl" and split["pg_options"] is None
 
 
 def test_a_broken_hook_fails_open_and_the_group_is_created_as_asked(gloo_world, capsys):
