@@ -112,6 +112,12 @@ BENCHMARKS = {b.name: b for b in (
         ("plugin", "bench", "--json"),
         rate_key="getcollinfo_calls_per_s", min_rate=1e7),
     Benchmark(
+        "plugin-getcollinfo-chunk",
+        "tuner plugin getCollInfo + getChunkSize per call with a 1,000-rule table with chunk sizes (ABI v6, net of "
+        "NCCL's cost-table copy and arg-min): calls per second, target >= 1e7 (median <= 100 ns; issue 17)",
+        ("plugin", "bench", "--json"),
+        rate_key="getcollinfo_chunk_calls_per_s", min_rate=1e7),
+    Benchmark(
         "profiler-overhead",
         "capture overhead on the reference job (4 gloo processes, TP2 DP2): median over 3 run pairs of "
         "step time with / without capture - 1; target <= 2 %",

@@ -3,6 +3,7 @@ load/save, errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -12,8 +13,8 @@ import pytest
 from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
 from dynamiccl.nccl import MAX_CHANNELS, Algorithm, Func, Protocol
-from dynamiccl.table import FORMAT_VERSION, Choice, DecisionTable, Rule, StepShape, json_format, load, nvidia_csv, \
-    plugin_text, save
+from dynamiccl.table import FORMAT_VERSION, Choice, CommunicatorRule, DecisionTable, Rule, StepShape, json_format, load, \
+    nvidia_csv, plugin_text, save
 
 A, P = Algorithm, Protocol
 MAX_BYTES = 2**64 - 1
@@ -635,3 +636,139 @@ def test_describe_is_a_readable_fixed_width_table():
     keep = DecisionTable((rule(protocol=P.LL),)).describe().splitlines()[1].split()
     assert keep[-4:] == ["nccl", "ll", "nccl", "nccl"]
     assert "no rules" in DecisionTable().describe()
+
+
+# --- format 3: chunk sizes, communicators, job_env ---------------------------------------------------
+
+def knobs_table() -> DecisionTable:
+    from dynamiccl.knobs.comm_config import CommConfig
+
+    return DecisionTable(
+        (Rule(Func.ALLREDUCE, 0, 65535, 8, 1, algorithm=A.RING, protocol=P.LL, chunk_bytes=65536),
+         Rule(Func.ALLGATHER, 0, MAX_BYTES, channels=4)),
+        {"policy": "ppo"}, steps=(StepShape(8, 1, 12, Func.ALLREDUCE, 1024),),
+        communicators=(CommunicatorRule("dp", 8, 1, CommConfig(max_ctas=8, cta_policy="zero")),
+                       CommunicatorRule("tp", config={"min_ctas": 16}),
+                       CommunicatorRule(None, nnodes=2, config=CommConfig(nvls_ctas=4))),
+        job_env={"NCCL_P2P_NET_CHUNKSIZE": 524288, "NCCL_BUFFSIZE": 1 << 22})
+
+
+def test_format_3_round_trips_through_json_and_the_plugin_text(tmp_path):
+    table = knobs_table()
+    path = tmp_path / "t.json"
+    save(table, path)
+    assert load(path) == table and load(path).version == 3
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["rules"][0]["chunk_bytes"] == 65536 and "chunk_bytes" not in data["rules"][1]  # only when set
+    assert data["communicators"][0] == {"kind": "dp", "nranks": 8, "nnodes": 1,
+                                        "config": {"max_ctas": 8, "cta_policy": "zero"}}
+    assert "kind" not in data["communicators"][2]  # any kind
+    assert data["job_env"] == {"NCCL_BUFFSIZE": 4194304, "NCCL_P2P_NET_CHUNKSIZE": 524288}
+    text = tmp_path / "t.txt"
+    save(table, text, lossy=True)  # the plugin's text has chunk sizes, not communicators or job_env
+    assert load(text).rules == table.rules and load(text).steps == table.steps
+    assert text.read_text().splitlines()[0] == "dynamiccl-tuner-table 2"
+    with pytest.raises(InputError) as info:
+        save(dataclasses.replace(table, job_env={}), tmp_path / "u.txt")
+    assert info.value.field == "communicators" and "--lossy" in info.value.problem
+
+
+def test_communicator_config_first_match_wins_and_defaults_to_nccls():
+    from dynamiccl.knobs.comm_config import CommConfig
+
+    table = knobs_table()
+    assert table.communicator_config("dp", 8, 1) == CommConfig(max_ctas=8, cta_policy="zero")
+    assert table.communicator_config("dp", 16, 2) == CommConfig(nvls_ctas=4)  # the any-kind rule, 2 nodes
+    assert table.communicator_config("tp", 16, 2) == CommConfig(min_ctas=16)  # before the 2-node rule
+    assert table.communicator_config("pp", 8, 1) == CommConfig()
+    assert DecisionTable().communicator_config("dp", 8, 1).is_default
+
+
+def test_choose_returns_the_rules_chunk_and_chunk_memory_gives_it_to_parts_of_that_call():
+    from dynamiccl.table import ChunkMemory
+
+    table = knobs_table()
+    costs = [[5.0] * 3 for _ in range(7)]
+    call = CallKey(Func.ALLREDUCE, 4096, 8, 1)
+    choice = table.choose(costs, call)
+    assert (choice.algorithm, choice.protocol, choice.rule_index, choice.chunk_bytes) == (A.RING, P.LL, 0, 65536)
+    assert table.choose(costs, CallKey(Func.ALLGATHER, 4096, 8, 1)).chunk_bytes == -1
+    memory = ChunkMemory()
+    memory.remember(Func.ALLREDUCE, 4096, choice)
+    assert memory.chunk(Func.ALLREDUCE, 1024, A.RING, P.LL, 131072) == 65536
+    assert memory.chunk(Func.ALLREDUCE, 4097, A.RING, P.LL, 131072) == 131072  # not a part of it
+    assert memory.chunk(Func.ALLREDUCE, 1024, A.RING, P.SIMPLE, 131072) == 131072  # NCCL runs another cell
+    assert memory.chunk(Func.ALLGATHER, 1024, A.RING, P.LL, 131072) == 131072
+    off = ChunkMemory(no_chunk=True)
+    off.remember(Func.ALLREDUCE, 4096, choice)
+    assert off.chunk(Func.ALLREDUCE, 1024, A.RING, P.LL, 131072) == 131072
+
+
+def test_versions_1_and_2_are_still_read_and_written_in_their_version():
+    v2 = {"format": "dynamiccl-decision-table", "version": 2, "provenance": {},
+          "rules": [{"coll": "allreduce", "min_bytes": 0, "max_bytes": 10, "algorithm": "ring", "protocol": "ll"}],
+          "nccl_env": {"NCCL_P2P_LL_THRESHOLD": 8192}}
+    table = json_format.read(json.dumps(v2), "v2.json")
+    assert table.version == 2 and table.job_env == {"NCCL_P2P_LL_THRESHOLD": 8192}
+    assert table.nccl_env == table.job_env  # the launcher's name until it moves to job_env
+    assert json.loads(json_format.write(table))["nccl_env"] == {"NCCL_P2P_LL_THRESHOLD": 8192}
+    assert json_format.read(json_format.write(table)) == table
+    v1 = {**v2, "version": 1}
+    del v1["nccl_env"]
+    assert json_format.read(json.dumps(v1)).version == 1
+    with pytest.raises(ValueError, match="version 3"):
+        DecisionTable(table.rules, version=2, communicators=knobs_table().communicators)
+
+
+def _v3_doc() -> dict:
+    return json.loads(json_format.write(knobs_table()))
+
+
+def _mutate(path: tuple, value):
+    def mutate(doc):
+        target = doc
+        for key in path[:-1]:
+            target = target[key]
+        if value is _DELETE:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+    return mutate
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("mutate, field, problem", [
+    (_mutate(("communicators", 2, "config", "max_ctas"), 65), "communicators[2].config.max_ctas", "1..64"),
+    (_mutate(("communicators", 2, "config", "max_ctas"), "8"), "communicators[2].config.max_ctas", "integer"),
+    (_mutate(("communicators", 0, "config", "min_ctas"), 16), "communicators[0].config.min_ctas", "above max_ctas"),
+    (_mutate(("communicators", 1, "config", "cta_policy"), "fast"), "communicators[1].config.cta_policy", "zero"),
+    (_mutate(("communicators", 1, "config", "ctas"), 4), "communicators[1].config.ctas", "unknown key"),
+    (_mutate(("communicators", 1, "config"), _DELETE), "communicators[1].config", "missing"),
+    (_mutate(("communicators", 1, "kind"), "data"), "communicators[1].kind", "unknown group kind"),
+    (_mutate(("communicators", 0, "nnodes"), 16), "communicators[0].nnodes", "nranks"),
+    (_mutate(("communicators", 0, "nranks"), 0), "communicators[0].nranks", "out of range"),
+    (_mutate(("rules", 0, "chunk_bytes"), 100000), "rules[0].chunk_bytes", "power of two"),
+    (_mutate(("rules", 0, "chunk_bytes"), 128 << 20), "rules[0].chunk_bytes", "67108864"),
+    (_mutate(("job_env", "NCCL_ALGO"), 1), "job_env.NCCL_ALGO", "not a setting a table may carry"),
+    (_mutate(("job_env", "NCCL_BUFFSIZE"), 1000), "job_env.NCCL_BUFFSIZE", "power of two"),
+    (_mutate(("nccl_env",), {}), "nccl_env", "job_env"),
+    (_mutate(("version",), 2), "job_env", "version 3"),  # v2 calls it nccl_env
+])
+def test_bad_format_3_fields_are_named(mutate, field, problem):
+    doc = _v3_doc()
+    mutate(doc)
+    with pytest.raises(InputError) as info:
+        json_format.read(json.dumps(doc), "t.json")
+    assert (info.value.source, info.value.field) == ("t.json", field), info.value
+    assert problem in info.value.problem
+
+
+def test_a_version_2_file_with_a_chunk_size_names_the_rule():
+    doc = {"format": "dynamiccl-decision-table", "version": 2, "provenance": {},
+           "rules": [{"coll": "allreduce", "min_bytes": 0, "max_bytes": 10, "algorithm": -1, "protocol": -1,
+                      "chunk_bytes": 65536}]}
+    with pytest.raises(InputError) as info:
+        json_format.read(json.dumps(doc), "t.json")
+    assert info.value.field == "rules[0].chunk_bytes" and "version 3" in info.value.problem

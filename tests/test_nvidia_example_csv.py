@@ -270,6 +270,41 @@ def test_writing_refuses_a_table_that_leaves_calls_to_nccl_and_names_the_flag():
     assert "WARNING: broadcast/reduce/allgather/reducescatter/allreduce calls that match no line run on 1" in lossy
 
 
+def test_writing_refuses_to_drop_chunk_sizes_communicators_and_job_env(tmp_path, capsys):
+    from dynamiccl.knobs.comm_config import CommConfig
+    from dynamiccl.table import CommunicatorRule
+
+    ruled = (Rule(Func.ALLREDUCE, 0, 100, algorithm=A.RING, protocol=P.LL, chunk_bytes=131072),
+             Rule(Func.ALLREDUCE, 101, 200, algorithm=A.RING, protocol=P.SIMPLE))
+    table = DecisionTable(ruled + nvidia_csv.example_default_rules(),
+                          communicators=(CommunicatorRule("dp", 8, 1, CommConfig(max_ctas=8)),),
+                          job_env={"NCCL_BUFFSIZE": 1 << 22})
+    with pytest.raises(InputError) as info:
+        nvidia_csv.write(table)
+    assert info.value.field == "rules[0].chunk_bytes"
+    for lost in ("the chunk sizes of 1 rule(s) (rules 0;", "1 communicator rule(s)", "job_env NCCL_BUFFSIZE=4194304",
+                 "--lossy"):
+        assert lost in info.value.problem
+    for kept, field in (({"job_env": {}}, "communicators"), ({"communicators": ()}, "job_env")):
+        no_chunk = DecisionTable((ruled[1],) + nvidia_csv.example_default_rules(),
+                                 **{"communicators": table.communicators, "job_env": table.job_env, **kept})
+        with pytest.raises(InputError) as info:
+            nvidia_csv.write(no_chunk)
+        assert info.value.field == field
+    # --lossy writes the rule's cell and channels, and says what it dropped
+    text = nvidia_csv.write(table, lossy=True)
+    assert "# Dropped what this format has no place for: the chunk sizes of 1 rule(s)" in text
+    assert "allreduce,0,100,ring,ll,0,-1,-1,-1,-1" in text.splitlines()
+    # table convert: refused, nothing written; --lossy writes it
+    source, csv = tmp_path / "t.json", tmp_path / "t.csv"
+    save(table, source)
+    assert main(["table", "convert", str(source), "-o", str(csv)]) == 2
+    assert f"{csv}: rules[0].chunk_bytes: That CSV has no place for" in capsys.readouterr().err
+    assert not csv.exists()
+    assert main(["table", "convert", str(source), "-o", str(csv), "--lossy"]) == 0
+    assert load(csv).rules[0] == Rule(Func.ALLREDUCE, 0, 100, algorithm=A.RING, protocol=P.LL, channels=-1)
+
+
 def test_a_keep_nccl_catch_all_cannot_be_written():
     table = DecisionTable((Rule(Func.ALLREDUCE, 0, 100, algorithm=A.RING, protocol=P.LL),
                            *(Rule(coll, 0, MAX_BYTES) for coll in TUNABLE_FUNCS)))

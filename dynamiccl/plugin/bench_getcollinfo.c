@@ -1,4 +1,5 @@
-/* Benchmark of the dynamiccl tuner plugin: getCollInfo time per call, table load time.
+/* Benchmark of the dynamiccl tuner plugin: getCollInfo (and getCollInfo + getChunkSize) time per call,
+ * table load time.
  *
  *   bench_getcollinfo PLUGIN.so INSTRUMENTED.so TABLE NRANKS NNODES ANCHOR_COLL ANCHOR_BYTES
  *                     [CALLS_PER_BATCH BATCHES]
@@ -18,9 +19,14 @@
  *     into a local one and sets nChannels to 0.  Batches of CALLS_PER_BATCH calls are timed with
  *     clock_gettime(CLOCK_MONOTONIC); each measured batch is paired with an adjacent batch doing
  *     only the copy (the overhead) over the same calls, and net = measured - overhead.
+ *   - getCollInfo + getChunkSize ("mixed_chunk"): the same calls, each followed, as NCCL's scheduler
+ *     does for a task (NVIDIA/nccl src/enqueue.cc, calcCollChunking), by NCCL's arg-min over the
+ *     table the plugin left and getChunkSize for that cell and the call's bytes (NCCL's chunk
+ *     131072 passed in); the overhead batches do the copy and the arg-min, NCCL's own work.
  * Prints one JSON object: per-call ns (the median and 99th percentile over batches of the batch's
- * time / CALLS_PER_BATCH) of the measured, overhead and net batches, for the mixed calls and per collective, plus the load times and the share of calls
- * a rule decided.
+ * time / CALLS_PER_BATCH) of the measured, overhead and net batches, for the mixed calls (with and
+ * without getChunkSize) and per collective, plus the load times, the share of calls a rule decided
+ * and the share of getChunkSize calls given a rule's chunk.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -122,11 +128,23 @@ static void make_calls(call_t* calls, int only_coll, int anchor_coll, uint64_t a
   }
 }
 
-/* One batch of n calls from calls[start...]; with_plugin 0 = only NCCL's per-call table copy. */
+/* NCCL's pick after the tuner: the first minimum non-negative cell, algorithm-major. */
+static int nccl_argmin(const float* table) {
+  int best = -1;
+  for (int i = 0; i < NA * NP; i++)
+    if (table[i] >= 0.0f && (best < 0 || table[i] < table[best])) best = i;
+  return best;
+}
+
+static int g_chunk; /* batches also ask getChunkSize, as NCCL's scheduler does */
+
+/* One batch of n calls from calls[start...]; with_plugin 0 = only NCCL's per-call work (the table
+ * copy; with g_chunk also its arg-min). */
 static uint64_t batch(const dccl_tuner_v6_t* v6, void* ctx, const call_t* calls, unsigned start, int n,
                       int with_plugin) {
   float table[NA * NP];
   int nch;
+  size_t chunk;
   uint64_t t0 = now_ns();
   for (int i = 0; i < n; i++) {
     const call_t* c = &calls[(start + (unsigned)i) & (N_CALLS - 1)];
@@ -134,6 +152,13 @@ static uint64_t batch(const dccl_tuner_v6_t* v6, void* ctx, const call_t* calls,
     nch = 0;
     if (with_plugin)
       v6->getCollInfo(ctx, (dccl_func_t)c->coll, c->nbytes, 1, (float**)table, NA, NP, 0, &nch);
+    if (g_chunk) {
+      int cell = nccl_argmin(table);
+      chunk = 131072;
+      if (with_plugin && cell >= 0)
+        v6->getChunkSize(ctx, (dccl_func_t)c->coll, c->nbytes, cell / NP, cell % NP, nch ? nch : 1, &chunk);
+      __asm__ volatile("" : : "r"(&chunk), "r"(cell) : "memory");
+    }
     __asm__ volatile("" : : "r"(table), "r"(&nch) : "memory"); /* keep the copy in both loops */
   }
   return now_ns() - t0;
@@ -294,10 +319,17 @@ int main(int argc, char** argv) {
   make_calls(calls, -1, anchor_coll, anchor_bytes);
   printf("\"mixed\": ");
   measure(production, ctx, calls, per_batch, batches);
+  g_chunk = 1;
+  printf(", \"mixed_chunk\": ");
+  measure(production, ctx, calls, per_batch, batches);
   dccl_counters_t before, after;
   stats(&before, NULL);
   replay(instrumented, counted, calls, per_batch, batches);
   stats(&after, NULL);
+  g_chunk = 0;
+  long long chunk_calls = after.chunk_calls - before.chunk_calls;
+  printf(", \"chunked_fraction\": %.4f", (double)(after.chunk_set - before.chunk_set) /
+                                         (double)(chunk_calls ? chunk_calls : 1));
   printf(", \"ruled_fraction\": %.4f, \"per_collective\": {",
          (double)(after.ruled - before.ruled) / (double)(after.calls - before.calls ? after.calls - before.calls : 1));
   for (int c = 0; c < DCCL_NUM_TUNABLE_FUNCS; c++) {

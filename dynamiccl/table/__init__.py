@@ -27,6 +27,7 @@ from dynamiccl.table.model import (
     MAX_BYTES,
     NCCL_ENV_KEYS,
     Choice,
+    ChunkMemory,
     CommunicatorRule,
     DecisionTable,
     PositionCounter,
@@ -80,7 +81,8 @@ def save(table: DecisionTable, path: str | os.PathLike, lossy: bool = False) -> 
     Only JSON keeps everything. The CSV is written only where NVIDIA's example plugin will do what
     the table means (``nvidia_csv.write``: no position rules, and NCCL's own choice spelled out as
     explicit lines, and it has no chunk sizes, communicators or job_env); the plugin's text has no
-    ``job_env`` or ``communicators`` (the launcher applies those from a .json table). With ``lossy`` (the CLI's ``--lossy``)
+    ``job_env`` or ``communicators`` (the launcher applies those from a .json table). With ``lossy``
+    (the CLI's ``--lossy``)
     what cannot be expressed is dropped (and the CSV says so in its header) instead of refused. Neither
     reads back the provenance (the CSV keeps it as a comment). On any error an existing file at
     ``path`` is left untouched.
@@ -109,5 +111,6 @@ def save(table: DecisionTable, path: str | os.PathLike, lossy: bool = False) -> 
     write_text(path, text)
 
 
-__all__ = ["FORMATS", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS", "Choice", "CommunicatorRule", "DecisionTable",
+__all__ = ["FORMATS", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS", "Choice", "ChunkMemory", "CommunicatorRule",
+           "DecisionTable",
            "PositionCounter", "Rule", "StepShape", "format_of", "load", "save"]

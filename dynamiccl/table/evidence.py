@@ -37,6 +37,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from dynamiccl.knobs.chunk import KEEP_CHUNK
 from dynamiccl.nccl import KEEP, TUNABLE_FUNCS
 from dynamiccl.table.model import MAX_BYTES, DecisionTable, Rule
 from dynamiccl.tuning.agents import TableAgent
@@ -115,8 +116,8 @@ class _RuleRecordingAgent(TableAgent):
 # --- confining -------------------------------------------------------------------------------------
 
 def keep_nccl(rule: Rule) -> Rule:
-    """``rule``'s keys and byte range, keeping NCCL's algorithm, protocol and channels."""
-    return dataclasses.replace(rule, algorithm=None, protocol=None, channels=KEEP)
+    """``rule``'s keys and byte range, keeping NCCL's algorithm, protocol, channels and chunk size."""
+    return dataclasses.replace(rule, algorithm=None, protocol=None, channels=KEEP, chunk_bytes=KEEP_CHUNK)
 
 
 def catch_all_rules() -> tuple[Rule, ...]:

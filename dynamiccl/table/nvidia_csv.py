@@ -31,7 +31,9 @@ not NCCL's choice without it; a line naming a cell is not affected.
 channels as 1), every line it can never apply is skipped with a warning naming the line (in
 ``provenance["warnings"]``), and the table ends with ``example_default_rules``: NCCL's algorithm and
 protocol on 1 channel, per collective. ``write`` writes a table only if NVIDIA's plugin then does
-what the table means, else refuses (``--lossy`` drops what it cannot express). So CSV -> table ->
+what the table means, else refuses (``--lossy`` drops what it cannot express); the CSV has no place
+for a table's chunk sizes, communicators or job_env either, so ``write`` refuses to drop those too
+(``--lossy`` drops them and its header says what went). So CSV -> table ->
 CSV gives lines the plugin treats identically. ``parse_example`` / ``example_choice`` mirror the
 plugin itself, misreadings included (``dynamiccl table lookup --as nvidia-example``).
 """
@@ -48,6 +50,7 @@ from typing import Any, Sequence
 from dynamiccl import __version__
 from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
+from dynamiccl.knobs.chunk import KEEP_CHUNK
 from dynamiccl.nccl import FUNC_OP, KEEP, TUNABLE_FUNCS, Algorithm, Func, Protocol, is_supported
 from dynamiccl.table.model import (
     ALGORITHM_BY_NAME,
@@ -317,20 +320,28 @@ def write(table: DecisionTable, *, lossy: bool = False) -> str:
             the table for some call and ``lossy`` is False: a rule it cannot express (a position
             key, keeping NCCL's algorithm or protocol), or a collective whose calls matching no
             rule keep NCCL's choice in the table but would run on 1 channel under the plugin. It
-            lists them and names ``--lossy``.
+            lists them and names ``--lossy``. Also (field ``rules[i].chunk_bytes``,
+            ``communicators`` or ``job_env``, the first one set) if the table has chunk sizes,
+            communicators or job_env, which the CSV has no place for.
     """
     written, refused, open_colls = _plan(table)
     problems = [f"rules[{index}] ({', '.join(reasons)})" for index, reasons in refused.items()]
     if open_colls:
         problems.append(f"{'/'.join(FUNC_OP[coll] for coll in open_colls)} calls that match no rule (NCCL's own "
                         "choice in the table; 1 channel under NVIDIA's plugin, which sets *nChannels = 1 first)")
+    lost = _no_place_for(table)
+    no_place = ("That CSV has no place for " + "; ".join(what for _, what in lost) + ".") if lost else ""
     if problems and not lossy:
         listed = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise InputError(None, "rules", f"NVIDIA's example plugin would not do what the table says for: {listed}. "
                          "That CSV has no position key, cannot keep NCCL's algorithm/protocol and runs unmatched "
-                         "calls on 1 channel. Save as .json for the dynamiccl plugin, end the table with rules for "
-                         "every call (`dynamiccl table export --nccl-csv` writes NCCL's own choice for the shapes "
-                         "of its cases), or pass --lossy to write it anyway")
+                         f"calls on 1 channel.{' ' + no_place if no_place else ''} Save as .json for the dynamiccl "
+                         "plugin, end the table with rules for every call (`dynamiccl table export --nccl-csv` "
+                         "writes NCCL's own choice for the shapes of its cases), or pass --lossy to write it anyway")
+    if lost and not lossy:
+        raise InputError(None, lost[0][0], f"{no_place} Writing it would drop them. Save as .json (the dynamiccl "
+                         "plugin gives NCCL the chunk sizes; `dynamiccl launch` applies communicators and job_env), "
+                         "or pass --lossy to drop them")
     lines = [
         "# NCCL tuner configuration for NVIDIA's example tuner plugin (NCCL_TUNER_CONFIG_FILE).",
         f"# Written by dynamiccl {__version__} from a decision table (format version "
@@ -348,6 +359,8 @@ def write(table: DecisionTable, *, lossy: bool = False) -> str:
             f"Dropped {len(refused)} of {len(table.rules)} rules that this format cannot express "
             f"(position-specific, or keeping NCCL's algorithm/protocol): rules {indices}. Later lines "
             "may now match calls that those rules handled.")
+    if lost:
+        lines += _comment_lines(f"Dropped what this format has no place for: {'; '.join(what for _, what in lost)}.")
     dropped_catch_alls = [table.rules[index].coll for index in refused if _catches_all(table.rules[index])]
     if open_colls or dropped_catch_alls:
         colls = [coll for coll in TUNABLE_FUNCS if coll in open_colls or coll in dropped_catch_alls]
@@ -361,6 +374,21 @@ def write(table: DecisionTable, *, lossy: bool = False) -> str:
             rule.protocol.name_lower, NCCL_KEEPS_CHANNELS if rule.channels == KEEP else rule.channels,
             rule.nnodes, rule.nranks, rule.num_pipe_ops, rule.reg_buff)))
     return "\n".join(lines) + "\n"
+
+
+def _no_place_for(table: DecisionTable) -> list[tuple[str, str]]:
+    """(field, what) for each part of ``table`` that NVIDIA's example CSV has no field for."""
+    lost = []
+    chunked = [index for index, rule in enumerate(table.rules) if rule.chunk_bytes != KEEP_CHUNK]
+    if chunked:
+        shown = ", ".join(str(index) for index in chunked[:20]) + (", ..." if len(chunked) > 20 else "")
+        lost.append((f"rules[{chunked[0]}].chunk_bytes", f"the chunk sizes of {len(chunked)} rule(s) (rules {shown}; "
+                     "tuner ABI v6 getChunkSize)"))
+    if table.communicators:
+        lost.append(("communicators", f"{len(table.communicators)} communicator rule(s) (ncclConfig_t settings)"))
+    if table.job_env:
+        lost.append(("job_env", "job_env " + " ".join(f"{k}={v}" for k, v in table.job_env.items())))
+    return lost
 
 
 def _comment_lines(text: str) -> list[str]:
