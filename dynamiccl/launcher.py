@@ -59,7 +59,7 @@ from dynamiccl.atomic import write_text
 from dynamiccl.commconfig_hook import ENV_FILE as COMM_CONFIG_ENV
 from dynamiccl.errors import DynamicclError, InputError
 from dynamiccl.knobs.safety import PER_CALL_CHUNK, Refusal, refusals
-from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, TABLE_ENV
+from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, NO_CHUNK_ENV, TABLE_ENV
 from dynamiccl.plugin.binding import InstrumentedTunerLibrary, TunerLibrary
 from dynamiccl.plugin.build import PluginBuildError, build_plugin, cache_root, instrumented_beside
 from dynamiccl.profiler.auto import ENV_DIR as PROFILE_ENV
@@ -75,7 +75,6 @@ PLUGIN_TEXT_SUFFIX = ".txt"
 USAGE = ("dynamiccl launch [--table T [--trace TRACE --env SPEC]] [--plugin PATH] [--profile DIR] [--dry-run] "
          "[--strict] -- CMD ...")
 NOT_APPLIED_STATUS = 2  # --dry-run / --strict with a table that cannot be applied: an input error
-NO_CHUNK_ENV = "DYNAMICCL_TUNER_NO_CHUNK"  # the plugin keeps NCCL's chunk size on every call
 INFINIBAND_SYSFS = "/sys/class/infiniband"  # RDMA devices; ports/N/link_layer: InfiniBand or Ethernet (RoCE)
 COMMUNICATORS_SUFFIX = ".communicators.json"
 MEGATRON_SUFFIX = ".megatron.yaml"
