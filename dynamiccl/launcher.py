@@ -17,7 +17,8 @@ What a launch does, in order:
    every version found must be safe) over the job's transport (``--env SPEC``'s ``inter.transport``,
    else the link layer of the RDMA devices in ``/sys/class/infiniband``; unknown: refused as
    ``safety`` says); where ``safety`` refuses the table's per-call chunk sizes it sets
-   ``DYNAMICCL_TUNER_NO_CHUNK=1`` (the plugin then keeps NCCL's chunk). Each refusal is one line;
+   ``DYNAMICCL_TUNER_NO_CHUNK=1`` (the plugin then keeps NCCL's chunk). Each refusal is one line; an
+   unsafe value the user set themselves is kept (theirs), with a warning;
 4. with per-communicator settings in the table (``DecisionTable.communicators``): writes them to
    ``<cache root>/tables/<hash>.communicators.json`` (a table without rules, atomically) and names it
    in ``DYNAMICCL_COMM_CONFIG``, with the autostart directory on ``PYTHONPATH``, so the zero-code hook
@@ -58,7 +59,7 @@ from typing import Mapping, Sequence
 from dynamiccl.atomic import write_text
 from dynamiccl.commconfig_hook import ENV_FILE as COMM_CONFIG_ENV
 from dynamiccl.errors import DynamicclError, InputError
-from dynamiccl.knobs.safety import PER_CALL_CHUNK, Refusal, refusals
+from dynamiccl.knobs.safety import PER_CALL_CHUNK, RULES as SAFETY_RULES, Refusal, refusals
 from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, NO_CHUNK_ENV, TABLE_ENV
 from dynamiccl.plugin.binding import InstrumentedTunerLibrary, TunerLibrary
 from dynamiccl.plugin.build import PluginBuildError, build_plugin, cache_root, instrumented_beside
@@ -442,6 +443,11 @@ def _set_job_settings(plan: LaunchPlan, nccl_versions: Sequence[str], transport:
                               f"(the table has {wanted})")
         else:
             plan.set(name, wanted, "from the table")
+    yours = {rule.setting: int(plan.env[rule.setting]) for rule in SAFETY_RULES
+             if rule.setting != PER_CALL_CHUNK and plan.env.get(rule.setting, "").strip().isdigit()}
+    for refusal in refused_settings(yours, nccl_versions, transport[0]):
+        plan.lines.append(f"warning: {refusal.setting}={refusal.value} from your environment is known to be unsafe "
+                          f"here ({refusal.why}; {where}); it is yours, so it is kept")
     chunk = table_chunk_bytes(table)
     chunk_refused = refused_settings({PER_CALL_CHUNK: chunk}, nccl_versions, transport[0]) if chunk else []
     if chunk_refused:

@@ -31,7 +31,7 @@ from dynamiccl.plugin.build import compile_sources, find_compiler
 from dynamiccl.table import MAX_BYTES, CommunicatorRule, DecisionTable, Rule, load, save
 
 OUR_VARIABLES = ("NCCL_TUNER_PLUGIN", TABLE_ENV, "NCCL_ALGO", "NCCL_PROTO", "DYNAMICCL_PROFILE_DIR", ENV_FILE,
-                 NO_CHUNK_ENV, "NCCL_P2P_NET_CHUNKSIZE", "NCCL_BUFFSIZE", "LD_LIBRARY_PATH")
+                 NO_CHUNK_ENV, "NCCL_P2P_NET_CHUNKSIZE", "NCCL_BUFFSIZE", "NCCL_CHUNK_SIZE", "LD_LIBRARY_PATH")
 # The keys Megatron-LM's get_nccl_options reads from a group's entry (NVIDIA/Megatron-LM
 # megatron/core/parallel_state.py): the only ones a YAML for it may hold.
 MEGATRON_ACCEPTED_KEYS = {"cga_cluster_size", "max_ctas", "min_ctas", "net_name", "is_high_priority_stream"}
@@ -321,6 +321,12 @@ def test_refusal_needs_the_unsafe_version_and_transport(tmp_path, in_cache, vers
     assert plan.tuned, plan.reason
     assert ("NCCL_P2P_NET_CHUNKSIZE" not in plan.env) == refused and (NO_CHUNK_ENV in plan.env) == refused
     assert plan.env["NCCL_BUFFSIZE"] == str(1 << 22)
+    # the user's own unsafe setting is kept (theirs), with a warning where it is unsafe
+    plan = plan_launch(refusable_table(tmp_path / "table.json"), env_spec=spec, nccl_found=found,
+                       base_env=clean_env(in_cache, NCCL_CHUNK_SIZE="2097152"))
+    assert plan.env["NCCL_CHUNK_SIZE"] == "2097152"
+    assert any(line.startswith("warning: NCCL_CHUNK_SIZE=2097152 from your environment is known to be unsafe")
+               for line in plan.lines)  # refused at every version and transport (nccl#1496)
 
 
 @pytest.fixture
