@@ -19,6 +19,12 @@ built is broken; the exit status is then 1):
   shapes, init-time settings;
 - with ``--trace T --env SPEC``: the table checked on the job's step (``dynamiccl table check``: the
   step replayed with and without it; a table that makes it slower fails, with the calls responsible);
+- the knobs beyond (algorithm, protocol, channels) (:data:`dynamiccl.knobs.KNOBS`): which the NCCL
+  found here has (``Knob.available``), and which ``ncclConfig_t`` fields the installed torch's
+  ``ProcessGroupNCCL.Options().config`` binds (what the launcher's hook can pass per process group);
+- with ``--table``: its per-communicator settings (the NCCL each needs) and the settings
+  :mod:`dynamiccl.knobs.safety` refuses on the NCCL found here over the job's transport (``--env
+  SPEC``, else the RDMA devices' link layer), as the launcher will;
 - the environment: ``NCCL_TUNER_PLUGIN`` naming another plugin, ``NCCL_ALGO`` / ``NCCL_PROTO``;
 - what ``dynamiccl launch`` would set (``dynamiccl.launcher.plan_launch``, the launcher's own code).
 """
@@ -33,8 +39,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from dynamiccl.errors import DynamicclError
-from dynamiccl.launcher import PLUGIN_ENV, check_on_trace, check_verdict, mask_warnings, open_checker, open_plugin, \
-    plan_launch, prepare_table, resolve_plugin
+from dynamiccl.knobs import KNOBS
+from dynamiccl.knobs.safety import PER_CALL_CHUNK
+from dynamiccl.launcher import PLUGIN_ENV, check_on_trace, check_verdict, job_transport, mask_warnings, open_checker, \
+    open_plugin, plan_launch, prepare_table, refused_settings, resolve_plugin, table_chunk_bytes
+from dynamiccl.nccl import parse_version
 from dynamiccl.nccl import FUNC_OP, KEEP
 from dynamiccl.nccl_libraries import (  # noqa: F401 (re-exported: the doctor's vocabulary)
     NCCL_WHEELS, SYSTEM_LIB_DIRS, TUNER_ABI_SINCE, TUNER_V1_SINCE, NcclLibrary, abi_story, find_nccl, format_version, probe_library, tuner_abi_for,
@@ -213,7 +222,8 @@ def _check_abi(report: Report, versions: list, checker) -> None:
             report.add("tuner abi", "fail", f"{story}: the plugin {report.plugin['path']} does not export it")
 
 
-def _check_table(report: Report, table_path: str | os.PathLike, checker) -> None:
+def _check_table(report: Report, table_path: str | os.PathLike, checker):
+    """The table's checks; returns the table, or None when it cannot be read."""
     try:
         if checker is not None:
             prepared = prepare_table(table_path, checker)
@@ -226,7 +236,7 @@ def _check_table(report: Report, table_path: str | os.PathLike, checker) -> None
     except DynamicclError as exc:
         report.table = {"path": os.fspath(table_path), "error": str(exc)}
         report.add("table", "fail", str(exc))
-        return
+        return None
     positional = sum(rule.position != KEEP for rule in table.rules)
     report.table = {"path": os.fspath(table_path), "rules": len(table.rules), "position_rules": positional,
                     "steps": [{"nranks": s.nranks, "nnodes": s.nnodes, "calls_per_step": s.calls_per_step,
@@ -243,6 +253,87 @@ def _check_table(report: Report, table_path: str | os.PathLike, checker) -> None
     if table.job_env:
         report.add("table job_env", "ok", " ".join(f"{k}={v}" for k, v in table.job_env.items())
                    + " (per-job NCCL settings that launch exports)")
+    return table
+
+
+def _versions_text(versions) -> str:
+    return ", ".join(format_version(v) for v in versions) or "none found"
+
+
+def _check_knobs(report: Report, versions: list) -> None:
+    """One line per knob of :data:`KNOBS`: whether each NCCL found here has it (one line in all when
+    none is found)."""
+    if not versions:
+        report.add("knobs", "missing", "no NCCL found here to check them against; each needs NCCL >= "
+                   + ", ".join(f"{knob.name} {knob.min_nccl}" for knob in KNOBS.values()))
+        return
+    for knob in KNOBS.values():
+        lacking = [v for v in versions if not knob.available(v)]
+        world = "the world models it" if knob.modelled else "masked in the world (no public measurement)"
+        head = f"{knob.name} ({knob.scope}: {knob.applied_by}; since NCCL {knob.min_nccl}; {world})"
+        if lacking:
+            report.add("knob", "warn", f"{head}: NCCL {_versions_text(lacking)} lacks it")
+        else:
+            report.add("knob", "ok", f"{head}: NCCL {_versions_text(versions)} has it")
+
+
+def _check_torch_binding(report: Report) -> None:
+    """Which ``ncclConfig_t`` fields torch's ``ProcessGroupNCCL.Options().config`` binds."""
+    from dynamiccl.commconfig_hook import NCCL_CONFIG_FIELDS, binding_fields, nccl_options_class
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        report.add("torch NCCLConfig", "missing", "torch is not installed: the hook cannot apply per-communicator "
+                   "settings")
+        return
+    build = _torch_build_info(Path(spec.origin).with_name("version.py"))
+    if build is not None and not build.cuda:  # known without importing torch
+        report.add("torch NCCLConfig", "missing", f"torch {build.__version__} is a CPU build: no ProcessGroupNCCL."
+                   "Options, so the hook passes nothing here (it says what an NCCL group would get)")
+        return
+    try:
+        options_class = nccl_options_class()
+        has, lacks = binding_fields(options_class) if options_class is not None else ([], list(NCCL_CONFIG_FIELDS))
+    except Exception as exc:  # a broken torch must not stop the report
+        report.add("torch NCCLConfig", "warn", f"cannot inspect ProcessGroupNCCL.Options ({type(exc).__name__}: {exc})")
+        return
+    if options_class is None:
+        report.add("torch NCCLConfig", "missing", "this torch has no ProcessGroupNCCL.Options (built without NCCL)")
+    elif lacks:
+        report.add("torch NCCLConfig", "warn", f"ProcessGroupNCCL.Options().config has {', '.join(has) or 'none'}; "
+                   f"lacks {', '.join(lacks)} (the hook says so and cannot apply them; a newer torch binds them)")
+    else:
+        report.add("torch NCCLConfig", "ok", f"ProcessGroupNCCL.Options().config has {', '.join(has)}")
+
+
+def _check_table_knobs(report: Report, table, versions: list, env_spec: str | None) -> None:
+    """The table's per-communicator settings against the NCCL found, and what safety refuses."""
+    for rule in table.communicators:
+        shape = " on ".join(filter(None, (f"{rule.nranks} ranks" if rule.nranks > 0 else "",
+                                          f"{rule.nnodes} node(s)" if rule.nnodes > 0 else ""))) or "any shape"
+        needed = rule.config.min_nccl()
+        older = [v for v in versions if v < parse_version(needed)]
+        head = f"{rule.kind or 'any kind'}, {shape}: {rule.config.describe()} (needs NCCL {needed})"
+        report.add("table communicator", "warn" if older else "ok",
+                   f"{head}: NCCL {_versions_text(older)} lacks it" if older else head)
+    chunk = table_chunk_bytes(table)
+    settings = {**table.job_env, **({PER_CALL_CHUNK: chunk} if chunk else {})}
+    if not settings:
+        return
+    try:
+        transport, how = job_transport(env_spec)
+    except DynamicclError as exc:
+        transport, how = None, f"unknown: {exc}"
+    names = [format_version(v) for v in versions]
+    where = f"on NCCL {', '.join(names) or 'unknown (none found)'} over {transport or 'an unknown transport'} ({how})"
+    refused = refused_settings(settings, names, transport)
+    report.table["refused"] = [{"setting": r.setting, "value": r.value, "why": r.why} for r in refused]
+    for refusal in refused:
+        consequence = ("launch sets DYNAMICCL_TUNER_NO_CHUNK=1: the plugin keeps NCCL's chunk sizes"
+                       if refusal.setting == PER_CALL_CHUNK else "launch does not export it")
+        report.add("table safety", "warn", f"{refusal} {where}; {consequence}")
+    if not refused:
+        report.add("table safety", "ok", f"no setting refused {where}")
 
 
 def _check_environment(report: Report, env: Mapping[str, str]) -> None:
@@ -301,9 +392,13 @@ def run_doctor(table: str | os.PathLike | None = None, plugin: str | os.PathLike
     versions = _check_nccl(report, nccl, env)
     checker = _check_plugin(report, plugin)
     _check_abi(report, versions, checker)
+    _check_knobs(report, versions)
+    _check_torch_binding(report)
     checked = None
     if table is not None:
-        _check_table(report, table, checker)
+        loaded = _check_table(report, table, checker)
+        if loaded is not None:
+            _check_table_knobs(report, loaded, versions, env_spec)
         if trace is not None:
             checked = _check_on_trace(report, table, trace, env_spec)
         else:

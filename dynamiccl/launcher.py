@@ -11,11 +11,23 @@ What a launch does, in order:
    production library exports nothing but NCCL's symbols, so the parser run is the instrumented
    library of the same build (``open_checker``: the one beside the plugin, else the cached build);
 3. sets ``NCCL_TUNER_PLUGIN`` to the plugin's absolute path (replacing a value the user had) and
-   ``DYNAMICCL_TUNER_TABLE`` to the text file, and exports the table's init-time Send/Recv settings
-   (``DecisionTable.nccl_env``) unless the user already set them -- the user's value wins;
-4. with ``--profile DIR``: the profiler's zero-code environment (``DIR/capture``), and after the job
+   ``DYNAMICCL_TUNER_TABLE`` to the text file, and exports the table's per-job settings
+   (``DecisionTable.job_env``) unless the user already set them -- the user's value wins -- minus
+   what :mod:`dynamiccl.knobs.safety` refuses on the NCCL found here (``nccl_libraries.find_nccl``;
+   every version found must be safe) over the job's transport (``--env SPEC``'s ``inter.transport``,
+   else the link layer of the RDMA devices in ``/sys/class/infiniband``; unknown: refused as
+   ``safety`` says); where ``safety`` refuses the table's per-call chunk sizes it sets
+   ``DYNAMICCL_TUNER_NO_CHUNK=1`` (the plugin then keeps NCCL's chunk). Each refusal is one line; an
+   unsafe value the user set themselves is kept (theirs), with a warning;
+4. with per-communicator settings in the table (``DecisionTable.communicators``): writes them to
+   ``<cache root>/tables/<hash>.communicators.json`` (a table without rules, atomically) and names it
+   in ``DYNAMICCL_COMM_CONFIG``, with the autostart directory on ``PYTHONPATH``, so the zero-code hook
+   (:mod:`dynamiccl.commconfig_hook`) gives every NCCL process group of the job its ``ncclConfig_t``
+   fields; and writes the same settings as Megatron-LM's ``--nccl-communicator-config-path`` YAML
+   (:mod:`dynamiccl.megatron_yaml`) beside it, printing the flag (for runs without the launcher);
+5. with ``--profile DIR``: the profiler's zero-code environment (``DIR/capture``), and after the job
    the capture is merged into ``DIR/trace.parquet`` as ``dynamiccl profile`` does;
-5. runs the command (``torchrun ...``, ``srun ...``, ``python ...``) unchanged in its own process
+6. runs the command (``torchrun ...``, ``srun ...``, ``python ...``) unchanged in its own process
    group; the environment reaches every child. SIGINT and SIGTERM are forwarded to the group and
    the launcher exits with the command's status (128 + N if signal N killed it).
 
@@ -45,14 +57,17 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from dynamiccl.atomic import write_text
+from dynamiccl.commconfig_hook import ENV_FILE as COMM_CONFIG_ENV
 from dynamiccl.errors import DynamicclError, InputError
-from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, TABLE_ENV
+from dynamiccl.knobs.safety import PER_CALL_CHUNK, RULES as SAFETY_RULES, Refusal, refusals
+from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, NO_CHUNK_ENV, TABLE_ENV
 from dynamiccl.plugin.binding import InstrumentedTunerLibrary, TunerLibrary
 from dynamiccl.plugin.build import PluginBuildError, build_plugin, cache_root, instrumented_beside
 from dynamiccl.profiler.auto import ENV_DIR as PROFILE_ENV
-from dynamiccl.profiler.run import create_capture_dir, merge_after_run, profile_environment, run_forwarding_signals
+from dynamiccl.profiler.run import (autostart_environment, create_capture_dir, merge_after_run, profile_environment,
+                                   run_forwarding_signals)
 from dynamiccl.profiler.run import say as say_as
-from dynamiccl.table import NCCL_ENV_KEYS, DecisionTable, format_of, load, plugin_text
+from dynamiccl.table import DecisionTable, format_of, load, plugin_text, save
 
 PREFIX = "dynamiccl launch: "
 PLUGIN_ENV = "NCCL_TUNER_PLUGIN"
@@ -61,6 +76,9 @@ PLUGIN_TEXT_SUFFIX = ".txt"
 USAGE = ("dynamiccl launch [--table T [--trace TRACE --env SPEC]] [--plugin PATH] [--profile DIR] [--dry-run] "
          "[--strict] -- CMD ...")
 NOT_APPLIED_STATUS = 2  # --dry-run / --strict with a table that cannot be applied: an input error
+INFINIBAND_SYSFS = "/sys/class/infiniband"  # RDMA devices; ports/N/link_layer: InfiniBand or Ethernet (RoCE)
+COMMUNICATORS_SUFFIX = ".communicators.json"
+MEGATRON_SUFFIX = ".megatron.yaml"
 
 
 @dataclass(frozen=True)
@@ -283,14 +301,20 @@ def plan_launch(table: str | os.PathLike | None = None, plugin: str | os.PathLik
             plan.plugin = resolve_plugin(plugin)
             library = open_plugin(plan.plugin)
             plan.prepared = prepare_table(table, open_checker(plan.plugin))
+            transport = job_transport(env_spec)
+            communicator_files = write_communicator_files(plan.prepared)
         except Exception as exc:  # fail open: the job runs with NCCL's own choices
             plan.reason = _one_line(exc)
             plan.plugin = None
             plan.lines.append(f"not tuning: {plan.reason}; NCCL chooses")
-            plan.unset(PLUGIN_ENV)
-            plan.unset(TABLE_ENV)
+            for name in (PLUGIN_ENV, TABLE_ENV, NO_CHUNK_ENV, COMM_CONFIG_ENV):
+                plan.unset(name)
         else:
+            if nccl_found is None:
+                nccl_found = _search_nccl(plan.env)
             _set_tuner(plan, plan.env.get(PLUGIN_ENV))
+            _set_job_settings(plan, _nccl_versions(nccl_found), transport)
+            _set_communicators(plan, *communicator_files)
             plan.lines.append(nccl_and_abi_line(library.exported_abi_versions(), plan.env, nccl_found))
     if profile_dir is not None:
         plan.capture_dir = Path(profile_dir).absolute() / "capture"
@@ -333,16 +357,147 @@ def _set_tuner(plan: LaunchPlan, previous_plugin: str | None) -> None:
     plan.set(PLUGIN_ENV, plugin, replaced)
     plan.set(TABLE_ENV, str(prepared.text_path), f"{prepared.rules} rule(s), {prepared.step_lines} "
              f"step line(s) from {prepared.source}")
-    for name in NCCL_ENV_KEYS:
-        if name not in prepared.table.nccl_env:
+    plan.lines.extend(f"warning: {message}" for message in mask_warnings(plan.env))
+
+
+# --- per-job settings and their safety -----------------------------------------------------------------
+
+def detect_transport(sysfs: str | os.PathLike | None = None) -> tuple[str | None, str]:
+    """(``roce`` / ``ib`` / None, how it was found) from the link layer of this machine's RDMA ports
+    (``<sysfs>/<device>/ports/<n>/link_layer``: ``Ethernet`` is RoCE; ``sysfs`` defaults to
+    :data:`INFINIBAND_SYSFS`). None: no RDMA device, or devices of both kinds. Never raises."""
+    sysfs = INFINIBAND_SYSFS if sysfs is None else sysfs
+    layers: dict[str, list[str]] = {}
+    for path in sorted(Path(sysfs).glob("*/ports/*/link_layer")):
+        try:
+            layers.setdefault(path.read_text().strip(), []).append(path.parts[-4])
+        except OSError:
             continue
-        wanted = str(prepared.table.nccl_env[name])
-        if name in plan.env and plan.env[name] != wanted:
+    kinds = {"Ethernet": "roce", "InfiniBand": "ib"}
+    found = {kinds.get(layer) for layer in layers}
+    if len(found) == 1 and None not in found:
+        (transport,), (layer, devices) = found, next(iter(layers.items()))
+        return transport, f"detected: link layer {layer} of {', '.join(sorted(set(devices)))}"
+    if not layers:
+        return None, f"unknown: no RDMA device in {sysfs}; give --env SPEC"
+    return None, (f"unknown: link layers {', '.join(sorted(layers))} in {sysfs}; give --env SPEC")
+
+
+def job_transport(env_spec: str | None) -> tuple[str | None, str]:
+    """The job's network transport and where it came from: ``env_spec``'s ``inter.transport``, else
+    :func:`detect_transport`.
+
+    Raises:
+        InputError: ``env_spec`` names no readable spec.
+    """
+    if env_spec:
+        from dynamiccl.envspec import resolve_env
+
+        return resolve_env(env_spec).inter.transport, f"from --env {env_spec}"
+    return detect_transport()
+
+
+def refused_settings(settings: Mapping[str, int], nccl_versions: Sequence[str], transport: str | None) -> list[Refusal]:
+    """The settings :func:`dynamiccl.knobs.safety.refusals` refuses on any of ``nccl_versions`` (none
+    known: the version is unknown) over ``transport``; one refusal per setting."""
+    found: dict[str, Refusal] = {}
+    for version in list(nccl_versions) or [None]:
+        for refusal in refusals(dict(settings), version, transport):
+            found.setdefault(refusal.setting, refusal)
+    return list(found.values())
+
+
+def table_chunk_bytes(table: DecisionTable) -> int:
+    """The largest per-call chunk size (bytes) the table's rules ask for; 0 when none does."""
+    return max((rule.chunk_bytes for rule in table.rules if rule.chunk_bytes > 0), default=0)
+
+
+def _search_nccl(env: Mapping[str, str]):
+    from dynamiccl.nccl_libraries import find_nccl
+
+    try:
+        return find_nccl(env=env)
+    except Exception:  # a description only; nccl_and_abi_line says why, and safety refuses as unknown
+        return None
+
+
+def _nccl_versions(libraries) -> list[str]:
+    from dynamiccl.nccl_libraries import format_version
+
+    return sorted({format_version(lib.version) for lib in libraries or () if lib.version is not None})
+
+
+def _set_job_settings(plan: LaunchPlan, nccl_versions: Sequence[str], transport: tuple[str | None, str]) -> None:
+    """Export the table's ``job_env`` minus what safety refuses, and ``NO_CHUNK_ENV`` where it refuses
+    the table's per-call chunk sizes; one line per refusal."""
+    table = plan.prepared.table
+    where = (f"NCCL {', '.join(nccl_versions) or 'unknown (none found)'}, transport "
+             f"{transport[0] or 'unknown'} ({transport[1]})")
+    refused = {r.setting: r for r in refused_settings(table.job_env, nccl_versions, transport[0])}
+    for name, value in table.job_env.items():
+        wanted = str(value)
+        if name in refused:
+            plan.lines.append(f"not exported: {refused[name]} ({where})")
+        elif name in plan.env and plan.env[name] != wanted:
             plan.lines.append(f"{name}={shlex.quote(plan.env[name])} kept from your environment "
                               f"(the table has {wanted})")
         else:
             plan.set(name, wanted, "from the table")
-    plan.lines.extend(f"warning: {message}" for message in mask_warnings(plan.env))
+    yours = {rule.setting: int(plan.env[rule.setting]) for rule in SAFETY_RULES
+             if rule.setting != PER_CALL_CHUNK and plan.env.get(rule.setting, "").strip().isdigit()}
+    for refusal in refused_settings(yours, nccl_versions, transport[0]):
+        plan.lines.append(f"warning: {refusal.setting}={refusal.value} from your environment is known to be unsafe "
+                          f"here ({refusal.why}; {where}); it is yours, so it is kept")
+    chunk = table_chunk_bytes(table)
+    chunk_refused = refused_settings({PER_CALL_CHUNK: chunk}, nccl_versions, transport[0]) if chunk else []
+    if chunk_refused:
+        plan.set(NO_CHUNK_ENV, "1", f"the table's per-call chunk sizes (up to {chunk} bytes) are not used: "
+                 f"{chunk_refused[0].why}; {where}")
+    elif chunk:
+        plan.unset(NO_CHUNK_ENV)
+
+
+# --- per-communicator settings -------------------------------------------------------------------------
+
+def write_communicator_files(prepared: PreparedTable) -> tuple[Path, Path, list[str]] | tuple[()]:
+    """Write the table's communicators for the hook (a JSON table without rules) and as Megatron's
+    YAML, beside the plugin text; returns (JSON path, YAML path, the YAML's notes), or () when the
+    table sets no communicator.
+
+    Raises:
+        OSError: a file cannot be written.
+    """
+    from dataclasses import replace
+
+    from dynamiccl.megatron_yaml import write_megatron_yaml
+
+    table = prepared.table
+    if not any(not rule.config.is_default for rule in table.communicators):
+        return ()
+    stem = prepared.text_path.name.removesuffix(PLUGIN_TEXT_SUFFIX)
+    json_path = prepared.text_path.with_name(stem + COMMUNICATORS_SUFFIX)
+    save(replace(table, rules=(), steps=()), json_path)
+    yaml_path = prepared.text_path.with_name(stem + MEGATRON_SUFFIX)
+    notes = write_megatron_yaml(table, yaml_path, os.fspath(prepared.source))
+    return json_path, yaml_path, notes
+
+
+def _set_communicators(plan: LaunchPlan, json_path: Path | None = None, yaml_path: Path | None = None,
+                       notes: Sequence[str] = ()) -> None:
+    if json_path is None:
+        plan.unset(COMM_CONFIG_ENV)
+        return
+    rules = plan.prepared.table.communicators
+    plan.set(COMM_CONFIG_ENV, str(json_path), f"{len(rules)} communicator rule(s): "
+             + "; ".join(f"{r.kind or 'any'} {r.config.describe()}" for r in rules))
+    with_hook = autostart_environment({COMM_CONFIG_ENV: str(json_path)}, plan.env)
+    if with_hook.get("PYTHONPATH") != plan.env.get("PYTHONPATH"):
+        plan.set("PYTHONPATH", with_hook["PYTHONPATH"], "the hook that applies them")
+    from dynamiccl.megatron_yaml import CONFIG_PATH_FLAG
+
+    plan.lines.append(f"Megatron-LM: the same settings are in {yaml_path}: add {CONFIG_PATH_FLAG} {yaml_path} "
+                      "to run without this launcher (under it, the hook applies them to every group)")
+    plan.lines.extend(f"Megatron YAML: {note}" for note in notes)
 
 
 def say(line: str) -> None:

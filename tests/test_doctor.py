@@ -216,3 +216,45 @@ def test_launch_names_the_nccl_it_finds_and_the_abi_it_looks_up(tmp_path, env):
     bare = plan_launch(table, base_env=env)
     assert any(line.startswith("NCCL: none found from here") for line in bare.lines) or \
         any(line.startswith("NCCL ") and "looks up tuner ABI" in line for line in bare.lines)
+
+
+# --- the knobs: NCCL, torch, and what safety refuses -----------------------------------------------------------
+
+def test_knobs_per_nccl_the_torch_binding_and_a_tables_refused_settings(tmp_path, env):
+    from dynamiccl.knobs import KNOBS
+    from dynamiccl.knobs.comm_config import CommConfig
+    from dynamiccl.table import CommunicatorRule
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    libraries = [fake_nccl(old, 22304), fake_nccl(new, 23102)]  # NCCL 2.23.4 and 2.31.2
+    table = tmp_path / "knobs.json"
+    save(DecisionTable(rules=(Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES, algorithm=A.RING,
+                                   protocol=P.SIMPLE, chunk_bytes=1 << 21),),
+                       communicators=(CommunicatorRule("tp", 8, 1, CommConfig(max_ctas=8)),
+                                      CommunicatorRule(None, config=CommConfig(cta_policy="zero"))),
+                       job_env={"NCCL_P2P_NET_CHUNKSIZE": 1 << 21, "NCCL_BUFFSIZE": 1 << 22}), table)
+    report = run_doctor(table=table, nccl=libraries, env=env, env_spec="h100-roce-4x8")
+    knobs = {c.detail.split(" ", 1)[0]: c for c in report.checks if c.name == "knob"}
+    assert set(knobs) == set(KNOBS)
+    assert knobs["max_ctas"].status == "ok" and "NCCL 2.23.4, 2.31.2 has it" in knobs["max_ctas"].detail
+    for name in ("chunk_size", "nvls_ctas", "cta_policy_zero"):  # 2.30.3, 2.27.3, 2.28.3
+        assert knobs[name].status == "warn" and knobs[name].detail.endswith("NCCL 2.23.4 lacks it")
+    torch_line = [c for c in report.checks if c.name == "torch NCCLConfig"]
+    assert len(torch_line) == 1
+    if "CPU build" in torch_line[0].detail:  # this machine's torch
+        assert torch_line[0].status == "missing" and "no ProcessGroupNCCL.Options" in torch_line[0].detail
+    communicators = [c for c in report.checks if c.name == "table communicator"]
+    assert [(c.status, c.detail) for c in communicators] == [
+        ("ok", "tp, 8 ranks on 1 node(s): max_ctas=8 (needs NCCL 2.17.1)"),
+        ("warn", "any kind, any shape: cta_policy=zero (needs NCCL 2.28.3): NCCL 2.23.4 lacks it")]
+    safety = [c for c in report.checks if c.name == "table safety"]
+    assert [c.status for c in safety] == ["warn", "warn"]
+    assert safety[0].detail.startswith("NCCL_P2P_NET_CHUNKSIZE=2097152 refused: ") and "nccl#2408" in safety[0].detail
+    assert "on NCCL 2.23.4, 2.31.2 over roce (from --env h100-roce-4x8); launch does not export it" in safety[0].detail
+    assert safety[1].detail.startswith("chunk_bytes=2097152 refused") and "DYNAMICCL_TUNER_NO_CHUNK=1" in safety[1].detail
+    assert [r["setting"] for r in report.table["refused"]] == ["NCCL_P2P_NET_CHUNKSIZE", "chunk_bytes"]
+    # the launch plan says the same: NCCL_BUFFSIZE exported, the chunk size not
+    assert report.launch["settings"]["NCCL_BUFFSIZE"] == str(1 << 22)
+    assert "NCCL_P2P_NET_CHUNKSIZE" not in report.launch["settings"]
+    assert report.launch["settings"]["DYNAMICCL_TUNER_NO_CHUNK"] == "1"

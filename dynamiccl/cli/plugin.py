@@ -37,7 +37,10 @@ def add(sub) -> None:
 
     p = sub.add_parser("launch", help="run a training command with the tuner plugin and a decision table",
                        description="Run CMD (torchrun ..., srun ..., python ...) with NCCL_TUNER_PLUGIN and "
-                                   "DYNAMICCL_TUNER_TABLE set, the table's init-time NCCL settings exported and, "
+                                   "DYNAMICCL_TUNER_TABLE set, the table's per-job NCCL settings exported (minus "
+                                   "those known to corrupt data on the NCCL and transport found), its "
+                                   "per-communicator settings given to every process group (a zero-code hook; a "
+                                   "Megatron-LM --nccl-communicator-config-path YAML is written too) and, "
                                    "with --profile, dynamiccl's capture on. Fails open: if the plugin or the table "
                                    "cannot be used, CMD runs with NCCL's own choices and one line says why "
                                    "(--dry-run and --strict exit 2 instead). Exits with CMD's status.")
@@ -46,7 +49,9 @@ def add(sub) -> None:
                                     "beside it (default: build or find the cached one)")
     p.add_argument("--trace", help="a trace of the job's step: use the table only if `dynamiccl table check` passes it "
                                    "there (needs --env)")
-    p.add_argument("--env", dest="env_spec", help="with --trace: the environment spec of the job's cluster")
+    p.add_argument("--env", dest="env_spec", help="the environment spec of the job's cluster: its transport decides "
+                                                  "which table settings are refused as unsafe (default: the RDMA "
+                                                  "devices' link layer); with --trace, the cluster it is replayed on")
     p.add_argument("--profile", metavar="DIR", help="also record the job; merged into DIR/trace.parquet")
     p.add_argument("--gpus-per-node", type=int, default=0,
                    help="with --profile: for node counts (default: torchrun's local world size)")
@@ -65,7 +70,9 @@ def add(sub) -> None:
     p.add_argument("--table", help="decision table to check")
     p.add_argument("--trace", help="a trace of the job's step: also replay it with and without the table "
                                    "(`dynamiccl table check`; needs --env)")
-    p.add_argument("--env", dest="env_spec", help="with --trace: the environment spec of the job's cluster")
+    p.add_argument("--env", dest="env_spec", help="the environment spec of the job's cluster: its transport decides "
+                                                  "which table settings are refused as unsafe; with --trace, the "
+                                                  "cluster it is replayed on")
     p.add_argument("--plugin", help="prebuilt plugin to check (default: build or find the cached one)")
     p.add_argument("--nccl", action="append", default=[], metavar="PATH",
                    help="an NCCL library to check besides those found (repeatable)")

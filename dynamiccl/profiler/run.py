@@ -40,11 +40,13 @@ def profile_environment(capture_dir: Path, base: dict[str, str] | None = None) -
 def autostart_environment(settings: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
     """``base`` (default ``os.environ``) with ``settings`` and the ``autostart`` directory (and this
     package) first on ``PYTHONPATH``, so every Python process of a job runs the autostart
-    ``sitecustomize``, which reads ``settings`` (``DYNAMICCL_PROFILE_DIR``, ``DYNAMICCL_STEP_TIMES_DIR``)."""
+    ``sitecustomize``, which reads ``settings`` (``DYNAMICCL_PROFILE_DIR``, ``DYNAMICCL_STEP_TIMES_DIR``,
+    ``DYNAMICCL_COMM_CONFIG``). Applied twice (a launch that profiles), the path is not repeated."""
     env = dict(os.environ if base is None else base)
     env.update(settings)
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AUTOSTART_DIR), package_root, env.get("PYTHONPATH")]))
+    first = [str(AUTOSTART_DIR), str(Path(__file__).resolve().parents[2])]
+    rest = [entry for entry in (env.get("PYTHONPATH") or "").split(os.pathsep) if entry and entry not in first]
+    env["PYTHONPATH"] = os.pathsep.join(first + rest)
     return env
 
 

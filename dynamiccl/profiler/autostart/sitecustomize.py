@@ -1,9 +1,11 @@
 """Started by Python at start-up when this directory is on PYTHONPATH (set by ``dynamiccl profile``,
 ``dynamiccl launch --profile`` and ``dynamiccl verify``).
 
-Starts dynamiccl's capture if ``DYNAMICCL_PROFILE_DIR`` is set and its step timer if
-``DYNAMICCL_STEP_TIMES_DIR`` is set, then runs any other ``sitecustomize`` further along
-``sys.path``, so a site's own start-up code still runs.
+Starts dynamiccl's capture if ``DYNAMICCL_PROFILE_DIR`` is set, its step timer if
+``DYNAMICCL_STEP_TIMES_DIR`` is set and the per-communicator settings hook
+(:mod:`dynamiccl.commconfig_hook`) if ``DYNAMICCL_COMM_CONFIG`` is set (``dynamiccl launch --table``),
+then runs any other ``sitecustomize`` further along ``sys.path``, so a site's own start-up code
+still runs.
 """
 
 import importlib.util
@@ -25,6 +27,15 @@ if os.environ.get("DYNAMICCL_STEP_TIMES_DIR"):
         start_step_timer()
     except Exception as exc:  # fail open
         print(f"dynamiccl: step timing disabled ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+if os.environ.get("DYNAMICCL_COMM_CONFIG"):
+    try:
+        from dynamiccl.commconfig_hook import install_from_environment as install_comm_config
+
+        install_comm_config()
+    except Exception as exc:  # fail open
+        print(f"dynamiccl comm-config: per-communicator settings not applied ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
 
 _here = os.path.dirname(os.path.abspath(__file__))
 for _entry in sys.path:
