@@ -26,6 +26,9 @@ unknown keys and bad values are errors that name the file and the ``section.key`
                                                            # over them; default 2 above 4 GPUs, else 1
     [nccl]      version = "2.23.4"                         # 2.18 .. 2.30
                 collnet = false                            # a SHARP (CollNet) network plugin is loaded
+                symmetric_memory = false                   # collective buffers registered as NCCL
+                                                           # symmetric windows (NCCL_WIN_COLL_SYMMETRIC);
+                                                           # zero-CTA collectives need it
     [dynamics]  congestion = "none" | "markov"             # background traffic on the network
                 congested_share = 0.5     # share of NIC bandwidth background traffic takes when congested
                 congested_fraction = 0.3  # long-run share of time the network is congested
@@ -124,6 +127,7 @@ class EnvSpec:
     collnet: bool
     dynamics: DynamicsSpec = field(default_factory=DynamicsSpec)
     sockets: int = 1  # CPU sockets of a node; the GPUs and NICs are spread evenly over them
+    symmetric_memory: bool = False  # collective buffers are NCCL symmetric windows (zero-CTA needs it)
 
     @property
     def gpus_per_socket(self) -> int:
@@ -220,6 +224,9 @@ NCCL = schema.Schema(
                   expect='an NCCL version between 2.18 and 2.30 as a string like "2.23.4"',
                   help="the NCCL whose model is the baseline"),
     schema.flag("collnet", False, help="a SHARP (CollNet) network plugin is loaded"),
+    schema.flag("symmetric_memory", False,
+                help="the job registers its collective buffers as NCCL symmetric windows "
+                     "(NCCL_WIN_COLL_SYMMETRIC); zero-CTA collectives need it"),
 )
 DYNAMICS = schema.Schema(
     schema.choice("congestion", CONGESTION_PROCESSES, _D.congestion, help="background traffic on the network"),
@@ -306,7 +313,8 @@ def env_from_dict(obj: dict, source: str, name: str | None = None) -> EnvSpec:
         raise schema.expected(source, "nccl.version", NCCL["version"].expectation(), version)
     return EnvSpec(name=name or Path(source).stem, source=source, cluster=cluster, intra=intra, inter=inter,
                    cpu_vendor=doc["host"]["cpu_vendor"], nccl_version=".".join(map(str, version_tuple)),
-                   collnet=doc["nccl"]["collnet"], dynamics=DynamicsSpec(**doc["dynamics"]), sockets=sockets)
+                   collnet=doc["nccl"]["collnet"], dynamics=DynamicsSpec(**doc["dynamics"]), sockets=sockets,
+                   symmetric_memory=doc["nccl"]["symmetric_memory"])
 
 
 def load_env(path: str | os.PathLike) -> EnvSpec:

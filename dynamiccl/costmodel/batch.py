@@ -12,6 +12,17 @@ world simulator:
 - ``congestion``: share (0..0.95) of each NIC's bandwidth taken by background traffic;
 - ``noise``: multiplicative run-to-run factor (1 = none), drawn by the caller (see ``dynamics``).
 
+Communicator settings (``ncclConfig_t``, fixed when the call's communicator was created; see
+:mod:`dynamiccl.knobs.comm_config`, whose ``batch_columns`` gives them for a ``CommConfig``):
+
+- ``max_ctas`` / ``min_ctas``: bounds on the communicator's channel pool (0: NCCL's pool);
+- ``nvls_ctas``: bound on its NVLS channel pool (0: NCCL's);
+- ``zero_cta``: the communicator's CTA policy is zero AND the job's buffers are symmetric-registered,
+  so its copy collectives (``ZERO_CTA_FUNCS``) run on copy engines, holding no SMs.
+
+``chunk_bytes`` is the call's chunk size (tuner ABI v6 ``getChunkSize``; 0: NCCL's). Only a model
+whose ``prices_chunk`` is True is given rows with ``chunk_bytes`` > 0.
+
 ``forced_by_env`` says who forced a row's ``algo``/``proto``: True where they are ``NCCL_ALGO`` /
 ``NCCL_PROTO`` settings (a measured nccl-tests run, ``dynamiccl simulate``), False where a tuner
 chose them (the policy, a decision table, ``search``). It matters for one cell: NCCL's automatic
@@ -63,6 +74,11 @@ class CollBatch:
     congestion: np.ndarray    # float 0..0.95
     noise: np.ndarray         # float > 0
     forced_by_env: np.ndarray  # bool: algo/proto forced by NCCL_ALGO/NCCL_PROTO (True) or by a tuner (False)
+    max_ctas: np.ndarray      # int: 1..64 cap on the communicator's channel pool, 0 = NCCL's pool
+    min_ctas: np.ndarray      # int: 1..64 floor on the communicator's channel pool, 0 = NCCL's pool
+    nvls_ctas: np.ndarray     # int: 1..64 cap on the communicator's NVLS pool, 0 = NCCL's pool
+    zero_cta: np.ndarray      # bool: zero-CTA policy on symmetric buffers (copy collectives hold no SMs)
+    chunk_bytes: np.ndarray   # int: the call's chunk size in bytes, 0 = NCCL's
 
     def __len__(self) -> int:
         return len(self.func)
@@ -80,12 +96,14 @@ _DTYPES = {"func": np.int64, "size_bytes": np.float64, "nranks": np.int64, "nnod
            "algo": np.int64, "proto": np.int64, "channels": np.int64, "num_pipe_ops": np.int64,
            "overlap": np.float64, "compute_hbm_share": np.float64, "compute_waves": np.float64,
            "congestion": np.float64,
-           "noise": np.float64, "forced_by_env": np.bool_}
+           "noise": np.float64, "forced_by_env": np.bool_, "max_ctas": np.int64, "min_ctas": np.int64,
+           "nvls_ctas": np.int64, "zero_cta": np.bool_, "chunk_bytes": np.int64}
 
 
 def make_batch(func, size_bytes, nranks, nnodes, algo=-1, proto=-1, channels=0, num_pipe_ops=1,
                overlap=0.0, compute_hbm_share=0.0, congestion=0.0, noise=1.0, compute_waves=0.0,
-               forced_by_env=False) -> CollBatch:
+               forced_by_env=False, max_ctas=0, min_ctas=0, nvls_ctas=0, zero_cta=False,
+               chunk_bytes=0) -> CollBatch:
     """Build a :class:`CollBatch`, broadcasting scalars and arrays against each other.
 
     Raises:
@@ -94,7 +112,8 @@ def make_batch(func, size_bytes, nranks, nnodes, algo=-1, proto=-1, channels=0, 
     values = dict(func=func, size_bytes=size_bytes, nranks=nranks, nnodes=nnodes, algo=algo, proto=proto,
                   channels=channels, num_pipe_ops=num_pipe_ops, overlap=overlap,
                   compute_hbm_share=compute_hbm_share, compute_waves=compute_waves, congestion=congestion,
-                  noise=noise, forced_by_env=forced_by_env)
+                  noise=noise, forced_by_env=forced_by_env, max_ctas=max_ctas, min_ctas=min_ctas,
+                  nvls_ctas=nvls_ctas, zero_cta=zero_cta, chunk_bytes=chunk_bytes)
     arrays = np.broadcast_arrays(*(np.asarray(v) for v in values.values()))
     columns = {name: np.ascontiguousarray(array, dtype=_DTYPES[name]).reshape(-1)
                for name, array in zip(values, arrays)}
@@ -124,3 +143,9 @@ def _check(b: CollBatch) -> None:
     bad("compute_waves", ~(b.compute_waves >= 0), "a grid in waves >= 0 (0: not known)")
     bad("congestion", ~((b.congestion >= 0) & (b.congestion <= 0.95)), "a share in [0, 0.95]")
     bad("noise", ~(b.noise > 0), "a positive factor")
+    for column in ("max_ctas", "min_ctas", "nvls_ctas"):
+        bad(column, (getattr(b, column) < 0) | (getattr(b, column) > MAX_CHANNELS),
+            f"0 (NCCL's pool) or 1..{MAX_CHANNELS} CTAs")
+    bad("min_ctas", (b.min_ctas > 0) & (b.max_ctas > 0) & (b.min_ctas > b.max_ctas), "at most max_ctas")
+    bad("chunk_bytes", (b.chunk_bytes < 0) | ((b.chunk_bytes > 0) & ((b.chunk_bytes & (b.chunk_bytes - 1)) != 0)),
+        "0 (NCCL's chunk) or a power of two in bytes")

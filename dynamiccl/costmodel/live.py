@@ -126,6 +126,7 @@ class LiveCostModel:
     # Conditions are whatever this machine has while it measures; none can be set.
     models_conditions = False
     costs_p2p = True
+    prices_chunk = False  # the live workers do not set a per-call chunk size
 
     def __init__(self, nprocs: int = 4, backend: str = "auto", warmup: int = 5, iters: int = 20,
                  timeout_s: float = 300.0, dtype: str = "float32"):

@@ -159,6 +159,7 @@ class MeasuredModel:
     """
 
     models_conditions = False
+    prices_chunk = False  # the measurements format has no chunk-size column yet
 
     def __init__(self, tables: Sequence[tuple[str, MeasuredTable]], sources: Sequence[str]):
         self.sources = tuple(sources)

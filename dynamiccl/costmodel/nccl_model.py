@@ -226,6 +226,7 @@ class NcclModel:
     models_conditions = False
     applies_nccl_knobs = True
     costs_p2p = False
+    prices_chunk = False  # NCCL's cost table has no chunk size (it picks the chunk after the cost)
 
     def __init__(self, env: EnvSpec, version: str | None = None):
         self.env = env

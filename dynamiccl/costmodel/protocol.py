@@ -70,11 +70,15 @@ class CostModel(Protocol):
         costs_p2p: whether the model has its own cost for send/recv and AlltoAll (False: NCCL's
             model, whose tuner is never asked about them; a consumer that needs those costs takes
             them from another model).
+        prices_chunk: whether a row's ``chunk_bytes`` (the call's chunk size, tuner ABI v6) changes
+            its answer (False: the world and NCCL's model, which have no measurement of it, and live
+            measurement; a model with it False is never given ``chunk_bytes`` > 0).
     """
 
     models_conditions: bool
     applies_nccl_knobs: bool
     costs_p2p: bool
+    prices_chunk: bool
 
     def describe(self) -> str:
         """One line saying what answers and for which cluster."""

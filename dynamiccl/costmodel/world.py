@@ -574,6 +574,7 @@ class WorldModel:
     models_conditions = True
     applies_nccl_knobs = True
     costs_p2p = True
+    prices_chunk = False  # no public measurement of collective time against chunk size (knobs.chunk)
 
     def __init__(self, env: EnvSpec, params: WorldParams | None = None, nccl: NcclModel | None = None):
         self.env = env

@@ -143,6 +143,17 @@ def comm_choice_mask(nccl_version: str, nvls: bool, one_nvlink_domain: bool, sym
     return mask
 
 
+def batch_columns(config: CommConfig, symmetric_memory: bool) -> dict:
+    """The cost-batch columns (:func:`dynamiccl.costmodel.batch.make_batch` keywords) of calls on a
+    communicator created with ``config``: ``max_ctas``, ``min_ctas``, ``nvls_ctas`` (0: NCCL's pool)
+    and ``zero_cta`` (the zero-CTA policy takes effect only on buffers registered as symmetric windows,
+    ``symmetric_memory``; NCCL otherwise runs the calls on CTAs as before).
+    """
+    return {"max_ctas": max(config.max_ctas, 0), "min_ctas": max(config.min_ctas, 0),
+            "nvls_ctas": max(config.nvls_ctas, 0),
+            "zero_cta": bool(config.cta_policy == "zero" and symmetric_memory)}
+
+
 register(
     Knob("max_ctas", "communicator", "ncclConfig_t.maxCTAs", CTA_BOUNDS_MIN_NCCL,
          modelled="caps the channel pool: fewer channels per call, one SM back per channel (nccl#689; "
