@@ -159,7 +159,7 @@ class MeasuredModel:
     """
 
     models_conditions = False
-    prices_chunk = False  # the measurements format has no chunk-size column yet
+    prices_chunk = False  # set per instance: True when the measurements hold chunk-size tables
 
     def __init__(self, tables: Sequence[tuple[str, MeasuredTable]], sources: Sequence[str]):
         self.sources = tuple(sources)
