@@ -231,7 +231,7 @@ def _check_table(report: Report, table_path: str | os.PathLike, checker) -> None
     report.table = {"path": os.fspath(table_path), "rules": len(table.rules), "position_rules": positional,
                     "steps": [{"nranks": s.nranks, "nnodes": s.nnodes, "calls_per_step": s.calls_per_step,
                                "anchor_coll": FUNC_OP[s.anchor_coll], "anchor_bytes": s.anchor_bytes}
-                              for s in table.steps], "nccl_env": dict(table.nccl_env)}
+                              for s in table.steps], "job_env": dict(table.job_env)}
     report.add("table", "ok", f"{table_path}: {len(table.rules)} rule(s), {positional} with a position; {parsed}")
     for step in report.table["steps"]:
         report.add("table step", "ok", f"{step['nranks']} rank(s) on {step['nnodes']} node(s): "
@@ -240,9 +240,9 @@ def _check_table(report: Report, table_path: str | os.PathLike, checker) -> None
     if positional and not table.steps:
         report.add("table step", "warn", f"{positional} rule(s) need a position but the table has no step "
                    "shapes: the plugin never knows positions, so they never apply")
-    if table.nccl_env:
-        report.add("table nccl_env", "ok", " ".join(f"{k}={v}" for k, v in table.nccl_env.items())
-                   + " (init-time Send/Recv settings that launch exports)")
+    if table.job_env:
+        report.add("table job_env", "ok", " ".join(f"{k}={v}" for k, v in table.job_env.items())
+                   + " (per-job NCCL settings that launch exports)")
 
 
 def _check_environment(report: Report, env: Mapping[str, str]) -> None:

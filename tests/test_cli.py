@@ -133,7 +133,7 @@ def test_table_show_convert_and_lookup_read_the_plugin_text(tmp_path, capsys):
     text.write_text(plugin_text.write(table), encoding="utf-8")
     assert main(["table", "show", str(text)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{text}: 2 rule(s), format version 2\n")
+    assert out.startswith(f"{text}: 2 rule(s), format version 3\n")
     assert out.endswith(table.describe())
     back = tmp_path / "back.json"
     assert main(["table", "convert", str(text), "-o", str(back)]) == 0
@@ -150,14 +150,14 @@ def test_table_show_convert_and_lookup_read_the_plugin_text(tmp_path, capsys):
     assert "rules[1] (position 2, keeps NCCL's algorithm)" in capsys.readouterr().err
 
 
-def test_table_convert_to_plugin_text_refuses_to_drop_nccl_env_unless_lossy(tmp_path, capsys):
+def test_table_convert_to_plugin_text_refuses_to_drop_job_env_unless_lossy(tmp_path, capsys):
     from dynamiccl.table import DecisionTable, load, save
 
     source = tmp_path / "t.json"
-    save(DecisionTable(plugin_text_table().rules, nccl_env={"NCCL_P2P_LL_THRESHOLD": 8192}), source)
+    save(DecisionTable(plugin_text_table().rules, job_env={"NCCL_P2P_LL_THRESHOLD": 8192}), source)
     text = tmp_path / "t.txt"
     assert main(["table", "convert", str(source), "-o", str(text)]) == 2
-    assert f"{text}: nccl_env: the plugin's text format has no nccl_env" in capsys.readouterr().err
+    assert f"{text}: job_env: the plugin's text format has no job_env" in capsys.readouterr().err
     assert not text.exists()
     assert main(["table", "convert", str(source), "-o", str(text), "--lossy"]) == 0
     assert load(text).rules == plugin_text_table().rules

@@ -582,15 +582,15 @@ def test_plugin_text_round_trip_through_a_file(tmp_path):
     assert load(upper).rules == table.rules
 
 
-def test_plugin_text_refuses_nccl_env_unless_lossy(tmp_path):
-    table = DecisionTable(sample_table().rules, nccl_env={"NCCL_P2P_NET_CHUNKSIZE": 524288})
+def test_plugin_text_refuses_job_env_unless_lossy(tmp_path):
+    table = DecisionTable(sample_table().rules, job_env={"NCCL_P2P_NET_CHUNKSIZE": 524288})
     path = tmp_path / "table.txt"
     with pytest.raises(InputError) as info:
         save(table, path)
-    assert info.value.source == str(path) and info.value.field == "nccl_env"
+    assert info.value.source == str(path) and info.value.field == "job_env"
     assert "NCCL_P2P_NET_CHUNKSIZE" in info.value.problem and not path.exists()
     save(table, path, lossy=True)
-    assert load(path).rules == table.rules and load(path).nccl_env == {}
+    assert load(path).rules == table.rules and load(path).job_env == {}
 
 
 def test_bad_plugin_text_names_file_line_and_field(tmp_path):
@@ -623,9 +623,9 @@ def test_describe_is_a_readable_fixed_width_table():
     text = sample_table().describe()
     lines = text.splitlines()
     assert lines[0].split() == ["#", "coll", "bytes", "nranks", "nnodes", "position", "pipe_ops",
-                                "reg_buff", "algorithm", "protocol", "channels"]
+                                "reg_buff", "algorithm", "protocol", "channels", "chunk"]
     assert lines[1].split() == ["0", "allreduce", "0..64K-1", "8", "1", "any", "any", "any",
-                                "ring", "ll", "nccl"]
+                                "ring", "ll", "nccl", "nccl"]
     assert lines[2].split()[2] == "64K..1M"
     assert lines[3].split()[2] == "1M..max"
     assert lines[4].split()[2] == "0..4G-1"
@@ -633,5 +633,5 @@ def test_describe_is_a_readable_fixed_width_table():
     offsets = {line.index(line.split()[2]) for line in lines}
     assert len(offsets) == 1
     keep = DecisionTable((rule(protocol=P.LL),)).describe().splitlines()[1].split()
-    assert keep[-3:] == ["nccl", "ll", "nccl"]
+    assert keep[-4:] == ["nccl", "ll", "nccl", "nccl"]
     assert "no rules" in DecisionTable().describe()

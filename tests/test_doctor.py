@@ -50,7 +50,7 @@ def good_table(path: Path) -> Path:
     table = DecisionTable(rules=(Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES, position=1,
                                       algorithm=A.RING, protocol=P.LL128, channels=8),),
                           steps=(StepShape(8, 1, 12, Func.ALLREDUCE, 4096),),
-                          nccl_env={"NCCL_NCHANNELS_PER_NET_PEER": 4})
+                          job_env={"NCCL_NCHANNELS_PER_NET_PEER": 4})
     save(table, path)
     return path
 
@@ -117,7 +117,7 @@ def test_json_report(tmp_path, env):
     assert {c["status"] for c in report["checks"]} <= set(STATUSES)
     assert report["exit_status"] == 0 and sum(report["summary"].values()) == len(report["checks"])
     assert report["plugin"]["abi_versions"] == [6, 5, 4, 3, 2] and report["plugin"]["size_bytes"] > 0
-    assert report["table"]["rules"] == 1 and report["table"]["nccl_env"] == {"NCCL_NCHANNELS_PER_NET_PEER": 4}
+    assert report["table"]["rules"] == 1 and report["table"]["job_env"] == {"NCCL_NCHANNELS_PER_NET_PEER": 4}
     assert report["launch"]["tuned"] and report["launch"]["settings"]["NCCL_TUNER_PLUGIN"] == report["plugin"]["path"]
 
 

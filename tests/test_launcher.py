@@ -42,7 +42,7 @@ def sample_table() -> DecisionTable:
                Rule(coll=Func.ALLREDUCE, min_bytes=65536, max_bytes=MAX_BYTES, position=0, algorithm=A.TREE,
                     protocol=P.SIMPLE, channels=4)),
         steps=(StepShape(16, 2, 96, Func.ALLREDUCE, 1 << 20),),
-        nccl_env={"NCCL_P2P_NET_CHUNKSIZE": 524288, "NCCL_P2P_LL_THRESHOLD": 8192})
+        job_env={"NCCL_P2P_NET_CHUNKSIZE": 524288, "NCCL_P2P_LL_THRESHOLD": 8192})
 
 
 @pytest.fixture

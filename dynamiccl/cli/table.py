@@ -27,7 +27,7 @@ def add(sub) -> None:
     c.add_argument("--lossy", action="store_true",
                    help="write what the output can express and drop the rest (CSV: position-specific and "
                         "keep-NCCL algorithm/protocol rules, and calls no rule takes run on NVIDIA's plugin's 1 "
-                        "channel; .txt: nccl_env)")
+                        "channel, chunk sizes, communicators and job_env; .txt: communicators and job_env)")
     c.set_defaults(func=cmd_table_convert)
     lk = tsub.add_parser("lookup", help="which rule applies to a call (first match wins)")
     lk.add_argument("file")

@@ -222,7 +222,7 @@ def table_section(data: ReportData) -> Section:
     table = data.table
     return Section("table", "Decision table", [
         ("p", f"{len(table.rules)} rules, format version {table.version}, {len(table.steps)} step lines, "
-              f"NCCL settings: {table.nccl_env or 'none'}."),
+              f"job environment: {table.job_env or 'none'}."),
         ("pre", table.describe())])
 
 

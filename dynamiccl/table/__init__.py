@@ -27,6 +27,7 @@ from dynamiccl.table.model import (
     MAX_BYTES,
     NCCL_ENV_KEYS,
     Choice,
+    CommunicatorRule,
     DecisionTable,
     PositionCounter,
     Rule,
@@ -78,7 +79,8 @@ def save(table: DecisionTable, path: str | os.PathLike, lossy: bool = False) -> 
 
     Only JSON keeps everything. The CSV is written only where NVIDIA's example plugin will do what
     the table means (``nvidia_csv.write``: no position rules, and NCCL's own choice spelled out as
-    explicit lines); the plugin's text has no ``nccl_env``. With ``lossy`` (the CLI's ``--lossy``)
+    explicit lines, and it has no chunk sizes, communicators or job_env); the plugin's text has no
+    ``job_env`` or ``communicators`` (the launcher applies those from a .json table). With ``lossy`` (the CLI's ``--lossy``)
     what cannot be expressed is dropped (and the CSV says so in its header) instead of refused. Neither
     reads back the provenance (the CSV keeps it as a comment). On any error an existing file at
     ``path`` is left untouched.
@@ -96,13 +98,16 @@ def save(table: DecisionTable, path: str | os.PathLike, lossy: bool = False) -> 
         except InputError as err:
             raise InputError(path, err.field, err.problem) from None
     else:
-        if table.nccl_env and not lossy:
-            raise InputError(path, "nccl_env", f"the plugin's text format has no nccl_env (the launcher exports "
-                             f"{', '.join(table.nccl_env)} from a .json table); save as .json, or pass "
-                             "--lossy to drop them")
+        for name, present, what in (
+                ("job_env", table.job_env, f"the launcher exports {', '.join(table.job_env)}"),
+                ("communicators", table.communicators,
+                 f"the launcher applies its {len(table.communicators)} communicator rule(s)")):
+            if present and not lossy:
+                raise InputError(path, name, f"the plugin's text format has no {name} ({what} from a .json "
+                                 "table); save as .json, or pass --lossy to drop them")
         text = plugin_text.write(table)
     write_text(path, text)
 
 
-__all__ = ["FORMATS", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS", "Choice", "DecisionTable", "PositionCounter",
-           "Rule", "StepShape", "format_of", "load", "save"]
+__all__ = ["FORMATS", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS", "Choice", "CommunicatorRule", "DecisionTable",
+           "PositionCounter", "Rule", "StepShape", "format_of", "load", "save"]

@@ -140,7 +140,7 @@ def won_bands(rule: Rule, evidence: Evidence, index: int) -> list[tuple[int, int
 
 def confine(table: DecisionTable, evidence: Evidence) -> DecisionTable:
     """``table`` with every acting rule cut to its won bands and the rest kept as NCCL's choice
-    (module docstring). Steps, nccl_env and version are kept; provenance too (the caller adds the
+    (module docstring). Steps, communicators, job_env and version are kept; provenance too (the caller adds the
     evidence record)."""
     rules: list[Rule] = []
     for index, rule in enumerate(table.rules):

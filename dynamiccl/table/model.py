@@ -1,4 +1,5 @@
-"""The decision table: which NCCL algorithm, protocol and channel count to use for a collective call.
+"""The decision table: which NCCL algorithm, protocol, channel count and chunk size to use for a
+collective call, which ``ncclConfig_t`` settings each communicator gets, and the job's environment.
 
 This module is the model and its lookup semantics; the file formats are separate modules of
 ``dynamiccl.table`` (``json_format``, ``nvidia_csv``, ``plugin_text``), and ``dynamiccl.table.load``
@@ -6,7 +7,9 @@ This module is the model and its lookup semantics; the file formats are separate
 
 A table is an ordered tuple of ``Rule``s. Each rule has keys (collective, inclusive byte range,
 nranks, nnodes, position-in-step, numPipeOps, regBuff) and a choice (algorithm, protocol,
-channels). Names are the spellings of NVIDIA's example tuner CSV (``COLL_BY_NAME``,
+channels, chunk size). Besides the rules (format version 3): ``communicators``, an ordered tuple of
+``CommunicatorRule``s (group kind and shape -> :class:`~dynamiccl.knobs.comm_config.CommConfig`),
+and ``job_env``, the per-job NCCL settings of :mod:`dynamiccl.knobs.job_env`. Names are the spellings of NVIDIA's example tuner CSV (``COLL_BY_NAME``,
 ``ALGORITHM_BY_NAME``, ``PROTOCOL_BY_NAME``) in every format.
 
 Lookup semantics
@@ -55,6 +58,34 @@ of a communicator sees the same sequence of collectives, so every rank decides a
 5. If no rule applies: NCCL's own arg-min over enabled cells (algorithm-major, then protocol;
    the lowest index wins ties), channels 0 ("NCCL decides"). If every cell is disabled, NCCL
    itself fails the call; ``choose`` raises ValueError.
+
+Chunk sizes
+-----------
+The rule that decided a call also gives its chunk size (``Choice.chunk_bytes``; -1 keeps NCCL's).
+NCCL (tuner ABI v6, 2.30.3+) asks the plugin's ``getChunkSize`` right after it has settled the
+call's algorithm, protocol and channels, with the same collective and nBytes. The plugin remembers,
+per communicator, the last call it decided (collective, nBytes, the cell, the rule's chunk) and
+writes the rule's chunk into ``*chunkSize`` only when
+
+- the rule (or the instrumented variant's override) sets ``chunk_bytes``,
+- ``getChunkSize``'s collective and nBytes are those of the remembered call (anything else -- a
+  call the plugin did not see -- keeps NCCL's value),
+- the algorithm and protocol NCCL ended up with are the cell the rule chose (if NCCL runs something
+  else, the chunk was not chosen for it), and
+- ``DYNAMICCL_TUNER_NO_CHUNK`` is not ``1`` (the launcher sets it where
+  :func:`dynamiccl.knobs.safety.refusals` refuses the table's chunk sizes).
+
+The value is written as the rule gives it: NCCL clamps it to the largest chunk its buffers allow
+(NVIDIA/nccl ``src/enqueue.cc``), so a chunk is never above what NCCL's buffers hold. A NULL
+``chunkSize`` or context is left alone.
+
+Communicators
+-------------
+``DecisionTable.communicator_config(kind, nranks, nnodes)``: the config of the first
+``CommunicatorRule`` (table order) whose kind is None ("any") or the group's kind
+(:data:`dynamiccl.trace.schema.GROUP_KINDS`) and whose nranks and nnodes are -1 ("any") or the
+group's; ``CommConfig()`` (all NCCL's defaults) when none matches. The launcher applies it when the
+group's communicator is created (``ncclConfig_t``); the tuner plugin never sees it.
 """
 
 from __future__ import annotations
@@ -66,6 +97,9 @@ from typing import Any, Sequence
 
 from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
+from dynamiccl.knobs.chunk import KEEP_CHUNK, check_chunk_bytes
+from dynamiccl.knobs.comm_config import CommConfig
+from dynamiccl.knobs.job_env import JOB_ENV_SETTINGS, check_job_env_value
 from dynamiccl.nccl import (
     FUNC_OP,
     KEEP,
@@ -79,8 +113,9 @@ from dynamiccl.nccl import (
 )
 
 # Newest version of the table's JSON format (``json_format``); a table keeps the version it was
-# read with, and version 2 added ``steps`` and ``nccl_env``.
-FORMAT_VERSION = 2
+# read with. Version 2 added ``steps`` and ``nccl_env`` (now ``job_env``); 3 added rules'
+# ``chunk_bytes`` and ``communicators``, and renamed ``nccl_env`` to ``job_env``.
+FORMAT_VERSION = 3
 MAX_BYTES = 2**64 - 1  # NCCL's nBytes is a size_t
 C_INT_MAX = 2**31 - 1  # the plugins store counts in C ints
 
@@ -95,12 +130,9 @@ RULE_INT_FIELDS = ("min_bytes", "max_bytes", "nranks", "nnodes", "position", "nu
 # The keys a rule matches a call by besides its collective and byte range (-1 = any).
 MATCH_KEYS = ("nranks", "nnodes", "position", "num_pipe_ops", "reg_buff")
 
-# Init-time Send/Recv settings a table may carry for the launcher to export. NCCL reads them at
-# communicator init, and its tuner is asked only about collectives (getCollInfo is called from
-# ncclGetAlgoInfo in NVIDIA/nccl src/enqueue.cc), never about Send/Recv; the variables are
-# documented in NVIDIA/nccl docs/userguide/source/env.rst.
-NCCL_ENV_KEYS = ("NCCL_P2P_NET_CHUNKSIZE", "NCCL_P2P_NVL_CHUNKSIZE", "NCCL_P2P_PCI_CHUNKSIZE",
-                 "NCCL_NCHANNELS_PER_NET_PEER", "NCCL_P2P_LL_THRESHOLD")
+# Compatibility for dynamiccl.launcher until it reads dynamiccl.knobs.job_env itself: the settings
+# a table's ``job_env`` may carry (the list lives in ``knobs.job_env.JOB_ENV_SETTINGS``).
+NCCL_ENV_KEYS = tuple(JOB_ENV_SETTINGS)
 
 
 # --- Rule ------------------------------------------------------------------------------------------
@@ -157,7 +189,8 @@ class Rule:
     communicator within one training step), ``num_pipe_ops`` (>= 1), ``reg_buff`` (0 or 1).
 
     Choice: ``algorithm`` / ``protocol`` (None = keep NCCL's), ``channels`` (-1 = keep NCCL's,
-    else 1..MAX_CHANNELS). Integers (also numpy integers) given for enum fields are converted; -1
+    else 1..MAX_CHANNELS), ``chunk_bytes`` (bytes, tuner ABI v6 getChunkSize; -1 = keep NCCL's, else
+    a power of two 4 KiB .. 64 MiB, :func:`dynamiccl.knobs.chunk.check_chunk_bytes`). Integers (also numpy integers) given for enum fields are converted; -1
     for algorithm/protocol means None.
 
     Raises:
@@ -177,12 +210,17 @@ class Rule:
     algorithm: Algorithm | None = None
     protocol: Protocol | None = None
     channels: int = KEEP
+    chunk_bytes: int = KEEP_CHUNK
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen dataclass: normalise in place once, here
         set_field(self, "coll", _tunable_func(self.coll, "coll"))
         for name in RULE_INT_FIELDS:
             set_field(self, name, _as_int(getattr(self, name), name))
+        try:
+            set_field(self, "chunk_bytes", check_chunk_bytes(_as_int(self.chunk_bytes, "chunk_bytes")))
+        except ValueError as err:
+            raise InputError(None, "chunk_bytes", str(err).removeprefix("chunk_bytes: ")) from None
         set_field(self, "algorithm", _as_enum(self.algorithm, Algorithm, "algorithm", allow_keep=True))
         set_field(self, "protocol", _as_enum(self.protocol, Protocol, "protocol", allow_keep=True))
         self._check_ranges()
@@ -233,8 +271,10 @@ class Rule:
 
     @property
     def keeps_nccl(self) -> bool:
-        """Whether the rule keeps NCCL's algorithm, protocol and channels (it then changes nothing)."""
-        return self.algorithm is None and self.protocol is None and self.channels == KEEP
+        """Whether the rule keeps NCCL's algorithm, protocol, channels and chunk size (it then changes
+        nothing)."""
+        return (self.algorithm is None and self.protocol is None and self.channels == KEEP
+                and self.chunk_bytes == KEEP_CHUNK)
 
     def overlaps(self, other: "Rule", *, position: bool = True) -> bool:
         """Whether some call could match both rules: the same collective, byte ranges that share a
@@ -288,6 +328,80 @@ class StepShape:
             raise InputError(None, "anchor_bytes", f"{self.anchor_bytes} is out of range; expected 0 .. 2**64-1")
 
 
+def _group_kinds() -> tuple[str, ...]:
+    # Imported here: dynamiccl.trace.schema brings pandas and pyarrow, which reading a table (the
+    # launcher, the plugin tools) does not otherwise need.
+    from dynamiccl.trace.schema import GROUP_KINDS
+
+    return GROUP_KINDS
+
+
+def _comm_config(value: Any) -> CommConfig:
+    """``value`` (a ``CommConfig`` or its ``set_fields`` dict) as a ``CommConfig``.
+
+    Raises:
+        InputError: field ``config.<name>`` for an unknown or bad field, ``config`` for a wrong type.
+    """
+    if isinstance(value, CommConfig):
+        return value
+    if not isinstance(value, dict):
+        raise InputError(None, "config", f"expected a CommConfig or an object of its fields, got "
+                         f"{type(value).__name__} {value!r}")
+    names = tuple(CommConfig.__dataclass_fields__)
+    for key in value:
+        if key not in names:
+            raise InputError(None, f"config.{key}", f"unknown setting; expected one of {', '.join(names)}")
+    try:
+        return CommConfig(**value)
+    except ValueError as err:
+        message = str(err)
+        head, _, rest = message.partition(": ")
+        if head in names:  # "max_ctas: expected ..."
+            raise InputError(None, f"config.{head}", rest) from None
+        first = message.split(" ", 1)[0]  # "min_ctas 4 is above max_ctas 2"
+        raise InputError(None, f"config.{first}" if first in names else "config", message) from None
+
+
+@dataclass(frozen=True)
+class CommunicatorRule:
+    """The ``ncclConfig_t`` settings for the communicators of one group kind and shape.
+
+    ``kind``: one of :data:`dynamiccl.trace.schema.GROUP_KINDS` (``dp``, ``tp``, ...) or None (any);
+    ``nranks`` / ``nnodes``: the communicator's (-1 = any; >= 1, nnodes <= nranks); ``config``: a
+    :class:`~dynamiccl.knobs.comm_config.CommConfig` (a dict of its fields is converted).
+
+    Raises:
+        InputError: (source None, field = ``kind``, ``nranks``, ``nnodes`` or ``config.<field>``) for
+            a wrong type or value.
+    """
+
+    kind: str | None = None
+    nranks: int = KEEP
+    nnodes: int = KEEP
+    config: CommConfig = CommConfig()
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in _group_kinds():
+            raise InputError(None, "kind", f"unknown group kind {self.kind!r}; expected one of "
+                             f"{', '.join(_group_kinds())} or none (any)")
+        for name, what in (("nranks", "ranks"), ("nnodes", "nodes")):
+            value = _as_int(getattr(self, name), name)
+            if value != KEEP and not 1 <= value <= C_INT_MAX:
+                raise InputError(None, name, f"{value} is out of range; expected -1 (any) or 1 .. {C_INT_MAX} {what}")
+            object.__setattr__(self, name, value)
+        if self.nranks != KEEP and self.nnodes != KEEP and self.nnodes > self.nranks:
+            raise InputError(None, "nnodes", f"nnodes {self.nnodes} > nranks {self.nranks}; "
+                             "a communicator has at least one rank per node")
+        object.__setattr__(self, "config", _comm_config(self.config))
+
+    def matches(self, kind: str | None, nranks: int, nnodes: int) -> bool:
+        """Whether a communicator of group ``kind`` with ``nranks`` ranks on ``nnodes`` nodes takes
+        this rule (kind None and -1 in the rule match anything)."""
+        return ((self.kind is None or self.kind == kind)
+                and (self.nranks == KEEP or self.nranks == nranks)
+                and (self.nnodes == KEEP or self.nnodes == nnodes))
+
+
 class PositionCounter:
     """One communicator's position-in-step counter, as the plugin keeps it (module docstring).
 
@@ -319,12 +433,15 @@ class Choice:
 
     ``channels`` is 0 for "NCCL decides" (the plugin leaves ``*nChannels`` at 0), else the rule's
     channel count. ``rule_index`` is the index of the rule that applied, None for NCCL's own choice.
+    ``chunk_bytes`` is the rule's chunk size, which getChunkSize gives NCCL when NCCL runs
+    (``algorithm``, ``protocol``) (module docstring); -1 keeps NCCL's.
     """
 
     algorithm: Algorithm
     protocol: Protocol
     channels: int
     rule_index: int | None
+    chunk_bytes: int = KEEP_CHUNK
 
 
 def _cost_rows(cost_table: Sequence[Sequence[float]]) -> list[list[float]]:
@@ -343,22 +460,30 @@ def _cost_rows(cost_table: Sequence[Sequence[float]]) -> list[list[float]]:
 
 @dataclass(frozen=True)
 class DecisionTable:
-    """An ordered tuple of rules, the provenance that produced them, and the format version.
+    """An ordered tuple of rules, the provenance that produced them, and the format version; the
+    step lines, the per-communicator settings and the job's environment.
 
     ``provenance`` is free-form JSON data (policy, cost model, NCCL version...); it is stored as
-    its JSON round trip, so tuples become lists. Lookup semantics: see the module docstring.
+    its JSON round trip, so tuples become lists. ``job_env``: setting name -> integer value, the
+    settings of :data:`dynamiccl.knobs.job_env.JOB_ENV_SETTINGS` the launcher exports.
+    ``communicators``: ``CommunicatorRule``s, first match wins (``communicator_config``). Lookup
+    semantics: see the module docstring.
 
     Raises:
-        TypeError: if ``rules`` holds something other than ``Rule`` or ``provenance`` is not a
-            JSON-serialisable dict (NaN and infinities are not JSON).
-        ValueError: if ``version`` is not 1 .. FORMAT_VERSION.
+        TypeError: if ``rules`` / ``steps`` / ``communicators`` hold something else, or
+            ``provenance`` is not a JSON-serialisable dict (NaN and infinities are not JSON).
+        InputError: (source None, field ``job_env.NAME``) for a setting a table may not carry or a
+            bad value; (field ``steps[i]``) for a repeated step anchor.
+        ValueError: if ``version`` is not 1 .. FORMAT_VERSION, or too old for what the table has
+            (steps and job_env need 2; chunk sizes and communicators need 3).
     """
 
     rules: tuple[Rule, ...] = ()
     provenance: dict = field(default_factory=dict)
     version: int = FORMAT_VERSION
     steps: tuple[StepShape, ...] = ()
-    nccl_env: dict = field(default_factory=dict)
+    job_env: dict = field(default_factory=dict)
+    communicators: tuple[CommunicatorRule, ...] = ()
 
     def __post_init__(self) -> None:
         rules = tuple(self.rules)
@@ -375,15 +500,19 @@ class DecisionTable:
                 raise InputError(None, f"steps[{index}]", f"a second step line for {step.nranks} ranks "
                                  f"on {step.nnodes} nodes with the same anchor; expected one per anchor")
             anchors.add(key)
-        nccl_env = dict(self.nccl_env)
-        for key, value in nccl_env.items():
-            if key not in NCCL_ENV_KEYS:
-                raise InputError(None, f"nccl_env.{key}", f"not a setting a table may carry; expected "
-                                 f"one of {', '.join(NCCL_ENV_KEYS)}")
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= C_INT_MAX:
-                raise InputError(None, f"nccl_env.{key}", f"expected a positive integer, got {value!r}")
+        job_env = dict(self.job_env)
+        for key, value in job_env.items():
+            try:
+                check_job_env_value(key, value)
+            except ValueError as err:
+                raise InputError(None, f"job_env.{key}", str(err).removeprefix(f"{key}: ")) from None
+        communicators = tuple(self.communicators)
+        for index, rule in enumerate(communicators):
+            if not isinstance(rule, CommunicatorRule):
+                raise TypeError(f"communicators[{index}] is a {type(rule).__name__}, expected a CommunicatorRule")
         object.__setattr__(self, "steps", steps)
-        object.__setattr__(self, "nccl_env", nccl_env)
+        object.__setattr__(self, "job_env", job_env)
+        object.__setattr__(self, "communicators", communicators)
         if not isinstance(self.provenance, dict):
             raise TypeError(f"provenance must be a dict, got {type(self.provenance).__name__}")
         try:
@@ -393,10 +522,26 @@ class DecisionTable:
         if isinstance(self.version, bool) or not isinstance(self.version, int) \
                 or not 1 <= self.version <= FORMAT_VERSION:
             raise ValueError(f"version must be 1 .. {FORMAT_VERSION}, got {self.version!r}")
-        if (steps or nccl_env) and self.version < 2:
-            raise ValueError("steps and nccl_env need format version 2")
+        if (steps or job_env) and self.version < 2:
+            raise ValueError("steps and job_env need format version 2")
+        if self.version < 3 and (communicators or any(rule.chunk_bytes != KEEP_CHUNK for rule in rules)):
+            raise ValueError("chunk sizes and communicators need format version 3")
         object.__setattr__(self, "rules", rules)
         object.__setattr__(self, "provenance", provenance)
+
+    @property
+    def nccl_env(self) -> dict:
+        """Compatibility for dynamiccl.launcher (version 2's name): ``job_env``."""
+        return self.job_env
+
+    def communicator_config(self, kind: str | None, nranks: int, nnodes: int) -> CommConfig:
+        """The ``ncclConfig_t`` settings for a communicator of group ``kind`` with ``nranks`` ranks on
+        ``nnodes`` nodes: the first matching ``CommunicatorRule``'s config, else ``CommConfig()``
+        (NCCL's defaults)."""
+        for rule in self.communicators:
+            if rule.matches(kind, nranks, nnodes):
+                return rule.config
+        return CommConfig()
 
     def steps_for(self, nranks: int, nnodes: int) -> tuple[StepShape, ...]:
         """The step lines of communicators with ``nranks`` ranks on ``nnodes`` nodes, table order."""
@@ -439,16 +584,17 @@ class DecisionTable:
             if cell is None:
                 continue  # every requested cell is disabled: never revive one, try the next rule
             channels = 0 if rule.channels == KEEP else rule.channels
-            return Choice(cell[0], cell[1], channels, index)
+            return Choice(cell[0], cell[1], channels, index, rule.chunk_bytes)
         return Choice(nccl_cell[0], nccl_cell[1], 0, None)
 
     # --- display ---
 
     def describe(self) -> str:
         """A fixed-width text table of the rules (K/M/G = 2**10/2**20/2**30 bytes; -1 shown as
-        "any" for keys and "nccl" for choices)."""
+        "any" for keys and "nccl" for choices), then one line per communicator rule and one for the
+        job's environment, if the table has them."""
         header = ("#", "coll", "bytes", "nranks", "nnodes", "position", "pipe_ops", "reg_buff",
-                  "algorithm", "protocol", "channels")
+                  "algorithm", "protocol", "channels", "chunk")
         rows = [header]
         for index, rule in enumerate(self.rules):
             rows.append((
@@ -459,12 +605,18 @@ class DecisionTable:
                 rule.algorithm.name_lower if rule.algorithm is not None else "nccl",
                 rule.protocol.name_lower if rule.protocol is not None else "nccl",
                 "nccl" if rule.channels == KEEP else str(rule.channels),
+                "nccl" if rule.chunk_bytes == KEEP_CHUNK else _human_bytes(rule.chunk_bytes),
             ))
         widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
                  for row in rows]
         if not self.rules:
             lines.append("(no rules: NCCL decides every call)")
+        for rule in self.communicators:
+            lines.append(f"communicator kind={rule.kind or 'any'} nranks={_any(rule.nranks)} "
+                         f"nnodes={_any(rule.nnodes)}: {rule.config.describe()}")
+        if self.job_env:
+            lines.append("job_env: " + " ".join(f"{k}={v}" for k, v in self.job_env.items()))
         return "\n".join(lines) + "\n"
 
 
@@ -491,5 +643,6 @@ def _any(value: int) -> str:
 
 __all__ = [
     "ALGORITHM_BY_NAME", "COLL_BY_NAME", "C_INT_MAX", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS",
-    "PROTOCOL_BY_NAME", "RULE_INT_FIELDS", "Choice", "DecisionTable", "PositionCounter", "Rule", "StepShape",
+    "PROTOCOL_BY_NAME", "RULE_INT_FIELDS", "Choice", "CommunicatorRule", "DecisionTable", "PositionCounter", "Rule",
+    "StepShape",
 ]
