@@ -184,10 +184,10 @@ def chunks_refusal(backend: str, nccl_version: str | None) -> str | None:
     line; None when it can: NCCL asks a tuner for a chunk size only through ABI v6's getChunkSize
     (NCCL >= :data:`~dynamiccl.knobs.chunk.GET_CHUNK_SIZE_MIN_NCCL`)."""
     if backend != "nccl":
-        return (f"--chunks needs NCCL >= {GET_CHUNK_SIZE_MIN_NCCL} (tuner ABI v6 getChunkSize); the job runs on "
+        return (f"chunk sizes need NCCL >= {GET_CHUNK_SIZE_MIN_NCCL} (tuner ABI v6 getChunkSize); the job runs on "
                 f"{backend}, where no NCCL runs, so there is no chunk size to set")
     if nccl_version is None or parse_version(nccl_version) < parse_version(GET_CHUNK_SIZE_MIN_NCCL):
-        return (f"--chunks needs NCCL >= {GET_CHUNK_SIZE_MIN_NCCL} (tuner ABI v6 getChunkSize); the job runs NCCL "
+        return (f"chunk sizes need NCCL >= {GET_CHUNK_SIZE_MIN_NCCL} (tuner ABI v6 getChunkSize); the job runs NCCL "
                 f"{nccl_version or 'of unknown version'}, which never asks a tuner for a chunk size")
     return None
 
