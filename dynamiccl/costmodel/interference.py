@@ -2,8 +2,8 @@
 
 One small function per effect (in the style of ASTRA-sim's analytical backend), each with the public
 measurement it rests on; :meth:`dynamiccl.costmodel.world.WorldModel.evaluate` (section 7) combines
-the first three per call, and the step replay (:mod:`dynamiccl.tuning.timeline`) applies the fourth
-where it knows which compute a call is launched beside.
+the first three and the fifth per call, and the step replay (:mod:`dynamiccl.tuning.timeline`) applies
+the fourth where it knows which compute a call is launched beside.
 
 1. **SMs held by channels, with the wave tail** (:func:`sm_slowdown`). NCCL runs one CTA per
    channel and its CTAs never share an SM with compute ("NCCL CTAs won't share an SM with compute
@@ -16,7 +16,10 @@ where it knows which compute a call is launched beside.
    kernels (``waves`` 0: not known) loses the SMs in proportion, ``sm_count / (sm_count - channels)``.
    A grid that fits in the SMs the channels leave loses nothing (NVIDIA/nccl#1433: a CUTLASS GEMM
    with grid 128 on a 142-SM GPU beside send/recv did not compete for SMs, "but still compete for
-   memory bandwidth").
+   memory bandwidth"). The channels are those of the communicator's pool, which its ``ncclConfig_t``
+   bounds (``maxCTAs``, ``minCTAs``, ``nvlsCTAs``; :func:`dynamiccl.costmodel.nccl_model.comm_pool`):
+   a cap of k channels leaves compute at least ``sm_count - k`` SMs, and a cap at or below the SMs a
+   one-wave grid leaves free removes its wave tail.
 2. **HBM shared in proportion to traffic** (:func:`hbm_bytes_per_link_byte`,
    :func:`comm_hbm_gbytes_per_s`, :func:`hbm_slowdown`).
    A collective's link bytes cost HBM bytes: "300GB/s needs to be multiplied by at least 2x for memory
@@ -38,6 +41,16 @@ where it knows which compute a call is launched beside.
    kernel it waits for ends -- that kernel's own end, wherever changes in its rate move it, and never
    a later kernel's (the collective's CTAs queue behind the running kernel's blocks, and the freed SMs
    go to them first).
+
+5. **Copy-engine collectives hold no SMs** (:func:`sms_held`). With ``NCCL_CTA_POLICY_ZERO`` on
+   buffers registered as symmetric windows, NCCL 2.28+ runs AllGather and AlltoAll of a
+   communicator whose ranks all share NVLink on the GPU's copy engines instead of CTAs (NVIDIA/nccl
+   ``src/ce_coll.cc`` ``ncclCeImplemented``/``ncclCeAvailable``; copy engines cannot reduce, so
+   reductions keep their CTAs). Compute beside such a call keeps every SM, but the copies still
+   read and write HBM like any other (NVIDIA/nccl#1428), so effect 2 stays. No public measurement
+   of copy-engine collective bandwidth exists, so the world keeps the time of the same call on CTAs;
+   ``tests/test_knob_effects.py`` compares the resulting step delta with the -3.07% GB200 FSDP2 step
+   of FastVideo PR #1630 (zero-CTA AllGather / ReduceScatter on symmetric memory).
 
 The figures this module is checked against (``tests/test_interference.py``): the wave tail above,
 #1428's slowdowns, #1094's delays, and the aggregates "overlapping computation and communication can
@@ -84,6 +97,17 @@ def sm_slowdown(sms_held, sm_count: int, grid_waves=0.0) -> np.ndarray:
     beside = np.ceil(waves * sm_count / free - 1e-9)
     quantized = np.maximum(beside, 1.0) / alone
     return np.where(held <= 0, 1.0, np.where(waves > 0, quantized, fluid))
+
+
+def sms_held(channels, on_copy_engines) -> np.ndarray:
+    """SMs a collective holds while it runs: one per channel (NVIDIA/nccl#689), none where it runs on
+    the copy engines (a zero-CTA copy collective, NVIDIA/nccl ``src/ce_coll.cc``).
+
+    Args:
+        channels: the call's channels (CTAs it would run on); array or scalar.
+        on_copy_engines: per call, whether it runs on the copy engines; array or scalar.
+    """
+    return np.where(on_copy_engines, 0.0, np.asarray(channels, dtype=np.float64))
 
 
 def hbm_bytes_per_link_byte(reduces: bool) -> float:

@@ -10,10 +10,15 @@ unless the spec says otherwise; 2.18 .. 2.30 selectable). It reproduces from NVI
   factor and the numPipeOps latency count;
 - the arg-min over enabled pairs (``updateCollCostTable`` / ``topoGetAlgoInfo``, ``src/enqueue.cc``),
   and
-- the runtime channel and thread shrinking of ``topoGetAlgoInfo``.
+- the runtime channel and thread shrinking of ``topoGetAlgoInfo``, and
+- the channel pools a communicator's ``ncclConfig_t`` sets at init (:func:`comm_pool`,
+  :func:`nvls_pool`; the batch's ``max_ctas``, ``min_ctas``, ``nvls_ctas``). They bound the channels a
+  call runs on, never the search graphs NCCL's cost table is built from, so a cap changes NCCL's
+  belief about a call only through the pool-dependent Ring plateau latency.
 
 Everything is vectorized: per distinct (nranks, nnodes) the (latency, bandwidth) tables are built
-once and cached, and a batch is evaluated with numpy indexing.
+once and cached, and a batch is evaluated with numpy indexing; per distinct (nranks, nnodes, pool
+caps) a :class:`TopoIndex` entry carries the pools.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
 from dynamiccl.costmodel.topology import NcclTopology, topology
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.nccl import (
-    NUM_ALGORITHMS, NUM_COST_CELLS, NUM_PROTOCOLS, NUM_TUNABLE_FUNCS, Algorithm, Func, Protocol, parse_version,
+    MAX_CHANNELS, NUM_ALGORITHMS, NUM_COST_CELLS, NUM_PROTOCOLS, NUM_TUNABLE_FUNCS, Algorithm, Func, Protocol,
+    parse_version,
 )
 
 _COLLNETS = (Algorithm.COLLNET_DIRECT, Algorithm.COLLNET_CHAIN)
@@ -90,6 +96,33 @@ def enabled(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int, proto_
         if a == Algorithm.COLLNET_DIRECT:
             return t.nvswitch and t.ppn <= 8
     return True
+
+
+def comm_pool(pool, min_ctas, max_ctas) -> np.ndarray:
+    """A communicator's channel pool (``comm->nChannels``) after its ``ncclConfig_t`` bounds:
+    ``max(min(pool, maxCTAs), minCTAs)`` -- the cap first, then ``copyChannels`` duplicates channels
+    up to ``minCTAs`` (NVIDIA/nccl ``src/graph/connect.cc`` ``ncclTopoPostset``, "Honor
+    NCCL_MIN_NRINGS/NCCL_MAX_NRINGS"; ``src/init.cc`` caps both at MAXCHANNELS). 0 for a bound keeps
+    NCCL's (minCTAs 1, maxCTAs MAXCHANNELS).
+
+    Args:
+        pool: NCCL's pool from the topology (``NcclTopology.comm_channels``); min_ctas, max_ctas: the
+            bounds, 0 = unset (arrays or scalars, broadcast together).
+    """
+    capped = np.where(np.asarray(max_ctas) > 0, np.minimum(pool, max_ctas), pool)
+    return np.maximum(capped, min_ctas)
+
+
+def nvls_pool(pool, min_ctas, max_ctas, nvls_ctas, version: tuple[int, int, int]) -> np.ndarray:
+    """A communicator's NVLS channel pool (``comm->nvlsChannels``): ``nvlsCTAs`` where set (NCCL
+    2.27+; it replaces NCCL's 16 on sm90, 24 / 32 on sm100), then clamped to ``[minCTAs, maxCTAs]``
+    (NVIDIA/nccl ``src/transport/nvls.cc`` ``ncclNvlsTuning``/``ncclNvlsInit``). An NCCL older than
+    2.27 has no ``nvlsCTAs`` field, so there it is ignored. 0 = unset, as :func:`comm_pool`."""
+    base = np.where(np.asarray(nvls_ctas) > 0, nvls_ctas, pool) if version >= NVLS_CTAS_VERSION else pool
+    return comm_pool(base, min_ctas, max_ctas)
+
+
+NVLS_CTAS_VERSION = (2, 27, 0)  # ncclConfig_t.nvlsCTAs (NVIDIA/nccl v2.27 release notes)
 
 
 def _latency(c: NcclConstants, t: NcclTopology, func: int, a: int, p: int) -> float:
@@ -287,12 +320,28 @@ class NcclModel:
                           size_bytes=batch.size_bytes, nranks=batch.nranks)
 
     def topology_index(self, batch: CollBatch) -> "TopoIndex":
-        """Per-row index into the distinct (nranks, nnodes) of a batch, and per-topology constants."""
+        """Per-row index into the distinct (nranks, nnodes, pool caps) of a batch, and per entry the
+        tables and runtime constants, the channel pools bounded as the caps say (:func:`comm_pool`,
+        :func:`nvls_pool`)."""
         import pandas as pd
 
-        codes, uniques = pd.factorize(batch.nranks * 65536 + batch.nnodes, sort=False)  # O(n) hashing
-        got = [self._get(int(k) // 65536, int(k) % 65536) for k in uniques]
-        return TopoIndex(codes.astype(np.intp), got)
+        shape = batch.nranks * 65536 + batch.nnodes
+        capped = bool(batch.max_ctas.any() or batch.min_ctas.any() or batch.nvls_ctas.any())
+        if not capped:
+            codes, uniques = pd.factorize(shape, sort=False)  # O(n) hashing
+            got = [self._get(int(k) // 65536, int(k) % 65536) for k in uniques]
+            return TopoIndex(codes.astype(np.intp), got)
+        radix = MAX_CHANNELS + 1  # each cap is 0..MAX_CHANNELS
+        key = ((shape * radix + batch.max_ctas) * radix + batch.min_ctas) * radix + batch.nvls_ctas
+        codes, uniques = pd.factorize(key, sort=False)
+        caps = []
+        for k in uniques.tolist():
+            k, nvls = divmod(k, radix)
+            k, low = divmod(k, radix)
+            k, high = divmod(k, radix)
+            caps.append((k // 65536, k % 65536, high, low, nvls))
+        got = [self._get(nranks, nnodes) for nranks, nnodes, *_ in caps]
+        return TopoIndex(codes.astype(np.intp), got, [c[2:] for c in caps], self.constants.version)
 
     def cost_table(self, batch: CollBatch, index: "TopoIndex | None" = None) -> np.ndarray:
         """The ``[rows, algorithm, protocol]`` time table NCCL passes a tuner (µs; -1 where NCCL
@@ -366,7 +415,8 @@ class NcclModel:
             if len(first) < len(batch) // 2:
                 got = self.choose(batch.subset(first), index.subset(first))
                 got = {name: values[inverse] for name, values in got.items()}
-                got["channels"] = np.where(batch.channels > 0, batch.channels, got["nccl_channels"])
+                got["channels"] = np.where(batch.channels > 0, self.forced_channels(batch, got["algo"], index),
+                                           got["nccl_channels"])
                 return got
         algo = batch.algo.copy()
         proto = batch.proto.copy()
@@ -395,9 +445,22 @@ class NcclModel:
         algo = np.where(ok, algo, -1)
         proto = np.where(ok, proto, -1)
         nccl_channels, threads = self.runtime_channels(batch, algo, proto, index)
-        channels = np.where(batch.channels > 0, batch.channels, nccl_channels)
+        channels = np.where(batch.channels > 0, self.forced_channels(batch, algo, index), nccl_channels)
         return {"algo": algo, "proto": proto, "channels": channels, "nccl_channels": nccl_channels,
                 "threads": threads, "time_us": time}
+
+    def forced_channels(self, batch: CollBatch, algo: np.ndarray, index: "TopoIndex") -> np.ndarray:
+        """The rows' forced ``channels`` as they run: in a communicator whose pool its ``ncclConfig_t``
+        bounds (``max_ctas``/``min_ctas``/``nvls_ctas`` set), no more than that pool -- the NVLS pool
+        for NVLS and NVLSTree, else the collective pool -- since NCCL schedules a call on at most the
+        pool's channels whatever the tuner asked (``src/enqueue.cc``, ``nMaxChannels[kind]``). Rows
+        without bounds keep the forced count (0 where none is forced)."""
+        if not (batch.max_ctas.any() or batch.min_ctas.any() or batch.nvls_ctas.any()):
+            return batch.channels
+        capped = (batch.max_ctas > 0) | (batch.min_ctas > 0) | (batch.nvls_ctas > 0)
+        nvls = (algo == Algorithm.NVLS) | (algo == Algorithm.NVLS_TREE)
+        pool = np.where(nvls, index.nvls_channels[index.codes], index.comm_channels[index.codes])
+        return np.where(capped & (batch.channels > 0), np.minimum(batch.channels, pool), batch.channels)
 
     def runtime_channels(self, batch: CollBatch, algo: np.ndarray, proto: np.ndarray,
                          index: "TopoIndex | None" = None):
@@ -456,9 +519,14 @@ def _col(values: np.ndarray, codes: np.ndarray, per_row: bool) -> np.ndarray:
 
 
 class TopoIndex:
-    """Rows of a batch mapped to its distinct topologies, with their tables and runtime constants."""
+    """Rows of a batch mapped to its distinct topologies, with their tables and runtime constants.
 
-    def __init__(self, codes: np.ndarray, got: list):
+    ``caps``: per entry the communicator's (max_ctas, min_ctas, nvls_ctas) (0: NCCL's), and
+    ``version`` the NCCL version (for ``nvls_ctas``); None: NCCL's pools everywhere.
+    """
+
+    def __init__(self, codes: np.ndarray, got: list, caps: list | None = None,
+                 version: tuple[int, int, int] = (0, 0, 0)):
         self.codes = codes
         self._got = got
         rows = (0, NUM_COST_CELLS)  # per topology and tunable function, the flat cells
@@ -472,8 +540,14 @@ class TopoIndex:
         self.cc = np.array([x.compute_capability for x in t])
         self.x86 = np.array([x.cpu_vendor in ("intel", "amd") for x in t])
         self.comm_channels = np.array([x.comm_channels for x in t])
-        self.nvls_channels = np.array([min(x.nvls_channels, x.comm_channels) if x.nnodes > 1 else x.nvls_channels
-                                       for x in t])
+        nvls_channels = np.array([x.nvls_channels for x in t])
+        if caps is not None:  # the pools the communicators' ncclConfig_t bound at init
+            high, low, nvls = (np.array(column, dtype=np.int64) for column in zip(*caps))
+            self.comm_channels = comm_pool(self.comm_channels, low, high)
+            nvls_channels = nvls_pool(nvls_channels, low, high, nvls, version)
+        # Across nodes NVLS runs on no more than the collective pool (topoGetAlgoInfo).
+        multi_node = np.array([x.nnodes > 1 for x in t], dtype=bool)
+        self.nvls_channels = np.where(multi_node, np.minimum(nvls_channels, self.comm_channels), nvls_channels)
         self.ring_bw_total = np.array([x.ring_bw_total for x in t])
 
     def subset(self, mask: np.ndarray) -> "TopoIndex":

@@ -58,6 +58,16 @@ Each effect names its evidence and has one place in this module:
    (copy) or 3 (reduction) (NVIDIA/nccl#1428); the kernel runs at the scarcer of its SMs and its HBM
    share. The launch delay of a collective launched while compute fills every SM is the replay's
    (:mod:`dynamiccl.tuning.timeline`), which knows the kernel beside the call.
+   A communicator's ``ncclConfig_t`` (the batch's ``max_ctas``, ``min_ctas``, ``nvls_ctas``) bounds
+   its channel pools as NCCL does at init (NVIDIA/nccl ``src/graph/connect.cc``,
+   ``src/transport/nvls.cc``; :func:`~dynamiccl.costmodel.nccl_model.comm_pool`): fewer channels
+   hold fewer SMs, so compute gets them back (#689, the wave tail), and carry less (section 4:
+   NVLSTree peaks with 16 SMs, NVIDIA/nccl#1649) -- no number is fitted for the knobs. A zero-CTA
+   row (``zero_cta``: ``NCCL_CTA_POLICY_ZERO`` on symmetric-registered buffers) runs its AllGather
+   and AlltoAll on the copy engines when all its ranks share NVLink (one node of an NVLink fabric;
+   NVIDIA/nccl ``src/ce_coll.cc``): they hold no SMs, their HBM traffic is still shared with compute
+   (#1428), and they keep the time of the same call on CTAs, as no public measurement of copy-engine
+   collective bandwidth exists (:func:`interference.sms_held`). Reductions keep their CTAs.
 8. **Noise**: a multiplicative run-to-run factor supplied with the batch (:mod:`.dynamics`).
 
 Everything that does not depend on a call's size, channels or conditions is computed once per
@@ -89,6 +99,7 @@ from dynamiccl.costmodel.protocol import CostModelOptions, CostResult
 from dynamiccl.costmodel.topology import NcclTopology
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.errors import InputError
+from dynamiccl.knobs.comm_config import ZERO_CTA_FUNCS
 from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, REDUCING_FUNCS, TUNABLE_FUNCS, Algorithm, Func, Protocol
 
 PARAMS_PATH = Path(__file__).with_name("world_params.json")
@@ -106,6 +117,9 @@ _PROTOCOL_PAYLOAD = {Protocol.LL: 0.5, Protocol.LL128: 120 / 128, Protocol.SIMPL
 # Channels at which NVLS and NVLSTree fill the link ("NVLSTree reaches peak bandwidth with 16 SMs",
 # NVIDIA/nccl#1649).
 _NVLS_PEAK_CHANNELS = 8.0
+
+# Collectives NCCL can run on the copy engines of a zero-CTA communicator (knobs.comm_config).
+_ZERO_CTA_FUNCS = np.array([int(Func[name.upper()]) for name in ZERO_CTA_FUNCS])
 
 # The per-topology tables have one slot per function the world tells apart: NCCL's tunable
 # collectives, then send/recv (SendRecv, Send and Recv are each one transfer) and AlltoAll.
@@ -609,8 +623,11 @@ class WorldModel:
             algo = np.where(p2p, algo, got["algo"])
             proto = np.where(p2p, proto, got["proto"])
             channels = np.where(p2p, channels, got["channels"])
-        # Send/recv and AlltoAll run on NCCL's p2p channels (half the collective channels per peer).
-        channels = np.where(p2p & (channels == 0), index.comm_channels[index.codes] // 2, channels)
+        # A forced count runs on no more channels than a communicator's bounded pool holds.
+        channels = np.where(p2p | (batch.channels == 0), channels, self.nccl.forced_channels(batch, algo, index))
+        # Send/recv and AlltoAll run on NCCL's p2p channels (half the collective channels per peer;
+        # at least one where a communicator's pool is capped to one channel).
+        channels = np.where(p2p & (channels == 0), np.maximum(index.comm_channels[index.codes] // 2, 1), channels)
         keys = self._keys(index)
         k = (((index.codes * _NUM_SLOTS + _SLOT_OF_FUNC[batch.func]) * NUM_ALGORITHMS
               + np.clip(algo, 0, NUM_ALGORITHMS - 1)) * NUM_PROTOCOLS + np.clip(proto, 0, NUM_PROTOCOLS - 1))
@@ -657,14 +674,27 @@ class WorldModel:
         time = np.where(runnable, (t_lat + t_bw) * batch.noise, np.inf)
         latency = np.where(runnable, t_lat * batch.noise, np.inf)
 
-        # 7. Compute beside the call loses one SM per channel (NVIDIA/nccl#689), with the wave tail of
-        # its grid, and shares HBM (NVIDIA/nccl#1428); the scarcer resource decides.
-        sm_slow = interference.sm_slowdown(ch, self.env.cluster.gpu.sm_count, batch.compute_waves)
+        # 7. Compute beside the call loses one SM per channel (NVIDIA/nccl#689), none beside a copy-engine
+        # collective, with the wave tail of its grid, and shares HBM (NVIDIA/nccl#1428); the scarcer
+        # resource decides.
+        copy_engines = self.on_copy_engines(batch)
+        held = interference.sms_held(ch, copy_engines) if copy_engines.any() else ch
+        sm_slow = interference.sm_slowdown(held, self.env.cluster.gpu.sm_count, batch.compute_waves)
         compute_slowdown = np.where(batch.overlap > 0, interference.compute_slowdown(sm_slow, hbm_slow), 1.0)
         shown = runnable & ~p2p  # send/recv and AlltoAll have no algorithm or protocol to report
         return CostResult(algo=np.where(shown, algo, -1), proto=np.where(shown, proto, -1),
                           channels=channels.astype(np.int64), time_us=time, latency_us=latency,
                           compute_slowdown=compute_slowdown, size_bytes=size, nranks=batch.nranks)
+
+    def on_copy_engines(self, batch: CollBatch) -> np.ndarray:
+        """Per row, whether NCCL runs the call on the copy engines, holding no SMs: a zero-CTA row
+        (``zero_cta``) of a copy collective (AllGather, AlltoAll) whose ranks all share NVLink -- one
+        node of an NVLink or NVSwitch fabric (NVIDIA/nccl ``src/ce_coll.cc`` ``ncclCeAvailable``: "not
+        all ranks have NVLink connectivity" falls back to CTAs; this spec describes no NVLink domain
+        across nodes)."""
+        if not batch.zero_cta.any() or self.env.intra.fabric == "pcie":
+            return np.zeros(len(batch), dtype=bool)
+        return batch.zero_cta & np.isin(batch.func, _ZERO_CTA_FUNCS) & (batch.nnodes == 1) & (batch.nranks > 1)
 
     def line_rate_time_us(self, func: Func, size_bytes: float, nranks: int, nnodes: int,
                           algorithms: Sequence[Algorithm]) -> float:

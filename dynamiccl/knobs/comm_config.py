@@ -29,9 +29,11 @@ CTA_BOUNDS_MIN_NCCL = "2.17.1"
 NVLS_CTAS_MIN_NCCL = "2.27.3"
 CTA_POLICY_MIN_NCCL = {"default": "2.27.3", "efficiency": "2.27.3", "zero": "2.28.3"}
 # Copy engines copy; they cannot reduce. So a zero-CTA communicator runs its copy collectives
-# without SMs (NCCL 2.28 release notes: copy-engine AllGather / AlltoAll on symmetric memory) and
-# still runs reductions on CTAs.
-ZERO_CTA_FUNCS = ("allgather", "broadcast", "alltoall")
+# without SMs and still runs reductions on CTAs. NCCL 2.28 .. 2.30 implement AllGather and AlltoAll
+# (and Gather/Scatter, which dynamiccl does not cost) on the copy engines, not Broadcast, and only on
+# symmetric windows of a communicator whose ranks all share NVLink (NVIDIA/nccl ``src/ce_coll.cc``
+# ``ncclCeImplemented``, ``ncclCeAvailable``).
+ZERO_CTA_FUNCS = ("allgather", "alltoall")
 EFFICIENCY_MASKED_WHY = ("no public measurement of how many CTAs NCCL's efficiency policy keeps, "
                          "nor of the time it costs")
 
@@ -156,16 +158,21 @@ def batch_columns(config: CommConfig, symmetric_memory: bool) -> dict:
 
 register(
     Knob("max_ctas", "communicator", "ncclConfig_t.maxCTAs", CTA_BOUNDS_MIN_NCCL,
-         modelled="caps the channel pool: fewer channels per call, one SM back per channel (nccl#689; "
-                  "GEMM wave tail, NVIDIA developer forum)"),
+         modelled="caps the channel pool (connect.cc): fewer channels per call, one SM back per channel "
+                  "(nccl#689; GEMM wave tail, NVIDIA developer forum), less bandwidth where few channels "
+                  "cannot fill the links (world section 4)"),
     Knob("min_ctas", "communicator", "ncclConfig_t.minCTAs", CTA_BOUNDS_MIN_NCCL,
-         modelled="raises the channel pool: per-channel throughput against the links (world section 4)"),
+         modelled="raises the channel pool (connect.cc): per-channel throughput against the links (world "
+                  "section 4), one SM more held per channel (nccl#689)"),
     Knob("nvls_ctas", "communicator", "ncclConfig_t.nvlsCTAs", NVLS_CTAS_MIN_NCCL,
-         modelled="caps the NVLS pool: NVLSTree reaches its peak with 16 SMs (nccl#1649)"),
+         modelled="sets the NVLS pool in place of NCCL's 16 (sm90) / 24-32 (sm100) (nvls.cc): NVLS and "
+                  "NVLSTree reach their peak with 16 SMs (nccl#1649)"),
     Knob("cta_policy_zero", "communicator", "ncclConfig_t.CTAPolicy = NCCL_CTA_POLICY_ZERO",
          CTA_POLICY_MIN_NCCL["zero"],
-         modelled="copy collectives hold no SMs, HBM still shared (NCCL 2.28 copy-engine collectives); "
-                  "compared with FastVideo PR #1630's -3.07% GB200 FSDP2 step"),
+         modelled="AllGather and AlltoAll of a communicator within one NVLink domain, on symmetric buffers, "
+                  "run on copy engines (ce_coll.cc): no SMs held, HBM still shared (nccl#1428), the CTA "
+                  "path's time kept (no public measurement of copy-engine bandwidth); compared with "
+                  "FastVideo PR #1630's -3.07% GB200 FSDP2 step"),
     Knob("cta_policy_efficiency", "communicator", "ncclConfig_t.CTAPolicy = NCCL_CTA_POLICY_EFFICIENCY",
          CTA_POLICY_MIN_NCCL["efficiency"], masked_why=EFFICIENCY_MASKED_WHY),
     Knob("cga_cluster_size", "communicator", "ncclConfig_t.cgaClusterSize", CTA_BOUNDS_MIN_NCCL,
