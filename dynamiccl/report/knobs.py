@@ -9,9 +9,9 @@ For the decision table the report shows (``dynamiccl report --table``):
   time per step, and the compute time given back per step. All from the world simulator, which
   takes a communicator's settings as the cost-batch columns of
   :func:`~dynamiccl.knobs.comm_config.batch_columns` (simulated, not measured): a call holds one SM
-  per channel (NCCL's CTAs never share an SM with compute, nvidia/nccl#689), none for a copy
-  collective of a zero-CTA communicator on symmetric buffers
-  (:data:`~dynamiccl.knobs.comm_config.ZERO_CTA_FUNCS`). Compute running beside a call that slows it
+  per channel (NCCL's CTAs never share an SM with compute, nvidia/nccl#689), none where the world
+  runs it on the copy engines (a copy collective of a zero-CTA communicator on symmetric buffers:
+  ``WorldModel.on_copy_engines``, ``interference.sms_held``). Compute running beside a call that slows it
   by ``s`` (the world's ``compute_slowdown``) for the call's ``t`` µs finishes ``t (1 - 1/s)`` µs
   later (the replay's rule, :mod:`dynamiccl.tuning.timeline`); the compute given back is that
   stretch under NCCL's default minus under the settings, summed over the group's calls per GPU of
@@ -33,13 +33,16 @@ import numpy as np
 from dynamiccl.errors import InputError
 from dynamiccl.knobs import KNOBS
 from dynamiccl.knobs.chunk import KEEP_CHUNK
-from dynamiccl.knobs.comm_config import ZERO_CTA_FUNCS, CommConfig, batch_columns
+from dynamiccl.knobs.comm_config import (CTA_BOUNDS_MIN_NCCL, CTA_POLICY_MIN_NCCL, NVLS_CTAS_MIN_NCCL, KEEP,
+                                         CommConfig, batch_columns)
+from dynamiccl.nccl import parse_version
 from dynamiccl.report.data import ReportData
 
 TITLE = "Knobs beyond the per-call choice"
-COMM_HEADER = ("case", "group", "ranks x nodes", "CTA settings", "calls per step", "SMs per call (NCCL default)",
-               "SMs per call (settings)", "collective time per step, default -> settings (ms)",
-               "compute given back per step (ms)")
+COMM_HEADER = ("case", "group", "ranks x nodes", "CTA settings", "calls per GPU per step",
+               "SMs per call (NCCL default)", "SMs per call (settings)",
+               "collective time per step, default -> settings (ms)", "compute given back per step (ms)",
+               "what NCCL does with the settings")
 CHUNK_HEADER = ("collective", "ranks x nodes", "size band", "chunk size")
 KNOB_HEADER = ("knob", "scope", "applied by", "NCCL >=", "in the world simulator")
 WORLD_MODEL = "world"
@@ -63,20 +66,33 @@ class GroupKnobs:
     time_default_us: float
     time_config_us: float
     given_back_us: float
+    effect: str = "applied"
 
 
-def sms_held(func: np.ndarray, channels: np.ndarray, zero_cta: np.ndarray) -> np.ndarray:
-    """SMs a call holds: one per channel it runs on, none for a copy collective
-    (:data:`~dynamiccl.knobs.comm_config.ZERO_CTA_FUNCS`) of a zero-CTA row."""
-    from dynamiccl.nccl import OP_FUNC
-
-    copies = np.isin(func, [int(OP_FUNC[op]) for op in ZERO_CTA_FUNCS])
-    return np.where(copies & zero_cta, 0, channels).astype(np.int64)
+def on_nccl(config: CommConfig, nccl_version: str, symmetric_memory: bool) -> tuple[CommConfig, list[str]]:
+    """The part of ``config`` that NCCL ``nccl_version`` applies (a field it does not have yet is
+    ignored: ``ncclConfig_t`` of an older NCCL has no such member), and a sentence per field that
+    does not take effect: too old an NCCL, or a zero-CTA policy without symmetric-registered buffers."""
+    version = parse_version(nccl_version)
+    kept, said = {}, []
+    since = {"min_ctas": CTA_BOUNDS_MIN_NCCL, "max_ctas": CTA_BOUNDS_MIN_NCCL, "cga_cluster_size": CTA_BOUNDS_MIN_NCCL,
+             "nvls_ctas": NVLS_CTAS_MIN_NCCL,
+             "cta_policy": CTA_POLICY_MIN_NCCL.get(config.cta_policy or "", CTA_BOUNDS_MIN_NCCL)}
+    for name, value in config.set_fields().items():
+        if version < parse_version(since[name]):
+            said.append(f"{name} ignored: NCCL {nccl_version} has it only from {since[name]}")
+        else:
+            kept[name] = value
+    if kept.get("cta_policy") == "zero" and not symmetric_memory:
+        said.append("cta_policy=zero has no effect: the buffers are not symmetric-registered "
+                    "(the spec's [nccl] symmetric_memory)")
+    return CommConfig(**{k: v for k, v in kept.items() if v not in (KEEP, None)}), said
 
 
 def group_knobs(data: ReportData) -> tuple[list[GroupKnobs], list[str]]:
     """Every (case, communicator shape) whose table settings are not NCCL's, costed by the world,
     and notes (a case not recomputed, and why; the cost model and NCCL version)."""
+    from dynamiccl.costmodel import interference
     from dynamiccl.costmodel.batch import make_batch
     from dynamiccl.costmodel.protocol import CostModelOptions
     from dynamiccl.costmodel.registry import COST_MODELS
@@ -110,21 +126,22 @@ def group_knobs(data: ReportData) -> tuple[list[GroupKnobs], list[str]]:
             config = table.communicator_config(kind, nranks, nnodes)
             if config.is_default:
                 continue
+            applied, said = on_nccl(config, env.nccl_version, env.symmetric_memory)
             per_gpu = np.array([weights[program.call_ranks[c]].sum() for c in calls])
             k = key_columns([program.call_key[c].cost_key() for c in calls])
             common = dict(num_pipe_ops=k["num_pipe_ops"], overlap=1.0,
                           compute_hbm_share=env.dynamics.compute_hbm_share)
             results = []
-            for columns in ({}, batch_columns(config, env.symmetric_memory)):
+            for columns in ({}, batch_columns(applied, env.symmetric_memory)):
                 batch = make_batch(k["coll"], k["nbytes"], k["nranks"], k["nnodes"], **common, **columns)
                 got = world.evaluate(batch)
-                sms = sms_held(batch.func, got.channels, batch.zero_cta)
+                sms = interference.sms_held(got.channels, world.on_copy_engines(batch))
                 stretch = got.time_us * (1.0 - 1.0 / got.compute_slowdown)
                 results.append((sms, float((per_gpu * got.time_us).sum()), float((per_gpu * stretch).sum())))
             (sms_d, time_d, stretch_d), (sms_c, time_c, stretch_c) = results
             out.append(GroupKnobs(data.name(case), kind, nranks, nnodes, config, float(per_gpu.sum()),
                                   (int(sms_d.min()), int(sms_d.max())), (int(sms_c.min()), int(sms_c.max())),
-                                  time_d, time_c, stretch_d - stretch_c))
+                                  time_d, time_c, stretch_d - stretch_c, "; ".join(said) or "applied"))
     return out, notes
 
 
@@ -136,7 +153,7 @@ def comm_rows(groups: list[GroupKnobs]) -> list[list[str]]:
     """:data:`COMM_HEADER` cells of each group."""
     return [[g.case, g.kind, f"{g.nranks} x {g.nnodes}", g.config.describe(), f"{g.calls:g}", _span(g.sms_default),
              _span(g.sms_config), f"{g.time_default_us / 1e3:.3f} -> {g.time_config_us / 1e3:.3f}",
-             f"{g.given_back_us / 1e3:+.3f}"] for g in groups]
+             f"{g.given_back_us / 1e3:+.3f}", g.effect] for g in groups]
 
 
 def chunk_rows(table) -> list[list[str]]:
@@ -173,7 +190,7 @@ def blocks(data: ReportData) -> list[tuple[str, object]]:
     if table is not None:
         out.append(("p", "Per communicator (group kind and shape) of each case whose table settings are not "
                          "NCCL's: the CTA settings, the SMs each call holds (one per channel; none for a copy "
-                         "collective of a zero-CTA communicator on symmetric buffers), the group's collective time "
+                         "collective the world runs on the copy engines: zero-CTA policy, symmetric buffers), the group's collective time "
                          "per step, and the compute time given back per step: the stretch of compute running "
                          "beside the calls, t x (1 - 1/slowdown) per call, under NCCL's default minus under the "
                          "settings, per GPU of the step, for calls that run entirely beside compute (the most they "
@@ -213,4 +230,4 @@ def knobs_report_section(data: ReportData):
 
 
 __all__ = ["CHUNK_HEADER", "COMM_HEADER", "GroupKnobs", "KNOB_HEADER", "TITLE", "blocks", "chunk_rows", "comm_rows",
-           "group_knobs", "knob_rows", "knobs_report_section", "sms_held"]
+           "group_knobs", "knob_rows", "knobs_report_section"]
