@@ -20,7 +20,9 @@ from plugin_harness import use_table
 from dynamiccl.nccl import ALGO_PROTO_IGNORE, FUNC_OP, MAX_CHANNELS, NUM_ALGORITHMS, NUM_PROTOCOLS, TUNABLE_FUNCS
 from dynamiccl.nccl import Algorithm as A
 from dynamiccl.nccl import Func, Protocol as P, is_supported, nccl_argmin
-from dynamiccl.plugin import TABLE_ENV, binding
+from dynamiccl.errors import InputError
+from dynamiccl.knobs.chunk import check_chunk_bytes
+from dynamiccl.plugin import NO_CHUNK_ENV, TABLE_ENV, binding
 from dynamiccl.plugin.binding import (LOG_FLAG_TUNING, LOG_INFO, LOG_WARN, DecisionSource, InstrumentedTunerLibrary,
                                       TunerLibrary)
 from dynamiccl.plugin.build import SOURCE_DIR
@@ -175,6 +177,26 @@ def test_c_names_and_limits_match_the_python_side():
     assert f'{constants["DCCL_TABLE_MAGIC"]} {constants["DCCL_TABLE_VERSION"]}'.replace('"', "") == plugin_text.HEADER
     assert int(constants["DCCL_ERR_BYTES"]) == binding._ERR_BYTES
     assert constants["DCCL_TABLE_ENV"] == f'"{TABLE_ENV}"'
+    assert constants["DCCL_NO_CHUNK_ENV"] == f'"{NO_CHUNK_ENV}"'
+    assert int(constants["DCCL_MIN_CHUNK_BYTES"]) == 4096
+    assert constants["DCCL_MAX_CHUNK_BYTES"] == "(64 << 20)" and plugin_text.MAX_CHUNK_BYTES == 64 << 20
+
+
+@pytest.mark.parametrize("value", [-1, 0, 1, 2048, 4095, 4096, 4097, 65536, 1 << 20, 3 << 20, 64 << 20, 128 << 20])
+def test_plugin_accepts_the_chunk_sizes_knobs_accepts(tuner, value):
+    text = f"dynamiccl-tuner-table 2\nrule allreduce 0 10 -1 -1 -1 -1 -1 ring ll -1 {value}\n".encode()
+    try:
+        check_chunk_bytes(value)
+        accepted = True
+    except ValueError:
+        accepted = False
+    if accepted:
+        assert tuner.parse(text) == (1, 0) and plugin_text.read(text).rules[0].chunk_bytes == value
+    else:
+        with pytest.raises(InputError, match="line 2, field chunk_bytes"):
+            tuner.parse(text)
+        with pytest.raises(InputError, match="line 2, field chunk_bytes"):
+            plugin_text.read(text)
     sources = dict(re.findall(r"DCCL_SOURCE_([A-Z]+) = (-?\d+)", c_text("tuner.h")))
     assert {name: int(value) for name, value in sources.items()} == {s.name: s.value for s in DecisionSource}
 
@@ -278,10 +300,58 @@ def test_reg_buff_and_pipe_ops_keys(tuner, tmp_path, monkeypatch):
         assert comm.coll_info(Func.ALLREDUCE, 4096, H100).cost_table == H100
 
 
-def test_chunk_size_is_left_to_nccl(tuner, tmp_path, monkeypatch):
+def test_chunk_size_is_left_to_nccl_without_a_rule_chunk(tuner, tmp_path, monkeypatch):
     use_table(tuner, table(rule(algorithm=A.RING, protocol=P.SIMPLE)), tmp_path, monkeypatch)
     with tuner.open(6, 16, 2) as comm:
+        comm.coll_info(Func.ALLREDUCE, 1 << 20, H100)
         assert comm.chunk_size(Func.ALLREDUCE, 1 << 20, A.RING, P.SIMPLE, 8, 131072) == (0, 131072)
+
+
+def test_get_chunk_size_gives_the_deciding_rules_chunk_to_its_parts_in_its_cell(tuner, tmp_path, monkeypatch):
+    monkeypatch.delenv(NO_CHUNK_ENV, raising=False)
+    use_table(tuner, table(rule(max_bytes=1 << 20, algorithm=A.RING, protocol=P.SIMPLE, chunk_bytes=524288),
+                           rule(coll=Func.ALLGATHER, algorithm=A.RING, protocol=P.SIMPLE)), tmp_path, monkeypatch)
+    before = tuner.stats()
+    with tuner.open(6, 16, 2) as comm:
+        # nothing decided yet on this communicator: NCCL's chunk, and a NULL pointer is left alone
+        assert comm.chunk_size(Func.ALLREDUCE, 4096, A.RING, P.SIMPLE, 1, 131072) == (0, 131072)
+        assert comm.chunk_size(Func.ALLREDUCE, 4096, A.RING, P.SIMPLE, 1, None) == (0, None)
+        result = comm.coll_info(Func.ALLREDUCE, 1 << 20, H100)
+        assert (result.algorithm, result.protocol) == (A.RING, P.SIMPLE)
+        assert tuner.stats()["last"]["chunk_bytes"] == 524288
+        # NCCL's scheduler asks per part of the task (one channel's bytes, nChannels 1)
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 20, A.RING, P.SIMPLE, 8, 131072) == (0, 524288)
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 16, A.RING, P.SIMPLE, 1, 131072) == (0, 524288)
+        assert tuner.stats()["last"]["chunk_returned"] == 524288
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 16, A.RING, P.SIMPLE, 1, None) == (0, None)
+        # not a part of that call, another cell than the rule's, another collective: NCCL's value
+        assert comm.chunk_size(Func.ALLREDUCE, (1 << 20) + 1, A.RING, P.SIMPLE, 1, 131072) == (0, 131072)
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 16, A.RING, P.LL128, 1, 131072) == (0, 131072)
+        assert comm.chunk_size(Func.ALLGATHER, 1 << 16, A.RING, P.SIMPLE, 1, 131072) == (0, 131072)
+        assert comm.chunk_size(Func.SENDRECV, 1 << 16, A.RING, P.SIMPLE, 1, 131072) == (0, 131072)
+        # a decision on another collective does not replace this one's
+        comm.coll_info(Func.ALLGATHER, 1 << 16, H100)
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 16, A.RING, P.SIMPLE, 1, 131072) == (0, 524288)
+        # the next allreduce decided by no chunk rule: NCCL's again
+        comm.coll_info(Func.ALLREDUCE, 1 << 24, H100)
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 16, A.RING, P.SIMPLE, 1, 131072) == (0, 131072)
+        assert tuner.stats()["last"]["chunk_returned"] == 131072
+    after = tuner.stats()
+    assert after["chunk_calls"] - before["chunk_calls"] == 8  # not the NULL-pointer and SendRecv calls
+    assert after["chunk_set"] - before["chunk_set"] == 3
+    with tuner.open(5, 16, 2) as comm:  # ABI v5 has no getChunkSize
+        assert not hasattr(comm.plugin, "getChunkSize")
+
+
+@pytest.mark.parametrize("value, keeps", [("1", True), ("0", False), ("11", False), ("", False)])
+def test_no_chunk_switch_keeps_nccls_chunk_on_communicators_opened_with_it(tuner, tmp_path, monkeypatch, value, keeps):
+    use_table(tuner, table(rule(algorithm=A.RING, protocol=P.SIMPLE, chunk_bytes=1 << 20)), tmp_path, monkeypatch)
+    monkeypatch.setenv(NO_CHUNK_ENV, value)
+    with tuner.open(6, 16, 2) as comm:
+        monkeypatch.delenv(NO_CHUNK_ENV)  # read at init, as the launcher sets it before the job starts
+        comm.coll_info(Func.ALLREDUCE, 1 << 20, H100)
+        expected = 131072 if keeps else 1 << 20
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 20, A.RING, P.SIMPLE, 8, 131072) == (0, expected)
 
 
 # --- ABI v2 (no cost table) ---------------------------------------------------------------------------
@@ -439,6 +509,20 @@ def test_override_forces_the_next_calls(tuner, tmp_path, monkeypatch, abi):
     assert (stats["calls"], stats["ruled"], stats["overridden"], stats["refused"]) == (6, 2, 2, 2)
 
 
+def test_override_sets_the_chunk_of_the_forced_cell(tuner, tmp_path, monkeypatch):
+    use_table(tuner, table(rule(algorithm=A.TREE, protocol=P.SIMPLE, chunk_bytes=65536)), tmp_path, monkeypatch)
+    with tuner.open(6, 16, 2) as comm:
+        tuner.override(algorithm=A.RING, protocol=P.SIMPLE, chunk_bytes=262144, count=1)
+        comm.coll_info(Func.ALLREDUCE, 1 << 20, H100)
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 18, A.RING, P.SIMPLE, 1, 131072) == (0, 262144)
+        assert tuner.stats()["last"]["source"] == "override"
+        comm.coll_info(Func.ALLREDUCE, 1 << 20, H100)  # the table again: its rule's chunk
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 18, A.TREE, P.SIMPLE, 1, 131072) == (0, 65536)
+        tuner.override(algorithm=A.RING, protocol=P.SIMPLE, count=1)  # no chunk: NCCL's
+        comm.coll_info(Func.ALLREDUCE, 1 << 20, H100)
+        assert comm.chunk_size(Func.ALLREDUCE, 1 << 18, A.RING, P.SIMPLE, 1, 131072) == (0, 131072)
+
+
 def test_override_works_without_a_table(tuner, tmp_path, monkeypatch):
     use_table(tuner, None, tmp_path, monkeypatch)
     with tuner.open(4, 16, 2) as comm:
@@ -448,7 +532,8 @@ def test_override_works_without_a_table(tuner, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args", [dict(algorithm=7), dict(protocol=3), dict(channels=0),
-                                  dict(channels=65), dict(count=-2), dict(algorithm=-2)])
+                                  dict(channels=65), dict(count=-2), dict(algorithm=-2), dict(chunk_bytes=0),
+                                  dict(chunk_bytes=1000), dict(chunk_bytes=2048), dict(chunk_bytes=128 << 20)])
 def test_override_rejects_out_of_range(tuner, args):
     with pytest.raises(ValueError, match="out of range"):
         tuner.override(**args)

@@ -3,7 +3,9 @@
 For every call the plugin's effect on NCCL's cost table (which cell NCCL then picks, and
 ``*nChannels``) must equal ``DecisionTable.choose`` given the position that ``PositionCounter``
 computes over the same sequence of calls; the rule that applied must be the same rule; and the
-plugin may only ever turn the chosen, enabled cell to 0.
+plugin may only ever turn the chosen, enabled cell to 0. On ABI v6 each call is followed by a
+getChunkSize as NCCL's scheduler makes it (a part of that call or of an earlier one, sometimes
+larger, sometimes in another cell), and the chunk must be the one ``ChunkMemory`` gives.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import random
 import pytest
 from plugin_harness import use_table
 
+from dynamiccl.plugin import NO_CHUNK_ENV
 from dynamiccl.callkey import CallKey
 from dynamiccl.nccl import TUNABLE_FUNCS, Algorithm, Func, Protocol, supported_configs
-from dynamiccl.table import DecisionTable, PositionCounter, Rule, StepShape
+from dynamiccl.knobs.chunk import CHUNK_CHOICES_BYTES
+from dynamiccl.table import ChunkMemory, DecisionTable, PositionCounter, Rule, StepShape
 
 MAX = 2**64 - 1
 BOUNDS = (0, 1, 63, 64, 65, 4095, 4096, 4097, 65535, 65536, 1 << 20, (1 << 20) + 1, 1 << 30, 1 << 40, MAX - 1, MAX)
@@ -40,7 +44,8 @@ def random_rule(rng: random.Random) -> Rule:
     return Rule(coll, low, high, nranks=nranks, nnodes=nnodes,
                 position=rng.choice((-1, -1, -1, 0, 1, 2, 3)),
                 num_pipe_ops=rng.choice((-1, -1, -1, 1, 2)), reg_buff=rng.choice((-1, -1, 0, 1)),
-                algorithm=algo, protocol=proto, channels=rng.choice((-1, -1, 1, 2, 8, 32, 64)))
+                algorithm=algo, protocol=proto, channels=rng.choice((-1, -1, 1, 2, 8, 32, 64)),
+                chunk_bytes=rng.choice((-1, -1, 4096, 64 << 20) + CHUNK_CHOICES_BYTES))
 
 
 def random_costs(rng: random.Random) -> list[list[float]]:
@@ -62,11 +67,28 @@ def random_calls(rng: random.Random, n: int, anchors: list[tuple[Func, int]]):
         yield coll, nbytes, rng.choice((1, 1, 2)), rng.choice((0, 0, 1)), random_costs(rng)
 
 
+NCCL_CHUNK = 131072
+
+
+def check_chunk(comm, memory: ChunkMemory, coll, got, rng: random.Random) -> None:
+    """One getChunkSize as NCCL's scheduler makes it, against ``memory``."""
+    asked = coll if rng.random() < 0.75 else rng.choice(TUNABLE_FUNCS)
+    nbytes, choice = memory.last.get(asked, (0, None))
+    part = rng.choice((nbytes, nbytes // rng.randint(1, 64), min(MAX, nbytes + 1)))
+    cell = (got.algorithm, got.protocol) if asked == coll else \
+        ((choice.algorithm, choice.protocol) if choice else (0, 0))
+    if rng.random() < 0.1:
+        cell = (rng.randrange(7), rng.randrange(3))
+    expected = memory.chunk(asked, part, *cell, NCCL_CHUNK)
+    assert comm.chunk_size(asked, part, *cell, 1, NCCL_CHUNK) == (0, expected), (asked, part, cell, choice)
+
+
 def check_agreement(tuner, table: DecisionTable, calls_per_shape: int, rng: random.Random, abi: int = 5) -> int:
     checked = 0
     for nranks, nnodes in SHAPES:
         lines = table.steps_for(nranks, nnodes)
         counter = PositionCounter(lines)
+        memory = ChunkMemory()
         anchors = [(line.anchor_coll, line.anchor_bytes) for line in lines] or [(Func.ALLREDUCE, 4096)]
         with tuner.open(abi, nranks, nnodes) as comm:
             for coll, nbytes, pipe_ops, reg_buff, costs in random_calls(rng, calls_per_shape, anchors):
@@ -86,6 +108,10 @@ def check_agreement(tuner, table: DecisionTable, calls_per_shape: int, rng: rand
                 assert changed <= {(expected.algorithm, expected.protocol)}, context
                 for a, p in changed:
                     assert costs[a][p] >= 0 and got.cost_table[a][p] == 0.0, context
+                assert last["chunk_bytes"] == expected.chunk_bytes, context
+                memory.remember(coll, nbytes, expected)
+                if abi == 6:
+                    check_chunk(comm, memory, coll, got, rng)
                 checked += 1
     return checked
 
@@ -101,6 +127,7 @@ def random_table(rng: random.Random, n_rules: int) -> DecisionTable:
 
 
 def test_small_random_tables_agree(tuner, tmp_path, monkeypatch):
+    monkeypatch.delenv(NO_CHUNK_ENV, raising=False)
     rng = random.Random(20261122)
     checked = 0
     for index in range(250):
@@ -159,6 +186,41 @@ def test_overlapping_table_falls_back_to_a_scan_and_agrees(tuner, tmp_path, monk
             got = comm.coll_info(Func.ALLREDUCE, nbytes, costs, num_pipe_ops=pipe_ops)
             assert (got.algorithm, got.protocol, got.n_channels) == (
                 expected.algorithm, expected.protocol, expected.channels), (nbytes, pipe_ops)
+
+
+def test_chunk_memory_is_what_the_plugin_keeps_with_the_no_chunk_switch(tuner, tmp_path, monkeypatch):
+    rng = random.Random(5)
+    table = random_table(rng, 40)
+    use_table(tuner, table, tmp_path, monkeypatch)
+    monkeypatch.setenv(NO_CHUNK_ENV, "1")
+    with tuner.open(6, 8, 1) as comm:
+        memory, counter = ChunkMemory(no_chunk=True), PositionCounter(table.steps_for(8, 1))
+        for coll, nbytes, pipe_ops, reg_buff, costs in random_calls(rng, 300, [(Func.ALLREDUCE, 4096)]):
+            position = counter.advance(coll, nbytes)
+            got = comm.coll_info(coll, nbytes, costs, num_pipe_ops=pipe_ops, reg_buff=reg_buff)
+            memory.remember(coll, nbytes, table.choose(costs, CallKey(coll, nbytes, 8, 1, position=position,
+                                                                      num_pipe_ops=pipe_ops, reg_buff=reg_buff)))
+            check_chunk(comm, memory, coll, got, rng)
+    assert tuner.stats()["chunk_set"] == 0 and tuner.stats()["chunk_calls"] == 300
+
+
+def test_version_1_text_is_still_read_by_both_parsers(tuner):
+    from dynamiccl.errors import InputError
+    from dynamiccl.table import plugin_text
+
+    rules = [Rule(Func.ALLREDUCE, 0, 65535, 16, 2, algorithm=Algorithm.RING, protocol=Protocol.LL128, channels=8),
+             Rule(Func.ALLGATHER, 65536, MAX, protocol=Protocol.SIMPLE)]
+    v1 = ("dynamiccl-tuner-table 1\nrule allreduce 0 65535 16 2 -1 -1 -1 ring ll128 8\n"
+          f"rule allgather 65536 {MAX} -1 -1 -1 -1 -1 -1 simple -1\nstep 16 2 96 allreduce 1048576\n").encode()
+    assert tuner.parse(v1) == (2, 1)
+    assert list(plugin_text.read(v1).rules) == rules
+    # each version's rule lines have their own field count: 12 in version 1, 13 in version 2
+    for text in (v1.replace(b"ring ll128 8", b"ring ll128 8 65536"), v1.replace(b"table 1", b"table 2")):
+        with pytest.raises(InputError, match="line 2"):
+            tuner.parse(text)
+        with pytest.raises(InputError, match="line 2"):
+            plugin_text.read(text)
+    assert plugin_text.write(DecisionTable(tuple(rules))).startswith("dynamiccl-tuner-table 2\n")
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -16,4 +16,7 @@ from __future__ import annotations
 PLUGIN_FILE_NAME = "libnccl-tuner-dynamiccl.so"  # what NCCL loads
 INSTRUMENTED_FILE_NAME = "libnccl-tuner-dynamiccl-instrumented.so"  # the same, plus dynamiccl's entry points
 TABLE_ENV = "DYNAMICCL_TUNER_TABLE"  # the plugin reads its table (``dynamiccl.table.plugin_text``) from this path
+# "1" when a communicator is created: its getChunkSize keeps NCCL's chunk (the launcher sets it where
+# dynamiccl.knobs.safety refuses a table's chunk sizes)
+NO_CHUNK_ENV = "DYNAMICCL_TUNER_NO_CHUNK"
 ABI_VERSIONS = (6, 5, 4, 3, 2)  # NCCL's dlsym order: ncclTunerPlugin_v6 first

@@ -113,14 +113,15 @@ class _Counters(ctypes.Structure):
     """``dccl_counters_t``."""
 
     _fields_ = [("calls", ctypes.c_longlong), ("ruled", ctypes.c_longlong), ("overridden", ctypes.c_longlong),
-                ("refused", ctypes.c_longlong)]
+                ("refused", ctypes.c_longlong), ("chunk_calls", ctypes.c_longlong), ("chunk_set", ctypes.c_longlong)]
 
 
 class _Decision(ctypes.Structure):
     """``dccl_decision_t``."""
 
     _fields_ = [("algorithm", ctypes.c_int), ("protocol", ctypes.c_int), ("channels", ctypes.c_int),
-                ("rule", ctypes.c_int), ("position", ctypes.c_int), ("source", ctypes.c_int)]
+                ("rule", ctypes.c_int), ("position", ctypes.c_int), ("source", ctypes.c_int),
+                ("chunk_bytes", ctypes.c_longlong), ("chunk_returned", ctypes.c_longlong)]
 
 
 class TunerLibrary:
@@ -166,7 +167,8 @@ class InstrumentedTunerLibrary(TunerLibrary):
 
     def __init__(self, path: str | os.PathLike):
         super().__init__(path)
-        self.lib.dynamiccl_tuner_override.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_longlong]
+        self.lib.dynamiccl_tuner_override.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_longlong,
+                                                      ctypes.c_longlong]
         self.lib.dynamiccl_tuner_stats.argtypes = [ctypes.POINTER(_Counters), ctypes.POINTER(_Decision)]
         self.lib.dynamiccl_tuner_stats.restype = None
         self.lib.dynamiccl_tuner_supported.argtypes = [ctypes.c_int] * 3
@@ -184,24 +186,30 @@ class InstrumentedTunerLibrary(TunerLibrary):
         """The plugin's version string (the production library built with it is the same code)."""
         return self.lib.dynamiccl_tuner_version().decode()
 
-    def override(self, algorithm: int = -1, protocol: int = -1, channels: int = -1, count: int = 1) -> None:
-        """Force the next ``count`` decisions of this process (-1: until cleared; 0: clear).
+    def override(self, algorithm: int = -1, protocol: int = -1, channels: int = -1, chunk_bytes: int = -1,
+                 count: int = 1) -> None:
+        """Force the next ``count`` decisions of this process (-1: until cleared; 0: clear): their
+        algorithm, protocol, channels and the chunk size (bytes) getChunkSize then gives NCCL for
+        them (as a rule's: only in the forced cell; -1 keeps NCCL's; a power of two 4 KiB .. 64 MiB).
 
         Raises:
             ValueError: for an argument out of range.
         """
-        if self.lib.dynamiccl_tuner_override(int(algorithm), int(protocol), int(channels), int(count)) != 0:
+        if self.lib.dynamiccl_tuner_override(int(algorithm), int(protocol), int(channels), int(chunk_bytes),
+                                             int(count)) != 0:
             raise ValueError(f"override out of range: algorithm {algorithm}, protocol {protocol}, "
-                             f"channels {channels}, count {count}")
+                             f"channels {channels}, chunk_bytes {chunk_bytes}, count {count}")
 
     def clear_override(self) -> None:
         """End a forced choice: NCCL and the table decide again."""
         self.override(count=0)
 
     def stats(self) -> dict:
-        """Counters since load/reset (calls, ruled, overridden, refused) and the last decision
-        (``last``: algorithm, protocol, channels (0 = NCCL's), rule index (-1 none), position (-1
-        unknown), source: the lower-case ``DecisionSource`` name)."""
+        """Counters since load/reset (getCollInfo: calls, ruled, overridden, refused; getChunkSize:
+        chunk_calls, chunk_set -- those it gave a chunk) and the last decision (``last``: algorithm,
+        protocol, channels (0 = NCCL's), rule index (-1 none), position (-1 unknown), source: the
+        lower-case ``DecisionSource`` name, chunk_bytes: the chunk it asks for (-1 NCCL's),
+        chunk_returned: what the last getChunkSize since it left in ``*chunkSize``, bytes (-1: none))."""
         counters, last = _Counters(), _Decision()
         self.lib.dynamiccl_tuner_stats(ctypes.byref(counters), ctypes.byref(last))
         decision = {name: getattr(last, name) for name, _ in _Decision._fields_}
@@ -306,12 +314,13 @@ class Communicator:
         return CallResult(table, n_channels.value, algorithm, protocol, rc)
 
     def chunk_size(self, coll: int, nbytes: int, algorithm: int, protocol: int, n_channels: int,
-                   chunk_bytes: int) -> tuple[int, int]:
-        """ABI v6 getChunkSize: (return code, chunk size after the plugin)."""
-        value = ctypes.c_size_t(chunk_bytes)
-        rc = self.plugin.getChunkSize(self.context, coll, nbytes, algorithm, protocol, n_channels,
-                                      ctypes.byref(value))
-        return rc, value.value
+                   chunk_bytes: int | None) -> tuple[int, int | None]:
+        """ABI v6 getChunkSize as NCCL's ``calcCollChunking`` calls it, with NCCL's ``chunk_bytes``
+        (None: a NULL pointer); returns (return code, the chunk size after the plugin)."""
+        value = None if chunk_bytes is None else ctypes.c_size_t(chunk_bytes)
+        rc = self.plugin.getChunkSize(self.context, int(coll), nbytes, int(algorithm), int(protocol), n_channels,
+                                      None if value is None else ctypes.byref(value))
+        return rc, None if value is None else value.value
 
     def close(self) -> int:
         """``finalize`` (v5+) or ``destroy`` (v2..v4); returns its ncclResult_t."""

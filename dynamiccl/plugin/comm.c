@@ -120,6 +120,10 @@ dccl_comm_t* dccl_comm_new(const dccl_table_t* table, size_t nranks, size_t nnod
   c->nnodes = nnodes > INT_MAX ? INT_MAX : (int)nnodes;
   c->table = table;
   c->position = -1;
+  for (int coll = 0; coll < DCCL_NUM_TUNABLE_FUNCS; coll++) {
+    c->last[coll].algorithm = c->last[coll].protocol = -1;
+    c->last[coll].chunk_bytes = -1; /* nothing decided yet: getChunkSize keeps NCCL's */
+  }
   if (!table) return c;
   for (size_t i = 0; i < table->n_steps; i++)
     c->n_shape_steps += table->steps[i].nranks == c->nranks && table->steps[i].nnodes == c->nnodes;

@@ -6,6 +6,14 @@
  * arg-min selects it.  A cell NCCL disabled (< 0) is never revived, nChannels stays 0 ("NCCL
  * decides") unless the rule sets it.  ABI v2 has no cost table: the choice is written into
  * *algorithm / *protocol, and only where it is safe (v2_cell_safe).
+ *
+ * Chunk size (ABI v6 getChunkSize; dynamiccl.table.model's "Chunk sizes" and ChunkMemory): each
+ * decision is remembered per communicator and collective (nBytes, cell, the rule's chunk).  NCCL
+ * asks getChunkSize while scheduling, for each part of a task it decided earlier (NVIDIA/nccl
+ * src/enqueue.cc, calcCollChunking: a part's bytes are at most the nBytes getCollInfo saw), with
+ * the cell it settled on.  The rule's chunk is written only for such a part of the remembered call
+ * in the remembered cell, unless DYNAMICCL_TUNER_NO_CHUNK=1; NCCL clamps it to what its buffers
+ * allow.
  */
 #include "tuner.h"
 
@@ -72,10 +80,11 @@ static inline int rule_keys_match(const dccl_rule_t* r, int position, int num_pi
 }
 
 void dccl_decide(dccl_comm_t* c, const dccl_call_t* call) {
-  dccl_decision_t d = {-1, -1, 0, -1, dccl_comm_advance(c, call->coll, call->nbytes), DCCL_SOURCE_NCCL};
-  int algo, proto, channels;
-  if (dccl_take_override(&algo, &proto, &channels)) {
+  dccl_decision_t d = {-1, -1, 0, -1, dccl_comm_advance(c, call->coll, call->nbytes), DCCL_SOURCE_NCCL, -1, -1};
+  int algo, proto, channels, chunk = -1;
+  if (dccl_take_override(&algo, &proto, &channels, &chunk)) {
     d.source = apply(call, algo, proto, channels, &d) ? DCCL_SOURCE_OVERRIDE : DCCL_SOURCE_REFUSED;
+    if (d.source == DCCL_SOURCE_OVERRIDE) d.chunk_bytes = chunk;
   } else {
     uint32_t n;
     int linear;
@@ -87,9 +96,23 @@ void dccl_decide(dccl_comm_t* c, const dccl_call_t* call) {
       if (apply(call, r->algorithm, r->protocol, r->channels, &d)) {
         d.rule = (int)cand[i];
         d.source = DCCL_SOURCE_RULE;
+        d.chunk_bytes = r->chunk_bytes;
         break;
       }
     }
   }
+  dccl_last_t* last = &c->last[call->coll];
+  last->nbytes = call->nbytes;
+  last->algorithm = d.algorithm;
+  last->protocol = d.protocol;
+  last->chunk_bytes = (int)d.chunk_bytes;
   dccl_observe(&d);
+}
+
+void dccl_chunk(dccl_comm_t* c, int coll, uint64_t nbytes, int algorithm, int protocol, size_t* chunk_size) {
+  const dccl_last_t* last = &c->last[coll];
+  int set = last->chunk_bytes > 0 && !c->no_chunk && nbytes <= last->nbytes && algorithm == last->algorithm &&
+            protocol == last->protocol;
+  if (set) *chunk_size = (size_t)last->chunk_bytes;
+  dccl_observe_chunk(set, *chunk_size);
 }

@@ -9,20 +9,20 @@
 
 #include "tuner.h"
 
-#define DCCL_PLUGIN_VERSION "1"
+#define DCCL_PLUGIN_VERSION "2" /* 2: chunk sizes (override, stats) */
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static struct {
   int active;                   /* read without the lock first: 0 costs one load per call */
-  int algorithm, protocol, channels;
+  int algorithm, protocol, channels, chunk_bytes;
   long long remaining;          /* -1 = until cleared */
 } g_override;
 
 static dccl_counters_t g_counters;
-static dccl_decision_t g_last = {-1, -1, 0, -1, -1, DCCL_SOURCE_NONE};
+static dccl_decision_t g_last = {-1, -1, 0, -1, -1, DCCL_SOURCE_NONE, -1, -1};
 
-int dccl_take_override(int* algorithm, int* protocol, int* channels) {
+int dccl_take_override(int* algorithm, int* protocol, int* channels, int* chunk_bytes) {
   if (!__atomic_load_n(&g_override.active, __ATOMIC_ACQUIRE)) return 0;
   int taken = 0;
   pthread_mutex_lock(&g_lock);
@@ -30,6 +30,7 @@ int dccl_take_override(int* algorithm, int* protocol, int* channels) {
     *algorithm = g_override.algorithm;
     *protocol = g_override.protocol;
     *channels = g_override.channels;
+    *chunk_bytes = g_override.chunk_bytes;
     taken = 1;
     if (g_override.remaining > 0 && --g_override.remaining == 0)
       __atomic_store_n(&g_override.active, 0, __ATOMIC_RELEASE);
@@ -54,20 +55,32 @@ void dccl_observe(const dccl_decision_t* d) {
   __atomic_store_n(&g_last.rule, d->rule, __ATOMIC_RELAXED);
   __atomic_store_n(&g_last.position, d->position, __ATOMIC_RELAXED);
   __atomic_store_n(&g_last.source, d->source, __ATOMIC_RELAXED);
+  __atomic_store_n(&g_last.chunk_bytes, d->chunk_bytes, __ATOMIC_RELAXED);
+  __atomic_store_n(&g_last.chunk_returned, -1LL, __ATOMIC_RELAXED);
+}
+
+void dccl_observe_chunk(int set, size_t chunk_bytes) {
+  COUNT(g_counters.chunk_calls);
+  if (set) COUNT(g_counters.chunk_set);
+  __atomic_store_n(&g_last.chunk_returned, (long long)chunk_bytes, __ATOMIC_RELAXED);
 }
 
 DCCL_EXPORT const char* dynamiccl_tuner_version(void) { return DCCL_PLUGIN_VERSION; }
 
-/* algorithm / protocol / channels -1 keep NCCL's.  A forced cell NCCL disabled is refused and NCCL
- * decides that call. */
-DCCL_EXPORT int dynamiccl_tuner_override(int algorithm, int protocol, int channels, long long count) {
+/* algorithm / protocol / channels / chunk_bytes -1 keep NCCL's.  A forced cell NCCL disabled is
+ * refused and NCCL decides that call (and keeps its chunk).  chunk_bytes is checked as a table's. */
+DCCL_EXPORT int dynamiccl_tuner_override(int algorithm, int protocol, int channels, long long chunk_bytes,
+                                         long long count) {
   if (algorithm < -1 || algorithm >= DCCL_NUM_ALGORITHMS || protocol < -1 || protocol >= DCCL_NUM_PROTOCOLS ||
-      channels < -1 || channels == 0 || channels > DCCL_MAX_CHANNELS || count < -1)
+      channels < -1 || channels == 0 || channels > DCCL_MAX_CHANNELS || count < -1 ||
+      (chunk_bytes != -1 && (chunk_bytes < DCCL_MIN_CHUNK_BYTES || chunk_bytes > DCCL_MAX_CHUNK_BYTES ||
+                             (chunk_bytes & (chunk_bytes - 1)))))
     return -1;
   pthread_mutex_lock(&g_lock);
   g_override.algorithm = algorithm;
   g_override.protocol = protocol;
   g_override.channels = channels;
+  g_override.chunk_bytes = (int)chunk_bytes;
   g_override.remaining = count;
   __atomic_store_n(&g_override.active, count != 0, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&g_lock);
@@ -80,6 +93,8 @@ DCCL_EXPORT void dynamiccl_tuner_stats(dccl_counters_t* counters, dccl_decision_
     counters->ruled = __atomic_load_n(&g_counters.ruled, __ATOMIC_RELAXED);
     counters->overridden = __atomic_load_n(&g_counters.overridden, __ATOMIC_RELAXED);
     counters->refused = __atomic_load_n(&g_counters.refused, __ATOMIC_RELAXED);
+    counters->chunk_calls = __atomic_load_n(&g_counters.chunk_calls, __ATOMIC_RELAXED);
+    counters->chunk_set = __atomic_load_n(&g_counters.chunk_set, __ATOMIC_RELAXED);
   }
   if (last) {
     last->algorithm = __atomic_load_n(&g_last.algorithm, __ATOMIC_RELAXED);
@@ -88,6 +103,8 @@ DCCL_EXPORT void dynamiccl_tuner_stats(dccl_counters_t* counters, dccl_decision_
     last->rule = __atomic_load_n(&g_last.rule, __ATOMIC_RELAXED);
     last->position = __atomic_load_n(&g_last.position, __ATOMIC_RELAXED);
     last->source = __atomic_load_n(&g_last.source, __ATOMIC_RELAXED);
+    last->chunk_bytes = __atomic_load_n(&g_last.chunk_bytes, __ATOMIC_RELAXED);
+    last->chunk_returned = __atomic_load_n(&g_last.chunk_returned, __ATOMIC_RELAXED);
   }
 }
 

@@ -2,8 +2,8 @@
  * getCollInfo and one finalize; the decision table is read once per process.
  *
  * NCCL loads this library through NCCL_TUNER_PLUGIN, looks up ncclTunerPlugin_v6 first (then v5 ..
- * v2) and calls, per communicator, init once, getCollInfo for every collective it plans, and
- * finalize/destroy at the end.  The first init reads the table named by DYNAMICCL_TUNER_TABLE
+ * v2) and calls, per communicator, init once, getCollInfo for every collective it plans,
+ * getChunkSize (v6) for every part of a task it schedules, and finalize/destroy at the end.  The first init reads the table named by DYNAMICCL_TUNER_TABLE
  * (table.c); a missing or invalid table is reported once through NCCL's logger and leaves every
  * choice to NCCL.  Nothing here ever fails: init is wrapped in NCCLCHECK, so a failure would fail
  * communicator creation, and the job must run with NCCL's own choices instead.
@@ -74,6 +74,8 @@ static dccl_result_t init_common(int abi, uint64_t comm_id, size_t nranks, size_
   pthread_mutex_unlock(&g_lock);
   *context = c;
   if (!c) return DCCL_SUCCESS; /* out of memory: getCollInfo sees a NULL context, NCCL decides */
+  const char* no_chunk = getenv(DCCL_NO_CHUNK_ENV);
+  c->no_chunk = no_chunk && no_chunk[0] == '1' && no_chunk[1] == '\0';
   for (int coll = 0; coll < DCCL_NUM_TUNABLE_FUNCS; coll++)
     if (unindexed & (1u << coll))
       LOG(DCCL_LOG_WARN, "dynamiccl tuner: out of memory indexing the table; NCCL chooses %s on this "
@@ -159,10 +161,15 @@ static dccl_result_t get_coll_info_v2(void* context, dccl_func_t collType, size_
   return DCCL_SUCCESS;
 }
 
+/* getChunkSize (ABI v6): the chunk of the decision this task part belongs to (decide.c), written as
+ * the rule gives it -- NCCL clamps it to the largest chunk its buffers allow.  Anything unexpected
+ * (no context or pointer, another collective) keeps NCCL's value. */
 static dccl_result_t get_chunk_size(void* context, dccl_func_t collType, size_t nBytes, int algorithm,
                                     int protocol, int nChannels, size_t* chunkSize) {
-  (void)context, (void)collType, (void)nBytes, (void)algorithm, (void)protocol, (void)nChannels,
-      (void)chunkSize; /* keep NCCL's chunk size: tables do not carry one */
+  (void)nChannels;
+  int coll = (int)collType;
+  if (!context || !chunkSize || coll < 0 || coll >= DCCL_NUM_TUNABLE_FUNCS) return DCCL_SUCCESS;
+  dccl_chunk(context, coll, nBytes, algorithm, protocol, chunkSize);
   return DCCL_SUCCESS;
 }
 

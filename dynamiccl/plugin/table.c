@@ -3,15 +3,17 @@
  *
  * The format (dynamiccl/table/plugin_text.py writes it, and its read mirrors this parser):
  *
- *   dynamiccl-tuner-table 1
- *   # coll min_bytes max_bytes nranks nnodes position num_pipe_ops reg_buff algorithm protocol channels
- *   rule allreduce 0 65535 16 2 -1 -1 -1 ring ll128 8
+ *   dynamiccl-tuner-table 2
+ *   # coll min_bytes max_bytes nranks nnodes position num_pipe_ops reg_buff algorithm protocol channels chunk_bytes
+ *   rule allreduce 0 65535 16 2 -1 -1 -1 ring ll128 8 131072
  *   # nranks nnodes calls_per_step anchor_coll anchor_bytes
  *   step 16 2 96 allreduce 1048576
  *
  * Whitespace-separated fields, lines of at most 511 bytes (CRLF accepted), # comments and blank
- * lines after the header.  -1 is "any" for keys and "keep NCCL's" for algorithm, protocol and
- * channels.  A rule's algorithm and protocol must be a pair NCCL can run for its collective.
+ * lines after the header.  -1 is "any" for keys and "keep NCCL's" for algorithm, protocol,
+ * channels and chunk_bytes.  A rule's algorithm and protocol must be a pair NCCL can run for its
+ * collective; its chunk_bytes is -1 or a power of two from 4 KiB to 64 MiB.  Version 1 (the header
+ * "dynamiccl-tuner-table 1") has no chunk_bytes: its rule lines have one field less.
  */
 #include <errno.h>
 #include <limits.h>
@@ -23,11 +25,11 @@
 #include "tuner.h"
 
 #define DCCL_TABLE_MAGIC "dynamiccl-tuner-table"
-#define DCCL_TABLE_VERSION "1"
+#define DCCL_TABLE_VERSION "2"    /* the newest; "1" is still read */
 #define DCCL_TABLE_HEADER DCCL_TABLE_MAGIC " " DCCL_TABLE_VERSION
 #define DCCL_MAX_LINE_BYTES 511   /* without the newline */
 #define DCCL_MAX_TOKENS 16
-#define DCCL_RULE_TOKENS 12       /* "rule" and its 11 fields */
+#define DCCL_RULE_TOKENS 13       /* "rule" and its 12 fields (version 1: 11, no chunk_bytes) */
 #define DCCL_STEP_TOKENS 6        /* "step" and its 5 fields */
 #define DCCL_MAX_RULES 1000000
 #define DCCL_MAX_STEPS 4096       /* duplicates are checked pairwise */
@@ -146,7 +148,7 @@ static int parse_choice(const char* s, const char* const* names, int count, int*
   return *out < 0 ? -1 : 0;
 }
 
-static int parse_rule(char** tok, size_t lineno, dccl_rule_t* r, char* err, size_t errlen) {
+static int parse_rule(char** tok, int ntok, size_t lineno, dccl_rule_t* r, char* err, size_t errlen) {
   char names[128];
   r->coll = name_index(tok[1], dccl_coll_names, DCCL_NUM_TUNABLE_FUNCS);
   if (r->coll < 0) return unknown_coll(err, errlen, lineno, "coll", tok[1]);
@@ -177,6 +179,12 @@ static int parse_rule(char** tok, size_t lineno, dccl_rule_t* r, char* err, size
   if (parse_int(tok[11], -1, DCCL_MAX_CHANNELS, &r->channels) != 0 || r->channels == 0)
     return fail(err, errlen, lineno, "channels", "'%.40s'; expected -1 (keep NCCL's) or 1 .. %d",
                 tok[11], DCCL_MAX_CHANNELS);
+  r->chunk_bytes = -1;
+  if (ntok == DCCL_RULE_TOKENS &&
+      (parse_int(tok[12], -1, DCCL_MAX_CHUNK_BYTES, &r->chunk_bytes) != 0 ||
+       (r->chunk_bytes != -1 && (r->chunk_bytes < DCCL_MIN_CHUNK_BYTES || (r->chunk_bytes & (r->chunk_bytes - 1))))))
+    return fail(err, errlen, lineno, "chunk_bytes", "'%.40s'; expected -1 (keep NCCL's) or a power of two from %d "
+                "to %d bytes", tok[12], DCCL_MIN_CHUNK_BYTES, DCCL_MAX_CHUNK_BYTES);
   /* The same support rule as dynamiccl's Rule: a set algorithm must run the collective, and a
    * set protocol must run with it (or with some algorithm, when the algorithm is kept). */
   const unsigned char* algos = dccl_supported[r->coll];
@@ -215,18 +223,20 @@ static int parse_step(char** tok, size_t lineno, const dccl_table_t* t, dccl_ste
   return 0;
 }
 
-/* One "rule" or "step" line, appended to the table. */
-static int parse_record(char** tok, int ntok, size_t lineno, dccl_table_t* t, char* err, size_t errlen) {
+/* One "rule" or "step" line, appended to the table; ``version`` is the file's (1 or 2). */
+static int parse_record(char** tok, int ntok, int version, size_t lineno, dccl_table_t* t, char* err,
+                        size_t errlen) {
   const int is_rule = strcmp(tok[0], "rule") == 0;
   if (!is_rule && strcmp(tok[0], "step") != 0)
     return fail(err, errlen, lineno, NULL, "unknown line kind '%.40s'; expected rule, step or a "
                 "# comment", tok[0]);
-  if (ntok != (is_rule ? DCCL_RULE_TOKENS : DCCL_STEP_TOKENS))
+  const int rule_tokens = version == 1 ? DCCL_RULE_TOKENS - 1 : DCCL_RULE_TOKENS;
+  if (ntok != (is_rule ? rule_tokens : DCCL_STEP_TOKENS))
     return fail(err, errlen, lineno, NULL, is_rule
                 ? "%d fields; a rule line has %d: rule coll min_bytes max_bytes nranks nnodes position "
-                  "num_pipe_ops reg_buff algorithm protocol channels"
-                : "%d fields; a step line has %d: step nranks nnodes calls_per_step anchor_coll anchor_bytes",
-                ntok, is_rule ? DCCL_RULE_TOKENS : DCCL_STEP_TOKENS);
+                  "num_pipe_ops reg_buff algorithm protocol channels%s"
+                : "%d fields; a step line has %d: step nranks nnodes calls_per_step anchor_coll anchor_bytes%s",
+                ntok, is_rule ? rule_tokens : DCCL_STEP_TOKENS, is_rule && version > 1 ? " chunk_bytes" : "");
   size_t* count = is_rule ? &t->n_rules : &t->n_steps;
   if (*count == (is_rule ? DCCL_MAX_RULES : DCCL_MAX_STEPS))
     return fail(err, errlen, lineno, NULL, "more than %d %s", is_rule ? DCCL_MAX_RULES : DCCL_MAX_STEPS,
@@ -234,7 +244,7 @@ static int parse_record(char** tok, int ntok, size_t lineno, dccl_table_t* t, ch
   int grown = is_rule ? grow((void**)&t->rules, &t->cap_rules, *count, sizeof(dccl_rule_t))
                       : grow((void**)&t->steps, &t->cap_steps, *count, sizeof(dccl_step_t));
   if (grown != 0) return fail(err, errlen, lineno, NULL, "out of memory");
-  int rc = is_rule ? parse_rule(tok, lineno, &t->rules[*count], err, errlen)
+  int rc = is_rule ? parse_rule(tok, ntok, lineno, &t->rules[*count], err, errlen)
                    : parse_step(tok, lineno, t, &t->steps[*count], err, errlen);
   if (rc == 0) (*count)++;
   return rc;
@@ -244,7 +254,7 @@ int dccl_table_parse(const char* data, size_t len, dccl_table_t* t, char* err, s
   memset(t, 0, sizeof(*t));
   char line[DCCL_MAX_LINE_BYTES + 2];
   size_t pos = 0, lineno = 0;
-  int seen_header = 0;
+  int seen_header = 0, version = 0;
   while (pos < len) {
     lineno++;
     size_t end = pos;
@@ -281,16 +291,18 @@ int dccl_table_parse(const char* data, size_t len, dccl_table_t* t, char* err, s
       while (*p && *p != ' ' && *p != '\t') p++;
     }
     if (!seen_header) {
-      if (ntok != 2 || strcmp(tok[0], DCCL_TABLE_MAGIC) != 0 || strcmp(tok[1], DCCL_TABLE_VERSION) != 0) {
+      if (ntok != 2 || strcmp(tok[0], DCCL_TABLE_MAGIC) != 0 ||
+          (strcmp(tok[1], "1") != 0 && strcmp(tok[1], DCCL_TABLE_VERSION) != 0)) {
         dccl_table_free(t);
-        return fail(err, errlen, lineno, NULL, "expected the header '" DCCL_TABLE_HEADER "' as the "
-                    "first line (is this a dynamiccl plugin table? `dynamiccl launch` writes one)");
+        return fail(err, errlen, lineno, NULL, "expected the header '" DCCL_TABLE_HEADER "' (or version 1) as "
+                    "the first line (is this a dynamiccl plugin table? `dynamiccl launch` writes one)");
       }
+      version = tok[1][0] - '0';
       seen_header = 1;
       continue;
     }
     if (ntok == 0) continue; /* not reached: a non-blank line has a field */
-    if (parse_record(tok, ntok, lineno, t, err, errlen) != 0) {
+    if (parse_record(tok, ntok, version, lineno, t, err, errlen) != 0) {
       dccl_table_free(t);
       return -1;
     }

@@ -2,7 +2,8 @@
  *
  *   table.c         reads the plain-text decision table into rules and step lines
  *   comm.c          one communicator: its rules indexed by byte segment, its position counter
- *   decide.c        the decision for one getCollInfo call, applied to NCCL's cost table
+ *   decide.c        the decision for one getCollInfo call, applied to NCCL's cost table, and the
+ *                   chunk size getChunkSize gives for it
  *   plugin.c        the ABI glue: ncclTunerPlugin_v2 .. _v6, the table read once per process
  *   instrumented.c  dynamiccl's test and measurement entry points (only with -DDCCL_INSTRUMENTED)
  *
@@ -19,6 +20,11 @@
 
 #define DCCL_EXPORT __attribute__((visibility("default")))
 #define DCCL_TABLE_ENV "DYNAMICCL_TUNER_TABLE"
+#define DCCL_NO_CHUNK_ENV "DYNAMICCL_TUNER_NO_CHUNK" /* "1": getChunkSize always keeps NCCL's chunk */
+/* A rule's chunk size: -1 (keep NCCL's) or a power of two in this range, bytes
+ * (dynamiccl.knobs.chunk.check_chunk_bytes). */
+#define DCCL_MIN_CHUNK_BYTES 4096
+#define DCCL_MAX_CHUNK_BYTES (64 << 20)
 #define DCCL_ERR_BYTES 512 /* room for any parse error */
 
 /* ---- table.c: the vocabulary and the table --------------------------------------------------- */
@@ -35,6 +41,7 @@ typedef struct {
   uint64_t min_bytes, max_bytes;  /* inclusive */
   int coll, nranks, nnodes, position, num_pipe_ops, reg_buff; /* -1: any */
   int algorithm, protocol, channels;                          /* -1: keep NCCL's */
+  int chunk_bytes;                                            /* -1: keep NCCL's (table format 2) */
 } dccl_rule_t;
 
 typedef struct {
@@ -67,8 +74,17 @@ typedef struct {
   uint32_t n_linear;
 } dccl_coll_index_t;
 
+/* The last decision on a communicator for one collective, which getChunkSize answers from. */
+typedef struct {
+  uint64_t nbytes;         /* getCollInfo's nBytes */
+  int algorithm, protocol; /* the cell the decision chose; -1: NCCL's own */
+  int chunk_bytes;         /* -1: keep NCCL's */
+} dccl_last_t;
+
 typedef struct {
   int nranks, nnodes;
+  int no_chunk;                     /* DYNAMICCL_TUNER_NO_CHUNK=1 at init: keep NCCL's chunk always */
+  dccl_last_t last[DCCL_NUM_TUNABLE_FUNCS];
   const dccl_table_t* table;        /* NULL: no usable table, NCCL decides */
   const dccl_step_t** shape_steps;  /* the step lines of this communicator's shape */
   int n_shape_steps;
@@ -106,6 +122,8 @@ typedef struct {
   int rule;                /* the rule's index in the table; -1: none */
   int position;            /* the call's position in the step; -1: unknown */
   dccl_source_t source;
+  long long chunk_bytes;   /* the chunk the rule or override asks for; -1: keep NCCL's */
+  long long chunk_returned; /* instrumented stats: what the last getChunkSize left in *chunkSize; -1: none since */
 } dccl_decision_t;
 
 /* One getCollInfo call and how a choice reaches NCCL: through its cost table (ABI v3+), or
@@ -126,16 +144,21 @@ typedef struct {
 /* Decide the call and apply the choice (the instrumented variant also records the decision). */
 void dccl_decide(dccl_comm_t* comm, const dccl_call_t* call);
 
+/* getChunkSize: the chunk of the decision that NCCL's call (collective, nBytes, the cell NCCL runs)
+ * belongs to, written into *chunk_size; left alone otherwise (decide.c). */
+void dccl_chunk(dccl_comm_t* comm, int coll, uint64_t nbytes, int algorithm, int protocol, size_t* chunk_size);
+
 /* ---- instrumented.c: the instrumented variant's exports, and the hooks decide.c calls ------------ */
 
 typedef struct {
-  long long calls, ruled, overridden, refused; /* since load or reset */
+  long long calls, ruled, overridden, refused; /* getCollInfo calls, since load or reset */
+  long long chunk_calls, chunk_set;            /* getChunkSize calls, and those given a chunk */
 } dccl_counters_t;
 
 const char* dynamiccl_tuner_version(void);
-/* Force the next ``count`` decisions of this process (-1: until cleared; 0: clear); -1 for an
- * argument out of range. */
-int dynamiccl_tuner_override(int algorithm, int protocol, int channels, long long count);
+/* Force the next ``count`` decisions of this process (-1: until cleared; 0: clear), their chunk
+ * size too (-1: keep NCCL's); -1 for an argument out of range. */
+int dynamiccl_tuner_override(int algorithm, int protocol, int channels, long long chunk_bytes, long long count);
 void dynamiccl_tuner_stats(dccl_counters_t* counters, dccl_decision_t* last);
 int dynamiccl_tuner_supported(int coll, int algorithm, int protocol);
 /* The rule count of a table in memory / a file read as init reads it, or -1 with the reason. */
@@ -146,15 +169,17 @@ int dynamiccl_tuner_reset(void);
 
 
 #ifdef DCCL_INSTRUMENTED
-int dccl_take_override(int* algorithm, int* protocol, int* channels); /* 1: this call is forced */
+int dccl_take_override(int* algorithm, int* protocol, int* channels, int* chunk_bytes); /* 1: this call is forced */
 void dccl_observe(const dccl_decision_t* decision);                     /* counters, last decision */
+void dccl_observe_chunk(int set, size_t chunk_bytes);                   /* getChunkSize: counters, last */
 int dccl_forget_table(void); /* plugin.c: -1 while communicators are open */
 #else
-static inline int dccl_take_override(int* algorithm, int* protocol, int* channels) {
-  (void)algorithm, (void)protocol, (void)channels;
+static inline int dccl_take_override(int* algorithm, int* protocol, int* channels, int* chunk_bytes) {
+  (void)algorithm, (void)protocol, (void)channels, (void)chunk_bytes;
   return 0;
 }
 static inline void dccl_observe(const dccl_decision_t* decision) { (void)decision; }
+static inline void dccl_observe_chunk(int set, size_t chunk_bytes) { (void)set, (void)chunk_bytes; }
 #endif
 
 #endif /* DYNAMICCL_TUNER_H */

@@ -27,6 +27,7 @@ from dynamiccl.table.model import (
     MAX_BYTES,
     NCCL_ENV_KEYS,
     Choice,
+    ChunkMemory,
     CommunicatorRule,
     DecisionTable,
     PositionCounter,
@@ -109,5 +110,5 @@ def save(table: DecisionTable, path: str | os.PathLike, lossy: bool = False) -> 
     write_text(path, text)
 
 
-__all__ = ["FORMATS", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS", "Choice", "CommunicatorRule", "DecisionTable",
+__all__ = ["FORMATS", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS", "Choice", "ChunkMemory", "CommunicatorRule", "DecisionTable",
            "PositionCounter", "Rule", "StepShape", "format_of", "load", "save"]

@@ -61,23 +61,30 @@ of a communicator sees the same sequence of collectives, so every rank decides a
 
 Chunk sizes
 -----------
-The rule that decided a call also gives its chunk size (``Choice.chunk_bytes``; -1 keeps NCCL's).
-NCCL (tuner ABI v6, 2.30.3+) asks the plugin's ``getChunkSize`` right after it has settled the
-call's algorithm, protocol and channels, with the same collective and nBytes. The plugin remembers,
-per communicator, the last call it decided (collective, nBytes, the cell, the rule's chunk) and
-writes the rule's chunk into ``*chunkSize`` only when
+The rule that decided a call also gives its chunk size (``Choice.chunk_bytes``; -1 keeps NCCL's),
+which the plugin hands NCCL through tuner ABI v6's ``getChunkSize`` (NCCL 2.30.3+). NCCL does not
+ask it right after ``getCollInfo`` with the same nBytes (NVIDIA/nccl v2.30.3 ``src/enqueue.cc``):
+``ncclPrepareTasks`` calls ``getCollInfo`` once per set of a group's tasks of one (collective,
+op, type) within 4x of each other in size, with their summed nBytes; later, while scheduling,
+``calcCollChunking`` calls ``getChunkSize`` for each task, once per part of it (the bytes it puts
+on one channel, with nChannels 1; the whole task on CollNet), with the cell NCCL settled on. So
+the plugin remembers, per communicator and per collective, the last decision (nBytes, cell, chunk:
+``ChunkMemory``) and writes its chunk into ``*chunkSize`` only when
 
-- the rule (or the instrumented variant's override) sets ``chunk_bytes``,
-- ``getChunkSize``'s collective and nBytes are those of the remembered call (anything else -- a
-  call the plugin did not see -- keeps NCCL's value),
-- the algorithm and protocol NCCL ended up with are the cell the rule chose (if NCCL runs something
-  else, the chunk was not chosen for it), and
-- ``DYNAMICCL_TUNER_NO_CHUNK`` is not ``1`` (the launcher sets it where
-  :func:`dynamiccl.knobs.safety.refusals` refuses the table's chunk sizes).
+- the deciding rule (or the instrumented variant's override) sets ``chunk_bytes``,
+- ``getChunkSize``'s collective has a decision and its nBytes is at most that decision's (a part
+  of the decided call; anything larger was not decided by it: NCCL's value stays),
+- the algorithm and protocol NCCL ended up with are the cell the decision chose (if NCCL runs
+  something else, the chunk was not chosen for it), and
+- ``DYNAMICCL_TUNER_NO_CHUNK`` was not ``1`` when the communicator was created (the launcher sets
+  it where :func:`dynamiccl.knobs.safety.refusals` refuses the table's chunk sizes).
 
-The value is written as the rule gives it: NCCL clamps it to the largest chunk its buffers allow
-(NVIDIA/nccl ``src/enqueue.cc``), so a chunk is never above what NCCL's buffers hold. A NULL
-``chunkSize`` or context is left alone.
+A group with two sets of one collective (two data types, or sizes more than 4x apart) is decided
+twice before either is scheduled; the parts of the first then get the second's chunk where the
+cell and size allow, as one memory per collective cannot tell them apart. The value is written as
+the rule gives it: NCCL clamps it to the largest chunk its buffers allow (``bufferMaxChunkSize`` in
+``calcCollChunking``), so a chunk is never above what NCCL's buffers hold. A NULL ``chunkSize`` or
+context is left alone.
 
 Communicators
 -------------
@@ -444,6 +451,31 @@ class Choice:
     chunk_bytes: int = KEEP_CHUNK
 
 
+class ChunkMemory:
+    """One communicator's last decision per collective and the chunk ``getChunkSize`` gives for it,
+    as the plugin keeps them (module docstring, "Chunk sizes").
+
+    ``no_chunk``: ``DYNAMICCL_TUNER_NO_CHUNK=1`` at the communicator's init (NCCL's chunk always).
+    """
+
+    def __init__(self, no_chunk: bool = False):
+        self.no_chunk = no_chunk
+        self.last: dict[Func, tuple[int, Choice | None]] = {}
+
+    def remember(self, coll: Func, nbytes: int, choice: Choice | None) -> None:
+        """Note getCollInfo's decision for (``coll``, ``nbytes``); None: NCCL decided (no rule)."""
+        self.last[Func(coll)] = (nbytes, choice)
+
+    def chunk(self, coll: Func, nbytes: int, algorithm: int, protocol: int, nccl_chunk_bytes: int) -> int:
+        """The chunk size (bytes) getChunkSize leaves for NCCL's (collective, part's nBytes, the cell
+        NCCL runs), NCCL's own ``nccl_chunk_bytes`` passed in."""
+        nbytes_decided, choice = self.last.get(Func(coll), (0, None))
+        if (self.no_chunk or choice is None or choice.chunk_bytes == KEEP_CHUNK or nbytes > nbytes_decided
+                or (int(choice.algorithm), int(choice.protocol)) != (algorithm, protocol)):
+            return nccl_chunk_bytes
+        return choice.chunk_bytes
+
+
 def _cost_rows(cost_table: Sequence[Sequence[float]]) -> list[list[float]]:
     try:
         rows = [[float(cost) for cost in row] for row in cost_table]
@@ -643,6 +675,6 @@ def _any(value: int) -> str:
 
 __all__ = [
     "ALGORITHM_BY_NAME", "COLL_BY_NAME", "C_INT_MAX", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS",
-    "PROTOCOL_BY_NAME", "RULE_INT_FIELDS", "Choice", "CommunicatorRule", "DecisionTable", "PositionCounter", "Rule",
+    "PROTOCOL_BY_NAME", "RULE_INT_FIELDS", "Choice", "ChunkMemory", "CommunicatorRule", "DecisionTable", "PositionCounter", "Rule",
     "StepShape",
 ]

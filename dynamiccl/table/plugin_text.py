@@ -3,16 +3,19 @@
 JSON is what users keep; this is what a few hundred lines of C can parse safely: a fixed header,
 one record per line, whitespace-separated fields, every field checked, lines of at most 511 bytes::
 
-    dynamiccl-tuner-table 1
+    dynamiccl-tuner-table 2
     # written by dynamiccl 0.1.0 from table.json
-    # rule coll min_bytes max_bytes nranks nnodes position num_pipe_ops reg_buff algorithm protocol channels
-    rule allreduce 0 65535 16 2 -1 -1 -1 ring ll128 8
-    rule allgather 65536 18446744073709551615 -1 -1 -1 -1 -1 -1 simple -1
+    # rule coll min_bytes max_bytes nranks nnodes position num_pipe_ops reg_buff algorithm protocol channels chunk_bytes
+    rule allreduce 0 65535 16 2 -1 -1 -1 ring ll128 8 -1
+    rule allgather 65536 18446744073709551615 -1 -1 -1 -1 -1 -1 simple -1 524288
     # step nranks nnodes calls_per_step anchor_coll anchor_bytes
     step 16 2 96 allreduce 1048576
 
 Names are the lower-case spellings of NCCL's example CSV; -1 is "any" for keys and "keep NCCL's"
-for algorithm, protocol and channels. Rules keep table order (first match wins). ``read`` is
+for algorithm, protocol, channels and chunk_bytes. Rules keep table order (first match wins).
+Version 2 added the rules' last field, ``chunk_bytes``; version 1 files (rule lines without it) are
+still read, by both parsers. The table's ``communicators`` and ``job_env`` are not here: the
+launcher applies them, not the plugin. ``read`` is
 the Python mirror of the C parser: both accept and reject the same files (the fuzzing harness
 checks it), so ``dynamiccl doctor`` can name the line and field of a bad file.
 """
@@ -24,6 +27,7 @@ import re
 
 from dynamiccl import __version__
 from dynamiccl.errors import InputError
+from dynamiccl.knobs.chunk import KEEP_CHUNK
 from dynamiccl.nccl import FUNC_OP, KEEP, MAX_CHANNELS
 from dynamiccl.table.model import (
     ALGORITHM_BY_NAME,
@@ -36,12 +40,15 @@ from dynamiccl.table.model import (
     StepShape,
 )
 
-HEADER = "dynamiccl-tuner-table 1"
+MAGIC = "dynamiccl-tuner-table"
+VERSION = 2
+HEADER = f"{MAGIC} {VERSION}"
 MAX_LINE_BYTES = 511
 MAX_RULES = 1_000_000  # the plugin's limits (DCCL_MAX_RULES, DCCL_MAX_STEPS): more is rejected
 MAX_STEPS = 4096
+MAX_CHUNK_BYTES = 64 << 20  # DCCL_MAX_CHUNK_BYTES, knobs.chunk.check_chunk_bytes's highest
 RULE_FIELDS = ("coll", "min_bytes", "max_bytes", "nranks", "nnodes", "position", "num_pipe_ops",
-               "reg_buff", "algorithm", "protocol", "channels")
+               "reg_buff", "algorithm", "protocol", "channels", "chunk_bytes")  # version 1: all but the last
 STEP_FIELDS = ("nranks", "nnodes", "calls_per_step", "anchor_coll", "anchor_bytes")
 _UNSIGNED = re.compile(r"[0-9]+")
 _SIGNED = re.compile(r"-?[0-9]+")
@@ -56,7 +63,7 @@ def write(table: DecisionTable, source: str = "") -> str:
             "rule", FUNC_OP[rule.coll], rule.min_bytes, rule.max_bytes, rule.nranks, rule.nnodes,
             rule.position, rule.num_pipe_ops, rule.reg_buff,
             rule.algorithm.name_lower if rule.algorithm is not None else KEEP,
-            rule.protocol.name_lower if rule.protocol is not None else KEEP, rule.channels)))
+            rule.protocol.name_lower if rule.protocol is not None else KEEP, rule.channels, rule.chunk_bytes)))
     if table.steps:
         lines.append("# step " + " ".join(STEP_FIELDS))
         for step in table.steps:
@@ -76,7 +83,7 @@ def read(data: bytes, source: str | os.PathLike = "<plugin table>") -> DecisionT
         lines.pop()  # the C parser stops at the end of the data: no empty last line
     if not data:
         raise InputError(source, "line 1", f"empty file; expected the header {HEADER!r}")
-    rules, steps, seen_header = [], [], False
+    rules, steps, version = [], [], 0
     for lineno, raw in enumerate(lines, start=1):
         line = raw[:-1] if raw.endswith(b"\r") else raw
         where = f"line {lineno}"
@@ -85,10 +92,10 @@ def read(data: bytes, source: str | os.PathLike = "<plugin table>") -> DecisionT
         if b"\0" in line:
             raise InputError(source, where, "contains a NUL byte; expected text")
         tokens = [t for t in re.split(rb"[ \t]+", line) if t]
-        if not seen_header:
-            if tokens != [b"dynamiccl-tuner-table", b"1"]:
-                raise InputError(source, where, f"expected the header {HEADER!r} as the first line")
-            seen_header = True
+        if not version:
+            if len(tokens) != 2 or tokens[0] != MAGIC.encode() or tokens[1] not in (b"1", b"2"):
+                raise InputError(source, where, f"expected the header {HEADER!r} (or version 1) as the first line")
+            version = int(tokens[1])
             continue
         if not tokens or tokens[0].startswith(b"#"):
             continue
@@ -96,9 +103,10 @@ def read(data: bytes, source: str | os.PathLike = "<plugin table>") -> DecisionT
         if len(words) > 16:
             raise InputError(source, where, "more than 16 fields")
         if words[0] == "rule":
-            if len(rules) == MAX_RULES and len(words) == 12:
+            fields = RULE_FIELDS if version > 1 else RULE_FIELDS[:-1]
+            if len(rules) == MAX_RULES and len(words) == len(fields) + 1:
                 raise InputError(source, where, f"more than {MAX_RULES} rules")
-            rules.append(_rule(words, where, source))
+            rules.append(_rule(words, fields, where, source))
         elif words[0] == "step":
             if len(steps) == MAX_STEPS and len(words) == 6:
                 raise InputError(source, where, f"more than {MAX_STEPS} step lines")
@@ -125,10 +133,11 @@ def _name(token: str, names: dict, field: str, where: str, source, allow_keep: b
     return names[token]
 
 
-def _rule(words: list[str], where: str, source) -> Rule:
-    if len(words) != 12:
-        raise InputError(source, where, f"{len(words)} fields; a rule line has 12: rule {' '.join(RULE_FIELDS)}")
-    f = dict(zip(RULE_FIELDS, words[1:]))
+def _rule(words: list[str], fields: tuple[str, ...], where: str, source) -> Rule:
+    if len(words) != len(fields) + 1:
+        raise InputError(source, where, f"{len(words)} fields; a rule line has {len(fields) + 1}: "
+                         f"rule {' '.join(fields)}")
+    f = dict(zip(fields, words[1:]))
     values = {
         "coll": _name(f["coll"], COLL_BY_NAME, "coll", where, source, False),
         "min_bytes": _int(f["min_bytes"], "min_bytes", where, source, 0, MAX_BYTES, unsigned=True),
@@ -141,6 +150,9 @@ def _rule(words: list[str], where: str, source) -> Rule:
         "algorithm": _name(f["algorithm"], ALGORITHM_BY_NAME, "algorithm", where, source, True),
         "protocol": _name(f["protocol"], PROTOCOL_BY_NAME, "protocol", where, source, True),
         "channels": _int(f["channels"], "channels", where, source, -1, MAX_CHANNELS),
+        # the power-of-two rule: Rule (knobs.chunk.check_chunk_bytes), as table.c checks it
+        "chunk_bytes": _int(f["chunk_bytes"], "chunk_bytes", where, source, -1, MAX_CHUNK_BYTES)
+        if "chunk_bytes" in f else KEEP_CHUNK,
     }
     for key in ("nranks", "nnodes", "num_pipe_ops", "channels"):
         if values[key] == 0:
@@ -169,4 +181,4 @@ def _step(words: list[str], where: str, source, steps: list[StepShape]) -> StepS
     return step
 
 
-__all__ = ["HEADER", "MAX_LINE_BYTES", "MAX_RULES", "MAX_STEPS", "RULE_FIELDS", "STEP_FIELDS", "read", "write"]
+__all__ = ["HEADER", "MAGIC", "VERSION", "MAX_LINE_BYTES", "MAX_RULES", "MAX_STEPS", "RULE_FIELDS", "STEP_FIELDS", "read", "write"]

@@ -77,7 +77,8 @@ def random_rule(rng: random.Random) -> Rule:
                 num_pipe_ops=rng.choice((KEEP, KEEP, 1, 2)), reg_buff=rng.choice((KEEP, 0, 1)),
                 algorithm=algorithm if rng.random() < 0.8 else None,
                 protocol=protocol if rng.random() < 0.7 else None,
-                channels=rng.choice((KEEP, 1, 8, MAX_CHANNELS)))
+                channels=rng.choice((KEEP, 1, 8, MAX_CHANNELS)),
+                chunk_bytes=rng.choice((KEEP, KEEP, 4096, 131072, 64 << 20)))
 
 
 def random_table(rng: random.Random, max_rules: int = 60) -> DecisionTable:
@@ -93,8 +94,9 @@ def random_table(rng: random.Random, max_rules: int = 60) -> DecisionTable:
     return DecisionTable(rules, steps=tuple(steps))
 
 
-HEADER = b"dynamiccl-tuner-table 1\n"
+HEADER = b"dynamiccl-tuner-table 1\n"  # most edge cases are format 1; the v2- ones test version 2's field
 RULE = b"rule allreduce 0 65535 16 2 -1 -1 -1 ring ll128 8"
+HEADER_2 = b"dynamiccl-tuner-table 2\n"
 
 
 def edge_cases() -> dict[str, bytes]:
@@ -159,6 +161,19 @@ def edge_cases() -> dict[str, bytes]:
         "step-any": HEADER + b"step -1 -1 1 allreduce 1\n",
         "step-fields-5": HEADER + b"step 16 2 96 allreduce\n",
         "binary": HEADER + bytes(range(256)) + b"\n",
+        "header-version-3": b"dynamiccl-tuner-table 3\n" + RULE + b" -1\n",
+        "v2-rule": HEADER_2 + RULE + b" 131072\n" + RULE + b" -1\n",
+        "v2-fields-12": HEADER_2 + RULE + b"\n",
+        "v2-fields-14": HEADER_2 + RULE + b" -1 1\n",
+        "v2-chunk-0": HEADER_2 + RULE + b" 0\n",
+        "v2-chunk-4095": HEADER_2 + RULE + b" 4095\n",
+        "v2-chunk-4096": HEADER_2 + RULE + b" 4096\n",
+        "v2-chunk-not-power-of-two": HEADER_2 + RULE + b" 196608\n",
+        "v2-chunk-64MiB": HEADER_2 + RULE + b" 67108864\n",
+        "v2-chunk-128MiB": HEADER_2 + RULE + b" 134217728\n",
+        "v2-chunk-minus-2": HEADER_2 + RULE + b" -2\n",
+        "v2-chunk-huge": HEADER_2 + RULE + b" 18446744073709551616\n",
+        "v2-step": HEADER_2 + b"step 16 2 96 allreduce 1048576\n",
     }
 
 

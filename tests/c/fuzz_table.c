@@ -119,7 +119,7 @@ static const char* const kTokens[] = {
     "18446744073709551615", "18446744073709551616", "18446744073709551614", "99999999999999999999999",
     "00000000000000000000018446744073709551615", "-1", "0", "-0", "1", "00", "007", "+1", "--1", "-", "2",
     "2147483647", "2147483648", "-2147483648", "-2147483649", "4294967295", "4294967296", "63", "64", "65",
-    "-2", "1e3", "0x10", "1.0", "allreduce", "broadcast", "reduce", "allgather", "reducescatter", "sendrecv",
+    "-2", "1e3", "0x10", "1.0", "4095", "4096", "131072", "196608", "67108864", "134217728", "allreduce", "broadcast", "reduce", "allgather", "reducescatter", "sendrecv",
     "send", "AllReduce", "tree", "ring", "collnet_direct", "collnet_chain", "nvls", "nvls_tree", "pat", "Ring",
     "ll", "ll128", "simple", "LL128", "rule", "step", "Rule", "#", "#rule", "dynamiccl-tuner-table", "",
     "\xb2", "\xb9", "\xc2\xb2", "\xa0", "\x85", "\x0b", "\x0c", "\x1c", "\xef\xbc\x91", "\xd9\xa3", "1\r", "\r",

@@ -20,9 +20,14 @@
  * tables, -1 entries included, and finalize/destroy.  Every decision is compared with a reference
  * implementation of the lookup semantics written here (a linear first-match scan, the plain
  * reading of decide.c's and comm.c's header comments): the whole cost table after the call,
- * *nChannels, the rule the plugin reports.  Plus direct checks: a -1 cell is never set to 0, nChannels stays 0 when no
- * rule sets it, every return code is 0, one warning per bad table, the override, getChunkSize,
- * NULL and out-of-range arguments, reset refused while a communicator is open, and threads.
+ * *nChannels, the rule the plugin reports, and (ABI v6) after each call a getChunkSize as NCCL's
+ * scheduler makes it -- a part of that call or of an earlier one, sometimes larger, sometimes in
+ * another cell -- against the reference's memory of the last decision per collective (tables with
+ * chunk sizes are written in format 2, the others in format 1; one run with
+ * DYNAMICCL_TUNER_NO_CHUNK=1).  Plus direct checks: a -1 cell is never set to 0, nChannels stays 0 when no
+ * rule sets it, every return code is 0, one warning per bad table, the override (with its chunk),
+ * getChunkSize with NULL pointers, NULL and out-of-range arguments, reset refused while a
+ * communicator is open, and threads.
  *
  * Exit status 0 when every check passed, 1 otherwise (failures are printed to stderr).
  */
@@ -74,7 +79,7 @@ static void die(const char* what) {
 
 typedef long (*parse_fn)(const char*, size_t, char*, size_t, long*);
 typedef long (*check_file_fn)(const char*, char*, size_t, long*);
-typedef int (*override_fn)(int, int, int, long long);
+typedef int (*override_fn)(int, int, int, long long, long long);
 typedef void (*stats_fn)(dccl_counters_t*, dccl_decision_t*);
 typedef int (*reset_fn)(void);
 typedef int (*supported_fn)(int, int, int);
@@ -194,6 +199,7 @@ typedef struct {
   int coll;
   uint64_t lo, hi;
   int nranks, nnodes, position, npo, reg, algo, proto, channels;
+  int chunk; /* <= 0: keep NCCL's (written as -1) */
 } trule_t;
 
 typedef struct {
@@ -212,12 +218,16 @@ static void table_write(const char* path, const ttable_t* t, int crlf) {
   FILE* f = fopen(path, "wb");
   if (!f) die("cannot write a table file");
   const char* eol = crlf ? "\r\n" : "\n";
-  fprintf(f, "dynamiccl-tuner-table 1%s# test table%s\t  %s", eol, eol, eol);
+  int version = 1; /* format 2 only where a rule has a chunk size: both versions are read */
+  for (size_t i = 0; i < t->n; i++) version = t->rules[i].chunk > 0 ? 2 : version;
+  fprintf(f, "dynamiccl-tuner-table %d%s# test table%s\t  %s", version, eol, eol, eol);
   for (size_t i = 0; i < t->n; i++) {
     const trule_t* r = &t->rules[i];
-    fprintf(f, "rule %s %llu %llu %d %d %d %d %d %s %s %d%s", kColl[r->coll], (unsigned long long)r->lo,
+    char chunk[24] = "";
+    if (version == 2) snprintf(chunk, sizeof(chunk), " %d", r->chunk > 0 ? r->chunk : -1);
+    fprintf(f, "rule %s %llu %llu %d %d %d %d %d %s %s %d%s%s", kColl[r->coll], (unsigned long long)r->lo,
             (unsigned long long)r->hi, r->nranks, r->nnodes, r->position, r->npo, r->reg,
-            r->algo < 0 ? "-1" : kAlgo[r->algo], r->proto < 0 ? "-1" : kProto[r->proto], r->channels, eol);
+            r->algo < 0 ? "-1" : kAlgo[r->algo], r->proto < 0 ? "-1" : kProto[r->proto], r->channels, chunk, eol);
   }
   for (int i = 0; i < t->n_steps; i++) {
     const tstep_t* s = &t->steps[i];
@@ -252,7 +262,8 @@ static int ref_cheapest(const float* cost, int num_algo, int algo, int proto, in
   return found >= 0;
 }
 
-/* One communicator: the plugin's context and the reference's own position counter. */
+/* One communicator: the plugin's context and the reference's own position counter, and its memory
+ * of the last decision per collective for getChunkSize. */
 typedef struct {
   int abi;
   void* ctx;
@@ -260,6 +271,11 @@ typedef struct {
   const ttable_t* t;    /* its step lines are those of (nranks, nnodes) */
   const tstep_t* step;  /* the line being counted */
   int position;
+  int no_chunk;         /* DYNAMICCL_TUNER_NO_CHUNK=1 at init */
+  struct {
+    uint64_t nbytes;
+    int cell, chunk;    /* cell a * NP + p; chunk -1: keep NCCL's */
+  } last[5];
 } comm_t;
 
 /* Counting continues on the current line for its calls_per_step calls; then the call must be the
@@ -279,10 +295,13 @@ static int ref_position(comm_t* c, int coll, uint64_t nbytes) {
   return c->position;
 }
 
-/* Reference getCollInfo, v3..v6: updates cost and *nch; returns the rule index, or -1. */
+/* Reference getCollInfo, v3..v6: updates cost and *nch and the memory for getChunkSize; returns the
+ * rule index, or -1. */
 static long ref_decide(const ttable_t* t, comm_t* c, int coll, uint64_t nbytes, int npo, int reg, float* cost,
                        int num_algo, int* nch) {
   int position = ref_position(c, coll, nbytes);
+  c->last[coll].nbytes = nbytes;
+  c->last[coll].cell = c->last[coll].chunk = -1;
   for (size_t i = 0; i < t->n; i++) {
     const trule_t* r = &t->rules[i];
     int cell;
@@ -290,9 +309,19 @@ static long ref_decide(const ttable_t* t, comm_t* c, int coll, uint64_t nbytes, 
     if (!ref_cheapest(cost, num_algo, r->algo, r->proto, &cell)) continue;
     if (r->algo >= 0 || r->proto >= 0) cost[cell] = 0.0f;
     if (r->channels > 0) *nch = r->channels;
+    c->last[coll].cell = cell;
+    c->last[coll].chunk = r->chunk > 0 ? r->chunk : -1;
     return (long)i;
   }
   return -1;
+}
+
+/* Reference getChunkSize: the remembered decision's chunk for a part (at most its nBytes) of the
+ * remembered call of this collective in the remembered cell, else NCCL's. */
+static size_t ref_chunk(const comm_t* c, int coll, uint64_t nbytes, int cell, size_t nccl_chunk) {
+  if (c->no_chunk || c->last[coll].chunk <= 0 || nbytes > c->last[coll].nbytes || cell != c->last[coll].cell)
+    return nccl_chunk;
+  return (size_t)c->last[coll].chunk;
 }
 
 /* Reference getCollInfo, v2: only rules naming both (never LL128, collnet/nvls only when
@@ -322,7 +351,10 @@ static long ref_decide_v2(const ttable_t* t, comm_t* c, int coll, uint64_t nbyte
 /* Driving the plugin as NCCL does                                                              */
 
 static comm_t comm_open(int abi, int nranks, int nnodes, uint64_t comm_id, const ttable_t* t) {
-  comm_t c = {abi, NULL, nranks, nnodes, t, NULL, -1};
+  comm_t c = {abi, NULL, nranks, nnodes, t, NULL, -1, 0, {{0, -1, -1}}};
+  const char* no_chunk = getenv("DYNAMICCL_TUNER_NO_CHUNK");
+  c.no_chunk = no_chunk && strcmp(no_chunk, "1") == 0;
+  for (int coll = 0; coll < 5; coll++) c.last[coll].cell = c.last[coll].chunk = -1;
   dccl_result_t rc;
   dccl_nvl_domain_info_v5_t nvl = {nnodes, nranks / nnodes, nranks / nnodes};
   /* NCCL's tuning constants: opaque to the plugin, passed as NCCL would (it must not touch them) */
@@ -453,6 +485,23 @@ static long call_and_compare(const ttable_t* t, comm_t* plugin_view, comm_t* ref
   }
   CHECK(zeros <= 1 && (zeros == 0 || rule >= 0), "v%d changed %d cells", plugin_view->abi, zeros);
   CHECK(rule >= 0 || nch == 0, "v%d set nChannels %d with no rule", plugin_view->abi, nch);
+  if (plugin_view->abi == 6) { /* NCCL's scheduler: getChunkSize for a part of a task it decided */
+    int cell = -1; /* the cell NCCL runs: its arg-min over the table the plugin left */
+    for (int i = 0; i < num_algo * NP; i++)
+      if (cost[i] >= 0.0f && (cell < 0 || cost[i] < cost[cell])) cell = i;
+    int q = chance(s, 75) ? coll : rnd_below(s, 5); /* sometimes another collective's part */
+    uint64_t part = ref_view->last[q].nbytes;
+    int kind = rnd_below(s, 4);
+    if (kind == 1) part = part / (1 + (uint64_t)rnd_below(s, 64)); /* one channel's part */
+    if (kind == 2 && part < UINT64_MAX) part++;                    /* larger: not this decision's */
+    if (q != coll) cell = ref_view->last[q].cell;
+    if (chance(s, 10) || cell < 0) cell = rnd_below(s, num_algo * NP); /* another cell */
+    size_t chunk = 131072, expected = ref_chunk(ref_view, q, part, cell, 131072);
+    CHECK(P.v6->getChunkSize(plugin_view->ctx, (dccl_func_t)q, part, cell / NP, cell % NP, 1, &chunk) ==
+              DCCL_SUCCESS && chunk == expected,
+          "v6 getChunkSize %s %llu bytes cell %d after %s %llu bytes: %zu, reference %zu", kColl[q],
+          (unsigned long long)part, cell, kColl[coll], (unsigned long long)nbytes, chunk, expected);
+  }
   return rule;
 }
 
@@ -464,15 +513,15 @@ static char g_dir[4096];
 static void path_in_dir(char* out, size_t n, const char* name) { snprintf(out, n, "%s/%s", g_dir, name); }
 
 static const trule_t kSmallRules[] = {
-    /* coll lo hi nranks nnodes position npo reg algo proto channels */
-    {DCCL_FUNC_ALLREDUCE, 0, 65535, 16, 2, -1, -1, -1, DCCL_ALGO_RING, DCCL_PROTO_LL128, 8},
-    {DCCL_FUNC_ALLREDUCE, 65536, 1048575, 16, 2, -1, -1, -1, DCCL_ALGO_TREE, -1, -1},
-    {DCCL_FUNC_ALLREDUCE, 1048576, UINT64_MAX, -1, -1, -1, -1, -1, -1, DCCL_PROTO_SIMPLE, 4},
-    {DCCL_FUNC_ALLGATHER, 0, UINT64_MAX, 16, 2, -1, -1, -1, -1, -1, 2},
-    {DCCL_FUNC_REDUCESCATTER, 0, 4096, -1, -1, 1, -1, -1, DCCL_ALGO_RING, DCCL_PROTO_LL, -1},
-    {DCCL_FUNC_BROADCAST, 0, UINT64_MAX, -1, -1, -1, 2, -1, DCCL_ALGO_RING, DCCL_PROTO_SIMPLE, 3},
-    {DCCL_FUNC_REDUCE, 0, UINT64_MAX, -1, -1, -1, -1, 1, DCCL_ALGO_RING, DCCL_PROTO_LL, 5},
-    {DCCL_FUNC_ALLREDUCE, 0, UINT64_MAX, 8, 1, -1, -1, -1, DCCL_ALGO_NVLS, DCCL_PROTO_SIMPLE, 16},
+    /* coll lo hi nranks nnodes position npo reg algo proto channels chunk */
+    {DCCL_FUNC_ALLREDUCE, 0, 65535, 16, 2, -1, -1, -1, DCCL_ALGO_RING, DCCL_PROTO_LL128, 8, -1},
+    {DCCL_FUNC_ALLREDUCE, 65536, 1048575, 16, 2, -1, -1, -1, DCCL_ALGO_TREE, -1, -1, -1},
+    {DCCL_FUNC_ALLREDUCE, 1048576, UINT64_MAX, -1, -1, -1, -1, -1, -1, DCCL_PROTO_SIMPLE, 4, -1},
+    {DCCL_FUNC_ALLGATHER, 0, UINT64_MAX, 16, 2, -1, -1, -1, -1, -1, 2, -1},
+    {DCCL_FUNC_REDUCESCATTER, 0, 4096, -1, -1, 1, -1, -1, DCCL_ALGO_RING, DCCL_PROTO_LL, -1, -1},
+    {DCCL_FUNC_BROADCAST, 0, UINT64_MAX, -1, -1, -1, 2, -1, DCCL_ALGO_RING, DCCL_PROTO_SIMPLE, 3, -1},
+    {DCCL_FUNC_REDUCE, 0, UINT64_MAX, -1, -1, -1, -1, 1, DCCL_ALGO_RING, DCCL_PROTO_LL, 5, -1},
+    {DCCL_FUNC_ALLREDUCE, 0, UINT64_MAX, 8, 1, -1, -1, -1, DCCL_ALGO_NVLS, DCCL_PROTO_SIMPLE, 16, -1},
 };
 
 static ttable_t small_table(void) {
@@ -554,6 +603,11 @@ static void small_direct_checks(int abi) {
     CHECK(P.v6->getChunkSize(c.ctx, DCCL_FUNC_ALLREDUCE, 1 << 20, DCCL_ALGO_RING, DCCL_PROTO_SIMPLE, 8, &chunk) ==
               DCCL_SUCCESS && chunk == 131072, "getChunkSize changed the chunk to %zu", chunk);
     CHECK(P.v6->getChunkSize(NULL, DCCL_FUNC_ALLREDUCE, 1, 0, 0, 0, &chunk) == DCCL_SUCCESS, "getChunkSize(NULL)");
+    CHECK(P.v6->getChunkSize(c.ctx, DCCL_FUNC_ALLREDUCE, 1, 0, 0, 0, NULL) == DCCL_SUCCESS, "getChunkSize(NULL ptr)");
+    CHECK(P.v6->getChunkSize(c.ctx, DCCL_FUNC_SENDRECV, 1, 0, 0, 0, &chunk) == DCCL_SUCCESS && chunk == 131072,
+          "getChunkSize(SendRecv)");
+    CHECK(P.v6->getChunkSize(c.ctx, (dccl_func_t)-1, 1, 0, 0, 0, &chunk) == DCCL_SUCCESS && chunk == 131072,
+          "getChunkSize(-1)");
   }
   CHECK(P.reset() == -1, "reset allowed while communicators are open");
   comm_close(&d);
@@ -634,7 +688,7 @@ static void random_calls(int abi, const ttable_t* t, int calls, uint64_t seed) {
 /* A valid random rule for coll (supported algorithm / protocol, as the parser demands). */
 static trule_t random_rule(uint64_t* s, int coll, int overlap) {
   static const int nranks_choices[4] = {-1, 16, 8, 32};
-  trule_t r = {coll, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1};
+  trule_t r = {coll, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1, -1};
   if (overlap) { /* nested ranges: every rule covers most of the byte axis */
     r.lo = rnd(s) % (1ULL << 20);
     r.hi = chance(s, 20) ? UINT64_MAX : (1ULL << 30) + rnd(s) % (UINT64_MAX - (1ULL << 30));
@@ -672,6 +726,7 @@ static trule_t random_rule(uint64_t* s, int coll, int overlap) {
     r.proto = p;
   }
   if (chance(s, 40)) r.channels = 1 + rnd_below(s, DCCL_MAX_CHANNELS);
+  if (chance(s, 40)) r.chunk = 4096 << rnd_below(s, 15); /* 4 KiB .. 64 MiB */
   return r;
 }
 
@@ -748,6 +803,11 @@ static void scenario_tables(int abi, int calls) {
   /* 5,000 random rules: the plugin indexes them by byte segment */
   ttable_t big = random_table(1000 + (uint64_t)abi, 5000, 0, -1);
   run_table(abi, "big.txt", &big, 0, calls, 21 + (uint64_t)abi);
+  if (abi == 6) { /* the launcher's switch: NCCL's chunk on every communicator opened with it */
+    setenv("DYNAMICCL_TUNER_NO_CHUNK", "1", 1);
+    run_table(abi, "big.txt", &big, 0, calls / 3, 41);
+    unsetenv("DYNAMICCL_TUNER_NO_CHUNK");
+  }
   free(big.rules);
 
   /* heavily overlapping ranges: indexed (each segment lists hundreds of rules) ... */
@@ -800,8 +860,11 @@ static void scenario_override(int abi) {
   use_table(NULL);
   comm_t c = comm_open(abi, 16, 2, 7, NULL);
   CHECK(g_warns == 1, "no table: %d warnings", g_warns);
-  CHECK(P.override(DCCL_NUM_ALGORITHMS, -1, -1, 1) == -1 && P.override(-1, -1, 0, 1) == -1, "bad override accepted");
-  CHECK(P.override(DCCL_ALGO_RING, DCCL_PROTO_SIMPLE, 2, 2) == 0, "override refused");
+  CHECK(P.override(DCCL_NUM_ALGORITHMS, -1, -1, -1, 1) == -1 && P.override(-1, -1, 0, -1, 1) == -1 &&
+            P.override(-1, -1, -1, 1000, 1) == -1 && P.override(-1, -1, -1, 2048, 1) == -1 &&
+            P.override(-1, -1, -1, 128LL << 20, 1) == -1 && P.override(-1, -1, -1, 0, 1) == -1,
+        "bad override accepted");
+  CHECK(P.override(DCCL_ALGO_RING, DCCL_PROTO_SIMPLE, 2, 262144, 2) == 0, "override refused");
   const int cell = DCCL_ALGO_RING * NP + DCCL_PROTO_SIMPLE;
   for (int k = 0; k < 3; k++) {
     int nch = 0;
@@ -816,6 +879,13 @@ static void scenario_override(int abi) {
       call_costs(&c, DCCL_FUNC_ALLREDUCE, 4096, 1, 0, cost, NA, &nch);
       CHECK(k < 2 ? (cost[cell] == 0.0f && nch == 2) : (cost[cell] > 0.0f && nch == 0),
             "v%d override call %d: cell %g, nChannels %d", abi, k, cost[cell], nch);
+      if (abi == 6) { /* the forced chunk, for the forced cell only */
+        size_t chunk = 131072, other = 131072;
+        P.v6->getChunkSize(c.ctx, DCCL_FUNC_ALLREDUCE, 4096, DCCL_ALGO_RING, DCCL_PROTO_SIMPLE, 1, &chunk);
+        P.v6->getChunkSize(c.ctx, DCCL_FUNC_ALLREDUCE, 4096, DCCL_ALGO_RING, DCCL_PROTO_LL, 1, &other);
+        CHECK(chunk == (k < 2 ? 262144u : 131072u) && other == 131072, "v6 override call %d: chunk %zu / %zu", k,
+              chunk, other);
+      }
     }
   }
   if (abi >= 3) { /* forcing a cell NCCL disabled is refused: NCCL decides */
@@ -824,14 +894,14 @@ static void scenario_override(int abi) {
     all_costs(cost, 5.0f);
     cost[cell] = DCCL_ALGO_PROTO_IGNORE;
     memcpy(before, cost, sizeof(cost));
-    P.override(DCCL_ALGO_RING, DCCL_PROTO_SIMPLE, 2, -1);
+    P.override(DCCL_ALGO_RING, DCCL_PROTO_SIMPLE, 2, -1, -1);
     call_costs(&c, DCCL_FUNC_ALLREDUCE, 4096, 1, 0, cost, NA, &nch);
     CHECK(memcmp(cost, before, sizeof(cost)) == 0 && nch == 0, "v%d override revived a disabled cell", abi);
     dccl_counters_t counters;
     P.stats(&counters, NULL);
     CHECK(counters.overridden == 2 && counters.refused == 1, "v%d override counters %lld/%lld", abi,
           counters.overridden, counters.refused);
-    P.override(-1, -1, -1, 0);
+    P.override(-1, -1, -1, -1, 0);
   }
   comm_close(&c);
 }
