@@ -367,8 +367,8 @@ def test_chunks_are_refused_on_gloo_with_the_reason(tiny_trace, tmp_path, capsys
 
 def member(calls_made: int, overridden: int, refused: int = 0, chunk_set: int = 0) -> list[float]:
     # probe (ring/simple/ch 0, override, chunk), plugin calls, overridden, refused, getChunkSize calls and
-    # chunks set, calls made, no GEMM
-    return [1, 2, 0, 2, 65536, overridden + refused, overridden, refused, calls_made, chunk_set, calls_made,
+    # chunks set, the cell the plugin recorded (ring/simple), calls made, no GEMM
+    return [1, 2, 0, 2, 65536, overridden + refused, overridden, refused, calls_made, chunk_set, 1, 2, calls_made,
             float("nan")]
 
 
@@ -389,6 +389,20 @@ def test_a_forced_configuration_counts_as_applied_only_if_nccl_took_it_on_every_
     assert not applied_on_every_rank("nccl", chunk, [member(9, 9)] * 2)  # NCCL never asked for a chunk
 
 
+def test_the_cell_nccl_ran_is_kept_only_where_every_member_of_every_applied_step_agrees():
+    from dynamiccl.measure.worker import ran_cells
+
+    def entry(item, config, applied, *cells):
+        return {"step": [1, item, config, 3, 0], "applied": applied,
+                "members": [{"ran_algorithm": a, "ran_protocol": p} for a, p in cells]}
+
+    log = [entry(0, 5, True, (1, 2), (1, 2)), entry(0, 5, True, (1, 2), (1, 2)),  # ring/simple throughout
+           entry(0, 6, True, (1, 2), (0, 2)),  # members disagree: unknown
+           entry(0, 7, False, (1, 2), (1, 2)),  # not applied: nothing to say
+           entry(1, 5, True, (-1, -1), (-1, -1))]  # no decision recorded
+    assert ran_cells(log) == {(0, 5): [1, 2]}
+
+
 def test_nccl_rows_carry_forced_configurations_and_channels_and_never_unapplied_ones(tmp_path):
     from dynamiccl.costmodel.measurements import write_measurements
     from dynamiccl.measure.plan import Item, Plan
@@ -396,7 +410,7 @@ def test_nccl_rows_carry_forced_configurations_and_channels_and_never_unapplied_
 
     ring_ll_8, nvls = Config(int(Algorithm.RING), int(Protocol.LL), 8), Config(int(Algorithm.NVLS), int(Protocol.SIMPLE), 0)
     item = Item("allreduce", Shape(16, 2), 1 << 20, "bf16", 20, 5, ("dp",),
-                [DEFAULT, ring_ll_8, nvls, Config(chunk_bytes=262144)])
+                [DEFAULT, ring_ll_8, nvls, Config(chunk_bytes=262144), Config(chunk_bytes=524288)])
     plan = Plan("t.parquet", [item], [], (0, 8))
     state = lambda applied, t, status="done": {"status": status, "reason": "", "applied": applied,  # noqa: E731
                                                "times_us": t, "gemm_times_us": []}
@@ -404,11 +418,15 @@ def test_nccl_rows_carry_forced_configurations_and_channels_and_never_unapplied_
                                                                      "outside the modelled range)")):
         results = {"backend": "nccl", "nccl_version": version, "device": "NVIDIA H100 80GB HBM3", "warmup": 5,
                    "items": [{"configs": [state(True, [30.0, 10.0, 20.0]), state(True, [8.0]),
-                                          state(False, [50.0], "not applied"), state(True, [12.0])]}], "gemm": None}
+                                          state(False, [50.0], "not applied"),
+                                          {**state(True, [12.0]), "ran": [int(Algorithm.RING), int(Protocol.SIMPLE)]},
+                                          state(True, [13.0])]}], "gemm": None}
         rows, not_written = measurement_rows(plan, results, "IB", "RUN")
         assert [(r["algo"], r["proto"], r["channels"], r["chunk_bytes"]) for r in rows] == \
-            [("default", "default", 0, 0), ("ring", "ll", 8, 0), ("default", "default", 0, 262144)]
+            [("default", "default", 0, 0), ("ring", "ll", 8, 0), ("ring", "simple", 0, 262144),
+             ("default", "default", 0, 524288)]  # the cell NCCL chose, where the plugin recorded one
         assert rows[2]["table"] == "measure-RUN-allreduce-16x2-chunk256K" and "262144 B chunk set" in rows[2]["how"]
+        assert "NCCL chose ring/simple on every call" in rows[2]["how"]
         assert rows[0]["time_us"] == 20.0 and rows[0]["gpus_per_node"] == 8 and rows[0]["nodes"] == 2
         assert rows[1]["table"] == "measure-RUN-allreduce-16x2-ring-ll-ch8"
         assert rows[0]["system"] == f"NVIDIA H100 80GB HBM3, 8 per node x 2 node(s), NCCL {version}; IB"
@@ -416,7 +434,7 @@ def test_nccl_rows_carry_forced_configurations_and_channels_and_never_unapplied_
         write_measurements(tmp_path / "m.csv", rows)
         tables = load_measurements(tmp_path / "m.csv")  # the calibration reader takes both
         assert [(t.algo, t.proto, t.channels, t.chunk_bytes, t.nranks) for t in tables] == \
-            [(-1, -1, 0, 0, 16), (1, 0, 8, 0, 16), (-1, -1, 0, 262144, 16)]
+            [(-1, -1, 0, 0, 16), (1, 0, 8, 0, 16), (1, 2, 0, 262144, 16), (-1, -1, 0, 524288, 16)]
 
 
 def test_ctrl_c_or_sigterm_stops_the_job_and_leaves_nothing_behind(tiny_trace, tmp_path):

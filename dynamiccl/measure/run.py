@@ -295,7 +295,10 @@ def measurement_rows(plan: Plan, results: dict, system: str, run_id: str) -> tup
     """The calibration CSV rows of a run and what was measured but not written (with why).
 
     A row is one (item, configuration) with timed repetitions that was applied (NCCL's default
-    always is); with a GEMM beside, a second row with its own table id and ``how``.
+    always is); with a GEMM beside, a second row with its own table id and ``how``. A chunk size
+    timed under NCCL's own choice is written with the (algorithm, protocol) NCCL chose on every call
+    where the plugin recorded one (``ran``): the key under which the measured model prices the
+    tuner's (cell, chunk) actions; else as NCCL's default pair.
     """
     from dynamiccl.nccl import Algorithm, Protocol, busbw_factor
 
@@ -311,10 +314,15 @@ def measurement_rows(plan: Plan, results: dict, system: str, run_id: str) -> tup
                 continue
             forced = "NCCL's default" if config.is_default else \
                 f"forced {config.label} through the tuner plugin's override (NCCL ran it on every call)"
+            algo, proto = config.algo, config.proto
             if config.chunk_bytes:  # NCCL's own algorithm, protocol and channels, the chunk size set
                 forced = (f"NCCL's own algorithm, protocol and channels with a {config.chunk_bytes} B chunk set "
                           "through the tuner plugin's getChunkSize (NCCL asked on every call; it clamps a chunk to "
                           "what its buffers allow)")
+                if algo < 0 and state.get("ran"):  # the cell NCCL chose, as the measured model keys it
+                    algo, proto = state["ran"]
+                    forced += (f"; NCCL chose {Algorithm(algo).name_lower}/{Protocol(proto).name_lower} on every "
+                               "call of every rank (the plugin's decision record)")
             if config.channels:  # the tuner can only lower the count below the pool fixed at init
                 forced += f"; {config.channels} channels asked, capped by NCCL at the communicator's pool"
             base_how = (f"dynamiccl measure: {item.coll} {item.dtype} on {results['backend']}, {forced}; {timing}, "
@@ -332,8 +340,8 @@ def measurement_rows(plan: Plan, results: dict, system: str, run_id: str) -> tup
                     "table": f"measure-{run_id}-{item.coll}-{shape.key}-{config.label.replace('/', '-')}{suffix}",
                     "system": system_text(results, shape.nranks, shape.nnodes, system),
                     "nccl_version": nccl_version_cell(results), "coll": item.coll,
-                    "algo": Algorithm(config.algo).name_lower if config.algo >= 0 else "default",
-                    "proto": Protocol(config.proto).name_lower if config.proto >= 0 else "default",
+                    "algo": Algorithm(algo).name_lower if algo >= 0 else "default",
+                    "proto": Protocol(proto).name_lower if proto >= 0 else "default",
                     "gpus_per_node": shape.ranks_per_node, "nodes": shape.nnodes, "size_bytes": item.size_bytes,
                     "time_us": round(time_us, 3), "algbw_gbytes_per_s": round(algbw, 6),
                     "busbw_gbytes_per_s": round(algbw * busbw_factor(item.coll, shape.nranks), 6), "how": how,

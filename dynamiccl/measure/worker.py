@@ -61,7 +61,7 @@ RESULTS_FILE, PROGRESS_FILE = "results.json", "progress.json"
 # What each rank reports after a step (all-gathered to rank 0), in this order.
 STEP_FIELDS = ("probe_algorithm", "probe_protocol", "probe_channels", "probe_source", "probe_chunk_bytes",
                "plugin_calls", "plugin_overridden", "plugin_refused", "plugin_chunk_calls", "plugin_chunk_set",
-               "calls_made", "gemm_median_us")
+               "ran_algorithm", "ran_protocol", "calls_made", "gemm_median_us")
 COUNTERS = ("calls", "overridden", "refused", "chunk_calls", "chunk_set")  # the plugin's, per step
 INFINIBAND_SYSFS = Path("/sys/class/infiniband")  # the kernel's RDMA devices, one directory each
 # The chunk size NCCL's getChunkSize call hands the probe (any: the plugin sets it or leaves it).
@@ -176,6 +176,18 @@ def applied_on_every_rank(backend: str, config: Config, members: list[list[float
     return chunk_ok and all(f["plugin_overridden"] >= f["calls_made"] and f["plugin_refused"] == 0 for f in fields)
 
 
+def ran_cells(log: list[dict]) -> dict[tuple[int, int], list[int]]:
+    """(item, configuration) -> [algorithm, protocol] NCCL ran on every applied step of it, by every
+    member (the plugin's decision record); left out where they differ or nothing was applied."""
+    cells: dict[tuple[int, int], set] = {}
+    for entry in log:
+        if entry["applied"]:
+            key = tuple(entry["step"][1:3])
+            cells.setdefault(key, set()).update((m["ran_algorithm"], m["ran_protocol"]) for m in entry["members"])
+    return {key: list(next(iter(found))) for key, found in cells.items()
+            if len(found) == 1 and min(next(iter(found))) >= 0}
+
+
 def _member_record(values: list[float]) -> dict:
     """One member's STEP_FIELDS as JSON: counts as ints, the probe's source by name, no NaN."""
     record = {k: int(v) for k, v in zip(STEP_FIELDS, values) if k != "gemm_median_us"}  # probe_chunk_bytes -1: none
@@ -224,6 +236,13 @@ class Worker:
             torch.set_num_threads(1)  # ranks share the CPU; more threads only contend
             dist.init_process_group("gloo", timeout=timeout)
             self.side = None  # the default group is gloo already
+        from dynamiccl.costmodel.live import torch_nccl_version
+
+        self.nccl_version = torch_nccl_version() if self.backend == "nccl" else None
+        # --chunks on an NCCL that never asks a tuner for a chunk size: the reason; nothing more is set up
+        self.chunks_refused = chunks_refusal(self.backend, self.nccl_version) if self.plan.chunks else None
+        if self.chunks_refused:
+            return
         gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
         dist.all_gather(gathered, torch.tensor([node], dtype=torch.int64), group=self.side)
         nodes = [int(t.item()) for t in gathered]
@@ -244,11 +263,6 @@ class Worker:
                             for shape, members in self.placements.items()
                             if not isinstance(members, str) and self.rank in members}
         self.abi = abi
-        from dynamiccl.costmodel.live import torch_nccl_version
-
-        self.nccl_version = torch_nccl_version() if self.backend == "nccl" else None
-        # --chunks on an NCCL that never asks a tuner for a chunk size: the reason, and nothing is timed
-        self.chunks_refused = chunks_refusal(self.backend, self.nccl_version) if self.plan.chunks else None
         self.gemm = None
         if args.with_gemm:
             from dynamiccl.measure.gemm import GemmBeside
@@ -309,7 +323,10 @@ class Worker:
         finally:
             self.library.clear_override()
         gemm_median = statistics.median(gemm.collect() or [float("nan")]) if gemm else float("nan")
-        mine = answer + [after[k] - before[k] for k in COUNTERS] + [calls, gemm_median]
+        # The cell the plugin's last decision recorded: under a chunk override (NCCL's own cell), the
+        # cell NCCL chose for the step's last call -- the same for every call of one size.
+        ran = [after["last"]["algorithm"], after["last"]["protocol"]]
+        mine = answer + [after[k] - before[k] for k in COUNTERS] + ran + [calls, gemm_median]
         gathered = [torch.zeros(len(STEP_FIELDS), dtype=torch.float64) for _ in range(item.shape.nranks)]
         dist.all_gather(gathered, torch.tensor(mine, dtype=torch.float64), group=sync)
         return times, [t.tolist() for t in gathered], name
@@ -321,8 +338,6 @@ class Worker:
         import torch.distributed as dist
 
         if self.chunks_refused:
-            for comm in self.probe_comms.values():
-                comm.close()
             if self.rank == 0:
                 atomic.write_text(self.out / RESULTS_FILE, json.dumps(
                     {"refused": self.chunks_refused, "backend": self.backend, "nccl_version": self.nccl_version}))
@@ -392,10 +407,12 @@ class Worker:
         import torch
 
         items = []
+        ran = ran_cells(log)
         for i, (item, states) in enumerate(zip(self.plan.items, scheduler.states)):
             items.append({"index": i, "configs": [
                 {"config": item.configs[c].label, "status": s.status, "reason": s.reason, "applied": s.applied,
-                 "times_us": s.times_us, "gemm_times_us": s.gemm_times_us} for c, s in enumerate(states)]})
+                 "times_us": s.times_us, "gemm_times_us": s.gemm_times_us, "ran": ran.get((i, c))}
+                for c, s in enumerate(states)]})
         return {
             "backend": self.backend, "nccl_version": self.nccl_version, "torch_version": torch.__version__,
             "device": device_name(self.device), "world_size": self.world, "rank_nodes": self.rank_nodes,
