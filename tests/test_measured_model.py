@@ -151,9 +151,12 @@ def test_chunk_rows_are_priced_from_their_own_measurements(measured_csv, tmp_pat
     chunks = tmp_path / "chunks.csv"
     rows = [{**_row("c256", "allreduce", "default", "default", "", size, t), "chunk_bytes": 262144}
             for size, t in ((4096, 9.0), (1 << 20, 40.0), (1 << 22, 120.0))]
+    # as `measure --chunks` writes a chunk timed where NCCL chose ring/simple on every call: the tuner's
+    # (cell, chunk) action
+    rows += [{**_row("ring-c64", "allreduce", "ring", "simple", "", 1 << 20, 35.0), "chunk_bytes": 65536}]
     write_measurements(chunks, rows)
     model = _model(measured_csv, chunks)
-    assert model.prices_chunk and "chunk sizes measured: 256 KiB" in model.describe()
+    assert model.prices_chunk and "chunk sizes measured: 64 KiB, 256 KiB" in model.describe()
     batch = make_batch(int(Func.ALLREDUCE), np.array([1 << 20, 1 << 21, 1 << 20, 1 << 20]), 2, 1,
                        chunk_bytes=np.array([262144, 262144, 65536, 0]))
     got = model.evaluate(batch)
@@ -162,6 +165,9 @@ def test_chunk_rows_are_priced_from_their_own_measurements(measured_csv, tmp_pat
     assert math.isinf(got.time_us[2])  # 64 KiB was never measured
     default = next(t for t in load_measurements(measured_csv) if t.algo < 0 and t.func == Func.ALLREDUCE)
     assert got.time_us[3] == pytest.approx(default.time_us[list(default.size_bytes).index(float(1 << 20))])
+    ring = model.evaluate(make_batch(int(Func.ALLREDUCE), float(1 << 20), 2, 1, algo=int(Algorithm.RING),
+                                     proto=int(Protocol.SIMPLE), chunk_bytes=np.array([65536, 131072])))
+    assert ring.time_us[0] == pytest.approx(35.0) and math.isinf(ring.time_us[1])
     # a shape without NCCL-default measurements is still named, chunk row or not
     with pytest.raises(InputError, match=r"allreduce over 4 ranks"):
         model.evaluate(make_batch(int(Func.ALLREDUCE), 4096.0, 4, 1, chunk_bytes=262144))

@@ -43,6 +43,9 @@ False), from the tables timed alone; tables timed with compute beside (``dynamic
 --with-gemm``, :func:`~dynamiccl.costmodel.measurements.measured_beside_compute`) are left out and
 counted in :meth:`MeasuredModel.describe`. It applies NCCL's knobs (``applies_nccl_knobs``) exactly
 when the CSVs hold a forced configuration; with NCCL-default tables only, only NCCL's default is valid.
+A row's communicator settings (``max_ctas``, ``min_ctas``, ``nvls_ctas``, ``zero_cta``) are not part
+of the key: ``dynamiccl measure`` times communicators created with NCCL's settings, so such a row is
+priced as that communicator's (nothing measured says what the settings change).
 It prices chunk sizes (``prices_chunk``) exactly when the CSVs hold tables timed with one: the only
 cost model that does, since no public measurement relates a collective's time to its chunk size
 (:mod:`dynamiccl.knobs.chunk`).
