@@ -437,7 +437,7 @@ def format_rows(plan: Plan, rows: list[dict]) -> str:
             table_rows.append(make_row(coll, nranks, row["size_bytes"], dtype.name_lower, dtype.size_bytes,
                                        row["time_us"], algo, proto, row["channels"]))
         header = [f"dynamiccl measure: {coll}, {nranks} ranks on {nnodes} node(s)" + (", GEMM beside" if gemm else "")
-                  + (f", chunk {chunk} B set through getChunkSize (NCCL's own choice otherwise)" if chunk else ""),
+                  + (f", chunk {chunk} B set through getChunkSize in the cell NCCL chose" if chunk else ""),
                   group[0]["system"], "algo/proto '-' = NCCL's default; channels 0 = NCCL's own count"]
         out.append(format_table(table_rows, header))
     return "\n\n".join(out)
