@@ -89,6 +89,54 @@ def test_budget_and_channel_arguments():
             parse_channels(bad)
 
 
+def test_chunk_sizes_are_planned_and_refused_where_nccl_cannot_set_them_or_safety_forbids(tiny_trace):
+    """`--chunks`: every collective item gets NCCL's own choice with each chunk size; an NCCL without
+    tuner ABI v6 (or gloo) refuses them all with the reason; knobs.safety's refusals are never timed."""
+    from dynamiccl.knobs.chunk import CHUNK_CHOICES_BYTES
+    from dynamiccl.measure.plan import Item, Plan, chunk_refusals, chunks_refusal
+
+    plan = build_plan(Trace.read(tiny_trace), str(tiny_trace), channels=(0,), chunks=CHUNK_CHOICES_BYTES)
+    for item in plan.items:
+        chunked = [c for c in item.configs if c.chunk_bytes]
+        assert [c.chunk_bytes for c in chunked] == list(CHUNK_CHOICES_BYTES)
+        assert all(c.algo == c.proto == -1 and c.channels == 0 and not c.is_default for c in chunked)
+    assert Config(chunk_bytes=262144).label == "chunk256K"
+    assert Plan.from_json(plan.to_json()).chunks == CHUNK_CHOICES_BYTES
+    # whether the job's NCCL asks a tuner for a chunk size at all
+    assert chunks_refusal("nccl", "2.30.3") is None and chunks_refusal("nccl", "2.31.2") is None
+    assert "NCCL >= 2.30.3" in chunks_refusal("nccl", "2.28.3") and "2.28.3" in chunks_refusal("nccl", "2.28.3")
+    assert "runs on gloo" in chunks_refusal("gloo", None)
+    # nccl#2408: chunks >= 1 MiB on NCCL 2.31.2 over RoCE; a one-node communicator never crosses the network
+    one, two = (Item("allreduce", shape, 1 << 24, "bf16", 24, 4, ("dp",), configs_for("allreduce", (0,),
+                                                                                     CHUNK_CHOICES_BYTES))
+                for shape in (Shape(8, 1), Shape(16, 2)))
+    plan = Plan("t.parquet", [one, two], [], (0,), CHUNK_CHOICES_BYTES)
+    mib = two.configs.index(Config(chunk_bytes=1 << 20))
+    refused = chunk_refusals(plan, "2.31.2", "roce")
+    assert list(refused) == [(1, mib)] and "nccl#2408" in refused[(1, mib)]
+    assert chunk_refusals(plan, "2.31.2", None) == refused  # an unknown network: refused when in doubt
+    assert chunk_refusals(plan, "2.31.2", "ib") == {} and chunk_refusals(plan, "2.30.3", "roce") == {}
+    scheduler = Scheduler([len(one.configs), len(two.configs)], deadline=1e9, clock=Clock(), iters=3, warmup=0,
+                          drop_unapplied=True, unavailable=refused)
+    steps = drive(scheduler, lambda i, c: 10.0)
+    assert (1, mib) not in {(s.item, s.config) for s in steps}  # never timed
+    assert scheduler.states[1][mib].status == "unavailable" and "nccl#2408" in scheduler.states[1][mib].reason
+
+
+def test_network_transport_reads_the_rdma_link_layers(tmp_path):
+    from dynamiccl.measure.worker import network_transport
+
+    assert network_transport(tmp_path) is None  # no RDMA device: sockets or unknown
+    for device, layer in (("mlx5_0", "InfiniBand"), ("mlx5_1", "InfiniBand")):
+        (tmp_path / device / "ports" / "1").mkdir(parents=True)
+        (tmp_path / device / "ports" / "1" / "link_layer").write_text(layer + "\n")
+    assert network_transport(tmp_path) == "ib"
+    (tmp_path / "mlx5_1" / "ports" / "1" / "link_layer").write_text("Ethernet\n")
+    assert network_transport(tmp_path) is None  # both kinds: unknown
+    (tmp_path / "mlx5_0" / "ports" / "1" / "link_layer").write_text("Ethernet\n")
+    assert network_transport(tmp_path) == "roce"
+
+
 # --- the scheduler (rank 0's decisions) ----------------------------------------------------------------
 
 class Clock:
@@ -289,22 +337,70 @@ def test_a_failing_job_is_reported_with_the_reason(tiny_trace, tmp_path):
     assert not (tmp_path / "m.csv").exists() and not list(tmp_path.glob(".dynamiccl-measure-*"))
 
 
+def test_chunks_are_refused_on_gloo_with_the_reason(tiny_trace, tmp_path, capsys):
+    """Asked of gloo, before anything runs; found by the workers (auto backend on this CPU machine),
+    after they start and before anything is timed. Nothing is written either way."""
+    assert main(["measure", "--trace", str(tiny_trace), "-o", str(tmp_path / "m.csv"), "--chunks", "--backend",
+                 "gloo", "--", *LAUNCHER, "2"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--chunks: chunk sizes need NCCL >= 2.30.3 (tuner ABI v6 getChunkSize); the job runs on gloo, where no NCCL "
+        "runs, so there is no chunk size to set")
+    # One rank started directly (as torchrun would set it up): the workers' own check, without a launcher's cost.
+    import os
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    one_rank = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port)}
+    done = subprocess.run([sys.executable, "-m", "dynamiccl", "measure", "--trace", str(tiny_trace), "-o",
+                           str(tmp_path / "m.csv"), "--chunks", "--budget", "2m", "--", sys.executable],
+                          capture_output=True, text=True, timeout=300, env=one_rank)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert ("--chunks: chunk sizes need NCCL >= 2.30.3 (tuner ABI v6 getChunkSize); the job runs on gloo"
+            in done.stderr.splitlines()[-1])
+    assert not (tmp_path / "m.csv").exists() and not list(tmp_path.glob(".dynamiccl-measure-*"))
+
+
 # --- the NCCL side of the bookkeeping, without a GPU ----------------------------------------------------
 
-def member(calls_made: int, overridden: int, refused: int = 0) -> list[float]:
-    # probe (ring/simple/ch 0, override), plugin calls, overridden, refused, calls made, no GEMM
-    return [1, 2, 0, 2, overridden + refused, overridden, refused, calls_made, float("nan")]
+def member(calls_made: int, overridden: int, refused: int = 0, chunk_set: int = 0) -> list[float]:
+    # probe (ring/simple/ch 0, override, chunk), plugin calls, overridden, refused, getChunkSize calls and
+    # chunks set, the cell the plugin recorded (ring/simple), calls made, no GEMM
+    return [1, 2, 0, 2, 65536, overridden + refused, overridden, refused, calls_made, chunk_set, 1, 2, calls_made,
+            float("nan")]
 
 
 def test_a_forced_configuration_counts_as_applied_only_if_nccl_took_it_on_every_call_of_every_rank():
-    from dynamiccl.measure.worker import applied_on_every_rank
+    from dynamiccl.measure.worker import STEP_FIELDS, applied_on_every_rank
 
-    assert applied_on_every_rank("nccl", False, [member(9, 9), member(9, 9)])
-    assert not applied_on_every_rank("nccl", False, [member(9, 9), member(9, 8)])  # one call decided by NCCL
-    assert not applied_on_every_rank("nccl", False, [member(9, 0, refused=9)] * 2)  # NCCL disabled the cell
-    assert not applied_on_every_rank("nccl", False, [member(9, 0)] * 2)  # the plugin was never asked
-    assert not applied_on_every_rank("gloo", False, [member(9, 9)] * 2)
-    assert applied_on_every_rank("gloo", True, [member(9, 0)] * 2)  # NCCL's default: nothing to apply
+    assert len(member(1, 1)) == len(STEP_FIELDS)
+    ring = Config(int(Algorithm.RING), int(Protocol.SIMPLE))
+    assert applied_on_every_rank("nccl", ring, [member(9, 9), member(9, 9)])
+    assert not applied_on_every_rank("nccl", ring, [member(9, 9), member(9, 8)])  # one call decided by NCCL
+    assert not applied_on_every_rank("nccl", ring, [member(9, 0, refused=9)] * 2)  # NCCL disabled the cell
+    assert not applied_on_every_rank("nccl", ring, [member(9, 0)] * 2)  # the plugin was never asked
+    assert not applied_on_every_rank("gloo", ring, [member(9, 9)] * 2)
+    assert applied_on_every_rank("gloo", DEFAULT, [member(9, 0)] * 2)  # NCCL's default: nothing to apply
+    chunk = Config(chunk_bytes=65536)  # getChunkSize must have given the chunk on every call too
+    assert applied_on_every_rank("nccl", chunk, [member(9, 9, chunk_set=9)] * 2)
+    assert not applied_on_every_rank("nccl", chunk, [member(9, 9, chunk_set=9), member(9, 9, chunk_set=3)])
+    assert not applied_on_every_rank("nccl", chunk, [member(9, 9)] * 2)  # NCCL never asked for a chunk
+
+
+def test_the_cell_nccl_ran_is_kept_only_where_every_member_of_every_applied_step_agrees():
+    from dynamiccl.measure.worker import ran_cells
+
+    def entry(item, config, applied, *cells):
+        return {"step": [1, item, config, 3, 0], "applied": applied,
+                "members": [{"ran_algorithm": a, "ran_protocol": p} for a, p in cells]}
+
+    log = [entry(0, 5, True, (1, 2), (1, 2)), entry(0, 5, True, (1, 2), (1, 2)),  # ring/simple throughout
+           entry(0, 6, True, (1, 2), (0, 2)),  # members disagree: unknown
+           entry(0, 7, False, (1, 2), (1, 2)),  # not applied: nothing to say
+           entry(1, 5, True, (-1, -1), (-1, -1))]  # no decision recorded
+    assert ran_cells(log) == {(0, 5): [1, 2]}
 
 
 def test_nccl_rows_carry_forced_configurations_and_channels_and_never_unapplied_ones(tmp_path):
@@ -313,7 +409,8 @@ def test_nccl_rows_carry_forced_configurations_and_channels_and_never_unapplied_
     from dynamiccl.measure.run import measurement_rows
 
     ring_ll_8, nvls = Config(int(Algorithm.RING), int(Protocol.LL), 8), Config(int(Algorithm.NVLS), int(Protocol.SIMPLE), 0)
-    item = Item("allreduce", Shape(16, 2), 1 << 20, "bf16", 20, 5, ("dp",), [DEFAULT, ring_ll_8, nvls])
+    item = Item("allreduce", Shape(16, 2), 1 << 20, "bf16", 20, 5, ("dp",),
+                [DEFAULT, ring_ll_8, nvls, Config(chunk_bytes=262144), Config(chunk_bytes=524288)])
     plan = Plan("t.parquet", [item], [], (0, 8))
     state = lambda applied, t, status="done": {"status": status, "reason": "", "applied": applied,  # noqa: E731
                                                "times_us": t, "gemm_times_us": []}
@@ -321,16 +418,23 @@ def test_nccl_rows_carry_forced_configurations_and_channels_and_never_unapplied_
                                                                      "outside the modelled range)")):
         results = {"backend": "nccl", "nccl_version": version, "device": "NVIDIA H100 80GB HBM3", "warmup": 5,
                    "items": [{"configs": [state(True, [30.0, 10.0, 20.0]), state(True, [8.0]),
-                                          state(False, [50.0], "not applied")]}], "gemm": None}
+                                          state(False, [50.0], "not applied"),
+                                          {**state(True, [12.0]), "ran": [int(Algorithm.RING), int(Protocol.SIMPLE)]},
+                                          state(True, [13.0])]}], "gemm": None}
         rows, not_written = measurement_rows(plan, results, "IB", "RUN")
-        assert [(r["algo"], r["proto"], r["channels"]) for r in rows] == [("default", "default", 0), ("ring", "ll", 8)]
+        assert [(r["algo"], r["proto"], r["channels"], r["chunk_bytes"]) for r in rows] == \
+            [("default", "default", 0, 0), ("ring", "ll", 8, 0), ("ring", "simple", 0, 262144),
+             ("default", "default", 0, 524288)]  # the cell NCCL chose, where the plugin recorded one
+        assert rows[2]["table"] == "measure-RUN-allreduce-16x2-chunk256K" and "262144 B chunk set" in rows[2]["how"]
+        assert "NCCL chose ring/simple on every call" in rows[2]["how"]
         assert rows[0]["time_us"] == 20.0 and rows[0]["gpus_per_node"] == 8 and rows[0]["nodes"] == 2
         assert rows[1]["table"] == "measure-RUN-allreduce-16x2-ring-ll-ch8"
         assert rows[0]["system"] == f"NVIDIA H100 80GB HBM3, 8 per node x 2 node(s), NCCL {version}; IB"
         assert rows[0]["nccl_version"] == expected_cell and "nvls/simple" in not_written[0]
         write_measurements(tmp_path / "m.csv", rows)
         tables = load_measurements(tmp_path / "m.csv")  # the calibration reader takes both
-        assert [(t.algo, t.proto, t.channels, t.nranks) for t in tables] == [(-1, -1, 0, 16), (1, 0, 8, 16)]
+        assert [(t.algo, t.proto, t.channels, t.chunk_bytes, t.nranks) for t in tables] == \
+            [(-1, -1, 0, 0, 16), (1, 0, 8, 0, 16), (1, 2, 0, 262144, 16), (-1, -1, 0, 524288, 16)]
 
 
 def test_ctrl_c_or_sigterm_stops_the_job_and_leaves_nothing_behind(tiny_trace, tmp_path):

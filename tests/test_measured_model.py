@@ -144,6 +144,35 @@ def test_merging_files_and_conflicting_duplicates(tmp_path):
         load_measured_tables([tmp_path / "missing.csv"])
 
 
+def test_chunk_rows_are_priced_from_their_own_measurements(measured_csv, tmp_path):
+    """`dynamiccl measure --chunks` tables (NCCL's own algorithm/protocol/channels, a chunk size set)
+    are the only prices of a chunk size: the model prices them and says so; a chunk never measured is inf."""
+    assert not _model(measured_csv).prices_chunk  # no chunk rows: a consumer must not ask for chunks
+    chunks = tmp_path / "chunks.csv"
+    rows = [{**_row("c256", "allreduce", "default", "default", "", size, t), "chunk_bytes": 262144}
+            for size, t in ((4096, 9.0), (1 << 20, 40.0), (1 << 22, 120.0))]
+    # as `measure --chunks` writes a chunk timed where NCCL chose ring/simple on every call: the tuner's
+    # (cell, chunk) action
+    rows += [{**_row("ring-c64", "allreduce", "ring", "simple", "", 1 << 20, 35.0), "chunk_bytes": 65536}]
+    write_measurements(chunks, rows)
+    model = _model(measured_csv, chunks)
+    assert model.prices_chunk and "chunk sizes measured: 64 KiB, 256 KiB" in model.describe()
+    batch = make_batch(int(Func.ALLREDUCE), np.array([1 << 20, 1 << 21, 1 << 20, 1 << 20]), 2, 1,
+                       chunk_bytes=np.array([262144, 262144, 65536, 0]))
+    got = model.evaluate(batch)
+    assert got.time_us[0] == pytest.approx(40.0)  # a measured point
+    assert got.time_us[1] == pytest.approx(math.sqrt(40.0 * 120.0))  # log-log between measured sizes
+    assert math.isinf(got.time_us[2])  # 64 KiB was never measured
+    default = next(t for t in load_measurements(measured_csv) if t.algo < 0 and t.func == Func.ALLREDUCE)
+    assert got.time_us[3] == pytest.approx(default.time_us[list(default.size_bytes).index(float(1 << 20))])
+    ring = model.evaluate(make_batch(int(Func.ALLREDUCE), float(1 << 20), 2, 1, algo=int(Algorithm.RING),
+                                     proto=int(Protocol.SIMPLE), chunk_bytes=np.array([65536, 131072])))
+    assert ring.time_us[0] == pytest.approx(35.0) and math.isinf(ring.time_us[1])
+    # a shape without NCCL-default measurements is still named, chunk row or not
+    with pytest.raises(InputError, match=r"allreduce over 4 ranks"):
+        model.evaluate(make_batch(int(Func.ALLREDUCE), 4096.0, 4, 1, chunk_bytes=262144))
+
+
 def test_simulate_prints_an_nccl_tests_table_of_the_measurements(measured_csv, tmp_path, capsys):
     assert main(["simulate", "--env", ENV, "--coll", "allreduce", "--nranks", "2", "--nnodes", "1", "-b", "4K",
                  "-e", "16K", "--model", "measured", "--measurements", str(measured_csv)]) == 0
@@ -248,8 +277,11 @@ def test_validate_leaves_out_tables_timed_with_compute_beside(tmp_path, capsys):
     alone = [_row("alone", "allreduce", "default", "default", "", s, 30.0, 8) for s in (1 << 20, 1 << 22)]
     beside = [{**row, "table": "beside", "time_us": 90.0, "how": "dynamiccl measure: ...; with a bf16 GEMM beside"}
               for row in alone]
-    write_measurements(path, alone + beside)
+    chunk = [{**row, "table": "chunk", "time_us": 25.0, "chunk_bytes": 65536} for row in alone]
+    write_measurements(path, alone + beside + chunk)
     js = tmp_path / "v.json"
     assert main(["validate", "--measurements", str(path), "--plot", "", "--json", str(js)]) == 0
-    assert "left out 1 table(s) timed with compute beside" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "left out 1 table(s) timed with compute beside" in err
+    assert "left out 1 table(s) timed with a chunk size set" in err  # the world keeps NCCL's chunk
     assert list(json.loads(js.read_text())["tables"]) == ["alone"]

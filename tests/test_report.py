@@ -60,7 +60,7 @@ def embedded_pngs(html: str) -> list[bytes]:
 
 def test_html_is_self_contained_with_sections_and_plots(report_dir):
     html = (report_dir / "report.html").read_text(encoding="utf-8")
-    for heading in HEADINGS + ("Decision table",):
+    for heading in HEADINGS + ("Decision table", "Knobs beyond the per-call choice"):  # the last two: --table
         assert f"<h2>{heading}</h2>" in html
     pngs = embedded_pngs(html)
     # headroom, decision map(s), speedup, time by parallelism and by collective, gap to search, online learners
@@ -324,3 +324,59 @@ def test_a_live_evaluation_is_called_measured(results_file):
     assert simulation_line(live).startswith("Measured, not simulated: step times from real collectives")
     assert simulation_line(ReportData(results_file, results.steps, None, results.meta, "table")).startswith(
         "Simulated, not measured")
+
+
+def test_knobs_section_shows_cta_settings_their_sms_and_compute_and_the_chunk_sizes(results_file, tmp_path):
+    """A table with communicator settings and chunk sizes (built through the table's API): per group
+    of the case, the CTA settings, the SMs its calls hold under NCCL's default and under the settings
+    and the compute given back, from the world; per size band the chunk sizes; and the knob registry."""
+    from dynamiccl import report
+    from dynamiccl.costmodel.batch import make_batch
+    from dynamiccl.costmodel.registry import COST_MODELS
+    from dynamiccl.envspec import resolve_env
+    from dynamiccl.knobs import KNOBS
+    from dynamiccl.knobs.comm_config import CommConfig, batch_columns
+    from dynamiccl.report.knobs import COMM_HEADER, CHUNK_HEADER, KNOB_HEADER, blocks, group_knobs
+    from dynamiccl.table import CommunicatorRule
+
+    table = DecisionTable((Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=65535, chunk_bytes=65536),
+                           Rule(coll=Func.ALLREDUCE, min_bytes=65536, max_bytes=MAX_BYTES, algorithm=Algorithm.RING,
+                                protocol=Protocol.SIMPLE, chunk_bytes=1 << 20)),
+                          communicators=(CommunicatorRule("dp", 2, 1, CommConfig(max_ctas=2)),
+                                         CommunicatorRule("tp", -1, -1, CommConfig(min_ctas=32)),
+                                         CommunicatorRule("pp", -1, -1, CommConfig(cta_policy="zero"))))
+    save(table, tmp_path / "knobs.json")
+    data = report.load(results_file, table=tmp_path / "knobs.json")
+    groups, notes = group_knobs(data)
+    assert [(g.kind, g.nranks, g.nnodes, g.config.describe()) for g in groups] == \
+        [("dp", 2, 1, "max_ctas=2"), ("pp", 2, 1, "cta_policy=zero")]  # no tp group in this trace
+    dp, pp = groups
+    assert dp.effect == "applied"
+    # dgx-h100's NCCL 2.23.4 has no CTA policy (2.28.3+): ignored, nothing given back
+    assert pp.effect == "cta_policy ignored: NCCL 2.23.4 has it only from 2.28.3"
+    assert pp.sms_config == pp.sms_default and pp.given_back_us == 0.0
+    assert dp.sms_config[1] <= 2 < dp.sms_default[1]  # NCCL's pool capped at 2 CTAs: 2 SMs at most per call
+    assert dp.given_back_us > 0 and dp.time_config_us >= dp.time_default_us  # SMs back, the calls no faster
+    # the figures are the world's for the group's calls beside compute, per GPU of the step
+    env = resolve_env("dgx-h100")
+    world = COST_MODELS["world"].create(env)
+    sizes = sorted({int(c) for c in
+                    pd.read_parquet(calls_path(results_file)).query("agent == 'nccl-default' and nranks == 2")["nbytes"]})
+    capped = world.evaluate(make_batch(int(Func.ALLREDUCE), np.array(sizes, dtype=float), 2, 1, overlap=1.0,
+                                       compute_hbm_share=env.dynamics.compute_hbm_share,
+                                       **batch_columns(CommConfig(max_ctas=2), env.symmetric_memory)))
+    assert dp.sms_config == (int(capped.channels.min()), int(capped.channels.max()))
+    assert any("simulated by the world model" in n and f"NCCL {env.nccl_version}" in n for n in notes)
+    text = blocks(data)
+    tables = {tuple(header): rows for kind, payload in text if kind == "table" for header, rows in [payload]}
+    assert tables[COMM_HEADER][0][:4] == [dp.case, "dp", "2 x 1", "max_ctas=2"]
+    assert tables[CHUNK_HEADER] == [["allreduce", "any", "0 .. 64K-1", "64K"], ["allreduce", "any", "64K .. max", "1M"]]
+    assert [row[0] for row in tables[KNOB_HEADER]] == list(KNOBS)
+    chunk = next(row for row in tables[KNOB_HEADER] if row[0] == "chunk_size")
+    assert chunk[4].startswith("masked: no public measurement")
+    assert "Simulated, not measured" in " ".join(str(p) for kind, p in text if kind == "p")
+    # without chunk sizes or communicators: said in words; the page carries the section
+    plain = tmp_path / "plain.json"
+    save(DecisionTable((Rule(coll=Func.ALLREDUCE, min_bytes=0, max_bytes=MAX_BYTES),)), plain)
+    words = " ".join(str(p) for kind, p in blocks(report.load(results_file, table=plain)) if kind == "p")
+    assert "NCCL's chunk everywhere" in words and "every communicator keeps NCCL's CTA settings" in words

@@ -54,7 +54,7 @@ def test_channels_column_round_trips(tmp_path):
     write_measurements(path, [_row(channels=4), _row(size_bytes=2097152, time_us=30.0, channels=4),
                               _row(table="t2", algo="default", proto="default")])
     header = path.read_text().splitlines()[0].split(",")
-    assert header == [*COLUMNS, "channels"]
+    assert header == [*COLUMNS, "channels", "chunk_bytes"]
     tables = {t.table: t for t in load_measurements(path)}
     assert tables["t1"].channels == 4 and list(tables["t1"].size_bytes) == [1048576, 2097152]
     assert tables["t2"].channels == 0 and tables["t2"].algo == -1
@@ -66,6 +66,32 @@ def test_channels_out_of_range_is_named(tmp_path):
     path = tmp_path / "m.csv"
     write_measurements(path, [_row(channels=65)])
     with pytest.raises(InputError, match="channels"):
+        load_measurements(path)
+
+
+def test_chunk_bytes_column_round_trips_and_bad_values_are_named(tmp_path):
+    from dynamiccl.errors import InputError
+
+    path = tmp_path / "m.csv"
+    write_measurements(path, [_row(algo="default", proto="default", chunk_bytes=262144),
+                              _row(algo="default", proto="default", size_bytes=2097152, chunk_bytes=262144),
+                              _row(table="t2", algo="default", proto="default", chunk_bytes=""),
+                              _row(table="t3", algo="default", proto="default", chunk_bytes=0)])
+    tables = {t.table: t for t in load_measurements(path)}
+    assert tables["t1"].chunk_bytes == 262144 and list(tables["t1"].size_bytes) == [1048576, 2097152]
+    assert tables["t2"].chunk_bytes == 0 and tables["t3"].chunk_bytes == 0  # empty / 0: NCCL's chunk
+    again = tmp_path / "again.csv"  # what is read back is what was written
+    write_measurements(again, [_row(algo="default", proto="default", chunk_bytes=tables["t1"].chunk_bytes)])
+    assert load_measurements(again)[0].chunk_bytes == 262144
+    for value, expected in (("100000", "a power of two"), ("-4096", "integer"), ("2048", "a power of two"),
+                            ("134217728", "integer"), ("64K", "integer")):
+        write_measurements(path, [_row(), _row(table="t2", chunk_bytes=value)])
+        with pytest.raises(InputError, match=expected) as err:
+            load_measurements(path)
+        assert str(err.value).startswith(f"{path}: line 3, column chunk_bytes: expected"), str(err.value)
+    # one table is one configuration: a row with another chunk size is named
+    write_measurements(path, [_row(chunk_bytes=65536), _row(size_bytes=2097152, chunk_bytes=131072)])
+    with pytest.raises(InputError, match=r"line 3, column chunk_bytes: table t1 has chunk_bytes 65536 on its first row"):
         load_measurements(path)
 
 

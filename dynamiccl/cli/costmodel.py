@@ -148,7 +148,8 @@ def live_plan(nprocs: int, largest_bytes: int, nprocs_flag: str | None = None) -
 def _measurements(args) -> tuple[list[str], list]:
     """(paths, tables) of ``--measurements`` (or the default calibration set), without the tables timed
     with compute beside the collective (``dynamiccl measure --with-gemm``: the world is fitted to and
-    judged on calls alone), which it says it left out. Raises InputError."""
+    judged on calls alone) or with a chunk size set (``--chunks``: the world keeps NCCL's chunk), which
+    it says it left out. Raises InputError."""
     from dynamiccl.costmodel.measurements import (default_measurement_paths, load_measurement_files,
                                                   measured_beside_compute)
     from dynamiccl.errors import InputError
@@ -159,8 +160,14 @@ def _measurements(args) -> tuple[list[str], list]:
     if len(alone) < len(tables):
         print(f"# left out {len(tables) - len(alone)} table(s) timed with compute beside the collective "
               "(the world is fitted to and judged on calls alone)", file=sys.stderr)
+    chunked = [t for t in alone if t.chunk_bytes]
+    if chunked:  # the world keeps NCCL's chunk (dynamiccl.knobs.chunk): such a table is not its to fit
+        alone = [t for t in alone if not t.chunk_bytes]
+        print(f"# left out {len(chunked)} table(s) timed with a chunk size set (the world has no model of chunk "
+              "size; the measured model prices them)", file=sys.stderr)
     if not alone:
-        raise InputError(", ".join(paths), None, "no table timed alone (every one has compute beside)")
+        raise InputError(", ".join(paths), None, "no table timed alone with NCCL's chunk (every one has compute "
+                                                 "beside or a chunk size set)")
     return paths, alone
 
 

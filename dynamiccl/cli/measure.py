@@ -30,6 +30,10 @@ def add(sub) -> None:
     p.add_argument("--json", metavar="OUT", help="also write the whole report (plan, probes, applied flags) as JSON")
     p.add_argument("--channels", default=None,
                    help="forced channel counts, comma-separated; 0 or nccl = NCCL's own (default 0,1,2,4,8,16,32,64)")
+    p.add_argument("--chunks", action="store_true",
+                   help="also time each collective under NCCL's own choice with each chunk size 64K..1M set through "
+                        "the plugin's getChunkSize (tuner ABI v6: NCCL >= 2.30.3; refused on gloo and older NCCL; "
+                        "sizes dynamiccl.knobs.safety refuses on the NCCL and network found are never timed)")
     p.add_argument("--iters", type=int, default=20, help="timed repetitions per configuration (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before a configuration's first repetitions "
                                                          "(default 5)")
@@ -52,7 +56,7 @@ def cmd_measure(args) -> int:
                      with_gemm=args.with_gemm, system=args.system, json_out=args.json, channels=channels,
                      iters=args.iters, warmup=args.warmup,
                      max_bytes=parse_size(args.max_bytes, "--max-bytes") if args.max_bytes else None,
-                     plugin=args.plugin, backend=args.backend)
+                     plugin=args.plugin, backend=args.backend, chunks=args.chunks)
     from dynamiccl.measure.plan import Plan
 
     print(format_rows(Plan.from_json(report.report["plan"]), report.rows))

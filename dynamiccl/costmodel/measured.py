@@ -5,17 +5,19 @@ Its input is one or more measurements CSVs in the calibration format
 hand-made nccl-tests table). Each table is a series of (size, time) points of one configuration,
 keyed by
 
-    (collective, nranks = gpus_per_node x nodes, nnodes, algo, proto, channels)
+    (collective, nranks = gpus_per_node x nodes, nnodes, algo, proto, channels, chunk_bytes)
 
-where ``algo``/``proto`` ``default`` and ``channels`` 0 (or empty) mean NCCL's own choice (a batch
+where ``algo``/``proto`` ``default`` and ``channels`` / ``chunk_bytes`` 0 (or empty) mean NCCL's own
+choice (a batch
 row's ``num_pipe_ops``, calls fused in one group, is not part of the key: each call is costed as
 measured, one at a time). A batch row is answered by the points of its own key only:
 
 - NCCL's default (``algo``/``proto`` -1, ``channels`` 0 in the batch) by the default tables of its
   shape. A (collective, shape) without them cannot be costed at all: :class:`InputError`, naming
   the shape and how to measure it (``dynamiccl measure --trace ...``).
-- A forced configuration by the tables that forced exactly that configuration. One never measured
-  costs ``inf``: "cannot run" to every consumer (``tuning.costs.CostTable`` masks it, so neither the
+- A forced configuration by the tables that forced exactly that configuration: a chunk size (a
+  batch row's ``chunk_bytes`` > 0, set through the tuner's getChunkSize) like a channel count, by the
+  tables ``dynamiccl measure --chunks`` timed with it. One never measured costs ``inf``: "cannot run" to every consumer (``tuning.costs.CostTable`` masks it, so neither the
   policy nor the search can choose it).
 - Send/Recv/SendRecv rows by the ``sendrecv`` tables of their shape, AlltoAll by ``alltoall``. The
   model costs point-to-point (``costs_p2p``) only when the CSVs hold such tables; otherwise its
@@ -41,6 +43,12 @@ False), from the tables timed alone; tables timed with compute beside (``dynamic
 --with-gemm``, :func:`~dynamiccl.costmodel.measurements.measured_beside_compute`) are left out and
 counted in :meth:`MeasuredModel.describe`. It applies NCCL's knobs (``applies_nccl_knobs``) exactly
 when the CSVs hold a forced configuration; with NCCL-default tables only, only NCCL's default is valid.
+A row's communicator settings (``max_ctas``, ``min_ctas``, ``nvls_ctas``, ``zero_cta``) are not part
+of the key: ``dynamiccl measure`` times communicators created with NCCL's settings, so such a row is
+priced as that communicator's (nothing measured says what the settings change).
+It prices chunk sizes (``prices_chunk``) exactly when the CSVs hold tables timed with one: the only
+cost model that does, since no public measurement relates a collective's time to its chunk size
+(:mod:`dynamiccl.knobs.chunk`).
 """
 
 from __future__ import annotations
@@ -70,8 +78,8 @@ MEASURE_HINT = "measure it on the cluster with `dynamiccl measure --trace TRACE 
 @dataclass(frozen=True)
 class ConfigKey:
     """What one series of measurements is of: a collective (``Func``; Send/Recv/SendRecv as SEND)
-    on ``nranks`` ranks over ``nnodes`` nodes with a configuration (algo/proto -1 and channels 0:
-    NCCL's own)."""
+    on ``nranks`` ranks over ``nnodes`` nodes with a configuration (algo/proto -1, channels and
+    chunk_bytes 0: NCCL's own)."""
 
     func: int
     nranks: int
@@ -79,22 +87,30 @@ class ConfigKey:
     algo: int
     proto: int
     channels: int
+    chunk_bytes: int = 0
 
     @property
     def is_default(self) -> bool:
-        return self.algo < 0 and self.proto < 0 and self.channels == 0
+        return self.algo < 0 and self.proto < 0 and self.channels == 0 and self.chunk_bytes == 0
+
+    @property
+    def default(self) -> "ConfigKey":
+        """NCCL's default configuration of this key's collective and shape."""
+        return ConfigKey(self.func, self.nranks, self.nnodes, -1, -1, 0, 0)
 
     def shape(self) -> str:
         """``allreduce over 16 ranks on 2 node(s)``."""
         return f"{nccl_tests_op(Func(self.func))} over {self.nranks} ranks on {self.nnodes} node(s)"
 
     def config(self) -> str:
-        """``NCCL's default`` or ``ring/simple/4ch`` (``nccl`` for a part NCCL chooses)."""
+        """``NCCL's default``, ``ring/simple/4ch`` or ``nccl/nccl/nccl-ch/chunk 256 KiB`` (``nccl``
+        for a part NCCL chooses; no chunk part for NCCL's chunk)."""
         if self.is_default:
             return "NCCL's default"
         algo = Algorithm(self.algo).name_lower if self.algo >= 0 else "nccl"
         proto = Protocol(self.proto).name_lower if self.proto >= 0 else "nccl"
-        return f"{algo}/{proto}/{f'{self.channels}ch' if self.channels else 'nccl-ch'}"
+        chunk = f"/chunk {self.chunk_bytes // 1024} KiB" if self.chunk_bytes else ""
+        return f"{algo}/{proto}/{f'{self.channels}ch' if self.channels else 'nccl-ch'}{chunk}"
 
 
 @dataclass(frozen=True)
@@ -146,7 +162,7 @@ class MeasuredModel:
     """
 
     models_conditions = False
-    prices_chunk = False  # the measurements format has no chunk-size column yet
+    prices_chunk = False  # set per instance: True when the measurements hold chunk-size tables
 
     def __init__(self, tables: Sequence[tuple[str, MeasuredTable]], sources: Sequence[str]):
         self.sources = tuple(sources)
@@ -181,6 +197,7 @@ class MeasuredModel:
         # NCCL's knobs take effect where the user measured them; with defaults only, only the default.
         self.applies_nccl_knobs = any(not key.is_default for key in self.curves)
         self.costs_p2p = any(key.func in (int(Func.SEND), int(Func.ALLTOALL)) for key in self.curves)
+        self.prices_chunk = any(key.chunk_bytes > 0 for key in self.curves)
 
     @classmethod
     def from_options(cls, env: EnvSpec, options: CostModelOptions) -> "MeasuredModel":
@@ -199,6 +216,8 @@ class MeasuredModel:
     def describe(self) -> str:
         files = ", ".join(os.path.basename(s) for s in self.sources)
         p2p = "" if self.costs_p2p else "; send/recv and AlltoAll: not measured"
+        chunks = sorted({key.chunk_bytes for key in self.curves if key.chunk_bytes})
+        p2p += f"; chunk sizes measured: {', '.join(f'{c // 1024} KiB' for c in chunks)}" if chunks else ""
         beside = (f"; {self.beside_compute_tables} table(s) timed with compute beside left out"
                   if self.beside_compute_tables else "")
         return (f"measured ({len(self.curves)} series from {files}: {'; '.join(self.systems)}), "
@@ -212,7 +231,8 @@ class MeasuredModel:
         """Cost every row from the measurements of its key (module docstring). ``algo``/``proto``
         come back as the row forced them (-1 for NCCL's default, whose choice a measurement does
         not see, and where a forced configuration was never measured); ``channels`` likewise (0:
-        NCCL's). Conditions are ignored (``compute_slowdown`` 1).
+        NCCL's). A row's ``chunk_bytes`` is part of its key (0: NCCL's chunk). Conditions are
+        ignored (``compute_slowdown`` 1).
 
         Raises:
             InputError: a (collective, shape) without NCCL-default measurements (a point-to-point
@@ -223,12 +243,13 @@ class MeasuredModel:
         algo, proto = batch.algo.copy(), batch.proto.copy()
         p2p = is_p2p(batch.func)
         func = np.array([_MEASURED_FUNC.get(f, f) for f in batch.func.tolist()], dtype=np.int64)
-        # Point-to-point rows are costed as NCCL's default: NCCL has no algorithm, protocol or channel
-        # count to choose for them.
+        # Point-to-point rows are costed as NCCL's default: NCCL has no algorithm, protocol, channel
+        # count or chunk to choose for them (the tuner is never asked).
         as_default = p2p
         columns = np.stack([func, batch.nranks, batch.nnodes,
                             np.where(as_default, -1, batch.algo), np.where(as_default, -1, batch.proto),
-                            np.where(as_default, 0, batch.channels)], axis=1)
+                            np.where(as_default, 0, batch.channels), np.where(as_default, 0, batch.chunk_bytes)],
+                           axis=1)
         unique, inverse = np.unique(columns, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         for i, values in enumerate(unique.tolist()):
@@ -238,8 +259,7 @@ class MeasuredModel:
                 continue  # inf: the consumers take point-to-point costs from the world
             curve = self.curves.get(key)
             if curve is None:
-                default = ConfigKey(key.func, key.nranks, key.nnodes, -1, -1, 0)
-                if default not in self.curves:
+                if key.default not in self.curves:
                     raise InputError(", ".join(self.sources), key.shape(),
                                      f"no NCCL-default measurements of this shape (measured: "
                                      f"{'; '.join(self.shapes()) or 'none'}); {MEASURE_HINT}")
@@ -259,7 +279,7 @@ class MeasuredModel:
 
 def _table_key(table: MeasuredTable) -> ConfigKey:
     return ConfigKey(_MEASURED_FUNC.get(table.func, table.func), table.nranks, table.nodes, table.algo, table.proto,
-                     table.channels)
+                     table.channels, table.chunk_bytes)
 
 
 def load_measured_tables(paths: Sequence[str | os.PathLike]) -> list[tuple[str, MeasuredTable]]:

@@ -37,17 +37,23 @@ from dynamiccl.cluster import MAX_GPUS_PER_NODE, MAX_NODES
 from dynamiccl.costmodel.batch import COSTED_FUNCS
 from dynamiccl.envspec import OLDEST_NCCL, NEWEST_NCCL, DynamicsSpec, EnvSpec, load_env
 from dynamiccl.errors import InputError
+from dynamiccl.knobs.chunk import check_chunk_bytes
 from dynamiccl.nccl import KEEP, MAX_CHANNELS, Algorithm, Func, parse_algorithm, parse_func, parse_protocol, parse_version
 
 # The calibration set, in this order, in :data:`CALIBRATION_DIR` (package data, read-only by convention).
 CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "data" / "calibration"
 DEFAULT_MEASUREMENT_FILES = ("measurements.csv", "more-systems.csv")
 
+MAX_CHUNK_BYTES = 64 << 20  # knobs.chunk.check_chunk_bytes' largest chunk
 COLUMNS = ("table", "system", "nccl_version", "coll", "algo", "proto", "gpus_per_node", "nodes", "size_bytes",
            "time_us", "algbw_gbytes_per_s", "busbw_gbytes_per_s", "how")
 # Optional columns: ``channels``, the channel count a table forced (``dynamiccl measure`` through the
-# tuner plugin's override, or NCCL_MIN/MAX_NCHANNELS); empty or 0 = NCCL's own count.
-OPTIONAL_COLUMNS = ("channels",)
+# tuner plugin's override, or NCCL_MIN/MAX_NCHANNELS); empty or 0 = NCCL's own count. ``chunk_bytes``,
+# the chunk size a table forced (``dynamiccl measure --chunks`` through the plugin's getChunkSize,
+# tuner ABI v6); empty or 0 = NCCL's own chunk.
+OPTIONAL_COLUMNS = ("channels", "chunk_bytes")
+# Columns every row of one table shares (a row that differs is an error: two configurations in one table).
+_TABLE_CONSTANTS = ("channels", "chunk_bytes")
 # Older column spellings, still read (the public calibration set's CSV uses them).
 RENAMED_COLUMNS = {"algbw_gbps": "algbw_gbytes_per_s", "busbw_gbps": "busbw_gbytes_per_s"}
 # algo / proto values that leave the choice to NCCL (KEEP); any other value is an algorithm or protocol
@@ -74,6 +80,7 @@ class MeasuredTable:
     time_us: np.ndarray
     busbw_gbytes_per_s: np.ndarray
     channels: int = 0     # forced channel count, 0 = NCCL's own
+    chunk_bytes: int = 0  # forced chunk size (bytes), 0 = NCCL's own
 
     @property
     def nranks(self) -> int:
@@ -132,6 +139,7 @@ _CELLS = {
     "time_us": schema.number("time_us", low=0, low_inclusive=False, high=1e12),
     "busbw_gbytes_per_s": schema.number("busbw_gbytes_per_s", 0.0, low=0, high=1e6),
     "channels": schema.integer("channels", 0, low=0, high=MAX_CHANNELS),
+    "chunk_bytes": schema.integer("chunk_bytes", 0, low=0, high=MAX_CHUNK_BYTES),
 }
 # nccl_version: a version NCCL's model covers (OLDEST_NCCL..NEWEST_NCCL), or empty / "unknown ..." for a
 # table that did not log one (it runs with its spec's version).
@@ -157,17 +165,22 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
         where = f"line {line}"
 
         def number(column: str):
-            return schema.parse_cell(_CELLS[column], row[column], source, f"{where}, column {column}")
+            return schema.parse_cell(_CELLS[column], row.get(column), source, f"{where}, column {column}")
 
         key = row["table"]
         algo, proto = _forced(row, "algo", source, where), _forced(row, "proto", source, where)
         func = parse_func(row["coll"], source, f"{where}, column coll", allowed=COSTED_FUNCS)
         version = _nccl_version(row["nccl_version"], source, f"{where}, column nccl_version")
+        constants = {"channels": number("channels"), "chunk_bytes": _chunk_bytes(number("chunk_bytes"), source, where)}
         table = groups.setdefault(key, dict(
             table=key, system=row["system"], nccl_version=version, coll=row["coll"].strip().lower(),
             func=int(func), algo=algo, proto=proto, gpus_per_node=number("gpus_per_node"),
-            nodes=number("nodes"), how=row["how"], size_bytes=[], time_us=[], busbw_gbytes_per_s=[],
-            channels=number("channels") if row.get("channels", "").strip() else 0))
+            nodes=number("nodes"), how=row["how"], size_bytes=[], time_us=[], busbw_gbytes_per_s=[], **constants))
+        for column in _TABLE_CONSTANTS:
+            if constants[column] != table[column]:
+                raise InputError(source, f"{where}, column {column}",
+                                 f"table {key} has {column} {table[column]} on its first row and {constants[column]} "
+                                 "here; one table is one configuration (give each its own table id)")
         table["size_bytes"].append(float(number("size_bytes")))
         table["time_us"].append(number("time_us"))
         table["busbw_gbytes_per_s"].append(number("busbw_gbytes_per_s"))
@@ -184,7 +197,7 @@ def load_measurements(path: str | os.PathLike) -> list[MeasuredTable]:
 def write_measurements(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write measurement rows as a measurements CSV, atomically: the :data:`COLUMNS` and the
     :data:`OPTIONAL_COLUMNS`, in that order. Each row is a dict with every one of those columns
-    (``channels`` may be left out: NCCL's own count); what :func:`load_measurements` reads back is
+    (``channels`` and ``chunk_bytes`` may be left out: NCCL's own count and chunk); what :func:`load_measurements` reads back is
     what was written.
 
     Raises:
@@ -210,6 +223,23 @@ def write_measurements(path: str | os.PathLike, rows: list[dict]) -> None:
                 writer.writerow(["" if row.get(c) is None else row.get(c, "") for c in columns])
 
     atomic.write_with(path, write)
+
+
+def _chunk_bytes(value: int, source: str, where: str) -> int:
+    """A row's ``chunk_bytes`` cell once read as an integer: 0 (NCCL's own chunk) or a chunk size
+    :func:`~dynamiccl.knobs.chunk.check_chunk_bytes` accepts.
+
+    Raises:
+        InputError: naming the file, line and column, for a size that is not a power of two in range.
+    """
+    if value == 0:
+        return 0
+    try:
+        return check_chunk_bytes(value)
+    except ValueError:
+        raise schema.expected(source, f"{where}, column chunk_bytes",
+                              "empty or 0 (NCCL's chunk) or a power of two from 4096 to 67108864 bytes",
+                              value) from None
 
 
 def _nccl_version(text: str, source: str, field: str) -> str:

@@ -9,6 +9,14 @@ rule, the one the plugin's ``dynamiccl_tuner_supported`` compiles) times every f
 of ``channels`` (0: NCCL's own count). AlltoAll (NCCL runs it as send/recv, which never reaches the
 tuner) is timed under NCCL's default only; send/recv, gather and scatter are not timed (reported).
 
+With ``chunks`` (``dynamiccl measure --chunks``: :data:`~dynamiccl.knobs.chunk.CHUNK_CHOICES_BYTES`)
+each collective item is also timed under NCCL's own (algorithm, protocol, channels) with each chunk
+size set through the plugin's getChunkSize (tuner ABI v6): no public measurement relates a
+collective's time to its chunk size, so this is how a user prices chunk sizes on their own NCCL.
+Only an NCCL with that ABI asks for a chunk size: :func:`chunks_refusal` says why a job cannot time
+them (the workers find the NCCL), and :func:`chunk_refusals` which chunk sizes
+:func:`dynamiccl.knobs.safety.refusals` forbids on that NCCL and transport (never timed).
+
 A shape is **placed** on the job's ranks by :func:`place`: ``nnodes`` nodes of the job (rank 0's
 node first), ``nranks / nnodes`` ranks on each, so a shape's communicator spans as many nodes as the
 trace's did. A shape larger than the job, or spanning more nodes than the job has with enough ranks
@@ -26,8 +34,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dynamiccl.errors import InputError
+from dynamiccl.knobs.chunk import GET_CHUNK_SIZE_MIN_NCCL
+from dynamiccl.knobs.safety import PER_CALL_CHUNK, refusals
 from dynamiccl.nccl import (MAX_CHANNELS, OP_FUNC, TUNABLE_FUNCS, Algorithm, DataType, Protocol, parse_dtype,
-                            supported_configs)
+                            parse_version, supported_configs)
 
 # The channel counts forced by default: NCCL's own, then powers of two up to MAXCHANNELS (NCCL's
 # device.h). The tuner can only lower the count below the communicator's pool, which NCCL fixes at
@@ -35,28 +45,34 @@ from dynamiccl.nccl import (MAX_CHANNELS, OP_FUNC, TUNABLE_FUNCS, Algorithm, Dat
 DEFAULT_CHANNELS = (0, 1, 2, 4, 8, 16, 32, 64)
 TUNABLE_OPS = tuple(op for op, func in OP_FUNC.items() if func in TUNABLE_FUNCS)
 DEFAULT_ONLY_OPS = ("alltoall",)  # NCCL runs it as send/recv: the tuner is never asked
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: configurations with a chunk size, the plan's chunks
 
 
 @dataclass(frozen=True)
 class Config:
-    """One configuration: a forced (algorithm, protocol, channels), or NCCL's default (-1, -1, 0)."""
+    """One configuration: a forced (algorithm, protocol, channels), NCCL's own (algorithm, protocol,
+    channels) with a chunk size set, or NCCL's default (-1, -1, 0, 0)."""
 
     algo: int = -1
     proto: int = -1
     channels: int = 0  # 0: NCCL's own count
+    chunk_bytes: int = 0  # 0: NCCL's own chunk size
 
     @property
     def is_default(self) -> bool:
-        return self.algo < 0 and self.proto < 0 and self.channels == 0
+        return self.algo < 0 and self.proto < 0 and self.channels == 0 and self.chunk_bytes == 0
 
     @property
     def label(self) -> str:
-        """``default``, ``ring/simple`` (NCCL's channel count) or ``ring/ll/ch8``."""
+        """``default``, ``ring/simple`` (NCCL's channel count), ``ring/ll/ch8`` or ``chunk256K``
+        (NCCL's algorithm, protocol and channels with a 256 KiB chunk)."""
         if self.is_default:
             return "default"
-        text = f"{Algorithm(self.algo).name_lower}/{Protocol(self.proto).name_lower}"
-        return text + (f"/ch{self.channels}" if self.channels else "")
+        parts = [] if self.algo < 0 and self.proto < 0 else \
+            [f"{Algorithm(self.algo).name_lower}/{Protocol(self.proto).name_lower}"]
+        parts += [f"ch{self.channels}"] if self.channels else []
+        parts += [f"chunk{self.chunk_bytes // 1024}K"] if self.chunk_bytes else []
+        return "/".join(parts)
 
 
 DEFAULT = Config()
@@ -117,6 +133,7 @@ class Plan:
     items: list[Item]
     skipped: list[dict]  # {"what", "reason"}
     channels: tuple[int, ...]
+    chunks: tuple[int, ...] = ()  # chunk sizes (bytes) timed with NCCL's own choice (--chunks)
 
     @property
     def shapes(self) -> list[Shape]:
@@ -129,7 +146,7 @@ class Plan:
 
     def to_json(self) -> dict:
         return {"version": PLAN_VERSION, "trace": self.trace, "channels": list(self.channels),
-                "skipped": self.skipped,
+                "chunks": list(self.chunks), "skipped": self.skipped,
                 "items": [{**asdict(item), "shape": asdict(item.shape),
                            "configs": [asdict(c) for c in item.configs], "group_kinds": list(item.group_kinds)}
                           for item in self.items]}
@@ -140,7 +157,7 @@ class Plan:
         items = [Item(coll=i["coll"], shape=Shape(**i["shape"]), size_bytes=i["size_bytes"], dtype=i["dtype"],
                       band=i["band"], calls=i["calls"], group_kinds=tuple(i["group_kinds"]),
                       configs=[Config(**c) for c in i["configs"]]) for i in obj["items"]]
-        return cls(obj["trace"], items, obj["skipped"], tuple(obj["channels"]))
+        return cls(obj["trace"], items, obj["skipped"], tuple(obj["channels"]), tuple(obj.get("chunks", ())))
 
     def write(self, path: str | os.PathLike) -> None:
         from dynamiccl import atomic
@@ -152,12 +169,43 @@ class Plan:
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def configs_for(coll: str, channels: tuple[int, ...] = DEFAULT_CHANNELS) -> list[Config]:
-    """NCCL's default, then every supported (algorithm, protocol) x ``channels``, algorithm-major."""
+def configs_for(coll: str, channels: tuple[int, ...] = DEFAULT_CHANNELS, chunks: tuple[int, ...] = ()) -> list[Config]:
+    """NCCL's default, then every supported (algorithm, protocol) x ``channels``, algorithm-major,
+    then NCCL's own choice with each of ``chunks`` (bytes)."""
     if coll not in TUNABLE_OPS:
         return [DEFAULT]
     pairs = supported_configs(OP_FUNC[coll])
-    return [DEFAULT] + [Config(int(a), int(p), c) for a, p in pairs for c in channels]
+    return [DEFAULT] + [Config(int(a), int(p), c) for a, p in pairs for c in channels] + \
+        [Config(chunk_bytes=c) for c in chunks]
+
+
+def chunks_refusal(backend: str, nccl_version: str | None) -> str | None:
+    """Why a job on ``backend`` with ``nccl_version`` cannot time chunk sizes (``--chunks``), in one
+    line; None when it can: NCCL asks a tuner for a chunk size only through ABI v6's getChunkSize
+    (NCCL >= :data:`~dynamiccl.knobs.chunk.GET_CHUNK_SIZE_MIN_NCCL`)."""
+    if backend != "nccl":
+        return (f"chunk sizes need NCCL >= {GET_CHUNK_SIZE_MIN_NCCL} (tuner ABI v6 getChunkSize); the job runs on "
+                f"{backend}, where no NCCL runs, so there is no chunk size to set")
+    if nccl_version is None or parse_version(nccl_version) < parse_version(GET_CHUNK_SIZE_MIN_NCCL):
+        return (f"chunk sizes need NCCL >= {GET_CHUNK_SIZE_MIN_NCCL} (tuner ABI v6 getChunkSize); the job runs NCCL "
+                f"{nccl_version or 'of unknown version'}, which never asks a tuner for a chunk size")
+    return None
+
+
+def chunk_refusals(plan: "Plan", nccl_version: str, transport: str | None) -> dict[tuple[int, int], str]:
+    """(item, configuration) -> why it is never timed: the chunk sizes
+    :func:`dynamiccl.knobs.safety.refusals` forbids on ``nccl_version`` over the transport the item's
+    communicator crosses: ``transport`` (the network's: ib, roce, ...; None: unknown, so every rule
+    applies) for a shape spanning nodes; none for a one-node shape, whose chunks never cross the network."""
+    refused = {}
+    for i, item in enumerate(plan.items):
+        crosses = transport if item.shape.nnodes > 1 else "intra-node"
+        for c, config in enumerate(item.configs):
+            if config.chunk_bytes > 0:
+                found = refusals({PER_CALL_CHUNK: config.chunk_bytes}, nccl_version, crosses)
+                if found:
+                    refused[(i, c)] = str(found[0])
+    return refused
 
 
 def parse_channels(text: str) -> tuple[int, ...]:
@@ -196,8 +244,9 @@ def parse_budget(text: str) -> float:
 
 
 def build_plan(trace, trace_path: str, channels: tuple[int, ...] = DEFAULT_CHANNELS,
-               max_bytes: int | None = None) -> Plan:
-    """The plan for a :class:`~dynamiccl.trace.store.Trace` (see the module docstring).
+               max_bytes: int | None = None, chunks: tuple[int, ...] = ()) -> Plan:
+    """The plan for a :class:`~dynamiccl.trace.store.Trace` (see the module docstring); ``chunks``:
+    chunk sizes (bytes) to time each collective item with too.
 
     Raises:
         InputError: naming the trace, when it issues no collective that can be timed.
@@ -230,11 +279,11 @@ def build_plan(trace, trace_path: str, channels: tuple[int, ...] = DEFAULT_CHANN
             dtypes = Counter(dtype for s, dtype, _ in calls if s == size)
             items.append(Item(coll=op, shape=shape, size_bytes=size, dtype=max(dtypes, key=lambda d: (dtypes[d], d)),
                               band=band, calls=len(calls), group_kinds=tuple(sorted({k for _, _, k in calls})),
-                              configs=configs_for(op, channels)))
+                              configs=configs_for(op, channels, chunks)))
     if not items:
         raise InputError(trace_path, None, "issues no collective dynamiccl measure can time (allreduce, allgather, "
                                            "reducescatter, broadcast, reduce, alltoall on 2 or more ranks)")
-    return Plan(trace_path, items, skipped, tuple(channels))
+    return Plan(trace_path, items, skipped, tuple(channels), tuple(chunks))
 
 
 def place(shape: Shape, rank_nodes: list[int]) -> tuple[int, ...] | str:

@@ -15,11 +15,17 @@
 4. Writes the calibration CSV (``dynamiccl.costmodel.measurements.write_measurements``): one table
    per (collective, shape, configuration) that was measured *and applied*: NCCL's default always; a
    forced configuration only where the plugin's counters show NCCL ran it on every call of every
-   rank. Prints an nccl-tests-style table per (collective, shape), and with ``--json`` writes
+   rank (a chunk size: where NCCL asked the plugin's getChunkSize on every call and took it). Prints an nccl-tests-style table per (collective, shape), and with ``--json`` writes
    everything (plan, placements, every step's probes and counters, applied flags, pruning reasons).
 
 A job that fails (a worker's exception, a launcher error) raises :class:`MeasureError` with the
 line that says why and the tail of the job's output.
+
+``--chunks`` also times each collective under NCCL's own choice with each chunk size of
+:data:`~dynamiccl.knobs.chunk.CHUNK_CHOICES_BYTES` (:mod:`dynamiccl.measure.plan`). It needs an NCCL
+with tuner ABI v6: on gloo it is refused before the job starts; where the workers find an older NCCL
+the job stops before timing anything and the command refuses with the reason
+(:func:`~dynamiccl.measure.plan.chunks_refusal`), writing nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from typing import Sequence
 
 from dynamiccl import atomic
 from dynamiccl.errors import DynamicclError, InputError
-from dynamiccl.measure.plan import DEFAULT_CHANNELS, Plan, build_plan
+from dynamiccl.measure.plan import DEFAULT_CHANNELS, Plan, build_plan, chunks_refusal
 from dynamiccl.measure.schedule import PRUNE_RATIO, SCREEN_REPS
 from dynamiccl.measure.worker import term_with_parent
 
@@ -76,7 +82,7 @@ def measure(trace_path: str | os.PathLike, output_csv: str | os.PathLike, comman
             budget_s: float = 600.0, with_gemm: bool = False, system: str = "", json_out: str | os.PathLike | None = None,
             channels: tuple[int, ...] = DEFAULT_CHANNELS, iters: int = 20, warmup: int = 5,
             max_bytes: int | None = None, plugin: str | os.PathLike | None = None, backend: str = "auto",
-            progress: bool = True) -> MeasureReport:
+            progress: bool = True, chunks: bool = False) -> MeasureReport:
     """Measure the trace's collectives on the cluster ``command`` launches (see the module docstring).
 
     Args:
@@ -86,9 +92,11 @@ def measure(trace_path: str | os.PathLike, output_csv: str | os.PathLike, comman
             write its results).
         iters, warmup: timed repetitions per configuration, untimed calls before its first ones.
         backend: the workers' backend: auto (NCCL when each rank has a GPU, else gloo), nccl or gloo.
+        chunks: also time every chunk size of :data:`~dynamiccl.knobs.chunk.CHUNK_CHOICES_BYTES`.
 
     Raises:
-        InputError: a bad argument, trace or plugin path.
+        InputError: a bad argument, trace or plugin path; ``chunks`` where the job's NCCL (or gloo)
+            cannot set a chunk size (naming ``--chunks`` and why).
         OutputError: ``output_csv`` or ``json_out`` cannot be written.
         PluginBuildError: no plugin given and none can be built.
         MeasureError: the job failed or ran :data:`OVERRUN_S` past its budget.
@@ -107,8 +115,13 @@ def measure(trace_path: str | os.PathLike, output_csv: str | os.PathLike, comman
     for name, value, low in (("--iters", iters, 1), ("--warmup", warmup, 0)):
         if value < low:
             raise InputError(name, None, f"must be >= {low}, got {value}")
+    if chunks and backend == "gloo":
+        raise InputError("--chunks", None, chunks_refusal("gloo", None))
     check_outputs(output_csv, json_out)
-    plan = build_plan(Trace.read(trace_path), os.fspath(trace_path), channels, max_bytes)
+    from dynamiccl.knobs.chunk import CHUNK_CHOICES_BYTES
+
+    plan = build_plan(Trace.read(trace_path), os.fspath(trace_path), channels, max_bytes,
+                      CHUNK_CHOICES_BYTES if chunks else ())
     instrumented = instrumented_beside(resolve_plugin(plugin))
     try:
         library = InstrumentedTunerLibrary(instrumented)
@@ -149,6 +162,8 @@ def measure(trace_path: str | os.PathLike, output_csv: str | os.PathLike, comman
         results = json.loads(results_path.read_text(encoding="utf-8"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if results.get("refused"):  # the workers found no NCCL that sets a chunk size: nothing was timed
+        raise InputError("--chunks", None, results["refused"])
     run_id = datetime.datetime.fromtimestamp(started, datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     rows, not_written = measurement_rows(plan, results, system, run_id)
     lines += _describe_results(plan, results, rows, not_written, budget_s, time.time() - started)
@@ -170,9 +185,11 @@ def measure(trace_path: str | os.PathLike, output_csv: str | os.PathLike, comman
 
 def _describe_plan(plan: Plan) -> list[str]:
     shapes = ", ".join(f"{s.nranks} ranks on {s.nnodes} node(s)" for s in plan.shapes)
+    chunks = (f"; NCCL's own choice with chunk sizes {','.join(str(c) for c in plan.chunks)} B set through "
+              "getChunkSize" if plan.chunks else "")
     lines = [f"trace {plan.trace}: {len(plan.items)} item(s) (collective x shape x size band) on {shapes}; "
              f"{plan.n_configs} configuration(s) in all (NCCL's default and every supported algorithm/protocol x "
-             f"channels {','.join(str(c) for c in plan.channels)})"]
+             f"channels {','.join(str(c) for c in plan.channels)}{chunks})"]
     lines += [f"not timed: {s['what']}: {s['reason']}" for s in plan.skipped]
     return lines
 
@@ -278,7 +295,10 @@ def measurement_rows(plan: Plan, results: dict, system: str, run_id: str) -> tup
     """The calibration CSV rows of a run and what was measured but not written (with why).
 
     A row is one (item, configuration) with timed repetitions that was applied (NCCL's default
-    always is); with a GEMM beside, a second row with its own table id and ``how``.
+    always is); with a GEMM beside, a second row with its own table id and ``how``. A chunk size
+    timed under NCCL's own choice is written with the (algorithm, protocol) NCCL chose on every call
+    where the plugin recorded one (``ran``): the key under which the measured model prices the
+    tuner's (cell, chunk) actions; else as NCCL's default pair.
     """
     from dynamiccl.nccl import Algorithm, Protocol, busbw_factor
 
@@ -294,6 +314,15 @@ def measurement_rows(plan: Plan, results: dict, system: str, run_id: str) -> tup
                 continue
             forced = "NCCL's default" if config.is_default else \
                 f"forced {config.label} through the tuner plugin's override (NCCL ran it on every call)"
+            algo, proto = config.algo, config.proto
+            if config.chunk_bytes:  # NCCL's own algorithm, protocol and channels, the chunk size set
+                forced = (f"NCCL's own algorithm, protocol and channels with a {config.chunk_bytes} B chunk set "
+                          "through the tuner plugin's getChunkSize (NCCL asked on every call; it clamps a chunk to "
+                          "what its buffers allow)")
+                if algo < 0 and state.get("ran"):  # the cell NCCL chose, as the measured model keys it
+                    algo, proto = state["ran"]
+                    forced += (f"; NCCL chose {Algorithm(algo).name_lower}/{Protocol(proto).name_lower} on every "
+                               "call of every rank (the plugin's decision record)")
             if config.channels:  # the tuner can only lower the count below the pool fixed at init
                 forced += f"; {config.channels} channels asked, capped by NCCL at the communicator's pool"
             base_how = (f"dynamiccl measure: {item.coll} {item.dtype} on {results['backend']}, {forced}; {timing}, "
@@ -311,12 +340,12 @@ def measurement_rows(plan: Plan, results: dict, system: str, run_id: str) -> tup
                     "table": f"measure-{run_id}-{item.coll}-{shape.key}-{config.label.replace('/', '-')}{suffix}",
                     "system": system_text(results, shape.nranks, shape.nnodes, system),
                     "nccl_version": nccl_version_cell(results), "coll": item.coll,
-                    "algo": Algorithm(config.algo).name_lower if config.algo >= 0 else "default",
-                    "proto": Protocol(config.proto).name_lower if config.proto >= 0 else "default",
+                    "algo": Algorithm(algo).name_lower if algo >= 0 else "default",
+                    "proto": Protocol(proto).name_lower if proto >= 0 else "default",
                     "gpus_per_node": shape.ranks_per_node, "nodes": shape.nnodes, "size_bytes": item.size_bytes,
                     "time_us": round(time_us, 3), "algbw_gbytes_per_s": round(algbw, 6),
                     "busbw_gbytes_per_s": round(algbw * busbw_factor(item.coll, shape.nranks), 6), "how": how,
-                    "channels": config.channels})
+                    "channels": config.channels, "chunk_bytes": config.chunk_bytes})
     return rows, not_written
 
 
@@ -361,6 +390,9 @@ def _describe_results(plan: Plan, results: dict, rows: list[dict], not_written: 
         for state in item["configs"]:
             statuses[state["status"]] = statuses.get(state["status"], 0) + 1
     lines.append("configurations: " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
+    unsafe = sorted({state["reason"] for item in results["items"] for state in item["configs"]
+                     if state["status"] == "unavailable" and state["reason"].startswith("chunk_bytes=")})
+    lines += [f"not timed: {reason}" for reason in unsafe]
     if results["backend"] != "nccl":
         forced = sum(1 for item in plan.items for c in item.configs if not c.is_default)
         lines.append(f"gloo: NCCL is not involved, so none of the {forced} forced configurations was applied; each "
@@ -392,10 +424,11 @@ def format_rows(plan: Plan, rows: list[dict]) -> str:
     dtypes = {(i.coll, i.shape.nranks, i.shape.nnodes, i.size_bytes): i.dtype for i in plan.items}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = (row["coll"], row["gpus_per_node"] * row["nodes"], row["nodes"], row["table"].endswith("-gemm"))
+        key = (row["coll"], row["gpus_per_node"] * row["nodes"], row["nodes"], row["table"].endswith("-gemm"),
+               row.get("chunk_bytes") or 0)
         groups.setdefault(key, []).append(row)
     out = []
-    for (coll, nranks, nnodes, gemm), group in groups.items():
+    for (coll, nranks, nnodes, gemm, chunk), group in groups.items():
         table_rows = []
         for row in sorted(group, key=lambda r: (r["size_bytes"], r["time_us"])):
             dtype = parse_dtype(dtypes.get((coll, nranks, nnodes, row["size_bytes"]), "fp32"))
@@ -403,7 +436,8 @@ def format_rows(plan: Plan, rows: list[dict]) -> str:
             proto = -1 if row["proto"] == "default" else int(parse_protocol(row["proto"]))
             table_rows.append(make_row(coll, nranks, row["size_bytes"], dtype.name_lower, dtype.size_bytes,
                                        row["time_us"], algo, proto, row["channels"]))
-        header = [f"dynamiccl measure: {coll}, {nranks} ranks on {nnodes} node(s)" + (", GEMM beside" if gemm else ""),
+        header = [f"dynamiccl measure: {coll}, {nranks} ranks on {nnodes} node(s)" + (", GEMM beside" if gemm else "")
+                  + (f", chunk {chunk} B set through getChunkSize in the cell NCCL chose" if chunk else ""),
                   group[0]["system"], "algo/proto '-' = NCCL's default; channels 0 = NCCL's own count"]
         out.append(format_table(table_rows, header))
     return "\n\n".join(out)

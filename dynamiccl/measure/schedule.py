@@ -65,7 +65,8 @@ class Step:
 class ConfigState:
     """What happened to one configuration of one item. ``status``: ``waiting`` (not timed yet),
     ``in`` (still timed), ``done`` (reached ``iters``), ``pruned`` (clearly slower), ``not applied``,
-    ``unavailable`` (this NCCL lacks the algorithm), ``budget`` (time ran out before it was reached)."""
+    ``unavailable`` (this NCCL lacks the algorithm, or refuses the chunk size as unsafe: never
+    timed), ``budget`` (time ran out before it was reached)."""
 
     status: str = "waiting"
     reason: str = ""
@@ -91,20 +92,21 @@ class Scheduler:
         iters, warmup: repetitions per configuration, untimed calls before its first ones.
         drop_unapplied: drop a forced configuration that was not applied (True under NCCL; on gloo
             nothing is applied, and every configuration is still run through the override).
-        unavailable: (item, config) pairs not to time (this NCCL lacks the algorithm).
+        unavailable: (item, config) -> why it is not timed (this NCCL lacks the algorithm; a chunk
+            size :mod:`dynamiccl.knobs.safety` refuses on it).
         skip_items: items not to time at all, with the reason (their shape cannot be placed).
         with_gemm: also time the default and the configurations left with a GEMM beside.
         clock: seconds (``time.time``: rank 0's deadline is wall-clock time shared with the command).
     """
 
     def __init__(self, n_configs: list[int], deadline: float, iters: int, warmup: int, drop_unapplied: bool,
-                 unavailable: set[tuple[int, int]] = frozenset(), skip_items: dict[int, str] | None = None,
+                 unavailable: dict[tuple[int, int], str] | None = None, skip_items: dict[int, str] | None = None,
                  with_gemm: bool = False, clock: Callable[[], float] = time.time):
         self.deadline, self.iters, self.warmup = deadline, iters, warmup
         self.drop_unapplied, self.with_gemm, self.clock = drop_unapplied, with_gemm, clock
         self.states = [[ConfigState() for _ in range(n)] for n in n_configs]
-        for i, c in unavailable:
-            self.states[i][c].status = "unavailable"
+        for (i, c), reason in (unavailable or {}).items():
+            self.states[i][c].status, self.states[i][c].reason = "unavailable", reason
         self.skip_items = dict(skip_items or {})
         for i, reason in self.skip_items.items():
             self._close(i, "not placed", reason)

@@ -18,10 +18,18 @@ Every rank:
    once: configurations change per call through the override, never by a new communicator;
 5. follows rank 0's :class:`~dynamiccl.measure.schedule.Scheduler` step by step (broadcast on the
    side group). For a step, the ranks of the item's shape set the override to the configuration
-   (NCCL's default: none), ask the plugin's ``getCollInfo`` through the binding what it would answer
-   for that call (the probe: the override really is set in this process), run the timing loop of
-   :func:`dynamiccl.costmodel.live.time_op`, read the plugin's counters (did NCCL consult the plugin
-   on every call, and take the forced cell?), and clear the override in a ``finally``.
+   (NCCL's default: none; a chunk size: NCCL's own cell and channels with that chunk), ask the
+   plugin's ``getCollInfo`` (and, for a chunk size, ``getChunkSize``) through the binding what it
+   would answer for that call (the probe: the override really is set in this process), run the
+   timing loop of :func:`dynamiccl.costmodel.live.time_op`, read the plugin's counters (did NCCL
+   consult the plugin on every call, and take the forced cell or chunk?), and clear the override in
+   a ``finally``.
+
+With chunk sizes in the plan (``--chunks``), every rank first checks that its NCCL asks a tuner for
+a chunk size (:func:`~dynamiccl.measure.plan.chunks_refusal`): if not, nothing is timed and rank 0
+writes the reason as ``refused`` in ``DIR/results.json``. Chunk sizes
+:mod:`dynamiccl.knobs.safety` refuses on the NCCL and this node's network
+(:func:`network_transport`) are never timed (status ``unavailable``, the refusal as reason).
 
 The override is also cleared when a SIGTERM / SIGINT / SIGHUP arrives (then the signal's default
 action runs), and at the end, after which each rank probes once more; rank 0 writes
@@ -43,7 +51,7 @@ import time
 from pathlib import Path
 
 from dynamiccl import atomic
-from dynamiccl.measure.plan import Item, Plan, Shape, place
+from dynamiccl.measure.plan import Config, Item, Plan, Shape, chunk_refusals, chunks_refusal, place
 from dynamiccl.measure.schedule import END, MEASURE_GEMM, Scheduler, Step
 from dynamiccl.nccl import NUM_ALGORITHMS, NUM_PROTOCOLS, OP_FUNC, TUNABLE_FUNCS, Func, is_supported
 from dynamiccl.plugin.binding import DecisionSource, InstrumentedTunerLibrary
@@ -51,8 +59,13 @@ from dynamiccl.plugin.binding import DecisionSource, InstrumentedTunerLibrary
 PLUGIN_ENV = "NCCL_TUNER_PLUGIN"
 RESULTS_FILE, PROGRESS_FILE = "results.json", "progress.json"
 # What each rank reports after a step (all-gathered to rank 0), in this order.
-STEP_FIELDS = ("probe_algorithm", "probe_protocol", "probe_channels", "probe_source", "plugin_calls",
-               "plugin_overridden", "plugin_refused", "calls_made", "gemm_median_us")
+STEP_FIELDS = ("probe_algorithm", "probe_protocol", "probe_channels", "probe_source", "probe_chunk_bytes",
+               "plugin_calls", "plugin_overridden", "plugin_refused", "plugin_chunk_calls", "plugin_chunk_set",
+               "ran_algorithm", "ran_protocol", "calls_made", "gemm_median_us")
+COUNTERS = ("calls", "overridden", "refused", "chunk_calls", "chunk_set")  # the plugin's, per step
+INFINIBAND_SYSFS = Path("/sys/class/infiniband")  # the kernel's RDMA devices, one directory each
+# The chunk size NCCL's getChunkSize call hands the probe (any: the plugin sets it or leaves it).
+PROBE_NCCL_CHUNK = 131072
 
 
 def rank_env(env=os.environ) -> tuple[int, int, int, int]:
@@ -96,6 +109,31 @@ def probe(library: InstrumentedTunerLibrary, comm, item_coll: str, size_bytes: i
     return [result.algorithm, result.protocol, result.n_channels, int(source)]
 
 
+def probe_chunk(comm, item_coll: str, size_bytes: int, answer: list[int]) -> int:
+    """What the plugin's ``getChunkSize`` answers now for the call the probe ``answer``
+    (:func:`probe`) decided, given NCCL's chunk :data:`PROBE_NCCL_CHUNK`: the override's chunk when
+    it is set in this process; -1 where the communicator's ABI has no getChunkSize or the tuner is
+    never asked."""
+    if comm.version < 6 or answer[0] < 0:
+        return -1
+    _, chunk = comm.chunk_size(int(OP_FUNC[item_coll]), size_bytes, answer[0], answer[1], max(answer[2], 1),
+                               PROBE_NCCL_CHUNK)
+    return int(chunk)
+
+
+def network_transport(root: Path = INFINIBAND_SYSFS) -> str | None:
+    """The network this node's RDMA devices run, as :mod:`dynamiccl.knobs.safety` names it: ``ib``
+    when every port's link layer is InfiniBand, ``roce`` when every one is Ethernet; None (unknown,
+    so every safety rule applies) without RDMA devices (sockets, EFA) or with both kinds."""
+    layers = set()
+    for path in root.glob("*/ports/*/link_layer"):
+        try:
+            layers.add(path.read_text().strip().lower())
+        except OSError:
+            continue
+    return {frozenset({"infiniband"}): "ib", frozenset({"ethernet"}): "roce"}.get(frozenset(layers))
+
+
 def term_with_parent() -> None:
     """SIGTERM this process when its parent dies, however it dies (even SIGKILL, which no handler
     sees): the launcher when ``dynamiccl measure`` dies, a rank when its launcher dies, so that no
@@ -124,21 +162,35 @@ class _Clearing:
         os.kill(os.getpid(), signum)
 
 
-def applied_on_every_rank(backend: str, default: bool, members: list[list[float]]) -> bool:
+def applied_on_every_rank(backend: str, config: Config, members: list[list[float]]) -> bool:
     """Whether NCCL ran a step's configuration on every rank (``members``: each rank's STEP_FIELDS):
-    for a forced one, the plugin was asked on every call and forced it each time, none refused.
+    for a forced one, the plugin was asked on every call and forced it each time, none refused; for
+    a chunk size, NCCL also asked getChunkSize on every call and the plugin gave it the chunk.
     NCCL's default needs nothing applied; on gloo nothing is (NCCL is not involved)."""
-    if default:
+    if config.is_default:
         return True
     if backend != "nccl":
         return False
     fields = [dict(zip(STEP_FIELDS, m)) for m in members]
-    return all(f["plugin_overridden"] >= f["calls_made"] and f["plugin_refused"] == 0 for f in fields)
+    chunk_ok = all(f["plugin_chunk_set"] >= f["calls_made"] for f in fields) if config.chunk_bytes else True
+    return chunk_ok and all(f["plugin_overridden"] >= f["calls_made"] and f["plugin_refused"] == 0 for f in fields)
+
+
+def ran_cells(log: list[dict]) -> dict[tuple[int, int], list[int]]:
+    """(item, configuration) -> [algorithm, protocol] NCCL ran on every applied step of it, by every
+    member (the plugin's decision record); left out where they differ or nothing was applied."""
+    cells: dict[tuple[int, int], set] = {}
+    for entry in log:
+        if entry["applied"]:
+            key = tuple(entry["step"][1:3])
+            cells.setdefault(key, set()).update((m["ran_algorithm"], m["ran_protocol"]) for m in entry["members"])
+    return {key: list(next(iter(found))) for key, found in cells.items()
+            if len(found) == 1 and min(next(iter(found))) >= 0}
 
 
 def _member_record(values: list[float]) -> dict:
     """One member's STEP_FIELDS as JSON: counts as ints, the probe's source by name, no NaN."""
-    record = {k: int(v) for k, v in zip(STEP_FIELDS, values) if k != "gemm_median_us"}
+    record = {k: int(v) for k, v in zip(STEP_FIELDS, values) if k != "gemm_median_us"}  # probe_chunk_bytes -1: none
     record["probe_source"] = DecisionSource(record["probe_source"]).name.lower()
     gemm = values[STEP_FIELDS.index("gemm_median_us")]
     record["gemm_median_us"] = None if gemm != gemm else gemm  # NaN: no GEMM in this step
@@ -184,6 +236,13 @@ class Worker:
             torch.set_num_threads(1)  # ranks share the CPU; more threads only contend
             dist.init_process_group("gloo", timeout=timeout)
             self.side = None  # the default group is gloo already
+        from dynamiccl.costmodel.live import torch_nccl_version
+
+        self.nccl_version = torch_nccl_version() if self.backend == "nccl" else None
+        # --chunks on an NCCL that never asks a tuner for a chunk size: the reason; nothing more is set up
+        self.chunks_refused = chunks_refusal(self.backend, self.nccl_version) if self.plan.chunks else None
+        if self.chunks_refused:
+            return
         gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
         dist.all_gather(gathered, torch.tensor([node], dtype=torch.int64), group=self.side)
         nodes = [int(t.item()) for t in gathered]
@@ -204,9 +263,6 @@ class Worker:
                             for shape, members in self.placements.items()
                             if not isinstance(members, str) and self.rank in members}
         self.abi = abi
-        from dynamiccl.costmodel.live import torch_nccl_version
-
-        self.nccl_version = torch_nccl_version() if self.backend == "nccl" else None
         self.gemm = None
         if args.with_gemm:
             from dynamiccl.measure.gemm import GemmBeside
@@ -252,8 +308,11 @@ class Worker:
             if config.is_default:
                 self.library.clear_override()
             else:
-                self.library.override(config.algo, config.proto, config.channels or -1, count=-1)
-            answer = probe(self.library, self.probe_comms[item.shape], item.coll, item.size_bytes)
+                self.library.override(config.algo, config.proto, config.channels or -1,
+                                      chunk_bytes=config.chunk_bytes or -1, count=-1)
+            comm = self.probe_comms[item.shape]
+            answer = probe(self.library, comm, item.coll, item.size_bytes)
+            answer.append(probe_chunk(comm, item.coll, item.size_bytes, answer))
             before = self.library.stats()
             run, name, calls = self._op_for(step.item, item, group, sync)
             for _ in range(step.warmup):
@@ -264,7 +323,10 @@ class Worker:
         finally:
             self.library.clear_override()
         gemm_median = statistics.median(gemm.collect() or [float("nan")]) if gemm else float("nan")
-        mine = answer + [after[k] - before[k] for k in ("calls", "overridden", "refused")] + [calls, gemm_median]
+        # The cell the plugin's last decision recorded: under a chunk override (NCCL's own cell), the
+        # cell NCCL chose for the step's last call -- the same for every call of one size.
+        ran = [after["last"]["algorithm"], after["last"]["protocol"]]
+        mine = answer + [after[k] - before[k] for k in COUNTERS] + ran + [calls, gemm_median]
         gathered = [torch.zeros(len(STEP_FIELDS), dtype=torch.float64) for _ in range(item.shape.nranks)]
         dist.all_gather(gathered, torch.tensor(mine, dtype=torch.float64), group=sync)
         return times, [t.tolist() for t in gathered], name
@@ -275,6 +337,12 @@ class Worker:
         import torch
         import torch.distributed as dist
 
+        if self.chunks_refused:
+            if self.rank == 0:
+                atomic.write_text(self.out / RESULTS_FILE, json.dumps(
+                    {"refused": self.chunks_refused, "backend": self.backend, "nccl_version": self.nccl_version}))
+            dist.barrier(group=self.side)
+            return
         scheduler = self._scheduler() if self.rank == 0 else None
         log, started = [], time.time()
         gemm_alone = self.gemm.time_alone() if self.gemm else None
@@ -289,7 +357,7 @@ class Worker:
                 continue
             times, members, name = self.measure(step)
             if scheduler is not None:
-                applied = applied_on_every_rank(self.backend, item.configs[step.config].is_default, members)
+                applied = applied_on_every_rank(self.backend, item.configs[step.config], members)
                 scheduler.record(times, applied)
                 log.append({"step": step.encode(), "times_us": times, "applied": applied, "op": name,
                             "ranks": list(self.placements[item.shape]),
@@ -321,13 +389,14 @@ class Worker:
     def _scheduler(self) -> Scheduler:
         from dynamiccl.nccl import parse_version
 
-        unavailable = set()
+        unavailable: dict[tuple[int, int], str] = {}
         if self.nccl_version:
             version = parse_version(self.nccl_version)
             for i, item in enumerate(self.plan.items):
                 for c, config in enumerate(item.configs):
-                    if not config.is_default and not is_supported(OP_FUNC[item.coll], config.algo, config.proto, version):
-                        unavailable.add((i, c))
+                    if config.algo >= 0 and not is_supported(OP_FUNC[item.coll], config.algo, config.proto, version):
+                        unavailable[(i, c)] = f"NCCL {self.nccl_version} cannot run {config.label} for {item.coll}"
+            unavailable.update(chunk_refusals(self.plan, self.nccl_version, network_transport()))
         skip = {i: self.placements[item.shape] for i, item in enumerate(self.plan.items)
                 if isinstance(self.placements[item.shape], str)}
         return Scheduler([len(item.configs) for item in self.plan.items], self.args.deadline, self.args.iters,
@@ -338,10 +407,12 @@ class Worker:
         import torch
 
         items = []
+        ran = ran_cells(log)
         for i, (item, states) in enumerate(zip(self.plan.items, scheduler.states)):
             items.append({"index": i, "configs": [
                 {"config": item.configs[c].label, "status": s.status, "reason": s.reason, "applied": s.applied,
-                 "times_us": s.times_us, "gemm_times_us": s.gemm_times_us} for c, s in enumerate(states)]})
+                 "times_us": s.times_us, "gemm_times_us": s.gemm_times_us, "ran": ran.get((i, c))}
+                for c, s in enumerate(states)]})
         return {
             "backend": self.backend, "nccl_version": self.nccl_version, "torch_version": torch.__version__,
             "device": device_name(self.device), "world_size": self.world, "rank_nodes": self.rank_nodes,
@@ -349,7 +420,8 @@ class Worker:
                        "exported_abi": self.library.exported_abi_versions()},
             "placements": {shape.key: (list(m) if not isinstance(m, str) else m) for shape, m in self.placements.items()},
             "iters": self.args.iters, "warmup": self.args.warmup, "stopped_by_budget": scheduler.stopped_by_budget,
-            "items": items, "steps": log,
+            "items": items, "steps": log, "chunks": list(self.plan.chunks),
+            "network_transport": network_transport() if self.plan.chunks else None,
             "after_end": [dict(zip(("algorithm", "protocol", "channels", "source"), p)) | {
                 "source": DecisionSource(p[3]).name.lower()} for p in after_end],
             "gemm": None if self.gemm is None else {"what": self.gemm.describe(), "alone_us_rank0": gemm_alone},

@@ -57,6 +57,10 @@ def write_report(data: ReportData, out_dir: str | os.PathLike, progress: bool = 
     out = Path(out_dir)
     sections = []
     extra = []
+    if data.table is not None:  # what the table sets beyond the per-call choice
+        from dynamiccl.report.knobs import knobs_report_section
+
+        extra.append(knobs_report_section)
     if data.verify is not None:
         from dynamiccl.report.verify import verify_report_section
 

@@ -24,6 +24,13 @@ forced rows with their channel counts; a configuration NCCL refused (NVLS / Coll
 has none) was not written; the override was cleared on every rank at the end; the CSV reads back
 with ``load_measurements``.
 
+``--world N --chunks`` adds ``dynamiccl measure --chunks`` (issue 17): on an NCCL with tuner ABI v6
+(>= 2.30.3) it checks that every chunk-size step's probe answered the step's chunk on every rank,
+that NCCL asked the plugin's getChunkSize on every timed call of a chunk step that was applied, that
+chunk rows were written with their ``chunk_bytes`` (and the CSV reads them back), and that no chunk
+size ``dynamiccl.knobs.safety`` refused was timed; on an older NCCL (or with ``--cpu-smoke``, on
+gloo), that the command refused ``--chunks`` with the reason and wrote nothing.
+
 Each mode writes ``OUT/check.json`` (default ``experiments/measure/gpu-check-world<N>/``) and exits 1
 if a check fails. ``--cpu-smoke`` runs the N-rank path on gloo instead (a check of this script on a
 machine without GPUs: nothing is applied there, and the script checks that instead).
@@ -155,7 +162,7 @@ def one_gpu(out: Path) -> int:
 
 # --- N GPUs -------------------------------------------------------------------------------------------
 
-def n_gpus(world: int, out: Path, cpu_smoke: bool, budget: str) -> int:
+def n_gpus(world: int, out: Path, cpu_smoke: bool, budget: str, chunks: bool = False) -> int:
     from dynamiccl.costmodel.measurements import load_measurements
     from dynamiccl.measure.plan import Config
 
@@ -170,11 +177,18 @@ def n_gpus(world: int, out: Path, cpu_smoke: bool, budget: str) -> int:
         path.unlink(missing_ok=True)
     command = dynamiccl + ["measure", "--trace", str(trace), "-o", str(csv), "--json", str(report_path),
                            "--budget", budget, "--channels", "0,2,8", "--iters", "10", "--with-gemm",
-                           "--backend", "gloo" if cpu_smoke else "nccl", "--system", "gpu_check",
-                           "--", sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world)]
+                           "--backend", "gloo" if cpu_smoke else "nccl", "--system", "gpu_check"]
+    command += ["--chunks"] if chunks else []
+    command += ["--", sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world)]
     print("running:", " ".join(command), flush=True)
-    done = subprocess.run(command, env=env)
+    done = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(done.stderr)
     checks: list[dict] = []
+    if chunks and (cpu_smoke or not _has_get_chunk_size()):
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+        check(checks, "--chunks refused with the reason where NCCL sets no chunk size",
+              done.returncode == 2 and "--chunks: chunk sizes need NCCL >= 2.30.3" in last and not csv.exists(), last)
+        return _checks_report(checks, out, {})
     check(checks, "dynamiccl measure exits 0", done.returncode == 0, f"status {done.returncode}")
     if done.returncode != 0:
         return _checks_report(checks, out, {})
@@ -215,7 +229,48 @@ def n_gpus(world: int, out: Path, cpu_smoke: bool, budget: str) -> int:
           f"{len(refused)} refused (e.g. {sorted(r[4] for r in refused)[:5]}); written anyway: {leaked[:5]}")
     gemm = [t for t in tables if t.table.endswith("-gemm")]
     check(checks, "GEMM-beside rows written", bool(gemm), f"{len(gemm)} table(s)")
+    if chunks:
+        _chunk_checks(checks, results, items, tables)
     return _checks_report(checks, out, {"report": str(report_path), "csv": str(csv)})
+
+
+def _has_get_chunk_size() -> bool:
+    """Whether torch's NCCL asks a tuner for a chunk size (tuner ABI v6)."""
+    from dynamiccl.costmodel.live import torch_nccl_version
+    from dynamiccl.knobs.chunk import GET_CHUNK_SIZE_MIN_NCCL
+    from dynamiccl.nccl import parse_version
+
+    version = torch_nccl_version()
+    return version is not None and parse_version(version) >= parse_version(GET_CHUNK_SIZE_MIN_NCCL)
+
+
+def _chunk_checks(checks: list[dict], results: dict, items: list[dict], tables: list) -> None:
+    """The --chunks checks of a run on an NCCL with getChunkSize (module docstring)."""
+    from dynamiccl.measure.plan import Config
+
+    probed, unasked, applied = [], [], 0
+    for entry in results["steps"]:
+        kind, i, c = entry["step"][:3]
+        config = Config(**items[i]["configs"][c])
+        if not config.chunk_bytes:
+            continue
+        label = f"{items[i]['coll']} {items[i]['shape']['nranks']}x{items[i]['shape']['nnodes']} {config.label}"
+        probed += [label for m in entry["members"] if m["probe_chunk_bytes"] != config.chunk_bytes]
+        if entry["applied"]:
+            applied += 1
+            unasked += [label for m in entry["members"] if m["plugin_chunk_calls"] < m["calls_made"]]
+    check(checks, "the chunk override is what getChunkSize answers in every process", not probed,
+          f"probes that did not answer the step's chunk: {sorted(set(probed))[:10]}")
+    check(checks, "NCCL asked getChunkSize on every timed call of an applied chunk step", applied and not unasked,
+          f"{applied} applied chunk step(s); not asked: {sorted(set(unasked))[:10]}")
+    rows = [t for t in tables if t.chunk_bytes]
+    check(checks, "chunk rows written with their chunk size", bool(rows),
+          f"{len(rows)} table(s), chunk sizes {sorted({t.chunk_bytes for t in rows})}")
+    unsafe = [(i, c) for i, item in enumerate(results["items"]) for c, state in enumerate(item["configs"])
+              if state["status"] == "unavailable" and state["reason"].startswith("chunk_bytes=")]
+    timed = {tuple(entry["step"][1:3]) for entry in results["steps"]}
+    check(checks, "no chunk size knobs.safety refused was timed", not (set(unsafe) & timed),
+          f"{len(unsafe)} refused on NCCL {results['nccl_version']} / network {results.get('network_transport')}")
 
 
 def main() -> int:
@@ -224,13 +279,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="where to write (default experiments/measure/gpu-check-world<N>)")
     parser.add_argument("--budget", default="4m", help="dynamiccl measure --budget for --world N (default 4m)")
     parser.add_argument("--cpu-smoke", action="store_true", help="run the --world N path on gloo (no GPU)")
+    parser.add_argument("--chunks", action="store_true", help="--world N: also measure --chunks (issue 17)")
     args = parser.parse_args()
     out = args.out or REPO / "experiments" / "measure" / f"gpu-check-world{args.world}{'-cpu-smoke' if args.cpu_smoke else ''}"
     if args.world == 1:
         return one_gpu(out)
     if args.world < 2 or args.world % 2:
         parser.error("--world must be 1 or an even N >= 2 (the trace is TP2)")
-    return n_gpus(args.world, out, args.cpu_smoke, args.budget)
+    return n_gpus(args.world, out, args.cpu_smoke, args.budget, args.chunks)
 
 
 if __name__ == "__main__":
