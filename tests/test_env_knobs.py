@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from dynamiccl.knobs.comm_config import COMM_CHOICES, CommConfig
-from dynamiccl.nccl import Algorithm
+from dynamiccl.nccl import Algorithm, Func
 from dynamiccl.table.policy_export import export_policy_tables
 from dynamiccl.tuning.actions import (
     ACTION_ALGO, ACTION_CHANNELS, ACTION_CHUNK, COMM_ACTION_BASE, DEFAULT_ACTION, NUM_ACTIONS, NUM_CALL_ACTIONS,
@@ -224,3 +224,40 @@ env = "{SMALL[1]}"
         action = policy.act_communicator(env, obs, mask)
         assert action == exported.act_communicator(env, obs, mask) == comm_action(MAX_CTAS_2)
         env.step(action)
+
+
+def fsdp_case(tmp_path: Path, symmetric: bool = True) -> Case:
+    """Llama-3 8B FSDP over one GB200 NVL4 node on NCCL 2.28.3: every AllGather one NVLink domain."""
+    from dynamiccl.envspec import resolve_env
+    from dynamiccl.workload.spec import WorkloadSpec
+
+    text = (REPO / "envs" / "gb200-nvl4.toml").read_text()
+    assert text.count('version = "2.25.1"') == 1
+    text = text.replace('version = "2.25.1"', f'version = "2.28.3"\nsymmetric_memory = {str(symmetric).lower()}')
+    env_path = tmp_path / "gb200-nvl4-symmetric.toml"
+    env_path.write_text(text)
+    workload = WorkloadSpec.from_dict({"model": "llama3-8b", "tp": 1, "pp": 1, "dp": 4, "dp_mode": "fsdp",
+                                       "global_batch": 8}, "test")
+    return Case(str(workload.cached_trace(tmp_path, resolve_env(str(env_path)).cluster)), str(env_path))
+
+
+def test_zero_cta_allgathers_run_on_copy_engines_without_a_launch_delay(tmp_path):
+    loaded = load_case(fsdp_case(tmp_path), knobs=True)
+    kinds = [shape.kind for shape in loaded.communicators.shapes]
+    assert "fsdp" in kinds and loaded.communicators.masks[kinds.index("fsdp"), ZERO]
+    configs = tuple(ZERO if kind == "fsdp" else 0 for kind in kinds)
+    default, zero = new_replay(loaded, 0), new_replay(loaded, 0, configs=configs)
+    default_us, zero_us = default.run(), zero.run()
+    program = loaded.program
+    gathers = [c for c in program.tunable_calls if program.call_key[c].coll == Func.ALLGATHER]
+    scatters = [c for c in program.tunable_calls if program.call_key[c].coll == Func.REDUCESCATTER]
+    assert gathers and scatters
+    # NCCL's CTAs wait for a GEMM to free SMs (nccl#1431); copy engines hold none, so they never wait.
+    assert sum(default.call_launch_delay_us[c] for c in gathers) > 0
+    assert sum(zero.call_launch_delay_us[c] for c in gathers) == 0
+    # The rows say why: copy collectives on the copy engines, reductions still on CTAs.
+    rows = loaded.costs.rows_under([configs[s] if s >= 0 else 0 for s in loaded.communicators.call_shape])
+    assert all(loaded.costs.copy_engines[rows[c]] for c in gathers)
+    assert not any(loaded.costs.copy_engines[rows[c]] for c in scatters)
+    assert zero_us < default_us
+

@@ -285,3 +285,11 @@ def test_validate_leaves_out_tables_timed_with_compute_beside(tmp_path, capsys):
     assert "left out 1 table(s) timed with compute beside" in err
     assert "left out 1 table(s) timed with a chunk size set" in err  # the world keeps NCCL's chunk
     assert list(json.loads(js.read_text())["tables"]) == ["alone"]
+
+
+def test_measurements_offer_no_communicator_settings(measured_csv):
+    # Timed on communicators created with NCCL's defaults: no CTA budget or policy can be priced.
+
+    loaded = load_case(Case(TRACE, ENV), "measured", CostModelOptions(measurements=(str(measured_csv),)), knobs=True)
+    assert loaded.communicators.shapes and loaded.communicators.masks[:, 1:].sum() == 0
+    assert len(loaded.costs.keys) == len(set(loaded.costs.call_row))  # one row per key: no config rows

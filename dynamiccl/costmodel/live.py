@@ -127,6 +127,7 @@ class LiveCostModel:
     models_conditions = False
     costs_p2p = True
     prices_chunk = False  # the live workers do not set a per-call chunk size
+    prices_communicator_config = False  # its communicators are created with NCCL's defaults
 
     def __init__(self, nprocs: int = 4, backend: str = "auto", warmup: int = 5, iters: int = 20,
                  timeout_s: float = 300.0, dtype: str = "float32"):

@@ -163,6 +163,7 @@ class MeasuredModel:
 
     models_conditions = False
     prices_chunk = False  # set per instance: True when the measurements hold chunk-size tables
+    prices_communicator_config = False  # timed on communicators created with NCCL's defaults
 
     def __init__(self, tables: Sequence[tuple[str, MeasuredTable]], sources: Sequence[str]):
         self.sources = tuple(sources)

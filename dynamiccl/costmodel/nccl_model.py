@@ -260,6 +260,7 @@ class NcclModel:
     applies_nccl_knobs = True
     costs_p2p = False
     prices_chunk = False  # NCCL's cost table has no chunk size (it picks the chunk after the cost)
+    prices_communicator_config = True  # the channel pools bounded as ncclConfig_t bounds them at init
 
     def __init__(self, env: EnvSpec, version: str | None = None):
         self.env = env

@@ -73,12 +73,18 @@ class CostModel(Protocol):
         prices_chunk: whether a row's ``chunk_bytes`` (the call's chunk size, tuner ABI v6) changes
             its answer (False: the world and NCCL's model, which have no measurement of it, and live
             measurement; a model with it False is never given ``chunk_bytes`` > 0).
+        prices_communicator_config: whether a row's communicator settings (``max_ctas``, ``min_ctas``,
+            ``nvls_ctas``, ``zero_cta``: the ``ncclConfig_t`` it was created with) change its answer
+            (True: the world and NCCL's model, which bound the channel pools as NCCL does; False: live
+            and measured timings, taken on communicators created with NCCL's defaults). A consumer
+            offers communicator settings only where the model prices them.
     """
 
     models_conditions: bool
     applies_nccl_knobs: bool
     costs_p2p: bool
     prices_chunk: bool
+    prices_communicator_config: bool
 
     def describe(self) -> str:
         """One line saying what answers and for which cluster."""

@@ -589,6 +589,7 @@ class WorldModel:
     applies_nccl_knobs = True
     costs_p2p = True
     prices_chunk = False  # no public measurement of collective time against chunk size (knobs.chunk)
+    prices_communicator_config = True  # NCCL's pools, the SMs they hold, copy-engine collectives
 
     def __init__(self, env: EnvSpec, params: WorldParams | None = None, nccl: NcclModel | None = None):
         self.env = env

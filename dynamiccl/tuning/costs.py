@@ -75,7 +75,9 @@ class CostTable:
     size-independent part, which concurrent calls do not share), ``slowdown`` [K, A] (factor on
     compute running beside the call), ``channels`` [K, A] (channels the call really runs on),
     ``algo``/``proto`` [K, A] (the pair it really runs), and ``nccl_cost`` [K, cells] (NCCL's cost
-    table, -1 where disabled, what a tuner plugin is handed). ``options``: the model's
+    table, -1 where disabled, what a tuner plugin is handed). ``copy_engines`` [K] (bool; None: none):
+    the row runs on the copy engines, holding no SMs (a zero-CTA communicator's copy collective), so
+    it never waits for a compute kernel to free SMs. ``options``: the model's
     :class:`CostModelOptions` (e.g. the measured model's CSVs); ``world_params_file``: see :attr:`source`.
     """
 
@@ -97,6 +99,7 @@ class CostTable:
     configs: tuple[CommConfig, ...] = (CommConfig(),)
     row_config: np.ndarray | None = None
     config_row: np.ndarray | None = None
+    copy_engines: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.row_config is None:
@@ -164,7 +167,8 @@ class CostTable:
         row_key, row_config = list(range(len(keys))), [0] * len(keys)
         config_row = np.full((len(keys), len(configs)), -1, dtype=np.int64)
         config_row[:, 0] = np.arange(len(keys))
-        if knobs:
+        # A model timed on default communicators (live, measured) cannot price other settings.
+        if knobs and getattr(cost_model, "prices_communicator_config", False):
             for i, key in enumerate(keys):
                 topology = index.topologies[index.codes[i]]
                 allowed = comm_choice_mask(env.nccl_version, topology.nvls is not None, key.nnodes == 1,
@@ -206,6 +210,9 @@ class CostTable:
                     proto=np.full((len(rows), num_actions), -1, dtype=np.int64), nccl_cost=nccl_cost,
                     options=options or CostModelOptions(), world_params_file=os.environ.get(PARAMS_ENV) or None,
                     configs=tuple(configs), row_config=row_config_array, config_row=config_row)
+        on_copy_engines = getattr(cost_model, "on_copy_engines", None)
+        if on_copy_engines is not None and base.zero_cta.any():
+            table.copy_engines = np.asarray(on_copy_engines(base), dtype=bool)
         table._fill(cost_model, env, options)
         return table
 

@@ -147,7 +147,8 @@ class Replay:
                     "_call_rem", "_call_rate", "_call_t", "_call_ver", "_call_cost", "_call_slow",
                     "_wait_kernel", "_wait_ver", "_waiting", "_call_awaits", "_pending", "_ready_ops")
     _SHARED_LISTS = ("latest_finish_us", "noise", "_segment_ends", "_call_domain", "_call_size", "_call_ranks",
-                     "_chain_index", "_chain_prefix", "_block", "_key", "_call_rows", "call_row")
+                     "_chain_index", "_chain_prefix", "_block", "_key", "_call_rows", "call_row",
+                     "_call_copy_engines")
 
     def __init__(self, program: StepProgram, costs: CostTable, congestion: CongestionProcess | None = None,
                  noise: np.ndarray | None = None, latest_finish_us: list[float] | None = None,
@@ -203,6 +204,9 @@ class Replay:
         # Per call, the cost rows of its key, as Python lists for scalar speed.
         rows = costs.rows()
         self._call_rows = [rows[k] for k in self.call_row]
+        copy = costs.copy_engines
+        # Calls on the copy engines hold no SMs, so they never wait for a kernel to free some.
+        self._call_copy_engines = [False] * n_calls if copy is None else [bool(copy[k]) for k in self.call_row]
         self._call_cost: list[tuple] = [()] * n_calls   # the running configuration's row, times x noise
         self._call_slow = [0.0] * n_calls               # its compute slowdown - 1
         # Launch waits: per rank, the kernel (index into its running op's ``op_segments_us``) that
@@ -562,7 +566,7 @@ class Replay:
         op_start = self.op_start_us
         for g in self.program.call_ops[call]:
             op_start[g] = now
-        awaited = self._await_kernels(call)
+        awaited = () if self._call_copy_engines[call] else self._await_kernels(call)
         if awaited:
             self._call_awaits[call] = awaited
             self._waiting.append(call)
