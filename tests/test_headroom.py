@@ -183,3 +183,30 @@ def test_report_section_per_case(results_file, tmp_path):  # noqa: F811 (fixture
     assert [what for what, _ in case.times] == ["NCCL default", "best table found (search)",
                                                 "every collective at line rate", "communication free"]
     assert any("gone.parquet, which is not on this machine" in note for note in case.notes)
+
+
+def test_knobs_price_each_communicator_setting_alone(tmp_path, capsys):
+    from dynamiccl.knobs.comm_config import COMM_CHOICES, CommConfig
+    from dynamiccl.tuning.cases import Case, default_step_time_us, load_case
+
+    trace = "traces/ref-dp2-tp2.parquet"
+    figures, _ = headroom_json(tmp_path, trace, "--knobs", "--max-sweeps", "1")
+    text = capsys.readouterr().out
+    check_figures(figures)
+    settings = figures["communicator_settings"]
+    assert settings and "# communicator settings (ncclConfig_t), one at a time" in text
+    # Each row is the replay with that one setting on its shape, every call at NCCL's default.
+    loaded = load_case(Case(trace, "dgx-h100"), knobs=True)
+    shapes = [(s.kind, s.nranks, s.nnodes) for s in loaded.communicators.shapes]
+    for row in settings:
+        choice = COMM_CHOICES.index(CommConfig(**row["setting"]))
+        s = shapes.index((row["kind"], row["nranks"], row["nnodes"]))
+        configs = tuple(choice if i == s else 0 for i in range(len(shapes)))
+        expected = sum(default_step_time_us(loaded, state, configs) for state in (1000, 1001)) / 2
+        assert row["step_time_us"] == pytest.approx(expected, rel=1e-12)
+    # NCCL 2.23.4 has no CTA policy flags (2.27+): zero-CTA is never offered there.
+    assert all("cta_policy" not in row["setting"] for row in settings)
+    # The search with the knobs is never worse than the default; without --knobs no settings are priced.
+    assert figures["search_step_time_us"] <= figures["default_step_time_us"]
+    plain, _ = headroom_json(tmp_path, trace, "--max-sweeps", "1")
+    assert plain["communicator_settings"] is None and figures["search_step_time_us"] <= plain["search_step_time_us"] + 1e-6

@@ -112,6 +112,9 @@ def add(sub) -> None:
     p.add_argument("--noise-pct", type=NOISE_PCT, default=None,
                    help="run-to-run noise of your step time, in %% of the step (e.g. the control's drift from "
                         "`dynamiccl verify`); default 0.5, the SD of a quiet allocation's A/B/A runs")
+    p.add_argument("--knobs", action="store_true",
+                   help="also price each communicator setting (CTA budget, CTA policy: ncclConfig_t) one at a time, "
+                        "and let the search choose them per communicator shape")
     p.add_argument("--table", help="also write the best table found here (.json/.csv/.conf/.txt)")
     p.add_argument("--json", help="also write every figure as JSON here")
     add_measurements(p)
@@ -307,7 +310,8 @@ def cmd_headroom(args) -> int:
     states = list(range(args.state_offset, args.state_offset + args.states))
     # The search is most of the work: a bar once it has taken more than a moment.
     with tqdm(desc=f"headroom search {case.label}", unit="key", leave=False, delay=2.0) as bar:
-        result = headroom_case(case, states, model=args.model, options=options, max_sweeps=args.max_sweeps, noise=noise, progress=bar)
+        result = headroom_case(case, states, model=args.model, options=options, max_sweeps=args.max_sweeps, noise=noise,
+                               knobs=args.knobs, progress=bar)
     print(headroom_text(result))
     if args.table:
         table_io.save(result.table, args.table)

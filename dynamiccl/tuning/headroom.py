@@ -22,6 +22,11 @@ answers it for a (trace step, cluster) case, in the simulator that prices the ca
   any NCCL setting could give) and communication costing nothing (the ceiling), the last two from
   :func:`~dynamiccl.tuning.search.step_bounds`; for a trace with measured timestamps (profiled,
   imported) also the measured step time (:func:`~dynamiccl.trace.summary.measured_step_time_us`).
+- **Communicator settings** (with ``knobs``: :func:`communicator_settings`): for each communicator
+  shape of the step (group kind, ranks, nodes) and each ``ncclConfig_t`` setting of
+  :data:`~dynamiccl.knobs.comm_config.COMM_CHOICES` it may be created with on this NCCL and cluster,
+  the step time with that one setting and every call at NCCL's default, against NCCL's default
+  step; the search then also chooses settings per shape (the "best table found" line includes them).
 - **A verdict** (:func:`verdict`): the gains set against the run-to-run noise of a training step.
   The default noise is :data:`~dynamiccl.tuning.evaluate.NOTHING_TO_GAIN` (0.5%: the step time's
   run-to-run SD on a quiet allocation, A/B/A runs of the FastVideo GB200 FSDP2 report,
@@ -42,12 +47,14 @@ import numpy as np
 
 from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
+from dynamiccl.knobs.comm_config import COMM_CHOICES
 from dynamiccl.nccl import FUNC_OP, Func
-from dynamiccl.tuning.cases import Case, LoadedCase, load_case, new_replay
+from dynamiccl.tuning.cases import Case, LoadedCase, default_step_time_us, load_case, new_replay
 from dynamiccl.tuning.evaluate import NOTHING_TO_GAIN
 from dynamiccl.tuning.timeline import Replay
 
 ALL_COMMUNICATION = ("all", "communication")   # the (group kind, collective) of the union line
+SETTING_NO_EFFECT_PCT = 0.01  # a setting that moves the step less than this is listed only as a count
 BREAKDOWN_FIELDS = ("calls", "total_us", "hidden_us", "exposed_us", "slowed_compute_us")
 
 
@@ -288,6 +295,42 @@ def verdict(default_us: float, search_us: float, line_rate_us: float, no_comm_us
             f"with `dynamiccl verify`")
 
 
+
+@dataclass(frozen=True)
+class SettingRow:
+    """One communicator setting's effect: the shape (``kind``, ``nranks``, ``nnodes``), the setting
+    (``COMM_CHOICES[choice]``) and the step time (µs, mean over the states) with it on that shape
+    alone and every call at NCCL's default."""
+
+    kind: str
+    nranks: int
+    nnodes: int
+    choice: int
+    step_time_us: float
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "nranks": self.nranks, "nnodes": self.nnodes,
+                "setting": COMM_CHOICES[self.choice].set_fields(), "step_time_us": self.step_time_us}
+
+
+def communicator_settings(loaded: LoadedCase, states: Sequence[int]) -> list[SettingRow]:
+    """Per communicator shape of ``loaded`` (loaded with the knobs) and per setting it may be created
+    with (``Communicators.masks``; NCCL's default excluded), the step time with that setting alone
+    (module docstring). Empty without the knobs."""
+    if not loaded.knobs:
+        return []
+    shapes = loaded.communicators.shapes
+    rows = []
+    for s, shape in enumerate(shapes):
+        for choice in np.flatnonzero(loaded.communicators.masks[s]).tolist():
+            if choice == 0:
+                continue
+            configs = tuple(choice if i == s else 0 for i in range(len(shapes)))
+            time_us = float(np.mean([default_step_time_us(loaded, state, configs) for state in states]))
+            rows.append(SettingRow(shape.kind, shape.nranks, shape.nnodes, choice, time_us))
+    return rows
+
+
 # --- one case -------------------------------------------------------------------------------------------------
 
 
@@ -314,6 +357,7 @@ class Headroom:
     noise: float
     search: dict = field(default_factory=dict)
     table: object | None = None
+    settings: list[SettingRow] | None = None  # knobs: communicator settings one at a time (None: not asked)
 
     @property
     def verdict(self) -> str:
@@ -339,12 +383,13 @@ class Headroom:
                 "line_rate_gain": gain(self.default_us, self.line_rate_us),
                 "no_comm_gain": gain(self.default_us, self.no_comm_us),
                 "noise": self.noise, "verdict": self.verdict, "breakdown": self.breakdown.to_json(),
-                "search": self.search}
+                "search": self.search,
+                "communicator_settings": None if self.settings is None else [r.to_json() for r in self.settings]}
 
 
 def headroom_case(case: Case, states: Sequence[int], *, model: str = DEFAULT_COST_MODEL,
                   options: CostModelOptions | None = None, max_sweeps: int | None = None,
-                  noise: float = NOTHING_TO_GAIN, progress=None) -> Headroom:
+                  noise: float = NOTHING_TO_GAIN, knobs: bool = False, progress=None) -> Headroom:
     """Search the best table for ``case``, replay the bounds and break NCCL default's step down, all
     over the dynamics ``states`` and priced by cost model ``model`` made with ``options`` (module
     docstring).
@@ -352,6 +397,7 @@ def headroom_case(case: Case, states: Sequence[int], *, model: str = DEFAULT_COS
     Args:
         progress: a tqdm-like bar the search advances once per rule key it visits.
         max_sweeps: the search's coordinate-descent sweeps at most (default: the search's).
+        knobs: also price each communicator setting alone and let the search choose them per shape.
 
     Raises:
         InputError: what :func:`~dynamiccl.tuning.cases.load_case` raises (unreadable trace or spec,
@@ -367,7 +413,7 @@ def headroom_case(case: Case, states: Sequence[int], *, model: str = DEFAULT_COS
         raise ValueError("headroom needs at least one dynamics state")
     if not 0.0 <= noise < 1.0:
         raise ValueError(f"noise must be a share of the step in [0, 1), got {noise}")
-    loaded = load_case(case, model, options)
+    loaded = load_case(case, model, options, knobs=knobs)
     result = search_case(loaded, states, max_sweeps=DEFAULT_MAX_SWEEPS if max_sweeps is None else max_sweeps,
                          progress=progress)
     bounds = [step_bounds(loaded, state) for state in states]
@@ -377,7 +423,7 @@ def headroom_case(case: Case, states: Sequence[int], *, model: str = DEFAULT_COS
                     loaded.program.step, states, float(np.mean(result.default_step_time_us)),
                     float(np.mean(result.step_time_us)), float(np.mean([b.line_rate_step_time_us for b in bounds])),
                     float(np.mean([b.no_comm_step_time_us for b in bounds])), measured, breakdown, noise,
-                    result.to_json(), result.table)
+                    result.to_json(), result.table, communicator_settings(loaded, states) if knobs else None)
 
 
 # --- text ---------------------------------------------------------------------------------------------------
@@ -421,6 +467,28 @@ def step_times_text(result: Headroom) -> str:
     return "\n".join(lines)
 
 
+def settings_text(result: Headroom) -> str:
+    """The communicator settings one at a time: step time (ms) and its change against NCCL's default."""
+    rows = result.settings or []
+    if not rows:
+        return "# communicator settings: none this NCCL and cluster can apply to the step's communicators"
+    fmt = "{:<8}  {:>6}  {:>6}  {:<22}  {:>12}  {:>9}"
+    lines = ["# communicator settings (ncclConfig_t), one at a time, every call at NCCL's default",
+             fmt.format("# group", "ranks", "nodes", "setting", "step (ms)", "change"),]
+    unchanged = 0
+    for row in rows:
+        change = 100.0 * (row.step_time_us - result.default_us) / result.default_us
+        if abs(change) < SETTING_NO_EFFECT_PCT:
+            unchanged += 1
+            continue
+        lines.append(fmt.format(row.kind, row.nranks, row.nnodes, COMM_CHOICES[row.choice].describe(),
+                                f"{row.step_time_us / 1e3:.3f}", f"{change:+.2f}%"))
+    if unchanged:
+        lines.append(f"# {unchanged} other setting(s) change the step by less than {SETTING_NO_EFFECT_PCT}% "
+                     "(the pool they bound is not the one the calls use, or the calls are too few to matter)")
+    return "\n".join(lines)
+
+
 def headroom_text(result: Headroom) -> str:
     """What ``dynamiccl headroom`` prints: provenance, the breakdown, the step times and the verdict."""
     states = result.states
@@ -430,6 +498,8 @@ def headroom_text(result: Headroom) -> str:
              f"simulated step, not a measured one; its calls priced by {result.cost_model}; NCCL {result.nccl_version}'s own choices as the "
              f"default; mean over dynamics states {span}",
              "", breakdown_text(result.breakdown), "", step_times_text(result)]
+    if result.settings is not None:
+        lines += ["", settings_text(result)]
     if result.measured_us is not None:
         lines.append(f"# measured: the trace's own timestamps of step {result.step} on the machine that recorded it "
                      f"(not the simulated cluster)")
@@ -438,5 +508,5 @@ def headroom_text(result: Headroom) -> str:
 
 
 __all__ = ["ALL_COMMUNICATION", "CommBreakdown", "CommRow", "Headroom", "breakdown_text", "calls_text",
-           "comm_breakdown", "default_breakdown", "gain", "headroom_case", "headroom_text", "mean_breakdown",
-           "step_times_text", "verdict"]
+           "SettingRow", "comm_breakdown", "communicator_settings", "default_breakdown", "gain", "headroom_case",
+           "headroom_text", "mean_breakdown", "settings_text", "step_times_text", "verdict"]
