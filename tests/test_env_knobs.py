@@ -224,6 +224,18 @@ env = "{SMALL[1]}"
         action = policy.act_communicator(env, obs, mask)
         assert action == exported.act_communicator(env, obs, mask) == comm_action(MAX_CTAS_2)
         env.step(action)
+    # The CLI writes the same table, and Megatron-LM's YAML of its communicator settings beside it.
+    import yaml
+
+    from dynamiccl.cli import main
+    from dynamiccl.table import load
+
+    out, megatron = tmp_path / "table.json", tmp_path / "nccl.yaml"
+    assert main(["table", "export", "--policy", str(path), "-o", str(out), "--evidence-states", "0",
+                 "--megatron-yaml", str(megatron)]) == 0
+    assert load(out).communicators == table.communicators
+    groups = yaml.safe_load(megatron.read_text())
+    assert groups and all(fields == {"max_ctas": 2} for fields in groups.values())
 
 
 def fsdp_case(tmp_path: Path, symmetric: bool = True) -> Case:

@@ -20,13 +20,14 @@ from dynamiccl.cli import main
 from dynamiccl.launcher import PREFIX, plan_launch
 from dynamiccl.nccl import Algorithm as A, Func, Protocol as P
 from dynamiccl.plugin import INSTRUMENTED_FILE_NAME, PLUGIN_FILE_NAME, TABLE_ENV
-from dynamiccl.table import MAX_BYTES, NCCL_ENV_KEYS, DecisionTable, Rule, StepShape, plugin_text, save
+from dynamiccl.knobs.job_env import JOB_ENV_SETTINGS
+from dynamiccl.table import MAX_BYTES, DecisionTable, Rule, StepShape, plugin_text, save
 from dynamiccl.plugin.binding import InstrumentedTunerLibrary
 from dynamiccl.plugin.build import build_plugin, instrumented_beside
 from dynamiccl.trace.store import Trace
 
 # Cleared for the launches under test ($CC stays: the plugin's cache key includes the compiler).
-OUR_VARIABLES = ("NCCL_TUNER_PLUGIN", TABLE_ENV, "NCCL_ALGO", "NCCL_PROTO", "DYNAMICCL_PROFILE_DIR", *NCCL_ENV_KEYS)
+OUR_VARIABLES = ("NCCL_TUNER_PLUGIN", TABLE_ENV, "NCCL_ALGO", "NCCL_PROTO", "DYNAMICCL_PROFILE_DIR", *JOB_ENV_SETTINGS)
 PRINT_ENV = [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
 
 

@@ -104,6 +104,13 @@ CHECKS: dict[str, Check] = {
     "dynamiccl table check table.json --env dgx-h100 --model llama3-8b --tp 8 --pp 1 --dp 1 --global-batch 4": RUN,
     "dynamiccl table check table.json --sweep experiments/sweep/layouts.toml -o results": RUN,
     "dynamiccl doctor --table table.json": RUN,
+    "dynamiccl doctor --table table.json --env h100-roce-4x8": RUN,
+    "dynamiccl launch --table table.json --env h100-roce-4x8 -- torchrun --nproc-per-node 8 train.py":
+        needs("the user's training script"),
+    "dynamiccl headroom fsdp.parquet --env gb200-nvl4-symmetric.toml --knobs":
+        needs("an FSDP trace and a spec with symmetric_memory (experiments/knobs/README.md has both commands)"),
+    "dynamiccl measure --trace my_step.parquet -o measured.csv --chunks --budget 30m -- torchrun --nproc-per-node 8":
+        needs("a trace of the user's step and a GPU node with NCCL >= 2.30.3"),
     "dynamiccl launch --table table.json --dry-run -- torchrun --nproc-per-node 8 train.py": RUN,
     "dynamiccl launch --table table.json -- torchrun --nproc-per-node 8 train.py": needs("the user's training script"),
     "dynamiccl launch --table table.json --profile out/ -- torchrun ...": needs("the user's training command"),

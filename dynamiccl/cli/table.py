@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from dynamiccl.cli.common import add_measurements, add_world_params, cost_options
@@ -48,6 +49,8 @@ def add(sub) -> None:
                                     "policy and writes the decisions as a decision table (and, lossy, NVIDIA's "
                                     "example-plugin CSV).")
     e.add_argument("-o", "--output", required=True, help="table file (.json)")
+    e.add_argument("--megatron-yaml", help="also write the table's communicator settings as Megatron-LM's "
+                                           "--nccl-communicator-config-path YAML")
     add_policy_export_arguments(e, policy_required=True)
     add_world_params(e)
     e.set_defaults(func=cmd_table_export)
@@ -185,7 +188,7 @@ def cmd_table_export(args) -> int:
 
     from dynamiccl.table.policy_export import EVIDENCE_STATES
 
-    check_outputs(args.output, args.nccl_csv)
+    check_outputs(args.output, args.nccl_csv, args.megatron_yaml)
     states = EVIDENCE_STATES if args.evidence_states is None else args.evidence_states
     exported = export_policy_tables(args.policy, cases_config=args.cases_config, env=args.env, run_dir=args.run_dir,
                                     evidence_states=states, evidence_split=args.evidence_from,
@@ -200,6 +203,13 @@ def cmd_table_export(args) -> int:
         save(exported.csv_table, args.nccl_csv)
         print(f"wrote {args.nccl_csv}: {len(exported.csv_table.rules)} rules for NVIDIA's example plugin (no position "
               "rules; NCCL's choice written out for the cases' shapes, other shapes on the plugin's 1 channel)")
+    if args.megatron_yaml:
+        from dynamiccl.megatron_yaml import write_megatron_yaml
+
+        for note in write_megatron_yaml(exported.table, args.megatron_yaml, os.fspath(args.output)):
+            print(f"note: {note}")
+        print(f"wrote {args.megatron_yaml}: {len(exported.table.communicators)} communicator rule(s) for Megatron-LM "
+              f"(--nccl-communicator-config-path {args.megatron_yaml})")
     return 0
 
 

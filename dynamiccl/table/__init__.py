@@ -25,7 +25,6 @@ from dynamiccl.table import json_format, nvidia_csv, plugin_text
 from dynamiccl.table.model import (
     FORMAT_VERSION,
     MAX_BYTES,
-    NCCL_ENV_KEYS,
     Choice,
     ChunkMemory,
     CommunicatorRule,
@@ -111,6 +110,6 @@ def save(table: DecisionTable, path: str | os.PathLike, lossy: bool = False) -> 
     write_text(path, text)
 
 
-__all__ = ["FORMATS", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS", "Choice", "ChunkMemory", "CommunicatorRule",
+__all__ = ["FORMATS", "FORMAT_VERSION", "MAX_BYTES", "Choice", "ChunkMemory", "CommunicatorRule",
            "DecisionTable",
            "PositionCounter", "Rule", "StepShape", "format_of", "load", "save"]

@@ -107,7 +107,7 @@ from dynamiccl.callkey import CallKey
 from dynamiccl.errors import InputError
 from dynamiccl.knobs.chunk import KEEP_CHUNK, check_chunk_bytes
 from dynamiccl.knobs.comm_config import CommConfig
-from dynamiccl.knobs.job_env import JOB_ENV_SETTINGS, check_job_env_value
+from dynamiccl.knobs.job_env import check_job_env_value
 from dynamiccl.nccl import (
     FUNC_OP,
     KEEP,
@@ -137,10 +137,6 @@ RULE_INT_FIELDS = ("min_bytes", "max_bytes", "nranks", "nnodes", "position", "nu
                    "reg_buff", "channels")
 # The keys a rule matches a call by besides its collective and byte range (-1 = any).
 MATCH_KEYS = ("nranks", "nnodes", "position", "num_pipe_ops", "reg_buff")
-
-# Compatibility for dynamiccl.launcher until it reads dynamiccl.knobs.job_env itself: the settings
-# a table's ``job_env`` may carry (the list lives in ``knobs.job_env.JOB_ENV_SETTINGS``).
-NCCL_ENV_KEYS = tuple(JOB_ENV_SETTINGS)
 
 
 # --- Rule ------------------------------------------------------------------------------------------
@@ -562,11 +558,6 @@ class DecisionTable:
         object.__setattr__(self, "rules", rules)
         object.__setattr__(self, "provenance", provenance)
 
-    @property
-    def nccl_env(self) -> dict:
-        """Compatibility for dynamiccl.launcher (version 2's name): ``job_env``."""
-        return self.job_env
-
     def communicator_config(self, kind: str | None, nranks: int, nnodes: int) -> CommConfig:
         """The ``ncclConfig_t`` settings for a communicator of group ``kind`` with ``nranks`` ranks on
         ``nnodes`` nodes: the first matching ``CommunicatorRule``'s config, else ``CommConfig()``
@@ -675,7 +666,7 @@ def _any(value: int) -> str:
 
 
 __all__ = [
-    "ALGORITHM_BY_NAME", "COLL_BY_NAME", "C_INT_MAX", "FORMAT_VERSION", "MAX_BYTES", "NCCL_ENV_KEYS",
+    "ALGORITHM_BY_NAME", "COLL_BY_NAME", "C_INT_MAX", "FORMAT_VERSION", "MAX_BYTES",
     "PROTOCOL_BY_NAME", "RULE_INT_FIELDS", "Choice", "ChunkMemory", "CommunicatorRule", "DecisionTable",
     "PositionCounter", "Rule",
     "StepShape",
