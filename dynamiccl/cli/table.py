@@ -49,8 +49,6 @@ def add(sub) -> None:
                                     "policy and writes the decisions as a decision table (and, lossy, NVIDIA's "
                                     "example-plugin CSV).")
     e.add_argument("-o", "--output", required=True, help="table file (.json)")
-    e.add_argument("--megatron-yaml", help="also write the table's communicator settings as Megatron-LM's "
-                                           "--nccl-communicator-config-path YAML")
     add_policy_export_arguments(e, policy_required=True)
     add_world_params(e)
     e.set_defaults(func=cmd_table_export)
@@ -92,6 +90,8 @@ def add_policy_export_arguments(parser: argparse.ArgumentParser, policy_required
                                            "choice written out for the shapes of the cases)")
     parser.add_argument("--run-dir", help="the training run's directory, where the config's workloads are "
                                           "generated (default experiments/<name>/run)")
+    parser.add_argument("--megatron-yaml", help="also write the table's communicator settings as Megatron-LM's "
+                                                "--nccl-communicator-config-path YAML")
     parser.add_argument("--evidence-states", type=int, default=None,
                         help="dynamics states per case replayed to confine every rule to the sizes where it beat "
                              "NCCL's default (default 2); 0: write the policy down unconfined, every rule over "

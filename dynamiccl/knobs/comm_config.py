@@ -118,6 +118,9 @@ COMM_CHOICES: tuple[CommConfig, ...] = (
     CommConfig(cta_policy="zero"),
 )
 DEFAULT_COMM_CHOICE = 0
+# A communicator setting is a change to the user's job: one that moves the step by less than this
+# share is reported as having no effect and never chosen (a search takes no setting for nothing).
+NO_EFFECT_SHARE = 1e-4
 
 
 def comm_choice_mask(nccl_version: str, nvls: bool, one_nvlink_domain: bool, symmetric_memory: bool) -> list[bool]:

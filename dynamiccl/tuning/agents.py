@@ -59,7 +59,7 @@ import numpy as np
 from dynamiccl import schema
 from dynamiccl.callkey import CallKey, size_band as size_bucket
 from dynamiccl.knobs.chunk import CHUNK_CHOICES_BYTES
-from dynamiccl.knobs.comm_config import COMM_CHOICES
+from dynamiccl.knobs.comm_config import COMM_CHOICES, NO_EFFECT_SHARE
 from dynamiccl.nccl import KEEP, TUNABLE_FUNCS
 from dynamiccl.table.model import DecisionTable, PositionCounter
 from dynamiccl.tuning.actions import (
@@ -187,8 +187,16 @@ class GreedyPerCallAgent(Agent):
 
     def act_communicator(self, env, obs, mask) -> int:
         """The config whose step replay (every call at NCCL's default) is shortest now
-        (``SimulatorView.communicator_step_times``; ties: NCCL's default)."""
-        return int(np.argmin(env.simulator.communicator_step_times()))
+        (``SimulatorView.communicator_step_times``), if it earns its change (:func:`earned_setting`)."""
+        return earned_setting(env.simulator.communicator_step_times())
+
+
+def earned_setting(step_times_us: np.ndarray) -> int:
+    """The communicator action with the shortest step time (µs, per action; inf where invalid) when it
+    beats NCCL's default (action 0) by at least ``NO_EFFECT_SHARE`` of the step, else NCCL's default:
+    a setting is a change to the user's job and must earn it."""
+    best = int(np.argmin(step_times_us))
+    return best if step_times_us[best] < step_times_us[DEFAULT_ACTION] * (1.0 - NO_EFFECT_SHARE) else DEFAULT_ACTION
 
 
 # --- static best table -----------------------------------------------------------------------------
@@ -275,8 +283,10 @@ class StaticBestAgent(Agent):
                 base.step(DEFAULT_ACTION)
         self = self if self is not None else cls()
         self.table = totals.best()
-        self.communicators = {shape: 0 if action == DEFAULT_ACTION else action - COMM_ACTION_BASE
-                              for shape, action in comm_totals.best().items()}
+        self.communicators = {}
+        for shape, total in comm_totals.totals.items():
+            action = earned_setting(total)
+            self.communicators[shape] = 0 if action == DEFAULT_ACTION else action - COMM_ACTION_BASE
         self.provenance = {"method": "dynamiccl.tuning.agents.StaticBestAgent.fit",
                            "episodes": [[base.cases[int(c)].label, int(s)] for c, s in episodes],
                            "cost_model": base.model, "calls": int(sum(totals.calls.values()))}

@@ -47,14 +47,13 @@ import numpy as np
 
 from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
-from dynamiccl.knobs.comm_config import COMM_CHOICES
+from dynamiccl.knobs.comm_config import COMM_CHOICES, NO_EFFECT_SHARE
 from dynamiccl.nccl import FUNC_OP, Func
 from dynamiccl.tuning.cases import Case, LoadedCase, default_step_time_us, load_case, new_replay
 from dynamiccl.tuning.evaluate import NOTHING_TO_GAIN
 from dynamiccl.tuning.timeline import Replay
 
 ALL_COMMUNICATION = ("all", "communication")   # the (group kind, collective) of the union line
-SETTING_NO_EFFECT_PCT = 0.01  # a setting that moves the step less than this is listed only as a count
 BREAKDOWN_FIELDS = ("calls", "total_us", "hidden_us", "exposed_us", "slowed_compute_us")
 
 
@@ -478,13 +477,13 @@ def settings_text(result: Headroom) -> str:
     unchanged = 0
     for row in rows:
         change = 100.0 * (row.step_time_us - result.default_us) / result.default_us
-        if abs(change) < SETTING_NO_EFFECT_PCT:
+        if abs(change) < 100.0 * NO_EFFECT_SHARE:
             unchanged += 1
             continue
         lines.append(fmt.format(row.kind, row.nranks, row.nnodes, COMM_CHOICES[row.choice].describe(),
                                 f"{row.step_time_us / 1e3:.3f}", f"{change:+.2f}%"))
     if unchanged:
-        lines.append(f"# {unchanged} other setting(s) change the step by less than {SETTING_NO_EFFECT_PCT}% "
+        lines.append(f"# {unchanged} other setting(s) change the step by less than {100.0 * NO_EFFECT_SHARE:g}% "
                      "(the pool they bound is not the one the calls use, or the calls are too few to matter)")
     return "\n".join(lines)
 

@@ -76,7 +76,7 @@ from dynamiccl.callkey import CallKey, size_band
 from dynamiccl.costmodel.world import WorldModel
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.nccl import FUNC_OP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Func
-from dynamiccl.knobs.comm_config import COMM_CHOICES
+from dynamiccl.knobs.comm_config import COMM_CHOICES, NO_EFFECT_SHARE
 from dynamiccl.table.model import MAX_BYTES, CommunicatorRule, DecisionTable, Rule
 from dynamiccl.tuning.actions import DEFAULT_ACTION, ActionCostTotals, rule_choice
 from dynamiccl.tuning.cases import LoadedCase, default_schedule, new_replay
@@ -435,7 +435,7 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
                     continue
                 trial = scorer.configs[:shape] + (choice,) + scorer.configs[shape + 1:]
                 mean = float(scorer.step_times_us(incumbent, configs=trial).mean())
-                if mean < best * (1.0 - 1e-12):
+                if mean < best * (1.0 - NO_EFFECT_SHARE):  # a setting must earn its change to the job
                     best, better = mean, trial
             if better is not None:
                 scorer.configs, changed = better, True
