@@ -253,17 +253,19 @@ def outcomes(clone) -> dict[str, list[Outcome]]:
     """Each README command's outcome(s), run in README order in one fresh clone (the demo's lane
     beside the others, see :func:`lane_of`)."""
     shipped_run = tree_bytes(clone / "experiments" / "default" / "run")
-    lanes: list[list[tuple[str, Check, int]]] = [[], []]
+    lanes: list[list[tuple[str, str, Check, int]]] = [[], []]  # (key in the results, command, check, runs)
     for command in readme_commands():
         check = CHECKS.get(command)
         if check is None or check.kind in ("NEEDS", "SUITE"):
             continue
         times = 2 if command == "./run demo --timesteps 2048" else 1  # rerun into the same directory
-        lanes[lane_of(command)].append((command, check, times))
+        lanes[lane_of(command)].append((command, command, check, times))
+    # Last, before the shipped run is compared: train with neither --output-dir nor --resume.
+    lanes[0].append(("(bare train)", "dynamiccl train --config experiments/default.toml", RUN, 1))
 
     def run_lane(index: int) -> dict[str, list[Outcome]]:
-        return {command: [run_in(clone, command, check, f"command-lane{index}.log") for _ in range(times)]
-                for command, check, times in lanes[index]}
+        return {key: [run_in(clone, command, check, f"command-lane{index}.log") for _ in range(times)]
+                for key, command, check, times in lanes[index]}
 
     results: dict[str, list[Outcome]] = {}
     with ThreadPoolExecutor(len(lanes)) as pool:
@@ -275,7 +277,6 @@ def outcomes(clone) -> dict[str, list[Outcome]]:
     changed = sorted(name for name, data in shipped_run.items() if after.get(name) != data)
     results["(shipped run untouched)"] = [Outcome(len(changed), "\n".join(changed))]
     results["(demo output)"] = [Outcome(0, "\n".join(sorted(p.name for p in clone.glob("demo-output*"))))]
-    results["(bare train)"] = [run_in(clone, "dynamiccl train --config experiments/default.toml", RUN)]
     return results
 
 
