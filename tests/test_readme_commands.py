@@ -5,7 +5,9 @@ The README's ``bash`` blocks are read, and every command in them must have an en
 here. They all run in one copy of the files git tracks (``git ls-files``: what a clone holds; a new
 file counts once it is ``git add``-ed, and what README commands run in the working tree left there
 does not), from its root, in README order, so a command finds what the ones before it wrote
-(``table.json``, ``llama70b.parquet``, ``my_params.json``).
+(``table.json``, ``llama70b.parquet``, ``my_params.json``). The demo's commands, which write only
+``demo-output/`` (read by no other command) and take half of the time, run in README order in a lane
+of their own, beside the other commands: each command is one busy process, and CI has two cores.
 
 - ``RUN``: run in full; it must exit 0. ``./run demo --timesteps 2048`` (the quick form the README
   documents) runs twice into the same directory: the second run must replace the first. ``bench``
@@ -36,6 +38,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,11 +210,12 @@ class Outcome:
     output: str
 
 
-def run_in(clone: Path, command: str, check: Check) -> Outcome:
-    """Run one README command in the clone, as :data:`CHECKS` says; stdout and stderr together."""
+def run_in(clone: Path, command: str, check: Check, log_name: str = "command.log") -> Outcome:
+    """Run one README command in the clone, as :data:`CHECKS` says; stdout and stderr together
+    (written to ``log_name`` beside the clone: one per lane of commands running at the same time)."""
     env_assignments, argv = process_argv(command)
     env = {**os.environ, **env_assignments, "PYTHONPATH": str(clone)}  # the clone's dynamiccl, not this tree's
-    log = clone.parent / "command.log"
+    log = clone.parent / log_name
     with open(log, "wb") as sink:
         process = subprocess.Popen(argv, cwd=clone, env=env, stdout=sink, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -245,24 +249,41 @@ def clone(tmp_path_factory) -> Path:
     return fresh_clone(tmp_path_factory.mktemp("readme"))
 
 
+def lane_of(command: str) -> int:
+    """The lane a README command runs in: 1 for the demo's (they write only ``demo-output/``, which
+    no other README command reads), 0 for the others."""
+    return 1 if command.startswith("./run demo") else 0
+
+
 @pytest.fixture(scope="module")
 def outcomes(clone) -> dict[str, list[Outcome]]:
-    """Each README command's outcome(s), run in README order in one fresh clone."""
+    """Each README command's outcome(s), run in README order in one fresh clone (the demo's lane
+    beside the others, see :func:`lane_of`)."""
     shipped_run = tree_bytes(clone / "experiments" / "default" / "run")
-    results: dict[str, list[Outcome]] = {}
+    lanes: list[list[tuple[str, str, Check, int]]] = [[], []]  # (key in the results, command, check, runs)
     for command in readme_commands():
         check = CHECKS.get(command)
         if check is None or check.kind in ("NEEDS", "SUITE"):
             continue
         times = 2 if command == "./run demo --timesteps 2048" else 1  # rerun into the same directory
-        results[command] = [run_in(clone, command, check) for _ in range(times)]
+        lanes[lane_of(command)].append((command, command, check, times))
+    # Last, before the shipped run is compared: train with neither --output-dir nor --resume.
+    lanes[0].append(("(bare train)", "dynamiccl train --config experiments/default.toml", RUN, 1))
+
+    def run_lane(index: int) -> dict[str, list[Outcome]]:
+        return {key: [run_in(clone, command, check, f"command-lane{index}.log") for _ in range(times)]
+                for key, command, check, times in lanes[index]}
+
+    results: dict[str, list[Outcome]] = {}
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        for lane_results in pool.map(run_lane, range(len(lanes))):
+            results.update(lane_results)
     # After everything: the shipped training run's files are as committed (its workloads/ is a cache of
     # generated steps, ignored by git, that evaluate, search and export fill), and the demo left one output.
     after = tree_bytes(clone / "experiments" / "default" / "run")
     changed = sorted(name for name, data in shipped_run.items() if after.get(name) != data)
     results["(shipped run untouched)"] = [Outcome(len(changed), "\n".join(changed))]
     results["(demo output)"] = [Outcome(0, "\n".join(sorted(p.name for p in clone.glob("demo-output*"))))]
-    results["(bare train)"] = [run_in(clone, "dynamiccl train --config experiments/default.toml", RUN)]
     return results
 
 
