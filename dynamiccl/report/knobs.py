@@ -160,7 +160,7 @@ def chunk_rows(table) -> list[list[str]]:
     """:data:`CHUNK_HEADER` cells: per (collective, shape, rule byte range), the chunk sizes the
     table's rules set there (in table order; rules keeping NCCL's chunk are left out)."""
     from dynamiccl.nccl import FUNC_OP
-    from dynamiccl.table.model import _human_bytes as human_bytes  # the table's own spelling: 64K, 1M, max
+    from dynamiccl.table.model import exact_bytes_text  # the table's own spelling: 64K, 1M, max
 
     bands: dict[tuple, list[int]] = {}
     for rule in table.rules:
@@ -171,8 +171,8 @@ def chunk_rows(table) -> list[list[str]]:
         key = (FUNC_OP[rule.coll], shape, rule.min_bytes, rule.max_bytes)
         if rule.chunk_bytes not in bands.setdefault(key, []):
             bands[key].append(rule.chunk_bytes)
-    return [[coll, shape, f"{human_bytes(low)} .. {human_bytes(high)}",
-             ", ".join(human_bytes(c) for c in chunks)]
+    return [[coll, shape, f"{exact_bytes_text(low)} .. {exact_bytes_text(high)}",
+             ", ".join(exact_bytes_text(c) for c in chunks)]
             for (coll, shape, low, high), chunks in sorted(bands.items(), key=lambda item: (item[0][0], item[0][2]))]
 
 

@@ -623,13 +623,13 @@ class DecisionTable:
         for index, rule in enumerate(self.rules):
             rows.append((
                 str(index), FUNC_OP[rule.coll],
-                f"{_human_bytes(rule.min_bytes)}..{_human_bytes(rule.max_bytes)}",
+                f"{exact_bytes_text(rule.min_bytes)}..{exact_bytes_text(rule.max_bytes)}",
                 _any(rule.nranks), _any(rule.nnodes), _any(rule.position), _any(rule.num_pipe_ops),
                 _any(rule.reg_buff),
                 rule.algorithm.name_lower if rule.algorithm is not None else "nccl",
                 rule.protocol.name_lower if rule.protocol is not None else "nccl",
                 "nccl" if rule.channels == KEEP else str(rule.channels),
-                "nccl" if rule.chunk_bytes == KEEP_CHUNK else _human_bytes(rule.chunk_bytes),
+                "nccl" if rule.chunk_bytes == KEEP_CHUNK else exact_bytes_text(rule.chunk_bytes),
             ))
         widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
@@ -649,7 +649,7 @@ class DecisionTable:
 _BYTE_UNITS = ((2**40, "T"), (2**30, "G"), (2**20, "M"), (2**10, "K"))
 
 
-def _human_bytes(nbytes: int) -> str:
+def exact_bytes_text(nbytes: int) -> str:
     """64K, 1M, 64K-1 (65535), 64K+1 (65537), "max" for 2**64-1, else the plain number."""
     if nbytes == MAX_BYTES:
         return "max"
