@@ -90,3 +90,24 @@ def world_params_from(args) -> Iterator[None]:
             os.environ.pop(PARAMS_ENV, None)
         else:
             os.environ[PARAMS_ENV] = previous
+
+
+def add_parallel(parser, what: str = "tasks") -> None:
+    """Give a command that fans out (:mod:`dynamiccl.sweep`) ``--workers N`` and ``--ray auto|ADDRESS``;
+    ``what``: its tasks, for the help ("(case, state, agent) episodes")."""
+    from dynamiccl import schema
+
+    workers = schema.argument(schema.integer("--workers", low=1, high=4096))
+    parser.add_argument("--workers", type=workers, default=None, metavar="N",
+                        help=f"run the {what} on N local processes (default: every core; 1: in this process); "
+                             "with --ray: at most N in flight")
+    parser.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                        help=f"run the {what} on a Ray cluster instead: auto (the cluster `ray start` made here, or "
+                             "$RAY_ADDRESS) or HEAD:6379 / ray://HEAD:10001; needs `pip install 'dynamiccl[ray]'`")
+
+
+def parallelism(args):
+    """The :class:`~dynamiccl.sweep.Parallelism` of ``args``' ``--workers`` and ``--ray``."""
+    from dynamiccl.sweep import Parallelism
+
+    return Parallelism(workers=getattr(args, "workers", None), ray=getattr(args, "ray", None) or None)

@@ -10,7 +10,7 @@ import json
 import time
 
 from dynamiccl import schema
-from dynamiccl.cli.common import add_measurements, add_world_params, cost_options, invocation
+from dynamiccl.cli.common import add_measurements, add_parallel, add_world_params, cost_options, invocation
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs, claim_output_dir
 
@@ -66,6 +66,7 @@ def add(sub) -> None:
     p.add_argument("--json", help="also write the per-agent summary as JSON here")
     add_measurements(p)
     add_world_params(p)
+    add_parallel(p, "episodes (per case, agent and state)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("search", help="search the best decision table for a case (the reference of every gain share)",
@@ -90,6 +91,7 @@ def add(sub) -> None:
     p.add_argument("--json", help="also write the per-case figures as JSON here")
     add_measurements(p)
     add_world_params(p)
+    add_parallel(p, "searches (one per case)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("headroom", help="how much a step can gain from tuning NCCL, and where its communication goes",
