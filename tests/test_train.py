@@ -208,6 +208,7 @@ def test_tiny_run_writes_its_outputs(tiny_run):
     assert [int(r["episode"]) for r in rows] == list(range(1, len(rows) + 1))
     summary = json.loads((out / "train.json").read_text())
     assert summary["timesteps"] == 512 and summary["seed"] == 7 and summary["n_envs"] == 1
+    assert summary["timesteps_per_s"] == result.timesteps_per_s > 0
     assert summary["final_mean_speedup"] == pytest.approx(np.mean([float(r["speedup"]) for r in rows[-50:]]))
 
     network = load_policy(out / "policy.zip")
@@ -388,6 +389,21 @@ def test_no_worker_outlives_a_failed_run(tmp_path, monkeypatch, failure):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, before)
     assert [p.exitcode is not None for p in made[0].processes] == [True, True]
+
+
+def test_throughput_trains_with_one_env_then_two(tmp_path, capsys):
+    """``python -m dynamiccl.tuning.throughput`` (``dynamiccl bench train-n-envs``): both rates and their ratio."""
+    from dynamiccl.tuning.throughput import main
+
+    path = write_config(tmp_path, TWO_ENVS.replace("n_envs = 2", "n_envs = 1"))
+    assert main(["--config", str(path), "--timesteps", "128"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["timesteps_per_s_1"] > 0 and figures["timesteps_per_s_2"] > 0
+    assert figures["ratio"] == pytest.approx(figures["timesteps_per_s_2"] / figures["timesteps_per_s_1"])
+    with pytest.raises(InputError) as info:  # a minibatch larger than one env's rollout of 64
+        main(["--config", str(write_config(tmp_path, TWO_ENVS.replace("batch_size = 64", "batch_size = 128"),
+                                             "big.toml")), "--timesteps", "128"])
+    assert info.value.field == "train.batch_size"
 
 
 # --- policy file: decide == MaskablePPO.predict ---------------------------------------------------

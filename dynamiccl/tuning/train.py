@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import os
 import signal
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -63,7 +64,9 @@ WORKER_START_METHOD = "forkserver"  # SB3's default on Linux; a worker does not 
 class TrainResult:
     """What ``train`` produced. ``wall_s``: seconds of training, counting runs before a resume;
     ``final_mean_speedup``: arithmetic mean of ``speedup`` over the last 50 episodes (None: none ended);
-    ``n_envs``: environments stepped at once (``[train] n_envs``)."""
+    ``n_envs``: environments stepped at once (``[train] n_envs``); ``timesteps_per_s``: timesteps
+    this call learned per second of ``learn`` (rollouts and updates, not the start-up; None when it
+    learned none)."""
 
     output_dir: Path
     policy_path: Path
@@ -74,6 +77,7 @@ class TrainResult:
     seed: int
     resumed_from: int | None = None
     n_envs: int = 1
+    timesteps_per_s: float | None = None
 
 
 def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bool = False,
@@ -128,13 +132,16 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
     with _closing_vec_env(env), contextlib.closing(bar), _torch_threads(1):
         agent = _new_agent(config, env) if start is None else _resumed_agent(config, env, start)
         remaining = target - agent.num_timesteps
+        learned_from, learn_s = agent.num_timesteps, 0.0
         if remaining > 0:
             # The logger SB3 would make itself (tensorboard/ppo_<n>, continued on resume), made
             # here so that this function owns it and closes it.
             with contextlib.closing(configure_logger(0, str(output_dir / "tensorboard"), CHECKPOINT_PREFIX,
                                                      reset_num_timesteps=start is None)) as logger:
                 agent.set_logger(logger)
+                began = time.perf_counter()
                 agent.learn(remaining, callback=[curve, checkpoints, bar], reset_num_timesteps=start is None)
+                learn_s = time.perf_counter() - began
         checkpoints.save(agent)  # the final state, for a later resume with more timesteps
 
     wall_s = curve.wall_s()
@@ -155,7 +162,8 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
         provenance["measurements"] = list(config.measurements)
     policy_path = save_policy(output_dir / "policy.zip", agent, provenance)
     result = TrainResult(output_dir, policy_path, int(agent.num_timesteps), len(curve.rows), wall_s, final,
-                         config.seed, resumed_from, t.n_envs)
+                         config.seed, resumed_from, t.n_envs,
+                         (agent.num_timesteps - learned_from) / learn_s if learn_s > 0 else None)
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
     summary.update(experiment=config.name, wall_s=round(wall_s, 3), policy="policy.zip",
                    final_mean_speedup_episodes=min(FINAL_EPISODES, len(curve.rows)))
