@@ -323,30 +323,41 @@ def test_two_envs_resume_to_more_timesteps(two_env_runs, tmp_path):
     assert load_policy(resumed.policy_path).provenance["resumed_from"] == 256
 
 
-def test_workers_get_their_seeds_and_give_masks(two_env_runs):
-    """Worker i is seeded with seed + i; sb3-contrib reads each worker's mask through env_method."""
+def test_workers_get_their_seeds_masks_and_world_parameters(two_env_runs, tmp_path, monkeypatch):
+    """Worker i is seeded with seed + i; sb3-contrib reads each worker's mask through env_method;
+    workers price with the trainer's world parameters file (``--params``), which a forkserver
+    started before it was set does not pass on by itself."""
+    from dataclasses import replace
+
     from sb3_contrib.common.maskable.utils import get_action_masks
 
     import dynamiccl.tuning.train as train_module
+    from dynamiccl.costmodel import world
     from dynamiccl.tuning.env import TuningEnv
 
-    config = two_env_runs[0]
+    config = two_env_runs[0]  # the fixture's runs started the forkserver without the variable
     cases = config.train_cases("unused")
+    shipped = TuningEnv(cases, config.model, config.train.states)
+    shipped.reset(seed=config.seed)
+    mine = tmp_path / "my_params.json"
+    mine.write_text(replace(world.default_params(), base_us=[39.0, 39.0, 39.0], provenance="my fit").to_json())
+    monkeypatch.setenv(world.PARAMS_ENV, str(mine))
     env = train_module._vec_env(config, cases)
     try:
         env.seed(config.seed)
         env.reset()
         masks = get_action_masks(env)
-        states = env.get_attr("state")
+        states, step_times_us = env.get_attr("state"), env.get_attr("default_time_us")
     finally:
         env.close()
     assert not any(p.is_alive() for p in env.processes)
     for i in range(2):
         alone = TuningEnv(cases, config.model, config.train.states)
         alone.reset(seed=config.seed + i)
-        assert states[i] == alone.state
+        assert (states[i], step_times_us[i]) == (alone.state, alone.default_time_us)
         np.testing.assert_array_equal(masks[i], alone.action_masks())
     assert masks.shape == (2, NUM_ACTIONS) and states[0] != states[1]
+    assert step_times_us[0] > shipped.default_time_us  # 39 us base latency instead of the shipped fit's
 
 
 @pytest.mark.parametrize("failure", ["interrupt", "worker dies"])
