@@ -53,8 +53,10 @@ existed). Worker ``i`` draws its (case, state) sequence from ``seed + i``, so a 
 for a given ``n_envs``, but runs with different ``n_envs`` differ. ``n_steps`` counts decisions per
 environment: a rollout is ``n_steps * n_envs`` decisions, and checkpoints and the end of training
 fall on rollout boundaries. It therefore belongs to the run (a resume must keep it), and the live
-model (which measures while it builds an environment) trains with one. More environments pay when
-stepping the environment costs more than the policy's update (large steps, a small network).
+model (which measures while it builds an environment) trains with one. More environments pay on
+free cores: the workers step at once and the policy decides for all of them in one batch, while the
+update's cost per decision stays; so they pay most where the environment's step is costly (large
+steps, the knobs, many dynamics states) beside a small network.
 
 Relative trace and spec paths resolve against the current directory first, then against the
 repository root (the config file's parent's parent). Workloads are generated once into
@@ -72,9 +74,9 @@ to every advantage. The last decision's reward also carries the residual (what t
 rewards did not account for: interactions between calls), so with ``gamma = 0`` that residual is
 credited to the last call alone; raise ``gamma`` to spread it.
 
-Checks that relate fields (``batch_size <= n_steps * n_envs``, ``n_envs = 1`` with the live model, held-out states after the training states,
-exactly one of ``trace`` and ``workload``, a trace and a spec that exist) follow the declared ones
-and raise the same kind of error.
+Checks that relate fields (``batch_size <= n_steps * n_envs``, ``n_envs = 1`` with the live model,
+held-out states after the training states, exactly one of ``trace`` and ``workload``, a trace and a
+spec that exist) follow the declared ones and raise the same kind of error.
 """
 
 from __future__ import annotations
