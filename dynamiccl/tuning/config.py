@@ -53,10 +53,11 @@ existed). Worker ``i`` draws its (case, state) sequence from ``seed + i``, so a 
 for a given ``n_envs``, but runs with different ``n_envs`` differ. ``n_steps`` counts decisions per
 environment: a rollout is ``n_steps * n_envs`` decisions, and checkpoints and the end of training
 fall on rollout boundaries. It therefore belongs to the run (a resume must keep it), and the live
-model (which measures while it builds an environment) trains with one. More environments pay on
-free cores: the workers step at once and the policy decides for all of them in one batch, while the
-update's cost per decision stays; so they pay most where the environment's step is costly (large
-steps, the knobs, many dynamics states) beside a small network.
+model (which measures while it builds an environment) trains with one. The workers step at once
+and the policy decides for all of them in one batch, but every vector step also costs two round
+trips to the workers (the step, and sb3-contrib's ``action_masks``): more environments pay only
+where an environment step costs well more than those and the policy's forward pass, and on free
+cores (``dynamiccl bench train-n-envs`` measures it).
 
 Relative trace and spec paths resolve against the current directory first, then against the
 repository root (the config file's parent's parent). Workloads are generated once into
