@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dynamiccl.tuning.agents import Agent, SearchAgent
 from dynamiccl.tuning.evaluate import Evaluation, EvaluationPlan, Results, evaluate_plan, meta_without_timing
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -36,3 +37,31 @@ def assert_same_results(got: Results, expected: Results) -> None:
     pd.testing.assert_frame_equal(got.steps, expected.steps)
     pd.testing.assert_frame_equal(got.calls, expected.calls)
     assert meta_without_timing(got.meta) == meta_without_timing(expected.meta)
+
+
+class FailsOn(Agent):
+    """NCCL's default, but raises on the case ``label``: a task that fails wherever it runs (a module-level
+    class, so that a worker process, whose ``sys.path`` is this one's, unpickles it)."""
+
+    name = "fails-on"
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def act(self, env, obs, mask) -> int:
+        if env.simulator.case.case.label == self.label:
+            raise RuntimeError(f"cannot act on {self.label}")
+        return 0
+
+
+class SearchFailsOn(SearchAgent):
+    """The search reference, but its search raises on the case ``label``."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def begin_episode(self, env) -> None:
+        if env.simulator.case.case.label == self.label:
+            raise RuntimeError(f"cannot search {self.label}")
+        super().begin_episode(env)

@@ -4,15 +4,19 @@ with its case while every other task's rows are kept and written (exit status 1)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from dynamiccl.cli import main
 from dynamiccl.sweep import Parallelism
-from dynamiccl.tuning.agents import Agent, NcclDefaultAgent, RandomAgent
+from dynamiccl.tuning.agents import NcclDefaultAgent, RandomAgent
 from dynamiccl.tuning.env import TuningEnv
-from dynamiccl.tuning.evaluate import EvaluationFailed, Results, evaluate, run_episode
-from evaluate_harness import AGENTS, ONLINE_STEPS, TRACES, assert_same_results, small_evaluation
+from dynamiccl.tuning.evaluate import EvaluationFailed, Results, evaluate, prepare_evaluation, run_episode
+from evaluate_harness import (
+    AGENTS, ONLINE_STEPS, POLICY, TRACES, FailsOn, SearchFailsOn, assert_same_results, small_evaluation, small_plan,
+)
 
 
 def test_a_pool_of_two_gives_what_this_process_gives_row_for_row():
@@ -22,6 +26,9 @@ def test_a_pool_of_two_gives_what_this_process_gives_row_for_row():
     assert not here.failures and not pool.failures and "failures" not in pool.results.meta
     assert_same_results(pool.results, here.results)
     assert pool.cost_model == here.cost_model and "dgx-h100" in pool.cost_model
+    # Left to its default (every core), an evaluation this small runs here: a pool would cost more.
+    default = prepare_evaluation(small_plan(), AGENTS, policy=POLICY, online_steps=ONLINE_STEPS)
+    assert default.parallel == Parallelism(workers=1) and default.ran_on.startswith("this process (a small evaluation")
 
     # Today's row order: per case, the search, the offline agents, then the online one.
     steps = pool.results.steps
@@ -46,49 +53,41 @@ def test_a_pool_of_two_gives_what_this_process_gives_row_for_row():
     assert row["step_time_us"].item() == alone["step_time_us"]
 
 
-def test_a_failing_case_is_retried_reported_and_the_rest_written(tmp_path, capsys):
-    bad = tmp_path / "damaged.parquet"
-    bad.write_bytes(b"PAR1 not a trace")
+def test_failed_tasks_are_retried_reported_and_the_rest_written(tmp_path, capsys, monkeypatch):
+    from dynamiccl.tuning import agent_registry
+
+    first, second = (f"{Path(trace).stem}@dgx-h100" for trace in TRACES)
+    # The search fails on the second case, the agent "fails-on" on the first, in the worker processes.
+    monkeypatch.setitem(agent_registry.AGENTS, "search",
+                        agent_registry.AgentEntry(lambda inputs: SearchFailsOn(second), "test search"))
+    monkeypatch.setitem(agent_registry.AGENTS, "fails-on",
+                        agent_registry.AgentEntry(lambda inputs: FailsOn(first), "test agent"))
     out, summary = tmp_path / "results.parquet", tmp_path / "summary.json"
-    status = main(["evaluate", "--traces", TRACES[0], str(bad), "--envs", "dgx-h100", "--states", "1",
-                   "--agents", "nccl-default,greedy-per-call", "--workers", "2", "-o", str(out), "--json", str(summary)])
+    status = main(["evaluate", "--traces", *TRACES, "--envs", "dgx-h100", "--states", "1", "--agents",
+                   "search,nccl-default,fails-on", "--workers", "2", "-o", str(out), "--json", str(summary)])
     said = capsys.readouterr()
     assert status == 1
-    assert "on 2 local worker processes" in said.err
-    assert "search on damaged@dgx-h100 (states 1000) failed (attempt 1 of 2" in said.err and "retrying once" in said.err
-    assert "3 task(s) failed twice" in said.err
-    assert "nccl-default on damaged@dgx-h100, state 1000: failed 2 times" in said.err
-    assert "missing: every row of case damaged@dgx-h100" in said.err
+    assert "2 case(s) x 1 state(s) on 2 local worker processes" in said.err
+    assert f"search on {second} (states 1000) failed (attempt 1 of 2: RuntimeError: cannot search" in said.err
+    assert "retrying once" in said.err and "2 task(s) failed twice" in said.err
+    assert f"fails-on on {first}, state 1000: failed 2 times (RuntimeError: cannot act on {first}" in said.err
+    assert f"missing: every row of case {second} (no search reference" in said.err
 
     results = Results.read(out)  # written once, with every other task's rows
-    assert set(results.steps["case"]) == {"ref-pp2-dp2@dgx-h100"}
-    assert list(results.steps["agent"]) == ["search", "nccl-default", "greedy-per-call"]
-    assert results.steps["search_step_time_us"].notna().all()  # its case's search ran
+    steps = results.steps
+    assert list(zip(steps["case"], steps["agent"])) == [(first, "search"), (first, "nccl-default"),
+                                                        (second, "nccl-default"), (second, "fails-on")]
+    assert steps["search_step_time_us"].notna().tolist() == [True, True, False, False]
     failures = results.meta["failures"]
-    assert [(f["case"], f["agent"], f["state"]) for f in failures] == [
-        ("damaged@dgx-h100", "search", None), ("damaged@dgx-h100", "nccl-default", 1000),
-        ("damaged@dgx-h100", "greedy-per-call", 1000)]
-    assert all(f["attempts"] == 2 and "damaged.parquet" in f["error"] for f in failures)
-    assert results.meta["cases"] == ["ref-pp2-dp2@dgx-h100", "damaged@dgx-h100"]
+    assert [(f["case"], f["agent"], f["state"], f["attempts"]) for f in failures] == [
+        (first, "fails-on", 1000, 2), (second, "search", None, 2)]
+    assert set(results.meta["search"]) == {first} and results.meta["cases"] == [first, second]
     assert summary.is_file()
     # The report reads it, and says what is missing.
     assert main(["report", str(out), "-o", str(tmp_path / "report")]) == 0
     headline = (tmp_path / "report" / "summary.md").read_text()
-    assert "incomplete: 3 evaluation task(s) failed twice, so these results lack every row of case damaged" in headline
-
-
-class FailsOn(Agent):
-    """NCCL's default, but raises on the case ``label``."""
-
-    name = "fails-on"
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def act(self, env, obs, mask) -> int:
-        if env.simulator.case.case.label == self.label:
-            raise RuntimeError(f"cannot act on {self.label}")
-        return 0
+    assert f"incomplete: 2 evaluation task(s) failed twice, so these results lack fails-on on {first}" in headline
+    assert f"search reference: missing on {second} (its task failed)" in headline
 
 
 def test_evaluate_in_this_process_raises_with_the_other_rows():

@@ -173,7 +173,7 @@ def cmd_evaluate(args) -> int:
     import sys
 
     from dynamiccl import atomic
-    from dynamiccl.tuning.evaluate import EvaluationPlan, evaluate_plan, failure_text, where_to_evaluate
+    from dynamiccl.tuning.evaluate import EvaluationPlan, failure_text, prepare_evaluation
 
     check_outputs(args.output, args.json)
     if args.config:
@@ -187,10 +187,11 @@ def cmd_evaluate(args) -> int:
     names = [n.strip() for n in args.agents.split(",") if n.strip()]
     if plan.model == "live":
         _say_live_plan(plan)
-    parallel, where = where_to_evaluate(plan, parallelism(args))
-    print(f"evaluate: {len(plan.cases)} case(s) x {len(plan.states)} state(s) on {where}", file=sys.stderr)
+    run = prepare_evaluation(plan, names, policy=args.policy, online_steps=args.online_steps,
+                             parallel=parallelism(args))
+    print(f"evaluate: {len(plan.cases)} case(s) x {len(plan.states)} state(s) on {run.ran_on}", file=sys.stderr)
     started = time.perf_counter()
-    evaluation = evaluate_plan(plan, names, policy=args.policy, online_steps=args.online_steps, parallel=parallel)
+    evaluation = run.run()
     results = evaluation.results
     results.write(args.output, command=invocation(args.argv))
     print(results.summary().to_string(index=False, float_format=lambda x: f"{x:.4f}"))

@@ -57,7 +57,7 @@ from dynamiccl.nccl import FUNC_OP, Algorithm, Func, Protocol
 from dynamiccl.tuning.agent_registry import AgentInputs, make_agents
 from dynamiccl.tuning.actions import ACTION_ALGO, ACTION_PROTO, describe_action
 from dynamiccl.tuning.agents import Agent, SearchAgent
-from dynamiccl.tuning.cases import Case
+from dynamiccl.tuning.cases import Case, load_case
 from dynamiccl.tuning.observation import key_columns
 
 if TYPE_CHECKING:
@@ -819,51 +819,91 @@ class Evaluation:
     failures: list[dict] = field(default_factory=list)
 
 
-def where_to_evaluate(plan: EvaluationPlan, parallel=None) -> tuple:
-    """(the :class:`dynamiccl.sweep.Parallelism` :func:`evaluate_plan` runs ``plan`` with, where that
-    is in words): ``parallel`` (None: this process), except that a cost model that runs collectives
-    on this machine (live) runs in this process, as parallel measurements would share its cores."""
-    from dynamiccl.costmodel.registry import COST_MODELS
-    from dynamiccl.sweep import Parallelism
-
-    parallel = parallel or Parallelism(workers=1)
-    if COST_MODELS[plan.model].runs_collectives and (parallel.ray or parallel.local_workers() > 1):
-        return Parallelism(workers=1), f"this process (the {plan.model} cost model measures on this machine's cores)"
-    return parallel, parallel.describe()
+# Left to its default (every core), an evaluation whose episodes decide fewer calls than this runs in
+# this process: a worker process takes ~2 s to start and import what an episode needs (measured on 2
+# cores: `dynamiccl evaluate` of traces/ref-pp2-dp2.parquet on dgx-h100 takes 1.6 s in this process,
+# 3.8 s on two workers), and an episode costs ~25-70 µs per decided call (the default experiment's
+# held-out cases), so this is ~5 s of work: below it, a pool costs more than it saves.
+POOL_MIN_DECISIONS = 100_000
 
 
-def evaluate_plan(plan: EvaluationPlan, agent_names: Sequence[str], *, policy: str | None = None,
-                  online_steps: int = 20, progress: bool = True, parallel=None) -> Evaluation:
-    """Build the registered agents ``agent_names`` (``policy``: the file of the "policy" agent;
-    without it that agent is left out) and evaluate them on ``plan`` as :func:`evaluate` does, with
-    the tasks of :class:`EvaluationJob` run where ``parallel`` says (a
-    :class:`dynamiccl.sweep.Parallelism`; default this process, ``dynamiccl evaluate``'s default
-    every core). The results are the
-    same wherever they ran. Static-best is fitted here, once; each worker loads the policy file.
-    With a cost model that runs collectives on this machine (live), the episodes run in this
-    process (``ran_on`` says so): parallel measurements would share its cores.
+@dataclass
+class EvaluationRun:
+    """An evaluation ready to run (:func:`prepare_evaluation`): its ``job``, the agents' ``names`` in
+    the results' order, where it runs (``parallel``, a :class:`dynamiccl.sweep.Parallelism`) and that
+    in words (``ran_on``, with the reason where it differs from what was asked)."""
 
-    A task that fails twice does not stop the others: it is in ``Evaluation.failures``.
+    job: EvaluationJob
+    names: list[str]
+    parallel: object
+    ran_on: str
+
+    def run(self, progress: bool = True) -> Evaluation:
+        """Run every task (a progress bar over tasks with ``progress``) and merge the results.
+
+        Raises:
+            InputError: ``--ray`` without Ray, or a cluster that does not answer.
+        """
+        results, failures = _run_evaluation(self.job, self.names, self.parallel, progress)
+        descriptions = results.steps["cost_model"]
+        return Evaluation(results, str(descriptions.iloc[-1]) if len(descriptions) else self.job.model, self.ran_on,
+                          failures)
+
+
+def prepare_evaluation(plan: EvaluationPlan, agent_names: Sequence[str], *, policy: str | None = None,
+                       online_steps: int = 20, parallel=None) -> EvaluationRun:
+    """Check ``plan``'s cases (each is loaded here: bad input is an error before any task runs),
+    build the registered agents ``agent_names`` (``policy``: the file of the "policy" agent; without
+    it that agent is left out; static-best is fitted here, once) and say where the tasks of
+    :class:`EvaluationJob` will run: ``parallel`` (a :class:`dynamiccl.sweep.Parallelism`; None is
+    ``Parallelism()``: every core), except that
+
+    - left to its default (no ``workers``, no ``ray``), an evaluation whose episodes decide fewer than
+      :data:`POOL_MIN_DECISIONS` calls runs in this process (a pool would cost more than it saves);
+    - a cost model that runs collectives on this machine (live) runs in this process: parallel
+      measurements would share its cores.
 
     Raises:
-        InputError: an unknown agent name, an unreadable policy, a trace file that does not exist,
-            static-best's fit cases that cannot be replayed, or ``--ray`` without Ray or a cluster.
+        InputError: an unknown agent name, an unreadable policy, or a case that cannot be loaded.
         ValueError: no states, or ``online_steps`` < 1.
     """
+    from dynamiccl.costmodel.registry import COST_MODELS
+    from dynamiccl.sweep import Parallelism
     from dynamiccl.tuning.agents import PolicyAgent, TableAgent
 
-    for case in plan.cases:
-        if not Path(case.trace).is_file():
-            raise InputError(case.trace, None, f"no such trace file (case {case.label})")
-    parallel, ran_on = where_to_evaluate(plan, parallel)
+    # What fails later, in a worker (a file missing on a Ray node, a worker killed), is a task failure.
+    calls = [len(load_case(case, plan.model, plan.cost_options, knobs=plan.knobs).program.tunable_calls)
+             for case in plan.cases]
     agents = make_agents(agent_names, AgentInputs(policy=policy, fit=plan.fit_episodes))
     # The registry's "policy" entry is what makes a PolicyAgent or TableAgent: its file goes to the workers.
     sources = [AgentSource.of(a, policy if isinstance(a, (PolicyAgent, TableAgent)) else None) for a in agents]
     job, names = _evaluation_job(agents, sources, tuple(plan.cases), plan.model, plan.cost_options, plan.knobs,
                                  plan.states, online_steps)
-    results, failures = _run_evaluation(job, names, parallel, progress)
-    descriptions = results.steps["cost_model"]
-    return Evaluation(results, str(descriptions.iloc[-1]) if len(descriptions) else plan.model, ran_on, failures)
+    parallel = parallel or Parallelism()
+    here = Parallelism(workers=1)
+    decisions = sum(calls) * (len(job.states) * (1 + len(job.offline)) + len(job.online) * job.online_steps)
+    if COST_MODELS[plan.model].runs_collectives and parallel != here:
+        return EvaluationRun(job, names, here, f"this process (the {plan.model} cost model measures on this "
+                                               "machine's cores)")
+    if parallel == Parallelism() and parallel.local_workers() > 1 and decisions < POOL_MIN_DECISIONS:
+        return EvaluationRun(job, names, here, f"this process (a small evaluation, {decisions:,} call decisions: "
+                                               "--workers N runs it on N processes)")
+    return EvaluationRun(job, names, parallel, parallel.describe())
+
+
+def evaluate_plan(plan: EvaluationPlan, agent_names: Sequence[str], *, policy: str | None = None,
+                  online_steps: int = 20, progress: bool = True, parallel=None) -> Evaluation:
+    """:func:`prepare_evaluation` and run it: the registered agents ``agent_names`` evaluated on
+    ``plan`` as :func:`evaluate` does, with the same results wherever the tasks ran. A task that
+    fails twice does not stop the others: it is in ``Evaluation.failures``.
+
+    Raises:
+        InputError: an unknown agent name, an unreadable policy, a case that cannot be loaded, or
+            ``--ray`` without Ray or a cluster that answers.
+        ValueError: no states, or ``online_steps`` < 1.
+    """
+    return prepare_evaluation(plan, agent_names, policy=policy, online_steps=online_steps,
+                              parallel=parallel).run(progress)
 
 
 # --- sample efficiency ------------------------------------------------------------------------------
@@ -922,6 +962,7 @@ def sample_efficiency(steps: pd.DataFrame, share: float = CONVERGED_SHARE,
 
 
 __all__ = ["CALL_COLUMNS", "METADATA_KEY", "NOTHING_TO_GAIN", "REFERENCE_AGENT", "STEP_COLUMNS", "SUMMARY_COLUMNS",
-           "AgentSource", "Evaluation", "EvaluationFailed", "EvaluationJob", "EvaluationPlan", "Results", "calls_path",
+           "POOL_MIN_DECISIONS", "AgentSource", "Evaluation", "EvaluationFailed", "EvaluationJob", "EvaluationPlan",
+           "EvaluationRun", "Results", "calls_path",
            "evaluate", "evaluate_plan", "failure_text", "gain_share", "geomean_ratio", "run_episode",
-           "meta_without_timing", "sample_efficiency", "where_to_evaluate"]
+           "meta_without_timing", "prepare_evaluation", "sample_efficiency"]
