@@ -71,7 +71,7 @@ def test_failed_tasks_are_retried_reported_and_the_rest_written(tmp_path, capsys
     assert f"search on {second} (states 1000) failed (attempt 1 of 2: RuntimeError: cannot search" in said.err
     assert "retrying once" in said.err and "2 task(s) failed twice" in said.err
     assert f"fails-on on {first}, state 1000: failed 2 times (RuntimeError: cannot act on {first}" in said.err
-    assert f"missing: every row of case {second} (no search reference" in said.err
+    assert f"missing: the search rows of case {second} (its other agents' rows are kept" in said.err
 
     results = Results.read(out)  # written once, with every other task's rows
     steps = results.steps

@@ -31,8 +31,12 @@ numbers under the search's name).
 
 ``EvaluationPlan`` says what ``dynamiccl evaluate`` replays (an experiment config's held-out split,
 or traces crossed with environment specs) and what static-best is fitted on; ``evaluate_plan``
-builds the registered agents and evaluates them on it. ``TuningEnv`` is imported only there, so
-that reading results (``dynamiccl report``) does not import gymnasium.
+builds the registered agents and evaluates them on it, its episodes fanned out as the tasks of an
+:class:`EvaluationJob` (per case: its search, each online learner's run, each offline episode) over
+worker processes or a Ray cluster (:mod:`dynamiccl.sweep`), with the same results wherever they ran;
+``evaluate`` runs the same job in this process. A task that fails twice is listed in
+``meta["failures"]`` and its rows are missing; every other task's rows are kept. ``TuningEnv`` is
+imported only there, so that reading results (``dynamiccl report``) does not import gymnasium.
 """
 
 from __future__ import annotations
@@ -241,7 +245,7 @@ def _from_legacy_steps(frame: pd.DataFrame) -> pd.DataFrame:
 class Results:
     """The outcome of ``evaluate``: ``steps`` and ``calls`` DataFrames (see the module docstring)
     and ``meta`` (JSON-serialisable: version, cost model, states, online_steps, agents, cases,
-    command)."""
+    command; ``failures`` only where tasks of the evaluation failed twice and their rows are missing)."""
 
     steps: pd.DataFrame
     calls: pd.DataFrame | None  # None: read without its companion file (``require_calls=False``)
@@ -573,8 +577,8 @@ class EvaluationJob:
         label = self.cases[case].label
         if agent == 0:
             return {"case": label, "agent": self.search.name, "state": None,
-                    "missing": f"every row of case {label} (no search reference: its other agents' gain "
-                               "shares and search columns are NaN)"}
+                    "missing": f"the search rows of case {label} (its other agents' rows are kept without "
+                               "the reference: their search and bound columns and gain shares are NaN)"}
         if agent <= len(self.offline):
             name = self.offline[agent - 1].name
             return {"case": label, "agent": name, "state": self.states[state],
