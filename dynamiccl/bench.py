@@ -103,7 +103,8 @@ BENCHMARKS = {b.name: b for b in (
         "train-n-envs",
         "training throughput (timesteps/s) with [train] n_envs = 2 (SubprocVecEnv workers) over n_envs = 1, as a "
         "ratio measured in one run, on an env-bound config (Mixtral EP over IB with the communicator knobs, fresh "
-        "dynamics states, a small network, one epoch); target >= 1.6 on 2 cores (issue 18)",
+        "dynamics states, a small network, one epoch); target >= 1.6 on 2 cores (issue 18); the same run also "
+        "measures n_envs = 2 with vec_env = \"dummy\" (both in the trainer's process): ratio_dummy",
         ("--config", "experiments/train-throughput.toml", "--timesteps", "8192"),
         module="dynamiccl.tuning.throughput", rate_key="ratio", min_rate=1.6),
     Benchmark(

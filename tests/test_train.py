@@ -280,15 +280,21 @@ def _episode_decisions(config) -> int:
 
 @pytest.fixture(scope="module")
 def two_env_runs(tmp_path_factory):
-    """Two runs of TWO_ENVS to 256 timesteps with the same seed (the first is resumed by a test)."""
+    """Two runs of TWO_ENVS to 256 timesteps with the same seed, in worker processes and (b) with
+    ``vec_env = "dummy"`` in this process (the first is resumed by a test)."""
     base = tmp_path_factory.mktemp("two-envs")
     config = load_config(write_config(base, TWO_ENVS))
-    runs = [train(config, base / name, progress=False, max_timesteps=256) for name in ("a", "b")]
+    in_process = load_config(write_config(base, TWO_ENVS.replace("n_envs = 2", 'n_envs = 2\nvec_env = "dummy"'),
+                                           "dummy.toml"))
+    assert in_process.train.vec_env == "dummy" and config.train.vec_env == "subproc"
+    runs = [train(c, base / name, progress=False, max_timesteps=256) for c, name in ((config, "a"), (in_process, "b"))]
     weights = [_weights(r.policy_path) for r in runs]
     return config, runs, weights
 
 
 def test_two_envs_train_through_worker_processes_reproducibly(two_env_runs):
+    # The same run, decision for decision, whether the two environments step in worker processes
+    # or in turn in this process: the same seeds, the same batches.
     config, (a, b), (weights_a, weights_b) = two_env_runs
     assert a.timesteps == 256 and a.n_envs == 2  # two rollouts of 64 decisions in each of 2 envs
     for name in weights_a:
@@ -403,7 +409,8 @@ def test_no_worker_outlives_a_failed_run(tmp_path, monkeypatch, failure):
 
 
 def test_throughput_trains_with_one_env_then_two(tmp_path, capsys):
-    """``python -m dynamiccl.tuning.throughput`` (``dynamiccl bench train-n-envs``): both rates and their ratio."""
+    """``python -m dynamiccl.tuning.throughput`` (``dynamiccl bench train-n-envs``): the rates with one
+    environment, two in worker processes and two in this process, and their ratios."""
     from dynamiccl.tuning.throughput import main
 
     path = write_config(tmp_path, TWO_ENVS.replace("n_envs = 2", "n_envs = 1"))
@@ -411,6 +418,7 @@ def test_throughput_trains_with_one_env_then_two(tmp_path, capsys):
     figures = json.loads(capsys.readouterr().out)
     assert figures["timesteps_per_s_1"] > 0 and figures["timesteps_per_s_2"] > 0
     assert figures["ratio"] == pytest.approx(figures["timesteps_per_s_2"] / figures["timesteps_per_s_1"])
+    assert figures["ratio_dummy"] == pytest.approx(figures["timesteps_per_s_2_dummy"] / figures["timesteps_per_s_1"])
     with pytest.raises(InputError) as info:  # a minibatch larger than one env's rollout of 64
         main(["--config", str(write_config(tmp_path, TWO_ENVS.replace("batch_size = 64", "batch_size = 128"),
                                              "big.toml")), "--timesteps", "128"])

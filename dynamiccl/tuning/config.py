@@ -17,6 +17,7 @@ file, the ``section.key`` and what was expected::
     learning_rate = 3e-4
     n_steps = 2048              # decisions per rollout, per environment
     n_envs = 1                  # environments stepped at once, one process each when > 1 (1..64)
+    vec_env = "subproc"         # subproc: a worker process per environment; dummy: all in this process
     batch_size = 256            # minibatch; at most n_steps * n_envs
     n_epochs = 5
     gamma = 0.0                 # see "Discounting" below
@@ -44,7 +45,7 @@ file, the ``section.key`` and what was expected::
     workload = { model = "llama3-70b", tp = 4, pp = 4, dp = 2 }
     env = "h100-ib-4x8"
 
-The ``[train]`` keys other than ``cases``, ``checkpoint_every``, ``states`` and ``n_envs`` are
+The ``[train]`` keys other than ``cases``, ``checkpoint_every``, ``states``, ``n_envs`` and ``vec_env`` are
 MaskablePPO's hyperparameters, with stable-baselines3's names and units.
 
 Environments: ``n_envs = N`` > 1 steps N ``TuningEnv`` s at once, each in a worker process of
@@ -57,7 +58,11 @@ model (which measures while it builds an environment) trains with one. The worke
 and the policy decides for all of them in one batch, but every vector step also costs two round
 trips to the workers (the step, and sb3-contrib's ``action_masks``): more environments pay only
 where an environment step costs well more than those and the policy's forward pass, and on free
-cores (``dynamiccl bench train-n-envs`` measures it).
+cores (``dynamiccl bench train-n-envs`` measures it). ``vec_env = "dummy"`` steps the N environments
+one after the other in this process (SB3's ``DummyVecEnv``): no round trips, and the policy still
+decides for all N in one batch, which is what pays where the environment is cheaper than the policy's
+forward pass (a ``TuningEnv`` step is ~0.3 ms on one core). The two give the same run, decision for
+decision (the same seeds, the same batches): ``vec_env`` is free to change on resume.
 
 Relative trace and spec paths resolve against the current directory first, then against the
 repository root (the config file's parent's parent). Workloads are generated once into
@@ -97,9 +102,10 @@ from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL
 from dynamiccl.tuning.policy_file import ACTIVATIONS  # what a policy file can hold
 from dynamiccl.workload.spec import WORKLOAD, WorkloadSpec
 
-# [train] keys a resumed run may change. Not n_envs: n_steps is per environment, so it sets the
+# [train] keys a resumed run may change (vec_env: where the same environments step, not what they
+# draw). Not n_envs: n_steps is per environment, so it sets the
 # rollout (n_steps * n_envs decisions), the checkpoint boundaries and each worker's seed.
-RESUME_FREE = ("total_timesteps", "checkpoint_every")
+RESUME_FREE = ("total_timesteps", "checkpoint_every", "vec_env")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # --- the declared fields ---------------------------------------------------------------------------
@@ -130,6 +136,9 @@ TRAIN = schema.Schema(
     schema.integer("n_envs", 1, low=1, high=64,
                    help="environments stepped at once (SubprocVecEnv workers when > 1); a rollout is "
                         "n_steps * n_envs decisions"),
+    schema.choice("vec_env", ("subproc", "dummy"), "subproc",
+                  help="with n_envs > 1: subproc (SubprocVecEnv, a worker process each) or dummy (DummyVecEnv, "
+                       "all in the trainer's process, the policy still batched over them)"),
     schema.integer("batch_size", 256, low=2, help="minibatch; at most n_steps * n_envs"),
     schema.integer("n_epochs", 5, low=1, high=1000),
     schema.number("gamma", 0.0, low=0, high=1.0, help="discount (0: each decision is credited its own effect)"),
@@ -217,6 +226,7 @@ class TrainConfig:
     states: int
     knobs: bool = False
     n_envs: int = 1
+    vec_env: str = "subproc"
 
 
 @dataclass(frozen=True)

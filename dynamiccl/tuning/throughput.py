@@ -142,8 +142,9 @@ def env_steps_per_s(case: Case, steps: int, model: str = DEFAULT_COST_MODEL, see
 
 
 def training_timesteps_per_s(config: ExperimentConfig, n_envs: int, timesteps: int,
-                             output_dir: str | os.PathLike) -> float:
-    """Timesteps per second of training ``config`` with ``[train] n_envs`` set to ``n_envs`` for
+                             output_dir: str | os.PathLike, vec_env: str = "subproc") -> float:
+    """Timesteps per second of training ``config`` with ``[train] n_envs`` set to ``n_envs`` (and
+    ``vec_env``: "subproc" or "dummy", see :mod:`dynamiccl.tuning.config`) for
     ``timesteps`` timesteps (rounded up to whole rollouts) into the fresh directory ``output_dir``:
     :attr:`~dynamiccl.tuning.train.TrainResult.timesteps_per_s`, i.e. rollouts and updates, not
     starting the workers. No checkpoint is taken before the end.
@@ -162,31 +163,40 @@ def training_timesteps_per_s(config: ExperimentConfig, n_envs: int, timesteps: i
     if t.batch_size > t.n_steps * n_envs:
         raise schema.expected(config.source, "train.batch_size", f"at most train.n_steps * {n_envs} environments "
                                                                  f"({t.n_steps * n_envs})", t.batch_size)
-    config = replace(config, train=replace(t, n_envs=n_envs, total_timesteps=timesteps, checkpoint_every=timesteps))
+    config = replace(config, train=replace(t, n_envs=n_envs, vec_env=vec_env, total_timesteps=timesteps,
+                                           checkpoint_every=timesteps))
     return train(config, output_dir, progress=False).timesteps_per_s
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dynamiccl.tuning.throughput --config FILE [--timesteps N] [--n-envs N]``: train
-    the config with one environment and with ``--n-envs``, one after the other in this process,
-    and print ``{"timesteps_per_s_1", "timesteps_per_s_<N>", "ratio", ...}`` as JSON."""
+    the config with one environment, with ``--n-envs`` in worker processes (``vec_env = "subproc"``)
+    and with as many in this process (``"dummy"``), one after the other, and print
+    ``{"timesteps_per_s_1", "timesteps_per_s_<N>", "ratio", "timesteps_per_s_<N>_dummy",
+    "ratio_dummy", ...}`` as JSON (``ratio``: worker processes over one environment)."""
     parser = argparse.ArgumentParser(prog="python -m dynamiccl.tuning.throughput",
-                                     description="Training throughput with one environment and with N (SubprocVecEnv "
-                                                 "workers): timesteps per second of each and their ratio, as JSON.")
+                                     description="Training throughput with one environment and with N, in worker "
+                                                 "processes (SubprocVecEnv) and in this process (DummyVecEnv): "
+                                                 "timesteps per second of each and their ratios, as JSON.")
     parser.add_argument("--config", required=True, help="an experiment config (its [train] cases and hyperparameters)")
     parser.add_argument("--timesteps", type=int, default=8192, help="timesteps each run trains (default 8192)")
-    parser.add_argument("--n-envs", type=int, default=2, help="environments of the second run (default 2)")
+    parser.add_argument("--n-envs", type=int, default=2, help="environments of the second and third runs (default 2)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    n = args.n_envs
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for n_envs in (1, args.n_envs):
-            print(f"training {args.timesteps} timesteps with n_envs = {n_envs}", file=sys.stderr, flush=True)
-            rates[n_envs] = training_timesteps_per_s(config, n_envs, args.timesteps, Path(tmp) / f"n{n_envs}")
+        for n_envs, vec_env in ((1, "subproc"), (n, "subproc"), (n, "dummy")):
+            print(f"training {args.timesteps} timesteps with n_envs = {n_envs}" +
+                  (f", vec_env = {vec_env}" if n_envs > 1 else ""), file=sys.stderr, flush=True)
+            rates[n_envs, vec_env] = training_timesteps_per_s(config, n_envs, args.timesteps,
+                                                              Path(tmp) / f"n{n_envs}-{vec_env}", vec_env)
     load_1, load_5, _ = os.getloadavg()
-    print(json.dumps({"config": args.config, "timesteps": args.timesteps, "n_envs": args.n_envs,
-                      "timesteps_per_s_1": rates[1], f"timesteps_per_s_{args.n_envs}": rates[args.n_envs],
-                      "ratio": rates[args.n_envs] / rates[1], "cpu_count": os.cpu_count(),
+    one = rates[1, "subproc"]
+    print(json.dumps({"config": args.config, "timesteps": args.timesteps, "n_envs": n,
+                      "timesteps_per_s_1": one, f"timesteps_per_s_{n}": rates[n, "subproc"],
+                      "ratio": rates[n, "subproc"] / one, f"timesteps_per_s_{n}_dummy": rates[n, "dummy"],
+                      "ratio_dummy": rates[n, "dummy"] / one, "cpu_count": os.cpu_count(),
                       "load_average_1min_5min": [load_1, load_5]}, indent=1))
     return 0
 

@@ -18,8 +18,8 @@ episode), ``tensorboard/`` (SB3's scalars plus ``episode/speedup`` and ``rollout
 and ``workloads/``.
 
 Environments (``[train] n_envs``): one ``TuningEnv`` in this process (SB3's ``DummyVecEnv``), or N
-in worker processes (``SubprocVecEnv``, started with ``forkserver`` as SB3 does on Linux), each
-made by :func:`make_env`. MaskablePPO asks the vector env for every worker's ``action_masks()``
+in worker processes (``SubprocVecEnv``, started with ``forkserver`` as SB3 does on Linux), or with
+``vec_env = "dummy"`` N in this process, each made by :func:`make_env`. MaskablePPO asks the vector env for every worker's ``action_masks()``
 (sb3-contrib's ``get_action_masks``: ``env_method``) and seeds worker ``i`` with ``seed + i``.
 Workers run torch on one thread, ignore Ctrl-C (this process stops them) and are closed on every
 way out of :func:`train`.
@@ -198,13 +198,16 @@ def make_env(cases: list[Case], model: str, states: int, cost_options: CostModel
 
 def _vec_env(config: ExperimentConfig, cases: list[Case]) -> VecEnv:
     """``[train] n_envs`` environments of :func:`make_env`: a ``DummyVecEnv`` of one in this process,
-    else a ``SubprocVecEnv`` of that many workers. The cases are loaded here first (the provenance
+    else a ``SubprocVecEnv`` of that many workers, or with ``vec_env = "dummy"`` a ``DummyVecEnv`` of
+    that many. The cases are loaded here first (the provenance
     needs them anyway), so that a case that does not load is an ``InputError`` from this process,
     not a worker's death."""
     factory = functools.partial(make_env, cases, config.model, config.train.states, config.cost_options(),
                                 config.knobs, os.environ.get(PARAMS_ENV) or None)
     if config.train.n_envs == 1:
         return DummyVecEnv([factory])
+    if config.train.vec_env == "dummy":  # the same environments, stepped in turn in this process
+        return DummyVecEnv([factory] * config.train.n_envs)
     for case in cases:
         load_case(case, config.model, config.cost_options(), knobs=config.knobs)
     # Workers fork from the forkserver with this module (torch, SB3) already imported, once per
