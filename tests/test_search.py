@@ -247,3 +247,33 @@ def test_a_fork_runs_on_without_touching_the_original(loaded):
     # and the original finishes as a replay that never forked
     fresh = new_replay(loaded, 0)
     assert replay.run() == fresh.run()
+
+
+def test_search_fans_out_per_case_with_the_same_tables_and_figures_and_names_a_failed_case(tmp_path, capsys):
+    from sweep_cases import TRACES, search_argv, search_config, search_written
+
+    config = search_config(tmp_path)
+    here = (tmp_path / "here", tmp_path / "here.json")
+    assert main(search_argv(config, *here, "--workers", "1")) == 0
+    out = capsys.readouterr().out
+    assert "searched 2 of 2 case(s) in this process" in out
+    tables, rows, failures = search_written(*here)
+    assert len(tables) == 2 and [row["case"] for row in rows] == ["ref-pp2-dp2@dgx-h100", "ref-dp2-tp2@dgx-h100"]
+    assert failures == []
+
+    # The same cases on a pool of 2, a broken trace between them: that case is retried, then named;
+    # the others' tables are byte for byte those of the run in this process, their rows equal.
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not a trace")
+    config = search_config(tmp_path, (TRACES[0], str(broken), TRACES[1]))
+    pool = (tmp_path / "pool", tmp_path / "pool.json")
+    assert main(search_argv(config, *pool, "--workers", "2")) == 1
+    captured = capsys.readouterr()
+    assert "searched 2 of 3 case(s) on 2 local worker processes" in captured.out
+    assert "ref-pp2-dp2@dgx-h100" in captured.out and "ref-dp2-tp2@dgx-h100" in captured.out
+    assert "broken@dgx-h100 failed (attempt 1 of 2" in captured.err
+    assert "broken@dgx-h100: failed 2 times; last error: InputError:" in captured.err
+    pool_tables, pool_rows, pool_failures = search_written(*pool)
+    assert pool_tables == tables and pool_rows == rows
+    [failure] = pool_failures
+    assert failure["case"] == "broken@dgx-h100" and failure["attempts"] == 2 and "not a readable" in failure["error"]
