@@ -274,7 +274,7 @@ def test_a_sweep_writes_its_results_and_does_not_count_what_the_table_saw(tmp_pa
     bad = tmp_path / "bad.json"
     save(BAD, bad)
     out = tmp_path / "results"
-    assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(out)]) == 1
+    assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(out), "--workers", "1"]) == 1
     record = json.loads((tmp_path / "results.json").read_text())
     assert [row["verdict"] for row in record["layouts"]] == ["FAIL", "pass"]
     assert "| tp8 | TP | dgx-h100 |" in (tmp_path / "results.md").read_text()
@@ -282,8 +282,48 @@ def test_a_sweep_writes_its_results_and_does_not_count_what_the_table_saw(tmp_pa
     # The same table, its provenance naming the failing layout's case: that layout no longer counts.
     seen = DecisionTable(BAD.rules, {"cases": [layout_case(sweep.layouts[0]).label]})
     save(seen, bad)
-    assert main(["table", "check", str(bad), "--sweep", str(path), "--json"]) == 0
+    assert main(["table", "check", str(bad), "--sweep", str(path), "--json", "--workers", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["layouts"][0]["verdict"] == "seen in training"
+
+
+def test_a_sweep_fans_out_per_layout_with_the_same_results_and_names_a_layout_that_failed(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import re
+
+    from dynamiccl.table.sweep import layout_case, load_sweep
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = tmp_path / "s.toml"
+    layout = '[[layouts]]\nname = "{}"\nkind = "{}"\nworkload = {{ model = "{}", tp = {}, pp = 1, dp = {}, ' \
+             'global_batch = {} }}\nenv = "dgx-h100"\n'
+    path.write_text('[sweep]\nstates = 1\n' + layout.format("tp8", "TP", "llama3-8b", 8, 1, 1)
+                    + layout.format("dp2", "DP", "gpt-tiny", 1, 2, 2) + layout.format("dp8", "DP", "gpt-tiny", 1, 8, 8))
+    bad = tmp_path / "bad.json"
+    save(BAD, bad)
+    assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(tmp_path / "here"), "--workers", "1"]) == 1
+    assert "checked 3 of 3 layouts in this process" in capsys.readouterr().err
+    here = json.loads((tmp_path / "here.json").read_text())
+    assert [row["verdict"] for row in here["layouts"]] == ["FAIL", "pass", "pass"] and here["failed"] == []
+
+    # On a pool of 2, the middle layout's trace broken after it was generated: its check fails twice
+    # and is named; the other layouts' rows are those of the run in this process, in the file's order.
+    trace = Path(layout_case(load_sweep(path).layouts[1]).trace)
+    trace.write_bytes(b"not a trace")
+    assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(tmp_path / "pool"), "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "checked 2 of 3 layouts on 2 local worker processes" in err
+    assert "dp2: failed 2 times; last error: InputError:" in err
+    pool = json.loads((tmp_path / "pool.json").read_text())
+    assert pool["layouts"] == [here["layouts"][0], here["layouts"][2]] and not pool["passed"]
+    [failed] = pool["failed"]
+    assert failed["name"] == "dp2" and failed["attempts"] == 2 and "not a readable Parquet file" in failed["error"]
+    md = (tmp_path / "pool.md").read_text()
+    assert "## Layouts that could not be checked" in md and "- **dp2** (DP, dgx-h100): failed 2 times" in md
+    rows = [line for line in (tmp_path / "here.md").read_text().splitlines() if line.startswith("| dp8 |")
+            or line.startswith("| tp8 |")]
+    assert len(rows) == 2 and all(row in md.splitlines() for row in rows)
+    assert re.search(r"3 layouts \(3 the table never saw\)", (tmp_path / "here.md").read_text())
+    assert "2 layouts (2 the table never saw; 1 more could not be checked)" in md
 
 
 # --- launch and doctor ---------------------------------------------------------------------------------
