@@ -1,6 +1,6 @@
 """Shared by the sweep tests of ``dynamiccl search`` (tests/test_search.py, tests/test_ray_sweep.py): a
-config of two small held-out cases (shipped traces on one DGX H100, one dynamics state), and what a
-search over it wrote, in the form that must not depend on where its cases ran."""
+config of two small held-out cases (shipped traces on one DGX H100, one dynamics state), a case that
+fails in its task, and what a search wrote, in the form that must not depend on where its cases ran."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRACES = ("traces/ref-pp2-dp2.parquet", "traces/ref-dp2-tp2.parquet")
+CASES = (("traces/ref-pp2-dp2.parquet", "dgx-h100"), ("traces/ref-dp2-tp2.parquet", "dgx-h100"))
+# Read and checked like any case, but its calls need 8 GPUs a node and gh200-4x4 has 4: found while
+# costing it, in the task that searches it (a failed case).
+FAILS_IN_ITS_TASK = ("traces/llama3-8b_tp1-pp1-dp8.parquet", "gh200-4x4")
 
 
-def search_config(directory: Path, traces=TRACES) -> Path:
-    """An experiment config whose held-out split is ``traces`` (repo-relative, or absolute) on dgx-h100
+def search_config(directory: Path, cases=CASES) -> Path:
+    """An experiment config whose held-out split is ``cases`` ((repo-relative trace, env spec) pairs)
     under one dynamics state; absolute trace paths, as a Ray worker needs them."""
-    cases = "".join(f'[[heldout.cases]]\ntrace = "{(REPO / t).resolve()}"\nenv = "dgx-h100"\n' for t in traces)
+    held_out = "".join(f'[[heldout.cases]]\ntrace = "{REPO / trace}"\nenv = "{env}"\n' for trace, env in cases)
     config = directory / "two-cases.toml"
     config.write_text('[experiment]\nname = "two-cases"\nmodel = "world"\n[train]\nstates = 1\n'
-                      f'[[train.cases]]\ntrace = "{(REPO / TRACES[0]).resolve()}"\nenv = "dgx-h100"\n'
-                      f'[heldout]\nstates = 1\nstate_offset = 100\n{cases}')
+                      f'[[train.cases]]\ntrace = "{REPO / CASES[0][0]}"\nenv = "{CASES[0][1]}"\n'
+                      f'[heldout]\nstates = 1\nstate_offset = 100\n{held_out}')
     return config
 
 

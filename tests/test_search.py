@@ -250,7 +250,7 @@ def test_a_fork_runs_on_without_touching_the_original(loaded):
 
 
 def test_search_fans_out_per_case_with_the_same_tables_and_figures_and_names_a_failed_case(tmp_path, capsys):
-    from sweep_cases import TRACES, search_argv, search_config, search_written
+    from sweep_cases import CASES, FAILS_IN_ITS_TASK, search_argv, search_config, search_written
 
     config = search_config(tmp_path)
     here = (tmp_path / "here", tmp_path / "here.json")
@@ -261,19 +261,30 @@ def test_search_fans_out_per_case_with_the_same_tables_and_figures_and_names_a_f
     assert len(tables) == 2 and [row["case"] for row in rows] == ["ref-pp2-dp2@dgx-h100", "ref-dp2-tp2@dgx-h100"]
     assert failures == []
 
-    # The same cases on a pool of 2, a broken trace between them: that case is retried, then named;
-    # the others' tables are byte for byte those of the run in this process, their rows equal.
-    broken = tmp_path / "broken.parquet"
-    broken.write_text("not a trace")
-    config = search_config(tmp_path, (TRACES[0], str(broken), TRACES[1]))
+    # The same cases on a pool of 2, a case between them that fails in its task: it is retried, then
+    # named; the others' tables are byte for byte those of the run in this process, their rows equal.
+    config = search_config(tmp_path, (CASES[0], FAILS_IN_ITS_TASK, CASES[1]))
     pool = (tmp_path / "pool", tmp_path / "pool.json")
     assert main(search_argv(config, *pool, "--workers", "2")) == 1
     captured = capsys.readouterr()
     assert "searched 2 of 3 case(s) on 2 local worker processes" in captured.out
-    assert "ref-pp2-dp2@dgx-h100" in captured.out and "ref-dp2-tp2@dgx-h100" in captured.out
-    assert "broken@dgx-h100 failed (attempt 1 of 2" in captured.err
-    assert "broken@dgx-h100: failed 2 times; last error: InputError:" in captured.err
+    failed = "llama3-8b_tp1-pp1-dp8@gh200-4x4"
+    assert f"{failed} failed (attempt 1 of 2" in captured.err
+    assert f"{failed}: failed 2 times; last error: InputError:" in captured.err
     pool_tables, pool_rows, pool_failures = search_written(*pool)
     assert pool_tables == tables and pool_rows == rows
     [failure] = pool_failures
-    assert failure["case"] == "broken@dgx-h100" and failure["attempts"] == 2 and "not a readable" in failure["error"]
+    assert failure["case"] == failed and failure["attempts"] == 2 and "needs 8 GPUs per node" in failure["error"]
+
+
+def test_search_refuses_a_bad_case_before_searching_any(tmp_path, capsys):
+    from sweep_cases import CASES, search_argv, search_config
+
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not a trace")
+    config = search_config(tmp_path, (CASES[0], (str(broken), "dgx-h100")))
+    out = tmp_path / "out"
+    assert main(search_argv(config, out, tmp_path / "s.json", "--workers", "2")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dynamiccl: error: {broken}: not a readable Parquet file") and "search:" not in err
+    assert not out.exists() and not (tmp_path / "s.json").exists()

@@ -288,9 +288,7 @@ def test_a_sweep_writes_its_results_and_does_not_count_what_the_table_saw(tmp_pa
 
 def test_a_sweep_fans_out_per_layout_with_the_same_results_and_names_a_layout_that_failed(tmp_path, monkeypatch,
                                                                                           capsys):
-    import re
-
-    from dynamiccl.table.sweep import layout_case, load_sweep
+    import dynamiccl.table.sweep as table_sweep
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = tmp_path / "s.toml"
@@ -300,30 +298,42 @@ def test_a_sweep_fans_out_per_layout_with_the_same_results_and_names_a_layout_th
                     + layout.format("dp2", "DP", "gpt-tiny", 1, 2, 2) + layout.format("dp8", "DP", "gpt-tiny", 1, 8, 8))
     bad = tmp_path / "bad.json"
     save(BAD, bad)
-    assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(tmp_path / "here"), "--workers", "1"]) == 1
-    assert "checked 3 of 3 layouts in this process" in capsys.readouterr().err
-    here = json.loads((tmp_path / "here.json").read_text())
-    assert [row["verdict"] for row in here["layouts"]] == ["FAIL", "pass", "pass"] and here["failed"] == []
 
-    # On a pool of 2, the middle layout's trace broken after it was generated: its check fails twice
-    # and is named; the other layouts' rows are those of the run in this process, in the file's order.
-    trace = Path(layout_case(load_sweep(path).layouts[1]).trace)
-    trace.write_bytes(b"not a trace")
-    assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(tmp_path / "pool"), "--workers", "2"]) == 1
-    err = capsys.readouterr().err
-    assert "checked 2 of 3 layouts on 2 local worker processes" in err
-    assert "dp2: failed 2 times; last error: InputError:" in err
-    pool = json.loads((tmp_path / "pool.json").read_text())
-    assert pool["layouts"] == [here["layouts"][0], here["layouts"][2]] and not pool["passed"]
-    [failed] = pool["failed"]
-    assert failed["name"] == "dp2" and failed["attempts"] == 2 and "not a readable Parquet file" in failed["error"]
-    md = (tmp_path / "pool.md").read_text()
+    def check(workers: str, name: str) -> tuple[dict, list[str], str]:
+        assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(tmp_path / name),
+                     "--workers", workers]) == 1
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        md = (tmp_path / f"{name}.md").read_text().splitlines()
+        return record, [line for line in md if line.startswith("| ")], capsys.readouterr().err
+
+    here, here_rows, err = check("1", "here")
+    assert "checked 3 of 3 layouts in this process" in err
+    assert [row["verdict"] for row in here["layouts"]] == ["FAIL", "pass", "pass"] and here["failed"] == []
+    pool, pool_rows, err = check("2", "pool")
+    assert "checked 3 of 3 layouts on 2 local worker processes" in err
+    assert pool_rows == here_rows and {**pool, "wall_s": 0} == {**here, "wall_s": 0}
+
+    # A layout whose check fails (twice) is named, the table does not pass, the others are kept in order.
+    replay = table_sweep.check_cases
+
+    def fails_on_dp2(table, cases, **kwargs):
+        if cases[0].trace == dp2_trace:
+            raise RuntimeError("the replay broke")
+        return replay(table, cases, **kwargs)
+
+    dp2_trace = table_sweep.layout_case(table_sweep.load_sweep(path).layouts[1]).trace
+    monkeypatch.setattr(table_sweep, "check_cases", fails_on_dp2)
+    failed, failed_rows, err = check("1", "failed")
+    assert "checked 2 of 3 layouts in this process" in err
+    assert "dp2: failed 2 times; last error: RuntimeError: the replay broke" in err
+    assert failed["layouts"] == [here["layouts"][0], here["layouts"][2]] and not failed["passed"]
+    [entry] = failed["failed"]
+    assert entry["error"].startswith("RuntimeError: the replay broke (table/sweep.py:")  # where in dynamiccl
+    assert {**entry, "error": ""} == {"name": "dp2", "kind": "DP", "env": "dgx-h100", "attempts": 2, "error": ""}
+    md = (tmp_path / "failed.md").read_text()
     assert "## Layouts that could not be checked" in md and "- **dp2** (DP, dgx-h100): failed 2 times" in md
-    rows = [line for line in (tmp_path / "here.md").read_text().splitlines() if line.startswith("| dp8 |")
-            or line.startswith("| tp8 |")]
-    assert len(rows) == 2 and all(row in md.splitlines() for row in rows)
-    assert re.search(r"3 layouts \(3 the table never saw\)", (tmp_path / "here.md").read_text())
     assert "2 layouts (2 the table never saw; 1 more could not be checked)" in md
+    assert failed_rows == [row for row in here_rows if not row.startswith("| dp2 |")]
 
 
 # --- launch and doctor ---------------------------------------------------------------------------------

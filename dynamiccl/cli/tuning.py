@@ -264,6 +264,7 @@ def cmd_search(args) -> int:
     from dynamiccl import atomic
     from dynamiccl import table as table_io
     from dynamiccl.sweep import Task, run_sweep
+    from dynamiccl.tuning.cases import check_case
     from dynamiccl.tuning.search import SearchJob, search_report_text
 
     output = Path(args.output)
@@ -280,6 +281,8 @@ def cmd_search(args) -> int:
                          "or pick one case with --case")
     else:
         destinations = [output / f"{case.label}.json" for case in cases]
+    for case in cases:
+        check_case(case)  # bad input is refused here, before any search runs
     job = SearchJob(model, options, knobs, tuple(states), args.max_sweeps)
     outcome = run_sweep(job, [Task(i, case.label, case) for i, case in enumerate(cases)], parallelism(args),
                         desc="search")

@@ -41,7 +41,7 @@ from dynamiccl.sweep import Failure, Parallelism, Task
 from dynamiccl.sweep import run_sweep as fan_out
 from dynamiccl.table.check import CHECK_STATE_OFFSET, TOLERANCE, CaseCheck, check_cases
 from dynamiccl.table.model import DecisionTable
-from dynamiccl.tuning.cases import Case
+from dynamiccl.tuning.cases import Case, check_case
 from dynamiccl.workload.spec import WORKLOAD, WorkloadSpec
 
 SWEEP = schema.Schema(
@@ -270,14 +270,16 @@ def run_sweep(table: DecisionTable, sweep: Sweep, *, table_path: str = "", model
     the layouts.
 
     Raises:
-        InputError: a layout whose workload cannot be generated (before any check runs), or a Ray
-            cluster that cannot be reached.
+        InputError: a layout whose workload cannot be generated or replayed (before any check
+            runs), or a Ray cluster that cannot be reached.
     """
     from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 
     model = model or DEFAULT_COST_MODEL
     started = time.perf_counter()
     cases = [layout_case(layout, sweep.source) for layout in sweep.layouts]
+    for case in cases:
+        check_case(case)  # a layout that cannot be replayed is refused here, before any check runs
     trained_on = set(table.provenance.get("cases", []) or [])
     job = LayoutCheckJob(table, tuple(sweep.states), sweep.tolerance, model, cost_options)
     tasks = [Task(i, layout.name, case) for i, (layout, case) in enumerate(zip(sweep.layouts, cases))]
