@@ -156,7 +156,8 @@ CHECKS: dict[str, Check] = {
     "dynamiccl replay traces/ref-pp2-dp2.parquet --env dgx-h100 --params my_params.json": RUN,
     "dynamiccl bench --list": RUN,
     "dynamiccl bench generate-405b costmodel-evals --record experiments/bench": BENCH,
-    "pip install 'dynamiccl[ray]'": needs("a machine of the user's Ray cluster (the extra is checked in pyproject.toml)"),
+    "pip install 'dynamiccl[ray]'": needs("a machine of the user's Ray cluster (the extra is checked in "
+                                          "pyproject.toml)"),
     "ray start --head": needs("a machine of the user's Ray cluster (tests/test_ray_sweep.py starts a local one)"),
     "ray start --address HEAD:6379": needs("the head of the user's Ray cluster"),
     "dynamiccl evaluate --config experiments/default.toml --policy experiments/default/run/policy.zip --ray auto "

@@ -115,8 +115,9 @@ def parallelism(args):
 
 def ran_on(outcome) -> str:
     """Where a sweep's tasks ran, for the line a command prints after it (``outcome``: a
-    :class:`~dynamiccl.sweep.SweepOutcome`, or anything with its ``backend`` and ``workers``): "in this process", "on 2 local worker processes" or
-    "on the Ray cluster ADDRESS (at most N tasks at a time)"."""
+    :class:`~dynamiccl.sweep.SweepOutcome`, or anything with its ``backend`` and ``workers``): "in
+    this process", "on 2 local worker processes" or "on the Ray cluster ADDRESS (at most N tasks at
+    a time)"."""
     if outcome.backend.startswith("ray "):
         return f"on the Ray cluster {outcome.backend[4:]} (at most {outcome.workers} tasks at a time)"
     if outcome.backend == "this process":

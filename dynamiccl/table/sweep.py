@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamiccl import __version__, atomic, schema
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.envspec import resolve_env
 from dynamiccl.errors import InputError, LayoutError
-from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.sweep import Failure, Parallelism, Task
 from dynamiccl.sweep import run_sweep as fan_out
 from dynamiccl.table.check import CHECK_STATE_OFFSET, TOLERANCE, CaseCheck, check_cases
@@ -188,8 +188,8 @@ class SweepResult:
                              "workload": layout.workload.to_dict(), "verdict": self.verdict(i),
                              **check.to_json()}
                             for i, (layout, check) in enumerate(zip(self.layouts, self.checks))],
-                "failed": [{"name": layout.name, "kind": layout.kind, "env": layout.env, "attempts": failure.attempts,
-                            "error": failure.error} for layout, failure in self.failed]}
+                "failed": [{"name": layout.name, "kind": layout.kind, "env": layout.env,
+                            "attempts": failure.attempts, "error": failure.error} for layout, failure in self.failed]}
 
     def markdown(self) -> str:
         """The results table: per layout NCCL's default step, the table's, the ratio, the verdict."""
@@ -290,5 +290,5 @@ def run_sweep(table: DecisionTable, sweep: Sweep, *, table_path: str = "", model
                        [(sweep.layouts[f.key], f) for f in outcome.failures], outcome.backend, outcome.workers)
 
 
-__all__ = ["SWEEP", "LayoutCheckJob", "Sweep", "SweepLayout", "SweepResult", "layout_case", "load_sweep", "run_sweep",
-           "workload_cache"]
+__all__ = ["SWEEP", "LayoutCheckJob", "Sweep", "SweepLayout", "SweepResult", "layout_case", "load_sweep",
+           "run_sweep", "workload_cache"]

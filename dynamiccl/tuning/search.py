@@ -564,18 +564,18 @@ class CaseSearch:
     def row(self, table_path: str) -> dict:
         """The case's row of ``dynamiccl search --json`` (and of :func:`search_report_text`), its
         table written at ``table_path``."""
-        return {**self.summary, "table": table_path, "line_rate_bound_step_time_us": self.line_rate_bound_step_time_us,
+        return {**self.summary, "table": table_path,
+                "line_rate_bound_step_time_us": self.line_rate_bound_step_time_us,
                 "no_comm_step_time_us": self.no_comm_step_time_us}
 
 
-def search_one(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = DEFAULT_MAX_SWEEPS,
-               progress=None) -> CaseSearch:
+def search_one(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = DEFAULT_MAX_SWEEPS) -> CaseSearch:
     """:func:`search_case` on ``loaded`` and the two :func:`step_bounds` in each of ``states``.
 
     Raises:
         ValueError: as :func:`search_case`.
     """
-    result = search_case(loaded, states, max_sweeps=max_sweeps, progress=progress)
+    result = search_case(loaded, states, max_sweeps=max_sweeps)
     bounds = [step_bounds(loaded, state) for state in states]
     return CaseSearch(result.to_json(), [b.line_rate_step_time_us for b in bounds],
                       [b.no_comm_step_time_us for b in bounds], result.table)
@@ -634,5 +634,6 @@ def search_report_text(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_MAX_SWEEPS", "CaseSearch", "RuleKey", "SearchJob", "SearchResult", "StepBounds", "StepScorer", "band_bytes",
-           "line_rate_times_us", "search_case", "search_one", "search_report_text", "step_bounds", "table_of"]
+__all__ = ["DEFAULT_MAX_SWEEPS", "CaseSearch", "RuleKey", "SearchJob", "SearchResult", "StepBounds", "StepScorer",
+           "band_bytes", "line_rate_times_us", "search_case", "search_one", "search_report_text", "step_bounds",
+           "table_of"]
