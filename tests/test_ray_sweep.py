@@ -118,20 +118,35 @@ def _cli(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess:
         pytest.fail(f"`dynamiccl {' '.join(argv)}` still ran after {timeout_s} s:\n{err.stderr}")
 
 
+def _on_ray_beside(argv: list[str], ray_address: str, local) -> subprocess.CompletedProcess:
+    """``dynamiccl ARGV --ray ADDRESS`` through the command line, while ``local()`` runs here (the same
+    sweep on the local pool, at the same time: each mostly waits on its workers' start)."""
+    command = [sys.executable, "-m", "dynamiccl", *argv, "--ray", ray_address]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) as ray_run:
+        try:
+            local()
+        finally:
+            try:
+                out, err = ray_run.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                ray_run.kill()
+                out, err = ray_run.communicate()
+                pytest.fail(f"`dynamiccl {' '.join(argv)} --ray` still ran after 300 s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(command, ray_run.returncode, out, err)
+
+
 def test_search_on_ray_writes_what_the_local_pool_writes(ray_address, tmp_path, capsys):
     config = search_config(tmp_path)
-    on_ray = (tmp_path / "ray", tmp_path / "ray.json")
-    done = _cli(search_argv(config, *on_ray, "--ray", ray_address), timeout_s=300)
+    on_ray, pool = (tmp_path / "ray", tmp_path / "ray.json"), (tmp_path / "pool", tmp_path / "pool.json")
+    done = _on_ray_beside(search_argv(config, *on_ray), ray_address,
+                          lambda: main(search_argv(config, *pool, "--workers", "2")))
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"searched 2 of 2 case(s) on the Ray cluster {ray_address} (at most 2 tasks at a time)" in done.stdout
     assert "search (Ray)" in done.stderr  # the progress bar over the tasks
-
-    pool = (tmp_path / "pool", tmp_path / "pool.json")
-    assert main(search_argv(config, *pool, "--workers", "2")) == 0
     assert "on 2 local worker processes" in capsys.readouterr().out
     tables, rows, failures = search_written(*on_ray)
     assert len(tables) == 2 and len(rows) == 2 and failures == []
-    assert (tables, rows) == search_written(*pool)[:2]  # byte for byte, row for row
+    assert (tables, rows, failures) == search_written(*pool)  # byte for byte, row for row
 
 
 def test_ray_without_a_cluster_is_one_clear_error_naming_the_flag(tmp_path):
