@@ -281,11 +281,11 @@ def cmd_search(args) -> int:
                          "or pick one case with --case")
     else:
         destinations = [output / f"{case.label}.json" for case in cases]
-    for case in cases:
-        check_case(case)  # bad input is refused here, before any search runs
+    calls = [len(check_case(case)[1].tunable_calls) for case in cases]  # bad input is refused here, before any search
+    # The biggest steps first, so that no worker starts the longest search last (results come back in case order).
+    tasks = sorted((Task(i, case.label, case) for i, case in enumerate(cases)), key=lambda task: -calls[task.key])
     job = SearchJob(model, options, knobs, tuple(states), args.max_sweeps)
-    outcome = run_sweep(job, [Task(i, case.label, case) for i, case in enumerate(cases)], parallelism(args),
-                        desc="search")
+    outcome = run_sweep(job, tasks, parallelism(args), desc="search")
     rows = []
     for i, found in outcome.results.items():
         table_io.save(found.table, destinations[i])

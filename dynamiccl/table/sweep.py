@@ -278,11 +278,12 @@ def run_sweep(table: DecisionTable, sweep: Sweep, *, table_path: str = "", model
     model = model or DEFAULT_COST_MODEL
     started = time.perf_counter()
     cases = [layout_case(layout, sweep.source) for layout in sweep.layouts]
-    for case in cases:
-        check_case(case)  # a layout that cannot be replayed is refused here, before any check runs
+    # A layout that cannot be replayed is refused here, before any check runs.
+    calls = [len(check_case(case)[1].tunable_calls) for case in cases]
     trained_on = set(table.provenance.get("cases", []) or [])
     job = LayoutCheckJob(table, tuple(sweep.states), sweep.tolerance, model, cost_options)
     tasks = [Task(i, layout.name, case) for i, (layout, case) in enumerate(zip(sweep.layouts, cases))]
+    tasks.sort(key=lambda task: -calls[task.key])  # the biggest steps first: none starts last on a busy pool
     outcome = fan_out(job, tasks, parallel, progress=progress, desc="check")
     checked = list(outcome.results)
     return SweepResult(table_path, sweep, [sweep.layouts[i] for i in checked], list(outcome.results.values()),
