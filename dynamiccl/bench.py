@@ -100,6 +100,13 @@ BENCHMARKS = {b.name: b for b in (
          "200000", "--json"),
         rate_key="env_steps_per_s", min_rate=20000),
     Benchmark(
+        "train-n-envs",
+        "training throughput (timesteps/s) with [train] n_envs = 2 (SubprocVecEnv workers) over n_envs = 1, as a "
+        "ratio measured in one run, on an env-bound config (Mixtral EP over IB with the communicator knobs, fresh "
+        "dynamics states, a small network, one epoch); target >= 1.6 on 2 cores (issue 18)",
+        ("--config", "experiments/train-throughput.toml", "--timesteps", "8192"),
+        module="dynamiccl.tuning.throughput", rate_key="ratio", min_rate=1.6),
+    Benchmark(
         "replay-405b",
         "replay one Llama-3.1 405B step (8192 GPUs, 17,080 tunable calls) with NCCL's choices: "
         "replays per second, target >= 0.5 (at most 2 s)",

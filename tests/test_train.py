@@ -128,6 +128,32 @@ def test_config_errors_name_file_and_key(tmp_path, old, new, field, words):
     assert words in str(info.value)
 
 
+TWO_ENVS = TINY.replace("n_steps = 128", "n_steps = 64\nn_envs = 2")  # rollouts of 64 * 2 = 128 decisions
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("n_envs = 2", "n_envs = 0", "expected an integer >= 1"),
+    ("n_envs = 2", "n_envs = 65", "<= 64"),
+    ("batch_size = 64", "batch_size = 129", "expected an integer >= 2 and <= 128 (train.n_steps * train.n_envs"),
+    ('model = "world"', 'model = "live"', "expected 1 with model = \"live\", got 2"),
+])
+def test_n_envs_errors_name_file_and_key(tmp_path, old, new, words):
+    path = write_config(tmp_path, TWO_ENVS.replace(old, new, 1))
+    with pytest.raises(InputError) as info:
+        load_config(path)
+    field = "train.batch_size" if "batch_size" in new else "train.n_envs"
+    assert (info.value.source, info.value.field) == (str(path), field)
+    assert words in str(info.value)
+
+
+def test_n_envs_sets_the_rollout_and_belongs_to_the_run(tmp_path):
+    config = load_config(write_config(tmp_path, TWO_ENVS.replace("batch_size = 64", "batch_size = 128")))
+    assert config.train.n_envs == 2 and config.train.batch_size == 128  # a whole rollout of 64 * 2
+    assert config.resume_fingerprint()["train.n_envs"] == 2
+    one = load_config(write_config(tmp_path, TINY, "one.toml"))
+    assert one.train.n_envs == 1 and "train.n_envs" not in one.resume_fingerprint()  # as before the key
+
+
 def test_config_missing_cases(tmp_path):
     text = TINY.split("[[train.cases]]")[0] + "[heldout]\nstates = 2\nstate_offset = 100\n"
     path = write_config(tmp_path, text)
@@ -181,13 +207,14 @@ def test_tiny_run_writes_its_outputs(tiny_run):
     assert rows[0]["case"] == "ref-pp2-dp2@dgx-h100" and float(rows[0]["speedup"]) > 0
     assert [int(r["episode"]) for r in rows] == list(range(1, len(rows) + 1))
     summary = json.loads((out / "train.json").read_text())
-    assert summary["timesteps"] == 512 and summary["seed"] == 7
+    assert summary["timesteps"] == 512 and summary["seed"] == 7 and summary["n_envs"] == 1
+    assert summary["timesteps_per_s"] == result.timesteps_per_s > 0
     assert summary["final_mean_speedup"] == pytest.approx(np.mean([float(r["speedup"]) for r in rows[-50:]]))
 
     network = load_policy(out / "policy.zip")
     assert network.hidden_sizes == [16, 16] and network.activation == "tanh"
     p = network.provenance
-    assert p["seed"] == 7 and p["timesteps"] == 512 and p["cost_model"] == "world"
+    assert p["seed"] == 7 and p["timesteps"] == 512 and p["cost_model"] == "world" and p["n_envs"] == 1
     assert p["config"]["train"]["n_steps"] == 128 and p["config_path"] == config.source
     assert p["training_cases"][0]["env"] == "dgx-h100" and "dynamiccl_version" in p
 
@@ -228,6 +255,166 @@ def test_resume_continues_the_step_count(tmp_path):
     assert info.value.field == "experiment.seed"
     with pytest.raises(InputError, match="no checkpoint"):
         train(config, tmp_path / "empty", resume=True, progress=False)
+
+
+# --- N environments: SubprocVecEnv workers ---------------------------------------------------------
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    with open(run_dir / "training_curve.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _episode_decisions(config) -> int:
+    """Decisions per episode of the config's one case (every episode replays the same step)."""
+    from dynamiccl.tuning.env import TuningEnv
+
+    env = TuningEnv(config.train_cases("unused"), config.model, config.train.states)
+    env.reset(seed=0)
+    steps, done = 0, False
+    while not done:
+        done = env.step(0)[2]
+        steps += 1
+    return steps
+
+
+@pytest.fixture(scope="module")
+def two_env_runs(tmp_path_factory):
+    """Two runs of TWO_ENVS to 256 timesteps with the same seed (the first is resumed by a test)."""
+    base = tmp_path_factory.mktemp("two-envs")
+    config = load_config(write_config(base, TWO_ENVS))
+    runs = [train(config, base / name, progress=False, max_timesteps=256) for name in ("a", "b")]
+    weights = [_weights(r.policy_path) for r in runs]
+    return config, runs, weights
+
+
+def test_two_envs_train_through_worker_processes_reproducibly(two_env_runs):
+    config, (a, b), (weights_a, weights_b) = two_env_runs
+    assert a.timesteps == 256 and a.n_envs == 2  # two rollouts of 64 decisions in each of 2 envs
+    for name in weights_a:
+        np.testing.assert_array_equal(weights_a[name], weights_b[name], err_msg=name)
+    rows_a, rows_b = _curve(a.output_dir), _curve(b.output_dir)
+    assert [{k: r[k] for k in r if k != "wall_s"} for r in rows_a] == \
+           [{k: r[k] for k in r if k != "wall_s"} for r in rows_b]
+    # One row per finished episode of either worker: each worker took 256 / 2 decisions; both
+    # replay the same step, so they end episodes on the same steps, worker 0's row first.
+    per_episode = _episode_decisions(config)
+    assert len(rows_a) == a.episodes == 2 * (128 // per_episode)
+    assert [int(r["timesteps"]) for r in rows_a] == [2 * per_episode * (i // 2 + 1) for i in range(len(rows_a))]
+    assert [int(r["episode"]) for r in rows_a] == list(range(1, len(rows_a) + 1))
+    assert rows_a[0]["speedup"] != rows_a[1]["speedup"]  # the workers drew different dynamics states
+    assert json.loads((a.output_dir / "train.json").read_text())["n_envs"] == 2
+    assert load_policy(a.policy_path).provenance["n_envs"] == 2
+
+
+def test_two_envs_resume_to_more_timesteps(two_env_runs, tmp_path):
+    config, (a, _), (weights_a, _) = two_env_runs
+    one = load_config(write_config(tmp_path, TWO_ENVS.replace("n_envs = 2", "n_envs = 1")))
+    with pytest.raises(InputError) as info:  # a rollout of other size: another run
+        train(one, a.output_dir, resume=True, progress=False)
+    assert info.value.field == "train.n_envs"
+    resumed = train(config, a.output_dir, resume=True, progress=False)
+    assert resumed.timesteps == 512 and resumed.resumed_from == 256 and resumed.n_envs == 2
+    assert latest_checkpoint(a.output_dir / "checkpoints")[1] == 512
+    rows = _curve(a.output_dir)
+    assert len(rows) == resumed.episodes > a.episodes and int(rows[-1]["timesteps"]) > 256
+    after = _weights(resumed.policy_path)
+    assert any(not np.array_equal(after[name], weights_a[name]) for name in after)  # it learned on
+    assert load_policy(resumed.policy_path).provenance["resumed_from"] == 256
+
+
+def test_workers_get_their_seeds_masks_and_world_parameters(two_env_runs, tmp_path, monkeypatch):
+    """Worker i is seeded with seed + i; sb3-contrib reads each worker's mask through env_method;
+    workers price with the trainer's world parameters file (``--params``), which a forkserver
+    started before it was set does not pass on by itself."""
+    from dataclasses import replace
+
+    from sb3_contrib.common.maskable.utils import get_action_masks
+
+    import dynamiccl.tuning.train as train_module
+    from dynamiccl.costmodel import world
+    from dynamiccl.tuning.env import TuningEnv
+
+    config = two_env_runs[0]  # the fixture's runs started the forkserver without the variable
+    cases = config.train_cases("unused")
+    shipped = TuningEnv(cases, config.model, config.train.states)
+    shipped.reset(seed=config.seed)
+    mine = tmp_path / "my_params.json"
+    mine.write_text(replace(world.default_params(), base_us=[39.0, 39.0, 39.0], provenance="my fit").to_json())
+    monkeypatch.setenv(world.PARAMS_ENV, str(mine))
+    env = train_module._vec_env(config, cases)
+    try:
+        env.seed(config.seed)
+        env.reset()
+        masks = get_action_masks(env)
+        states, step_times_us = env.get_attr("state"), env.get_attr("default_time_us")
+    finally:
+        env.close()
+    assert not any(p.is_alive() for p in env.processes)
+    for i in range(2):
+        alone = TuningEnv(cases, config.model, config.train.states)
+        alone.reset(seed=config.seed + i)
+        assert (states[i], step_times_us[i]) == (alone.state, alone.default_time_us)
+        np.testing.assert_array_equal(masks[i], alone.action_masks())
+    assert masks.shape == (2, NUM_ACTIONS) and states[0] != states[1]
+    assert step_times_us[0] > shipped.default_time_us  # 39 us base latency instead of the shipped fit's
+
+
+@pytest.mark.parametrize("failure", ["interrupt", "worker dies"])
+def test_no_worker_outlives_a_failed_run(tmp_path, monkeypatch, failure):
+    """Ctrl-C in the trainer between two workers' answers to a step, or a worker that dies: train
+    raises and every worker process is gone (an alarm turns a hang into a failure)."""
+    import os
+    import signal
+
+    import dynamiccl.tuning.train as train_module
+
+    made = []
+
+    class FailingSubprocVecEnv(train_module.SubprocVecEnv):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.steps = 0
+            made.append(self)
+
+        def step_wait(self):
+            self.steps += 1
+            if self.steps == 20 and failure == "interrupt":
+                self.remotes[0].recv()  # worker 0 answered; Ctrl-C arrives before worker 1's answer
+                raise KeyboardInterrupt
+            if self.steps == 20:
+                os.kill(self.processes[1].pid, signal.SIGKILL)
+            return super().step_wait()
+
+    def hung(signum, frame):
+        raise AssertionError("train did not return within 60 s of the failure")
+
+    monkeypatch.setattr(train_module, "SubprocVecEnv", FailingSubprocVecEnv)
+    config = load_config(write_config(tmp_path, TWO_ENVS))
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with pytest.raises(KeyboardInterrupt if failure == "interrupt" else (EOFError, ConnectionError)):
+            train(config, tmp_path / "run", progress=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert [p.exitcode is not None for p in made[0].processes] == [True, True]
+
+
+def test_throughput_trains_with_one_env_then_two(tmp_path, capsys):
+    """``python -m dynamiccl.tuning.throughput`` (``dynamiccl bench train-n-envs``): both rates and their ratio."""
+    from dynamiccl.tuning.throughput import main
+
+    path = write_config(tmp_path, TWO_ENVS.replace("n_envs = 2", "n_envs = 1"))
+    assert main(["--config", str(path), "--timesteps", "128"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["timesteps_per_s_1"] > 0 and figures["timesteps_per_s_2"] > 0
+    assert figures["ratio"] == pytest.approx(figures["timesteps_per_s_2"] / figures["timesteps_per_s_1"])
+    with pytest.raises(InputError) as info:  # a minibatch larger than one env's rollout of 64
+        main(["--config", str(write_config(tmp_path, TWO_ENVS.replace("batch_size = 64", "batch_size = 128"),
+                                             "big.toml")), "--timesteps", "128"])
+    assert info.value.field == "train.batch_size"
 
 
 # --- policy file: decide == MaskablePPO.predict ---------------------------------------------------

@@ -15,8 +15,9 @@ file, the ``section.key`` and what was expected::
     [train]
     total_timesteps = 200000    # decisions (one per collective call) over the whole run
     learning_rate = 3e-4
-    n_steps = 2048              # decisions per rollout (one env)
-    batch_size = 256            # minibatch; at most n_steps
+    n_steps = 2048              # decisions per rollout, per environment
+    n_envs = 1                  # environments stepped at once, one process each when > 1 (1..64)
+    batch_size = 256            # minibatch; at most n_steps * n_envs
     n_epochs = 5
     gamma = 0.0                 # see "Discounting" below
     gae_lambda = 0.95
@@ -43,8 +44,20 @@ file, the ``section.key`` and what was expected::
     workload = { model = "llama3-70b", tp = 4, pp = 4, dp = 2 }
     env = "h100-ib-4x8"
 
-The ``[train]`` keys other than ``cases``, ``checkpoint_every`` and ``states`` are MaskablePPO's
-hyperparameters, with stable-baselines3's names and units.
+The ``[train]`` keys other than ``cases``, ``checkpoint_every``, ``states`` and ``n_envs`` are
+MaskablePPO's hyperparameters, with stable-baselines3's names and units.
+
+Environments: ``n_envs = N`` > 1 steps N ``TuningEnv`` s at once, each in a worker process of
+stable-baselines3's ``SubprocVecEnv`` (1: one in this process, ``DummyVecEnv``, as before the key
+existed). Worker ``i`` draws its (case, state) sequence from ``seed + i``, so a run is reproducible
+for a given ``n_envs``, but runs with different ``n_envs`` differ. ``n_steps`` counts decisions per
+environment: a rollout is ``n_steps * n_envs`` decisions, and checkpoints and the end of training
+fall on rollout boundaries. It therefore belongs to the run (a resume must keep it), and the live
+model (which measures while it builds an environment) trains with one. The workers step at once
+and the policy decides for all of them in one batch, but every vector step also costs two round
+trips to the workers (the step, and sb3-contrib's ``action_masks``): more environments pay only
+where an environment step costs well more than those and the policy's forward pass, and on free
+cores (``dynamiccl bench train-n-envs`` measures it).
 
 Relative trace and spec paths resolve against the current directory first, then against the
 repository root (the config file's parent's parent). Workloads are generated once into
@@ -62,9 +75,9 @@ to every advantage. The last decision's reward also carries the residual (what t
 rewards did not account for: interactions between calls), so with ``gamma = 0`` that residual is
 credited to the last call alone; raise ``gamma`` to spread it.
 
-Checks that relate fields (``batch_size <= n_steps``, held-out states after the training states,
-exactly one of ``trace`` and ``workload``, a trace and a spec that exist) follow the declared ones
-and raise the same kind of error.
+Checks that relate fields (``batch_size <= n_steps * n_envs``, ``n_envs = 1`` with the live model,
+held-out states after the training states, exactly one of ``trace`` and ``workload``, a trace and a
+spec that exist) follow the declared ones and raise the same kind of error.
 """
 
 from __future__ import annotations
@@ -84,7 +97,9 @@ from dynamiccl.costmodel.registry import COST_MODELS, DEFAULT_COST_MODEL
 from dynamiccl.tuning.policy_file import ACTIVATIONS  # what a policy file can hold
 from dynamiccl.workload.spec import WORKLOAD, WorkloadSpec
 
-RESUME_FREE = ("total_timesteps", "checkpoint_every")  # [train] keys a resumed run may change
+# [train] keys a resumed run may change. Not n_envs: n_steps is per environment, so it sets the
+# rollout (n_steps * n_envs decisions), the checkpoint boundaries and each worker's seed.
+RESUME_FREE = ("total_timesteps", "checkpoint_every")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # --- the declared fields ---------------------------------------------------------------------------
@@ -111,8 +126,11 @@ TRAIN = schema.Schema(
     schema.tables("cases", CASE, [], help="one or more training cases"),
     schema.integer("total_timesteps", 200_000, low=1, help="decisions (one per collective call) over the whole run"),
     schema.number("learning_rate", 3e-4, low=0, low_inclusive=False, high=1.0),
-    schema.integer("n_steps", 2048, low=2, help="decisions per rollout (one env)"),
-    schema.integer("batch_size", 256, low=2, help="minibatch; at most n_steps"),
+    schema.integer("n_steps", 2048, low=2, help="decisions per rollout, per environment"),
+    schema.integer("n_envs", 1, low=1, high=64,
+                   help="environments stepped at once (SubprocVecEnv workers when > 1); a rollout is "
+                        "n_steps * n_envs decisions"),
+    schema.integer("batch_size", 256, low=2, help="minibatch; at most n_steps * n_envs"),
     schema.integer("n_epochs", 5, low=1, high=1000),
     schema.number("gamma", 0.0, low=0, high=1.0, help="discount (0: each decision is credited its own effect)"),
     schema.number("gae_lambda", 0.95, low=0, high=1.0),
@@ -198,6 +216,7 @@ class TrainConfig:
     checkpoint_every: int
     states: int
     knobs: bool = False
+    n_envs: int = 1
 
 
 @dataclass(frozen=True)
@@ -252,7 +271,8 @@ class ExperimentConfig:
     def resume_fingerprint(self) -> dict:
         """What a resumed run must share with the run it continues, as ``{"section.key": value}``
         (JSON-normalised): the seed, the cost model (and its measurements) and every ``[train]`` key
-        but :data:`RESUME_FREE`."""
+        but :data:`RESUME_FREE` (``train.n_envs`` only when it is not 1, so that runs from before
+        the key stay resumable)."""
         values = {"experiment.seed": self.seed, "experiment.model": self.model}
         if self.measurements:  # only when set: runs from before the key stay resumable
             values["experiment.measurements"] = list(self.measurements)
@@ -263,6 +283,8 @@ class ExperimentConfig:
                 values["train.cases"] = [c.describe() for c in self.train.cases]
             elif key == "knobs":
                 continue  # experiment.knobs above says it
+            elif key == "n_envs" and self.train.n_envs == 1:
+                continue  # the default: runs from before the key recorded none
             elif key not in RESUME_FREE:
                 values[f"train.{key}"] = getattr(self.train, key)
         return json.loads(json.dumps(values))
@@ -278,7 +300,8 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         InputError: naming the file and the ``section.key`` for an unreadable file or bad TOML,
             an unknown section or key, a wrong type or out-of-range value, missing training cases,
             a case with neither or both of ``trace`` and ``workload``, a trace or spec that cannot be
-            found, or held-out states that overlap the training states.
+            found, held-out states that overlap the training states, ``batch_size`` above
+            ``n_steps * n_envs``, or ``n_envs`` > 1 with the live model.
     """
     source = os.fspath(path)
     if not Path(source).exists():
@@ -296,10 +319,15 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     if not values["cases"]:
         raise InputError(source, "train.cases", 'missing: at least one [[train.cases]] with trace = "path" or '
                                                 'workload = {model = ...}, and env = "spec"')
-    if values["batch_size"] > values["n_steps"]:
-        bound = TRAIN.replace("batch_size", high=values["n_steps"])["batch_size"]
-        raise schema.expected(source, "train.batch_size", f"{bound.expectation()} (train.n_steps)",
-                              values["batch_size"])
+    rollout = values["n_steps"] * values["n_envs"]
+    if values["batch_size"] > rollout:
+        bound = TRAIN.replace("batch_size", high=rollout)["batch_size"]
+        raise schema.expected(source, "train.batch_size", f"{bound.expectation()} (train.n_steps * train.n_envs, "
+                                                          f"the decisions of one rollout)", values["batch_size"])
+    if values["n_envs"] > 1 and experiment["model"] == "live":
+        raise InputError(source, "train.n_envs", f"expected 1 with model = \"live\", got {values['n_envs']}: the live "
+                                                 "model times real collectives while it builds an environment, and "
+                                                 "environments built at once would time each other")
     train = TrainConfig(**{**values, "cases": _case_specs(values["cases"], "train.cases", source, repo_root)})
 
     values = doc["heldout"]

@@ -5,19 +5,28 @@ NCCL's own choice for every call, and reports the step time, the busiest rank's 
 each stage took (``dynamiccl bench replay-405b`` records ``replays_per_s``).
 :func:`env_steps_per_s` measures the tuning environment itself: ``TuningEnv.step`` calls per second
 with uniformly random valid actions (``dynamiccl bench env-steps``), the number that bounds training
-speed.
+speed. :func:`training_timesteps_per_s` measures training itself, with ``n_envs`` environments;
+``python -m dynamiccl.tuning.throughput --config FILE`` trains a config with one environment and
+with two and prints both rates and their ratio as JSON (``dynamiccl bench train-n-envs``).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 from dynamiccl.tuning.cases import Case, load_case, new_replay
+from dynamiccl.tuning.config import ExperimentConfig, load_config
 from dynamiccl.tuning.env import TuningEnv
 
 RANDOM_BLOCK = 4096  # uniform numbers drawn per numpy call by the throughput loop's random agent
@@ -130,3 +139,57 @@ def env_steps_per_s(case: Case, steps: int, model: str = DEFAULT_COST_MODEL, see
         if terminated:
             env.reset()
     return taken / (time.perf_counter() - started)
+
+
+def training_timesteps_per_s(config: ExperimentConfig, n_envs: int, timesteps: int,
+                             output_dir: str | os.PathLike) -> float:
+    """Timesteps per second of training ``config`` with ``[train] n_envs`` set to ``n_envs`` for
+    ``timesteps`` timesteps (rounded up to whole rollouts) into the fresh directory ``output_dir``:
+    :attr:`~dynamiccl.tuning.train.TrainResult.timesteps_per_s`, i.e. rollouts and updates, not
+    starting the workers. No checkpoint is taken before the end.
+
+    Raises:
+        InputError: as :func:`~dynamiccl.tuning.train.train`; ``batch_size`` above a rollout of
+            ``n_steps * n_envs`` decisions.
+        ValueError: ``n_envs`` or ``timesteps`` < 1.
+    """
+    from dynamiccl import schema
+    from dynamiccl.tuning.train import train  # torch and SB3: only when training
+
+    if n_envs < 1 or timesteps < 1:
+        raise ValueError(f"n_envs and timesteps must be >= 1, got {n_envs}, {timesteps}")
+    t = config.train
+    if t.batch_size > t.n_steps * n_envs:
+        raise schema.expected(config.source, "train.batch_size", f"at most train.n_steps * {n_envs} environments "
+                                                                 f"({t.n_steps * n_envs})", t.batch_size)
+    config = replace(config, train=replace(t, n_envs=n_envs, total_timesteps=timesteps, checkpoint_every=timesteps))
+    return train(config, output_dir, progress=False).timesteps_per_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dynamiccl.tuning.throughput --config FILE [--timesteps N] [--n-envs N]``: train
+    the config with one environment and with ``--n-envs``, one after the other in this process,
+    and print ``{"timesteps_per_s_1", "timesteps_per_s_<N>", "ratio", ...}`` as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m dynamiccl.tuning.throughput",
+                                     description="Training throughput with one environment and with N (SubprocVecEnv "
+                                                 "workers): timesteps per second of each and their ratio, as JSON.")
+    parser.add_argument("--config", required=True, help="an experiment config (its [train] cases and hyperparameters)")
+    parser.add_argument("--timesteps", type=int, default=8192, help="timesteps each run trains (default 8192)")
+    parser.add_argument("--n-envs", type=int, default=2, help="environments of the second run (default 2)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_envs in (1, args.n_envs):
+            print(f"training {args.timesteps} timesteps with n_envs = {n_envs}", file=sys.stderr, flush=True)
+            rates[n_envs] = training_timesteps_per_s(config, n_envs, args.timesteps, Path(tmp) / f"n{n_envs}")
+    load_1, load_5, _ = os.getloadavg()
+    print(json.dumps({"config": args.config, "timesteps": args.timesteps, "n_envs": args.n_envs,
+                      "timesteps_per_s_1": rates[1], f"timesteps_per_s_{args.n_envs}": rates[args.n_envs],
+                      "ratio": rates[args.n_envs] / rates[1], "cpu_count": os.cpu_count(),
+                      "load_average_1min_5min": [load_1, load_5]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,13 +16,24 @@ Outputs in ``output_dir``: ``policy.zip`` (:mod:`dynamiccl.tuning.policy_file`, 
 episode), ``tensorboard/`` (SB3's scalars plus ``episode/speedup`` and ``rollout/speedup_mean``),
 ``checkpoints/`` (SB3 zips and a small JSON beside each), ``run.json`` (what a resume must match)
 and ``workloads/``.
+
+Environments (``[train] n_envs``): one ``TuningEnv`` in this process (SB3's ``DummyVecEnv``), or N
+in worker processes (``SubprocVecEnv``, started with ``forkserver`` as SB3 does on Linux), each
+made by :func:`make_env`. MaskablePPO asks the vector env for every worker's ``action_masks()``
+(sb3-contrib's ``get_action_masks``: ``env_method``) and seeds worker ``i`` with ``seed + i``.
+Workers run torch on one thread, ignore Ctrl-C (this process stops them) and are closed on every
+way out of :func:`train`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import multiprocessing
 import os
+import signal
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -31,25 +42,31 @@ import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import configure_logger
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import dynamiccl
 from dynamiccl.atomic import write_text
+from dynamiccl.costmodel.protocol import CostModelOptions
+from dynamiccl.costmodel.world import PARAMS_ENV
 from dynamiccl.errors import InputError
 from dynamiccl.tuning.callbacks import (CHECKPOINT_PREFIX, FINAL_EPISODES, Checkpoint, Checkpoints, ProgressBar,
                                         SpeedupCurve, latest_checkpoint)
-from dynamiccl.tuning.cases import load_case
+from dynamiccl.tuning.cases import Case, load_case
 from dynamiccl.tuning.config import ExperimentConfig
 from dynamiccl.tuning.env import TuningEnv
 from dynamiccl.tuning.policy_file import save_policy
 
 ACTIVATION_FUNCTIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+WORKER_START_METHOD = "forkserver"  # SB3's default on Linux; a worker does not inherit this process's state
 
 
 @dataclass(frozen=True)
 class TrainResult:
     """What ``train`` produced. ``wall_s``: seconds of training, counting runs before a resume;
-    ``final_mean_speedup``: arithmetic mean of ``speedup`` over the last 50 episodes (None: none ended)."""
+    ``final_mean_speedup``: arithmetic mean of ``speedup`` over the last 50 episodes (None: none ended);
+    ``n_envs``: environments stepped at once (``[train] n_envs``); ``timesteps_per_s``: timesteps
+    this call learned per second of ``learn`` (rollouts and updates, not the start-up; None when it
+    learned none)."""
 
     output_dir: Path
     policy_path: Path
@@ -59,6 +76,8 @@ class TrainResult:
     final_mean_speedup: float | None
     seed: int
     resumed_from: int | None = None
+    n_envs: int = 1
+    timesteps_per_s: float | None = None
 
 
 def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bool = False,
@@ -79,10 +98,13 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
             config asks for more; for quick checks.
 
     Training stops at the first rollout boundary at or after the target (a multiple of
-    ``n_steps`` past the start), so ``timesteps`` may exceed it by up to ``n_steps - 1``.
+    ``n_steps * n_envs`` past the start), so ``timesteps`` may exceed it by up to
+    ``n_steps * n_envs - 1``.
 
     Determinism: the same config and seed give the same policy (torch runs on one CPU thread;
-    SB3 seeds torch, numpy, the action space and the env's draws). A resumed run is deterministic
+    SB3 seeds torch, numpy, the action space and the env's draws: worker ``i`` of ``n_envs``
+    draws from ``seed + i``). ``n_envs = 1`` steps its one env in this process, exactly as before
+    the key existed, so runs made then reproduce. A resumed run is deterministic
     given its checkpoint but not bit-identical to an uninterrupted one: SB3 checkpoints hold no
     RNG states and the env restarts at a fresh episode (the generators are reseeded with
     ``seed + checkpoint timesteps``).
@@ -91,6 +113,8 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
         InputError: a workload the generator rejects; ``resume`` without a checkpoint or with a
             config that differs from the run's; a fresh run into a directory that already holds
             one; ``max_timesteps`` < 1.
+        EOFError, BrokenPipeError: a worker process died (its traceback is on stderr); the
+            others are stopped.
     """
     output_dir = Path(output_dir)
     t = config.train
@@ -104,18 +128,20 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
     curve = SpeedupCurve() if start is None else SpeedupCurve.resumed(curve_path, start)
     checkpoints = Checkpoints(t.checkpoint_every, output_dir / "checkpoints", curve, curve_path)
     bar = ProgressBar(target, curve, progress)
-    env = DummyVecEnv([lambda: Monitor(TuningEnv(cases, config.model, t.states, cost_options=config.cost_options(),
-                                                 knobs=config.knobs))])
-    with contextlib.closing(env), contextlib.closing(bar), _torch_threads(1):
+    env = _vec_env(config, cases)
+    with _closing_vec_env(env), contextlib.closing(bar), _torch_threads(1):
         agent = _new_agent(config, env) if start is None else _resumed_agent(config, env, start)
         remaining = target - agent.num_timesteps
+        learned_from, learn_s = agent.num_timesteps, 0.0
         if remaining > 0:
             # The logger SB3 would make itself (tensorboard/ppo_<n>, continued on resume), made
             # here so that this function owns it and closes it.
             with contextlib.closing(configure_logger(0, str(output_dir / "tensorboard"), CHECKPOINT_PREFIX,
                                                      reset_num_timesteps=start is None)) as logger:
                 agent.set_logger(logger)
+                began = time.perf_counter()
                 agent.learn(remaining, callback=[curve, checkpoints, bar], reset_num_timesteps=start is None)
+                learn_s = time.perf_counter() - began
         checkpoints.save(agent)  # the final state, for a later resume with more timesteps
 
     wall_s = curve.wall_s()
@@ -130,18 +156,90 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
                             "compute": load_case(c, config.model, config.cost_options()).program.compute}
                            for c in cases],
         "algorithm": "MaskablePPO", "library_versions": _library_versions(), "resumed_from": resumed_from,
-        "knobs": config.knobs,
+        "knobs": config.knobs, "n_envs": t.n_envs,
     }
     if config.measurements:
         provenance["measurements"] = list(config.measurements)
     policy_path = save_policy(output_dir / "policy.zip", agent, provenance)
     result = TrainResult(output_dir, policy_path, int(agent.num_timesteps), len(curve.rows), wall_s, final,
-                         config.seed, resumed_from)
+                         config.seed, resumed_from, t.n_envs,
+                         (agent.num_timesteps - learned_from) / learn_s if learn_s > 0 else None)
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
     summary.update(experiment=config.name, wall_s=round(wall_s, 3), policy="policy.zip",
                    final_mean_speedup_episodes=min(FINAL_EPISODES, len(curve.rows)))
     write_text(output_dir / "train.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def make_env(cases: list[Case], model: str, states: int, cost_options: CostModelOptions, knobs: bool,
+             world_params_file: str | None = None, worker: bool = False) -> Monitor:
+    """One training environment: ``TuningEnv(cases, model, states, ...)`` in SB3's ``Monitor``
+    (which records each episode's return and length in its last ``info``).
+
+    ``worker``: made in a ``SubprocVecEnv`` worker process, which then runs torch on one thread
+    (no thread pool per worker on a machine the trainer already keeps busy), ignores SIGINT (on
+    Ctrl-C the trainer stops its workers, instead of each dying with a traceback) and prices with
+    ``world_params_file`` (the trainer's ``DYNAMICCL_WORLD_PARAMS``, which ``--params`` sets: a
+    forkserver worker does not inherit the trainer's environment as it is now).
+    Module-level so that ``functools.partial`` of it pickles to the worker.
+
+    Raises:
+        InputError: as :class:`~dynamiccl.tuning.env.TuningEnv` (a case that does not load).
+    """
+    if worker:
+        torch.set_num_threads(1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if world_params_file:
+            os.environ[PARAMS_ENV] = world_params_file
+        else:
+            os.environ.pop(PARAMS_ENV, None)
+    return Monitor(TuningEnv(cases, model, states, cost_options=cost_options, knobs=knobs))
+
+
+def _vec_env(config: ExperimentConfig, cases: list[Case]) -> VecEnv:
+    """``[train] n_envs`` environments of :func:`make_env`: a ``DummyVecEnv`` of one in this process,
+    else a ``SubprocVecEnv`` of that many workers. The cases are loaded here first (the provenance
+    needs them anyway), so that a case that does not load is an ``InputError`` from this process,
+    not a worker's death."""
+    factory = functools.partial(make_env, cases, config.model, config.train.states, config.cost_options(),
+                                config.knobs, os.environ.get(PARAMS_ENV) or None)
+    if config.train.n_envs == 1:
+        return DummyVecEnv([factory])
+    for case in cases:
+        load_case(case, config.model, config.cost_options(), knobs=config.knobs)
+    # Workers fork from the forkserver with this module (torch, SB3) already imported, once per
+    # process, instead of each importing it (seconds); no effect if the forkserver already runs.
+    multiprocessing.get_context(WORKER_START_METHOD).set_forkserver_preload([__name__])
+    return SubprocVecEnv([functools.partial(factory, worker=True)] * config.train.n_envs,
+                         start_method=WORKER_START_METHOD)
+
+
+@contextlib.contextmanager
+def _closing_vec_env(env: VecEnv) -> Iterator[VecEnv]:
+    """Close ``env`` however the block ends, leaving no worker process behind.
+
+    A block that ends normally closes it as SB3 does (each worker told to close, then joined). One
+    that raises (a worker that died, Ctrl-C, an error in a callback) terminates and joins the
+    workers instead: SB3's ``close`` first reads the answer of a step in flight, which a dead
+    worker never sends and a step interrupted between two workers' answers has partly consumed,
+    so it could wait forever.
+    """
+    try:
+        yield env
+    except BaseException:
+        processes = getattr(env, "processes", None)  # SubprocVecEnv's workers
+        if processes is None:
+            env.close()
+        else:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join()
+            for remote in env.remotes:
+                remote.close()
+        raise
+    env.close()
 
 
 def _fresh_run(config: ExperimentConfig, output_dir: Path) -> None:
@@ -175,7 +273,7 @@ def _resume_point(config: ExperimentConfig, output_dir: Path) -> Checkpoint:
     return start
 
 
-def _new_agent(config: ExperimentConfig, env: DummyVecEnv) -> MaskablePPO:
+def _new_agent(config: ExperimentConfig, env: VecEnv) -> MaskablePPO:
     """A fresh MaskablePPO with the config's hyperparameters, seeded with ``experiment.seed``."""
     t = config.train
     return MaskablePPO(
@@ -186,7 +284,7 @@ def _new_agent(config: ExperimentConfig, env: DummyVecEnv) -> MaskablePPO:
         seed=config.seed, device="cpu", verbose=0)
 
 
-def _resumed_agent(config: ExperimentConfig, env: DummyVecEnv, start: Checkpoint) -> MaskablePPO:
+def _resumed_agent(config: ExperimentConfig, env: VecEnv, start: Checkpoint) -> MaskablePPO:
     """The agent of ``start`` (our own checkpoint, see :func:`train`: SB3's loader unpickles it) on
     ``env``, reseeded with ``seed + timesteps``. ``force_reset`` drops the observation saved with
     it (it belongs to the old env), so learning starts with a fresh episode."""
