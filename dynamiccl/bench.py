@@ -163,6 +163,13 @@ BENCHMARKS = {b.name: b for b in (
         ("evaluate", "--config", "experiments/default.toml", "--policy", "experiments/default/run/policy.zip",
          "--agents", "nccl-default,policy", "-o", "{tmp}/results.parquet", "--json", "{tmp}/summary.json"),
         json_file="{tmp}/summary.json", rate_key="summary.policy.min_speedup", min_rate=0.995),
+    Benchmark(
+        "evaluate-workers",
+        "`dynamiccl evaluate` of the default experiment's held-out split (every agent, the shipped policy) on 2 "
+        "worker processes vs 1, each a fresh process, in one run: wall-time ratio, target >= 1.7 on 2 cores "
+        "(issue 18); the two results must be the same row for row",
+        ("--config", "experiments/default.toml", "--policy", "experiments/default/run/policy.zip", "--workers", "2"),
+        module="dynamiccl.tuning.evaluate_scaling", rate_key="ratio", min_rate=1.7, unit="x"),
 )}
 
 

@@ -463,8 +463,9 @@ def test_a_new_agent_is_one_registry_entry(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(agent_registry.AGENTS, "always-ring",
                         agent_registry.AgentEntry(lambda inputs: Always(), "test agent"))
     out = tmp_path / "r.parquet"
+    # --workers 1: a class defined in a test is not importable by a worker process.
     assert main(["evaluate", "--traces", CASES[0][0], "--envs", "dgx-h100", "--states", "1", "--agents",
-                 "nccl-default,always-ring", "-o", str(out)]) == 0
+                 "nccl-default,always-ring", "--workers", "1", "-o", str(out)]) == 0
     assert "always-ring" in capsys.readouterr().out
 
 

@@ -168,8 +168,13 @@ def _resumable(run_dir) -> bool:
 
 
 def cmd_evaluate(args) -> int:
+    """Evaluate the agents on the plan of ``args`` (its tasks on ``--workers`` processes or ``--ray``)
+    and write the results once. Exit status 1 when a task failed twice: the other tasks' rows are
+    written, with ``meta["failures"]`` naming the failed tasks and the rows they leave out."""
+    import sys
+
     from dynamiccl import atomic
-    from dynamiccl.tuning.evaluate import EvaluationPlan, evaluate_plan
+    from dynamiccl.tuning.evaluate import EvaluationPlan, failure_text, prepare_evaluation
 
     check_outputs(args.output, args.json)
     if args.config:
@@ -183,8 +188,11 @@ def cmd_evaluate(args) -> int:
     names = [n.strip() for n in args.agents.split(",") if n.strip()]
     if plan.model == "live":
         _say_live_plan(plan)
+    run = prepare_evaluation(plan, names, policy=args.policy, online_steps=args.online_steps,
+                             parallel=parallelism(args))
+    print(f"evaluate: {len(plan.cases)} case(s) x {len(plan.states)} state(s) on {run.ran_on}", file=sys.stderr)
     started = time.perf_counter()
-    evaluation = evaluate_plan(plan, names, policy=args.policy, online_steps=args.online_steps)
+    evaluation = run.run()
     results = evaluation.results
     results.write(args.output, command=invocation(args.argv))
     print(results.summary().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
@@ -199,6 +207,10 @@ def cmd_evaluate(args) -> int:
                  f"{results.meta.get('cost_model', plan.model)} on {len(clusters)} clusters: {', '.join(clusters)}")
     print(f"wrote {args.output} and its .calls.parquet in {time.perf_counter() - started:.0f} s "
           f"(cost model: {priced_by})")
+    if evaluation.failures:
+        print(f"evaluate: {len(evaluation.failures)} task(s) failed twice; {args.output} lacks their rows "
+              f"(listed in its metadata, key 'failures'):\n{failure_text(evaluation.failures)}", file=sys.stderr)
+        return 1
     return 0
 
 

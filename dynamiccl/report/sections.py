@@ -37,7 +37,16 @@ def headline_lines(data: ReportData) -> list[str]:
              f"({h['episodes']} episodes, {h['cases']} cases)",
              f"worst case: {h['worst_case']} at {h['worst_case_speedup']:.4f}x (geomean over its episodes); "
              f"worst episode {h['min_speedup']:.4f}x; {100 * h['slower_share']:.0f}% of cases more than 1% slower"]
-    if math.isnan(h["search_geomean_speedup"]):
+    failures = data.meta.get("failures") or []
+    if failures:  # tasks of `dynamiccl evaluate` that failed twice: their rows are not in the file
+        lines.insert(0, f"incomplete: {len(failures)} evaluation task(s) failed twice, so these results lack "
+                        + "; ".join(str(f.get("missing", f.get("task", "?"))) for f in failures)
+                        + "; rerun `dynamiccl evaluate` once the cause is fixed")
+    searchless = sorted({str(f.get("case")) for f in failures if f.get("agent") == SEARCH_AGENT})
+    if math.isnan(h["search_geomean_speedup"]) and searchless:
+        lines.append(f"search reference: missing on {', '.join(searchless)} (its task failed), so no geomean over "
+                     "every case; per case in the headroom table")
+    elif math.isnan(h["search_geomean_speedup"]):
         lines.append("search reference: not in these results (written before it existed); rerun `dynamiccl evaluate`")
     else:
         lines.append(f"search (the best decision table per case): geomean {h['search_geomean_speedup']:.4f}x; "

@@ -163,6 +163,12 @@ def execute(token: str, job: SweepJob, args: Any) -> tuple[bool, Any]:
         return False, error_text(exc)
 
 
+def forget(token: str) -> None:
+    """Drop this process's context of the sweep ``token`` (the caller's own process, once its
+    sweep ran there: its cases and agents are not kept alive past the sweep)."""
+    _CONTEXT.pop(token, None)
+
+
 def error_text(exc: BaseException) -> str:
     """``Type: message (file:line)``, the line being the innermost frame of dynamiccl's own code (not
     counting this runner's)."""
@@ -214,4 +220,4 @@ def ray_missing() -> InputError:
 
 
 __all__ = ["ATTEMPTS", "ONE_THREAD_ENV", "Failure", "Parallelism", "SweepJob", "SweepOutcome", "Task", "available_cores",
-           "enter_setting", "execute", "run_sweep", "submitter_setting"]
+           "enter_setting", "execute", "forget", "run_sweep", "submitter_setting"]

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from dynamiccl.sweep import ATTEMPTS, Failure, SweepJob, SweepOutcome, Task, enter_setting, execute, say_failed, \
-    submitter_setting
+from dynamiccl.sweep import ATTEMPTS, Failure, SweepJob, SweepOutcome, Task, enter_setting, execute, forget, \
+    say_failed, submitter_setting
 
 _WORKER_JOB: tuple[str, SweepJob] | None = None  # (token, job) of this worker process
 
@@ -40,17 +40,20 @@ def run_locally(job: SweepJob, tasks: Sequence[Task], workers: int, *, progress:
 def _run_here(job: SweepJob, tasks: Sequence[Task], bar) -> SweepOutcome:
     token = uuid.uuid4().hex
     outcome = SweepOutcome({}, [], "this process", 1)
-    for task in tasks:
-        for attempt in range(1, ATTEMPTS + 1):
-            bar.set_postfix_str(task.label, refresh=False)
-            ok, value = execute(token, job, task.args)
-            if ok:
-                outcome.results[task.key] = value
-                break
-            say_failed(bar, task.label, attempt, value)
-            if attempt == ATTEMPTS:
-                outcome.failures.append(Failure(task.key, task.label, value, attempt))
-        bar.update()
+    try:
+        for task in tasks:
+            for attempt in range(1, ATTEMPTS + 1):
+                bar.set_postfix_str(task.label, refresh=False)
+                ok, value = execute(token, job, task.args)
+                if ok:
+                    outcome.results[task.key] = value
+                    break
+                say_failed(bar, task.label, attempt, value)
+                if attempt == ATTEMPTS:
+                    outcome.failures.append(Failure(task.key, task.label, value, attempt))
+            bar.update()
+    finally:
+        forget(token)
     return outcome
 
 

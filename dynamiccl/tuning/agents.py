@@ -51,6 +51,7 @@ import dataclasses
 import functools
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Protocol as TypingProtocol
 
@@ -151,7 +152,9 @@ class NcclDefaultAgent(Agent):
 class RandomAgent(Agent):
     """Uniform over the valid actions of each call, from a seeded numpy ``Generator``.
 
-    Its draws continue across episodes, so a run is reproducible for a given seed and episode order.
+    Every episode draws from a generator seeded by (``seed``, the case's label, the dynamics state),
+    made at ``begin_episode``: an episode is the same whichever episodes ran before it, in this
+    process or another (``evaluate`` runs episodes in any order, on any worker).
     """
 
     name = "random"
@@ -159,6 +162,11 @@ class RandomAgent(Agent):
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
+
+    def begin_episode(self, env) -> None:
+        # crc32: a stable 32-bit number for the label (Python's hash() of a str changes per process).
+        label = env.simulator.case.case.label
+        self.rng = np.random.default_rng([self.seed, zlib.crc32(label.encode()), int(env.state)])
 
     def act(self, env, obs, mask) -> int:
         return int(self.rng.choice(np.flatnonzero(mask)))
@@ -392,7 +400,9 @@ class PolicyAgent(Agent):
     ``policy.decide(obs_batch float32[n, obs size], masks bool[n, env.num_actions]) -> int[n]`` (the
     masked argmax of a trained network; a policy trained with the knobs decides communicators too,
     at their observations). As the answer depends only on (observation, mask), it is
-    cached on their bytes; ``begin_episode`` decides every distinct call of a new case in one batch.
+    cached on their bytes, per case; ``begin_episode`` decides every distinct call of a new case in one
+    batch, the same batch whichever cases this agent saw before (a network's float results may depend
+    on the batch it is evaluated in: per case, they do not depend on the order cases are evaluated in).
 
     Raises (from ``act`` / ``begin_episode``):
         ValueError: the policy returned something other than one integer action in range per row.
@@ -401,8 +411,7 @@ class PolicyAgent(Agent):
     def __init__(self, policy: DecidingPolicy, name: str = "policy") -> None:
         self.policy = policy
         self.name = name
-        self._cache: dict[bytes, int] = {}
-        self._seen = _CaseCache()
+        self._decisions = _CaseCache()  # per case: (observation, mask) bytes -> action
 
     @staticmethod
     def _key(obs: np.ndarray, mask: np.ndarray) -> bytes:
@@ -418,26 +427,27 @@ class PolicyAgent(Agent):
         return actions.astype(np.int64)
 
     def begin_episode(self, env) -> None:
-        if env in self._seen:
+        if env in self._decisions:
             return
-        self._seen(env)
+        cache = self._decisions(env)
         calls, obs, masks = env.episode_calls()
         todo: dict[bytes, int] = {}
         for row in range(len(calls)):
             key = self._key(obs[row], masks[row])
-            if key not in self._cache and key not in todo:
+            if key not in todo:
                 todo[key] = row
         if todo:
             rows = np.fromiter(todo.values(), dtype=np.int64, count=len(todo))
             for key, action in zip(todo, self._decide(obs[rows], masks[rows])):
-                self._cache[key] = int(action)
+                cache[key] = int(action)
 
     def act(self, env, obs, mask) -> int:
+        cache = self._decisions(env)
         key = self._key(obs, mask)
-        if key not in self._cache:
+        if key not in cache:
             obs_batch = np.asarray(obs, dtype=np.float32).reshape(1, -1)
-            self._cache[key] = int(self._decide(obs_batch, np.asarray(mask, dtype=bool).reshape(1, -1))[0])
-        return self._cache[key]
+            cache[key] = int(self._decide(obs_batch, np.asarray(mask, dtype=bool).reshape(1, -1))[0])
+        return cache[key]
 
     act_communicator = act  # the communicator observation says which decision it is
 

@@ -31,8 +31,12 @@ numbers under the search's name).
 
 ``EvaluationPlan`` says what ``dynamiccl evaluate`` replays (an experiment config's held-out split,
 or traces crossed with environment specs) and what static-best is fitted on; ``evaluate_plan``
-builds the registered agents and evaluates them on it. ``TuningEnv`` is imported only there, so
-that reading results (``dynamiccl report``) does not import gymnasium.
+builds the registered agents and evaluates them on it, its episodes fanned out as the tasks of an
+:class:`EvaluationJob` (per case: its search, each online learner's run, each offline episode) over
+worker processes or a Ray cluster (:mod:`dynamiccl.sweep`), with the same results wherever they ran;
+``evaluate`` runs the same job in this process. A task that fails twice is listed in
+``meta["failures"]`` and its rows are missing; every other task's rows are kept. ``TuningEnv`` is
+imported only there, so that reading results (``dynamiccl report``) does not import gymnasium.
 """
 
 from __future__ import annotations
@@ -48,7 +52,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from dynamiccl import __version__, atomic, schema
 from dynamiccl.costmodel.protocol import CostModelOptions
@@ -242,7 +245,7 @@ def _from_legacy_steps(frame: pd.DataFrame) -> pd.DataFrame:
 class Results:
     """The outcome of ``evaluate``: ``steps`` and ``calls`` DataFrames (see the module docstring)
     and ``meta`` (JSON-serialisable: version, cost model, states, online_steps, agents, cases,
-    command)."""
+    command; ``failures`` only where tasks of the evaluation failed twice and their rows are missing)."""
 
     steps: pd.DataFrame
     calls: pd.DataFrame | None  # None: read without its companion file (``require_calls=False``)
@@ -402,7 +405,8 @@ def _calls_frame(parts: list[dict]) -> pd.DataFrame:
 
 def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int = 20,
              progress: bool = True) -> Results:
-    """Evaluate ``agents`` on every case of ``env`` under every dynamics state of ``states``.
+    """Evaluate ``agents`` on every case of ``env`` under every dynamics state of ``states``, in this
+    process (:func:`evaluate_plan` fans the same episodes out over worker processes or Ray).
 
     Offline agents and the search reference (a :class:`~dynamiccl.tuning.agents.SearchAgent`,
     added when ``agents`` has none; its states are set to ``states``) run one episode per (case,
@@ -411,87 +415,318 @@ def evaluate(agents: list[Agent], env, states: list[int], *, online_steps: int =
     that has learnt nothing: per case, a fresh one runs ``online_steps`` episodes, episode ``i``
     under ``states[i % len(states)]``; every one is a ``steps`` row with its ``iteration`` and the
     cumulative ``measurements``. ``calls`` rows are recorded for offline episodes and the last
-    online iteration only. ``env`` is reset for every episode.
+    online iteration only. The episodes replay ``env``'s cases with its cost model, options and
+    knobs (in environments of one case each, as a worker process does; see :class:`EvaluationJob`).
 
     Raises:
         ValueError: no states, ``online_steps`` < 1, or two agents with the same name.
         TypeError: an online agent without ``fresh()``.
-        InputError: from the environment (e.g. a case that cannot be replayed).
+        EvaluationFailed: an episode raised (twice: every task is retried once); it holds the
+            results of the others and which ones failed.
     """
-    from dynamiccl.tuning.search import step_bounds
+    from dynamiccl.sweep import Parallelism
 
-    states = [int(s) for s in states]
+    base = env.unwrapped
+    job, names = _evaluation_job(agents, [AgentSource.of(a) for a in agents], tuple(base.cases), base.model,
+                                 base.cost_options, bool(base.knobs), states, online_steps)
+    results, failures = _run_evaluation(job, names, Parallelism(workers=1), progress)
+    if failures:
+        raise EvaluationFailed(results, failures)
+    return results
+
+
+class EvaluationFailed(RuntimeError):
+    """Episodes of :func:`evaluate` raised: ``results`` holds the others' rows, ``failures`` the
+    failed tasks (``meta["failures"]``'s entries)."""
+
+    def __init__(self, results: Results, failures: list[dict]) -> None:
+        super().__init__("evaluation tasks failed:\n" + failure_text(failures))
+        self.results = results
+        self.failures = failures
+
+
+def meta_without_timing(meta: dict) -> dict:
+    """``meta`` less what differs between two runs of the same evaluation: the command and the
+    searches' ``wall_s`` (what two runs, wherever they ran, must otherwise agree on)."""
+    meta = {key: value for key, value in meta.items() if key != "command"}
+    meta["search"] = {case: {k: v for k, v in found.items() if k != "wall_s"}
+                      for case, found in (meta.get("search") or {}).items()}
+    return meta
+
+
+def failure_text(failures: list[dict]) -> str:
+    """One line per failed task of ``meta["failures"]``: what it was, the rows it leaves out, the error."""
+    return "\n".join(f"  {f['task']}: failed {f['attempts']} times ({f['error']}); missing: {f['missing']}"
+                     for f in failures)
+
+
+# --- the evaluation as a sweep (dynamiccl.sweep) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentSource:
+    """How a process that runs an evaluation's episodes gets one of its agents: ``agent`` itself
+    (pickled to a worker process: the baselines, the online learners and the search reference are
+    small), a static-best table as JSON (``static_best_json``: fitted once, by the process that
+    plans the evaluation), or the file of a policy or decision table (``policy_path``, absolute:
+    every worker loads it). ``name`` is the agent's name."""
+
+    name: str
+    agent: Agent | None = None
+    static_best_json: str | None = None
+    policy_path: str | None = None
+
+    @classmethod
+    def of(cls, agent: Agent, policy_path: str | os.PathLike | None = None) -> "AgentSource":
+        """The source of ``agent``: a :class:`StaticBestAgent` as its JSON, an agent loaded from
+        ``policy_path`` as that file, any other as itself."""
+        from dynamiccl.tuning.agents import StaticBestAgent
+
+        if isinstance(agent, StaticBestAgent):
+            return cls(agent.name, static_best_json=agent.to_json())
+        if policy_path is not None:
+            return cls(agent.name, policy_path=os.path.abspath(policy_path))
+        return cls(agent.name, agent=agent)
+
+    def build(self) -> Agent:
+        """The agent (``agent`` itself, not a copy: in this process, :func:`evaluate`'s caller sees
+        what its agents recorded, e.g. ``SearchAgent.results``).
+
+        Raises:
+            InputError: an unreadable policy file or static-best JSON.
+        """
+        if self.agent is not None:
+            return self.agent
+        if self.static_best_json is not None:
+            from dynamiccl.tuning.agents import StaticBestAgent
+
+            return StaticBestAgent.from_json(self.static_best_json, f"<{self.name} table>")
+        from dynamiccl.tuning.agents import load_policy_agent
+
+        return load_policy_agent(self.policy_path)
+
+
+# What a failed search task leaves its case's other rows: no reference (their gain shares are NaN).
+_NO_REFERENCE = {"search_step_time_us": math.nan, "line_rate_bound_step_time_us": math.nan,
+                 "no_comm_step_time_us": math.nan}
+
+
+@dataclass(frozen=True)
+class EvaluationJob:
+    """The episodes of one evaluation as a :mod:`dynamiccl.sweep` job: ``cases`` replayed with the
+    cost model ``model`` made with ``cost_options`` (``knobs``: ``TuningEnv(knobs=True)``) under
+    ``states``, by the search reference ``search``, the ``offline`` agents and the ``online`` ones
+    (``online_steps`` iterations each). Picklable: each worker process gets it once.
+
+    Its tasks (:meth:`tasks`), keyed (case index, agent index, state index) in the order of the
+    results' rows (per case: the search, then the offline agents, then the online ones, in the
+    order given), are:
+
+    - ``("search", case)``: the search reference over every state of the case, and the bounds. The
+      search is one per case *across* its states (the table it finds is the best one for all of
+      them together), so it cannot be split per state;
+    - ``("offline", case, agent, state)``: one episode;
+    - ``("online", case, agent)``: a fresh learner's ``online_steps`` iterations, in order (each one
+      learns from the ones before: sequential by definition).
+
+    :meth:`setup` builds the agents once per process and one ``TuningEnv`` per case the process
+    replays (a case is loaded by the processes that replay it, not by every one). A task's result
+    depends on its arguments only: :class:`~dynamiccl.tuning.agents.RandomAgent` seeds every episode
+    by (seed, case, state), online learners start fresh per case, and the per-case caches of the
+    table-like agents and the policy hold answers that do not depend on which cases came first.
+    """
+
+    cases: tuple[Case, ...]
+    model: str
+    cost_options: CostModelOptions
+    knobs: bool
+    states: tuple[int, ...]
+    search: AgentSource
+    offline: tuple[AgentSource, ...]
+    online: tuple[AgentSource, ...]
+    online_steps: int
+
+    def tasks(self) -> list:
+        """Every task (:class:`dynamiccl.sweep.Task`), the longest first: the searches and the online
+        runs, then the single episodes, each kind from the largest case (its trace file's size,
+        bytes: a proxy known before a case is loaded) to the smallest."""
+        from dynamiccl.sweep import Task
+
+        def size(case: int) -> int:
+            path = Path(self.cases[case].trace)
+            return path.stat().st_size if path.is_file() else 0
+
+        order = sorted(range(len(self.cases)), key=lambda case: -size(case))
+        states = ", ".join(str(s) for s in self.states)
+        long, short = [], []
+        for case in order:
+            label = self.cases[case].label
+            long.append(Task((case, 0, 0), f"search on {label} (states {states})", ("search", case)))
+            for j, agent in enumerate(self.online):
+                long.append(Task((case, 1 + len(self.offline) + j, 0),
+                                 f"{agent.name} on {label} ({self.online_steps} iterations)", ("online", case, j)))
+            for j, agent in enumerate(self.offline):
+                short += [Task((case, 1 + j, i), f"{agent.name} on {label}, state {state}", ("offline", case, j, i))
+                          for i, state in enumerate(self.states)]
+        return long + short
+
+    def describe(self, key) -> dict:
+        """What task ``key`` evaluates: ``{"case", "agent", "state"}`` (state None: every state, or
+        the iterations of an online run) and the rows it gives (``missing`` when it failed)."""
+        case, agent, state = key
+        label = self.cases[case].label
+        if agent == 0:
+            return {"case": label, "agent": self.search.name, "state": None,
+                    "missing": f"the search rows of case {label} (its other agents' rows are kept without "
+                               "the reference: their search and bound columns and gain shares are NaN)"}
+        if agent <= len(self.offline):
+            name = self.offline[agent - 1].name
+            return {"case": label, "agent": name, "state": self.states[state],
+                    "missing": f"{name} on {label} under state {self.states[state]}"}
+        name = self.online[agent - 1 - len(self.offline)].name
+        return {"case": label, "agent": name, "state": None,
+                "missing": f"{name} on {label}, all {self.online_steps} iterations"}
+
+    def setup(self) -> "_Episodes":
+        return _Episodes(self)
+
+    def run(self, context: "_Episodes", args: tuple) -> dict:
+        """One task's rows: ``{"rows": [(step row, iteration), ...], "calls": [call columns, ...],
+        "case_info": {"compute", "layout"}}``, and for a search task ``"reference"`` (state ->
+        search and bound step times, µs) and ``"search"`` (its ``SearchResult.to_json()``)."""
+        kind, case = args[0], args[1]
+        if kind == "search":
+            return context.search_case(case)
+        if kind == "offline":
+            agent, state = context.offline[args[2]], self.states[args[3]]
+            return context.episodes(case, [(agent, state, -1, True)])
+        agent = context.online[args[2]].fresh()
+        last = self.online_steps - 1
+        return context.episodes(case, [(agent, self.states[i % len(self.states)], i, i == last)
+                                       for i in range(self.online_steps)])
+
+
+class _Episodes:
+    """What an :class:`EvaluationJob`'s tasks share in one process: its agents and an environment
+    per case."""
+
+    def __init__(self, job: EvaluationJob) -> None:
+        self.job = job
+        self.search = job.search.build()
+        self.search.states = list(job.states)
+        self.offline = [source.build() for source in job.offline]
+        self.online = [source.build() for source in job.online]
+        self._envs: dict[int, TuningEnv] = {}
+
+    def env(self, case: int) -> TuningEnv:
+        """A ``TuningEnv`` of case ``case`` alone (made once per process)."""
+        if case not in self._envs:
+            from dynamiccl.tuning.env import TuningEnv
+
+            job = self.job
+            self._envs[case] = TuningEnv([job.cases[case]], model=job.model, cost_options=job.cost_options,
+                                         knobs=job.knobs)
+        return self._envs[case]
+
+    def episodes(self, case: int, runs: list[tuple[Agent, int, int, bool]]) -> dict:
+        """``runs`` of (agent, state, iteration, record calls) on ``case``, in order."""
+        env = self.env(case)
+        rows, calls = [], []
+        for agent, state, iteration, record in runs:
+            out = run_episode(env, agent, 0, state, record_calls=record)
+            rows.append((out["step"], iteration))
+            if record:
+                calls.append({**out["calls"], "iteration": np.full(len(out["calls"]["call"]), iteration)})
+        loaded = env.simulator.case
+        return {"rows": rows, "calls": calls,
+                "case_info": {"compute": loaded.program.compute, "layout": loaded.layout_label}}
+
+    def search_case(self, case: int) -> dict:
+        from dynamiccl.tuning.search import step_bounds
+
+        out = self.episodes(case, [(self.search, state, -1, True) for state in self.job.states])
+        loaded = self.env(case).simulator.case
+        reference = {}
+        for (row, _), state in zip(out["rows"], self.job.states):  # the first episode ran the search
+            bounds = step_bounds(loaded, state)
+            reference[state] = {"search_step_time_us": row["step_time_us"],
+                                "line_rate_bound_step_time_us": bounds.line_rate_step_time_us,
+                                "no_comm_step_time_us": bounds.no_comm_step_time_us}
+        label = self.job.cases[case].label
+        return {**out, "reference": reference, "search": self.search.results[label].to_json()}
+
+
+def _evaluation_job(agents: Sequence[Agent], sources: Sequence[AgentSource], cases: tuple[Case, ...], model: str,
+                    cost_options: CostModelOptions, knobs: bool, states: Sequence[int],
+                    online_steps: int) -> tuple[EvaluationJob, list[str]]:
+    """The job of evaluating ``agents`` (each sent as ``sources[i]``), and the agents' names in the
+    results' ``meta["agents"]`` order (the search reference first when not among ``agents``).
+
+    Raises:
+        ValueError: no states, ``online_steps`` < 1, or two agents with the same name.
+        TypeError: an online agent without ``fresh()``.
+    """
+    states = tuple(int(s) for s in states)
     if not states:
         raise ValueError("evaluate needs at least one dynamics state")
     if online_steps < 1:
         raise ValueError(f"online_steps must be >= 1, got {online_steps}")
-    search = next((a for a in agents if isinstance(a, SearchAgent)), None)
-    agents = ([] if search else [SearchAgent()]) + list(agents)
-    search = search or agents[0]
-    search.states = list(states)
-    names = [a.name for a in agents]
+    pairs = list(zip(agents, sources))
+    search = next(((a, s) for a, s in pairs if isinstance(a, SearchAgent)), None)
+    if search is None:
+        reference = SearchAgent()
+        search = (reference, AgentSource(reference.name, agent=reference))
+        pairs = [search] + pairs
+    search[0].states = list(states)
+    names = [a.name for a, _ in pairs]
     if len(set(names)) != len(names):
         raise ValueError(f"agent names must be unique, got {names}")
-    for agent in agents:
+    for agent, _ in pairs:
         if agent.needs_measurements and not callable(getattr(agent, "fresh", None)):
             raise TypeError(f"online agent {agent.name!r} needs a fresh() method (a new learner per case)")
-    offline = [a for a in agents if not a.needs_measurements and a is not search]
-    online = [a for a in agents if a.needs_measurements]
+    offline = tuple(s for a, s in pairs if not a.needs_measurements and a is not search[0])
+    online = tuple(s for a, s in pairs if a.needs_measurements)
+    return EvaluationJob(tuple(cases), model, cost_options, bool(knobs), states, search[1], offline, online,
+                         int(online_steps)), names
 
-    base = env.unwrapped
-    total = len(base.cases) * (len(states) * (1 + len(offline)) + online_steps * len(online))
-    bar = tqdm(total=total, disable=not progress, unit="episode", desc="evaluate")
-    step_rows: list[dict] = []
-    call_parts: list[dict] = []
 
-    def episode(agent: Agent, case: int, state: int, record: bool) -> dict:
-        bar.set_postfix_str(f"{agent.name} on {base.cases[case].label}", refresh=False)
-        out = run_episode(base, agent, case, state, record_calls=record)
-        bar.update()
-        return out
+def _run_evaluation(job: EvaluationJob, names: list[str], parallel, progress: bool) -> tuple[Results, list[dict]]:
+    """Run ``job``'s tasks where ``parallel`` says and merge them: rows in key order, the offline and
+    online rows finished with their case's search reference; ``meta["failures"]`` (present only when
+    a task failed twice) lists what failed and the rows it leaves out.
 
-    try:
-        for case in range(len(base.cases)):
-            reference = {}
-            for state in states:
-                out = episode(search, case, state, True)  # the first one runs the case's search
-                bounds = step_bounds(base.simulator.case, state)
-                reference[state] = {"search_step_time_us": out["step"]["step_time_us"],
-                                    "line_rate_bound_step_time_us": bounds.line_rate_step_time_us,
-                                    "no_comm_step_time_us": bounds.no_comm_step_time_us}
-                step_rows.append(_finish_row(out["step"], -1, reference[state]))
-                call_parts.append({**out["calls"], "iteration": np.full(len(out["calls"]["call"]), -1)})
-            for agent in offline:
-                for state in states:
-                    out = episode(agent, case, state, True)
-                    step_rows.append(_finish_row(out["step"], -1, reference[state]))
-                    call_parts.append({**out["calls"], "iteration": np.full(len(out["calls"]["call"]), -1)})
-            for template in online:
-                agent = template.fresh()
-                for iteration in range(online_steps):
-                    state = states[iteration % len(states)]
-                    last = iteration == online_steps - 1
-                    out = episode(agent, case, state, last)
-                    step_rows.append(_finish_row(out["step"], iteration, reference[state]))
-                    if last:
-                        call_parts.append({**out["calls"],
-                                           "iteration": np.full(len(out["calls"]["call"]), iteration)})
-    finally:
-        bar.close()
+    Raises:
+        InputError: ``--ray`` without Ray, or a cluster that does not answer.
+    """
+    from dynamiccl.sweep import run_sweep
 
+    outcome = run_sweep(job, job.tasks(), parallel, progress=progress, desc="evaluate")
+    references = {key[0]: result["reference"] for key, result in outcome.results.items() if key[1] == 0}
+    step_rows, call_parts, info = [], [], {}
+    for key, result in outcome.results.items():
+        reference = references.get(key[0])
+        for row, iteration in result["rows"]:
+            step_rows.append(_finish_row(row, iteration, reference[row["state"]] if reference else _NO_REFERENCE))
+        call_parts += result["calls"]
+        info.setdefault(key[0], result["case_info"])
     columns = list(STEP_COLUMNS) + [col for col in OPTIONAL_STEP_COLUMNS if any(col in row for row in step_rows)]
     steps = pd.DataFrame(step_rows, columns=columns)
-    descriptions = sorted({row["cost_model"] for row in step_rows})
-    meta = {"dynamiccl_version": __version__, "cost_model": base.model, "cost_model_descriptions": descriptions,
-            "states": states, "online_steps": int(online_steps), "agents": [a.name for a in agents],
-            "search": {label: result.to_json() for label, result in search.results.items()},
-            "cases": [c.label for c in base.cases],
-            "case_compute": {c.label: load_case(c, base.model, base.cost_options).program.compute for c in base.cases},
-            "case_layout": {c.label: load_case(c, base.model, base.cost_options).layout_label for c in base.cases},
-            "knobs": bool(base.knobs)}
-    if base.cost_options.measurements:
-        meta["measurements"] = list(base.cost_options.measurements)
-    return Results(steps, _calls_frame(call_parts), meta)
+    labels = [case.label for case in job.cases]
+    searched = {labels[key[0]]: result["search"] for key, result in outcome.results.items() if key[1] == 0}
+    meta = {"dynamiccl_version": __version__, "cost_model": job.model,
+            "cost_model_descriptions": sorted({row["cost_model"] for row in step_rows}),
+            "states": list(job.states), "online_steps": job.online_steps, "agents": names, "search": searched,
+            "cases": labels,
+            "case_compute": {labels[case]: info[case]["compute"] for case in sorted(info)},
+            "case_layout": {labels[case]: info[case]["layout"] for case in sorted(info)},
+            "knobs": job.knobs}
+    if job.cost_options.measurements:
+        meta["measurements"] = list(job.cost_options.measurements)
+    failures = [{**job.describe(f.key), "task": f.label, "error": f.error, "attempts": f.attempts}
+                for f in outcome.failures]
+    if failures:
+        meta["failures"] = failures
+    return Results(steps, _calls_frame(call_parts), meta), failures
 
 
 # --- what to evaluate ------------------------------------------------------------------------------
@@ -576,26 +811,103 @@ class EvaluationPlan:
 
 @dataclass
 class Evaluation:
-    """The outcome of :func:`evaluate_plan`: the results, and what priced them (the description of
-    the cost model on the last case replayed, e.g. "world simulator (...) on 1 x 8 H100-SXM ...")."""
+    """The outcome of :func:`evaluate_plan`: the results, what priced them (the description of the
+    cost model on the last case replayed, e.g. "world simulator (...) on 1 x 8 H100-SXM ..."), where
+    it ran (``ran_on``: :meth:`dynamiccl.sweep.Parallelism.describe`), and the tasks that failed twice
+    (``failures``, also in ``results.meta["failures"]``: case, agent, state, task, error, attempts and
+    the rows it leaves ``missing``); the results hold every other task's rows."""
 
     results: Results
     cost_model: str
+    ran_on: str = "this process"
+    failures: list[dict] = field(default_factory=list)
+
+
+# Left to its default (every core), an evaluation whose episodes decide fewer calls than this runs in
+# this process: a worker process takes ~2 s to start and import what an episode needs (measured on 2
+# cores: `dynamiccl evaluate` of traces/ref-pp2-dp2.parquet on dgx-h100 takes 1.6 s in this process,
+# 3.8 s on two workers), and an episode costs ~25-70 µs per decided call (the default experiment's
+# held-out cases), so this is ~5 s of work: below it, a pool costs more than it saves.
+POOL_MIN_DECISIONS = 100_000
+
+
+@dataclass
+class EvaluationRun:
+    """An evaluation ready to run (:func:`prepare_evaluation`): its ``job``, the agents' ``names`` in
+    the results' order, where it runs (``parallel``, a :class:`dynamiccl.sweep.Parallelism`) and that
+    in words (``ran_on``, with the reason where it differs from what was asked)."""
+
+    job: EvaluationJob
+    names: list[str]
+    parallel: object
+    ran_on: str
+
+    def run(self, progress: bool = True) -> Evaluation:
+        """Run every task (a progress bar over tasks with ``progress``) and merge the results.
+
+        Raises:
+            InputError: ``--ray`` without Ray, or a cluster that does not answer.
+        """
+        results, failures = _run_evaluation(self.job, self.names, self.parallel, progress)
+        descriptions = results.steps["cost_model"]
+        return Evaluation(results, str(descriptions.iloc[-1]) if len(descriptions) else self.job.model, self.ran_on,
+                          failures)
+
+
+def prepare_evaluation(plan: EvaluationPlan, agent_names: Sequence[str], *, policy: str | None = None,
+                       online_steps: int = 20, parallel=None) -> EvaluationRun:
+    """Check ``plan``'s cases (each is loaded here: bad input is an error before any task runs),
+    build the registered agents ``agent_names`` (``policy``: the file of the "policy" agent; without
+    it that agent is left out; static-best is fitted here, once) and say where the tasks of
+    :class:`EvaluationJob` will run: ``parallel`` (a :class:`dynamiccl.sweep.Parallelism`; None is
+    ``Parallelism()``: every core), except that
+
+    - left to its default (no ``workers``, no ``ray``), an evaluation whose episodes decide fewer than
+      :data:`POOL_MIN_DECISIONS` calls runs in this process (a pool would cost more than it saves);
+    - a cost model that runs collectives on this machine (live) runs in this process: parallel
+      measurements would share its cores.
+
+    Raises:
+        InputError: an unknown agent name, an unreadable policy, or a case that cannot be loaded.
+        ValueError: no states, or ``online_steps`` < 1.
+    """
+    from dynamiccl.costmodel.registry import COST_MODELS
+    from dynamiccl.sweep import Parallelism
+    from dynamiccl.tuning.agents import PolicyAgent, TableAgent
+
+    # What fails later, in a worker (a file missing on a Ray node, a worker killed), is a task failure.
+    calls = [len(load_case(case, plan.model, plan.cost_options, knobs=plan.knobs).program.tunable_calls)
+             for case in plan.cases]
+    agents = make_agents(agent_names, AgentInputs(policy=policy, fit=plan.fit_episodes))
+    # The registry's "policy" entry is what makes a PolicyAgent or TableAgent: its file goes to the workers.
+    sources = [AgentSource.of(a, policy if isinstance(a, (PolicyAgent, TableAgent)) else None) for a in agents]
+    job, names = _evaluation_job(agents, sources, tuple(plan.cases), plan.model, plan.cost_options, plan.knobs,
+                                 plan.states, online_steps)
+    parallel = parallel or Parallelism()
+    here = Parallelism(workers=1)
+    decisions = sum(calls) * (len(job.states) * (1 + len(job.offline)) + len(job.online) * job.online_steps)
+    if COST_MODELS[plan.model].runs_collectives and parallel != here:
+        return EvaluationRun(job, names, here, f"this process (the {plan.model} cost model measures on this "
+                                               "machine's cores)")
+    if parallel == Parallelism() and parallel.local_workers() > 1 and decisions < POOL_MIN_DECISIONS:
+        return EvaluationRun(job, names, here, f"this process (a small evaluation, {decisions:,} call decisions: "
+                                               "--workers N runs it on N processes)")
+    return EvaluationRun(job, names, parallel, parallel.describe())
 
 
 def evaluate_plan(plan: EvaluationPlan, agent_names: Sequence[str], *, policy: str | None = None,
-                  online_steps: int = 20, progress: bool = True) -> Evaluation:
-    """Build the registered agents ``agent_names`` (``policy``: the file of the "policy" agent;
-    without it that agent is left out) and :func:`evaluate` them on ``plan``.
+                  online_steps: int = 20, progress: bool = True, parallel=None) -> Evaluation:
+    """:func:`prepare_evaluation` and run it: the registered agents ``agent_names`` evaluated on
+    ``plan`` as :func:`evaluate` does, with the same results wherever the tasks ran. A task that
+    fails twice does not stop the others: it is in ``Evaluation.failures``.
 
     Raises:
-        InputError: an unknown agent name, an unreadable policy, or a case that cannot be replayed.
+        InputError: an unknown agent name, an unreadable policy, a case that cannot be loaded, or
+            ``--ray`` without Ray or a cluster that answers.
         ValueError: no states, or ``online_steps`` < 1.
     """
-    env = plan.env()
-    agents = make_agents(agent_names, AgentInputs(policy=policy, fit=plan.fit_episodes))
-    results = evaluate(agents, env, list(plan.states), online_steps=online_steps, progress=progress)
-    return Evaluation(results, env.simulator.case.costs.description)
+    return prepare_evaluation(plan, agent_names, policy=policy, online_steps=online_steps,
+                              parallel=parallel).run(progress)
 
 
 # --- sample efficiency ------------------------------------------------------------------------------
@@ -654,4 +966,7 @@ def sample_efficiency(steps: pd.DataFrame, share: float = CONVERGED_SHARE,
 
 
 __all__ = ["CALL_COLUMNS", "METADATA_KEY", "NOTHING_TO_GAIN", "REFERENCE_AGENT", "STEP_COLUMNS", "SUMMARY_COLUMNS",
-           "Results", "calls_path", "evaluate", "gain_share", "geomean_ratio", "run_episode", "sample_efficiency"]
+           "POOL_MIN_DECISIONS", "AgentSource", "Evaluation", "EvaluationFailed", "EvaluationJob", "EvaluationPlan",
+           "EvaluationRun", "Results", "calls_path",
+           "evaluate", "evaluate_plan", "failure_text", "gain_share", "geomean_ratio", "run_episode",
+           "meta_without_timing", "prepare_evaluation", "sample_efficiency"]
