@@ -5,8 +5,8 @@ interpreter's environment, on free ports, in a short temporary directory: Ray's 
 under it and a socket path may not exceed 107 characters) and stopped afterwards, whatever happened:
 the processes of its session are ended by their ids (not ``ray stop``, which ends every Ray process
 of the machine, other users' clusters too) and its directory removed. The sweep goes through the
-real command line (``python -m dynamiccl ... --ray 127.0.0.1:PORT``), the local pool through
-``main`` (``--workers 2``).
+real command line (``python -m dynamiccl search|evaluate ... --ray 127.0.0.1:PORT``), the local pool
+through ``main`` (``--workers 2``) at the same time.
 
 Ray is in the dev extra: where it is missing these tests FAIL, saying how to install it (they never
 skip: CI must run them).
@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from sweep_cases import REPO, search_argv, search_config, search_written
 
@@ -41,9 +42,13 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    """This interpreter's environment, with this checkout's dynamiccl first (the Ray workers too)."""
+    """This interpreter's environment, with this checkout's dynamiccl first (the Ray workers too), and
+    Ray's token authentication off for the test's own cluster on this machine: ``ray start`` turns it
+    on wherever ``~/.ray/auth_token`` exists (any earlier local ``ray.init()`` writes one), while a
+    driver given an address uses it only when ``RAY_AUTH_MODE=token`` says so."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["RAY_AUTH_MODE"] = "disabled"
     return env
 
 
@@ -147,6 +152,25 @@ def test_search_on_ray_writes_what_the_local_pool_writes(ray_address, tmp_path, 
     tables, rows, failures = search_written(*on_ray)
     assert len(tables) == 2 and len(rows) == 2 and failures == []
     assert (tables, rows, failures) == search_written(*pool)  # byte for byte, row for row
+
+
+def test_evaluate_on_ray_writes_what_the_local_pool_writes(ray_address, tmp_path):
+    from dynamiccl.tuning.evaluate import Results, meta_without_timing
+
+    traces = [str(REPO / "traces/ref-pp2-dp2.parquet"), str(REPO / "traces/llama3-8b_tp1-pp1-dp8.parquet")]
+    argv = ["evaluate", "--traces", *traces, "--envs", "dgx-h100", "--states", "2",
+            "--agents", "nccl-default,random,greedy-per-call"]
+    on_ray, pool = tmp_path / "ray.parquet", tmp_path / "pool.parquet"
+    statuses = []
+    done = _on_ray_beside([*argv, "-o", str(on_ray)], ray_address,
+                          lambda: statuses.append(main([*argv, "-o", str(pool), "--workers", "2"])))
+    assert done.returncode == 0 and statuses == [0], done.stderr[-3000:]
+    assert f"Ray cluster {ray_address}" in done.stderr  # where it ran
+    got, expected = Results.read(on_ray), Results.read(pool)
+    assert len(got.steps) == 2 * 2 * 4 and len(got.calls) > 0  # 2 cases x 2 states x (search + 3 agents)
+    pd.testing.assert_frame_equal(got.steps, expected.steps)  # row for row
+    pd.testing.assert_frame_equal(got.calls, expected.calls)
+    assert meta_without_timing(got.meta) == meta_without_timing(expected.meta)
 
 
 def test_ray_without_a_cluster_is_one_clear_error_naming_the_flag(tmp_path):
