@@ -1,6 +1,6 @@
 """Shared by the sweep tests of ``dynamiccl search`` (tests/test_search.py, tests/test_ray_sweep.py): a
-config of two small held-out cases (shipped traces on one DGX H100, one dynamics state), a case that
-fails in its task, and what a search wrote, in the form that must not depend on where its cases ran."""
+config of two small held-out cases (shipped traces on one DGX H100, one dynamics state), and what a
+search wrote, in the form that must not depend on where its cases ran."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = (("traces/ref-pp2-dp2.parquet", "dgx-h100"), ("traces/ref-dp2-tp2.parquet", "dgx-h100"))
-# Read and checked like any case, but its calls need 8 GPUs a node and gh200-4x4 has 4: found while
-# costing it, in the task that searches it (a failed case).
-FAILS_IN_ITS_TASK = ("traces/llama3-8b_tp1-pp1-dp8.parquet", "gh200-4x4")
 
 
 def search_config(directory: Path, cases=CASES) -> Path:

@@ -30,7 +30,7 @@ from dynamiccl.envspec import EnvSpec, resolve_env
 from dynamiccl.errors import InputError
 from dynamiccl.trace.consistency import require_consistent, require_fit
 from dynamiccl.trace.store import Trace
-from dynamiccl.tuning.costs import CostTable
+from dynamiccl.tuning.costs import CostTable, require_node_fit
 from dynamiccl.tuning.program import StepProgram
 from dynamiccl.tuning.timeline import Replay, latest_finish
 
@@ -116,18 +116,19 @@ def _program(trace: str, step: int | None) -> StepProgram:
 
 def check_case(case: Case) -> tuple[EnvSpec, StepProgram]:
     """(spec, compiled step) of ``case`` once what :func:`load_case` refuses before costing is
-    checked: the spec and the trace read, the step's ranks fit together and into the spec, the
-    congestion periods long enough, a collective to tune. No costing (the compiled step is cached per
-    process): a command that fans its cases out checks them all here first, and refuses bad input
-    before any work.
+    checked: the spec and the trace read, the step's ranks fit together, into the spec and into its
+    nodes, the congestion periods long enough, a collective to tune. No costing (the compiled step is
+    cached per process): a command that fans its cases out checks them all here first, and refuses
+    bad input before any work.
 
     Raises:
-        InputError: as :func:`load_case`, except for nodes smaller than the trace's (found while costing).
+        InputError: as :func:`load_case`.
     """
     env = resolve_env(case.env)
     program = _program(case.trace, case.step)
     require_fit(program.world_size, program.gpus_per_node, env.world_size, case.trace,
                 env.name)
+    require_node_fit(program.call_key, env, program.source)
     # The step lasts at least its busiest rank's compute: too many congestion periods in that
     # already is refused before any replay starts (a replay visits every period).
     check_period(env.dynamics, program.busiest_rank_compute_us(), env.source)
