@@ -19,7 +19,9 @@ of their own, beside the other commands: each command is one busy process, and C
   and must reach its progress bar (the marker), which it shows only after its arguments, its
   config and its output directory have been checked and work has begun; then it is stopped.
 - ``NEEDS``: needs a user's own job or files (``train.py``, NCCL logs, profiler dumps, a trace of
-  the user's step); only its command line is checked, by dynamiccl's own parser.
+  the user's step) or cluster (``ray start``, ``--ray auto``); only its command line is checked, by
+  its program's own parser: dynamiccl's, Ray's (its click commands), and for ``pip install
+  'dynamiccl[EXTRA]'`` the project's name and extras in ``pyproject.toml``.
 - ``./run test`` is this suite.
 
 ``./run`` itself: its setup (create ``.venv``, ``pip install``) needs the network, so the copy gets
@@ -77,7 +79,7 @@ CHECKS: dict[str, Check] = {
     "dynamiccl train --config experiments/default.toml --output-dir my-run": starts(TRAIN_BAR),
     "dynamiccl evaluate --config experiments/default.toml --policy experiments/default/run/policy.zip "
     "-o results.parquet": starts(r"evaluate:\s+\d+%"),
-    "dynamiccl search --config experiments/default.toml -o search/": starts(r"search \S+: \d+key"),
+    "dynamiccl search --config experiments/default.toml -o search/": starts(r"search:\s+\d+%"),
     "dynamiccl table export --policy experiments/default/run/policy.zip -o table.json --nccl-csv nccl_tuner.conf": RUN,
     "dynamiccl report experiments/default/results.parquet -o report/ --training-curve "
     "experiments/default/run/training_curve.csv --calibration experiments/calibration/validation.json "
@@ -154,6 +156,15 @@ CHECKS: dict[str, Check] = {
     "dynamiccl replay traces/ref-pp2-dp2.parquet --env dgx-h100 --params my_params.json": RUN,
     "dynamiccl bench --list": RUN,
     "dynamiccl bench generate-405b costmodel-evals --record experiments/bench": BENCH,
+    "pip install 'dynamiccl[ray]'": needs("a machine of the user's Ray cluster (the extra is checked in "
+                                          "pyproject.toml)"),
+    "ray start --head": needs("a machine of the user's Ray cluster (tests/test_ray_sweep.py starts a local one)"),
+    "ray start --address HEAD:6379": needs("the head of the user's Ray cluster"),
+    "dynamiccl evaluate --config experiments/default.toml --policy experiments/default/run/policy.zip --ray auto "
+    "-o results.parquet": needs("a Ray cluster (tests/test_ray_sweep.py runs a sweep on a local one)"),
+    "dynamiccl search --config experiments/default.toml -o search/ --ray auto":
+        needs("a Ray cluster (tests/test_ray_sweep.py runs a sweep on a local one)"),
+    "ray stop": needs("the user's Ray cluster (it stops every Ray process of the machine)"),
 }
 
 
@@ -296,10 +307,44 @@ def test_every_readme_command_has_a_check():
 
 @pytest.mark.parametrize("command", [c for c, check in CHECKS.items() if check.kind == "NEEDS"])
 def test_commands_on_a_users_files_parse(command):
+    words = shlex.split(command)
+    if words[0] == "pip":
+        _check_pip_install(words)
+        return
+    if words[0] == "ray":
+        _check_ray_command(words[1:])
+        return
     _, argv = process_argv(command)
     assert argv[:3] == [sys.executable, "-m", "dynamiccl"]
     args = build_parser().parse_args(argv[3:])  # SystemExit (status 2) on an unknown flag or a bad value
     assert callable(args.func)
+
+
+def _check_pip_install(words: list[str]) -> None:
+    """``pip install 'dynamiccl[EXTRA,...]'``: this project, and extras its pyproject.toml defines."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    assert words[:2] == ["pip", "install"] and len(words) == 3, words
+    requirement = Requirement(words[2])
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert requirement.name == project["name"]
+    assert requirement.extras and requirement.extras <= set(project["optional-dependencies"]), requirement.extras
+
+
+def _check_ray_command(args: list[str]) -> None:
+    """A ``ray`` command line, parsed (not run) by Ray's own click commands: its sub-command and flags exist."""
+    try:
+        from ray.scripts.scripts import cli
+    except ImportError:
+        pytest.fail("Ray is not installed: pip install -e '.[dev]' (or 'dynamiccl[ray]')")
+    import click
+
+    name, *rest = args
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None, f"Ray has no command {name!r}"
+    command.make_context(f"ray {name}", rest)  # click.UsageError on an unknown flag or a bad value
 
 
 @pytest.mark.parametrize("command", [c for c, check in CHECKS.items() if check.kind in ("RUN", "STARTS")])

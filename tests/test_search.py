@@ -247,3 +247,58 @@ def test_a_fork_runs_on_without_touching_the_original(loaded):
     # and the original finishes as a replay that never forked
     fresh = new_replay(loaded, 0)
     assert replay.run() == fresh.run()
+
+
+def test_search_fans_out_per_case_with_the_same_tables_and_figures_and_names_a_failed_case(tmp_path, monkeypatch,
+                                                                                        capsys):
+    import dynamiccl.tuning.search as search_module
+    from sweep_cases import search_argv, search_config, search_written
+
+    config = search_config(tmp_path)
+    here = (tmp_path / "here", tmp_path / "here.json")
+    assert main(search_argv(config, *here, "--workers", "1")) == 0
+    assert "searched 2 of 2 case(s) in this process" in capsys.readouterr().out
+    tables, rows, failures = search_written(*here)
+    assert len(tables) == 2 and [row["case"] for row in rows] == ["ref-pp2-dp2@dgx-h100", "ref-dp2-tp2@dgx-h100"]
+    assert failures == []
+
+    # On a pool of 2: the tables byte for byte those of the run in this process, the rows equal.
+    pool = (tmp_path / "pool", tmp_path / "pool.json")
+    assert main(search_argv(config, *pool, "--workers", "2")) == 0
+    assert "searched 2 of 2 case(s) on 2 local worker processes" in capsys.readouterr().out
+    assert search_written(*pool) == (tables, rows, [])
+
+    # A case whose search breaks (made to, in this process) is retried, then named; the other is written.
+    search_once = search_module.search_one
+
+    def breaks_on_the_first_case(loaded, states, **kwargs):
+        if loaded.case.label == "ref-pp2-dp2@dgx-h100":
+            raise RuntimeError("the search broke")
+        return search_once(loaded, states, **kwargs)
+
+    monkeypatch.setattr(search_module, "search_one", breaks_on_the_first_case)
+    broken = (tmp_path / "broken", tmp_path / "broken.json")
+    assert main(search_argv(config, *broken, "--workers", "1")) == 1
+    captured = capsys.readouterr()
+    assert "searched 1 of 2 case(s) in this process" in captured.out and "ref-dp2-tp2@dgx-h100" in captured.out
+    assert "ref-pp2-dp2@dgx-h100 failed (attempt 1 of 2: RuntimeError: the search broke" in captured.err
+    assert "ref-pp2-dp2@dgx-h100: failed 2 times; last error: RuntimeError: the search broke" in captured.err
+    broken_tables, broken_rows, [failure] = search_written(*broken)
+    assert broken_tables == {name: data for name, data in tables.items() if "ref-dp2-tp2" in name}
+    assert broken_rows == rows[1:] and (failure["case"], failure["attempts"]) == ("ref-pp2-dp2@dgx-h100", 2)
+
+
+def test_search_refuses_a_bad_case_before_searching_any(tmp_path, capsys):
+    from sweep_cases import CASES, search_argv, search_config
+
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not a trace")
+    for bad, why in (((str(broken), "dgx-h100"), f"{broken}: not a readable Parquet file"),
+                     # 8 GPUs a node on nodes of 4: found without costing the case
+                     (("traces/llama3-8b_tp1-pp1-dp8.parquet", "gh200-4x4"), "needs 8 GPUs per node")):
+        config = search_config(tmp_path, (CASES[0], bad))
+        out = tmp_path / "out"
+        assert main(search_argv(config, out, tmp_path / "s.json", "--workers", "2")) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dynamiccl: error: ") and why in err and "search:" not in err
+        assert not out.exists() and not (tmp_path / "s.json").exists()

@@ -274,7 +274,7 @@ def test_a_sweep_writes_its_results_and_does_not_count_what_the_table_saw(tmp_pa
     bad = tmp_path / "bad.json"
     save(BAD, bad)
     out = tmp_path / "results"
-    assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(out)]) == 1
+    assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(out), "--workers", "1"]) == 1
     record = json.loads((tmp_path / "results.json").read_text())
     assert [row["verdict"] for row in record["layouts"]] == ["FAIL", "pass"]
     assert "| tp8 | TP | dgx-h100 |" in (tmp_path / "results.md").read_text()
@@ -282,8 +282,58 @@ def test_a_sweep_writes_its_results_and_does_not_count_what_the_table_saw(tmp_pa
     # The same table, its provenance naming the failing layout's case: that layout no longer counts.
     seen = DecisionTable(BAD.rules, {"cases": [layout_case(sweep.layouts[0]).label]})
     save(seen, bad)
-    assert main(["table", "check", str(bad), "--sweep", str(path), "--json"]) == 0
+    assert main(["table", "check", str(bad), "--sweep", str(path), "--json", "--workers", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["layouts"][0]["verdict"] == "seen in training"
+
+
+def test_a_sweep_fans_out_per_layout_with_the_same_results_and_names_a_layout_that_failed(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import dynamiccl.table.sweep as table_sweep
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = tmp_path / "s.toml"
+    layout = '[[layouts]]\nname = "{}"\nkind = "{}"\nworkload = {{ model = "{}", tp = {}, pp = 1, dp = {}, ' \
+             'global_batch = {} }}\nenv = "dgx-h100"\n'
+    path.write_text('[sweep]\nstates = 1\n' + layout.format("tp8", "TP", "llama3-8b", 8, 1, 1)
+                    + layout.format("dp2", "DP", "gpt-tiny", 1, 2, 2) + layout.format("dp8", "DP", "gpt-tiny", 1, 8, 8))
+    bad = tmp_path / "bad.json"
+    save(BAD, bad)
+
+    def check(workers: str, name: str) -> tuple[dict, list[str], str]:
+        assert main(["table", "check", str(bad), "--sweep", str(path), "-o", str(tmp_path / name),
+                     "--workers", workers]) == 1
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        md = (tmp_path / f"{name}.md").read_text().splitlines()
+        return record, [line for line in md if line.startswith("| ")], capsys.readouterr().err
+
+    here, here_rows, err = check("1", "here")
+    assert "checked 3 of 3 layouts in this process" in err
+    assert [row["verdict"] for row in here["layouts"]] == ["FAIL", "pass", "pass"] and here["failed"] == []
+    pool, pool_rows, err = check("2", "pool")
+    assert "checked 3 of 3 layouts on 2 local worker processes" in err
+    assert pool_rows == here_rows and {**pool, "wall_s": 0} == {**here, "wall_s": 0}
+
+    # A layout whose check fails (twice) is named, the table does not pass, the others are kept in order.
+    replay = table_sweep.check_cases
+
+    def fails_on_dp2(table, cases, **kwargs):
+        if cases[0].trace == dp2_trace:
+            raise RuntimeError("the replay broke")
+        return replay(table, cases, **kwargs)
+
+    dp2_trace = table_sweep.layout_case(table_sweep.load_sweep(path).layouts[1]).trace
+    monkeypatch.setattr(table_sweep, "check_cases", fails_on_dp2)
+    failed, failed_rows, err = check("1", "failed")
+    assert "checked 2 of 3 layouts in this process" in err
+    assert "dp2: failed 2 times; last error: RuntimeError: the replay broke" in err
+    assert failed["layouts"] == [here["layouts"][0], here["layouts"][2]] and not failed["passed"]
+    [entry] = failed["failed"]
+    assert entry["error"].startswith("RuntimeError: the replay broke (table/sweep.py:")  # where in dynamiccl
+    assert {**entry, "error": ""} == {"name": "dp2", "kind": "DP", "env": "dgx-h100", "attempts": 2, "error": ""}
+    md = (tmp_path / "failed.md").read_text()
+    assert "## Layouts that could not be checked" in md and "- **dp2** (DP, dgx-h100): failed 2 times" in md
+    assert "2 layouts (2 the table never saw; 1 more could not be checked)" in md
+    assert failed_rows == [row for row in here_rows if not row.startswith("| dp2 |")]
 
 
 # --- launch and doctor ---------------------------------------------------------------------------------

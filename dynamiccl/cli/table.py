@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from dynamiccl.cli.common import add_measurements, add_world_params, cost_options
+from dynamiccl.cli.common import add_measurements, add_parallel, add_world_params, cost_options, parallelism, ran_on
 from dynamiccl.cli.workload import add_workload_arguments, workload_from_args
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs
@@ -72,6 +72,7 @@ def add(sub) -> None:
     ck.add_argument("--cost-model", default=None, help="registered cost model to replay with (default world)")
     add_measurements(ck, model_flag="--cost-model")
     add_world_params(ck)
+    add_parallel(ck, "layouts of --sweep")
     ck.add_argument("--json", action="store_true", help="print the result as JSON")
     add_workload_arguments(ck, required=False, with_env=False)
     ck.set_defaults(func=cmd_table_check)
@@ -267,6 +268,7 @@ def check_case(trace: str | None, env: str | None, args, command: str) -> tuple[
 def _check_sweep(args, table, model: str, options) -> int:
     from dataclasses import replace
 
+    from dynamiccl.sweep import SweepOutcome
     from dynamiccl.table.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
@@ -274,7 +276,13 @@ def _check_sweep(args, table, model: str, options) -> int:
         sweep = replace(sweep, states=tuple(range(sweep.states[0], sweep.states[0] + args.states)))
     if args.tolerance is not None:
         sweep = replace(sweep, tolerance=args.tolerance)
-    result = run_sweep(table, sweep, table_path=args.table, model=model, progress=True, cost_options=options)
+    result = run_sweep(table, sweep, table_path=args.table, model=model, progress=True, cost_options=options,
+                       parallel=parallelism(args))
+    print(f"checked {len(result.checks)} of {len(sweep.layouts)} layouts {ran_on(result)}", file=sys.stderr)
+    if result.failed:
+        failed = SweepOutcome({}, [failure for _, failure in result.failed])
+        print(f"table check: {len(result.failed)} layout(s) could not be checked (the table does not pass):\n"
+              + failed.failure_text(), file=sys.stderr)
     if args.output:
         md, js = result.write(args.output)
         print(f"wrote {md} and {js}", file=sys.stderr)

@@ -7,11 +7,12 @@ and how fast)."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from dynamiccl import schema
 from dynamiccl.cli.common import add_measurements, add_parallel, add_world_params, cost_options, invocation, \
-    parallelism
+    parallelism, ran_on
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs, claim_output_dir
 
@@ -267,14 +268,16 @@ def _search_cases(args):
 
 
 def cmd_search(args) -> int:
+    """``dynamiccl search``: one sweep task per case (:class:`~dynamiccl.tuning.search.SearchJob`) where
+    ``--workers``/``--ray`` say; every table and the JSON written once at the end. Exit status 1 when a
+    case failed twice (the others' tables and rows are written)."""
     from pathlib import Path
-
-    from tqdm.auto import tqdm
 
     from dynamiccl import atomic
     from dynamiccl import table as table_io
-    from dynamiccl.tuning.cases import load_case
-    from dynamiccl.tuning.search import search_case, search_report_text, step_bounds
+    from dynamiccl.sweep import Task, run_sweep
+    from dynamiccl.tuning.cases import check_case
+    from dynamiccl.tuning.search import SearchJob, search_report_text
 
     output = Path(args.output)
     check_outputs(args.json)
@@ -290,20 +293,28 @@ def cmd_search(args) -> int:
                          "or pick one case with --case")
     else:
         destinations = [output / f"{case.label}.json" for case in cases]
+    calls = [len(check_case(case)[1].tunable_calls) for case in cases]  # bad input is refused here, before any search
+    # The biggest steps first, so that no worker starts the longest search last (results come back in case order).
+    tasks = sorted((Task(i, case.label, case) for i, case in enumerate(cases)), key=lambda task: -calls[task.key])
+    job = SearchJob(model, options, knobs, tuple(states), args.max_sweeps)
+    outcome = run_sweep(job, tasks, parallelism(args), desc="search")
     rows = []
-    for case, dest in zip(cases, destinations):
-        loaded = load_case(case, model, options, knobs=knobs)
-        with tqdm(desc=f"search {case.label}", unit="key", leave=False) as bar:
-            result = search_case(loaded, states, max_sweeps=args.max_sweeps, progress=bar)
-        bounds = [step_bounds(loaded, state) for state in states]
-        table_io.save(result.table, dest)
-        rows.append({**result.to_json(), "table": str(dest),
-                     "line_rate_bound_step_time_us": [b.line_rate_step_time_us for b in bounds],
-                     "no_comm_step_time_us": [b.no_comm_step_time_us for b in bounds]})
-    print(search_report_text(rows))
+    for i, found in outcome.results.items():
+        table_io.save(found.table, destinations[i])
+        rows.append(found.row(str(destinations[i])))
+    if rows:
+        print(search_report_text(rows))
     if args.json:
-        atomic.write_text(args.json, json.dumps({"cost_model": model, "cases": rows}, indent=1) + "\n")
-    print("wrote " + ", ".join(row["table"] for row in rows))
+        failures = [{"case": f.label, "attempts": f.attempts, "error": f.error} for f in outcome.failures]
+        atomic.write_text(args.json, json.dumps({"cost_model": model, "cases": rows, "failures": failures},
+                                                indent=1) + "\n")
+    print(f"searched {len(rows)} of {len(cases)} case(s) {ran_on(outcome)}")
+    if rows:
+        print("wrote " + ", ".join(row["table"] for row in rows))
+    if outcome.failures:
+        print(f"search: {len(outcome.failures)} case(s) failed, no table written for them:\n"
+              + outcome.failure_text(), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,7 +17,12 @@ on an environment spec -- and how to replay them::
 ``run_sweep`` checks a table on every layout (``dynamiccl.table.check.check_cases``; workloads are
 generated once into the user's cache) and marks a layout *seen* when the table's provenance lists
 its case among those it was built from (then it is no held-out evidence and does not count).
-``SweepResult.write`` stores a Markdown table and the JSON beside it, each atomically.
+The layouts are checked one sweep task each (:mod:`dynamiccl.sweep`, :class:`LayoutCheckJob`): in
+this process, on a local process pool or on a Ray cluster, with the same results in the sweep
+file's order whichever way; a layout whose check fails twice is reported with its name (the table
+then does not pass) and the others' results are kept. The workloads are generated here first, so
+every worker reads the same trace files. ``SweepResult.write`` stores a Markdown table and the JSON
+beside it, each atomically, once.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamiccl import __version__, atomic, schema
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.envspec import resolve_env
 from dynamiccl.errors import InputError, LayoutError
+from dynamiccl.sweep import Failure, Parallelism, Task
+from dynamiccl.sweep import run_sweep as fan_out
 from dynamiccl.table.check import CHECK_STATE_OFFSET, TOLERANCE, CaseCheck, check_cases
 from dynamiccl.table.model import DecisionTable
-from dynamiccl.tuning.cases import Case
+from dynamiccl.tuning.cases import Case, check_case
 from dynamiccl.workload.spec import WORKLOAD, WorkloadSpec
 
 SWEEP = schema.Schema(
@@ -135,7 +143,10 @@ def output_paths(output: str | os.PathLike) -> tuple[Path, Path]:
 
 @dataclass
 class SweepResult:
-    """A table checked on a sweep: per layout its ``CaseCheck`` and whether the table saw it."""
+    """A table checked on a sweep: per layout checked (sweep file order) its ``CaseCheck`` and whether
+    the table saw it; ``failed``: the layouts whose check failed twice, each with its
+    :class:`~dynamiccl.sweep.Failure`; ``backend`` and ``workers``: where the checks ran (as
+    :class:`~dynamiccl.sweep.SweepOutcome` says)."""
 
     table_path: str
     sweep: Sweep
@@ -144,6 +155,9 @@ class SweepResult:
     seen: list[bool]
     wall_s: float
     model: str
+    failed: list[tuple[SweepLayout, Failure]] = field(default_factory=list)
+    backend: str = "this process"
+    workers: int = 1
 
     @property
     def counted(self) -> list[int]:
@@ -152,8 +166,8 @@ class SweepResult:
 
     @property
     def passed(self) -> bool:
-        """Whether the table passes on every layout that counts."""
-        return all(self.checks[i].passed for i in self.counted)
+        """Whether the table passes on every layout that counts (and every layout could be checked)."""
+        return not self.failed and all(self.checks[i].passed for i in self.counted)
 
     @property
     def worst(self) -> float:
@@ -173,14 +187,17 @@ class SweepResult:
                 "layouts": [{"name": layout.name, "kind": layout.kind, "env": layout.env,
                              "workload": layout.workload.to_dict(), "verdict": self.verdict(i),
                              **check.to_json()}
-                            for i, (layout, check) in enumerate(zip(self.layouts, self.checks))]}
+                            for i, (layout, check) in enumerate(zip(self.layouts, self.checks))],
+                "failed": [{"name": layout.name, "kind": layout.kind, "env": layout.env,
+                            "attempts": failure.attempts, "error": failure.error} for layout, failure in self.failed]}
 
     def markdown(self) -> str:
         """The results table: per layout NCCL's default step, the table's, the ratio, the verdict."""
         counted = self.counted
         failed = sum(not self.checks[i].passed for i in counted)
         lines = [f"# Sweep of `{self.table_path}` on `{self.sweep.source}`", "",
-                 f"{len(self.layouts)} layouts ({len(counted)} the table never saw), dynamics states "
+                 f"{len(self.layouts)} layouts ({len(counted)} the table never saw"
+                 f"{f'; {len(self.failed)} more could not be checked' if self.failed else ''}), dynamics states "
                  f"{self.sweep.states[0]}..{self.sweep.states[-1]}, cost model `{self.model}`, tolerance "
                  f"{self.sweep.tolerance:.1%}: **{'PASS' if self.passed else 'FAIL'}** ({failed} failed; "
                  f"worst ratio {self.worst:.4f}x). Ratio = NCCL's default step / the table's step (> 1: "
@@ -193,6 +210,10 @@ class SweepResult:
             lines.append(f"| {layout.name} | {layout.kind} | {layout.env} | {check.default_step_us / 1e3:,.2f} | "
                          f"{check.table_step_us / 1e3:,.2f} | {check.ratio:.4f} | {check.noise:.2%} | "
                          f"{check.changed_calls:g} | {self.verdict(i)} |")
+        if self.failed:
+            lines += ["", "## Layouts that could not be checked", ""]
+            lines += [f"- **{layout.name}** ({layout.kind}, {layout.env}): failed {failure.attempts} times; "
+                      f"{failure.error}" for layout, failure in self.failed]
         refused = [i for i in counted if not self.checks[i].passed]
         if refused:
             lines += ["", "## Calls responsible where the table fails", ""]
@@ -215,25 +236,60 @@ class SweepResult:
         return md, js
 
 
+@dataclass(frozen=True)
+class LayoutCheckJob:
+    """The checks of a sweep as a sweep job (:class:`dynamiccl.sweep.SweepJob`): a task's args are a
+    layout's :class:`~dynamiccl.tuning.cases.Case`, its result that case's ``CaseCheck`` of ``table``
+    under ``states`` and ``tolerance``, priced by the registered cost model ``model`` made with
+    ``cost_options``."""
+
+    table: DecisionTable
+    states: tuple[int, ...]
+    tolerance: float
+    model: str
+    cost_options: CostModelOptions | None = None
+
+    def setup(self) -> None:
+        return None  # load_case caches each case per process
+
+    def run(self, context: None, case: Case) -> CaseCheck:
+        """Check ``case`` (no progress bar: the sweep has its own).
+
+        Raises:
+            InputError: a case that cannot be replayed.
+        """
+        return check_cases(self.table, [case], states=self.states, model=self.model, tolerance=self.tolerance,
+                           cost_options=self.cost_options)[0]
+
+
 def run_sweep(table: DecisionTable, sweep: Sweep, *, table_path: str = "", model: str | None = None,
-              progress: bool = False, cost_options=None) -> SweepResult:
+              progress: bool = False, cost_options=None, parallel: Parallelism = Parallelism()) -> SweepResult:
     """Check ``table`` on every layout of ``sweep`` (module docstring), under the registered cost
-    model ``model`` made with ``cost_options`` (a ``CostModelOptions``; None: the defaults).
+    model ``model`` made with ``cost_options`` (a ``CostModelOptions``; None: the defaults), one
+    task per layout where ``parallel`` says (default: a process per core); ``progress``: a bar over
+    the layouts.
 
     Raises:
-        InputError: a layout that cannot be generated or replayed.
+        InputError: a layout whose workload cannot be generated or replayed (before any check
+            runs), or a Ray cluster that cannot be reached.
     """
     from dynamiccl.costmodel.registry import DEFAULT_COST_MODEL
 
     model = model or DEFAULT_COST_MODEL
     started = time.perf_counter()
     cases = [layout_case(layout, sweep.source) for layout in sweep.layouts]
+    # A layout that cannot be replayed is refused here, before any check runs.
+    calls = [len(check_case(case)[1].tunable_calls) for case in cases]
     trained_on = set(table.provenance.get("cases", []) or [])
-    checks = check_cases(table, cases, states=sweep.states, model=model, tolerance=sweep.tolerance,
-                         progress=progress, cost_options=cost_options)
-    return SweepResult(table_path, sweep, list(sweep.layouts), checks, [c.label in trained_on for c in cases],
-                       time.perf_counter() - started, model)
+    job = LayoutCheckJob(table, tuple(sweep.states), sweep.tolerance, model, cost_options)
+    tasks = [Task(i, layout.name, case) for i, (layout, case) in enumerate(zip(sweep.layouts, cases))]
+    tasks.sort(key=lambda task: -calls[task.key])  # the biggest steps first: none starts last on a busy pool
+    outcome = fan_out(job, tasks, parallel, progress=progress, desc="check")
+    checked = list(outcome.results)
+    return SweepResult(table_path, sweep, [sweep.layouts[i] for i in checked], list(outcome.results.values()),
+                       [cases[i].label in trained_on for i in checked], time.perf_counter() - started, model,
+                       [(sweep.layouts[f.key], f) for f in outcome.failures], outcome.backend, outcome.workers)
 
 
-__all__ = ["SWEEP", "Sweep", "SweepLayout", "SweepResult", "layout_case", "load_sweep", "run_sweep",
-           "workload_cache"]
+__all__ = ["SWEEP", "LayoutCheckJob", "Sweep", "SweepLayout", "SweepResult", "layout_case", "load_sweep",
+           "run_sweep", "workload_cache"]

@@ -30,7 +30,7 @@ from dynamiccl.envspec import EnvSpec, resolve_env
 from dynamiccl.errors import InputError
 from dynamiccl.trace.consistency import require_consistent, require_fit
 from dynamiccl.trace.store import Trace
-from dynamiccl.tuning.costs import CostTable
+from dynamiccl.tuning.costs import CostTable, require_node_fit
 from dynamiccl.tuning.program import StepProgram
 from dynamiccl.tuning.timeline import Replay, latest_finish
 
@@ -114,6 +114,29 @@ def _program(trace: str, step: int | None) -> StepProgram:
     return program
 
 
+def check_case(case: Case) -> tuple[EnvSpec, StepProgram]:
+    """(spec, compiled step) of ``case`` once what :func:`load_case` refuses before costing is
+    checked: the spec and the trace read, the step's ranks fit together, into the spec and into its
+    nodes, the congestion periods long enough, a collective to tune. No costing (the compiled step is
+    cached per process): a command that fans its cases out checks them all here first, and refuses
+    bad input before any work.
+
+    Raises:
+        InputError: as :func:`load_case`.
+    """
+    env = resolve_env(case.env)
+    program = _program(case.trace, case.step)
+    require_fit(program.world_size, program.gpus_per_node, env.world_size, case.trace,
+                env.name)
+    require_node_fit(program.call_key, env, program.source)
+    # The step lasts at least its busiest rank's compute: too many congestion periods in that
+    # already is refused before any replay starts (a replay visits every period).
+    check_period(env.dynamics, program.busiest_rank_compute_us(), env.source)
+    if not program.tunable_calls:
+        raise InputError(case.trace, "ops", "the step has no collective NCCL's tuner is asked about; nothing to tune")
+    return env, program
+
+
 def load_case(case: Case, model: str = DEFAULT_COST_MODEL, options: CostModelOptions | None = None,
               knobs: bool = False) -> LoadedCase:
     """Compile and cost ``case`` with the registered cost model ``model`` made with ``options``
@@ -137,15 +160,7 @@ def _load_case(case: Case, model: str, options: CostModelOptions, world_params_f
     the world itself, from the environment)."""
     from dynamiccl.tuning.observation import observe_calls
 
-    env = resolve_env(case.env)
-    program = _program(case.trace, case.step)
-    require_fit(program.world_size, program.gpus_per_node, env.world_size, case.trace,
-                env.name)
-    # The step lasts at least its busiest rank's compute: too many congestion periods in that
-    # already is refused before any replay starts (a replay visits every period).
-    check_period(env.dynamics, program.busiest_rank_compute_us(), env.source)
-    if not program.tunable_calls:
-        raise InputError(case.trace, "ops", "the step has no collective NCCL's tuner is asked about; nothing to tune")
+    env, program = check_case(case)
     costs = CostTable.build(program, env, model, options, knobs=knobs)
     return LoadedCase(case, env, program, costs, observe_calls(program, knobs), knobs)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -55,6 +55,22 @@ QUIET, CONGESTED = 0, 1
 # The conditions a call is costed in, as (network state, compute overlapped 0/1), in the order the
 # rows of the evaluated batch take them; the first two are the call alone.
 _CONDITIONS = ((QUIET, 0), (CONGESTED, 0), (QUIET, 1), (CONGESTED, 1))
+
+
+def require_node_fit(keys: Iterable[CallKey], env: EnvSpec, source: str) -> None:
+    """Refuse a call of ``keys`` whose ranks per node exceed ``env``'s GPUs per node (the trace was
+    made for bigger nodes).
+
+    Raises:
+        InputError: naming ``source`` and the first such call.
+    """
+    for key in keys:
+        ranks_per_node = -(-key.nranks // key.nnodes)
+        if ranks_per_node > env.gpus_per_node:
+            raise InputError(source, "groups",
+                             f"a {FUNC_OP[key.coll]} over {key.nranks} ranks on {key.nnodes} node(s) needs "
+                             f"{ranks_per_node} GPUs per node; {env.name} has {env.gpus_per_node} "
+                             "(generate the trace for this cluster's node size)")
 
 
 @dataclass
@@ -149,13 +165,7 @@ class CostTable:
         row_of: dict[CallKey, int] = {}
         call_row = [row_of.setdefault(key.cost_key(), len(row_of)) for key in program.call_key]
         keys = list(row_of)
-        for key in keys:
-            ranks_per_node = -(-key.nranks // key.nnodes)
-            if ranks_per_node > env.gpus_per_node:
-                raise InputError(program.source, "groups",
-                                 f"a {FUNC_OP[key.coll]} over {key.nranks} ranks on {key.nnodes} node(s) needs "
-                                 f"{ranks_per_node} GPUs per node; {env.name} has {env.gpus_per_node} "
-                                 "(generate the trace for this cluster's node size)")
+        require_node_fit(keys, env, program.source)
         cost_model = entry.create(env, options)
         nccl = NcclModel(env)
         k = key_columns(keys)

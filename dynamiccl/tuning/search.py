@@ -60,6 +60,15 @@ The bounds
 :func:`step_bounds` gives the two bounds reported beside the search: every collective at its links'
 datasheet line rate with no interference (:meth:`~dynamiccl.costmodel.world.WorldModel.line_rate_time_us`),
 and communication costing nothing (the ceiling).
+
+Several cases
+-------------
+``dynamiccl search`` over several cases is a sweep (:mod:`dynamiccl.sweep`): :class:`SearchJob` searches
+one case per task (:func:`search_one`: the search, its bounds, and the table as data), on a local
+process pool or a Ray cluster, and the command writes every table and the figures once at the end.
+A case's search depends on the case, the states, the cost model and ``max_sweeps`` only, so the
+tables are byte for byte the same whichever way the cases ran, and so are the figures but for each
+case's ``wall_s``.
 """
 
 from __future__ import annotations
@@ -73,13 +82,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dynamiccl.callkey import CallKey, size_band
+from dynamiccl.costmodel.protocol import CostModelOptions
 from dynamiccl.costmodel.world import WorldModel
 from dynamiccl.envspec import EnvSpec
 from dynamiccl.nccl import FUNC_OP, NUM_ALGORITHMS, NUM_PROTOCOLS, Algorithm, Func
 from dynamiccl.knobs.comm_config import COMM_CHOICES, NO_EFFECT_SHARE
 from dynamiccl.table.model import MAX_BYTES, CommunicatorRule, DecisionTable, Rule
 from dynamiccl.tuning.actions import DEFAULT_ACTION, ActionCostTotals, rule_choice
-from dynamiccl.tuning.cases import LoadedCase, default_schedule, new_replay
+from dynamiccl.tuning.cases import Case, LoadedCase, default_schedule, load_case, new_replay
 from dynamiccl.tuning.costs import CostTable
 from dynamiccl.tuning.timeline import Replay
 
@@ -472,8 +482,8 @@ def search_case(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = 
         "rule_keys": "coll, nranks, nnodes, num_pipe_ops, reg_buff, size band floor(log2 nbytes)",
         "start": start_name, "default_step_time_us": float(np.mean(default_times)),
         "start_step_time_us": means[start_name], "search_step_time_us": float(np.mean(result_times)),
-        "replays": scorer.replays, "sweeps": sweeps, "wall_s": round(wall_s, 3),
-    }
+        "replays": scorer.replays, "sweeps": sweeps,
+    }  # no wall time: the same search writes the same table, wherever and however fast it ran
     if communicators is not None:
         provenance["knobs"] = True
         provenance["communicators"] = communicators.describe(scorer.configs)
@@ -538,6 +548,65 @@ def step_bounds(loaded: LoadedCase, state: int) -> StepBounds:
     return _BOUNDS[cache_key]
 
 
+# --- several cases: one sweep task each ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseSearch:
+    """One case searched (:func:`search_one`): ``summary`` (``SearchResult.to_json()``), the bounds per
+    state (µs, ``states`` order) and the searched ``table``. Plain data: it travels back from a worker."""
+
+    summary: dict
+    line_rate_bound_step_time_us: list[float]
+    no_comm_step_time_us: list[float]
+    table: DecisionTable
+
+    def row(self, table_path: str) -> dict:
+        """The case's row of ``dynamiccl search --json`` (and of :func:`search_report_text`), its
+        table written at ``table_path``."""
+        return {**self.summary, "table": table_path,
+                "line_rate_bound_step_time_us": self.line_rate_bound_step_time_us,
+                "no_comm_step_time_us": self.no_comm_step_time_us}
+
+
+def search_one(loaded: LoadedCase, states: Sequence[int], *, max_sweeps: int = DEFAULT_MAX_SWEEPS) -> CaseSearch:
+    """:func:`search_case` on ``loaded`` and the two :func:`step_bounds` in each of ``states``.
+
+    Raises:
+        ValueError: as :func:`search_case`.
+    """
+    result = search_case(loaded, states, max_sweeps=max_sweeps)
+    bounds = [step_bounds(loaded, state) for state in states]
+    return CaseSearch(result.to_json(), [b.line_rate_step_time_us for b in bounds],
+                      [b.no_comm_step_time_us for b in bounds], result.table)
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """``dynamiccl search`` as a sweep job (:class:`dynamiccl.sweep.SweepJob`): a task's args are a
+    :class:`~dynamiccl.tuning.cases.Case`, its result the :class:`CaseSearch` of that case under
+    ``states`` priced by the registered cost model ``model`` (made with ``options``; ``knobs``: the
+    case loaded with the knobs)."""
+
+    model: str
+    options: CostModelOptions
+    knobs: bool
+    states: tuple[int, ...]
+    max_sweeps: int = DEFAULT_MAX_SWEEPS
+
+    def setup(self) -> None:
+        return None  # load_case caches each case per process
+
+    def run(self, context: None, case: Case) -> CaseSearch:
+        """Search ``case`` (no progress bar: workers share the terminal, the sweep has its own).
+
+        Raises:
+            InputError: the case cannot be loaded (``load_case``).
+        """
+        loaded = load_case(case, self.model, self.options, knobs=self.knobs)
+        return search_one(loaded, self.states, max_sweeps=self.max_sweeps)
+
+
 # --- text ----------------------------------------------------------------------------------------------
 
 
@@ -565,5 +634,6 @@ def search_report_text(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_MAX_SWEEPS", "RuleKey", "SearchResult", "StepBounds", "StepScorer", "band_bytes",
-           "line_rate_times_us", "search_case", "search_report_text", "step_bounds", "table_of"]
+__all__ = ["DEFAULT_MAX_SWEEPS", "CaseSearch", "RuleKey", "SearchJob", "SearchResult", "StepBounds", "StepScorer",
+           "band_bytes", "line_rate_times_us", "search_case", "search_one", "search_report_text", "step_bounds",
+           "table_of"]
