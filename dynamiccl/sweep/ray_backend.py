@@ -16,6 +16,8 @@ variables (Ray's ``runtime_env``).
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from typing import Any, Sequence
 
@@ -24,6 +26,29 @@ from tqdm.auto import tqdm
 from dynamiccl.errors import InputError
 from dynamiccl.sweep import ATTEMPTS, Failure, SweepJob, SweepOutcome, Task, enter_setting, execute, ray_missing, \
     say_failed, submitter_setting
+
+
+HEAD_ANSWER_S = 5.0  # how long the head of a cluster may take to accept a connection
+
+
+def check_head_answers(address: str) -> None:
+    """Fail in seconds where nothing listens at ``address`` (HOST:PORT or ray://HOST:PORT; "auto":
+    $RAY_ADDRESS when set): ``ray.init`` retries a head that is not there for minutes.
+
+    Raises:
+        InputError: naming ``--ray``, when a connection to the head is refused or times out.
+    """
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" without $RAY_ADDRESS, or a malformed address: ray.init says what is wrong at once
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=HEAD_ANSWER_S):
+            pass
+    except OSError as exc:
+        raise InputError("--ray", None, f"no Ray cluster answers at {target!r} ({exc.strerror or exc}); start one "
+                                        "with `ray start --head`, or give its address (HEAD:6379 or "
+                                        "ray://HEAD:10001)") from None
 
 
 def run_on_ray(job: SweepJob, tasks: Sequence[Task], address: str, max_in_flight: int | None, *,
@@ -39,6 +64,7 @@ def run_on_ray(job: SweepJob, tasks: Sequence[Task], address: str, max_in_flight
         raise ray_missing() from None
     started_here = not ray.is_initialized()
     if started_here:
+        check_head_answers(address)
         env_vars = submitter_setting()[1]
         try:
             ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None,
