@@ -111,15 +111,3 @@ def parallelism(args):
     from dynamiccl.sweep import Parallelism
 
     return Parallelism(workers=getattr(args, "workers", None), ray=getattr(args, "ray", None) or None)
-
-
-def ran_on(outcome) -> str:
-    """Where a sweep's tasks ran, for the line a command prints after it (``outcome``: a
-    :class:`~dynamiccl.sweep.SweepOutcome`, or anything with its ``backend`` and ``workers``): "in
-    this process", "on 2 local worker processes" or "on the Ray cluster ADDRESS (at most N tasks at
-    a time)"."""
-    if outcome.backend.startswith("ray "):
-        return f"on the Ray cluster {outcome.backend[4:]} (at most {outcome.workers} tasks at a time)"
-    if outcome.backend == "this process":
-        return "in this process"
-    return f"on {outcome.workers} local worker processes"

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from dynamiccl.cli.common import add_measurements, add_parallel, add_world_params, cost_options, parallelism, ran_on
+from dynamiccl.cli.common import add_measurements, add_parallel, add_world_params, cost_options, parallelism
 from dynamiccl.cli.workload import add_workload_arguments, workload_from_args
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs
@@ -268,7 +268,7 @@ def check_case(trace: str | None, env: str | None, args, command: str) -> tuple[
 def _check_sweep(args, table, model: str, options) -> int:
     from dataclasses import replace
 
-    from dynamiccl.sweep import SweepOutcome
+    from dynamiccl.sweep import SweepOutcome, ran_on
     from dynamiccl.table.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
@@ -278,7 +278,7 @@ def _check_sweep(args, table, model: str, options) -> int:
         sweep = replace(sweep, tolerance=args.tolerance)
     result = run_sweep(table, sweep, table_path=args.table, model=model, progress=True, cost_options=options,
                        parallel=parallelism(args))
-    print(f"checked {len(result.checks)} of {len(sweep.layouts)} layouts {ran_on(result)}", file=sys.stderr)
+    print(f"checked {len(result.checks)} of {len(sweep.layouts)} layouts {ran_on(result.backend, result.workers)}", file=sys.stderr)
     if result.failed:
         failed = SweepOutcome({}, [failure for _, failure in result.failed])
         print(f"table check: {len(result.failed)} layout(s) could not be checked (the table does not pass):\n"

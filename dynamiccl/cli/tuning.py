@@ -12,7 +12,7 @@ import time
 
 from dynamiccl import schema
 from dynamiccl.cli.common import add_measurements, add_parallel, add_world_params, cost_options, invocation, \
-    parallelism, ran_on
+    parallelism
 from dynamiccl.errors import InputError
 from dynamiccl.outputs import check_outputs, claim_output_dir
 
@@ -308,7 +308,7 @@ def cmd_search(args) -> int:
         failures = [{"case": f.label, "attempts": f.attempts, "error": f.error} for f in outcome.failures]
         atomic.write_text(args.json, json.dumps({"cost_model": model, "cases": rows, "failures": failures},
                                                 indent=1) + "\n")
-    print(f"searched {len(rows)} of {len(cases)} case(s) {ran_on(outcome)}")
+    print(f"searched {len(rows)} of {len(cases)} case(s) {outcome.ran_on()}")
     if rows:
         print("wrote " + ", ".join(row["table"] for row in rows))
     if outcome.failures:

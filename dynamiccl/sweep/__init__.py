@@ -75,9 +75,24 @@ class SweepOutcome:
     backend: str = "this process"
     workers: int = 1
 
+    def ran_on(self) -> str:
+        """Where the tasks ran, in words (:func:`ran_on`)."""
+        return ran_on(self.backend, self.workers)
+
     def failure_text(self) -> str:
         """One line per failed task (empty when none failed)."""
         return "\n".join(f"  {f.label}: failed {f.attempts} times; last error: {f.error}" for f in self.failures)
+
+
+def ran_on(backend: str, workers: int) -> str:
+    """Where a sweep's tasks ran (a :class:`SweepOutcome`'s ``backend`` and ``workers``), for the line
+    a command prints after it: "in this process", "on 2 local worker processes" or "on the Ray
+    cluster ADDRESS (at most N tasks at a time)"."""
+    if backend.startswith("ray "):
+        return f"on the Ray cluster {backend[4:]} (at most {workers} tasks at a time)"
+    if backend == "this process":
+        return "in this process"
+    return f"on {workers} local worker processes"
 
 
 @dataclass(frozen=True)
@@ -220,4 +235,4 @@ def ray_missing() -> InputError:
 
 
 __all__ = ["ATTEMPTS", "ONE_THREAD_ENV", "Failure", "Parallelism", "SweepJob", "SweepOutcome", "Task", "available_cores",
-           "enter_setting", "execute", "forget", "run_sweep", "submitter_setting"]
+           "enter_setting", "execute", "forget", "ran_on", "run_sweep", "submitter_setting"]

@@ -11,6 +11,7 @@ failed attempt each, a fresh pool takes over, and what had finished is kept.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -128,7 +129,10 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 def _worker_init(token: str, job: SweepJob, cwd: str, env: dict[str, str]) -> None:
     # The forkserver's children start from the server's directory and variables, which are those of
     # the first pool this process made: a later sweep's are applied here.
+    # Ctrl-C reaches the whole process group: the parent stops its workers (``_stop``), so a worker
+    # ignores it instead of dying with a traceback of its own.
     global _WORKER_JOB
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     enter_setting(cwd, env)
     _WORKER_JOB = (token, job)
 
