@@ -15,8 +15,11 @@ from dynamiccl.errors import InputError
 from dynamiccl.profiler.merge import group_kind, merge_capture
 from dynamiccl.trace.store import Trace
 
+# release_groups_before_exit: the jobs below drop what holds their gloo groups (a DDP model, a
+# group) before the interpreter shuts down. A gloo group destroyed during finalization can abort
+# the process from its worker threads (pytorch/pytorch PR #179291); CI saw it once in these jobs.
 JOB = textwrap.dedent("""
-    import sys, torch, torch.distributed as dist
+    import gc, sys, torch, torch.distributed as dist
     import torch.distributed._functional_collectives as fc
     from dynamiccl.profiler.capture import capture
     dist.init_process_group("gloo")
@@ -43,6 +46,8 @@ JOB = textwrap.dedent("""
                 y.sum().backward()                                                   # DDP bucket: 32*33*4 B
                 fc.all_reduce(torch.ones(16), "sum", tp).wait()                       # functional, 64 B
     dist.destroy_process_group()
+    del model, tp, y  # RELEASE: see release_groups_before_exit
+    gc.collect()
 """)
 
 
@@ -104,7 +109,7 @@ def test_measured_timestamps_are_ordered(captured):
 
 
 PLAIN = textwrap.dedent("""
-    import torch, torch.distributed as dist
+    import gc, torch, torch.distributed as dist
     dist.init_process_group("gloo")
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(16, 16))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -113,6 +118,8 @@ PLAIN = textwrap.dedent("""
         opt.step()
         opt.zero_grad()
     dist.destroy_process_group()
+    del model, opt  # RELEASE: see release_groups_before_exit
+    gc.collect()
 """)
 
 
@@ -128,7 +135,7 @@ def test_profile_fails_open_when_capture_cannot_be_written(tmp_path):
 
 
 FIVE_STEPS = textwrap.dedent("""
-    import torch, torch.distributed as dist
+    import gc, torch, torch.distributed as dist
     dist.init_process_group("gloo")
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(16, 16))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -139,6 +146,8 @@ FIVE_STEPS = textwrap.dedent("""
         opt.zero_grad()
     dist.all_reduce(loss.detach())  # a loss report after the last optimizer step: no training step
     dist.destroy_process_group()
+    del model, opt, loss  # RELEASE: see release_groups_before_exit
+    gc.collect()
 """)
 
 

@@ -8,6 +8,7 @@ Run without torchrun (no ``RANK`` in the environment) it trains the layer alone,
 """
 
 import argparse
+import gc
 import os
 import time
 
@@ -39,3 +40,7 @@ for _ in range(args.steps):
     optimizer.zero_grad()
 if distributed:
     dist.destroy_process_group()
+# Dropped while the interpreter is whole: a gloo group (DDP's) destroyed during its finalization can
+# abort the process from its worker threads (pytorch/pytorch PR #179291).
+del model, optimizer
+gc.collect()
