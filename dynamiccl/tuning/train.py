@@ -47,8 +47,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 import dynamiccl
 from dynamiccl.atomic import write_text
 from dynamiccl.costmodel.protocol import CostModelOptions
-from dynamiccl.costmodel.world import PARAMS_ENV
 from dynamiccl.errors import InputError
+from dynamiccl.sweep import enter_setting, submitter_setting
 from dynamiccl.tuning.callbacks import (CHECKPOINT_PREFIX, FINAL_EPISODES, Checkpoint, Checkpoints, ProgressBar,
                                         SpeedupCurve, latest_checkpoint)
 from dynamiccl.tuning.cases import Case, load_case
@@ -172,15 +172,16 @@ def train(config: ExperimentConfig, output_dir: str | os.PathLike, *, resume: bo
 
 
 def make_env(cases: list[Case], model: str, states: int, cost_options: CostModelOptions, knobs: bool,
-             world_params_file: str | None = None, worker: bool = False) -> Monitor:
+             setting: tuple[str, dict[str, str]] | None = None, worker: bool = False) -> Monitor:
     """One training environment: ``TuningEnv(cases, model, states, ...)`` in SB3's ``Monitor``
     (which records each episode's return and length in its last ``info``).
 
     ``worker``: made in a ``SubprocVecEnv`` worker process, which then runs torch on one thread
     (no thread pool per worker on a machine the trainer already keeps busy), ignores SIGINT (on
-    Ctrl-C the trainer stops its workers, instead of each dying with a traceback) and prices with
-    ``world_params_file`` (the trainer's ``DYNAMICCL_WORLD_PARAMS``, which ``--params`` sets: a
-    forkserver worker does not inherit the trainer's environment as it is now).
+    Ctrl-C the trainer stops its workers, instead of each dying with a traceback) and takes the
+    trainer's ``setting`` (:func:`dynamiccl.sweep.submitter_setting`: its working directory and its
+    ``DYNAMICCL_*`` variables, ``--params`` included), as a sweep's workers do: a forkserver worker
+    does not inherit the trainer's environment as it is now.
     Module-level so that ``functools.partial`` of it pickles to the worker.
 
     Raises:
@@ -189,10 +190,8 @@ def make_env(cases: list[Case], model: str, states: int, cost_options: CostModel
     if worker:
         torch.set_num_threads(1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if world_params_file:
-            os.environ[PARAMS_ENV] = world_params_file
-        else:
-            os.environ.pop(PARAMS_ENV, None)
+        if setting is not None:
+            enter_setting(*setting)
     return Monitor(TuningEnv(cases, model, states, cost_options=cost_options, knobs=knobs))
 
 
@@ -203,7 +202,7 @@ def _vec_env(config: ExperimentConfig, cases: list[Case]) -> VecEnv:
     needs them anyway), so that a case that does not load is an ``InputError`` from this process,
     not a worker's death."""
     factory = functools.partial(make_env, cases, config.model, config.train.states, config.cost_options(),
-                                config.knobs, os.environ.get(PARAMS_ENV) or None)
+                                config.knobs, submitter_setting())
     if config.train.n_envs == 1:
         return DummyVecEnv([factory])
     if config.train.vec_env == "dummy":  # the same environments, stepped in turn in this process
